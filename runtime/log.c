@@ -1,0 +1,356 @@
+/* log.c -- structured logging: JSON lines or console lines, plus a ring buffer
+ */
+#include "log.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+sl_log_level sl_log_current_level = SL_LOG_INFO;
+static sl_log_format current_format = SL_LOG_JSON;
+static FILE *output;
+
+static const char *level_names[] = {"trace", "debug",    "info", "warning",
+                                    "error", "critical", "none"};
+
+/* --- a growable buffer; on allocation failure it truncates silently, since a
+ * logger must never take the process down ------------------------------- */
+typedef struct {
+    char *p;
+    size_t len, cap;
+    char stack[1024];
+} buf;
+
+static void buf_init(buf *b) {
+    b->p = b->stack;
+    b->len = 0;
+    b->cap = sizeof(b->stack);
+    b->p[0] = '\0';
+}
+
+static void buf_free(buf *b) {
+    if (b->p != b->stack)
+        free(b->p);
+}
+
+static int buf_reserve(buf *b, size_t extra) {
+    if (b->len + extra + 1 <= b->cap)
+        return 0;
+    size_t cap = b->cap * 2;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
+    char *p = b->p == b->stack ? malloc(cap) : realloc(b->p, cap);
+    if (!p)
+        return -1;
+    if (b->p == b->stack)
+        memcpy(p, b->stack, b->len + 1);
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void buf_add(buf *b, const char *s, size_t n) {
+    if (buf_reserve(b, n) < 0)
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void buf_adds(buf *b, const char *s) { buf_add(b, s, strlen(s)); }
+
+static void buf_printf(buf *b, const char *fmt, ...) {
+    char tmp[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        buf_add(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+}
+
+static void buf_json_string(buf *b, const char *s, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    buf_add(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        switch (c) {
+        case '"':
+            buf_add(b, "\\\"", 2);
+            break;
+        case '\\':
+            buf_add(b, "\\\\", 2);
+            break;
+        case '\n':
+            buf_add(b, "\\n", 2);
+            break;
+        case '\r':
+            buf_add(b, "\\r", 2);
+            break;
+        case '\t':
+            buf_add(b, "\\t", 2);
+            break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+                buf_add(b, esc, 6);
+            } else {
+                buf_add(b, (const char *)&s[i], 1);
+            }
+        }
+    }
+    buf_add(b, "\"", 1);
+}
+
+static void buf_number(buf *b, double v) {
+    if (!isfinite(v))
+        buf_adds(b, "null");
+    else if (v == floor(v) && fabs(v) < 1e15)
+        buf_printf(b, "%.0f", v);
+    else
+        buf_printf(b, "%.17g", v);
+}
+
+/* RFC 3339 UTC with milliseconds: 2026-11-22T06:40:00.123Z */
+static void buf_timestamp(buf *b, double wall, char sep) {
+    time_t secs = (time_t)floor(wall);
+    int ms = (int)((wall - (double)secs) * 1000.0);
+    if (ms > 999)
+        ms = 999;
+    if (ms < 0)
+        ms = 0;
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    buf_printf(b, "%04d-%02d-%02d%c%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+               tm.tm_mon + 1, tm.tm_mday, sep, tm.tm_hour, tm.tm_min, tm.tm_sec,
+               ms);
+}
+
+static void build_json(buf *b, sl_log_level level, double wall, const char *msg,
+                       const sl_log_field *f, size_t n) {
+    buf_adds(b, "{\"ts\":\"");
+    buf_timestamp(b, wall, 'T');
+    buf_adds(b, "\",\"level\":\"");
+    buf_adds(b, level_names[level]);
+    buf_adds(b, "\",\"msg\":");
+    buf_json_string(b, msg, strlen(msg));
+    for (size_t i = 0; i < n; i++) {
+        buf_add(b, ",", 1);
+        buf_json_string(b, f[i].key, strlen(f[i].key));
+        buf_add(b, ":", 1);
+        switch (f[i].type) {
+        case SL_LOG_STR:
+            buf_json_string(b, f[i].str, f[i].len);
+            break;
+        case SL_LOG_NUM:
+            buf_number(b, f[i].num);
+            break;
+        case SL_LOG_BOOL:
+            buf_adds(b, f[i].boolean ? "true" : "false");
+            break;
+        case SL_LOG_NULL:
+            buf_adds(b, "null");
+            break;
+        }
+    }
+    buf_add(b, "}", 1);
+}
+
+static int needs_quotes(const char *s, size_t n) {
+    if (n == 0)
+        return 1;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == ' ' || s[i] == '"' || s[i] == '=' || s[i] == '\t')
+            return 1;
+    return 0;
+}
+
+/* Console: "2026-11-22 06:40:00.123Z INFO  msg key=value ..."; multi-line
+ * string values (tracebacks) follow on their own indented lines. */
+static void build_console(buf *b, sl_log_level level, double wall,
+                          const char *msg, const sl_log_field *f, size_t n) {
+    static const char *labels[] = {"TRACE", "DEBUG", "INFO ", "WARN ",
+                                   "ERROR", "CRIT ", "NONE "};
+    buf_timestamp(b, wall, ' ');
+    buf_add(b, " ", 1);
+    buf_adds(b, labels[level]);
+    buf_add(b, " ", 1);
+    buf_adds(b, msg);
+    for (size_t i = 0; i < n; i++) {
+        if (f[i].type == SL_LOG_STR && memchr(f[i].str, '\n', f[i].len))
+            continue;
+        buf_add(b, " ", 1);
+        buf_adds(b, f[i].key);
+        buf_add(b, "=", 1);
+        switch (f[i].type) {
+        case SL_LOG_STR:
+            if (needs_quotes(f[i].str, f[i].len))
+                buf_json_string(b, f[i].str, f[i].len);
+            else
+                buf_add(b, f[i].str, f[i].len);
+            break;
+        case SL_LOG_NUM:
+            buf_printf(b, "%.14g", f[i].num);
+            break;
+        case SL_LOG_BOOL:
+            buf_adds(b, f[i].boolean ? "true" : "false");
+            break;
+        case SL_LOG_NULL:
+            buf_adds(b, "null");
+            break;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (f[i].type != SL_LOG_STR || !memchr(f[i].str, '\n', f[i].len))
+            continue;
+        buf_add(b, "\n    ", 5);
+        const char *s = f[i].str, *end = s + f[i].len;
+        while (s < end) {
+            const char *nl = memchr(s, '\n', (size_t)(end - s));
+            size_t len = nl ? (size_t)(nl - s) : (size_t)(end - s);
+            buf_add(b, s, len);
+            if (!nl)
+                break;
+            buf_add(b, "\n    ", 5);
+            s = nl + 1;
+        }
+    }
+}
+
+/* --- ring buffer of recent entries, as JSON text ------------------------- */
+static char **ring;
+static size_t ring_cap = 1000, ring_start, ring_count;
+
+int sl_log_ring_resize(size_t capacity) {
+    char **fresh = capacity ? calloc(capacity, sizeof(*fresh)) : NULL;
+    if (capacity && !fresh)
+        return -1;
+    size_t keep = ring_count < capacity ? ring_count : capacity;
+    size_t drop = ring_count - keep;
+    for (size_t i = 0; i < ring_count; i++) {
+        char *e = ring[(ring_start + i) % ring_cap];
+        if (i < drop)
+            free(e);
+        else
+            fresh[i - drop] = e;
+    }
+    free(ring);
+    ring = fresh;
+    ring_cap = capacity;
+    ring_start = 0;
+    ring_count = keep;
+    return 0;
+}
+
+size_t sl_log_ring_capacity(void) { return ring_cap; }
+size_t sl_log_ring_count(void) { return ring_count; }
+
+const char *sl_log_ring_get(size_t i) {
+    return i < ring_count ? ring[(ring_start + i) % ring_cap] : NULL;
+}
+
+void sl_log_ring_free(void) {
+    for (size_t i = 0; i < ring_count; i++)
+        free(ring[(ring_start + i) % ring_cap]);
+    free(ring);
+    ring = NULL;
+    ring_start = ring_count = 0;
+}
+
+static void ring_push(const char *line, size_t len) {
+    if (ring_cap == 0)
+        return;
+    if (!ring && !(ring = calloc(ring_cap, sizeof(*ring))))
+        return;
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return;
+    memcpy(copy, line, len + 1);
+    if (ring_count == ring_cap) {
+        free(ring[ring_start]);
+        ring[ring_start] = copy;
+        ring_start = (ring_start + 1) % ring_cap;
+    } else {
+        ring[(ring_start + ring_count++) % ring_cap] = copy;
+    }
+}
+
+/* --- configuration and writing ------------------------------------------ */
+int sl_log_level_parse(const char *name) {
+    for (int i = 0; i <= SL_LOG_NONE; i++)
+        if (strcmp(name, level_names[i]) == 0)
+            return i;
+    if (strcmp(name, "warn") == 0)
+        return SL_LOG_WARNING;
+    return -1;
+}
+
+const char *sl_log_level_name(sl_log_level level) { return level_names[level]; }
+
+void sl_log_set_level(sl_log_level level) { sl_log_current_level = level; }
+sl_log_level sl_log_get_level(void) { return sl_log_current_level; }
+void sl_log_set_format(sl_log_format format) { current_format = format; }
+sl_log_format sl_log_get_format(void) { return current_format; }
+void sl_log_set_output(FILE *out) { output = out; }
+
+sl_log_format sl_log_default_format(FILE *out) {
+    return isatty(fileno(out)) ? SL_LOG_CONSOLE : SL_LOG_JSON;
+}
+
+double sl_log_clock(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+size_t sl_log_format_json(char *dst, size_t size, sl_log_level level,
+                          double wall, const char *msg,
+                          const sl_log_field *fields, size_t nfields) {
+    buf b;
+    buf_init(&b);
+    build_json(&b, level, wall, msg, fields, nfields);
+    if (size) {
+        size_t n = b.len < size - 1 ? b.len : size - 1;
+        memcpy(dst, b.p, n);
+        dst[n] = '\0';
+    }
+    size_t len = b.len;
+    buf_free(&b);
+    return len;
+}
+
+void sl_log_write(sl_log_level level, double wall, const char *msg,
+                  const sl_log_field *fields, size_t nfields) {
+    if (!sl_log_enabled(level))
+        return;
+    FILE *out = output ? output : stdout;
+    buf b;
+    buf_init(&b);
+    build_json(&b, level, wall, msg, fields, nfields);
+    ring_push(b.p, b.len);
+    if (current_format == SL_LOG_CONSOLE) {
+        b.len = 0;
+        build_console(&b, level, wall, msg, fields, nfields);
+    }
+    buf_add(&b, "\n", 1);
+    fwrite(b.p, 1, b.len, out);
+    /* Logs are read by tail -f and collectors of stdout: never sit in a
+     * buffer while the process waits on the network. */
+    fflush(out);
+    buf_free(&b);
+}
+
+void sl_logf(sl_log_level level, const char *fmt, ...) {
+    if (!sl_log_enabled(level))
+        return;
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    sl_log_write(level, sl_log_clock(), msg, NULL, 0);
+}

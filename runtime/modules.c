@@ -1,0 +1,10 @@
+/* modules.c -- registry of native modules, preloaded into every Lua state */
+#include "modules.h"
+
+/* The leading underscore marks private primitives: users require the Lua
+ * wrappers in lua/sluice/, which validate arguments and then call these. */
+const sl_native_module sl_native_modules[] = {
+    {"sluice._task", luaopen_sluice_task},
+    {"sluice._log", luaopen_sluice_log},
+    {NULL, NULL},
+};
