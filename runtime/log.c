@@ -112,17 +112,15 @@ static void buf_number(buf *b, double v) {
     else if (v == floor(v) && fabs(v) < 1e15)
         buf_printf(b, "%.0f", v);
     else
-        buf_printf(b, "%.17g", v);
+        buf_printf(b, "%.15g", v); /* readable; exact enough for logs */
 }
 
 /* RFC 3339 UTC with milliseconds: 2026-11-22T06:40:00.123Z */
 static void buf_timestamp(buf *b, double wall, char sep) {
-    time_t secs = (time_t)floor(wall);
-    int ms = (int)((wall - (double)secs) * 1000.0);
-    if (ms > 999)
-        ms = 999;
-    if (ms < 0)
-        ms = 0;
+    /* Round to the millisecond first: 0.123 is 0.12299.. in binary. */
+    long long total = llround(wall * 1000.0);
+    time_t secs = (time_t)(total / 1000);
+    int ms = (int)(total % 1000);
     struct tm tm;
     gmtime_r(&secs, &tm);
     buf_printf(b, "%04d-%02d-%02d%c%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,

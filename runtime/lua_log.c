@@ -1,4 +1,5 @@
 /* lua_log.c -- sluice._log: the native half of require "sluice.log" */
+#include <errno.h>
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,12 +136,36 @@ static int l_ring_size(lua_State *L) {
     return 1;
 }
 
+/* output(path) sends entries to path (appended), "-" for stdout or
+ * "stderr". Returns true, or nil and the error if the file cannot be opened
+ * (the old output is kept). */
+static int l_output(lua_State *L) {
+    static FILE *owned;
+    const char *path = luaL_checkstring(L, 1);
+    FILE *f;
+    if (strcmp(path, "-") == 0 || strcmp(path, "stdout") == 0)
+        f = stdout;
+    else if (strcmp(path, "stderr") == 0)
+        f = stderr;
+    else if (!(f = fopen(path, "a"))) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: %s", path, strerror(errno));
+        return 2;
+    }
+    sl_log_set_output(f);
+    if (owned)
+        fclose(owned);
+    owned = f == stdout || f == stderr ? NULL : f;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 int luaopen_sluice_log(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"write", l_write},   {"enabled", l_enabled},
         {"level", l_level},   {"format", l_format},
         {"recent", l_recent}, {"ring_size", l_ring_size},
-        {NULL, NULL},
+        {"output", l_output}, {NULL, NULL},
     };
     lua_newtable(L);
     luaL_register(L, NULL, fns);

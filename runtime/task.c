@@ -145,27 +145,27 @@ static void finish(sl_task *t, int ok, int nres) {
 static void report_error(sl_task *t) {
     lua_State *L = sl_rt.L;
     lua_State *co = t->co;
-    const char *msg;
-    if (lua_type(co, -1) == LUA_TSTRING || lua_type(co, -1) == LUA_TNUMBER)
-        msg = lua_tostring(co, -1);
-    else if (lua_isnil(co, -1))
-        msg = "nil";
-    else
-        msg = luaL_typename(co, -1);
-    lua_pushstring(L, msg); /* keep a copy: msg may point into co */
+    int top = lua_gettop(L);
+    lua_getglobal(L, "tostring");
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+    /* tostring honours __tostring; if that fails too, say what it was. */
+    if (lua_pcall(L, 1, 1, 0) != 0 || !lua_isstring(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushfstring(L, "(error object is a %s value)",
+                        luaL_typename(co, -1));
+    }
     luaL_traceback(L, co, NULL, 0);
-    size_t tblen;
-    const char *tb = lua_tolstring(L, -1, &tblen);
+    size_t errlen, tblen;
+    const char *err = lua_tolstring(L, top + 1, &errlen);
+    const char *tb = lua_tolstring(L, top + 2, &tblen);
     sl_log_field fields[] = {
         {.key = "task", .type = SL_LOG_NUM, .num = (double)t->id},
-        {.key = "error",
-         .type = SL_LOG_STR,
-         .str = lua_tostring(L, -2),
-         .len = lua_objlen(L, -2)},
+        {.key = "error", .type = SL_LOG_STR, .str = err, .len = errlen},
         {.key = "traceback", .type = SL_LOG_STR, .str = tb, .len = tblen},
     };
     sl_log_write(SL_LOG_ERROR, sl_log_clock(), "task failed", fields, 3);
-    lua_pop(L, 2);
+    lua_settop(L, top);
 }
 
 static void resume(sl_task *t) {

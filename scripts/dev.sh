@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# dev.sh -- install what is missing, build, then run the example or the tests.
+#
+#   scripts/dev.sh example   build and run examples/hello.lua
+#   scripts/dev.sh test      fresh build, whole suite; then the same under
+#                            ASan+UBSan (ctest's summary is the last line)
+#   scripts/dev.sh build     just build (into build/)
+#   scripts/dev.sh deps      just install the Debian packages
+#
+# Needs Debian 12, as root or with sudo. Set SLUICE_NO_SANITIZE=1 to skip the
+# sanitizer pass of `test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  build-essential cmake pkg-config
+  libluajit2-5.1-dev libcurl4-openssl-dev libevent-dev libhiredis-dev
+  lua-cjson-dev libsqlite3-dev libedit-dev
+  lua-busted
+)
+
+install_missing() {
+  local missing=() p
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
+      missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  echo "installing: ${missing[*]}"
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
+    --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+build() { # build DIR [cmake args...]
+  local dir=$1; shift
+  cmake -S . -B "$dir" -DSLUICE_WERROR=ON "$@" >/dev/null
+  cmake --build "$dir" -j "$(nproc)"
+}
+
+case "${1:-}" in
+  deps) install_missing ;;
+  build) install_missing; build build ;;
+  example)
+    install_missing
+    build build
+    exec build/sluice run examples/hello.lua
+    ;;
+  test)
+    install_missing
+    rm -rf build/test build/sanitize
+    build build/test
+    (cd build/test && ctest --output-on-failure)
+    if [ "${SLUICE_NO_SANITIZE:-0}" != 1 ]; then
+      build build/sanitize -DSLUICE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+      (cd build/sanitize && ctest --output-on-failure)
+    fi
+    ;;
+  *)
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

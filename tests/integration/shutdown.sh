@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# shutdown.sh -- SIGTERM/SIGINT: graceful shutdown within the deadline.
+. "$(dirname "$0")/common.bash"
+
+cat >"$WORK/sleepers.lua" <<'LUA'
+local sluice = require "sluice"
+io.stdout:setvbuf("line")
+sluice.on_shutdown(function() print("handler: first registered") end)
+sluice.on_shutdown(function()
+  sluice.sleep(0.05) -- handlers may wait
+  print("handler: second registered")
+end)
+sluice.after(3600, function(premature) print("after premature:", premature) end)
+sluice.every(3600, function(premature) print("every premature:", premature) end)
+for i = 1, 3 do
+  sluice.spawn(function()
+    local ok, why = sluice.sleep(3600)
+    print("sleeper woke:", ok, why)
+  end)
+end
+-- a task that ignores shutdown: the deadline ends it
+sluice.spawn(function()
+  while true do sluice.sleep(0.2) end
+end)
+print("ready")
+LUA
+
+wait_ready() {
+  for _ in $(seq 1 100); do
+    grep -q ready "$1" && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+"$SLUICE" run "$WORK/sleepers.lua" --shutdown-timeout 1 --log-format json >"$WORK/term.out" 2>&1 &
+pid=$!
+check "script started" wait_ready "$WORK/term.out"
+start=$(date +%s.%N)
+kill -TERM "$pid"
+wait "$pid"
+code=$?
+elapsed=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+check "SIGTERM exits 0 (got $code)" test "$code" -eq 0
+check "exits within the 1 s deadline plus slack (took $elapsed s)" awk -v e="$elapsed" 'BEGIN { exit !(e < 3) }'
+contains "on_shutdown handlers ran" "$WORK/term.out" "handler: second registered"
+check "handlers run newest first" test "$(grep -n handler: "$WORK/term.out" | head -1 | grep -c second)" -eq 1
+contains "after timer fired prematurely" "$WORK/term.out" "after premature:	true"
+contains "every timer fired prematurely" "$WORK/term.out" "every premature:	true"
+check "all sleepers woke early" test "$(grep -c 'sleeper woke:	false	shutdown' "$WORK/term.out")" -eq 3
+contains "shutdown was logged" "$WORK/term.out" '"msg":"SIGTERM received: shutting down"'
+contains "the deadline killed the stubborn task" "$WORK/term.out" '"msg":"shutdown deadline passed; killing the remaining tasks","tasks":1'
+
+# A second SIGINT exits at once.
+cat >"$WORK/stubborn.lua" <<'LUA'
+local sluice = require "sluice"
+io.stdout:setvbuf("line")
+sluice.spawn(function() while true do sluice.sleep(0.1) end end)
+print("ready")
+LUA
+"$SLUICE" run "$WORK/stubborn.lua" --shutdown-timeout 60 >"$WORK/int.out" 2>&1 &
+pid=$!
+check "second script started" wait_ready "$WORK/int.out"
+kill -INT "$pid"
+sleep 0.2
+kill -INT "$pid"
+wait "$pid"
+code=$?
+check "second SIGINT exits at once with 130 (got $code)" test "$code" -eq 130
+
+# Natural end: the process exits when every task and timer is done, and
+# on_shutdown handlers still run.
+cat >"$WORK/natural.lua" <<'LUA'
+local sluice = require "sluice"
+sluice.on_shutdown(function() print("natural handler") end)
+sluice.after(0.05, function(p) print("after fired", p) end)
+sluice.spawn(function() sluice.sleep(0.1); print("task done") end)
+LUA
+expect_exit "natural end exits 0" 0 timeout 10 "$SLUICE" run "$WORK/natural.lua"
+contains "timer ran before exit" "$WORK/out" "after fired	false"
+contains "task ran before exit" "$WORK/out" "task done"
+contains "handler ran at natural end" "$WORK/out" "natural handler"
+
+finish
