@@ -68,6 +68,23 @@ wait "$pid"
 code=$?
 check "second SIGINT exits at once with 130 (got $code)" test "$code" -eq 130
 
+# SIGHUP runs the on_reload handlers and nothing else.
+cat >"$WORK/reload.lua" <<'LUA'
+local sluice = require "sluice"
+io.stdout:setvbuf("line")
+sluice.on_reload(function() print("reloaded"); sluice.shutdown() end)
+sluice.spawn(function() sluice.sleep(30) end)
+print("ready")
+LUA
+"$SLUICE" run "$WORK/reload.lua" >"$WORK/hup.out" 2>&1 &
+pid=$!
+check "reload script started" wait_ready "$WORK/hup.out"
+kill -HUP "$pid"
+wait "$pid"
+code=$?
+check "SIGHUP ran the reload handler, which shut down cleanly (got $code)" test "$code" -eq 0
+contains "on_reload handler ran" "$WORK/hup.out" "reloaded"
+
 # Natural end: the process exits when every task and timer is done, and
 # on_shutdown handlers still run.
 cat >"$WORK/natural.lua" <<'LUA'

