@@ -6,5 +6,6 @@
 const sl_native_module sl_native_modules[] = {
     {"sluice._task", luaopen_sluice_task},
     {"sluice._log", luaopen_sluice_log},
+    {"sluice._http", luaopen_sluice_http},
     {NULL, NULL},
 };

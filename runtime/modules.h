@@ -14,5 +14,6 @@ extern const sl_native_module sl_native_modules[];
 
 int luaopen_sluice_task(lua_State *L);
 int luaopen_sluice_log(lua_State *L);
+int luaopen_sluice_http(lua_State *L);
 
 #endif

@@ -1,6 +1,7 @@
 /* runtime.c -- the process-wide runtime: Lua state, event base, shutdown */
 #include "runtime.h"
 
+#include <curl/curl.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <math.h>
@@ -21,6 +22,8 @@ sl_runtime sl_rt = {.shutdown_timeout = 10.0,
                     .reload_handlers = LUA_NOREF};
 
 static struct event *sig_int, *sig_term, *sig_hup, *deadline_ev;
+static void (*close_hooks[16])(void);
+static int nclose_hooks;
 static int signals_seen;
 
 double sl_now(void) {
@@ -151,6 +154,10 @@ static int os_exit(lua_State *L) {
 int sl_runtime_init(const char *const *lua_dirs, int ndirs, char *err,
                     size_t errlen) {
     signal(SIGPIPE, SIG_IGN);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        snprintf(err, errlen, "cannot initialise libcurl");
+        return -1;
+    }
     sl_rt.base = event_base_new();
     if (!sl_rt.base) {
         snprintf(err, errlen, "cannot create the event loop");
@@ -194,12 +201,21 @@ int sl_runtime_run(void) {
     return sl_rt.exit_code;
 }
 
+int sl_runtime_on_close(void (*fn)(void)) {
+    if (nclose_hooks == (int)(sizeof(close_hooks) / sizeof(close_hooks[0])))
+        return -1;
+    close_hooks[nclose_hooks++] = fn;
+    return 0;
+}
+
 void sl_runtime_close(void) {
     if (sl_rt.L) {
         sl_task_shutdown_kill_all();
         lua_close(sl_rt.L);
         sl_rt.L = NULL;
     }
+    while (nclose_hooks > 0)
+        close_hooks[--nclose_hooks]();
     sl_task_close();
     struct event **evs[] = {&sig_int, &sig_term, &sig_hup, &deadline_ev};
     for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++) {
@@ -211,4 +227,5 @@ void sl_runtime_close(void) {
         event_base_free(sl_rt.base);
     sl_rt.base = NULL;
     sl_log_ring_free();
+    curl_global_cleanup();
 }

@@ -42,8 +42,15 @@ int sl_runtime_init(const char *const *lua_dirs, int ndirs, char *err,
  * code. */
 int sl_runtime_run(void);
 
-/* Frees the Lua state (running __gc of every userdata) and the event base. */
+/* Frees the Lua state (running __gc of every userdata), then runs the close
+ * hooks (newest first), then frees the event base. */
 void sl_runtime_close(void);
+
+/* Registers fn to run at sl_runtime_close, after the Lua state is gone and
+ * before the event base is freed: where a module frees what it created
+ * lazily (a curl multi handle and its sockets' events). At most 16 hooks;
+ * returns -1 beyond that. */
+int sl_runtime_on_close(void (*fn)(void));
 
 void sl_loop_ref(void);
 void sl_loop_unref(void);
