@@ -69,12 +69,28 @@ static int sb_add(strbuf *b, const char *s, size_t n) {
     return 0;
 }
 
+/* Idle easy handles, reset and kept for the next request: creating one
+ * costs more than a request's worth of setopt calls. */
+static CURL *pool[64];
+static int npool;
+
+static CURL *easy_get(void) { return npool ? pool[--npool] : curl_easy_init(); }
+
+static void easy_put(CURL *e) {
+    if (npool < (int)(sizeof(pool) / sizeof(pool[0]))) {
+        curl_easy_reset(e);
+        pool[npool++] = e;
+    } else {
+        curl_easy_cleanup(e);
+    }
+}
+
 static void transfer_free(transfer *x) {
     if (x->task)
         in_flight--;
     if (x->easy) {
         curl_multi_remove_handle(multi, x->easy);
-        curl_easy_cleanup(x->easy);
+        easy_put(x->easy);
     }
     curl_slist_free_all(x->headers);
     free(x->body.p);
@@ -348,6 +364,8 @@ static int on_timer(CURLM *m, long timeout_ms, void *userp) {
 }
 
 static void close_multi(void) {
+    while (npool > 0)
+        curl_easy_cleanup(pool[--npool]);
     if (multi)
         curl_multi_cleanup(multi); /* removes its sockets through on_socket */
     multi = NULL;
@@ -402,7 +420,7 @@ static int l_request(lua_State *L) {
     ensure_multi(L);
 
     transfer *x = calloc(1, sizeof(*x));
-    if (!x || !(x->easy = curl_easy_init())) {
+    if (!x || !(x->easy = easy_get())) {
         free(x);
         lua_pushnil(L);
         lua_pushliteral(L, "out of memory");
