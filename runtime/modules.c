@@ -7,5 +7,7 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._task", luaopen_sluice_task},
     {"sluice._log", luaopen_sluice_log},
     {"sluice._http", luaopen_sluice_http},
+    {"sluice._breaker", luaopen_sluice_breaker},
+    {"sluice._retry", luaopen_sluice_retry},
     {NULL, NULL},
 };

@@ -1,0 +1,175 @@
+--- sluice.breaker: circuit breakers (the state machine is C: runtime/core/breaker.c).
+--
+--   local cb = breaker.new{ name = "binance", failure_threshold = 5, timeout = 300 }
+--   local permit, why = cb:allow()          -- nil, "open" | "half-open" when refused
+--   ... call ...
+--   cb:success(permit, seconds) / cb:failure(permit, seconds) / cb:release(permit)
+--
+-- States "closed", "open", "half-open", with the reference defaults. A
+-- permit from before the last state change is ignored when reported, so a
+-- slow call started while closed cannot pass for a half-open trial.
+-- cb:status() is the reference get_status() shape (a reference None is
+-- absent); cb:metrics() has what goes beyond it; cb:snapshot() and
+-- breaker.restore(snapshot) persist a breaker. The reference names
+-- can_attempt, record_success, record_failure and get_status work too.
+local core = require "sluice._breaker"
+local log = require "sluice.log"
+
+local _M = {}
+local methods = core.methods
+
+local OPTIONS = {
+  name = "string", failure_threshold = "integer", timeout = "number",
+  half_open_max_calls = "integer", half_open_success_threshold = "integer",
+  backoff_multiplier = "number", max_timeout = "number", permit_timeout = "number",
+  window = "table", slow_call_duration = "number", slow_call_rate = "number",
+  mode = "string", jitter = "number", seed = "integer", clock = "function",
+}
+local WINDOW_OPTIONS = {
+  type = "string", size = "integer", min_calls = "integer", failure_rate = "number",
+}
+local MODES = { normal = true, metrics_only = true, disabled = true }
+
+local registry = setmetatable({}, { __mode = "v" }) -- name -> breaker
+local callbacks = setmetatable({}, { __mode = "k" }) -- breaker -> { fn, ... }
+
+local function check_type(where, key, value, want)
+  local ok
+  if want == "integer" then
+    ok = type(value) == "number" and value == math.floor(value)
+  else
+    ok = type(value) == want
+  end
+  if not ok then
+    error(where .. ": option '" .. key .. "' must be " .. (want == "integer" and "an integer" or "a " .. want)
+      .. ", got " .. (type(value) == "number" and tostring(value) or type(value)), 4)
+  end
+end
+
+local function check_options(opts)
+  if type(opts) ~= "table" then
+    error("sluice.breaker.new: bad argument #1 (table of options expected, got " .. type(opts) .. ")", 3)
+  end
+  local flat = {}
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if not want then
+      error("sluice.breaker.new: unknown option '" .. tostring(k) .. "'", 3)
+    end
+    check_type("sluice.breaker.new", k, v, want)
+    flat[k] = v
+  end
+  if opts.mode ~= nil and not MODES[opts.mode] then
+    error("sluice.breaker.new: option 'mode' must be normal, metrics_only or disabled, got '"
+      .. opts.mode .. "'", 3)
+  end
+  if opts.window then
+    flat.window = nil
+    for k, v in pairs(opts.window) do
+      local want = WINDOW_OPTIONS[k]
+      if not want then
+        error("sluice.breaker.new: unknown option 'window." .. tostring(k) .. "'", 3)
+      end
+      check_type("sluice.breaker.new", "window." .. k, v, want)
+    end
+    local wt = opts.window.type or "count"
+    if wt ~= "count" and wt ~= "time" then
+      error("sluice.breaker.new: option 'window.type' must be count or time, got '" .. wt .. "'", 3)
+    end
+    flat.window_type = wt
+    flat.window_size = opts.window.size
+    flat.window_min_calls = opts.window.min_calls
+    flat.failure_rate = opts.window.failure_rate
+  end
+  return flat
+end
+
+--- new(opts) -> breaker. Options (reference defaults): name ("unknown"),
+-- failure_threshold (5), timeout (300 s), half_open_max_calls (3),
+-- half_open_success_threshold (2), backoff_multiplier (1.5), max_timeout
+-- (3600 s), permit_timeout (60 s; 0 = never), window = {type = "count" |
+-- "time", size (100), min_calls (10), failure_rate (0.5)}, slow_call_duration
+-- (s; 0 = off), slow_call_rate (1.0), mode ("normal" | "metrics_only" |
+-- "disabled"), jitter (0: each open period lasts timeout * (1 + jitter*U)),
+-- clock (a function returning seconds, for deterministic tests).
+-- The newest breaker of a name is the one breaker.get(name) returns.
+function _M.new(opts)
+  local flat = check_options(opts)
+  local ok, cb = pcall(core.new, flat)
+  if not ok then
+    error(cb, 2) -- a range error from the C validation, naming the option
+  end
+  registry[cb:name()] = cb
+  return cb
+end
+
+--- get(name) -> the breaker of that name, or nil.
+function _M.get(name)
+  return registry[name]
+end
+
+--- all() -> { name = breaker, ... } for every live breaker.
+function _M.all()
+  local out = {}
+  for name, cb in pairs(registry) do
+    out[name] = cb
+  end
+  return out
+end
+
+--- restore(snapshot) -> the breaker named snapshot.name, with that state.
+-- An open breaker restored before its deadline stays open until it.
+function _M.restore(snapshot)
+  if type(snapshot) ~= "table" or type(snapshot.name) ~= "string" then
+    error("sluice.breaker.restore: bad argument #1 (snapshot table with a name expected)", 2)
+  end
+  local cb = registry[snapshot.name]
+  if not cb then
+    return nil, "no breaker named '" .. snapshot.name .. "'"
+  end
+  return cb:restore(snapshot)
+end
+
+--- cb:on_change(fn): fn(cb, from, to, reason) runs as a task after every
+-- state change. Returns cb.
+function methods:on_change(fn)
+  if type(fn) ~= "function" then
+    error("sluice.breaker.on_change: bad argument #1 (function expected, got " .. type(fn) .. ")", 2)
+  end
+  local list = callbacks[self]
+  if not list then
+    list = {}
+    callbacks[self] = list
+  end
+  list[#list + 1] = fn
+  return self
+end
+
+core.set_dispatcher(function(cb, from, to, reason)
+  local list = callbacks[cb]
+  if not list then return end
+  for _, fn in ipairs(list) do
+    local ok, err = xpcall(fn, debug.traceback, cb, from, to, reason)
+    if not ok then
+      log.error("breaker on_change callback failed", { breaker = cb:name(), error = tostring(err) })
+    end
+  end
+end)
+
+-- The reference API: can_attempt() takes a permit the reference way (the
+-- result applies to the current state), record_* report without one.
+function methods:can_attempt()
+  return self:allow() ~= nil
+end
+
+function methods:record_success(duration)
+  return self:success(nil, duration)
+end
+
+function methods:record_failure(duration)
+  return self:failure(nil, duration)
+end
+
+methods.get_status = methods.status
+
+return _M

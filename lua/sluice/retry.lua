@@ -1,0 +1,134 @@
+--- sluice.retry: retry policies with backoff and a retry budget.
+--
+--   local policy = retry.new{ strategy = "exponential_jitter", max_attempts = 3,
+--                             base_delay = 1, max_delay = 30 }
+--   local value, err, info = policy:run(function(attempt)
+--     local res, err, kind = http.get(url)
+--     if res and res.status == 200 then return res end
+--     return nil, err or res.status, { retryable = true, retry_after = ... }
+--   end)
+--
+-- Strategies: "fixed" (base_delay), "linear" (base_delay * n),
+-- "exponential" (base_delay * 2^(n-1)), "exponential_jitter" (the default:
+-- uniform in [0, base_delay * 2^(n-1)), AWS's "full jitter"), "adaptive"
+-- (the server's Retry-After when it sent one, up to max_retry_after; full
+-- jitter otherwise). Every delay is capped at max_delay.
+--
+-- The budget (on by default) bounds retries across all calls of a policy:
+-- each first attempt deposits `ratio` of a retry, each retry spends one, and
+-- `min_per_second` retries per second are always allowed. When a whole
+-- upstream is down, a collector then sends about (1 + ratio) requests per
+-- call instead of max_attempts. budget = false turns it off.
+local core = require "sluice._retry"
+local sluice = require "sluice"
+
+local _M = {}
+local mt = { __index = _M }
+
+local STRATEGIES = {
+  fixed = true, linear = true, exponential = true, exponential_jitter = true, adaptive = true,
+}
+local OPTIONS = {
+  strategy = "string", max_attempts = "number", base_delay = "number",
+  max_delay = "number", max_retry_after = "number", budget = "any",
+  clock = "function", sleep = "function",
+}
+local BUDGET_OPTIONS = { ratio = "number", min_per_second = "number", ttl = "number" }
+
+local function bad(msg)
+  error("sluice.retry.new: " .. msg, 3)
+end
+
+--- new(opts) -> policy. Defaults: strategy "exponential_jitter",
+-- max_attempts 3 (the first try included), base_delay 1 s, max_delay 30 s,
+-- max_retry_after 300 s, budget {ratio = 0.2, min_per_second = 1, ttl = 10}.
+-- clock and sleep may be injected for tests.
+function _M.new(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error("sluice.retry.new: bad argument #1 (table expected, got " .. type(opts) .. ")", 2)
+  end
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if not want then bad("unknown option '" .. tostring(k) .. "'") end
+    if want ~= "any" and type(v) ~= want then
+      bad("option '" .. k .. "' must be a " .. want .. ", got " .. type(v))
+    end
+  end
+  local self = setmetatable({
+    strategy = opts.strategy or "exponential_jitter",
+    max_attempts = opts.max_attempts or 3,
+    base_delay = opts.base_delay or 1,
+    max_delay = opts.max_delay or 30,
+    max_retry_after = opts.max_retry_after or 300,
+    clock = opts.clock or sluice.now,
+    sleep = opts.sleep or sluice.sleep,
+  }, mt)
+  if not STRATEGIES[self.strategy] then
+    bad("option 'strategy' must be fixed, linear, exponential, exponential_jitter or adaptive, got '"
+      .. self.strategy .. "'")
+  end
+  if self.max_attempts < 1 or self.max_attempts ~= math.floor(self.max_attempts) then
+    bad("option 'max_attempts' must be an integer >= 1")
+  end
+  for _, k in ipairs({ "base_delay", "max_delay", "max_retry_after" }) do
+    if not (self[k] >= 0 and self[k] < math.huge) then
+      bad("option '" .. k .. "' must be a finite number >= 0")
+    end
+  end
+  local b = opts.budget
+  if b ~= false then
+    if b ~= nil and type(b) ~= "table" then
+      bad("option 'budget' must be a table or false, got " .. type(b))
+    end
+    b = b or {}
+    for k, v in pairs(b) do
+      if not BUDGET_OPTIONS[k] then bad("unknown option 'budget." .. tostring(k) .. "'") end
+      if type(v) ~= "number" or v < 0 then
+        bad("option 'budget." .. k .. "' must be a number >= 0")
+      end
+    end
+    self.budget = core.budget(b.ratio or 0.2, b.min_per_second or 1, b.ttl or 10, opts.clock)
+  end
+  return self
+end
+
+--- policy:delay(n [, retry_after]) -> seconds to wait before retry n (n >= 1).
+function _M:delay(n, retry_after)
+  return core.delay(self.strategy, n, self.base_delay, self.max_delay, retry_after,
+    self.max_retry_after)
+end
+
+--- policy:run(fn) -> value, err, info
+-- Calls fn(attempt) until it returns a non-nil value, or fails in a way
+-- that must not be retried, or the attempts or the budget run out. fn
+-- returns value on success, or nil, err [, hint] where hint.retryable
+-- (default false) allows a retry and hint.retry_after (seconds) is the
+-- server's word for adaptive. info = {attempts = n, budget_exhausted = bool}.
+function _M:run(fn)
+  if self.budget then self.budget:deposit() end
+  local attempt = 0
+  while true do
+    attempt = attempt + 1
+    local value, err, hint = fn(attempt)
+    if value ~= nil then
+      return value, nil, { attempts = attempt }
+    end
+    local retryable = type(hint) == "table" and hint.retryable
+    if not retryable or attempt >= self.max_attempts then
+      return nil, err, { attempts = attempt }
+    end
+    if self.budget and not self.budget:withdraw() then
+      return nil, err, { attempts = attempt, budget_exhausted = true }
+    end
+    local d = self:delay(attempt, type(hint) == "table" and hint.retry_after or nil)
+    if d > 0 then self.sleep(d) end
+  end
+end
+
+--- policy:refused() -> retries the budget has refused so far.
+function _M:refused()
+  return self.budget and self.budget:refused() or 0
+end
+
+return _M
