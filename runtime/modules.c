@@ -7,7 +7,9 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._task", luaopen_sluice_task},
     {"sluice._log", luaopen_sluice_log},
     {"sluice._http", luaopen_sluice_http},
+    {"sluice._store", luaopen_sluice_store},
     {"sluice._breaker", luaopen_sluice_breaker},
     {"sluice._retry", luaopen_sluice_retry},
+    {"sluice._server", luaopen_sluice_server},
     {NULL, NULL},
 };

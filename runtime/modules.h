@@ -15,7 +15,9 @@ extern const sl_native_module sl_native_modules[];
 int luaopen_sluice_task(lua_State *L);
 int luaopen_sluice_log(lua_State *L);
 int luaopen_sluice_http(lua_State *L);
+int luaopen_sluice_store(lua_State *L);
 int luaopen_sluice_breaker(lua_State *L);
 int luaopen_sluice_retry(lua_State *L);
+int luaopen_sluice_server(lua_State *L);
 
 #endif

@@ -239,9 +239,13 @@ describe("sluice timers", function()
     sluice.sleep(0.2)
     tm:cancel()
     assert.is_true(#starts >= 3)
+    local lo, hi = math.huge, 0
     for i = 2, #starts do
       local gap = starts[i] - starts[i - 1]
-      assert.is_true(gap >= 0.0095 and gap <= 0.045, "gap " .. gap)
+      -- a loaded machine only makes gaps longer, so only the floor is exact
+      assert.is_true(gap >= 0.0095, "gap " .. gap)
+      lo, hi = math.min(lo, gap), math.max(hi, gap)
     end
+    assert.is_true(hi - lo > 0.001, "periods do not vary")
   end)
 end)

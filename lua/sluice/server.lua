@@ -1,0 +1,538 @@
+--- sluice.server: an HTTP/1.1 server on libevent's evhttp; handlers run as tasks.
+--
+--   local server = require "sluice.server"
+--   local srv = assert(server.listen{ host = "127.0.0.1", port = 0 })
+--   srv:route("GET", "/ping", function(req) return 200, "pong" end)
+--   srv:route("POST", "/items/*", function(req)
+--     local item, err = req:json()
+--     if not item then return 400, { error = err } end
+--     sluice.sleep(0.1)                 -- handlers may yield
+--     return 201, { id = 7 }, { ["x-request"] = "abc" }
+--   end)
+--   print(srv.port)                     -- the bound port (port = 0 picks one)
+--   srv:close()
+--
+-- server.listen(opts) -> srv | nil, err
+--   opts.host      address to bind (default "127.0.0.1"; "0.0.0.0", "::1" work)
+--   opts.port      0..65535 (default 0: a free port, see srv.port)
+--   opts.max_body  largest request body in bytes (default 8 MiB); larger ->
+--                  413 from evhttp itself (an HTML page, Connection: close),
+--                  without calling a handler. Request headers are limited to
+--                  64 KiB in all (larger -> 400 from evhttp).
+--   opts.timeout   seconds of idle I/O while reading a request or writing a
+--                  reply, and for idle keep-alive connections (default 60).
+--                  It does not limit how long a handler runs.
+--   An unknown option or a wrong type raises an error naming the option;
+--   failing to listen (port in use, bad address) returns nil, err.
+--   A listening server keeps the process running until srv:close(); at
+--   shutdown (SIGTERM, sluice.shutdown) every server is closed.
+--
+-- srv.host, srv.port
+-- srv:route(method, path, handler) -> srv
+--   method: "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
+--   "TRACE", "CONNECT" (any case), or "*" for any method. path: starts with
+--   "/"; it matches exactly, or, when it ends in "*", every path that starts
+--   with what comes before the "*" ("/api/*" matches "/api/" and "/api/a/b",
+--   not "/api"). The most specific route that accepts the method wins: an
+--   exact path before prefixes, longer prefixes before shorter ones, and
+--   within a path a named method before "*". A HEAD request uses the GET
+--   route when there is no HEAD route (the body is not sent). Routing the
+--   same method and path again replaces the handler.
+--   No route for the path -> 404; routes for the path, none for the method
+--   -> 405 with an Allow header. Both have a JSON body {"error": "..."}.
+-- srv:close() -> true if it was listening (idempotent). Stops accepting at
+--   once; requests in flight run to the end (their replies say
+--   Connection: close), then the server releases the loop.
+-- srv:stats() -> { requests = n, active = n, open = bool, closed = bool }
+--
+-- handler(req) runs as a task and returns status, body, headers:
+--   status  integer 100..599, default 200 (a handler may also return just
+--           a body: `return "pong"` or `return { ok = true }`)
+--   body    string, nil (empty), or a table sent as JSON (content-type
+--           application/json unless headers set one). A string body gets
+--           text/plain; charset=utf-8 unless headers set a content-type.
+--   headers table name -> string (or number, or a list of strings for a
+--           repeated header)
+--   An error in the handler (or an invalid return value) is logged with a
+--   traceback and answered with 500 {"error":"internal server error"}; the
+--   server goes on. A handler task that is killed is answered with 500.
+--
+-- The request:
+--   req.method       "GET", ...
+--   req.path         the path, percent-decoded, without the query
+--   req.uri          the request target as received (raw)
+--   req.query        decoded query parameters ("+" is a space); for a
+--                    repeated key the last value wins; req.query_all[key]
+--                    is the list of all its values, in order. A key without
+--                    "=" has the value "".
+--   req.query_string the raw query ("" if none)
+--   req.headers      lookup is case-insensitive (req.headers["content-type"]
+--                    == req.headers["Content-Type"]); keys are stored in
+--                    lower case; repeated headers are joined with ", "
+--   req.body         the body, "" if none
+--   req:json()       the body decoded (cjson.safe): value | nil, err
+--   req.remote_addr  "ip:port" of the peer ("[ip]:port" for IPv6);
+--                    req.remote_ip, req.remote_port separately
+--
+-- Fault injection and streaming (for tests that need a misbehaving server):
+--   req:abort()            close the connection without (finishing) the
+--                          reply; what was already written is flushed first
+--   req:start(status, headers)  send the status line and headers now; the
+--                          body follows with write(). Without a
+--                          Content-Length header the body is chunked.
+--   req:write(chunk)       send a part of the body now (starts a 200 reply
+--                          first if start() was not called)
+--   req:finish()           end the body. With a declared Content-Length
+--                          that was not reached, finish() closes the
+--                          connection instead (the client sees a truncated
+--                          body) and returns nil, err.
+--   req:state()            "new", "streaming", "answered" or "closed"
+--   Each returns true, or nil, "closed" (the connection is gone, or the
+--   server was torn down) / nil, "answered" (a reply was already sent, or
+--   start() was called twice).
+--   They never raise for a vanished client, so a handler can keep a req
+--   across sleeps. A handler may sluice.sleep between writes. Once a reply
+--   has been started, whatever the handler returns is ignored (nothing more
+--   is sent) except that an unfinished stream is finished for it; an error
+--   in a streaming handler closes the connection.
+--   Chunks are queued, not awaited: write() does not wait for the client.
+local sluice = require "sluice"
+local core = require "sluice._server"
+local log = require "sluice.log"
+local cjson = require "cjson.safe"
+
+local _M = {}
+
+local DEFAULTS = {
+  host = "127.0.0.1",
+  port = 0,
+  max_body = 8 * 1024 * 1024,
+  timeout = 60,
+}
+
+local METHODS = {
+  GET = true, POST = true, PUT = true, DELETE = true, PATCH = true,
+  HEAD = true, OPTIONS = true, TRACE = true, CONNECT = true, ["*"] = true,
+}
+
+local open_servers = setmetatable({}, { __mode = "k" })
+local shutdown_hooked = false
+
+local function is_integer(v)
+  return type(v) == "number" and v == math.floor(v) and v > -math.huge and v < math.huge
+end
+
+-- --- options -----------------------------------------------------------------
+local CHECKS = {
+  host = function(v)
+    return type(v) == "string" and v ~= "", "a non-empty string"
+  end,
+  port = function(v)
+    return is_integer(v) and v >= 0 and v <= 65535, "an integer in [0, 65535]"
+  end,
+  max_body = function(v)
+    return is_integer(v) and v >= 0, "an integer >= 0"
+  end,
+  timeout = function(v)
+    return type(v) == "number" and v > 0 and v < math.huge, "a finite number > 0"
+  end,
+}
+
+local function check_options(opts)
+  if opts == nil then
+    opts = {}
+  elseif type(opts) ~= "table" then
+    error("sluice.server.listen: bad argument #1 'opts' (table expected, got "
+      .. type(opts) .. ")", 3)
+  end
+  local out = {}
+  for k in pairs(opts) do
+    if not CHECKS[k] then
+      error("sluice.server.listen: unknown option '" .. tostring(k) .. "'", 3)
+    end
+  end
+  for k, default in pairs(DEFAULTS) do
+    local v = opts[k]
+    if v == nil then
+      v = default
+    else
+      local ok, what = CHECKS[k](v)
+      if not ok then
+        error("sluice.server.listen: option '" .. k .. "' must be " .. what
+          .. " (got " .. (type(v) == "string" and ("'" .. v .. "'") or tostring(v)) .. ")", 3)
+      end
+    end
+    out[k] = v
+  end
+  return out
+end
+
+-- --- requests ----------------------------------------------------------------
+local headers_mt = {
+  __index = function(t, k)
+    if type(k) == "string" then
+      return rawget(t, k:lower())
+    end
+  end,
+}
+
+local function unescape(s)
+  s = s:gsub("+", " ")
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local function decode_query(qs)
+  local q, all = {}, {}
+  for pair in qs:gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=(.*)$")
+    if not k then
+      k, v = pair, ""
+    end
+    k, v = unescape(k), unescape(v)
+    if k ~= "" then
+      q[k] = v
+      local list = all[k]
+      if list then
+        list[#list + 1] = v
+      else
+        all[k] = { v }
+      end
+    end
+  end
+  return q, all
+end
+
+local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
+
+-- Flattens a headers table into { name, value, ... }; returns the list and
+-- whether it names a content-type. Raises on a bad name or value.
+local function flatten_headers(headers, where)
+  local flat, has_type = {}, false
+  if headers == nil then
+    return flat, false
+  end
+  if type(headers) ~= "table" then
+    error(where .. ": headers must be a table (got " .. type(headers) .. ")", 0)
+  end
+  local function add(k, v)
+    local tv = type(v)
+    if tv == "number" or tv == "boolean" then
+      v = tostring(v)
+    elseif tv ~= "string" then
+      error(where .. ": header '" .. k .. "' has a " .. tv .. " value", 0)
+    end
+    if v:find("[%z\r\n]") then
+      error(where .. ": header '" .. k .. "' has a control character in its value", 0)
+    end
+    flat[#flat + 1] = k
+    flat[#flat + 1] = v
+  end
+  for k, v in pairs(headers) do
+    if type(k) ~= "string" or not k:find(TOKEN) then
+      error(where .. ": bad header name " .. tostring(k), 0)
+    end
+    if k:lower() == "content-type" then
+      has_type = true
+    end
+    if type(v) == "table" then
+      for _, item in ipairs(v) do
+        add(k, item)
+      end
+    else
+      add(k, v)
+    end
+  end
+  return flat, has_type
+end
+
+local function check_status(status, where)
+  if status == nil then
+    return 200
+  end
+  if not is_integer(status) or status < 100 or status > 599 then
+    error(where .. ": status must be an integer in [100, 599] (got "
+      .. tostring(status) .. ")", 0)
+  end
+  return status
+end
+
+local Request = {}
+Request.__index = Request
+
+function Request:json()
+  if not self._json_done then
+    self._json, self._json_err = cjson.decode(self.body)
+    self._json_done = true
+  end
+  return self._json, self._json_err
+end
+
+function Request:state()
+  return self._x:state()
+end
+
+function Request:abort()
+  return self._x:abort()
+end
+
+function Request:start(status, headers)
+  local ok, err = pcall(function()
+    status = check_status(status, "req:start")
+    headers = flatten_headers(headers, "req:start")
+  end)
+  if not ok then
+    error("sluice.server: " .. err, 2)
+  end
+  return self._x:start(status, headers)
+end
+
+function Request:write(chunk)
+  local tc = type(chunk)
+  if tc == "number" then
+    chunk = tostring(chunk)
+  elseif tc ~= "string" then
+    error("sluice.server: req:write: bad argument #1 'chunk' (string expected, got "
+      .. tc .. ")", 2)
+  end
+  if self._x:state() == "new" then
+    self._x:start(200)
+  end
+  return self._x:write(chunk)
+end
+
+function Request:finish()
+  if self._x:state() == "new" then
+    self._x:start(200)
+  end
+  return self._x:finish()
+end
+
+local function new_request(x, info)
+  local query, query_all = decode_query(info.query)
+  return setmetatable({
+    method = info.method,
+    path = info.path,
+    uri = info.uri,
+    query = query,
+    query_all = query_all,
+    query_string = info.query,
+    headers = setmetatable(info.headers, headers_mt),
+    body = info.body,
+    remote_addr = info.remote_addr,
+    remote_ip = info.remote_ip,
+    remote_port = info.remote_port,
+    _x = x,
+  }, Request)
+end
+
+-- --- routing -----------------------------------------------------------------
+local Server = {}
+Server.__index = Server
+
+-- The handler for method on path, or nil and the set of methods the
+-- matching routes accept (nil when no route matches the path).
+local function find_handler(srv, method, path)
+  local allowed
+  local function try(entry)
+    local m = entry.methods
+    local h = m[method] or (method == "HEAD" and m.GET) or m["*"]
+    if h then
+      return h
+    end
+    allowed = allowed or {}
+    for name in pairs(m) do
+      allowed[name] = true
+    end
+  end
+  local entry = srv._exact[path]
+  if entry then
+    local h = try(entry)
+    if h then return h end
+  end
+  for _, p in ipairs(srv._prefixes) do
+    if path:sub(1, #p.prefix) == p.prefix then
+      local h = try(p)
+      if h then return h end
+    end
+  end
+  return nil, allowed
+end
+
+local function allow_header(allowed)
+  if allowed.GET then
+    allowed.HEAD = true
+  end
+  local list = {}
+  for name in pairs(allowed) do
+    list[#list + 1] = name
+  end
+  table.sort(list)
+  return table.concat(list, ", ")
+end
+
+function Server:route(method, path, handler)
+  if type(method) ~= "string" or not METHODS[method:upper()] then
+    error("sluice.server.route: bad argument #1 'method' (an HTTP method or \"*\" expected, got "
+      .. (type(method) == "string" and ("'" .. method .. "'") or type(method)) .. ")", 2)
+  end
+  if type(path) ~= "string" or path:sub(1, 1) ~= "/" then
+    error("sluice.server.route: bad argument #2 'path' (string starting with \"/\" expected, got "
+      .. (type(path) == "string" and ("'" .. path .. "'") or type(path)) .. ")", 2)
+  end
+  if type(handler) ~= "function" then
+    error("sluice.server.route: bad argument #3 'handler' (function expected, got "
+      .. type(handler) .. ")", 2)
+  end
+  method = method:upper()
+  if path:sub(-1) == "*" then
+    local prefix = path:sub(1, -2)
+    for _, p in ipairs(self._prefixes) do
+      if p.prefix == prefix then
+        p.methods[method] = handler
+        return self
+      end
+    end
+    self._prefixes[#self._prefixes + 1] = { prefix = prefix, methods = { [method] = handler } }
+    table.sort(self._prefixes, function(a, b) return #a.prefix > #b.prefix end)
+  else
+    local entry = self._exact[path]
+    if not entry then
+      entry = { methods = {} }
+      self._exact[path] = entry
+    end
+    entry.methods[method] = handler
+  end
+  return self
+end
+
+function Server:close()
+  open_servers[self] = nil
+  return self._core:close()
+end
+
+function Server:stats()
+  return self._core:stats()
+end
+
+function Server:__tostring()
+  return tostring(self._core)
+end
+
+-- --- dispatch ----------------------------------------------------------------
+local JSON = "application/json"
+
+local function trace(err)
+  return { error = tostring(err), traceback = debug.traceback("", 2):sub(2) }
+end
+
+-- Turns a handler's results into status, flat headers, body. Raises (with a
+-- plain message) on a bad value.
+local function build_reply(status, body, headers)
+  local ts = type(status)
+  if (ts == "string" or ts == "table") and body == nil and headers == nil then
+    status, body = 200, status -- return "body" or return { json }
+  end
+  status = check_status(status, "handler")
+  local flat, has_type = flatten_headers(headers, "handler")
+  local tb = type(body)
+  if body == nil then
+    body = ""
+  elseif tb == "table" then
+    local s, err = cjson.encode(body)
+    if not s then
+      error("handler: cannot encode the body as JSON: " .. tostring(err), 0)
+    end
+    body = s
+    if not has_type then
+      flat[#flat + 1] = "Content-Type"
+      flat[#flat + 1] = JSON
+    end
+  elseif tb ~= "string" then
+    error("handler: body must be a string or a table (got " .. tb .. ")", 0)
+  end
+  return status, flat, body
+end
+
+local function reply_error(x, status, message, extra)
+  local flat = { "Content-Type", JSON }
+  if extra then
+    for i = 1, #extra do flat[#flat + 1] = extra[i] end
+  end
+  x:respond(status, flat, cjson.encode({ error = message }))
+  return status
+end
+
+local function dispatch(srv, x, info)
+  local t0 = sluice.now()
+  local req = new_request(x, info)
+  local handler, allowed = find_handler(srv, req.method, req.path)
+  local status
+  if not handler then
+    if allowed then
+      status = reply_error(x, 405, "method not allowed", { "Allow", allow_header(allowed) })
+    else
+      status = reply_error(x, 404, "not found")
+    end
+  else
+    local ok, st, body, headers = xpcall(handler, trace, req)
+    local state = x:state()
+    if not ok then
+      log.error("sluice.server: handler failed", {
+        method = req.method, path = req.path, port = srv.port,
+        error = st.error, traceback = st.traceback,
+      })
+      if state == "new" then
+        status = reply_error(x, 500, "internal server error")
+      elseif state == "streaming" then
+        x:abort()
+      end
+    elseif state == "new" then
+      local flat
+      ok, status, flat, body = pcall(build_reply, st, body, headers)
+      if ok then
+        x:respond(status, flat, body)
+      else
+        log.error("sluice.server: bad reply from handler", {
+          method = req.method, path = req.path, port = srv.port, error = status,
+        })
+        status = reply_error(x, 500, "internal server error")
+      end
+    elseif state == "streaming" then
+      if body ~= nil then
+        log.warning("sluice.server: handler returned a body after streaming; ignored",
+          { method = req.method, path = req.path, port = srv.port })
+      end
+      x:finish()
+    end
+  end
+  if log.enabled("debug") then
+    log.debug("sluice.server: request", {
+      method = req.method, path = req.path, port = srv.port, status = status,
+      state = x:state(), seconds = sluice.now() - t0, remote = req.remote_addr,
+    })
+  end
+end
+
+-- --- listen ------------------------------------------------------------------
+function _M.listen(opts)
+  opts = check_options(opts)
+  local srv = setmetatable({ host = opts.host, _exact = {}, _prefixes = {} }, Server)
+  local c, port = core.listen(opts.host, opts.port, opts.max_body, opts.timeout,
+    function(x, info) return dispatch(srv, x, info) end)
+  if not c then
+    return nil, port
+  end
+  srv._core, srv.port = c, port
+  open_servers[srv] = true
+  if not shutdown_hooked then
+    shutdown_hooked = true
+    sluice.on_shutdown(function()
+      local list = {}
+      for s in pairs(open_servers) do list[#list + 1] = s end
+      for _, s in ipairs(list) do s:close() end
+    end)
+  end
+  return srv
+end
+
+return _M

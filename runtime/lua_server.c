@@ -1,0 +1,817 @@
+/* lua_server.c -- sluice._server: an HTTP server on libevent's evhttp
+ *
+ * Every request becomes a task: the evhttp request callback copies what the
+ * handler needs (method, path, query string, headers, body, peer) into a Lua
+ * table, wraps the evhttp_request in an "exchange" userdata and spawns the
+ * server's dispatch function (lua/sluice/server.lua) as a task with both. No
+ * Lua code runs inside an evhttp callback; spawning only queues the task.
+ *
+ * Lifetime rules (this is where evhttp bites):
+ *
+ * - evhttp owns each evhttp_request. It frees it right after the reply has
+ *   been written (on_complete runs just before), when the connection fails
+ *   after we finished replying, and with every connection in evhttp_free.
+ *   When the peer goes away while we have not replied yet (EOF, timeout),
+ *   evhttp detaches the request from its connection (evcon becomes NULL)
+ *   and leaves freeing it to whoever replies; we free it in the connection's
+ *   close callback instead, since the handler may never reply.
+ * - So an exchange holds its evhttp_request pointer only while the reply is
+ *   not finished on our side (states NEW and STREAMING). The pointer is set
+ *   to NULL *before* any call that may free the request (send_reply,
+ *   send_reply_end, connection_free), and by the close callback. Every
+ *   method on an exchange whose pointer is NULL is a no-op that returns
+ *   nil, "closed" (or nil, "answered").
+ * - The server keeps every exchange evhttp still knows about on a list
+ *   (states NEW, STREAMING, SENT). An exchange leaves the list in on_complete
+ *   (fully written) or in the connection's close callback (connection gone).
+ *   Its userdata is anchored in the registry while it is listed or its task
+ *   is live, so neither callback ever sees freed memory.
+ * - A server holds one loop reference and is anchored from listen until it
+ *   is finalized. close() stops accepting at once; requests in flight
+ *   finish (their replies carry Connection: close), then the evhttp is
+ *   freed. evhttp_free is never called from inside an evhttp callback: the
+ *   final step is deferred to an event of its own.
+ * - If a handler task ends without answering (it failed, or it was killed),
+ *   the exchange answers 500 itself, or closes the connection if a streamed
+ *   reply had begun.
+ * - At lua_close every __gc may run in any order: a server's __gc frees the
+ *   evhttp after cutting all its exchanges loose; an exchange's __gc unlinks
+ *   itself. Userdata memory stays valid until all finalizers have run.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/util.h>
+#include <lauxlib.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "log.h"
+#include "modules.h"
+#include "runtime.h"
+#include "task.h"
+
+#define SERVER_MT "sluice.server"
+#define EXCHANGE_MT "sluice.server.request"
+#define MAX_HEADERS_SIZE (64 * 1024)
+
+typedef struct server server;
+typedef struct exchange exchange;
+
+typedef enum ex_state {
+    EX_NEW,       /* received, not answered */
+    EX_STREAMING, /* reply started, body in progress */
+    EX_SENT,      /* reply handed to evhttp, still being written */
+    EX_DONE,      /* reply fully written */
+    EX_CLOSED     /* connection gone or aborted before the reply ended */
+} ex_state;
+
+struct exchange {
+    struct evhttp_request *req; /* NULL once evhttp may free it */
+    struct evhttp_connection *evcon;
+    server *srv; /* while listed */
+    ex_state state;
+    int head;              /* a HEAD request: never send a body */
+    long long declared;    /* streamed Content-Length, or -1 */
+    long long written;     /* streamed body bytes */
+    int ref;               /* registry anchor, or LUA_NOREF */
+    int listed, task_live; /* what the anchor is for */
+    exchange *prev, *next; /* the server's list */
+};
+
+struct server {
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound;
+    struct event *finalize_ev;
+    int dispatch_ref; /* the Lua function spawned per request */
+    int self_ref;     /* anchor until finalized */
+    int closing;
+    int port;
+    long requests; /* since listen */
+    long active;   /* listed exchanges */
+    exchange *list;
+};
+
+/* --- exchanges ------------------------------------------------------------ */
+static void server_maybe_finalize_later(server *s);
+
+static void ex_unanchor_if_unused(exchange *x) {
+    if (x->listed || x->task_live || x->ref == LUA_NOREF || !sl_rt.L)
+        return;
+    luaL_unref(sl_rt.L, LUA_REGISTRYINDEX, x->ref);
+    x->ref = LUA_NOREF;
+}
+
+/* Takes x off its server's list. evhttp will not mention it again. */
+static void ex_unlist(exchange *x) {
+    if (!x->listed)
+        return;
+    server *s = x->srv;
+    if (x->prev)
+        x->prev->next = x->next;
+    else
+        s->list = x->next;
+    if (x->next)
+        x->next->prev = x->prev;
+    x->prev = x->next = NULL;
+    x->listed = 0;
+    x->srv = NULL;
+    x->evcon = NULL;
+    s->active--;
+    server_maybe_finalize_later(s);
+}
+
+/* The request is no longer ours to touch: the connection is gone. A request
+ * evhttp detached from its connection is freed here (nobody else will). */
+static void ex_lost(exchange *x) {
+    if (x->req && !evhttp_request_get_connection(x->req))
+        evhttp_request_free(x->req);
+    x->req = NULL;
+    if (x->state == EX_SENT)
+        x->state = EX_DONE;
+    else if (x->state != EX_DONE)
+        x->state = EX_CLOSED;
+    ex_unlist(x);
+}
+
+/* evhttp: the reply was written in full; the request is freed next. */
+static void on_complete(struct evhttp_request *req, void *arg) {
+    exchange *x = arg;
+    (void)req;
+    x->req = NULL;
+    x->state = EX_DONE;
+    ex_unlist(x);
+    ex_unanchor_if_unused(x);
+}
+
+/* evhttp: a connection of server arg is being freed. */
+static void on_conn_close(struct evhttp_connection *evcon, void *arg) {
+    server *s = arg;
+    exchange *x = s->list;
+    while (x) {
+        exchange *next = x->next;
+        if (x->evcon == evcon) {
+            ex_lost(x);
+            ex_unanchor_if_unused(x);
+        }
+        x = next;
+    }
+}
+
+static void set_header(struct evhttp_request *req, const char *k,
+                       const char *v) {
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_remove_header(h, k);
+    evhttp_add_header(h, k, v);
+}
+
+/* Sends a complete reply and lets go of the request. */
+static void ex_send(exchange *x, int status, const char *body, size_t len) {
+    struct evhttp_request *req = x->req;
+    x->req = NULL;
+    if (!evhttp_request_get_connection(req)) {
+        evhttp_request_free(req); /* what evhttp_send_reply would do */
+        x->state = EX_CLOSED;
+        ex_unlist(x);
+        return;
+    }
+    if (x->srv && x->srv->closing)
+        set_header(req, "Connection", "close");
+    if (x->head) {
+        char n[32];
+        snprintf(n, sizeof(n), "%zu", len);
+        if (!evhttp_find_header(evhttp_request_get_output_headers(req),
+                                "Content-Length"))
+            set_header(req, "Content-Length", n);
+    } else if (len > 0) {
+        evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
+    }
+    x->state = EX_SENT;
+    evhttp_send_reply(req, status, NULL, NULL); /* may not free it at once */
+}
+
+/* Closes the connection without (finishing) a reply. What was already
+ * queued is written first, as far as the socket takes it without blocking,
+ * so that a streamed reply arrives truncated rather than empty. */
+static void ex_abort(exchange *x) {
+    struct evhttp_connection *evcon = evhttp_request_get_connection(x->req);
+    if (!evcon) {
+        ex_lost(x);
+        return;
+    }
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd >= 0)
+        evbuffer_write(bufferevent_get_output(bev), fd);
+    x->req = NULL; /* freed with its connection */
+    x->state = EX_CLOSED;
+    evhttp_connection_free(evcon); /* runs on_conn_close */
+    ex_unlist(x);                  /* in case it did not */
+}
+
+/* The handler's task ended. An unanswered request gets a 500; a streamed
+ * reply that was never finished is cut off. */
+static void on_task_done(sl_task *t, int ok, void *privdata) {
+    exchange *x = privdata;
+    (void)t;
+    (void)ok;
+    x->task_live = 0;
+    if (x->req && x->state == EX_NEW) {
+        static const char msg[] = "{\"error\":\"internal server error\"}";
+        sl_logf(SL_LOG_WARNING,
+                "sluice.server: handler task ended without answering; "
+                "sent 500");
+        evhttp_clear_headers(evhttp_request_get_output_headers(x->req));
+        set_header(x->req, "Content-Type", "application/json");
+        ex_send(x, 500, msg, sizeof(msg) - 1);
+    } else if (x->req && x->state == EX_STREAMING) {
+        ex_abort(x);
+    }
+    ex_unanchor_if_unused(x);
+}
+
+static exchange *check_ex(lua_State *L) {
+    return luaL_checkudata(L, 1, EXCHANGE_MT);
+}
+
+static int push_closed(lua_State *L, const exchange *x) {
+    lua_pushnil(L);
+    /* "answered": a reply was sent or begun; "closed": the exchange is
+     * over without one (or the stream was cut). */
+    lua_pushstring(L, x->state == EX_CLOSED ? "closed" : "answered");
+    return 2;
+}
+
+/* Adds the headers in the flat list at idx ({name, value, name, value, ...},
+ * validated by server.lua). Raises on a header evhttp refuses. */
+static void add_headers(lua_State *L, int idx, struct evhttp_request *req) {
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_clear_headers(h);
+    if (lua_isnoneornil(L, idx))
+        return;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    int n = (int)lua_objlen(L, idx);
+    for (int i = 1; i + 1 <= n; i += 2) {
+        lua_rawgeti(L, idx, i);
+        lua_rawgeti(L, idx, i + 1);
+        const char *k = lua_tostring(L, -2);
+        const char *v = lua_tostring(L, -1);
+        if (!k || !v || evhttp_add_header(h, k, v) != 0)
+            luaL_error(L, "invalid header '%s'", k ? k : "?");
+        lua_pop(L, 2);
+    }
+}
+
+static int check_status(lua_State *L, int idx) {
+    lua_Number n = luaL_checknumber(L, idx);
+    luaL_argcheck(L, n == floor(n) && n >= 100 && n <= 599, idx,
+                  "status must be an integer in [100, 599]");
+    return (int)n;
+}
+
+/* x:respond(status, headers, body) -> true | nil, "closed" | "answered" */
+static int ex_respond(lua_State *L) {
+    exchange *x = check_ex(L);
+    int status = check_status(L, 2);
+    size_t len = 0;
+    const char *body = luaL_optlstring(L, 4, "", &len);
+    if (!x->req || x->state != EX_NEW)
+        return push_closed(L, x);
+    add_headers(L, 3, x->req);
+    ex_send(x, status, body, len);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* x:start(status, headers) -> true | nil, why */
+static int ex_start(lua_State *L) {
+    exchange *x = check_ex(L);
+    int status = check_status(L, 2);
+    if (!x->req || x->state != EX_NEW)
+        return push_closed(L, x);
+    if (!evhttp_request_get_connection(x->req)) {
+        ex_lost(x);
+        return push_closed(L, x);
+    }
+    add_headers(L, 3, x->req);
+    if (x->srv && x->srv->closing)
+        set_header(x->req, "Connection", "close");
+    const char *cl = evhttp_find_header(
+        evhttp_request_get_output_headers(x->req), "Content-Length");
+    x->declared = cl ? strtoll(cl, NULL, 10) : -1;
+    x->written = 0;
+    x->state = EX_STREAMING;
+    evhttp_send_reply_start(x->req, status, NULL);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* x:write(chunk) -> true | nil, why. Queues the chunk; it is written as
+ * the socket accepts it (no back-pressure: the chunk is copied). */
+static int ex_write(lua_State *L) {
+    exchange *x = check_ex(L);
+    size_t len;
+    const char *s = luaL_checklstring(L, 2, &len);
+    if (!x->req || x->state != EX_STREAMING)
+        return push_closed(L, x);
+    if (!evhttp_request_get_connection(x->req)) {
+        ex_lost(x);
+        return push_closed(L, x);
+    }
+    if (x->declared >= 0 && x->written + (long long)len > x->declared) {
+        lua_pushnil(L);
+        lua_pushstring(L, "body longer than its Content-Length");
+        return 2;
+    }
+    if (len > 0 && !x->head) {
+        struct evbuffer *b = evbuffer_new();
+        if (!b || evbuffer_add(b, s, len) != 0) {
+            if (b)
+                evbuffer_free(b);
+            return luaL_error(L, "out of memory");
+        }
+        evhttp_send_reply_chunk(x->req, b);
+        evbuffer_free(b);
+    }
+    x->written += (long long)len;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* x:finish() -> true | nil, why. Ends a streamed reply. If fewer bytes
+ * were written than a declared Content-Length, the connection is closed
+ * instead (the client sees a truncated body). */
+static int ex_finish(lua_State *L) {
+    exchange *x = check_ex(L);
+    if (!x->req || x->state != EX_STREAMING)
+        return push_closed(L, x);
+    if (x->declared >= 0 && x->written < x->declared) {
+        ex_abort(x);
+        lua_pushnil(L);
+        lua_pushstring(L, "body shorter than its Content-Length; closed");
+        return 2;
+    }
+    struct evhttp_request *req = x->req;
+    x->req = NULL;
+    x->state = EX_SENT;
+    if (!evhttp_request_get_connection(req)) {
+        x->state = EX_CLOSED;
+        ex_unlist(x);
+    }
+    evhttp_send_reply_end(req); /* may complete (and free req) at once */
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* x:abort() -> true | nil, why */
+static int ex_abort_l(lua_State *L) {
+    exchange *x = check_ex(L);
+    if (!x->req || (x->state != EX_NEW && x->state != EX_STREAMING))
+        return push_closed(L, x);
+    ex_abort(x);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static const char *ex_state_name(const exchange *x) {
+    switch (x->state) {
+    case EX_NEW:
+        return "new";
+    case EX_STREAMING:
+        return "streaming";
+    case EX_SENT:
+    case EX_DONE:
+        return "answered";
+    case EX_CLOSED:
+        return "closed";
+    }
+    return "?";
+}
+
+/* x:state() -> "new" | "streaming" | "answered" | "closed" */
+static int ex_state_l(lua_State *L) {
+    lua_pushstring(L, ex_state_name(check_ex(L)));
+    return 1;
+}
+
+static int ex_gc(lua_State *L) {
+    exchange *x = check_ex(L);
+    /* Reachable while listed only at lua_close, before the server's __gc
+     * or after it (which unlisted us). The connection, and with it an
+     * attached request, is freed by evhttp_free. */
+    if (x->listed) {
+        if (x->req && !evhttp_request_get_connection(x->req))
+            evhttp_request_free(x->req);
+        x->req = NULL;
+        x->state = EX_CLOSED;
+        ex_unlist(x);
+    }
+    return 0;
+}
+
+static int ex_tostring(lua_State *L) {
+    exchange *x = check_ex(L);
+    lua_pushfstring(L, "sluice.server request (%s)", ex_state_name(x));
+    return 1;
+}
+
+/* --- the request callback ------------------------------------------------- */
+static const char *method_name(enum evhttp_cmd_type t) {
+    switch (t) {
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
+    }
+    return "UNKNOWN";
+}
+
+/* Pushes the request's headers as a table keyed by lower-case name;
+ * repeated headers are joined with ", " (RFC 9110, 5.3). */
+static void push_headers(lua_State *L, struct evhttp_request *req) {
+    lua_newtable(L);
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    char name[256];
+    for (struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        size_t n = strlen(kv->key);
+        if (n >= sizeof(name))
+            continue;
+        for (size_t i = 0; i < n; i++) {
+            char c = kv->key[i];
+            name[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+        }
+        lua_pushlstring(L, name, n);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushstring(L, kv->value);
+        } else {
+            lua_pushliteral(L, ", ");
+            lua_pushstring(L, kv->value);
+            lua_concat(L, 3);
+        }
+        lua_rawset(L, -3);
+    }
+}
+
+typedef struct accept_ctx {
+    server *srv;
+    struct evhttp_request *req;
+    exchange *x;
+    sl_task *task;
+} accept_ctx;
+
+/* Runs under lua_cpcall: builds the exchange and the request table and
+ * spawns the dispatch task. Nothing is linked to evhttp until it returns. */
+static int accept_request(lua_State *L) {
+    accept_ctx *c = lua_touserdata(L, 1);
+    struct evhttp_request *req = c->req;
+    lua_settop(L, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->srv->dispatch_ref);
+
+    exchange *x = lua_newuserdata(L, sizeof(*x));
+    memset(x, 0, sizeof(*x));
+    x->ref = LUA_NOREF;
+    x->declared = -1;
+    luaL_getmetatable(L, EXCHANGE_MT);
+    lua_setmetatable(L, -2);
+    c->x = x;
+
+    lua_createtable(L, 0, 10);
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    lua_pushstring(L, method_name(cmd));
+    lua_setfield(L, -2, "method");
+    const char *uri = evhttp_request_get_uri(req);
+    lua_pushstring(L, uri ? uri : "/");
+    lua_setfield(L, -2, "uri");
+    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+    const char *path = u ? evhttp_uri_get_path(u) : NULL;
+    if (!path || !*path)
+        path = "/";
+    size_t plen = 0;
+    char *decoded = evhttp_uridecode(path, 0, &plen);
+    if (decoded) {
+        lua_pushlstring(L, decoded, plen);
+        free(decoded);
+    } else {
+        lua_pushstring(L, path);
+    }
+    lua_setfield(L, -2, "path");
+    const char *query = u ? evhttp_uri_get_query(u) : NULL;
+    lua_pushstring(L, query ? query : "");
+    lua_setfield(L, -2, "query");
+    push_headers(L, req);
+    lua_setfield(L, -2, "headers");
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t blen = evbuffer_get_length(in);
+    if (blen > 0)
+        lua_pushlstring(L, (const char *)evbuffer_pullup(in, -1), blen);
+    else
+        lua_pushliteral(L, "");
+    lua_setfield(L, -2, "body");
+    char *host = NULL;
+    ev_uint16_t port = 0;
+    evhttp_connection_get_peer(evhttp_request_get_connection(req), &host,
+                               &port);
+    if (host) {
+        lua_pushstring(L, host);
+        lua_setfield(L, -2, "remote_ip");
+        lua_pushinteger(L, port);
+        lua_setfield(L, -2, "remote_port");
+        if (strchr(host, ':'))
+            lua_pushfstring(L, "[%s]:%d", host, (int)port);
+        else
+            lua_pushfstring(L, "%s:%d", host, (int)port);
+        lua_setfield(L, -2, "remote_addr");
+    }
+
+    lua_pushvalue(L, 2);
+    x->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->task = sl_task_spawn(L, 2);
+    return 0;
+}
+
+static void on_request(struct evhttp_request *req, void *arg) {
+    server *s = arg;
+    lua_State *L = sl_rt.L;
+    if (s->closing || !L) {
+        set_header(req, "Connection", "close");
+        evhttp_send_error(req, 503, NULL);
+        return;
+    }
+    accept_ctx c = {.srv = s, .req = req};
+    int top = lua_gettop(L);
+    if (lua_cpcall(L, accept_request, &c) != 0) {
+        sl_logf(SL_LOG_ERROR, "sluice.server: cannot handle a request: %s",
+                lua_tostring(L, -1));
+        lua_settop(L, top);
+        if (c.x && c.x->ref != LUA_NOREF && !c.task) {
+            luaL_unref(L, LUA_REGISTRYINDEX, c.x->ref);
+            c.x->ref = LUA_NOREF;
+        }
+        if (!c.task) {
+            evhttp_send_error(req, 500, NULL);
+            return;
+        }
+    }
+    lua_settop(L, top);
+    exchange *x = c.x;
+    x->req = req;
+    x->evcon = evhttp_request_get_connection(req);
+    x->head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+    x->srv = s;
+    x->listed = 1;
+    x->task_live = 1;
+    x->next = s->list;
+    if (s->list)
+        s->list->prev = x;
+    s->list = x;
+    s->active++;
+    s->requests++;
+    c.task->on_done = on_task_done;
+    c.task->on_done_data = x;
+    evhttp_request_set_on_complete_cb(req, on_complete, x);
+    evhttp_connection_set_closecb(x->evcon, on_conn_close, s);
+}
+
+/* --- servers -------------------------------------------------------------- */
+
+/* Frees the evhttp (closing idle connections) and releases the loop
+ * reference and the anchor. Never called from inside an evhttp callback. */
+static void server_finalize(server *s) {
+    if (!s->http)
+        return;
+    struct evhttp *http = s->http;
+    s->closing = 1;
+    s->bound = NULL;
+    /* Cut loose whatever is still in flight (only when forced, at
+     * lua_close): evhttp_free frees attached requests with their
+     * connections; detached ones are ours. */
+    while (s->list) {
+        exchange *x = s->list;
+        if (x->req && !evhttp_request_get_connection(x->req))
+            evhttp_request_free(x->req);
+        x->req = NULL;
+        if (x->state != EX_DONE)
+            x->state = x->state == EX_SENT ? EX_DONE : EX_CLOSED;
+        ex_unlist(x);
+    }
+    s->http = NULL;
+    evhttp_free(http);
+    if (s->finalize_ev) {
+        event_free(s->finalize_ev);
+        s->finalize_ev = NULL;
+    }
+    if (sl_rt.L) {
+        luaL_unref(sl_rt.L, LUA_REGISTRYINDEX, s->dispatch_ref);
+        luaL_unref(sl_rt.L, LUA_REGISTRYINDEX, s->self_ref);
+    }
+    s->dispatch_ref = s->self_ref = LUA_NOREF;
+    sl_loop_unref();
+}
+
+static void finalize_cb(evutil_socket_t fd, short what, void *arg) {
+    server *s = arg;
+    (void)fd;
+    (void)what;
+    if (s->closing && s->active == 0)
+        server_finalize(s);
+}
+
+static void server_maybe_finalize_later(server *s) {
+    if (s->closing && s->active == 0 && s->finalize_ev)
+        event_active(s->finalize_ev, EV_TIMEOUT, 0);
+}
+
+static server *check_server(lua_State *L) {
+    return luaL_checkudata(L, 1, SERVER_MT);
+}
+
+/* listen(host, port, max_body, timeout, dispatch) -> srv, port | nil, err */
+static int l_listen(lua_State *L) {
+    const char *host = luaL_checkstring(L, 1);
+    lua_Number port = luaL_checknumber(L, 2);
+    luaL_argcheck(L, port == floor(port) && port >= 0 && port <= 65535, 2,
+                  "port must be an integer in [0, 65535]");
+    lua_Number max_body = luaL_checknumber(L, 3);
+    luaL_argcheck(L, max_body >= 0 && max_body < 9e15, 3,
+                  "max_body must be a number >= 0");
+    lua_Number timeout = luaL_checknumber(L, 4);
+    luaL_argcheck(L, timeout > 0 && isfinite(timeout), 4,
+                  "timeout must be a finite number > 0");
+    luaL_checktype(L, 5, LUA_TFUNCTION);
+    if (sl_rt.stopping) {
+        lua_pushnil(L);
+        lua_pushstring(L, "shutting down");
+        return 2;
+    }
+
+    server *s = lua_newuserdata(L, sizeof(*s));
+    memset(s, 0, sizeof(*s));
+    s->dispatch_ref = s->self_ref = LUA_NOREF;
+    luaL_getmetatable(L, SERVER_MT);
+    lua_setmetatable(L, -2);
+
+    s->http = evhttp_new(sl_rt.base);
+    if (!s->http)
+        return luaL_error(L, "out of memory");
+    errno = 0;
+    s->bound = evhttp_bind_socket_with_handle(s->http, host, (uint16_t)port);
+    if (!s->bound) {
+        int e = errno;
+        evhttp_free(s->http);
+        s->http = NULL;
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot listen on %s:%d: %s", host, (int)port,
+                        e ? strerror(e) : "cannot bind");
+        return 2;
+    }
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    evutil_socket_t fd = evhttp_bound_socket_get_fd(s->bound);
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET6)
+            s->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        else
+            s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    }
+    evhttp_set_gencb(s->http, on_request, s);
+    evhttp_set_allowed_methods(
+        s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                     EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                     EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+    evhttp_set_max_body_size(s->http, (ev_ssize_t)max_body);
+    evhttp_set_max_headers_size(s->http, MAX_HEADERS_SIZE);
+    evhttp_set_default_content_type(s->http, "text/plain; charset=utf-8");
+    /* Read the rest of an oversized body before answering 413, so that the
+     * client gets the answer rather than a reset. */
+    evhttp_set_flags(s->http, EVHTTP_SERVER_LINGERING_CLOSE);
+    struct timeval tv;
+    tv.tv_sec = (time_t)floor(timeout);
+    tv.tv_usec = (suseconds_t)((timeout - floor(timeout)) * 1e6);
+    evhttp_set_timeout_tv(s->http, &tv);
+    s->finalize_ev = event_new(sl_rt.base, -1, 0, finalize_cb, s);
+
+    lua_pushvalue(L, 5);
+    s->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, -1);
+    s->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    sl_loop_ref();
+    lua_pushinteger(L, s->port);
+    return 2;
+}
+
+/* srv:close() -> true if it was listening. Stops accepting at once; the
+ * requests in flight finish, then the server lets go of the loop. */
+static int srv_close(lua_State *L) {
+    server *s = check_server(L);
+    int was = s->http && !s->closing;
+    if (was) {
+        s->closing = 1;
+        if (s->bound) {
+            evhttp_del_accept_socket(s->http, s->bound);
+            s->bound = NULL;
+        }
+        if (s->active == 0)
+            server_finalize(s);
+    }
+    lua_pushboolean(L, was);
+    return 1;
+}
+
+/* srv:stats() -> { requests = n, active = n, open = bool, closed = bool } */
+static int srv_stats(lua_State *L) {
+    server *s = check_server(L);
+    lua_createtable(L, 0, 4);
+    lua_pushnumber(L, (lua_Number)s->requests);
+    lua_setfield(L, -2, "requests");
+    lua_pushnumber(L, (lua_Number)s->active);
+    lua_setfield(L, -2, "active");
+    lua_pushboolean(L, s->http && !s->closing);
+    lua_setfield(L, -2, "open");
+    lua_pushboolean(L, s->http == NULL);
+    lua_setfield(L, -2, "closed");
+    return 1;
+}
+
+static int srv_gc(lua_State *L) {
+    server *s = check_server(L);
+    server_finalize(s);
+    return 0;
+}
+
+static int srv_tostring(lua_State *L) {
+    server *s = check_server(L);
+    lua_pushfstring(L, "sluice.server (port %d, %s)", s->port,
+                    !s->http     ? "closed"
+                    : s->closing ? "closing"
+                                 : "open");
+    return 1;
+}
+
+int luaopen_sluice_server(lua_State *L) {
+    static const luaL_Reg srv_methods[] = {
+        {"close", srv_close},
+        {"stats", srv_stats},
+        {NULL, NULL},
+    };
+    static const luaL_Reg ex_methods[] = {
+        {"respond", ex_respond},
+        {"start", ex_start},
+        {"write", ex_write},
+        {"finish", ex_finish},
+        {"abort", ex_abort_l},
+        {"state", ex_state_l},
+        {NULL, NULL},
+    };
+    static const luaL_Reg fns[] = {
+        {"listen", l_listen},
+        {NULL, NULL},
+    };
+    luaL_newmetatable(L, SERVER_MT);
+    lua_pushcfunction(L, srv_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, srv_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_newtable(L);
+    luaL_register(L, NULL, srv_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+
+    luaL_newmetatable(L, EXCHANGE_MT);
+    lua_pushcfunction(L, ex_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, ex_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_newtable(L);
+    luaL_register(L, NULL, ex_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+
+    lua_newtable(L);
+    luaL_register(L, NULL, fns);
+    return 1;
+}
