@@ -1,6 +1,7 @@
 /* lua_task.c -- sluice._task: the native half of require "sluice" */
 #include <lauxlib.h>
 #include <math.h>
+#include <string.h>
 
 #include "modules.h"
 #include "runtime.h"
@@ -120,6 +121,22 @@ static int l_shutdown_timeout(lua_State *L) {
     return 1;
 }
 
+/* environ() -> { NAME = value, ... }: the whole environment, which Lua's
+ * os.getenv cannot list (configuration overrides need to). */
+static int l_environ(lua_State *L) {
+    extern char **environ;
+    lua_newtable(L);
+    for (char **e = environ; e && *e; e++) {
+        const char *eq = strchr(*e, '=');
+        if (!eq || eq == *e)
+            continue;
+        lua_pushlstring(L, *e, (size_t)(eq - *e));
+        lua_pushstring(L, eq + 1);
+        lua_rawset(L, -3);
+    }
+    return 1;
+}
+
 int luaopen_sluice_task(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"spawn", l_spawn},
@@ -140,6 +157,7 @@ int luaopen_sluice_task(lua_State *L) {
         {"shutdown", l_shutdown},
         {"stopping", l_stopping},
         {"shutdown_timeout", l_shutdown_timeout},
+        {"environ", l_environ},
         {NULL, NULL},
     };
     lua_newtable(L);

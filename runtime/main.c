@@ -46,6 +46,8 @@ static const char *usage_run =
     "Runs FILE as the main task. The process exits when the main task and\n"
     "every task and timer it started are done, or on SIGINT/SIGTERM after a\n"
     "graceful shutdown. Script arguments are passed as ... and in `arg`.\n"
+    "When FILE returns a table, it is a configuration: its collectors run\n"
+    "until shutdown.\n"
     "\n"
     "options:\n"
     "  --lua-path DIR          look for Lua modules in DIR first "
@@ -57,7 +59,8 @@ static const char *usage_run =
     "terminal,\n"
     "                          json otherwise)\n"
     "  --shutdown-timeout S    seconds running tasks get at shutdown "
-    "(default 10)\n";
+    "(default 10)\n"
+    "  --profile NAME          merge the configuration's profiles[NAME]\n";
 
 static const char *usage_test =
     "usage: sluice test [sluice options] [busted options] PATH...\n"
@@ -78,6 +81,7 @@ typedef struct options {
     int log_level;
     int log_format;
     double shutdown_timeout;
+    const char *profile;
 } options;
 
 static int fail_usage(const char *fmt, const char *arg) {
@@ -96,10 +100,10 @@ static int is_help(const char *a) {
 static int runtime_option(int argc, char **argv, int *i, options *o) {
     const char *a = argv[*i];
     const char *names[] = {"--lua-path", "--log-level", "--log-format",
-                           "--shutdown-timeout"};
+                           "--shutdown-timeout", "--profile"};
     int which = -1;
     const char *val = NULL;
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
         size_t len = strlen(names[k]);
         if (strncmp(a, names[k], len) == 0 &&
             (a[len] == '\0' || a[len] == '=')) {
@@ -159,6 +163,9 @@ static int runtime_option(int argc, char **argv, int *i, options *o) {
             fail_usage("--shutdown-timeout '%s': expected seconds >= 0", val);
             return -1;
         }
+        break;
+    case 4:
+        o->profile = val;
         break;
     }
     return 1;
@@ -246,9 +253,24 @@ static int cmd_run(int argc, char **argv) {
         sl_runtime_close();
         return EXIT_ERROR;
     }
+    /* sluice.main(chunk, file, profile, args...) runs the chunk and, when
+     * it returns a configuration, the collectors it lists. */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "sluice.main");
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        fprintf(stderr, "sluice: %s\n", lua_tostring(L, -1));
+        sl_runtime_close();
+        return EXIT_ERROR;
+    }
+    lua_insert(L, -2);
+    lua_pushstring(L, file);
+    if (o.profile)
+        lua_pushstring(L, o.profile);
+    else
+        lua_pushnil(L);
     for (int k = 0; k < nargs; k++)
         lua_pushstring(L, args[k]);
-    sl_task *t = sl_task_spawn(L, nargs);
+    sl_task *t = sl_task_spawn(L, nargs + 3);
     t->on_done = main_done;
     lua_pop(L, 1);
     int code = sl_runtime_run();

@@ -23,6 +23,7 @@ local _M = {
   shutdown = core.shutdown, -- shutdown([exit_code]): begin graceful shutdown
   stopping = core.stopping, -- true once shutdown has begun
   shutdown_timeout = core.shutdown_timeout, -- get or set, in seconds
+  environ = core.environ,   -- { NAME = value } for the whole environment
 }
 
 local every_options = { jitter = true }

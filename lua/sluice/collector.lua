@@ -1,0 +1,536 @@
+--- sluice.collector: the collector framework.
+--
+-- A collector is a spec (collector.define{...}, usually what a collector
+-- file returns) turned into a running instance by collector.new(spec,
+-- options, context). The instance owns a breaker, a limiter, a retry policy
+-- and the request pipeline, runs `collect` every `interval` seconds as a
+-- task, stores the rows it returns, and keeps the reference statistics and
+-- health.
+--
+--   return collector.define{
+--     name = "binance_klines", base_url = "https://api.binance.com",
+--     interval = 60, jitter = 0.1, timeout = 10,
+--     auth = { header = "X-MBX-APIKEY", value = collector.env("BINANCE_KEY") },
+--     limiter = { rate = 10 }, breaker = { failure_threshold = 5 },
+--     retry = { strategy = "exponential_jitter", max_attempts = 3 },
+--     tables = { klines = { columns = {...}, key = {...} } },
+--     options = { symbols = { "BTCUSDT" } },       -- the collector's own, with defaults
+--     collect = function(self) return { klines = rows } end,
+--   }
+--
+-- The request pipeline, self:get(path, opts) / self:post / self:request:
+-- limiter wait -> breaker permit -> HTTP -> classify -> limiter observe ->
+-- breaker record -> retry. Classification: 2xx success; 429 throttled (the
+-- limiter backs off, the breaker counts a failure, retried after
+-- Retry-After); 418 banned (the breaker stays open until the ban ends; not
+-- retried); 5xx, timeout, connect and other transport errors are failures,
+-- retried; other 4xx are failures, not retried. A collector's
+-- classify(self, res) may return a verdict ("success", "failure",
+-- "ignored", "throttled", "banned") and a message, e.g. for an HTTP 200
+-- carrying an error object. Returns data (decoded JSON when the response is
+-- JSON, the body otherwise) and the response, or nil, err, kind.
+local sluice = require "sluice"
+local http = require "sluice.http"
+local log = require "sluice.log"
+local breaker = require "sluice.breaker"
+local retry = require "sluice.retry"
+local cjson = require "cjson.safe"
+
+local _M = {}
+local Collector = {}
+local instance_mt = { __index = Collector }
+
+-- --- secrets ------------------------------------------------------------
+
+local secret_mt = {
+  __tostring = function() return "<secret>" end,
+}
+
+--- env(name [, default]) -> a secret resolved from the environment when
+-- used. It prints as "<secret>" so it cannot leak into logs or status.
+function _M.env(name, default)
+  if type(name) ~= "string" then
+    error("sluice.collector.env: bad argument #1 (string expected, got " .. type(name) .. ")", 2)
+  end
+  return setmetatable({ env = name, default = default }, secret_mt)
+end
+
+local function reveal(v)
+  if getmetatable(v) == secret_mt then
+    return os.getenv(v.env) or v.default
+  end
+  return v
+end
+
+-- --- validation of the spec ---------------------------------------------
+
+local SPEC = {
+  name = "string", base_url = "string", interval = "number", jitter = "number",
+  timeout = "number", auth = "table", limiter = "table|boolean", breaker = "table|boolean",
+  retry = "table|boolean", tables = "table", options = "table", collect = "function",
+  classify = "function", init = "function", close = "function", backfill = "function",
+  backfill_step = "number|function", expect = "table", headers = "table",
+  description = "string", endpoint = "function",
+}
+
+local function type_ok(v, want)
+  for t in want:gmatch("[^|]+") do
+    if type(v) == t then return true end
+  end
+  return false
+end
+
+local function check_spec(spec, where, level)
+  for k, v in pairs(spec) do
+    local want = SPEC[k]
+    if not want then
+      error(where .. ": unknown option '" .. tostring(k) .. "'", level)
+    end
+    if not type_ok(v, want) then
+      error(where .. ": option '" .. k .. "' must be " .. want:gsub("|", " or ") .. ", got " .. type(v), level)
+    end
+  end
+  if spec.name ~= nil and not spec.name:match("^[%a_][%w_]*$") then
+    error(where .. ": option 'name' must be an identifier (letters, digits, _), got '" .. spec.name .. "'", level)
+  end
+  if spec.interval ~= nil and not (spec.interval > 0 and spec.interval < math.huge) then
+    error(where .. ": option 'interval' must be a finite number > 0", level)
+  end
+  if spec.jitter ~= nil and not (spec.jitter >= 0 and spec.jitter < 1) then
+    error(where .. ": option 'jitter' must be in [0, 1)", level)
+  end
+  if spec.timeout ~= nil and not (spec.timeout > 0 and spec.timeout < math.huge) then
+    error(where .. ": option 'timeout' must be a finite number > 0", level)
+  end
+  if spec.auth then
+    local a = spec.auth
+    local n = (a.bearer ~= nil and 1 or 0) + (a.header ~= nil and 1 or 0) + (a.query ~= nil and 1 or 0)
+    if n ~= 1 then
+      error(where .. ": option 'auth' needs exactly one of bearer = <token>, header = <name>, query = <name>", level)
+    end
+    if (a.header or a.query) and a.value == nil then
+      error(where .. ": option 'auth' needs a value (a string or collector.env(\"NAME\"))", level)
+    end
+  end
+end
+
+--- define(spec) -> spec, validated. Unknown options and wrong types raise
+-- errors naming them.
+function _M.define(spec)
+  if type(spec) ~= "table" then
+    error("sluice.collector.define: bad argument #1 (table expected, got " .. type(spec) .. ")", 2)
+  end
+  check_spec(spec, "sluice.collector.define", 3)
+  if not spec.name then
+    error("sluice.collector.define: option 'name' is required", 2)
+  end
+  if not spec.collect and not spec.backfill then
+    error("sluice.collector.define: a collector needs collect (and/or backfill)", 2)
+  end
+  spec._is_collector_spec = true
+  return spec
+end
+
+-- --- the instance --------------------------------------------------------
+
+local function iso(t)
+  if not t then return nil end
+  local secs = math.floor(t)
+  return os.date("!%Y-%m-%dT%H:%M:%S", secs) .. string.format(".%06d", math.floor((t - secs) * 1e6)) .. "+00:00"
+end
+
+local function merge(base, over)
+  local out = {}
+  for k, v in pairs(base or {}) do out[k] = v end
+  for k, v in pairs(over or {}) do out[k] = v end
+  return out
+end
+
+--- new(spec, overrides, context) -> instance
+-- overrides: the configuration entry (name, base_url, interval, auth,
+-- limiter, breaker, retry, and the collector's own options); context:
+-- {store = db} (optional; without a store, collect's rows are counted
+-- but not stored).
+function _M.new(spec, overrides, context)
+  if type(spec) ~= "table" or not spec._is_collector_spec then
+    error("sluice.collector.new: bad argument #1 (a spec from collector.define expected)", 2)
+  end
+  overrides = overrides or {}
+  context = context or {}
+  -- overrides split: framework options vs the collector's own options
+  local own = merge(spec.options, nil)
+  local framework = {}
+  for k, v in pairs(overrides) do
+    if k == "use" or k == "file" or k == "enabled" then -- config bookkeeping
+    elseif SPEC[k] and k ~= "options" then
+      framework[k] = v
+    elseif spec.options and spec.options[k] ~= nil then
+      if type(v) ~= type(spec.options[k]) then
+        error(string.format("collector '%s': option '%s' must be a %s, got %s",
+          overrides.name or spec.name, k, type(spec.options[k]), type(v)), 2)
+      end
+      own[k] = v
+    else
+      error(string.format("collector '%s': unknown option '%s'", overrides.name or spec.name, tostring(k)), 2)
+    end
+  end
+  check_spec(framework, "collector '" .. (overrides.name or spec.name) .. "'", 3)
+  local cfg = merge(spec, framework)
+  local self = setmetatable({
+    name = cfg.name,
+    spec = spec,
+    config = cfg,
+    options = own,
+    store = context.store,
+    base_url = cfg.base_url,
+    interval = cfg.interval or 60,
+    log = log.with({ collector = cfg.name }),
+    running = false,
+    stats_ = {
+      started_at = nil, last_collection = nil, last_success = nil, last_error = nil,
+      total_requests = 0, successful_requests = 0, failed_requests = 0,
+      data_points_collected = 0, total_runtime = 0, collections_completed = 0,
+      consecutive_failures = 0, collections_failed = 0,
+    },
+  }, instance_mt)
+  if cfg.breaker ~= false then
+    local bopts = merge(type(cfg.breaker) == "table" and cfg.breaker or {}, nil)
+    bopts.name = bopts.name or cfg.name
+    self.breaker = breaker.new(bopts)
+  end
+  if cfg.limiter ~= false then
+    local ok, limiter = pcall(require, "sluice.limiter")
+    if ok then
+      local lopts = merge(type(cfg.limiter) == "table" and cfg.limiter or {}, nil)
+      lopts.name = lopts.name or cfg.name
+      self.limiter = limiter.new(lopts)
+    end
+  end
+  if cfg.retry ~= false then
+    self.retry = retry.new(type(cfg.retry) == "table" and cfg.retry or {})
+  end
+  if self.store and cfg.tables then
+    for tname, def in pairs(cfg.tables) do
+      local d = merge(def, { name = tname })
+      local ok, err = self.store:define(d)
+      if not ok then
+        error("collector '" .. self.name .. "': table '" .. tname .. "': " .. tostring(err), 2)
+      end
+    end
+  end
+  -- An open breaker survives restarts: restore its saved state.
+  if self.store and self.breaker then
+    local snap = self.store:load_state("breaker", self.breaker:name())
+    if snap then
+      local ok, err = pcall(self.breaker.restore, self.breaker, snap)
+      if not ok then
+        self.log.warning("ignoring saved breaker state", { error = tostring(err) })
+      end
+    end
+    self.breaker:on_change(function(cb)
+      if self.store then self.store:save_state("breaker", cb:name(), cb:snapshot()) end
+    end)
+  end
+  return self
+end
+
+-- --- the request pipeline ------------------------------------------------
+
+local function default_verdict(res, kind)
+  if not res then
+    return "failure", true
+  end
+  local s = res.status
+  if s >= 200 and s < 300 then return "success" end
+  if s == 429 then return "throttled", true end
+  if s == 418 then return "banned", false end
+  if s >= 500 then return "failure", true end
+  return "failure", false
+end
+
+local function retry_after_of(res)
+  local v = res and res.headers["retry-after"]
+  return v and tonumber(v) or nil
+end
+
+local function url_for(self, path)
+  if path:match("^https?://") then return path end
+  return (self.base_url or "") .. path
+end
+
+--- self:request{method, path, query, headers, body | json, endpoint, cost,
+--   timeout} -> data, res | nil, err, kind
+function Collector:request(opts)
+  if type(opts) ~= "table" or type(opts.path) ~= "string" then
+    error("collector:request: bad argument #1 (table with a path expected)", 2)
+  end
+  local endpoint = opts.endpoint or opts.path:match("^[^?]*")
+  local query = opts.query
+  local headers = merge(self.config.headers, opts.headers)
+  local auth = self.config.auth
+  if auth then
+    if auth.bearer then
+      headers["Authorization"] = "Bearer " .. tostring(reveal(auth.bearer))
+    elseif auth.header then
+      headers[auth.header] = tostring(reveal(auth.value))
+    elseif auth.query then
+      query = merge(query, { [auth.query] = tostring(reveal(auth.value)) })
+    end
+  end
+  local st = self.stats_
+  local attempt_fn = function()
+    if self.limiter then
+      local waited, werr = self.limiter:wait(endpoint, opts.cost or 1)
+      if not waited then
+        return nil, "rate limiter: " .. tostring(werr), { retryable = false, kind = "limited" }
+      end
+    end
+    local permit
+    if self.breaker then
+      local why
+      permit, why = self.breaker:allow()
+      if not permit then
+        return nil, "circuit breaker " .. self.breaker:name() .. " is " .. why,
+          { retryable = false, kind = "circuit_open" }
+      end
+    end
+    st.total_requests = st.total_requests + 1
+    local t0 = sluice.now()
+    local res, err, kind = http.request({
+      method = opts.method or "GET", url = url_for(self, opts.path), query = query,
+      headers = headers, body = opts.body, json = opts.json,
+      timeout = opts.timeout or self.config.timeout or 30,
+    })
+    local latency = sluice.now() - t0
+    local verdict, retryable = default_verdict(res, kind)
+    local message = err
+    if res and self.spec.classify and verdict == "success" then
+      local v, m = self.spec.classify(self, res)
+      if v then verdict, message = v, m end
+      retryable = verdict == "failure" or verdict == "throttled"
+    end
+    local observed
+    if self.limiter and res then
+      observed = self.limiter:observe(endpoint, res.status, res.headers, latency)
+    end
+    if self.breaker then
+      if verdict == "success" then
+        self.breaker:success(permit, latency)
+      elseif verdict == "ignored" then
+        self.breaker:release(permit)
+      elseif verdict == "banned" then
+        self.breaker:failure(permit, latency)
+        local until_ = type(observed) == "table" and observed.ban_until
+          or (sluice.time() + (retry_after_of(res) or 120))
+        self.breaker:open_until(until_)
+      else
+        self.breaker:failure(permit, latency)
+      end
+    end
+    if verdict == "success" or verdict == "ignored" then
+      st.successful_requests = st.successful_requests + 1
+      local data = res.body
+      local ctype = res.headers["content-type"] or ""
+      if ctype:find("json", 1, true) then
+        local decoded, jerr = res:json()
+        if decoded == nil then
+          return nil, jerr, { retryable = false, kind = "protocol" }
+        end
+        data = decoded
+      end
+      return { data = data, res = res }
+    end
+    st.failed_requests = st.failed_requests + 1
+    if not message then
+      message = res and ("HTTP " .. res.status) or "request failed"
+    end
+    return nil, message, { retryable = retryable, retry_after = retry_after_of(res),
+      kind = kind or verdict, res = res }
+  end
+  local out, err, info
+  if self.retry then
+    local last_hint
+    out, err, info = self.retry:run(function(a)
+      local v, e, hint = attempt_fn(a)
+      last_hint = hint
+      return v, e, hint
+    end)
+    if not out then
+      return nil, err, last_hint and last_hint.kind, last_hint and last_hint.res
+    end
+  else
+    local hint
+    out, err, hint = attempt_fn(1)
+    if not out then
+      return nil, err, hint and hint.kind, hint and hint.res
+    end
+  end
+  return out.data, out.res
+end
+
+function Collector:get(path, opts)
+  return self:request(merge(opts, { path = path, method = "GET" }))
+end
+
+function Collector:post(path, opts)
+  return self:request(merge(opts, { path = path, method = "POST" }))
+end
+
+-- --- running ------------------------------------------------------------
+
+local function store_rows(self, result)
+  if result == nil then return 0 end
+  if type(result) ~= "table" then
+    error("collect must return a table of rows (or {table = rows}), got " .. type(result))
+  end
+  local tables = self.config.tables or {}
+  local per_table
+  if result[1] ~= nil or next(result) == nil then
+    local only = next(tables)
+    if not only or next(tables, only) ~= nil then
+      if next(result) == nil then return 0 end
+      error("collect returned a list of rows but the collector declares "
+        .. (only and "several tables" or "no table") .. "; return {table_name = rows}")
+    end
+    per_table = { [only] = result }
+  else
+    per_table = result
+  end
+  local count = 0
+  for tname, rows in pairs(per_table) do
+    if not tables[tname] then
+      error("collect returned rows for undeclared table '" .. tostring(tname) .. "'")
+    end
+    count = count + #rows
+    if self.store then
+      local ins, upd, same, rej = self.store:upsert(tname, rows)
+      if not ins then
+        error("storing rows in '" .. tname .. "' failed: " .. tostring(upd))
+      end
+      self.log.debug("stored", { table = tname, inserted = ins, updated = upd,
+        unchanged = same, rejected = rej })
+    end
+  end
+  return count
+end
+
+--- self:run_once() -> true, rows | false, err. One collection, in the
+-- calling task; errors in collect are caught, logged and counted.
+function Collector:run_once()
+  local st = self.stats_
+  local t0 = sluice.now()
+  st.last_collection = sluice.time()
+  local ok, result = xpcall(self.spec.collect, debug.traceback, self)
+  local count
+  if ok then
+    ok, count = pcall(store_rows, self, result)
+    if not ok then result = count end
+  end
+  st.total_runtime = st.total_runtime + (sluice.now() - t0)
+  if ok then
+    st.last_success = sluice.time()
+    st.collections_completed = st.collections_completed + 1
+    st.data_points_collected = st.data_points_collected + count
+    st.consecutive_failures = 0
+    self.log.info("collection done", { rows = count, seconds = sluice.now() - t0 })
+    return true, count
+  end
+  local msg = tostring(result)
+  st.last_error = msg:match("^[^\n]*")
+  st.last_error_time = sluice.time()
+  st.collections_failed = st.collections_failed + 1
+  st.consecutive_failures = st.consecutive_failures + 1
+  self.log.error("collection failed", { error = st.last_error, traceback = msg })
+  return false, st.last_error
+end
+
+--- self:start(): init, then run_once every interval (with jitter) until
+-- stop() or shutdown. Runs never overlap.
+function Collector:start()
+  if self.running then return self end
+  self.running = true
+  self.stats_.started_at = sluice.time()
+  if self.spec.init then
+    local ok, err = xpcall(self.spec.init, debug.traceback, self)
+    if not ok then
+      self.running = false
+      error("collector '" .. self.name .. "': init failed: " .. tostring(err), 0)
+    end
+  end
+  self.first_run = sluice.spawn(function() self:run_once() end)
+  self.timer = sluice.every(self.interval, function(premature)
+    if premature or not self.running then return end
+    self:run_once()
+  end, { jitter = self.config.jitter or 0 })
+  self.log.info("collector started", { interval = self.interval })
+  return self
+end
+
+--- self:stop(): no new runs; a run in progress finishes. Saves the breaker.
+function Collector:stop()
+  if not self.running then return self end
+  self.running = false
+  if self.timer then self.timer:cancel() end
+  if self.spec.close then
+    local ok, err = xpcall(self.spec.close, debug.traceback, self)
+    if not ok then self.log.error("close failed", { error = tostring(err) }) end
+  end
+  if self.store and self.breaker then
+    self.store:save_state("breaker", self.breaker:name(), self.breaker:snapshot())
+  end
+  self.log.info("collector stopped")
+  return self
+end
+
+--- self:health() -> "healthy" | "degraded" | "failed" | "circuit_open"
+-- circuit_open: the breaker is open. failed: the last 3 collections (or
+-- more) failed in a row. degraded: the last collection failed, or fewer
+-- than 90% of requests succeeded (with at least 10 made). healthy:
+-- otherwise.
+function Collector:health()
+  local st = self.stats_
+  if self.breaker and self.breaker:state() == "open" then return "circuit_open" end
+  if st.consecutive_failures >= 3 then return "failed" end
+  if st.consecutive_failures > 0 then return "degraded" end
+  if st.total_requests >= 10 and st.successful_requests / st.total_requests < 0.9 then
+    return "degraded"
+  end
+  return "healthy"
+end
+
+--- self:stats() -> the reference statistics shape (timestamps ISO 8601).
+function Collector:stats()
+  local st = self.stats_
+  return {
+    collector_name = self.name,
+    status = self:health(),
+    started_at = iso(st.started_at),
+    last_collection = iso(st.last_collection),
+    last_success = iso(st.last_success),
+    last_error = st.last_error,
+    total_requests = st.total_requests,
+    successful_requests = st.successful_requests,
+    failed_requests = st.failed_requests,
+    data_points_collected = st.data_points_collected,
+    total_runtime = st.total_runtime,
+    collections_completed = st.collections_completed,
+  }
+end
+
+--- self:health_check() -> the reference health_check() shape.
+function Collector:health_check()
+  local status = self:health()
+  return {
+    healthy = status == "healthy",
+    status = status,
+    collector_name = self.name,
+    is_running = self.running,
+    circuit_breaker = self.breaker and self.breaker:status() or nil,
+    rate_limiter = self.limiter and self.limiter:stats() or nil,
+    statistics = self:stats(),
+  }
+end
+
+_M.Collector = Collector
+_M.json_null = cjson.null
+return _M

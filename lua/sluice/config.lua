@@ -1,0 +1,181 @@
+--- sluice.config: configuration files, profiles and environment overrides.
+--
+-- A configuration is what a file given to `sluice run` returns when it
+-- returns a table:
+--
+--   return {
+--     store = "sluice.db",                    -- SQLite file (default sluice.db)
+--     log = { level = "info", format = "json", output = "-" },
+--     shutdown_timeout = 10,
+--     collectors = {
+--       { use = "binance_klines", symbols = { "BTCUSDT" }, interval = 60 },
+--       { file = "collectors/my_feed.lua", name = "my_feed" },
+--     },
+--     profiles = { production = { log = { level = "warning" } } },
+--   }
+--
+-- Order of precedence, lowest first: the file, the selected profile
+-- (`--profile NAME` merges profiles[NAME] over it, tables merged key by key,
+-- lists replaced), then the environment: SLUICE_<KEY>__<NESTED>=value, with
+-- keys upper case and "__" between levels; a collector is addressed by its
+-- name, e.g. SLUICE_COLLECTORS__BINANCE_KLINES__INTERVAL=30 or
+-- SLUICE_LOG__LEVEL=debug. Values read as numbers or booleans when the
+-- setting they replace is one. Every error names the file and the key.
+local _M = {}
+
+local TOP = {
+  store = "string", log = "table", collectors = "table", profiles = "table",
+  shutdown_timeout = "number", name = "string",
+}
+local LOG = { level = "string", format = "string", output = "string", ring_size = "number" }
+local LEVELS = { trace = 1, debug = 1, info = 1, warning = 1, warn = 1, error = 1, critical = 1, none = 1 }
+
+local function fail(file, key, msg)
+  error(file .. ": " .. key .. ": " .. msg, 0)
+end
+
+local function deep_merge(base, over)
+  if type(base) ~= "table" or type(over) ~= "table" or over[1] ~= nil then
+    return over
+  end
+  local out = {}
+  for k, v in pairs(base) do out[k] = v end
+  for k, v in pairs(over) do out[k] = deep_merge(base[k], v) end
+  return out
+end
+
+--- the name a collector entry is addressed by (env overrides, logs).
+function _M.entry_name(entry)
+  if entry.name then return entry.name end
+  if entry.use then return entry.use end
+  if entry.file then return (entry.file:match("([^/]+)%.lua$") or entry.file) end
+  return nil
+end
+
+local function parse_value(raw, current)
+  if type(current) == "number" then
+    return tonumber(raw), "a number"
+  elseif type(current) == "boolean" then
+    if raw == "true" or raw == "1" then return true end
+    if raw == "false" or raw == "0" then return false end
+    return nil, "true or false"
+  elseif type(current) == "table" then
+    return nil, "a table (set its keys instead)"
+  end
+  local n = tonumber(raw)
+  if current == nil and n then return n end
+  if current == nil and (raw == "true" or raw == "false") then return raw == "true" end
+  return raw
+end
+
+--- apply_env(config, env, file) -> config with SLUICE_* overrides applied.
+function _M.apply_env(config, env, file)
+  local names = {}
+  for name in pairs(env) do
+    if name:match("^SLUICE_[%u%d_]+$") then
+      names[#names + 1] = name
+    end
+  end
+  table.sort(names) -- deterministic when two variables touch one key
+  for _, name in ipairs(names) do
+    local path = {}
+    for part in (name:sub(8) .. "__"):gmatch("(.-)__") do
+      path[#path + 1] = part:lower()
+    end
+    local key = "SLUICE_" .. name:sub(8)
+    -- only configuration keys; other SLUICE_* variables are left alone
+    if TOP[path[1]] and #path >= 1 then
+      local node = config
+      local ok = true
+      for i = 1, #path - 1 do
+        local k = path[i]
+        if node == config.collectors then
+          local found
+          for _, entry in ipairs(node) do
+            if type(entry) == "table" and _M.entry_name(entry) == k then found = entry end
+          end
+          if not found then
+            fail(file, key, "no collector named '" .. k .. "'")
+          end
+          node = found
+        else
+          if node[k] == nil then node[k] = {} end
+          if type(node[k]) ~= "table" then ok = false break end
+          node = node[k]
+        end
+      end
+      if not ok then fail(file, key, "is not a table") end
+      local leaf = path[#path]
+      local value, want = parse_value(env[name], node[leaf])
+      if value == nil then
+        fail(file, key, "must be " .. want .. ", got '" .. env[name] .. "'")
+      end
+      node[leaf] = value
+    end
+  end
+  return config
+end
+
+--- validate(config, file) -> config; raises "file: key: message".
+function _M.validate(config, file)
+  for k, v in pairs(config) do
+    local want = TOP[k]
+    if not want then fail(file, tostring(k), "unknown setting") end
+    if type(v) ~= want then fail(file, k, "must be a " .. want .. ", got " .. type(v)) end
+  end
+  if config.log then
+    for k, v in pairs(config.log) do
+      if not LOG[k] then fail(file, "log." .. tostring(k), "unknown setting") end
+      if type(v) ~= LOG[k] then fail(file, "log." .. k, "must be a " .. LOG[k] .. ", got " .. type(v)) end
+    end
+    if config.log.level and not LEVELS[config.log.level] then
+      fail(file, "log.level", "must be trace, debug, info, warning, error, critical or none, got '"
+        .. config.log.level .. "'")
+    end
+    if config.log.format and config.log.format ~= "json" and config.log.format ~= "console" then
+      fail(file, "log.format", "must be json or console, got '" .. config.log.format .. "'")
+    end
+  end
+  if config.shutdown_timeout and not (config.shutdown_timeout >= 0 and config.shutdown_timeout < math.huge) then
+    fail(file, "shutdown_timeout", "must be a finite number >= 0")
+  end
+  local seen = {}
+  for i, entry in ipairs(config.collectors or {}) do
+    local key = "collectors[" .. i .. "]"
+    if type(entry) ~= "table" then fail(file, key, "must be a table, got " .. type(entry)) end
+    if (entry.use == nil) == (entry.file == nil) then
+      fail(file, key, "needs exactly one of use = \"<shipped collector>\" or file = \"path.lua\"")
+    end
+    if entry.use ~= nil and type(entry.use) ~= "string" then fail(file, key .. ".use", "must be a string") end
+    if entry.file ~= nil and type(entry.file) ~= "string" then fail(file, key .. ".file", "must be a string") end
+    local name = _M.entry_name(entry)
+    if seen[name] then fail(file, key, "a second collector named '" .. name .. "' (set name = ...)") end
+    seen[name] = true
+  end
+  for k in pairs(config.collectors or {}) do
+    if type(k) ~= "number" then fail(file, "collectors." .. tostring(k), "collectors must be a list") end
+  end
+  return config
+end
+
+--- prepare(config, file, opts) -> the effective configuration: profile
+-- merged, environment applied, validated. opts.profile, opts.env (default:
+-- the process environment).
+function _M.prepare(config, file, opts)
+  opts = opts or {}
+  local c = deep_merge({}, config)
+  if opts.profile then
+    local profiles = config.profiles or {}
+    if type(profiles[opts.profile]) ~= "table" then
+      fail(file, "profiles." .. opts.profile, "no such profile")
+    end
+    c = deep_merge(c, profiles[opts.profile])
+  end
+  c.profiles = nil
+  -- the env may address collectors by name: validate their shape first
+  _M.validate(c, file)
+  _M.apply_env(c, opts.env or require("sluice").environ(), file)
+  return _M.validate(c, file)
+end
+
+return _M

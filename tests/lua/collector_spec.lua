@@ -1,0 +1,251 @@
+-- sluice.collector: the request pipeline, lifecycle, statistics and health,
+-- against a fault-injecting sluice.server on loopback.
+local sluice = require "sluice"
+local server = require "sluice.server"
+local collector = require "sluice.collector"
+local store = require "sluice.store"
+local log = require "sluice.log"
+
+-- An upstream whose answers a test scripts: a queue of {status, body,
+-- headers}; when empty it answers 200 {"ok":true}.
+local function upstream()
+  local u = { queue = {}, hits = 0, seen = {} }
+  u.srv = assert(server.listen({ port = 0 }))
+  u.url = "http://127.0.0.1:" .. u.srv.port
+  u.srv:route("*", "/*", function(req)
+    u.hits = u.hits + 1
+    u.seen[#u.seen + 1] = { path = req.path, headers = req.headers, query = req.query }
+    local a = table.remove(u.queue, 1)
+    if not a then return 200, { ok = true } end
+    return a[1], a[2], a[3]
+  end)
+  function u:push(n, status, body, headers)
+    for _ = 1, n do self.queue[#self.queue + 1] = { status, body, headers } end
+  end
+  return u
+end
+
+local function spec(overrides)
+  local s = {
+    name = "test_feed",
+    interval = 3600,
+    retry = { strategy = "fixed", base_delay = 0.01, max_attempts = 3, budget = false },
+    limiter = false,
+    collect = function() return {} end,
+  }
+  for k, v in pairs(overrides or {}) do s[k] = v end
+  return collector.define(s)
+end
+
+describe("sluice.collector request pipeline", function()
+  local up
+
+  before_each(function() up = upstream() end)
+  after_each(function() up.srv:close() end)
+
+  it("returns decoded JSON and the response on success", function()
+    local c = collector.new(spec({ base_url = up.url }))
+    local data, res = c:get("/api/v3/ping", { query = { a = 1 } })
+    assert.same({ ok = true }, data)
+    assert.equal(200, res.status)
+    assert.equal("1", up.seen[1].query.a)
+    assert.same({ total = 1, ok = 1, failed = 0 },
+      { total = c:stats().total_requests, ok = c:stats().successful_requests, failed = c:stats().failed_requests })
+  end)
+
+  it("opens the breaker after 5 consecutive 500s and then short-circuits", function()
+    local c = collector.new(spec({ base_url = up.url, retry = false }))
+    up:push(5, 500, "boom")
+    for _ = 1, 5 do
+      local data, err, kind = c:get("/x")
+      assert.is_nil(data)
+      assert.equal("HTTP 500", err)
+      assert.equal("failure", kind)
+    end
+    assert.equal("open", c.breaker:state())
+    local data, err, kind = c:get("/x")
+    assert.is_nil(data)
+    assert.equal("circuit_open", kind)
+    assert.matches("circuit breaker test_feed is open", err, 1, true)
+    assert.equal(5, up.hits) -- the sixth call never reached the server
+    assert.equal("circuit_open", c:health())
+  end)
+
+  it("retries 5xx with backoff and succeeds", function()
+    local c = collector.new(spec({ base_url = up.url }))
+    up:push(2, 503, "busy")
+    local data = c:get("/x")
+    assert.same({ ok = true }, data)
+    assert.equal(3, up.hits)
+  end)
+
+  it("does not retry other 4xx", function()
+    local c = collector.new(spec({ base_url = up.url }))
+    up:push(1, 404, { code = -1, msg = "nope" })
+    local data, err = c:get("/x")
+    assert.is_nil(data)
+    assert.equal("HTTP 404", err)
+    assert.equal(1, up.hits)
+  end)
+
+  it("honours Retry-After on 429 with the adaptive strategy", function()
+    local c = collector.new(spec({ base_url = up.url,
+      retry = { strategy = "adaptive", max_attempts = 2, budget = false } }))
+    up:push(1, 429, "slow down", { ["Retry-After"] = "1" })
+    local t0 = sluice.now()
+    local data = c:get("/x")
+    assert.same({ ok = true }, data)
+    assert.is_true(sluice.now() - t0 >= 0.99)
+    assert.equal(2, up.hits)
+  end)
+
+  it("keeps the breaker open until a 418 ban ends", function()
+    local c = collector.new(spec({ base_url = up.url }))
+    up:push(1, 418, { code = -1003, msg = "banned" }, { ["Retry-After"] = "600" })
+    local before = sluice.time()
+    local data, _, kind = c:get("/x")
+    assert.is_nil(data)
+    assert.equal("banned", kind)
+    assert.equal(1, up.hits) -- a ban is not retried
+    assert.equal("open", c.breaker:state())
+    local until_ = c.breaker:metrics().open_until
+    assert.is_true(until_ >= before + 599 and until_ <= sluice.time() + 601)
+  end)
+
+  it("caps retries with the retry budget", function()
+    local c = collector.new(spec({ base_url = up.url, breaker = false,
+      retry = { strategy = "fixed", base_delay = 0, max_attempts = 5,
+        budget = { ratio = 0.1, min_per_second = 1 } } }))
+    up:push(1000, 503, "down")
+    for _ = 1, 20 do c:get("/x") end
+    -- 20 first attempts + 2 deposited retries + 1 from the floor, not 100
+    assert.is_true(up.hits <= 24, "hits: " .. up.hits)
+    assert.is_true(c.retry:refused() >= 19)
+  end)
+
+  it("lets classify turn a 200 into a failure", function()
+    local c = collector.new(spec({ base_url = up.url, retry = false,
+      classify = function(_, res)
+        local body = res:json()
+        if body and body.status == "0" then return "failure", "API error: " .. body.message end
+      end }))
+    up:push(1, 200, { status = "0", message = "NOTOK" })
+    local data, err = c:get("/x")
+    assert.is_nil(data)
+    assert.equal("API error: NOTOK", err)
+    assert.equal(1, c.breaker:status().statistics.total_failures)
+  end)
+
+  it("sends auth on the wire and never shows it in logs or status", function()
+    log.output("/dev/null")
+    local saved = log.level()
+    log.level("trace")
+    log.ring_size(0); log.ring_size(1000)
+    local c = collector.new(spec({ base_url = up.url,
+      auth = { header = "X-MBX-APIKEY", value = "s3cr3t-key" } }))
+    up:push(1, 500, "boom")
+    c:get("/x")
+    c:run_once()
+    assert.equal("s3cr3t-key", up.seen[1].headers["x-mbx-apikey"])
+    local dump = require("cjson").encode({ c:health_check(), require("sluice._log").recent() })
+    assert.is_nil(dump:find("s3cr3t", 1, true))
+    assert.equal("<secret>", tostring(collector.env("NOPE")))
+    log.level(saved)
+    log.output("-")
+  end)
+
+  it("reads secrets from the environment when used", function()
+    local c = collector.new(spec({ base_url = up.url,
+      auth = { bearer = collector.env("HOME") } }))
+    c:get("/x")
+    assert.equal("Bearer " .. os.getenv("HOME"), up.seen[1].headers.authorization)
+  end)
+end)
+
+describe("sluice.collector lifecycle", function()
+  local function tmpdb()
+    local path = os.tmpname()
+    os.remove(path)
+    return path
+  end
+
+  it("collects on start, stores rows idempotently and reports statistics", function()
+    local db = assert(store.open(":memory:"))
+    local n = 0
+    local c = collector.new(spec({
+      tables = { ticks = { columns = { id = "integer", v = "real" }, key = { "id" } } },
+      collect = function()
+        n = n + 1
+        return { { id = 1, v = 1.5 }, { id = 2, v = 2.5 } }
+      end,
+    }), nil, { store = db })
+    c:start()
+    sluice.sleep(0.05)
+    assert.equal(1, n)
+    assert.is_true(c:run_once())
+    assert.equal(2, #db:query("SELECT * FROM ticks"))
+    local st = c:stats()
+    assert.equal("test_feed", st.collector_name)
+    assert.equal("healthy", st.status)
+    assert.equal(2, st.collections_completed)
+    assert.equal(4, st.data_points_collected)
+    assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d+%+00:00$", st.started_at)
+    local hc = c:health_check()
+    assert.is_true(hc.healthy)
+    assert.is_true(hc.is_running)
+    assert.equal("closed", hc.circuit_breaker.state)
+    c:stop()
+    assert.is_false(c:health_check().is_running)
+    db:close()
+  end)
+
+  it("keeps one collector collecting while another fails every run", function()
+    local good_runs = 0
+    local bad = collector.new(spec({ name = "bad_feed", interval = 0.02,
+      collect = function() error("parser exploded") end }))
+    local good = collector.new(spec({ name = "good_feed", interval = 0.02,
+      collect = function() good_runs = good_runs + 1; return {} end }))
+    log.output("/dev/null")
+    bad:start(); good:start()
+    sluice.sleep(0.15)
+    bad:stop(); good:stop()
+    log.output("-")
+    assert.is_true(good_runs >= 3)
+    assert.equal("failed", bad:health())
+    assert.matches("parser exploded", bad:stats().last_error)
+    assert.equal("healthy", good:health())
+  end)
+
+  it("restores an open breaker from the store after a restart", function()
+    local path = tmpdb()
+    local db = assert(store.open(path))
+    local c = collector.new(spec({ name = "restart_feed" }), nil, { store = db })
+    c.breaker:force_open()
+    sluice.sleep(0.01) -- on_change persists the snapshot in a task
+    c:stop()
+    db:close()
+    db = assert(store.open(path))
+    local again = collector.new(spec({ name = "restart_feed" }), nil, { store = db })
+    assert.equal("open", again.breaker:state())
+    db:close()
+    os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm")
+  end)
+
+  it("validates specs and overrides, naming the option", function()
+    assert.has_error(function() collector.define({ name = "x", collect = print, intervl = 5 }) end,
+      "sluice.collector.define: unknown option 'intervl'")
+    assert.has_error(function() collector.define({ name = "x", collect = print, interval = "5" }) end,
+      "sluice.collector.define: option 'interval' must be number, got string")
+    assert.has_error(function() collector.define({ name = "bad name", collect = print }) end)
+    assert.has_error(function() collector.define({ collect = print }) end,
+      "sluice.collector.define: option 'name' is required")
+    local s = spec({ options = { symbols = { "BTCUSDT" } } })
+    assert.has_error(function() collector.new(s, { symbls = {} }) end,
+      "collector 'test_feed': unknown option 'symbls'")
+    assert.has_error(function() collector.new(s, { symbols = "BTCUSDT" }) end,
+      "collector 'test_feed': option 'symbols' must be a table, got string")
+    local c = collector.new(s, { symbols = { "ETHUSDT" }, interval = 30 })
+    assert.same({ "ETHUSDT" }, c.options.symbols)
+    assert.equal(30, c.interval)
+  end)
+end)

@@ -1,0 +1,67 @@
+-- sluice.config: profiles, environment overrides and validation messages.
+local config = require "sluice.config"
+
+local function base()
+  return {
+    store = "x.db",
+    log = { level = "info" },
+    collectors = {
+      { use = "binance_klines", symbols = { "BTCUSDT" }, interval = 60 },
+      { file = "feeds/news.lua", name = "news", enabled = true },
+    },
+    profiles = { production = { log = { level = "warning", format = "json" }, store = "/var/lib/p.db" } },
+  }
+end
+
+describe("sluice.config", function()
+  it("merges a profile over the file, tables key by key", function()
+    local c = config.prepare(base(), "cfg.lua", { profile = "production", env = {} })
+    assert.equal("/var/lib/p.db", c.store)
+    assert.same({ level = "warning", format = "json" }, c.log)
+    assert.is_nil(c.profiles)
+  end)
+
+  it("applies SLUICE_ environment overrides with the type of the setting", function()
+    local c = config.prepare(base(), "cfg.lua", { env = {
+      SLUICE_COLLECTORS__BINANCE_KLINES__INTERVAL = "30",
+      SLUICE_COLLECTORS__NEWS__ENABLED = "false",
+      SLUICE_LOG__LEVEL = "debug",
+      SLUICE_STORE = "env.db",
+      SLUICE_UNRELATED = "left alone",
+      PATH = "/bin",
+    } })
+    assert.equal(30, c.collectors[1].interval)
+    assert.is_false(c.collectors[2].enabled)
+    assert.equal("debug", c.log.level)
+    assert.equal("env.db", c.store)
+  end)
+
+  it("names the variable and the file when an override is wrong", function()
+    assert.has_error(function()
+      config.prepare(base(), "cfg.lua", { env = { SLUICE_COLLECTORS__BINANCE_KLINES__INTERVAL = "soon" } })
+    end, "cfg.lua: SLUICE_COLLECTORS__BINANCE_KLINES__INTERVAL: must be a number, got 'soon'")
+    assert.has_error(function()
+      config.prepare(base(), "cfg.lua", { env = { SLUICE_COLLECTORS__NOPE__INTERVAL = "5" } })
+    end, "cfg.lua: SLUICE_COLLECTORS__NOPE__INTERVAL: no collector named 'nope'")
+    assert.has_error(function()
+      config.prepare(base(), "cfg.lua", { env = { SLUICE_LOG__LEVEL = "loud" } })
+    end, "cfg.lua: log.level: must be trace, debug, info, warning, error, critical or none, got 'loud'")
+  end)
+
+  it("names the file and key of every validation error", function()
+    local function err_of(c, opts)
+      local ok, e = pcall(config.prepare, c, "cfg.lua", opts or { env = {} })
+      assert.is_false(ok)
+      return e
+    end
+    assert.equal("cfg.lua: stor: unknown setting", err_of({ stor = "x" }))
+    assert.equal("cfg.lua: store: must be a string, got number", err_of({ store = 1 }))
+    assert.equal("cfg.lua: log.colour: unknown setting", err_of({ log = { colour = true } }))
+    assert.equal("cfg.lua: collectors[1]: needs exactly one of use = \"<shipped collector>\" or file = \"path.lua\"",
+      err_of({ collectors = { { interval = 5 } } }))
+    assert.equal("cfg.lua: collectors[2]: a second collector named 'a' (set name = ...)",
+      err_of({ collectors = { { use = "a" }, { use = "a" } } }))
+    assert.equal("cfg.lua: profiles.staging: no such profile", err_of(base(), { profile = "staging", env = {} }))
+    assert.equal("cfg.lua: shutdown_timeout: must be a finite number >= 0", err_of({ shutdown_timeout = -1 }))
+  end)
+end)
