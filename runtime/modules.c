@@ -11,5 +11,6 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._breaker", luaopen_sluice_breaker},
     {"sluice._retry", luaopen_sluice_retry},
     {"sluice._server", luaopen_sluice_server},
+    {"sluice._limiter", luaopen_sluice_limiter},
     {NULL, NULL},
 };

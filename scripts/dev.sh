@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # dev.sh -- install what is missing, build, then run the example or the tests.
 #
-#   scripts/dev.sh example   build and run examples/hello.lua
+#   scripts/dev.sh example   build and run examples/quickstart.lua (offline:
+#                            the Binance collector against a mock exchange)
 #   scripts/dev.sh test      fresh build, whole suite; then the same under
 #                            ASan+UBSan (ctest's summary is the last line)
 #   scripts/dev.sh build     just build (into build/)
@@ -47,7 +48,7 @@ case "${1:-}" in
   example)
     install_missing
     build build
-    exec build/sluice run examples/hello.lua
+    exec build/sluice run examples/quickstart.lua
     ;;
   test)
     install_missing

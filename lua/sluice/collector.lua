@@ -25,9 +25,11 @@
 -- Retry-After); 418 banned (the breaker stays open until the ban ends; not
 -- retried); 5xx, timeout, connect and other transport errors are failures,
 -- retried; other 4xx are failures, not retried. A collector's
--- classify(self, res) may return a verdict ("success", "failure",
--- "ignored", "throttled", "banned") and a message, e.g. for an HTTP 200
--- carrying an error object. Returns data (decoded JSON when the response is
+-- classify(self, res) sees every response and may return a verdict
+-- ("success", "failure", "ignored", "throttled", "banned") and a message,
+-- e.g. for an HTTP 200 carrying an error object, or just a message (nil,
+-- "Binance error -1121: Invalid symbol.") that explains the default
+-- verdict. A failure it declares on a 2xx is not retried. Returns data (decoded JSON when the response is
 -- JSON, the body otherwise) and the response, or nil, err, kind.
 local sluice = require "sluice"
 local http = require "sluice.http"
@@ -199,12 +201,9 @@ function _M.new(spec, overrides, context)
     self.breaker = breaker.new(bopts)
   end
   if cfg.limiter ~= false then
-    local ok, limiter = pcall(require, "sluice.limiter")
-    if ok then
-      local lopts = merge(type(cfg.limiter) == "table" and cfg.limiter or {}, nil)
-      lopts.name = lopts.name or cfg.name
-      self.limiter = limiter.new(lopts)
-    end
+    local lopts = merge(type(cfg.limiter) == "table" and cfg.limiter or {}, nil)
+    lopts.name = lopts.name or cfg.name
+    self.limiter = require("sluice.limiter").new(lopts)
   end
   if cfg.retry ~= false then
     self.retry = retry.new(type(cfg.retry) == "table" and cfg.retry or {})
@@ -215,6 +214,16 @@ function _M.new(spec, overrides, context)
       local ok, err = self.store:define(d)
       if not ok then
         error("collector '" .. self.name .. "': table '" .. tname .. "': " .. tostring(err), 2)
+      end
+    end
+  end
+  -- A limiter's pauses and bans survive restarts too.
+  if self.store and self.limiter then
+    local snap = self.store:load_state("limiter", self.limiter:stats().limiter_name)
+    if snap then
+      local ok, err = pcall(self.limiter.restore, self.limiter, snap)
+      if not ok then
+        self.log.warning("ignoring saved limiter state", { error = tostring(err) })
       end
     end
   end
@@ -280,7 +289,8 @@ function Collector:request(opts)
   local st = self.stats_
   local attempt_fn = function()
     if self.limiter then
-      local waited, werr = self.limiter:wait(endpoint, opts.cost or 1)
+      local waited, werr = self.limiter:wait(endpoint, opts.cost or 1,
+        opts.pools and { pools = opts.pools } or nil)
       if not waited then
         return nil, "rate limiter: " .. tostring(werr), { retryable = false, kind = "limited" }
       end
@@ -304,10 +314,15 @@ function Collector:request(opts)
     local latency = sluice.now() - t0
     local verdict, retryable = default_verdict(res, kind)
     local message = err
-    if res and self.spec.classify and verdict == "success" then
+    if res and self.spec.classify then
+      -- classify sees every response: it may change the verdict (a 200
+      -- carrying an error), or only explain it (the API's error message)
       local v, m = self.spec.classify(self, res)
-      if v then verdict, message = v, m end
-      retryable = verdict == "failure" or verdict == "throttled"
+      if m then message = m end
+      if v and v ~= verdict then
+        verdict = v
+        retryable = v == "failure" and res.status >= 500 or v == "throttled"
+      end
     end
     local observed
     if self.limiter and res then
@@ -477,6 +492,9 @@ function Collector:stop()
   end
   if self.store and self.breaker then
     self.store:save_state("breaker", self.breaker:name(), self.breaker:snapshot())
+  end
+  if self.store and self.limiter then
+    self.store:save_state("limiter", self.limiter:stats().limiter_name, self.limiter:snapshot())
   end
   self.log.info("collector stopped")
   return self

@@ -1,0 +1,141 @@
+-- sluice.limiter: the Lua API over the C core (whose deterministic tests
+-- are tests/c/test_limiter.c). Real time here, so only lower bounds and
+-- orders are asserted exactly.
+local sluice = require "sluice"
+local limiter = require "sluice.limiter"
+
+describe("sluice.limiter", function()
+  it("spaces N waits at rate r by (N-1)/r", function()
+    local lim = limiter.new({ name = "l_rate", rate = 50 })
+    local t0 = sluice.now()
+    for _ = 1, 6 do lim:wait("/a") end
+    local dt = sluice.now() - t0
+    assert.is_true(dt >= 5 / 50 - 0.002, "took " .. dt)
+    assert.is_true(dt < 1)
+  end)
+
+  it("charges cost: a request of cost 3 delays the next by 3/r", function()
+    local lim = limiter.new({ name = "l_cost", rate = 100 })
+    lim:wait("/a", 3)
+    local t0 = sluice.now()
+    lim:wait("/a", 1)
+    assert.is_true(sluice.now() - t0 >= 0.029)
+  end)
+
+  it("admits only when every pool allows, and per-pool costs apply", function()
+    local lim = limiter.new({ name = "l_pools", rate = 1000, max_rate = 1000, utilization = 1,
+      pools = { { name = "weight", limit = 20, window = 1 } } })
+    local t0 = sluice.now()
+    lim:wait("/heavy", 1, { pools = { weight = 10 } }) -- 10 of 20 per second
+    lim:wait("/heavy", 1, { pools = { weight = 10 } })
+    assert.is_true(sluice.now() - t0 >= 0.49) -- the weight pool, not the rate
+    t0 = sluice.now()
+    lim:wait("/free", 1, { pools = { weight = 0 } }) -- not charged in the pool
+    assert.is_true(sluice.now() - t0 < 0.1)
+  end)
+
+  it("serves waiters in FIFO order and gives a killed waiter's place back", function()
+    local lim = limiter.new({ name = "l_fifo", rate = 20 })
+    lim:wait("/q")
+    local order = {}
+    local tasks = {}
+    for i = 1, 4 do
+      tasks[i] = sluice.spawn(function() lim:wait("/q"); order[#order + 1] = i end)
+    end
+    sluice.yield()
+    assert.equal(4, lim:metrics().waiting)
+    assert.is_true(sluice.kill(tasks[2]))
+    assert.equal(3, lim:metrics().waiting)
+    for _, i in ipairs({ 1, 3, 4 }) do sluice.wait(tasks[i]) end
+    assert.same({ 1, 3, 4 }, order)
+  end)
+
+  it("backs off on 429 and waits out Retry-After on that endpoint only", function()
+    local lim = limiter.new({ name = "l_429", rate = 100 })
+    lim:wait("/x")
+    local v = lim:observe("/x", 429, { ["retry-after"] = "0.3" }, 0.05)
+    assert.is_true(v.throttled)
+    assert.equal(0.3, v.retry_after)
+    local t0 = sluice.now()
+    lim:wait("/other") -- not held up by /x's pause
+    assert.is_true(sluice.now() - t0 < 0.1)
+    t0 = sluice.now()
+    lim:wait("/x")
+    assert.is_true(sluice.now() - t0 >= 0.25)
+    local ep = lim:stats().endpoints["/x"]
+    assert.equal(1, ep.violations)
+    -- the rate was halved at the 429 (and climbs back after the pause)
+    assert.is_true(lim:stats().min_rate_seen <= 50)
+    assert.equal(1, lim:stats().total_violations)
+  end)
+
+  it("stops everything on a 418 ban and reports when it ends", function()
+    local lim = limiter.new({ name = "l_418", rate = 100 })
+    local before = sluice.time()
+    local v = lim:observe("/x", 418, { ["Retry-After"] = "120" }, 0.05)
+    assert.is_true(v.banned)
+    assert.is_true(v.ban_until >= before + 119 and v.ban_until <= sluice.time() + 121)
+    local waited, why, in_ = lim:wait("/y", 1, { max_wait = 0.1 })
+    assert.is_nil(waited)
+    assert.equal("banned", why)
+    assert.is_true(in_ > 100)
+  end)
+
+  it("gives up with timeout past max_wait", function()
+    local lim = limiter.new({ name = "l_maxwait", rate = 1 })
+    lim:wait("/a")
+    local waited, why = lim:wait("/a", 1, { max_wait = 0.05 })
+    assert.is_nil(waited)
+    assert.equal("timeout", why)
+  end)
+
+  it("follows quota headers: remaining spread over the reset", function()
+    local lim = limiter.new({ name = "l_hdr", rate = 100, utilization = 1 })
+    lim:observe("/q", 200, { ["x-ratelimit-limit"] = "100", ["x-ratelimit-remaining"] = "10",
+      ["x-ratelimit-reset"] = "5" }, 0.1)
+    local r = lim:rate("/q")
+    assert.is_true(r > 1.5 and r <= 2.5, "rate " .. r) -- 10 left over 5 s
+  end)
+
+  it("returns the reference get_stats() shape with numbers", function()
+    local lim = limiter.new({ name = "l_stats", rate = 10 })
+    lim:wait("/a")
+    local st = lim:get_stats()
+    local keys = {}
+    for k in pairs(st) do keys[#keys + 1] = k end
+    table.sort(keys)
+    assert.same({ "current_global_rate", "default_rate", "endpoints", "endpoints_tracked",
+      "limiter_name", "max_rate_seen", "min_rate_seen", "rate_adjustments", "total_requests",
+      "total_violations", "total_wait_time" }, keys)
+    assert.equal("l_stats", st.limiter_name)
+    assert.equal(10, st.default_rate)
+    assert.equal(1, st.total_requests)
+    assert.same({ rate = 10, requests_made = 1, violations = 0, in_backoff = false },
+      st.endpoints["/a"])
+  end)
+
+  it("snapshots and restores a pause across a restart", function()
+    local lim = limiter.new({ name = "l_snap", rate = 10 })
+    lim:record_429("/x", 60)
+    local snap = lim:snapshot()
+    local again = limiter.new({ name = "l_snap", rate = 10 })
+    assert.equal(again, limiter.restore(snap))
+    local waited, why = again:wait("/x", 1, { max_wait = 0.05 })
+    assert.is_nil(waited)
+    assert.equal("timeout", why)
+    assert.is_true(again:stats().endpoints["/x"].in_backoff)
+  end)
+
+  it("validates options, naming the bad one", function()
+    assert.has_error(function() limiter.new({ rte = 5 }) end, "sluice.limiter.new: unknown option 'rte'")
+    assert.has_error(function() limiter.new({ rate = "5" }) end,
+      "sluice.limiter.new: option 'rate' must be a number, got string")
+    assert.has_error(function() limiter.new({ reset = "unix" }) end,
+      "sluice.limiter.new: option 'reset' must be auto, epoch, epoch_ms or delta, got 'unix'")
+    assert.has_error(function() limiter.new({ pools = { { name = "w" } } }) end,
+      "sluice.limiter.new: pools[1] needs a limit > 0")
+    local lim = limiter.new({ name = "l_args" })
+    assert.has_error(function() lim:wait("/a", -1) end,
+      "sluice.limiter.wait: bad argument #2 'cost' (number > 0 expected)")
+  end)
+end)
