@@ -11,6 +11,11 @@ contains "quickstart stored BTCUSDT candles" "$WORK/out" "BTCUSDT "
 contains "quickstart reports health" "$WORK/out" "health: healthy"
 check "quickstart database exists" test -s "$WORK/q.db"
 
+# The custom-collector example runs too.
+expect_exit "custom collector example exits 0" 0 env SLUICE_EXAMPLE_DB="$WORK/custom.db" \
+  timeout 30 "$SLUICE" run "$PWD/examples/custom.lua" --log-format json
+contains "custom collector stored prices" "$WORK/out" "BTCUSDT  "
+
 # 2. Configuration errors name the file and the key, and exit 1.
 cat >"$WORK/bad.lua" <<'LUA'
 return { collectors = { { use = "binance_klines", candle = 5 } } }

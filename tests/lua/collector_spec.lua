@@ -199,6 +199,28 @@ describe("sluice.collector lifecycle", function()
     db:close()
   end)
 
+  it("stops gracefully: a request in flight completes and is counted", function()
+    local up = upstream()
+    up.srv:route("GET", "/slow", function()
+      sluice.sleep(0.3)
+      return 200, { { id = 1, v = 2 } }
+    end)
+    local db = assert(store.open(":memory:"))
+    local c = collector.new(spec({ base_url = up.url,
+      tables = { ticks = { columns = { id = "integer", v = "real" }, key = { "id" } } },
+      collect = function(self) return (assert(self:get("/slow"))) end,
+    }), nil, { store = db })
+    c:start()
+    sluice.sleep(0.1) -- the first run is waiting on /slow
+    c:stop()
+    assert.is_false(c.running)
+    sluice.wait(c.first_run)
+    assert.equal(1, c:stats().collections_completed)
+    assert.equal(1, #db:query("SELECT * FROM ticks"))
+    up.srv:close()
+    db:close()
+  end)
+
   it("keeps one collector collecting while another fails every run", function()
     local good_runs = 0
     local bad = collector.new(spec({ name = "bad_feed", interval = 0.02,
