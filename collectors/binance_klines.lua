@@ -63,15 +63,16 @@ local function check_options(self)
 end
 
 -- Fetches candles of one symbol with open_time in [from_ms, to_ms] (either
--- may be nil), following pages of `limit`.
-local function fetch(self, symbol, from_ms, to_ms)
+-- may be nil), following pages of `limit` (default: the option).
+local function fetch(self, symbol, from_ms, to_ms, limit)
   local o = self.options
+  limit = limit or o.limit
   local step = CANDLES[o.candle] * 1000
   local rows = {}
   local cursor = from_ms
   repeat
     local data, err = self:get("/api/v3/klines", {
-      query = { symbol = symbol, interval = o.candle, limit = o.limit,
+      query = { symbol = symbol, interval = o.candle, limit = limit,
         startTime = cursor, endTime = to_ms },
       cost = KLINE_WEIGHT,
     })
@@ -88,7 +89,7 @@ local function fetch(self, symbol, from_ms, to_ms)
     -- given: without one, Binance returns the latest page)
     local last = data[#data]
     cursor = last and last[1] + step
-  until not from_ms or #data < o.limit or (to_ms and cursor > to_ms)
+  until not from_ms or #data < limit or (to_ms and cursor > to_ms)
   return rows
 end
 
@@ -163,12 +164,21 @@ return collector.define({
     return { klines = rows }
   end,
 
-  -- One window of history, for the backfill planner: candles with
-  -- open_time in [from, to) (seconds).
-  backfill = function(self, from, to)
+  -- Backfill: one window of history per request (1000 candles, Binance's
+  -- maximum page), one symbol per window, and one row expected per candle.
+  backfill_step = function(self)
+    return CANDLES[self.options.candle] * 1000
+  end,
+  expect = function(self)
+    return { every = CANDLES[self.options.candle], time_column = "open_time", unit = "ms",
+      partition = "symbol", where = { interval = self.options.candle }, table = "klines" }
+  end,
+  beginning_date = "2017-08-17", -- Binance spot's first candles
+
+  backfill = function(self, from, to, symbol)
     local rows = {}
-    for _, symbol in ipairs(self.options.symbols) do
-      local got, err = fetch(self, symbol, math.floor(from * 1000), math.floor(to * 1000) - 1)
+    for _, s in ipairs(symbol and { symbol } or self.options.symbols) do
+      local got, err = fetch(self, s, math.floor(from * 1000), math.floor(to * 1000) - 1, 1000)
       if not got then error(err, 0) end
       for _, r in ipairs(got) do rows[#rows + 1] = r end
     end

@@ -31,6 +31,8 @@ static const char *usage_main =
     "commands:\n"
     "  run FILE.lua [options] [-- args]  run FILE as the main task\n"
     "  test [busted options] PATH...     run busted specs inside sluice\n"
+    "  backfill CONFIG.lua COLLECTOR ... backfill history (see backfill "
+    "--help)\n"
     "  version                           print sluice's and its libraries' "
     "versions\n"
     "  help [COMMAND]                    show help\n"
@@ -70,6 +72,16 @@ static const char *usage_test =
     "sluice options (--lua-path, --log-level, --log-format) come first; the\n"
     "rest are busted's own (see busted --help). Logging is off (level none)\n"
     "unless --log-level is given.\n";
+
+static const char *usage_backfill =
+    "usage: sluice backfill CONFIG.lua COLLECTOR --from DATE [--to DATE]\n"
+    "                       [--symbols A,B] [--force] [--lookback S]\n"
+    "                       [--parallel N] [--plan] [runtime options]\n"
+    "\n"
+    "Backfills one collector of a configuration, skipping windows already\n"
+    "stored, and exits 0 when every window is done, 1 when some failed (run\n"
+    "it again to retry them). --plan prints the plan and its estimate.\n"
+    "DATE is epoch seconds or 2024-01-31[T12:00:00] (UTC).\n";
 
 static const char *usage_version = "usage: sluice version\n\n"
                                    "Prints the versions of sluice, LuaJIT, "
@@ -278,6 +290,68 @@ static int cmd_run(int argc, char **argv) {
     return code;
 }
 
+/* sluice backfill CONFIG COLLECTOR [flags]: the runtime options are taken
+ * here, everything else goes to sluice.backfill.cli, which owns the rest of
+ * the command line (and says what is wrong with it). */
+static int cmd_backfill(int argc, char **argv) {
+    options o = {.log_level = -1, .log_format = -1, .shutdown_timeout = -1};
+    const char *file = NULL;
+    char **rest = calloc((size_t)argc, sizeof(char *));
+    int nrest = 0;
+    if (!rest)
+        return EXIT_ERROR;
+    for (int i = 2; i < argc; i++) {
+        if (is_help(argv[i]) && !file) {
+            fputs(usage_backfill, stdout);
+            free(rest);
+            return EXIT_OK;
+        }
+        int r = runtime_option(argc, argv, &i, &o);
+        if (r < 0) {
+            free(rest);
+            return EXIT_USAGE;
+        }
+        if (r > 0)
+            continue;
+        if (!file && argv[i][0] != '-')
+            file = argv[i];
+        else
+            rest[nrest++] = argv[i];
+    }
+    struct stat st;
+    int code = EXIT_USAGE;
+    if (!file)
+        fail_usage("backfill: missing CONFIG.lua%s", "");
+    else if (stat(file, &st) != 0 || !S_ISREG(st.st_mode))
+        fail_usage("backfill: %s: no such file", file);
+    else if (start(&o) != 0)
+        code = EXIT_ERROR;
+    else {
+        lua_State *L = sl_rt.L;
+        set_arg(L, file, rest, nrest);
+        lua_getglobal(L, "require");
+        lua_pushliteral(L, "sluice.backfill");
+        if (lua_pcall(L, 1, 1, 0) != 0 || luaL_loadfile(L, file) != 0) {
+            fprintf(stderr, "sluice: %s\n", lua_tostring(L, -1));
+            sl_runtime_close();
+            free(rest);
+            return EXIT_ERROR;
+        }
+        lua_getfield(L, -2, "cli");
+        lua_insert(L, -2); /* cli, chunk */
+        lua_pushstring(L, file);
+        for (int k = 0; k < nrest; k++)
+            lua_pushstring(L, rest[k]);
+        sl_task *t = sl_task_spawn(L, nrest + 2);
+        t->on_done = main_done;
+        lua_settop(L, 0);
+        code = sl_runtime_run();
+        sl_runtime_close();
+    }
+    free(rest);
+    return code;
+}
+
 /* The busted runner raises an error (rather than exiting) when specs fail
  * under Lua 5.1, so its failure becomes our exit code here. */
 static const char test_main[] =
@@ -349,10 +423,11 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "help") == 0) {
         const char *topic = argc > 2 ? argv[2] : "";
-        fputs(strcmp(topic, "run") == 0       ? usage_run
-              : strcmp(topic, "test") == 0    ? usage_test
-              : strcmp(topic, "version") == 0 ? usage_version
-                                              : usage_main,
+        fputs(strcmp(topic, "run") == 0        ? usage_run
+              : strcmp(topic, "test") == 0     ? usage_test
+              : strcmp(topic, "version") == 0  ? usage_version
+              : strcmp(topic, "backfill") == 0 ? usage_backfill
+                                               : usage_main,
               stdout);
         return EXIT_OK;
     }
@@ -362,5 +437,7 @@ int main(int argc, char **argv) {
         return cmd_run(argc, argv);
     if (strcmp(cmd, "test") == 0)
         return cmd_test(argc, argv);
+    if (strcmp(cmd, "backfill") == 0)
+        return cmd_backfill(argc, argv);
     return fail_usage("unknown command '%s'", cmd);
 }

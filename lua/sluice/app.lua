@@ -39,10 +39,10 @@ local function load_spec(entry, i, file)
   return spec
 end
 
---- run(config, file, opts) -> app {collectors = {name = instance}, store}
--- opts.profile selects a profile. Raises "file: key: message" on a bad
--- configuration, before anything starts.
-function _M.run(config, file, opts)
+--- build(config, file, opts) -> app {collectors = {name = instance},
+-- order = {...}, store}: the configuration prepared and every collector
+-- built, none started. Raises "file: key: message" on a bad configuration.
+function _M.build(config, file, opts)
   local c = config_mod.prepare(config, file, opts)
   if c.log then
     if c.log.level then log.level(c.log.level) end
@@ -53,7 +53,7 @@ function _M.run(config, file, opts)
   if c.shutdown_timeout then sluice.shutdown_timeout(c.shutdown_timeout) end
   local db, err = store.open(c.store or "sluice.db")
   if not db then error(file .. ": store: " .. tostring(err), 0) end
-  local app = { store = db, collectors = {}, order = {} }
+  local app = { store = db, collectors = {}, order = {}, config = c }
   -- build everything first, so a bad entry fails before anything runs
   for i, entry in ipairs(c.collectors or {}) do
     local spec = load_spec(entry, i, file)
@@ -67,15 +67,22 @@ function _M.run(config, file, opts)
     app.collectors[inst.name] = inst
     app.order[#app.order + 1] = inst
   end
-  for _, inst in ipairs(app.order) do
-    if inst.config.enabled ~= false then inst:start() end
-  end
   sluice.on_shutdown(function()
     for _, inst in ipairs(app.order) do inst:stop() end
     db:close()
   end)
   _M.current = app
-  log.info("sluice started", { collectors = #app.order, store = c.store or "sluice.db" })
+  return app
+end
+
+--- run(config, file, opts) -> app: build, then start every enabled
+-- collector; they run until shutdown.
+function _M.run(config, file, opts)
+  local app = _M.build(config, file, opts)
+  for _, inst in ipairs(app.order) do
+    if inst.config.enabled ~= false then inst:start() end
+  end
+  log.info("sluice started", { collectors = #app.order, store = app.config.store or "sluice.db" })
   return app
 end
 

@@ -71,8 +71,9 @@ local SPEC = {
   timeout = "number", auth = "table", limiter = "table|boolean", breaker = "table|boolean",
   retry = "table|boolean", tables = "table", options = "table", collect = "function",
   classify = "function", init = "function", close = "function", backfill = "function",
-  backfill_step = "number|function", expect = "table", headers = "table",
-  description = "string", endpoint = "function",
+  backfill_step = "number|function", expect = "table|function", headers = "table",
+  description = "string", endpoint = "function", backfill_requests = "number|function",
+  beginning_date = "string|number",
 }
 
 local function type_ok(v, want)

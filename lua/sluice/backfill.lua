@@ -1,0 +1,403 @@
+--- sluice.backfill: plan, run and resume history backfills.
+--
+-- A collector declares backfill(self, from, to, partition) for one window
+-- (epoch seconds, [from, to); partition is one of its symbols, or nil),
+-- backfill_step (the window length in seconds, or a function(self)
+-- returning it) and optionally expect (the cadence rows should have, a
+-- table or a function(self) returning one):
+--   { every = 60, time_column = "open_time", unit = "ms" | "s",
+--     partition = "symbol", where = { interval = "1m" } }
+--
+-- Coverage lives in the store (sluice_backfill): one row per collector,
+-- partition and window, written in the same transaction as the window's
+-- rows, so a crash can neither lose a window nor record one as done
+-- without its rows. A later run skips done windows, so a restarted or
+-- repeated backfill resumes where it stopped.
+--
+--   backfill.plan{collector = c, from = t0, to = t1, symbols = {...},
+--                 force = false, lookback = seconds} -> plan
+--   backfill.start{... as plan ..., parallel = 4} -> job id
+--   backfill.status(id) -> {state, windows_done, windows_failed,
+--     windows_total, rows, requests, rate, eta, errors, failed = {...}}
+--   backfill.wait(id) -> status, once the job has ended
+--   backfill.cancel(id)
+local sluice = require "sluice"
+local log = require "sluice.log"
+
+local _M = {}
+
+local COVERAGE = [[
+CREATE TABLE IF NOT EXISTS sluice_backfill (
+  collector TEXT NOT NULL, partition TEXT NOT NULL,
+  window_start INTEGER NOT NULL, window_end INTEGER NOT NULL,
+  status TEXT NOT NULL, rows INTEGER NOT NULL DEFAULT 0, error TEXT,
+  updated_at REAL NOT NULL,
+  PRIMARY KEY (collector, partition, window_start)) WITHOUT ROWID]]
+
+local jobs = {}
+local next_id = 0
+
+local function ensure_schema(db)
+  assert(db:exec(COVERAGE))
+end
+
+local function resolve(v, c)
+  if type(v) == "function" then return v(c) end
+  return v
+end
+
+local function parse_time(v, what)
+  if type(v) == "number" then return v end
+  if type(v) == "string" then
+    local y, m, d, H, M, S = v:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ]?(%d?%d?):?(%d?%d?):?(%d?%d?)Z?$")
+    if y then
+      -- os.time reads the table as local time; timegm by hand for UTC
+      local days = 0
+      local yy, mm = tonumber(y), tonumber(m)
+      if mm <= 2 then yy, mm = yy - 1, mm + 12 end
+      days = 365 * yy + math.floor(yy / 4) - math.floor(yy / 100) + math.floor(yy / 400)
+        + math.floor(153 * (mm - 3) / 5 + 2) + tonumber(d) - 719469
+      return days * 86400 + (tonumber(H) or 0) * 3600 + (tonumber(M) or 0) * 60 + (tonumber(S) or 0)
+    end
+  end
+  error("sluice.backfill: '" .. what .. "' must be epoch seconds or a date like 2024-01-31, got "
+    .. tostring(v), 3)
+end
+
+local function partitions(c, symbols)
+  if symbols then return symbols end
+  if type(c.options.symbols) == "table" then return c.options.symbols end
+  return { "*" }
+end
+
+-- Rows present per window for row-level gap detection: one query per
+-- partition, grouped by window.
+local function present_counts(c, exp, part, start, stop, step)
+  local tname = exp.table or next(c.config.tables or {})
+  local scale = exp.unit == "ms" and 1000 or 1
+  local sql = { "SELECT CAST((", exp.time_column, " / ", scale, " - ?) / ? AS INTEGER) AS w, COUNT(DISTINCT ",
+    exp.time_column, ") AS n FROM ", tname, " WHERE ", exp.time_column, " >= ? AND ",
+    exp.time_column, " < ?" }
+  local params = { start, step, start * scale, stop * scale }
+  if exp.partition and part ~= "*" then
+    sql[#sql + 1] = " AND " .. exp.partition .. " = ?"
+    params[#params + 1] = part
+  end
+  for col, val in pairs(exp.where or {}) do
+    sql[#sql + 1] = " AND " .. col .. " = ?"
+    params[#params + 1] = val
+  end
+  sql[#sql + 1] = " GROUP BY w"
+  local rows = c.store:query(table.concat(sql), unpack(params))
+  local out = {}
+  for _, r in ipairs(rows or {}) do out[math.floor(r.w)] = r.n end
+  return out
+end
+
+--- plan(opts) -> { windows = {{partition, from, to, reason}, ...},
+--   skipped, estimate = {windows, requests, rows, seconds, rate} }
+function _M.plan(opts)
+  if type(opts) ~= "table" or type(opts.collector) ~= "table" then
+    error("sluice.backfill.plan: bad argument #1 (table with a collector expected)", 2)
+  end
+  local c = opts.collector
+  if not c.spec.backfill then
+    error("sluice.backfill: collector '" .. c.name .. "' has no backfill function", 2)
+  end
+  if not c.store then
+    error("sluice.backfill: collector '" .. c.name .. "' has no store", 2)
+  end
+  ensure_schema(c.store)
+  local step = resolve(c.spec.backfill_step, c) or 86400
+  if type(step) ~= "number" or not (step > 0) then
+    error("sluice.backfill: backfill_step must be a number of seconds > 0", 2)
+  end
+  local from = parse_time(opts.from or c.config.beginning_date or c.options.beginning_date, "from")
+  local to = opts.to and parse_time(opts.to, "to") or math.floor(sluice.time())
+  if not (to > from) then
+    error("sluice.backfill: 'to' must be after 'from'", 2)
+  end
+  local exp = resolve(c.spec.expect, c)
+  -- windows are aligned to the step, so runs with different bounds share
+  -- their windows (and so their coverage)
+  local first = math.floor(from / step) * step
+  local lookback_from = opts.lookback and (to - opts.lookback) or math.huge
+  local plan = { collector = c, windows = {}, skipped = 0, from = from, to = to, step = step }
+  for _, part in ipairs(partitions(c, opts.symbols)) do
+    local done = {}
+    for _, r in ipairs(c.store:query(
+      "SELECT window_start, window_end, status FROM sluice_backfill WHERE collector = ? AND partition = ?"
+      .. " AND window_start >= ? AND window_start < ?", c.name, part, first, to) or {}) do
+      if r.status == "done" then done[r.window_start] = r.window_end end
+    end
+    local present = exp and present_counts(c, exp, part, first, to, step) or nil
+    local w = first
+    while w < to do
+      local wstart, wend = math.max(w, from), math.min(w + step, to)
+      local reason
+      if opts.force then
+        reason = "force"
+      elseif wend > lookback_from then
+        reason = "lookback"
+      elseif not done[w] or done[w] < wend then
+        reason = done[w] and "extended" or "missing"
+      elseif present then
+        local want = math.ceil((wend - wstart) / exp.every)
+        if (present[(w - first) / step] or 0) < want then reason = "gap" end
+      end
+      if reason then
+        plan.windows[#plan.windows + 1] = { partition = part, from = wstart, to = wend, key = w, reason = reason }
+      else
+        plan.skipped = plan.skipped + 1
+      end
+      w = w + step
+    end
+  end
+  local rate = c.limiter and c.limiter:rate() or nil
+  local per_window = resolve(c.spec.backfill_requests, c) or 1
+  local requests = #plan.windows * per_window
+  local rows = 0
+  if exp then
+    for _, win in ipairs(plan.windows) do rows = rows + math.ceil((win.to - win.from) / exp.every) end
+  end
+  plan.estimate = { windows = #plan.windows, requests = requests, rows = exp and rows or nil,
+    rate = rate, seconds = rate and requests / rate or nil }
+  return plan
+end
+
+local function record(c, win, status, nrows, err)
+  return c.store:exec([[INSERT INTO sluice_backfill
+      (collector, partition, window_start, window_end, status, rows, error, updated_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+      ON CONFLICT (collector, partition, window_start) DO UPDATE SET
+      window_end = excluded.window_end, status = excluded.status, rows = excluded.rows,
+      error = excluded.error, updated_at = excluded.updated_at]],
+    c.name, win.partition, win.key, win.to, status, nrows, err, sluice.time())
+end
+
+-- Fetches one window and commits its rows with its coverage record.
+local function run_window(job, win)
+  local c = job.collector
+  local part = win.partition ~= "*" and win.partition or nil
+  local ok, result = xpcall(c.spec.backfill, debug.traceback, c, win.from, win.to, part)
+  if ok then
+    local per_table = result or {}
+    if per_table[1] ~= nil then
+      per_table = { [next(c.config.tables)] = per_table }
+    end
+    local count = 0
+    ok, result = pcall(c.store.transaction, c.store, function()
+      for tname, rows in pairs(per_table) do
+        local ins, err = c.store:upsert(tname, rows)
+        if not ins then error(err, 0) end
+        count = count + #rows
+      end
+      assert(record(c, win, "done", count))
+    end)
+    if ok then
+      job.rows = job.rows + count
+      job.done = job.done + 1
+      return
+    end
+  end
+  local msg = tostring(result):match("^[^\n]*")
+  job.failed[#job.failed + 1] = { partition = win.partition, from = win.from, to = win.to, error = msg }
+  job.errors = job.errors + 1
+  record(c, win, "failed", 0, msg)
+  c.log.warning("backfill window failed", { partition = win.partition, from = win.from,
+    to = win.to, error = msg })
+end
+
+local function status_of(job)
+  local elapsed = sluice.now() - job.started
+  local finished = job.done + #job.failed
+  local rate = elapsed > 0 and finished / elapsed or 0
+  return {
+    id = job.id, collector = job.collector.name, state = job.state,
+    windows_total = job.total, windows_done = job.done, windows_failed = #job.failed,
+    windows_skipped = job.plan.skipped, rows = job.rows,
+    requests = job.collector.stats_.total_requests - job.requests0,
+    elapsed = elapsed,
+    rate = job.collector.limiter and job.collector.limiter:rate() or nil,
+    eta = rate > 0 and (job.total - finished) / rate or nil,
+    errors = job.errors, failed = job.failed,
+  }
+end
+
+--- start(opts) -> id. opts as plan, plus parallel (4) and progress
+-- (seconds between progress log lines, 5).
+function _M.start(opts)
+  local plan = _M.plan(opts)
+  local parallel = opts.parallel or 4
+  if type(parallel) ~= "number" or parallel < 1 then
+    error("sluice.backfill.start: 'parallel' must be a number >= 1", 2)
+  end
+  next_id = next_id + 1
+  local id = string.format("bf-%d-%d", math.floor(sluice.time()), next_id)
+  local job = {
+    id = id, plan = plan, collector = plan.collector, state = "running",
+    total = #plan.windows, done = 0, rows = 0, errors = 0, failed = {},
+    requests0 = plan.collector.stats_.total_requests,
+    started = sluice.now(), next = 1, workers = {},
+  }
+  jobs[id] = job
+  local blog = log.with({ collector = job.collector.name, backfill = id })
+  blog.info("backfill started", { windows = job.total, skipped = plan.skipped,
+    requests = plan.estimate.requests, estimate_seconds = plan.estimate.seconds })
+  local function worker()
+    while job.state == "running" do
+      local win = plan.windows[job.next]
+      if not win then return end
+      job.next = job.next + 1
+      run_window(job, win)
+    end
+  end
+  job.runner = sluice.spawn(function()
+    local progress = sluice.every(opts.progress or 5, function(premature)
+      if premature then return end
+      local st = status_of(job)
+      blog.info("backfill progress", { done = st.windows_done, failed = st.windows_failed,
+        total = st.windows_total, rows = st.rows, eta = st.eta })
+    end)
+    for i = 1, math.min(parallel, math.max(1, job.total)) do
+      job.workers[i] = sluice.spawn(worker)
+    end
+    for _, w in ipairs(job.workers) do sluice.wait(w) end
+    progress:cancel()
+    if job.state == "running" then
+      job.state = #job.failed > 0 and "failed" or "done"
+    end
+    local st = status_of(job)
+    blog.info("backfill finished", { state = job.state, done = st.windows_done,
+      failed = st.windows_failed, rows = st.rows, requests = st.requests, seconds = st.elapsed })
+  end)
+  return id
+end
+
+--- status(id) -> the job's progress, or nil, "no such backfill"
+function _M.status(id)
+  local job = jobs[id]
+  if not job then return nil, "no such backfill '" .. tostring(id) .. "'" end
+  return status_of(job)
+end
+
+--- wait(id) -> status, when the job has ended.
+function _M.wait(id)
+  local job = jobs[id]
+  if not job then return nil, "no such backfill '" .. tostring(id) .. "'" end
+  sluice.wait(job.runner)
+  return status_of(job)
+end
+
+--- cancel(id) -> true: no new windows start; those in flight finish.
+function _M.cancel(id)
+  local job = jobs[id]
+  if not job then return nil, "no such backfill '" .. tostring(id) .. "'" end
+  if job.state == "running" then job.state = "cancelled" end
+  return true
+end
+
+--- jobs() -> { id = status } of every job of this process.
+function _M.jobs()
+  local out = {}
+  for id, job in pairs(jobs) do out[id] = status_of(job) end
+  return out
+end
+
+local USAGE = [[
+usage: sluice backfill CONFIG.lua COLLECTOR --from DATE [--to DATE] [options]
+
+Backfills COLLECTOR (a collector of the configuration) from DATE (epoch
+seconds or 2024-01-31[T12:00:00]) to --to (default: now), skipping windows
+already stored, and exits 0 when every window is done (1 if some failed;
+run it again to retry them).
+
+options:
+  --symbols A,B     only these symbols (default: the collector's)
+  --force           refetch windows already done (idempotent upserts)
+  --lookback S      also refetch the last S seconds before --to
+  --parallel N      windows fetched at once (default 4)
+  --plan            print the plan and its estimate, fetch nothing
+]]
+
+local function usage_error(msg)
+  io.stderr:write("sluice: backfill: ", msg, " (see sluice backfill --help)\n")
+  os.exit(2)
+end
+
+--- cli(chunk, file, args...): `sluice backfill`.
+function _M.cli(chunk, file, ...)
+  local args = { ... }
+  local o = { parallel = 4 }
+  local name
+  local i = 1
+  local function value(flag)
+    i = i + 1
+    if args[i] == nil then usage_error(flag .. " needs a value") end
+    return args[i]
+  end
+  while i <= #args do
+    local a = args[i]
+    if a == "--help" or a == "-h" then
+      io.stdout:write(USAGE)
+      os.exit(0)
+    elseif a == "--from" then o.from = value(a)
+    elseif a == "--to" then o.to = value(a)
+    elseif a == "--symbols" then
+      o.symbols = {}
+      for s in value(a):gmatch("[^,]+") do o.symbols[#o.symbols + 1] = s end
+    elseif a == "--force" then o.force = true
+    elseif a == "--plan" then o.plan_only = true
+    elseif a == "--lookback" then o.lookback = tonumber(value(a)) or usage_error("--lookback needs seconds")
+    elseif a == "--parallel" then o.parallel = tonumber(value(a)) or usage_error("--parallel needs a number")
+    elseif a:sub(1, 1) == "-" then usage_error("unknown option '" .. a .. "'")
+    elseif not name then name = a
+    else usage_error("unexpected argument '" .. a .. "'") end
+    i = i + 1
+  end
+  if not name then usage_error("missing COLLECTOR") end
+  for _, k in ipairs({ "from", "to" }) do
+    if o[k] and not pcall(parse_time, tonumber(o[k]) or o[k], k) then
+      usage_error("--" .. k .. " '" .. o[k] .. "': expected epoch seconds or a date like 2024-01-31")
+    end
+    if o[k] then o[k] = parse_time(tonumber(o[k]) or o[k], k) end
+  end
+  local config = chunk()
+  if type(config) ~= "table" then
+    error(file .. ": a backfill needs a configuration (a file returning a table)", 0)
+  end
+  local app = require("sluice.app").build(config, file)
+  local c = app.collectors[name]
+  if not c then
+    local names = {}
+    for n in pairs(app.collectors) do names[#names + 1] = n end
+    table.sort(names)
+    error(file .. ": no collector named '" .. name .. "' (there are: " .. table.concat(names, ", ") .. ")", 0)
+  end
+  o.collector = c
+  if o.plan_only then
+    local p = _M.plan(o)
+    local e = p.estimate
+    print(string.format("%s: %d windows to fetch, %d already done", name, #p.windows, p.skipped))
+    local reasons = {}
+    for _, w in ipairs(p.windows) do reasons[w.reason] = (reasons[w.reason] or 0) + 1 end
+    for r, n in pairs(reasons) do print(string.format("  %-8s %d", r, n)) end
+    print(string.format("estimate: %d requests, %s rows, %s at %s req/s", e.requests,
+      e.rows and tostring(e.rows) or "?", e.seconds and string.format("%.1f s", e.seconds) or "?",
+      e.rate and string.format("%.1f", e.rate) or "?"))
+    sluice.shutdown(0)
+    return
+  end
+  local id = _M.start(o)
+  local st = _M.wait(id)
+  print(string.format("%s: %s; %d of %d windows done, %d failed, %d skipped; %d rows, %d requests in %.1f s",
+    name, st.state, st.windows_done, st.windows_total, st.windows_failed, st.windows_skipped,
+    st.rows, st.requests, st.elapsed))
+  for _, f in ipairs(st.failed) do
+    print(string.format("  failed: %s %d..%d: %s", f.partition, f.from, f.to, f.error))
+  end
+  sluice.shutdown(st.windows_failed > 0 and 1 or 0)
+end
+
+_M.parse_time = parse_time
+return _M
