@@ -3,6 +3,7 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "modules.h"
@@ -160,12 +161,19 @@ static int l_output(lua_State *L) {
     return 1;
 }
 
+/* is_terminal() -> whether stdout is a terminal (for progress bars). */
+static int l_is_terminal(lua_State *L) {
+    lua_pushboolean(L, isatty(fileno(stdout)));
+    return 1;
+}
+
 int luaopen_sluice_log(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"write", l_write},   {"enabled", l_enabled},
         {"level", l_level},   {"format", l_format},
         {"recent", l_recent}, {"ring_size", l_ring_size},
-        {"output", l_output}, {NULL, NULL},
+        {"output", l_output}, {"is_terminal", l_is_terminal},
+        {NULL, NULL},
     };
     lua_newtable(L);
     luaL_register(L, NULL, fns);

@@ -253,17 +253,35 @@ function _M.start(opts)
     end
   end
   job.runner = sluice.spawn(function()
-    local progress = sluice.every(opts.progress or 5, function(premature)
+    -- a progress line every few seconds in the log, and a bar redrawn
+    -- every half second when stdout is a terminal
+    local bar = opts.bar ~= false and log.is_terminal()
+    local ticks = 0
+    local period = opts.progress or 5
+    local progress = sluice.every(bar and 0.5 or period, function(premature)
       if premature then return end
       local st = status_of(job)
-      blog.info("backfill progress", { done = st.windows_done, failed = st.windows_failed,
-        total = st.windows_total, rows = st.rows, eta = st.eta })
+      ticks = ticks + 1
+      if bar then
+        local finished = st.windows_done + st.windows_failed
+        local width = 30
+        local filled = st.windows_total > 0 and math.floor(width * finished / st.windows_total) or width
+        io.stdout:write(string.format("\r[%s%s] %d/%d windows, %d rows, %d failed, ETA %s ",
+          string.rep("#", filled), string.rep(" ", width - filled), finished, st.windows_total,
+          st.rows, st.windows_failed, st.eta and string.format("%.0f s", st.eta) or "?"))
+        io.stdout:flush()
+      end
+      if not bar or ticks % math.max(1, math.floor(period / 0.5)) == 0 then
+        blog.info("backfill progress", { done = st.windows_done, failed = st.windows_failed,
+          total = st.windows_total, rows = st.rows, eta = st.eta })
+      end
     end)
     for i = 1, math.min(parallel, math.max(1, job.total)) do
       job.workers[i] = sluice.spawn(worker)
     end
     for _, w in ipairs(job.workers) do sluice.wait(w) end
     progress:cancel()
+    if bar then io.stdout:write("\n") end
     if job.state == "running" then
       job.state = #job.failed > 0 and "failed" or "done"
     end

@@ -60,6 +60,7 @@ _M.format = core.format       -- format(["json"|"console"]) -> current format
 _M.enabled = core.enabled     -- enabled(level) -> boolean
 _M.ring_size = core.ring_size -- ring_size([n]) -> capacity
 _M.output = core.output       -- output(path | "-" | "stderr") -> true | nil, err
+_M.is_terminal = core.is_terminal -- is_terminal() -> whether stdout is a terminal
 
 --- recent([n]) -> the newest n kept entries (all by default), oldest first,
 -- each decoded into a table.
