@@ -6,6 +6,8 @@ local log = require "sluice.log"
 local config_mod = require "sluice.config"
 local collector = require "sluice.collector"
 local store = require "sluice.store"
+local breaker = require "sluice.breaker"
+local limiter = require "sluice.limiter"
 
 local _M = {}
 
@@ -39,23 +41,12 @@ local function load_spec(entry, i, file)
   return spec
 end
 
---- build(config, file, opts) -> app {collectors = {name = instance},
--- order = {...}, store}: the configuration prepared and every collector
--- built, none started. Raises "file: key: message" on a bad configuration.
-function _M.build(config, file, opts)
-  local c = config_mod.prepare(config, file, opts)
-  if c.log then
-    if c.log.level then log.level(c.log.level) end
-    if c.log.format then log.format(c.log.format) end
-    if c.log.output then assert(log.output(c.log.output)) end
-    if c.log.ring_size then log.ring_size(c.log.ring_size) end
-  end
-  if c.shutdown_timeout then sluice.shutdown_timeout(c.shutdown_timeout) end
-  local db, err = store.open(c.store or "sluice.db")
-  if not db then error(file .. ": store: " .. tostring(err), 0) end
-  local app = { store = db, collectors = {}, order = {}, config = c }
-  -- build everything first, so a bad entry fails before anything runs
+-- Builds the collector instances of a prepared configuration against db,
+-- starting none. Raises "file: key: message".
+local function build_collectors(c, file, db, fresh)
+  local built = { collectors = {}, order = {} }
   for i, entry in ipairs(c.collectors or {}) do
+    if fresh and entry.use then package.loaded["collectors." .. entry.use] = nil end
     local spec = load_spec(entry, i, file)
     local overrides = {}
     for k, v in pairs(entry) do overrides[k] = v end
@@ -64,10 +55,35 @@ function _M.build(config, file, opts)
     if not ok then
       error(file .. ": collectors[" .. i .. "]: " .. tostring(inst):gsub("^[^:]+:%d+: ", ""), 0)
     end
-    app.collectors[inst.name] = inst
-    app.order[#app.order + 1] = inst
+    built.collectors[inst.name] = inst
+    built.order[#built.order + 1] = inst
   end
+  return built
+end
+
+local function apply_log(c)
+  if c.log then
+    if c.log.level then log.level(c.log.level) end
+    if c.log.format then log.format(c.log.format) end
+    if c.log.output then assert(log.output(c.log.output)) end
+    if c.log.ring_size then log.ring_size(c.log.ring_size) end
+  end
+end
+
+--- build(config, file, opts) -> app {collectors = {name = instance},
+-- order = {...}, store}: the configuration prepared and every collector
+-- built, none started. Raises "file: key: message" on a bad configuration.
+function _M.build(config, file, opts)
+  local c = config_mod.prepare(config, file, opts)
+  apply_log(c)
+  if c.shutdown_timeout then sluice.shutdown_timeout(c.shutdown_timeout) end
+  local db, err = store.open(c.store or "sluice.db")
+  if not db then error(file .. ": store: " .. tostring(err), 0) end
+  local built = build_collectors(c, file, db)
+  local app = { store = db, collectors = built.collectors, order = built.order, config = c,
+    file = file, opts = opts or {} }
   sluice.on_shutdown(function()
+    if app.admin then app.admin:close() end
     for _, inst in ipairs(app.order) do inst:stop() end
     db:close()
   end)
@@ -75,15 +91,72 @@ function _M.build(config, file, opts)
   return app
 end
 
---- run(config, file, opts) -> app: build, then start every enabled
--- collector; they run until shutdown.
+--- run(config, file, opts) -> app: build, start every enabled collector
+-- (they run until shutdown) and the admin API when configured.
 function _M.run(config, file, opts)
   local app = _M.build(config, file, opts)
+  if app.config.admin and app.config.admin.enabled ~= false then
+    local srv, err = require("sluice.admin").start(app, app.config.admin)
+    if not srv then error(file .. ": " .. err, 0) end
+    app.admin = srv
+  end
   for _, inst in ipairs(app.order) do
     if inst.config.enabled ~= false then inst:start() end
   end
+  sluice.on_reload(function()
+    local ok, err = _M.reload()
+    if not ok then log.error("reload refused", { error = err }) end
+  end)
   log.info("sluice started", { collectors = #app.order, store = app.config.store or "sluice.db" })
   return app
+end
+
+--- reload() -> true | nil, err. Re-reads the configuration file and the
+-- collector scripts, builds and validates the whole new set before
+-- touching the running one; on any error nothing changes and the error
+-- (file:line: message) is returned. Breaker and limiter state and
+-- statistics carry over by collector name; removed or replaced collectors
+-- stop gracefully (a run in progress finishes).
+function _M.reload()
+  local app = _M.current
+  if not app then return nil, "no configuration is running" end
+  local old_breakers, old_limiters = breaker.all(), limiter.all()
+  local ok, err = pcall(function()
+    local chunk, lerr = loadfile(app.file)
+    if not chunk then error(lerr, 0) end
+    local okc, config = pcall(chunk)
+    if not okc then error(tostring(config), 0) end
+    if type(config) ~= "table" then error(app.file .. ": must return a configuration table", 0) end
+    local c = config_mod.prepare(config, app.file, app.opts)
+    if (c.store or "sluice.db") ~= (app.config.store or "sluice.db") then
+      error(app.file .. ": store: cannot change while running (restart to move the database)", 0)
+    end
+    local built = build_collectors(c, app.file, app.store, true)
+    -- nothing failed: carry state over and swap
+    for name, new in pairs(built.collectors) do
+      local old = app.collectors[name]
+      if old then
+        if old.breaker and new.breaker then new.breaker:restore(old.breaker:snapshot()) end
+        if old.limiter and new.limiter then new.limiter:restore(old.limiter:snapshot()) end
+        new.stats_ = old.stats_
+      end
+    end
+    for _, old in ipairs(app.order) do old:stop() end
+    apply_log(c)
+    app.config, app.collectors, app.order = c, built.collectors, built.order
+    for _, inst in ipairs(app.order) do
+      if inst.config.enabled ~= false then inst:start() end
+    end
+  end)
+  if not ok then
+    -- building registered new breakers and limiters by name: put the
+    -- running ones back
+    for _, cb in pairs(old_breakers) do breaker.register(cb) end
+    for _, lim in pairs(old_limiters) do limiter.register(lim) end
+    return nil, tostring(err)
+  end
+  log.info("configuration reloaded", { collectors = #app.order })
+  return true
 end
 
 return _M

@@ -51,12 +51,15 @@ local function parse_time(v, what)
   if type(v) == "string" then
     local y, m, d, H, M, S = v:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ]?(%d?%d?):?(%d?%d?):?(%d?%d?)Z?$")
     if y then
-      -- os.time reads the table as local time; timegm by hand for UTC
-      local days = 0
-      local yy, mm = tonumber(y), tonumber(m)
-      if mm <= 2 then yy, mm = yy - 1, mm + 12 end
-      days = 365 * yy + math.floor(yy / 4) - math.floor(yy / 100) + math.floor(yy / 400)
-        + math.floor(153 * (mm - 3) / 5 + 2) + tonumber(d) - 719469
+      -- os.time reads the table as local time: days from the civil date
+      -- by hand (H. Hinnant's algorithm), for UTC
+      local yy, mm, dd = tonumber(y), tonumber(m), tonumber(d)
+      if mm <= 2 then yy = yy - 1 end
+      local era = math.floor(yy / 400)
+      local yoe = yy - era * 400
+      local doy = math.floor((153 * (mm + (mm > 2 and -3 or 9)) + 2) / 5) + dd - 1
+      local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+      local days = era * 146097 + doe - 719468
       return days * 86400 + (tonumber(H) or 0) * 3600 + (tonumber(M) or 0) * 60 + (tonumber(S) or 0)
     end
   end

@@ -103,6 +103,13 @@ function _M.new(opts)
   return cb
 end
 
+--- register(cb): make cb the breaker breaker.get(cb:name()) returns (a
+-- reload that fails puts the running breakers back with this).
+function _M.register(cb)
+  registry[cb:name()] = cb
+  return cb
+end
+
 --- get(name) -> the breaker of that name, or nil.
 function _M.get(name)
   return registry[name]

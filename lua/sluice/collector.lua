@@ -313,6 +313,8 @@ function Collector:request(opts)
       timeout = opts.timeout or self.config.timeout or 30,
     })
     local latency = sluice.now() - t0
+    st.latency_total = (st.latency_total or 0) + latency
+    st.latency_count = (st.latency_count or 0) + 1
     local verdict, retryable = default_verdict(res, kind)
     local message = err
     if res and self.spec.classify then
@@ -551,5 +553,7 @@ function Collector:health_check()
 end
 
 _M.Collector = Collector
+_M.reveal = reveal
+_M.is_secret = function(v) return getmetatable(v) == secret_mt end
 _M.json_null = cjson.null
 return _M

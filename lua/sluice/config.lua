@@ -25,8 +25,9 @@ local _M = {}
 
 local TOP = {
   store = "string", log = "table", collectors = "table", profiles = "table",
-  shutdown_timeout = "number", name = "string",
+  shutdown_timeout = "number", name = "string", admin = "table",
 }
+local ADMIN = { host = "string", port = "number", token = "any", enabled = "boolean" }
 local LOG = { level = "string", format = "string", output = "string", ring_size = "number" }
 local LEVELS = { trace = 1, debug = 1, info = 1, warning = 1, warn = 1, error = 1, critical = 1, none = 1 }
 
@@ -35,7 +36,8 @@ local function fail(file, key, msg)
 end
 
 local function deep_merge(base, over)
-  if type(base) ~= "table" or type(over) ~= "table" or over[1] ~= nil then
+  -- lists and objects (secrets have a metatable) replace, tables merge
+  if type(base) ~= "table" or type(over) ~= "table" or over[1] ~= nil or getmetatable(over) then
     return over
   end
   local out = {}
@@ -134,6 +136,22 @@ function _M.validate(config, file)
     end
     if config.log.format and config.log.format ~= "json" and config.log.format ~= "console" then
       fail(file, "log.format", "must be json or console, got '" .. config.log.format .. "'")
+    end
+  end
+  if config.admin then
+    for k, v in pairs(config.admin) do
+      if not ADMIN[k] then fail(file, "admin." .. tostring(k), "unknown setting") end
+      if ADMIN[k] ~= "any" and type(v) ~= ADMIN[k] then
+        fail(file, "admin." .. k, "must be a " .. ADMIN[k] .. ", got " .. type(v))
+      end
+    end
+    local port = config.admin.port
+    if port and not (port >= 0 and port <= 65535 and port == math.floor(port)) then
+      fail(file, "admin.port", "must be an integer in [0, 65535]")
+    end
+    local token = config.admin.token
+    if token ~= nil and type(token) ~= "string" and not (type(token) == "table" and token.env) then
+      fail(file, "admin.token", "must be a string or collector.env(\"NAME\")")
     end
   end
   if config.shutdown_timeout and not (config.shutdown_timeout >= 0 and config.shutdown_timeout < math.huge) then

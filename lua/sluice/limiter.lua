@@ -82,6 +82,12 @@ end
 
 function _M.get(name) return registry[name] end
 
+--- register(lim): make lim the limiter limiter.get(its name) returns.
+function _M.register(lim)
+  registry[lim:stats().limiter_name] = lim
+  return lim
+end
+
 function _M.all()
   local out = {}
   for k, v in pairs(registry) do out[k] = v end
