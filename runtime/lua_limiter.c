@@ -104,10 +104,15 @@ static void rearm(llimiter *ll) {
     }
     if (t < 0)
         return;
-    double d = t > now ? t - now : 0;
+    /* Round up to the microsecond: a timer that fires early only re-arms. */
+    double d = t > now ? ceil((t - now) * 1e6) / 1e6 : 0;
     struct timeval tv;
     tv.tv_sec = (time_t)floor(d);
-    tv.tv_usec = (suseconds_t)((d - floor(d)) * 1e6);
+    tv.tv_usec = (suseconds_t)llround((d - floor(d)) * 1e6);
+    if (tv.tv_usec >= 1000000) {
+        tv.tv_sec++;
+        tv.tv_usec -= 1000000;
+    }
     evtimer_add(&ll->timer, &tv);
     ll->timer_set = 1;
 }
