@@ -113,6 +113,7 @@ static void rearm(llimiter *ll) {
         tv.tv_sec++;
         tv.tv_usec -= 1000000;
     }
+    event_base_update_cache_time(sl_rt.base); /* see sl_task_sleep */
     evtimer_add(&ll->timer, &tv);
     ll->timer_set = 1;
 }

@@ -358,6 +358,9 @@ int sl_task_sleep(lua_State *L, sl_task *t, double s) {
     tv.tv_sec = (time_t)whole;
     tv.tv_usec = (suseconds_t)((s - whole) * 1e6);
     event_assign(&t->timer, sl_rt.base, -1, 0, sleep_done, t);
+    /* Timeouts count from libevent's cached time, which lags behind while
+     * callbacks run: without this a sleep could end a little early. */
+    event_base_update_cache_time(sl_rt.base);
     evtimer_add(&t->timer, &tv);
     t->timer_set = 1;
     return sl_task_suspend(L, t, sleep_cancel, NULL);

@@ -60,6 +60,7 @@ static void arm(sl_timer *tm, double delay) {
     struct timeval tv;
     tv.tv_sec = (time_t)floor(delay);
     tv.tv_usec = (suseconds_t)((delay - floor(delay)) * 1e6);
+    event_base_update_cache_time(sl_rt.base); /* see sl_task_sleep */
     evtimer_add(&tm->ev, &tv);
     tm->armed = 1;
 }

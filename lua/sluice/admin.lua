@@ -116,8 +116,8 @@ function _M.start(app, opts)
     return nil, "admin: refusing to listen on " .. host
       .. " without a token (set admin.token, e.g. collector.env(\"SLUICE_ADMIN_TOKEN\"))"
   end
-  local srv, err = server.listen({ host = host, port = opts.port or 8080 })
-  if not srv then return nil, "admin: " .. err end
+  local srv, listen_err = server.listen({ host = host, port = opts.port or 8080 })
+  if not srv then return nil, "admin: " .. listen_err end
 
   local function guarded(handler)
     return function(req)
@@ -280,11 +280,11 @@ function _M.start(app, opts)
     if body.symbols ~= nil and type(body.symbols) ~= "table" then return bad("field 'symbols' must be a list") end
     if body.force ~= nil and type(body.force) ~= "boolean" then return bad("field 'force' must be true or false") end
     local backfill = require "sluice.backfill"
-    local opts = { collector = c, from = body.start_date, to = body.end_date, symbols = body.symbols,
+    local bopts = { collector = c, from = body.start_date, to = body.end_date, symbols = body.symbols,
       force = body.force, lookback = body.lookback, parallel = body.parallel }
-    local okp, plan = pcall(backfill.plan, opts)
+    local okp, plan = pcall(backfill.plan, bopts)
     if not okp then return bad(tostring(plan):gsub("^.-sluice%.backfill: ", "")) end
-    local id = backfill.start(opts)
+    local id = backfill.start(bopts)
     return 202, {
       task_id = id, status = "started", message = "Backfill operation started",
       estimated_records = plan.estimate.rows or plan.estimate.windows,

@@ -163,8 +163,10 @@ function _M.new(spec, overrides, context)
   -- overrides split: framework options vs the collector's own options
   local own = merge(spec.options, nil)
   local framework = {}
+  local BOOKKEEPING = { use = true, file = true, enabled = true } -- the config's, not ours
   for k, v in pairs(overrides) do
-    if k == "use" or k == "file" or k == "enabled" then -- config bookkeeping
+    if BOOKKEEPING[k] then
+      framework[k] = nil
     elseif SPEC[k] and k ~= "options" then
       framework[k] = v
     elseif spec.options and spec.options[k] ~= nil then
@@ -246,7 +248,7 @@ end
 
 -- --- the request pipeline ------------------------------------------------
 
-local function default_verdict(res, kind)
+local function default_verdict(res)
   if not res then
     return "failure", true
   end
@@ -315,7 +317,7 @@ function Collector:request(opts)
     local latency = sluice.now() - t0
     st.latency_total = (st.latency_total or 0) + latency
     st.latency_count = (st.latency_count or 0) + 1
-    local verdict, retryable = default_verdict(res, kind)
+    local verdict, retryable = default_verdict(res)
     local message = err
     if res and self.spec.classify then
       -- classify sees every response: it may change the verdict (a 200
@@ -365,10 +367,10 @@ function Collector:request(opts)
     return nil, message, { retryable = retryable, retry_after = retry_after_of(res),
       kind = kind or verdict, res = res }
   end
-  local out, err, info
+  local out, err
   if self.retry then
     local last_hint
-    out, err, info = self.retry:run(function(a)
+    out, err = self.retry:run(function(a)
       local v, e, hint = attempt_fn(a)
       last_hint = hint
       return v, e, hint

@@ -14,6 +14,7 @@
 -- "tls", "too_large", "protocol", "aborted". An HTTP 4xx/5xx is a result.
 local core = require "sluice._http"
 local cjson = require "cjson.safe"
+local metrics = require "sluice.metrics"
 
 local _M = {}
 
@@ -213,8 +214,10 @@ local function do_request(fname, opts)
   local res, err, kind = core.request(method, url, lines, body, opt("timeout"),
     opt("connect_timeout"), opt("max_body"), opt("follow_redirects"), opt("insecure"))
   if not res then
+    metrics.http_request(url, method, kind)
     return nil, err, kind
   end
+  metrics.http_request(url, method, res.status, res.timings and res.timings.total)
   setmetatable(res.headers, headers_mt)
   setmetatable(res.headers_all, headers_mt)
   return setmetatable(res, response_mt)

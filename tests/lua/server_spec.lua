@@ -72,6 +72,7 @@ describe("sluice.server.listen", function()
     line = debug.getinfo(1, "l").currentline + 2
     local srv = listen()
     ok, err = pcall(function() srv:route("GET", "nope", print) end)
+    assert.is_false(ok)
     assert.matches("server_spec%.lua:" .. line .. ": sluice%.server%.route: bad argument #2", err)
   end)
 
@@ -105,7 +106,7 @@ end)
 describe("sluice.server requests", function()
   it("answers a routed GET with status, body and headers", function()
     local srv = listen()
-    srv:route("GET", "/ping", function(req)
+    srv:route("GET", "/ping", function()
       return 201, "pong", { ["X-Test"] = "yes", ["Set-Cookie"] = { "a=1", "b=2" } }
     end)
     local res = assert(http.get(url(srv, "/ping")))
@@ -224,7 +225,7 @@ describe("sluice.server requests", function()
 
   it("answers 413 for a body over max_body", function()
     local srv = listen{ max_body = 1000 }
-    local called = false
+    local called
     srv:route("POST", "/up", function(req) called = true; return #req.body .. "" end)
     local res = assert(http.post(url(srv, "/up"), { body = string.rep("x", 1000) }))
     assert.same({ 200, "1000" }, { res.status, res.body })

@@ -135,7 +135,7 @@ end
 
 -- One synthetic kline as a JSON array. A candle still open at `now` is cut
 -- at now: its close is the price now and its volume covers the time elapsed.
-local function kline(sym, interval, iv, t, now)
+local function kline(sym, iv, t, now)
   local stop = min(t + iv, now)
   local o, c = round(price(sym, t), sym.tick), round(price(sym, stop), sym.tick)
   local u = function(k) return hash(sym.h, t, iv, k) end
@@ -249,7 +249,7 @@ function Mock:_klines(q, now)
   recorded = recorded and recorded[q.interval] or {}
   local rows = {}
   for t = first, last, iv do
-    rows[#rows + 1] = recorded[t] or kline(sym, q.interval, iv, t, now)
+    rows[#rows + 1] = recorded[t] or kline(sym, iv, t, now)
   end
   return 200, "[" .. concat(rows, ",") .. "]"
 end
