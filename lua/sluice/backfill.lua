@@ -30,6 +30,7 @@ local COVERAGE = [[
 CREATE TABLE IF NOT EXISTS sluice_backfill (
   collector TEXT NOT NULL, partition TEXT NOT NULL,
   window_start INTEGER NOT NULL, window_end INTEGER NOT NULL,
+  covered_from INTEGER NOT NULL,
   status TEXT NOT NULL, rows INTEGER NOT NULL DEFAULT 0, error TEXT,
   updated_at REAL NOT NULL,
   PRIMARY KEY (collector, partition, window_start)) WITHOUT ROWID]]
@@ -75,13 +76,13 @@ end
 
 -- Rows present per window for row-level gap detection: one query per
 -- partition, grouped by window.
-local function present_counts(c, exp, part, start, stop, step)
+local function present_counts(c, exp, part, first, from, stop, step)
   local tname = exp.table or next(c.config.tables or {})
   local scale = exp.unit == "ms" and 1000 or 1
   local sql = { "SELECT CAST((", exp.time_column, " / ", scale, " - ?) / ? AS INTEGER) AS w, COUNT(DISTINCT ",
     exp.time_column, ") AS n FROM ", tname, " WHERE ", exp.time_column, " >= ? AND ",
     exp.time_column, " < ?" }
-  local params = { start, step, start * scale, stop * scale }
+  local params = { first, step, from * scale, stop * scale }
   if exp.partition and part ~= "*" then
     sql[#sql + 1] = " AND " .. exp.partition .. " = ?"
     params[#params + 1] = part
@@ -129,11 +130,12 @@ function _M.plan(opts)
   for _, part in ipairs(partitions(c, opts.symbols)) do
     local done = {}
     for _, r in ipairs(c.store:query(
-      "SELECT window_start, window_end, status FROM sluice_backfill WHERE collector = ? AND partition = ?"
-      .. " AND window_start >= ? AND window_start < ?", c.name, part, first, to) or {}) do
-      if r.status == "done" then done[r.window_start] = r.window_end end
+      "SELECT window_start, window_end, covered_from, status FROM sluice_backfill"
+      .. " WHERE collector = ? AND partition = ? AND window_start >= ? AND window_start < ?",
+      c.name, part, first, to) or {}) do
+      if r.status == "done" then done[r.window_start] = { from = r.covered_from, to = r.window_end } end
     end
-    local present = exp and present_counts(c, exp, part, first, to, step) or nil
+    local present = exp and present_counts(c, exp, part, first, from, to, step) or nil
     local w = first
     while w < to do
       local wstart, wend = math.max(w, from), math.min(w + step, to)
@@ -142,10 +144,10 @@ function _M.plan(opts)
         reason = "force"
       elseif wend > lookback_from then
         reason = "lookback"
-      elseif not done[w] or done[w] < wend then
+      elseif not done[w] or done[w].to < wend or done[w].from > wstart then
         reason = done[w] and "extended" or "missing"
       elseif present then
-        local want = math.ceil((wend - wstart) / exp.every)
+        local want = math.ceil(wend / exp.every) - math.ceil(wstart / exp.every)
         if (present[(w - first) / step] or 0) < want then reason = "gap" end
       end
       if reason then
@@ -161,21 +163,29 @@ function _M.plan(opts)
   local requests = #plan.windows * per_window
   local rows = 0
   if exp then
-    for _, win in ipairs(plan.windows) do rows = rows + math.ceil((win.to - win.from) / exp.every) end
+    for _, win in ipairs(plan.windows) do
+      rows = rows + math.ceil(win.to / exp.every) - math.ceil(win.from / exp.every)
+    end
   end
   plan.estimate = { windows = #plan.windows, requests = requests, rows = exp and rows or nil,
     rate = rate, seconds = rate and requests / rate or nil }
   return plan
 end
 
+-- A window's coverage: [covered_from, window_end) of the aligned window
+-- starting at window_start. A refetch that starts later than an earlier
+-- one keeps the earlier start (both are stored).
 local function record(c, win, status, nrows, err)
   return c.store:exec([[INSERT INTO sluice_backfill
-      (collector, partition, window_start, window_end, status, rows, error, updated_at)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+      (collector, partition, window_start, window_end, covered_from, status, rows, error, updated_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
       ON CONFLICT (collector, partition, window_start) DO UPDATE SET
-      window_end = excluded.window_end, status = excluded.status, rows = excluded.rows,
+      window_end = MAX(excluded.window_end, CASE WHEN status = 'done' THEN window_end ELSE 0 END),
+      covered_from = CASE WHEN status = 'done' THEN MIN(covered_from, excluded.covered_from)
+                          ELSE excluded.covered_from END,
+      status = excluded.status, rows = excluded.rows,
       error = excluded.error, updated_at = excluded.updated_at]],
-    c.name, win.partition, win.key, win.to, status, nrows, err, sluice.time())
+    c.name, win.partition, win.key, win.to, win.from, status, nrows, err, sluice.time())
 end
 
 -- Fetches one window and commits its rows with its coverage record.
@@ -212,7 +222,7 @@ local function run_window(job, win)
 end
 
 local function status_of(job)
-  local elapsed = sluice.now() - job.started
+  local elapsed = (job.finished or sluice.now()) - job.started
   local finished = job.done + #job.failed
   local rate = elapsed > 0 and finished / elapsed or 0
   return {
@@ -284,6 +294,7 @@ function _M.start(opts)
     end
     for _, w in ipairs(job.workers) do sluice.wait(w) end
     progress:cancel()
+    job.finished = sluice.now()
     if bar then io.stdout:write("\n") end
     if job.state == "running" then
       job.state = #job.failed > 0 and "failed" or "done"
