@@ -14,7 +14,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "control.h"
 #include "log.h"
+#include "repl.h"
 #include "runtime.h"
 #include "task.h"
 
@@ -33,6 +35,8 @@ static const char *usage_main =
     "  test [busted options] PATH...     run busted specs inside sluice\n"
     "  backfill CONFIG.lua COLLECTOR ... backfill history (see backfill "
     "--help)\n"
+    "  repl [SOCKET] [-e CHUNK]          attach to a running sluice's "
+    "control socket\n"
     "  version                           print sluice's and its libraries' "
     "versions\n"
     "  help [COMMAND]                    show help\n"
@@ -62,7 +66,12 @@ static const char *usage_run =
     "                          json otherwise)\n"
     "  --shutdown-timeout S    seconds running tasks get at shutdown "
     "(default 10)\n"
-    "  --profile NAME          merge the configuration's profiles[NAME]\n";
+    "  --profile NAME          merge the configuration's profiles[NAME]\n"
+    "  --control PATH          the control socket for sluice repl (default\n"
+    "                          ./sluice.sock; none: no socket)\n"
+    "  -i                      a REPL on the terminal while FILE runs; "
+    "Ctrl-D\n"
+    "                          shuts down\n";
 
 static const char *usage_test =
     "usage: sluice test [sluice options] [busted options] PATH...\n"
@@ -222,8 +231,8 @@ static void set_arg(lua_State *L, const char *script, char **args, int n) {
 
 static int cmd_run(int argc, char **argv) {
     options o = {.log_level = -1, .log_format = -1, .shutdown_timeout = -1};
-    const char *file = NULL;
-    int i, nargs = 0;
+    const char *file = NULL, *control = "sluice.sock";
+    int i, nargs = 0, interactive = 0, control_given = 0;
     char **args = NULL;
     for (i = 2; i < argc; i++) {
         if (is_help(argv[i])) {
@@ -240,6 +249,22 @@ static int cmd_run(int argc, char **argv) {
             return EXIT_USAGE;
         if (r > 0)
             continue;
+        if (strcmp(argv[i], "-i") == 0) {
+            interactive = 1;
+            continue;
+        }
+        if (strncmp(argv[i], "--control=", 10) == 0) {
+            control = argv[i] + 10;
+            control_given = 1;
+            continue;
+        }
+        if (strcmp(argv[i], "--control") == 0) {
+            if (++i >= argc)
+                return fail_usage("%s needs a value", "--control");
+            control = argv[i];
+            control_given = 1;
+            continue;
+        }
         if (argv[i][0] == '-' && argv[i][1] != '\0')
             return fail_usage("run: unknown option '%s'", argv[i]);
         if (file)
@@ -258,6 +283,14 @@ static int cmd_run(int argc, char **argv) {
 
     if (start(&o) != 0)
         return EXIT_ERROR;
+    char err[256];
+    if ((*control && strcmp(control, "none") != 0 &&
+         sl_control_listen(control, control_given, err, sizeof(err)) != 0) ||
+        (interactive && sl_repl_interactive(err, sizeof(err)) != 0)) {
+        fprintf(stderr, "sluice: %s\n", err);
+        sl_runtime_close();
+        return EXIT_USAGE;
+    }
     lua_State *L = sl_rt.L;
     set_arg(L, file, args, nargs);
     if (luaL_loadfile(L, file) != 0) {
@@ -427,6 +460,7 @@ int main(int argc, char **argv) {
               : strcmp(topic, "test") == 0     ? usage_test
               : strcmp(topic, "version") == 0  ? usage_version
               : strcmp(topic, "backfill") == 0 ? usage_backfill
+              : strcmp(topic, "repl") == 0     ? sl_repl_usage
                                                : usage_main,
               stdout);
         return EXIT_OK;
@@ -439,5 +473,7 @@ int main(int argc, char **argv) {
         return cmd_test(argc, argv);
     if (strcmp(cmd, "backfill") == 0)
         return cmd_backfill(argc, argv);
+    if (strcmp(cmd, "repl") == 0)
+        return sl_repl_main(argc, argv);
     return fail_usage("unknown command '%s'", cmd);
 }

@@ -12,5 +12,6 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._retry", luaopen_sluice_retry},
     {"sluice._server", luaopen_sluice_server},
     {"sluice._limiter", luaopen_sluice_limiter},
+    {"sluice._control", luaopen_sluice_control},
     {NULL, NULL},
 };

@@ -20,5 +20,6 @@ int luaopen_sluice_breaker(lua_State *L);
 int luaopen_sluice_retry(lua_State *L);
 int luaopen_sluice_server(lua_State *L);
 int luaopen_sluice_limiter(lua_State *L);
+int luaopen_sluice_control(lua_State *L);
 
 #endif

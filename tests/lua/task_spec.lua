@@ -242,10 +242,12 @@ describe("sluice timers", function()
     local lo, hi = math.huge, 0
     for i = 2, #starts do
       local gap = starts[i] - starts[i - 1]
-      -- a loaded machine only makes gaps longer, so only the floor is exact
-      assert.is_true(gap >= 0.0095, "gap " .. gap)
       lo, hi = math.min(lo, gap), math.max(hi, gap)
     end
+    -- ticks keep to a fixed rate (a late tick is followed by an early one),
+    -- so single gaps may fall below 0.01; their mean is the period
+    local mean = (starts[#starts] - starts[1]) / (#starts - 1)
+    assert.is_true(mean >= 0.01 and mean <= 0.04, "mean gap " .. mean)
     assert.is_true(hi - lo > 0.001, "periods do not vary")
   end)
 end)

@@ -1,0 +1,360 @@
+--- sluice.repl: what the REPL evaluates and how it shows the results.
+-- The control socket (runtime/control.c) runs each request as a task that
+-- calls _serve(conn, payload, framed); `sluice run -i` does the same with
+-- the terminal. A session is one attached client: its environment (globals
+-- assigned at the prompt, the helpers, a print that writes to the client)
+-- lives as long as the connection.
+--
+-- Protocol (one JSON object per line each way):
+--   request  {"chunk": "lua source"}
+--   response {"ok": bool, "output": "text", "incomplete": bool}
+-- incomplete = true: the chunk is unfinished (`for i = 1, 3 do`); the client
+-- reads more lines and sends the whole chunk again.
+local cjson = require "cjson.safe"
+
+local _M = {}
+
+-- --- pretty printer ---------------------------------------------------------
+
+local KEYWORDS = {}
+for w in ([[and break do else elseif end false for function goto if in local
+  nil not or repeat return then true until while]]):gmatch("%a+") do
+  KEYWORDS[w] = true
+end
+
+local ESCAPES = { ["\n"] = "\\n", ["\t"] = "\\t", ["\r"] = "\\r", ['"'] = '\\"', ["\\"] = "\\\\" }
+
+local function quote(s)
+  return '"' .. (s:gsub('[%c"\\]', function(c)
+    return ESCAPES[c] or string.format("\\%03d", c:byte())
+  end)) .. '"'
+end
+
+local function number(n)
+  if n ~= n then return "nan" end
+  if n == math.huge then return "inf" end
+  if n == -math.huge then return "-inf" end
+  if n == math.floor(n) and math.abs(n) < 2 ^ 53 then return string.format("%d", n) end
+  return string.format("%.14g", n)
+end
+
+local TYPE_ORDER = { number = 1, string = 2, boolean = 3 }
+
+-- Numbers, then strings, then booleans, then the rest by type and text.
+local function key_less(a, b)
+  local ta, tb = type(a), type(b)
+  if ta ~= tb then
+    local oa, ob = TYPE_ORDER[ta] or 4, TYPE_ORDER[tb] or 4
+    if oa ~= ob then return oa < ob end
+    return ta < tb
+  end
+  if ta == "number" or ta == "string" then return a < b end
+  if ta == "boolean" then return not a and b end
+  return tostring(a) < tostring(b)
+end
+
+local DEFAULTS = { depth = 5, width = 78, max_items = 200 }
+
+local render
+
+local function render_key(k)
+  if type(k) == "string" and k:match("^[%a_][%w_]*$") and not KEYWORDS[k] then return k end
+  if type(k) == "string" then return "[" .. quote(k) .. "]" end
+  if type(k) == "number" then return "[" .. number(k) .. "]" end
+  return "[" .. tostring(k) .. "]"
+end
+
+local function has_tostring(v)
+  local mt = getmetatable(v)
+  return type(mt) == "table" and rawget(mt, "__tostring") ~= nil
+end
+
+-- A table prints on one line when it fits and holds no non-empty table;
+-- otherwise one item per line, indented two spaces per level.
+function render(v, o, depth, path)
+  local tv = type(v)
+  if tv == "string" then return quote(v) end
+  if tv == "number" then return number(v) end
+  if tv ~= "table" or has_tostring(v) then return tostring(v) end
+  if path[v] then return "<cycle>" end
+  if next(v) == nil then return "{}" end
+  if depth >= o.depth then return "{...}" end
+  path[v] = true
+  local items, nested = {}, false
+  -- shown: how the value printed; an expanded table makes this one nested
+  local function add(prefix, shown)
+    items[#items + 1] = prefix .. shown
+    if shown:sub(1, 1) == "{" and shown ~= "{}" and shown ~= "{...}" then nested = true end
+  end
+  local seq = 0
+  while rawget(v, seq + 1) ~= nil do
+    seq = seq + 1
+    if #items < o.max_items then add("", render(rawget(v, seq), o, depth + 1, path)) end
+  end
+  local keys = {}
+  for k in next, v do
+    if not (type(k) == "number" and k >= 1 and k <= seq and k == math.floor(k)) then
+      keys[#keys + 1] = k
+    end
+  end
+  table.sort(keys, key_less)
+  for _, k in ipairs(keys) do
+    if #items < o.max_items then
+      add(render_key(k) .. " = ", render(rawget(v, k), o, depth + 1, path))
+    end
+  end
+  path[v] = nil
+  local total = seq + #keys
+  if total > #items then items[#items + 1] = "... (" .. (total - #items) .. " more)" end
+  local one = "{ " .. table.concat(items, ", ") .. " }"
+  if not nested and not one:find("\n", 1, true) and 2 * depth + #one <= o.width then
+    return one
+  end
+  local pad = string.rep("  ", depth + 1)
+  return "{\n" .. pad .. table.concat(items, ",\n" .. pad) .. "\n" .. string.rep("  ", depth) .. "}"
+end
+
+--- pretty(value [, opts]) -> string. Tables sorted by key and indented;
+-- opts: depth (5; deeper tables print as {...}), width (78), max_items
+-- (200 per table). A table already being printed shows as <cycle>; a
+-- table or userdata with __tostring prints as tostring says.
+function _M.pretty(value, opts)
+  local o = DEFAULTS
+  if opts then
+    o = {}
+    for k, d in pairs(DEFAULTS) do o[k] = opts[k] or d end
+  end
+  return render(value, o, 0, {})
+end
+
+-- A value that prints as its text, unquoted (helpers' messages).
+local text_mt = { __tostring = function(t) return t.text end }
+local function text(s) return setmetatable({ text = s }, text_mt) end
+_M.text = text
+
+-- --- evaluation ---------------------------------------------------------------
+
+--- incomplete(err) -> whether a load error means "more input would fix it":
+-- the parser ran out of input. A short string cannot continue on the next
+-- line, so an unfinished one is an error at once.
+function _M.incomplete(err)
+  return type(err) == "string" and err:sub(-7) == "'<eof>'"
+    and not err:find("unfinished string near", 1, true)
+end
+
+--- compile(chunk) -> fn | nil, err, incomplete. An expression is tried as
+-- `return <chunk>` first, so `1 + 1` and `breakers()` show their value.
+function _M.compile(chunk)
+  local fn = loadstring("return " .. chunk, "=repl")
+  if fn then return fn end
+  local err
+  fn, err = loadstring(chunk, "=repl")
+  if fn then return fn end
+  return nil, err, _M.incomplete(err)
+end
+
+local function pack(...) return { n = select("#", ...), ... } end
+
+local function on_error(e)
+  if type(e) == "string" then return e end
+  return "error: " .. _M.pretty(e)
+end
+
+--- session() -> a session: env (globals of the prompt, over _G), with the
+-- helpers and a print that writes to the evaluation's output.
+function _M.session()
+  local s = {}
+  local env = setmetatable({}, { __index = _G })
+  for name, fn in pairs(_M.helpers) do env[name] = fn end
+  env.print = function(...)
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+    local line = table.concat(parts, "\t") .. "\n"
+    if s.out then s.out[#s.out + 1] = line else io.stdout:write(line) end
+  end
+  s.env = env
+  return s
+end
+
+--- eval(session, chunk) -> {ok, output, incomplete}. Runs the chunk in the
+-- calling task (it may yield). output ends with a newline unless empty.
+function _M.eval(session, chunk)
+  if type(chunk) ~= "string" then
+    error("sluice.repl.eval: bad argument #2 (string expected, got " .. type(chunk) .. ")", 2)
+  end
+  local fn, err, more = _M.compile(chunk)
+  if not fn then
+    -- the message is shown only if no more input comes (`repl -e`)
+    if more then return { ok = false, incomplete = true, output = err .. "\n" } end
+    return { ok = false, incomplete = false, output = err .. "\n" }
+  end
+  setfenv(fn, session.env)
+  local out = {}
+  session.out = out
+  local r = pack(xpcall(fn, on_error))
+  if session.out == out then session.out = nil end
+  if r[1] then
+    local shown = {}
+    for i = 2, r.n do shown[#shown + 1] = _M.pretty(r[i]) end
+    if #shown > 0 then out[#out + 1] = table.concat(shown, "\t") .. "\n" end
+  else
+    out[#out + 1] = tostring(r[2]) .. "\n"
+  end
+  return { ok = r[1], incomplete = false, output = table.concat(out) }
+end
+
+local sessions = setmetatable({}, { __mode = "k" })
+
+--- _serve(conn, payload, framed): one request of a control connection, in
+-- its own task. framed: payload is a JSON request line; otherwise it is
+-- the chunk itself (the in-process terminal).
+function _M._serve(conn, payload, framed)
+  local s = sessions[conn]
+  if not s then
+    s = _M.session()
+    sessions[conn] = s
+  end
+  local r
+  local chunk = payload
+  if framed then
+    local req = cjson.decode(payload)
+    chunk = type(req) == "table" and req.chunk or nil
+    if type(chunk) ~= "string" then
+      r = { ok = false, incomplete = false, output = 'bad request: expected {"chunk": "..."}\n' }
+    end
+  end
+  r = r or _M.eval(s, chunk)
+  conn:reply(r.ok, r.output, r.incomplete, cjson.encode(r) .. "\n")
+end
+
+-- --- helpers ------------------------------------------------------------------
+
+local function iso(epoch)
+  if not epoch then return nil end
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(epoch))
+end
+
+local function breaker_named(name, who)
+  if type(name) ~= "string" then
+    error(who .. ": bad argument #1 (breaker name expected, got " .. type(name) .. ")", 3)
+  end
+  local cb = require("sluice.breaker").get(name)
+  if not cb then error(who .. ": no breaker named '" .. name .. "'", 3) end
+  return cb
+end
+
+local function current_app()
+  local ok, app = pcall(require, "sluice.app")
+  return ok and app.current or nil, ok and app or nil
+end
+
+local NO_APP = "no configuration is running (collectors come from `sluice run CONFIG.lua`)"
+
+local helpers = {}
+local help_lines = {}
+local function helper(name, line, fn)
+  helpers[name] = fn
+  help_lines[#help_lines + 1] = string.format("  %-14s %s", name, line)
+end
+
+helper("breakers()", "every breaker: state, failures, next attempt, health score", function()
+  local out = {}
+  for name, cb in pairs(require("sluice.breaker").all()) do
+    local st, m = cb:status(), cb:metrics()
+    out[name] = {
+      state = st.state,
+      failures = st.failure_count,
+      next_attempt = st.state ~= "closed" and iso(m.open_until) or nil,
+      health_score = st.health_score,
+    }
+  end
+  if next(out) == nil then return text("no breakers") end
+  return out
+end)
+
+helper("limiters()", "every limiter: rate, requests, violations, tasks waiting", function()
+  local out = {}
+  for name, lim in pairs(require("sluice.limiter").all()) do
+    local st, m = lim:stats(), lim:metrics()
+    out[name] = {
+      rate = st.current_global_rate,
+      total_requests = st.total_requests,
+      violations = st.total_violations,
+      waiting = m.waiting,
+    }
+  end
+  if next(out) == nil then return text("no limiters") end
+  return out
+end)
+
+helper("collectors()", "the running configuration's collectors and their health", function()
+  local app = current_app()
+  if not app then return text(NO_APP) end
+  local out = {}
+  for name, inst in pairs(app.collectors) do
+    local st = inst:stats()
+    out[name] = {
+      status = st.status,
+      running = inst.running and true or false,
+      interval = inst.interval,
+      last_success = st.last_success,
+      last_error = st.last_error,
+      collections = st.collections_completed,
+      rows = st.data_points_collected,
+      requests = st.total_requests,
+    }
+  end
+  if next(out) == nil then return text("the configuration has no collectors") end
+  return out
+end)
+
+helper("backfills()", "backfill jobs of this process and their progress", function()
+  local out = {}
+  for id, st in pairs(require("sluice.backfill").jobs()) do
+    local copy = {}
+    for k, v in pairs(st) do copy[k] = v end
+    copy.failed = nil -- the failed windows' list; windows_failed counts them
+    out[id] = copy
+  end
+  if next(out) == nil then return text("no backfills") end
+  return out
+end)
+
+helper("trip(name)", "force the breaker open", function(name)
+  local cb = breaker_named(name, "trip")
+  cb:force_open()
+  return text("breaker '" .. name .. "' is " .. cb:status().state)
+end)
+
+helper("reset(name)", "reset the breaker to closed, counters cleared", function(name)
+  local cb = breaker_named(name, "reset")
+  cb:reset()
+  return text("breaker '" .. name .. "' is " .. cb:status().state)
+end)
+
+helper("collect(name)", "run one collection of the collector now; its result", function(name)
+  local app = current_app()
+  if not app then error("collect: " .. NO_APP, 2) end
+  local inst = app.collectors[name]
+  if not inst then error("collect: no collector named '" .. tostring(name) .. "'", 2) end
+  return inst:run_once()
+end)
+
+helper("reload()", "re-read the configuration and collector scripts", function()
+  local _, app = current_app()
+  if not (app and type(app.reload) == "function") then
+    return text("reload is not available in this build (sluice.app has no reload)")
+  end
+  return app.reload()
+end)
+
+helper("help()", "this list", function()
+  return text("helpers:\n" .. table.concat(help_lines, "\n") ..
+    "\nAny Lua works too: expressions show their value; globals you set stay for the session.")
+end)
+
+-- "breakers()" -> "breakers"
+_M.helpers = {}
+for sig, fn in pairs(helpers) do _M.helpers[sig:match("^[%w_]+")] = fn end
+
+return _M
