@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# prometheus.sh -- a real Prometheus scrapes sluice's /metrics: the target is
-# up and a sluice_ series can be queried. Needs Debian's prometheus package.
+# operator.sh -- a running configuration seen from outside: a real Prometheus
+# scrapes its /metrics (the target is up, a sluice_ series is queryable, and
+# promtool accepts the text), and a trip at the REPL shows in the admin API.
+# Needs Debian's prometheus package.
 . "$(dirname "$0")/common.bash"
 
 if [ ! -x /usr/bin/prometheus ]; then
   echo "prometheus is not installed (apt-get install prometheus)"
   not_ok "prometheus available"
-  finish
+  # The REPL steers the same process the admin API reports on.
+"$SLUICE" repl "$WORK/ctl.sock" -e 'trip("binance_klines")' >"$WORK/repl.out" 2>&1
+contains "trip() at the REPL" "$WORK/repl.out" "breaker 'binance_klines' is open"
+curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/circuit-breaker-status" >"$WORK/cb.json"
+contains "the trip shows in /circuit-breaker-status" "$WORK/cb.json" '"state":"open"'
+"$SLUICE" repl "$WORK/ctl.sock" -e 'reset("binance_klines")' >/dev/null 2>&1
+curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/circuit-breaker-status" >"$WORK/cb.json"
+contains "reset() shows too" "$WORK/cb.json" '"state":"closed"'
+
+finish
   exit 1
 fi
 
@@ -29,7 +40,7 @@ return {
   collectors = { { use = "binance_klines", base_url = mock.url, interval = 1, limit = 5 } },
 }
 LUA
-"$SLUICE" run "$WORK/sluice.lua" --control none --log-format json >"$WORK/sluice.out" 2>&1 &
+"$SLUICE" run "$WORK/sluice.lua" --control "$WORK/ctl.sock" --log-format json >"$WORK/sluice.out" 2>&1 &
 sluice_pid=$!
 
 cat >"$WORK/prometheus.yml" <<YML
@@ -67,5 +78,14 @@ case "$series" in *'"value":'*) ok "a sluice_ series is queryable" ;;
 
 curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/metrics" >"$WORK/metrics.txt"
 check "promtool check metrics accepts /metrics" sh -c "promtool check metrics <'$WORK/metrics.txt' >'$WORK/promtool.out' 2>&1 && test ! -s '$WORK/promtool.out'"
+
+# The REPL steers the same process the admin API reports on.
+"$SLUICE" repl "$WORK/ctl.sock" -e 'trip("binance_klines")' >"$WORK/repl.out" 2>&1
+contains "trip() at the REPL" "$WORK/repl.out" "breaker 'binance_klines' is open"
+curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/circuit-breaker-status" >"$WORK/cb.json"
+contains "the trip shows in /circuit-breaker-status" "$WORK/cb.json" '"state":"open"'
+"$SLUICE" repl "$WORK/ctl.sock" -e 'reset("binance_klines")' >/dev/null 2>&1
+curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/circuit-breaker-status" >"$WORK/cb.json"
+contains "reset() shows too" "$WORK/cb.json" '"state":"closed"'
 
 finish
