@@ -13,5 +13,6 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._server", luaopen_sluice_server},
     {"sluice._limiter", luaopen_sluice_limiter},
     {"sluice._control", luaopen_sluice_control},
+    {"sluice._redis", luaopen_sluice_redis},
     {NULL, NULL},
 };

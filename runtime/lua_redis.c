@@ -1,0 +1,603 @@
+/* lua_redis.c -- sluice._redis: async Redis client on hiredis and libevent
+ *
+ * One client is one connection (a hiredis async context attached to the
+ * loop's event base). A call sends its command and suspends the task; the
+ * reply callback copies the reply onto the task's coroutine and queues the
+ * task. Concurrent calls from many tasks are pipelined on the connection;
+ * replies arrive in order.
+ *
+ * Ownership: a request (struct req) is malloc'd per call or pipeline and
+ * handed to hiredis as privdata; hiredis calls back exactly once per
+ * command sent (with NULL when the context goes away), and the last of
+ * those callbacks frees it. The waiting task only borrows it: a timeout or
+ * a kill detaches the task (req->task = NULL) and later replies are dropped.
+ *
+ * Connection lifetime: hiredis frees a context right after its disconnect
+ * callback and does not reconnect. We forget the context in that callback
+ * and build a new one from a libevent timer (jittered exponential backoff,
+ * 0.1 s doubling to 5 s). Calls made while disconnected fail at once;
+ * calls made before the first connection completes are queued by hiredis
+ * behind the AUTH/SELECT handshake.
+ *
+ * The client struct lives inside its userdata. close (and __gc) frees the
+ * context with redisAsyncFree, which runs every pending callback before it
+ * returns, so nothing refers to the client afterwards.
+ */
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <lauxlib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "modules.h"
+#include "runtime.h"
+#include "task.h"
+
+#define CLIENT_MT "sluice.redis.client"
+#define BACKOFF_MIN 0.1
+#define BACKOFF_MAX 5.0
+#define MAX_STACK_ARGS 32
+
+typedef enum conn_state {
+    ST_CONNECTING,
+    ST_CONNECTED,
+    ST_DISCONNECTED,
+    ST_CLOSED
+} conn_state;
+
+typedef struct client {
+    redisAsyncContext *ac; /* NULL while disconnected or closed */
+    conn_state state;
+    int ever_connected;
+    int handshake_failed; /* keep the first handshake error only */
+    char host[256];
+    int port, db;
+    char *password;
+    double connect_timeout, command_timeout;
+    double connect_started;  /* sl_now() of the current attempt */
+    double backoff;          /* next reconnect delay, before jitter */
+    const char *drop_reason; /* for replies lost with the context */
+    struct event connect_timer, reconnect_timer;
+    long in_flight;       /* requests not yet completed by hiredis */
+    long reconnects;      /* successful connections after the first */
+    char last_error[128]; /* handshake or connect failure */
+} client;
+
+typedef struct req {
+    client *c;
+    sl_task *task; /* NULL once the waiter is gone (timeout, kill) */
+    struct event timer;
+    int n, done; /* commands sent, replies received */
+    int ref;     /* registry ref of the results table (pipeline) or NOREF */
+} req;
+
+static unsigned long long rng_state;
+
+static double jitter(double d) {
+    if (!rng_state)
+        rng_state = (unsigned long long)time(NULL) ^ 0x9e3779b97f4a7c15ULL;
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return d * (0.5 + 0.5 * (double)(rng_state >> 11) / 9007199254740992.0);
+}
+
+static struct timeval to_tv(double s) {
+    struct timeval tv;
+    if (s < 0)
+        s = 0;
+    tv.tv_sec = (long)s;
+    tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
+    return tv;
+}
+
+/* --- converting replies ----------------------------------------------- */
+
+/* Pushes one reply element. Inside arrays nil is the null sentinel (a NULL
+ * light userdata, the same value as cjson.null) and an error is a table
+ * {err = msg}. */
+static void push_reply(lua_State *co, const redisReply *r, int nested) {
+    switch (r->type) {
+    case REDIS_REPLY_STATUS:
+    case REDIS_REPLY_STRING:
+        lua_pushlstring(co, r->str, r->len);
+        break;
+    case REDIS_REPLY_INTEGER:
+        lua_pushnumber(co, (lua_Number)r->integer);
+        break;
+    case REDIS_REPLY_NIL:
+        if (nested)
+            lua_pushlightuserdata(co, NULL);
+        else
+            lua_pushnil(co);
+        break;
+    case REDIS_REPLY_ERROR:
+        lua_createtable(co, 0, 1);
+        lua_pushlstring(co, r->str, r->len);
+        lua_setfield(co, -2, "err");
+        break;
+    case REDIS_REPLY_ARRAY:
+        lua_checkstack(co, 4);
+        lua_createtable(co, (int)r->elements, 0);
+        for (size_t i = 0; i < r->elements; i++) {
+            push_reply(co, r->element[i], 1);
+            lua_rawseti(co, -2, (int)i + 1);
+        }
+        break;
+    default:
+        lua_pushnil(co);
+        break;
+    }
+}
+
+/* Pushes the results of a call: value, or nil and a message. */
+static int push_result(lua_State *co, const redisReply *r, const char *why) {
+    if (!r) {
+        lua_pushnil(co);
+        lua_pushstring(co, why);
+        return 2;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        lua_pushnil(co);
+        lua_pushlstring(co, r->str, r->len);
+        return 2;
+    }
+    push_reply(co, r, 0);
+    return 1;
+}
+
+/* --- requests -------------------------------------------------------- */
+
+static void req_detach(req *q) {
+    event_del(&q->timer);
+    if (q->ref != LUA_NOREF)
+        luaL_unref(sl_rt.L, LUA_REGISTRYINDEX, q->ref);
+    q->ref = LUA_NOREF;
+    q->task = NULL;
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    req *q = privdata;
+    const redisReply *r = reply;
+    (void)ac;
+    q->done++;
+    if (q->task) {
+        lua_State *co = sl_task_thread(q->task);
+        if (q->ref == LUA_NOREF) {
+            int n = push_result(co, r, q->c->drop_reason);
+            sl_task *t = q->task;
+            req_detach(q);
+            sl_task_wake(t, n);
+        } else {
+            /* results[i] = {value, err} */
+            lua_rawgeti(co, LUA_REGISTRYINDEX, q->ref);
+            lua_createtable(co, 2, 0);
+            int n = push_result(co, r, q->c->drop_reason);
+            if (n == 2) {
+                lua_rawseti(co, -3, 2);
+                lua_pop(co, 1);
+                lua_pushboolean(co, 0);
+                lua_rawseti(co, -2, 1);
+            } else {
+                lua_rawseti(co, -2, 1);
+            }
+            lua_rawseti(co, -2, q->done);
+            if (q->done == q->n) {
+                sl_task *t = q->task;
+                req_detach(q); /* the table stays on co's stack */
+                sl_task_wake(t, 1);
+            } else {
+                lua_pop(co, 1);
+            }
+        }
+    }
+    if (q->done == q->n) {
+        q->c->in_flight--;
+        free(q);
+    }
+}
+
+static void on_req_timeout(evutil_socket_t fd, short what, void *arg) {
+    req *q = arg;
+    (void)fd;
+    (void)what;
+    if (!q->task)
+        return;
+    sl_task *t = q->task;
+    lua_State *co = sl_task_thread(t);
+    req_detach(q); /* later replies are dropped */
+    lua_pushnil(co);
+    lua_pushliteral(co, "timeout");
+    sl_task_wake(t, 2);
+}
+
+static void cancel_req(sl_task *t, void *op) {
+    (void)t;
+    req_detach(op); /* hiredis still calls back; on_reply frees it */
+}
+
+/* --- the connection -------------------------------------------------- */
+
+static void connect_now(client *c);
+
+static void schedule_reconnect(client *c) {
+    evtimer_del(&c->connect_timer);
+    if (c->state == ST_CLOSED)
+        return;
+    c->state = ST_DISCONNECTED;
+    struct timeval tv = to_tv(jitter(c->backoff));
+    c->backoff = c->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : c->backoff * 2;
+    evtimer_add(&c->reconnect_timer, &tv);
+}
+
+static void on_reconnect_timer(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    connect_now(arg);
+}
+
+/* Frees the context ourselves (connect timeout, close): pending callbacks
+ * run now with NULL replies and the given reason. */
+static void drop_context(client *c, const char *why) {
+    redisAsyncContext *ac = c->ac;
+    if (!ac)
+        return;
+    c->ac = NULL;
+    c->drop_reason = why;
+    redisAsyncFree(ac);
+    c->drop_reason = "disconnected";
+}
+
+static void on_connect_timer(evutil_socket_t fd, short what, void *arg) {
+    client *c = arg;
+    (void)fd;
+    (void)what;
+    if (c->state != ST_CONNECTING)
+        return;
+    snprintf(c->last_error, sizeof(c->last_error), "connect timeout");
+    drop_context(c, "timeout");
+    schedule_reconnect(c);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status) {
+    client *c = ac->data;
+    if (!c || c->ac != ac)
+        return;
+    if (status != REDIS_OK) {
+        /* hiredis frees ac after this returns */
+        snprintf(c->last_error, sizeof(c->last_error), "%s",
+                 ac->errstr ? ac->errstr : "connect failed");
+        c->ac = NULL;
+        schedule_reconnect(c);
+        return;
+    }
+    evtimer_del(&c->connect_timer);
+    c->state = ST_CONNECTED;
+    c->backoff = BACKOFF_MIN;
+    if (c->ever_connected)
+        c->reconnects++;
+    c->ever_connected = 1;
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status) {
+    client *c = ac->data;
+    (void)status;
+    if (!c || c->ac != ac)
+        return;
+    /* hiredis frees ac after this returns: reconnect from a timer */
+    snprintf(c->last_error, sizeof(c->last_error), "%s",
+             ac->errstr && ac->err ? ac->errstr : "connection closed");
+    c->ac = NULL;
+    schedule_reconnect(c);
+}
+
+static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
+    client *c = privdata;
+    const redisReply *r = reply;
+    (void)ac;
+    c->in_flight--;
+    if (r && r->type == REDIS_REPLY_ERROR && !c->handshake_failed++)
+        snprintf(c->last_error, sizeof(c->last_error), "%s", r->str);
+}
+
+static void send_handshake(client *c, int argc, const char **argv) {
+    if (redisAsyncCommandArgv(c->ac, on_handshake, c, argc, argv, NULL) ==
+        REDIS_OK)
+        c->in_flight++;
+}
+
+/* Starts a connection attempt. The commands of the handshake are queued
+ * first, so whatever is sent afterwards runs authenticated on the right db. */
+static void connect_now(client *c) {
+    if (c->state == ST_CLOSED)
+        return;
+    redisAsyncContext *ac = redisAsyncConnect(c->host, c->port);
+    if (!ac || ac->err) {
+        snprintf(c->last_error, sizeof(c->last_error), "%s",
+                 ac ? ac->errstr : "out of memory");
+        if (ac)
+            redisAsyncFree(ac);
+        schedule_reconnect(c);
+        return;
+    }
+    ac->data = c;
+    c->ac = ac;
+    c->handshake_failed = 0;
+    c->state = ST_CONNECTING;
+    c->connect_started = sl_now();
+    redisLibeventAttach(ac, sl_rt.base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    if (c->password) {
+        const char *argv[] = {"AUTH", c->password};
+        send_handshake(c, 2, argv);
+    }
+    char db[16];
+    snprintf(db, sizeof(db), "%d", c->db);
+    const char *argv[] = {"SELECT", db};
+    send_handshake(c, 2, argv);
+    struct timeval tv = to_tv(c->connect_timeout);
+    evtimer_add(&c->connect_timer, &tv);
+}
+
+static void client_close(client *c) {
+    if (c->state == ST_CLOSED)
+        return;
+    c->state = ST_CLOSED;
+    evtimer_del(&c->connect_timer);
+    evtimer_del(&c->reconnect_timer);
+    drop_context(c, "closed");
+    free(c->password);
+    c->password = NULL;
+}
+
+/* --- Lua primitives -------------------------------------------------- */
+
+static client *check_client(lua_State *L) {
+    return luaL_checkudata(L, 1, CLIENT_MT);
+}
+
+/* connect(host, port, db, password|nil, connect_timeout, command_timeout)
+ * -> client. host must be an IP literal or a name (resolved by hiredis
+ * with a blocking getaddrinfo). The connection is made in the background. */
+static int l_connect(lua_State *L) {
+    size_t hlen;
+    const char *host = luaL_checklstring(L, 1, &hlen);
+    int port = (int)luaL_checkinteger(L, 2);
+    int db = (int)luaL_checkinteger(L, 3);
+    const char *password = luaL_optstring(L, 4, NULL);
+    double ct = luaL_checknumber(L, 5), cmdt = luaL_checknumber(L, 6);
+    luaL_argcheck(L, hlen < 256, 1, "host name too long");
+    client *c = lua_newuserdata(L, sizeof(*c));
+    memset(c, 0, sizeof(*c));
+    c->state = ST_DISCONNECTED;
+    memcpy(c->host, host, hlen + 1);
+    c->port = port;
+    c->db = db;
+    c->connect_timeout = ct;
+    c->command_timeout = cmdt;
+    c->backoff = BACKOFF_MIN;
+    c->drop_reason = "disconnected";
+    evtimer_assign(&c->connect_timer, sl_rt.base, on_connect_timer, c);
+    evtimer_assign(&c->reconnect_timer, sl_rt.base, on_reconnect_timer, c);
+    if (password && !(c->password = strdup(password)))
+        return luaL_error(L, "sluice.redis: out of memory");
+    luaL_getmetatable(L, CLIENT_MT);
+    lua_setmetatable(L, -2);
+    connect_now(c);
+    return 1;
+}
+
+/* Can a command be sent now? Before the first connection completes,
+ * commands queue behind the handshake; afterwards only a connected client
+ * takes them. Pushes nil, why and returns 2 when not. */
+static int refuse(lua_State *L, client *c) {
+    if (c->ac && (c->state == ST_CONNECTED ||
+                  (c->state == ST_CONNECTING && !c->ever_connected)))
+        return 0;
+    lua_pushnil(L);
+    lua_pushstring(L, c->state == ST_CLOSED ? "closed" : "disconnected");
+    return 2;
+}
+
+static req *req_new(lua_State *L, client *c, sl_task *t) {
+    req *q = calloc(1, sizeof(*q));
+    if (!q)
+        luaL_error(L, "sluice.redis: out of memory");
+    q->c = c;
+    q->task = t;
+    q->ref = LUA_NOREF;
+    evtimer_assign(&q->timer, sl_rt.base, on_req_timeout, q);
+    return q;
+}
+
+/* The request's deadline: command_timeout, plus what remains of the connect
+ * timeout while the first connection is still being made. */
+static int req_start(lua_State *L, client *c, sl_task *t, req *q) {
+    double s = c->command_timeout;
+    if (c->state == ST_CONNECTING)
+        s += c->connect_timeout - (sl_now() - c->connect_started);
+    struct timeval tv = to_tv(s);
+    evtimer_add(&q->timer, &tv);
+    c->in_flight++;
+    return sl_task_suspend(L, t, cancel_req, q);
+}
+
+/* Collects argv from a list of strings or numbers at the given stack range;
+ * numbers are formatted in place (integers without exponent). */
+static void format_numbers(lua_State *L, int from, int to) {
+    for (int i = from; i <= to; i++) {
+        int ty = lua_type(L, i);
+        if (ty == LUA_TNUMBER) {
+            char buf[64];
+            double v = lua_tonumber(L, i);
+            if (v == floor(v) && fabs(v) < 9007199254740992.0)
+                snprintf(buf, sizeof(buf), "%.0f", v);
+            else
+                snprintf(buf, sizeof(buf), "%.17g", v);
+            lua_pushstring(L, buf);
+            lua_replace(L, i);
+        } else if (ty != LUA_TSTRING) {
+            luaL_argerror(L, i, "string or number expected");
+        }
+    }
+}
+
+/* call(client, cmd, ...) -> reply | nil, err */
+static int l_call(lua_State *L) {
+    client *c = check_client(L);
+    int top = lua_gettop(L), argc = top - 1;
+    luaL_argcheck(L, argc >= 1, 2, "command expected");
+    format_numbers(L, 2, top);
+    sl_task *t = sl_task_check_yieldable(L, "sluice.redis call");
+    int n = refuse(L, c);
+    if (n)
+        return n;
+    const char *sargv[MAX_STACK_ARGS];
+    size_t slen[MAX_STACK_ARGS];
+    const char **argv = sargv;
+    size_t *lens = slen;
+    if (argc > MAX_STACK_ARGS) {
+        argv = malloc(sizeof(*argv) * (size_t)argc);
+        lens = malloc(sizeof(*lens) * (size_t)argc);
+        if (!argv || !lens) {
+            free(argv);
+            free(lens);
+            return luaL_error(L, "sluice.redis: out of memory");
+        }
+    }
+    for (int i = 0; i < argc; i++)
+        argv[i] = lua_tolstring(L, i + 2, &lens[i]);
+    req *q = req_new(L, c, t);
+    q->n = 1;
+    int rc = redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, lens);
+    if (argv != sargv) {
+        free(argv);
+        free(lens);
+    }
+    if (rc != REDIS_OK) {
+        free(q);
+        lua_pushnil(L);
+        lua_pushliteral(L, "disconnected");
+        return 2;
+    }
+    return req_start(L, c, t, q);
+}
+
+/* pipeline(client, cmds) -> { {value} | {false, err}, ... } | nil, err
+ * cmds is a non-empty list of lists of strings (the wrapper checks). */
+static int l_pipeline(lua_State *L) {
+    client *c = check_client(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int ncmd = (int)lua_objlen(L, 2);
+    luaL_argcheck(L, ncmd >= 1, 2, "no commands");
+    sl_task *t = sl_task_check_yieldable(L, "sluice.redis pipeline");
+    int n = refuse(L, c);
+    if (n)
+        return n;
+    req *q = req_new(L, c, t);
+    for (int i = 1; i <= ncmd; i++) {
+        lua_rawgeti(L, 2, i);
+        int argc = (int)lua_objlen(L, -1);
+        const char **argv = malloc(sizeof(*argv) * (size_t)(argc + 1));
+        size_t *lens = malloc(sizeof(*lens) * (size_t)(argc + 1));
+        int rc = REDIS_ERR;
+        if (argv && lens && argc > 0) {
+            for (int j = 0; j < argc; j++) {
+                lua_rawgeti(L, -1, j + 1);
+                argv[j] = lua_tolstring(L, -1, &lens[j]);
+                lua_pop(L, 1); /* still referenced by the table */
+            }
+            rc = redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, lens);
+        }
+        free(argv);
+        free(lens);
+        lua_pop(L, 1);
+        if (rc != REDIS_OK)
+            break;
+        q->n++;
+    }
+    if (q->n == 0) {
+        free(q);
+        lua_pushnil(L);
+        lua_pushliteral(L, "disconnected");
+        return 2;
+    }
+    lua_createtable(L, q->n, 0);
+    q->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return req_start(L, c, t, q);
+}
+
+static const char *state_name(conn_state s) {
+    switch (s) {
+    case ST_CONNECTING:
+        return "connecting";
+    case ST_CONNECTED:
+        return "connected";
+    case ST_DISCONNECTED:
+        return "disconnected";
+    default:
+        return "closed";
+    }
+}
+
+static int l_status(lua_State *L) {
+    lua_pushstring(L, state_name(check_client(L)->state));
+    return 1;
+}
+
+/* info(client) -> {status, in_flight, reconnects, last_error, host, port} */
+static int l_info(lua_State *L) {
+    client *c = check_client(L);
+    lua_createtable(L, 0, 6);
+    lua_pushstring(L, state_name(c->state));
+    lua_setfield(L, -2, "status");
+    lua_pushnumber(L, (lua_Number)c->in_flight);
+    lua_setfield(L, -2, "in_flight");
+    lua_pushnumber(L, (lua_Number)c->reconnects);
+    lua_setfield(L, -2, "reconnects");
+    lua_pushstring(L, c->last_error);
+    lua_setfield(L, -2, "last_error");
+    lua_pushstring(L, c->host);
+    lua_setfield(L, -2, "host");
+    lua_pushinteger(L, c->port);
+    lua_setfield(L, -2, "port");
+    return 1;
+}
+
+static int l_close(lua_State *L) {
+    client_close(check_client(L));
+    return 0;
+}
+
+static int l_tostring(lua_State *L) {
+    client *c = check_client(L);
+    lua_pushfstring(L, "redis client (%s:%d/%d, %s)", c->host, c->port, c->db,
+                    state_name(c->state));
+    return 1;
+}
+
+int luaopen_sluice_redis(lua_State *L) {
+    static const luaL_Reg fns[] = {
+        {"connect", l_connect}, {"call", l_call}, {"pipeline", l_pipeline},
+        {"status", l_status},   {"info", l_info}, {"close", l_close},
+        {NULL, NULL},
+    };
+    luaL_newmetatable(L, CLIENT_MT);
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    lua_newtable(L);
+    luaL_register(L, NULL, fns);
+    lua_pushlightuserdata(L, NULL);
+    lua_setfield(L, -2, "null");
+    return 1;
+}
