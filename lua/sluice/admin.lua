@@ -148,8 +148,11 @@ function _M.start(app, opts)
     end
     local db_ok = a.store and a.store:query("SELECT 1 AS one") ~= nil
     if not db_ok then reasons[#reasons + 1] = "database is not reachable" end
+    -- without Redis, sluice goes on with local state: degraded, not down
+    local degraded = a.shared and a.shared:degraded()
     local body = {
-      status = #reasons == 0 and "healthy" or "unhealthy",
+      status = #reasons > 0 and "unhealthy" or degraded and "degraded" or "healthy",
+      degraded = degraded and { "redis is unreachable: state is local" } or nil,
       timestamp = iso(sluice.time()),
       service = a.config and a.config.name or "sluice",
       version = sluice._VERSION,

@@ -82,9 +82,15 @@ function _M.build(config, file, opts)
   local built = build_collectors(c, file, db)
   local app = { store = db, collectors = built.collectors, order = built.order, config = c,
     file = file, opts = opts or {} }
+  if c.redis then
+    local shared = require "sluice.shared"
+    app.shared = shared.new(require("sluice.redis").connect({ url = c.redis }))
+    for _, inst in ipairs(app.order) do app.shared:attach(inst) end
+  end
   sluice.on_shutdown(function()
     if app.admin then app.admin:close() end
     for _, inst in ipairs(app.order) do inst:stop() end
+    if app.shared then app.shared:stop() end
     db:close()
   end)
   _M.current = app
@@ -103,6 +109,7 @@ function _M.run(config, file, opts)
   for _, inst in ipairs(app.order) do
     if inst.config.enabled ~= false then inst:start() end
   end
+  if app.shared then app.shared:start() end
   sluice.on_reload(function()
     local ok, err = _M.reload()
     if not ok then log.error("reload refused", { error = err }) end
@@ -141,7 +148,13 @@ function _M.reload()
         new.stats_ = old.stats_
       end
     end
-    for _, old in ipairs(app.order) do old:stop() end
+    for _, old in ipairs(app.order) do
+      old:stop()
+      if app.shared then app.shared:detach(old) end
+    end
+    if app.shared then
+      for _, inst in ipairs(built.order) do app.shared:attach(inst) end
+    end
     apply_log(c)
     app.config, app.collectors, app.order = c, built.collectors, built.order
     for _, inst in ipairs(app.order) do

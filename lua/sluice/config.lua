@@ -25,7 +25,7 @@ local _M = {}
 
 local TOP = {
   store = "string", log = "table", collectors = "table", profiles = "table",
-  shutdown_timeout = "number", name = "string", admin = "table",
+  shutdown_timeout = "number", name = "string", admin = "table", redis = "string",
 }
 local ADMIN = { host = "string", port = "number", token = "any", enabled = "boolean" }
 local LOG = { level = "string", format = "string", output = "string", ring_size = "number" }
@@ -137,6 +137,9 @@ function _M.validate(config, file)
     if config.log.format and config.log.format ~= "json" and config.log.format ~= "console" then
       fail(file, "log.format", "must be json or console, got '" .. config.log.format .. "'")
     end
+  end
+  if config.redis and not config.redis:match("^redis://") then
+    fail(file, "redis", "must be a redis:// URL, got '" .. config.redis .. "'")
   end
   if config.admin then
     for k, v in pairs(config.admin) do

@@ -1,0 +1,146 @@
+--- sluice.shared: breaker and limiter state shared through Redis.
+--
+-- With `redis = "redis://..."` in a configuration, every collector's
+-- breaker snapshot lives under `cb_state:{name}` (24 h TTL) and its limiter
+-- snapshot under `rate_limiter:{name}` (24 h TTL):
+--  - at start, a collector takes the newer of its local (SQLite) and shared
+--    state;
+--  - every breaker transition is written at once, and each instance polls
+--    the shared snapshots twice a second, so a breaker that one instance
+--    opened is open in the others within a second: an upstream that failed
+--    for one is not hammered by the rest;
+--  - limiter snapshots are written every 5 s and at stop.
+-- When Redis is unreachable everything goes on with local state; that is
+-- logged once, reported by degraded(), and sharing resumes by itself when
+-- Redis is back.
+local sluice = require "sluice"
+local log = require "sluice.log"
+local cjson = require "cjson.safe"
+
+local _M = {}
+local mt = { __index = _M }
+
+local TTL = 86400
+
+local function instance_id()
+  local f = io.open("/proc/sys/kernel/random/uuid")
+  local id = f and f:read("*l")
+  if f then f:close() end
+  return id or string.format("%x-%x", math.floor(sluice.time() * 1e6), math.random(1, 2 ^ 30))
+end
+
+--- new(client) -> shared state over a sluice.redis client.
+function _M.new(client)
+  return setmetatable({ redis = client, id = instance_id(), collectors = {},
+    applied = {}, down = false }, mt)
+end
+
+function _M:degraded()
+  return self.down
+end
+
+-- Runs one Redis call, tracking reachability (logged on each change).
+function _M:call(...)
+  local v, err = self.redis:call(...)
+  if err == "disconnected" or err == "timeout" or err == "closed" then
+    if not self.down then
+      self.down = true
+      log.warning("redis unreachable: using local state until it is back", { error = err })
+    end
+    return nil, err
+  end
+  if self.down then
+    self.down = false
+    log.info("redis reachable again: sharing state")
+  end
+  return v, err
+end
+
+local function encode(snap, id, seq)
+  return cjson.encode({ by = id, seq = seq, at = sluice.time(), snapshot = snap })
+end
+
+function _M:publish_breaker(c)
+  self.seq = (self.seq or 0) + 1
+  local key = "cb_state:" .. c.breaker:name()
+  local doc = encode(c.breaker:snapshot(), self.id, self.seq)
+  self.applied[key] = doc
+  return self:call("SET", key, doc, "EX", TTL)
+end
+
+function _M:publish_limiter(c)
+  local name = c.limiter:stats().limiter_name
+  return self:call("SET", "rate_limiter:" .. name, encode(c.limiter:snapshot(), self.id, 0), "EX", TTL)
+end
+
+-- Applies another instance's breaker snapshot when it is new to us.
+function _M:pull_breaker(c)
+  local key = "cb_state:" .. c.breaker:name()
+  local doc = self:call("GET", key)
+  if type(doc) ~= "string" or doc == self.applied[key] then return end
+  self.applied[key] = doc
+  local v = cjson.decode(doc)
+  if type(v) ~= "table" or v.by == self.id or type(v.snapshot) ~= "table" then return end
+  local mine = c.breaker:snapshot()
+  if (v.snapshot.last_state_change or 0) <= (mine.last_state_change or 0) then return end
+  if v.snapshot.state == mine.state then return end
+  local ok, err = pcall(c.breaker.restore, c.breaker, v.snapshot)
+  if ok then
+    c.log.warning("breaker state taken from another instance", { state = v.snapshot.state })
+  else
+    c.log.warning("ignoring a shared breaker snapshot", { error = tostring(err) })
+  end
+end
+
+--- attach(c): load the shared state of collector c and keep it in sync.
+function _M:attach(c)
+  self.collectors[#self.collectors + 1] = c
+  if c.breaker then
+    self:pull_breaker(c)
+    c.breaker:on_change(function()
+      if c.shared_owner == self then self:publish_breaker(c) end
+    end)
+  end
+  if c.limiter then
+    local doc = self:call("GET", "rate_limiter:" .. c.limiter:stats().limiter_name)
+    local v = type(doc) == "string" and cjson.decode(doc)
+    if type(v) == "table" and type(v.snapshot) == "table" then
+      pcall(c.limiter.restore, c.limiter, v.snapshot)
+    end
+  end
+  c.shared_owner = self
+end
+
+--- detach(c): write the final limiter state; stop syncing c.
+function _M:detach(c)
+  if c.limiter then self:publish_limiter(c) end
+  c.shared_owner = nil
+  for i, x in ipairs(self.collectors) do
+    if x == c then table.remove(self.collectors, i) break end
+  end
+end
+
+--- start(): the background sync (breakers twice a second, limiters every
+-- 5 s). Returns the two timers.
+function _M:start()
+  local ticks = 0
+  self.timer = sluice.every(0.5, function(premature)
+    if premature then return end
+    ticks = ticks + 1
+    for _, c in ipairs(self.collectors) do
+      if c.breaker then self:pull_breaker(c) end
+      if c.limiter and ticks % 10 == 0 then self:publish_limiter(c) end
+    end
+  end)
+  return self.timer
+end
+
+function _M:stop()
+  if self.timer then self.timer:cancel() end
+  for _, c in ipairs(self.collectors) do
+    if c.limiter then self:publish_limiter(c) end
+  end
+  self.redis:close()
+end
+
+return _M

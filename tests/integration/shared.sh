@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# shared.sh -- two sluice processes share breaker state through a real
+# redis-server: a ban seen by one opens the breaker in the other within a
+# second; the shared key has its 24 h TTL; with Redis gone, /health says
+# degraded and collection goes on.
+. "$(dirname "$0")/common.bash"
+
+if ! command -v redis-server >/dev/null; then
+  not_ok "redis-server available (apt-get install redis-server)"; finish; exit 1
+fi
+
+cat >"$WORK/port.lua" <<'LUA'
+local srv = assert(require("sluice.server").listen({ port = 0 }))
+print(srv.port)
+srv:close()
+LUA
+free_port() { "$SLUICE" run "$WORK/port.lua" --control none; }
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  --daemonize yes --pidfile "$WORK/redis.pid" --dir "$WORK" --logfile "$WORK/redis.log"
+for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+ADMIN_PORT=$(free_port)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+
+cat >"$WORK/node.lua" <<LUA
+local sluice = require "sluice"
+local mock = require("sluice.mock.binance").start({})
+sluice.on_shutdown(function() mock:stop() end)
+if os.getenv("BAN") then
+  mock:inject({ status = 418, retry_after = 600, count = 10 })
+  sluice.after(2, function(premature) if not premature then sluice.shutdown() end end)
+end
+return {
+  store = os.getenv("DB"),
+  redis = "redis://127.0.0.1:$REDIS_PORT/0",
+  admin = os.getenv("ADMIN") and { port = tonumber(os.getenv("ADMIN")) } or nil,
+  collectors = { { use = "binance_klines", base_url = mock.url, interval = os.getenv("BAN") and 0.5 or 60,
+    limit = 2, retry = { max_attempts = 1 } } },
+}
+LUA
+
+# B: a long-running instance with an admin API and a control socket.
+DB="$WORK/b.db" ADMIN=$ADMIN_PORT "$SLUICE" run "$WORK/node.lua" --control "$WORK/b.sock" \
+  --log-format json >"$WORK/b.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 50); do [ -S "$WORK/b.sock" ] && break; sleep 0.1; done
+state_b() { "$SLUICE" repl "$WORK/b.sock" -e 'require("sluice.breaker").get("binance_klines"):state()' 2>&1; }
+check "B starts with a closed breaker" test "$(state_b)" = '"closed"'
+
+# A: gets banned (418), which opens its breaker and shares it.
+expect_exit "A runs and is banned" 0 env BAN=1 DB="$WORK/a.db" timeout 30 "$SLUICE" run "$WORK/node.lua" \
+  --control none --log-format json
+contains "A's breaker opened on the ban" "$WORK/out" '"to":"open"'
+opened=""
+for _ in $(seq 1 20); do
+  [ "$(state_b)" = '"open"' ] && { opened=yes; break; }
+  sleep 0.1
+done
+check "B's breaker is open within a second or two of A's" test -n "$opened"
+ttl=$(redis-cli -p "$REDIS_PORT" ttl cb_state:binance_klines)
+check "cb_state:binance_klines has a 24 h TTL (ttl $ttl)" test "$ttl" -gt 86000 -a "$ttl" -le 86400
+check "rate_limiter:binance_klines was written" test "$(redis-cli -p "$REDIS_PORT" exists rate_limiter:binance_klines)" = 1
+
+# Redis goes away: B keeps going and says so.
+redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
+health=""
+for _ in $(seq 1 30); do
+  health=$(curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/health")
+  case "$health" in *'"degraded"'*) break ;; esac
+  sleep 0.2
+done
+# (B's breaker is open, taken from A, so B is unhealthy anyway; the
+# degraded list says what Redis's absence costs)
+case "$health" in *'"degraded":["redis is unreachable'*) ok "/health reports Redis as degraded" ;;
+  *) not_ok "/health reports Redis as degraded"; echo "    $health" ;; esac
+check "B is still running" kill -0 "${pids[0]}"
+contains "the loss of Redis was logged" "$WORK/b.out" "redis unreachable"
+
+finish
