@@ -85,7 +85,13 @@ function _M.build(config, file, opts)
   if c.redis then
     local shared = require "sluice.shared"
     app.shared = shared.new(require("sluice.redis").connect({ url = c.redis }))
-    for _, inst in ipairs(app.order) do app.shared:attach(inst) end
+    if c.sinks and c.sinks.redis_stream then
+      app.sinks = { app.shared:stream_sink(c.sinks.redis_stream) }
+    end
+    for _, inst in ipairs(app.order) do
+      app.shared:attach(inst)
+      inst.sinks = app.sinks
+    end
   end
   sluice.on_shutdown(function()
     if app.admin then app.admin:close() end
@@ -153,7 +159,10 @@ function _M.reload()
       if app.shared then app.shared:detach(old) end
     end
     if app.shared then
-      for _, inst in ipairs(built.order) do app.shared:attach(inst) end
+      for _, inst in ipairs(built.order) do
+        app.shared:attach(inst)
+        inst.sinks = app.sinks
+      end
     end
     apply_log(c)
     app.config, app.collectors, app.order = c, built.collectors, built.order

@@ -423,12 +423,17 @@ local function store_rows(self, result)
     end
     count = count + #rows
     if self.store then
-      local ins, upd, same, rej = self.store:upsert(tname, rows)
+      local ins, upd, same, rej, accepted = self.store:upsert_accepted(tname, rows)
       if not ins then
         error("storing rows in '" .. tname .. "' failed: " .. tostring(upd))
       end
       self.log.debug("stored", { table = tname, inserted = ins, updated = upd,
         unchanged = same, rejected = rej })
+      -- sinks see what was committed, in commit order; a sink that fails
+      -- says so itself and never fails the collection
+      for _, sink in ipairs(self.sinks or {}) do
+        sink:publish(tname, accepted)
+      end
     end
   end
   return count

@@ -26,6 +26,7 @@ local _M = {}
 local TOP = {
   store = "string", log = "table", collectors = "table", profiles = "table",
   shutdown_timeout = "number", name = "string", admin = "table", redis = "string",
+  sinks = "table",
 }
 local ADMIN = { host = "string", port = "number", token = "any", enabled = "boolean" }
 local LOG = { level = "string", format = "string", output = "string", ring_size = "number" }
@@ -140,6 +141,19 @@ function _M.validate(config, file)
   end
   if config.redis and not config.redis:match("^redis://") then
     fail(file, "redis", "must be a redis:// URL, got '" .. config.redis .. "'")
+  end
+  if config.sinks then
+    for k, v in pairs(config.sinks) do
+      if k ~= "redis_stream" then fail(file, "sinks." .. tostring(k), "unknown sink (redis_stream)") end
+      if type(v) ~= "table" then fail(file, "sinks." .. k, "must be a table") end
+      for o, x in pairs(v) do
+        if o ~= "stream" and o ~= "maxlen" then fail(file, "sinks." .. k .. "." .. tostring(o), "unknown setting") end
+        if (o == "stream" and type(x) ~= "string") or (o == "maxlen" and type(x) ~= "number") then
+          fail(file, "sinks." .. k .. "." .. o, "has the wrong type (" .. type(x) .. ")")
+        end
+      end
+    end
+    if not config.redis then fail(file, "sinks", "a redis_stream sink needs redis = \"redis://...\"") end
   end
   if config.admin then
     for k, v in pairs(config.admin) do

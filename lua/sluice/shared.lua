@@ -135,6 +135,45 @@ function _M:start()
   return self.timer
 end
 
+--- stream_sink{stream = "sluice:{table}", maxlen = 1e6} -> a sink whose
+-- publish(table, rows) appends each row to the stream (XADD with
+-- approximate MAXLEN trimming, one pipeline per batch), fields flattened
+-- (tables as JSON). With Redis away the rows are not published (they are
+-- in SQLite); that is logged once per outage.
+function _M:stream_sink(opts)
+  local pattern = opts.stream or "sluice:{table}"
+  local maxlen = tostring(math.floor(opts.maxlen or 1e6))
+  local shared = self
+  return {
+    publish = function(_, tname, rows)
+      if #rows == 0 then return true end
+      local stream = pattern:gsub("{table}", tname)
+      local cmds = {}
+      for i, row in ipairs(rows) do
+        local cmd = { "XADD", stream, "MAXLEN", "~", maxlen, "*" }
+        local keys = {}
+        for k in pairs(row) do keys[#keys + 1] = k end
+        table.sort(keys)
+        for _, k in ipairs(keys) do
+          local v = row[k]
+          cmd[#cmd + 1] = k
+          cmd[#cmd + 1] = type(v) == "table" and (cjson.encode(v) or "") or tostring(v)
+        end
+        cmds[i] = cmd
+      end
+      local res, err = shared.redis:pipeline(cmds)
+      if not res then
+        if not shared.down then
+          shared.down = true
+          log.warning("redis unreachable: rows are not published to streams", { error = err })
+        end
+        return nil, err
+      end
+      return true
+    end,
+  }
+end
+
 function _M:stop()
   if self.timer then self.timer:cancel() end
   for _, c in ipairs(self.collectors) do

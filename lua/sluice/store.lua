@@ -41,6 +41,7 @@
 --   always a misspelt column, which would otherwise store NULL without a
 --   word; "ignore" drops such fields and counts them (quality.ignored_fields).
 -- db:upsert(name, rows) -> inserted, updated, unchanged, rejected | nil, err
+--   (db:upsert_accepted also returns the rows that passed validation)
 --   rows is a sequence of tables; one transaction for the whole batch
 --   (a SAVEPOINT when a transaction is already open). inserted: new key;
 --   updated: the key existed and some value differed; unchanged: the key
@@ -729,24 +730,26 @@ local function write_batch(c, d, flat, nvalid, nrows, rejects, reasons, ignored)
   return inserted, updated, unchanged, nrej
 end
 
-function db_methods:upsert(name, rows)
+local function upsert(self, name, rows, want_accepted)
   local c = live(self)
   check_type("upsert", 1, name, "string")
   local d = self._defs[name]
   if not d then fail("upsert", "table '" .. name .. "' is not defined (call db:define first)") end
   check_type("upsert", 2, rows, "table")
   local n = #rows
-  if n == 0 then return 0, 0, 0, 0 end
+  if n == 0 then return 0, 0, 0, 0, want_accepted and {} or nil end
   local ncols = d.ncols
   local flat = tnew(n * ncols, 0)
   local nvalid, base = 0, 0
   local rejects, reasons
+  local valid = {}
   local acc = { ignored = 0 }
   for r = 1, n do
     local row = rows[r]
     local reason = check_row(d, row, flat, base, acc)
     if reason == nil then
       nvalid = nvalid + 1
+      valid[nvalid] = row
       base = base + ncols
     else
       for i = base + 1, base + ncols do flat[i] = nil end
@@ -774,7 +777,19 @@ function db_methods:upsert(name, rows)
     tx_rollback(c, kind)
     return nil, e
   end
+  if want_accepted then return res[2], res[3], res[4], res[5], valid end
   return res[2], res[3], res[4], res[5]
+end
+
+-- (tail calls, so that misuse errors still name the caller's line)
+function db_methods:upsert(name, rows)
+  return upsert(self, name, rows, false)
+end
+
+--- db:upsert_accepted(name, rows) -> as upsert, plus the list of rows that
+-- passed validation (what sinks publish).
+function db_methods:upsert_accepted(name, rows)
+  return upsert(self, name, rows, true)
 end
 
 function db_methods:select(name, clause, ...)

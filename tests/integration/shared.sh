@@ -36,6 +36,7 @@ return {
   store = os.getenv("DB"),
   redis = "redis://127.0.0.1:$REDIS_PORT/0",
   admin = os.getenv("ADMIN") and { port = tonumber(os.getenv("ADMIN")) } or nil,
+  sinks = os.getenv("ADMIN") and { redis_stream = { stream = "sluice:{table}", maxlen = 1000 } } or nil,
   collectors = { { use = "binance_klines", base_url = mock.url, interval = os.getenv("BAN") and 0.5 or 60,
     limit = 2, retry = { max_attempts = 1 } } },
 }
@@ -46,6 +47,13 @@ DB="$WORK/b.db" ADMIN=$ADMIN_PORT "$SLUICE" run "$WORK/node.lua" --control "$WOR
   --log-format json >"$WORK/b.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 50); do [ -S "$WORK/b.sock" ] && break; sleep 0.1; done
+# B's first collection was published to the stream, in commit order.
+for _ in $(seq 1 30); do [ "$(redis-cli -p "$REDIS_PORT" xlen sluice:klines)" -gt 0 ] 2>/dev/null && break; sleep 0.1; done
+n=$(redis-cli -p "$REDIS_PORT" xlen sluice:klines)
+check "B's rows are in the stream sluice:klines ($n)" test "$n" -ge 2
+redis-cli -p "$REDIS_PORT" --no-raw xrange sluice:klines - + | grep -A1 '"open_time"' | grep -v open_time | grep -o '[0-9]\{13\}' >"$WORK/times"
+check "stream entries follow commit order (open_time ascending)" sh -c "sort -n '$WORK/times' | cmp -s - '$WORK/times' && test -s '$WORK/times'"
+
 state_b() { "$SLUICE" repl "$WORK/b.sock" -e 'require("sluice.breaker").get("binance_klines"):state()' 2>&1; }
 check "B starts with a closed breaker" test "$(state_b)" = '"closed"'
 
@@ -76,6 +84,10 @@ done
 case "$health" in *'"degraded":["redis is unreachable'*) ok "/health reports Redis as degraded" ;;
   *) not_ok "/health reports Redis as degraded"; echo "    $health" ;; esac
 check "B is still running" kill -0 "${pids[0]}"
+"$SLUICE" repl "$WORK/b.sock" -e 'reset("binance_klines")' >/dev/null 2>&1
+"$SLUICE" repl "$WORK/b.sock" -e 'collect("binance_klines")' >"$WORK/collect.out" 2>&1
+check "collection goes on without Redis" test $? -eq 0
+contains "the collection succeeded" "$WORK/collect.out" "true"
 contains "the loss of Redis was logged" "$WORK/b.out" "redis unreachable"
 
 finish
