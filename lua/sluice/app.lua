@@ -92,6 +92,7 @@ function _M.build(config, file, opts)
       app.shared:attach(inst)
       inst.sinks = app.sinks
     end
+    app.shared:leases(c.lease_ttl)
   end
   sluice.on_shutdown(function()
     if app.admin then app.admin:close() end
@@ -162,6 +163,7 @@ function _M.reload()
       for _, inst in ipairs(built.order) do
         app.shared:attach(inst)
         inst.sinks = app.sinks
+        app.shared:renew(inst)
       end
     end
     apply_log(c)

@@ -442,6 +442,9 @@ end
 --- self:run_once() -> true, rows | false, err. One collection, in the
 -- calling task; errors in collect are caught, logged and counted.
 function Collector:run_once()
+  if self.lease_held == false then
+    return true, 0 -- another instance holds this collector's lease
+  end
   local st = self.stats_
   local t0 = sluice.now()
   st.last_collection = sluice.time()

@@ -26,7 +26,7 @@ local _M = {}
 local TOP = {
   store = "string", log = "table", collectors = "table", profiles = "table",
   shutdown_timeout = "number", name = "string", admin = "table", redis = "string",
-  sinks = "table",
+  sinks = "table", lease_ttl = "number",
 }
 local ADMIN = { host = "string", port = "number", token = "any", enabled = "boolean" }
 local LOG = { level = "string", format = "string", output = "string", ring_size = "number" }
@@ -141,6 +141,9 @@ function _M.validate(config, file)
   end
   if config.redis and not config.redis:match("^redis://") then
     fail(file, "redis", "must be a redis:// URL, got '" .. config.redis .. "'")
+  end
+  if config.lease_ttl and not (config.lease_ttl >= 1 and config.lease_ttl < math.huge) then
+    fail(file, "lease_ttl", "must be a number of seconds >= 1")
   end
   if config.sinks then
     for k, v in pairs(config.sinks) do

@@ -22,6 +22,18 @@ local mt = { __index = _M }
 
 local TTL = 86400
 
+-- Takes or renews a lease: ours if free or already ours, for ttl ms.
+local LEASE = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0]]
+local RELEASE = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0]]
+
+
 local function instance_id()
   local f = io.open("/proc/sys/kernel/random/uuid")
   local id = f and f:read("*l")
@@ -114,15 +126,52 @@ end
 --- detach(c): write the final limiter state; stop syncing c.
 function _M:detach(c)
   if c.limiter then self:publish_limiter(c) end
+  if self.lease_ttl and c.lease_held then
+    self.redis:eval_script(RELEASE, { "lease:collector:" .. c.name }, { self.id })
+  end
   c.shared_owner = nil
   for i, x in ipairs(self.collectors) do
     if x == c then table.remove(self.collectors, i) break end
   end
 end
 
+-- Updates c.lease_held. With Redis away the collector keeps running on
+-- its own (degraded): collection must not stop because Redis did.
+function _M:renew(c)
+  local v, err = self.redis:eval_script(LEASE, { "lease:collector:" .. c.name },
+    { self.id, tostring(math.floor(self.lease_ttl * 1000)) })
+  local was = c.lease_held
+  if v == nil and (err == "disconnected" or err == "timeout" or err == "closed") then
+    self:call("PING") -- logs the outage once
+    c.lease_held = true
+  else
+    c.lease_held = v == 1
+  end
+  if c.lease_held and was == false then
+    c.log.info("collector lease taken over: collecting here now")
+    if c.running then sluice.spawn(c.run_once, c) end
+  elseif not c.lease_held and was ~= false then
+    c.log.info("another instance holds the collector lease: standing by")
+  end
+end
+
+--- leases(ttl): each collector runs in one instance at a time: a lease key
+-- lease:collector:{name} with a TTL of ttl seconds (15), renewed every
+-- ttl/3; when its holder dies, another instance takes over once it expires.
+function _M:leases(ttl)
+  self.lease_ttl = ttl or 15
+  for _, c in ipairs(self.collectors) do self:renew(c) end
+end
+
 --- start(): the background sync (breakers twice a second, limiters every
--- 5 s). Returns the two timers.
+-- 5 s, leases every ttl/3).
 function _M:start()
+  if self.lease_ttl then
+    self.lease_timer = sluice.every(self.lease_ttl / 3, function(premature)
+      if premature then return end
+      for _, c in ipairs(self.collectors) do self:renew(c) end
+    end)
+  end
   local ticks = 0
   self.timer = sluice.every(0.5, function(premature)
     if premature then return end
@@ -176,8 +225,12 @@ end
 
 function _M:stop()
   if self.timer then self.timer:cancel() end
+  if self.lease_timer then self.lease_timer:cancel() end
   for _, c in ipairs(self.collectors) do
     if c.limiter then self:publish_limiter(c) end
+    if self.lease_ttl and c.lease_held then
+      self.redis:eval_script(RELEASE, { "lease:collector:" .. c.name }, { self.id })
+    end
   end
   self.redis:close()
 end

@@ -37,13 +37,15 @@ return {
   redis = "redis://127.0.0.1:$REDIS_PORT/0",
   admin = os.getenv("ADMIN") and { port = tonumber(os.getenv("ADMIN")) } or nil,
   sinks = os.getenv("ADMIN") and { redis_stream = { stream = "sluice:{table}", maxlen = 1000 } } or nil,
-  collectors = { { use = "binance_klines", base_url = mock.url, interval = os.getenv("BAN") and 0.5 or 60,
-    limit = 2, retry = { max_attempts = 1 } } },
+  lease_ttl = 3,
+  collectors = { { use = "binance_klines", name = os.getenv("NAME"), base_url = mock.url,
+    interval = tonumber(os.getenv("INTERVAL") or "") or (os.getenv("BAN") and 0.5 or 60),
+    breaker = { name = "binance_api" }, limit = 2, retry = { max_attempts = 1 } } },
 }
 LUA
 
 # B: a long-running instance with an admin API and a control socket.
-DB="$WORK/b.db" ADMIN=$ADMIN_PORT "$SLUICE" run "$WORK/node.lua" --control "$WORK/b.sock" \
+NAME=klines_b DB="$WORK/b.db" ADMIN=$ADMIN_PORT "$SLUICE" run "$WORK/node.lua" --control "$WORK/b.sock" \
   --log-format json >"$WORK/b.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 50); do [ -S "$WORK/b.sock" ] && break; sleep 0.1; done
@@ -54,11 +56,11 @@ check "B's rows are in the stream sluice:klines ($n)" test "$n" -ge 2
 redis-cli -p "$REDIS_PORT" --no-raw xrange sluice:klines - + | grep -A1 '"open_time"' | grep -v open_time | grep -o '[0-9]\{13\}' >"$WORK/times"
 check "stream entries follow commit order (open_time ascending)" sh -c "sort -n '$WORK/times' | cmp -s - '$WORK/times' && test -s '$WORK/times'"
 
-state_b() { "$SLUICE" repl "$WORK/b.sock" -e 'require("sluice.breaker").get("binance_klines"):state()' 2>&1; }
+state_b() { "$SLUICE" repl "$WORK/b.sock" -e 'require("sluice.breaker").get("binance_api"):state()' 2>&1; }
 check "B starts with a closed breaker" test "$(state_b)" = '"closed"'
 
 # A: gets banned (418), which opens its breaker and shares it.
-expect_exit "A runs and is banned" 0 env BAN=1 DB="$WORK/a.db" timeout 30 "$SLUICE" run "$WORK/node.lua" \
+expect_exit "A runs and is banned" 0 env NAME=klines_a BAN=1 DB="$WORK/a.db" timeout 30 "$SLUICE" run "$WORK/node.lua" \
   --control none --log-format json
 contains "A's breaker opened on the ban" "$WORK/out" '"to":"open"'
 opened=""
@@ -67,9 +69,35 @@ for _ in $(seq 1 20); do
   sleep 0.1
 done
 check "B's breaker is open within a second or two of A's" test -n "$opened"
-ttl=$(redis-cli -p "$REDIS_PORT" ttl cb_state:binance_klines)
-check "cb_state:binance_klines has a 24 h TTL (ttl $ttl)" test "$ttl" -gt 86000 -a "$ttl" -le 86400
-check "rate_limiter:binance_klines was written" test "$(redis-cli -p "$REDIS_PORT" exists rate_limiter:binance_klines)" = 1
+ttl=$(redis-cli -p "$REDIS_PORT" ttl cb_state:binance_api)
+check "cb_state:binance_api has a 24 h TTL (ttl $ttl)" test "$ttl" -gt 86000 -a "$ttl" -le 86400
+check "A wrote its limiter state at stop (rate_limiter:klines_a)" test "$(redis-cli -p "$REDIS_PORT" exists rate_limiter:klines_a)" = 1
+
+# Leases: C and D run the same collector; one collects, the other stands
+# by, and takes over within the lease TTL (3 s here) when the holder dies.
+for n in c d; do
+  NAME=klines_cd INTERVAL=0.3 DB="$WORK/$n.db" "$SLUICE" run "$WORK/node.lua" --control none \
+    --log-format json >"$WORK/$n.out" 2>&1 &
+  eval "pid_$n=\$!"
+  pids+=($!)
+  sleep 0.3
+done
+sleep 2
+nc=$(grep -c '"msg":"collection done"' "$WORK/c.out"); nd=$(grep -c '"msg":"collection done"' "$WORK/d.out")
+check "only the lease holder collects (C $nc, D $nd)" test "$nc" -gt 0 -a "$nd" -eq 0
+kill -9 "$pid_c"
+wait "$pid_c" 2>/dev/null
+killed_at=$(date +%s.%N)
+took=""
+for _ in $(seq 1 60); do
+  if grep -q '"msg":"collection done"' "$WORK/d.out"; then
+    took=$(awk -v a="$killed_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'); break
+  fi
+  sleep 0.1
+done
+check "D takes over within the TTL plus a renewal (took ${took:-never} s)" \
+  awk -v t="${took:-99}" 'BEGIN { exit !(t <= 4.5) }'
+contains "D logged the takeover" "$WORK/d.out" "collector lease taken over"
 
 # Redis goes away: B keeps going and says so.
 redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
@@ -84,8 +112,8 @@ done
 case "$health" in *'"degraded":["redis is unreachable'*) ok "/health reports Redis as degraded" ;;
   *) not_ok "/health reports Redis as degraded"; echo "    $health" ;; esac
 check "B is still running" kill -0 "${pids[0]}"
-"$SLUICE" repl "$WORK/b.sock" -e 'reset("binance_klines")' >/dev/null 2>&1
-"$SLUICE" repl "$WORK/b.sock" -e 'collect("binance_klines")' >"$WORK/collect.out" 2>&1
+"$SLUICE" repl "$WORK/b.sock" -e 'reset("binance_api")' >/dev/null 2>&1
+"$SLUICE" repl "$WORK/b.sock" -e 'collect("klines_b")' >"$WORK/collect.out" 2>&1
 check "collection goes on without Redis" test $? -eq 0
 contains "the collection succeeded" "$WORK/collect.out" "true"
 contains "the loss of Redis was logged" "$WORK/b.out" "redis unreachable"
