@@ -9,7 +9,9 @@
 --    the shared snapshots twice a second, so a breaker that one instance
 --    opened is open in the others within a second: an upstream that failed
 --    for one is not hammered by the rest;
---  - limiter snapshots are written every 5 s and at stop.
+--  - limiter snapshots are written every 5 s and at stop;
+--  - leases (leases(ttl)): each collector runs in one instance at a time;
+--  - stream_sink(opts): committed rows appended to Redis Streams.
 -- When Redis is unreachable everything goes on with local state; that is
 -- logged once, reported by degraded(), and sharing resumes by itself when
 -- Redis is back.
@@ -32,7 +34,6 @@ return 0]]
 local RELEASE = [[
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0]]
-
 
 local function instance_id()
   local f = io.open("/proc/sys/kernel/random/uuid")
