@@ -21,12 +21,8 @@
 
 #include "modules.h"
 #include "runtime.h"
+#include "strbuf.h"
 #include "task.h"
-
-typedef struct strbuf {
-    char *p;
-    size_t len, cap;
-} strbuf;
 
 typedef struct transfer {
     CURL *easy;
@@ -51,23 +47,8 @@ static long max_total_connections = 0; /* 0: unlimited */
 static char user_agent[64];
 static long in_flight; /* transfers added and not yet freed */
 
-/* --- buffers -------------------------------------------------------------- */
-static int sb_add(strbuf *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return -1;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
+/* --- easy handles ----------------------------------------------------------
+ */
 
 /* Idle easy handles, reset and kept for the next request: creating one
  * costs more than a request's worth of setopt calls. */

@@ -5,6 +5,7 @@
  * and the next line is appended and the whole chunk sent again.
  */
 #include "repl.h"
+#include "strbuf.h"
 
 #include <editline/readline.h>
 #include <errno.h>
@@ -44,29 +45,8 @@ const char sl_repl_usage[] =
     "  -e CHUNK   evaluate CHUNK, print the result and exit: 0 on success,\n"
     "             1 when it raised an error (printed on stderr)\n";
 
-/* --- a growing string ---------------------------------------------------- */
-
-typedef struct strbuf {
-    char *p;
-    size_t len, cap;
-} strbuf;
-
-static int sb_add(strbuf *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p)
-            return -1;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return 0;
-}
+/* --- chunks ----------------------------------------------------------------
+ */
 
 /* Appends a line to a chunk, newline-separated. */
 static int chunk_add(strbuf *b, const char *line) {
