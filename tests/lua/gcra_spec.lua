@@ -1,0 +1,290 @@
+-- sluice.gcra against a private redis-server on a loopback port.
+local sluice = require "sluice"
+local redis = require "sluice.redis"
+local gcra = require "sluice.gcra"
+
+local function sh(cmd)
+  local rc = os.execute(cmd)
+  return rc == 0 or rc == true
+end
+
+local function read_file(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function ping(port)
+  local p = io.popen("redis-cli -p " .. port .. " ping 2>/dev/null")
+  local out = p:read("*a")
+  p:close()
+  return out:match("PONG") ~= nil
+end
+
+-- A redis-server of our own on a free port in 20000-60999.
+local function start_server()
+  local dir = io.popen("mktemp -d /tmp/sluice-gcra.XXXXXX"):read("*l")
+  for _ = 1, 20 do
+    local p = math.random(20000, 60999)
+    if not ping(p) then
+      local pidfile = dir .. "/redis-" .. p .. ".pid"
+      sh(("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize yes"
+        .. " --pidfile %s --dir %s --logfile %s/redis.log"):format(p, pidfile, dir, dir))
+      for _ = 1, 100 do
+        if ping(p) then
+          local pid = tonumber((read_file(pidfile) or ""):match("%d+"))
+          if pid then
+            return {
+              port = p, dir = dir, pid = pid,
+              url = ("redis://127.0.0.1:%d/0"):format(p),
+              stop = function(self, hard)
+                if self.pid then
+                  sh("kill " .. (hard and "-9 " or "") .. self.pid .. " 2>/dev/null")
+                  for _ = 1, 100 do
+                    if not sh("kill -0 " .. self.pid .. " 2>/dev/null") then break end
+                    sh("sleep 0.02")
+                  end
+                  self.pid = nil
+                end
+                sh("rm -rf " .. self.dir)
+              end,
+            }
+          end
+        end
+        sh("sleep 0.02")
+      end
+    end
+  end
+  error("could not start redis-server")
+end
+
+-- A port nothing listens on.
+local function dead_port()
+  for _ = 1, 50 do
+    local p = math.random(20000, 60999)
+    if not ping(p) then return p end
+  end
+  error("no free port")
+end
+
+local MS = 0.001
+local SLACK = 3 * MS -- a few ms for time passing between our clock and Redis TIME
+
+describe("sluice.gcra", function()
+  local srv, red
+  local n = 0
+  local function key()
+    n = n + 1
+    return "gcra:test" .. n
+  end
+
+  setup(function()
+    math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
+    srv = start_server()
+    red = redis.connect { url = srv.url }
+    assert.equal("PONG", red:call("PING"))
+  end)
+
+  teardown(function()
+    if red then red:close() end
+    if srv then srv:stop() end
+  end)
+
+  it("rejects bad options, naming them", function()
+    assert.has_error(function() gcra.new { redis = red, name = "x", rate = 1, brust = 2 } end,
+      "sluice.gcra.new: unknown option 'brust'")
+    assert.has_error(function() gcra.new { redis = red, name = "x" } end,
+      "sluice.gcra.new: option 'rate' is required")
+    assert.has_error(function() gcra.new { redis = red, name = "x", rate = "5" } end,
+      "sluice.gcra.new: option 'rate' must be a number, got string")
+    assert.has_error(function() gcra.new { redis = red, name = "x", rate = 0 } end,
+      "sluice.gcra.new: option 'rate' must be > 0")
+    assert.has_error(function() gcra.new { redis = red, name = "x", rate = 1, burst = 0.5 } end,
+      "sluice.gcra.new: option 'burst' must be >= 1")
+    assert.has_error(function() gcra.new { redis = red, name = "x", rate = 1, max_wait = -1 } end,
+      "sluice.gcra.new: option 'max_wait' must be >= 0")
+    assert.has_error(function() gcra.new { redis = red, rate = 1 } end,
+      "sluice.gcra.new: option 'key' or 'name' is required")
+    assert.has_error(function() gcra.new { redis = 5, name = "x", rate = 1 } end,
+      "sluice.gcra.new: option 'redis' must be a redis:// url or a sluice.redis client")
+    assert.has_error(function() gcra.new { redis = "http://x", name = "x", rate = 1 } end,
+      "sluice.gcra.new: option 'redis': url must start with redis://")
+    assert.has_error(function() gcra.new() end)
+    local g = gcra.new { redis = red, name = "opts", rate = 4 }
+    assert.equal("gcra:opts", g.key)
+    assert.equal(1, g.burst)
+    assert.equal(30, g.max_wait)
+    assert.equal("k", gcra.new { redis = red, key = "k", rate = 4 }.key)
+    assert.has_error(function() g:take(2) end,
+      "sluice.gcra.take: cost 2 exceeds burst 1 and can never be admitted")
+    assert.has_error(function() g:wait(0) end,
+      "sluice.gcra.wait: bad argument #1 'cost' (number > 0 expected)")
+  end)
+
+  it("rate 50, burst 1: of 20 immediate takes exactly one goes, the rest wait out the interval", function()
+    local g = gcra.new { redis = red, key = key(), rate = 50 }
+    local t0 = sluice.now()
+    local ok, ra = g:take()
+    assert.is_true(ok)
+    assert.equal(0, ra)
+    local admitted, prev = 1, math.huge
+    for _ = 2, 20 do
+      ok, ra = g:take()
+      local elapsed = sluice.now() - t0
+      if ok then admitted = admitted + 1 else
+        assert.is_false(ok)
+        -- the TAT is t0 + 20 ms; a refusal changes nothing: retry = TAT - now
+        assert.is_true(ra <= 20 * MS + 1e-6, "retry_after " .. ra)
+        assert.is_true(ra >= 20 * MS - elapsed - SLACK, "retry_after " .. ra .. " after " .. elapsed)
+        assert.is_true(ra <= prev, "retry_after never grows")
+        prev = ra
+      end
+    end
+    assert.is_true(sluice.now() - t0 < 200 * MS, "the takes were immediate")
+    assert.equal(1, admitted)
+    -- once the interval has passed, the next one goes
+    sluice.sleep(prev + MS)
+    assert.is_true((g:take()))
+    assert.is_false((g:take()))
+  end)
+
+  it("the TAT is stored with an expiry a little past the burst window", function()
+    local k = key()
+    local g = gcra.new { redis = red, key = k, rate = 2, burst = 3 }
+    assert.is_true((g:take(2)))
+    local ttl = red:call("PTTL", k)
+    assert.is_true(ttl > 1000 and ttl <= 2000, "pttl " .. ttl)
+    local t = red:call("TIME")
+    local now_us = tonumber(t[1]) * 1e6 + tonumber(t[2])
+    local tat = tonumber(red:call("GET", k))
+    assert.is_true(math.abs(tat - now_us - 1e6) < 50000, "tat is now + 2 cells")
+  end)
+
+  it("burst 5: five go at once, then take(k) must wait k intervals", function()
+    local g = gcra.new { redis = red, key = key(), rate = 50, burst = 5 }
+    local t0 = sluice.now()
+    local admitted = 0
+    for _ = 1, 8 do
+      if g:take() then admitted = admitted + 1 end
+    end
+    assert.equal(5, admitted)
+    for k = 1, 5 do
+      local ok, ra = g:take(k)
+      local elapsed = sluice.now() - t0
+      assert.is_false(ok)
+      assert.is_true(ra <= k * 20 * MS + 1e-6, k .. ": " .. ra)
+      assert.is_true(ra >= k * 20 * MS - elapsed - SLACK, k .. ": " .. ra)
+    end
+  end)
+
+  it("a cost of 3 consumes three cells", function()
+    local g = gcra.new { redis = red, key = key(), rate = 50, burst = 5 }
+    local t0 = sluice.now()
+    assert.is_true((g:take(3)))
+    local ok, ra = g:take(3) -- 6 cells > 5
+    assert.is_false(ok)
+    assert.is_true(ra <= 20 * MS + 1e-6 and ra >= 20 * MS - (sluice.now() - t0) - SLACK, ra)
+    assert.is_true((g:take(2))) -- 3 + 2 = 5: the burst is used up
+    ok, ra = g:take(1)
+    assert.is_false(ok)
+    assert.is_true(ra <= 20 * MS + 1e-6 and ra >= 20 * MS - (sluice.now() - t0) - SLACK, ra)
+    ok, ra = g:take(3)
+    assert.is_false(ok)
+    assert.is_true(ra <= 60 * MS + 1e-6 and ra >= 60 * MS - (sluice.now() - t0) - SLACK, ra)
+  end)
+
+  it("wait() paces N requests at rate r over (N - 1) / r", function()
+    local g = gcra.new { redis = red, key = key(), rate = 20 }
+    local t0 = sluice.now()
+    for _ = 1, 11 do
+      assert.is_number(g:wait())
+    end
+    local took = sluice.now() - t0
+    assert.is_true(took >= 0.5 - SLACK, "took " .. took)
+    assert.is_true(took < 0.5 + 1.5, "took " .. took)
+    -- from several tasks at once: the same pace, each admitted once
+    local tasks = {}
+    t0 = sluice.now()
+    for i = 1, 10 do tasks[i] = sluice.spawn(function() return g:wait() end) end
+    for i = 1, 10 do
+      local ok, waited = sluice.wait(tasks[i])
+      assert.is_true(ok)
+      assert.is_number(waited)
+    end
+    took = sluice.now() - t0
+    -- the previous pacing left the TAT about now: ten more cells span ~ 10 intervals
+    assert.is_true(took >= 0.45 - SLACK, "took " .. took)
+    assert.is_true(took < 0.5 + 0.3, "took " .. took)
+  end)
+
+  it("wait() gives up with timeout when the next chance is past max_wait", function()
+    local g = gcra.new { redis = red, key = key(), rate = 1, max_wait = 0.2 }
+    assert.is_number(g:wait())
+    local t0 = sluice.now()
+    local w, err = g:wait()
+    assert.is_nil(w)
+    assert.equal("timeout", err)
+    assert.is_true(sluice.now() - t0 < 0.1, "gave up at once")
+  end)
+
+  it("two objects on two clients share the quota of one key", function()
+    local k = key()
+    local red2 = redis.connect { url = srv.url }
+    finally(function() red2:close() end)
+    local g1 = gcra.new { redis = red, key = k, rate = 50, burst = 2 }
+    local g2 = gcra.new { redis = red2, key = k, rate = 50, burst = 2 }
+    assert.is_true((g1:take()))
+    assert.is_true((g2:take()))
+    assert.is_false((g1:take()))
+    assert.is_false((g2:take()))
+    -- paced together: 2 x 10 waits at 50/s take ~ (20 - 2) / 50 s
+    local t0 = sluice.now()
+    local tasks = {}
+    for i = 1, 2 do
+      local g = i == 1 and g1 or g2
+      tasks[i] = sluice.spawn(function()
+        for _ = 1, 10 do assert(g:wait()) end
+        return true
+      end)
+    end
+    for i = 1, 2 do assert.same({ true, true }, { sluice.wait(tasks[i]) }) end
+    local took = sluice.now() - t0
+    assert.is_true(took >= 18 / 50 - SLACK, "took " .. took)
+    assert.is_true(took < 20 / 50 + 0.25, "took " .. took)
+  end)
+
+  it("a url makes its own client", function()
+    local g = gcra.new { redis = srv.url, key = key(), rate = 10 }
+    assert.is_true((g:take()))
+    assert.is_false((g:take()))
+    g.client:close()
+  end)
+
+  it("with Redis unreachable, take and wait fail fast with redis: <err>", function()
+    local c = redis.connect { url = ("redis://127.0.0.1:%d/0"):format(dead_port()), connect_timeout = 0.3 }
+    finally(function() c:close() end)
+    local g = gcra.new { redis = c, key = key(), rate = 10 }
+    local t0 = sluice.now()
+    local ok, err = g:take()
+    assert.is_nil(ok)
+    assert.matches("^redis: ", err)
+    local w, err2 = g:wait()
+    assert.is_nil(w)
+    assert.matches("^redis: ", err2)
+    assert.is_true(sluice.now() - t0 < 0.8, "fast")
+    -- a server that dies under a working limiter
+    local s2 = start_server()
+    local c2 = redis.connect { url = s2.url }
+    finally(function() c2:close() s2:stop(true) end)
+    local g2 = gcra.new { redis = c2, key = key(), rate = 1000 }
+    assert.is_number(g2:wait())
+    s2:stop(true)
+    t0 = sluice.now()
+    w, err2 = g2:wait()
+    assert.is_nil(w)
+    assert.matches("^redis: ", err2)
+    assert.is_true(sluice.now() - t0 < 0.5, "fast")
+  end)
+end)
