@@ -3,62 +3,9 @@ local sluice = require "sluice"
 local redis = require "sluice.redis"
 local gcra = require "sluice.gcra"
 
-local function sh(cmd)
-  local rc = os.execute(cmd)
-  return rc == 0 or rc == true
-end
-
-local function read_file(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function ping(port)
-  local p = io.popen("redis-cli -p " .. port .. " ping 2>/dev/null")
-  local out = p:read("*a")
-  p:close()
-  return out:match("PONG") ~= nil
-end
-
--- A redis-server of our own on a free port in 20000-60999.
-local function start_server()
-  local dir = io.popen("mktemp -d /tmp/sluice-gcra.XXXXXX"):read("*l")
-  for _ = 1, 20 do
-    local p = math.random(20000, 60999)
-    if not ping(p) then
-      local pidfile = dir .. "/redis-" .. p .. ".pid"
-      sh(("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize yes"
-        .. " --pidfile %s --dir %s --logfile %s/redis.log"):format(p, pidfile, dir, dir))
-      for _ = 1, 100 do
-        if ping(p) then
-          local pid = tonumber((read_file(pidfile) or ""):match("%d+"))
-          if pid then
-            return {
-              port = p, dir = dir, pid = pid,
-              url = ("redis://127.0.0.1:%d/0"):format(p),
-              stop = function(self, hard)
-                if self.pid then
-                  sh("kill " .. (hard and "-9 " or "") .. self.pid .. " 2>/dev/null")
-                  for _ = 1, 100 do
-                    if not sh("kill -0 " .. self.pid .. " 2>/dev/null") then break end
-                    sh("sleep 0.02")
-                  end
-                  self.pid = nil
-                end
-                sh("rm -rf " .. self.dir)
-              end,
-            }
-          end
-        end
-        sh("sleep 0.02")
-      end
-    end
-  end
-  error("could not start redis-server")
-end
+local redis_server = require "support.redis_server"
+local start_server = redis_server.start
+local ping = redis_server.ping
 
 -- A port nothing listens on.
 local function dead_port()
@@ -83,13 +30,13 @@ describe("sluice.gcra", function()
   setup(function()
     math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
     srv = start_server()
-    red = redis.connect { url = srv.url }
+    red = redis.connect { url = srv:url() }
     assert.equal("PONG", red:call("PING"))
   end)
 
   teardown(function()
     if red then red:close() end
-    if srv then srv:stop() end
+    if srv then srv:stop(false, true) end
   end)
 
   it("rejects bad options, naming them", function()
@@ -231,7 +178,7 @@ describe("sluice.gcra", function()
 
   it("two objects on two clients share the quota of one key", function()
     local k = key()
-    local red2 = redis.connect { url = srv.url }
+    local red2 = redis.connect { url = srv:url() }
     finally(function() red2:close() end)
     local g1 = gcra.new { redis = red, key = k, rate = 50, burst = 2 }
     local g2 = gcra.new { redis = red2, key = k, rate = 50, burst = 2 }
@@ -256,7 +203,7 @@ describe("sluice.gcra", function()
   end)
 
   it("a url makes its own client", function()
-    local g = gcra.new { redis = srv.url, key = key(), rate = 10 }
+    local g = gcra.new { redis = srv:url(), key = key(), rate = 10 }
     assert.is_true((g:take()))
     assert.is_false((g:take()))
     g.client:close()
@@ -276,11 +223,11 @@ describe("sluice.gcra", function()
     assert.is_true(sluice.now() - t0 < 0.8, "fast")
     -- a server that dies under a working limiter
     local s2 = start_server()
-    local c2 = redis.connect { url = s2.url }
-    finally(function() c2:close() s2:stop(true) end)
+    local c2 = redis.connect { url = s2:url() }
+    finally(function() c2:close() s2:stop(true, true) end)
     local g2 = gcra.new { redis = c2, key = key(), rate = 1000 }
     assert.is_number(g2:wait())
-    s2:stop(true)
+    s2:stop(true, true)
     t0 = sluice.now()
     w, err2 = g2:wait()
     assert.is_nil(w)

@@ -2,77 +2,8 @@
 local sluice = require "sluice"
 local redis = require "sluice.redis"
 
-local function sh(cmd)
-  local rc = os.execute(cmd)
-  return rc == 0 or rc == true
-end
-
-local function read_file(path)
-  local f = io.open(path)
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function ping(port, pass)
-  local auth = pass and (" -a " .. pass .. " --no-auth-warning") or ""
-  local p = io.popen("redis-cli -p " .. port .. auth .. " ping 2>/dev/null")
-  local out = p:read("*a")
-  p:close()
-  return out:match("PONG") ~= nil
-end
-
--- A redis-server of our own: start(port|nil, extra args) picks a free port
--- in 20000-60999 when port is nil; stop() kills it (SIGKILL when hard).
-local Server = {}
-Server.__index = Server
-
-local function start_server(port, extra, dir)
-  dir = dir or io.popen("mktemp -d /tmp/sluice-redis.XXXXXX"):read("*l")
-  local pass = extra and extra:match("%-%-requirepass (%S+)")
-  for _ = 1, 20 do
-    local p = port or math.random(20000, 60999)
-    if port or not ping(p) then
-      local pidfile = dir .. "/redis-" .. p .. ".pid"
-      os.remove(pidfile)
-      sh(("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --enable-debug-command yes"
-        .. " --pidfile %s --dir %s --logfile %s/redis.log %s"):format(p, pidfile, dir, dir, extra or ""))
-      for _ = 1, 100 do
-        if ping(p, pass) then
-          local pid = tonumber((read_file(pidfile) or ""):match("%d+"))
-          if pid then
-            return setmetatable({ port = p, dir = dir, pid = pid, extra = extra }, Server)
-          end
-        end
-        sh("sleep 0.02")
-      end
-    end
-    if port then break end
-  end
-  error("could not start redis-server")
-end
-
-function Server:stop(hard, cleanup)
-  if self.pid then
-    sh("kill " .. (hard and "-9 " or "") .. self.pid .. " 2>/dev/null")
-    for _ = 1, 100 do
-      if not sh("kill -0 " .. self.pid .. " 2>/dev/null") then break end
-      sh("sleep 0.02")
-    end
-    self.pid = nil
-  end
-  if cleanup then sh("rm -rf " .. self.dir) end
-end
-
-function Server:restart()
-  local s = start_server(self.port, self.extra, self.dir)
-  self.pid = s.pid
-end
-
-function Server:url(db, pass)
-  return ("redis://%s127.0.0.1:%d/%d"):format(pass and (":" .. pass .. "@") or "", self.port, db or 0)
-end
+local redis_server = require "support.redis_server"
+local start_server = redis_server.start
 
 local function wait_for(pred, limit)
   local deadline = sluice.now() + (limit or 5)
