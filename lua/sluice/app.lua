@@ -43,7 +43,7 @@ end
 
 -- Builds the collector instances of a prepared configuration against db,
 -- starting none. Raises "file: key: message".
-local function build_collectors(c, file, db, fresh)
+local function build_collectors(c, file, db, fresh, red)
   local built = { collectors = {}, order = {} }
   for i, entry in ipairs(c.collectors or {}) do
     if fresh and entry.use then package.loaded["collectors." .. entry.use] = nil end
@@ -51,7 +51,7 @@ local function build_collectors(c, file, db, fresh)
     local overrides = {}
     for k, v in pairs(entry) do overrides[k] = v end
     overrides.name = overrides.name or (entry.use and spec.name) or spec.name
-    local ok, inst = pcall(collector.new, spec, overrides, { store = db })
+    local ok, inst = pcall(collector.new, spec, overrides, { store = db, redis = red })
     if not ok then
       error(file .. ": collectors[" .. i .. "]: " .. tostring(inst):gsub("^[^:]+:%d+: ", ""), 0)
     end
@@ -79,12 +79,18 @@ function _M.build(config, file, opts)
   if c.shutdown_timeout then sluice.shutdown_timeout(c.shutdown_timeout) end
   local db, err = store.open(c.store or "sluice.db")
   if not db then error(file .. ": store: " .. tostring(err), 0) end
-  local built = build_collectors(c, file, db)
+  local red = c.redis and require("sluice.redis").connect({ url = c.redis })
+  local okb, built = pcall(build_collectors, c, file, db, false, red)
+  if not okb then
+    if red then red:close() end
+    db:close()
+    error(built, 0)
+  end
   local app = { store = db, collectors = built.collectors, order = built.order, config = c,
     file = file, opts = opts or {} }
-  if c.redis then
+  if red then
     local shared = require "sluice.shared"
-    app.shared = shared.new(require("sluice.redis").connect({ url = c.redis }))
+    app.shared = shared.new(red)
     if c.sinks and c.sinks.redis_stream then
       app.sinks = { app.shared:stream_sink(c.sinks.redis_stream) }
     end
@@ -145,7 +151,10 @@ function _M.reload()
     if (c.store or "sluice.db") ~= (app.config.store or "sluice.db") then
       error(app.file .. ": store: cannot change while running (restart to move the database)", 0)
     end
-    local built = build_collectors(c, app.file, app.store, true)
+    if (c.redis or false) ~= (app.config.redis or false) then
+      error(app.file .. ": redis: cannot change while running (restart to use another server)", 0)
+    end
+    local built = build_collectors(c, app.file, app.store, true, app.shared and app.shared.redis)
     -- nothing failed: carry state over and swap
     for name, new in pairs(built.collectors) do
       local old = app.collectors[name]

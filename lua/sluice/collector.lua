@@ -152,8 +152,9 @@ end
 --- new(spec, overrides, context) -> instance
 -- overrides: the configuration entry (name, base_url, interval, auth,
 -- limiter, breaker, retry, and the collector's own options); context:
--- {store = db} (optional; without a store, collect's rows are counted
--- but not stored).
+-- {store = db, redis = client} (both optional; without a store, collect's
+-- rows are counted but not stored; redis is the configuration's sluice.redis
+-- client, which `limiter = { shared = true }` shares its quota through).
 function _M.new(spec, overrides, context)
   if type(spec) ~= "table" or not spec._is_collector_spec then
     error("sluice.collector.new: bad argument #1 (a spec from collector.define expected)", 2)
@@ -206,6 +207,14 @@ function _M.new(spec, overrides, context)
   if cfg.limiter ~= false then
     local lopts = merge(type(cfg.limiter) == "table" and cfg.limiter or {}, nil)
     lopts.name = lopts.name or cfg.name
+    if lopts.shared == true then
+      -- the quota is shared through the configuration's Redis connection
+      if not context.redis then
+        error("collector '" .. cfg.name .. "': limiter.shared = true needs redis = \"redis://...\" "
+          .. "in the configuration", 2)
+      end
+      lopts.shared = context.redis
+    end
     self.limiter = require("sluice.limiter").new(lopts)
   end
   if cfg.retry ~= false then

@@ -18,38 +18,40 @@
 --
 -- Every decision is one EVALSHA (client:eval_script) of a server-side script
 -- with KEYS = {key}, ARGV = {emission interval T = 1/rate s, burst tolerance
--- = burst * T s, cost}. The script takes `now` from Redis TIME (no client
--- clock skew), reads the theoretical arrival time TAT (a float string, in
--- microseconds), computes new_tat = max(tat, now) + cost * T and admits when
--- new_tat - now <= burst * T: it then SETs the new TAT with a PEXPIRE of a
--- little more than new_tat - now (after which a missing key means "idle")
--- and replies {1, 0}. Otherwise it changes nothing and replies
--- {0, retry_after} in integer microseconds (Redis turns Lua numbers into
--- integers), where retry_after = new_tat - now - burst * T.
+-- = burst * T s, cost, max_delay s}. The script takes `now` from Redis TIME
+-- (no client clock skew), reads the theoretical arrival time TAT (a float
+-- string, in microseconds), computes new_tat = max(tat, now) + cost * T and
+-- delay = new_tat - now - burst * T, the time until the request conforms.
+-- When delay <= max_delay it SETs the new TAT with a PEXPIRE of a little more
+-- than new_tat - now (after which a missing key means "idle") and replies
+-- {1, max(delay, 0)}: the request is admitted at now + delay, and that slot
+-- is its own. Otherwise it changes nothing and replies {0, delay -
+-- max_delay}, when to ask again. Times travel as integer microseconds
+-- (Redis turns Lua numbers into integers).
 --
 -- g:take([cost=1]) -> true, 0 | false, retry_after_seconds | nil, "redis: <err>"
---   One attempt; never waits (but must run in a task: the call yields for the
---   round trip). A cost above burst can never be admitted and raises.
--- g:wait([cost=1]) -> seconds waited | nil, "timeout" | nil, "redis: <err>"
---   | nil, "shutdown"
---   Takes, and on a refusal sleeps (sluice.sleep) for retry_after and tries
---   again, until admitted. Gives up with "timeout" at once when the next
---   attempt would fall after max_wait. It sleeps a little less than
---   retry_after (by the timer lateness it has measured, up to 10 ms, plus
---   1 ms) and then retries at once, so that waiters are on time: with
---   burst 1 a late waiter wastes the cell. The price is extra refused
---   EVALSHAs near each cell (measured: ~56 per admission with 8 waiting
---   tasks, ~190 with 100). When Redis cannot be reached it
---   returns nil, "redis: <err>" at once: the caller decides whether to fall
---   back to a local limiter.
+--   One attempt with max_delay 0: now or never; never waits (but must run
+--   in a task: the call yields for the round trip). A cost above burst can
+--   never be admitted at once and raises.
+-- g:wait([cost=1 [, max_wait]]) -> seconds waited | nil, "timeout",
+--   retry_after | nil, "redis: <err>" | nil, "shutdown"
+--   Reserves the next free slot (one EVALSHA whatever the contention) and
+--   sleeps until it. Because slots are handed out in the order Redis runs
+--   the script, waiters in every process form one FIFO queue, and a late
+--   timer only delays that request, never the ones behind it: the aggregate
+--   rate is exact. A killed or shut-down waiter's slot is not given back
+--   (it only makes the pool a little slower). "timeout" at once when the
+--   slot would fall after max_wait (default g.max_wait). When Redis cannot
+--   be reached it returns nil, "redis: <err>" at once: the caller decides
+--   whether to fall back to a local limiter.
+-- g:set_rate(rate): the emission interval of this object's later requests
+--   (processes may use different rates on one key: each request advances
+--   the TAT by its own cost * T).
 -- g.key, g.rate, g.burst, g.max_wait, g.client are readable.
 local sluice = require "sluice"
 local redis = require "sluice.redis"
 
 local _M = {}
-
-local MAX_LAG = 0.01 -- the most timer lateness wait() compensates, in seconds
-local LEAD = 0.001 -- and this much more: an early waiter only costs a round trip
 
 local G = {}
 local mt = { __index = G }
@@ -58,18 +60,20 @@ _M.SCRIPT = [[
 local interval = tonumber(ARGV[1]) * 1e6
 local tolerance = tonumber(ARGV[2]) * 1e6
 local cost = tonumber(ARGV[3])
+local max_delay = tonumber(ARGV[4]) * 1e6
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1e6 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
 if tat < now then tat = now end
 local new_tat = tat + cost * interval
-local ahead = new_tat - now
-if ahead <= tolerance then
+local delay = new_tat - now - tolerance
+if delay <= max_delay then
   redis.call('SET', KEYS[1], string.format('%.3f', new_tat),
-    'PX', math.ceil(ahead / 1000) + 1000)
-  return {1, 0}
+    'PX', math.ceil((new_tat - now) / 1000) + 1000)
+  if delay < 0 then delay = 0 end
+  return {1, math.ceil(delay)}
 end
-return {0, math.ceil(ahead - tolerance)}
+return {0, math.ceil(delay - max_delay)}
 ]]
 
 local OPTIONS = {
@@ -112,61 +116,66 @@ function _M.new(opts)
   if not (max_wait >= 0) then bad("option 'max_wait' must be >= 0") end
   return setmetatable({
     client = client, key = key, rate = rate, burst = burst, max_wait = max_wait,
-    _interval = 1 / rate, _tolerance = burst / rate, _lag = 0,
+    _interval = 1 / rate, _tolerance = burst / rate,
   }, mt)
 end
 
-local function check_cost(fname, cost, burst)
+local function check_cost(fname, cost)
   if cost == nil then return 1 end
-  if type(cost) ~= "number" or not (cost > 0) then
+  if type(cost) ~= "number" or not (cost > 0 and cost < math.huge) then
     error("sluice.gcra." .. fname .. ": bad argument #1 'cost' (number > 0 expected)", 3)
-  end
-  if cost > burst then
-    error("sluice.gcra." .. fname .. ": cost " .. cost .. " exceeds burst " .. burst
-      .. " and can never be admitted", 3)
   end
   return cost
 end
 
-local function take(self, cost)
+-- One decision: admitted, seconds | refused, retry_after | nil, err.
+local function decide(self, cost, max_delay)
   local res, err = self.client:eval_script(_M.SCRIPT, { self.key },
-    { self._interval, self._tolerance, cost })
+    { self._interval, self._tolerance, cost, max_delay })
   if type(res) ~= "table" then
     return nil, "redis: " .. tostring(err or "unexpected reply")
   end
-  if res[1] == 1 then return true, 0 end
-  return false, (tonumber(res[2]) or 0) / 1e6
+  return res[1] == 1, (tonumber(res[2]) or 0) / 1e6
 end
 
 --- g:take([cost]) -> true, 0 | false, retry_after | nil, "redis: <err>"
 function G:take(cost)
-  return take(self, check_cost("take", cost, self.burst))
+  cost = check_cost("take", cost)
+  if cost > self.burst then
+    error("sluice.gcra.take: cost " .. cost .. " exceeds burst " .. self.burst
+      .. " and can never be admitted", 2)
+  end
+  local ok, v = decide(self, cost, 0)
+  if ok then return true, 0 end
+  return ok, v
 end
 
---- g:wait([cost]) -> seconds waited | nil, "timeout" | nil, "redis: <err>"
-function G:wait(cost)
-  cost = check_cost("wait", cost, self.burst)
-  local start = sluice.now()
-  local deadline = start + self.max_wait
-  while true do
-    local ok, retry = take(self, cost)
-    if ok then return sluice.now() - start end
-    if ok == nil then return nil, retry end
-    local now = sluice.now()
-    if now + retry > deadline then return nil, "timeout" end
-    -- Timers fire a little late; a late waiter wastes cells (burst 1 has no
-    -- slack to catch up), so sleep less by the lateness seen so far.
-    local nap = retry - self._lag - LEAD
-    if nap > 0 then
-      local slept, why = sluice.sleep(nap)
-      if not slept then return nil, why or "shutdown" end
-      local late = sluice.now() - now - nap
-      if late < 0 then late = 0 elseif late > MAX_LAG then late = MAX_LAG end
-      self._lag = self._lag * 0.9 + late * 0.1
-    else
-      sluice.yield()
-    end
+--- g:wait([cost [, max_wait]]) -> seconds waited | nil, "timeout", retry_after
+-- | nil, "redis: <err>" | nil, "shutdown"
+function G:wait(cost, max_wait)
+  cost = check_cost("wait", cost)
+  if max_wait ~= nil and (type(max_wait) ~= "number" or not (max_wait >= 0)) then
+    error("sluice.gcra.wait: bad argument #2 'max_wait' (number >= 0 expected)", 2)
   end
+  local start = sluice.now()
+  local ok, v = decide(self, cost, max_wait or self.max_wait)
+  if ok == nil then return nil, v end
+  if not ok then return nil, "timeout", v end
+  -- the delay counts from Redis' clock half a round trip ago: sleeping it
+  -- all from here errs on the late (safe) side by that half round trip
+  if v > 0 then
+    local slept, why = sluice.sleep(v)
+    if not slept then return nil, why or "shutdown" end
+  end
+  return sluice.now() - start
+end
+
+--- g:set_rate(rate): later requests from this object use rate.
+function G:set_rate(rate)
+  if type(rate) ~= "number" or not (rate > 0 and rate < math.huge) then
+    error("sluice.gcra.set_rate: bad argument #1 'rate' (number > 0 expected)", 2)
+  end
+  self.rate, self._interval, self._tolerance = rate, 1 / rate, self.burst / rate
 end
 
 return _M

@@ -22,8 +22,24 @@
 -- without violations before recovering), slow_latency (2 s), fast_latency
 -- (0.5 s), max_endpoints (1024), reset ("auto" | "epoch" | "epoch_ms" |
 -- "delta": how X-RateLimit-Reset is read), pools = { {name, limit, window,
--- burst, weight_window}, ... }, endpoints = { [endpoint] = {rate, burst} }.
+-- burst, weight_window}, ... }, endpoints = { [endpoint] = {rate, burst} },
+-- shared (a redis:// url or a sluice.redis client; see below).
+--
+-- A shared quota: with shared = "redis://...", every request also needs a
+-- slot of a GCRA kept in Redis under gcra:{name} (sluice.gcra), so all
+-- processes using the same name stay within `rate` in aggregate; one
+-- EVALSHA per request, slots handed out in FIFO order across processes. The
+-- local limiter still goes first (bans, 429 backoff, endpoint and pool
+-- limits), and the shared slot is asked at the limiter's current global
+-- rate, so a rate learned from headers or lowered after a 429 paces the
+-- whole pool. In a configuration, `limiter = { shared = true }` uses the
+-- configuration's `redis`. When Redis cannot be reached the limiter goes on
+-- locally (each process at up to `rate`), logs that once, and shares again
+-- when Redis answers; stats().shared tells which. Outside a task wait()
+-- answers from the local limiter alone (a Redis call must yield).
 local core = require "sluice._limiter"
+local log = require "sluice.log"
+local current_task = require("sluice").current
 
 local _M = {}
 local methods = core.methods
@@ -34,12 +50,15 @@ local OPTIONS = {
   max_backoff = "number", max_wait = "number", ban_time = "number", quiet = "number",
   slow_latency = "number", fast_latency = "number", max_endpoints = "number",
   reset = "string", pools = "table", endpoints = "table", headers = "string",
+  shared = "any",
 }
 local POOL = { name = "string", limit = "number", window = "number", burst = "number",
   weight_window = "number" }
 local RESETS = { auto = true, epoch = true, epoch_ms = true, delta = true }
 
 local registry = setmetatable({}, { __mode = "v" })
+-- limiter -> its shared quota state (weak keys: it lives as long as the limiter)
+local shared_of = setmetatable({}, { __mode = "k" })
 
 local function bad(msg)
   error("sluice.limiter.new: " .. msg, 3)
@@ -54,7 +73,9 @@ function _M.new(opts)
   for k, v in pairs(opts) do
     local want = OPTIONS[k]
     if not want then bad("unknown option '" .. tostring(k) .. "'") end
-    if type(v) ~= want then bad("option '" .. k .. "' must be a " .. want .. ", got " .. type(v)) end
+    if want ~= "any" and type(v) ~= want then
+      bad("option '" .. k .. "' must be a " .. want .. ", got " .. type(v))
+    end
     if want == "number" and not (v >= 0) then bad("option '" .. k .. "' must be >= 0") end
   end
   if opts.reset and not RESETS[opts.reset] then
@@ -74,8 +95,24 @@ function _M.new(opts)
     if not p.name then bad("pools[" .. i .. "] needs a name") end
     if not (p.limit and p.limit > 0) then bad("pools[" .. i .. "] needs a limit > 0") end
   end
+  local shared = opts.shared
+  if shared ~= nil then
+    if shared == true then
+      bad("option 'shared' = true needs a configuration with redis set (in a script pass shared = \"redis://...\")")
+    elseif type(shared) ~= "string" and not (type(shared) == "table" and shared.eval_script) then
+      bad("option 'shared' must be a redis:// url or a sluice.redis client, got " .. type(shared))
+    end
+  end
   local ok, lim = pcall(core.new, opts)
   if not ok then error(lim, 2) end
+  if shared then
+    local okg, g = pcall(require("sluice.gcra").new, { redis = shared, name = opts.name or "unknown",
+      rate = lim:rate(), burst = math.max(1, opts.burst or 1) })
+    if not okg then bad("option 'shared': " .. tostring(g):gsub("^.-sluice%.gcra%.new: ", "")) end
+    shared_of[lim] = { gcra = g, max_wait = opts.max_wait or 300, owns_client = type(shared) == "string",
+      admitted = 0, timeouts = 0, errors = 0, waited = 0, down = false,
+      log = log.with({ limiter = opts.name or "unknown" }) }
+  end
   registry[opts.name or "unknown"] = lim
   return lim
 end
@@ -105,6 +142,39 @@ function _M.restore(snapshot)
 end
 
 local wait = methods.wait
+local rate_of = methods.rate
+
+-- After the local limiter let a request go: its slot in the shared quota.
+local function shared_wait(self, sh, waited, cost, max_wait)
+  if not current_task() then return waited end -- a Redis call must yield
+  local g = sh.gcra
+  local rate = rate_of(self)
+  if rate and rate > 0 and rate ~= g.rate then g:set_rate(rate) end
+  local left = (max_wait or sh.max_wait) - waited
+  local w, err, retry = g:wait(cost, left > 0 and left or 0)
+  if w then
+    if sh.down then
+      sh.down = false
+      sh.log.info("shared quota reachable again", { key = g.key })
+    end
+    sh.admitted = sh.admitted + 1
+    sh.waited = sh.waited + w
+    return waited + w
+  end
+  if err == "timeout" then
+    sh.timeouts = sh.timeouts + 1
+    return nil, "timeout", retry
+  end
+  if err == "shutdown" then return nil, err end
+  -- Redis away: the local limiter has already paced this request
+  sh.errors = sh.errors + 1
+  if not sh.down then
+    sh.down = true
+    sh.log.warning("shared quota unreachable: limiting locally until Redis is back",
+      { key = g.key, error = err })
+  end
+  return waited
+end
 --- lim:wait([endpoint [, cost [, opts]]]) -> seconds waited | nil, "timeout" |
 -- "banned", seconds until it could go. opts: max_wait (seconds), pools
 -- ({pool_name = cost}, default: cost in every declared pool). Outside a
@@ -116,16 +186,44 @@ function methods:wait(endpoint, cost, opts)
   if cost ~= nil and (type(cost) ~= "number" or not (cost > 0)) then
     error("sluice.limiter.wait: bad argument #2 'cost' (number > 0 expected)", 2)
   end
+  local sh = shared_of[self]
   if opts ~= nil then
-    return wait(self, endpoint, cost, opts.max_wait, opts.pools)
+    if not sh then return wait(self, endpoint, cost, opts.max_wait, opts.pools) end
+    local waited, why, more = wait(self, endpoint, cost, opts.max_wait, opts.pools)
+    if not waited then return waited, why, more end
+    return shared_wait(self, sh, waited, cost or 1, opts.max_wait)
   end
-  return wait(self, endpoint, cost)
+  if not sh then return wait(self, endpoint, cost) end
+  local waited, why, more = wait(self, endpoint, cost)
+  if not waited then return waited, why, more end
+  return shared_wait(self, sh, waited, cost or 1)
 end
 
 -- The reference names.
 function methods:parse_rate_limit_headers(headers, endpoint)
   return self:observe(endpoint, 0, headers)
 end
+local stats = methods.stats
+--- lim:stats() -> the reference get_stats() shape; a shared limiter adds
+-- shared = {key, rate, burst, state = "shared" | "local", admitted,
+-- timeouts, errors, waited_total}.
+function methods:stats()
+  local s = stats(self)
+  local sh = shared_of[self]
+  if sh then
+    local g = sh.gcra
+    s.shared = { key = g.key, rate = g.rate, burst = g.burst, state = sh.down and "local" or "shared",
+      admitted = sh.admitted, timeouts = sh.timeouts, errors = sh.errors, waited_total = sh.waited }
+  end
+  return s
+end
 methods.get_stats = methods.stats
+
+--- lim:close(): let go of a shared limiter's own Redis connection (one it
+-- made from a url); a no-op otherwise.
+function methods:close()
+  local sh = shared_of[self]
+  if sh and sh.owns_client then sh.gcra.client:close() end
+end
 
 return _M

@@ -33,6 +33,38 @@ contains() {
     not_ok "$1 (no '$3' in output)"; sed 's/^/    /' "$2"; fi
 }
 
+# free_port: prints a loopback port nothing listens on (the kernel's pick,
+# through sluice.server).
+free_port() {
+  [ -f "$WORK/port.lua" ] || cat >"$WORK/port.lua" <<'LUA'
+local srv = assert(require("sluice.server").listen({ port = 0 }))
+print(srv.port)
+srv:close()
+LUA
+  "$SLUICE" run "$WORK/port.lua" --control none
+}
+
+# start_redis: a private redis-server (no persistence) on a free loopback
+# port, $REDIS_PORT, ready when this returns; stop_redis shuts it down
+# (call it from the script's EXIT trap). Fails when redis-server is missing.
+start_redis() {
+  if ! command -v redis-server >/dev/null; then
+    not_ok "redis-server available (apt-get install redis-server)"
+    return 1
+  fi
+  REDIS_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize yes --pidfile "$WORK/redis.pid" --dir "$WORK" --logfile "$WORK/redis.log"
+  local _
+  for _ in $(seq 1 50); do
+    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  not_ok "redis-server started on $REDIS_PORT"
+  return 1
+}
+stop_redis() { redis-cli -p "${REDIS_PORT:-0}" shutdown nosave >/dev/null 2>&1; }
+
 finish() {
   echo "$passed passed, $failed failed"
   [ "$failed" -eq 0 ]

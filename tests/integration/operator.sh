@@ -21,12 +21,6 @@ finish
   exit 1
 fi
 
-cat >"$WORK/port.lua" <<'LUA'
-local srv = assert(require("sluice.server").listen({ port = 0 }))
-print(srv.port)
-srv:close()
-LUA
-free_port() { "$SLUICE" run "$WORK/port.lua" --control none; }
 
 ADMIN_PORT=$(free_port)
 PROM_PORT=$(free_port)

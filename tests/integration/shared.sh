@@ -5,24 +5,10 @@
 # degraded and collection goes on.
 . "$(dirname "$0")/common.bash"
 
-if ! command -v redis-server >/dev/null; then
-  not_ok "redis-server available (apt-get install redis-server)"; finish; exit 1
-fi
-
-cat >"$WORK/port.lua" <<'LUA'
-local srv = assert(require("sluice.server").listen({ port = 0 }))
-print(srv.port)
-srv:close()
-LUA
-free_port() { "$SLUICE" run "$WORK/port.lua" --control none; }
-
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --daemonize yes --pidfile "$WORK/redis.pid" --dir "$WORK" --logfile "$WORK/redis.log"
-for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis || { finish; exit 1; }
 ADMIN_PORT=$(free_port)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null; stop_redis; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
 cat >"$WORK/node.lua" <<LUA
 local sluice = require "sluice"

@@ -234,4 +234,48 @@ describe("sluice.gcra", function()
     assert.matches("^redis: ", err2)
     assert.is_true(sluice.now() - t0 < 0.5, "fast")
   end)
+  it("wait() reserves slots: 50 waiters, one EVALSHA each, admitted in order at the rate", function()
+    local function evalsha_calls()
+      local info = red:call("INFO", "commandstats")
+      return tonumber(info:match("cmdstat_evalsha:calls=(%d+)") or 0)
+    end
+    local g = gcra.new { redis = red, key = key(), rate = 100 }
+    assert.is_true((g:take())) -- loads the script
+    local before = evalsha_calls()
+    local t0 = sluice.now() -- about when the cell taken above was
+    local at, tasks = {}, {}
+    for i = 1, 50 do
+      tasks[i] = sluice.spawn(function()
+        assert.is_number(g:wait())
+        at[#at + 1] = sluice.now() - t0
+      end)
+    end
+    for i = 1, 50 do assert.is_true((sluice.wait(tasks[i]))) end
+    assert.equal(50, evalsha_calls() - before)
+    assert.equal(50, #at)
+    -- the k-th admission is no earlier than k intervals after the cell
+    -- taken first: 10 ms apart, whatever the timers did
+    for k = 1, 50 do
+      assert.is_true(at[k] >= k * 0.01 - SLACK, k .. ": " .. at[k])
+    end
+    assert.is_true(at[50] < 0.5 + 0.3, "took " .. at[50])
+  end)
+
+  it("wait() with a cost above burst waits for the cells; timeout says when to ask again", function()
+    local g = gcra.new { redis = red, key = key(), rate = 50, max_wait = 1 }
+    local t0 = sluice.now()
+    assert.is_number(g:wait(3)) -- 3 cells, 1 of tolerance: goes after 2 intervals
+    local took = sluice.now() - t0
+    assert.is_true(took >= 0.04 - SLACK and took < 0.04 + 0.1, "took " .. took)
+    local w, err, retry = g:wait(1, 0.01) -- the next cell is 20 ms away
+    assert.is_nil(w)
+    assert.equal("timeout", err)
+    assert.is_true(retry > 0 and retry <= 0.01 + SLACK, "retry_after " .. retry)
+    assert.has_error(function() g:wait(1, -1) end,
+      "sluice.gcra.wait: bad argument #2 'max_wait' (number >= 0 expected)")
+    assert.has_error(function() g:set_rate(0) end,
+      "sluice.gcra.set_rate: bad argument #1 'rate' (number > 0 expected)")
+    g:set_rate(25)
+    assert.equal(25, g.rate)
+  end)
 end)
