@@ -488,6 +488,16 @@ def("counter", "sluice_limiter_rate_adjustments_total", "Times the limiter chang
 def("gauge", "sluice_limiter_backoff_multiplier", "Current backoff multiplier (1 when not backing off).",
   { "limiter" })
 def("gauge", "sluice_limiter_waiting_tasks", "Tasks waiting in the limiter now.", { "limiter" })
+def("gauge", "sluice_limiter_shared_up",
+  "1 while a shared limiter takes its slots from Redis, 0 while Redis is away and it limits locally.",
+  { "limiter" })
+def("counter", "sluice_limiter_shared_admissions_total", "Requests a shared limiter admitted through Redis.",
+  { "limiter" })
+def("counter", "sluice_limiter_shared_timeouts_total",
+  "Requests a shared limiter refused because their slot was past max_wait.", { "limiter" })
+def("counter", "sluice_limiter_shared_errors_total",
+  "Requests a shared limiter let through on local limits alone because Redis could not be reached.",
+  { "limiter" })
 -- backfills
 def("gauge", "sluice_backfill_jobs", "Backfill jobs of this process, by state.", { "state" })
 def("counter", "sluice_backfill_operations_total",
@@ -630,6 +640,13 @@ sources[#sources + 1] = function(f)
     f.sluice_limiter_rate_adjustments_total:inc(s.rate_adjustments or 0, name)
     f.sluice_limiter_backoff_multiplier:set(m.backoff_multiplier or 1, name)
     f.sluice_limiter_waiting_tasks:set(m.waiting or 0, name)
+    local sh = s.shared
+    if sh then
+      f.sluice_limiter_shared_up:set(sh.state == "shared" and 1 or 0, name)
+      f.sluice_limiter_shared_admissions_total:inc(sh.admitted, name)
+      f.sluice_limiter_shared_timeouts_total:inc(sh.timeouts, name)
+      f.sluice_limiter_shared_errors_total:inc(sh.errors, name)
+    end
     for endpoint, e in pairs(s.endpoints or {}) do
       f.sluice_limiter_endpoint_rate:set(e.rate or 0, name, endpoint)
       f.sluice_limiter_endpoint_backoff:set(e.in_backoff and 1 or 0, name, endpoint)

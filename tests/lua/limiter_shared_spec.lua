@@ -4,10 +4,18 @@ local sluice = require "sluice"
 local redis = require "sluice.redis"
 local limiter = require "sluice.limiter"
 local collector = require "sluice.collector"
+local metrics = require "sluice.metrics"
 
 local redis_server = require "support.redis_server"
 
 local SLACK = 0.003
+
+local function sample(series)
+  for line in metrics.render():gmatch("[^\n]+") do
+    if line:sub(1, #series + 1) == series .. " " then return tonumber(line:sub(#series + 2)) end
+  end
+  return nil
+end
 
 describe("sluice.limiter shared", function()
   local srv, url
@@ -106,6 +114,10 @@ describe("sluice.limiter shared", function()
     assert.equal("local", st.state)
     assert.equal(3, st.errors)
     assert.equal(1, st.admitted)
+    local nm = lim:stats().limiter_name
+    assert.equal(0, sample('sluice_limiter_shared_up{limiter="' .. nm .. '"}'))
+    assert.equal(3, sample('sluice_limiter_shared_errors_total{limiter="' .. nm .. '"}'))
+    assert.equal(1, sample('sluice_limiter_shared_admissions_total{limiter="' .. nm .. '"}'))
     own:restart()
     local back = false
     for _ = 1, 60 do
@@ -114,6 +126,7 @@ describe("sluice.limiter shared", function()
       sluice.sleep(0.1)
     end
     assert.is_true(back, "shared again after the restart")
+    assert.equal(1, sample('sluice_limiter_shared_up{limiter="' .. nm .. '"}'))
   end)
 
   it("a collector's limiter = { shared = true } uses the configuration's Redis", function()
