@@ -19,20 +19,36 @@
  * calls made before the first connection completes are queued by hiredis
  * behind the AUTH/SELECT handshake.
  *
- * The client struct lives inside its userdata. close (and __gc) frees the
- * context with redisAsyncFree, which runs every pending callback before it
- * returns, so nothing refers to the client afterwards.
+ * Names: hiredis would resolve a host name with a blocking getaddrinfo, so
+ * every connection attempt to a name first resolves it with evdns (one
+ * evdns_base for the loop, created at the first name, reading resolv.conf
+ * and /etc/hosts once), then connects to the numeric address. IP literals
+ * skip this. While the first connection waits for its address, calls are
+ * formatted and kept in c->pending (in order) and handed to hiredis once the
+ * context exists. The connect timeout covers resolution and connection.
+ * A struct dnsreq is the evdns callback's privdata, never the client: the
+ * client forgets it (dnsreq->c = NULL) before cancelling, and the callback,
+ * which libevent runs later even for a cancelled request, frees it.
+ *
+ * The client struct lives inside its userdata. close (and __gc) cancels the
+ * resolution and frees the context with redisAsyncFree, which runs every
+ * pending callback before it returns, so nothing refers to the client
+ * afterwards.
  */
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
+#include <event2/util.h>
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <lauxlib.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "modules.h"
@@ -51,12 +67,19 @@ typedef enum conn_state {
     ST_CLOSED
 } conn_state;
 
+typedef struct req req;
+typedef struct dnsreq dnsreq;
+
 typedef struct client {
-    redisAsyncContext *ac; /* NULL while disconnected or closed */
+    redisAsyncContext *ac; /* NULL while resolving, disconnected or closed */
+    dnsreq *dns;           /* the resolution under way, or NULL */
+    struct evdns_base *own_dns;  /* a private resolver (tests), or NULL */
+    req *pending, *pending_tail; /* calls waiting for the first address */
     conn_state state;
     int ever_connected;
     int handshake_failed; /* keep the first handshake error only */
     char host[256];
+    char addr[256]; /* the numeric address of the current attempt */
     int port, db;
     char *password;
     double connect_timeout, command_timeout;
@@ -66,16 +89,31 @@ typedef struct client {
     struct event connect_timer, reconnect_timer;
     long in_flight;       /* requests not yet completed by hiredis */
     long reconnects;      /* successful connections after the first */
-    char last_error[128]; /* handshake or connect failure */
+    char last_error[384]; /* handshake, resolution or connect failure */
 } client;
 
-typedef struct req {
+typedef struct fmtcmd {
+    char *buf; /* from redisFormatCommandArgv */
+    size_t len;
+} fmtcmd;
+
+struct req {
     client *c;
     sl_task *task; /* NULL once the waiter is gone (timeout, kill) */
     struct event timer;
     int n, done; /* commands sent, replies received */
     int ref;     /* registry ref of the results table (pipeline) or NOREF */
-} req;
+    int cap;     /* commands this request may carry */
+    fmtcmd *fmt; /* commands kept while resolving (n of them), or NULL */
+    req *next;   /* in c->pending */
+};
+
+struct dnsreq {
+    client *c; /* NULL once the client has let go (cancel, close) */
+    struct evdns_getaddrinfo_request *r; /* NULL if answered at once */
+};
+
+static struct evdns_base *shared_dns; /* see "Names" above */
 
 static unsigned long long rng_state;
 
@@ -199,6 +237,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     }
     if (q->done == q->n) {
         q->c->in_flight--;
+        free(q->fmt);
         free(q);
     }
 }
@@ -254,14 +293,81 @@ static void drop_context(client *c, const char *why) {
     c->drop_reason = "disconnected";
 }
 
+static req *pop_pending(client *c) {
+    req *q = c->pending;
+    if (q) {
+        c->pending = q->next;
+        if (!c->pending)
+            c->pending_tail = NULL;
+        q->next = NULL;
+    }
+    return q;
+}
+
+/* Fails every call waiting for the first address with nil, why. */
+static void fail_pending(client *c, const char *why) {
+    const char *saved = c->drop_reason;
+    req *q;
+    c->drop_reason = why;
+    while ((q = pop_pending(c))) {
+        int n = q->n;
+        for (int i = 0; i < n; i++)
+            redisFreeCommand(q->fmt[i].buf);
+        for (int i = 0; i < n; i++)
+            on_reply(NULL, NULL, q); /* the last one frees q */
+    }
+    c->drop_reason = saved;
+}
+
+/* Hands the calls kept while resolving to the new context, in order. A
+ * call whose task is gone (timeout, kill) is dropped unsent. */
+static void send_pending(client *c) {
+    req *q;
+    while ((q = pop_pending(c))) {
+        int n = q->n, sent = 0;
+        fmtcmd *f = q->fmt;
+        for (int i = 0; i < n; i++) {
+            if (q->task && sent == i &&
+                redisAsyncFormattedCommand(c->ac, on_reply, q, f[i].buf,
+                                           f[i].len) == REDIS_OK)
+                sent++;
+            redisFreeCommand(f[i].buf);
+        }
+        if (sent == n)
+            continue; /* on_reply frees q and q->fmt */
+        /* Replies come later from the loop, so q outlives this loop. */
+        for (int i = sent; i < n; i++)
+            on_reply(NULL, NULL, q);
+    }
+}
+
+/* Forgets the resolution under way; libevent still calls on_resolved,
+ * later, which frees the dnsreq. */
+static void cancel_dns(client *c) {
+    dnsreq *d = c->dns;
+    if (!d)
+        return;
+    c->dns = NULL;
+    d->c = NULL;
+    if (d->r)
+        evdns_getaddrinfo_cancel(d->r);
+}
+
 static void on_connect_timer(evutil_socket_t fd, short what, void *arg) {
     client *c = arg;
     (void)fd;
     (void)what;
     if (c->state != ST_CONNECTING)
         return;
-    snprintf(c->last_error, sizeof(c->last_error), "connect timeout");
-    drop_context(c, "timeout");
+    if (c->dns) {
+        snprintf(c->last_error, sizeof(c->last_error),
+                 "dns: resolving '%s' timed out", c->host);
+        cancel_dns(c);
+        fail_pending(c, "timeout");
+    } else {
+        snprintf(c->last_error, sizeof(c->last_error), "connect timeout");
+        drop_context(c, "timeout");
+    }
     schedule_reconnect(c);
 }
 
@@ -312,25 +418,23 @@ static void send_handshake(client *c, int argc, const char **argv) {
         c->in_flight++;
 }
 
-/* Starts a connection attempt. The commands of the handshake are queued
- * first, so whatever is sent afterwards runs authenticated on the right db. */
-static void connect_now(client *c) {
-    if (c->state == ST_CLOSED)
-        return;
-    redisAsyncContext *ac = redisAsyncConnect(c->host, c->port);
+/* Connects to c->addr, a numeric address (hiredis does no DNS for it). The
+ * commands of the handshake are queued first, then the calls kept while
+ * resolving, so everything runs authenticated on the right db. */
+static void open_context(client *c) {
+    redisAsyncContext *ac = redisAsyncConnect(c->addr, c->port);
     if (!ac || ac->err) {
         snprintf(c->last_error, sizeof(c->last_error), "%s",
                  ac ? ac->errstr : "out of memory");
         if (ac)
             redisAsyncFree(ac);
+        fail_pending(c, "disconnected");
         schedule_reconnect(c);
         return;
     }
     ac->data = c;
     c->ac = ac;
     c->handshake_failed = 0;
-    c->state = ST_CONNECTING;
-    c->connect_started = sl_now();
     redisLibeventAttach(ac, sl_rt.base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
@@ -342,8 +446,117 @@ static void connect_now(client *c) {
     snprintf(db, sizeof(db), "%d", c->db);
     const char *argv[] = {"SELECT", db};
     send_handshake(c, 2, argv);
+    send_pending(c);
+}
+
+static void free_shared_dns(void) {
+    if (shared_dns)
+        evdns_base_free(shared_dns, 0);
+    shared_dns = NULL;
+}
+
+/* The loop's resolver, created at first use; NULL if it cannot be. */
+static struct evdns_base *loop_dns(void) {
+    if (!shared_dns) {
+        shared_dns =
+            evdns_base_new(sl_rt.base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                           EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (shared_dns && sl_runtime_on_close(free_shared_dns) != 0)
+            free_shared_dns();
+    }
+    return shared_dns;
+}
+
+/* Chooses the first IPv4 address, else the first IPv6 one, as text. */
+static int pick_address(const struct evutil_addrinfo *res, char *out,
+                        size_t outlen) {
+    const struct evutil_addrinfo *v6 = NULL;
+    for (; res; res = res->ai_next) {
+        if (res->ai_family == AF_INET) {
+            const struct sockaddr_in *sin = (const void *)res->ai_addr;
+            return evutil_inet_ntop(AF_INET, &sin->sin_addr, out, outlen) ? 0
+                                                                          : -1;
+        }
+        if (res->ai_family == AF_INET6 && !v6)
+            v6 = res;
+    }
+    if (v6) {
+        const struct sockaddr_in6 *sin6 = (const void *)v6->ai_addr;
+        return evutil_inet_ntop(AF_INET6, &sin6->sin6_addr, out, outlen) ? 0
+                                                                         : -1;
+    }
+    return -1;
+}
+
+/* evdns's answer; may run inside evdns_getaddrinfo (/etc/hosts). */
+static void on_resolved(int err, struct evutil_addrinfo *res, void *arg) {
+    dnsreq *d = arg;
+    client *c = d->c;
+    free(d);
+    if (!c) { /* cancelled: the client may be gone */
+        if (res)
+            evutil_freeaddrinfo(res);
+        return;
+    }
+    c->dns = NULL;
+    int picked = err ? -1 : pick_address(res, c->addr, sizeof(c->addr));
+    if (res)
+        evutil_freeaddrinfo(res);
+    if (picked != 0) {
+        snprintf(c->last_error, sizeof(c->last_error),
+                 "dns: cannot resolve '%s': %s", c->host,
+                 err ? evutil_gai_strerror(err) : "no address");
+        c->addr[0] = '\0';
+        fail_pending(c, c->last_error);
+        schedule_reconnect(c);
+        return;
+    }
+    open_context(c);
+}
+
+static void resolve(client *c) {
+    struct evdns_base *base = c->own_dns ? c->own_dns : loop_dns();
+    dnsreq *d = base ? calloc(1, sizeof(*d)) : NULL;
+    if (!d) {
+        snprintf(c->last_error, sizeof(c->last_error), "dns: %s",
+                 base ? "out of memory" : "cannot start the resolver");
+        fail_pending(c, c->last_error);
+        schedule_reconnect(c);
+        return;
+    }
+    struct evutil_addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    d->c = c;
+    c->dns = d;
+    struct evdns_getaddrinfo_request *r =
+        evdns_getaddrinfo(base, c->host, NULL, &hints, on_resolved, d);
+    if (r)
+        d->r = r; /* still pending, so d is alive */
+}
+
+static int is_ip_literal(const char *host) {
+    struct in_addr a;
+    return strchr(host, ':') || evutil_inet_pton(AF_INET, host, &a) == 1;
+}
+
+/* Starts a connection attempt: resolve the name (unless it is an address),
+ * then connect; both within connect_timeout. */
+static void connect_now(client *c) {
+    if (c->state == ST_CLOSED)
+        return;
+    c->state = ST_CONNECTING;
+    c->connect_started = sl_now();
     struct timeval tv = to_tv(c->connect_timeout);
     evtimer_add(&c->connect_timer, &tv);
+    if (is_ip_literal(c->host)) {
+        snprintf(c->addr, sizeof(c->addr), "%s", c->host);
+        open_context(c);
+    } else {
+        resolve(c);
+    }
 }
 
 static void client_close(client *c) {
@@ -352,20 +565,27 @@ static void client_close(client *c) {
     c->state = ST_CLOSED;
     evtimer_del(&c->connect_timer);
     evtimer_del(&c->reconnect_timer);
+    cancel_dns(c);
+    fail_pending(c, "closed");
     drop_context(c, "closed");
+    if (c->own_dns)
+        evdns_base_free(c->own_dns, 0);
+    c->own_dns = NULL;
     free(c->password);
     c->password = NULL;
 }
-
 /* --- Lua primitives -------------------------------------------------- */
 
 static client *check_client(lua_State *L) {
     return luaL_checkudata(L, 1, CLIENT_MT);
 }
 
-/* connect(host, port, db, password|nil, connect_timeout, command_timeout)
- * -> client. host must be an IP literal or a name (resolved by hiredis
- * with a blocking getaddrinfo). The connection is made in the background. */
+/* connect(host, port, db, password|nil, connect_timeout, command_timeout
+ *         [, nameserver]) -> client
+ * host is an IP literal or a name, resolved by evdns without blocking.
+ * nameserver ("ip[:port]", for tests) gives the client a private resolver
+ * that asks only that server and ignores /etc/hosts. The connection is made
+ * in the background. */
 static int l_connect(lua_State *L) {
     size_t hlen;
     const char *host = luaL_checklstring(L, 1, &hlen);
@@ -373,9 +593,26 @@ static int l_connect(lua_State *L) {
     int db = (int)luaL_checkinteger(L, 3);
     const char *password = luaL_optstring(L, 4, NULL);
     double ct = luaL_checknumber(L, 5), cmdt = luaL_checknumber(L, 6);
+    const char *nameserver = luaL_optstring(L, 7, NULL);
     luaL_argcheck(L, hlen < 256, 1, "host name too long");
+    struct evdns_base *own = NULL;
+    if (nameserver) {
+        struct sockaddr_storage ss;
+        int sslen = (int)sizeof(ss);
+        luaL_argcheck(
+            L, evutil_parse_sockaddr_port(nameserver, (void *)&ss, &sslen) == 0,
+            7, "bad nameserver address");
+        own = evdns_base_new(sl_rt.base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (!own)
+            return luaL_error(L, "sluice.redis: cannot create a resolver");
+        if (evdns_base_nameserver_ip_add(own, nameserver) != 0) {
+            evdns_base_free(own, 0);
+            return luaL_argerror(L, 7, "bad nameserver address");
+        }
+    }
     client *c = lua_newuserdata(L, sizeof(*c));
     memset(c, 0, sizeof(*c));
+    c->own_dns = own;
     c->state = ST_DISCONNECTED;
     memcpy(c->host, host, hlen + 1);
     c->port = port;
@@ -386,35 +623,69 @@ static int l_connect(lua_State *L) {
     c->drop_reason = "disconnected";
     evtimer_assign(&c->connect_timer, sl_rt.base, on_connect_timer, c);
     evtimer_assign(&c->reconnect_timer, sl_rt.base, on_reconnect_timer, c);
+    luaL_getmetatable(L, CLIENT_MT);
+    lua_setmetatable(L, -2); /* from here __gc frees what c holds */
     if (password && !(c->password = strdup(password)))
         return luaL_error(L, "sluice.redis: out of memory");
-    luaL_getmetatable(L, CLIENT_MT);
-    lua_setmetatable(L, -2);
     connect_now(c);
     return 1;
 }
 
 /* Can a command be sent now? Before the first connection completes,
- * commands queue behind the handshake; afterwards only a connected client
- * takes them. Pushes nil, why and returns 2 when not. */
+ * commands queue behind the resolution and the handshake; afterwards only a
+ * connected client takes them. Pushes nil, why and returns 2 when not. */
 static int refuse(lua_State *L, client *c) {
-    if (c->ac && (c->state == ST_CONNECTED ||
-                  (c->state == ST_CONNECTING && !c->ever_connected)))
+    if ((c->ac || c->dns) &&
+        (c->state == ST_CONNECTED ||
+         (c->state == ST_CONNECTING && !c->ever_connected)))
         return 0;
     lua_pushnil(L);
     lua_pushstring(L, c->state == ST_CLOSED ? "closed" : "disconnected");
     return 2;
 }
 
-static req *req_new(lua_State *L, client *c, sl_task *t) {
+static req *req_new(lua_State *L, client *c, sl_task *t, int cap) {
     req *q = calloc(1, sizeof(*q));
+    if (q && !c->ac && !(q->fmt = calloc((size_t)cap, sizeof(*q->fmt)))) {
+        free(q);
+        q = NULL;
+    }
     if (!q)
         luaL_error(L, "sluice.redis: out of memory");
     q->c = c;
     q->task = t;
     q->ref = LUA_NOREF;
+    q->cap = cap;
     evtimer_assign(&q->timer, sl_rt.base, on_req_timeout, q);
     return q;
+}
+
+/* Sends one command of q, or keeps it formatted while the address is being
+ * resolved (q->fmt). Counts it in q->n on success. */
+static int req_send(client *c, req *q, int argc, const char **argv,
+                    const size_t *lens) {
+    if (c->ac) {
+        if (redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, lens) !=
+            REDIS_OK)
+            return REDIS_ERR;
+    } else {
+        char *buf;
+        int len = redisFormatCommandArgv(&buf, argc, argv, lens);
+        if (len < 0 || q->n >= q->cap)
+            return REDIS_ERR;
+        q->fmt[q->n].buf = buf;
+        q->fmt[q->n].len = (size_t)len;
+    }
+    q->n++;
+    return REDIS_OK;
+}
+
+static void req_free_unsent(req *q) {
+    if (q->fmt)
+        for (int i = 0; i < q->n; i++)
+            redisFreeCommand(q->fmt[i].buf);
+    free(q->fmt);
+    free(q);
 }
 
 /* The request's deadline: command_timeout, plus what remains of the connect
@@ -426,6 +697,13 @@ static int req_start(lua_State *L, client *c, sl_task *t, req *q) {
     struct timeval tv = to_tv(s);
     evtimer_add(&q->timer, &tv);
     c->in_flight++;
+    if (!c->ac) { /* resolving: sent by send_pending, or failed */
+        if (c->pending_tail)
+            c->pending_tail->next = q;
+        else
+            c->pending = q;
+        c->pending_tail = q;
+    }
     return sl_task_suspend(L, t, cancel_req, q);
 }
 
@@ -474,15 +752,14 @@ static int l_call(lua_State *L) {
     }
     for (int i = 0; i < argc; i++)
         argv[i] = lua_tolstring(L, i + 2, &lens[i]);
-    req *q = req_new(L, c, t);
-    q->n = 1;
-    int rc = redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, lens);
+    req *q = req_new(L, c, t, 1);
+    int rc = req_send(c, q, argc, argv, lens);
     if (argv != sargv) {
         free(argv);
         free(lens);
     }
     if (rc != REDIS_OK) {
-        free(q);
+        req_free_unsent(q);
         lua_pushnil(L);
         lua_pushliteral(L, "disconnected");
         return 2;
@@ -501,7 +778,7 @@ static int l_pipeline(lua_State *L) {
     int n = refuse(L, c);
     if (n)
         return n;
-    req *q = req_new(L, c, t);
+    req *q = req_new(L, c, t, ncmd);
     for (int i = 1; i <= ncmd; i++) {
         lua_rawgeti(L, 2, i);
         int argc = (int)lua_objlen(L, -1);
@@ -514,17 +791,16 @@ static int l_pipeline(lua_State *L) {
                 argv[j] = lua_tolstring(L, -1, &lens[j]);
                 lua_pop(L, 1); /* still referenced by the table */
             }
-            rc = redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, lens);
+            rc = req_send(c, q, argc, argv, lens);
         }
         free(argv);
         free(lens);
         lua_pop(L, 1);
         if (rc != REDIS_OK)
             break;
-        q->n++;
     }
     if (q->n == 0) {
-        free(q);
+        req_free_unsent(q);
         lua_pushnil(L);
         lua_pushliteral(L, "disconnected");
         return 2;
@@ -552,10 +828,12 @@ static int l_status(lua_State *L) {
     return 1;
 }
 
-/* info(client) -> {status, in_flight, reconnects, last_error, host, port} */
+/* info(client) -> {status, in_flight, reconnects, last_error, host, port,
+ * address} where address is the numeric address of the last attempt ("" if
+ * the name did not resolve). */
 static int l_info(lua_State *L) {
     client *c = check_client(L);
-    lua_createtable(L, 0, 6);
+    lua_createtable(L, 0, 7);
     lua_pushstring(L, state_name(c->state));
     lua_setfield(L, -2, "status");
     lua_pushnumber(L, (lua_Number)c->in_flight);
@@ -568,6 +846,8 @@ static int l_info(lua_State *L) {
     lua_setfield(L, -2, "host");
     lua_pushinteger(L, c->port);
     lua_setfield(L, -2, "port");
+    lua_pushstring(L, c->addr);
+    lua_setfield(L, -2, "address");
     return 1;
 }
 

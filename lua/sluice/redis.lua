@@ -7,8 +7,16 @@
 -- connect{url=, password=, connect_timeout=2, command_timeout=5} returns a
 -- client at once; the connection (then AUTH and SELECT) is made in the
 -- background and the first calls wait for it up to connect_timeout. The host
--- should be an IP literal ("localhost" means 127.0.0.1): any other name is
--- resolved by hiredis with a blocking getaddrinfo on the loop thread.
+-- is an IP literal or a name. A name is resolved without blocking the loop
+-- (libevent's evdns: /etc/hosts, then the nameservers of /etc/resolv.conf,
+-- both read once, when the first name is resolved) on every connection
+-- attempt, reconnects included; the client connects to the first IPv4
+-- address, else the first IPv6 one ("localhost" -> 127.0.0.1 from
+-- /etc/hosts). connect_timeout covers resolution and connection. Calls
+-- waiting for the first connection get nil, "dns: cannot resolve 'name': ..."
+-- when the name does not resolve, nil, "timeout" when connect_timeout
+-- passes (info().last_error then says "dns: resolving 'name' timed out"),
+-- and the client keeps retrying as below.
 --
 -- client:call(cmd, ...) must run in a task; it yields until the reply:
 --   status, bulk -> string; integer -> number; nil -> nil;
@@ -22,14 +30,23 @@
 -- client:pipeline(cmds) sends a list of commands ({ {"SET", "a", 1}, ... })
 -- together and returns a list of {value} or {false, err}, one per command
 -- (or nil, err when nothing could be sent or the batch timed out).
+-- client:pipeline(function(p) p:call("SET", "a", 1); p:call("GET", "a") end)
+-- is the same with the list built by the function: p:call queues a command
+-- (checked at once) and returns its index in the results; the batch is sent
+-- when the function returns. Queuing nothing, or p:call after that, raises.
 -- client:eval_script(source, keys, args) runs a Lua script by EVALSHA (the
 -- SHA1 is obtained once per client with SCRIPT LOAD), falling back to EVAL
 -- on NOSCRIPT.
 -- The client reconnects by itself with jittered exponential backoff (0.1 s
 -- doubling to 5 s); calls in flight when the connection drops get
 -- nil, "disconnected". client:status() -> "connecting" | "connected" |
--- "disconnected" | "closed"; client:info() adds in_flight, reconnects and
--- last_error; client:close() is idempotent (and done by __gc).
+-- "disconnected" | "closed" (resolving counts as "connecting");
+-- client:info() adds in_flight, reconnects, last_error, host, port and
+-- address (the numeric address of the last attempt, "" when the name did not
+-- resolve); client:close() is idempotent (and done by __gc) and cancels a
+-- resolution under way.
+-- The option _nameserver = "ip[:port]" is for tests: that client resolves
+-- with that one nameserver and without /etc/hosts.
 local core = require "sluice._redis"
 
 local _M = { null = core.null }
@@ -39,6 +56,7 @@ local mt = { __index = Client }
 
 local OPTIONS = {
   url = "string", password = "string", connect_timeout = "number", command_timeout = "number",
+  _nameserver = "string",
 }
 
 local function fail(fname, msg)
@@ -66,7 +84,6 @@ function _M.parse_url(url)
   local host, port = hostport:match("^%[(.+)%]:?(%d*)$")
   if not host then host, port = hostport:match("^([^:]*):?(%d*)$") end
   if not host or host == "" then return nil, "url has no host" end
-  if host == "localhost" then host = "127.0.0.1" end
   port = port ~= "" and tonumber(port) or 6379
   if port < 1 or port > 65535 then return nil, "bad port" end
   local db = 0
@@ -90,7 +107,7 @@ function _M.connect(opts)
   local ct, cmdt = opts.connect_timeout or 2, opts.command_timeout or 5
   if not (ct > 0) then fail("connect", "connect_timeout must be > 0") end
   if not (cmdt > 0) then fail("connect", "command_timeout must be > 0") end
-  local c = core.connect(u.host, u.port, u.db, opts.password or u.password, ct, cmdt)
+  local c = core.connect(u.host, u.port, u.db, opts.password or u.password, ct, cmdt, opts._nameserver)
   return setmetatable({ _c = c, _sha = {} }, mt)
 end
 
@@ -101,19 +118,61 @@ function Client:call(...)
   return ccall(self._c, ...)
 end
 
-local function arg_string(v, fname)
+local function to_arg(v)
   local tv = type(v)
   if tv == "string" then return v end
   if tv == "number" then
     if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return string.format("%d", v) end
     return string.format("%.17g", v)
   end
-  fail(fname, "command arguments must be strings or numbers, got " .. tv)
 end
 
---- client:pipeline(cmds) -> { {value} | {false, err}, ... } | nil, err
+local function arg_string(v, fname)
+  local s = to_arg(v)
+  if not s then fail(fname, "command arguments must be strings or numbers, got " .. type(v)) end
+  return s
+end
+
+-- The p of client:pipeline(function(p) ... end): collects the commands.
+local Batch = {}
+local batch_mt = { __index = Batch }
+
+--- p:call(cmd, ...) -> index of the command in the results
+function Batch:call(...)
+  if getmetatable(self) ~= batch_mt then fail("pipeline", "use p:call(...), not p.call(...)") end
+  if self._sent then fail("pipeline", "p:call after the pipeline was sent") end
+  local n = select("#", ...)
+  if n == 0 then fail("pipeline", "p:call needs a command") end
+  local cmd = { ... }
+  for i = 1, n do
+    local s = to_arg(cmd[i])
+    if not s then
+      fail("pipeline", "command arguments must be strings or numbers, got " .. type(cmd[i]))
+    end
+    cmd[i] = s
+  end
+  local cmds = self._cmds
+  cmds[#cmds + 1] = cmd
+  return #cmds
+end
+
+local function build(fn)
+  local p = setmetatable({ _cmds = {}, _sent = false }, batch_mt)
+  fn(p)
+  p._sent = true
+  return p._cmds
+end
+
+--- client:pipeline(cmds | fn) -> { {value} | {false, err}, ... } | nil, err
 function Client:pipeline(cmds)
-  if type(cmds) ~= "table" or #cmds == 0 then fail("pipeline", "non-empty list of commands expected") end
+  if type(cmds) == "function" then
+    local list = build(cmds)
+    if #list == 0 then fail("pipeline", "the function queued no commands") end
+    return cpipeline(self._c, list)
+  end
+  if type(cmds) ~= "table" or #cmds == 0 then
+    fail("pipeline", "a function or a non-empty list of commands expected")
+  end
   local norm = {}
   for i = 1, #cmds do
     local cmd = cmds[i]

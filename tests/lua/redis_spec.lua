@@ -14,6 +14,107 @@ local function wait_for(pred, limit)
   return true
 end
 
+-- A nameserver of our own on a loopback UDP port (LuaJIT FFI, polled by a
+-- task), so that resolution is tested without the network:
+-- answers[name] = { ip = "127.0.0.1", delay = s } | "nxdomain" | "drop".
+-- Names other than those get NXDOMAIN; AAAA queries for an A name get an
+-- empty answer. dns.queries lists {name, qtype} as received.
+local ffi = require "ffi"
+for _, decl in ipairs {
+  "struct sluice_spec_sin { uint16_t family; uint8_t port[2]; uint8_t addr[4]; uint8_t zero[8]; };",
+  "int socket(int domain, int type, int protocol);",
+  "int bind(int fd, const void *addr, uint32_t len);",
+  "int getsockname(int fd, void *addr, uint32_t *len);",
+  "long recvfrom(int fd, void *buf, size_t n, int flags, void *addr, uint32_t *len);",
+  "long sendto(int fd, const void *buf, size_t n, int flags, const void *addr, uint32_t len);",
+  "int close(int fd);",
+} do pcall(ffi.cdef, decl) end
+local C = ffi.C
+local AF_INET, SOCK_DGRAM, MSG_DONTWAIT = 2, 2, 0x40
+
+local function u16(n) return string.char(math.floor(n / 256), n % 256) end
+
+-- -> name (lower case), qtype, the question section
+local function parse_query(q)
+  local i, labels = 13, {}
+  while true do
+    local len = q:byte(i)
+    if not len or len == 0 then break end
+    labels[#labels + 1] = q:sub(i + 1, i + len):lower()
+    i = i + 1 + len
+  end
+  local qtype = q:byte(i + 1) * 256 + q:byte(i + 2)
+  return table.concat(labels, "."), qtype, q:sub(13, i + 4)
+end
+
+local function dns_reply(q, answer)
+  local _, qtype, question = parse_query(q)
+  local rcode, records = 3, ""
+  if type(answer) == "table" then
+    rcode = 0
+    if qtype == 1 then
+      local a, b, c, d = answer.ip:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+      records = "\192\012" .. u16(1) .. u16(1) .. "\0\0\0\60" .. u16(4)
+        .. string.char(tonumber(a), tonumber(b), tonumber(c), tonumber(d))
+    end
+  end
+  return q:sub(1, 2) .. string.char(0x81, 0x80 + rcode) .. u16(1) .. u16(records == "" and 0 or 1)
+    .. u16(0) .. u16(0) .. question .. records
+end
+
+local function dns_server(answers)
+  local fd = C.socket(AF_INET, SOCK_DGRAM, 0)
+  assert(fd >= 0, "socket")
+  local sin = ffi.new("struct sluice_spec_sin")
+  sin.family = AF_INET
+  sin.addr[0], sin.addr[3] = 127, 1
+  local len = ffi.new("uint32_t[1]", ffi.sizeof(sin))
+  assert(C.bind(fd, sin, len[0]) == 0, "bind")
+  assert(C.getsockname(fd, sin, len) == 0, "getsockname")
+  local dns = { answers = answers, queries = {}, running = true,
+    address = "127.0.0.1:" .. (sin.port[0] * 256 + sin.port[1]) }
+  function dns.count(name, qtype)
+    local n = 0
+    for _, q in ipairs(dns.queries) do
+      if q[1] == name and q[2] == qtype then n = n + 1 end
+    end
+    return n
+  end
+  function dns.stop()
+    dns.running = false
+    sluice.wait(dns.task)
+  end
+  dns.task = sluice.spawn(function()
+    local buf, from = ffi.new("uint8_t[512]"), ffi.new("struct sluice_spec_sin")
+    local later = {}
+    while dns.running do
+      while true do
+        len[0] = ffi.sizeof(from)
+        local n = tonumber(C.recvfrom(fd, buf, 512, MSG_DONTWAIT, from, len))
+        if n <= 12 then break end
+        local q = ffi.string(buf, n)
+        local name, qtype = parse_query(q)
+        dns.queries[#dns.queries + 1] = { name, qtype }
+        local answer = dns.answers[name]
+        if answer ~= "drop" then
+          later[#later + 1] = { at = sluice.now() + (type(answer) == "table" and answer.delay or 0),
+            data = dns_reply(q, answer), to = ffi.new("struct sluice_spec_sin", from) }
+        end
+      end
+      for i = #later, 1, -1 do
+        local r = later[i]
+        if r.at <= sluice.now() then
+          C.sendto(fd, r.data, #r.data, 0, r.to, ffi.sizeof(r.to))
+          table.remove(later, i)
+        end
+      end
+      sluice.sleep(0.005)
+    end
+    C.close(fd)
+  end)
+  return dns
+end
+
 describe("sluice.redis", function()
   local srv, red
 
@@ -35,8 +136,10 @@ describe("sluice.redis", function()
       "sluice.redis.connect: url must start with redis://")
     assert.has_error(function() redis.connect { url = srv:url(), command_timeout = 0 } end,
       "sluice.redis.connect: command_timeout must be > 0")
-    assert.same({ host = "127.0.0.1", port = 6380, db = 4, password = "p@ss" },
+    assert.same({ host = "localhost", port = 6380, db = 4, password = "p@ss" },
       redis.parse_url("redis://:p%40ss@localhost:6380/4"))
+    assert.same({ host = "::1", port = 6379, db = 0 }, redis.parse_url("redis://[::1]"))
+    assert.has_error(function() redis.connect { url = srv:url(), _nameserver = "not an address" } end)
     assert.same({ host = "10.0.0.1", port = 6379, db = 0 }, redis.parse_url("redis://10.0.0.1"))
   end)
 
@@ -46,6 +149,106 @@ describe("sluice.redis", function()
     assert.equal("PONG", c:call("PING"))
     assert.equal("connected", c:status())
     c:close()
+  end)
+
+  it("resolves localhost from /etc/hosts through the resolver", function()
+    local c = redis.connect { url = ("redis://localhost:%d/0"):format(srv.port) }
+    finally(function() c:close() end)
+    assert.equal("connecting", c:status())
+    assert.equal("PONG", c:call("PING"))
+    local info = c:info()
+    assert.equal("localhost", info.host)
+    assert.equal("127.0.0.1", info.address)
+    assert.equal(srv.port, info.port)
+  end)
+
+  it("resolves a name without blocking the loop, then connects to its address", function()
+    local dns = dns_server { ["redis.sluice.test"] = { ip = "127.0.0.1", delay = 0.3 } }
+    local ticks = 0
+    local timer = sluice.every(0.02, function() ticks = ticks + 1 end)
+    local c = redis.connect { url = ("redis://redis.sluice.test:%d/0"):format(srv.port), _nameserver = dns.address }
+    local lit = redis.connect { url = srv:url(0), _nameserver = dns.address }
+    finally(function() timer:cancel() c:close() lit:close() dns.stop() end)
+    assert.equal("connecting", c:status())
+    assert.equal("", c:info().address)
+    local t0 = sluice.now()
+    -- calls made while resolving wait, in order, and see each other
+    local set = sluice.spawn(function() return c:call("SET", "resolved", "yes") end)
+    sluice.yield() -- the SET is queued first
+    assert.equal("connecting", c:status())
+    assert.equal("yes", c:call("GET", "resolved"))
+    assert.same({ true, "OK" }, { sluice.wait(set) })
+    local took = sluice.now() - t0
+    assert.is_true(took >= 0.28 and took < 1.5, "took " .. took)
+    assert.is_true(ticks >= 5, "ticks " .. ticks) -- the timer ran while resolving
+    assert.equal("connected", c:status())
+    assert.equal("127.0.0.1", c:info().address)
+    assert.equal(1, dns.count("redis.sluice.test", 1)) -- one A query
+    assert.equal("PONG", lit:call("PING"))              -- IP literals skip resolution
+    assert.equal("127.0.0.1", lit:info().address)
+    for _, q in ipairs(dns.queries) do assert.equal("redis.sluice.test", q[1]) end
+  end)
+
+  it("fails the first calls when the name does not resolve, and re-resolves on each reconnect", function()
+    local dns = dns_server { ["nowhere.sluice.test"] = "nxdomain" }
+    local c = redis.connect { url = ("redis://nowhere.sluice.test:%d/0"):format(srv.port), _nameserver = dns.address }
+    finally(function() c:close() dns.stop() end)
+    local msg = "dns: cannot resolve 'nowhere.sluice.test': nodename nor servname provided, or not known"
+    local t0 = sluice.now()
+    local t = sluice.spawn(function() return c:call("SET", "nowhere", 1) end)
+    assert.same({ nil, msg }, { c:call("PING") })
+    assert.same({ true, nil, msg }, { sluice.wait(t) })
+    assert.is_true(sluice.now() - t0 < 0.5)
+    assert.equal(msg, c:info().last_error)
+    assert.equal("", c:info().address)
+    assert.equal(0, c:info().in_flight)
+    -- backoff from 0.1 s: a few more attempts, each asking again
+    assert.is_true(wait_for(function() return dns.count("nowhere.sluice.test", 1) >= 3 end, 3),
+      "A queries: " .. dns.count("nowhere.sluice.test", 1))
+    assert.is_not.equal("connected", c:status())
+    dns.answers["nowhere.sluice.test"] = { ip = "127.0.0.1" }
+    assert.is_true(wait_for(function() return c:status() == "connected" end, 8), c:status())
+    assert.equal("PONG", c:call("PING"))
+    assert.equal("127.0.0.1", c:info().address)
+    assert.equal(0, c:info().reconnects) -- the first connection that worked
+    assert.is_nil(c:call("GET", "nowhere"))
+  end)
+
+  it("bounds the resolution by connect_timeout", function()
+    local dns = dns_server { ["silent.sluice.test"] = "drop" }
+    local c = redis.connect { url = ("redis://silent.sluice.test:%d/0"):format(srv.port), _nameserver = dns.address,
+      connect_timeout = 0.3 }
+    finally(function() c:close() dns.stop() end)
+    local t0 = sluice.now()
+    assert.same({ nil, "timeout" }, { c:call("PING") })
+    local took = sluice.now() - t0
+    assert.is_true(took >= 0.28 and took < 0.8, "took " .. took)
+    assert.equal("dns: resolving 'silent.sluice.test' timed out", c:info().last_error)
+    assert.equal(0, c:info().in_flight)
+    assert.is_true(dns.count("silent.sluice.test", 1) >= 1)
+  end)
+
+  it("cancels a resolution under way on close and on collection", function()
+    local dns = dns_server { ["slow.sluice.test"] = { ip = "127.0.0.1", delay = 0.2 } }
+    finally(function() dns.stop() end)
+    local url = ("redis://slow.sluice.test:%d/0"):format(srv.port)
+    local c = redis.connect { url = url, _nameserver = dns.address }
+    local t = sluice.spawn(function() return c:call("PING") end)
+    sluice.sleep(0.05)
+    assert.equal("connecting", c:status())
+    c:close()
+    assert.same({ true, nil, "closed" }, { sluice.wait(t) })
+    assert.equal("closed", c:status())
+    assert.same({ nil, "closed" }, { c:call("PING") })
+    -- collected while resolving: the late answer must not touch the client
+    local weak = setmetatable({}, { __mode = "v" })
+    weak[1] = redis.connect { url = url, _nameserver = dns.address }
+    sluice.sleep(0.02)
+    collectgarbage("collect")
+    collectgarbage("collect")
+    assert.is_nil(weak[1])
+    sluice.sleep(0.3) -- past the answers
+    assert.equal(2, dns.count("slow.sluice.test", 1))
   end)
 
   it("converts every reply type", function()
@@ -143,6 +346,46 @@ describe("sluice.redis", function()
     assert.same({ "12.5" }, res[5])
     assert.has_error(function() red:pipeline {} end)
     assert.has_error(function() red:pipeline { { "GET", true } } end)
+  end)
+
+  it("pipelines the commands a function queues", function()
+    red:call("DEL", "fp")
+    local idx = {}
+    local res = red:pipeline(function(p)
+      idx[1] = p:call("SET", "fp", 1)
+      idx[2] = p:call("INCRBY", "fp", 41)
+      idx[3] = p:call("RPUSH", "fp", "x")
+      idx[4] = p:call("GET", "fp")
+      idx[5] = p:call("MGET", "fp", "nope")
+    end)
+    assert.same({ 1, 2, 3, 4, 5 }, idx)
+    assert.equal(5, #res)
+    assert.same({ "OK" }, res[1])
+    assert.same({ 42 }, res[2])
+    assert.same({ false, "WRONGTYPE Operation against a key holding the wrong kind of value" }, res[3])
+    assert.same({ "42" }, res[4])
+    assert.same({ { "42", redis.null } }, res[5])
+    -- the same shape as the list form
+    assert.same(red:pipeline { { "GET", "fp" }, { "NOSUCHCMD" } },
+      red:pipeline(function(p) p:call("GET", "fp") p:call("NOSUCHCMD") end))
+    -- misuse raises, naming it, and sends nothing
+    assert.has_error(function() red:pipeline(function() end) end,
+      "sluice.redis.pipeline: the function queued no commands")
+    assert.has_error(function() red:pipeline(function(p) p:call() end) end,
+      "sluice.redis.pipeline: p:call needs a command")
+    assert.has_error(function() red:pipeline(function(p) p:call("SET", "fp", {}) end) end,
+      "sluice.redis.pipeline: command arguments must be strings or numbers, got table")
+    assert.has_error(function() red:pipeline(function(p) p.call("GET", "fp") end) end,
+      "sluice.redis.pipeline: use p:call(...), not p.call(...)")
+    assert.has_error(function() red:pipeline(function() error("mine", 0) end) end, "mine")
+    assert.has_error(function() red:pipeline(42) end,
+      "sluice.redis.pipeline: a function or a non-empty list of commands expected")
+    local kept
+    red:pipeline(function(p) kept = p p:call("PING") end)
+    assert.has_error(function() kept:call("PING") end,
+      "sluice.redis.pipeline: p:call after the pipeline was sent")
+    assert.equal("42", red:call("GET", "fp"))
+    assert.equal(0, red:info().in_flight)
   end)
 
   it("runs scripts by EVALSHA and falls back to EVAL on NOSCRIPT", function()
