@@ -19,39 +19,36 @@
  * calls made before the first connection completes are queued by hiredis
  * behind the AUTH/SELECT handshake.
  *
- * Names: hiredis would resolve a host name with a blocking getaddrinfo, so
- * every connection attempt to a name first resolves it with evdns (one
- * evdns_base for the loop, created at the first name, reading resolv.conf
- * and /etc/hosts once), then connects to the numeric address. IP literals
- * skip this. While the first connection waits for its address, calls are
- * formatted and kept in c->pending (in order) and handed to hiredis once the
- * context exists. The connect timeout covers resolution and connection.
- * A struct dnsreq is the evdns callback's privdata, never the client: the
- * client forgets it (dnsreq->c = NULL) before cancelling, and the callback,
- * which libevent runs later even for a cancelled request, frees it.
+ * Names: every connection attempt to a host name first resolves it without
+ * blocking (redis_dns.c), then connects to the numeric address. IP
+ * literals skip this. While the first connection waits for its address,
+ * calls are formatted and kept in c->pending (in order) and handed to
+ * hiredis once the context exists. The connect timeout covers resolution
+ * and connection. c->dns is the slot of the resolution under way; the
+ * client cancels it before it lets go of the slot (timeout, close).
+ *
+ * Replies become Lua values in redis_reply.c, on the waiting task's thread.
  *
  * The client struct lives inside its userdata. close (and __gc) cancels the
  * resolution and frees the context with redisAsyncFree, which runs every
  * pending callback before it returns, so nothing refers to the client
  * afterwards.
  */
-#include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
-#include <event2/util.h>
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <lauxlib.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 
 #include "modules.h"
+#include "redis_dns.h"
+#include "redis_reply.h"
 #include "runtime.h"
 #include "task.h"
 
@@ -68,11 +65,10 @@ typedef enum conn_state {
 } conn_state;
 
 typedef struct req req;
-typedef struct dnsreq dnsreq;
 
 typedef struct client {
     redisAsyncContext *ac; /* NULL while resolving, disconnected or closed */
-    dnsreq *dns;           /* the resolution under way, or NULL */
+    sl_redis_dns_req *dns; /* the resolution under way, or NULL */
     struct evdns_base *own_dns;  /* a private resolver (tests), or NULL */
     req *pending, *pending_tail; /* calls waiting for the first address */
     conn_state state;
@@ -108,13 +104,6 @@ struct req {
     req *next;   /* in c->pending */
 };
 
-struct dnsreq {
-    client *c; /* NULL once the client has let go (cancel, close) */
-    struct evdns_getaddrinfo_request *r; /* NULL if answered at once */
-};
-
-static struct evdns_base *shared_dns; /* see "Names" above */
-
 static unsigned long long rng_state;
 
 static double jitter(double d) {
@@ -135,61 +124,6 @@ static struct timeval to_tv(double s) {
     return tv;
 }
 
-/* --- converting replies ----------------------------------------------- */
-
-/* Pushes one reply element. Inside arrays nil is the null sentinel (a NULL
- * light userdata, the same value as cjson.null) and an error is a table
- * {err = msg}. */
-static void push_reply(lua_State *co, const redisReply *r, int nested) {
-    switch (r->type) {
-    case REDIS_REPLY_STATUS:
-    case REDIS_REPLY_STRING:
-        lua_pushlstring(co, r->str, r->len);
-        break;
-    case REDIS_REPLY_INTEGER:
-        lua_pushnumber(co, (lua_Number)r->integer);
-        break;
-    case REDIS_REPLY_NIL:
-        if (nested)
-            lua_pushlightuserdata(co, NULL);
-        else
-            lua_pushnil(co);
-        break;
-    case REDIS_REPLY_ERROR:
-        lua_createtable(co, 0, 1);
-        lua_pushlstring(co, r->str, r->len);
-        lua_setfield(co, -2, "err");
-        break;
-    case REDIS_REPLY_ARRAY:
-        lua_checkstack(co, 4);
-        lua_createtable(co, (int)r->elements, 0);
-        for (size_t i = 0; i < r->elements; i++) {
-            push_reply(co, r->element[i], 1);
-            lua_rawseti(co, -2, (int)i + 1);
-        }
-        break;
-    default:
-        lua_pushnil(co);
-        break;
-    }
-}
-
-/* Pushes the results of a call: value, or nil and a message. */
-static int push_result(lua_State *co, const redisReply *r, const char *why) {
-    if (!r) {
-        lua_pushnil(co);
-        lua_pushstring(co, why);
-        return 2;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        lua_pushnil(co);
-        lua_pushlstring(co, r->str, r->len);
-        return 2;
-    }
-    push_reply(co, r, 0);
-    return 1;
-}
-
 /* --- requests -------------------------------------------------------- */
 
 static void req_detach(req *q) {
@@ -208,23 +142,13 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     if (q->task) {
         lua_State *co = sl_task_thread(q->task);
         if (q->ref == LUA_NOREF) {
-            int n = push_result(co, r, q->c->drop_reason);
+            int n = sl_redis_reply_push(co, r, q->c->drop_reason);
             sl_task *t = q->task;
             req_detach(q);
             sl_task_wake(t, n);
         } else {
-            /* results[i] = {value, err} */
             lua_rawgeti(co, LUA_REGISTRYINDEX, q->ref);
-            lua_createtable(co, 2, 0);
-            int n = push_result(co, r, q->c->drop_reason);
-            if (n == 2) {
-                lua_rawseti(co, -3, 2);
-                lua_pop(co, 1);
-                lua_pushboolean(co, 0);
-                lua_rawseti(co, -2, 1);
-            } else {
-                lua_rawseti(co, -2, 1);
-            }
+            sl_redis_reply_push_entry(co, r, q->c->drop_reason);
             lua_rawseti(co, -2, q->done);
             if (q->done == q->n) {
                 sl_task *t = q->task;
@@ -341,18 +265,6 @@ static void send_pending(client *c) {
     }
 }
 
-/* Forgets the resolution under way; libevent still calls on_resolved,
- * later, which frees the dnsreq. */
-static void cancel_dns(client *c) {
-    dnsreq *d = c->dns;
-    if (!d)
-        return;
-    c->dns = NULL;
-    d->c = NULL;
-    if (d->r)
-        evdns_getaddrinfo_cancel(d->r);
-}
-
 static void on_connect_timer(evutil_socket_t fd, short what, void *arg) {
     client *c = arg;
     (void)fd;
@@ -362,7 +274,7 @@ static void on_connect_timer(evutil_socket_t fd, short what, void *arg) {
     if (c->dns) {
         snprintf(c->last_error, sizeof(c->last_error),
                  "dns: resolving '%s' timed out", c->host);
-        cancel_dns(c);
+        sl_redis_dns_cancel(&c->dns);
         fail_pending(c, "timeout");
     } else {
         snprintf(c->last_error, sizeof(c->last_error), "connect timeout");
@@ -449,97 +361,30 @@ static void open_context(client *c) {
     send_pending(c);
 }
 
-static void free_shared_dns(void) {
-    if (shared_dns)
-        evdns_base_free(shared_dns, 0);
-    shared_dns = NULL;
-}
-
-/* The loop's resolver, created at first use; NULL if it cannot be. */
-static struct evdns_base *loop_dns(void) {
-    if (!shared_dns) {
-        shared_dns =
-            evdns_base_new(sl_rt.base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                           EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-        if (shared_dns && sl_runtime_on_close(free_shared_dns) != 0)
-            free_shared_dns();
-    }
-    return shared_dns;
-}
-
-/* Chooses the first IPv4 address, else the first IPv6 one, as text. */
-static int pick_address(const struct evutil_addrinfo *res, char *out,
-                        size_t outlen) {
-    const struct evutil_addrinfo *v6 = NULL;
-    for (; res; res = res->ai_next) {
-        if (res->ai_family == AF_INET) {
-            const struct sockaddr_in *sin = (const void *)res->ai_addr;
-            return evutil_inet_ntop(AF_INET, &sin->sin_addr, out, outlen) ? 0
-                                                                          : -1;
-        }
-        if (res->ai_family == AF_INET6 && !v6)
-            v6 = res;
-    }
-    if (v6) {
-        const struct sockaddr_in6 *sin6 = (const void *)v6->ai_addr;
-        return evutil_inet_ntop(AF_INET6, &sin6->sin6_addr, out, outlen) ? 0
-                                                                         : -1;
-    }
-    return -1;
-}
-
-/* evdns's answer; may run inside evdns_getaddrinfo (/etc/hosts). */
-static void on_resolved(int err, struct evutil_addrinfo *res, void *arg) {
-    dnsreq *d = arg;
-    client *c = d->c;
-    free(d);
-    if (!c) { /* cancelled: the client may be gone */
-        if (res)
-            evutil_freeaddrinfo(res);
-        return;
-    }
-    c->dns = NULL;
-    int picked = err ? -1 : pick_address(res, c->addr, sizeof(c->addr));
-    if (res)
-        evutil_freeaddrinfo(res);
-    if (picked != 0) {
+/* The answer for c->host (c->dns is already NULL). */
+static void on_resolved(const char *addr, const char *why, void *privdata) {
+    client *c = privdata;
+    if (!addr) {
         snprintf(c->last_error, sizeof(c->last_error),
-                 "dns: cannot resolve '%s': %s", c->host,
-                 err ? evutil_gai_strerror(err) : "no address");
+                 "dns: cannot resolve '%s': %s", c->host, why);
         c->addr[0] = '\0';
         fail_pending(c, c->last_error);
         schedule_reconnect(c);
         return;
     }
+    snprintf(c->addr, sizeof(c->addr), "%s", addr);
     open_context(c);
 }
 
 static void resolve(client *c) {
-    struct evdns_base *base = c->own_dns ? c->own_dns : loop_dns();
-    dnsreq *d = base ? calloc(1, sizeof(*d)) : NULL;
-    if (!d) {
+    struct evdns_base *base = c->own_dns ? c->own_dns : sl_redis_dns_loop();
+    if (!base ||
+        sl_redis_dns_resolve(base, c->host, &c->dns, on_resolved, c) != 0) {
         snprintf(c->last_error, sizeof(c->last_error), "dns: %s",
                  base ? "out of memory" : "cannot start the resolver");
         fail_pending(c, c->last_error);
         schedule_reconnect(c);
-        return;
     }
-    struct evutil_addrinfo hints;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_protocol = IPPROTO_TCP;
-    d->c = c;
-    c->dns = d;
-    struct evdns_getaddrinfo_request *r =
-        evdns_getaddrinfo(base, c->host, NULL, &hints, on_resolved, d);
-    if (r)
-        d->r = r; /* still pending, so d is alive */
-}
-
-static int is_ip_literal(const char *host) {
-    struct in_addr a;
-    return strchr(host, ':') || evutil_inet_pton(AF_INET, host, &a) == 1;
 }
 
 /* Starts a connection attempt: resolve the name (unless it is an address),
@@ -551,7 +396,7 @@ static void connect_now(client *c) {
     c->connect_started = sl_now();
     struct timeval tv = to_tv(c->connect_timeout);
     evtimer_add(&c->connect_timer, &tv);
-    if (is_ip_literal(c->host)) {
+    if (sl_redis_dns_is_address(c->host)) {
         snprintf(c->addr, sizeof(c->addr), "%s", c->host);
         open_context(c);
     } else {
@@ -565,11 +410,11 @@ static void client_close(client *c) {
     c->state = ST_CLOSED;
     evtimer_del(&c->connect_timer);
     evtimer_del(&c->reconnect_timer);
-    cancel_dns(c);
+    sl_redis_dns_cancel(&c->dns);
     fail_pending(c, "closed");
     drop_context(c, "closed");
     if (c->own_dns)
-        evdns_base_free(c->own_dns, 0);
+        sl_redis_dns_free(c->own_dns);
     c->own_dns = NULL;
     free(c->password);
     c->password = NULL;
@@ -597,18 +442,10 @@ static int l_connect(lua_State *L) {
     luaL_argcheck(L, hlen < 256, 1, "host name too long");
     struct evdns_base *own = NULL;
     if (nameserver) {
-        struct sockaddr_storage ss;
-        int sslen = (int)sizeof(ss);
-        luaL_argcheck(
-            L, evutil_parse_sockaddr_port(nameserver, (void *)&ss, &sslen) == 0,
-            7, "bad nameserver address");
-        own = evdns_base_new(sl_rt.base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-        if (!own)
+        int rc = sl_redis_dns_new(nameserver, &own);
+        luaL_argcheck(L, rc != SL_REDIS_DNS_EADDR, 7, "bad nameserver address");
+        if (rc != SL_REDIS_DNS_OK)
             return luaL_error(L, "sluice.redis: cannot create a resolver");
-        if (evdns_base_nameserver_ip_add(own, nameserver) != 0) {
-            evdns_base_free(own, 0);
-            return luaL_argerror(L, 7, "bad nameserver address");
-        }
     }
     client *c = lua_newuserdata(L, sizeof(*c));
     memset(c, 0, sizeof(*c));
