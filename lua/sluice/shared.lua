@@ -10,7 +10,17 @@
 --    opened is open in the others within a second: an upstream that failed
 --    for one is not hammered by the rest;
 --  - limiter snapshots are written every 5 s and at stop;
---  - leases (leases(ttl)): each collector runs in one instance at a time;
+--  - leases (leases(ttl)): each collector runs in one instance at a time.
+--    The holder renews its lease every ttl/3 and also before each run, and
+--    a run that Redis says is not ours does not start: a holder frozen
+--    past the TTL (or that lost its lease any other way) stands by instead
+--    of collecting beside the new holder. A stopping holder (shutdown,
+--    reload) gives its lease up only when its run in flight has ended,
+--    renewing it meanwhile. A killed holder's lease expires after at most
+--    ttl, and a standby takes it within ttl/3 (or its next run) after
+--    that. What no lease can exclude: a holder frozen longer than the TTL
+--    between its check and its requests (only fencing at the upstream
+--    could); so keep the TTL well above a loop stall;
 --  - stream_sink(opts): committed rows appended to Redis Streams.
 -- When Redis is unreachable everything goes on with local state; that is
 -- logged once, reported by degraded(), and sharing resumes by itself when
@@ -124,41 +134,106 @@ function _M:attach(c)
   c.shared_owner = self
 end
 
---- detach(c): write the final limiter state; stop syncing c.
-function _M:detach(c)
-  if c.limiter then self:publish_limiter(c) end
-  if self.lease_ttl and c.lease_held then
-    self.redis:eval_script(RELEASE, { "lease:collector:" .. c.name }, { self.id })
-  end
-  c.shared_owner = nil
-  for i, x in ipairs(self.collectors) do
-    if x == c then table.remove(self.collectors, i) break end
-  end
+local function lease_key(c)
+  return "lease:collector:" .. c.name
 end
 
--- Updates c.lease_held. With Redis away the collector keeps running on
--- its own (degraded): collection must not stop because Redis did.
-function _M:renew(c)
-  local v, err = self.redis:eval_script(LEASE, { "lease:collector:" .. c.name },
-    { self.id, tostring(math.floor(self.lease_ttl * 1000)) })
+local function lease_eval(self, c, src)
+  return self.redis:eval_script(src, { lease_key(c) },
+    src == LEASE and { self.id, tostring(math.floor(self.lease_ttl * 1000)) } or { self.id })
+end
+
+-- Asks Redis for c's lease (taking or renewing it) and updates
+-- c.lease_held; returns true when the lease was just taken over. With
+-- Redis away the collector keeps running on its own (degraded):
+-- collection must not stop because Redis did.
+local function take(self, c)
+  local v, err = lease_eval(self, c, LEASE)
   local was = c.lease_held
   if v == nil and (err == "disconnected" or err == "timeout" or err == "closed") then
     self:call("PING") -- logs the outage once
     c.lease_held = true
   else
+    if self.down then self:call("PING") end -- logs that Redis is back
     c.lease_held = v == 1
   end
   if c.lease_held and was == false then
     c.log.info("collector lease taken over: collecting here now")
-    if c.running then sluice.spawn(c.run_once, c) end
+    return true
   elseif not c.lease_held and was ~= false then
     c.log.info("another instance holds the collector lease: standing by")
+  end
+  return false
+end
+
+-- Every run of c first asks Redis for the lease (c.run_once, set on the
+-- instance, wraps the method) and counts itself in c.lease_runs while it
+-- runs: a holder that was frozen past the TTL, or lost its lease in any
+-- other way, learns it before it collects rather than at its next
+-- renewal, and the lease is given up only once the runs have ended.
+local function guard(self, c)
+  if c.lease_guarded then return end
+  c.lease_guarded = true
+  local run_once = c.run_once
+  c.run_once = function(inst, ...)
+    inst.lease_runs = (inst.lease_runs or 0) + 1
+    if self.lease_ttl and not self.down then take(self, inst) end
+    local ok, n = run_once(inst, ...)
+    inst.lease_runs = inst.lease_runs - 1
+    return ok, n
+  end
+end
+
+local function attached(self, name)
+  for _, x in ipairs(self.collectors) do
+    if x.name == name then return true end
+  end
+  return false
+end
+
+-- Gives c's lease up once its runs in flight have ended (renewing it
+-- meanwhile), so that no other instance starts while this one still
+-- collects; with `unless_attached`, kept when a collector of that name is
+-- attached again (a reload). Yields. At shutdown a run that outlives the
+-- deadline is killed with the process, and the lease then expires by
+-- itself.
+local function release(self, c, unless_attached)
+  local renewed = sluice.now()
+  while (c.lease_runs or 0) > 0 do
+    if sluice.now() - renewed >= self.lease_ttl / 3 then
+      renewed = sluice.now()
+      lease_eval(self, c, LEASE)
+    end
+    sluice.sleep(0.05)
+  end
+  if not (unless_attached and attached(self, c.name)) then lease_eval(self, c, RELEASE) end
+end
+
+--- detach(c): write the final limiter state; stop syncing c (its lease
+-- is released once its run in flight ends, unless c's name is attached
+-- again).
+function _M:detach(c)
+  if c.limiter then self:publish_limiter(c) end
+  c.shared_owner = nil
+  for i, x in ipairs(self.collectors) do
+    if x == c then table.remove(self.collectors, i) break end
+  end
+  if self.lease_ttl and c.lease_held then sluice.spawn(release, self, c, true) end
+end
+
+-- Updates c.lease_held; on a takeover, collects at once (unless a run is
+-- already going).
+function _M:renew(c)
+  guard(self, c)
+  if take(self, c) and c.running and (c.lease_runs or 0) == 0 then
+    sluice.spawn(c.run_once, c)
   end
 end
 
 --- leases(ttl): each collector runs in one instance at a time: a lease key
 -- lease:collector:{name} with a TTL of ttl seconds (15), renewed every
--- ttl/3; when its holder dies, another instance takes over once it expires.
+-- ttl/3 and before each run; when its holder dies, another instance takes
+-- over once it expires.
 function _M:leases(ttl)
   self.lease_ttl = ttl or 15
   for _, c in ipairs(self.collectors) do self:renew(c) end
@@ -227,12 +302,14 @@ end
 function _M:stop()
   if self.timer then self.timer:cancel() end
   if self.lease_timer then self.lease_timer:cancel() end
+  local leaving = {}
   for _, c in ipairs(self.collectors) do
     if c.limiter then self:publish_limiter(c) end
-    if self.lease_ttl and c.lease_held then
-      self.redis:eval_script(RELEASE, { "lease:collector:" .. c.name }, { self.id })
-    end
+    if self.lease_ttl and c.lease_held then leaving[#leaving + 1] = c end
   end
+  -- released once the runs in flight have ended: the store is closed
+  -- after this, so those runs still store their rows
+  for _, c in ipairs(leaving) do release(self, c) end
   self.redis:close()
 end
 
