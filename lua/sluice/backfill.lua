@@ -15,12 +15,44 @@
 -- repeated backfill resumes where it stopped.
 --
 --   backfill.plan{collector = c, from = t0, to = t1, symbols = {...},
---                 force = false, lookback = seconds} -> plan
---   backfill.start{... as plan ..., parallel = 4} -> job id
+--                 force = false, lookback = seconds, shared = s} -> plan
+--   backfill.start{... as plan ..., parallel = 4, claim_ttl = 30,
+--                  done_ttl = 7 * 86400} -> job id
 --   backfill.status(id) -> {state, windows_done, windows_failed,
---     windows_total, rows, requests, rate, eta, errors, failed = {...}}
+--     windows_elsewhere, windows_total, rows, requests, rate, eta, errors,
+--     failed = {...}, claims}
 --   backfill.wait(id) -> status, once the job has ended
 --   backfill.cancel(id)
+--
+-- Several instances, one backfill. With a sluice.shared object (opts.shared,
+-- by default the one the collector is attached to when the configuration
+-- has `redis = ...`; shared = false turns it off), instances with their
+-- own stores share a backfill of the same range without fetching a window
+-- twice. Before fetching a window a job claims
+-- backfill:{collector}:{partition}:{window_start} in Redis for claim_ttl
+-- seconds (renewed every third of it while the window is fetched); after
+-- committing it locally it marks the key done for done_ttl seconds (by
+-- whom, how many rows); on failure it deletes its claim so that another
+-- instance, or a later run, retries the window. A window another live job
+-- holds is put aside and looked at again until it is done there (counted
+-- in windows_elsewhere), released (then fetched here) or its holder's claim
+-- expired (then taken over here). A window already marked done covering it
+-- counts in windows_elsewhere, at plan time (plan.elsewhere, reason
+-- "elsewhere") or when it is claimed. force, lookback and gap windows are
+-- refetched whatever old marks say (a mark made while the job runs, by a
+-- concurrent identical request, still counts for force and lookback).
+--
+-- A window done elsewhere is not local coverage: this store does not have
+-- its rows (they reach consumers through the Redis Streams sink, which
+-- backfilled rows are published to as collected ones are). It is recorded
+-- in sluice_backfill with status "elsewhere" (rows: the other instance's
+-- count, error: who), which a later plan treats as missing: skipped again
+-- while the done mark lives, fetched here once it has expired. A window
+-- done elsewhere is neither a gap nor a failure of this job: windows_done +
+-- windows_failed + windows_elsewhere = windows_total when it ends.
+-- With Redis unreachable windows are claimed locally only (logged once per
+-- job; status.claims = "degraded"): the backfill goes on and loses nothing,
+-- at worst a window is fetched by two instances.
 local sluice = require "sluice"
 local log = require "sluice.log"
 
@@ -74,6 +106,59 @@ local function partitions(c, symbols)
   return { "*" }
 end
 
+-- The sluice.shared object claims go through, or nil.
+local function shared_of(opts, c)
+  local sh = opts.shared
+  if sh == false then return nil end
+  if sh == nil then return c.shared_owner end
+  if type(sh) ~= "table" or type(sh.window_claim) ~= "function" then
+    error("sluice.backfill: 'shared' must be a sluice.shared object or false", 3)
+  end
+  return sh
+end
+
+-- The oldest done mark that makes a window "done elsewhere": any for a
+-- window missing here; for force and lookback only one made since the job
+-- started; never for a gap (its rows are wanted here).
+local function since_of(win, started)
+  if win.reason == "gap" then return 1e300 end
+  if win.reason == "force" or win.reason == "lookback" then return started end
+  return 0
+end
+
+local function covers(doc, win, since)
+  return doc.state == "done" and type(doc.from) == "number" and type(doc.to) == "number"
+    and type(doc.at) == "number" and doc.from <= win.from and doc.to >= win.to and doc.at >= since
+end
+
+-- Moves the planned windows another instance has marked done to
+-- plan.elsewhere (missing and extended windows only: the others want
+-- marks newer than the job). Redis unreachable: nothing moves (claims
+-- decide later).
+local function plan_elsewhere(plan, sh)
+  local c = plan.collector
+  local keys = {}
+  for _, win in ipairs(plan.windows) do
+    win.claim_key = sh.window_key(c.name, win.partition, win.key)
+    win.any_mark = win.reason == "missing" or win.reason == "extended"
+    if win.any_mark then keys[#keys + 1] = win.claim_key end
+  end
+  if #keys == 0 then return end
+  local states = sh:window_states(keys)
+  if not states then return end
+  local keep = {}
+  for _, win in ipairs(plan.windows) do
+    local doc = states[win.claim_key]
+    if doc and win.any_mark and covers(doc, win, 0) then
+      plan.elsewhere[#plan.elsewhere + 1] = { partition = win.partition, from = win.from, to = win.to,
+        key = win.key, reason = "elsewhere", by = doc.by, rows = doc.rows, claim_key = win.claim_key }
+    else
+      keep[#keep + 1] = win
+    end
+  end
+  plan.windows = keep
+end
+
 -- Rows present per window for row-level gap detection: one query per
 -- partition, grouped by window.
 local function present_counts(c, exp, part, first, from, stop, step)
@@ -99,7 +184,10 @@ local function present_counts(c, exp, part, first, from, stop, step)
 end
 
 --- plan(opts) -> { windows = {{partition, from, to, reason}, ...},
---   skipped, estimate = {windows, requests, rows, seconds, rate} }
+--   skipped, elsewhere = {{partition, from, to, reason = "elsewhere", by,
+--   rows}, ...}, estimate = {windows, requests, rows, seconds, rate} }
+-- With shared state, windows another instance has marked done are in
+-- elsewhere, not in windows (nor in the estimate).
 function _M.plan(opts)
   if type(opts) ~= "table" or type(opts.collector) ~= "table" then
     error("sluice.backfill.plan: bad argument #1 (table with a collector expected)", 2)
@@ -126,7 +214,9 @@ function _M.plan(opts)
   -- their windows (and so their coverage)
   local first = math.floor(from / step) * step
   local lookback_from = opts.lookback and (to - opts.lookback) or math.huge
-  local plan = { collector = c, windows = {}, skipped = 0, from = from, to = to, step = step }
+  local sh = shared_of(opts, c)
+  local plan = { collector = c, windows = {}, skipped = 0, elsewhere = {}, from = from, to = to,
+    step = step, shared = sh }
   for _, part in ipairs(partitions(c, opts.symbols)) do
     local done = {}
     for _, r in ipairs(c.store:query(
@@ -158,6 +248,7 @@ function _M.plan(opts)
       w = w + step
     end
   end
+  if sh then plan_elsewhere(plan, sh) end
   local rate = c.limiter and c.limiter:rate() or nil
   local per_window = resolve(c.spec.backfill_requests, c) or 1
   local requests = #plan.windows * per_window
@@ -188,7 +279,22 @@ local function record(c, win, status, nrows, err)
     c.name, win.partition, win.key, win.to, win.from, status, nrows, err, sluice.time())
 end
 
--- Fetches one window and commits its rows with its coverage record.
+-- A window done by another instance: recorded, but not as coverage, and
+-- never over this store's own done record.
+local function record_elsewhere(c, win, doc)
+  return c.store:exec([[INSERT INTO sluice_backfill
+      (collector, partition, window_start, window_end, covered_from, status, rows, error, updated_at)
+      VALUES (?, ?, ?, ?, ?, 'elsewhere', ?, ?, ?)
+      ON CONFLICT (collector, partition, window_start) DO UPDATE SET
+      window_end = excluded.window_end, covered_from = excluded.covered_from,
+      status = excluded.status, rows = excluded.rows, error = excluded.error,
+      updated_at = excluded.updated_at WHERE status <> 'done']],
+    c.name, win.partition, win.key, win.to, win.from, tonumber(doc.rows) or 0,
+    "done elsewhere by " .. tostring(doc.by), sluice.time())
+end
+
+-- Fetches one window and commits its rows with its coverage record; its
+-- rows then go to the collector's sinks. -> true | false.
 local function run_window(job, win)
   local c = job.collector
   local part = win.partition ~= "*" and win.partition or nil
@@ -199,18 +305,25 @@ local function run_window(job, win)
       per_table = { [next(c.config.tables)] = per_table }
     end
     local count = 0
+    local committed = {}
     ok, result = pcall(c.store.transaction, c.store, function()
       for tname, rows in pairs(per_table) do
-        local ins, err = c.store:upsert(tname, rows)
+        local ins, err, _, _, accepted = c.store:upsert_accepted(tname, rows)
         if not ins then error(err, 0) end
         count = count + #rows
+        committed[#committed + 1] = { tname, accepted }
       end
       assert(record(c, win, "done", count))
     end)
     if ok then
       job.rows = job.rows + count
       job.done = job.done + 1
-      return
+      win.rows = count
+      -- after the commit (a sink yields); a failing sink says so itself
+      for _, sink in ipairs(c.sinks or {}) do
+        for _, t in ipairs(committed) do sink:publish(t[1], t[2]) end
+      end
+      return true
     end
   end
   local msg = tostring(result):match("^[^\n]*")
@@ -219,16 +332,133 @@ local function run_window(job, win)
   record(c, win, "failed", 0, msg)
   c.log.warning("backfill window failed", { partition = win.partition, from = win.from,
     to = win.to, error = msg })
+  return false
+end
+
+-- --- claims -----------------------------------------------------------------
+
+local function elsewhere(job, win, doc)
+  job.elsewhere = job.elsewhere + 1
+  job.rows_elsewhere = job.rows_elsewhere + (tonumber(doc.rows) or 0)
+  record_elsewhere(job.collector, win, doc)
+end
+
+-- Redis could not be reached: claims are local for a couple of seconds.
+local function claims_degraded(job, err)
+  job.local_until = sluice.now() + 2
+  if not job.degraded then
+    job.degraded = true
+    job.blog.warning("redis unreachable: backfill windows are claimed locally only",
+      { error = tostring(err) })
+  end
+end
+
+-- -> "claimed" (in Redis) | "local" (no Redis) | "held", doc | "done", doc
+local function claim(job, win)
+  local sh = job.shared
+  if not sh or (job.local_until and sluice.now() < job.local_until) then return "local" end
+  win.claim_key = win.claim_key or sh.window_key(job.collector.name, win.partition, win.key)
+  local verdict, doc, raw = sh:window_claim(win.claim_key, job.token, job.claim_ttl,
+    { from = win.from, to = win.to, since = since_of(win, job.started_wall) })
+  if not verdict then
+    claims_degraded(job, doc)
+    return "local"
+  end
+  if verdict == "claimed" then
+    win.prev, win.prev_raw = nil, nil
+    if doc and doc.state == "done" then win.prev, win.prev_raw = doc, raw end
+  end
+  return verdict, doc
+end
+
+-- Keeps the job's claims alive while their windows are fetched.
+local function renew_claims(job)
+  local keys = {}
+  for key in pairs(job.held) do keys[#keys + 1] = key end
+  for _, key in ipairs(keys) do
+    local ok = job.shared:window_renew(key, job.token, job.claim_ttl)
+    local win = job.held[key]
+    if ok == false and win then
+      job.held[key] = nil
+      job.blog.warning("backfill claim lost (expired or taken): the window may be fetched twice",
+        { partition = win.partition, from = win.from, to = win.to })
+    end
+  end
+end
+
+-- One window under its claim: fetched here, put aside, or done elsewhere.
+local function take_window(job, win)
+  local verdict, doc = claim(job, win)
+  if verdict == "done" then
+    return elsewhere(job, win, doc)
+  elseif verdict == "held" then
+    if not win.held_by then
+      job.blog.debug("backfill window held by another instance", { partition = win.partition,
+        from = win.from, by = doc and doc.by })
+    end
+    win.held_by = doc and doc.by or "?"
+    job.deferred[#job.deferred + 1] = { win = win, at = sluice.now() + job.recheck }
+    return
+  end
+  if verdict == "claimed" then
+    if win.held_by then
+      job.blog.info("backfill window taken over (its holder released it or died)",
+        { partition = win.partition, from = win.from, by = win.held_by })
+    end
+    job.held[win.claim_key] = win
+  end
+  local ok = run_window(job, win)
+  if verdict ~= "claimed" then return end
+  job.held[win.claim_key] = nil
+  local sh = job.shared
+  if ok then
+    local from, to = win.from, win.to
+    -- a done mark this one replaced and overlaps: keep the union
+    local p = win.prev
+    if p and type(p.from) == "number" and type(p.to) == "number" and p.from <= to and p.to >= from then
+      from, to = math.min(from, p.from), math.max(to, p.to)
+    end
+    local okd, err = sh:window_done(win.claim_key, { job = job.id, rows = win.rows, from = from, to = to },
+      job.done_ttl)
+    if not okd then claims_degraded(job, err) end
+  else
+    -- (a done mark the claim replaced, as for a forced refetch, is put back)
+    local okr, err = sh:window_release(win.claim_key, job.token, win.prev_raw, job.done_ttl)
+    if okr == nil then claims_degraded(job, err) end
+  end
+end
+
+-- The next window a worker should take: the plan's next, else the window
+-- put aside longest ago, once its recheck time has come. nil: none left.
+local function next_window(job)
+  while job.state == "running" do
+    local win = job.plan.windows[job.next]
+    if win then
+      job.next = job.next + 1
+      return win
+    end
+    local d = table.remove(job.deferred, 1)
+    if not d then return nil end
+    job.rechecking = job.rechecking + 1
+    local wait = d.at - sluice.now()
+    if wait > 0 then sluice.sleep(wait) end
+    job.rechecking = job.rechecking - 1
+    if job.state == "running" then return d.win end
+  end
+  return nil
 end
 
 local function status_of(job)
   local elapsed = (job.finished or sluice.now()) - job.started
-  local finished = job.done + #job.failed
+  local finished = job.done + #job.failed + job.elsewhere
   local rate = elapsed > 0 and finished / elapsed or 0
   return {
     id = job.id, collector = job.collector.name, state = job.state,
     windows_total = job.total, windows_done = job.done, windows_failed = #job.failed,
     windows_skipped = job.plan.skipped, rows = job.rows,
+    windows_elsewhere = job.elsewhere, rows_elsewhere = job.rows_elsewhere,
+    windows_waiting = #job.deferred + job.rechecking,
+    claims = not job.shared and "local" or job.degraded and "degraded" or "redis",
     requests = job.collector.stats_.total_requests - job.requests0,
     elapsed = elapsed,
     rate = job.collector.limiter and job.collector.limiter:rate() or nil,
@@ -237,32 +467,46 @@ local function status_of(job)
   }
 end
 
---- start(opts) -> id. opts as plan, plus parallel (4) and progress
--- (seconds between progress log lines, 5).
+--- start(opts) -> id. opts as plan, plus parallel (4), progress
+-- (seconds between progress log lines, 5), and with shared state claim_ttl
+-- (seconds, 30) and done_ttl (seconds, 7 days).
 function _M.start(opts)
   local plan = _M.plan(opts)
   local parallel = opts.parallel or 4
   if type(parallel) ~= "number" or parallel < 1 then
     error("sluice.backfill.start: 'parallel' must be a number >= 1", 2)
   end
+  local claim_ttl, done_ttl = opts.claim_ttl or 30, opts.done_ttl or 7 * 86400
+  if type(claim_ttl) ~= "number" or not (claim_ttl > 0) then
+    error("sluice.backfill.start: 'claim_ttl' must be a number of seconds > 0", 2)
+  end
+  if type(done_ttl) ~= "number" or not (done_ttl >= 1) then
+    error("sluice.backfill.start: 'done_ttl' must be a number of seconds >= 1", 2)
+  end
   next_id = next_id + 1
   local id = string.format("bf-%d-%d", math.floor(sluice.time()), next_id)
   local job = {
     id = id, plan = plan, collector = plan.collector, state = "running",
-    total = #plan.windows, done = 0, rows = 0, errors = 0, failed = {},
+    total = #plan.windows + #plan.elsewhere, done = 0, rows = 0, errors = 0, failed = {},
+    elsewhere = 0, rows_elsewhere = 0, deferred = {}, rechecking = 0, held = {},
     requests0 = plan.collector.stats_.total_requests,
-    started = sluice.now(), next = 1, workers = {},
+    started = sluice.now(), started_wall = sluice.time(), next = 1, workers = {},
+    shared = plan.shared, claim_ttl = claim_ttl, done_ttl = done_ttl,
+    recheck = math.min(2, math.max(0.05, claim_ttl / 10)),
   }
+  if job.shared then job.token = job.shared.id .. "/" .. id end
   jobs[id] = job
   local blog = log.with({ collector = job.collector.name, backfill = id })
+  job.blog = blog
+  for _, win in ipairs(plan.elsewhere) do elsewhere(job, win, win) end
   blog.info("backfill started", { windows = job.total, skipped = plan.skipped,
-    requests = plan.estimate.requests, estimate_seconds = plan.estimate.seconds })
+    elsewhere = #plan.elsewhere, requests = plan.estimate.requests,
+    estimate_seconds = plan.estimate.seconds, claims = job.shared and "redis" or "local" })
   local function worker()
-    while job.state == "running" do
-      local win = plan.windows[job.next]
+    while true do
+      local win = next_window(job)
       if not win then return end
-      job.next = job.next + 1
-      run_window(job, win)
+      take_window(job, win)
     end
   end
   job.runner = sluice.spawn(function()
@@ -276,7 +520,7 @@ function _M.start(opts)
       local st = status_of(job)
       ticks = ticks + 1
       if bar then
-        local finished = st.windows_done + st.windows_failed
+        local finished = st.windows_done + st.windows_failed + st.windows_elsewhere
         local width = 30
         local filled = st.windows_total > 0 and math.floor(width * finished / st.windows_total) or width
         io.stdout:write(string.format("\r[%s%s] %d/%d windows, %d rows, %d failed, ETA %s ",
@@ -286,13 +530,19 @@ function _M.start(opts)
       end
       if not bar or ticks % math.max(1, math.floor(period / 0.5)) == 0 then
         blog.info("backfill progress", { done = st.windows_done, failed = st.windows_failed,
+          elsewhere = st.windows_elsewhere, waiting = st.windows_waiting,
           total = st.windows_total, rows = st.rows, eta = st.eta })
       end
     end)
-    for i = 1, math.min(parallel, math.max(1, job.total)) do
+    local renewer = job.shared and sluice.every(claim_ttl / 3, function(premature)
+      if not premature then renew_claims(job) end
+    end)
+    for i = 1, math.min(parallel, math.max(1, #plan.windows)) do
       job.workers[i] = sluice.spawn(worker)
     end
     for _, w in ipairs(job.workers) do sluice.wait(w) end
+    job.deferred = {} -- (a cancelled job's windows put aside stay undone)
+    if renewer then renewer:cancel() end
     progress:cancel()
     job.finished = sluice.now()
     if bar then io.stdout:write("\n") end
@@ -301,7 +551,8 @@ function _M.start(opts)
     end
     local st = status_of(job)
     blog.info("backfill finished", { state = job.state, done = st.windows_done,
-      failed = st.windows_failed, rows = st.rows, requests = st.requests, seconds = st.elapsed })
+      failed = st.windows_failed, elsewhere = st.windows_elsewhere, rows = st.rows,
+      requests = st.requests, seconds = st.elapsed, claims = st.claims })
   end)
   return id
 end
@@ -350,6 +601,15 @@ options:
   --lookback S      also refetch the last S seconds before --to
   --parallel N      windows fetched at once (default 4)
   --plan            print the plan and its estimate, fetch nothing
+  --claim-ttl S     with Redis: how long a window claim lives unrenewed,
+                    so how soon a dead instance's windows are taken over
+                    (default 30)
+
+With `redis = "redis://..."` in the configuration, instances backfilling
+the same range share it: each window is claimed in Redis before it is
+fetched (backfill:COLLECTOR:PARTITION:WINDOW_START), a window another
+instance holds is waited for, and one it has done is skipped and reported
+as done elsewhere (its rows are in that instance's store and streams).
 ]]
 
 local function usage_error(msg)
@@ -382,6 +642,9 @@ function _M.cli(chunk, file, ...)
     elseif a == "--plan" then o.plan_only = true
     elseif a == "--lookback" then o.lookback = tonumber(value(a)) or usage_error("--lookback needs seconds")
     elseif a == "--parallel" then o.parallel = tonumber(value(a)) or usage_error("--parallel needs a number")
+    elseif a == "--claim-ttl" then
+      o.claim_ttl = tonumber(value(a)) or usage_error("--claim-ttl needs seconds")
+      if not (o.claim_ttl > 0) then usage_error("--claim-ttl needs seconds > 0") end
     elseif a:sub(1, 1) == "-" then usage_error("unknown option '" .. a .. "'")
     elseif not name then name = a
     else usage_error("unexpected argument '" .. a .. "'") end
@@ -407,12 +670,14 @@ function _M.cli(chunk, file, ...)
     error(file .. ": no collector named '" .. name .. "' (there are: " .. table.concat(names, ", ") .. ")", 0)
   end
   o.collector = c
+  o.shared = app.shared or false
   if o.plan_only then
     local p = _M.plan(o)
     local e = p.estimate
     print(string.format("%s: %d windows to fetch, %d already done", name, #p.windows, p.skipped))
     local reasons = {}
     for _, w in ipairs(p.windows) do reasons[w.reason] = (reasons[w.reason] or 0) + 1 end
+    if #p.elsewhere > 0 then reasons.elsewhere = #p.elsewhere end
     for r, n in pairs(reasons) do print(string.format("  %-8s %d", r, n)) end
     print(string.format("estimate: %d requests, %s rows, %s at %s req/s", e.requests,
       e.rows and tostring(e.rows) or "?", e.seconds and string.format("%.1f s", e.seconds) or "?",
@@ -425,6 +690,13 @@ function _M.cli(chunk, file, ...)
   print(string.format("%s: %s; %d of %d windows done, %d failed, %d skipped; %d rows, %d requests in %.1f s",
     name, st.state, st.windows_done, st.windows_total, st.windows_failed, st.windows_skipped,
     st.rows, st.requests, st.elapsed))
+  if st.windows_elsewhere > 0 then
+    print(string.format("  elsewhere: %d windows done by other instances (%d rows, not in this store)",
+      st.windows_elsewhere, st.rows_elsewhere))
+  end
+  if st.claims == "degraded" then
+    print("  redis was unreachable: some windows were claimed locally only")
+  end
   for _, f in ipairs(st.failed) do
     print(string.format("  failed: %s %d..%d: %s", f.partition, f.from, f.to, f.error))
   end
