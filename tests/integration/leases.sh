@@ -12,9 +12,6 @@
 # instance stored exactly the rows of its own requests.
 . "$(dirname "$0")/common.bash"
 
-if ! command -v redis-server >/dev/null || ! command -v sqlite3 >/dev/null; then
-  not_ok "redis-server and sqlite3 available (apt-get install redis-server sqlite3)"; finish; exit 1
-fi
 
 TTL=2            # lease_ttl; renewals every TTL/3
 INTERVAL=0.3     # collection interval
@@ -23,28 +20,18 @@ SLACK=0.5        # scheduling slack on a busy 2-core machine
 RENEW=$(awk -v t=$TTL 'BEGIN { print t / 3 }')
 now() { date +%s.%N; }
 
-cat >"$WORK/port.lua" <<'LUA'
-local srv = assert(require("sluice.server").listen({ port = 0 }))
-print(srv.port)
-srv:close()
-LUA
-free_port() { "$SLUICE" run "$WORK/port.lua" --control none; }
-
-REDIS_PORT=$(free_port)
+start_redis || { finish; exit 1; }
 MOCK_PORT=$(free_port)
 declare -A pid
 mock_pid=""
 stop_all() {
   local p
   for p in "${pid[@]}" $mock_pid; do kill -CONT "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
-  redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
+  stop_redis
   wait 2>/dev/null
   rm -rf "$WORK"
 }
 trap stop_all EXIT
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --daemonize yes --pidfile "$WORK/redis.pid" --dir "$WORK" --logfile "$WORK/redis.log"
-for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 # The one exchange: the mock Binance, its handler wrapped to log, per
 # request, "arrival reply instance status serverTime" (instance from the
@@ -245,9 +232,15 @@ fi
 # --- each instance's store --------------------------------------------------
 # Its rows are exactly its own requests' replies; a reply that reached an
 # instance killed before it could store it is the only one allowed missing.
+cat >"$WORK/stored.lua" <<'LUA'
+local db = assert(require("sluice.store").open(os.getenv("DB")))
+for _, r in ipairs(assert(db:query("SELECT server_ms FROM probes WHERE instance = ?", os.getenv("INST")))) do
+  print(string.format("%d", r.server_ms))
+end
+db:close()
+LUA
 for inst in a b c a2; do
-  db=$WORK/${inst%2}.db
-  sqlite3 "$db" "SELECT server_ms FROM probes WHERE instance = '$inst'" | sort >"$WORK/stored_$inst"
+  DB=$WORK/${inst%2}.db INST=$inst "$SLUICE" run "$WORK/stored.lua" --control none | sort >"$WORK/stored_$inst"
   awk -v i="$inst" '$3 == i { print $5 }' "$WORK/sorted" | sort >"$WORK/asked_$inst"
   extra=$(comm -23 "$WORK/stored_$inst" "$WORK/asked_$inst" | wc -l)
   missing=$(comm -13 "$WORK/stored_$inst" "$WORK/asked_$inst" | wc -l)
