@@ -16,6 +16,7 @@ static long rq_len;
 static sl_task *current;
 static struct event *drain_ev;
 static int drain_pending;
+static int draining; /* inside drain(): it schedules the next pass */
 static uint64_t next_id = 1;
 static sl_task_counts counts;
 
@@ -33,7 +34,7 @@ static void rq_push(sl_task *t) {
     rq_tail = t;
     rq_len++;
     counts.ready++;
-    if (!drain_pending) {
+    if (!drain_pending && !draining) { /* a drain re-arms itself */
         drain_pending = 1;
         event_active(drain_ev, EV_TIMEOUT, 0);
     }
@@ -195,21 +196,27 @@ static void resume(sl_task *t) {
 }
 
 /* Resumes the tasks that were ready when the drain began; tasks they make
- * ready wait for the next pass, so timers and I/O are never starved. */
+ * ready wait for the next pass, so timers and I/O are never starved. The
+ * next pass is a zero timeout, not event_active: libevent runs events made
+ * active by a callback in the same pass over its active queue, without
+ * polling, so tasks that keep yielding would starve sockets and signals. */
 static void drain(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     (void)arg;
     drain_pending = 0;
+    draining = 1;
     long budget = rq_len;
     while (budget-- > 0 && rq_head) {
         sl_task *t = rq_head;
         rq_remove(t);
         resume(t);
     }
+    draining = 0;
     if (rq_head && !drain_pending) {
+        static const struct timeval now = {0, 0};
         drain_pending = 1;
-        event_active(drain_ev, EV_TIMEOUT, 0);
+        evtimer_add(drain_ev, &now);
     }
 }
 

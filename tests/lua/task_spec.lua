@@ -172,6 +172,15 @@ describe("sluice tasks", function()
     assert.same({ "a1", "b", "a2" }, order)
   end)
 
+  it("a task that keeps yielding does not starve timers and I/O", function()
+    local fired = false
+    sluice.after(0.05, function() fired = true end)
+    local t0 = sluice.now()
+    while not fired and sluice.now() - t0 < 2 do sluice.yield() end
+    assert.is_true(fired)
+    assert.is_true(sluice.now() - t0 < 0.5, "fired after " .. (sluice.now() - t0))
+  end)
+
   it("reports monotonic and wall-clock time", function()
     local n1 = sluice.now()
     local n2 = sluice.now()
