@@ -98,12 +98,14 @@ function _M.build(config, file, opts)
       app.shared:attach(inst)
       inst.sinks = app.sinks
     end
-    app.shared:leases(c.lease_ttl)
   end
   sluice.on_shutdown(function()
     if app.admin then app.admin:close() end
     for _, inst in ipairs(app.order) do inst:stop() end
     if app.shared then app.shared:stop() end
+    -- runs in flight store their rows before the store closes (the
+    -- shutdown deadline bounds the wait)
+    for _, inst in ipairs(app.order) do inst:drain() end
     db:close()
   end)
   _M.current = app
@@ -114,6 +116,9 @@ end
 -- (they run until shutdown) and the admin API when configured.
 function _M.run(config, file, opts)
   local app = _M.build(config, file, opts)
+  -- leases only for running collectors: a `sluice backfill` that builds
+  -- the same configuration must not keep the collectors from running
+  if app.shared then app.shared:leases(app.config.lease_ttl) end
   if app.config.admin and app.config.admin.enabled ~= false then
     local srv, err = require("sluice.admin").start(app, app.config.admin)
     if not srv then error(file .. ": " .. err, 0) end

@@ -457,12 +457,14 @@ function Collector:run_once()
   local st = self.stats_
   local t0 = sluice.now()
   st.last_collection = sluice.time()
+  self.in_flight = (self.in_flight or 0) + 1
   local ok, result = xpcall(self.spec.collect, debug.traceback, self)
   local count
   if ok then
     ok, count = pcall(store_rows, self, result)
     if not ok then result = count end
   end
+  self.in_flight = self.in_flight - 1
   st.total_runtime = st.total_runtime + (sluice.now() - t0)
   if ok then
     st.last_success = sluice.time()
@@ -501,6 +503,12 @@ function Collector:start()
   end, { jitter = self.config.jitter or 0 })
   self.log.info("collector started", { interval = self.interval })
   return self
+end
+
+--- self:drain(): waits (in a task) until no run of this collector is in
+-- progress; shutdown's deadline bounds it.
+function Collector:drain()
+  while (self.in_flight or 0) > 0 do sluice.sleep(0.05) end
 end
 
 --- self:stop(): no new runs; a run in progress finishes. Saves the breaker.

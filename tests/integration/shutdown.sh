@@ -98,4 +98,39 @@ contains "timer ran before exit" "$WORK/out" "after fired	false"
 contains "task ran before exit" "$WORK/out" "task done"
 contains "handler ran at natural end" "$WORK/out" "natural handler"
 
+# A configuration stopped while a collection is in flight: the run
+# finishes and its rows are stored before the store closes.
+cat >"$WORK/slow.lua" <<'LUA'
+local sluice = require "sluice"
+local collector = require "sluice.collector"
+return collector.define {
+  name = "slow", interval = 3600, limiter = false, breaker = false,
+  tables = { ticks = { columns = { n = "integer" }, key = { "n" } } },
+  collect = function()
+    print("collecting")
+    io.stdout:flush()
+    -- busy for 0.5 s, yielding (a sleep would be woken by the shutdown)
+    local t0 = sluice.now()
+    while sluice.now() - t0 < 0.5 do sluice.yield() end
+    return { ticks = { { n = 1 }, { n = 2 } } }
+  end,
+}
+LUA
+cat >"$WORK/slow_config.lua" <<LUA
+return { store = "$WORK/slow.db", collectors = { { file = "slow.lua" } } }
+LUA
+"$SLUICE" run "$WORK/slow_config.lua" --control none --shutdown-timeout 5 >"$WORK/slow.out" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do grep -q collecting "$WORK/slow.out" && break; sleep 0.05; done
+kill -TERM "$pid"
+wait "$pid"
+code=$?
+check "stopped mid-collection, it exits 0 (got $code)" test "$code" -eq 0
+cat >"$WORK/count.lua" <<LUA
+local db = assert(require("sluice.store").open("$WORK/slow.db"))
+print("rows", db:query("SELECT COUNT(*) AS n FROM ticks")[1].n)
+LUA
+"$SLUICE" run "$WORK/count.lua" --control none >"$WORK/count.out" 2>&1
+contains "the run in flight stored its rows before the store closed" "$WORK/count.out" "rows	2"
+
 finish
