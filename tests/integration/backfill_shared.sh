@@ -8,26 +8,14 @@
 # takes over its claims once they expire (--claim-ttl 2) and completes.
 . "$(dirname "$0")/common.bash"
 
-if ! command -v redis-server >/dev/null; then
-  not_ok "redis-server available (apt-get install redis-server)"; finish; exit 1
-fi
-
 FROM=1704060000        # a window boundary (1000-minute windows)
 N=20000                # 1m candles per symbol: 20 windows per symbol
 TO=$((FROM + N * 60))
 WINDOWS=40
 
-cat >"$WORK/port.lua" <<'LUA'
-local srv = assert(require("sluice.server").listen({ port = 0 }))
-print(srv.port)
-srv:close()
-LUA
-REDIS_PORT=$("$SLUICE" run "$WORK/port.lua" --control none)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --daemonize yes --pidfile "$WORK/redis.pid" --dir "$WORK" --logfile "$WORK/redis.log"
-for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+start_redis || { finish; exit 1; }
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null; stop_redis; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
 # Each process serves itself the same candles (mock seed 42) and, at
 # shutdown, writes the kline requests its mock answered 200 to REQLOG.
@@ -45,7 +33,7 @@ sluice.on_shutdown(function()
   mock:stop()
 end)
 local rate = tonumber(os.getenv("RATE"))
-return { store = os.getenv("DB"), redis = "redis://127.0.0.1:$REDIS_PORT/0", log = { level = os.getenv("LOGLEVEL") or "warning" },
+return { store = os.getenv("DB"), redis = "redis://127.0.0.1:$REDIS_PORT/0", lease_ttl = 30, log = { level = os.getenv("LOGLEVEL") or "warning" },
   collectors = { { use = "binance_klines", base_url = mock.url, symbols = { "BTCUSDT", "ETHUSDT" },
     candle = "1m", limiter = { rate = rate, max_rate = rate },
     retry = { max_attempts = 3, base_delay = 0.05, max_delay = 0.2 } } } }
@@ -137,6 +125,8 @@ held=$(redis-cli -p "$REDIS_PORT" --scan --pattern 'backfill:*' | xargs -r -n1 r
 kill -KILL $pc
 wait $pc 2>/dev/null
 check "C died holding claims ($held)" test "$held" -ge 1
+check "a backfill takes no collector lease (none left behind by the killed C either)" \
+  test "$(redis-cli -p "$REDIS_PORT" --scan --pattern 'lease:collector:*' | wc -l)" = 0
 t0=$(date +%s.%N)
 LOGLEVEL=info backfill d 200 --parallel 2 --claim-ttl 2
 cd_=$?
