@@ -501,7 +501,8 @@ def("counter", "sluice_limiter_shared_errors_total",
 -- backfills
 def("gauge", "sluice_backfill_jobs", "Backfill jobs of this process, by state.", { "state" })
 def("counter", "sluice_backfill_operations_total",
-  "Backfill windows finished, by collector and outcome.", { "collector", "status" })
+  "Backfill windows finished, by collector and outcome (success, error, elsewhere: done by another instance).",
+  { "collector", "status" })
 def("counter", "sluice_backfill_rows_total", "Rows stored by backfills, by collector.", { "collector" })
 -- tasks
 def("gauge", "sluice_tasks",
@@ -666,6 +667,9 @@ sources[#sources + 1] = function(f)
     jobs:inc(1, st.state)
     f.sluice_backfill_operations_total:inc(st.windows_done or 0, st.collector, "success")
     f.sluice_backfill_operations_total:inc(st.windows_failed or 0, st.collector, "error")
+    if (st.windows_elsewhere or 0) > 0 then
+      f.sluice_backfill_operations_total:inc(st.windows_elsewhere, st.collector, "elsewhere")
+    end
     f.sluice_backfill_rows_total:inc(st.rows or 0, st.collector)
   end
 end
