@@ -85,12 +85,16 @@ static const char *usage_test =
 static const char *usage_backfill =
     "usage: sluice backfill CONFIG.lua COLLECTOR --from DATE [--to DATE]\n"
     "                       [--symbols A,B] [--force] [--lookback S]\n"
-    "                       [--parallel N] [--plan] [runtime options]\n"
+    "                       [--parallel N] [--claim-ttl S] [--plan]\n"
+    "                       [runtime options]\n"
     "\n"
     "Backfills one collector of a configuration, skipping windows already\n"
     "stored, and exits 0 when every window is done, 1 when some failed (run\n"
     "it again to retry them). --plan prints the plan and its estimate.\n"
-    "DATE is epoch seconds or 2024-01-31[T12:00:00] (UTC).\n";
+    "DATE is epoch seconds or 2024-01-31[T12:00:00] (UTC). With redis in\n"
+    "the configuration, windows are claimed in Redis for --claim-ttl\n"
+    "seconds (30, renewed while fetched), so several instances can share\n"
+    "one backfill.\n";
 
 static const char *usage_version = "usage: sluice version\n\n"
                                    "Prints the versions of sluice, LuaJIT, "
