@@ -62,9 +62,8 @@ function _M:degraded()
   return self.down
 end
 
--- Runs one Redis call, tracking reachability (logged on each change).
-function _M:call(...)
-  local v, err = self.redis:call(...)
+-- Tracks reachability from a call's outcome (logged on each change).
+local function track(self, v, err)
   if err == "disconnected" or err == "timeout" or err == "closed" then
     if not self.down then
       self.down = true
@@ -77,6 +76,17 @@ function _M:call(...)
     log.info("redis reachable again: sharing state")
   end
   return v, err
+end
+
+--- call(cmd, ...): one Redis call, tracking reachability.
+function _M:call(...)
+  return track(self, self.redis:call(...))
+end
+
+--- eval(src, keys, args): a script (EVALSHA, EVAL after NOSCRIPT),
+-- tracking reachability.
+function _M:eval(src, keys, args)
+  return track(self, self.redis:eval_script(src, keys, args))
 end
 
 local function encode(snap, id, seq)
@@ -139,7 +149,7 @@ local function lease_key(c)
 end
 
 local function lease_eval(self, c, src)
-  return self.redis:eval_script(src, { lease_key(c) },
+  return self:eval(src, { lease_key(c) },
     src == LEASE and { self.id, tostring(math.floor(self.lease_ttl * 1000)) } or { self.id })
 end
 
@@ -151,10 +161,8 @@ local function take(self, c)
   local v, err = lease_eval(self, c, LEASE)
   local was = c.lease_held
   if v == nil and (err == "disconnected" or err == "timeout" or err == "closed") then
-    self:call("PING") -- logs the outage once
     c.lease_held = true
   else
-    if self.down then self:call("PING") end -- logs that Redis is back
     c.lease_held = v == 1
   end
   if c.lease_held and was == false then
@@ -365,27 +373,6 @@ if ARGV[4] and ARGV[4] ~= '' then
 end
 return redis.call('DEL', KEYS[1])]]
 
--- Runs a script through call() (so reachability is tracked): EVALSHA with
--- a SHA loaded once per shared object, EVAL after a NOSCRIPT.
-local function script(self, src, keys, args)
-  self.shas = self.shas or {}
-  local sha, err = self.shas[src]
-  if not sha then
-    sha, err = self:call("SCRIPT", "LOAD", src)
-    if not sha then return nil, err end
-    self.shas[src] = sha
-  end
-  local tail = { #keys }
-  for _, k in ipairs(keys) do tail[#tail + 1] = k end
-  for _, a in ipairs(args) do tail[#tail + 1] = a end
-  local v
-  v, err = self:call("EVALSHA", sha, unpack(tail))
-  if v == nil and err and err:find("^NOSCRIPT") then
-    v, err = self:call("EVAL", src, unpack(tail))
-  end
-  return v, err
-end
-
 local function ms(seconds)
   return string.format("%d", math.max(1, math.floor(seconds * 1000 + 0.5)))
 end
@@ -409,7 +396,7 @@ end
 -- covering win); raw is doc as stored.
 function _M:window_claim(key, token, ttl, win)
   local claim = cjson.encode({ state = "claimed", by = self.id, token = token, at = sluice.time() })
-  local v, err = script(self, CLAIM, { key }, { token, ms(ttl), claim,
+  local v, err = self:eval(CLAIM, { key }, { token, ms(ttl), claim,
     string.format("%.17g", win.from), string.format("%.17g", win.to),
     string.format("%.17g", win.since or 0) })
   if type(v) ~= "table" then return nil, err or "bad reply" end
@@ -419,7 +406,7 @@ end
 --- window_renew(key, token, ttl) -> true (still ours, for ttl seconds
 -- more) | false (lost: expired or taken) | nil, err.
 function _M:window_renew(key, token, ttl)
-  local v, err = script(self, UNCLAIM, { key }, { token, ms(ttl), "renew" })
+  local v, err = self:eval(UNCLAIM, { key }, { token, ms(ttl), "renew" })
   if v == nil then return nil, err end
   return v == 1
 end
@@ -428,7 +415,7 @@ end
 -- (not ours) | nil, err. restore: the raw done mark the claim replaced, put
 -- back for ttl seconds (else the key is deleted).
 function _M:window_release(key, token, restore, ttl)
-  local v, err = script(self, UNCLAIM, { key }, { token, "0", "release", restore or "",
+  local v, err = self:eval(UNCLAIM, { key }, { token, "0", "release", restore or "",
     string.format("%d", math.ceil(ttl or 1)) })
   if v == nil then return nil, err end
   return v == 1
