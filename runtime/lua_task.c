@@ -33,6 +33,21 @@ static int l_sleep(lua_State *L) {
     return sl_task_sleep(L, t, s);
 }
 
+/* park([timeout]) -> true, ... | false, "timeout" | false, "shutdown" */
+static int l_park(lua_State *L) {
+    double timeout = luaL_optnumber(L, 1, -1);
+    luaL_argcheck(L, !isnan(timeout), 1, "not a number");
+    sl_task *t = sl_task_check_yieldable(L, "sluice.park");
+    return sl_task_park(L, t, timeout);
+}
+
+/* unpark(task, ...) -> true when task was parked and is now queued */
+static int l_unpark(lua_State *L) {
+    sl_task *t = sl_task_check(L, 1);
+    lua_pushboolean(L, sl_task_unpark(t, L, 2, lua_gettop(L) - 1));
+    return 1;
+}
+
 static int l_yield(lua_State *L) {
     sl_task_check_yieldable(L, "sluice.yield");
     return lua_yield(L, 0);
@@ -143,6 +158,8 @@ int luaopen_sluice_task(lua_State *L) {
         {"wait", sl_task_wait},
         {"kill", l_kill},
         {"sleep", l_sleep},
+        {"park", l_park},
+        {"unpark", l_unpark},
         {"yield", l_yield},
         {"after", sl_timer_after},
         {"every", sl_timer_every},

@@ -373,9 +373,52 @@ int sl_task_sleep(lua_State *L, sl_task *t, double s) {
     return sl_task_suspend(L, t, sleep_cancel, NULL);
 }
 
+/* --- park ---------------------------------------------------------------- */
+static void park_timeout(evutil_socket_t fd, short what, void *arg) {
+    sl_task *t = arg;
+    (void)fd;
+    (void)what;
+    t->timer_set = 0;
+    lua_pushboolean(t->co, 0);
+    lua_pushliteral(t->co, "timeout");
+    sl_task_wake(t, 2);
+}
+
+/* A parked task is suspended with this cancel function: unpark and the
+ * shutdown wake-up recognise it by it. The timer is the sleep timer. */
+static void park_cancel(sl_task *t, void *op) { sleep_cancel(t, op); }
+
+int sl_task_park(lua_State *L, sl_task *t, double timeout) {
+    if (timeout >= 0) {
+        struct timeval tv;
+        double whole = floor(timeout);
+        tv.tv_sec = (time_t)whole;
+        tv.tv_usec = (suseconds_t)((timeout - whole) * 1e6);
+        event_assign(&t->timer, sl_rt.base, -1, 0, park_timeout, t);
+        event_base_update_cache_time(sl_rt.base);
+        evtimer_add(&t->timer, &tv);
+        t->timer_set = 1;
+    }
+    return sl_task_suspend(L, t, park_cancel, NULL);
+}
+
+int sl_task_unpark(sl_task *t, lua_State *from, int first, int n) {
+    if (t->state != SL_TASK_SUSPENDED || t->cancel != park_cancel)
+        return 0;
+    park_cancel(t, NULL);
+    lua_pushboolean(t->co, 1);
+    for (int i = 0; i < n; i++) {
+        lua_pushvalue(from, first + i);
+        lua_xmove(from, t->co, 1);
+    }
+    sl_task_wake(t, 1 + n);
+    return 1;
+}
+
 void sl_task_wake_sleepers(void) {
     for (sl_task *t = live_head; t; t = t->next) {
-        if (t->state != SL_TASK_SUSPENDED || t->cancel != sleep_cancel)
+        if (t->state != SL_TASK_SUSPENDED ||
+            (t->cancel != sleep_cancel && t->cancel != park_cancel))
             continue;
         sleep_cancel(t, NULL);
         lua_pushboolean(t->co, 0);

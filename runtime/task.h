@@ -109,8 +109,19 @@ sl_task_counts sl_task_stats(void);
 /* Sleeping, as used by sluice.sleep: suspends t for s seconds. */
 int sl_task_sleep(lua_State *L, sl_task *t, double s);
 
-/* At shutdown: wakes every sleeping task early (sleep returns false,
- * "shutdown"). */
+/* Parking, as used by sluice.park: suspends t until sl_task_unpark (park
+ * returns true and the values given), until timeout seconds have passed
+ * (false, "timeout"; a negative timeout never passes) or until shutdown
+ * (false, "shutdown"). */
+int sl_task_park(lua_State *L, sl_task *t, double timeout);
+
+/* Queues the parked task t with true and the n values at index first of
+ * from's stack (which are left in place). Returns 1, or 0 when t is not
+ * parked (running, ready, waiting on something else, finished). */
+int sl_task_unpark(sl_task *t, lua_State *from, int first, int n);
+
+/* At shutdown: wakes every sleeping or parked task early (sleep and park
+ * return false, "shutdown"). */
 void sl_task_wake_sleepers(void);
 
 /* sluice.wait(task): returns at once if the task is done, otherwise

@@ -18,6 +18,7 @@ for i = 1, 3 do
     print("sleeper woke:", ok, why)
   end)
 end
+sluice.spawn(function() print("parked woke:", sluice.park()) end)
 -- a task that ignores shutdown: the deadline ends it
 sluice.spawn(function()
   while true do sluice.sleep(0.2) end
@@ -48,6 +49,7 @@ check "handlers run newest first" test "$(grep -n handler: "$WORK/term.out" | he
 contains "after timer fired prematurely" "$WORK/term.out" "after premature:	true"
 contains "every timer fired prematurely" "$WORK/term.out" "every premature:	true"
 check "all sleepers woke early" test "$(grep -c 'sleeper woke:	false	shutdown' "$WORK/term.out")" -eq 3
+contains "a parked task woke early too" "$WORK/term.out" "parked woke:	false	shutdown"
 contains "shutdown was logged" "$WORK/term.out" '"msg":"SIGTERM received: shutting down"'
 contains "the deadline killed the stubborn task" "$WORK/term.out" '"msg":"shutdown deadline passed; killing the remaining tasks","tasks":1'
 

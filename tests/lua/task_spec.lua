@@ -181,6 +181,32 @@ describe("sluice tasks", function()
     assert.is_true(sluice.now() - t0 < 0.5, "fired after " .. (sluice.now() - t0))
   end)
 
+  it("park waits for unpark, which passes values; a park timeout says so", function()
+    local t = sluice.spawn(function() return sluice.park() end)
+    sluice.yield()
+    assert.equal("waiting", sluice.status(t))
+    assert.is_true(sluice.unpark(t, "a", nil, 3))
+    assert.is_false(sluice.unpark(t, "again")) -- queued, not parked any more
+    assert.same({ true, true, "a", nil, 3 }, { sluice.wait(t) })
+    assert.is_false(sluice.unpark(t)) -- finished
+    local t0 = sluice.now()
+    assert.same({ false, "timeout" }, { sluice.park(0.05) })
+    assert.is_true(sluice.now() - t0 >= 0.05)
+    -- a sleeping task is not parked: unpark leaves it alone
+    local s = sluice.spawn(function() return sluice.sleep(0.05) end)
+    sluice.yield()
+    assert.is_false(sluice.unpark(s))
+    assert.same({ true, true }, { sluice.wait(s) })
+    -- a killed parked task is gone: unpark says so, its timer never fires
+    local k = sluice.spawn(function() return sluice.park(0.05) end)
+    sluice.yield()
+    assert.is_true(sluice.kill(k))
+    assert.is_false(sluice.unpark(k))
+    sluice.sleep(0.1)
+    assert.equal("killed", sluice.status(k))
+    assert.has_error(function() sluice.park(0 / 0) end)
+  end)
+
   it("reports monotonic and wall-clock time", function()
     local n1 = sluice.now()
     local n2 = sluice.now()
