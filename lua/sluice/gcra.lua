@@ -14,6 +14,8 @@
 --             using the key
 --   burst     cells that may go at once (>= 1; default 1)
 --   max_wait  seconds wait() may wait in all (default 30)
+--   horizon   seconds ahead a waiter may reserve its slot (default 1; see
+--             wait())
 -- Unknown options, or options of the wrong type, raise naming them.
 --
 -- Every decision is one EVALSHA (client:eval_script) of a server-side script
@@ -35,14 +37,23 @@
 --   never be admitted at once and raises.
 -- g:wait([cost=1 [, max_wait]]) -> seconds waited | nil, "timeout",
 --   retry_after | nil, "redis: <err>" | nil, "shutdown"
---   Reserves the next free slot (one EVALSHA whatever the contention) and
---   sleeps until it. Because slots are handed out in the order Redis runs
---   the script, waiters in every process form one FIFO queue, and a late
---   timer only delays that request, never the ones behind it: the aggregate
---   rate is exact. A killed or shut-down waiter's slot is not given back
---   (it only makes the pool a little slower). "timeout" at once when the
---   slot would fall after max_wait (default g.max_wait). When Redis cannot
---   be reached it returns nil, "redis: <err>" at once: the caller decides
+--   Reserves the next free slot and sleeps until it. Because slots are
+--   handed out in the order Redis runs the script, waiters form one FIFO
+--   queue across processes, and a late timer only delays that request,
+--   never the ones behind it: the aggregate rate is exact. A slot is
+--   reserved at most `horizon` seconds ahead (or the request's own
+--   (cost - burst) * T, if longer): a waiter whose slot is further away is
+--   told when it would come within the horizon, sleeps until then and asks
+--   again; only one waiter per object does that (the others wait in a
+--   local FIFO queue, and each reservation hands the asking to the next),
+--   so a long queue costs about one refused EVALSHA per slot and process,
+--   not one per waiter. A process that dies with many waiters leaves at
+--   most a horizon of reserved slots unused for the others, not max_wait's
+--   worth; with a queue shorter than the horizon each admission is one
+--   EVALSHA.
+--   "timeout" (with the retry_after Redis gave) at once when the slot
+--   would fall after max_wait (default g.max_wait). When Redis cannot be
+--   reached it returns nil, "redis: <err>" at once: the caller decides
 --   whether to fall back to a local limiter.
 -- g:set_rate(rate): the emission interval of this object's later requests
 --   (processes may use different rates on one key: each request advances
@@ -78,7 +89,7 @@ return {0, math.ceil(delay - max_delay)}
 
 local OPTIONS = {
   redis = true, key = "string", name = "string", rate = "number", burst = "number",
-  max_wait = "number",
+  max_wait = "number", horizon = "number",
 }
 
 local function bad(msg)
@@ -114,9 +125,12 @@ function _M.new(opts)
   if not (burst >= 1 and burst < math.huge) then bad("option 'burst' must be >= 1") end
   local max_wait = opts.max_wait or 30
   if not (max_wait >= 0) then bad("option 'max_wait' must be >= 0") end
+  local horizon = opts.horizon or 1
+  if not (horizon > 0 and horizon < math.huge) then bad("option 'horizon' must be > 0") end
   return setmetatable({
-    client = client, key = key, rate = rate, burst = burst, max_wait = max_wait,
+    client = client, key = key, rate = rate, burst = burst, max_wait = max_wait, horizon = horizon,
     _interval = 1 / rate, _tolerance = burst / rate,
+    _queue = { head = 1, tail = 0 }, _queued = {}, _poller = nil,
   }, mt)
 end
 
@@ -150,6 +164,73 @@ function G:take(cost)
   return ok, v
 end
 
+-- --- the local queue ------------------------------------------------------
+-- When the horizon is full, one waiter of this object (the poller) asks
+-- Redis again when its slot comes within reach; the others park here in
+-- FIFO order, and each reservation the poller gets hands the role to the
+-- next. Without this every waiter beyond the horizon would ask at the same
+-- moment, one would win and the rest ask again: a herd of refused EVALSHAs.
+
+local function gone(task)
+  local st = sluice.status(task)
+  return st == "done" or st == "failed" or st == "killed"
+end
+
+-- The poller is done polling: the oldest queued waiter still parked polls
+-- next.
+local function hand_over(self)
+  self._poller = nil
+  local q = self._queue
+  while q.head <= q.tail do
+    local t = q[q.head]
+    q[q.head] = nil
+    q.head = q.head + 1
+    if self._queued[t] then
+      self._queued[t] = nil
+      if sluice.unpark(t) then
+        self._poller = t
+        return
+      end
+    end
+  end
+  q.head, q.tail = 1, 0
+end
+
+local function enqueue(self, me)
+  local q = self._queue
+  q.tail = q.tail + 1
+  q[q.tail] = me
+  self._queued[me] = true
+end
+
+-- Parks `me` until it is the poller -> true | nil, "timeout" | "shutdown".
+-- Parks at most a horizon at a time, so that a poller killed without
+-- handing over is replaced.
+local function queue(self, me, deadline)
+  enqueue(self, me)
+  while true do
+    local left = deadline - sluice.now()
+    if left <= 0 then
+      self._queued[me] = nil
+      return nil, "timeout"
+    end
+    local ok, why = sluice.park(math.min(left, self.horizon))
+    if ok then return true end -- handed the role (and taken off the queue)
+    if why == "shutdown" then
+      self._queued[me] = nil
+      return nil, why
+    end
+    local p = self._poller
+    if not p or gone(p) then
+      self._queued[me] = nil
+      self._poller = me
+      return true
+    end
+    -- (a hand-over that found us timing out passed us by: line up again)
+    if not self._queued[me] then enqueue(self, me) end
+  end
+end
+
 --- g:wait([cost [, max_wait]]) -> seconds waited | nil, "timeout", retry_after
 -- | nil, "redis: <err>" | nil, "shutdown"
 function G:wait(cost, max_wait)
@@ -157,17 +238,51 @@ function G:wait(cost, max_wait)
   if max_wait ~= nil and (type(max_wait) ~= "number" or not (max_wait >= 0)) then
     error("sluice.gcra.wait: bad argument #2 'max_wait' (number >= 0 expected)", 2)
   end
+  local me = sluice.current()
+  if not me then error("sluice.gcra.wait: must be called from a task", 2) end
   local start = sluice.now()
-  local ok, v = decide(self, cost, max_wait or self.max_wait)
-  if ok == nil then return nil, v end
-  if not ok then return nil, "timeout", v end
-  -- the delay counts from Redis' clock half a round trip ago: sleeping it
-  -- all from here errs on the late (safe) side by that half round trip
-  if v > 0 then
-    local slept, why = sluice.sleep(v)
-    if not slept then return nil, why or "shutdown" end
+  local deadline = start + (max_wait or self.max_wait)
+  local polling = false
+  local function done(...)
+    if polling then hand_over(self) end
+    return ...
   end
-  return sluice.now() - start
+  if self._poller and self._poller ~= me then
+    -- the horizon is full and one of ours already asks: line up
+    local ok, why = queue(self, me, deadline)
+    if not ok then return nil, why end
+    polling = true
+  end
+  while true do
+    local left = deadline - sluice.now()
+    if left < 0 then left = 0 end
+    local reach = math.max(self.horizon, (cost - self.burst) * self._interval)
+    local ahead = math.min(left, reach)
+    local ok, v = decide(self, cost, ahead)
+    if ok == nil then return done(nil, v) end
+    if ok then
+      done()
+      -- the delay counts from Redis' clock half a round trip ago: sleeping
+      -- it all from here errs on the late (safe) side by that half trip
+      if v > 0 then
+        local slept, why = sluice.sleep(v)
+        if not slept then return nil, why or "shutdown" end
+      end
+      return sluice.now() - start
+    end
+    -- refused: the slot is v + ahead away, if nobody else reserves first
+    if v + ahead > left then return done(nil, "timeout", v + ahead - left) end
+    if not polling and self._poller and self._poller ~= me then
+      local okq, why = queue(self, me, deadline)
+      if not okq then return nil, why end
+      polling = true -- handed the role: ask again at once
+    else
+      polling = true
+      self._poller = me
+      local slept, why = sluice.sleep(v)
+      if not slept then return done(nil, why or "shutdown") end
+    end
+  end
 end
 
 --- g:set_rate(rate): later requests from this object use rate.

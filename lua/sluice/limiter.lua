@@ -28,7 +28,8 @@
 -- A shared quota: with shared = "redis://...", every request also needs a
 -- slot of a GCRA kept in Redis under gcra:{name} (sluice.gcra), so all
 -- processes using the same name stay within `rate` in aggregate; one
--- EVALSHA per request, slots handed out in FIFO order across processes. The
+-- EVALSHA per request, slots handed out in FIFO order across processes,
+-- reserved at most a second ahead (waiters further back queue locally). The
 -- local limiter still goes first (bans, 429 backoff, endpoint and pool
 -- limits), and the shared slot is asked at the limiter's current global
 -- rate, so a rate learned from headers or lowered after a 429 paces the

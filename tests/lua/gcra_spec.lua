@@ -278,4 +278,74 @@ describe("sluice.gcra", function()
     g:set_rate(25)
     assert.equal(25, g.rate)
   end)
+  it("reserves at most a horizon ahead: the rest of the queue waits its turn locally", function()
+    local k = key()
+    local g = gcra.new { redis = red, key = k, rate = 50, horizon = 0.2 }
+    local t0 = sluice.now()
+    local tasks = {}
+    for i = 1, 20 do tasks[i] = sluice.spawn(function() return g:wait() end) end
+    sluice.sleep(0.05)
+    -- 20 waiters, but only ~0.2 s (+ the one cell of burst) reserved in Redis
+    local t = red:call("TIME")
+    local ahead = tonumber(red:call("GET", k)) - (tonumber(t[1]) * 1e6 + tonumber(t[2]))
+    assert.is_true(ahead <= (0.2 + 0.02) * 1e6 + 5000, "TAT " .. ahead / 1e6 .. " s ahead")
+    for i = 1, 20 do
+      local ok, waited = sluice.wait(tasks[i])
+      assert.is_true(ok)
+      assert.is_number(waited)
+    end
+    local took = sluice.now() - t0
+    assert.is_true(took >= 19 / 50 - SLACK and took < 20 / 50 + 0.3, "took " .. took)
+    assert.has_error(function() gcra.new { redis = red, key = k, rate = 1, horizon = 0 } end,
+      "sluice.gcra.new: option 'horizon' must be > 0")
+    -- a slot past max_wait is refused at once, even beyond the horizon
+    g = gcra.new { redis = red, key = key(), rate = 1, horizon = 0.1, max_wait = 3 }
+    assert.is_number(g:wait())
+    assert.is_number(g:wait(1, 1.5)) -- the next cell, a second away
+    t0 = sluice.now()
+    local w, err, retry = g:wait(1, 0.5)
+    assert.is_nil(w)
+    assert.equal("timeout", err)
+    assert.is_true(retry > 0.4 and retry <= 0.5 + SLACK, "retry_after " .. retry)
+    assert.is_true(sluice.now() - t0 < 0.1, "at once")
+  end)
+  it("beyond the horizon one waiter asks for all; a killed asker is replaced", function()
+    local function evalsha_calls()
+      return tonumber(red:call("INFO", "commandstats"):match("cmdstat_evalsha:calls=(%d+)") or 0)
+    end
+    local g = gcra.new { redis = red, key = key(), rate = 20, horizon = 0.1 }
+    assert.is_true((g:take()))
+    local before = evalsha_calls()
+    local tasks = {}
+    for i = 1, 10 do tasks[i] = sluice.spawn(function() return g:wait() end) end
+    for i = 1, 10 do
+      local ok, w = sluice.wait(tasks[i])
+      assert.is_true(ok)
+      assert.is_number(w)
+    end
+    -- 10 slots 50 ms apart with a 100 ms horizon: the 2 or 3 in reach are
+    -- reserved at once, then one waiter asks about once a slot (waiters
+    -- each asking on their own would take ~ 10 x 10 / 2)
+    local calls = evalsha_calls() - before
+    assert.is_true(calls >= 10 and calls <= 25, calls .. " EVALSHA for 10 admissions")
+    -- the asker is killed while it waits for its slot to come within reach
+    g = gcra.new { redis = red, key = key(), rate = 10, horizon = 0.15 }
+    for i = 1, 6 do tasks[i] = sluice.spawn(function() return g:wait() end) end
+    sluice.sleep(0.05)
+    local asker = g._poller
+    assert.is_truthy(asker)
+    assert.is_true(sluice.kill(asker))
+    local t0 = sluice.now()
+    local admitted = 0
+    for i = 1, 6 do
+      if tasks[i] ~= asker then
+        local ok, w = sluice.wait(tasks[i])
+        assert.is_true(ok)
+        assert.is_number(w)
+        admitted = admitted + 1
+      end
+    end
+    assert.equal(5, admitted)
+    assert.is_true(sluice.now() - t0 < 1.5, "took " .. (sluice.now() - t0))
+  end)
 end)
