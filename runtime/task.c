@@ -357,19 +357,22 @@ static void sleep_cancel(sl_task *t, void *op) {
     }
 }
 
-int sl_task_sleep(lua_State *L, sl_task *t, double s) {
-    if (!(s > 0))
-        s = 0;
+/* Arms t's timer to call cb after s seconds (s >= 0). */
+static void arm_timer(sl_task *t, double s, event_callback_fn cb) {
     struct timeval tv;
     double whole = floor(s);
     tv.tv_sec = (time_t)whole;
     tv.tv_usec = (suseconds_t)((s - whole) * 1e6);
-    event_assign(&t->timer, sl_rt.base, -1, 0, sleep_done, t);
+    event_assign(&t->timer, sl_rt.base, -1, 0, cb, t);
     /* Timeouts count from libevent's cached time, which lags behind while
      * callbacks run: without this a sleep could end a little early. */
     event_base_update_cache_time(sl_rt.base);
     evtimer_add(&t->timer, &tv);
     t->timer_set = 1;
+}
+
+int sl_task_sleep(lua_State *L, sl_task *t, double s) {
+    arm_timer(t, s > 0 ? s : 0, sleep_done);
     return sl_task_suspend(L, t, sleep_cancel, NULL);
 }
 
@@ -389,16 +392,8 @@ static void park_timeout(evutil_socket_t fd, short what, void *arg) {
 static void park_cancel(sl_task *t, void *op) { sleep_cancel(t, op); }
 
 int sl_task_park(lua_State *L, sl_task *t, double timeout) {
-    if (timeout >= 0) {
-        struct timeval tv;
-        double whole = floor(timeout);
-        tv.tv_sec = (time_t)whole;
-        tv.tv_usec = (suseconds_t)((timeout - whole) * 1e6);
-        event_assign(&t->timer, sl_rt.base, -1, 0, park_timeout, t);
-        event_base_update_cache_time(sl_rt.base);
-        evtimer_add(&t->timer, &tv);
-        t->timer_set = 1;
-    }
+    if (timeout >= 0)
+        arm_timer(t, timeout, park_timeout);
     return sl_task_suspend(L, t, park_cancel, NULL);
 }
 
