@@ -210,8 +210,14 @@ describe("sluice.gcra", function()
   end)
 
   it("with Redis unreachable, take and wait fail fast with redis: <err>", function()
-    local c = redis.connect { url = ("redis://127.0.0.1:%d/0"):format(dead_port()), connect_timeout = 0.3 }
-    finally(function() c:close() end)
+    local c, c2, s2
+    -- (busted keeps one finally per test: the last one given)
+    finally(function()
+      if c then c:close() end
+      if c2 then c2:close() end
+      if s2 then s2:stop(true, true) end
+    end)
+    c = redis.connect { url = ("redis://127.0.0.1:%d/0"):format(dead_port()), connect_timeout = 0.3 }
     local g = gcra.new { redis = c, key = key(), rate = 10 }
     local t0 = sluice.now()
     local ok, err = g:take()
@@ -222,9 +228,8 @@ describe("sluice.gcra", function()
     assert.matches("^redis: ", err2)
     assert.is_true(sluice.now() - t0 < 0.8, "fast")
     -- a server that dies under a working limiter
-    local s2 = start_server()
-    local c2 = redis.connect { url = s2:url() }
-    finally(function() c2:close() s2:stop(true, true) end)
+    s2 = start_server()
+    c2 = redis.connect { url = s2:url() }
     local g2 = gcra.new { redis = c2, key = key(), rate = 1000 }
     assert.is_number(g2:wait())
     s2:stop(true, true)

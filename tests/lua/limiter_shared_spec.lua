@@ -103,10 +103,13 @@ describe("sluice.limiter shared", function()
   end)
 
   it("goes on locally while Redis is away, and shares again when it is back", function()
-    local own = redis_server.start()
-    finally(function() own:stop(true, true) end)
-    local lim = limiter.new { name = name(), rate = 200, max_rate = 200, shared = own:url() }
-    finally(function() lim:close() end)
+    local own, lim = redis_server.start(), nil
+    -- (busted keeps one finally per test: the last one given)
+    finally(function()
+      if lim then lim:close() end
+      own:stop(true, true)
+    end)
+    lim = limiter.new { name = name(), rate = 200, max_rate = 200, shared = own:url() }
     assert.is_number(lim:wait())
     own:stop(true)
     for _ = 1, 3 do assert.is_number(lim:wait()) end
