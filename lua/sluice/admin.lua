@@ -284,8 +284,7 @@ function _M.start(app, opts)
     if body.force ~= nil and type(body.force) ~= "boolean" then return bad("field 'force' must be true or false") end
     local backfill = require "sluice.backfill"
     local bopts = { collector = c, from = body.start_date, to = body.end_date, symbols = body.symbols,
-      force = body.force, lookback = body.lookback, parallel = body.parallel,
-      shared = a.shared or false } -- windows claimed through Redis when configured
+      force = body.force, lookback = body.lookback, parallel = body.parallel }
     local okp, plan = pcall(backfill.plan, bopts)
     if not okp then return bad(tostring(plan):gsub("^.-sluice%.backfill: ", "")) end
     local id = backfill.start(bopts)

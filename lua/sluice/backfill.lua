@@ -670,7 +670,6 @@ function _M.cli(chunk, file, ...)
     error(file .. ": no collector named '" .. name .. "' (there are: " .. table.concat(names, ", ") .. ")", 0)
   end
   o.collector = c
-  o.shared = app.shared or false
   if o.plan_only then
     local p = _M.plan(o)
     local e = p.estimate

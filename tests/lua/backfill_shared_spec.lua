@@ -113,7 +113,6 @@ describe("sluice.backfill with shared claims", function()
   local level, ring
 
   setup(function()
-    math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
     srv = redis_server.start()
     red = redis.connect({ url = srv:url(0) })
     level = log.level()

@@ -28,7 +28,6 @@ describe("sluice.gcra", function()
   end
 
   setup(function()
-    math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
     srv = start_server()
     red = redis.connect { url = srv:url() }
     assert.equal("PONG", red:call("PING"))

@@ -26,7 +26,6 @@ describe("sluice.limiter shared", function()
   end
 
   setup(function()
-    math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
     srv = redis_server.start()
     url = srv:url()
   end)

@@ -119,7 +119,6 @@ describe("sluice.redis", function()
   local srv, red
 
   setup(function()
-    math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
     srv = start_server()
     red = redis.connect { url = srv:url(0) }
   end)

@@ -10,6 +10,10 @@
 -- the few milliseconds redis-server takes.
 local _M = {}
 
+-- Ports are picked at random: seed once per process, differently in each
+-- (specs run one after another and may start servers in the same second).
+math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
+
 local function sh(cmd)
   local rc = os.execute(cmd)
   return rc == 0 or rc == true
