@@ -1,5 +1,5 @@
 -- collectors.binance_klines against the mock Binance (sluice.mock.binance),
--- with the recorded responses of ../shared/fixtures/ccxt/binance.json.
+-- with the recorded responses of tests/fixtures/ccxt/binance.json.
 local sluice = require "sluice"
 local cjson = require "cjson"
 local collector = require "sluice.collector"
@@ -7,7 +7,7 @@ local store = require "sluice.store"
 local mock = require "sluice.mock.binance"
 local log = require "sluice.log"
 
-local FIXTURES = "../shared/fixtures/ccxt/binance.json"
+local FIXTURES = "tests/fixtures/ccxt/binance.json"
 
 local function recorded_ohlcv()
   local f = assert(io.open(FIXTURES))

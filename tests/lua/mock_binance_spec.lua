@@ -7,7 +7,7 @@ local cjson = require "cjson"
 local mock = require "sluice.mock.binance"
 
 -- Relative to the repository root, where the specs run.
-local FIXTURES = "../shared/fixtures/ccxt/binance.json"
+local FIXTURES = "tests/fixtures/ccxt/binance.json"
 local HOUR = 3600000
 local NOW = 1706641200000 + 1234 -- 2024-01-30 19:00:01.234 UTC, after the recorded candles
 

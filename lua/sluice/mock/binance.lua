@@ -13,7 +13,7 @@
 --   now             function returning epoch milliseconds (default the wall
 --                   clock); drives candles, weight minutes and bans
 --   symbols         list of known symbols (default BTCUSDT ETHUSDT BNBUSDT SOLUSDT)
---   fixtures        path of a ccxt fixture file (shared/fixtures/ccxt/binance.json):
+--   fixtures        path of a ccxt fixture file (tests/fixtures/ccxt/binance.json):
 --                   its spot fetchOHLCV rows are served exactly as recorded,
 --                   and the synthetic prices around them are scaled to match
 --   weight_limit    request weight per minute (default 6000)
