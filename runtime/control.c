@@ -44,6 +44,9 @@ struct sl_control_conn {
     int open;      /* the client is there */
     int busy;      /* a request's task is live */
     int replied;   /* the live task has answered */
+    int eof;       /* the client sent all it will send (half-close) */
+    int closing;   /* close once the queued replies are written */
+    int lingering; /* replies written and FIN sent; discarding input */
     char *pending; /* a local session's chunk, until its task is spawned */
     size_t pending_len;
 };
@@ -78,6 +81,38 @@ static void conn_close(sl_control_conn *c) {
     c->fn = NULL;
     c->open = 0;
     conn_unanchor(c);
+}
+
+/* After the last reply: send FIN and discard whatever the client still
+ * sends until it closes too (bounded by a timeout). Closing with unread
+ * input would make the kernel reset the connection, and a reset can
+ * destroy the reply before the client reads it. */
+static void conn_linger(sl_control_conn *c) {
+    static const struct timeval bound = {2, 0};
+    if (c->eof) { /* the client has closed its side already */
+        conn_close(c);
+        return;
+    }
+    c->lingering = 1;
+    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    evbuffer_drain(bufferevent_get_input(c->bev),
+                   evbuffer_get_length(bufferevent_get_input(c->bev)));
+    bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+    bufferevent_set_timeouts(c->bev, &bound, NULL);
+    bufferevent_enable(c->bev, EV_READ);
+}
+
+/* Closes the connection once its queued output is written: the client
+ * still reads its replies, but nothing more it sends is evaluated. */
+static void conn_finish(sl_control_conn *c) {
+    c->closing = 1;
+    if (!c->bev) {
+        conn_close(c);
+        return;
+    }
+    bufferevent_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        conn_linger(c);
 }
 
 /* Writes a reply frame, or hands the reply to the local callback. */
@@ -180,7 +215,9 @@ static void conn_process(sl_control_conn *c) {
                 "large\\n\"}\n";
             bufferevent_write(c->bev, frame, sizeof(frame) - 1);
             evbuffer_drain(in, evbuffer_get_length(in));
-            bufferevent_disable(c->bev, EV_READ);
+            conn_finish(c); /* the rest of that line would be garbage */
+        } else if (c->eof) {
+            conn_finish(c); /* every complete request has been answered */
         }
         return;
     }
@@ -201,14 +238,35 @@ static void on_kick(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void on_read(struct bufferevent *bev, void *arg) {
-    (void)bev;
-    conn_process(arg);
+    sl_control_conn *c = arg;
+    if (c->lingering) {
+        struct evbuffer *in = bufferevent_get_input(bev);
+        evbuffer_drain(in, evbuffer_get_length(in));
+        return;
+    }
+    conn_process(c);
 }
 
+static void on_write(struct bufferevent *bev, void *arg) {
+    sl_control_conn *c = arg;
+    if (c->closing && !c->lingering &&
+        evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        conn_linger(c);
+}
+
+/* An error ends the connection at once. End of input is a half-close: the
+ * client may still be reading, so requests already received are evaluated
+ * and answered before the connection is closed. */
 static void on_event(struct bufferevent *bev, short what, void *arg) {
+    sl_control_conn *c = arg;
     (void)bev;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-        conn_close(arg);
+    if ((what & BEV_EVENT_ERROR) || c->lingering) { /* error, EOF, timeout */
+        conn_close(c);
+    } else if (what & BEV_EVENT_EOF) {
+        c->eof = 1;
+        if (!c->busy)
+            conn_process(c);
+    }
 }
 
 static void ensure_metatable(lua_State *L);
@@ -274,7 +332,10 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
     event_assign(kick, sl_rt.base, -1, 0, on_kick, c);
     c->kick = kick;
     nconns++;
-    bufferevent_setcb(bev, on_read, NULL, on_event, c);
+    bufferevent_setcb(bev, on_read, on_write, on_event, c);
+    /* Input is read while an evaluation runs only up to one request's
+     * bound: beyond it the socket is left unread until the buffer drains. */
+    bufferevent_setwatermark(bev, EV_READ, 0, MAX_REQUEST + 1);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
 

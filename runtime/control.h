@@ -12,7 +12,12 @@
  * file at exit (sl_runtime_close, or exit()). A connection's memory is a Lua
  * userdata anchored in the registry while the connection is open or one of
  * its requests is being evaluated; a client that goes away mid-evaluation
- * leaves the evaluation to finish and its reply is dropped.
+ * leaves the evaluation to finish and its reply is dropped. A client that
+ * half-closes (shuts down its sending side) still gets the replies to every
+ * complete request it sent, then the connection is closed. Input is bounded:
+ * while a request is evaluated at most one request's worth (4 MiB) is
+ * buffered; a longer line is answered "request too large" and the
+ * connection closed.
  */
 #ifndef SLUICE_CONTROL_H
 #define SLUICE_CONTROL_H
