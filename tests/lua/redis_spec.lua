@@ -494,6 +494,69 @@ describe("sluice.redis", function()
     sluice.sleep(0.3)
   end)
 
+  it("keeps a client that only a waiting call refers to until the reply", function()
+    red:call("DEL", "anchored")
+    local t = sluice.spawn(function()
+      return redis.connect { url = srv:url() }:call("BLPOP", "anchored", 5)
+    end)
+    local weak = setmetatable({}, { __mode = "k" })
+    sluice.sleep(0.1)
+    assert.equal("waiting", sluice.status(t))
+    local gc = sluice.spawn(function()
+      for _ = 1, 5 do
+        collectgarbage("collect")
+        sluice.sleep(0.01)
+      end
+    end)
+    assert.same({ true }, { sluice.wait(gc) })
+    weak[t] = true
+    assert.equal(1, red:call("RPUSH", "anchored", "v"))
+    assert.same({ true, { "anchored", "v" } }, { sluice.wait(t) })
+    -- and once the call is done, nothing keeps it: collected and closed
+    local w = setmetatable({}, { __mode = "v" })
+    local t2 = sluice.spawn(function()
+      local c = redis.connect { url = srv:url() }
+      w[1] = c
+      return c:call("PING")
+    end)
+    assert.same({ true, "PONG" }, { sluice.wait(t2) })
+    collectgarbage("collect")
+    collectgarbage("collect")
+    assert.is_nil(w[1])
+  end)
+
+  it("wakes every waiting call with nil, closed on close", function()
+    local c = redis.connect { url = srv:url() }
+    c:call("DEL", "closing")
+    local tasks = {}
+    for i = 1, 3 do
+      tasks[i] = sluice.spawn(function() return c:call("BLPOP", "closing", 5) end)
+    end
+    local pending = sluice.spawn(function() return c:call("PING") end)
+    sluice.sleep(0.1)
+    for i = 1, 3 do assert.equal("waiting", sluice.status(tasks[i])) end
+    c:close()
+    for i = 1, 3 do assert.same({ true, nil, "closed" }, { sluice.wait(tasks[i]) }) end
+    assert.same({ true, nil, "closed" }, { sluice.wait(pending) })
+    collectgarbage("collect")
+  end)
+
+  it("refuses SUBSCRIBE, PSUBSCRIBE and MONITOR in call and pipeline", function()
+    for _, cmd in ipairs { "SUBSCRIBE", "subscribe", "PSubscribe", "MONITOR", "monitor",
+      "SSUBSCRIBE", "UNSUBSCRIBE", "punsubscribe" } do
+      local ok, err = pcall(red.call, red, cmd, "ch")
+      assert.is_false(ok)
+      assert.matches("sluice.redis: " .. cmd:upper() .. " cannot be sent with call or pipeline; "
+        .. "use client:subscribe%(channel, ...%) or client:psubscribe%(pattern, ...%)", err)
+      ok, err = pcall(red.pipeline, red, { { "PING" }, { cmd, "ch" } })
+      assert.is_false(ok)
+      assert.matches(cmd:upper() .. " cannot be sent with call or pipeline", err)
+    end
+    -- the connection was not touched
+    assert.equal(0, red:call("PUBLISH", "ch", "x"))
+    assert.equal("PONG", red:call("PING"))
+  end)
+
   it("must be called from a task", function()
     local co = coroutine.create(function() return red:call("PING") end)
     local ok, err = coroutine.resume(co)
