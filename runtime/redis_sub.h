@@ -60,7 +60,8 @@ void sl_redis_sub_on_reply(sl_redis_sub *s, const struct redisReply *r);
  * confirmed on the current connection, returning the owner; otherwise until
  * a message, returning {kind = "message"|"pmessage", channel =, payload =,
  * pattern =}. nil, "timeout" after timeout seconds (never when negative),
- * nil, "closed" once closed. Returns at once when it can, else suspends
+ * nil, "closed" once closed; a failed wait for confirmations returns the
+ * owner as a third value. Returns at once when it can, else suspends
  * (use as `return sl_redis_sub_wait(...)`). Raises when another task is
  * already waiting. */
 int sl_redis_sub_wait(lua_State *L, sl_redis_sub *s, sl_task *t, int owner,

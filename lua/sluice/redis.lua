@@ -263,9 +263,9 @@ local function subscribe(self, fname, ...)
   local a = self._args
   local ch, pat = {}, {}
   if fname == "subscribe" then ch = list else pat = list end
-  local c, err = core.subscribe(a[1], a[2], a[3], a[4], a[5], a[6], a[7], ch, pat, max)
+  local c, err, made = core.subscribe(a[1], a[2], a[3], a[4], a[5], a[6], a[7], ch, pat, max)
   if not c then
-    -- the client made for it is on no stack any more: let it go now
+    if made then core.close(made) end
     return nil, err
   end
   return setmetatable({ _c = c }, sub_mt)
