@@ -53,14 +53,13 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <lauxlib.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "modules.h"
+#include "redis_args.h"
 #include "redis_dns.h"
 #include "redis_reply.h"
 #include "redis_sub.h"
@@ -479,30 +478,6 @@ static client *check_client(lua_State *L) {
     return c;
 }
 
-/* Commands whose replies hiredis delivers once per message (and the ones
- * that end them): each would leave the request to callbacks after it is
- * freed, and the connection unusable for calls. */
-static void check_command(lua_State *L, const char *cmd) {
-    static const char *const refused[] = {
-        "subscribe",    "psubscribe",   "ssubscribe", "unsubscribe",
-        "punsubscribe", "sunsubscribe", "monitor",    NULL,
-    };
-    for (int i = 0; refused[i]; i++)
-        if (cmd && strcasecmp(cmd, refused[i]) == 0) {
-            char up[16];
-            size_t n = strlen(refused[i]);
-            for (size_t j = 0; j <= n; j++)
-                up[j] = (char)(refused[i][j] >= 'a' && refused[i][j] <= 'z'
-                                   ? refused[i][j] - 'a' + 'A'
-                                   : refused[i][j]);
-            luaL_error(L,
-                       "sluice.redis: %s cannot be sent with call or "
-                       "pipeline; use client:subscribe(channel, ...) or "
-                       "client:psubscribe(pattern, ...)%s",
-                       up, i == 6 ? " (MONITOR is not supported)" : "");
-        }
-}
-
 /* Pushes a client made from the arguments of connect, not yet connecting. */
 static client *new_client(lua_State *L) {
     size_t hlen;
@@ -552,31 +527,6 @@ static int l_connect(lua_State *L) {
     return 1;
 }
 
-/* Collects the strings of the list at idx into a malloc'd argv (borrowed
- * from the list, which must stay on the stack). */
-static int list_argv(lua_State *L, int idx, const char ***argv, size_t **lens) {
-    luaL_checktype(L, idx, LUA_TTABLE);
-    int n = (int)lua_objlen(L, idx);
-    *argv = malloc(sizeof(**argv) * (size_t)(n + 1));
-    *lens = malloc(sizeof(**lens) * (size_t)(n + 1));
-    if (!*argv || !*lens) {
-        free(*argv);
-        free(*lens);
-        luaL_error(L, "sluice.redis: out of memory");
-    }
-    for (int i = 0; i < n; i++) {
-        lua_rawgeti(L, idx, i + 1);
-        (*argv)[i] = lua_tolstring(L, -1, &(*lens)[i]);
-        lua_pop(L, 1);
-        if (!(*argv)[i]) {
-            free(*argv);
-            free(*lens);
-            luaL_argerror(L, idx, "list of strings expected");
-        }
-    }
-    return n;
-}
-
 /* subscribe(host, port, db, password|nil, connect_timeout, command_timeout,
  *           nameserver|nil, channels, patterns, max_pending) -> client |
  *           nil, err
@@ -589,8 +539,8 @@ static int l_subscribe(lua_State *L) {
     long max = (long)luaL_checknumber(L, 10);
     const char **ch, **pat;
     size_t *chl, *patl;
-    int nch = list_argv(L, 8, &ch, &chl);
-    int npat = list_argv(L, 9, &pat, &patl);
+    int nch = sl_redis_list_argv(L, 8, &ch, &chl);
+    int npat = sl_redis_list_argv(L, 9, &pat, &patl);
     sl_redis_sub *sub =
         nch + npat > 0 ? sl_redis_sub_new(nch, ch, chl, npat, pat, patl, max)
                        : NULL;
@@ -695,33 +645,13 @@ static int req_start(lua_State *L, client *c, sl_task *t, req *q) {
     return sl_task_suspend(L, t, cancel_req, q);
 }
 
-/* Collects argv from a list of strings or numbers at the given stack range;
- * numbers are formatted in place (integers without exponent). */
-static void format_numbers(lua_State *L, int from, int to) {
-    for (int i = from; i <= to; i++) {
-        int ty = lua_type(L, i);
-        if (ty == LUA_TNUMBER) {
-            char buf[64];
-            double v = lua_tonumber(L, i);
-            if (v == floor(v) && fabs(v) < 9007199254740992.0)
-                snprintf(buf, sizeof(buf), "%.0f", v);
-            else
-                snprintf(buf, sizeof(buf), "%.17g", v);
-            lua_pushstring(L, buf);
-            lua_replace(L, i);
-        } else if (ty != LUA_TSTRING) {
-            luaL_argerror(L, i, "string or number expected");
-        }
-    }
-}
-
 /* call(client, cmd, ...) -> reply | nil, err */
 static int l_call(lua_State *L) {
     client *c = check_client(L);
     int top = lua_gettop(L), argc = top - 1;
     luaL_argcheck(L, argc >= 1, 2, "command expected");
-    format_numbers(L, 2, top);
-    check_command(L, lua_tostring(L, 2));
+    sl_redis_format_numbers(L, 2, top);
+    sl_redis_check_command(L, lua_tostring(L, 2));
     sl_task *t = sl_task_check_yieldable(L, "sluice.redis call");
     int n = refuse(L, c);
     if (n)
@@ -767,7 +697,7 @@ static int l_pipeline(lua_State *L) {
         lua_rawgeti(L, 2, i);
         if (lua_istable(L, -1)) {
             lua_rawgeti(L, -1, 1);
-            check_command(L, lua_tostring(L, -1));
+            sl_redis_check_command(L, lua_tostring(L, -1));
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
