@@ -16,23 +16,17 @@
  * freed, and the connection unusable for calls. */
 void sl_redis_check_command(lua_State *L, const char *cmd) {
     static const char *const refused[] = {
-        "subscribe",    "psubscribe",   "ssubscribe", "unsubscribe",
-        "punsubscribe", "sunsubscribe", "monitor",    NULL,
+        "SUBSCRIBE",    "PSUBSCRIBE",   "SSUBSCRIBE", "UNSUBSCRIBE",
+        "PUNSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR",    NULL,
     };
-    for (int i = 0; refused[i]; i++)
-        if (cmd && strcasecmp(cmd, refused[i]) == 0) {
-            char up[16];
-            size_t n = strlen(refused[i]);
-            for (size_t j = 0; j <= n; j++)
-                up[j] = (char)(refused[i][j] >= 'a' && refused[i][j] <= 'z'
-                                   ? refused[i][j] - 'a' + 'A'
-                                   : refused[i][j]);
+    for (int i = 0; cmd && refused[i]; i++)
+        if (strcasecmp(cmd, refused[i]) == 0)
             luaL_error(L,
                        "sluice.redis: %s cannot be sent with call or "
                        "pipeline; use client:subscribe(channel, ...) or "
                        "client:psubscribe(pattern, ...)%s",
-                       up, i == 6 ? " (MONITOR is not supported)" : "");
-        }
+                       refused[i],
+                       refused[i + 1] ? "" : " (MONITOR is not supported)");
 }
 
 /* Collects the strings of the list at idx into a malloc'd argv (borrowed
@@ -50,7 +44,10 @@ int sl_redis_list_argv(lua_State *L, int idx, const char ***argv,
     }
     for (int i = 0; i < n; i++) {
         lua_rawgeti(L, idx, i + 1);
-        (*argv)[i] = lua_tolstring(L, -1, &(*lens)[i]);
+        /* a string, so that the list keeps what the pointer points to */
+        (*argv)[i] = lua_type(L, -1) == LUA_TSTRING
+                         ? lua_tolstring(L, -1, &(*lens)[i])
+                         : NULL;
         lua_pop(L, 1);
         if (!(*argv)[i]) {
             free(*argv);
