@@ -537,25 +537,25 @@ static int l_connect(lua_State *L) {
 static int l_subscribe(lua_State *L) {
     sl_task *t = sl_task_check_yieldable(L, "sluice.redis subscribe");
     long max = (long)luaL_checknumber(L, 10);
+    sl_redis_check_list(L, 8); /* so that only OOM raises below */
+    sl_redis_check_list(L, 9);
+    luaL_argcheck(L, lua_objlen(L, 8) + lua_objlen(L, 9) > 0, 8,
+                  "no channel or pattern");
+    lua_settop(L, 10);
+    client *c = new_client(L); /* at 11; its __gc frees c->sub */
     const char **ch, **pat;
     size_t *chl, *patl;
     int nch = sl_redis_list_argv(L, 8, &ch, &chl);
     int npat = sl_redis_list_argv(L, 9, &pat, &patl);
-    sl_redis_sub *sub =
-        nch + npat > 0 ? sl_redis_sub_new(nch, ch, chl, npat, pat, patl, max)
-                       : NULL;
+    c->sub = sl_redis_sub_new(nch, ch, chl, npat, pat, patl, max);
     free(ch);
     free(chl);
     free(pat);
     free(patl);
-    luaL_argcheck(L, nch + npat > 0, 8, "no channel or pattern");
-    if (!sub)
+    if (!c->sub)
         return luaL_error(L, "sluice.redis: out of memory");
-    lua_settop(L, 7);
-    client *c = new_client(L); /* at 8 */
-    c->sub = sub;
     connect_now(c);
-    return sl_redis_sub_wait(L, sub, t, 8, 1,
+    return sl_redis_sub_wait(L, c->sub, t, 11, 1,
                              c->connect_timeout + c->command_timeout);
 }
 

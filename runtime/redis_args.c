@@ -29,6 +29,17 @@ void sl_redis_check_command(lua_State *L, const char *cmd) {
                        refused[i + 1] ? "" : " (MONITOR is not supported)");
 }
 
+void sl_redis_check_list(lua_State *L, int idx) {
+    luaL_checktype(L, idx, LUA_TTABLE);
+    int n = (int)lua_objlen(L, idx);
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, idx, i);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_argerror(L, idx, "list of strings expected");
+        lua_pop(L, 1);
+    }
+}
+
 /* Collects the strings of the list at idx into a malloc'd argv (borrowed
  * from the list, which must stay on the stack). */
 int sl_redis_list_argv(lua_State *L, int idx, const char ***argv,

@@ -18,6 +18,9 @@ void sl_redis_format_numbers(lua_State *L, int from, int to);
  * MONITOR. hiredis calls their callback once per message, not once. */
 void sl_redis_check_command(lua_State *L, const char *cmd);
 
+/* Raises unless the value at idx is a list of strings. */
+void sl_redis_check_list(lua_State *L, int idx);
+
 /* Fills *argv and *lens (malloc'd; the caller frees both) with the strings
  * of the list at idx, which must stay on the stack while they are used.
  * Returns their number; raises when the list holds anything else. */
