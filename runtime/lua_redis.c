@@ -527,6 +527,9 @@ static int l_connect(lua_State *L) {
     return 1;
 }
 
+/* The task that was subscribing was killed: the client is closed at once. */
+static void abandon_sub(void *privdata) { client_close(privdata); }
+
 /* subscribe(host, port, db, password|nil, connect_timeout, command_timeout,
  *           nameserver|nil, channels, patterns, max_pending) -> client |
  *           nil, err
@@ -547,7 +550,8 @@ static int l_subscribe(lua_State *L) {
     size_t *chl, *patl;
     int nch = sl_redis_list_argv(L, 8, &ch, &chl);
     int npat = sl_redis_list_argv(L, 9, &pat, &patl);
-    c->sub = sl_redis_sub_new(nch, ch, chl, npat, pat, patl, max);
+    c->sub =
+        sl_redis_sub_new(nch, ch, chl, npat, pat, patl, max, abandon_sub, c);
     free(ch);
     free(chl);
     free(pat);

@@ -35,6 +35,8 @@ struct sl_redis_sub {
     int ready;       /* it waits for confirmations, not a message */
     int anchor;      /* registry ref of the owner while waited on */
     struct event timer;
+    sl_redis_sub_abandon_fn *abandon;
+    void *abandon_data;
 };
 
 static struct timeval to_tv(double s) {
@@ -73,13 +75,16 @@ static char *format(const char *name, int n, const char **v, const size_t *l,
 
 sl_redis_sub *sl_redis_sub_new(int nch, const char **ch, const size_t *chl,
                                int npat, const char **pat, const size_t *patl,
-                               long max) {
+                               long max, sl_redis_sub_abandon_fn *abandon,
+                               void *privdata) {
     sl_redis_sub *s = calloc(1, sizeof(*s));
     if (!s)
         return NULL;
     s->want = nch + npat;
     s->max = max > 0 ? max : 1;
     s->anchor = LUA_NOREF;
+    s->abandon = abandon;
+    s->abandon_data = privdata;
     evtimer_assign(&s->timer, sl_rt.base, on_timeout, s);
     if ((nch &&
          !(s->cmd[0] = format("SUBSCRIBE", nch, ch, chl, &s->cmdlen[0]))) ||
@@ -115,8 +120,12 @@ static sl_task *unwait(sl_redis_sub *s) {
 }
 
 static void cancel_wait(sl_task *t, void *op) {
+    sl_redis_sub *s = op;
+    int ready = s->ready;
     (void)t;
-    unwait(op);
+    unwait(s);
+    if (ready && s->abandon)
+        s->abandon(s->abandon_data);
 }
 
 /* nil, why; a task waiting for confirmations also gets the owner, which

@@ -38,12 +38,17 @@ typedef struct sl_redis_sub sl_redis_sub;
 typedef void(sl_redis_sub_cb)(struct redisAsyncContext *ac, void *reply,
                               void *privdata);
 
+/* Called when the task waiting for the confirmations is killed: nobody
+ * else knows of the subscription, so its owner ends it at once. */
+typedef void(sl_redis_sub_abandon_fn)(void *privdata);
+
 /* A subscription to the nch channels and npat patterns (binary-safe strings
  * with their lengths; at least one in all), queuing at most max messages.
  * NULL when out of memory. */
 sl_redis_sub *sl_redis_sub_new(int nch, const char **ch, const size_t *chl,
                                int npat, const char **pat, const size_t *patl,
-                               long max);
+                               long max, sl_redis_sub_abandon_fn *abandon,
+                               void *privdata);
 
 /* Queues SUBSCRIBE and PSUBSCRIBE on a new context, with fn(privdata) as
  * their callback; the confirmations of the previous connection are

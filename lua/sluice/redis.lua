@@ -62,8 +62,10 @@
 -- pending, received and the client fields). The connection reconnects like
 -- a client's and subscribes again; messages published while it is down are
 -- lost. sub:unsubscribe() and sub:close() (the same; idempotent, also done
--- by __gc) end it and wake a waiting receiver with nil, "closed". A
--- subscription is anchored only while a task waits on it. call() and
+-- by __gc and by client:close()) end it and wake a waiting receiver with
+-- nil, "closed". A subscription is anchored only while a task waits on it;
+-- killing the task that is subscribing closes it at once. A closed client
+-- subscribes to nothing: nil, "closed". call() and
 -- pipeline() refuse SUBSCRIBE, PSUBSCRIBE, their UNSUBSCRIBEs and MONITOR.
 local core = require "sluice._redis"
 
@@ -127,7 +129,7 @@ function _M.connect(opts)
   if not (cmdt > 0) then fail("connect", "command_timeout must be > 0") end
   local args = { u.host, u.port, u.db, opts.password or u.password, ct, cmdt, opts._nameserver }
   local c = core.connect(unpack(args, 1, 7))
-  return setmetatable({ _c = c, _sha = {}, _args = args }, mt)
+  return setmetatable({ _c = c, _sha = {}, _args = args, _subs = setmetatable({}, { __mode = "k" }) }, mt)
 end
 
 local ccall, cpipeline = core.call, core.pipeline
@@ -260,6 +262,7 @@ local function subscribe(self, fname, ...)
       list[#list + 1] = names[i]
     end
   end
+  if core.status(self._c) == "closed" then return nil, "closed" end
   local a = self._args
   local ch, pat = {}, {}
   if fname == "subscribe" then ch = list else pat = list end
@@ -268,7 +271,9 @@ local function subscribe(self, fname, ...)
     if made then core.close(made) end
     return nil, err
   end
-  return setmetatable({ _c = c }, sub_mt)
+  local sub = setmetatable({ _c = c }, sub_mt)
+  self._subs[sub] = true
+  return sub
 end
 
 --- client:subscribe(channel, ... [, opts]) -> subscription | nil, err
@@ -296,7 +301,10 @@ sub_mt.__tostring = function(self) return tostring(self._c) end
 
 function Client:status() return core.status(self._c) end
 function Client:info() return core.info(self._c) end
-function Client:close() core.close(self._c) end
+function Client:close()
+  core.close(self._c)
+  for sub in pairs(self._subs) do sub:close() end
+end
 mt.__tostring = function(self) return tostring(self._c) end
 
 return _M
