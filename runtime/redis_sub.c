@@ -270,7 +270,11 @@ static void enqueue(sl_redis_sub *s, const redisReply *r, int pmessage) {
 }
 
 void sl_redis_sub_on_reply(sl_redis_sub *s, const redisReply *r) {
-    if (!r || s->closed || r->type != REDIS_REPLY_ARRAY || r->elements < 3)
+    if (!r) { /* the context goes away */
+        s->confirmed = 0;
+        return;
+    }
+    if (s->closed || r->type != REDIS_REPLY_ARRAY || r->elements < 3)
         return;
     const redisReply *kind = r->element[0];
     if (is(kind, "message"))

@@ -264,8 +264,9 @@ end
 
 -- The listener task: subscribed to CHANNEL, pulls the breaker each message
 -- names. Without a subscription (Redis away) it tries again after POLL
--- seconds; an established one resubscribes by itself after a reconnect.
--- stop() closes the subscription and ends the task.
+-- seconds; an established one resubscribes by itself after a reconnect,
+-- and then the listener reads every stored snapshot (what was announced
+-- while it was away). stop() closes the subscription and ends the task.
 local function listen(self)
   while not self.stopped do
     local sub = self.redis:subscribe(CHANNEL, { max_pending = 10000 })
@@ -273,10 +274,16 @@ local function listen(self)
       self.sub = sub
       if self.stopped then break end
       pull_all(self) -- what was announced before we listened
+      local seen = sub:info().reconnects
       while true do
-        local m = sub:receive()
-        if not m then break end -- closed by stop()
-        pull_all(self, m.payload)
+        local m, err = sub:receive(1)
+        if not m and err ~= "timeout" then break end -- closed by stop()
+        if m then pull_all(self, m.payload) end
+        local info = sub:info()
+        if info.reconnects ~= seen and info.subscribed > 0 then
+          seen = info.reconnects
+          pull_all(self)
+        end
       end
     elseif sluice.sleep(POLL) == false then
       break -- shutdown

@@ -89,6 +89,19 @@ describe("sluice.shared breakers", function()
     assert.is_true(sluice.now() - t0 < 1) -- not the 5 s poll
   end)
 
+  it("reads the stored state after its subscription reconnects", function()
+    local a, b = instance("a"), instance("b")
+    b.sh:start()
+    assert.is_true(wait_for(function() return numsub() == 1 end))
+    -- B's subscription is cut; what A announces meanwhile is lost
+    local t0 = sluice.now()
+    assert.equal(1, red:call("CLIENT", "KILL", "TYPE", "pubsub"))
+    a.c.breaker:force_open()
+    assert.is_true(wait_for(function() return b.c.breaker:state() == "open" end, 4))
+    assert.is_true(sluice.now() - t0 < 4, sluice.now() - t0) -- not the 5 s poll
+    assert.equal(1, numsub())
+  end)
+
   it("stop ends the listener and its subscription", function()
     local b = instance("b")
     b.sh:start()
