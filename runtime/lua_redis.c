@@ -29,6 +29,19 @@
  *
  * Replies become Lua values in redis_reply.c, on the waiting task's thread.
  *
+ * Anchoring: a yielding C function drops its arguments and `return
+ * c:call(...)` is a tail call, so a client may be reachable only through
+ * its waiters. While any task waits on a call (c->waiters) the client's
+ * userdata is anchored in the registry (c->anchor); the anchor goes with
+ * the last waiter (reply, timeout, kill, close).
+ *
+ * Subscriptions: a client made by subscribe carries a subscription
+ * (redis_sub.c) on its own connection and takes no calls: its SUBSCRIBE and
+ * PSUBSCRIBE commands follow the handshake on every connection, so a
+ * reconnect resubscribes. Sent through call or pipeline, SUBSCRIBE and its
+ * kin (whose callback hiredis runs once per message, not once) and MONITOR
+ * are refused.
+ *
  * The client struct lives inside its userdata. close (and __gc) cancels the
  * resolution and frees the context with redisAsyncFree, which runs every
  * pending callback before it returns, so nothing refers to the client
@@ -40,15 +53,16 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <lauxlib.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "modules.h"
+#include "redis_args.h"
 #include "redis_dns.h"
 #include "redis_reply.h"
+#include "redis_sub.h"
 #include "runtime.h"
 #include "task.h"
 
@@ -85,6 +99,9 @@ typedef struct client {
     struct event connect_timer, reconnect_timer;
     long in_flight;       /* requests not yet completed by hiredis */
     long reconnects;      /* successful connections after the first */
+    long waiters;         /* tasks waiting on calls of this client */
+    int anchor;           /* registry ref of the userdata while waiters */
+    sl_redis_sub *sub;    /* a subscription client's, owned; or NULL */
     char last_error[384]; /* handshake, resolution or connect failure */
 } client;
 
@@ -126,11 +143,30 @@ static struct timeval to_tv(double s) {
 
 /* --- requests -------------------------------------------------------- */
 
+/* A task starts waiting on c, whose userdata is at idx on L. */
+static void hold(lua_State *L, client *c, int idx) {
+    if (c->waiters++ == 0) {
+        lua_pushvalue(L, idx);
+        c->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+}
+
+/* A task stops waiting on c; after the last one, c may be collected. */
+static void unhold(client *c) {
+    if (--c->waiters == 0) {
+        luaL_unref(sl_rt.L, LUA_REGISTRYINDEX, c->anchor);
+        c->anchor = LUA_NOREF;
+    }
+}
+
+/* Call before waking the task: its results are pushed while c is held. */
 static void req_detach(req *q) {
     event_del(&q->timer);
     if (q->ref != LUA_NOREF)
         luaL_unref(sl_rt.L, LUA_REGISTRYINDEX, q->ref);
     q->ref = LUA_NOREF;
+    if (q->task)
+        unhold(q->c);
     q->task = NULL;
 }
 
@@ -324,6 +360,15 @@ static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
         snprintf(c->last_error, sizeof(c->last_error), "%s", r->str);
 }
 
+/* Every confirmation and message of a subscription, NULL when the context
+ * goes away; c outlives its contexts (close frees them first). */
+static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    client *c = privdata;
+    (void)ac;
+    if (c->sub)
+        sl_redis_sub_on_reply(c->sub, reply);
+}
+
 static void send_handshake(client *c, int argc, const char **argv) {
     if (redisAsyncCommandArgv(c->ac, on_handshake, c, argc, argv, NULL) ==
         REDIS_OK)
@@ -358,6 +403,8 @@ static void open_context(client *c) {
     snprintf(db, sizeof(db), "%d", c->db);
     const char *argv[] = {"SELECT", db};
     send_handshake(c, 2, argv);
+    if (c->sub && sl_redis_sub_send(c->sub, ac, on_sub_reply, c) != 0)
+        snprintf(c->last_error, sizeof(c->last_error), "cannot send SUBSCRIBE");
     send_pending(c);
 }
 
@@ -411,6 +458,8 @@ static void client_close(client *c) {
     evtimer_del(&c->connect_timer);
     evtimer_del(&c->reconnect_timer);
     sl_redis_dns_cancel(&c->dns);
+    if (c->sub)
+        sl_redis_sub_close(c->sub);
     fail_pending(c, "closed");
     drop_context(c, "closed");
     if (c->own_dns)
@@ -421,17 +470,16 @@ static void client_close(client *c) {
 }
 /* --- Lua primitives -------------------------------------------------- */
 
+/* A client that takes calls (not a subscription's). */
 static client *check_client(lua_State *L) {
-    return luaL_checkudata(L, 1, CLIENT_MT);
+    client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    if (c->sub)
+        luaL_argerror(L, 1, "a subscription takes no commands");
+    return c;
 }
 
-/* connect(host, port, db, password|nil, connect_timeout, command_timeout
- *         [, nameserver]) -> client
- * host is an IP literal or a name, resolved by evdns without blocking.
- * nameserver ("ip[:port]", for tests) gives the client a private resolver
- * that asks only that server and ignores /etc/hosts. The connection is made
- * in the background. */
-static int l_connect(lua_State *L) {
+/* Pushes a client made from the arguments of connect, not yet connecting. */
+static client *new_client(lua_State *L) {
     size_t hlen;
     const char *host = luaL_checklstring(L, 1, &hlen);
     int port = (int)luaL_checkinteger(L, 2);
@@ -445,7 +493,7 @@ static int l_connect(lua_State *L) {
         int rc = sl_redis_dns_new(nameserver, &own);
         luaL_argcheck(L, rc != SL_REDIS_DNS_EADDR, 7, "bad nameserver address");
         if (rc != SL_REDIS_DNS_OK)
-            return luaL_error(L, "sluice.redis: cannot create a resolver");
+            luaL_error(L, "sluice.redis: cannot create a resolver");
     }
     client *c = lua_newuserdata(L, sizeof(*c));
     memset(c, 0, sizeof(*c));
@@ -458,14 +506,70 @@ static int l_connect(lua_State *L) {
     c->command_timeout = cmdt;
     c->backoff = BACKOFF_MIN;
     c->drop_reason = "disconnected";
+    c->anchor = LUA_NOREF;
     evtimer_assign(&c->connect_timer, sl_rt.base, on_connect_timer, c);
     evtimer_assign(&c->reconnect_timer, sl_rt.base, on_reconnect_timer, c);
     luaL_getmetatable(L, CLIENT_MT);
     lua_setmetatable(L, -2); /* from here __gc frees what c holds */
     if (password && !(c->password = strdup(password)))
+        luaL_error(L, "sluice.redis: out of memory");
+    return c;
+}
+
+/* connect(host, port, db, password|nil, connect_timeout, command_timeout
+ *         [, nameserver]) -> client
+ * host is an IP literal or a name, resolved by evdns without blocking.
+ * nameserver ("ip[:port]", for tests) gives the client a private resolver
+ * that asks only that server and ignores /etc/hosts. The connection is made
+ * in the background. */
+static int l_connect(lua_State *L) {
+    connect_now(new_client(L));
+    return 1;
+}
+
+/* The task that was subscribing was killed: the client is closed at once. */
+static void abandon_sub(void *privdata) { client_close(privdata); }
+
+/* subscribe(host, port, db, password|nil, connect_timeout, command_timeout,
+ *           nameserver|nil, channels, patterns, max_pending) -> client |
+ *           nil, err
+ * A client on its own connection, subscribed to the channels and patterns
+ * (lists of strings, one non-empty); it yields until Redis has confirmed
+ * them all, at most connect_timeout + command_timeout (then nil,
+ * "timeout": the caller closes the client). */
+static int l_subscribe(lua_State *L) {
+    sl_task *t = sl_task_check_yieldable(L, "sluice.redis subscribe");
+    long max = (long)luaL_checknumber(L, 10);
+    sl_redis_check_list(L, 8); /* so that only OOM raises below */
+    sl_redis_check_list(L, 9);
+    luaL_argcheck(L, lua_objlen(L, 8) + lua_objlen(L, 9) > 0, 8,
+                  "no channel or pattern");
+    lua_settop(L, 10);
+    client *c = new_client(L); /* at 11; its __gc frees c->sub */
+    const char **ch, **pat;
+    size_t *chl, *patl;
+    int nch = sl_redis_list_argv(L, 8, &ch, &chl);
+    int npat = sl_redis_list_argv(L, 9, &pat, &patl);
+    c->sub =
+        sl_redis_sub_new(nch, ch, chl, npat, pat, patl, max, abandon_sub, c);
+    free(ch);
+    free(chl);
+    free(pat);
+    free(patl);
+    if (!c->sub)
         return luaL_error(L, "sluice.redis: out of memory");
     connect_now(c);
-    return 1;
+    return sl_redis_sub_wait(L, c->sub, t, 11, 1,
+                             c->connect_timeout + c->command_timeout);
+}
+
+/* receive(client, timeout|nil) -> message | nil, "timeout" | nil, "closed" */
+static int l_receive(lua_State *L) {
+    client *c = luaL_checkudata(L, 1, CLIENT_MT);
+    double timeout = luaL_optnumber(L, 2, -1);
+    luaL_argcheck(L, c->sub, 1, "not a subscription");
+    sl_task *t = sl_task_check_yieldable(L, "sluice.redis receive");
+    return sl_redis_sub_wait(L, c->sub, t, 1, 0, timeout);
 }
 
 /* Can a command be sent now? Before the first connection completes,
@@ -534,6 +638,7 @@ static int req_start(lua_State *L, client *c, sl_task *t, req *q) {
     struct timeval tv = to_tv(s);
     evtimer_add(&q->timer, &tv);
     c->in_flight++;
+    hold(L, c, 1);
     if (!c->ac) { /* resolving: sent by send_pending, or failed */
         if (c->pending_tail)
             c->pending_tail->next = q;
@@ -544,32 +649,13 @@ static int req_start(lua_State *L, client *c, sl_task *t, req *q) {
     return sl_task_suspend(L, t, cancel_req, q);
 }
 
-/* Collects argv from a list of strings or numbers at the given stack range;
- * numbers are formatted in place (integers without exponent). */
-static void format_numbers(lua_State *L, int from, int to) {
-    for (int i = from; i <= to; i++) {
-        int ty = lua_type(L, i);
-        if (ty == LUA_TNUMBER) {
-            char buf[64];
-            double v = lua_tonumber(L, i);
-            if (v == floor(v) && fabs(v) < 9007199254740992.0)
-                snprintf(buf, sizeof(buf), "%.0f", v);
-            else
-                snprintf(buf, sizeof(buf), "%.17g", v);
-            lua_pushstring(L, buf);
-            lua_replace(L, i);
-        } else if (ty != LUA_TSTRING) {
-            luaL_argerror(L, i, "string or number expected");
-        }
-    }
-}
-
 /* call(client, cmd, ...) -> reply | nil, err */
 static int l_call(lua_State *L) {
     client *c = check_client(L);
     int top = lua_gettop(L), argc = top - 1;
     luaL_argcheck(L, argc >= 1, 2, "command expected");
-    format_numbers(L, 2, top);
+    sl_redis_format_numbers(L, 2, top);
+    sl_redis_check_command(L, lua_tostring(L, 2));
     sl_task *t = sl_task_check_yieldable(L, "sluice.redis call");
     int n = refuse(L, c);
     if (n)
@@ -611,6 +697,15 @@ static int l_pipeline(lua_State *L) {
     luaL_checktype(L, 2, LUA_TTABLE);
     int ncmd = (int)lua_objlen(L, 2);
     luaL_argcheck(L, ncmd >= 1, 2, "no commands");
+    for (int i = 1; i <= ncmd; i++) {
+        lua_rawgeti(L, 2, i);
+        if (lua_istable(L, -1)) {
+            lua_rawgeti(L, -1, 1);
+            sl_redis_check_command(L, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
     sl_task *t = sl_task_check_yieldable(L, "sluice.redis pipeline");
     int n = refuse(L, c);
     if (n)
@@ -660,8 +755,12 @@ static const char *state_name(conn_state s) {
     }
 }
 
+static client *any_client(lua_State *L) {
+    return luaL_checkudata(L, 1, CLIENT_MT);
+}
+
 static int l_status(lua_State *L) {
-    lua_pushstring(L, state_name(check_client(L)->state));
+    lua_pushstring(L, state_name(any_client(L)->state));
     return 1;
 }
 
@@ -669,7 +768,7 @@ static int l_status(lua_State *L) {
  * address} where address is the numeric address of the last attempt ("" if
  * the name did not resolve). */
 static int l_info(lua_State *L) {
-    client *c = check_client(L);
+    client *c = any_client(L);
     lua_createtable(L, 0, 7);
     lua_pushstring(L, state_name(c->state));
     lua_setfield(L, -2, "status");
@@ -685,29 +784,46 @@ static int l_info(lua_State *L) {
     lua_setfield(L, -2, "port");
     lua_pushstring(L, c->addr);
     lua_setfield(L, -2, "address");
+    if (c->sub)
+        sl_redis_sub_info(L, c->sub);
     return 1;
 }
 
 static int l_close(lua_State *L) {
-    client_close(check_client(L));
+    client_close(any_client(L));
+    return 0;
+}
+
+static int l_gc(lua_State *L) {
+    client *c = any_client(L);
+    client_close(c);
+    sl_redis_sub_free(c->sub);
+    c->sub = NULL;
     return 0;
 }
 
 static int l_tostring(lua_State *L) {
-    client *c = check_client(L);
-    lua_pushfstring(L, "redis client (%s:%d/%d, %s)", c->host, c->port, c->db,
+    client *c = any_client(L);
+    lua_pushfstring(L, "redis %s (%s:%d/%d, %s)",
+                    c->sub ? "subscription" : "client", c->host, c->port, c->db,
                     state_name(c->state));
     return 1;
 }
 
 int luaopen_sluice_redis(lua_State *L) {
     static const luaL_Reg fns[] = {
-        {"connect", l_connect}, {"call", l_call}, {"pipeline", l_pipeline},
-        {"status", l_status},   {"info", l_info}, {"close", l_close},
+        {"connect", l_connect},
+        {"call", l_call},
+        {"pipeline", l_pipeline},
+        {"status", l_status},
+        {"info", l_info},
+        {"close", l_close},
+        {"subscribe", l_subscribe},
+        {"receive", l_receive},
         {NULL, NULL},
     };
     luaL_newmetatable(L, CLIENT_MT);
-    lua_pushcfunction(L, l_close);
+    lua_pushcfunction(L, l_gc);
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, l_tostring);
     lua_setfield(L, -2, "__tostring");

@@ -47,6 +47,26 @@
 -- resolution under way.
 -- The option _nameserver = "ip[:port]" is for tests: that client resolves
 -- with that one nameserver and without /etc/hosts.
+--
+-- Pub/sub: client:subscribe(channel, ... [, {max_pending = 1000}]) and
+-- client:psubscribe(pattern, ... [, opts]) open a dedicated connection
+-- (RESP2 allows no other command on a subscribed one), yield until Redis
+-- has confirmed every channel or pattern (at most connect_timeout +
+-- command_timeout) and return a subscription, or nil, err. sub:receive(
+-- [timeout]) yields until a message: {kind = "message", channel, payload} or
+-- {kind = "pmessage", pattern, channel, payload}; nil, "timeout" after
+-- timeout seconds (none: no limit; 0: only what is already there);
+-- nil, "closed" once closed. One task receives at a time. Messages not yet
+-- received wait in a queue of at most max_pending; when it is full the
+-- oldest is dropped and counted in sub:info().dropped (with subscribed,
+-- pending, received and the client fields). The connection reconnects like
+-- a client's and subscribes again; messages published while it is down are
+-- lost. sub:unsubscribe() and sub:close() (the same; idempotent, also done
+-- by __gc and by client:close()) end it and wake a waiting receiver with
+-- nil, "closed". A subscription is anchored only while a task waits on it;
+-- killing the task that is subscribing closes it at once. A closed client
+-- subscribes to nothing: nil, "closed". call() and
+-- pipeline() refuse SUBSCRIBE, PSUBSCRIBE, their UNSUBSCRIBEs and MONITOR.
 local core = require "sluice._redis"
 
 local _M = { null = core.null }
@@ -107,8 +127,9 @@ function _M.connect(opts)
   local ct, cmdt = opts.connect_timeout or 2, opts.command_timeout or 5
   if not (ct > 0) then fail("connect", "connect_timeout must be > 0") end
   if not (cmdt > 0) then fail("connect", "command_timeout must be > 0") end
-  local c = core.connect(u.host, u.port, u.db, opts.password or u.password, ct, cmdt, opts._nameserver)
-  return setmetatable({ _c = c, _sha = {} }, mt)
+  local args = { u.host, u.port, u.db, opts.password or u.password, ct, cmdt, opts._nameserver }
+  local c = core.connect(unpack(args, 1, 7))
+  return setmetatable({ _c = c, _sha = {}, _args = args, _subs = setmetatable({}, { __mode = "k" }) }, mt)
 end
 
 local ccall, cpipeline = core.call, core.pipeline
@@ -211,9 +232,79 @@ function Client:eval_script(source, keys, args)
   return res, err
 end
 
+-- The subscription of client:subscribe/psubscribe.
+local Subscription = {}
+local sub_mt = { __index = Subscription }
+local SUB_OPTIONS = { max_pending = "number" }
+
+local function subscribe(self, fname, ...)
+  if getmetatable(self) ~= mt then fail(fname, "use client:" .. fname .. "(...)") end
+  local names, n = { ... }, select("#", ...)
+  local opts = {}
+  if type(names[n]) == "table" then
+    opts = names[n]
+    names[n] = nil
+    n = n - 1
+    for k, v in pairs(opts) do
+      local want = SUB_OPTIONS[k]
+      if not want then fail(fname, "unknown option '" .. tostring(k) .. "'") end
+      if type(v) ~= want then fail(fname, "option '" .. k .. "' must be a " .. want) end
+    end
+  end
+  if n == 0 then fail(fname, (fname == "subscribe" and "a channel" or "a pattern") .. " expected") end
+  local max = opts.max_pending or 1000
+  if not (max >= 1 and max == math.floor(max)) then fail(fname, "max_pending must be an integer >= 1") end
+  local list, seen = {}, {}
+  for i = 1, n do
+    if type(names[i]) ~= "string" then fail(fname, "names must be strings, got " .. type(names[i])) end
+    if not seen[names[i]] then
+      seen[names[i]] = true
+      list[#list + 1] = names[i]
+    end
+  end
+  if core.status(self._c) == "closed" then return nil, "closed" end
+  local a = self._args
+  local ch, pat = {}, {}
+  if fname == "subscribe" then ch = list else pat = list end
+  local c, err, made = core.subscribe(a[1], a[2], a[3], a[4], a[5], a[6], a[7], ch, pat, max)
+  if not c then
+    if made then core.close(made) end
+    return nil, err
+  end
+  local sub = setmetatable({ _c = c }, sub_mt)
+  self._subs[sub] = true
+  return sub
+end
+
+--- client:subscribe(channel, ... [, opts]) -> subscription | nil, err
+function Client:subscribe(...) return subscribe(self, "subscribe", ...) end
+
+--- client:psubscribe(pattern, ... [, opts]) -> subscription | nil, err
+function Client:psubscribe(...) return subscribe(self, "psubscribe", ...) end
+
+local creceive = core.receive
+
+--- sub:receive([timeout]) -> message | nil, "timeout" | nil, "closed"
+function Subscription:receive(timeout)
+  if getmetatable(self) ~= sub_mt then fail("receive", "use sub:receive(...)") end
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0 or timeout ~= timeout) then
+    fail("receive", "timeout must be a number >= 0")
+  end
+  return creceive(self._c, timeout)
+end
+
+function Subscription:close() core.close(self._c) end
+Subscription.unsubscribe = Subscription.close
+function Subscription:status() return core.status(self._c) end
+function Subscription:info() return core.info(self._c) end
+sub_mt.__tostring = function(self) return tostring(self._c) end
+
 function Client:status() return core.status(self._c) end
 function Client:info() return core.info(self._c) end
-function Client:close() core.close(self._c) end
+function Client:close()
+  core.close(self._c)
+  for sub in pairs(self._subs) do sub:close() end
+end
 mt.__tostring = function(self) return tostring(self._c) end
 
 return _M

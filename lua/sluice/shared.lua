@@ -5,10 +5,15 @@
 -- snapshot under `rate_limiter:{name}` (24 h TTL):
 --  - at start, a collector takes the newer of its local (SQLite) and shared
 --    state;
---  - every breaker transition is written at once, and each instance polls
---    the shared snapshots twice a second, so a breaker that one instance
---    opened is open in the others within a second: an upstream that failed
---    for one is not hammered by the rest;
+--  - every breaker transition is written at once and announced on the
+--    pub/sub channel sluice:cb_state (the message is the key); each
+--    instance listens there (its own subscription connection) and takes the
+--    stored snapshot when told, so a breaker that one instance opened is
+--    open in the others within milliseconds: an upstream that failed for
+--    one is not hammered by the rest. The stored key stays the source of
+--    truth: an instance reads it when it attaches a collector, when its
+--    subscription is (re)made, and every 5 s (for messages lost while its
+--    subscription was down);
 --  - limiter snapshots are written every 5 s and at stop;
 --  - leases (leases(ttl)): each collector runs in one instance at a time.
 --    The holder renews its lease every ttl/3 and also before each run, and
@@ -33,6 +38,8 @@ local _M = {}
 local mt = { __index = _M }
 
 local TTL = 86400
+local CHANNEL = "sluice:cb_state"
+local POLL = 5 -- seconds between reads of the stored snapshots (fallback)
 
 -- Takes or renews a lease: ours if free or already ours, for ttl ms.
 local LEASE = [[
@@ -98,7 +105,9 @@ function _M:publish_breaker(c)
   local key = "cb_state:" .. c.breaker:name()
   local doc = encode(c.breaker:snapshot(), self.id, self.seq)
   self.applied[key] = doc
-  return self:call("SET", key, doc, "EX", TTL)
+  local ok, err = self:call("SET", key, doc, "EX", TTL)
+  if not ok then return nil, err end
+  return self:call("PUBLISH", CHANNEL, key)
 end
 
 function _M:publish_limiter(c)
@@ -247,8 +256,44 @@ function _M:leases(ttl)
   for _, c in ipairs(self.collectors) do self:renew(c) end
 end
 
---- start(): the background sync (breakers twice a second, limiters every
--- 5 s, leases every ttl/3).
+local function pull_all(self, key)
+  for _, c in ipairs(self.collectors) do
+    if c.breaker and (not key or key == "cb_state:" .. c.breaker:name()) then self:pull_breaker(c) end
+  end
+end
+
+-- The listener task: subscribed to CHANNEL, pulls the breaker each message
+-- names. Without a subscription (Redis away) it tries again after POLL
+-- seconds; an established one resubscribes by itself after a reconnect,
+-- and then the listener reads every stored snapshot (what was announced
+-- while it was away). stop() closes the subscription and ends the task.
+local function listen(self)
+  while not self.stopped do
+    local sub = self.redis:subscribe(CHANNEL, { max_pending = 10000 })
+    if sub then
+      self.sub = sub
+      if self.stopped then break end
+      pull_all(self) -- what was announced before we listened
+      local seen = sub:info().reconnects
+      while true do
+        local m, err = sub:receive(1)
+        if not m and err ~= "timeout" then break end -- closed by stop()
+        if m then pull_all(self, m.payload) end
+        local info = sub:info()
+        if info.reconnects ~= seen and info.subscribed > 0 then
+          seen = info.reconnects
+          pull_all(self)
+        end
+      end
+    elseif sluice.sleep(POLL) == false then
+      break -- shutdown
+    end
+  end
+  if self.sub then self.sub:close() end
+end
+
+--- start(): the background sync (breakers on each announcement and every
+-- 5 s, limiters every 5 s, leases every ttl/3).
 function _M:start()
   if self.lease_ttl then
     self.lease_timer = sluice.every(self.lease_ttl / 3, function(premature)
@@ -256,13 +301,12 @@ function _M:start()
       for _, c in ipairs(self.collectors) do self:renew(c) end
     end)
   end
-  local ticks = 0
-  self.timer = sluice.every(0.5, function(premature)
+  self.listener = sluice.spawn(listen, self)
+  self.timer = sluice.every(POLL, function(premature)
     if premature then return end
-    ticks = ticks + 1
     for _, c in ipairs(self.collectors) do
       if c.breaker then self:pull_breaker(c) end
-      if c.limiter and ticks % 10 == 0 then self:publish_limiter(c) end
+      if c.limiter then self:publish_limiter(c) end
     end
   end)
   return self.timer
@@ -308,6 +352,10 @@ function _M:stream_sink(opts)
 end
 
 function _M:stop()
+  self.stopped = true
+  if self.sub then self.sub:close() end
+  -- (still subscribing while Redis is away, it would wait its timeout)
+  if self.listener then sluice.kill(self.listener) end
   if self.timer then self.timer:cancel() end
   if self.lease_timer then self.lease_timer:cancel() end
   local leaving = {}

@@ -494,10 +494,283 @@ describe("sluice.redis", function()
     sluice.sleep(0.3)
   end)
 
+  it("keeps a client that only a waiting call refers to until the reply", function()
+    red:call("DEL", "anchored")
+    local t = sluice.spawn(function()
+      return redis.connect { url = srv:url() }:call("BLPOP", "anchored", 5)
+    end)
+    sluice.sleep(0.1)
+    assert.equal("waiting", sluice.status(t))
+    local gc = sluice.spawn(function()
+      for _ = 1, 5 do
+        collectgarbage("collect")
+        sluice.sleep(0.01)
+      end
+    end)
+    assert.same({ true }, { sluice.wait(gc) })
+    assert.equal(1, red:call("RPUSH", "anchored", "v"))
+    assert.same({ true, { "anchored", "v" } }, { sluice.wait(t) })
+    -- and once the call is done, nothing keeps it: collected and closed
+    local w = setmetatable({}, { __mode = "v" })
+    local t2 = sluice.spawn(function()
+      local c = redis.connect { url = srv:url() }
+      w[1] = c
+      return c:call("PING")
+    end)
+    assert.same({ true, "PONG" }, { sluice.wait(t2) })
+    collectgarbage("collect")
+    collectgarbage("collect")
+    assert.is_nil(w[1])
+  end)
+
+  it("wakes every waiting call with nil, closed on close", function()
+    local c = redis.connect { url = srv:url() }
+    c:call("DEL", "closing")
+    local tasks = {}
+    for i = 1, 3 do
+      tasks[i] = sluice.spawn(function() return c:call("BLPOP", "closing", 5) end)
+    end
+    local pending = sluice.spawn(function() return c:call("PING") end)
+    sluice.sleep(0.1)
+    for i = 1, 3 do assert.equal("waiting", sluice.status(tasks[i])) end
+    c:close()
+    for i = 1, 3 do assert.same({ true, nil, "closed" }, { sluice.wait(tasks[i]) }) end
+    assert.same({ true, nil, "closed" }, { sluice.wait(pending) })
+    collectgarbage("collect")
+  end)
+
+  it("refuses SUBSCRIBE, PSUBSCRIBE and MONITOR in call and pipeline", function()
+    for _, cmd in ipairs { "SUBSCRIBE", "subscribe", "PSubscribe", "MONITOR", "monitor",
+      "SSUBSCRIBE", "UNSUBSCRIBE", "punsubscribe" } do
+      local ok, err = pcall(red.call, red, cmd, "ch")
+      assert.is_false(ok)
+      assert.matches("sluice.redis: " .. cmd:upper() .. " cannot be sent with call or pipeline; "
+        .. "use client:subscribe%(channel, ...%) or client:psubscribe%(pattern, ...%)", err)
+      ok, err = pcall(red.pipeline, red, { { "PING" }, { cmd, "ch" } })
+      assert.is_false(ok)
+      assert.matches(cmd:upper() .. " cannot be sent with call or pipeline", err)
+    end
+    -- the connection was not touched
+    assert.equal(0, red:call("PUBLISH", "ch", "x"))
+    assert.equal("PONG", red:call("PING"))
+  end)
+
   it("must be called from a task", function()
     local co = coroutine.create(function() return red:call("PING") end)
     local ok, err = coroutine.resume(co)
     assert.is_false(ok)
     assert.matches("sluice.redis call", err)
+  end)
+
+  describe("pub/sub", function()
+    local function numsub(ch) return red:call("PUBSUB", "NUMSUB", ch)[2] end
+
+    it("delivers published messages to a subscription", function()
+      local sub = assert(red:subscribe("news", "other", "news"))
+      finally(function() sub:close() end)
+      assert.matches("^redis subscription", tostring(sub))
+      assert.equal(2, sub:info().subscribed)
+      assert.equal("connected", sub:status())
+      assert.equal(1, red:call("PUBLISH", "news", "hello"))
+      assert.equal(1, red:call("PUBLISH", "other", "a\0b"))
+      assert.same({ kind = "message", channel = "news", payload = "hello" }, sub:receive(2))
+      assert.same({ kind = "message", channel = "other", payload = "a\0b" }, sub:receive(2))
+      -- a receiver waiting before the message arrives
+      local t = sluice.spawn(function() return sub:receive(2) end)
+      sluice.sleep(0.05)
+      assert.equal("waiting", sluice.status(t))
+      assert.equal(1, red:call("PUBLISH", "news", "later"))
+      assert.same({ true, { kind = "message", channel = "news", payload = "later" } }, { sluice.wait(t) })
+      local info = sub:info()
+      assert.same({ 2, 0, 3, 0, 1000 }, { info.subscribed, info.pending, info.received, info.dropped, info.max_pending })
+    end)
+
+    it("delivers messages matching a pattern", function()
+      local sub = assert(red:psubscribe("ev.*", "x.?"))
+      finally(function() sub:close() end)
+      assert.equal(1, red:call("PUBLISH", "ev.a", "1"))
+      assert.equal(1, red:call("PUBLISH", "x.y", "2"))
+      assert.equal(0, red:call("PUBLISH", "nomatch", "3"))
+      assert.same({ kind = "pmessage", pattern = "ev.*", channel = "ev.a", payload = "1" }, sub:receive(2))
+      assert.same({ kind = "pmessage", pattern = "x.?", channel = "x.y", payload = "2" }, sub:receive(2))
+      assert.same({ nil, "timeout" }, { sub:receive(0) })
+    end)
+
+    it("times a receive out", function()
+      local sub = assert(red:subscribe("quiet"))
+      finally(function() sub:close() end)
+      local t0 = sluice.now()
+      assert.same({ nil, "timeout" }, { sub:receive(0.2) })
+      local dt = sluice.now() - t0
+      assert.is_true(dt >= 0.19 and dt < 1, dt)
+      t0 = sluice.now()
+      assert.same({ nil, "timeout" }, { sub:receive(0) })
+      assert.is_true(sluice.now() - t0 < 0.05)
+      assert.equal(1, red:call("PUBLISH", "quiet", "now"))
+      assert.equal("now", sub:receive(1).payload)
+    end)
+
+    it("unsubscribes, waking the receiver with nil, closed", function()
+      local sub = assert(red:subscribe("gone"))
+      assert.equal(1, numsub("gone"))
+      local t = sluice.spawn(function() return sub:receive() end)
+      sluice.sleep(0.05)
+      assert.equal("waiting", sluice.status(t))
+      sub:unsubscribe()
+      sub:close()
+      assert.same({ true, nil, "closed" }, { sluice.wait(t) })
+      assert.same({ nil, "closed" }, { sub:receive(1) })
+      assert.equal("closed", sub:status())
+      assert.is_true(wait_for(function() return numsub("gone") == 0 end, 2))
+      assert.equal(0, red:call("PUBLISH", "gone", "x"))
+    end)
+
+    it("closes with queued messages and a waiter", function()
+      local sub = assert(red:subscribe("q"))
+      red:call("PUBLISH", "q", "1")
+      assert.is_true(wait_for(function() return sub:info().pending == 1 end))
+      sub:close()
+      assert.equal(0, sub:info().pending)
+      assert.same({ nil, "closed" }, { sub:receive() })
+    end)
+
+    it("lets one task receive at a time; a killed receiver leaves no waiter", function()
+      local sub = assert(red:subscribe("k"))
+      finally(function() sub:close() end)
+      local t = sluice.spawn(function() return sub:receive() end)
+      sluice.sleep(0.05)
+      assert.has_error(function() sub:receive(1) end,
+        "sluice.redis: another task is already waiting on this subscription")
+      assert.is_true(sluice.kill(t))
+      assert.equal("killed", sluice.status(t))
+      assert.equal(1, red:call("PUBLISH", "k", "after"))
+      assert.same({ kind = "message", channel = "k", payload = "after" }, sub:receive(2))
+      -- a killed receiver of a subscription nobody else holds: collected, unsubscribed
+      local t2 = sluice.spawn(function() return assert(red:subscribe("orphan")):receive() end)
+      assert.is_true(wait_for(function() return numsub("orphan") == 1 end))
+      assert.is_true(wait_for(function() return sluice.status(t2) == "waiting" end))
+      collectgarbage("collect")
+      collectgarbage("collect")
+      sluice.sleep(0.05)
+      assert.equal(1, numsub("orphan")) -- anchored by its waiter
+      assert.is_true(sluice.kill(t2))
+      collectgarbage("collect")
+      collectgarbage("collect")
+      assert.is_true(wait_for(function() return numsub("orphan") == 0 end, 2))
+    end)
+
+    it("closes a subscription at once when the subscribing task is killed", function()
+      local c = redis.connect { url = srv:url() }
+      finally(function() c:close() end)
+      local sleeper = sluice.spawn(function() return c:call("DEBUG", "SLEEP", 0.3) end)
+      sluice.sleep(0.05)
+      local t = sluice.spawn(function() return red:subscribe("abandoned") end)
+      sluice.sleep(0.05)
+      assert.equal("waiting", sluice.status(t))
+      assert.is_true(sluice.kill(t))
+      assert.same({ true, "OK" }, { sluice.wait(sleeper) })
+      assert.is_true(wait_for(function() return numsub("abandoned") == 0 end, 2))
+      sluice.sleep(0.1)
+      assert.equal(0, numsub("abandoned"))
+    end)
+
+    it("ends with its client", function()
+      local c = redis.connect { url = srv:url() }
+      local sub = assert(c:subscribe("owned"))
+      local t = sluice.spawn(function() return sub:receive() end)
+      sluice.sleep(0.02)
+      c:close()
+      assert.same({ true, nil, "closed" }, { sluice.wait(t) })
+      assert.equal("closed", sub:status())
+      assert.same({ nil, "closed" }, { c:subscribe("owned") })
+      assert.is_true(wait_for(function() return numsub("owned") == 0 end, 2))
+    end)
+
+    it("keeps a subscription that only its waiting receiver refers to", function()
+      local t = sluice.spawn(function() return assert(red:subscribe("held")):receive(5) end)
+      assert.is_true(wait_for(function() return numsub("held") == 1 end))
+      sluice.sleep(0.05)
+      local gc = sluice.spawn(function()
+        for _ = 1, 5 do
+          collectgarbage("collect")
+          sluice.sleep(0.01)
+        end
+      end)
+      sluice.wait(gc)
+      assert.equal(1, red:call("PUBLISH", "held", "kept"))
+      assert.same({ true, { kind = "message", channel = "held", payload = "kept" } }, { sluice.wait(t) })
+      collectgarbage("collect")
+      collectgarbage("collect")
+      assert.is_true(wait_for(function() return numsub("held") == 0 end, 2))
+    end)
+
+    it("receives 10,000 messages in order", function()
+      local sub = assert(red:subscribe("bulk", { max_pending = 10000 }))
+      finally(function() sub:close() end)
+      for base = 0, 9000, 1000 do
+        local cmds = {}
+        for i = 1, 1000 do cmds[i] = { "PUBLISH", "bulk", base + i } end
+        local res = assert(red:pipeline(cmds))
+        assert.same({ 1 }, res[1000])
+      end
+      for i = 1, 10000 do
+        local m, err = sub:receive(5)
+        assert(m, err)
+        if m.payload ~= tostring(i) then assert.equal(tostring(i), m.payload) end
+      end
+      assert.same({ nil, "timeout" }, { sub:receive(0) })
+      assert.same({ 10000, 0 }, { sub:info().received, sub:info().dropped })
+    end)
+
+    it("drops the oldest messages past max_pending and counts them", function()
+      local sub = assert(red:subscribe("flood", { max_pending = 10 }))
+      finally(function() sub:close() end)
+      local cmds = {}
+      for i = 1, 100 do cmds[i] = { "PUBLISH", "flood", i } end
+      assert(red:pipeline(cmds))
+      assert.is_true(wait_for(function() return sub:info().received == 100 end))
+      assert.same({ 10, 90 }, { sub:info().pending, sub:info().dropped })
+      for i = 91, 100 do assert.equal(tostring(i), sub:receive(0).payload) end
+      assert.same({ nil, "timeout" }, { sub:receive(0) })
+    end)
+
+    it("subscribes again after a reconnect", function()
+      local sub = assert(red:subscribe("again"))
+      finally(function() sub:close() end)
+      assert.is_true(red:call("CLIENT", "KILL", "TYPE", "pubsub") >= 1)
+      assert.is_true(wait_for(function()
+        return sub:info().reconnects == 1 and sub:info().subscribed == 1
+      end, 8))
+      assert.equal(1, red:call("PUBLISH", "again", "back"))
+      assert.same({ kind = "message", channel = "again", payload = "back" }, sub:receive(2))
+    end)
+
+    it("fails when the subscription is not confirmed in time", function()
+      local port = srv.port == 60999 and 20000 or srv.port + 1
+      local c = redis.connect { url = "redis://127.0.0.1:" .. port, connect_timeout = 0.2, command_timeout = 0.1 }
+      finally(function() c:close() end)
+      local t0 = sluice.now()
+      assert.same({ nil, "timeout" }, { c:subscribe("x") })
+      local dt = sluice.now() - t0
+      assert.is_true(dt >= 0.29 and dt < 1, dt)
+    end)
+
+    it("checks its arguments and runs in tasks", function()
+      assert.has_error(function() red:subscribe() end, "sluice.redis.subscribe: a channel expected")
+      assert.has_error(function() red:psubscribe({}) end, "sluice.redis.psubscribe: a pattern expected")
+      assert.has_error(function() red:subscribe("a", 1) end,
+        "sluice.redis.subscribe: names must be strings, got number")
+      assert.has_error(function() red:subscribe("a", { max = 1 }) end,
+        "sluice.redis.subscribe: unknown option 'max'")
+      assert.has_error(function() red:subscribe("a", { max_pending = 0 }) end,
+        "sluice.redis.subscribe: max_pending must be an integer >= 1")
+      local co = coroutine.create(function() return red:subscribe("a") end)
+      local ok, err = coroutine.resume(co)
+      assert.is_false(ok)
+      assert.matches("sluice.redis subscribe", err)
+      local sub = assert(red:subscribe("a"))
+      finally(function() sub:close() end)
+      assert.has_error(function() sub:receive(-1) end, "sluice.redis.receive: timeout must be a number >= 0")
+    end)
   end)
 end)

@@ -1,0 +1,90 @@
+/* redis_args.c -- Lua values as Redis command arguments, for sluice._redis
+ *
+ * See redis_args.h.
+ */
+#include <lauxlib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "redis_args.h"
+
+/* Commands whose replies hiredis delivers once per message (and the ones
+ * that end them): each would leave the request to callbacks after it is
+ * freed, and the connection unusable for calls. */
+void sl_redis_check_command(lua_State *L, const char *cmd) {
+    static const char *const refused[] = {
+        "SUBSCRIBE",    "PSUBSCRIBE",   "SSUBSCRIBE", "UNSUBSCRIBE",
+        "PUNSUBSCRIBE", "SUNSUBSCRIBE", "MONITOR",    NULL,
+    };
+    for (int i = 0; cmd && refused[i]; i++)
+        if (strcasecmp(cmd, refused[i]) == 0)
+            luaL_error(L,
+                       "sluice.redis: %s cannot be sent with call or "
+                       "pipeline; use client:subscribe(channel, ...) or "
+                       "client:psubscribe(pattern, ...)%s",
+                       refused[i],
+                       refused[i + 1] ? "" : " (MONITOR is not supported)");
+}
+
+void sl_redis_check_list(lua_State *L, int idx) {
+    luaL_checktype(L, idx, LUA_TTABLE);
+    int n = (int)lua_objlen(L, idx);
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, idx, i);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_argerror(L, idx, "list of strings expected");
+        lua_pop(L, 1);
+    }
+}
+
+/* Collects the strings of the list at idx into a malloc'd argv (borrowed
+ * from the list, which must stay on the stack). */
+int sl_redis_list_argv(lua_State *L, int idx, const char ***argv,
+                       size_t **lens) {
+    luaL_checktype(L, idx, LUA_TTABLE);
+    int n = (int)lua_objlen(L, idx);
+    *argv = malloc(sizeof(**argv) * (size_t)(n + 1));
+    *lens = malloc(sizeof(**lens) * (size_t)(n + 1));
+    if (!*argv || !*lens) {
+        free(*argv);
+        free(*lens);
+        luaL_error(L, "sluice.redis: out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, idx, i + 1);
+        /* a string, so that the list keeps what the pointer points to */
+        (*argv)[i] = lua_type(L, -1) == LUA_TSTRING
+                         ? lua_tolstring(L, -1, &(*lens)[i])
+                         : NULL;
+        lua_pop(L, 1);
+        if (!(*argv)[i]) {
+            free(*argv);
+            free(*lens);
+            luaL_argerror(L, idx, "list of strings expected");
+        }
+    }
+    return n;
+}
+
+/* Collects argv from a list of strings or numbers at the given stack range;
+ * numbers are formatted in place (integers without exponent). */
+void sl_redis_format_numbers(lua_State *L, int from, int to) {
+    for (int i = from; i <= to; i++) {
+        int ty = lua_type(L, i);
+        if (ty == LUA_TNUMBER) {
+            char buf[64];
+            double v = lua_tonumber(L, i);
+            if (v == floor(v) && fabs(v) < 9007199254740992.0)
+                snprintf(buf, sizeof(buf), "%.0f", v);
+            else
+                snprintf(buf, sizeof(buf), "%.17g", v);
+            lua_pushstring(L, buf);
+            lua_replace(L, i);
+        } else if (ty != LUA_TSTRING) {
+            luaL_argerror(L, i, "string or number expected");
+        }
+    }
+}
