@@ -308,9 +308,9 @@ local function run_window(job, win)
     local committed = {}
     ok, result = pcall(c.store.transaction, c.store, function()
       for tname, rows in pairs(per_table) do
-        local ins, err, _, _, accepted = c.store:upsert_accepted(tname, rows)
-        if not ins then error(err, 0) end
-        count = count + #rows
+        local ins, upd, same, _, accepted = c.store:upsert_accepted(tname, rows)
+        if not ins then error(upd, 0) end
+        count = count + ins + upd + same -- stored rows; rejects are not counted
         committed[#committed + 1] = { tname, accepted }
       end
       assert(record(c, win, "done", count))
