@@ -101,7 +101,12 @@
 --   -> value | nil; db:checkpoints(collector) -> {key = value}
 -- db:close() -> true, idempotent; any other call on a closed db raises
 --   "sluice.store: database is closed". db:is_open(), db.path.
+-- db:check() -> true | nil, reason: false once the database file has been
+--   deleted or replaced while open ("database file <path> was deleted ...");
+--   logged once at error level. upsert, save_state and set_checkpoint then
+--   return nil, that reason instead of writing into the unlinked file.
 local core = require "sluice._store"
+local log = require "sluice.log"
 local task = require "sluice._task"
 local cjson = require "cjson.safe"
 
@@ -258,6 +263,18 @@ local function live(self)
 end
 
 local function pack(...) return { n = select("#", ...), ... } end
+
+-- nil while the database file is where it was opened; once it is deleted or
+-- replaced, the reason (for good: the handle writes into an unlinked file).
+-- Said once, loudly, at error level.
+local function file_gone(self, c)
+  if self._gone then return self._gone end
+  local ok, why = c:file_check()
+  if ok then return nil end
+  self._gone = why .. " (rows written now are lost at exit; restart sluice)"
+  log.error("store: " .. why, { path = self.path })
+  return self._gone
+end
 
 -- --- transactions ----------------------------------------------------------
 
@@ -793,6 +810,8 @@ local function upsert(self, name, rows, want_accepted)
   local d = self._defs[name]
   if not d then fail("upsert", "table '" .. name .. "' is not defined (call db:define first)") end
   check_type("upsert", 2, rows, "table")
+  local gone = file_gone(self, c)
+  if gone then return nil, gone end
   local n = #rows
   if n == 0 then return 0, 0, 0, 0, want_accepted and {} or nil end
   local ncols = d.ncols
@@ -1001,6 +1020,8 @@ function db_methods:save_state(kind, name, tbl)
   check_type("save_state", 1, kind, "string")
   check_type("save_state", 2, name, "string")
   check_type("save_state", 3, tbl, "table")
+  local gone = file_gone(self, c)
+  if gone then return nil, gone end
   local data, err = encode_json(tbl)
   if not data then fail("save_state", "cannot encode state: " .. err) end
   local ok, e = c:exec("INSERT INTO sluice_state (kind, name, data, updated_at) VALUES (?, ?, ?, ?) "
@@ -1043,6 +1064,8 @@ function db_methods:set_checkpoint(collector, key, value)
   local c = live(self)
   check_type("set_checkpoint", 1, collector, "string")
   check_type("set_checkpoint", 2, key, "string")
+  local gone = file_gone(self, c)
+  if gone then return nil, gone end
   local ok, err
   if value == nil then
     ok, err = c:exec("DELETE FROM sluice_checkpoints WHERE collector = ? AND key = ?", collector, key)
@@ -1090,6 +1113,14 @@ end
 
 function db_methods:is_open()
   return not self._closed
+end
+
+--- db:check() -> true | nil, reason: whether the database file is still the
+-- one opened (not deleted or replaced under the running process).
+function db_methods:check()
+  local gone = file_gone(self, live(self))
+  if gone then return nil, gone end
+  return true
 end
 
 function db_mt:__tostring()

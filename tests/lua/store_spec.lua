@@ -688,6 +688,53 @@ describe("sluice.store", function()
     end)
   end)
 
+  describe("a deleted database file", function()
+    it("is detected: check, upsert and the state writers fail with the reason, logged once", function()
+      local log = require "sluice.log"
+      local path = tmpdb()
+      local fdb = assert(store.open(path))
+      assert(fdb:define(KLINES))
+      assert.same({ 2, 0, 0, 0 }, { fdb:upsert("klines", klines(2)) })
+      assert.is_true(fdb:check())
+      log.output("/dev/null")
+      local level = log.level()
+      log.level("info")
+      remove_db(path)
+      local why = "database file " .. path .. " was deleted (rows written now are lost at exit; restart sluice)"
+      assert.same({ nil, why }, { fdb:check() })
+      assert.same({ nil, why }, { fdb:upsert("klines", klines(3)) })
+      assert.same({ nil, why }, { fdb:save_state("k", "n", {}) })
+      assert.same({ nil, why }, { fdb:set_checkpoint("c", "k", 1) })
+      local said = {}
+      for _, e in ipairs(log.recent()) do
+        if e.msg:find("was deleted", 1, true) then said[#said + 1] = e end
+      end
+      log.level(level)
+      log.output("-")
+      assert.equal(1, #said)
+      assert.equal("error", said[1].level)
+      assert.equal("store: database file " .. path .. " was deleted", said[1].msg)
+      assert.equal(path, said[1].path)
+      fdb:close()
+    end)
+
+    it("is told apart from a file replaced at the same path; memory databases always pass", function()
+      local path = tmpdb()
+      local fdb = assert(store.open(path))
+      remove_db(path)
+      local other = assert(store.open(path))
+      local ok, why = fdb:check()
+      assert.is_nil(ok)
+      assert.equal("database file " .. path .. " was replaced by another file "
+        .. "(rows written now are lost at exit; restart sluice)", why)
+      assert.is_true(other:check())
+      other:close()
+      fdb:close()
+      remove_db(path)
+      assert.is_true(db:check())
+    end)
+  end)
+
   describe("close", function()
     it("is idempotent and makes every later call raise", function()
       db:define(KLINES)
