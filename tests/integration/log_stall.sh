@@ -20,10 +20,7 @@ srv:route("GET", "/log", function(req)
   for i = 1, tonumber(req.query.n) do log.info(req.query.tag, { i = i, pad = pad }) end
   return 200, "logged", { ["content-type"] = "text/plain" }
 end)
-srv:route("POST", "/stop", function()
-  require("sluice").after(0, function() os.exit(0) end)
-  return 200, "bye", { ["content-type"] = "text/plain" }
-end)
+require("sluice").on_shutdown(function() srv:close() end)
 local f = assert(io.open(os.getenv("PORT_FILE"), "w"))
 f:write(srv.port, "\n")
 f:close()
@@ -68,7 +65,9 @@ check "kept + dropped = logged ($STALLED + $D1 = 3000)" [ $((STALLED + D1)) -eq 
 BAD=$(grep -vc '^{"ts":.*}$' "$WORK/drained")
 check "no torn line ($BAD)" [ "$BAD" -eq 0 ]
 
-curl -s --max-time 5 -X POST -o /dev/null "$URL/stop"
-wait "$PID"
-check "sluice exits 0" [ $? -eq 0 ]
+kill -TERM "$PID"
+wait "$PID"; code=$?; [ "$code" -eq 0 ] || sed "s/^/    /" "$WORK/err"; (exit $code)
+check "SIGTERM: sluice exits 0" [ $? -eq 0 ]
+for _ in $(seq 1 100); do grep -q '"msg":"SIGTERM received' "$WORK/drained" && break; sleep 0.05; done
+contains "lines logged at shutdown are flushed" "$WORK/drained" '"msg":"SIGTERM received: shutting down"'
 finish
