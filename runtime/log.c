@@ -2,7 +2,11 @@
  */
 #include "log.h"
 
+#include <errno.h>
 #include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +16,6 @@
 
 sl_log_level sl_log_current_level = SL_LOG_INFO;
 static sl_log_format current_format = SL_LOG_JSON;
-static FILE *output;
 
 static const char *level_names[] = {"trace", "debug",    "info", "warning",
                                     "error", "critical", "none"};
@@ -277,6 +280,201 @@ static void ring_push(const char *line, size_t len) {
     }
 }
 
+/* --- the writer thread -----------------------------------------------------
+ *
+ * The loop never writes to the output itself: a reader of stdout that stops
+ * reading would stop every collector with it. Whole lines go into a bounded
+ * queue; one writer thread (all signals blocked, so handlers stay on the
+ * loop's thread) takes the queue whole and writes it with blocking write(2),
+ * finishing partial writes, so lines are never torn or interleaved. A line
+ * that does not fit in the queue is dropped and counted. The queue and the
+ * buffer being written are each at most queue_limit bytes.
+ *
+ * The output is our own dup() of the stream's descriptor, so the caller may
+ * close its FILE at once; a descriptor the writer is still writing to is
+ * closed by the writer when that write returns. */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t work; /* the writer: the queue has lines */
+static pthread_cond_t idle; /* flushers: a write ended */
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static int started;         /* 1 running, -1 could not start: write inline */
+static char *queue, *spare; /* lines waiting; the writer's other buffer */
+static size_t queue_len, queue_cap, spare_cap;
+static size_t queue_limit = SL_LOG_QUEUE_DEFAULT;
+static int out_fd = -1;     /* owned dup of the output; -1: fd 1, borrowed */
+static int writing_fd = -2; /* the fd a write in progress uses, else -2 */
+static int retired_fd = -1; /* replaced while being written: writer closes */
+static unsigned long long dropped_lines, dropped_bytes;
+
+static void init_conds(void) {
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&work, &a);
+    pthread_cond_init(&idle, &a);
+    pthread_condattr_destroy(&a);
+}
+
+static size_t count_lines(const char *p, size_t n) {
+    size_t lines = 0;
+    for (size_t i = 0; i < n; i++)
+        lines += p[i] == '\n';
+    return lines;
+}
+
+/* Writes all of p to fd, waiting as long as it takes (that is this thread's
+ * job). A broken output (EPIPE, EBADF, ...) drops the rest, counted. */
+static void write_all(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+        } else if (w < 0 && errno == EINTR) {
+            continue;
+        } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+            poll(&pfd, 1, -1);
+        } else {
+            pthread_mutex_lock(&mu);
+            dropped_lines += count_lines(p, n);
+            dropped_bytes += n;
+            pthread_mutex_unlock(&mu);
+            return;
+        }
+    }
+}
+
+static void *writer_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&mu);
+    for (;;) {
+        while (queue_len == 0)
+            pthread_cond_wait(&work, &mu);
+        char *p = queue;
+        size_t n = queue_len, cap = queue_cap;
+        queue = spare;
+        queue_cap = spare_cap;
+        queue_len = 0;
+        spare = p;
+        spare_cap = cap;
+        int fd = writing_fd = out_fd >= 0 ? out_fd : STDOUT_FILENO;
+        pthread_mutex_unlock(&mu);
+        write_all(fd, p, n);
+        pthread_mutex_lock(&mu);
+        writing_fd = -2;
+        if (retired_fd >= 0) {
+            close(retired_fd);
+            retired_fd = -1;
+        }
+        pthread_cond_broadcast(&idle);
+    }
+    return NULL;
+}
+
+static void flush_at_exit(void) { sl_log_flush(SL_LOG_EXIT_FLUSH_SECONDS); }
+
+/* Called with mu held, on the first line. */
+static void start_writer(void) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t t;
+    started = pthread_create(&t, NULL, writer_main, NULL) == 0 ? 1 : -1;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (started > 0) {
+        pthread_detach(t);
+        atexit(flush_at_exit);
+    }
+}
+
+static void enqueue(const char *p, size_t n) {
+    pthread_once(&once, init_conds);
+    pthread_mutex_lock(&mu);
+    if (!started)
+        start_writer();
+    if (started < 0) { /* no thread: the old way, blocking */
+        int fd = out_fd >= 0 ? out_fd : STDOUT_FILENO;
+        pthread_mutex_unlock(&mu);
+        write_all(fd, p, n);
+        return;
+    }
+    if (queue_len + n > queue_limit) {
+        dropped_lines++;
+        dropped_bytes += n;
+        pthread_mutex_unlock(&mu);
+        return;
+    }
+    if (queue_len + n > queue_cap) {
+        size_t cap = queue_cap ? queue_cap * 2 : 4096;
+        while (cap < queue_len + n)
+            cap *= 2;
+        if (cap > queue_limit)
+            cap = queue_limit;
+        char *q = realloc(queue, cap);
+        if (!q) {
+            dropped_lines++;
+            dropped_bytes += n;
+            pthread_mutex_unlock(&mu);
+            return;
+        }
+        queue = q;
+        queue_cap = cap;
+    }
+    memcpy(queue + queue_len, p, n);
+    queue_len += n;
+    pthread_cond_signal(&work);
+    pthread_mutex_unlock(&mu);
+}
+
+int sl_log_flush(double timeout) {
+    pthread_once(&once, init_conds);
+    struct timespec end;
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    double t = (double)end.tv_sec + (double)end.tv_nsec / 1e9 + timeout;
+    end.tv_sec = (time_t)t;
+    end.tv_nsec = (long)((t - (double)end.tv_sec) * 1e9);
+    int rc = 0;
+    pthread_mutex_lock(&mu);
+    while (queue_len > 0 || writing_fd != -2) {
+        if (pthread_cond_timedwait(&idle, &mu, &end) == ETIMEDOUT) {
+            rc = -1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&mu);
+    return rc;
+}
+
+void sl_log_set_output(FILE *out) {
+    /* lines already queued go to the old output if it takes them soon */
+    sl_log_flush(SL_LOG_SWITCH_FLUSH_SECONDS);
+    int fd = out && out != stdout ? dup(fileno(out)) : -1;
+    pthread_mutex_lock(&mu);
+    int old = out_fd;
+    out_fd = fd;
+    if (old >= 0) {
+        if (old == writing_fd)
+            retired_fd = old;
+        else
+            close(old);
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+void sl_log_set_queue_limit(size_t bytes) {
+    pthread_mutex_lock(&mu);
+    queue_limit = bytes;
+    pthread_mutex_unlock(&mu);
+}
+
+void sl_log_dropped(unsigned long long *lines, unsigned long long *bytes) {
+    pthread_mutex_lock(&mu);
+    *lines = dropped_lines;
+    *bytes = dropped_bytes;
+    pthread_mutex_unlock(&mu);
+}
+
 /* --- configuration and writing ------------------------------------------ */
 int sl_log_level_parse(const char *name) {
     for (int i = 0; i <= SL_LOG_NONE; i++)
@@ -293,7 +491,6 @@ void sl_log_set_level(sl_log_level level) { sl_log_current_level = level; }
 sl_log_level sl_log_get_level(void) { return sl_log_current_level; }
 void sl_log_set_format(sl_log_format format) { current_format = format; }
 sl_log_format sl_log_get_format(void) { return current_format; }
-void sl_log_set_output(FILE *out) { output = out; }
 
 sl_log_format sl_log_default_format(FILE *out) {
     return isatty(fileno(out)) ? SL_LOG_CONSOLE : SL_LOG_JSON;
@@ -325,7 +522,6 @@ void sl_log_write(sl_log_level level, double wall, const char *msg,
                   const sl_log_field *fields, size_t nfields) {
     if (!sl_log_enabled(level))
         return;
-    FILE *out = output ? output : stdout;
     buf b;
     buf_init(&b);
     build_json(&b, level, wall, msg, fields, nfields);
@@ -335,10 +531,7 @@ void sl_log_write(sl_log_level level, double wall, const char *msg,
         build_console(&b, level, wall, msg, fields, nfields);
     }
     buf_add(&b, "\n", 1);
-    fwrite(b.p, 1, b.len, out);
-    /* Logs are read by tail -f and collectors of stdout: never sit in a
-     * buffer while the process waits on the network. */
-    fflush(out);
+    enqueue(b.p, b.len);
     buf_free(&b);
 }
 

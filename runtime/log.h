@@ -1,12 +1,20 @@
 /* log.h -- structured logging: JSON lines or console lines, plus a ring buffer
  *
  * One process-wide logger. Entries below the configured level are dropped
- * (level SL_LOG_NONE drops everything). Every kept entry is written to the
- * output stream and remembered, as its JSON text, in a ring of the most recent
- * entries (default 1000) for the admin API's /logs.
+ * (level SL_LOG_NONE drops everything). Every kept entry is remembered, as its
+ * JSON text, in a ring of the most recent entries (default 1000) for the admin
+ * API's /logs, and queued for the output.
  *
- * Strings passed in are copied; nothing is retained from the caller. Not
- * thread-safe (sluice runs one thread).
+ * Writing never blocks the caller: a writer thread owned by this module
+ * writes queued lines to the output, whole and in order. When the output
+ * does not keep up (a reader of stdout that stopped reading) and the queue
+ * (SL_LOG_QUEUE_DEFAULT bytes) is full, new lines are dropped and counted
+ * (sl_log_dropped). At exit, queued lines get SL_LOG_EXIT_FLUSH_SECONDS to
+ * go out.
+ *
+ * Strings passed in are copied; nothing is retained from the caller. Call
+ * the functions below from one thread (the loop's); only the queue is
+ * shared with the writer thread.
  */
 #ifndef SLUICE_LOG_H
 #define SLUICE_LOG_H
@@ -50,8 +58,23 @@ void sl_log_set_level(sl_log_level level);
 sl_log_level sl_log_get_level(void);
 void sl_log_set_format(sl_log_format format);
 sl_log_format sl_log_get_format(void);
-/* Where entries go (default stdout). The stream is borrowed, not closed. */
+#define SL_LOG_QUEUE_DEFAULT (1u << 20)
+#define SL_LOG_EXIT_FLUSH_SECONDS 2.0
+#define SL_LOG_SWITCH_FLUSH_SECONDS 0.25
+
+/* Where entries go (default stdout). The logger writes to its own dup of
+ * the stream's descriptor: the caller may close the stream right after.
+ * Lines already queued get SL_LOG_SWITCH_FLUSH_SECONDS to reach the old
+ * output; any left then go to the new one. */
 void sl_log_set_output(FILE *out);
+/* Waits up to timeout seconds for every queued line to be written. Returns
+ * 0 when the queue is empty, -1 when the time ran out. */
+int sl_log_flush(double timeout);
+/* Lines (and their bytes) dropped since the start because the queue was
+ * full or the output failed. */
+void sl_log_dropped(unsigned long long *lines, unsigned long long *bytes);
+/* The queue's bound in bytes (default SL_LOG_QUEUE_DEFAULT); for tests. */
+void sl_log_set_queue_limit(size_t bytes);
 /* The format that suits out: console for a terminal, JSON otherwise. */
 sl_log_format sl_log_default_format(FILE *out);
 

@@ -161,6 +161,25 @@ static int l_output(lua_State *L) {
     return 1;
 }
 
+/* dropped() -> lines, bytes: what the logger dropped because its output
+ * did not keep up (or failed), since the start. */
+static int l_dropped(lua_State *L) {
+    unsigned long long lines, bytes;
+    sl_log_dropped(&lines, &bytes);
+    lua_pushnumber(L, (lua_Number)lines);
+    lua_pushnumber(L, (lua_Number)bytes);
+    return 2;
+}
+
+/* flush([timeout=1]) -> whether every queued line was written within
+ * timeout seconds (blocks the caller that long at most). */
+static int l_flush(lua_State *L) {
+    lua_Number t = luaL_optnumber(L, 1, 1.0);
+    luaL_argcheck(L, t >= 0 && t <= 60, 1, "must be in [0, 60]");
+    lua_pushboolean(L, sl_log_flush(t) == 0);
+    return 1;
+}
+
 /* is_terminal() -> whether stdout is a terminal (for progress bars). */
 static int l_is_terminal(lua_State *L) {
     lua_pushboolean(L, isatty(fileno(stdout)));
@@ -169,10 +188,11 @@ static int l_is_terminal(lua_State *L) {
 
 int luaopen_sluice_log(lua_State *L) {
     static const luaL_Reg fns[] = {
-        {"write", l_write},   {"enabled", l_enabled},
-        {"level", l_level},   {"format", l_format},
-        {"recent", l_recent}, {"ring_size", l_ring_size},
-        {"output", l_output}, {"is_terminal", l_is_terminal},
+        {"write", l_write},     {"enabled", l_enabled},
+        {"level", l_level},     {"format", l_format},
+        {"recent", l_recent},   {"ring_size", l_ring_size},
+        {"output", l_output},   {"is_terminal", l_is_terminal},
+        {"dropped", l_dropped}, {"flush", l_flush},
         {NULL, NULL},
     };
     lua_newtable(L);

@@ -19,10 +19,12 @@
  * Misuse (wrong argument types, a closed database, more than one statement
  * in exec/query) raises; SQL errors return nil, message.
  */
+#include <errno.h>
 #include <lauxlib.h>
 #include <math.h>
 #include <sqlite3.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "modules.h"
 
@@ -34,6 +36,9 @@ typedef struct ldb {
     sqlite3 *db;  /* NULL once closed */
     int ncached;  /* statements in the cache */
     unsigned gen; /* bumped on every cache flush */
+    int has_file; /* a file database: dev and ino identify its file */
+    dev_t dev;
+    ino_t ino;
 } ldb;
 
 static ldb *check_db(lua_State *L) {
@@ -239,6 +244,15 @@ static int l_open(lua_State *L) {
     sqlite3_extended_result_codes(db, 1);
     sqlite3_busy_timeout(db, busy_ms);
     d->db = db;
+    /* SQLite opens the file now: remember which file the path names, so a
+     * later file_check() sees it deleted or replaced under us. */
+    const char *fn = sqlite3_db_filename(db, "main");
+    struct stat st;
+    if (fn && *fn && stat(fn, &st) == 0) {
+        d->has_file = 1;
+        d->dev = st.st_dev;
+        d->ino = st.st_ino;
+    }
     return 1;
 }
 
@@ -431,6 +445,36 @@ static int l_upsert_rows(lua_State *L) {
     return 3;
 }
 
+/* db:file_check() -> true, or nil and why: whether the path still names the
+ * file this connection has open. A database whose file was deleted (or
+ * replaced) goes on accepting writes into an unlinked inode that vanishes
+ * at close, so callers check before they report anything stored. In-memory
+ * and temporary databases always pass. */
+static int l_file_check(lua_State *L) {
+    ldb *d = check_db(L);
+    if (!d->has_file) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    const char *fn = sqlite3_db_filename(d->db, "main");
+    struct stat st;
+    if (stat(fn, &st) != 0) {
+        lua_pushnil(L);
+        if (errno == ENOENT)
+            lua_pushfstring(L, "database file %s was deleted", fn);
+        else
+            lua_pushfstring(L, "database file %s: %s", fn, strerror(errno));
+        return 2;
+    }
+    if (st.st_dev != d->dev || st.st_ino != d->ino) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "database file %s was replaced by another file", fn);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* db:in_transaction() -> whether a transaction is open */
 static int l_in_transaction(lua_State *L) {
     ldb *d = check_db(L);
@@ -480,6 +524,7 @@ int luaopen_sluice_store(lua_State *L) {
         {"script", l_script},
         {"upsert_rows", l_upsert_rows},
         {"in_transaction", l_in_transaction},
+        {"file_check", l_file_check},
         {"last_insert_rowid", l_last_insert_rowid},
         {"is_open", l_is_open},
         {"close", l_close},

@@ -127,6 +127,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
         sl_logf(SL_LOG_WARNING, "second %s: exiting now",
                 sig == SIGINT ? "SIGINT" : "SIGTERM");
         fflush(NULL);
+        sl_log_flush(0.5); /* _exit skips the log's own flush at exit */
         _exit(128 + (int)sig);
     }
     sl_log_field f = {

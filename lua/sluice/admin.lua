@@ -146,8 +146,9 @@ function _M.start(app, opts)
       if st.last_success and (not last_ok or st.last_success > last_ok) then last_ok = st.last_success end
       errors = errors + st.collections_failed
     end
-    local db_ok = a.store and a.store:query("SELECT 1 AS one") ~= nil
-    if not db_ok then reasons[#reasons + 1] = "database is not reachable" end
+    local db_ok, db_why = a.store and a.store:query("SELECT 1 AS one") ~= nil, nil
+    if db_ok then db_ok, db_why = a.store:check() end -- a deleted file answers SELECT 1
+    if not db_ok then reasons[#reasons + 1] = db_why or "database is not reachable" end
     -- without Redis, sluice goes on with local state: degraded, not down
     local degraded = a.shared and a.shared:degraded()
     local body = {
@@ -157,7 +158,7 @@ function _M.start(app, opts)
       service = a.config and a.config.name or "sluice",
       version = sluice._VERSION,
       uptime_seconds = sluice.now() - started_mono,
-      database_connected = db_ok,
+      database_connected = db_ok == true,
       last_collection = iso(last),
       last_successful_collection = iso(last_ok),
       collection_errors = errors,

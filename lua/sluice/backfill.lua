@@ -24,6 +24,14 @@
 --   backfill.wait(id) -> status, once the job has ended
 --   backfill.cancel(id)
 --
+-- At shutdown (SIGTERM, SIGINT) running jobs start no new window and wait
+-- for the windows in flight, before the store closes: a window is
+-- committed with its coverage or not at all, one cut short is neither
+-- stored nor recorded failed (status.windows_interrupted), and the job ends
+-- "cancelled" with status.interrupted and status.next_window (the first
+-- window of the plan not done), logged and printed by `sluice backfill`,
+-- which then exits 0 (1 if windows failed before). Running it again resumes.
+--
 -- Several instances, one backfill. With a sluice.shared object (opts.shared,
 -- by default the one the collector is attached to when the configuration
 -- has `redis = ...`; shared = false turns it off), instances with their
@@ -308,9 +316,9 @@ local function run_window(job, win)
     local committed = {}
     ok, result = pcall(c.store.transaction, c.store, function()
       for tname, rows in pairs(per_table) do
-        local ins, err, _, _, accepted = c.store:upsert_accepted(tname, rows)
-        if not ins then error(err, 0) end
-        count = count + #rows
+        local ins, upd, same, _, accepted = c.store:upsert_accepted(tname, rows)
+        if not ins then error(upd, 0) end
+        count = count + ins + upd + same -- stored rows; rejects are not counted
         committed[#committed + 1] = { tname, accepted }
       end
       assert(record(c, win, "done", count))
@@ -319,6 +327,7 @@ local function run_window(job, win)
       job.rows = job.rows + count
       job.done = job.done + 1
       win.rows = count
+      win.done = true
       -- after the commit (a sink yields); a failing sink says so itself
       for _, sink in ipairs(c.sinks or {}) do
         for _, t in ipairs(committed) do sink:publish(t[1], t[2]) end
@@ -327,6 +336,14 @@ local function run_window(job, win)
     end
   end
   local msg = tostring(result):match("^[^\n]*")
+  if sluice.stopping() then
+    -- shutdown cut the window short: nothing of it was committed and it is
+    -- not a failure; it stays missing, so the next run fetches it
+    job.cut = job.cut + 1
+    c.log.info("backfill window interrupted by shutdown", { partition = win.partition,
+      from = win.from, to = win.to, error = msg })
+    return false
+  end
   job.failed[#job.failed + 1] = { partition = win.partition, from = win.from, to = win.to, error = msg }
   job.errors = job.errors + 1
   record(c, win, "failed", 0, msg)
@@ -448,9 +465,22 @@ local function next_window(job)
   return nil
 end
 
+-- The first window of the plan not done yet (nil when none is left).
+local function next_undone(job)
+  for _, win in ipairs(job.plan.windows) do
+    if not win.done then return win end
+  end
+  return nil
+end
+
+local function iso(t)
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
+end
+
 local function status_of(job)
   local elapsed = (job.finished or sluice.now()) - job.started
   local finished = job.done + #job.failed + job.elsewhere
+  local nxt = job.state ~= "running" and job.state ~= "done" and next_undone(job) or nil
   local rate = elapsed > 0 and finished / elapsed or 0
   return {
     id = job.id, collector = job.collector.name, state = job.state,
@@ -464,7 +494,25 @@ local function status_of(job)
     rate = job.collector.limiter and job.collector.limiter:rate() or nil,
     eta = rate > 0 and (job.total - finished) / rate or nil,
     errors = job.errors, failed = job.failed,
+    interrupted = job.interrupted or nil, windows_interrupted = job.cut,
+    next_window = nxt and { partition = nxt.partition, from = nxt.from, to = nxt.to } or nil,
   }
+end
+
+-- At shutdown, before the store closes (handlers run newest first, and
+-- this one is registered after the app's): running jobs start no new
+-- window, and the windows in flight end (committed whole, or not at all).
+local hooked = false
+local function stop_on_shutdown()
+  local stopping = {}
+  for _, job in pairs(jobs) do
+    if job.state == "running" then
+      job.state = "cancelled"
+      job.interrupted = true
+      stopping[#stopping + 1] = job
+    end
+  end
+  for _, job in ipairs(stopping) do sluice.wait(job.runner) end
 end
 
 --- start(opts) -> id. opts as plan, plus parallel (4), progress
@@ -488,7 +536,7 @@ function _M.start(opts)
   local job = {
     id = id, plan = plan, collector = plan.collector, state = "running",
     total = #plan.windows + #plan.elsewhere, done = 0, rows = 0, errors = 0, failed = {},
-    elsewhere = 0, rows_elsewhere = 0, deferred = {}, rechecking = 0, held = {},
+    elsewhere = 0, rows_elsewhere = 0, deferred = {}, rechecking = 0, held = {}, cut = 0,
     requests0 = plan.collector.stats_.total_requests,
     started = sluice.now(), started_wall = sluice.time(), next = 1, workers = {},
     shared = plan.shared, claim_ttl = claim_ttl, done_ttl = done_ttl,
@@ -496,6 +544,10 @@ function _M.start(opts)
   }
   if job.shared then job.token = job.shared.id .. "/" .. id end
   jobs[id] = job
+  if not hooked then
+    hooked = true
+    sluice.on_shutdown(stop_on_shutdown)
+  end
   local blog = log.with({ collector = job.collector.name, backfill = id })
   job.blog = blog
   for _, win in ipairs(plan.elsewhere) do elsewhere(job, win, win) end
@@ -553,6 +605,12 @@ function _M.start(opts)
     blog.info("backfill finished", { state = job.state, done = st.windows_done,
       failed = st.windows_failed, elsewhere = st.windows_elsewhere, rows = st.rows,
       requests = st.requests, seconds = st.elapsed, claims = st.claims })
+    if job.interrupted then
+      local nw = st.next_window
+      blog.warning("backfill stopped by shutdown; running it again resumes", {
+        done = st.windows_done, total = st.windows_total, interrupted = st.windows_interrupted,
+        next_partition = nw and nw.partition, next_from = nw and iso(nw.from) })
+    end
   end)
   return id
 end
@@ -698,6 +756,12 @@ function _M.cli(chunk, file, ...)
   end
   for _, f in ipairs(st.failed) do
     print(string.format("  failed: %s %d..%d: %s", f.partition, f.from, f.to, f.error))
+  end
+  if st.interrupted then
+    local nw = st.next_window
+    print(string.format("  stopped by shutdown after %d of %d windows%s; run the same command again "
+      .. "to resume (done windows are skipped)", st.windows_done, st.windows_total,
+      nw and string.format("; next window: %s from %s (%d)", nw.partition, iso(nw.from), nw.from) or ""))
   end
   sluice.shutdown(st.windows_failed > 0 and 1 or 0)
 end

@@ -430,12 +430,13 @@ local function store_rows(self, result)
     if not tables[tname] then
       error("collect returned rows for undeclared table '" .. tostring(tname) .. "'")
     end
-    count = count + #rows
+    if not self.store then count = count + #rows end
     if self.store then
       local ins, upd, same, rej, accepted = self.store:upsert_accepted(tname, rows)
       if not ins then
         error("storing rows in '" .. tname .. "' failed: " .. tostring(upd))
       end
+      count = count + ins + upd + same -- what was stored; rejects are not data points
       self.log.debug("stored", { table = tname, inserted = ins, updated = upd,
         unchanged = same, rejected = rej })
       -- sinks see what was committed, in commit order; a sink that fails

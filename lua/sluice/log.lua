@@ -61,6 +61,10 @@ _M.enabled = core.enabled     -- enabled(level) -> boolean
 _M.ring_size = core.ring_size -- ring_size([n]) -> capacity
 _M.output = core.output       -- output(path | "-" | "stderr") -> true | nil, err
 _M.is_terminal = core.is_terminal -- is_terminal() -> whether stdout is a terminal
+-- dropped() -> lines, bytes the output did not keep up with (or failed on):
+-- writing never blocks the loop, a full queue (1 MiB) drops the line instead.
+_M.dropped = core.dropped
+_M.flush = core.flush -- flush([timeout=1]) -> whether every queued line went out
 
 --- recent([n]) -> the newest n kept entries (all by default), oldest first,
 -- each decoded into a table.

@@ -520,6 +520,9 @@ def("gauge", "sluice_process_virtual_memory_bytes", "Virtual memory size in byte
 def("counter", "sluice_process_cpu_seconds_total", "User and system CPU time spent, in seconds.")
 def("gauge", "sluice_process_start_time_seconds", "Start time of the process since the epoch, in seconds.")
 def("gauge", "sluice_lua_memory_bytes", "Memory used by the Lua VM, in bytes.")
+def("counter", "sluice_log_dropped_total",
+  "Log lines dropped because the log output did not keep up (a stalled reader of stdout) or failed.")
+def("counter", "sluice_log_dropped_bytes_total", "Bytes of the log lines dropped.")
 
 --- builtin_names() -> the names of the built-in families render() computes
 -- (besides sluice_http_requests_total and sluice_http_request_duration_seconds).
@@ -686,6 +689,12 @@ sources[#sources + 1] = function(f)
   f.sluice_build_info:set(1, tostring(sluice._VERSION or "unknown"))
   local http = lazy("sluice.http")
   f.sluice_http_requests_in_flight:set(http and http.in_flight() or 0)
+end
+
+sources[#sources + 1] = function(f)
+  local lines, bytes = require("sluice._log").dropped()
+  f.sluice_log_dropped_total:inc(lines)
+  f.sluice_log_dropped_bytes_total:inc(bytes)
 end
 
 sources[#sources + 1] = function(f)

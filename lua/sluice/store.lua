@@ -31,6 +31,8 @@
 --   as its PRIMARY KEY: WITHOUT ROWID, except for a single integer key,
 --   which becomes the rowid (without_rowid = true|false overrides).
 --   Column types: text, integer, real, blob, json (declared "JSON TEXT").
+--   A column is its type name, or { type = t, nonfinite = true } for a
+--   real column that stores inf and -inf (other real columns reject them).
 --   On an existing table, new columns are added (ALTER TABLE ADD COLUMN);
 --   a dropped column, a changed type or a changed key raises. The schema is
 --   what PRAGMA table_info says; nothing else is stored. Key columns are
@@ -51,14 +53,18 @@
 --   to sluice_rejects (row as JSON, reason) in the same transaction.
 --   Values: cjson.null counts as absent. integer: an integral number within
 --   +-2^63, a boolean (1/0), or a decimal string ("42", "4.2e1") holding
---   one; real: a number (not NaN) or a decimal string; text and blob:
+--   one; real: a finite number or a decimal string holding one (inf and
+--   -inf too when the column says nonfinite = true; NaN never); text and blob:
 --   strings; json: a table, number or boolean (encoded) or a string (taken
 --   as JSON text as is). Anything else is rejected. Reasons:
 --     "row is not a table (got <type>)", "unknown field: <f>",
 --     "missing key field: <f>", "missing required field: <f>",
 --     "wrong type for field: <f> (<type> expected, got <what>)",
 --     "validation failed: <reason or 'validate returned false'>",
---     "validate raised: <message>".
+--     "validate raised: <message>", "invalid row: <error>" (anything else
+--     that raised while checking the row). A failure with one row rejects
+--     that row only; a row too deep to encode is kept with "<nested too
+--     deep>" in place of the deepest tables.
 --   Change detection: per row, INSERT ... ON CONFLICT DO NOTHING; when it
 --   inserted nothing, UPDATE ... WHERE key = ... AND (a IS NOT ?a OR ...),
 --   so an identical row costs two index probes and no write, and
@@ -95,7 +101,12 @@
 --   -> value | nil; db:checkpoints(collector) -> {key = value}
 -- db:close() -> true, idempotent; any other call on a closed db raises
 --   "sluice.store: database is closed". db:is_open(), db.path.
+-- db:check() -> true | nil, reason: false once the database file has been
+--   deleted or replaced while open ("database file <path> was deleted ...");
+--   logged once at error level. upsert, save_state and set_checkpoint then
+--   return nil, that reason instead of writing into the unlinked file.
 local core = require "sluice._store"
+local log = require "sluice.log"
 local task = require "sluice._task"
 local cjson = require "cjson.safe"
 
@@ -151,7 +162,11 @@ local function encode_into(v, buf, lenient, depth)
   elseif tv == "string" then
     buf[#buf + 1] = encode_string(v)
   elseif tv == "table" then
-    if depth > 64 then error({ "cannot encode: nested too deep (a cycle?)" }) end
+    if depth > 64 then
+      if not lenient then error({ "cannot encode: nested too deep (a cycle?)" }) end
+      buf[#buf + 1] = '"<nested too deep>"'
+      return
+    end
     local n, count = #v, 0
     for _ in pairs(v) do count = count + 1 end
     if n > 0 and count == n then
@@ -196,8 +211,8 @@ local function encode_into(v, buf, lenient, depth)
 end
 
 --- encode_json(v [, lenient]) -> text | nil, err. lenient encodes what JSON
--- cannot hold (functions, NaN, cycles beyond depth 64 excepted) as strings
--- or null instead of failing.
+-- cannot hold (functions, NaN, tables nested deeper than 64 or in a cycle)
+-- as strings or null instead of failing.
 local function encode_json(v, lenient)
   local buf = {}
   local ok, err = pcall(encode_into, v, buf, lenient, 0)
@@ -248,6 +263,18 @@ local function live(self)
 end
 
 local function pack(...) return { n = select("#", ...), ... } end
+
+-- nil while the database file is where it was opened; once it is deleted or
+-- replaced, the reason (for good: the handle writes into an unlinked file).
+-- Said once, loudly, at error level.
+local function file_gone(self, c)
+  if self._gone then return self._gone end
+  local ok, why = c:file_check()
+  if ok then return nil end
+  self._gone = why .. " (rows written now are lost at exit; restart sluice)"
+  log.error("store: " .. why, { path = self.path })
+  return self._gone
+end
 
 -- --- transactions ----------------------------------------------------------
 
@@ -364,10 +391,25 @@ local function check_definition(def)
     dfail("table '" .. name .. "': columns must be a non-empty table")
   end
   local lower_seen = {}
-  for col, t in pairs(def.columns) do
+  for col, spec in pairs(def.columns) do
     if not is_identifier(col) then
       dfail("table '" .. name .. "': column " ..
         (type(col) == "string" and "'" .. col .. "'" or tostring(col)) .. " is not an identifier")
+    end
+    local t = spec
+    if type(spec) == "table" then
+      for k in pairs(spec) do
+        if k ~= "type" and k ~= "nonfinite" then
+          dfail(format("table '%s': column '%s' has unknown option '%s'", name, col, tostring(k)))
+        end
+      end
+      t = spec.type
+      if spec.nonfinite ~= nil and type(spec.nonfinite) ~= "boolean" then
+        dfail(format("table '%s': column '%s': nonfinite must be a boolean", name, col))
+      end
+      if spec.nonfinite and t ~= "real" then
+        dfail(format("table '%s': column '%s': nonfinite is for real columns", name, col))
+      end
     end
     if not TYPES[t] then
       dfail(format("table '%s': column '%s' has unknown type '%s' "
@@ -409,6 +451,23 @@ local function check_definition(def)
   if def.without_rowid ~= nil and type(def.without_rowid) ~= "boolean" then
     dfail("table '" .. name .. "': without_rowid must be a boolean")
   end
+end
+
+-- The definition with every column's type as a string, plus the set of
+-- columns that accept inf and -inf ({ type = "real", nonfinite = true }).
+local function normalize(def)
+  local out, columns, nonfinite = {}, {}, {}
+  for k, v in pairs(def) do out[k] = v end
+  for col, spec in pairs(def.columns) do
+    if type(spec) == "table" then
+      columns[col] = spec.type
+      nonfinite[col] = spec.nonfinite or nil
+    else
+      columns[col] = spec
+    end
+  end
+  out.columns, out.nonfinite = columns, nonfinite
+  return out
 end
 
 local function key_text(list)
@@ -473,8 +532,11 @@ local function compile(def, order)
   for i, col in ipairs(order) do
     cols[i], types[i], qcols[i], params[i], index[col] = col, def.columns[col], quote(col), "?" .. i, i
   end
-  local typechars = {}
-  for i, t in ipairs(types) do typechars[i] = TYPE_CHAR[t] end
+  local typechars, nonfinite = {}, {}
+  for i, t in ipairs(types) do
+    typechars[i] = TYPE_CHAR[t]
+    nonfinite[i] = def.nonfinite[cols[i]] or false
+  end
   local sets, wheres, diffs = {}, {}, {}
   for i, col in ipairs(cols) do
     if iskey[col] then
@@ -494,7 +556,7 @@ local function compile(def, order)
     end
   end
   return {
-    name = name, cols = cols, types = types, index = index, ncols = #cols,
+    name = name, cols = cols, types = types, index = index, ncols = #cols, nonfinite = nonfinite,
     typechars = concat(typechars), key = def.key, key_idx = key_idx,
     req_idx = req_idx, req_names = req_names, validate = def.validate,
     reject_unknown = def.unknown ~= "ignore",
@@ -528,6 +590,7 @@ end
 function db_methods:define(def)
   local c = live(self)
   check_definition(def)
+  def = normalize(def)
   local name = def.name
   local existing, err = table_columns(c, name)
   if not existing then return nil, err end
@@ -582,12 +645,15 @@ end
 
 local function describe(v)
   local tv = type(v)
-  if tv == "number" and v ~= v then return "nan" end
+  if tv == "number" and v - v ~= 0 then
+    return v ~= v and "nan" or v > 0 and "inf" or "-inf"
+  end
   return tv
 end
 
--- Returns the value to store, or nil, reason.
-local function coerce(t, v, field)
+-- Returns the value to store, or nil, reason. nonfinite: a real column that
+-- takes inf and -inf (NaN never: SQLite would store it as NULL).
+local function coerce(t, v, field, nonfinite)
   local tv = type(v)
   if t == "text" or t == "blob" then
     if tv == "string" then return v end
@@ -612,8 +678,8 @@ local function coerce(t, v, field)
     elseif tv ~= "number" then
       n = nil
     end
-    if n and n == n then return n end
-    if n then return nil, "wrong type for field: " .. field .. " (real expected, got nan)" end
+    if n and (n - n == 0 or (nonfinite and n == n)) then return n end
+    if n then return nil, "wrong type for field: " .. field .. " (real expected, got " .. describe(n) .. ")" end
   else -- json
     if tv == "string" then return v end
     local s, err = encode_json(v)
@@ -639,13 +705,13 @@ local function check_row(d, row, flat, base, acc)
       local t = types[i]
       local tv = type(v)
       -- the common, already right cases first; coerce handles the rest
-      if (t == "real" and tv == "number" and v == v)
+      if (t == "real" and tv == "number" and v - v == 0)
         or (tv == "string" and (t == "text" or t == "blob" or t == "json")) then
         flat[base + i] = v
       elseif t == "integer" and tv == "number" and v == floor(v) and v >= -TWO63 and v < TWO63 then
         flat[base + i] = v
       else
-        local cv, why = coerce(t, v, k)
+        local cv, why = coerce(t, v, k, d.nonfinite[i])
         if cv == nil then return why end
         flat[base + i] = cv
       end
@@ -667,6 +733,14 @@ local function check_row(d, row, flat, base, acc)
       return "validation failed: " .. (why ~= nil and tostring(why) or "validate returned false")
     end
   end
+  return nil
+end
+
+-- The rejected row as JSON text, or nil (stored as NULL) when even the
+-- lenient encoder fails; the reject itself is never lost.
+local function reject_json(row)
+  local ok, s = pcall(encode_json, row, true)
+  if ok then return s end
   return nil
 end
 
@@ -714,8 +788,8 @@ local function write_batch(c, d, flat, nvalid, nrows, rejects, reasons, ignored)
   local at = now()
   local name = d.name
   if rejects then
-    for i = 1, #rejects, 2 do
-      local ok, err = c:exec(REJECT_SQL, name, rejects[i], rejects[i + 1], at)
+    for i = 1, #rejects do
+      local ok, err = c:exec(REJECT_SQL, name, rejects[i][1], rejects[i][2], at)
       if not ok then return nil, err end
     end
   end
@@ -736,6 +810,8 @@ local function upsert(self, name, rows, want_accepted)
   local d = self._defs[name]
   if not d then fail("upsert", "table '" .. name .. "' is not defined (call db:define first)") end
   check_type("upsert", 2, rows, "table")
+  local gone = file_gone(self, c)
+  if gone then return nil, gone end
   local n = #rows
   if n == 0 then return 0, 0, 0, 0, want_accepted and {} or nil end
   local ncols = d.ncols
@@ -746,7 +822,14 @@ local function upsert(self, name, rows, want_accepted)
   local acc = { ignored = 0 }
   for r = 1, n do
     local row = rows[r]
-    local reason = check_row(d, row, flat, base, acc)
+    -- whatever goes wrong with one row (an encoder or a metamethod raising)
+    -- rejects that row, never the batch
+    local ok_row, reason = pcall(check_row, d, row, flat, base, acc)
+    if not ok_row then
+      reason = "invalid row: " .. tostring(reason)
+    elseif reason == "" then
+      reason = "invalid row"
+    end
     if reason == nil then
       nvalid = nvalid + 1
       valid[nvalid] = row
@@ -754,8 +837,7 @@ local function upsert(self, name, rows, want_accepted)
     else
       for i = base + 1, base + ncols do flat[i] = nil end
       rejects = rejects or {}
-      rejects[#rejects + 1] = encode_json(row, true)
-      rejects[#rejects + 1] = reason
+      rejects[#rejects + 1] = { reject_json(row), reason }
       reasons = reasons or {}
       reasons[reason] = (reasons[reason] or 0) + 1
     end
@@ -938,6 +1020,8 @@ function db_methods:save_state(kind, name, tbl)
   check_type("save_state", 1, kind, "string")
   check_type("save_state", 2, name, "string")
   check_type("save_state", 3, tbl, "table")
+  local gone = file_gone(self, c)
+  if gone then return nil, gone end
   local data, err = encode_json(tbl)
   if not data then fail("save_state", "cannot encode state: " .. err) end
   local ok, e = c:exec("INSERT INTO sluice_state (kind, name, data, updated_at) VALUES (?, ?, ?, ?) "
@@ -980,6 +1064,8 @@ function db_methods:set_checkpoint(collector, key, value)
   local c = live(self)
   check_type("set_checkpoint", 1, collector, "string")
   check_type("set_checkpoint", 2, key, "string")
+  local gone = file_gone(self, c)
+  if gone then return nil, gone end
   local ok, err
   if value == nil then
     ok, err = c:exec("DELETE FROM sluice_checkpoints WHERE collector = ? AND key = ?", collector, key)
@@ -1027,6 +1113,14 @@ end
 
 function db_methods:is_open()
   return not self._closed
+end
+
+--- db:check() -> true | nil, reason: whether the database file is still the
+-- one opened (not deleted or replaced under the running process).
+function db_methods:check()
+  local gone = file_gone(self, live(self))
+  if gone then return nil, gone end
+  return true
 end
 
 function db_mt:__tostring()

@@ -2,8 +2,11 @@
 #include "log.h"
 #include "test.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 TEST(json_line_shape) {
     char buf[512];
@@ -89,11 +92,106 @@ TEST(ring_keeps_newest_and_filters_by_level) {
     fclose(devnull);
 }
 
+/* Reads what is in the pipe now (non-blocking), appending to *acc. */
+static void drain(int fd, char **acc, size_t *len) {
+    char chunk[4096];
+    ssize_t n;
+    while ((n = read(fd, chunk, sizeof(chunk))) > 0) {
+        *acc = realloc(*acc, *len + (size_t)n + 1);
+        memcpy(*acc + *len, chunk, (size_t)n);
+        *len += (size_t)n;
+        (*acc)[*len] = '\0';
+    }
+}
+
+/* A reader that stops reading: writes return at once, lines beyond the
+ * queue are dropped and counted, the rest arrive whole and in order once
+ * the reader drains, and logging then resumes. A blocking logger hangs
+ * here (the alarm turns that into a failure). */
+TEST(stalled_output_never_blocks_and_counts_drops) {
+    int p[2];
+    CHECK_INT(pipe(p), 0);
+    fcntl(p[1], F_SETPIPE_SZ, 4096);
+    fcntl(p[0], F_SETFL, O_NONBLOCK);
+    FILE *w = fdopen(p[1], "w");
+    sl_log_set_output(w);
+    fclose(w); /* the logger keeps its own descriptor */
+    sl_log_set_level(SL_LOG_INFO);
+    sl_log_set_format(SL_LOG_JSON);
+    sl_log_set_queue_limit(16384);
+    unsigned long long lines0, bytes0;
+    sl_log_dropped(&lines0, &bytes0);
+
+    alarm(20);
+    char pad[201];
+    memset(pad, 'x', 200);
+    pad[200] = '\0';
+    sl_log_field f = {.key = "pad", .type = SL_LOG_STR, .str = pad, .len = 200};
+    char msg[16];
+    enum { N = 2000 };
+    for (int i = 0; i < N; i++) {
+        snprintf(msg, sizeof(msg), "m%d", i);
+        sl_log_write(SL_LOG_INFO, 0, msg, &f, 1);
+    }
+    CHECK_INT(sl_log_flush(0.05), -1); /* nobody reads: cannot drain */
+    unsigned long long lines, bytes;
+    sl_log_dropped(&lines, &bytes);
+    lines -= lines0;
+    bytes -= bytes0;
+    CHECK(lines > 0);
+    CHECK(lines < N);
+
+    /* the reader comes back */
+    char *acc = NULL;
+    size_t len = 0;
+    for (int i = 0; i < 10000 && sl_log_flush(0.001) != 0; i++)
+        drain(p[0], &acc, &len);
+    drain(p[0], &acc, &len);
+    size_t got = 0;
+    int torn = 0, last = -1, ordered = 1;
+    for (char *s = acc, *nl; s && (nl = strchr(s, '\n')); s = nl + 1) {
+        got++;
+        if (strncmp(s, "{\"ts\":", 6) != 0 || nl[-1] != '}')
+            torn++;
+        int m = atoi(strstr(s, "\"msg\":\"m") + 8);
+        if (m <= last)
+            ordered = 0;
+        last = m;
+    }
+    CHECK_INT(got + lines, N);
+    CHECK_INT(torn, 0);
+    CHECK(ordered);
+    size_t total = 0; /* every line's bytes, newline included */
+    for (int i = 0; i < N; i++) {
+        snprintf(msg, sizeof(msg), "m%d", i);
+        total += sl_log_format_json(NULL, 0, SL_LOG_INFO, 0, msg, &f, 1) + 1;
+    }
+    CHECK_INT(len + bytes, total);
+
+    /* and logging resumes */
+    sl_log_write(SL_LOG_INFO, 0, "after", NULL, 0);
+    CHECK_INT(sl_log_flush(5), 0);
+    free(acc);
+    acc = NULL;
+    len = 0;
+    drain(p[0], &acc, &len);
+    CHECK(acc && strstr(acc, "\"msg\":\"after\"") != NULL);
+    unsigned long long lines2, bytes2;
+    sl_log_dropped(&lines2, &bytes2);
+    CHECK_INT(lines2 - lines0, lines);
+    alarm(0);
+    free(acc);
+    sl_log_set_output(NULL);
+    sl_log_set_queue_limit(SL_LOG_QUEUE_DEFAULT);
+    close(p[0]);
+}
+
 int main(void) {
     RUN(json_line_shape);
     RUN(json_escapes_control_bytes_and_non_finite);
     RUN(json_truncates_like_snprintf);
     RUN(levels_parse);
     RUN(ring_keeps_newest_and_filters_by_level);
+    RUN(stalled_output_never_blocks_and_counts_drops);
     return TEST_SUMMARY();
 }

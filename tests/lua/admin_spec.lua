@@ -208,3 +208,46 @@ describe("admin API and reload", function()
     assert.matches("refusing to listen on 0.0.0.0 without a token", err, 1, true)
   end)
 end)
+
+describe("admin /health on a deleted database file", function()
+  local dir, app, mock, base
+
+  setup(function()
+    log.output("/dev/null")
+    local p = io.popen("mktemp -d")
+    dir = p:read("*l")
+    p:close()
+    mock = require("sluice.mock.binance").start({})
+    write(dir .. "/ticks.lua", COLLECTOR:format("v1"))
+    write(dir .. "/sluice.lua", CONFIG:format(dir .. "/db.sqlite", mock.url, mock.url))
+    local chunk = assert(loadfile(dir .. "/sluice.lua"))
+    app = app_mod.run(chunk(), dir .. "/sluice.lua")
+    base = "http://127.0.0.1:" .. app.admin.port
+  end)
+
+  teardown(function()
+    for _, c in ipairs(app.order) do c:stop() end
+    app.admin:close()
+    mock:stop()
+    os.execute("rm -rf " .. dir)
+    log.output("-")
+  end)
+
+  it("goes unhealthy with database_connected false and the reason; collections fail", function()
+    assert.same({ true, 1 }, { app.collectors.ticks:run_once() })
+    local res = assert(http.request({ url = base .. "/health" }))
+    assert.equal(200, res.status)
+    assert.is_true(res:json().database_connected)
+    for _, suffix in ipairs({ "", "-wal", "-shm" }) do os.remove(dir .. "/db.sqlite" .. suffix) end
+    res = assert(http.request({ url = base .. "/health" }))
+    local body = res:json()
+    assert.equal(503, res.status)
+    assert.equal("unhealthy", body.status)
+    assert.is_false(body.database_connected)
+    local why = "database file " .. dir .. "/db.sqlite was deleted (rows written now are lost at exit; restart sluice)"
+    assert.same({ why }, body.reasons)
+    local ok, err = app.collectors.ticks:run_once()
+    assert.is_false(ok)
+    assert.matches("storing rows in 'ticks' failed: " .. why, err, 1, true)
+  end)
+end)

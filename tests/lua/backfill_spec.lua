@@ -620,4 +620,28 @@ describe("sluice.backfill", function()
       assert.equal(20, coverage(db, "done").n)
     end)
   end)
+
+  describe("counting", function()
+    it("counts the rows stored, not the rows a window returned: rejects are not rows", function()
+      local db = assert(store.open(":memory:"))
+      local c = collector.new(collector.define({
+        name = "nf_feed", interval = 3600, limiter = false, retry = false,
+        tables = { ticks = { columns = { t = "integer", v = "real" }, key = { "t" } } },
+        backfill_step = 100,
+        backfill = function(_, from, to)
+          local rows = {}
+          for t = from, to - 10, 10 do rows[#rows + 1] = { t = t, v = t % 20 == 0 and t or 1 / 0 } end
+          return rows
+        end,
+      }), nil, { store = db })
+      local st = run({ collector = c, from = 0, to = 300 })
+      assert.equal("done", st.state)
+      assert.equal(3, st.windows_done)
+      assert.equal(15, st.rows)                               -- 30 returned, 15 of them inf
+      assert.equal(15, one(db, "SELECT COUNT(*) AS n FROM ticks").n)
+      assert.equal(15, one(db, "SELECT COUNT(*) AS n FROM sluice_rejects").n)
+      assert.equal(15, one(db, "SELECT SUM(rows) AS n FROM sluice_backfill WHERE status = 'done'").n)
+      db:close()
+    end)
+  end)
 end)

@@ -199,6 +199,23 @@ describe("sluice.collector lifecycle", function()
     db:close()
   end)
 
+  it("counts the rows stored, not the rows offered: rejects are not data points", function()
+    local db = assert(store.open(":memory:"))
+    local c = collector.new(spec({
+      tables = { ticks = { columns = { id = "integer", v = "real" }, key = { "id" } } },
+      collect = function()
+        local rows = {}
+        for i = 1, 15 do rows[i] = { id = i, v = i <= 4 and i or math.huge } end
+        return rows
+      end,
+    }), nil, { store = db })
+    assert.same({ true, 4 }, { c:run_once() })
+    assert.equal(4, db:query("SELECT count(*) AS n FROM ticks")[1].n)
+    assert.equal(11, db:query("SELECT count(*) AS n FROM sluice_rejects")[1].n)
+    assert.equal(4, c:stats().data_points_collected)
+    db:close()
+  end)
+
   it("stops gracefully: a request in flight completes and is counted", function()
     local up = upstream()
     up.srv:route("GET", "/slow", function()

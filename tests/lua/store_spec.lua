@@ -331,6 +331,75 @@ describe("sluice.store", function()
       assert.equal("number", type(r[1].at))
     end)
 
+    it("a json value nested deeper than 64, or a cycle, rejects that row only, with its reason", function()
+      db:define{ name = "deep", columns = { id = "integer", doc = "json" }, key = { "id" } }
+      local deep = {}
+      local t = deep
+      for _ = 1, 70 do t.x = {}; t = t.x end
+      local cycle = {}
+      cycle.self = cycle
+      local rows = { { id = 1, doc = { a = 1 } }, { id = 2, doc = deep }, { id = 3, doc = cycle },
+        { id = 4, doc = { b = 2 } } }
+      assert.same({ 2, 0, 0, 2 }, { db:upsert("deep", rows) })
+      assert.same({ { id = 1 }, { id = 4 } }, db:query("SELECT id FROM deep ORDER BY id"))
+      local got = db:query("SELECT row, reason FROM sluice_rejects ORDER BY id")
+      assert.equal(2, #got)
+      local why = "wrong type for field: doc (json expected, cannot encode: nested too deep (a cycle?))"
+      assert.equal(why, got[1].reason)
+      assert.equal(why, got[2].reason)
+      -- the row is kept, its deepest tables replaced by a marker
+      assert.truthy(got[1].row:find('^{"doc":{"x":{"x":'))
+      assert.truthy(got[2].row:find('"<nested too deep>"', 1, true))
+      assert.same({ 2, 2, 0, 2 }, { db:quality("deep").valid_records, db:quality("deep").inserted_records,
+        db:quality("deep").updated_records, db:quality("deep").invalid_records })
+    end)
+
+    it("a row whose checking raises (a metamethod) is a reject with a reason, never a batch failure", function()
+      db:define{ name = "odd", columns = { id = "integer", s = "text" }, key = { "id" } }
+      local bad = setmetatable({}, { __tostring = function() error("no tostring", 0) end })
+      local rows = { { id = 1, s = "a" }, { id = 2, [bad] = 1 }, { id = 3, s = "c" } }
+      assert.same({ 2, 0, 0, 1 }, { db:upsert("odd", rows) })
+      local got = db:query("SELECT row, reason FROM sluice_rejects")
+      assert.equal(1, #got)
+      assert.equal("invalid row: no tostring", got[1].reason)
+      assert.is_nil(got[1].row)
+    end)
+
+    it("rejects inf, -inf and nan in real columns unless the column says nonfinite = true", function()
+      db:define{ name = "nf", columns = { id = "integer", r = "real", x = { type = "real", nonfinite = true } },
+        key = { "id" } }
+      local inf = math.huge
+      local rows = {
+        { id = 1, r = 1.5, x = inf },
+        { id = 2, r = inf },
+        { id = 3, r = -inf },
+        { id = 4, r = "1e999" },
+        { id = 5, r = 0 / 0 },
+        { id = 6, x = -inf },
+        { id = 7, x = 0 / 0 },
+        { id = 8, r = require("cjson").decode("[1e999]")[1] },
+      }
+      assert.same({ 2, 0, 0, 6 }, { db:upsert("nf", rows) })
+      assert.same({ { id = 1, r = 1.5, x = inf }, { id = 6, x = -inf } }, db:query("SELECT * FROM nf ORDER BY id"))
+      local reasons = {}
+      for _, r in ipairs(db:query("SELECT reason FROM sluice_rejects ORDER BY id")) do reasons[#reasons + 1] = r.reason end
+      assert.same({
+        "wrong type for field: r (real expected, got inf)",
+        "wrong type for field: r (real expected, got -inf)",
+        "wrong type for field: r (real expected, got inf)",
+        "wrong type for field: r (real expected, got nan)",
+        "wrong type for field: x (real expected, got nan)",
+        "wrong type for field: r (real expected, got inf)",
+      }, reasons)
+      -- the option is checked at define
+      assert.equal("sluice.store.define: table 'nf2': column 'i': nonfinite is for real columns",
+        err_of(db.define, db, { name = "nf2", columns = { i = { type = "integer", nonfinite = true } }, key = { "i" } }))
+      assert.equal("sluice.store.define: table 'nf2': column 'i' has unknown option 'finite'",
+        err_of(db.define, db, { name = "nf2", columns = { i = { type = "real", finite = true } }, key = { "i" } }))
+      -- a table column spec and the plain name are the same column on reopen
+      assert.truthy(db:define{ name = "nf", columns = { id = "integer", r = "real", x = "real" }, key = { "id" } })
+    end)
+
     it("a validate that accesses a missing field and raises is a reject, not a crash", function()
       db:define{ name = "v", columns = { id = "integer", x = "real" }, key = { "id" },
         validate = function(row) return row.x > 0 end }
@@ -616,6 +685,53 @@ describe("sluice.store", function()
         err_of(db.set_checkpoint, db, "c", 1, 2))
       assert.equal("sluice.store.set_checkpoint: cannot encode value: cannot encode nan",
         err_of(db.set_checkpoint, db, "c", "k", 0 / 0))
+    end)
+  end)
+
+  describe("a deleted database file", function()
+    it("is detected: check, upsert and the state writers fail with the reason, logged once", function()
+      local log = require "sluice.log"
+      local path = tmpdb()
+      local fdb = assert(store.open(path))
+      assert(fdb:define(KLINES))
+      assert.same({ 2, 0, 0, 0 }, { fdb:upsert("klines", klines(2)) })
+      assert.is_true(fdb:check())
+      log.output("/dev/null")
+      local level = log.level()
+      log.level("info")
+      remove_db(path)
+      local why = "database file " .. path .. " was deleted (rows written now are lost at exit; restart sluice)"
+      assert.same({ nil, why }, { fdb:check() })
+      assert.same({ nil, why }, { fdb:upsert("klines", klines(3)) })
+      assert.same({ nil, why }, { fdb:save_state("k", "n", {}) })
+      assert.same({ nil, why }, { fdb:set_checkpoint("c", "k", 1) })
+      local said = {}
+      for _, e in ipairs(log.recent()) do
+        if e.msg:find("was deleted", 1, true) then said[#said + 1] = e end
+      end
+      log.level(level)
+      log.output("-")
+      assert.equal(1, #said)
+      assert.equal("error", said[1].level)
+      assert.equal("store: database file " .. path .. " was deleted", said[1].msg)
+      assert.equal(path, said[1].path)
+      fdb:close()
+    end)
+
+    it("is told apart from a file replaced at the same path; memory databases always pass", function()
+      local path = tmpdb()
+      local fdb = assert(store.open(path))
+      remove_db(path)
+      local other = assert(store.open(path))
+      local ok, why = fdb:check()
+      assert.is_nil(ok)
+      assert.equal("database file " .. path .. " was replaced by another file "
+        .. "(rows written now are lost at exit; restart sluice)", why)
+      assert.is_true(other:check())
+      other:close()
+      fdb:close()
+      remove_db(path)
+      assert.is_true(db:check())
     end)
   end)
 
