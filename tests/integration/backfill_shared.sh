@@ -117,11 +117,18 @@ env DB="$WORK/c.db" REQLOG="$WORK/c.req" RATE=10 "$SLUICE" backfill "$WORK/bf.lu
   --from $FROM --to $TO --parallel 2 --claim-ttl 2 >"$WORK/c.out" 2>&1 &
 pc=$!
 pids+=($pc)
-for _ in $(seq 1 100); do
-  [ "$(redis-cli -p "$REDIS_PORT" --scan --pattern 'backfill:*' | wc -l)" -ge 6 ] && break
+# Wait (bounded) until C holds a claim, then kill it at once: waiting for a
+# number of keys raced with C finishing those windows on a loaded machine.
+claimed() {
+  redis-cli -p "$REDIS_PORT" --scan --pattern 'backfill:*' | xargs -r -n1 redis-cli -p "$REDIS_PORT" get |
+    grep -c '"state":"claimed"'
+}
+held=0
+for _ in $(seq 1 300); do
+  [ "$(redis-cli -p "$REDIS_PORT" --scan --pattern 'backfill:*' | wc -l)" -ge 4 ] &&
+    held=$(claimed) && [ "$held" -ge 1 ] && break
   sleep 0.05
 done
-held=$(redis-cli -p "$REDIS_PORT" --scan --pattern 'backfill:*' | xargs -r -n1 redis-cli -p "$REDIS_PORT" get | grep -c '"state":"claimed"')
 kill -KILL $pc
 wait $pc 2>/dev/null
 check "C died holding claims ($held)" test "$held" -ge 1
