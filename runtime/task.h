@@ -7,8 +7,13 @@
  * the coroutine is freed at the next GC and the handle lives on only as long
  * as Lua code keeps it (for wait()).
  *
- * Suspending: a native function that must wait starts its operation and
- * returns sl_task_suspend(L, t, cancel, op). When the operation completes, the
+ * Suspending: a native function that must wait first gets its task from
+ * sl_task_check_yieldable (which raises when the task cannot yield from
+ * here), then starts its operation and returns
+ * sl_task_suspend(L, t, cancel, op). An object the operation belongs to and
+ * that Lua could collect meanwhile (the native's arguments are dropped when
+ * it yields) is anchored by a registry ref until its last waiter is woken
+ * or cancelled. When the operation completes, the
  * completing code pushes the results onto sl_task_thread(t) and calls
  * sl_task_wake(t, nresults). The task is then queued; it is resumed later
  * from the loop, never from inside the completing callback's stack.
@@ -16,7 +21,8 @@
  * Cancelling: if a suspended task is killed (or the runtime shuts down), the
  * `cancel` callback runs with the op pointer; it must tear the operation down
  * so that it never calls sl_task_wake for this task again. After wake or
- * cancel, the task forgets op: the operation owns its own memory.
+ * cancel, the task forgets op: the operation owns its own memory. A task
+ * that finishes with an operation still attached has it cancelled too.
  */
 #ifndef SLUICE_TASK_H
 #define SLUICE_TASK_H
