@@ -23,6 +23,7 @@
 #include "runtime.h"
 #include "strbuf.h"
 #include "task.h"
+#include "timeout.h"
 
 typedef struct transfer {
     CURL *easy;
@@ -397,6 +398,16 @@ static int l_request(lua_State *L) {
     double max_body = luaL_checknumber(L, 7);
     int follow = lua_toboolean(L, 8);
     int insecure = lua_toboolean(L, 9);
+    /* -1 is "no timeout", which curl spells 0 for the transfer; for the
+     * connection 0 would mean curl's default (300 s), so the longest we
+     * can say stands in for it. */
+    long timeout_ms = sl_timeout_ms(timeout);
+    long connect_ms = sl_timeout_ms(connect_timeout);
+    if (timeout_ms < 0)
+        timeout_ms = 0;
+    if (connect_ms < 0)
+        connect_ms = sl_timeout_ms(SL_TIMEOUT_MAX);
+    /* Before anything starts: a refusal must leave nothing armed. */
     sl_task *t = sl_task_check_yieldable(L, "sluice.http.request");
     ensure_multi(L);
 
@@ -435,9 +446,8 @@ static int l_request(lua_State *L) {
     curl_easy_setopt(e, CURLOPT_USERAGENT, user_agent);
     curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, ""); /* all that we have */
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                     (long)(connect_timeout * 1000));
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_body);
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)follow);
     curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);

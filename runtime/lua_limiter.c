@@ -10,6 +10,12 @@
  * when poll() reports the ticket, when the task is killed (the ticket is
  * cancelled, giving its place back), or when the limiter is collected
  * (its tasks are woken with nil, "closed" first).
+ *
+ * Anchoring: a waiting task's stack does not keep the limiter alive (a
+ * yielding C function drops its arguments, and lim:wait is a tail call),
+ * so while it has waiters the limiter holds a registry reference to
+ * itself, dropped when the last waiter leaves. Collection with waiters
+ * therefore only happens at lua_close.
  */
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -24,6 +30,7 @@
 #include "rlheaders.h"
 #include "runtime.h"
 #include "task.h"
+#include "timeout.h"
 
 #define LIMITER_MT "sluice.limiter"
 
@@ -35,6 +42,7 @@ typedef struct llimiter {
     struct event timer;
     int timer_ready, timer_set;
     waiter *waiters; /* every ticket in the core's queue, for __gc */
+    int self_ref;    /* registry anchor while waiters is not empty */
     int npools;
     char pool_names[SL_LIMITER_MAX_POOLS][SL_LIMITER_NAME_MAX];
 } llimiter;
@@ -57,6 +65,15 @@ static void waiter_unlink(waiter *w) {
 }
 
 static void rearm(llimiter *ll);
+
+/* Drops the anchor once no task waits any more. Call it last: the limiter
+ * may be collected at the next allocation. */
+static void release_if_idle(llimiter *ll) {
+    if (ll->waiters || ll->self_ref == LUA_NOREF)
+        return;
+    luaL_unref(sl_rt.L, LUA_REGISTRYINDEX, ll->self_ref);
+    ll->self_ref = LUA_NOREF;
+}
 
 /* Pushes a wait()'s outcome onto L: seconds waited, or nil, reason,
  * seconds until it could go. */
@@ -93,6 +110,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
         }
     } while (n == 64);
     rearm(ll);
+    release_if_idle(ll);
 }
 
 static void rearm(llimiter *ll) {
@@ -104,15 +122,11 @@ static void rearm(llimiter *ll) {
     }
     if (t < 0)
         return;
-    /* Round up to the microsecond: a timer that fires early only re-arms. */
-    double d = t > now ? ceil((t - now) * 1e6) / 1e6 : 0;
+    /* Rounded up to the microsecond (a timer that fires early only
+     * re-arms); a deadline at infinity arms nothing. */
     struct timeval tv;
-    tv.tv_sec = (time_t)floor(d);
-    tv.tv_usec = (suseconds_t)llround((d - floor(d)) * 1e6);
-    if (tv.tv_usec >= 1000000) {
-        tv.tv_sec++;
-        tv.tv_usec -= 1000000;
-    }
+    if (!sl_timeout_tv(t - now, &tv))
+        return;
     event_base_update_cache_time(sl_rt.base); /* see sl_task_sleep */
     evtimer_add(&ll->timer, &tv);
     ll->timer_set = 1;
@@ -126,6 +140,7 @@ static void cancel_wait(sl_task *t, void *op) {
     waiter_unlink(w);
     free(w);
     rearm(ll);
+    release_if_idle(ll);
 }
 
 static llimiter *check(lua_State *L) {
@@ -172,6 +187,7 @@ static int l_new(lua_State *L) {
 
     llimiter *ll = lua_newuserdata(L, sizeof(*ll));
     memset(ll, 0, sizeof(*ll));
+    ll->self_ref = LUA_NOREF;
     luaL_getmetatable(L, LIMITER_MT);
     lua_setmetatable(L, -2);
     int ud = lua_gettop(L);
@@ -248,12 +264,19 @@ static int l_gc(lua_State *L) {
     if (ll->timer_set)
         evtimer_del(&ll->timer);
     ll->timer_set = 0;
-    /* A waiting task holds the limiter on its stack, so waiters can only
-     * be left here at lua_close, after every task was killed (and each
-     * kill cancelled its ticket). Free whatever remains all the same. */
+    /* Waiters anchor the limiter, so some can be left here only at
+     * lua_close, and the runtime kills every task before that (each kill
+     * cancels its ticket). Whatever remains is woken with nil, "closed":
+     * the wake makes its task forget the waiter freed here. */
     while (ll->waiters) {
         waiter *w = ll->waiters;
         waiter_unlink(w);
+        lua_State *co = sl_task_thread(w->task);
+        if (w->task->state == SL_TASK_SUSPENDED && lua_checkstack(co, 2)) {
+            lua_pushnil(co);
+            lua_pushliteral(co, "closed");
+            sl_task_wake(w->task, 2);
+        }
         free(w);
     }
     if (ll->lim)
@@ -290,6 +313,8 @@ static int l_wait(lua_State *L) {
         .max_wait = max_wait,
     };
     sl_task *t = sl_task_current(L);
+    if (t) /* before taking a ticket: a refusal must leave none behind */
+        sl_task_check_yieldable(L, "sluice.limiter.wait");
     double now = sl_now(), ready_at = now;
     sl_limiter_ticket *ticket = NULL;
     char err[256];
@@ -310,6 +335,10 @@ static int l_wait(lua_State *L) {
     if (rc != SL_LIMITER_WAIT) {
         rearm(ll);
         return push_outcome(L, rc, 0, ready_at - now);
+    }
+    if (!ll->waiters) {
+        lua_pushvalue(L, 1);
+        ll->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     }
     w->owner = ll;
     w->ticket = ticket;

@@ -65,6 +65,7 @@
 #include "redis_sub.h"
 #include "runtime.h"
 #include "task.h"
+#include "timeout.h"
 
 #define CLIENT_MT "sluice.redis.client"
 #define BACKOFF_MIN 0.1
@@ -132,12 +133,10 @@ static double jitter(double d) {
     return d * (0.5 + 0.5 * (double)(rng_state >> 11) / 9007199254740992.0);
 }
 
-static struct timeval to_tv(double s) {
+/* See timeout.h: math.huge gives *armed = 0 (arm no timer). */
+static struct timeval to_tv(double s, int *armed) {
     struct timeval tv;
-    if (s < 0)
-        s = 0;
-    tv.tv_sec = (long)s;
-    tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
+    *armed = sl_timeout_tv(s, &tv);
     return tv;
 }
 
@@ -230,7 +229,8 @@ static void schedule_reconnect(client *c) {
     if (c->state == ST_CLOSED)
         return;
     c->state = ST_DISCONNECTED;
-    struct timeval tv = to_tv(jitter(c->backoff));
+    int armed;
+    struct timeval tv = to_tv(jitter(c->backoff), &armed);
     c->backoff = c->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : c->backoff * 2;
     evtimer_add(&c->reconnect_timer, &tv);
 }
@@ -441,8 +441,10 @@ static void connect_now(client *c) {
         return;
     c->state = ST_CONNECTING;
     c->connect_started = sl_now();
-    struct timeval tv = to_tv(c->connect_timeout);
-    evtimer_add(&c->connect_timer, &tv);
+    int armed;
+    struct timeval tv = to_tv(c->connect_timeout, &armed);
+    if (armed)
+        evtimer_add(&c->connect_timer, &tv);
     if (sl_redis_dns_is_address(c->host)) {
         snprintf(c->addr, sizeof(c->addr), "%s", c->host);
         open_context(c);
@@ -635,8 +637,10 @@ static int req_start(lua_State *L, client *c, sl_task *t, req *q) {
     double s = c->command_timeout;
     if (c->state == ST_CONNECTING)
         s += c->connect_timeout - (sl_now() - c->connect_started);
-    struct timeval tv = to_tv(s);
-    evtimer_add(&q->timer, &tv);
+    int armed;
+    struct timeval tv = to_tv(s, &armed);
+    if (armed)
+        evtimer_add(&q->timer, &tv);
     c->in_flight++;
     hold(L, c, 1);
     if (!c->ac) { /* resolving: sent by send_pending, or failed */

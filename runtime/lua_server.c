@@ -59,6 +59,7 @@
 #include "modules.h"
 #include "runtime.h"
 #include "task.h"
+#include "timeout.h"
 
 #define SERVER_MT "sluice.server"
 #define EXCHANGE_MT "sluice.server.request"
@@ -723,8 +724,7 @@ static int l_listen(lua_State *L) {
      * client gets the answer rather than a reset. */
     evhttp_set_flags(s->http, EVHTTP_SERVER_LINGERING_CLOSE);
     struct timeval tv;
-    tv.tv_sec = (time_t)floor(timeout);
-    tv.tv_usec = (suseconds_t)((timeout - floor(timeout)) * 1e6);
+    sl_timeout_tv(timeout, &tv); /* finite: the wrapper refuses math.huge */
     evhttp_set_timeout_tv(s->http, &tv);
     s->finalize_ev = event_new(sl_rt.base, -1, 0, finalize_cb, s);
 

@@ -9,7 +9,8 @@
  *
  * Everything here is synchronous on the loop thread: SQLite calls block the
  * loop for as long as they take, so callers keep them short (one transaction
- * per batch). Nothing here yields or calls back into Lua.
+ * per batch). Nothing here yields; the only call back into Lua is
+ * pcall_nowait, which runs a transaction's function where it cannot yield.
  *
  * Values: nil -> NULL, boolean -> 0/1, number -> INTEGER when it is integral
  * and fits in 64 bits, else REAL; string -> TEXT (embedded NULs kept);
@@ -27,6 +28,7 @@
 #include <sys/stat.h>
 
 #include "modules.h"
+#include "task.h"
 
 #define DB_MT "sluice.store.db"
 #define BLOB_MT "sluice.store.blob"
@@ -475,6 +477,24 @@ static int l_file_check(lua_State *L) {
     return 1;
 }
 
+/* pcall_nowait(fn, ...) -> true, fn's results | false, error
+ *
+ * pcall for db:transaction: fn runs in a no-wait region of the calling
+ * task (task.h), so sleep, HTTP, Redis, limiter waits and the like raise
+ * instead of letting other tasks run, and write, while the transaction is
+ * open (and a task cannot be killed with BEGIN IMMEDIATE left open). A
+ * plain coroutine.yield fails too: the C call is a yield boundary. */
+static int l_pcall_nowait(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    int rc = sl_task_pcall_nowait(
+        L, lua_gettop(L) - 1,
+        "db:transaction (other tasks would run, and write, while it is "
+        "open): wait before or after the transaction");
+    lua_pushboolean(L, rc == 0);
+    lua_insert(L, 1);
+    return lua_gettop(L);
+}
+
 /* db:in_transaction() -> whether a transaction is open */
 static int l_in_transaction(lua_State *L) {
     ldb *d = check_db(L);
@@ -531,9 +551,8 @@ int luaopen_sluice_store(lua_State *L) {
         {NULL, NULL},
     };
     static const luaL_Reg fns[] = {
-        {"open", l_open},
-        {"blob", l_blob},
-        {"version", l_version},
+        {"open", l_open},       {"blob", l_blob},
+        {"version", l_version}, {"pcall_nowait", l_pcall_nowait},
         {NULL, NULL},
     };
     luaL_newmetatable(L, BLOB_MT);

@@ -15,6 +15,7 @@
 
 #include "redis_sub.h"
 #include "runtime.h"
+#include "timeout.h"
 
 typedef struct msg {
     struct msg *next;
@@ -38,17 +39,6 @@ struct sl_redis_sub {
     sl_redis_sub_abandon_fn *abandon;
     void *abandon_data;
 };
-
-static struct timeval to_tv(double s) {
-    struct timeval tv;
-    if (!(s > 0))
-        s = 0;
-    if (s > 1e9)
-        s = 1e9;
-    tv.tv_sec = (long)s;
-    tv.tv_usec = (long)((s - (double)tv.tv_sec) * 1e6);
-    return tv;
-}
 
 static void on_timeout(evutil_socket_t fd, short what, void *arg);
 
@@ -211,10 +201,9 @@ int sl_redis_sub_wait(lua_State *L, sl_redis_sub *s, sl_task *t, int owner,
     s->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
     s->waiter = t;
     s->ready = ready;
-    if (timeout > 0) {
-        struct timeval tv = to_tv(timeout);
+    struct timeval tv;
+    if (timeout > 0 && sl_timeout_tv(timeout, &tv)) /* math.huge: none */
         evtimer_add(&s->timer, &tv);
-    }
     return sl_task_suspend(L, t, cancel_wait, s);
 }
 

@@ -15,6 +15,7 @@
 #include "embed.h"
 #include "log.h"
 #include "task.h"
+#include "timeout.h"
 #include "timer.h"
 
 sl_runtime sl_rt = {.shutdown_timeout = 10.0,
@@ -107,10 +108,7 @@ void sl_shutdown(void) {
     sl_task_wake_sleepers();
     run_handlers(sl_rt.shutdown_handlers, 1, "on_shutdown");
     struct timeval tv;
-    tv.tv_sec = (time_t)floor(sl_rt.shutdown_timeout);
-    tv.tv_usec =
-        (suseconds_t)((sl_rt.shutdown_timeout - floor(sl_rt.shutdown_timeout)) *
-                      1e6);
+    sl_timeout_tv(sl_rt.shutdown_timeout, &tv); /* finite, >= 0 */
     deadline_ev = evtimer_new(sl_rt.base, deadline_passed, NULL);
     evtimer_add(deadline_ev, &tv);
 }

@@ -2,11 +2,11 @@
 #include "task.h"
 
 #include <lauxlib.h>
-#include <math.h>
 #include <string.h>
 
 #include "log.h"
 #include "runtime.h"
+#include "timeout.h"
 
 #define TASK_MT "sluice.task"
 
@@ -57,19 +57,34 @@ static void rq_remove(sl_task *t) {
 /* --- finishing ----------------------------------------------------------- */
 
 /* Pushes onto L the outcome of the finished task whose handle is at idx:
- * true, results... or false, error. Returns the number of values. */
+ * true, results... or false, error. When L has no room for all the
+ * results, pushes false and a message saying so. Never raises (finish()
+ * calls it on the main state, outside any protected call). Returns the
+ * number of values. */
 static int push_outcome(lua_State *L, int idx, sl_task *t) {
-    lua_pushboolean(L, t->ok);
-    if (!t->results)
+    if (!lua_checkstack(L, 3))
+        return 0; /* cannot happen: every caller has a few slots */
+    if (!t->results) {
+        lua_pushboolean(L, t->ok);
         return 1;
+    }
     lua_getfenv(L, idx);
     lua_getfield(L, -1, "n");
     int n = (int)lua_tointeger(L, -1);
     lua_pop(L, 1);
-    luaL_checkstack(L, n + 2, "too many results");
+    if (!lua_checkstack(L, n + 2)) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 0);
+        lua_pushfstring(L,
+                        "sluice.wait: too many results to return (task %d "
+                        "returned %d values)",
+                        (int)t->id, n);
+        return 2;
+    }
+    lua_pushboolean(L, t->ok);
     for (int i = 1; i <= n; i++)
-        lua_rawgeti(L, -i, i);
-    lua_remove(L, -n - 1);
+        lua_rawgeti(L, -1 - i, i);
+    lua_remove(L, -n - 2);
     return n + 1;
 }
 
@@ -93,17 +108,31 @@ static void waiter_unlink(sl_task *target, sl_task *w) {
     w->wait_prev = w->wait_next = NULL;
 }
 
-/* Ends t with nres values on top of t->co as its results (or its error). */
+/* Tears down the operation t is suspended on (or that a native left
+ * attached), exactly once. */
+static void cancel_op(sl_task *t) {
+    sl_task_cancel_fn cancel = t->cancel;
+    void *op = t->op;
+    t->cancel = NULL;
+    t->op = NULL;
+    if (cancel)
+        cancel(t, op);
+}
+
+/* Ends t with nres values on top of t->co as its results (or its error).
+ * Runs on the main state outside any protected call, so nothing here may
+ * raise: the results move into a table one at a time, however many. */
 static void finish(sl_task *t, int ok, int nres) {
     lua_State *L = sl_rt.L;
+    lua_checkstack(L, 8); /* the main state's stack is all but empty here */
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->self_ref);
     int h = lua_gettop(L);
     if (nres > 0) {
-        luaL_checkstack(L, nres + 4, "too many results");
         lua_createtable(L, nres, 1);
-        lua_xmove(t->co, L, nres);
-        for (int i = nres; i >= 1; i--)
+        for (int i = nres; i >= 1; i--) {
+            lua_xmove(t->co, L, 1);
             lua_rawseti(L, h + 1, i);
+        }
         lua_pushinteger(L, nres);
         lua_setfield(L, h + 1, "n");
         lua_setfenv(L, h);
@@ -112,8 +141,8 @@ static void finish(sl_task *t, int ok, int nres) {
     lua_settop(t->co, 0);
     t->ok = ok;
     t->state = SL_TASK_DONE;
-    t->cancel = NULL;
-    t->op = NULL;
+    cancel_op(t); /* defence in depth: nothing outlives its task */
+    t->nowait = 0;
     if (t->timer_set) {
         event_del(&t->timer);
         t->timer_set = 0;
@@ -126,8 +155,14 @@ static void finish(sl_task *t, int ok, int nres) {
     while (t->waiters) {
         sl_task *w = t->waiters;
         waiter_unlink(t, w);
-        int n = push_outcome(L, h, t);
-        lua_xmove(L, w->co, n);
+        /* Straight onto the waiter's stack, which push_outcome checks:
+         * lua_xmove does not. */
+        lua_State *wco = w->co;
+        lua_checkstack(wco, 4);
+        lua_rawgeti(wco, LUA_REGISTRYINDEX, t->self_ref);
+        int wh = lua_gettop(wco);
+        int n = push_outcome(wco, wh, t);
+        lua_remove(wco, wh);
         w->cancel = NULL;
         w->op = NULL;
         sl_task_wake(w, n);
@@ -287,6 +322,20 @@ sl_task *sl_task_current(lua_State *L) {
     return current && current->co == L ? current : NULL;
 }
 
+/* Raises "<what>: cannot wait ..." when the running task t cannot yield to
+ * the loop from L; returns otherwise. */
+static void check_can_wait(lua_State *L, sl_task *t, const char *what) {
+    if (t->nowait)
+        luaL_error(L, "%s: cannot wait inside %s", what, t->nowait_what);
+    if (!lua_isyieldable(L))
+        luaL_error(L,
+                   "%s: cannot wait here: called through a C function that "
+                   "Lua cannot yield across (a table.sort comparator, a "
+                   "string.gsub callback, a __tostring that string.format "
+                   "calls, a module being required); wait outside it",
+                   what);
+}
+
 sl_task *sl_task_check_yieldable(lua_State *L, const char *what) {
     sl_task *t = sl_task_current(L);
     if (!t)
@@ -294,11 +343,36 @@ sl_task *sl_task_check_yieldable(lua_State *L, const char *what) {
                    "%s: not called from a task (run it inside sluice.spawn; "
                    "coroutines a task creates itself cannot wait)",
                    what);
+    check_can_wait(L, t, what);
     return t;
+}
+
+int sl_task_pcall_nowait(lua_State *L, int nargs, const char *what) {
+    sl_task *t = sl_task_current(L);
+    const char *outer = NULL;
+    if (t) {
+        outer = t->nowait_what;
+        if (t->nowait++ == 0)
+            t->nowait_what = what;
+    }
+    int rc = lua_pcall(L, nargs, LUA_MULTRET, 0);
+    if (t) { /* still running: it could not have waited */
+        t->nowait--;
+        t->nowait_what = t->nowait ? outer : NULL;
+    }
+    return rc;
 }
 
 int sl_task_suspend(lua_State *L, sl_task *t, sl_task_cancel_fn cancel,
                     void *op) {
+    if (t->nowait || !lua_isyieldable(L)) {
+        /* A native that did not check first: undo its operation before
+         * raising, or it would stay armed on a task that runs on. */
+        t->cancel = cancel;
+        t->op = op;
+        cancel_op(t);
+        check_can_wait(L, t, "sluice");
+    }
     t->state = SL_TASK_SUSPENDED;
     t->cancel = cancel;
     t->op = op;
@@ -325,8 +399,7 @@ void sl_task_kill(sl_task *t, const char *reason) {
         rq_remove(t);
     } else {
         counts.waiting--;
-        if (t->cancel)
-            t->cancel(t, t->op);
+        cancel_op(t);
     }
     t->killed = 1;
     counts.killed++;
@@ -357,12 +430,11 @@ static void sleep_cancel(sl_task *t, void *op) {
     }
 }
 
-/* Arms t's timer to call cb after s seconds (s >= 0). */
+/* Arms t's timer to call cb after s seconds; +infinity arms nothing. */
 static void arm_timer(sl_task *t, double s, event_callback_fn cb) {
     struct timeval tv;
-    double whole = floor(s);
-    tv.tv_sec = (time_t)whole;
-    tv.tv_usec = (suseconds_t)((s - whole) * 1e6);
+    if (!sl_timeout_tv(s, &tv))
+        return;
     event_assign(&t->timer, sl_rt.base, -1, 0, cb, t);
     /* Timeouts count from libevent's cached time, which lags behind while
      * callbacks run: without this a sleep could end a little early. */
@@ -372,7 +444,7 @@ static void arm_timer(sl_task *t, double s, event_callback_fn cb) {
 }
 
 int sl_task_sleep(lua_State *L, sl_task *t, double s) {
-    arm_timer(t, s > 0 ? s : 0, sleep_done);
+    arm_timer(t, s, sleep_done); /* negative: 0, due at once */
     return sl_task_suspend(L, t, sleep_cancel, NULL);
 }
 

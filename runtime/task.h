@@ -7,8 +7,13 @@
  * the coroutine is freed at the next GC and the handle lives on only as long
  * as Lua code keeps it (for wait()).
  *
- * Suspending: a native function that must wait starts its operation and
- * returns sl_task_suspend(L, t, cancel, op). When the operation completes, the
+ * Suspending: a native function that must wait first gets its task from
+ * sl_task_check_yieldable (which raises when the task cannot yield from
+ * here), then starts its operation and returns
+ * sl_task_suspend(L, t, cancel, op). An object the operation belongs to and
+ * that Lua could collect meanwhile (the native's arguments are dropped when
+ * it yields) is anchored by a registry ref until its last waiter is woken
+ * or cancelled. When the operation completes, the
  * completing code pushes the results onto sl_task_thread(t) and calls
  * sl_task_wake(t, nresults). The task is then queued; it is resumed later
  * from the loop, never from inside the completing callback's stack.
@@ -16,7 +21,8 @@
  * Cancelling: if a suspended task is killed (or the runtime shuts down), the
  * `cancel` callback runs with the op pointer; it must tear the operation down
  * so that it never calls sl_task_wake for this task again. After wake or
- * cancel, the task forgets op: the operation owns its own memory.
+ * cancel, the task forgets op: the operation owns its own memory. A task
+ * that finishes with an operation still attached has it cancelled too.
  */
 #ifndef SLUICE_TASK_H
 #define SLUICE_TASK_H
@@ -58,6 +64,8 @@ struct sl_task {
     sl_task *wait_next, *wait_prev; /* links in a target's waiters list */
     struct event timer;             /* for sleep; armed only while sleeping */
     int timer_set;
+    int nowait;              /* depth of no-wait regions (see below) */
+    const char *nowait_what; /* the outermost region's description */
 };
 
 /* Creates a task running the function at stack index fn with the nargs
@@ -70,11 +78,26 @@ sl_task *sl_task_spawn(lua_State *L, int nargs);
 sl_task *sl_task_current(lua_State *L);
 
 /* Like sl_task_current, but raises a Lua error naming `what` when L cannot
- * yield to the loop. */
+ * yield to the loop: L is not a task, the call came through a C function
+ * Lua cannot yield across (a table.sort comparator, a gsub callback, a
+ * metamethod, require), or the task is in a no-wait region. Every native
+ * that suspends calls it BEFORE starting its operation, so that a refusal
+ * leaves nothing armed. */
 sl_task *sl_task_check_yieldable(lua_State *L, const char *what);
 
+/* Calls the function below the nargs values on top of L's stack like
+ * lua_pcall(L, nargs, LUA_MULTRET, 0), in a no-wait region of the calling
+ * task (if L is one): every suspending native called meanwhile raises
+ * "cannot wait inside <what>". `what` must be a static string. Regions
+ * nest. Used by db:transaction, whose function must not let other tasks
+ * run while its transaction is open. */
+int sl_task_pcall_nowait(lua_State *L, int nargs, const char *what);
+
 /* Suspends t (which must be the running task on L) until sl_task_wake. Use as
- * `return sl_task_suspend(L, t, cancel, op);`. */
+ * `return sl_task_suspend(L, t, cancel, op);`. If L cannot yield after all
+ * (a native that skipped sl_task_check_yieldable), the operation is
+ * cancelled at once and a Lua error raised: no operation is ever left
+ * attached to a task that goes on running. */
 int sl_task_suspend(lua_State *L, sl_task *t, sl_task_cancel_fn cancel,
                     void *op);
 
@@ -86,7 +109,9 @@ lua_State *sl_task_thread(sl_task *t);
 void sl_task_wake(sl_task *t, int nresults);
 
 /* Ends a live task: cancels its operation, fails its waiters' waits with
- * (false, reason). A no-op on a finished task. t must not be running. */
+ * (false, reason). A no-op on a finished task. t must not be running.
+ * (A task that finishes by itself has any operation still attached
+ * cancelled too.) */
 void sl_task_kill(sl_task *t, const char *reason);
 
 /* The handle of a task from the Lua stack, raising an argument error. */
@@ -106,13 +131,14 @@ typedef struct sl_task_counts {
 
 sl_task_counts sl_task_stats(void);
 
-/* Sleeping, as used by sluice.sleep: suspends t for s seconds. */
+/* Sleeping, as used by sluice.sleep: suspends t for s seconds (math.huge:
+ * until shutdown or kill; see timeout.h for huge and negative values). */
 int sl_task_sleep(lua_State *L, sl_task *t, double s);
 
 /* Parking, as used by sluice.park: suspends t until sl_task_unpark (park
  * returns true and the values given), until timeout seconds have passed
- * (false, "timeout"; a negative timeout never passes) or until shutdown
- * (false, "shutdown"). */
+ * (false, "timeout"; a negative or infinite timeout never passes) or until
+ * shutdown (false, "shutdown"). */
 int sl_task_park(lua_State *L, sl_task *t, double timeout);
 
 /* Queues the parked task t with true and the n values at index first of
@@ -125,7 +151,9 @@ int sl_task_unpark(sl_task *t, lua_State *from, int first, int n);
 void sl_task_wake_sleepers(void);
 
 /* sluice.wait(task): returns at once if the task is done, otherwise
- * suspends the calling task until it is. A lua_CFunction. */
+ * suspends the calling task until it is. A lua_CFunction. A task's results
+ * are kept however many there are; a waiter whose stack cannot take them
+ * all gets false, "too many results ..." instead. */
 int sl_task_wait(lua_State *L);
 
 /* Pushes "ready", "running", "waiting", "done", "failed" or "killed". */

@@ -10,6 +10,7 @@
 
 #include "runtime.h"
 #include "task.h"
+#include "timeout.h"
 
 #define TIMER_MT "sluice.timer"
 
@@ -54,12 +55,11 @@ static void release(sl_timer *tm) {
     sl_loop_unref();
 }
 
+/* delay is finite (after and every refuse anything else); a huge one is
+ * clamped, a negative one is 0. */
 static void arm(sl_timer *tm, double delay) {
-    if (delay < 0)
-        delay = 0;
     struct timeval tv;
-    tv.tv_sec = (time_t)floor(delay);
-    tv.tv_usec = (suseconds_t)((delay - floor(delay)) * 1e6);
+    sl_timeout_tv(delay, &tv);
     event_base_update_cache_time(sl_rt.base); /* see sl_task_sleep */
     evtimer_add(&tm->ev, &tv);
     tm->armed = 1;

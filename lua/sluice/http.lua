@@ -12,6 +12,9 @@
 -- (true when an existing connection carried the request).
 -- Failure: nil, message, kind with kind one of "timeout", "connect", "dns",
 -- "tls", "too_large", "protocol", "aborted". An HTTP 4xx/5xx is a result.
+-- Options timeout (30 s, the whole transfer) and connect_timeout (10 s):
+-- math.huge means no timeout (no limit on the transfer; a connection
+-- attempt still ends when the system gives up on it).
 local core = require "sluice._http"
 local cjson = require "cjson.safe"
 local metrics = require "sluice.metrics"
@@ -139,11 +142,14 @@ local function check_options(fname, opts)
       fail(fname, "option '" .. k .. "' must be a " .. want .. ", got " .. type(v))
     end
   end
-  for _, k in ipairs({ "timeout", "connect_timeout", "max_body" }) do
+  for _, k in ipairs({ "timeout", "connect_timeout" }) do
     local v = opts[k]
-    if v ~= nil and not (v > 0 and v < math.huge) then
-      fail(fname, "option '" .. k .. "' must be a finite number > 0")
+    if v ~= nil and not (v > 0) then
+      fail(fname, "option '" .. k .. "' must be a number > 0 (math.huge: no timeout)")
     end
+  end
+  if opts.max_body ~= nil and not (opts.max_body > 0 and opts.max_body < math.huge) then
+    fail(fname, "option 'max_body' must be a finite number > 0")
   end
   if opts.body ~= nil and opts.json ~= nil then
     fail(fname, "options 'body' and 'json' are exclusive")

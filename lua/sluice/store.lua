@@ -9,9 +9,11 @@
 --   local inserted, updated, unchanged, rejected = db:upsert("klines", rows)
 --
 -- All calls are synchronous on the loop thread: they block it while SQLite
--- works, so write in batches (one upsert = one transaction). Never yield
--- (HTTP, sleep) inside db:transaction(fn): other tasks' writes would join
--- the open transaction.
+-- works, so write in batches (one upsert = one transaction). fn in
+-- db:transaction(fn) cannot wait: sleep, HTTP, Redis, limiter waits (any
+-- call that would let other tasks run, and join the open transaction with
+-- their writes) raise "... cannot wait inside db:transaction ...", which
+-- rolls the transaction back.
 --
 -- store.open(path [, {busy_timeout = 5}]) -> db | nil, err
 --   ":memory:" allowed. WAL journal (file databases), synchronous=NORMAL,
@@ -88,7 +90,7 @@
 -- db:script(sql) -> true | nil, err (several statements, no parameters)
 -- db:transaction(fn, ...) -> fn's results; commits when fn returns (nil,
 --   err if the commit fails), rolls back and re-raises when fn raises.
---   Nests (SAVEPOINT).
+--   Nests (SAVEPOINT). fn must not wait (see above).
 --   Parameters are positional: nil -> NULL, booleans -> 1/0, numbers ->
 --   INTEGER when integral, else REAL; strings -> TEXT; store.blob(s) -> BLOB.
 --   Statements are prepared once and cached by their SQL text. INTEGER
@@ -992,7 +994,7 @@ function db_methods:transaction(fn, ...)
   check_type("transaction", 1, fn, "function")
   local kind, err = tx_begin(c)
   if not kind then return nil, err end
-  local res = pack(pcall(fn, ...))
+  local res = pack(core.pcall_nowait(fn, ...))
   if self._closed then
     if not res[1] then error(res[2], 0) end
     error("sluice.store: database is closed", 2)

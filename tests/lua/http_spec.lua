@@ -212,7 +212,7 @@ describe("sluice.http arguments", function()
     assert.has_error(function() http.request({ url = "http://x/", timeout = "1" }) end,
       "sluice.http.request: option 'timeout' must be a number, got string")
     assert.has_error(function() http.request({ url = "http://x/", timeout = -1 }) end,
-      "sluice.http.request: option 'timeout' must be a finite number > 0")
+      "sluice.http.request: option 'timeout' must be a number > 0 (math.huge: no timeout)")
     assert.has_error(function() http.request({}) end, "sluice.http.request: option 'url' is required")
     assert.has_error(function() http.get(42) end,
       "sluice.http.get: bad argument #1 'url' (string expected, got number)")

@@ -126,6 +126,37 @@ describe("sluice.limiter", function()
     assert.is_true(again:stats().endpoints["/x"].in_backoff)
   end)
 
+  it("a limiter reachable only through its waiters stays alive and wakes them", function()
+    local weak = setmetatable({}, { __mode = "v" })
+    local tasks = {}
+    -- The only references: the waiters' own (a yielding C function drops
+    -- its arguments, and lim:wait is a tail call), and a weak one.
+    local function start()
+      local lim = limiter.new({ name = "l_orphan", rate = 20 })
+      weak[1] = lim
+      for i = 1, 4 do tasks[i] = sluice.spawn(function() return lim:wait() end) end
+    end
+    start()
+    sluice.yield() -- every task takes its ticket
+    collectgarbage()
+    collectgarbage()
+    assert.is_not_nil(weak[1])
+    -- One waiter is killed (its ticket cancelled), the others are woken.
+    assert.is_true(sluice.kill(tasks[4]))
+    local deadline = sluice.now() + 2
+    for i = 1, 3 do
+      while sluice.status(tasks[i]) ~= "done" and sluice.now() < deadline do sluice.sleep(0.01) end
+      assert.equal("done", sluice.status(tasks[i]))
+      local ok, waited = sluice.wait(tasks[i])
+      assert.is_true(ok)
+      assert.is_number(waited)
+    end
+    -- No waiter left: no anchor either.
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(weak[1])
+  end)
+
   it("validates options, naming the bad one", function()
     assert.has_error(function() limiter.new({ rte = 5 }) end, "sluice.limiter.new: unknown option 'rte'")
     assert.has_error(function() limiter.new({ rate = "5" }) end,

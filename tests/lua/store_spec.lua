@@ -639,6 +639,43 @@ describe("sluice.store", function()
       assert.equal(3, db:quality("klines").total_records)
       assert.is_false(db._c:in_transaction())
     end)
+
+    it("refuses to wait inside a transaction, which then rolls back", function()
+      local sluice = require "sluice"
+      db:define(KLINES)
+      -- Another task's write must not join the transaction while fn waits.
+      local writer = sluice.spawn(function() return db:upsert("klines", { kline(20) }) end)
+      local ok, e = pcall(db.transaction, db, function()
+        db:upsert("klines", klines(2))
+        sluice.sleep(0.01)
+      end)
+      assert.is_false(ok)
+      assert.is_truthy(tostring(e):find("sluice.sleep: cannot wait inside db:transaction", 1, true), e)
+      assert.is_false(db._c:in_transaction())
+      assert.equal(0, count(db, "klines"))
+      assert.same({ true, 1, 0, 0, 0 }, { sluice.wait(writer) })
+      assert.equal(1, count(db, "klines"))
+      -- Nested transactions, sluice.yield and coroutine.yield are refused too.
+      for _, wait in ipairs({
+        function() db:transaction(function() sluice.sleep(0) end) end,
+        function() sluice.yield() end,
+        function() coroutine.yield() end,
+        function() sluice.park(0.01) end,
+      }) do
+        ok, e = pcall(db.transaction, db, function()
+          db:exec("DELETE FROM klines")
+          wait()
+        end)
+        assert.is_false(ok)
+        assert.is_truthy(tostring(e):find("cannot wait inside db:transaction", 1, true)
+          or tostring(e):find("attempt to yield across C-call boundary", 1, true), e)
+        assert.is_false(db._c:in_transaction())
+        assert.equal(1, count(db, "klines"))
+      end
+      -- Outside the transaction the task waits as usual.
+      assert.is_true(sluice.sleep(0.01))
+      assert.same({ "done" }, { db:transaction(function() return "done" end) })
+    end)
   end)
 
   describe("state and checkpoints", function()

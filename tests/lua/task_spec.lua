@@ -207,6 +207,54 @@ describe("sluice tasks", function()
     assert.has_error(function() sluice.park(0 / 0) end)
   end)
 
+  it("keeps a task's results however many there are, and the process survives", function()
+    -- 7996 values: finish() used to luaL_checkstack the main state outside
+    -- any protected call, a PANIC that ended the process.
+    local vals = {}
+    for i = 1, 7996 do vals[i] = i end
+    local t = sluice.spawn(function() return unpack(vals) end)
+    local r = { sluice.wait(t) }
+    assert.equal(7997, #r)
+    assert.is_true(r[1])
+    assert.equal(1, r[2])
+    assert.equal(7996, r[7997])
+    -- 20000 values (a vararg tail call can build that many): kept, but more
+    -- than a waiter's stack takes, so wait says so instead of returning them.
+    local function grow(n, ...)
+      if n == 0 then return ... end
+      return grow(n - 1, n, ...)
+    end
+    local big = sluice.spawn(function() return grow(20000) end)
+    local waiter = sluice.spawn(function() return sluice.wait(big) end)
+    assert.same({ false, "sluice.wait: too many results to return (task " .. sluice.id(big)
+      .. " returned 20000 values)" }, { sluice.wait(big) })
+    assert.equal("done", sluice.status(big))
+    assert.same({ true, false, "sluice.wait: too many results to return (task " .. sluice.id(big)
+      .. " returned 20000 values)" }, { sluice.wait(waiter) })
+  end)
+
+  it("sleep, park and after take huge and infinite durations as (nearly) forever", function()
+    -- (time_t)1e19 and friends are undefined; they used to come out as
+    -- "immediately".
+    local tasks = {
+      sluice.spawn(function() return sluice.sleep(1e19) end),
+      sluice.spawn(function() return sluice.sleep(math.huge) end),
+      sluice.spawn(function() return sluice.park(math.huge) end),
+      sluice.spawn(function() return sluice.park(1e300) end),
+    }
+    local fired = false
+    local tm = sluice.after(1e300, function() fired = true end)
+    sluice.sleep(0.05)
+    for _, t in ipairs(tasks) do assert.equal("waiting", sluice.status(t)) end
+    assert.is_false(fired)
+    assert.is_true(tm:active())
+    assert.is_true(tm:cancel())
+    for _, t in ipairs(tasks) do assert.is_true(sluice.kill(t)) end
+    -- A negative sleep is 0: due at once.
+    assert.is_true(sluice.sleep(-1))
+    assert.has_error(function() sluice.after(math.huge, function() end) end)
+  end)
+
   it("reports monotonic and wall-clock time", function()
     local n1 = sluice.now()
     local n2 = sluice.now()
