@@ -95,11 +95,16 @@ local function build(config, file, opts, early)
   local red = c.redis and require("sluice.redis").connect({ url = c.redis })
   local app = { store = db, collectors = {}, order = {}, config = c,
     file = file, opts = opts or {}, starting = early ~= nil }
+  local prev = _M.current
   local okb, built = pcall(function()
-    if early then early(app) end
+    if early then
+      _M.current = app -- the admin API and the REPL see it starting
+      early(app)
+    end
     return build_collectors(c, file, db, false, red, early ~= nil)
   end)
   if not okb then
+    _M.current = prev
     if app.admin then app.admin:close() end
     if red then red:close() end
     db:close()
