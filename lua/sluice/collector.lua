@@ -695,6 +695,7 @@ function Collector:stats()
     status_reason = reason,
     enabled = self.enabled,
     run_in_flight_seconds = g.busy and g.started and sluice.now() - g.started or nil,
+    run_waiters = g.busy and #g.waiters or nil, -- calls waiting for (joining) the run in flight
     started_at = iso(st.started_at),
     last_collection = iso(st.last_collection),
     last_success = iso(st.last_success),
