@@ -58,7 +58,11 @@ end
 local function build_collectors(c, file, db, fresh, red, batched)
   local built = { collectors = {}, order = {} }
   for i, entry in ipairs(c.collectors or {}) do
-    if batched and i % BATCH == 0 then breathe() end
+    if batched and i % BATCH == 0 then
+      breathe()
+      -- build() closes what it opened
+      if sluice.stopping() then error(file .. ": shutdown during start-up", 0) end
+    end
     if fresh and entry.use then package.loaded["collectors." .. entry.use] = nil end
     local spec = load_spec(entry, i, file)
     local overrides = {}
@@ -180,7 +184,10 @@ function _M.run(config, file, opts)
   if app.shared then app.shared:leases(app.config.lease_ttl) end
   local delays = _M.first_delays(app.order, app.config.start_rate or START_RATE)
   for i, inst in ipairs(app.order) do
-    if i % BATCH == 0 then breathe() end
+    if i % BATCH == 0 then
+      breathe()
+      if sluice.stopping() then break end -- the shutdown handler stopped the started ones
+    end
     if inst.enabled then inst:start({ first_delay = delays[inst] }) end
   end
   app.starting = nil

@@ -500,7 +500,10 @@ end
 -- value "joined", instead of starting another.
 function Collector:run_once()
   if self.lease_held == false then
-    return true, 0 -- another instance holds this collector's lease
+    -- another instance holds this collector's lease: standing by is not
+    -- being overdue (health)
+    self.stats_.standby_at = sluice.now()
+    return true, 0
   end
   local g = self.guard_
   if g.busy then
@@ -646,7 +649,8 @@ local function secs(x) return string.format("%.0f s", x) end
 -- disabled: enabled = false. circuit_open: the breaker is open. failed:
 -- the last 3 collections (or more) failed in a row, or a started
 -- collector has had no successful collection for 3 × max(interval,
--- timeout) (since its last success, or its start). degraded: the last
+-- timeout) (since its last success, its start, or its last scheduled
+-- run skipped because another instance holds its lease). degraded: the last
 -- collection failed, a run has been in flight for more than 2 ×
 -- max(interval, timeout), or fewer than 90% of requests succeeded (with
 -- at least 10 made). healthy: otherwise. (timeout defaults to 30 s.)
@@ -665,6 +669,7 @@ function Collector:health()
     local since = self.started_mono_
     local ok_at = st.last_success and (now - (sluice.time() - st.last_success))
     if ok_at and ok_at > since then since = ok_at end
+    if st.standby_at and st.standby_at > since then since = st.standby_at end
     if now - since > OVERDUE_FACTOR * span then
       return "failed", "no successful collection for " .. secs(now - since)
         .. " (over " .. OVERDUE_FACTOR .. " × " .. secs(span) .. ")"

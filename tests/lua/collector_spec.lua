@@ -278,6 +278,19 @@ describe("sluice.collector lifecycle", function()
     sluice.kill(stuck)
   end)
 
+  it("is not overdue while another instance holds its lease (standing by)", function()
+    local c = collector.new(spec({ name = "standby_feed", interval = 0.05, timeout = 0.05 }))
+    c.lease_held = false -- as sluice.shared leaves a collector whose lease another instance holds
+    c:start()
+    local t0 = sluice.now()
+    while sluice.now() - t0 < 0.4 do -- over 3 × 0.05 s
+      assert.equal("healthy", (c:health()))
+      sluice.sleep(0.01)
+    end
+    c:stop()
+    assert.equal(0, c:stats().collections_completed)
+  end)
+
   it("runs one collection at a time: a call during a run joins it", function()
     local runs, gate = 0, {}
     local c = collector.new(spec({ collect = function()
