@@ -165,7 +165,7 @@ describe("sluice.app", function()
 
   it("hands a reload over without an extra run or overlap, and frees the old instances", function()
     local dir = tmpdir()
-    write(dir .. "/feed.lua", feed())
+    write(dir .. "/feed.lua", feed({ breaker = true, limiter = true }))
     local CFG = [[return { store = "%DIR%/db.sqlite", collectors = {
       { file = "feed.lua", name = "a" }, { file = "feed.lua", name = "b" } } }]]
     local app = run(dir, CFG)
