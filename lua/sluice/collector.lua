@@ -580,7 +580,18 @@ end
 function Collector:start(opts)
   if self.running then return self end
   opts = opts or {}
+  if type(opts) ~= "table" then
+    error("collector:start: bad argument #1 (table of options expected, got " .. type(opts) .. ")", 2)
+  end
+  for k in pairs(opts) do
+    if k ~= "first_delay" and k ~= "after" then
+      error("collector:start: unknown option '" .. tostring(k) .. "'", 2)
+    end
+  end
   local delay = opts.first_delay or 0
+  if type(delay) ~= "number" or not (delay >= 0 and delay < math.huge) then
+    error("collector:start: option 'first_delay' must be a finite number >= 0", 2)
+  end
   local old = opts.after
   if old ~= nil then
     if getmetatable(old) ~= instance_mt or old.name ~= self.name then
