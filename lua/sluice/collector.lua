@@ -73,7 +73,7 @@ local SPEC = {
   classify = "function", init = "function", close = "function", backfill = "function",
   backfill_step = "number|function", expect = "table|function", headers = "table",
   description = "string", endpoint = "function", backfill_requests = "number|function",
-  beginning_date = "string|number",
+  beginning_date = "string|number", enabled = "boolean",
 }
 
 local function type_ok(v, want)
@@ -164,7 +164,7 @@ function _M.new(spec, overrides, context)
   -- overrides split: framework options vs the collector's own options
   local own = merge(spec.options, nil)
   local framework = {}
-  local BOOKKEEPING = { use = true, file = true, enabled = true } -- the config's, not ours
+  local BOOKKEEPING = { use = true, file = true } -- the config's, not ours
   for k, v in pairs(overrides) do
     if BOOKKEEPING[k] then
       framework[k] = nil
@@ -192,6 +192,10 @@ function _M.new(spec, overrides, context)
     interval = cfg.interval or 60,
     log = log.with({ collector = cfg.name }),
     running = false,
+    enabled = cfg.enabled ~= false,
+    -- one run in flight per collector: shared with the instances that
+    -- replace this one at a reload (app.lua hands it over)
+    guard_ = { busy = false, waiters = {} },
     stats_ = {
       started_at = nil, last_collection = nil, last_success = nil, last_error = nil,
       total_requests = 0, successful_requests = 0, failed_requests = 0,
@@ -248,8 +252,13 @@ function _M.new(spec, overrides, context)
         self.log.warning("ignoring saved breaker state", { error = tostring(err) })
       end
     end
+    -- the callback holds the store, not the instance: the breaker's
+    -- callback list is weak-keyed, and LuaJIT has no ephemerons, so a
+    -- callback reaching its breaker through the instance would keep both
+    -- alive for ever after a reload
+    local db = self.store
     self.breaker:on_change(function(cb)
-      if self.store then self.store:save_state("breaker", cb:name(), cb:snapshot()) end
+      db:save_state("breaker", cb:name(), cb:snapshot())
     end)
   end
   return self
@@ -449,12 +458,61 @@ local function store_rows(self, result)
   return count
 end
 
+-- The run guard (self.guard_): busy while a run is in flight, with the
+-- task running it, when it started and the tasks waiting for it to end.
+-- Waiters park; a run killed from outside (it cannot release the guard)
+-- is noticed by the waiters' periodic check.
+local GUARD_CHECK = 1 -- seconds between a waiter's checks of a killed run
+
+local function guard_dead(g)
+  local st = g.task and sluice.status(g.task)
+  return st == "done" or st == "failed" or st == "killed"
+end
+
+local function guard_release(g, ...)
+  g.busy, g.task, g.started = false, nil, nil
+  local waiters = g.waiters
+  g.waiters = {}
+  for _, t in ipairs(waiters) do sluice.unpark(t, ...) end
+end
+
+-- Parks the calling task until the run in flight ends -> true, its
+-- results... | false, why.
+local function guard_wait(g)
+  local me = sluice.current()
+  if not me then return false, "a run is already in progress" end
+  while g.busy do
+    g.waiters[#g.waiters + 1] = me
+    local res = { sluice.park(GUARD_CHECK) }
+    if res[1] then return unpack(res) end
+    for i, t in ipairs(g.waiters) do
+      if t == me then table.remove(g.waiters, i) break end
+    end
+    if res[2] == "shutdown" then return false, "shutdown" end
+    if g.busy and guard_dead(g) then guard_release(g, false, "the run in progress was killed") end
+  end
+  return true
+end
+
 --- self:run_once() -> true, rows | false, err. One collection, in the
--- calling task; errors in collect are caught, logged and counted.
+-- calling task; errors in collect are caught, logged and counted. At most
+-- one run of a collector is in flight (across a reload too): a call made
+-- while one is going waits for it and returns its result, with a third
+-- value "joined", instead of starting another.
 function Collector:run_once()
   if self.lease_held == false then
-    return true, 0 -- another instance holds this collector's lease
+    -- another instance holds this collector's lease: standing by is not
+    -- being overdue (health)
+    self.stats_.standby_at = sluice.now()
+    return true, 0
   end
+  local g = self.guard_
+  if g.busy then
+    local ok, a, b = guard_wait(g)
+    if ok then return a, b, "joined" end
+    return false, a
+  end
+  g.busy, g.task, g.started = true, sluice.current(), sluice.now()
   local st = self.stats_
   local t0 = sluice.now()
   st.last_collection = sluice.time()
@@ -473,6 +531,7 @@ function Collector:run_once()
     st.data_points_collected = st.data_points_collected + count
     st.consecutive_failures = 0
     self.log.info("collection done", { rows = count, seconds = sluice.now() - t0 })
+    guard_release(g, true, count)
     return true, count
   end
   local msg = tostring(result)
@@ -481,15 +540,71 @@ function Collector:run_once()
   st.collections_failed = st.collections_failed + 1
   st.consecutive_failures = st.consecutive_failures + 1
   self.log.error("collection failed", { error = st.last_error, traceback = msg })
+  guard_release(g, false, st.last_error)
   return false, st.last_error
 end
 
---- self:start(): init, then run_once every interval (with jitter) until
--- stop() or shutdown. Runs never overlap.
-function Collector:start()
+local function next_period(self)
+  local j = self.config.jitter or 0
+  if j <= 0 then return self.interval end
+  return self.interval * (1 + j * (2 * math.random() - 1))
+end
+
+-- One scheduled run, as a timer's task; schedules the next. A run still
+-- in flight (a manual one, or the replaced instance's after a reload) is
+-- waited for, never overlapped; a run that overran its period delays the
+-- next one to its end, and missed ticks are not replayed.
+local function tick(premature, self)
+  if premature or not self.running then return end
+  self.timer = nil
+  local due = self.next_due_
+  -- the next tick's due time is set before running, so that an instance
+  -- taking over at a reload continues this schedule
+  self.next_due_ = due + next_period(self)
+  while self.guard_.busy do
+    if not guard_wait(self.guard_) or not self.running then return end
+  end
+  if not self.running then return end
+  self:run_once()
+  if not self.running then return end
+  local now = sluice.now()
+  if self.next_due_ < now then self.next_due_ = now end
+  self.timer = sluice.after(self.next_due_ - now, tick, self)
+end
+
+--- self:start([opts]): init, then run_once every interval (with jitter)
+-- until stop() or shutdown. Runs never overlap. opts.first_delay: seconds
+-- until the first run (0: at once); opts.after: the instance this one
+-- replaces (a reload), whose schedule it continues: its first run is the
+-- old instance's next one, and waits for a run of the old one still in
+-- flight.
+function Collector:start(opts)
   if self.running then return self end
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error("collector:start: bad argument #1 (table of options expected, got " .. type(opts) .. ")", 2)
+  end
+  for k in pairs(opts) do
+    if k ~= "first_delay" and k ~= "after" then
+      error("collector:start: unknown option '" .. tostring(k) .. "'", 2)
+    end
+  end
+  local delay = opts.first_delay or 0
+  if type(delay) ~= "number" or not (delay >= 0 and delay < math.huge) then
+    error("collector:start: option 'first_delay' must be a finite number >= 0", 2)
+  end
+  local old = opts.after
+  if old ~= nil then
+    if getmetatable(old) ~= instance_mt or old.name ~= self.name then
+      error("collector:start: option 'after' must be an instance of the same collector", 2)
+    end
+    self.guard_ = old.guard_
+    if old.next_due_ then delay = math.max(0, old.next_due_ - sluice.now()) end
+  end
   self.running = true
   self.stats_.started_at = sluice.time()
+  -- the overdue clock of health() runs across a reload
+  self.started_mono_ = old and old.started_mono_ or sluice.now()
   if self.spec.init then
     local ok, err = xpcall(self.spec.init, debug.traceback, self)
     if not ok then
@@ -497,26 +612,32 @@ function Collector:start()
       error("collector '" .. self.name .. "': init failed: " .. tostring(err), 0)
     end
   end
-  self.first_run = sluice.spawn(function() self:run_once() end)
-  self.timer = sluice.every(self.interval, function(premature)
-    if premature or not self.running then return end
-    self:run_once()
-  end, { jitter = self.config.jitter or 0 })
-  self.log.info("collector started", { interval = self.interval })
+  self.next_due_ = sluice.now() + delay
+  self.first_due_ = self.next_due_
+  if delay <= 0 then
+    self.first_run = sluice.spawn(tick, false, self)
+  else
+    self.timer = sluice.after(delay, tick, self)
+  end
+  self.log.info("collector started", { interval = self.interval, first_run_in = delay })
   return self
 end
 
 --- self:drain(): waits (in a task) until no run of this collector is in
--- progress; shutdown's deadline bounds it.
+-- progress, the replaced instance's included; shutdown's deadline bounds it.
 function Collector:drain()
-  while (self.in_flight or 0) > 0 do sluice.sleep(0.05) end
+  local g = self.guard_
+  while g.busy and not guard_dead(g) do sluice.sleep(0.05) end
 end
 
 --- self:stop(): no new runs; a run in progress finishes. Saves the breaker.
 function Collector:stop()
   if not self.running then return self end
   self.running = false
+  -- dropping the timer also breaks the cycle timer -> callback arguments
+  -- -> instance -> timer that kept stopped instances alive
   if self.timer then self.timer:cancel() end
+  self.timer = nil
   if self.spec.close then
     local ok, err = xpcall(self.spec.close, debug.traceback, self)
     if not ok then self.log.error("close failed", { error = tostring(err) }) end
@@ -531,18 +652,51 @@ function Collector:stop()
   return self
 end
 
---- self:health() -> "healthy" | "degraded" | "failed" | "circuit_open"
--- circuit_open: the breaker is open. failed: the last 3 collections (or
--- more) failed in a row. degraded: the last collection failed, or fewer
--- than 90% of requests succeeded (with at least 10 made). healthy:
--- otherwise.
+local STALL_FACTOR, OVERDUE_FACTOR = 2, 3
+
+local function secs(x) return string.format("%.0f s", x) end
+
+--- self:health() -> status, reason. status: "disabled" | "circuit_open"
+-- | "failed" | "degraded" | "healthy"; reason says why when not healthy.
+-- disabled: enabled = false. circuit_open: the breaker is open. failed:
+-- the last 3 collections (or more) failed in a row, or a started
+-- collector has had no successful collection for 3 × max(interval,
+-- timeout) (since its last success, its start, or its last scheduled
+-- run skipped because another instance holds its lease). degraded: the last
+-- collection failed, a run has been in flight for more than 2 ×
+-- max(interval, timeout), or fewer than 90% of requests succeeded (with
+-- at least 10 made). healthy: otherwise. (timeout defaults to 30 s.)
 function Collector:health()
   local st = self.stats_
-  if self.breaker and self.breaker:state() == "open" then return "circuit_open" end
-  if st.consecutive_failures >= 3 then return "failed" end
-  if st.consecutive_failures > 0 then return "degraded" end
+  if not self.enabled then return "disabled", "disabled in the configuration" end
+  if self.breaker and self.breaker:state() == "open" then
+    return "circuit_open", "circuit breaker " .. self.breaker:name() .. " is open"
+  end
+  if st.consecutive_failures >= 3 then
+    return "failed", st.consecutive_failures .. " collections failed in a row: " .. tostring(st.last_error)
+  end
+  local span = math.max(self.interval, self.config.timeout or 30)
+  if self.running and self.started_mono_ then
+    local now = sluice.now()
+    local since = self.started_mono_
+    local ok_at = st.last_success and (now - (sluice.time() - st.last_success))
+    if ok_at and ok_at > since then since = ok_at end
+    if st.standby_at and st.standby_at > since then since = st.standby_at end
+    if now - since > OVERDUE_FACTOR * span then
+      return "failed", "no successful collection for " .. secs(now - since)
+        .. " (over " .. OVERDUE_FACTOR .. " × " .. secs(span) .. ")"
+    end
+  end
+  if st.consecutive_failures > 0 then
+    return "degraded", "the last collection failed: " .. tostring(st.last_error)
+  end
+  local g = self.guard_
+  if g.busy and g.started and sluice.now() - g.started > STALL_FACTOR * span then
+    return "degraded", "a run has been in flight for " .. secs(sluice.now() - g.started)
+      .. " (over " .. STALL_FACTOR .. " × " .. secs(span) .. ")"
+  end
   if st.total_requests >= 10 and st.successful_requests / st.total_requests < 0.9 then
-    return "degraded"
+    return "degraded", string.format("%d of %d requests failed", st.failed_requests, st.total_requests)
   end
   return "healthy"
 end
@@ -550,9 +704,15 @@ end
 --- self:stats() -> the reference statistics shape (timestamps ISO 8601).
 function Collector:stats()
   local st = self.stats_
+  local status, reason = self:health()
+  local g = self.guard_
   return {
     collector_name = self.name,
-    status = self:health(),
+    status = status,
+    status_reason = reason,
+    enabled = self.enabled,
+    run_in_flight_seconds = g.busy and g.started and sluice.now() - g.started or nil,
+    run_waiters = g.busy and #g.waiters or nil, -- calls waiting for (joining) the run in flight
     started_at = iso(st.started_at),
     last_collection = iso(st.last_collection),
     last_success = iso(st.last_success),

@@ -270,6 +270,79 @@ describe("sluice.collector lifecycle", function()
     os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm")
   end)
 
+  it("notices a run stuck in collect(): degraded while in flight, then failed when overdue", function()
+    local stuck
+    local c = collector.new(spec({ name = "stuck_feed", interval = 0.05, timeout = 0.05,
+      collect = function()
+        stuck = sluice.current()
+        sluice.sleep(1e9)
+      end }))
+    c:start()
+    local deadline = sluice.now() + 10
+    while c:health() == "healthy" and sluice.now() < deadline do sluice.sleep(0.01) end
+    local status, reason = c:health()
+    assert.equal("degraded", status)
+    assert.matches("^a run has been in flight for %d+ s %(over 2 × 0 s%)$", reason)
+    while c:health() ~= "failed" and sluice.now() < deadline do sluice.sleep(0.01) end
+    status, reason = c:health()
+    assert.equal("failed", status)
+    assert.matches("^no successful collection for %d+ s %(over 3 × 0 s%)$", reason)
+    local st = c:stats()
+    assert.same({ "failed", reason }, { st.status, st.status_reason })
+    assert.is_false(c:health_check().healthy)
+    assert.equal(0, st.collections_completed)
+    c:stop()
+    sluice.kill(stuck)
+  end)
+
+  it("is not overdue while another instance holds its lease (standing by)", function()
+    local c = collector.new(spec({ name = "standby_feed", interval = 0.05, timeout = 0.05 }))
+    c.lease_held = false -- as sluice.shared leaves a collector whose lease another instance holds
+    c:start()
+    local t0 = sluice.now()
+    while sluice.now() - t0 < 0.4 do -- over 3 × 0.05 s
+      assert.equal("healthy", (c:health()))
+      sluice.sleep(0.01)
+    end
+    c:stop()
+    assert.equal(0, c:stats().collections_completed)
+  end)
+
+  it("runs one collection at a time: a call during a run joins it", function()
+    local runs, gate = 0, {}
+    local c = collector.new(spec({ collect = function()
+      runs = runs + 1
+      gate[#gate + 1] = sluice.current()
+      sluice.park()
+      return {}
+    end }))
+    local first = sluice.spawn(function() return c:run_once() end)
+    local joiner = sluice.spawn(function() return c:run_once() end)
+    local deadline = sluice.now() + 5
+    while #c.guard_.waiters < 1 and sluice.now() < deadline do sluice.sleep(0.01) end
+    assert.same({ 1, 1 }, { runs, #c.guard_.waiters })
+    sluice.unpark(gate[1])
+    assert.same({ true, true, 0 }, { sluice.wait(first) })
+    assert.same({ true, true, 0, "joined" }, { sluice.wait(joiner) })
+    assert.equal(1, runs)
+    assert.equal(1, c:stats().collections_completed)
+  end)
+
+  it("frees a stopped instance (its timer and breaker callback do not hold it)", function()
+    local db = assert(store.open(":memory:"))
+    local weak = setmetatable({}, { __mode = "k" })
+    do
+      local c = collector.new(spec({ name = "freed_feed" }), nil, { store = db })
+      c:start()
+      sluice.sleep(0.02) -- its first run
+      c:stop()
+      weak[c] = true
+    end
+    for _ = 1, 3 do collectgarbage() end
+    assert.is_nil(next(weak))
+    db:close()
+  end)
+
   it("validates specs and overrides, naming the option", function()
     assert.has_error(function() collector.define({ name = "x", collect = print, intervl = 5 }) end,
       "sluice.collector.define: unknown option 'intervl'")

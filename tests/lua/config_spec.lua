@@ -63,6 +63,10 @@ describe("sluice.config", function()
       err_of({ collectors = { { use = "a" }, { use = "a" } } }))
     assert.equal("cfg.lua: profiles.staging: no such profile", err_of(base(), { profile = "staging", env = {} }))
     assert.equal("cfg.lua: shutdown_timeout: must be a finite number >= 0", err_of({ shutdown_timeout = -1 }))
+    assert.equal("cfg.lua: collectors[1].enabled: must be true or false, got string",
+      err_of({ collectors = { { use = "a", enabled = "no" } } }))
+    assert.equal("cfg.lua: start_rate: must be a finite number > 0 (first runs per second at start-up)",
+      err_of({ start_rate = 0 }))
   end)
 end)
 
