@@ -230,8 +230,15 @@ void sl_runtime_close(void) {
             event_free(*evs[i]);
         *evs[i] = NULL;
     }
-    if (sl_rt.base)
+    if (sl_rt.base) {
+        /* A bufferevent freed from inside one of its own callbacks in the
+         * loop's last pass is finalized by a callback that pass never ran,
+         * and event_base_free does not run that kind: one non-blocking pass
+         * does. Every module's events are gone by now (__gc, close hooks),
+         * so nothing else can run. */
+        event_base_loop(sl_rt.base, EVLOOP_NONBLOCK);
         event_base_free(sl_rt.base);
+    }
     sl_rt.base = NULL;
     sl_log_ring_free();
     curl_global_cleanup();
