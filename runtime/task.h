@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 typedef struct sl_task sl_task;
+typedef struct sl_budget sl_budget;
 typedef void (*sl_task_cancel_fn)(sl_task *t, void *op);
 /* Called once when a task finishes (ok is 0 on error or kill). */
 typedef void (*sl_task_done_fn)(sl_task *t, int ok, void *privdata);
@@ -58,6 +59,7 @@ struct sl_task {
     sl_task *wait_next, *wait_prev; /* links in a target's waiters list */
     struct event timer;             /* for sleep; armed only while sleeping */
     int timer_set;
+    sl_budget *budget; /* budget.h; owned there, NULL when none */
 };
 
 /* Creates a task running the function at stack index fn with the nargs
