@@ -17,6 +17,10 @@
 
 enum { TRIP_NONE, TRIP_CPU, TRIP_WALL };
 
+/* How often the watchdog looks at the running task: the precision of CPU
+ * budgets, and of wall-clock deadlines for a task that spins. */
+#define TICK 0.05
+
 struct sl_budget {
     sl_task *task;
     double cpu, wall;      /* limits, 0 for none */
@@ -36,8 +40,8 @@ static const char *message(const sl_budget *b) {
 /* The budget of the task running now, for the signal handler. */
 static sl_budget *volatile running;
 static int watchdog_ready; /* 1 set up, -1 failed */
-static int watchdog_sig;
-static timer_t cpu_timer, wall_timer;
+static timer_t tick_timer;
+static long live_budgets; /* the tick runs while this is > 0 */
 
 static double clock_of(clockid_t id) {
     struct timespec ts;
@@ -82,57 +86,45 @@ static void trip(sl_budget *b, int why) {
                 LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
-/* Async-signal-safe: reads clocks, sets flags and the hook. A signal that
- * arrives late (the resume ended, or another one began) finds the budget
- * not yet spent and does nothing. */
-static void on_watchdog(int sig, siginfo_t *si, void *uc) {
+/* Async-signal-safe: reads clocks, sets flags and the hook. The tick
+ * fires every TICK seconds while any budget is live, whichever task runs:
+ * it only acts when the running task's budget is spent. */
+static void on_tick(int sig, siginfo_t *si, void *uc) {
     (void)sig;
+    (void)si;
     (void)uc;
     int saved = errno;
     sl_budget *b = running;
     if (b && !b->tripped) {
-        if (si->si_value.sival_int == TRIP_CPU && b->cpu > 0 &&
-            clock_of(CLOCK_THREAD_CPUTIME_ID) >= b->cpu_stop - 1e-3)
+        if (b->cpu > 0 && clock_of(CLOCK_THREAD_CPUTIME_ID) >= b->cpu_stop)
             trip(b, TRIP_CPU);
-        else if (si->si_value.sival_int == TRIP_WALL && b->wall > 0 &&
-                 clock_of(CLOCK_MONOTONIC) >= b->deadline - 1e-3)
+        else if (b->wall > 0 && clock_of(CLOCK_MONOTONIC) >= b->deadline)
             trip(b, TRIP_WALL);
     }
     errno = saved;
-}
-
-static int make_timer(clockid_t clock, int what, timer_t *out) {
-    struct sigevent sev;
-    memset(&sev, 0, sizeof(sev));
-    sev.sigev_notify = SIGEV_THREAD_ID; /* the loop thread, not a helper */
-    sev.sigev_signo = watchdog_sig;
-    sev.sigev_value.sival_int = what;
-#ifdef sigev_notify_thread_id
-    sev.sigev_notify_thread_id = gettid();
-#else
-    sev._sigev_un._tid = gettid(); /* glibc names no accessor */
-#endif
-    return timer_create(clock, &sev, out);
 }
 
 static int watchdog_init(char *err, size_t errlen) {
     if (watchdog_ready)
         goto done;
     watchdog_ready = -1;
-    watchdog_sig = SIGRTMIN + 4;
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = on_watchdog;
+    sa.sa_sigaction = on_tick;
     sa.sa_flags = SA_SIGINFO | SA_RESTART;
     sigemptyset(&sa.sa_mask);
-    if (sigaction(watchdog_sig, &sa, NULL) != 0 ||
-        make_timer(CLOCK_THREAD_CPUTIME_ID, TRIP_CPU, &cpu_timer) != 0)
-        goto done;
-    if (make_timer(CLOCK_MONOTONIC, TRIP_WALL, &wall_timer) != 0) {
-        timer_delete(cpu_timer);
-        goto done;
-    }
-    watchdog_ready = 1;
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_THREAD_ID; /* the loop thread, not a helper */
+    sev.sigev_signo = SIGRTMIN + 4;
+#ifdef sigev_notify_thread_id
+    sev.sigev_notify_thread_id = gettid();
+#else
+    sev._sigev_un._tid = gettid(); /* glibc names no accessor */
+#endif
+    if (sigaction(sev.sigev_signo, &sa, NULL) == 0 &&
+        timer_create(CLOCK_MONOTONIC, &sev, &tick_timer) == 0)
+        watchdog_ready = 1;
 done:
     if (watchdog_ready < 0)
         snprintf(err, errlen, "cannot set up the budget watchdog: %s",
@@ -140,40 +132,27 @@ done:
     return watchdog_ready > 0 ? 0 : -1;
 }
 
-static void arm(timer_t timer, double s, int abs) {
+/* The tick runs only while some budget is live: a run, not a resume, pays
+ * for arming it. */
+static void tick(int on) {
     struct itimerspec its;
     memset(&its, 0, sizeof(its));
-    its.it_value = timespec_of(s);
-    if (s > 0 && its.it_value.tv_sec == 0 && its.it_value.tv_nsec == 0)
-        its.it_value.tv_nsec = 1; /* zero would disarm */
-    timer_settime(timer, abs ? TIMER_ABSTIME : 0, &its, NULL);
+    if (on)
+        its.it_value = its.it_interval = timespec_of(TICK);
+    timer_settime(tick_timer, 0, &its, NULL);
 }
 
 void sl_budget_enter(sl_budget *b) {
     b->cpu_mark = clock_of(CLOCK_THREAD_CPUTIME_ID);
+    b->cpu_stop = b->cpu_mark + (b->cpu - b->cpu_used);
     running = b;
-    if (b->cpu > 0) {
-        double left = b->cpu - b->cpu_used;
-        b->cpu_stop = b->cpu_mark + left;
-        if (left <= 0)
-            trip(b, TRIP_CPU);
-        else
-            arm(cpu_timer, left, 0);
-    }
-    if (b->wall > 0) {
-        if (clock_of(CLOCK_MONOTONIC) >= b->deadline)
-            trip(b, TRIP_WALL);
-        else
-            arm(wall_timer, b->deadline, 1);
-    }
+    if ((b->cpu > 0 && b->cpu_used >= b->cpu) ||
+        (b->wall > 0 && sl_now() >= b->deadline))
+        trip(b, b->cpu > 0 && b->cpu_used >= b->cpu ? TRIP_CPU : TRIP_WALL);
 }
 
 const char *sl_budget_leave(sl_budget *b) {
     running = NULL;
-    if (b->cpu > 0)
-        arm(cpu_timer, 0, 0);
-    if (b->wall > 0)
-        arm(wall_timer, 0, 0);
     b->cpu_used += clock_of(CLOCK_THREAD_CPUTIME_ID) - b->cpu_mark;
     if (!b->tripped)
         return NULL;
@@ -205,6 +184,8 @@ static void budget_done(sl_task *t, int ok, void *privdata) {
     t->on_done = NULL;
     t->on_done_data = NULL;
     free(b);
+    if (--live_budgets == 0)
+        tick(0);
 }
 
 int sl_budget_attach(sl_task *t, double cpu, double wall, const char *label,
@@ -250,6 +231,8 @@ int sl_budget_attach(sl_task *t, double cpu, double wall, const char *label,
     t->budget = b;
     t->on_done = budget_done;
     t->on_done_data = b;
+    if (live_budgets++ == 0)
+        tick(1);
     return 0;
 }
 

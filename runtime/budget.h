@@ -8,10 +8,12 @@
  * Enforcement:
  * - While the task waits (suspended or queued), a loop timer kills it at
  *   the deadline through sl_task_kill, which cancels its operation.
- * - While it runs, two POSIX timers (the thread's CPU clock and the
- *   monotonic clock) signal the loop thread when the budget runs out. The
- *   signal handler only installs a Lua count hook (lua_sethook is safe
- *   there); the hook yields the task's coroutine at the next instruction,
+ * - While it runs: a POSIX timer signals the loop thread every 50 ms while
+ *   any budget is live, and the handler compares the thread's CPU clock
+ *   and the monotonic clock with the running task's budget (a resume costs
+ *   two reads of the CPU clock). When it is spent, the handler only
+ *   installs a Lua count hook (lua_sethook is safe there); the hook yields
+ *   the task's coroutine at the next instruction,
  *   and the scheduler ends the task with the budget error, which a pcall in
  *   the task cannot catch. Inside a coroutine of its own or below a C call
  *   boundary the hook raises the error instead, again and again until the
