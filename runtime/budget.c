@@ -236,8 +236,7 @@ int sl_budget_attach(sl_task *t, double cpu, double wall, const char *label,
     return 0;
 }
 
-/* --- sluice._budget --------------------------------------------------------
- */
+/* --- sluice._budget ------------------------------------------------------ */
 
 /* attach(task, cpu, wall, label) -> true; cpu and wall are seconds, 0 for
  * no limit. Misuse raises (sluice.budget validates first). */
