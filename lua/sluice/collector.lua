@@ -73,7 +73,7 @@ local SPEC = {
   classify = "function", init = "function", close = "function", backfill = "function",
   backfill_step = "number|function", expect = "table|function", headers = "table",
   description = "string", endpoint = "function", backfill_requests = "number|function",
-  beginning_date = "string|number", enabled = "boolean",
+  beginning_date = "string|number", enabled = "boolean", run_budget = "table|boolean",
 }
 
 local function type_ok(v, want)
@@ -105,6 +105,19 @@ local function check_spec(spec, where, level)
   if spec.timeout ~= nil and not (spec.timeout > 0 and spec.timeout < math.huge) then
     error(where .. ": option 'timeout' must be a finite number > 0", level)
   end
+  if type(spec.run_budget) == "table" then
+    for k, v in pairs(spec.run_budget) do
+      if k ~= "cpu" and k ~= "wall" then
+        error(where .. ": option 'run_budget' has unknown key '" .. tostring(k) .. "' (cpu, wall)", level)
+      end
+      if v ~= false and not (type(v) == "number" and v > 0 and v < math.huge) then
+        error(where .. ": option 'run_budget." .. k .. "' must be a finite number > 0 or false, got "
+          .. tostring(v), level)
+      end
+    end
+  elseif spec.run_budget == true then
+    error(where .. ": option 'run_budget' must be a table or false", level)
+  end
   if spec.auth then
     local a = spec.auth
     local n = (a.bearer ~= nil and 1 or 0) + (a.header ~= nil and 1 or 0) + (a.query ~= nil and 1 or 0)
@@ -113,6 +126,40 @@ local function check_spec(spec, where, level)
     end
     if (a.header or a.query) and a.value == nil then
       error(where .. ": option 'auth' needs a value (a string or collector.env(\"NAME\"))", level)
+    end
+  end
+end
+
+-- The run budget's watchdog (sluice.budget) acts through a hook, which
+-- LuaJIT never runs inside compiled loops: the collector's own functions --
+-- the spec's, and those of its file they reach through upvalues -- run
+-- interpreted. Collectors spend their time waiting on the network, so
+-- this costs little (README, "Run budget").
+local function no_jit(spec)
+  if not jit then return end
+  local sources, seen, todo = {}, {}, {}
+  local function push(v)
+    if not seen[v] then seen[v] = true; todo[#todo + 1] = v end
+  end
+  for _, v in pairs(spec) do
+    if type(v) == "function" then
+      local info = debug.getinfo(v, "S")
+      if info.what ~= "C" then sources[info.source] = true; push(v) end
+    end
+  end
+  while #todo > 0 do
+    local v = table.remove(todo)
+    if type(v) == "table" then
+      for _, f in pairs(v) do
+        if type(f) == "function" then push(f) end
+      end
+    elseif sources[debug.getinfo(v, "S").source] then
+      jit.off(v, true)
+      for i = 1, math.huge do
+        local name, up = debug.getupvalue(v, i)
+        if not name then break end
+        if type(up) == "function" or type(up) == "table" then push(up) end
+      end
     end
   end
 end
@@ -130,6 +177,7 @@ function _M.define(spec)
   if not spec.collect and not spec.backfill then
     error("sluice.collector.define: a collector needs collect (and/or backfill)", 2)
   end
+  no_jit(spec)
   spec._is_collector_spec = true
   return spec
 end
@@ -203,6 +251,16 @@ function _M.new(spec, overrides, context)
       consecutive_failures = 0, collections_failed = 0,
     },
   }, instance_mt)
+  if cfg.run_budget ~= false then
+    local b = type(cfg.run_budget) == "table" and cfg.run_budget or {}
+    -- wall: ten request timeouts, or two intervals for slow collectors
+    local wall = math.max(10 * (cfg.timeout or 30), 2 * self.interval)
+    local cpu = b.cpu == nil and 5 or b.cpu
+    wall = b.wall == nil and wall or b.wall
+    if cpu or wall then
+      self.run_budget = { cpu = cpu, wall = wall, label = "collector " .. cfg.name .. ": run" }
+    end
+  end
   if cfg.breaker ~= false then
     local bopts = merge(type(cfg.breaker) == "table" and cfg.breaker or {}, nil)
     bopts.name = bopts.name or cfg.name
@@ -494,11 +552,25 @@ local function guard_wait(g)
   return true
 end
 
---- self:run_once() -> true, rows | false, err. One collection, in the
--- calling task; errors in collect are caught, logged and counted. At most
--- one run of a collector is in flight (across a reload too): a call made
--- while one is going waits for it and returns its result, with a third
--- value "joined", instead of starting another.
+-- collect(self) in a task of its own under the run budget, waited for;
+-- a run over budget fails with the budget's error. Returns what xpcall does.
+local function collect_within_budget(self)
+  if not self.run_budget then
+    return xpcall(self.spec.collect, debug.traceback, self)
+  end
+  local run = sluice.budget(sluice.spawn(xpcall, self.spec.collect, debug.traceback, self),
+    self.run_budget)
+  local done, ok, result = sluice.wait(run)
+  if not done then return false, ok end
+  return ok, result
+end
+
+--- self:run_once() -> true, rows | false, err. One collection: collect
+-- runs in a task of its own under the run budget, which the calling task
+-- waits for; errors in collect are caught, logged and counted. At most one
+-- run of a collector is in flight (across a reload too): a call made while
+-- one is going waits for it and returns its result, with a third value
+-- "joined", instead of starting another.
 function Collector:run_once()
   if self.lease_held == false then
     -- another instance holds this collector's lease: standing by is not
@@ -517,7 +589,7 @@ function Collector:run_once()
   local t0 = sluice.now()
   st.last_collection = sluice.time()
   self.in_flight = (self.in_flight or 0) + 1
-  local ok, result = xpcall(self.spec.collect, debug.traceback, self)
+  local ok, result = collect_within_budget(self)
   local count
   if ok then
     ok, count = pcall(store_rows, self, result)
