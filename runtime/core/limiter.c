@@ -302,8 +302,10 @@ static void xpool_tick(sl_limiter *lim, double now) {
 
 static void violate(sl_limiter *lim, scope *s, double now, double sent_at) {
     double sum, m, w, span;
-    /* a probe failed: it was holding a set-point above a proven floor */
-    int probe = !s->recovering && s->lo > 0 && s->p.rate > s->lo;
+    /* a probe failed: it was holding a set-point above a proven floor
+     * (its own, not one quota headers set) */
+    int probe = !s->recovering && now >= s->quota_until && s->lo > 0 &&
+                s->p.rate > s->lo;
     s->violations++;
     if (sent_at >= 0 && sent_at < s->last_violation)
         return; /* sent before the last violation was handled */
