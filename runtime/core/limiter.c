@@ -20,11 +20,11 @@
 #define PROVE 10.0      /* seconds held without a 429 to prove a rate */
 #define CONVERGED 0.01  /* floor within 1% of ceiling: stop bisecting */
 #define PROBE_STEP 0.05 /* first growth step past a forgotten ceiling */
-#define PROBE_MAX 1.0   /* growth doubles per proof up to this (x2 per proof) */
+#define PROBE_MAX 1.0   /* the step doubles per proof up to this: x2 */
 #define REVISIT0 20.0   /* a ceiling held this long without a 429 expires */
-#define REVISIT_NEAR                                                           \
-    0.1                  /* a probe failing within 10% above an expired        \
-                            ceiling confirms it: revisit it half as often */
+/* a probe failing within 10% above an expired ceiling confirms it: the next
+ * expiry waits twice as long */
+#define REVISIT_NEAR 0.1
 #define FIRST_TARGET 0.9 /* set-point when only the ceiling is known */
 /* probe a quarter into the gap: a failed probe costs a 429, a slow success
  * only time */
@@ -236,6 +236,8 @@ static double recovery_end(const scope *s) {
  * 429 just above it confirms it (see violate). */
 static void expire(scope *s, int confirmable) {
     s->old_hi = confirmable ? s->hi : 0;
+    if (!confirmable)
+        s->revisit = REVISIT0;
     s->hi = 0;
     s->step = PROBE_STEP;
 }
