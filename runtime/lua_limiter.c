@@ -338,8 +338,9 @@ static int l_observe(lua_State *L) {
     double latency = luaL_optnumber(L, 5, -1);
     double sent_at = luaL_optnumber(L, 6, -1);
     const char *verdict = luaL_optstring(L, 7, NULL);
-    luaL_argcheck(L, verdict == NULL || strcmp(verdict, "throttled") == 0, 7,
-                  "\"throttled\" or nil expected");
+    if (verdict && strcmp(verdict, "throttled") != 0)
+        return luaL_error(L, "sluice.limiter.observe: bad argument #6 "
+                             "'verdict' (\"throttled\" or nil expected)");
     double wall = sl_time(), now = sl_now();
     sl_rlh_result parsed;
     int have_headers = 0;

@@ -31,8 +31,9 @@
 -- "Binance error -1121: Invalid symbol.") that explains the default
 -- verdict. A failure it declares on a 2xx is not retried; "throttled" on
 -- any status (Bybit retCode 10006, JSON-RPC -32005 in a 200) backs the
--- limiter off as a 429 does and is retried. Returns data (decoded JSON when the response is
--- JSON, the body otherwise) and the response, or nil, err, kind.
+-- limiter off as a 429 does and is retried. Returns data (decoded JSON
+-- when the response is JSON, the body otherwise) and the response, or nil,
+-- err, kind.
 local sluice = require "sluice"
 local http = require "sluice.http"
 local log = require "sluice.log"

@@ -106,7 +106,8 @@ describe("sluice.limiter", function()
     local st = lim:stats()
     assert.same({ 1, 2, 5 }, { st.total_violations, st.rate_adjustments, st.min_rate_seen })
     assert.equal(1, st.endpoints["/t"].violations)
-    assert.has_error(function() lim:observe("/t", 200, nil, 0.01, nil, "slow") end)
+    assert.has_error(function() lim:observe("/t", 200, nil, 0.01, nil, "slow") end,
+      "sluice.limiter.observe: bad argument #6 'verdict' (\"throttled\" or nil expected)")
   end)
 
   it("returns the reference get_stats() shape with numbers", function()
