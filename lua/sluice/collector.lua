@@ -29,8 +29,11 @@
 -- ("success", "failure", "ignored", "throttled", "banned") and a message,
 -- e.g. for an HTTP 200 carrying an error object, or just a message (nil,
 -- "Binance error -1121: Invalid symbol.") that explains the default
--- verdict. A failure it declares on a 2xx is not retried. Returns data (decoded JSON when the response is
--- JSON, the body otherwise) and the response, or nil, err, kind.
+-- verdict. A failure it declares on a 2xx is not retried; "throttled" on
+-- any status (Bybit retCode 10006, JSON-RPC -32005 in a 200) backs the
+-- limiter off as a 429 does and is retried. Returns data (decoded JSON
+-- when the response is JSON, the body otherwise) and the response, or nil,
+-- err, kind.
 local sluice = require "sluice"
 local http = require "sluice.http"
 local log = require "sluice.log"
@@ -407,7 +410,10 @@ function Collector:request(opts)
     end
     local observed
     if self.limiter and res then
-      observed = self.limiter:observe(endpoint, res.status, res.headers, latency)
+      -- a throttled verdict (an API's "too many requests" code in a 200)
+      -- backs the limiter off exactly as a 429 would
+      observed = self.limiter:observe(endpoint, res.status, res.headers, latency, nil,
+        verdict == "throttled" and "throttled" or nil)
     end
     if self.breaker then
       if verdict == "success" then

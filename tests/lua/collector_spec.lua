@@ -136,6 +136,50 @@ describe("sluice.collector request pipeline", function()
     assert.equal(1, c.breaker:status().statistics.total_failures)
   end)
 
+  it("backs the limiter off on a throttled verdict in a 200 as on a 429", function()
+    -- Bybit answers "too many visits" with HTTP 200 and retCode 10006
+    local function bybit(name)
+      return collector.new(spec({ name = name, base_url = up.url, retry = false,
+        limiter = { rate = 10 },
+        classify = function(_, res)
+          local body = res:json()
+          if body and body.retCode == 10006 then return "throttled", body.retMsg end
+        end }))
+    end
+    local c = bybit("bybit_feed")
+    up:push(1, 200, { retCode = 10006, retMsg = "Too many visits!" })
+    local data, err, kind = c:get("/v5/market/tickers")
+    assert.is_nil(data)
+    assert.equal("Too many visits!", err)
+    assert.equal("throttled", kind)
+    local st = c.limiter:stats()
+    assert.equal(1, st.total_violations)
+    assert.equal(2, st.rate_adjustments) -- halved: global and endpoint
+    assert.equal(5, st.min_rate_seen)
+    assert.equal(10, st.max_rate_seen)
+    local ep = st.endpoints["/v5/market/tickers"]
+    assert.equal(1, ep.violations)
+    assert.equal(1, ep.requests_made)
+    assert.is_true(ep.in_backoff)
+    assert.equal(2, c.limiter:metrics().backoff_multiplier)
+    assert.equal(1, c.breaker:status().statistics.total_failures)
+    -- a real 429 does exactly the same
+    local ref = bybit("bybit_ref")
+    up:push(1, 429, "slow down")
+    assert.equal("throttled", select(3, ref:get("/v5/market/tickers")))
+    local rst = ref.limiter:stats()
+    assert.same({ 1, 2, 5, 10, 1, true },
+      { rst.total_violations, rst.rate_adjustments, rst.min_rate_seen, rst.max_rate_seen,
+        rst.endpoints["/v5/market/tickers"].violations,
+        rst.endpoints["/v5/market/tickers"].in_backoff })
+    -- the same 200 without the code is a success and changes nothing
+    local calm = bybit("bybit_calm")
+    up:push(1, 200, { retCode = 0, result = {} })
+    assert.same({ retCode = 0, result = {} }, (calm:get("/v5/market/tickers")))
+    local cst = calm.limiter:stats()
+    assert.same({ 0, 0, 10 }, { cst.total_violations, cst.rate_adjustments, cst.min_rate_seen })
+  end)
+
   it("sends auth on the wire and never shows it in logs or status", function()
     log.output("/dev/null")
     local saved = log.level()
