@@ -501,13 +501,13 @@ local function store_rows(self, result)
   local count = 0
   for tname, rows in pairs(per_table) do
     if not tables[tname] then
-      error("collect returned rows for undeclared table '" .. tostring(tname) .. "'")
+      error("collect returned rows for undeclared table '" .. tostring(tname) .. "'", 0)
     end
     if not self.store then count = count + #rows end
     if self.store then
       local ins, upd, same, rej, accepted = self.store:upsert_accepted(tname, rows)
       if not ins then
-        error("storing rows in '" .. tname .. "' failed: " .. tostring(upd))
+        error("storing rows in '" .. tname .. "' failed: " .. tostring(upd), 0)
       end
       count = count + ins + upd + same -- what was stored; rejects are not data points
       self.log.debug("stored", { table = tname, inserted = ins, updated = upd,
