@@ -192,6 +192,35 @@ describe("sluice.app", function()
     assert.same({ 1, 1 }, { probe.a.runs, probe.b.runs })
   end)
 
+  it("frees the old instances at a reload with Redis configured too (shared breakers, leases)", function()
+    local rs = require "support.redis_server"
+    local srv = rs.start()
+    finally(function() srv:stop(true, true) end)
+    local dir = tmpdir()
+    write(dir .. "/feed.lua", feed({ breaker = true, limiter = true }))
+    local CFG = [[return { store = "%DIR%/db.sqlite", redis = "]] .. srv:url(0) .. [[",
+      collectors = { { file = "feed.lua", name = "a" }, { file = "feed.lua", name = "b" } } }]]
+    local app = run(dir, CFG)
+    finally(function() stop(app); if app.shared then app.shared:stop() end end)
+    wait_for("first runs", function() return probe.a and probe.b and probe.a.runs == 1 and probe.b.runs == 1 end)
+    local weak = setmetatable({}, { __mode = "k" })
+    for _, c in ipairs(app.order) do weak[c] = true end
+    for _ = 1, 20 do assert(app_mod.reload()) end
+    collectgarbage(); collectgarbage()
+    local alive = 0
+    for _ in pairs(weak) do alive = alive + 1 end
+    assert.equal(0, alive)
+    -- a transition of the live breaker is still published (once)
+    local red = require("sluice.redis").connect({ url = srv:url(0) })
+    local sub = assert(red:subscribe("sluice:cb_state"))
+    app.collectors.a.breaker:force_open()
+    local m = assert(sub:receive(2))
+    assert.equal("cb_state:" .. app.collectors.a.breaker:name(), m.payload)
+    assert.same({ nil, "timeout" }, { sub:receive(0.2) })
+    sub:close()
+    red:close()
+  end)
+
   it("starts a reloaded instance's first run after the old instance's run in flight", function()
     local dir = tmpdir()
     write(dir .. "/feed.lua", feed({ interval = 0.3 }))
