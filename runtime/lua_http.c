@@ -482,10 +482,9 @@ static int l_request(lua_State *L) {
 
 /* Pushes part `what` of u, lower case when `fold` (scheme and host are
  * case-insensitive), or nil when u has none. */
-static void push_part(lua_State *L, CURLU *u, CURLUPart what, unsigned flags,
-                      int fold) {
+static void push_part(lua_State *L, CURLU *u, CURLUPart what, int fold) {
     char *v = NULL;
-    if (curl_url_get(u, what, &v, flags) != CURLUE_OK || !v) {
+    if (curl_url_get(u, what, &v, 0) != CURLUE_OK || !v) {
         lua_pushnil(L);
         return;
     }
@@ -515,9 +514,9 @@ static int l_parse_url(lua_State *L) {
         lua_pushstring(L, curl_url_strerror(rc));
         return 2;
     }
-    push_part(L, u, CURLUPART_URL, 0, 0);
-    push_part(L, u, CURLUPART_SCHEME, 0, 1);
-    push_part(L, u, CURLUPART_HOST, 0, 1);
+    push_part(L, u, CURLUPART_URL, 0);
+    push_part(L, u, CURLUPART_SCHEME, 1);
+    push_part(L, u, CURLUPART_HOST, 1);
     char *port = NULL;
     if (curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) ==
             CURLUE_OK &&

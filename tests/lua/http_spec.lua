@@ -241,6 +241,17 @@ describe("sluice.http arguments", function()
     assert.has_error(function() http.encode_query({ [1] = "x" }) end)
   end)
 
+  it("names a URL's origin: scheme, host and port, in lower case, default ports filled in", function()
+    assert.same({ "https", "api.binance.com", 443 }, { http.origin("HTTPS://API.Binance.com/api?x=1") })
+    assert.same({ "http", "127.0.0.1", 8080 }, { http.origin("http://user:pw@127.0.0.1:8080") })
+    assert.same({ "http", "[::1]", 80 }, { http.origin("http://[::1]/") })
+    local none, err = http.origin("not a url")
+    assert.is_nil(none)
+    assert.is_string(err)
+    assert.has_error(function() http.origin(1) end,
+      "sluice.http.origin: bad argument #1 (string expected, got number)")
+  end)
+
   it("must be called from a task", function()
     local co = coroutine.create(function() return http.get("http://127.0.0.1:1/") end)
     local ok, err = coroutine.resume(co)
