@@ -11,6 +11,11 @@
  * this file until it completes or its task is killed; either way it is
  * removed from the multi handle and freed exactly once. The waiting task
  * holds the only reference to it (as its op).
+ *
+ * curl never follows redirects here: sluice.http follows them itself, one
+ * request per hop, so that it can decide on each hop which headers may go
+ * to the new origin (curl would send every CURLOPT_HTTPHEADER line to any
+ * host it follows to). parse_url() is the URL resolver it uses for that.
  */
 #include <curl/curl.h>
 #include <event2/event.h>
@@ -94,8 +99,8 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud) {
 static size_t on_header(char *data, size_t size, size_t n, void *ud) {
     transfer *x = ud;
     size_t len = size * n;
-    /* A new status line starts a new response (redirect, 100-continue):
-     * only the final response's headers are reported. */
+    /* A new status line starts a new response (after 100 Continue): only
+     * the final response's headers are reported. */
     if (len >= 5 && memcmp(data, "HTTP/", 5) == 0)
         x->head.len = 0;
     if (x->head.len + len > 1 << 20) /* 1 MiB of headers is hostile */
@@ -384,7 +389,7 @@ static void cancel_transfer(sl_task *t, void *op) {
 }
 
 /* request(method, url, headers, body, timeout, connect_timeout, max_body,
- *         follow_redirects, insecure) -> res | nil, err, kind
+ *         insecure) -> res | nil, err, kind
  * headers is an array of "Name: value" lines; body a string or nil. The Lua
  * wrapper validates everything first. */
 static int l_request(lua_State *L) {
@@ -396,8 +401,7 @@ static int l_request(lua_State *L) {
     double timeout = luaL_checknumber(L, 5);
     double connect_timeout = luaL_checknumber(L, 6);
     double max_body = luaL_checknumber(L, 7);
-    int follow = lua_toboolean(L, 8);
-    int insecure = lua_toboolean(L, 9);
+    int insecure = lua_toboolean(L, 8);
     /* -1 is "no timeout", which curl spells 0 for the transfer; for the
      * connection 0 would mean curl's default (300 s), so the longest we
      * can say stands in for it. */
@@ -449,10 +453,8 @@ static int l_request(lua_State *L) {
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_body);
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, (long)follow);
-    curl_easy_setopt(e, CURLOPT_MAXREDIRS, 10L);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* see the top */
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_DNS_CACHE_TIMEOUT, 60L);
     if (insecure) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
@@ -476,6 +478,56 @@ static int l_request(lua_State *L) {
         return 3;
     }
     return sl_task_suspend(L, t, cancel_transfer, x);
+}
+
+/* Pushes part `what` of u, lower case when `fold` (scheme and host are
+ * case-insensitive), or nil when u has none. */
+static void push_part(lua_State *L, CURLU *u, CURLUPart what, int fold) {
+    char *v = NULL;
+    if (curl_url_get(u, what, &v, 0) != CURLUE_OK || !v) {
+        lua_pushnil(L);
+        return;
+    }
+    if (fold)
+        lower(v, strlen(v));
+    lua_pushstring(L, v);
+    curl_free(v);
+}
+
+/* parse_url(url [, ref]) -> url, scheme, host, port | nil, err
+ * Resolves ref (a Location value: absolute, scheme-relative, or relative)
+ * against url as RFC 3986 says, and returns the result with the parts that
+ * make its origin: scheme and host in lower case, port a number (the
+ * scheme's default when the URL names none). */
+static int l_parse_url(lua_State *L) {
+    const char *url = luaL_checkstring(L, 1);
+    const char *ref = luaL_optstring(L, 2, NULL);
+    CURLU *u = curl_url();
+    if (!u)
+        return luaL_error(L, "sluice.http: out of memory");
+    CURLUcode rc = curl_url_set(u, CURLUPART_URL, url, 0);
+    if (rc == CURLUE_OK && ref)
+        rc = curl_url_set(u, CURLUPART_URL, ref, 0);
+    if (rc != CURLUE_OK) {
+        curl_url_cleanup(u);
+        lua_pushnil(L);
+        lua_pushstring(L, curl_url_strerror(rc));
+        return 2;
+    }
+    push_part(L, u, CURLUPART_URL, 0);
+    push_part(L, u, CURLUPART_SCHEME, 1);
+    push_part(L, u, CURLUPART_HOST, 1);
+    char *port = NULL;
+    if (curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) ==
+            CURLUE_OK &&
+        port) {
+        lua_pushnumber(L, strtod(port, NULL));
+        curl_free(port);
+    } else {
+        lua_pushnil(L);
+    }
+    curl_url_cleanup(u);
+    return 4;
 }
 
 /* configure(max_host_connections, max_total_connections) */
@@ -510,9 +562,9 @@ static int l_version(lua_State *L) {
 
 int luaopen_sluice_http(lua_State *L) {
     static const luaL_Reg fns[] = {
-        {"request", l_request}, {"configure", l_configure},
-        {"version", l_version}, {"in_flight", l_in_flight},
-        {NULL, NULL},
+        {"request", l_request},     {"configure", l_configure},
+        {"version", l_version},     {"in_flight", l_in_flight},
+        {"parse_url", l_parse_url}, {NULL, NULL},
     };
     snprintf(user_agent, sizeof(user_agent), "sluice/%s", SLUICE_VERSION);
     lua_newtable(L);

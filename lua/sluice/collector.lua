@@ -349,16 +349,30 @@ local function url_for(self, path)
   return (self.base_url or "") .. path
 end
 
+-- Whether url is of base_url's origin: auth and the configured headers are
+-- for that origin only. Without a base_url every URL is the collector's.
+local function own_origin(self, url)
+  if not self.base_url then return true end
+  local s0, h0, p0 = http.origin(self.base_url)
+  local s1, h1, p1 = http.origin(url)
+  return s0 ~= nil and s0 == s1 and h0 == h1 and p0 == p1
+end
+
 --- self:request{method, path, query, headers, body | json, endpoint, cost,
---   timeout} -> data, res | nil, err, kind
+--   timeout, redirects} -> data, res | nil, err, kind
+-- A path may be an absolute URL; on another origin than base_url's it gets
+-- neither auth nor the configured headers (only opts.headers). Redirects
+-- follow http.request's rules (default: same origin only, 5 hops).
 function Collector:request(opts)
   if type(opts) ~= "table" or type(opts.path) ~= "string" then
     error("collector:request: bad argument #1 (table with a path expected)", 2)
   end
   local endpoint = opts.endpoint or opts.path:match("^[^?]*")
   local query = opts.query
-  local headers = merge(self.config.headers, opts.headers)
-  local auth = self.config.auth
+  local url = url_for(self, opts.path)
+  local own = own_origin(self, url)
+  local headers = merge(own and self.config.headers or nil, opts.headers)
+  local auth = own and self.config.auth
   if auth then
     if auth.bearer then
       headers["Authorization"] = "Bearer " .. tostring(reveal(auth.bearer))
@@ -389,14 +403,15 @@ function Collector:request(opts)
     st.total_requests = st.total_requests + 1
     local t0 = sluice.now()
     local res, err, kind = http.request({
-      method = opts.method or "GET", url = url_for(self, opts.path), query = query,
+      method = opts.method or "GET", url = url, query = query,
       headers = headers, body = opts.body, json = opts.json,
-      timeout = opts.timeout or self.config.timeout or 30,
+      timeout = opts.timeout or self.config.timeout or 30, redirects = opts.redirects,
     })
     local latency = sluice.now() - t0
     st.latency_total = (st.latency_total or 0) + latency
     st.latency_count = (st.latency_count or 0) + 1
     local verdict, retryable = default_verdict(res)
+    if kind == "redirect" then retryable = false end -- the same answer again
     local message = err
     if res and self.spec.classify then
       -- classify sees every response: it may change the verdict (a 200

@@ -8,13 +8,25 @@
 -- Result: res.status, res.headers (case-insensitive; repeated headers joined
 -- with ", "), res.headers_all[name] (every value, in order), res.body,
 -- res:json(), res.timings {dns, connect, tls, ttfb, total} (seconds),
--- res.http_version ("1.1", "2"), res.url (after redirects), res.reused
--- (true when an existing connection carried the request).
+-- res.http_version ("1.1", "2"), res.url (after redirects), res.redirects
+-- (hops followed), res.reused (true when an existing connection carried
+-- the request).
 -- Failure: nil, message, kind with kind one of "timeout", "connect", "dns",
--- "tls", "too_large", "protocol", "aborted". An HTTP 4xx/5xx is a result.
--- Options timeout (30 s, the whole transfer) and connect_timeout (10 s):
--- math.huge means no timeout (no limit on the transfer; a connection
--- attempt still ends when the system gives up on it).
+-- "tls", "too_large", "protocol", "aborted", "redirect". An HTTP 4xx/5xx is
+-- a result. Options timeout (30 s, the whole transfer, all redirect hops
+-- included) and connect_timeout (10 s): math.huge means no timeout (no
+-- limit on the transfer; a connection attempt still ends when the system
+-- gives up on it).
+--
+-- Redirects are followed here, not by curl, one request per hop, so that
+-- credentials stay with the origin (scheme, host, port) they were given
+-- for. Option redirects = {max = 5, cross_origin = false} (or false: none):
+-- a hop to another origin is not followed unless cross_origin is true, and
+-- then only the headers in CROSS_ORIGIN_HEADERS go with it, on that hop and
+-- every later one; https -> http and other schemes are never followed, nor
+-- a 307/308 that would resend a body to another origin. Not following for
+-- any of these reasons is a failure of kind "redirect".
+local sluice = require "sluice"
 local core = require "sluice._http"
 local cjson = require "cjson.safe"
 local metrics = require "sluice.metrics"
@@ -25,14 +37,25 @@ local DEFAULTS = {
   timeout = 30,
   connect_timeout = 10,
   max_body = 64 * 1024 * 1024,
-  follow_redirects = true,
   insecure = false,
 }
+local MAX_REDIRECTS = 5
 
 local OPTION_TYPES = {
   method = "string", url = "string", query = "table", headers = "table",
   body = "string", json = "any", timeout = "number", connect_timeout = "number",
-  max_body = "number", follow_redirects = "boolean", insecure = "boolean",
+  max_body = "number", redirects = "any", insecure = "boolean",
+}
+
+-- The statuses whose Location is followed (RFC 9110 15.4).
+local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+
+-- Caller-supplied headers that may go to another origin: they describe
+-- what the client accepts, never who it is. Everything else (Authorization,
+-- Cookie, X-MBX-APIKEY, any custom header) stays with the first origin.
+local CROSS_ORIGIN_HEADERS = {
+  accept = true, ["accept-encoding"] = true, ["accept-language"] = true,
+  ["user-agent"] = true,
 }
 
 local function fail(fname, msg)
@@ -135,6 +158,9 @@ end
 local function check_options(fname, opts)
   for k, v in pairs(opts) do
     local want = OPTION_TYPES[k]
+    if k == "follow_redirects" then
+      fail(fname, "option 'follow_redirects' is gone: use redirects = false or {max = n, cross_origin = true}")
+    end
     if not want then
       fail(fname, "unknown option '" .. tostring(k) .. "'")
     end
@@ -154,6 +180,102 @@ local function check_options(fname, opts)
   if opts.body ~= nil and opts.json ~= nil then
     fail(fname, "options 'body' and 'json' are exclusive")
   end
+end
+
+-- The redirects option -> max hops, cross_origin.
+local function redirect_policy(fname, r)
+  if r == nil then return MAX_REDIRECTS, false end
+  if r == false then return 0, false end
+  if type(r) ~= "table" then
+    fail(fname, "option 'redirects' must be false or a table {max = n, cross_origin = boolean}, got "
+      .. type(r))
+  end
+  for k in pairs(r) do
+    if k ~= "max" and k ~= "cross_origin" then
+      fail(fname, "unknown option 'redirects." .. tostring(k) .. "'")
+    end
+  end
+  local max = r.max
+  if max == nil then
+    max = MAX_REDIRECTS
+  elseif type(max) ~= "number" or not (max >= 0 and max < 2 ^ 31) or max ~= math.floor(max) then
+    fail(fname, "option 'redirects.max' must be an integer >= 0")
+  end
+  if r.cross_origin ~= nil and type(r.cross_origin) ~= "boolean" then
+    fail(fname, "option 'redirects.cross_origin' must be a boolean")
+  end
+  return max, r.cross_origin == true
+end
+
+--- origin(url) -> scheme, host, port (lower case; port a number, the
+-- scheme's default when the URL has none), or nil, err.
+function _M.origin(url)
+  if type(url) ~= "string" then
+    error("sluice.http.origin: bad argument #1 (string expected, got " .. type(url) .. ")", 2)
+  end
+  local u, scheme, host, port = core.parse_url(url)
+  if not u then return nil, scheme end
+  if not host then return nil, "no host in URL" end
+  return scheme, host, port
+end
+
+local function origin_string(scheme, host, port)
+  return scheme .. "://" .. host .. ":" .. string.format("%d", port)
+end
+
+-- The header lines that may follow a request to another origin.
+local function cross_origin_lines(lines, names)
+  local keep, keep_names = {}, {}
+  for i, line in ipairs(lines) do
+    -- "Name:" sends nothing (it removes a header curl would add)
+    if CROSS_ORIGIN_HEADERS[names[i]] or line:sub(-1) == ":" then
+      keep[#keep + 1], keep_names[#keep_names + 1] = line, names[i]
+    end
+  end
+  return keep, keep_names
+end
+
+-- Lines without those that describe a body, for a hop that drops it.
+local function bodiless_lines(lines, names)
+  local keep, keep_names = {}, {}
+  for i, line in ipairs(lines) do
+    local n = names[i]
+    if n ~= "content-type" and n ~= "content-length" and n ~= "content-encoding"
+        and n ~= "expect" then
+      keep[#keep + 1], keep_names[#keep_names + 1] = line, n
+    end
+  end
+  return keep, keep_names
+end
+
+-- Decides one hop: res (a 3xx with a Location) from url. Returns the next
+-- url and whether it is of another origin, or nil, err for a hop that must
+-- not be followed.
+local function next_hop(url, res, location, cross_origin, has_body)
+  local to, scheme, host, port = core.parse_url(url, location)
+  if not to then
+    return nil, "bad Location in a " .. res.status .. " redirect: " .. tostring(scheme)
+  end
+  if scheme ~= "http" and scheme ~= "https" then
+    return nil, "redirect to an unsupported scheme (" .. tostring(scheme) .. ") not followed"
+  end
+  if not host or not port then
+    return nil, "bad Location in a " .. res.status .. " redirect: no host"
+  end
+  local _, s0, h0, p0 = core.parse_url(url)
+  local target = origin_string(scheme, host, port)
+  if s0 == "https" and scheme == "http" then
+    return nil, "redirect from https to http (" .. target .. ") refused"
+  end
+  local other = not (scheme == s0 and host == h0 and port == p0)
+  if other and not cross_origin then
+    return nil, "redirect to another origin (" .. target .. ") not followed: redirects.cross_origin is false"
+  end
+  if other and has_body then
+    return nil, "a " .. res.status .. " redirect to another origin (" .. target
+      .. ") would resend the request body: not followed"
+  end
+  return to, other
 end
 
 local function do_request(fname, opts)
@@ -176,7 +298,8 @@ local function do_request(fname, opts)
     end
   end
   local body = opts.body
-  local lines, has_type = {}, false
+  local max_hops, cross_origin = redirect_policy(fname, opts.redirects)
+  local lines, names, has_type = {}, {}, false
   if opts.headers then
     for name, value in pairs(opts.headers) do
       if type(name) ~= "string" or not name:match("^[%w!#$%%&'*+%-.^_`|~]+$") then
@@ -191,7 +314,8 @@ local function do_request(fname, opts)
         end
         lines[#lines + 1] = name .. ": " .. s
       end
-      if name:lower() == "content-type" then has_type = true end
+      names[#lines] = name:lower()
+      if names[#lines] == "content-type" then has_type = true end
     end
   end
   if opts.json ~= nil then
@@ -202,6 +326,7 @@ local function do_request(fname, opts)
     body = encoded
     if not has_type then
       lines[#lines + 1] = "Content-Type: application/json"
+      names[#lines] = "content-type"
     end
   end
   if body and method == "GET" and opts.method == nil then
@@ -211,26 +336,69 @@ local function do_request(fname, opts)
   -- send it and the wait costs a second.
   if body then
     lines[#lines + 1] = "Expect:"
+    names[#lines] = "expect"
   end
   local function opt(k)
     local v = opts[k]
     if v == nil then return DEFAULTS[k] end
     return v
   end
-  local res, err, kind = core.request(method, url, lines, body, opt("timeout"),
-    opt("connect_timeout"), opt("max_body"), opt("follow_redirects"), opt("insecure"))
-  if not res then
-    metrics.http_request(url, method, kind)
-    return nil, err, kind
+  local timeout = opt("timeout")
+  local deadline = timeout < math.huge and sluice.now() + timeout or nil
+  local hops, redirect_time = 0, 0
+  local res, err, kind
+  while true do
+    local left = timeout
+    if deadline then
+      left = deadline - sluice.now()
+      if not (left > 0) then
+        metrics.http_request(url, method, "timeout")
+        return nil, string.format("timed out after %g seconds (following redirects)", timeout),
+          "timeout"
+      end
+    end
+    res, err, kind = core.request(method, url, lines, body, left,
+      opt("connect_timeout"), opt("max_body"), opt("insecure"))
+    if not res then
+      metrics.http_request(url, method, kind)
+      return nil, err, kind
+    end
+    metrics.http_request(url, method, res.status, res.timings and res.timings.total)
+    local location = REDIRECT[res.status] and max_hops > 0 and res.headers_all.location
+    if not location then break end
+    if hops >= max_hops then
+      return nil, "too many redirects (more than " .. max_hops .. ")", "redirect"
+    end
+    local status = res.status
+    -- 303 asks for a GET (HEAD stays HEAD); 301 and 302 turn a POST into
+    -- a GET as browsers and curl do. The body goes in both cases.
+    local drop_body = status == 303 and method ~= "HEAD"
+      or (status == 301 or status == 302) and method == "POST"
+    local to, other = next_hop(url, res, location[1], cross_origin, body ~= nil and not drop_body)
+    if not to then
+      return nil, other, "redirect"
+    end
+    if drop_body then
+      method, body = "GET", nil
+      lines, names = bodiless_lines(lines, names)
+    end
+    if other then
+      lines, names = cross_origin_lines(lines, names)
+    end
+    hops = hops + 1
+    redirect_time = redirect_time + res.timings.total
+    url = to
   end
-  metrics.http_request(url, method, res.status, res.timings and res.timings.total)
+  res.redirects = hops
+  res.timings.redirect = redirect_time
+  res.timings.total = res.timings.total + redirect_time
   setmetatable(res.headers, headers_mt)
   setmetatable(res.headers_all, headers_mt)
   return setmetatable(res, response_mt)
 end
 
 --- request{method, url, query, headers, body | json, timeout,
---   connect_timeout, max_body, follow_redirects, insecure}
+--   connect_timeout, max_body, redirects, insecure}
 -- -> res | nil, err, kind. Must be called from a task.
 function _M.request(opts)
   return do_request("request", opts)

@@ -198,6 +198,38 @@ describe("sluice.collector request pipeline", function()
     log.output("-")
   end)
 
+  it("sends auth and its headers to base_url's origin only", function()
+    local other = upstream()
+    local c = collector.new(spec({ base_url = up.url, headers = { ["X-Team"] = "t1" },
+      auth = { header = "X-MBX-APIKEY", value = "s3cr3t-key" } }))
+    -- a redirect to another origin is not followed, and not retried
+    up:push(1, 302, "", { Location = other.url .. "/x" })
+    local data, err, kind = c:get("/moved")
+    assert.is_nil(data)
+    assert.equal("redirect", kind)
+    assert.equal("redirect to another origin (http://127.0.0.1:" .. other.srv.port
+      .. ") not followed: redirects.cross_origin is false", err)
+    assert.same({ 1, 0 }, { up.hits, other.hits })
+    -- followed when asked, without the credentials
+    up:push(1, 302, "", { Location = other.url .. "/x" })
+    assert.same({ ok = true }, (c:get("/moved", { redirects = { cross_origin = true } })))
+    assert.same({ 2, 1 }, { up.hits, other.hits })
+    assert.equal("s3cr3t-key", up.seen[2].headers["x-mbx-apikey"])
+    assert.same({}, { other.seen[1].headers["x-mbx-apikey"], other.seen[1].headers["x-team"] })
+    -- an absolute URL on another origin (or one the path turns into
+    -- another host) gets neither; per-call headers still go
+    assert(c:get(other.url .. "/abs", { headers = { ["X-Call"] = "c1" } }))
+    assert.same({ "c1" }, { other.seen[2].headers["x-call"], other.seen[2].headers["x-mbx-apikey"],
+      other.seen[2].headers["x-team"] })
+    local q = collector.new(spec({ base_url = up.url, auth = { query = "apikey", value = "s3cr3t-key" } }))
+    assert(q:get("@127.0.0.1:" .. other.srv.port .. "/q")) -- userinfo "127.0.0.1:<port>", then the host
+    assert.same({ "/q" }, { other.seen[3].path, other.seen[3].query.apikey })
+    -- the same origin spelled out in full is base_url's
+    assert(c:get(up.url .. "/abs"))
+    assert.same({ "s3cr3t-key", "t1" }, { up.seen[3].headers["x-mbx-apikey"], up.seen[3].headers["x-team"] })
+    other.srv:close()
+  end)
+
   it("reads secrets from the environment when used", function()
     local c = collector.new(spec({ base_url = up.url,
       auth = { bearer = collector.env("HOME") } }))

@@ -1,6 +1,7 @@
 -- sluice.http against a real nginx on loopback.
 local sluice = require "sluice"
 local http = require "sluice.http"
+local server = require "sluice.server"
 local cjson = require "cjson"
 
 local function json_doc(bytes)
@@ -105,12 +106,17 @@ describe("sluice.http against nginx", function()
     assert.matches("invalid JSON", jerr)
   end)
 
-  it("follows redirects by default, and not when told", function()
+  it("follows same-origin redirects by default, and not when told", function()
     local res = assert(http.get(nginx:url("/moved")))
     assert.equal(200, res.status)
     assert.equal(nginx:url("/doc.json"), res.url)
-    res = assert(http.get(nginx:url("/moved"), { follow_redirects = false }))
+    assert.equal(1, res.redirects)
+    assert.is_true(res.timings.redirect > 0)
+    assert.is_true(res.timings.total >= res.timings.redirect)
+    res = assert(http.get(nginx:url("/moved"), { redirects = false }))
     assert.equal(302, res.status)
+    assert.equal(0, res.redirects)
+    assert.equal(0, res.timings.redirect)
     assert.matches("/doc.json$", res.headers.location)
   end)
 
@@ -235,10 +241,255 @@ describe("sluice.http arguments", function()
     assert.has_error(function() http.encode_query({ [1] = "x" }) end)
   end)
 
+  it("names a URL's origin: scheme, host and port, in lower case, default ports filled in", function()
+    assert.same({ "https", "api.binance.com", 443 }, { http.origin("HTTPS://API.Binance.com/api?x=1") })
+    assert.same({ "http", "127.0.0.1", 8080 }, { http.origin("http://user:pw@127.0.0.1:8080") })
+    assert.same({ "http", "[::1]", 80 }, { http.origin("http://[::1]/") })
+    local none, err = http.origin("not a url")
+    assert.is_nil(none)
+    assert.is_string(err)
+    assert.has_error(function() http.origin(1) end,
+      "sluice.http.origin: bad argument #1 (string expected, got number)")
+  end)
+
   it("must be called from a task", function()
     local co = coroutine.create(function() return http.get("http://127.0.0.1:1/") end)
     local ok, err = coroutine.resume(co)
     assert.is_false(ok)
     assert.matches("not called from a task", err)
+  end)
+end)
+
+-- Redirects and credentials (issue 14 item 2). Two sluice.server instances
+-- on different loopback ports are two origins; each records what it saw.
+describe("sluice.http redirects", function()
+  local a, b
+
+  local function origin()
+    local o = { seen = {} }
+    o.srv = assert(server.listen({ port = 0 }))
+    o.port = o.srv.port
+    function o.url(path) return "http://127.0.0.1:" .. o.port .. path end
+    o.srv:route("*", "/*", function(req)
+      o.seen[#o.seen + 1] = { method = req.method, path = req.path, headers = req.headers,
+        body = req.body }
+      if req.path == "/go" then
+        return tonumber(req.query.code) or 302, "moved", { Location = req.query.to }
+      elseif req.path == "/loop" then
+        return 302, "again", { Location = "/loop" }
+      elseif req.path:match("^/slow%d$") then
+        sluice.sleep(0.25)
+        local n = tonumber(req.path:sub(-1))
+        if n < 3 then return 302, "", { Location = "/slow" .. (n + 1) } end
+      end
+      return 200, "landed"
+    end)
+    return o
+  end
+
+  -- one go hop: /go?to=<location>&code=<status>
+  local function go(o, to, code)
+    return o.url("/go?" .. http.encode_query({ to = to, code = code }))
+  end
+
+  local CREDS = {
+    ["X-MBX-APIKEY"] = "k3y", Authorization = "Bearer t0ken", Cookie = "s=1",
+    ["Proxy-Authorization"] = "Basic eDp5", ["X-Custom"] = "c",
+    Accept = "application/json", ["User-Agent"] = "probe/1",
+  }
+
+  local function assert_no_credentials(h)
+    assert.same({}, { h["x-mbx-apikey"], h.authorization, h.cookie,
+      h["proxy-authorization"], h["x-custom"] })
+  end
+
+  before_each(function()
+    a, b = origin(), origin()
+  end)
+  after_each(function()
+    a.srv:close()
+    b.srv:close()
+  end)
+
+  it("does not follow a redirect to another origin by default", function()
+    local res, err, kind = http.get(go(a, b.url("/land")), { headers = CREDS })
+    assert.is_nil(res)
+    assert.equal("redirect", kind)
+    assert.equal("redirect to another origin (http://127.0.0.1:" .. b.port
+      .. ") not followed: redirects.cross_origin is false", err)
+    assert.equal(0, #b.seen)
+    assert.equal(1, #a.seen)
+    assert.equal("k3y", a.seen[1].headers["x-mbx-apikey"])
+  end)
+
+  it("tells 127.0.0.1 and localhost apart (another host, another origin)", function()
+    local res, err, kind = http.get(go(a, "http://localhost:" .. a.port .. "/land"),
+      { headers = CREDS })
+    assert.is_nil(res)
+    assert.equal("redirect", kind)
+    assert.equal("redirect to another origin (http://localhost:" .. a.port
+      .. ") not followed: redirects.cross_origin is false", err)
+    assert.equal(1, #a.seen)
+  end)
+
+  it("drops credentials on a cross-origin hop it was told to follow, and for good", function()
+    local res = assert(http.get(go(a, b.url("/land")),
+      { headers = CREDS, redirects = { cross_origin = true } }))
+    assert.equal(200, res.status)
+    assert.equal("landed", res.body)
+    assert.equal(b.url("/land"), res.url)
+    assert.equal(1, res.redirects)
+    assert.equal("k3y", a.seen[1].headers["x-mbx-apikey"])
+    assert.equal(1, #b.seen)
+    assert_no_credentials(b.seen[1].headers)
+    assert.equal("application/json", b.seen[1].headers.accept)
+    assert.equal("probe/1", b.seen[1].headers["user-agent"])
+    -- a -> b -> back to a: a third party chose that hop, so still none
+    res = assert(http.get(go(a, go(b, a.url("/home"))),
+      { headers = CREDS, redirects = { cross_origin = true } }))
+    assert.equal(a.url("/home"), res.url)
+    assert.equal(2, res.redirects)
+    assert.equal(3, #a.seen)
+    assert.equal("/home", a.seen[3].path)
+    assert_no_credentials(a.seen[3].headers)
+    assert_no_credentials(b.seen[2].headers)
+  end)
+
+  it("keeps every header on a same-origin redirect, resolving relative locations", function()
+    local res = assert(http.get(go(a, "next?y=2"), { headers = CREDS }))
+    assert.equal(a.url("/next?y=2"), res.url)
+    assert.equal(1, res.redirects)
+    assert.equal(2, #a.seen)
+    local h = a.seen[2].headers
+    assert.same({ "k3y", "Bearer t0ken", "s=1", "c" },
+      { h["x-mbx-apikey"], h.authorization, h.cookie, h["x-custom"] })
+    res = assert(http.get(go(a, "//127.0.0.1:" .. a.port .. "/abs")))
+    assert.equal(a.url("/abs"), res.url)
+  end)
+
+  it("bounds redirect loops", function()
+    local res, err, kind = http.get(a.url("/loop"))
+    assert.is_nil(res)
+    assert.equal("redirect", kind)
+    assert.equal("too many redirects (more than 5)", err)
+    assert.equal(6, #a.seen)
+    a.seen = {}
+    res, err, kind = http.get(a.url("/loop"), { redirects = { max = 2 } })
+    assert.same({ nil, "too many redirects (more than 2)", "redirect" }, { res, err, kind })
+    assert.equal(3, #a.seen)
+    a.seen = {}
+    res = assert(http.get(a.url("/loop"), { redirects = false }))
+    assert.equal(302, res.status)
+    assert.equal("/loop", res.headers.location)
+    assert.equal(1, #a.seen)
+    res = assert(http.get(a.url("/loop"), { redirects = { max = 0 } }))
+    assert.same({ 302, 0 }, { res.status, res.redirects })
+    assert.equal(2, #a.seen)
+  end)
+
+  it("turns POST into GET without a body on 301, 302 and 303; keeps both on 307 and 308", function()
+    for _, code in ipairs({ 301, 302, 303 }) do
+      a.seen = {}
+      local res = assert(http.post(go(a, "/land", code), { json = { a = 1 } }))
+      assert.equal(200, res.status)
+      local second = a.seen[2]
+      assert.same({ "POST", "GET", "", nil, nil },
+        { a.seen[1].method, second.method, second.body, second.headers["content-type"],
+          second.headers["content-length"] })
+    end
+    for _, code in ipairs({ 307, 308 }) do
+      a.seen = {}
+      local res = assert(http.request({ method = "PUT", url = go(a, "/land", code),
+        body = "abc", headers = { ["Content-Type"] = "text/plain" } }))
+      assert.equal(200, res.status)
+      assert.same({ "PUT", "abc", "text/plain" },
+        { a.seen[2].method, a.seen[2].body, a.seen[2].headers["content-type"] })
+    end
+    -- 303 makes a DELETE a GET too; 302 leaves it alone
+    a.seen = {}
+    assert(http.request({ method = "DELETE", url = go(a, "/land", 303) }))
+    assert(http.request({ method = "DELETE", url = go(a, "/land", 302) }))
+    assert.same({ "DELETE", "GET", "DELETE", "DELETE" },
+      { a.seen[1].method, a.seen[2].method, a.seen[3].method, a.seen[4].method })
+  end)
+
+  it("never resends a body to another origin", function()
+    local res, err, kind = http.post(go(a, b.url("/land"), 307),
+      { body = "secret=1", redirects = { cross_origin = true } })
+    assert.is_nil(res)
+    assert.equal("redirect", kind)
+    assert.equal("a 307 redirect to another origin (http://127.0.0.1:" .. b.port
+      .. ") would resend the request body: not followed", err)
+    assert.equal(0, #b.seen)
+    -- a 303 drops the body, so that one may cross
+    res = assert(http.post(go(a, b.url("/land"), 303),
+      { body = "secret=1", redirects = { cross_origin = true } }))
+    assert.same({ 200, "GET", "" }, { res.status, b.seen[1].method, b.seen[1].body })
+  end)
+
+  it("refuses other schemes and bad locations", function()
+    local res, err, kind = http.get(go(a, "ftp://127.0.0.1/x"), { redirects = { cross_origin = true } })
+    assert.is_nil(res)
+    assert.same({ "redirect to an unsupported scheme (ftp) not followed", "redirect" }, { err, kind })
+    res = assert(http.get(a.url("/go"))) -- a 302 without Location is the answer
+    assert.equal(302, res.status)
+    assert.equal(0, res.redirects)
+  end)
+
+  it("keeps one timeout for the request and all its hops", function()
+    local t0 = sluice.now()
+    local res, _, kind = http.get(a.url("/slow1"), { timeout = 0.6 })
+    assert.is_nil(res)
+    assert.equal("timeout", kind)
+    assert.is_true(sluice.now() - t0 < 1.5)
+    res = assert(http.get(a.url("/slow1"), { timeout = 5 }))
+    assert.same({ 200, 2 }, { res.status, res.redirects })
+    assert.is_true(res.timings.redirect >= 0.5)
+    assert.is_true(res.timings.total >= 0.75)
+  end)
+
+  it("validates the redirects option", function()
+    assert.has_error(function() http.get("http://x/", { redirects = true }) end,
+      "sluice.http.get: option 'redirects' must be false or a table {max = n, cross_origin = boolean}, got boolean")
+    assert.has_error(function() http.get("http://x/", { redirects = { max = -1 } }) end,
+      "sluice.http.get: option 'redirects.max' must be an integer >= 0")
+    assert.has_error(function() http.get("http://x/", { redirects = { max = 1.5 } }) end,
+      "sluice.http.get: option 'redirects.max' must be an integer >= 0")
+    assert.has_error(function() http.get("http://x/", { redirects = { cross_origin = 1 } }) end,
+      "sluice.http.get: option 'redirects.cross_origin' must be a boolean")
+    assert.has_error(function() http.get("http://x/", { redirects = { follow = true } }) end,
+      "sluice.http.get: unknown option 'redirects.follow'")
+    assert.has_error(function() http.get("http://x/", { follow_redirects = false }) end,
+      "sluice.http.get: option 'follow_redirects' is gone: use redirects = false or {max = n, cross_origin = true}")
+  end)
+
+  describe("from https", function()
+    local tls
+    setup(function()
+      tls = require("support.nginx").start({
+        ssl = true,
+        locations = [[
+          location = /land { return 200 "secure"; }
+          location = /up { return 302 /land; }
+          location /down/ { return 302 http://127.0.0.1:$arg_port/land; }
+        ]],
+      })
+    end)
+    teardown(function()
+      if tls then tls:stop() end
+    end)
+
+    it("never follows a redirect down to http, even across origins allowed", function()
+      local res = assert(http.get(tls:url("/up"), { insecure = true, headers = CREDS }))
+      assert.same({ 200, "secure", 1 }, { res.status, res.body, res.redirects })
+      assert.equal(tls:url("/land"), res.url)
+      local err, kind
+      res, err, kind = http.get(tls:url("/down/?port=" .. b.port),
+        { insecure = true, headers = CREDS, redirects = { cross_origin = true } })
+      assert.is_nil(res)
+      assert.equal("redirect", kind)
+      assert.equal("redirect from https to http (http://127.0.0.1:" .. b.port .. ") refused", err)
+      assert.equal(0, #b.seen)
+    end)
   end)
 end)

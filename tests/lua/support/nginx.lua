@@ -22,7 +22,9 @@ local function write(path, data)
 end
 
 --- start{locations = "nginx location blocks", files = {name = content},
---        http = "extra http-level directives"} -> instance
+--        http = "extra http-level directives", ssl = true} -> instance
+-- ssl = true serves https with a throw-away self-signed certificate for
+-- 127.0.0.1 (clients need insecure = true); url() then says https.
 function _M.start(opts)
   opts = opts or {}
   local p = io.popen("mktemp -d /tmp/sluice-nginx.XXXXXX")
@@ -34,6 +36,13 @@ function _M.start(opts)
   for name, content in pairs(opts.files or {}) do
     write(root .. "/" .. name, content)
     sh("chmod 644 '" .. root .. "/" .. name .. "'")
+  end
+  local ssl = ""
+  if opts.ssl then
+    assert(sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+      .. " -subj /CN=127.0.0.1 -days 2 -keyout " .. dir .. "/key.pem -out " .. dir
+      .. "/cert.pem 2>/dev/null"), "openssl could not make a certificate")
+    ssl = "    ssl_certificate " .. dir .. "/cert.pem; ssl_certificate_key " .. dir .. "/key.pem;"
   end
   local nginx_bin = "/usr/sbin/nginx"
   -- different sequences in concurrent test processes
@@ -56,7 +65,8 @@ function _M.start(opts)
       "  default_type application/octet-stream;",
       opts.http or "",
       "  server {",
-      "    listen 127.0.0.1:" .. port .. " backlog=4096;",
+      "    listen 127.0.0.1:" .. port .. (opts.ssl and " ssl" or "") .. " backlog=4096;",
+      ssl,
       "    root " .. root .. ";",
       opts.locations or "",
       "  }",
@@ -65,7 +75,8 @@ function _M.start(opts)
     write(dir .. "/nginx.conf", conf)
     if sh(nginx_bin .. " -p " .. dir .. " -c " .. dir .. "/nginx.conf -e "
         .. dir .. "/error.log 2>/dev/null") then
-      return setmetatable({ port = port, dir = dir, root = root }, mt)
+      return setmetatable({ port = port, dir = dir, root = root,
+        scheme = opts.ssl and "https" or "http" }, mt)
     end
   end
   local f = io.open(dir .. "/error.log")
@@ -76,7 +87,7 @@ function _M.start(opts)
 end
 
 function _M:url(path)
-  return "http://127.0.0.1:" .. self.port .. (path or "/")
+  return self.scheme .. "://127.0.0.1:" .. self.port .. (path or "/")
 end
 
 function _M:stop()
