@@ -55,6 +55,7 @@ local function build_collectors(c, file, db, fresh, red)
     if not ok then
       error(file .. ": collectors[" .. i .. "]: " .. tostring(inst):gsub("^[^:]+:%d+: ", ""), 0)
     end
+    require("sluice.redact").classify(inst.config) -- the script's own secrets too
     built.collectors[inst.name] = inst
     built.order[#built.order + 1] = inst
   end
