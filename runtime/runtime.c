@@ -234,5 +234,6 @@ void sl_runtime_close(void) {
         event_base_free(sl_rt.base);
     sl_rt.base = NULL;
     sl_log_ring_free();
+    sl_log_redact_free();
     curl_global_cleanup();
 }

@@ -17,6 +17,8 @@
 --
 -- The remembered secrets live as long as the process (a reload adds the new
 -- ones; an old value may still appear in old log lines, so it stays hidden).
+local core_log = require "sluice._log"
+
 local _M = {}
 
 local REDACTED = "<redacted>"
@@ -53,6 +55,7 @@ local known, list = {}, {} -- remembered secrets: set, and longest first
 function _M.register(s)
   if type(s) ~= "string" or #s < MIN_SECRET or known[s] then return end
   known[s] = true
+  core_log.redact(s) -- lines written from C too (a task's error, ...)
   list[#list + 1] = s
   table.sort(list, function(a, b) return #a > #b end)
 end

@@ -74,6 +74,20 @@ describe("sluice.redact", function()
     assert.equal("<redacted>", e.note)
   end)
 
+  it("lines written from C (a task's error) are scrubbed of remembered secrets", function()
+    local sluice = require "sluice"
+    redact.register("task-secret-1")
+    log.output("/dev/null")
+    log.level("info")
+    local t = sluice.spawn(function() error("failed with task-secret-1 inside", 0) end)
+    sluice.wait(t)
+    local e = log.recent(1)[1]
+    log.output("-")
+    assert.equal("task failed", e.msg)
+    assert.is_nil(require("cjson").encode(e):find("task-secret-1", 1, true))
+    assert.truthy(e.error:find("failed with <redacted> inside", 1, true))
+  end)
+
   it("metric labels are scrubbed when the series is made", function()
     local metrics = require "sluice.metrics"
     redact.register("label-secret-1")
