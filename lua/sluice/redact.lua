@@ -7,8 +7,9 @@
 --   builds the view shown by /status (an allow-listed projection: URLs
 --   without user info, header values outside HEADER_ALLOW, auth values,
 --   collector.env values and settings named like secrets replaced), and
---   remembers every secret string it met (URL passwords, header and auth
---   values, revealed collector.env values, the admin token).
+--   remembers the secret strings it met (URL passwords, credential-like
+--   header values, auth values, revealed collector.env values, values of
+--   settings named token, password, secret, api_key, credential...).
 --
 --   text(s) scrubs free text (log lines, errors, metric labels): user info
 --   of any URL, values of query parameters named like credentials, and
@@ -39,14 +40,22 @@ _M.HEADER_ALLOW = HEADER_ALLOW
 local SECRET_WORDS = { "token", "password", "passwd", "secret", "key", "credential",
   "bearer", "signature", "auth", "cookie", "private", "session" }
 
-local function secret_name(k)
+-- names whose string values are also scrubbed from free text: narrower, so
+-- `key = "symbol"` in a table definition does not blank "symbol" in every line
+local STRONG_WORDS = { "token", "password", "passwd", "secret", "api_key", "apikey",
+  "private_key", "credential", "bearer" }
+
+local function named(k, words)
   if type(k) ~= "string" then return false end
   k = k:lower()
-  for _, w in ipairs(SECRET_WORDS) do
+  for _, w in ipairs(words) do
     if k:find(w, 1, true) then return true end
   end
   return false
 end
+
+--- secret_name(k) -> whether a setting or parameter named k holds a secret.
+local function secret_name(k) return named(k, SECRET_WORDS) end
 _M.secret_name = secret_name
 
 local known, list = {}, {} -- remembered secrets: set, and longest first
@@ -211,7 +220,7 @@ function project(v, k, seen)
   if t == "string" then
     remember_userinfo(v)
     if secret_name(k) then
-      _M.register(v)
+      if named(k, STRONG_WORDS) then _M.register(v) end
       return REDACTED
     end
     return _M.text(v)

@@ -26,6 +26,7 @@ describe("sluice.redact", function()
         auth = { header = "X-MBX-APIKEY", value = collector.env("SLUICE_REDACT_NOPE", "env-val-1") },
         api_secret = "own-secret-1",
         symbols = { "BTCUSDT" },
+        sort_key = "symbol-x",
       } },
     }, "test.lua", { env = {} })
     local v = redact.classify(c)
@@ -46,8 +47,10 @@ describe("sluice.redact", function()
       "own-secret-1" }) do
       assert.equal("a <redacted> b", redact.text("a " .. secret .. " b"), secret)
     end
-    -- a non-credential header's value is hidden in the view, not scrubbed from text
-    assert.equal("tenant-7", redact.text("tenant-7"))
+    -- a non-credential header's value, or a setting only loosely named like
+    -- a secret, is hidden in the view but not scrubbed from text
+    assert.equal("<redacted>", e.sort_key)
+    assert.equal("tenant-7 symbol-x", redact.text("tenant-7 symbol-x"))
   end)
 
   it("a collector.env value shows as <secret> wherever it sits", function()
