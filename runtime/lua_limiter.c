@@ -357,13 +357,19 @@ static void set_num(lua_State *L, const char *k, double v) {
     lua_setfield(L, -2, k);
 }
 
-/* observe(endpoint, status, headers, latency, sent_at) -> verdict table */
+/* observe(endpoint, status, headers, latency, sent_at, verdict) -> verdict
+ * table; verdict "throttled": the caller classified the response as
+ * throttled (handled as a 429 whatever the status). */
 static int l_observe(lua_State *L) {
     llimiter *ll = check(L);
     const char *endpoint = luaL_optstring(L, 2, NULL);
     int status = (int)luaL_optinteger(L, 3, 0);
     double latency = luaL_optnumber(L, 5, -1);
     double sent_at = luaL_optnumber(L, 6, -1);
+    const char *verdict = luaL_optstring(L, 7, NULL);
+    if (verdict && strcmp(verdict, "throttled") != 0)
+        return luaL_error(L, "sluice.limiter.observe: bad argument #6 "
+                             "'verdict' (\"throttled\" or nil expected)");
     double wall = sl_time(), now = sl_now();
     sl_rlh_result parsed;
     int have_headers = 0;
@@ -387,6 +393,7 @@ static int l_observe(lua_State *L) {
         .headers = have_headers ? &parsed : NULL,
         .latency = latency,
         .sent_at = sent_at,
+        .throttled = verdict != NULL,
     };
     sl_limiter_verdict v;
     char err[256];

@@ -55,6 +55,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "accept_guard.h"
 #include "log.h"
 #include "modules.h"
 #include "runtime.h"
@@ -92,6 +93,7 @@ struct exchange {
 struct server {
     struct evhttp *http;
     struct evhttp_bound_socket *bound;
+    sl_accept_guard *guard; /* while bound: backs accepts off on EMFILE */
     struct event *finalize_ev;
     int dispatch_ref; /* the Lua function spawned per request */
     int self_ref;     /* anchor until finalized */
@@ -620,6 +622,8 @@ static void server_finalize(server *s) {
         return;
     struct evhttp *http = s->http;
     s->closing = 1;
+    sl_accept_guard_free(s->guard);
+    s->guard = NULL;
     s->bound = NULL;
     /* Cut loose whatever is still in flight (only when forced, at
      * lua_close): evhttp_free frees attached requests with their
@@ -712,6 +716,10 @@ static int l_listen(lua_State *L) {
         else
             s->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     }
+    char what[96];
+    snprintf(what, sizeof(what), "server %s:%d", host, s->port);
+    s->guard =
+        sl_accept_guard_new(evhttp_bound_socket_get_listener(s->bound), what);
     evhttp_set_gencb(s->http, on_request, s);
     evhttp_set_allowed_methods(
         s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
@@ -745,6 +753,8 @@ static int srv_close(lua_State *L) {
     if (was) {
         s->closing = 1;
         if (s->bound) {
+            sl_accept_guard_free(s->guard);
+            s->guard = NULL;
             evhttp_del_accept_socket(s->http, s->bound);
             s->bound = NULL;
         }

@@ -14,5 +14,6 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._limiter", luaopen_sluice_limiter},
     {"sluice._control", luaopen_sluice_control},
     {"sluice._redis", luaopen_sluice_redis},
+    {"sluice._budget", luaopen_sluice_budget},
     {NULL, NULL},
 };

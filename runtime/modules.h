@@ -22,5 +22,6 @@ int luaopen_sluice_server(lua_State *L);
 int luaopen_sluice_limiter(lua_State *L);
 int luaopen_sluice_control(lua_State *L);
 int luaopen_sluice_redis(lua_State *L);
+int luaopen_sluice_budget(lua_State *L);
 
 #endif

@@ -27,6 +27,10 @@ static void (*close_hooks[16])(void);
 static int nclose_hooks;
 static int signals_seen;
 
+/* libevent's own handlers for SIGINT and SIGTERM, which ours chain to. */
+static struct sigaction ev_sigint, ev_sigterm;
+static volatile sig_atomic_t stop_signals;
+
 double sl_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -137,6 +141,37 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     sl_shutdown();
 }
 
+/* The real handler for SIGINT and SIGTERM. libevent only learns of a signal
+ * when its loop next polls, which never happens while Lua spins in a task;
+ * so the second signal exits from here, at once, and the first is passed
+ * on to libevent's handler for the graceful path (which on_signal takes
+ * as soon as the loop runs again). Async-signal-safe. */
+static void on_stop_signal(int sig) {
+    if (stop_signals++ > 0) {
+        static const char term[] = "sluice: second SIGTERM: exiting now\n";
+        static const char intr[] = "sluice: second SIGINT: exiting now\n";
+        ssize_t n = sig == SIGINT
+                        ? write(STDERR_FILENO, intr, sizeof(intr) - 1)
+                        : write(STDERR_FILENO, term, sizeof(term) - 1);
+        (void)n;
+        _exit(128 + sig);
+    }
+    const struct sigaction *ev = sig == SIGINT ? &ev_sigint : &ev_sigterm;
+    if (ev->sa_handler != SIG_DFL && ev->sa_handler != SIG_IGN)
+        ev->sa_handler(sig);
+}
+
+/* Puts on_stop_signal in front of libevent's handler (installed by
+ * evsignal_add, kept in *ev). */
+static void chain_stop_signal(int sig, struct sigaction *ev) {
+    struct sigaction sa;
+    if (sigaction(sig, NULL, ev) != 0 || (ev->sa_flags & SA_SIGINFO))
+        return; /* not the plain handler libevent installs: leave it */
+    sa = *ev;
+    sa.sa_handler = on_stop_signal;
+    sigaction(sig, &sa, NULL);
+}
+
 /* os.exit(code [, close]) would close the Lua state from inside a running
  * task, under libevent's and our own frames; sluice's flushes and exits. */
 static int os_exit(lua_State *L) {
@@ -195,6 +230,8 @@ int sl_runtime_init(const char *const *lua_dirs, int ndirs, char *err,
     evsignal_add(sig_int, NULL);
     evsignal_add(sig_term, NULL);
     evsignal_add(sig_hup, NULL);
+    chain_stop_signal(SIGINT, &ev_sigint);
+    chain_stop_signal(SIGTERM, &ev_sigterm);
     return 0;
 }
 
@@ -230,8 +267,15 @@ void sl_runtime_close(void) {
             event_free(*evs[i]);
         *evs[i] = NULL;
     }
-    if (sl_rt.base)
+    if (sl_rt.base) {
+        /* A bufferevent freed from inside one of its own callbacks in the
+         * loop's last pass is finalized by a callback that pass never ran,
+         * and event_base_free does not run that kind: one non-blocking pass
+         * does. Every module's events are gone by now (__gc, close hooks),
+         * so nothing else can run. */
+        event_base_loop(sl_rt.base, EVLOOP_NONBLOCK);
         event_base_free(sl_rt.base);
+    }
     sl_rt.base = NULL;
     sl_log_ring_free();
     sl_log_redact_free();

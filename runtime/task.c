@@ -4,6 +4,7 @@
 #include <lauxlib.h>
 #include <string.h>
 
+#include "budget.h"
 #include "log.h"
 #include "runtime.h"
 #include "timeout.h"
@@ -210,8 +211,27 @@ static void resume(sl_task *t) {
     t->state = SL_TASK_RUNNING;
     sl_task *prev = current;
     current = t;
+    sl_budget *b = t->budget;
+    if (b)
+        sl_budget_enter(b);
     int rc = lua_resume(t->co, nargs);
+    const char *over = b ? sl_budget_leave(b) : NULL;
     current = prev;
+    if (over && rc == LUA_YIELD) {
+        /* Out of budget (see budget.h): the watchdog's hook yielded the
+         * task, or it ran out just as it began to wait. Either way it ends
+         * here with the budget error; the coroutine is never resumed, so no
+         * pcall inside it can swallow the error. */
+        if (t->state == SL_TASK_SUSPENDED) {
+            sl_task_kill(t, over);
+            return;
+        }
+        lua_settop(t->co, 0);
+        lua_pushstring(t->co, over);
+        report_error(t);
+        finish(t, 0, 1);
+        return;
+    }
     if (rc == LUA_YIELD) {
         /* A plain coroutine.yield() from the task's own body: give the other
          * ready tasks a turn and continue. Suspending natives have already

@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 typedef struct sl_task sl_task;
+typedef struct sl_budget sl_budget;
 typedef void (*sl_task_cancel_fn)(sl_task *t, void *op);
 /* Called once when a task finishes (ok is 0 on error or kill). */
 typedef void (*sl_task_done_fn)(sl_task *t, int ok, void *privdata);
@@ -66,6 +67,7 @@ struct sl_task {
     int timer_set;
     int nowait;              /* depth of no-wait regions (see below) */
     const char *nowait_what; /* the outermost region's description */
+    sl_budget *budget; /* budget.h; owned there, NULL when none */
 };
 
 /* Creates a task running the function at stack index fn with the nargs

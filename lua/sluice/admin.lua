@@ -31,7 +31,8 @@
 --   GET  /performance              reference shape
 --   GET  /logs?level=&limit=&since= entries from the log ring, oldest first
 --   GET  /metrics                  Prometheus text format
---   POST /collect                  {"collector": name} -> one collection now
+--   POST /collect                  {"collector": name} -> one collection now (joins
+--                                  a run in flight: "joined": true; 409 if disabled)
 --   POST /backfill                 reference request -> {task_id, status, ...}
 --   GET  /backfill/{id}            progress;  DELETE /backfill/{id} cancels
 --   POST /breakers/{name}/open | close | reset
@@ -248,8 +249,11 @@ function _M.start(app, opts)
     local a = get_app()
     local reasons, last, last_ok, errors = {}, nil, nil, 0
     for _, c in ipairs(a.order) do
-      local h = c:health()
-      if h ~= "healthy" then reasons[#reasons + 1] = c.name .. " is " .. h end
+      local h, why = c:health()
+      if h ~= "healthy" and h ~= "disabled" then
+        -- the breaker's own state says it all; other states say why
+        reasons[#reasons + 1] = c.name .. " is " .. h .. (h ~= "circuit_open" and why and (": " .. why) or "")
+      end
       local st = c.stats_
       if st.last_collection and (not last or st.last_collection > last) then last = st.last_collection end
       if st.last_success and (not last_ok or st.last_success > last_ok) then last_ok = st.last_success end
@@ -272,6 +276,7 @@ function _M.start(app, opts)
       last_successful_collection = iso(last_ok),
       collection_errors = errors,
       reasons = #reasons > 0 and reasons or nil,
+      starting = a.starting, -- true while the collectors are being built and started
     }
     return #reasons == 0 and 200 or 503, body
   end)
@@ -364,9 +369,15 @@ function _M.start(app, opts)
     if type(body.collector) ~= "string" then return bad("field 'collector' (a name) is required") end
     local c = get_app().collectors[body.collector]
     if not c then return 404, { error = "no collector named '" .. body.collector .. "'" } end
-    local ok, result = c:run_once()
-    if ok then return 200, { collector = c.name, status = "ok", records = result } end
-    return 502, { collector = c.name, status = "failed", error = result }
+    if not c.enabled then
+      return 409, { collector = c.name, status = "disabled", error = "collector '" .. c.name .. "' is disabled" }
+    end
+    -- one run in flight per collector: a request made while one is going
+    -- waits for it and answers with its result ("joined": true)
+    local ok, result, joined = c:run_once()
+    joined = joined == "joined" or nil
+    if ok then return 200, { collector = c.name, status = "ok", records = result, joined = joined } end
+    return 502, { collector = c.name, status = "failed", error = result, joined = joined }
   end)
 
   route("POST", "/backfill", "mutation", function(req)

@@ -41,11 +41,28 @@ local function load_spec(entry, i, file)
   return spec
 end
 
+-- Start-up spreads the collectors' work so the loop (and the admin API)
+-- stays responsive: instances are built and started BATCH at a time with
+-- a turn of the loop in between, and first runs are spread (see run()).
+local BATCH = 200
+local START_RATE = 100 -- first runs per second at start-up, by default
+
+-- Lets the loop turn (timers, sockets, other tasks) when called in a task.
+local function breathe()
+  if sluice.current() then sluice.sleep(0) end
+end
+
 -- Builds the collector instances of a prepared configuration against db,
--- starting none. Raises "file: key: message".
-local function build_collectors(c, file, db, fresh, red)
+-- starting none. Raises "file: key: message". With batched, yields to
+-- the loop every BATCH collectors.
+local function build_collectors(c, file, db, fresh, red, batched)
   local built = { collectors = {}, order = {} }
   for i, entry in ipairs(c.collectors or {}) do
+    if batched and i % BATCH == 0 then
+      breathe()
+      -- build() closes what it opened
+      if sluice.stopping() then error(file .. ": shutdown during start-up", 0) end
+    end
     if fresh and entry.use then package.loaded["collectors." .. entry.use] = nil end
     local spec = load_spec(entry, i, file)
     local overrides = {}
@@ -71,24 +88,34 @@ local function apply_log(c)
   end
 end
 
---- build(config, file, opts) -> app {collectors = {name = instance},
--- order = {...}, store}: the configuration prepared and every collector
--- built, none started. Raises "file: key: message" on a bad configuration.
-function _M.build(config, file, opts)
+-- The steps of build(): with early(app), called once the store is open
+-- and before any collector is built (run() starts the admin API there),
+-- and collectors built in batches that yield to the loop.
+local function build(config, file, opts, early)
   local c = config_mod.prepare(config, file, opts)
   apply_log(c)
   if c.shutdown_timeout then sluice.shutdown_timeout(c.shutdown_timeout) end
   local db, err = store.open(c.store or "sluice.db")
   if not db then error(file .. ": store: " .. tostring(err), 0) end
   local red = c.redis and require("sluice.redis").connect({ url = c.redis })
-  local okb, built = pcall(build_collectors, c, file, db, false, red)
+  local app = { store = db, collectors = {}, order = {}, config = c,
+    file = file, opts = opts or {}, starting = early ~= nil }
+  local prev = _M.current
+  local okb, built = pcall(function()
+    if early then
+      _M.current = app -- the admin API and the REPL see it starting
+      early(app)
+    end
+    return build_collectors(c, file, db, false, red, early ~= nil)
+  end)
   if not okb then
+    _M.current = prev
+    if app.admin then app.admin:close() end
     if red then red:close() end
     db:close()
     error(built, 0)
   end
-  local app = { store = db, collectors = built.collectors, order = built.order, config = c,
-    file = file, opts = opts or {} }
+  app.collectors, app.order = built.collectors, built.order
   if red then
     local shared = require "sluice.shared"
     app.shared = shared.new(red)
@@ -113,21 +140,58 @@ function _M.build(config, file, opts)
   return app
 end
 
+--- build(config, file, opts) -> app {collectors = {name = instance},
+-- order = {...}, store}: the configuration prepared and every collector
+-- built, none started. Raises "file: key: message" on a bad configuration.
+function _M.build(config, file, opts)
+  return build(config, file, opts)
+end
+
+--- first_delays(order, start_rate) -> { [instance] = seconds }: when each
+-- enabled collector runs first. n enabled collectors start over a window
+-- of n / start_rate seconds (capped by each one's interval), each at a
+-- uniformly random offset in it: about start_rate first runs a second
+-- instead of n at once. A few collectors start within milliseconds.
+function _M.first_delays(order, start_rate)
+  local n = 0
+  for _, inst in ipairs(order) do
+    if inst.enabled then n = n + 1 end
+  end
+  local out = {}
+  for _, inst in ipairs(order) do
+    if inst.enabled then
+      out[inst] = math.random() * math.min(inst.interval, n / start_rate)
+    end
+  end
+  return out
+end
+
 --- run(config, file, opts) -> app: build, start every enabled collector
--- (they run until shutdown) and the admin API when configured.
+-- (they run until shutdown) and the admin API when configured. The admin
+-- API answers from the start (app.starting is true until every collector
+-- is started); building and starting yield to the loop in batches, and
+-- first runs are spread (first_delays, start_rate).
 function _M.run(config, file, opts)
-  local app = _M.build(config, file, opts)
+  local app = build(config, file, opts, function(a)
+    -- before the collectors, so that it answers while they are built
+    if a.config.admin and a.config.admin.enabled ~= false then
+      local srv, err = require("sluice.admin").start(a, a.config.admin)
+      if not srv then error(file .. ": " .. err, 0) end
+      a.admin = srv
+    end
+  end)
   -- leases only for running collectors: a `sluice backfill` that builds
   -- the same configuration must not keep the collectors from running
   if app.shared then app.shared:leases(app.config.lease_ttl) end
-  if app.config.admin and app.config.admin.enabled ~= false then
-    local srv, err = require("sluice.admin").start(app, app.config.admin)
-    if not srv then error(file .. ": " .. err, 0) end
-    app.admin = srv
+  local delays = _M.first_delays(app.order, app.config.start_rate or START_RATE)
+  for i, inst in ipairs(app.order) do
+    if i % BATCH == 0 then
+      breathe()
+      if sluice.stopping() then break end -- the shutdown handler stopped the started ones
+    end
+    if inst.enabled then inst:start({ first_delay = delays[inst] }) end
   end
-  for _, inst in ipairs(app.order) do
-    if inst.config.enabled ~= false then inst:start() end
-  end
+  app.starting = nil
   if app.shared then app.shared:start() end
   sluice.on_reload(function()
     local ok, err = _M.reload()
@@ -146,6 +210,7 @@ end
 function _M.reload()
   local app = _M.current
   if not app then return nil, "no configuration is running" end
+  if app.starting then return nil, "still starting: reload once every collector has started" end
   local old_breakers, old_limiters = breaker.all(), limiter.all()
   local ok, err = pcall(function()
     local chunk, lerr = loadfile(app.file)
@@ -160,7 +225,7 @@ function _M.reload()
     if (c.redis or false) ~= (app.config.redis or false) then
       error(app.file .. ": redis: cannot change while running (restart to use another server)", 0)
     end
-    local built = build_collectors(c, app.file, app.store, true, app.shared and app.shared.redis)
+    local built = build_collectors(c, app.file, app.store, true, app.shared and app.shared.redis, false)
     -- nothing failed: carry state over and swap
     for name, new in pairs(built.collectors) do
       local old = app.collectors[name]
@@ -168,9 +233,12 @@ function _M.reload()
         if old.breaker and new.breaker then new.breaker:restore(old.breaker:snapshot()) end
         if old.limiter and new.limiter then new.limiter:restore(old.limiter:snapshot()) end
         new.stats_ = old.stats_
+        new.guard_ = old.guard_ -- one run in flight per collector, across the swap
       end
     end
+    local running = {}
     for _, old in ipairs(app.order) do
+      if old.running then running[old.name] = old end
       old:stop()
       if app.shared then app.shared:detach(old) end
     end
@@ -183,8 +251,13 @@ function _M.reload()
     end
     apply_log(c)
     app.config, app.collectors, app.order = c, built.collectors, built.order
+    -- an instance replacing a running one continues its schedule (no
+    -- extra run now) and its first run waits for the old one's run in
+    -- flight; one enabled by this reload starts within its start window
+    local delays = _M.first_delays(app.order, c.start_rate or START_RATE)
     for _, inst in ipairs(app.order) do
-      if inst.config.enabled ~= false then inst:start() end
+      local prev = running[inst.name]
+      if inst.enabled then inst:start({ first_delay = delays[inst], after = prev }) end
     end
   end)
   if not ok then

@@ -29,8 +29,11 @@
 -- ("success", "failure", "ignored", "throttled", "banned") and a message,
 -- e.g. for an HTTP 200 carrying an error object, or just a message (nil,
 -- "Binance error -1121: Invalid symbol.") that explains the default
--- verdict. A failure it declares on a 2xx is not retried. Returns data (decoded JSON when the response is
--- JSON, the body otherwise) and the response, or nil, err, kind.
+-- verdict. A failure it declares on a 2xx is not retried; "throttled" on
+-- any status (Bybit retCode 10006, JSON-RPC -32005 in a 200) backs the
+-- limiter off as a 429 does and is retried. Returns data (decoded JSON
+-- when the response is JSON, the body otherwise) and the response, or nil,
+-- err, kind.
 local sluice = require "sluice"
 local http = require "sluice.http"
 local log = require "sluice.log"
@@ -73,7 +76,7 @@ local SPEC = {
   classify = "function", init = "function", close = "function", backfill = "function",
   backfill_step = "number|function", expect = "table|function", headers = "table",
   description = "string", endpoint = "function", backfill_requests = "number|function",
-  beginning_date = "string|number",
+  beginning_date = "string|number", enabled = "boolean", run_budget = "table|boolean",
 }
 
 local function type_ok(v, want)
@@ -105,6 +108,19 @@ local function check_spec(spec, where, level)
   if spec.timeout ~= nil and not (spec.timeout > 0 and spec.timeout < math.huge) then
     error(where .. ": option 'timeout' must be a finite number > 0", level)
   end
+  if type(spec.run_budget) == "table" then
+    for k, v in pairs(spec.run_budget) do
+      if k ~= "cpu" and k ~= "wall" then
+        error(where .. ": option 'run_budget' has unknown key '" .. tostring(k) .. "' (cpu, wall)", level)
+      end
+      if v ~= false and not (type(v) == "number" and v > 0 and v < math.huge) then
+        error(where .. ": option 'run_budget." .. k .. "' must be a finite number > 0 or false, got "
+          .. tostring(v), level)
+      end
+    end
+  elseif spec.run_budget == true then
+    error(where .. ": option 'run_budget' must be a table or false", level)
+  end
   if spec.auth then
     local a = spec.auth
     local n = (a.bearer ~= nil and 1 or 0) + (a.header ~= nil and 1 or 0) + (a.query ~= nil and 1 or 0)
@@ -113,6 +129,40 @@ local function check_spec(spec, where, level)
     end
     if (a.header or a.query) and a.value == nil then
       error(where .. ": option 'auth' needs a value (a string or collector.env(\"NAME\"))", level)
+    end
+  end
+end
+
+-- The run budget's watchdog (sluice.budget) acts through a hook, which
+-- LuaJIT never runs inside compiled loops: the collector's own functions --
+-- the spec's, and those of its file they reach through upvalues -- run
+-- interpreted. Collectors spend their time waiting on the network, so
+-- this costs little (README, "Run budget").
+local function no_jit(spec)
+  if not jit then return end
+  local sources, seen, todo = {}, {}, {}
+  local function push(v)
+    if not seen[v] then seen[v] = true; todo[#todo + 1] = v end
+  end
+  for _, v in pairs(spec) do
+    if type(v) == "function" then
+      local info = debug.getinfo(v, "S")
+      if info.what ~= "C" then sources[info.source] = true; push(v) end
+    end
+  end
+  while #todo > 0 do
+    local v = table.remove(todo)
+    if type(v) == "table" then
+      for _, f in pairs(v) do
+        if type(f) == "function" then push(f) end
+      end
+    elseif sources[debug.getinfo(v, "S").source] then
+      jit.off(v, true)
+      for i = 1, math.huge do
+        local name, up = debug.getupvalue(v, i)
+        if not name then break end
+        if type(up) == "function" or type(up) == "table" then push(up) end
+      end
     end
   end
 end
@@ -130,6 +180,7 @@ function _M.define(spec)
   if not spec.collect and not spec.backfill then
     error("sluice.collector.define: a collector needs collect (and/or backfill)", 2)
   end
+  no_jit(spec)
   spec._is_collector_spec = true
   return spec
 end
@@ -164,7 +215,7 @@ function _M.new(spec, overrides, context)
   -- overrides split: framework options vs the collector's own options
   local own = merge(spec.options, nil)
   local framework = {}
-  local BOOKKEEPING = { use = true, file = true, enabled = true } -- the config's, not ours
+  local BOOKKEEPING = { use = true, file = true } -- the config's, not ours
   for k, v in pairs(overrides) do
     if BOOKKEEPING[k] then
       framework[k] = nil
@@ -192,6 +243,10 @@ function _M.new(spec, overrides, context)
     interval = cfg.interval or 60,
     log = log.with({ collector = cfg.name }),
     running = false,
+    enabled = cfg.enabled ~= false,
+    -- one run in flight per collector: shared with the instances that
+    -- replace this one at a reload (app.lua hands it over)
+    guard_ = { busy = false, waiters = {} },
     stats_ = {
       started_at = nil, last_collection = nil, last_success = nil, last_error = nil,
       total_requests = 0, successful_requests = 0, failed_requests = 0,
@@ -199,6 +254,16 @@ function _M.new(spec, overrides, context)
       consecutive_failures = 0, collections_failed = 0,
     },
   }, instance_mt)
+  if cfg.run_budget ~= false then
+    local b = type(cfg.run_budget) == "table" and cfg.run_budget or {}
+    -- wall: ten request timeouts, or two intervals for slow collectors
+    local wall = math.max(10 * (cfg.timeout or 30), 2 * self.interval)
+    local cpu = b.cpu == nil and 5 or b.cpu
+    wall = b.wall == nil and wall or b.wall
+    if cpu or wall then
+      self.run_budget = { cpu = cpu, wall = wall, label = "collector " .. cfg.name .. ": run" }
+    end
+  end
   if cfg.breaker ~= false then
     local bopts = merge(type(cfg.breaker) == "table" and cfg.breaker or {}, nil)
     bopts.name = bopts.name or cfg.name
@@ -248,8 +313,13 @@ function _M.new(spec, overrides, context)
         self.log.warning("ignoring saved breaker state", { error = tostring(err) })
       end
     end
+    -- the callback holds the store, not the instance: the breaker's
+    -- callback list is weak-keyed, and LuaJIT has no ephemerons, so a
+    -- callback reaching its breaker through the instance would keep both
+    -- alive for ever after a reload
+    local db = self.store
     self.breaker:on_change(function(cb)
-      if self.store then self.store:save_state("breaker", cb:name(), cb:snapshot()) end
+      db:save_state("breaker", cb:name(), cb:snapshot())
     end)
   end
   return self
@@ -340,7 +410,10 @@ function Collector:request(opts)
     end
     local observed
     if self.limiter and res then
-      observed = self.limiter:observe(endpoint, res.status, res.headers, latency)
+      -- a throttled verdict (an API's "too many requests" code in a 200)
+      -- backs the limiter off exactly as a 429 would
+      observed = self.limiter:observe(endpoint, res.status, res.headers, latency, nil,
+        verdict == "throttled" and "throttled" or nil)
     end
     if self.breaker then
       if verdict == "success" then
@@ -428,13 +501,13 @@ local function store_rows(self, result)
   local count = 0
   for tname, rows in pairs(per_table) do
     if not tables[tname] then
-      error("collect returned rows for undeclared table '" .. tostring(tname) .. "'")
+      error("collect returned rows for undeclared table '" .. tostring(tname) .. "'", 0)
     end
     if not self.store then count = count + #rows end
     if self.store then
       local ins, upd, same, rej, accepted = self.store:upsert_accepted(tname, rows)
       if not ins then
-        error("storing rows in '" .. tname .. "' failed: " .. tostring(upd))
+        error("storing rows in '" .. tname .. "' failed: " .. tostring(upd), 0)
       end
       count = count + ins + upd + same -- what was stored; rejects are not data points
       self.log.debug("stored", { table = tname, inserted = ins, updated = upd,
@@ -449,17 +522,80 @@ local function store_rows(self, result)
   return count
 end
 
---- self:run_once() -> true, rows | false, err. One collection, in the
--- calling task; errors in collect are caught, logged and counted.
+-- The run guard (self.guard_): busy while a run is in flight, with the
+-- task running it, when it started and the tasks waiting for it to end.
+-- Waiters park; a run killed from outside (it cannot release the guard)
+-- is noticed by the waiters' periodic check.
+local GUARD_CHECK = 1 -- seconds between a waiter's checks of a killed run
+
+local function guard_dead(g)
+  local st = g.task and sluice.status(g.task)
+  return st == "done" or st == "failed" or st == "killed"
+end
+
+local function guard_release(g, ...)
+  g.busy, g.task, g.started = false, nil, nil
+  local waiters = g.waiters
+  g.waiters = {}
+  for _, t in ipairs(waiters) do sluice.unpark(t, ...) end
+end
+
+-- Parks the calling task until the run in flight ends -> true, its
+-- results... | false, why.
+local function guard_wait(g)
+  local me = sluice.current()
+  if not me then return false, "a run is already in progress" end
+  while g.busy do
+    g.waiters[#g.waiters + 1] = me
+    local res = { sluice.park(GUARD_CHECK) }
+    if res[1] then return unpack(res) end
+    for i, t in ipairs(g.waiters) do
+      if t == me then table.remove(g.waiters, i) break end
+    end
+    if res[2] == "shutdown" then return false, "shutdown" end
+    if g.busy and guard_dead(g) then guard_release(g, false, "the run in progress was killed") end
+  end
+  return true
+end
+
+-- collect(self) in a task of its own under the run budget, waited for;
+-- a run over budget fails with the budget's error. Returns what xpcall does.
+local function collect_within_budget(self)
+  if not self.run_budget then
+    return xpcall(self.spec.collect, debug.traceback, self)
+  end
+  local run = sluice.budget(sluice.spawn(xpcall, self.spec.collect, debug.traceback, self),
+    self.run_budget)
+  local done, ok, result = sluice.wait(run)
+  if not done then return false, ok end
+  return ok, result
+end
+
+--- self:run_once() -> true, rows | false, err. One collection: collect
+-- runs in a task of its own under the run budget, which the calling task
+-- waits for; errors in collect are caught, logged and counted. At most one
+-- run of a collector is in flight (across a reload too): a call made while
+-- one is going waits for it and returns its result, with a third value
+-- "joined", instead of starting another.
 function Collector:run_once()
   if self.lease_held == false then
-    return true, 0 -- another instance holds this collector's lease
+    -- another instance holds this collector's lease: standing by is not
+    -- being overdue (health)
+    self.stats_.standby_at = sluice.now()
+    return true, 0
   end
+  local g = self.guard_
+  if g.busy then
+    local ok, a, b = guard_wait(g)
+    if ok then return a, b, "joined" end
+    return false, a
+  end
+  g.busy, g.task, g.started = true, sluice.current(), sluice.now()
   local st = self.stats_
   local t0 = sluice.now()
   st.last_collection = sluice.time()
   self.in_flight = (self.in_flight or 0) + 1
-  local ok, result = xpcall(self.spec.collect, debug.traceback, self)
+  local ok, result = collect_within_budget(self)
   local count
   if ok then
     ok, count = pcall(store_rows, self, result)
@@ -473,6 +609,7 @@ function Collector:run_once()
     st.data_points_collected = st.data_points_collected + count
     st.consecutive_failures = 0
     self.log.info("collection done", { rows = count, seconds = sluice.now() - t0 })
+    guard_release(g, true, count)
     return true, count
   end
   local msg = tostring(result)
@@ -481,15 +618,71 @@ function Collector:run_once()
   st.collections_failed = st.collections_failed + 1
   st.consecutive_failures = st.consecutive_failures + 1
   self.log.error("collection failed", { error = st.last_error, traceback = msg })
+  guard_release(g, false, st.last_error)
   return false, st.last_error
 end
 
---- self:start(): init, then run_once every interval (with jitter) until
--- stop() or shutdown. Runs never overlap.
-function Collector:start()
+local function next_period(self)
+  local j = self.config.jitter or 0
+  if j <= 0 then return self.interval end
+  return self.interval * (1 + j * (2 * math.random() - 1))
+end
+
+-- One scheduled run, as a timer's task; schedules the next. A run still
+-- in flight (a manual one, or the replaced instance's after a reload) is
+-- waited for, never overlapped; a run that overran its period delays the
+-- next one to its end, and missed ticks are not replayed.
+local function tick(premature, self)
+  if premature or not self.running then return end
+  self.timer = nil
+  local due = self.next_due_
+  -- the next tick's due time is set before running, so that an instance
+  -- taking over at a reload continues this schedule
+  self.next_due_ = due + next_period(self)
+  while self.guard_.busy do
+    if not guard_wait(self.guard_) or not self.running then return end
+  end
+  if not self.running then return end
+  self:run_once()
+  if not self.running then return end
+  local now = sluice.now()
+  if self.next_due_ < now then self.next_due_ = now end
+  self.timer = sluice.after(self.next_due_ - now, tick, self)
+end
+
+--- self:start([opts]): init, then run_once every interval (with jitter)
+-- until stop() or shutdown. Runs never overlap. opts.first_delay: seconds
+-- until the first run (0: at once); opts.after: the instance this one
+-- replaces (a reload), whose schedule it continues: its first run is the
+-- old instance's next one, and waits for a run of the old one still in
+-- flight.
+function Collector:start(opts)
   if self.running then return self end
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error("collector:start: bad argument #1 (table of options expected, got " .. type(opts) .. ")", 2)
+  end
+  for k in pairs(opts) do
+    if k ~= "first_delay" and k ~= "after" then
+      error("collector:start: unknown option '" .. tostring(k) .. "'", 2)
+    end
+  end
+  local delay = opts.first_delay or 0
+  if type(delay) ~= "number" or not (delay >= 0 and delay < math.huge) then
+    error("collector:start: option 'first_delay' must be a finite number >= 0", 2)
+  end
+  local old = opts.after
+  if old ~= nil then
+    if getmetatable(old) ~= instance_mt or old.name ~= self.name then
+      error("collector:start: option 'after' must be an instance of the same collector", 2)
+    end
+    self.guard_ = old.guard_
+    if old.next_due_ then delay = math.max(0, old.next_due_ - sluice.now()) end
+  end
   self.running = true
   self.stats_.started_at = sluice.time()
+  -- the overdue clock of health() runs across a reload
+  self.started_mono_ = old and old.started_mono_ or sluice.now()
   if self.spec.init then
     local ok, err = xpcall(self.spec.init, debug.traceback, self)
     if not ok then
@@ -497,26 +690,32 @@ function Collector:start()
       error("collector '" .. self.name .. "': init failed: " .. tostring(err), 0)
     end
   end
-  self.first_run = sluice.spawn(function() self:run_once() end)
-  self.timer = sluice.every(self.interval, function(premature)
-    if premature or not self.running then return end
-    self:run_once()
-  end, { jitter = self.config.jitter or 0 })
-  self.log.info("collector started", { interval = self.interval })
+  self.next_due_ = sluice.now() + delay
+  self.first_due_ = self.next_due_
+  if delay <= 0 then
+    self.first_run = sluice.spawn(tick, false, self)
+  else
+    self.timer = sluice.after(delay, tick, self)
+  end
+  self.log.info("collector started", { interval = self.interval, first_run_in = delay })
   return self
 end
 
 --- self:drain(): waits (in a task) until no run of this collector is in
--- progress; shutdown's deadline bounds it.
+-- progress, the replaced instance's included; shutdown's deadline bounds it.
 function Collector:drain()
-  while (self.in_flight or 0) > 0 do sluice.sleep(0.05) end
+  local g = self.guard_
+  while g.busy and not guard_dead(g) do sluice.sleep(0.05) end
 end
 
 --- self:stop(): no new runs; a run in progress finishes. Saves the breaker.
 function Collector:stop()
   if not self.running then return self end
   self.running = false
+  -- dropping the timer also breaks the cycle timer -> callback arguments
+  -- -> instance -> timer that kept stopped instances alive
   if self.timer then self.timer:cancel() end
+  self.timer = nil
   if self.spec.close then
     local ok, err = xpcall(self.spec.close, debug.traceback, self)
     if not ok then self.log.error("close failed", { error = tostring(err) }) end
@@ -531,18 +730,51 @@ function Collector:stop()
   return self
 end
 
---- self:health() -> "healthy" | "degraded" | "failed" | "circuit_open"
--- circuit_open: the breaker is open. failed: the last 3 collections (or
--- more) failed in a row. degraded: the last collection failed, or fewer
--- than 90% of requests succeeded (with at least 10 made). healthy:
--- otherwise.
+local STALL_FACTOR, OVERDUE_FACTOR = 2, 3
+
+local function secs(x) return string.format("%.0f s", x) end
+
+--- self:health() -> status, reason. status: "disabled" | "circuit_open"
+-- | "failed" | "degraded" | "healthy"; reason says why when not healthy.
+-- disabled: enabled = false. circuit_open: the breaker is open. failed:
+-- the last 3 collections (or more) failed in a row, or a started
+-- collector has had no successful collection for 3 × max(interval,
+-- timeout) (since its last success, its start, or its last scheduled
+-- run skipped because another instance holds its lease). degraded: the last
+-- collection failed, a run has been in flight for more than 2 ×
+-- max(interval, timeout), or fewer than 90% of requests succeeded (with
+-- at least 10 made). healthy: otherwise. (timeout defaults to 30 s.)
 function Collector:health()
   local st = self.stats_
-  if self.breaker and self.breaker:state() == "open" then return "circuit_open" end
-  if st.consecutive_failures >= 3 then return "failed" end
-  if st.consecutive_failures > 0 then return "degraded" end
+  if not self.enabled then return "disabled", "disabled in the configuration" end
+  if self.breaker and self.breaker:state() == "open" then
+    return "circuit_open", "circuit breaker " .. self.breaker:name() .. " is open"
+  end
+  if st.consecutive_failures >= 3 then
+    return "failed", st.consecutive_failures .. " collections failed in a row: " .. tostring(st.last_error)
+  end
+  local span = math.max(self.interval, self.config.timeout or 30)
+  if self.running and self.started_mono_ then
+    local now = sluice.now()
+    local since = self.started_mono_
+    local ok_at = st.last_success and (now - (sluice.time() - st.last_success))
+    if ok_at and ok_at > since then since = ok_at end
+    if st.standby_at and st.standby_at > since then since = st.standby_at end
+    if now - since > OVERDUE_FACTOR * span then
+      return "failed", "no successful collection for " .. secs(now - since)
+        .. " (over " .. OVERDUE_FACTOR .. " × " .. secs(span) .. ")"
+    end
+  end
+  if st.consecutive_failures > 0 then
+    return "degraded", "the last collection failed: " .. tostring(st.last_error)
+  end
+  local g = self.guard_
+  if g.busy and g.started and sluice.now() - g.started > STALL_FACTOR * span then
+    return "degraded", "a run has been in flight for " .. secs(sluice.now() - g.started)
+      .. " (over " .. STALL_FACTOR .. " × " .. secs(span) .. ")"
+  end
   if st.total_requests >= 10 and st.successful_requests / st.total_requests < 0.9 then
-    return "degraded"
+    return "degraded", string.format("%d of %d requests failed", st.failed_requests, st.total_requests)
   end
   return "healthy"
 end
@@ -550,9 +782,15 @@ end
 --- self:stats() -> the reference statistics shape (timestamps ISO 8601).
 function Collector:stats()
   local st = self.stats_
+  local status, reason = self:health()
+  local g = self.guard_
   return {
     collector_name = self.name,
-    status = self:health(),
+    status = status,
+    status_reason = reason,
+    enabled = self.enabled,
+    run_in_flight_seconds = g.busy and g.started and sluice.now() - g.started or nil,
+    run_waiters = g.busy and #g.waiters or nil, -- calls waiting for (joining) the run in flight
     started_at = iso(st.started_at),
     last_collection = iso(st.last_collection),
     last_success = iso(st.last_success),

@@ -7,9 +7,10 @@
 --     store = "sluice.db",                    -- SQLite file (default sluice.db)
 --     log = { level = "info", format = "json", output = "-" },
 --     shutdown_timeout = 10,
+--     start_rate = 100,                       -- first runs a second at start-up (sluice.app)
 --     collectors = {
 --       { use = "binance_klines", symbols = { "BTCUSDT" }, interval = 60 },
---       { file = "collectors/my_feed.lua", name = "my_feed" },
+--       { file = "collectors/my_feed.lua", name = "my_feed", enabled = false },
 --     },
 --     profiles = { production = { log = { level = "warning" } } },
 --   }
@@ -28,7 +29,7 @@ local _M = {}
 local TOP = {
   store = "string", log = "table", collectors = "table", profiles = "table",
   shutdown_timeout = "number", name = "string", admin = "table", redis = "string",
-  sinks = "table", lease_ttl = "number",
+  sinks = "table", lease_ttl = "number", start_rate = "number",
 }
 local ADMIN = { host = "string", port = "number", token = "any", enabled = "boolean",
   hosts = "table", insecure_loopback_mutations = "boolean" }
@@ -145,6 +146,9 @@ function _M.validate(config, file)
   if config.redis and not config.redis:match("^redis://") then
     fail(file, "redis", "must be a redis:// URL, got '" .. redact.url(config.redis) .. "'")
   end
+  if config.start_rate and not (config.start_rate > 0 and config.start_rate < math.huge) then
+    fail(file, "start_rate", "must be a finite number > 0 (first runs per second at start-up)")
+  end
   if config.lease_ttl and not (config.lease_ttl >= 1 and config.lease_ttl < math.huge) then
     fail(file, "lease_ttl", "must be a number of seconds >= 1")
   end
@@ -194,6 +198,9 @@ function _M.validate(config, file)
     end
     if entry.use ~= nil and type(entry.use) ~= "string" then fail(file, key .. ".use", "must be a string") end
     if entry.file ~= nil and type(entry.file) ~= "string" then fail(file, key .. ".file", "must be a string") end
+    if entry.enabled ~= nil and type(entry.enabled) ~= "boolean" then
+      fail(file, key .. ".enabled", "must be true or false, got " .. type(entry.enabled))
+    end
     local name = _M.entry_name(entry)
     if seen[name] then fail(file, key, "a second collector named '" .. name .. "' (set name = ...)") end
     seen[name] = true

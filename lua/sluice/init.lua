@@ -64,4 +64,41 @@ function _M.every(period, fn, opts)
   return core.every(period, fn, jitter)
 end
 
+local budget_options = { cpu = true, wall = true, label = true }
+
+local function check_limit(opts, k)
+  local v = opts[k]
+  if v == nil or v == false then return 0 end
+  if type(v) ~= "number" or not (v > 0 and v < math.huge) then
+    error("sluice.budget: option '" .. k .. "' must be a finite number > 0 or false, got "
+      .. tostring(v), 3)
+  end
+  return v
+end
+
+--- budget(task, { cpu = s, wall = s, label = "what" }) -> task
+-- Caps a task that has not started or is waiting: at most `cpu` seconds of
+-- CPU time over all its resumes, and an end `wall` seconds from now (false
+-- or nil: no such limit). A task over budget ends with the error "<label>
+-- exceeded its CPU budget of 5 s" (or "... its wall-clock deadline of
+-- 60 s"), which no pcall inside it can catch; a waiting one is killed and
+-- its operation cancelled. Code that may spin must not be JIT-compiled
+-- (jit.off(fn, true)): compiled loops never look at the watchdog.
+function _M.budget(task, opts)
+  if type(opts) ~= "table" then
+    error("sluice.budget: bad argument #2 'opts' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  for k in pairs(opts) do
+    if not budget_options[k] then
+      error("sluice.budget: unknown option '" .. tostring(k) .. "'", 2)
+    end
+  end
+  if opts.label ~= nil and type(opts.label) ~= "string" then
+    error("sluice.budget: option 'label' must be a string, got " .. type(opts.label), 2)
+  end
+  local cpu, wall = check_limit(opts, "cpu"), check_limit(opts, "wall")
+  require("sluice._budget").attach(task, cpu, wall, opts.label or ("task " .. core.id(task)))
+  return task
+end
+
 return _M

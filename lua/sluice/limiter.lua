@@ -14,6 +14,11 @@
 -- halves, then climbs back to just under the limit it learned) and to
 -- latency. A 418 stops everything until the ban ends; observe() reports it
 -- (verdict.banned, verdict.ban_until) so a breaker can open_until it.
+-- lim:observe(endpoint, status, headers, latency, sent_at, verdict):
+-- sent_at (sluice.now() when wait() returned) keeps a 429 for a request
+-- sent before the last one from escalating again; verdict "throttled" says
+-- the caller classified the response as throttled whatever its status (an
+-- API error code in a 200): it is handled exactly as a 429.
 --
 -- Options (defaults): name, rate (10 req/s), burst (1), window (60 s),
 -- max_rate (100), min_rate (0.1), utilization (0.9 of a stated quota),

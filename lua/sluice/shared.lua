@@ -62,7 +62,8 @@ end
 --- new(client) -> shared state over a sluice.redis client.
 function _M.new(client)
   return setmetatable({ redis = client, id = instance_id(), collectors = {},
-    applied = {}, down = false }, mt)
+    applied = {}, down = false,
+    attached_breakers = setmetatable({}, { __mode = "k" }) }, mt)
 end
 
 function _M:degraded()
@@ -100,10 +101,10 @@ local function encode(snap, id, seq)
   return cjson.encode({ by = id, seq = seq, at = sluice.time(), snapshot = snap })
 end
 
-function _M:publish_breaker(c)
+function _M:publish_breaker(cb)
   self.seq = (self.seq or 0) + 1
-  local key = "cb_state:" .. c.breaker:name()
-  local doc = encode(c.breaker:snapshot(), self.id, self.seq)
+  local key = "cb_state:" .. cb:name()
+  local doc = encode(cb:snapshot(), self.id, self.seq)
   self.applied[key] = doc
   local ok, err = self:call("SET", key, doc, "EX", TTL)
   if not ok then return nil, err end
@@ -139,8 +140,13 @@ function _M:attach(c)
   self.collectors[#self.collectors + 1] = c
   if c.breaker then
     self:pull_breaker(c)
-    c.breaker:on_change(function()
-      if c.shared_owner == self then self:publish_breaker(c) end
+    -- The callback must not capture c: the breaker module keeps callbacks
+    -- in a table weak in its keys (the breakers), and a value reaching its
+    -- own key keeps both alive, so every replaced instance would leak.
+    -- Only a breaker still attached here publishes.
+    self.attached_breakers[c.breaker] = true
+    c.breaker:on_change(function(cb)
+      if self.attached_breakers[cb] then self:publish_breaker(cb) end
     end)
   end
   if c.limiter then
@@ -231,6 +237,7 @@ end
 -- again).
 function _M:detach(c)
   if c.limiter then self:publish_limiter(c) end
+  if c.breaker then self.attached_breakers[c.breaker] = nil end
   c.shared_owner = nil
   for i, x in ipairs(self.collectors) do
     if x == c then table.remove(self.collectors, i) break end

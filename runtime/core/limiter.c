@@ -16,10 +16,15 @@
 #define RATE_UP 1.1
 #define RATE_DOWN 0.8
 #define DEMAND_WINDOW 1.0
-#define TAU0 0.1         /* recovery time constant per multiplier unit */
-#define PROVE 10.0       /* seconds held without a 429 to prove a rate */
-#define CONVERGED 0.01   /* floor within 1% of ceiling: stop bisecting */
-#define PROBE_STEP 0.05  /* growth per proof once the ceiling is forgotten */
+#define TAU0 0.1        /* recovery time constant per multiplier unit */
+#define PROVE 10.0      /* seconds held without a 429 to prove a rate */
+#define CONVERGED 0.01  /* floor within 1% of ceiling: stop bisecting */
+#define PROBE_STEP 0.05 /* first growth step past a forgotten ceiling */
+#define PROBE_MAX 1.0   /* the step doubles per proof up to this: x2 */
+#define REVISIT0 20.0   /* a ceiling held this long without a 429 expires */
+/* a probe failing within 10% above an expired ceiling confirms it: the next
+ * expiry waits twice as long */
+#define REVISIT_NEAR 0.1
 #define FIRST_TARGET 0.9 /* set-point when only the ceiling is known */
 /* probe a quarter into the gap: a failed probe costs a 429, a slow success
  * only time */
@@ -42,6 +47,8 @@ typedef struct scope {
     double rec_t0, rec_r0, rec_tau;
     double hold_since, hold_cost;
     double last_violation, last_calm, last_adjust, last_limited;
+    double meas_since, last_admit; /* admission history covers [since, now] */
+    double revisit, step, old_hi;  /* ceiling expiry and probing past it */
     double quota_until, remaining;
     double bins[NBINS];
     long long bin0;
@@ -150,6 +157,9 @@ static void scope_init(scope *s, const sl_limiter_options *o) {
     s->mult = 1;
     s->last_violation = s->last_calm = s->last_adjust = NEVER;
     s->last_limited = s->quota_until = s->hold_since = NEVER;
+    s->meas_since = s->last_admit = NEVER;
+    s->revisit = REVISIT0;
+    s->step = PROBE_STEP;
     s->remaining = -1;
     s->bin0 = (long long)(NEVER / BIN);
 }
@@ -193,10 +203,13 @@ static void meas_advance(scope *s, long long b) {
 }
 
 /* Cost admitted per second over the last `span` seconds (whole bins, at
- * most NBINS - 1 of them); *sum gets the cost. */
+ * most NBINS - 1 of them); *sum gets the cost. When the history is younger
+ * than the span (the first requests, or the first after a pause), the cost
+ * is spread over the time actually observed, not over the whole span: ten
+ * requests in the first 0.1 s are 100 r/s, not 10. */
 static double meas_rate(scope *s, double now, double span, double *sum) {
     long long b = bin_of(now), first = bin_of(now - span) + 1, k;
-    double dur = now - (double)first * BIN;
+    double dur = now - dmax((double)first * BIN, s->meas_since);
     meas_advance(s, b);
     *sum = 0;
     for (k = first; k <= b; k++)
@@ -206,7 +219,7 @@ static double meas_rate(scope *s, double now, double span, double *sum) {
 
 static double next_target(const scope *s) {
     if (s->hi <= 0)
-        return s->lo * (1 + PROBE_STEP);
+        return s->lo * (1 + s->step);
     if (s->lo <= 0)
         return s->hi * FIRST_TARGET;
     if (s->hi - s->lo <= CONVERGED * s->hi)
@@ -216,6 +229,17 @@ static double next_target(const scope *s) {
 
 static double recovery_end(const scope *s) {
     return dmax(s->rec_t0, s->p.blocked_until) + 5 * s->rec_tau;
+}
+
+/* Forgets the ceiling: the next set-points probe past it, growing faster
+ * each time one holds. `confirmable`: the ceiling was not disproved, so a
+ * 429 just above it confirms it (see violate). */
+static void expire(scope *s, int confirmable) {
+    s->old_hi = confirmable ? s->hi : 0;
+    if (!confirmable)
+        s->revisit = REVISIT0;
+    s->hi = 0;
+    s->step = PROBE_STEP;
 }
 
 /* Advances the time-driven parts of a scope to `now`. Idempotent for equal
@@ -241,7 +265,7 @@ static void scope_tick(sl_limiter *lim, scope *s, double now) {
         s->last_calm += k * q;
         s->mult = k >= 4 ? 1 : dmax(1, s->mult / pow(2, k));
         if (s->hi > 0) { /* forget the ceiling: grow again from here */
-            s->hi = 0;
+            expire(s, 1);
             s->lo = dmax(s->lo, s->recovering ? s->target : s->p.rate);
             s->target = clamp_rate(lim, s, s->lo);
         }
@@ -252,9 +276,14 @@ static void scope_tick(sl_limiter *lim, scope *s, double now) {
         (s->hi <= 0 && s->lo <= 0) || now - s->hold_since < PROVE)
         return;
     if (s->hold_cost >= 0.9 * s->p.rate * (now - s->hold_since)) {
+        int probed = s->hi <= 0 && s->p.rate > s->lo;
         s->lo = dmax(s->lo, s->p.rate);
         if (s->hi > 0 && s->lo >= s->hi)
-            s->hi = 0; /* held above the ceiling: it was wrong */
+            expire(s, 0); /* held above the ceiling: it was wrong */
+        else if (s->hi > 0 && now - s->last_violation >= s->revisit)
+            expire(s, 1); /* held long enough: revisit it */
+        else if (probed)  /* past the ceiling and it held: grow faster */
+            s->step = dmin(PROBE_MAX, s->step * 2);
         s->target = clamp_rate(lim, s, next_target(s));
         set_rate(lim, s, s->target, now, 1);
     }
@@ -275,6 +304,10 @@ static void xpool_tick(sl_limiter *lim, double now) {
 
 static void violate(sl_limiter *lim, scope *s, double now, double sent_at) {
     double sum, m, w, span;
+    /* a probe failed: it was holding a set-point above a proven floor
+     * (its own, not one quota headers set) */
+    int probe = !s->recovering && now >= s->quota_until && s->lo > 0 &&
+                s->p.rate > s->lo;
     s->violations++;
     if (sent_at >= 0 && sent_at < s->last_violation)
         return; /* sent before the last violation was handled */
@@ -290,18 +323,25 @@ static void violate(sl_limiter *lim, scope *s, double now, double sent_at) {
         }
     }
     if (!s->recovering && s->p.rate < w)
-        w = s->p.rate; /* it was holding this rate: too high */
+        w = s->p.rate;               /* it was holding this rate: too high */
+    if (s->hi <= 0 && s->old_hi > 0) /* a probe past an expired ceiling */
+        s->revisit = w <= s->old_hi * (1 + REVISIT_NEAR)
+                         ? dmin(lim->o.quiet, s->revisit * 2)
+                         : REVISIT0;
+    s->old_hi = 0;
+    s->step = PROBE_STEP;
     if (s->hi <= 0 || w < s->hi)
         s->hi = w;
     if (s->lo >= s->hi) /* the floor was proven too high: just under */
         s->lo = s->hi * (1 - 2 * CONVERGED);
     s->target = clamp_rate(lim, s, next_target(s));
-    s->mult = dmin(MAX_MULT, s->mult * 2);
+    if (!probe)
+        s->mult = dmin(MAX_MULT, s->mult * 2);
     set_rate(lim, s, s->p.rate * 0.5, now, 1);
     s->recovering = 1;
     s->rec_t0 = now;
     s->rec_r0 = s->p.rate;
-    s->rec_tau = TAU0 * s->mult;
+    s->rec_tau = TAU0 * (probe ? 1 : s->mult);
     s->last_violation = s->last_calm = now;
     s->quota_until = NEVER;
 }
@@ -504,6 +544,11 @@ static void admit(sl_limiter *lim, sl_limiter_ticket *t, double now) {
             continue;
         s->requests++;
         s->hold_cost += t->cost;
+        /* a pause longer than two intervals at this rate (and a second):
+         * the history restarts, what came before says nothing of demand */
+        if (now - s->last_admit > dmax(DEMAND_WINDOW, 2 / s->p.rate))
+            s->meas_since = now;
+        s->last_admit = now;
         meas_advance(s, bin_of(now));
         s->bins[slot(bin_of(now))] += t->cost;
     }
@@ -829,12 +874,12 @@ int sl_limiter_observe(sl_limiter *lim, const sl_limiter_observation *obs,
         apply_quota(lim, s, h, now, ra >= 0);
         apply_weights(lim, h, now, wall_now);
     }
-    if (obs->status == 429 || obs->status == 418) {
+    if (obs->status == 429 || obs->status == 418 || obs->throttled) {
         lim->total_violations++;
         violate(lim, g, now, obs->sent_at);
         if (ep)
             violate(lim, ep, now, obs->sent_at);
-        v->throttled = obs->status == 429;
+        v->throttled = obs->status != 418;
     } else if (obs->latency >= 0) {
         on_latency(lim, g, obs->latency, now);
         if (ep)

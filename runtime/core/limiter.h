@@ -38,19 +38,32 @@
  *    remaining 0 the pool is closed until the reset. Retry-After, when
  *    present, takes precedence over remaining/reset: the scope is closed for
  *    exactly that long (capped at max_backoff).
- *  - 429 (and 418): the backoff multiplier doubles (max 16), the rate
- *    halves (never below min_rate), the scope waits out Retry-After. Closed
- *    loop, for providers that send no quota headers: the ceiling estimate
- *    becomes what was actually sent just before the 429 (the cost admitted
- *    over the last 1 s, or 2 s / ~4 s at low rates; capped by the rate being
- *    held, if any). After the pause the rate climbs back with time constant
- *    0.1 s * multiplier towards a set-point: 0.9 * ceiling at first; then,
- *    each time a set-point is held 10 s under demand without a 429 it
- *    becomes the floor and the next set-point is floor + (ceiling - floor)
- *    / 4, until floor and ceiling are within 1%. A 429 while holding lowers
- *    the ceiling to that set-point. So 429s alone converge just under the
- *    real limit. A 429 for a request sent before the previous violation
+ *  - 429 (and 418, and observation.throttled): the backoff multiplier
+ *    doubles (max 16), the rate halves (never below min_rate), the scope
+ *    waits out Retry-After. Closed loop, for providers that send no quota
+ *    headers: the ceiling estimate becomes what was actually sent just
+ *    before the 429 (the cost admitted over the last 1 s, or 2 s / ~4 s at
+ *    low rates, spread over the time actually observed when the history is
+ *    younger than that: the first requests, or the first after a pause of
+ *    more than 1 s and two intervals; capped by the rate being held, if
+ *    any). After the pause the rate climbs back with time constant 0.1 s *
+ *    multiplier towards a set-point: 0.9 * ceiling at first; then, each
+ *    time a set-point is held 10 s under demand without a 429 it becomes
+ *    the floor and the next set-point is floor + (ceiling - floor) / 4,
+ *    until floor and ceiling are within 1%. A 429 while holding lowers the
+ *    ceiling to that set-point. So 429s alone converge just under the real
+ *    limit. A 429 for a request sent before the previous violation
  *    (observation.sent_at) is counted but does not escalate again.
+ *  - Revisiting the ceiling: once a set-point is proven and no 429 has come
+ *    for 20 s, the ceiling expires and the set-points probe past it: +5% of
+ *    the floor, then the step doubles with each probe that holds (+10%,
+ *    +20%, ... up to x2 per 10 s). A 429 while probing sets a new ceiling;
+ *    when it is within 10% of the expired one, that one is confirmed and the
+ *    next expiry waits twice as long (up to `quiet`), else 20 s again. A
+ *    probe that fails (a 429 while holding a set-point above a proven
+ *    floor) halves the rate but recovers with time constant 0.1 s and does
+ *    not double the multiplier. So a ceiling learned wrong (too low) is
+ *    outgrown, and a right one costs a failed probe at 20, 40, 80, ... s.
  *  - Latency (not while paused or recovering, at most every 0.25 s): above
  *    slow_latency (2 s) the rate is multiplied by 0.8; below fast_latency
  *    (0.5 s), when requests have been waiting on the limiter in the last
@@ -146,10 +159,14 @@ typedef struct sl_limiter_observation {
     double latency;               /* seconds, < 0 unknown */
     double sent_at;               /* `now` the request was admitted at,
                                      < 0 unknown */
+    int throttled;                /* the caller classified the response as
+                                     throttled whatever its status (an API
+                                     error code in a 200): handled exactly
+                                     as a 429 */
 } sl_limiter_observation;
 
 typedef struct sl_limiter_verdict {
-    int throttled;      /* status was 429 */
+    int throttled;      /* status was 429, or observation.throttled */
     int banned;         /* status was 418: everything stops until ban_until */
     double ban_until;   /* epoch seconds (for breaker open_until), 0 = none */
     double retry_after; /* Retry-After applied (capped), -1 none */

@@ -52,7 +52,7 @@ static int acquire(sl_limiter *lim, const char *ep, double cost, double now,
 static void observe(sl_limiter *lim, const char *ep, int status,
                     const sl_rlh_result *h, double latency, double now,
                     sl_limiter_verdict *v) {
-    sl_limiter_observation o = {ep, status, h, latency, -1};
+    sl_limiter_observation o = {ep, status, h, latency, -1, 0};
     CHECK_INT(sl_limiter_observe(lim, &o, now, WALL0 + now, v, err, sizeof err),
               0);
 }
@@ -418,14 +418,15 @@ TEST(recovery_and_quiet_period) {
     es = ep_stats(lim, 0, 300);
     CHECK_NUM(es.backoff_multiplier, 1, 0);
     CHECK_NUM(es.ceiling, 0, 0); /* forgotten: free to grow again */
-    /* under demand the rate then grows by 5% per 10 s held */
+    /* under demand the rate then grows by 5% for the first 10 s held, and
+     * each step that holds doubles the next (10%, 20%, ...) */
     now = 300;
     while (now < 310)
         CHECK_INT(go(lim, "/r", 1, &now), SL_LIMITER_GO);
     CHECK_NUM(sl_limiter_rate(lim, "/r", now), 9 * 1.05, 1e-9);
     while (now < 320.2)
         CHECK_INT(go(lim, "/r", 1, &now), SL_LIMITER_GO);
-    CHECK_NUM(sl_limiter_rate(lim, "/r", now), 9 * 1.05 * 1.05, 1e-9);
+    CHECK_NUM(sl_limiter_rate(lim, "/r", now), 9 * 1.05 * 1.1, 1e-9);
     /* a 429 with the multiplier high recovers more slowly: tau = 0.1 * m */
     now = 400;
     sl_limiter_record_429(lim, "/q", -1, now, WALL0, err, sizeof err);
@@ -434,6 +435,106 @@ TEST(recovery_and_quiet_period) {
     CHECK_NUM(sl_limiter_rate(lim, "/q", now), 1.25, 1e-12);
     CHECK_NUM(sl_limiter_rate(lim, "/q", now + 0.8), 2.25 - 1.0 * exp(-1),
               1e-9); /* target 0.9 * 2.5, tau 0.8 */
+    sl_limiter_free(lim);
+}
+
+/* The first 429 comes 0.1 s after the first request: what was sent is
+ * spread over that 0.1 s, not over a whole second the limiter did not
+ * live through (which made 5 requests a ceiling of 5.6 r/s). The same
+ * after a pause: the history restarts with the first request after it. */
+TEST(partial_window_ceiling_not_trusted) {
+    sl_limiter *lim = make(100, 1);
+    sl_limiter_endpoint_stats es;
+    double now = 1000.3;
+    int i;
+    for (i = 0; i < 5; i++)
+        CHECK_INT(go(lim, "/p", 1, &now), SL_LIMITER_GO);
+    CHECK_NUM(now, 1000.34, 1e-9);
+    CHECK_INT(
+        sl_limiter_record_429(lim, "/p", -1, 1000.4, WALL0, err, sizeof err),
+        0);
+    es = ep_stats(lim, 0, 1000.4);
+    CHECK_NUM(es.ceiling, 50, 1e-9); /* 5 over 0.1 s */
+    CHECK_NUM(es.rate, 50, 1e-9);    /* halved from 100 */
+    /* recovers to 0.9 * 50 (tau 0.2 s) */
+    CHECK_NUM(sl_limiter_rate(lim, "/p", 1001.4), 45, 1e-9);
+    CHECK_NUM(sl_limiter_rate(lim, NULL, 1001.4), 45, 1e-9);
+    sl_limiter_free(lim);
+
+    /* after 10 s without a request, 5 more in 0.04 s and a 429 */
+    lim = make(100, 1);
+    now = 1000.3;
+    for (i = 0; i < 5; i++)
+        CHECK_INT(go(lim, "/p", 1, &now), SL_LIMITER_GO);
+    now = 1010.3;
+    for (i = 0; i < 5; i++)
+        CHECK_INT(go(lim, "/p", 1, &now), SL_LIMITER_GO);
+    CHECK_INT(
+        sl_limiter_record_429(lim, "/p", -1, 1010.4, WALL0, err, sizeof err),
+        0);
+    CHECK_NUM(ep_stats(lim, 0, 1010.4).ceiling, 50, 1e-9);
+    sl_limiter_free(lim);
+
+    /* a full second of history: the whole second counts */
+    lim = make(100, 1);
+    now = 1000.3;
+    for (i = 0; i < 5; i++)
+        CHECK_INT(go(lim, "/p", 1, &now), SL_LIMITER_GO);
+    now = 1001.25;
+    for (i = 0; i < 5; i++)
+        CHECK_INT(go(lim, "/p", 1, &now), SL_LIMITER_GO);
+    CHECK_INT(
+        sl_limiter_record_429(lim, "/p", -1, 1001.3, WALL0, err, sizeof err),
+        0);
+    /* the last 1 s in whole bins: (1000.5, 1001.3], 5 requests */
+    CHECK_NUM(ep_stats(lim, 0, 1001.3).ceiling, 5 / 0.8, 1e-9);
+    sl_limiter_free(lim);
+}
+
+/* Runs one request after another on "/r" until `until`. */
+static void demand(sl_limiter *lim, double *now, double until) {
+    while (*now < until)
+        CHECK_INT(go(lim, "/r", 1, now), SL_LIMITER_GO);
+}
+
+/* A ceiling learned once is not kept for good: after 20 s without a 429
+ * the set-points probe past it, each step that holds twice the last. A
+ * probe failing just above it confirms it: the next revisit waits 40 s. */
+TEST(quiet_hold_probes_above_the_old_ceiling) {
+    sl_limiter *lim = make(10, 1);
+    sl_limiter_endpoint_stats es;
+    double now = 0, lo, t429;
+    /* no traffic measured: the ceiling is the rate (10), set-point 9 */
+    CHECK_INT(sl_limiter_record_429(lim, "/r", -1, 0, WALL0, err, sizeof err),
+              0);
+    demand(lim, &now, 12);
+    CHECK_NUM(sl_limiter_rate(lim, "/r", now), 9.25, 1e-9); /* 9 held */
+    CHECK_NUM(ep_stats(lim, 0, now).ceiling, 10, 0);
+    demand(lim, &now, 22); /* 20 s quiet: the ceiling expires */
+    CHECK_NUM(sl_limiter_rate(lim, "/r", now), 9.25 * 1.05, 1e-9);
+    CHECK_NUM(sl_limiter_rate(lim, NULL, now), 9.25 * 1.05, 1e-9);
+    CHECK_NUM(ep_stats(lim, 0, now).ceiling, 0, 0);
+    demand(lim, &now, 32); /* past the old ceiling */
+    CHECK_NUM(sl_limiter_rate(lim, "/r", now), 9.25 * 1.05 * 1.1, 1e-9);
+    CHECK(sl_limiter_rate(lim, "/r", now) > 10);
+    /* the probe at 10.68 fails: the ceiling is what was sent (at most
+     * that rate), a probe failure does not escalate the multiplier */
+    t429 = now;
+    CHECK_INT(
+        sl_limiter_record_429(lim, "/r", -1, t429, WALL0, err, sizeof err), 0);
+    es = ep_stats(lim, 0, t429);
+    CHECK(es.ceiling > 10 && es.ceiling <= 9.25 * 1.05 * 1.1);
+    CHECK_NUM(es.backoff_multiplier, 2, 0);
+    CHECK_NUM(es.rate, 9.25 * 1.05 * 1.1 / 2, 1e-9);
+    lo = 9.25 * 1.05; /* the floor proven before the probe */
+    CHECK_NUM(sl_limiter_rate(lim, "/r", t429 + 0.5),
+              lo + (es.ceiling - lo) / 4, 1e-9); /* tau 0.1 s */
+    /* confirmed (within 10% of 10): kept 40 s, not 20 */
+    now = t429 + 0.5;
+    demand(lim, &now, t429 + 39);
+    CHECK(ep_stats(lim, 0, now).ceiling > 0);
+    demand(lim, &now, t429 + 42);
+    CHECK_NUM(ep_stats(lim, 0, now).ceiling, 0, 0);
     sl_limiter_free(lim);
 }
 
@@ -563,7 +664,7 @@ TEST(retry_after_precedence) {
 
 TEST(stale_429_does_not_escalate) {
     sl_limiter *lim = make(10, 1);
-    sl_limiter_observation o = {"/s", 429, NULL, -1, 5};
+    sl_limiter_observation o = {"/s", 429, NULL, -1, 5, 0};
     sl_limiter_endpoint_stats es;
     CHECK_INT(sl_limiter_record_429(lim, "/s", -1, 10, WALL0, err, sizeof err),
               0);
@@ -578,6 +679,40 @@ TEST(stale_429_does_not_escalate) {
               0);
     CHECK_NUM(ep_stats(lim, 0, 10.02).backoff_multiplier, 4, 0);
     sl_limiter_free(lim);
+}
+
+/* A response the caller classified as throttled (an API error code in a
+ * 200) is a 429 for the limiter: same rates, multiplier, counts, verdict. */
+TEST(throttled_verdict_is_a_429) {
+    sl_limiter *a = make(10, 1), *b = make(10, 1);
+    sl_limiter_observation o = {"/t", 200, NULL, 0.05, -1, 1};
+    sl_limiter_verdict v;
+    sl_limiter_endpoint_stats ea, eb;
+    sl_limiter_stats sa, sb;
+    CHECK_INT(sl_limiter_observe(a, &o, 5, WALL0 + 5, &v, err, sizeof err), 0);
+    CHECK_INT(v.throttled, 1);
+    CHECK_INT(v.banned, 0);
+    observe(b, "/t", 429, NULL, 0.05, 5, NULL);
+    ea = ep_stats(a, 0, 5.3);
+    eb = ep_stats(b, 0, 5.3);
+    CHECK_NUM(ea.rate, 9 - 4 * exp(-1.5), 1e-9); /* 5 -> 9, tau 0.2 s */
+    CHECK_NUM(ea.rate, eb.rate, 0);
+    CHECK_NUM(ea.ceiling, 10, 0);
+    CHECK_NUM(ea.backoff_multiplier, 2, 0);
+    CHECK_INT(ea.violations, 1);
+    CHECK_INT(ea.in_backoff, 1);
+    sl_limiter_get_stats(a, 5.3, &sa);
+    sl_limiter_get_stats(b, 5.3, &sb);
+    CHECK_INT(sa.total_violations, 1);
+    CHECK_NUM(sa.current_global_rate, sb.current_global_rate, 0);
+    CHECK_INT(sa.rate_adjustments, sb.rate_adjustments);
+    /* not throttled: a 200 is a 200 */
+    o.throttled = 0;
+    CHECK_INT(sl_limiter_observe(a, &o, 6, WALL0 + 6, &v, err, sizeof err), 0);
+    CHECK_INT(v.throttled, 0);
+    CHECK_INT(ep_stats(a, 0, 6).violations, 1);
+    sl_limiter_free(a);
+    sl_limiter_free(b);
 }
 
 TEST(ban_418) {
@@ -639,7 +774,7 @@ TEST(binance_weight_pool) {
     CHECK_INT(sl_limiter_add_pool(lim, &po, 0, err, sizeof err), 0);
     headers(&h, 200, wall, h1);
     {
-        sl_limiter_observation ob = {"/k", 200, &h, -1, -1};
+        sl_limiter_observation ob = {"/k", 200, &h, -1, -1, 0};
         CHECK_INT(sl_limiter_observe(lim, &ob, 10, wall, NULL, err, sizeof err),
                   0);
     }
@@ -650,7 +785,7 @@ TEST(binance_weight_pool) {
     /* half spent, 15 s left: 600 / 15 = 40 weight per second */
     headers(&h, 200, wall, h2);
     {
-        sl_limiter_observation ob = {"/k", 200, &h, -1, -1};
+        sl_limiter_observation ob = {"/k", 200, &h, -1, -1, 0};
         CHECK_INT(sl_limiter_observe(lim, &ob, 30, wall, NULL, err, sizeof err),
                   0);
     }
@@ -866,30 +1001,52 @@ static int serve(server *s, double now) {
 
 typedef struct loop_result {
     long ok, rejected;
+    int reached; /* first second whose last 10 s ran at >= 95% of the
+                    server's rate with < 1% rejected, -1 never */
 } loop_result;
+
+/* Finds loop_result.reached in per-second counts. */
+static int reached_at(const long *ok, const long *rej, int secs, double rate) {
+    int s, k;
+    for (s = 10; s <= secs; s++) {
+        long a = 0, b = 0;
+        for (k = s - 10; k < s; k++) {
+            a += ok[k];
+            b += rej[k];
+        }
+        if (a >= 0.95 * rate * 10 && b * 100 < a + b)
+            return s;
+    }
+    return -1;
+}
 
 /* One client that always has another request, 20 ms responses observed
  * in order, Retry-After (or none) on the server's 429s. Counts what the
- * server answered between `from` and `to`. */
-static loop_result closed_loop(server srv, double latency, double retry_after,
-                               double from, double to) {
-    enum { QN = 1024 };
+ * server answered between `from` and `to`. o: limiter options, NULL for
+ * the defaults. */
+static loop_result closed_loop_with(server srv, const sl_limiter_options *o,
+                                    double latency, double retry_after,
+                                    double from, double to) {
+    enum { QN = 1024, SECS = 700 };
     struct {
         double at, sent;
         int status;
     } q[QN];
-    sl_limiter *lim = sl_limiter_new(NULL, err, sizeof err);
+    static long ok_s[SECS], rej_s[SECS];
+    sl_limiter *lim = sl_limiter_new(o, err, sizeof err);
     sl_limiter_ticket *t = NULL;
     sl_limiter_event ev[4];
-    loop_result res = {0, 0};
+    loop_result res = {0, 0, -1};
     int qh = 0, qt = 0, waiting = 0, guard = 0;
     double now = 0, next, ready;
+    memset(ok_s, 0, sizeof ok_s);
+    memset(rej_s, 0, sizeof rej_s);
     while (now < to && guard++ < 10000000) {
         int go_now = 0;
         while (qh != qt && q[qh].at <= now) {
             sl_rlh_result h;
-            sl_limiter_observation o = {"/api", q[qh].status, NULL, latency,
-                                        q[qh].sent};
+            sl_limiter_observation o = {"/api",  q[qh].status, NULL,
+                                        latency, q[qh].sent,   0};
             if (q[qh].status == 429 && retry_after >= 0) {
                 sl_rlh_parse(NULL, 429, NULL, 0, 0, &h);
                 h.retry_after = retry_after;
@@ -909,6 +1066,12 @@ static loop_result closed_loop(server srv, double latency, double retry_after,
         }
         if (go_now) {
             int st = serve(&srv, now);
+            if (now < SECS) {
+                if (st == 200)
+                    ok_s[(int)now]++;
+                else
+                    rej_s[(int)now]++;
+            }
             if (now >= from) {
                 if (st == 200)
                     res.ok++;
@@ -927,7 +1090,13 @@ static loop_result closed_loop(server srv, double latency, double retry_after,
         now = next > now ? next : now;
     }
     sl_limiter_free(lim);
+    res.reached = reached_at(ok_s, rej_s, to < SECS ? (int)to : SECS, srv.rate);
     return res;
+}
+
+static loop_result closed_loop(server srv, double latency, double retry_after,
+                               double from, double to) {
+    return closed_loop_with(srv, NULL, latency, retry_after, from, to);
 }
 
 static void report(const char *what, loop_result r, double limit, double secs) {
@@ -959,6 +1128,33 @@ TEST(closed_loop_converges_under_the_limit) {
     CHECK(r.rejected * 1000 < r.ok + r.rejected);
 }
 
+/* A rate started far from the limit, above or below, reaches 95% of it
+ * with under 1% rejected in a simulated minute. Started at 200 the first
+ * 429s came within 0.1 s and the ceiling learned was what was sent over
+ * a whole second (~9 r/s): it held there for good. */
+TEST(closed_loop_recovers_from_a_wrong_start) {
+    server tb = {50, 5, 0, 0, 0, 0, 0};
+    sl_limiter_options o;
+    loop_result r;
+    sl_limiter_options_init(&o);
+    o.max_rate = 400;
+    o.min_rate = 1;
+    o.rate = 200;
+    r = closed_loop_with(tb, &o, 0.02, -1, 0, 60);
+    report("started at 200", r, 50, 60);
+    printf("  started at 200: 95%% of the limit at %d s\n", r.reached);
+    CHECK(r.reached > 0 && r.reached <= 60);
+    r = closed_loop_with(tb, &o, 0.02, -1, 50, 110);
+    report("started at 200, seconds 50-110", r, 50, 60);
+    CHECK(r.ok >= 0.95 * 50 * 60);
+    CHECK(r.rejected * 100 < r.ok + r.rejected);
+    o.rate = 10;
+    r = closed_loop_with(tb, &o, 0.02, -1, 0, 60);
+    report("started at 10", r, 50, 60);
+    printf("  started at 10: 95%% of the limit at %d s\n", r.reached);
+    CHECK(r.reached > 0 && r.reached <= 60);
+}
+
 int main(void) {
     RUN(defaults_and_fresh_stats);
     RUN(n_admissions_take_n_minus_1_over_r);
@@ -971,15 +1167,19 @@ int main(void) {
     RUN(max_wait_timeout);
     RUN(doubling_halving_floor);
     RUN(recovery_and_quiet_period);
+    RUN(partial_window_ceiling_not_trusted);
+    RUN(quiet_hold_probes_above_the_old_ceiling);
     RUN(latency_adaptation);
     RUN(quota_headers_set_the_rate);
     RUN(retry_after_precedence);
     RUN(stale_429_does_not_escalate);
+    RUN(throttled_verdict_is_a_429);
     RUN(ban_418);
     RUN(binance_weight_pool);
     RUN(stats_shape);
     RUN(snapshot_restore);
     RUN(misuse_and_limits);
     RUN(closed_loop_converges_under_the_limit);
+    RUN(closed_loop_recovers_from_a_wrong_start);
     return TEST_SUMMARY();
 }

@@ -105,4 +105,5 @@ check "the service still answers" bash -c "'$SLUICE' repl '$SOCK' -e '1+1' | gre
 
 kill -TERM $pid; wait $pid; rc=$?
 check "it exits 0 on SIGTERM (got $rc)" test "$rc" = 0
+[ "$rc" = 0 ] || sed "s/^/    /" "$WORK/svc.out"
 finish

@@ -136,6 +136,50 @@ describe("sluice.collector request pipeline", function()
     assert.equal(1, c.breaker:status().statistics.total_failures)
   end)
 
+  it("backs the limiter off on a throttled verdict in a 200 as on a 429", function()
+    -- Bybit answers "too many visits" with HTTP 200 and retCode 10006
+    local function bybit(name)
+      return collector.new(spec({ name = name, base_url = up.url, retry = false,
+        limiter = { rate = 10 },
+        classify = function(_, res)
+          local body = res:json()
+          if body and body.retCode == 10006 then return "throttled", body.retMsg end
+        end }))
+    end
+    local c = bybit("bybit_feed")
+    up:push(1, 200, { retCode = 10006, retMsg = "Too many visits!" })
+    local data, err, kind = c:get("/v5/market/tickers")
+    assert.is_nil(data)
+    assert.equal("Too many visits!", err)
+    assert.equal("throttled", kind)
+    local st = c.limiter:stats()
+    assert.equal(1, st.total_violations)
+    assert.equal(2, st.rate_adjustments) -- halved: global and endpoint
+    assert.equal(5, st.min_rate_seen)
+    assert.equal(10, st.max_rate_seen)
+    local ep = st.endpoints["/v5/market/tickers"]
+    assert.equal(1, ep.violations)
+    assert.equal(1, ep.requests_made)
+    assert.is_true(ep.in_backoff)
+    assert.equal(2, c.limiter:metrics().backoff_multiplier)
+    assert.equal(1, c.breaker:status().statistics.total_failures)
+    -- a real 429 does exactly the same
+    local ref = bybit("bybit_ref")
+    up:push(1, 429, "slow down")
+    assert.equal("throttled", select(3, ref:get("/v5/market/tickers")))
+    local rst = ref.limiter:stats()
+    assert.same({ 1, 2, 5, 10, 1, true },
+      { rst.total_violations, rst.rate_adjustments, rst.min_rate_seen, rst.max_rate_seen,
+        rst.endpoints["/v5/market/tickers"].violations,
+        rst.endpoints["/v5/market/tickers"].in_backoff })
+    -- the same 200 without the code is a success and changes nothing
+    local calm = bybit("bybit_calm")
+    up:push(1, 200, { retCode = 0, result = {} })
+    assert.same({ retCode = 0, result = {} }, (calm:get("/v5/market/tickers")))
+    local cst = calm.limiter:stats()
+    assert.same({ 0, 0, 10 }, { cst.total_violations, cst.rate_adjustments, cst.min_rate_seen })
+  end)
+
   it("sends auth on the wire and never shows it in logs or status", function()
     log.output("/dev/null")
     local saved = log.level()
@@ -268,6 +312,79 @@ describe("sluice.collector lifecycle", function()
     assert.equal("open", again.breaker:state())
     db:close()
     os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm")
+  end)
+
+  it("notices a run stuck in collect(): degraded while in flight, then failed when overdue", function()
+    local stuck
+    local c = collector.new(spec({ name = "stuck_feed", interval = 0.05, timeout = 0.05,
+      collect = function()
+        stuck = sluice.current()
+        sluice.sleep(1e9)
+      end }))
+    c:start()
+    local deadline = sluice.now() + 10
+    while c:health() == "healthy" and sluice.now() < deadline do sluice.sleep(0.01) end
+    local status, reason = c:health()
+    assert.equal("degraded", status)
+    assert.matches("^a run has been in flight for %d+ s %(over 2 × 0 s%)$", reason)
+    while c:health() ~= "failed" and sluice.now() < deadline do sluice.sleep(0.01) end
+    status, reason = c:health()
+    assert.equal("failed", status)
+    assert.matches("^no successful collection for %d+ s %(over 3 × 0 s%)$", reason)
+    local st = c:stats()
+    assert.same({ "failed", reason }, { st.status, st.status_reason })
+    assert.is_false(c:health_check().healthy)
+    assert.equal(0, st.collections_completed)
+    c:stop()
+    sluice.kill(stuck)
+  end)
+
+  it("is not overdue while another instance holds its lease (standing by)", function()
+    local c = collector.new(spec({ name = "standby_feed", interval = 0.05, timeout = 0.05 }))
+    c.lease_held = false -- as sluice.shared leaves a collector whose lease another instance holds
+    c:start()
+    local t0 = sluice.now()
+    while sluice.now() - t0 < 0.4 do -- over 3 × 0.05 s
+      assert.equal("healthy", (c:health()))
+      sluice.sleep(0.01)
+    end
+    c:stop()
+    assert.equal(0, c:stats().collections_completed)
+  end)
+
+  it("runs one collection at a time: a call during a run joins it", function()
+    local runs, gate = 0, {}
+    local c = collector.new(spec({ collect = function()
+      runs = runs + 1
+      gate[#gate + 1] = sluice.current()
+      sluice.park()
+      return {}
+    end }))
+    local first = sluice.spawn(function() return c:run_once() end)
+    local joiner = sluice.spawn(function() return c:run_once() end)
+    local deadline = sluice.now() + 5
+    while #c.guard_.waiters < 1 and sluice.now() < deadline do sluice.sleep(0.01) end
+    assert.same({ 1, 1 }, { runs, #c.guard_.waiters })
+    sluice.unpark(gate[1])
+    assert.same({ true, true, 0 }, { sluice.wait(first) })
+    assert.same({ true, true, 0, "joined" }, { sluice.wait(joiner) })
+    assert.equal(1, runs)
+    assert.equal(1, c:stats().collections_completed)
+  end)
+
+  it("frees a stopped instance (its timer and breaker callback do not hold it)", function()
+    local db = assert(store.open(":memory:"))
+    local weak = setmetatable({}, { __mode = "k" })
+    do
+      local c = collector.new(spec({ name = "freed_feed" }), nil, { store = db })
+      c:start()
+      sluice.sleep(0.02) -- its first run
+      c:stop()
+      weak[c] = true
+    end
+    for _ = 1, 3 do collectgarbage() end
+    assert.is_nil(next(weak))
+    db:close()
   end)
 
   it("validates specs and overrides, naming the option", function()

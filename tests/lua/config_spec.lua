@@ -69,6 +69,10 @@ describe("sluice.config", function()
       err_of({ admin = { insecure_loopback_mutations = "yes" } }))
     assert.equal("cfg.lua: redis: must be a redis:// URL, got 'rediss://<redacted>@h:6380'",
       err_of({ redis = "rediss://:pw-123@h:6380" }))
+    assert.equal("cfg.lua: collectors[1].enabled: must be true or false, got string",
+      err_of({ collectors = { { use = "a", enabled = "no" } } }))
+    assert.equal("cfg.lua: start_rate: must be a finite number > 0 (first runs per second at start-up)",
+      err_of({ start_rate = 0 }))
   end)
 end)
 

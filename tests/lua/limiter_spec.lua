@@ -97,6 +97,19 @@ describe("sluice.limiter", function()
     assert.is_true(r > 1.5 and r <= 2.5, "rate " .. r) -- 10 left over 5 s
   end)
 
+  it("handles a response observed with the verdict \"throttled\" as a 429", function()
+    local lim = limiter.new({ name = "l_throttled", rate = 10 })
+    lim:wait("/t")
+    local v = lim:observe("/t", 200, { ["retry-after"] = "0.5" }, 0.01, nil, "throttled")
+    assert.is_true(v.throttled)
+    assert.equal(0.5, v.retry_after)
+    local st = lim:stats()
+    assert.same({ 1, 2, 5 }, { st.total_violations, st.rate_adjustments, st.min_rate_seen })
+    assert.equal(1, st.endpoints["/t"].violations)
+    assert.has_error(function() lim:observe("/t", 200, nil, 0.01, nil, "slow") end,
+      "sluice.limiter.observe: bad argument #6 'verdict' (\"throttled\" or nil expected)")
+  end)
+
   it("returns the reference get_stats() shape with numbers", function()
     local lim = limiter.new({ name = "l_stats", rate = 10 })
     lim:wait("/a")

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# reload.sh -- reloads and manual runs of a live `sluice run` from outside:
+# a burst of SIGHUPs starts no extra run, a SIGHUP honours a flip of
+# `enabled` (shown in /status), and 30 concurrent POST /collect run the
+# collector once (the others join that run).
+. "$(dirname "$0")/common.bash"
+
+ADMIN_PORT=$(free_port)
+cat >"$WORK/feed.lua" <<LUA
+local sluice = require "sluice"
+local collector = require "sluice.collector"
+return collector.define({
+  name = "feed", interval = 3600, limiter = false, retry = false,
+  collect = function(self)
+    local f = assert(io.open("$WORK/runs", "a"))
+    f:write(self.name, "\n")
+    f:close()
+    -- held while the test's hold file exists
+    while io.open("$WORK/hold") do sluice.sleep(0.02) end
+    return {}
+  end,
+})
+LUA
+config() {
+  cat >"$WORK/sluice.lua" <<LUA
+return {
+  store = "$WORK/db.sqlite",
+  admin = { port = $ADMIN_PORT, insecure_loopback_mutations = true },
+  collectors = { { file = "feed.lua", name = "a" }, { file = "feed.lua", name = "b", enabled = $1 } },
+}
+LUA
+}
+config true
+: >"$WORK/runs"
+touch "$WORK/hold"
+"$SLUICE" run "$WORK/sluice.lua" --control none --log-format json >"$WORK/sluice.out" 2>&1 &
+sluice_pid=$!
+trap 'kill $sluice_pid 2>/dev/null; wait $sluice_pid 2>/dev/null; rm -rf "$WORK"' EXIT
+
+runs() { grep -c "^$1\$" "$WORK/runs"; }
+reloads() { grep -c '"configuration reloaded"' "$WORK/sluice.out"; }
+wait_until() { # wait_until CMD...: up to 20 s
+  local _
+  for _ in $(seq 1 200); do "$@" && return 0; sleep 0.1; done
+  return 1
+}
+
+check "both collectors run once at start-up" wait_until sh -c "[ \$(grep -c . '$WORK/runs') -eq 2 ]"
+
+# 50 SIGHUPs while the first runs are still going (held)
+for _ in $(seq 1 50); do kill -HUP $sluice_pid; done
+check "the SIGHUPs reload the configuration" wait_until sh -c "[ \$(grep -c '\"configuration reloaded\"' '$WORK/sluice.out') -ge 1 ]"
+n=$(reloads)
+for _ in $(seq 1 20); do sleep 0.25; [ "$(reloads)" = "$n" ] && break; n=$(reloads); done
+check "no SIGHUP started a run ($(reloads) reloads; a: $(runs a), b: $(runs b) runs)" test "$(runs a) $(runs b)" = "1 1"
+rm -f "$WORK/hold"
+
+# disable b by SIGHUP
+config false
+before=$(reloads)
+kill -HUP $sluice_pid
+check "the flip of enabled is reloaded" wait_until sh -c "[ \$(grep -c '\"configuration reloaded\"' '$WORK/sluice.out') -gt $before ]"
+curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/status" >"$WORK/status.json"
+contains "/status shows b disabled" "$WORK/status.json" '"status":"disabled"'
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST -H 'Content-Type: application/json' -d '{"collector":"b"}' \
+  "http://127.0.0.1:$ADMIN_PORT/collect")
+check "POST /collect for the disabled b answers 409 (got $code)" test "$code" = 409
+
+# 30 concurrent POST /collect for a: one run, the others join it
+touch "$WORK/hold"
+for i in $(seq 1 30); do
+  curl -s --max-time 20 -X POST -H 'Content-Type: application/json' -d '{"collector":"a"}' "http://127.0.0.1:$ADMIN_PORT/collect" \
+    >"$WORK/collect.$i" &
+done
+waiters() {
+  curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/status" | grep -q '"run_waiters":29'
+}
+check "29 requests wait for the run in flight" wait_until waiters
+rm -f "$WORK/hold"
+wait_collects() { [ "$(cat "$WORK"/collect.* | grep -o '"status":"ok"' | wc -l)" = 30 ]; }
+check "all 30 POST /collect answer ok" wait_until wait_collects
+joined=$(cat "$WORK"/collect.* | grep -o '"joined":true' | wc -l)
+check "one ran and 29 joined it (joined: $joined, a ran $(runs a) times)" test "$joined $(runs a)" = "29 2"
+check "the process is still up" kill -0 $sluice_pid
+
+finish

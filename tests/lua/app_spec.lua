@@ -1,0 +1,353 @@
+-- sluice.app: enablement, reload hand-over (no overlap, no extra run, old
+-- instances freed), one run in flight per collector through POST /collect,
+-- overdue health in /health, and the start-up spread, with collectors from
+-- temp files that report to a probe module instead of doing HTTP.
+local sluice = require "sluice"
+local http = require "sluice.http"
+local log = require "sluice.log"
+local app_mod = require "sluice.app"
+
+-- The collectors below report here; probe.hold parks their runs until
+-- release().
+local probe = { hold = false, parked = {} }
+package.loaded["app_spec_probe"] = probe
+
+local function reset_probe()
+  for k in pairs(probe) do probe[k] = nil end
+  probe.hold, probe.parked = false, {}
+end
+
+local function release()
+  probe.hold = false
+  local parked = probe.parked
+  probe.parked = {}
+  for _, t in ipairs(parked) do sluice.unpark(t) end
+end
+
+local FEED = [[
+local sluice = require "sluice"
+local collector = require "sluice.collector"
+local probe = require "app_spec_probe"
+return collector.define({
+  name = "feed", interval = %s, timeout = %s, limiter = %s, breaker = %s, retry = false, %s
+  collect = function(self)
+    local p = probe[self.name]
+    if not p then
+      p = { runs = 0, active = 0, max_active = 0, starts = {} }
+      probe[self.name] = p
+    end
+    p.runs = p.runs + 1
+    p.active = p.active + 1
+    if p.active > p.max_active then p.max_active = p.active end
+    p.starts[#p.starts + 1] = sluice.now()
+    if probe.hold then
+      probe.parked[#probe.parked + 1] = sluice.current()
+      sluice.park()
+    end
+    p.active = p.active - 1
+    return {}
+  end,
+})
+]]
+
+local function write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+local function feed(opts)
+  opts = opts or {}
+  return FEED:format(opts.interval or 3600, opts.timeout or 30, tostring(opts.limiter or false),
+    tostring(opts.breaker or false), opts.enabled == false and "enabled = false," or "")
+end
+
+-- Waits (bounded) until cond() is true; fails with what.
+local function wait_for(what, cond, limit)
+  local deadline = sluice.now() + (limit or 10)
+  while not cond() do
+    if sluice.now() > deadline then error("timed out waiting for " .. what, 2) end
+    sluice.sleep(0.01)
+  end
+end
+
+local dirs = {}
+local function tmpdir()
+  local p = io.popen("mktemp -d")
+  local d = p:read("*l")
+  p:close()
+  dirs[#dirs + 1] = d
+  return d
+end
+
+-- Writes cfg (a Lua table constructor's text, %s = the dir) to dir and
+-- runs it.
+local function run(dir, cfg)
+  write(dir .. "/sluice.lua", cfg:gsub("%%DIR%%", dir))
+  local chunk = assert(loadfile(dir .. "/sluice.lua"))
+  return app_mod.run(chunk(), dir .. "/sluice.lua")
+end
+
+local function rewrite(dir, cfg)
+  write(dir .. "/sluice.lua", cfg:gsub("%%DIR%%", dir))
+end
+
+local function stop(app)
+  for _, c in ipairs(app.order) do c:stop() end
+  if app.admin then app.admin:close() end
+  release()
+  for _, c in ipairs(app.order) do c:drain() end
+  app.store:close()
+  app_mod.current = nil
+end
+
+local function call(app, method, path, body)
+  local res = assert(http.request({ method = method, url = "http://127.0.0.1:" .. app.admin.port .. path,
+    headers = { ["Content-Type"] = "application/json" }, body = body and require("cjson").encode(body) or nil }))
+  return res.status, res:json()
+end
+
+describe("sluice.app", function()
+  setup(function() log.output("/dev/null") end)
+  teardown(function()
+    log.output("-")
+    for _, d in ipairs(dirs) do os.execute("rm -rf " .. d) end
+  end)
+  before_each(reset_probe)
+
+  it("honours enabled = false in the configuration, shows it, and reloads flips", function()
+    local dir = tmpdir()
+    write(dir .. "/feed.lua", feed())
+    local CFG = [[return { store = "%DIR%/db.sqlite", admin = { port = 0, insecure_loopback_mutations = true }, collectors = {
+      { file = "feed.lua", name = "off", enabled = $1 },
+      { file = "feed.lua", name = "on", enabled = $2 } } }]]
+    local function cfg(a, b) return (CFG:gsub("%$(%d)", { ["1"] = a, ["2"] = b })) end
+    local app = run(dir, cfg("false", "true"))
+    finally(function() stop(app) end)
+    wait_for("the enabled collector's first run", function() return probe.on and probe.on.runs == 1 end)
+    sluice.sleep(0.1) -- past the start window (2 collectors / 100 a second)
+    assert.is_nil(probe.off)
+    assert.is_false(app.collectors.off.running)
+    local status, body = call(app, "GET", "/status")
+    assert.equal(200, status)
+    assert.same({ "disabled", false, "disabled in the configuration" },
+      { body.collectors.off.status, body.collectors.off.enabled, body.collectors.off.status_reason })
+    assert.same({ "healthy", true }, { body.collectors.on.status, body.collectors.on.enabled })
+    local hs, hb = call(app, "GET", "/health")
+    assert.same({ 200, "healthy" }, { hs, hb.status })
+    local cs, cb = call(app, "POST", "/collect", { collector = "off" })
+    assert.same({ 409, "disabled" }, { cs, cb.status })
+    assert.is_nil(probe.off)
+
+    -- flip both
+    rewrite(dir, cfg("true", "false"))
+    assert(app_mod.reload())
+    wait_for("the newly enabled one's first run", function() return probe.off and probe.off.runs == 1 end)
+    assert.is_true(app.collectors.off.running)
+    assert.is_false(app.collectors.on.running)
+    assert.equal("disabled", (app.collectors.on:health()))
+    assert.equal(1, probe.on.runs)
+  end)
+
+  it("honours enabled = false in a collector's spec; the configuration entry overrides it", function()
+    local dir = tmpdir()
+    write(dir .. "/feed_off.lua", feed({ enabled = false }))
+    local CFG = [[return { store = "%DIR%/db.sqlite", collectors = {
+      { file = "feed_off.lua", name = "spec_off" },
+      { file = "feed_off.lua", name = "spec_on", enabled = true } } }]]
+    local app = run(dir, CFG)
+    finally(function() stop(app) end)
+    wait_for("the overridden one's first run", function() return probe.spec_on and probe.spec_on.runs == 1 end)
+    sluice.sleep(0.1)
+    assert.is_nil(probe.spec_off)
+    assert.same({ false, "disabled" }, { app.collectors.spec_off.running, (app.collectors.spec_off:health()) })
+  end)
+
+  it("hands a reload over without an extra run or overlap, and frees the old instances", function()
+    local dir = tmpdir()
+    write(dir .. "/feed.lua", feed({ breaker = true, limiter = true }))
+    local CFG = [[return { store = "%DIR%/db.sqlite", collectors = {
+      { file = "feed.lua", name = "a" }, { file = "feed.lua", name = "b" } } }]]
+    local app = run(dir, CFG)
+    finally(function() stop(app) end)
+    wait_for("first runs", function() return probe.a and probe.b and probe.a.runs == 1 and probe.b.runs == 1 end)
+    local weak = setmetatable({}, { __mode = "k" })
+    for _, c in ipairs(app.order) do weak[c] = true end
+    -- 50 reloads (50 SIGHUPs) start no run: the schedule carries over
+    for _ = 1, 50 do assert(app_mod.reload()) end
+    sluice.sleep(0.1)
+    assert.same({ 1, 1 }, { probe.a.runs, probe.b.runs })
+    -- every instance replaced so far is collected; memory stays bounded
+    -- (the log ring fills during the first 100: measure after them)
+    for _ = 1, 100 do assert(app_mod.reload()) end
+    collectgarbage(); collectgarbage()
+    local before = collectgarbage("count")
+    for _ = 1, 300 do assert(app_mod.reload()) end
+    collectgarbage(); collectgarbage()
+    local grown = collectgarbage("count") - before
+    assert.is_true(grown < 150, string.format("heap grew %.0f KB over 300 reloads", grown))
+    local alive = 0
+    for _ in pairs(weak) do alive = alive + 1 end
+    assert.equal(0, alive)
+    assert.same({ 1, 1 }, { probe.a.runs, probe.b.runs })
+  end)
+
+  it("frees the old instances at a reload with Redis configured too (shared breakers, leases)", function()
+    local rs = require "support.redis_server"
+    local srv = rs.start()
+    finally(function() srv:stop(true, true) end)
+    local dir = tmpdir()
+    write(dir .. "/feed.lua", feed({ breaker = true, limiter = true }))
+    local CFG = [[return { store = "%DIR%/db.sqlite", redis = "]] .. srv:url(0) .. [[",
+      collectors = { { file = "feed.lua", name = "a" }, { file = "feed.lua", name = "b" } } }]]
+    local app = run(dir, CFG)
+    finally(function() stop(app); if app.shared then app.shared:stop() end end)
+    wait_for("first runs", function() return probe.a and probe.b and probe.a.runs == 1 and probe.b.runs == 1 end)
+    local weak = setmetatable({}, { __mode = "k" })
+    for _, c in ipairs(app.order) do weak[c] = true end
+    for _ = 1, 20 do assert(app_mod.reload()) end
+    collectgarbage(); collectgarbage()
+    local alive = 0
+    for _ in pairs(weak) do alive = alive + 1 end
+    assert.equal(0, alive)
+    -- a transition of the live breaker is still published (once)
+    local red = require("sluice.redis").connect({ url = srv:url(0) })
+    local sub = assert(red:subscribe("sluice:cb_state"))
+    app.collectors.a.breaker:force_open()
+    local m = assert(sub:receive(2))
+    assert.equal("cb_state:" .. app.collectors.a.breaker:name(), m.payload)
+    assert.same({ nil, "timeout" }, { sub:receive(0.2) })
+    sub:close()
+    red:close()
+  end)
+
+  it("starts a reloaded instance's first run after the old instance's run in flight", function()
+    local dir = tmpdir()
+    write(dir .. "/feed.lua", feed({ interval = 0.3 }))
+    local CFG = [[return { store = "%DIR%/db.sqlite", collectors = { { file = "feed.lua", name = "slow" } } }]]
+    probe.hold = true
+    local app = run(dir, CFG)
+    finally(function() stop(app) end)
+    wait_for("the first run parked", function() return #probe.parked == 1 end)
+    for _ = 1, 5 do assert(app_mod.reload()) end
+    -- the newest instance's next run comes due and waits for the old run
+    local guard = app.collectors.slow.guard_
+    wait_for("the new instance's run waiting", function()
+      return (guard and #guard.waiters >= 1) or probe.slow.runs > 1
+    end)
+    assert.same({ 1, 1 }, { probe.slow.runs, probe.slow.active })
+    release()
+    wait_for("the second run", function() return probe.slow.runs >= 2 end)
+    assert.equal(1, probe.slow.max_active)
+  end)
+
+  it("runs a collector once for 30 concurrent POST /collect: the others join it", function()
+    local dir = tmpdir()
+    write(dir .. "/feed.lua", feed())
+    local app = run(dir, [[return { store = "%DIR%/db.sqlite", admin = { port = 0, insecure_loopback_mutations = true },
+      collectors = { { file = "feed.lua", name = "one" } } }]])
+    finally(function() stop(app) end)
+    wait_for("the first run", function() return probe.one and probe.one.runs == 1 end)
+    probe.hold = true
+    local tasks = {}
+    for i = 1, 30 do
+      tasks[i] = sluice.spawn(function() return call(app, "POST", "/collect", { collector = "one" }) end)
+    end
+    local guard = app.collectors.one.guard_
+    wait_for("29 requests joined", function()
+      return (guard and #guard.waiters == 29) or probe.one.active > 1
+    end)
+    assert.same({ 2, 1 }, { probe.one.runs, probe.one.active })
+    release()
+    local joined = 0
+    for i = 1, 30 do
+      local ok, status, body = sluice.wait(tasks[i])
+      assert.is_true(ok)
+      assert.same({ 200, "ok", 0 }, { status, body.status, body.records })
+      if body.joined then joined = joined + 1 end
+    end
+    assert.equal(29, joined)
+    assert.same({ 2, 1 }, { probe.one.runs, probe.one.max_active })
+  end)
+
+  it("reports a collector stuck in collect() in /health and /status, with the reason", function()
+    local dir = tmpdir()
+    write(dir .. "/feed.lua", feed({ interval = 0.05, timeout = 0.05 }))
+    probe.hold = true
+    local app = run(dir, [[return { store = "%DIR%/db.sqlite", admin = { port = 0, insecure_loopback_mutations = true },
+      collectors = { { file = "feed.lua", name = "stuck" } } }]])
+    finally(function() stop(app) end)
+    local status, body
+    wait_for("/health to say degraded", function()
+      status, body = call(app, "GET", "/health")
+      return status ~= 200
+    end)
+    assert.same({ 503, "unhealthy" }, { status, body.status })
+    assert.matches("^stuck is degraded: a run has been in flight for %d+ s %(over 2 × 0 s%)$", body.reasons[1])
+    wait_for("/health to say failed", function()
+      status, body = call(app, "GET", "/health")
+      return body.reasons and body.reasons[1]:find("failed", 1, true)
+    end)
+    assert.matches("^stuck is failed: no successful collection for %d+ s %(over 3 × 0 s%)$", body.reasons[1])
+    local _, st = call(app, "GET", "/status")
+    assert.equal("failed", st.collectors.stuck.status)
+    assert.matches("^no successful collection for", st.collectors.stuck.status_reason)
+    assert.is_true(st.collectors.stuck.run_in_flight_seconds > 0.1)
+    assert.equal(1, probe.stuck.runs)
+  end)
+
+  it("spreads first runs at start-up and keeps the admin API answering", function()
+    local N, RATE = 3000, 1000 -- a 3 s start window
+    local dir = tmpdir()
+    write(dir .. "/feed.lua", feed({ breaker = true, limiter = true }))
+    local parts = { "return { store = '" .. dir .. "/db.sqlite', admin = { port = 0, insecure_loopback_mutations = true }, start_rate = "
+      .. RATE .. ", collectors = {" }
+    for i = 1, N do parts[#parts + 1] = ("{ file = 'feed.lua', name = 'c%d' },"):format(i) end
+    parts[#parts + 1] = "} }"
+    write(dir .. "/sluice.lua", table.concat(parts, "\n"))
+    local t0 = sluice.now()
+    local runner = sluice.spawn(function()
+      return app_mod.run(assert(loadfile(dir .. "/sluice.lua"))(), dir .. "/sluice.lua")
+    end)
+    wait_for("the admin API", function() return app_mod.current and app_mod.current.admin end)
+    local app = app_mod.current
+    finally(function() stop(app) end)
+    local answered_starting, slowest = 0, 0
+    while app.starting do
+      local s = sluice.now()
+      local status, body = call(app, "GET", "/health")
+      slowest = math.max(slowest, sluice.now() - s)
+      assert.equal(200, status)
+      if body.starting then answered_starting = answered_starting + 1 end
+      assert.is_true(sluice.now() - t0 < 60, "start-up took over 60 s")
+    end
+    assert.is_true(sluice.wait(runner))
+    assert.is_true(answered_starting >= 1)
+    assert.is_true(slowest < 2, ("/health took %.2f s during start-up"):format(slowest))
+    assert.equal(N, #app.order)
+    -- first runs were scheduled uniformly over the window: each tenth of
+    -- it holds 300 ± 150 of them (a uniform draw is 300 ± ~16)
+    local lo = math.huge
+    for _, c in ipairs(app.order) do lo = math.min(lo, c.first_due_) end
+    local window = N / RATE
+    local bins = {}
+    for i = 1, 10 do bins[i] = 0 end
+    for _, c in ipairs(app.order) do
+      local off = c.first_due_ - lo
+      assert.is_true(off >= 0 and off < window + 1, "offset " .. off)
+      local b = math.min(10, math.floor(off / window * 10) + 1)
+      bins[b] = bins[b] + 1
+    end
+    for i = 1, 10 do
+      assert.is_true(bins[i] >= 150 and bins[i] <= 450, "bin " .. i .. ": " .. bins[i])
+    end
+    -- and they all ran, once each
+    wait_for("every first run", function()
+      for i = 1, N do
+        if not probe["c" .. i] then return false end
+      end
+      return true
+    end, 60)
+    for i = 1, N do assert.equal(1, probe["c" .. i].runs) end
+  end)
+end)
