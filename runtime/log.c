@@ -518,6 +518,79 @@ size_t sl_log_format_json(char *dst, size_t size, sl_log_level level,
     return len;
 }
 
+/* --- secrets no line may show (sl_log_redact): copies owned here until
+ * sl_log_redact_free, longest first so a secret containing another is
+ * replaced whole. Touched on the loop thread only, like sl_log_write. */
+#define MAX_SECRETS 256
+static char *secrets[MAX_SECRETS];
+static size_t secret_lens[MAX_SECRETS];
+static size_t nsecrets;
+
+int sl_log_redact(const char *s, size_t len) {
+    if (len < SL_LOG_REDACT_MIN)
+        return 0;
+    for (size_t i = 0; i < nsecrets; i++)
+        if (secret_lens[i] == len && memcmp(secrets[i], s, len) == 0)
+            return 0;
+    if (nsecrets == MAX_SECRETS)
+        return -1;
+    char *copy = malloc(len);
+    if (!copy)
+        return -1;
+    memcpy(copy, s, len);
+    size_t at = nsecrets++;
+    while (at > 0 && secret_lens[at - 1] < len) {
+        secrets[at] = secrets[at - 1];
+        secret_lens[at] = secret_lens[at - 1];
+        at--;
+    }
+    secrets[at] = copy;
+    secret_lens[at] = len;
+    return 0;
+}
+
+void sl_log_redact_free(void) {
+    for (size_t i = 0; i < nsecrets; i++)
+        free(secrets[i]);
+    nsecrets = 0;
+}
+
+static const char *find(const char *hay, size_t n, const char *needle,
+                        size_t m) {
+    for (size_t i = 0; i + m <= n; i++)
+        if (hay[i] == needle[0] && memcmp(hay + i, needle, m) == 0)
+            return hay + i;
+    return NULL;
+}
+
+/* Replaces every known secret in b by "<redacted>". */
+static void scrub(buf *b) {
+    static const char mark[] = "<redacted>";
+    for (size_t k = 0; k < nsecrets; k++) {
+        const char *hit = find(b->p, b->len, secrets[k], secret_lens[k]);
+        if (!hit)
+            continue;
+        buf out;
+        buf_init(&out);
+        size_t from = 0;
+        while (hit) {
+            size_t at = (size_t)(hit - b->p);
+            buf_add(&out, b->p + from, at - from);
+            buf_add(&out, mark, sizeof(mark) - 1);
+            from = at + secret_lens[k];
+            hit = find(b->p + from, b->len - from, secrets[k], secret_lens[k]);
+        }
+        buf_add(&out, b->p + from, b->len - from);
+        buf_free(b);
+        if (out.p == out.stack) { /* the copy lives on this frame: move it */
+            buf_init(b);
+            buf_add(b, out.p, out.len);
+        } else {
+            *b = out;
+        }
+    }
+}
+
 void sl_log_write(sl_log_level level, double wall, const char *msg,
                   const sl_log_field *fields, size_t nfields) {
     if (!sl_log_enabled(level))
@@ -525,10 +598,12 @@ void sl_log_write(sl_log_level level, double wall, const char *msg,
     buf b;
     buf_init(&b);
     build_json(&b, level, wall, msg, fields, nfields);
+    scrub(&b);
     ring_push(b.p, b.len);
     if (current_format == SL_LOG_CONSOLE) {
         b.len = 0;
         build_console(&b, level, wall, msg, fields, nfields);
+        scrub(&b);
     }
     buf_add(&b, "\n", 1);
     enqueue(b.p, b.len);

@@ -94,6 +94,16 @@ void sl_logf(sl_log_level level, const char *fmt, ...)
 
 double sl_log_clock(void);
 
+/* Secrets no log line may show: sl_log_redact copies s (len bytes; shorter
+ * than SL_LOG_REDACT_MIN is ignored, it would mangle every line) and every
+ * later line, in the ring and the output, has each occurrence replaced by
+ * "<redacted>" (raw bytes: a secret that JSON escapes is matched only where
+ * it is written unescaped). -1 when the table (256) is full or on allocation
+ * failure. Loop thread only. sl_log_redact_free forgets them all (exit). */
+#define SL_LOG_REDACT_MIN 4
+int sl_log_redact(const char *s, size_t len);
+void sl_log_redact_free(void);
+
 /* Ring buffer. Resizing keeps the newest entries that fit. Returns -1 on
  * allocation failure (the old ring is kept). */
 int sl_log_ring_resize(size_t capacity);

@@ -186,6 +186,15 @@ static int l_is_terminal(lua_State *L) {
     return 1;
 }
 
+/* redact(s) -> whether no later line shows s (see sl_log_redact): false
+ * when the table is full (sluice.redact still scrubs Lua's lines). */
+static int l_redact(lua_State *L) {
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    lua_pushboolean(L, sl_log_redact(s, len) == 0);
+    return 1;
+}
+
 int luaopen_sluice_log(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"write", l_write},     {"enabled", l_enabled},
@@ -193,7 +202,7 @@ int luaopen_sluice_log(lua_State *L) {
         {"recent", l_recent},   {"ring_size", l_ring_size},
         {"output", l_output},   {"is_terminal", l_is_terminal},
         {"dropped", l_dropped}, {"flush", l_flush},
-        {NULL, NULL},
+        {"redact", l_redact},   {NULL, NULL},
     };
     lua_newtable(L);
     luaL_register(L, NULL, fns);

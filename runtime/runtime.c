@@ -278,5 +278,6 @@ void sl_runtime_close(void) {
     }
     sl_rt.base = NULL;
     sl_log_ring_free();
+    sl_log_redact_free();
     curl_global_cleanup();
 }

@@ -2,8 +2,26 @@
 --
 -- Started by a configuration's `admin = {host = "127.0.0.1", port = 8080,
 -- token = collector.env("SLUICE_ADMIN_TOKEN")}`. Binding beyond loopback
--- without a token is refused. When a token is set, every mutating endpoint
--- (POST, DELETE) requires `Authorization: Bearer <token>` (401 otherwise).
+-- without a token is refused. The access policy (checked in this order):
+--
+--   Host        every request's Host must name this server: the listen
+--               address, localhost, 127.0.0.1 or [::1] with the port, any
+--               IP literal with the port when bound to 0.0.0.0/::, or an
+--               entry of admin.hosts ("name" any port, "name:port") -- 403
+--               otherwise, so a DNS-rebound name cannot read anything.
+--   mutations   (POST, DELETE) a foreign Origin (or "null", or
+--               Sec-Fetch-Site: cross-site) -> 403; a POST without
+--               Content-Type: application/json -> 415 (no HTML form or
+--               text/plain fetch can send one without a CORS preflight);
+--               then `Authorization: Bearer <token>` (401). Without a
+--               token configured, mutations are refused (403, naming what to
+--               set) unless admin.insecure_loopback_mutations = true.
+--   /status, /logs  (they show configuration and log lines) need the token
+--               when one is configured; the other reads do not.
+--
+-- Every response body goes through sluice.redact (the configuration shown
+-- is its classified view; strings are scrubbed of URL user info and of the
+-- configuration's secrets).
 --
 --   GET  /health                   reference shape; 200 healthy, 503 not (with reasons)
 --   GET  /status                   collectors' statistics and health, redacted config
@@ -26,6 +44,7 @@ local cjson = require "cjson.safe"
 local breaker = require "sluice.breaker"
 local limiter = require "sluice.limiter"
 local collector = require "sluice.collector"
+local redact = require "sluice.redact"
 
 local _M = {}
 
@@ -49,24 +68,6 @@ local function same(a, b)
     diff = bit.bor(diff, bit.bxor(a:byte(i) or 0, b:byte(i)))
   end
   return diff == 0
-end
-
-local SECRET_KEYS = { token = true, password = true, secret = true, key = true, value = true,
-  bearer = true, api_key = true, apikey = true }
-
-local function redact(v, key, seen)
-  if collector.is_secret(v) then return "<secret>" end
-  if type(v) == "function" then return nil end
-  if type(v) ~= "table" then
-    if key and SECRET_KEYS[tostring(key):lower()] and type(v) == "string" then return "<redacted>" end
-    return v
-  end
-  seen = seen or {}
-  if seen[v] then return "<cycle>" end
-  seen[v] = true
-  local out = {}
-  for k, x in pairs(v) do out[k] = redact(x, k, seen) end
-  return out
 end
 
 local function read_proc()
@@ -107,7 +108,110 @@ end
 
 local function bad(msg) return 400, { error = msg } end
 
---- start(app, opts) -> srv | nil, err. opts: host, port, token.
+local WILDCARD = { ["0.0.0.0"] = true, ["::"] = true, ["*"] = true }
+
+-- "name:port", "[v6]:port" or "name" -> lower-case name (IPv6 unbracketed),
+-- port string or nil
+local function split_host(h)
+  h = h:lower()
+  local name, port = h:match("^%[([%x:.]+)%]:?(%d*)$")
+  if not name then name, port = h:match("^([^:%[%]/@]+):?(%d*)$") end
+  if not name then return nil end
+  return name, port ~= "" and port or nil
+end
+
+local function ip_literal(name)
+  return name:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or name:find(":", 1, true) ~= nil
+end
+
+-- names: name -> true (any port) | {port = true}
+local function host_names(host, port, extra)
+  local names = {}
+  for _, n in ipairs({ host, "localhost", "127.0.0.1", "::1" }) do
+    names[n:lower():gsub("^%[(.*)%]$", "%1")] = { [tostring(port)] = true }
+  end
+  for _, h in ipairs(extra or {}) do
+    local name, p = split_host(h)
+    if name then
+      if not p then names[name] = true
+      elseif names[name] ~= true then
+        names[name] = names[name] or {}
+        names[name][p] = true
+      end
+    end
+  end
+  return names
+end
+
+local function host_ok(policy, h, default_port)
+  local name, port = split_host(h)
+  if not name then return false end
+  port = port or default_port
+  local entry = policy.names[name]
+  if entry == true or (entry and entry[port]) then return true end
+  -- an IP literal cannot be DNS-rebound
+  return policy.wildcard and ip_literal(name) and port == tostring(policy.port)
+end
+
+local JSON_TYPE = "application/json"
+
+local function refuse(status, msg, headers)
+  return status, { error = "admin: " .. msg }, headers
+end
+
+-- check(policy, req, kind) -> nil when allowed, else status, body, headers.
+-- kind: "read", "config" (a read showing configuration or logs), "mutation".
+local function check(policy, req, kind)
+  local h = req.headers.host
+  if h and h ~= "" and not host_ok(policy, h, "80") then
+    return refuse(403, "Host '" .. h .. "' is not a name of this server (add it to admin.hosts)")
+  end
+  local function bearer()
+    local auth = req.headers.authorization or ""
+    if not same(auth:match("^Bearer (.+)$"), policy.token) then
+      return refuse(401, "unauthorized: send Authorization: Bearer <admin.token>",
+        { ["WWW-Authenticate"] = "Bearer" })
+    end
+  end
+  if kind == "config" then
+    if policy.token then return bearer() end
+    return nil
+  end
+  if kind ~= "mutation" then return nil end
+  local origin = req.headers.origin
+  if origin then
+    local scheme, authority = origin:lower():match("^(https?)://([^/]+)$")
+    if not (scheme and host_ok(policy, authority, scheme == "https" and "443" or "80")) then
+      return refuse(403, "cross-origin request refused (Origin '" .. origin .. "')")
+    end
+  end
+  if (req.headers["sec-fetch-site"] or ""):lower() == "cross-site" then
+    return refuse(403, "cross-site request refused")
+  end
+  if req.method == "POST" then
+    local ctype = (req.headers["content-type"] or ""):lower()
+    if ctype:match("^%s*([^;%s]+)") ~= JSON_TYPE then
+      return refuse(415, "POST needs Content-Type: " .. JSON_TYPE .. " (a defence against cross-site requests)")
+    end
+  end
+  if policy.token then return bearer() end
+  if not policy.insecure_loopback_mutations then
+    return refuse(403, "mutations need a token: set admin.token = collector.env(\"SLUICE_ADMIN_TOKEN\")"
+      .. " in the configuration and send Authorization: Bearer <token>; or, to allow them"
+      .. " without one on loopback, set admin.insecure_loopback_mutations = true")
+  end
+  return nil
+end
+
+-- the response through redact: tables scrubbed, text scrubbed
+local function scrubbed(status, body, headers)
+  if type(body) == "table" then body = redact.scrub(body)
+  elseif type(body) == "string" then body = redact.text(body) end
+  return status, body, headers
+end
+
+--- start(app, opts) -> srv | nil, err. opts: host, port, token, hosts,
+-- insecure_loopback_mutations (see the access policy above).
 function _M.start(app, opts)
   opts = opts or {}
   local host = opts.host or "127.0.0.1"
@@ -117,26 +221,31 @@ function _M.start(app, opts)
     return nil, "admin: refusing to listen on " .. host
       .. " without a token (set admin.token, e.g. collector.env(\"SLUICE_ADMIN_TOKEN\"))"
   end
+  redact.register(token)
   local srv, listen_err = server.listen({ host = host, port = opts.port or 8080 })
   if not srv then return nil, "admin: " .. listen_err end
+  local policy = {
+    token = token, port = srv.port, wildcard = WILDCARD[host] or false,
+    names = host_names(host, srv.port, opts.hosts),
+    insecure_loopback_mutations = opts.insecure_loopback_mutations == true and loopback(host),
+  }
 
-  local function guarded(handler)
-    return function(req)
-      if token then
-        local auth = req.headers.authorization or ""
-        if not same(auth:match("^Bearer (.+)$"), token) then
-          return 401, { error = "unauthorized" }, { ["WWW-Authenticate"] = "Bearer" }
-        end
-      end
-      return handler(req)
-    end
+  -- route(method, path, kind, handler): kind as check() has it, or a
+  -- function of the request giving it
+  local function route(method, path, kind, handler)
+    srv:route(method, path, function(req)
+      local k = type(kind) == "function" and kind(req) or kind
+      local status, body, headers = check(policy, req, k)
+      if status then return status, body, headers end
+      return scrubbed(handler(req))
+    end)
   end
 
   -- a reload swaps the collectors inside the same app table
   local function collectors() return app.order end
   local function get_app() return app end
 
-  srv:route("GET", "/health", function()
+  route("GET", "/health", "read", function()
     local a = get_app()
     local reasons, last, last_ok, errors = {}, nil, nil, 0
     for _, c in ipairs(a.order) do
@@ -172,34 +281,34 @@ function _M.start(app, opts)
     return #reasons == 0 and 200 or 503, body
   end)
 
-  srv:route("GET", "/status", function()
+  route("GET", "/status", "config", function()
     local a = get_app()
     local cs = {}
     for _, c in ipairs(a.order) do cs[c.name] = c:stats() end
     return 200, {
       service = a.config and a.config.name or "sluice", version = sluice._VERSION,
       started_at = iso(started_wall), uptime_seconds = sluice.now() - started_mono,
-      collectors = cs, tasks = sluice.tasks(), config = redact(a.config or {}),
+      collectors = cs, tasks = sluice.tasks(), config = a.config and redact.classify(a.config) or {},
     }
   end)
 
-  srv:route("GET", "/circuit-breaker-status", function()
+  route("GET", "/circuit-breaker-status", "read", function()
     local out = {}
     for name, cb in pairs(breaker.all()) do out[name] = cb:status() end
     return 200, out
   end)
 
-  srv:route("GET", "/limiters", function()
+  route("GET", "/limiters", "read", function()
     local out = {}
     for name, lim in pairs(limiter.all()) do out[name] = lim:stats() end
     return 200, out
   end)
 
-  srv:route("GET", "/data-quality", function()
+  route("GET", "/data-quality", "read", function()
     return 200, get_app().store:quality()
   end)
 
-  srv:route("GET", "/performance", function()
+  route("GET", "/performance", "read", function()
     local runtime, runs, ok, failed, lat, nlat = 0, 0, 0, 0, 0, 0
     for _, c in ipairs(collectors()) do
       local st = c.stats_
@@ -227,7 +336,7 @@ function _M.start(app, opts)
   end)
 
   local LEVELS = { trace = 0, debug = 1, info = 2, warning = 3, error = 4, critical = 5 }
-  srv:route("GET", "/logs", function(req)
+  route("GET", "/logs", "config", function(req)
     local q = req.query
     local min = 0
     if q.level then
@@ -246,13 +355,13 @@ function _M.start(app, opts)
     return 200, out
   end)
 
-  srv:route("GET", "/metrics", function()
+  route("GET", "/metrics", "read", function()
     local ok, metrics = pcall(require, "sluice.metrics")
     if not ok then return 501, { error = "metrics are not available" } end
     return 200, metrics.render(), { ["content-type"] = metrics.CONTENT_TYPE }
   end)
 
-  srv:route("POST", "/collect", guarded(function(req)
+  route("POST", "/collect", "mutation", function(req)
     local body, err = json_body(req)
     if not body then return bad(err) end
     err = check_fields(body, { collector = true })
@@ -269,9 +378,9 @@ function _M.start(app, opts)
     joined = joined == "joined" or nil
     if ok then return 200, { collector = c.name, status = "ok", records = result, joined = joined } end
     return 502, { collector = c.name, status = "failed", error = result, joined = joined }
-  end))
+  end)
 
-  srv:route("POST", "/backfill", guarded(function(req)
+  route("POST", "/backfill", "mutation", function(req)
     local body, err = json_body(req)
     if not body then return bad(err) end
     err = check_fields(body, { collector = true, start_date = true, end_date = true,
@@ -306,9 +415,11 @@ function _M.start(app, opts)
       estimated_requests = plan.estimate.requests, windows = plan.estimate.windows,
       start_date = iso(plan.from), end_date = iso(plan.to),
     }
-  end))
+  end)
 
-  srv:route("*", "/backfill/*", function(req)
+  route("*", "/backfill/*", function(req)
+    return req.method == "GET" and "read" or "mutation"
+  end, function(req)
     local id = req.path:match("^/backfill/([^/]+)$")
     if not id then return 404, { error = "not found" } end
     local backfill = require "sluice.backfill"
@@ -317,16 +428,14 @@ function _M.start(app, opts)
       if not st then return 404, { error = err } end
       return 200, st
     elseif req.method == "DELETE" then
-      return guarded(function()
-        local ok, err = backfill.cancel(id)
-        if not ok then return 404, { error = err } end
-        return 200, backfill.status(id)
-      end)(req)
+      local ok, err = backfill.cancel(id)
+      if not ok then return 404, { error = err } end
+      return 200, backfill.status(id)
     end
     return 405, { error = "method not allowed" }, { Allow = "GET, DELETE" }
   end)
 
-  srv:route("POST", "/breakers/*", guarded(function(req)
+  route("POST", "/breakers/*", "mutation", function(req)
     local name, action = req.path:match("^/breakers/([^/]+)/(%a+)$")
     if not name then return 404, { error = "not found" } end
     local cb = breaker.get(name)
@@ -336,16 +445,18 @@ function _M.start(app, opts)
     elseif action == "reset" then cb:reset()
     else return 404, { error = "unknown action '" .. action .. "' (open, close, reset)" } end
     return 200, cb:status()
-  end))
+  end)
 
-  srv:route("POST", "/reload", guarded(function()
+  route("POST", "/reload", "mutation", function()
     local reload = require("sluice.app").reload
     local ok, err = reload()
     if not ok then return 422, { status = "refused", error = err } end
     return 200, { status = "reloaded", collectors = #get_app().order }
-  end))
+  end)
 
-  log.info("admin API listening", { host = host, port = srv.port, token = token and true or false })
+  log.info("admin API listening", { host = host, port = srv.port, token = token and true or false,
+    mutations = token and "token" or policy.insecure_loopback_mutations and "loopback without a token"
+      or "refused (no token)" })
   return srv
 end
 

@@ -72,6 +72,7 @@ local function build_collectors(c, file, db, fresh, red, batched)
     if not ok then
       error(file .. ": collectors[" .. i .. "]: " .. tostring(inst):gsub("^[^:]+:%d+: ", ""), 0)
     end
+    require("sluice.redact").classify(inst.config) -- the script's own secrets too
     built.collectors[inst.name] = inst
     built.order[#built.order + 1] = inst
   end

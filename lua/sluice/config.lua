@@ -22,6 +22,8 @@
 -- name, e.g. SLUICE_COLLECTORS__BINANCE_KLINES__INTERVAL=30 or
 -- SLUICE_LOG__LEVEL=debug. Values read as numbers or booleans when the
 -- setting they replace is one. Every error names the file and the key.
+local redact = require "sluice.redact"
+
 local _M = {}
 
 local TOP = {
@@ -29,7 +31,8 @@ local TOP = {
   shutdown_timeout = "number", name = "string", admin = "table", redis = "string",
   sinks = "table", lease_ttl = "number", start_rate = "number",
 }
-local ADMIN = { host = "string", port = "number", token = "any", enabled = "boolean" }
+local ADMIN = { host = "string", port = "number", token = "any", enabled = "boolean",
+  hosts = "table", insecure_loopback_mutations = "boolean" }
 local LOG = { level = "string", format = "string", output = "string", ring_size = "number" }
 local LEVELS = { trace = 1, debug = 1, info = 1, warning = 1, warn = 1, error = 1, critical = 1, none = 1 }
 
@@ -141,7 +144,7 @@ function _M.validate(config, file)
     end
   end
   if config.redis and not config.redis:match("^redis://") then
-    fail(file, "redis", "must be a redis:// URL, got '" .. config.redis .. "'")
+    fail(file, "redis", "must be a redis:// URL, got '" .. redact.url(config.redis) .. "'")
   end
   if config.start_rate and not (config.start_rate > 0 and config.start_rate < math.huge) then
     fail(file, "start_rate", "must be a finite number > 0 (first runs per second at start-up)")
@@ -176,6 +179,11 @@ function _M.validate(config, file)
     local token = config.admin.token
     if token ~= nil and type(token) ~= "string" and not (type(token) == "table" and token.env) then
       fail(file, "admin.token", "must be a string or collector.env(\"NAME\")")
+    end
+    for i, h in pairs(config.admin.hosts or {}) do
+      if type(i) ~= "number" or type(h) ~= "string" or h == "" then
+        fail(file, "admin.hosts", "must be a list of host names (\"name\" or \"name:port\")")
+      end
     end
   end
   if config.shutdown_timeout and not (config.shutdown_timeout >= 0 and config.shutdown_timeout < math.huge) then
@@ -220,7 +228,11 @@ function _M.prepare(config, file, opts)
   -- the env may address collectors by name: validate their shape first
   _M.validate(c, file)
   _M.apply_env(c, opts.env or require("sluice").environ(), file)
-  return _M.validate(c, file)
+  _M.validate(c, file)
+  -- classified once: views show redact's projection, and the secrets met
+  -- here are scrubbed from logs from now on
+  redact.classify(c)
+  return c
 end
 
 return _M

@@ -1,8 +1,11 @@
 --- sluice.log: structured logging.
 -- log.info("fetched", { rows = 12 }) writes one JSON line (or a console line
 -- on a terminal) and keeps it in a ring of recent entries. log.with{...}
--- returns a logger whose fields are added to every entry.
+-- returns a logger whose fields are added to every entry. Messages and
+-- field values go through sluice.redact.text: URL user info, credential-like
+-- query values and the configuration's secrets never reach a line.
 local core = require "sluice._log"
+local redact = require "sluice.redact"
 
 local levels = { "trace", "debug", "info", "warning", "error", "critical" }
 
@@ -23,6 +26,18 @@ local function merge(ctx, fields)
   return out
 end
 
+-- fields are flat (a table value logs as its tostring): scrub the strings
+local function scrubbed(fields)
+  if not fields then return nil end
+  local out = {}
+  for k, v in pairs(fields) do
+    if type(v) == "string" then v = redact.text(v)
+    elseif type(v) == "table" then v = redact.text(tostring(v)) end
+    out[k] = v
+  end
+  return out
+end
+
 local function check_fields(fields, name)
   if fields ~= nil and type(fields) ~= "table" then
     error("sluice.log." .. name .. ": bad argument #2 'fields' (table expected, got "
@@ -36,7 +51,7 @@ local function logger(ctx)
     l[name] = function(msg, fields)
       check_fields(fields, name)
       if core.enabled(name) then
-        core.write(name, tostring(msg), merge(ctx, fields))
+        core.write(name, redact.text(tostring(msg)), scrubbed(merge(ctx, fields)))
       end
     end
   end

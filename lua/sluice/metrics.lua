@@ -25,6 +25,8 @@
 -- "built-in families" below): collectors of the running app (sluice.app),
 -- breakers, limiters, backfill jobs, tasks, the process and the HTTP client
 -- (whose requests sluice.http records here as they complete).
+local redact = require "sluice.redact"
+
 local _M = {}
 
 local type, tostring, tonumber, pairs, ipairs, select, next = type, tostring, tonumber, pairs, ipairs, select, next
@@ -145,7 +147,8 @@ local function series_of(m, level, create, ...)
   if not s and create then
     local pairs_ = {}
     for i = 1, n do
-      pairs_[i] = m.labels[i] .. '="' .. escape_label(parts[i]) .. '"'
+      -- a label shows no credentials (URL user info, configured secrets)
+      pairs_[i] = m.labels[i] .. '="' .. escape_label(redact.text(parts[i])) .. '"'
     end
     s = m.new_series("{" .. concat(pairs_, ",") .. "}")
     m.series[key] = s

@@ -68,6 +68,7 @@
 -- subscribes to nothing: nil, "closed". call() and
 -- pipeline() refuse SUBSCRIBE, PSUBSCRIBE, their UNSUBSCRIBEs and MONITOR.
 local core = require "sluice._redis"
+local redact = require "sluice.redact"
 
 local _M = { null = core.null }
 
@@ -124,6 +125,7 @@ function _M.connect(opts)
   end
   local u, err = _M.parse_url(opts.url or "redis://127.0.0.1:6379/0")
   if not u then fail("connect", err) end
+  redact.register(opts.password or u.password) -- never in a log line
   local ct, cmdt = opts.connect_timeout or 2, opts.command_timeout or 5
   if not (ct > 0) then fail("connect", "connect_timeout must be > 0") end
   if not (cmdt > 0) then fail("connect", "command_timeout must be > 0") end

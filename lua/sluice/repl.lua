@@ -11,6 +11,7 @@
 -- incomplete = true: the chunk is unfinished (`for i = 1, 3 do`); the client
 -- reads more lines and sends the whole chunk again.
 local cjson = require "cjson.safe"
+local redact = require "sluice.redact"
 
 local _M = {}
 
@@ -257,7 +258,21 @@ local function helper(name, line, fn)
   help_lines[#help_lines + 1] = string.format("  %-14s %s", name, line)
 end
 
-helper("breakers()", "every breaker: state, failures, next attempt, health score", function()
+-- The helpers' views and results go through sluice.redact (errors, last
+-- errors and URLs may carry credentials). What any other expression shows is
+-- the operator's own doing: the socket is the live VM.
+local function scrubbed(...)
+  local n = select("#", ...)
+  local r = { ... }
+  for i = 1, n do r[i] = redact.scrub(r[i]) end
+  return unpack(r, 1, n)
+end
+
+local function view(name, line, fn)
+  helper(name, line, function(...) return scrubbed(fn(...)) end)
+end
+
+view("breakers()", "every breaker: state, failures, next attempt, health score", function()
   local out = {}
   for name, cb in pairs(require("sluice.breaker").all()) do
     local st, m = cb:status(), cb:metrics()
@@ -272,7 +287,7 @@ helper("breakers()", "every breaker: state, failures, next attempt, health score
   return out
 end)
 
-helper("limiters()", "every limiter: rate, requests, violations, tasks waiting", function()
+view("limiters()", "every limiter: rate, requests, violations, tasks waiting", function()
   local out = {}
   for name, lim in pairs(require("sluice.limiter").all()) do
     local st, m = lim:stats(), lim:metrics()
@@ -287,7 +302,7 @@ helper("limiters()", "every limiter: rate, requests, violations, tasks waiting",
   return out
 end)
 
-helper("collectors()", "the running configuration's collectors and their health", function()
+view("collectors()", "the running configuration's collectors and their health", function()
   local app = current_app()
   if not app then return text(NO_APP) end
   local out = {}
@@ -308,7 +323,7 @@ helper("collectors()", "the running configuration's collectors and their health"
   return out
 end)
 
-helper("backfills()", "backfill jobs of this process and their progress", function()
+view("backfills()", "backfill jobs of this process and their progress", function()
   local out = {}
   for id, st in pairs(require("sluice.backfill").jobs()) do
     local copy = {}
@@ -337,7 +352,7 @@ helper("collect(name)", "run one collection of the collector now; its result", f
   if not app then error("collect: " .. NO_APP, 2) end
   local inst = app.collectors[name]
   if not inst then error("collect: no collector named '" .. tostring(name) .. "'", 2) end
-  return inst:run_once()
+  return scrubbed(inst:run_once())
 end)
 
 helper("reload()", "re-read the configuration and collector scripts", function()
@@ -345,7 +360,7 @@ helper("reload()", "re-read the configuration and collector scripts", function()
   if not (app and type(app.reload) == "function") then
     return text("reload is not available in this build (sluice.app has no reload)")
   end
-  return app.reload()
+  return scrubbed(app.reload())
 end)
 
 helper("help()", "this list", function()

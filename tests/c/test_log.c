@@ -186,6 +186,30 @@ TEST(stalled_output_never_blocks_and_counts_drops) {
     close(p[0]);
 }
 
+TEST(redacted_secrets_never_reach_a_line) {
+    FILE *devnull = fopen("/dev/null", "w");
+    sl_log_set_output(devnull);
+    sl_log_set_level(SL_LOG_INFO);
+    CHECK_INT(sl_log_ring_resize(4), 0);
+    CHECK_INT(sl_log_redact("hunter2", 7), 0);
+    CHECK_INT(sl_log_redact("hunter2-long", 12), 0); /* longest first */
+    CHECK_INT(sl_log_redact("abc", 3), 0);           /* too short: ignored */
+    sl_log_field f = {.key = "url",
+                      .type = SL_LOG_STR,
+                      .str = "redis://:hunter2@h",
+                      .len = 18};
+    sl_log_write(SL_LOG_INFO, 0, "hunter2 and hunter2-long, abc", &f, 1);
+    CHECK_STR(strstr(sl_log_ring_get(0), "\"msg\""),
+              "\"msg\":\"<redacted> and <redacted>, abc\","
+              "\"url\":\"redis://:<redacted>@h\"}");
+    sl_log_redact_free();
+    sl_log_write(SL_LOG_INFO, 0, "hunter2", NULL, 0);
+    CHECK(strstr(sl_log_ring_get(1), "\"msg\":\"hunter2\"") != NULL);
+    sl_log_ring_free();
+    sl_log_set_output(NULL);
+    fclose(devnull);
+}
+
 int main(void) {
     RUN(json_line_shape);
     RUN(json_escapes_control_bytes_and_non_finite);
@@ -193,5 +217,6 @@ int main(void) {
     RUN(levels_parse);
     RUN(ring_keeps_newest_and_filters_by_level);
     RUN(stalled_output_never_blocks_and_counts_drops);
+    RUN(redacted_secrets_never_reach_a_line);
     return TEST_SUMMARY();
 }

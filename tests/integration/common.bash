@@ -44,26 +44,36 @@ LUA
   "$SLUICE" run "$WORK/port.lua" --control none
 }
 
-# start_redis: a private redis-server (no persistence) on a free loopback
-# port, $REDIS_PORT, ready when this returns; stop_redis shuts it down
-# (call it from the script's EXIT trap). Fails when redis-server is missing.
+# start_redis [PASSWORD]: a private redis-server (no persistence) on a free
+# loopback port, $REDIS_PORT, ready when this returns (with PASSWORD, it
+# requires it: requirepass); stop_redis shuts it down (call it from the
+# script's EXIT trap). Fails when redis-server is missing.
 start_redis() {
+  REDIS_PASSWORD=${1:-}
+  local auth=()
+  [ -n "$REDIS_PASSWORD" ] && auth=(--requirepass "$REDIS_PASSWORD")
   if ! command -v redis-server >/dev/null; then
     not_ok "redis-server available (apt-get install redis-server)"
     return 1
   fi
   REDIS_PORT=$(free_port)
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-    --daemonize yes --pidfile "$WORK/redis.pid" --dir "$WORK" --logfile "$WORK/redis.log"
+    --daemonize yes --pidfile "$WORK/redis.pid" --dir "$WORK" --logfile "$WORK/redis.log" "${auth[@]}"
   local _
   for _ in $(seq 1 50); do
-    redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return 0
+    [ "$(rcli ping 2>/dev/null)" = PONG ] && return 0
     sleep 0.1
   done
   not_ok "redis-server started on $REDIS_PORT"
   return 1
 }
-stop_redis() { redis-cli -p "${REDIS_PORT:-0}" shutdown nosave >/dev/null 2>&1; }
+# rcli ARGS...: redis-cli against the private server (with its password)
+rcli() {
+  if [ -n "${REDIS_PASSWORD:-}" ]; then
+    REDISCLI_AUTH=$REDIS_PASSWORD redis-cli -p "${REDIS_PORT:-0}" "$@"
+  else redis-cli -p "${REDIS_PORT:-0}" "$@"; fi
+}
+stop_redis() { rcli shutdown nosave >/dev/null 2>&1; }
 
 finish() {
   echo "$passed passed, $failed failed"

@@ -25,7 +25,7 @@ config() {
   cat >"$WORK/sluice.lua" <<LUA
 return {
   store = "$WORK/db.sqlite",
-  admin = { port = $ADMIN_PORT },
+  admin = { port = $ADMIN_PORT, insecure_loopback_mutations = true },
   collectors = { { file = "feed.lua", name = "a" }, { file = "feed.lua", name = "b", enabled = $1 } },
 }
 LUA
@@ -62,14 +62,14 @@ kill -HUP $sluice_pid
 check "the flip of enabled is reloaded" wait_until sh -c "[ \$(grep -c '\"configuration reloaded\"' '$WORK/sluice.out') -gt $before ]"
 curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/status" >"$WORK/status.json"
 contains "/status shows b disabled" "$WORK/status.json" '"status":"disabled"'
-code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST -d '{"collector":"b"}' \
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST -H 'Content-Type: application/json' -d '{"collector":"b"}' \
   "http://127.0.0.1:$ADMIN_PORT/collect")
 check "POST /collect for the disabled b answers 409 (got $code)" test "$code" = 409
 
 # 30 concurrent POST /collect for a: one run, the others join it
 touch "$WORK/hold"
 for i in $(seq 1 30); do
-  curl -s --max-time 20 -X POST -d '{"collector":"a"}' "http://127.0.0.1:$ADMIN_PORT/collect" \
+  curl -s --max-time 20 -X POST -H 'Content-Type: application/json' -d '{"collector":"a"}' "http://127.0.0.1:$ADMIN_PORT/collect" \
     >"$WORK/collect.$i" &
 done
 waiters() {

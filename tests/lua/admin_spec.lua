@@ -41,12 +41,25 @@ return {
 describe("admin API and reload", function()
   local dir, app, mock, base
 
-  local function call(method, path, body, token)
+  -- extra: more request headers (Host, Origin, Content-Type); a POST says
+  -- Content-Type: application/json unless extra says otherwise
+  local function call(method, path, body, token, extra, url)
     local headers = {}
     if token ~= false then headers.Authorization = "Bearer " .. (token or "t0ken") end
-    local res = assert(http.request({ method = method, url = base .. path, headers = headers,
+    if method == "POST" then headers["Content-Type"] = "application/json" end
+    for k, v in pairs(extra or {}) do headers[k] = v end
+    local res = assert(http.request({ method = method, url = (url or base) .. path, headers = headers,
       body = body and (type(body) == "string" and body or require("cjson").encode(body)) or nil }))
     return res.status, res:json(), res
+  end
+
+  -- a second admin API on the same app with these options, for fn(url)
+  local function with_admin(opts, fn)
+    opts.port = 0
+    local srv = assert(require("sluice.admin").start(app, opts))
+    local ok, err = pcall(fn, "http://127.0.0.1:" .. srv.port, srv.port)
+    srv:close()
+    assert(ok, err)
   end
 
   setup(function()
@@ -93,7 +106,7 @@ describe("admin API and reload", function()
   end)
 
   it("GET /status lists collectors and redacts secrets", function()
-    local status, body, res = call("GET", "/status", nil, false)
+    local status, body, res = call("GET", "/status")
     assert.equal(200, status)
     assert.equal("ticks", body.collectors.ticks.collector_name)
     assert.equal("<secret>", body.config.admin.token)
@@ -120,10 +133,10 @@ describe("admin API and reload", function()
   it("GET /logs filters by level and limit", function()
     log.level("info")
     log.warning("admin spec marker", { n = 1 })
-    local _, entries = call("GET", "/logs?level=warning&limit=1", nil, false)
+    local _, entries = call("GET", "/logs?level=warning&limit=1")
     assert.equal(1, #entries)
     assert.equal("admin spec marker", entries[1].msg)
-    assert.equal(400, (call("GET", "/logs?level=loud", nil, false)))
+    assert.equal(400, (call("GET", "/logs?level=loud")))
   end)
 
   it("requires the token on mutating endpoints, with 401", function()
@@ -200,6 +213,95 @@ describe("admin API and reload", function()
     assert.is_true(running.running)
     assert.equal(running.breaker, breaker.get("ticks"))
     write(dir .. "/ticks.lua", COLLECTOR:format("v3"))
+  end)
+
+  it("refuses a foreign Host (DNS rebinding) on reads and mutations with 403", function()
+    local port = app.admin.port
+    local status, body = call("GET", "/status", nil, nil, { Host = "evil.example:" .. port })
+    assert.equal(403, status)
+    assert.equal("admin: Host 'evil.example:" .. port .. "' is not a name of this server"
+      .. " (add it to admin.hosts)", body.error)
+    assert.equal(403, (call("GET", "/health", nil, false, { Host = "evil.example:" .. port })))
+    assert.equal(403, (call("POST", "/breakers/ticks/open", nil, nil, { Host = "evil.example:" .. port })))
+    assert.equal(403, (call("GET", "/health", nil, false, { Host = "localhost:1" }))) -- another port
+    assert.equal("closed", breaker.get("ticks"):state())
+    for _, h in ipairs({ "localhost:" .. port, "127.0.0.1:" .. port, "[::1]:" .. port }) do
+      assert.equal(200, (call("GET", "/health", nil, false, { Host = h })), h)
+    end
+  end)
+
+  it("accepts the names of admin.hosts; a wildcard bind accepts IP literals with its port", function()
+    with_admin({ token = "t0ken", hosts = { "sluice.internal", "ops.example:9" } }, function(url, port)
+      assert.equal(200, (call("GET", "/health", nil, false, { Host = "sluice.internal:" .. port }, url)))
+      assert.equal(200, (call("GET", "/health", nil, false, { Host = "ops.example:9" }, url)))
+      assert.equal(403, (call("GET", "/health", nil, false, { Host = "ops.example:" .. port }, url)))
+    end)
+    with_admin({ token = "t0ken", host = "0.0.0.0" }, function(url, port)
+      assert.equal(200, (call("GET", "/health", nil, false, { Host = "10.1.2.3:" .. port }, url)))
+      assert.equal(403, (call("GET", "/health", nil, false, { Host = "rebind.example:" .. port }, url)))
+    end)
+  end)
+
+  it("refuses a mutation from a foreign Origin with 403, even with the token", function()
+    local status, body = call("POST", "/breakers/ticks/open", nil, nil, { Origin = "http://evil.example" })
+    assert.equal(403, status)
+    assert.equal("admin: cross-origin request refused (Origin 'http://evil.example')", body.error)
+    assert.equal(403, (call("POST", "/collect", { collector = "ticks" }, nil, { Origin = "null" })))
+    assert.equal(403, (call("DELETE", "/backfill/x", nil, nil, { Origin = "https://evil.example" })))
+    assert.equal(403, (call("POST", "/breakers/ticks/open", nil, nil, { ["Sec-Fetch-Site"] = "cross-site" })))
+    assert.equal("closed", breaker.get("ticks"):state())
+    local same_origin = "http://127.0.0.1:" .. app.admin.port
+    assert.equal(200, (call("POST", "/breakers/ticks/reset", nil, nil, { Origin = same_origin })))
+  end)
+
+  it("refuses a POST that is not Content-Type: application/json with 415", function()
+    local status, body = call("POST", "/breakers/ticks/open", nil, nil, { ["Content-Type"] = "text/plain" })
+    assert.equal(415, status)
+    assert.equal("admin: POST needs Content-Type: application/json (a defence against cross-site requests)",
+      body.error)
+    assert.equal(415, (call("POST", "/collect", '{"collector":"ticks"}', nil,
+      { ["Content-Type"] = "application/x-www-form-urlencoded" })))
+    assert.equal(415, (call("POST", "/reload", nil, nil, { ["Content-Type"] = false })))
+    assert.equal("closed", breaker.get("ticks"):state())
+    assert.equal(200, (call("POST", "/breakers/ticks/reset", nil, nil,
+      { ["Content-Type"] = "application/json; charset=utf-8" })))
+  end)
+
+  it("without a token refuses mutations, saying what to configure", function()
+    with_admin({}, function(url)
+      local status, body = call("POST", "/breakers/ticks/open", nil, false, nil, url)
+      assert.equal(403, status)
+      assert.equal("admin: mutations need a token: set admin.token = collector.env(\"SLUICE_ADMIN_TOKEN\")"
+        .. " in the configuration and send Authorization: Bearer <token>; or, to allow them"
+        .. " without one on loopback, set admin.insecure_loopback_mutations = true", body.error)
+      assert.equal(403, (call("DELETE", "/backfill/x", nil, false, nil, url)))
+      assert.equal("closed", breaker.get("ticks"):state())
+      assert.equal(200, (call("GET", "/status", nil, false, nil, url))) -- loopback, no token
+    end)
+    with_admin({ insecure_loopback_mutations = true }, function(url)
+      local status, body = call("POST", "/breakers/ticks/open", nil, false, nil, url)
+      assert.equal(200, status)
+      assert.equal("open", body.state)
+      assert.equal(403, (call("POST", "/breakers/ticks/reset", nil, false, { Origin = "http://evil.example" }, url)))
+      assert.equal(415, (call("POST", "/breakers/ticks/reset", nil, false, { ["Content-Type"] = "text/plain" }, url)))
+      assert.equal("open", breaker.get("ticks"):state())
+      assert.equal(200, (call("POST", "/breakers/ticks/reset", nil, false, nil, url)))
+    end)
+  end)
+
+  it("with a token, /status and /logs need it too; the other reads do not", function()
+    for _, path in ipairs({ "/status", "/logs" }) do
+      local status, body, res = call("GET", path, nil, false)
+      assert.equal(401, status, path)
+      assert.equal("admin: unauthorized: send Authorization: Bearer <admin.token>", body.error)
+      assert.equal("Bearer", res.headers["www-authenticate"])
+      assert.equal(401, (call("GET", path, nil, "wrong")), path)
+      assert.equal(200, (call("GET", path)), path)
+    end
+    for _, path in ipairs({ "/health", "/metrics", "/circuit-breaker-status", "/limiters",
+      "/data-quality", "/performance" }) do
+      assert.equal(200, (call("GET", path, nil, false)), path)
+    end
   end)
 
   it("refuses to listen beyond loopback without a token", function()

@@ -103,7 +103,7 @@ end
 
 local function call(app, method, path, body)
   local res = assert(http.request({ method = method, url = "http://127.0.0.1:" .. app.admin.port .. path,
-    body = body and require("cjson").encode(body) or nil }))
+    headers = { ["Content-Type"] = "application/json" }, body = body and require("cjson").encode(body) or nil }))
   return res.status, res:json()
 end
 
@@ -118,7 +118,7 @@ describe("sluice.app", function()
   it("honours enabled = false in the configuration, shows it, and reloads flips", function()
     local dir = tmpdir()
     write(dir .. "/feed.lua", feed())
-    local CFG = [[return { store = "%DIR%/db.sqlite", admin = { port = 0 }, collectors = {
+    local CFG = [[return { store = "%DIR%/db.sqlite", admin = { port = 0, insecure_loopback_mutations = true }, collectors = {
       { file = "feed.lua", name = "off", enabled = $1 },
       { file = "feed.lua", name = "on", enabled = $2 } } }]]
     local function cfg(a, b) return (CFG:gsub("%$(%d)", { ["1"] = a, ["2"] = b })) end
@@ -244,7 +244,7 @@ describe("sluice.app", function()
   it("runs a collector once for 30 concurrent POST /collect: the others join it", function()
     local dir = tmpdir()
     write(dir .. "/feed.lua", feed())
-    local app = run(dir, [[return { store = "%DIR%/db.sqlite", admin = { port = 0 },
+    local app = run(dir, [[return { store = "%DIR%/db.sqlite", admin = { port = 0, insecure_loopback_mutations = true },
       collectors = { { file = "feed.lua", name = "one" } } }]])
     finally(function() stop(app) end)
     wait_for("the first run", function() return probe.one and probe.one.runs == 1 end)
@@ -275,7 +275,7 @@ describe("sluice.app", function()
     local dir = tmpdir()
     write(dir .. "/feed.lua", feed({ interval = 0.05, timeout = 0.05 }))
     probe.hold = true
-    local app = run(dir, [[return { store = "%DIR%/db.sqlite", admin = { port = 0 },
+    local app = run(dir, [[return { store = "%DIR%/db.sqlite", admin = { port = 0, insecure_loopback_mutations = true },
       collectors = { { file = "feed.lua", name = "stuck" } } }]])
     finally(function() stop(app) end)
     local status, body
@@ -301,7 +301,7 @@ describe("sluice.app", function()
     local N, RATE = 3000, 1000 -- a 3 s start window
     local dir = tmpdir()
     write(dir .. "/feed.lua", feed({ breaker = true, limiter = true }))
-    local parts = { "return { store = '" .. dir .. "/db.sqlite', admin = { port = 0 }, start_rate = "
+    local parts = { "return { store = '" .. dir .. "/db.sqlite', admin = { port = 0, insecure_loopback_mutations = true }, start_rate = "
       .. RATE .. ", collectors = {" }
     for i = 1, N do parts[#parts + 1] = ("{ file = 'feed.lua', name = 'c%d' },"):format(i) end
     parts[#parts + 1] = "} }"

@@ -63,6 +63,12 @@ describe("sluice.config", function()
       err_of({ collectors = { { use = "a" }, { use = "a" } } }))
     assert.equal("cfg.lua: profiles.staging: no such profile", err_of(base(), { profile = "staging", env = {} }))
     assert.equal("cfg.lua: shutdown_timeout: must be a finite number >= 0", err_of({ shutdown_timeout = -1 }))
+    assert.equal("cfg.lua: admin.hosts: must be a list of host names (\"name\" or \"name:port\")",
+      err_of({ admin = { hosts = { "ok.example", 5 } } }))
+    assert.equal("cfg.lua: admin.insecure_loopback_mutations: must be a boolean, got string",
+      err_of({ admin = { insecure_loopback_mutations = "yes" } }))
+    assert.equal("cfg.lua: redis: must be a redis:// URL, got 'rediss://<redacted>@h:6380'",
+      err_of({ redis = "rediss://:pw-123@h:6380" }))
     assert.equal("cfg.lua: collectors[1].enabled: must be true or false, got string",
       err_of({ collectors = { { use = "a", enabled = "no" } } }))
     assert.equal("cfg.lua: start_rate: must be a finite number > 0 (first runs per second at start-up)",
