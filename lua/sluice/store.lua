@@ -77,7 +77,10 @@
 --   decoded.
 -- db:quality([name]) -> report (or {name = report} for every table)
 --   report: total_records (rows offered), valid_records, invalid_records,
---   duplicate_records (updated + unchanged), validation_errors (distinct
+--   duplicate_records (valid rows whose key an earlier row of the same
+--   batch already had: the upstream sent one record twice; a row re-polled
+--   unchanged or updated in a later batch is not a duplicate, it is
+--   counted in unchanged_records/updated_records), validation_errors (distinct
 --   reasons, most frequent first), validation_error_counts {reason = n},
 --   inserted_records, updated_records, unchanged_records, ignored_fields,
 --   data_quality_score = (total - invalid - duplicate) / total * 100
@@ -781,6 +784,24 @@ local function merge_reasons(c, name, counts)
   return c:exec(ERRORS_SET_SQL, encode_json(all), name)
 end
 
+-- How many of the nvalid rows in flat repeat the key of an earlier one.
+local function batch_duplicates(d, flat, nvalid)
+  if nvalid < 2 then return 0 end
+  local key_idx, nk, ncols = d.key_idx, #d.key_idx, d.ncols
+  local seen, parts, dups = {}, {}, 0
+  for r = 0, nvalid - 1 do
+    local base, k = r * ncols, nil
+    if nk == 1 then
+      k = flat[base + key_idx[1]]
+    else
+      for j = 1, nk do parts[j] = tostring(flat[base + key_idx[j]]) end
+      k = concat(parts, "\0", 1, nk)
+    end
+    if seen[k] then dups = dups + 1 else seen[k] = true end
+  end
+  return dups
+end
+
 local function write_batch(c, d, flat, nvalid, nrows, rejects, reasons, ignored)
   local inserted, updated, unchanged = 0, 0, 0
   if nvalid > 0 then
@@ -796,7 +817,7 @@ local function write_batch(c, d, flat, nvalid, nrows, rejects, reasons, ignored)
     end
   end
   local nrej = nrows - nvalid
-  local ok, err = c:exec(QUALITY_SQL, name, nrows, nvalid, nrej, updated + unchanged,
+  local ok, err = c:exec(QUALITY_SQL, name, nrows, nvalid, nrej, batch_duplicates(d, flat, nvalid),
     inserted, updated, unchanged, ignored, at)
   if not ok then return nil, err end
   if reasons then

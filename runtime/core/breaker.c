@@ -709,8 +709,14 @@ void sl_breaker_get_status(sl_breaker *b, sl_breaker_status *st) {
         b->ho_attempts > 0 ? (double)b->ho_successes / b->ho_attempts : 0.0;
     st->statistics = stats_now(b, now);
     total = b->st.total_successes + b->st.total_failures;
-    st->health_score =
-        total > 0 ? (double)b->st.total_successes / (double)total : 1.0;
+    /* The reference ratio, except while the breaker is open and refusing:
+     * it then admits nothing, and a score of 1 (no call failed, or none
+     * was made since a force_open) would tell an operator it is healthy. */
+    if (b->state == SL_BREAKER_OPEN && b->opt.mode == SL_BREAKER_MODE_NORMAL)
+        st->health_score = 0.0;
+    else
+        st->health_score =
+            total > 0 ? (double)b->st.total_successes / (double)total : 1.0;
     st->window_calls = b->win.calls;
     st->window_failures = b->win.failures;
     st->window_slow_calls = b->win.slow;

@@ -170,7 +170,8 @@ typedef struct sl_breaker_status {
     int half_open_success_threshold;
     double half_open_success_rate; /* successes / attempts, 0 if none */
     sl_breaker_stats statistics;
-    double health_score;   /* successes / (successes + failures), 1 if none */
+    double health_score;   /* successes / (successes + failures), 1 if none;
+                              0 while open (and refusing) */
     uint64_t window_calls; /* results now in the window (0 if none) */
     uint64_t window_failures;
     uint64_t window_slow_calls;

@@ -793,7 +793,8 @@ TEST(ref_statistics) {
     CHECK_INT(status(b).consecutive_successes, 100);
     fail_n(b, 5);
     st = status(b);
-    CHECK_NUM(st.health_score, 100.0 / 105.0, 1e-15);
+    /* open: it admits nothing, whatever the history says */
+    CHECK_NUM(st.health_score, 0.0, 0);
     CHECK_INT(st.statistics.circuit_opens, 1);
     advance(&c, 150);
     CHECK_NUM(status(b).statistics.time_in_open_state, 150, 0);
@@ -819,6 +820,21 @@ TEST(ref_statistics) {
     b = mk(NULL, &c, NULL);
     fail_n(b, 5);
     CHECK_NUM(status(b).health_score, 0.0, 0);
+    sl_breaker_free(b);
+
+    /* forced open with no call ever made: 0, not the 1 of "no failure";
+     * closed again: the ratio (no calls: 1) */
+    b = mk(NULL, &c, NULL);
+    CHECK_INT(sl_breaker_force_open(b), 0);
+    CHECK_NUM(status(b).health_score, 0.0, 0);
+    CHECK_INT(sl_breaker_force_close(b), 0);
+    CHECK_NUM(status(b).health_score, 1.0, 0);
+    /* metrics-only: an open state refuses nothing, so the ratio stands */
+    succeed_n(b, 3);
+    fail_n(b, 5);
+    CHECK_INT(sl_breaker_set_mode(b, SL_BREAKER_MODE_METRICS_ONLY), 0);
+    CHECK_INT(status(b).state, SL_BREAKER_OPEN);
+    CHECK_NUM(status(b).health_score, 3.0 / 8.0, 1e-15);
     sl_breaker_free(b);
 }
 
@@ -1225,7 +1241,7 @@ TEST(slow_calls) {
     CHECK_INT(st.statistics.total_successes, 4);
     CHECK_INT(st.statistics.total_failures, 0);
     CHECK_INT(st.statistics.slow_calls, 2);
-    CHECK_NUM(st.health_score, 1.0, 0);
+    CHECK_NUM(st.health_score, 0.0, 0); /* open, though no call failed */
     check_event(&r, 0, SL_BREAKER_CLOSED, SL_BREAKER_OPEN, "slow_call_rate");
     sl_breaker_free(b);
 

@@ -514,20 +514,23 @@ describe("sluice.store", function()
       rows[6] = { symbol = "BTCUSDT", open_time = 2 }          -- missing close
       rows[7] = { symbol = "BTCUSDT", close = 1 }              -- missing open_time
       rows[8] = kline(100)                                     -- 1 inserted
-      assert.same({ 1, 1, 3, 3 }, { db:upsert("klines", rows) })
+      rows[9] = kline(100)                                     -- its key again: a duplicate
+      assert.same({ 1, 1, 4, 3 }, { db:upsert("klines", rows) })
       local q = db:quality("klines")
       q.updated_at = nil
+      -- re-polled rows (updated or unchanged) are not duplicates; a key
+      -- repeated within one batch is
       assert.same({
-        total_records = 14, valid_records = 11, invalid_records = 3, duplicate_records = 4,
+        total_records = 15, valid_records = 12, invalid_records = 3, duplicate_records = 1,
         validation_errors = { "missing required field: close", "missing key field: open_time" },
         validation_error_counts = { ["missing required field: close"] = 2, ["missing key field: open_time"] = 1 },
-        inserted_records = 7, updated_records = 1, unchanged_records = 3, ignored_fields = 0,
-        data_quality_score = (14 - 3 - 4) / 14 * 100,
+        inserted_records = 7, updated_records = 1, unchanged_records = 4, ignored_fields = 0,
+        data_quality_score = (15 - 3 - 1) / 15 * 100,
       }, q)
       -- quality() with no name: every table
       local all = db:quality()
       assert.same({ "klines" }, (function() local k = {} for n in pairs(all) do k[#k + 1] = n end return k end)())
-      assert.equal(14, all.klines.total_records)
+      assert.equal(15, all.klines.total_records)
       assert.is_true(db:reset_quality("klines"))
       assert.equal(0, db:quality("klines").total_records)
     end)
@@ -536,10 +539,8 @@ describe("sluice.store", function()
       local rows = {}
       for i = 1, 9925 do rows[i] = kline(i) end
       for i = 1, 50 do rows[#rows + 1] = { symbol = "BTCUSDT", open_time = -i } end -- no price
-      assert.same({ 9925, 0, 0, 50 }, { db:upsert("klines", rows) })
-      local dups = {}
-      for i = 1, 25 do dups[i] = kline(i) end
-      assert.same({ 0, 0, 25, 0 }, { db:upsert("klines", dups) })
+      for i = 1, 25 do rows[#rows + 1] = kline(i) end -- sent twice in the batch
+      assert.same({ 9925, 0, 25, 50 }, { db:upsert("klines", rows) })
       local q = db:quality("klines")
       assert.equal(10000, q.total_records)
       assert.equal(9950, q.valid_records)
@@ -547,6 +548,13 @@ describe("sluice.store", function()
       assert.equal(25, q.duplicate_records)
       assert.same({ "missing required field: close" }, q.validation_errors)
       assert.equal(99.25, q.data_quality_score)
+    end)
+
+    it("scores a collector re-polling unchanged rows 100: re-reads are not duplicates", function()
+      for _ = 1, 10 do db:upsert("klines", klines(6)) end
+      local q = db:quality("klines")
+      assert.same({ 60, 6, 54, 0, 100 }, { q.total_records, q.inserted_records, q.unchanged_records,
+        q.duplicate_records, q.data_quality_score })
     end)
 
     it("keeps at most 100 distinct reasons, counting newer ones as 'other'", function()
