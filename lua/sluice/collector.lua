@@ -251,8 +251,9 @@ function _M.new(spec, overrides, context)
       started_at = nil, last_collection = nil, last_success = nil, last_error = nil,
       total_requests = 0, successful_requests = 0, failed_requests = 0,
       data_points_collected = 0, total_runtime = 0, collections_completed = 0,
-      consecutive_failures = 0, collections_failed = 0,
+      consecutive_failures = 0, collections_failed = 0, collections_skipped = 0,
     },
+    refusals_ = 0, -- requests the breaker refused, ever
   }, instance_mt)
   if cfg.run_budget ~= false then
     local b = type(cfg.run_budget) == "table" and cfg.run_budget or {}
@@ -396,6 +397,7 @@ function Collector:request(opts)
       local why
       permit, why = self.breaker:allow()
       if not permit then
+        self.refusals_ = self.refusals_ + 1 -- run_once tells a skipped run by it
         return nil, "circuit breaker " .. self.breaker:name() .. " is " .. why,
           { retryable = false, kind = "circuit_open" }
       end
@@ -610,6 +612,7 @@ function Collector:run_once()
   local t0 = sluice.now()
   st.last_collection = sluice.time()
   self.in_flight = (self.in_flight or 0) + 1
+  local refusals = self.refusals_
   local ok, result = collect_within_budget(self)
   local count
   if ok then
@@ -628,6 +631,21 @@ function Collector:run_once()
     return true, count
   end
   local msg = tostring(result)
+  if self.refusals_ > refusals and self.breaker and self.breaker:state() == "open" then
+    -- The run failed because the open breaker refused its requests (the
+    -- assert(self:get(...)) idiom): a skipped run, not a new failure. One
+    -- warning per opening, no traceback, so the log stays readable.
+    st.collections_skipped = st.collections_skipped + 1
+    local opened = self.breaker:status().last_state_change
+    if self.skip_warned_ ~= opened then
+      self.skip_warned_ = opened
+      self.log.warning("collection skipped: circuit breaker open", {
+        breaker = self.breaker:name(), next_attempt = iso(self.breaker:metrics().open_until),
+        error = msg:match("^[^\n]*") })
+    end
+    guard_release(g, false, "skipped: circuit breaker " .. self.breaker:name() .. " is open")
+    return false, "skipped: circuit breaker " .. self.breaker:name() .. " is open"
+  end
   st.last_error = msg:match("^[^\n]*")
   st.last_error_time = sluice.time()
   st.collections_failed = st.collections_failed + 1
@@ -816,6 +834,7 @@ function Collector:stats()
     data_points_collected = st.data_points_collected,
     total_runtime = st.total_runtime,
     collections_completed = st.collections_completed,
+    collections_skipped = st.collections_skipped,
   }
 end
 

@@ -586,6 +586,7 @@ sources[#sources + 1] = function(f)
       local c = inst.name or name
       f.sluice_collection_requests_total:inc(st.collections_completed or 0, c, "success")
       f.sluice_collection_requests_total:inc(st.collections_failed or 0, c, "error")
+      f.sluice_collection_requests_total:inc(st.collections_skipped or 0, c, "skipped")
       f.sluice_collector_requests_total:inc(st.successful_requests or 0, c, "success")
       f.sluice_collector_requests_total:inc(st.failed_requests or 0, c, "failure")
       f.sluice_records_processed_total:inc(st.data_points_collected or 0, c)

@@ -198,6 +198,41 @@ describe("sluice.collector request pipeline", function()
     log.output("-")
   end)
 
+  it("skips runs while the breaker is open: one warning per opening, no error, no traceback", function()
+    log.output("/dev/null")
+    local saved = log.level()
+    log.level("info")
+    log.ring_size(0); log.ring_size(1000)
+    local c = collector.new(spec({ base_url = up.url, retry = false, breaker = { failure_threshold = 2 },
+      collect = function(self) return { assert(self:get("/x")) } end }))
+    up:push(2, 500, "boom")
+    for _ = 1, 2 do assert.is_false((c:run_once())) end -- real failures: the breaker opens
+    assert.equal("open", c.breaker:state())
+    for _ = 1, 5 do
+      local ok, err = c:run_once()
+      assert.same({ false, "skipped: circuit breaker test_feed is open" }, { ok, err })
+    end
+    c.breaker:force_close()
+    up:push(2, 500, "boom")
+    for _ = 1, 2 do assert.is_false((c:run_once())) end -- open again
+    for _ = 1, 3 do assert.is_false((c:run_once())) end
+    local st = c:stats()
+    assert.same({ 8, 2 }, { st.collections_skipped, up.hits - 2 })
+    local errors, skips = 0, 0
+    for _, e in ipairs(require("sluice.log").recent()) do
+      if e.msg == "collection failed" then errors = errors + 1 end
+      if e.msg == "collection skipped: circuit breaker open" then
+        skips = skips + 1
+        assert.is_nil(e.traceback)
+        assert.equal("test_feed", e.breaker)
+      end
+    end
+    assert.same({ 4, 2 }, { errors, skips }) -- the four real failures; one warning per opening
+    assert.equal(4, c.stats_.collections_failed)
+    log.level(saved)
+    log.output("-")
+  end)
+
   it("sends auth and its headers to base_url's origin only", function()
     local other = upstream()
     local c = collector.new(spec({ base_url = up.url, headers = { ["X-Team"] = "t1" },
