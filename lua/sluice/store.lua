@@ -790,7 +790,7 @@ local function batch_duplicates(d, flat, nvalid)
   local key_idx, nk, ncols = d.key_idx, #d.key_idx, d.ncols
   local seen, parts, dups = {}, {}, 0
   for r = 0, nvalid - 1 do
-    local base, k = r * ncols, nil
+    local base, k = r * ncols
     if nk == 1 then
       k = flat[base + key_idx[1]]
     else
