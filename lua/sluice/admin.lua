@@ -449,7 +449,7 @@ function _M.start(app, opts)
 
   route("POST", "/reload", "mutation", function()
     local reload = require("sluice.app").reload
-    local ok, err = reload()
+    local ok, err = reload("POST /reload")
     if not ok then return 422, { status = "refused", error = err } end
     return 200, { status = "reloaded", collectors = #get_app().order }
   end)

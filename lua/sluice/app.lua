@@ -166,6 +166,16 @@ function _M.first_delays(order, start_rate)
   return out
 end
 
+--- startup_failed(err [, traceback]): a configuration or start-up error,
+-- said once on stderr as one line ("sluice: FILE: KEY: problem"; the
+-- traceback goes to the debug log only); the process then exits 1.
+function _M.startup_failed(err, traceback)
+  local msg = tostring(err)
+  io.stderr:write("sluice: ", (msg:gsub("\n.*", "")), "\n")
+  if traceback then log.debug("start-up failed", { error = msg, traceback = traceback }) end
+  sluice.shutdown(1)
+end
+
 --- run(config, file, opts) -> app: build, start every enabled collector
 -- (they run until shutdown) and the admin API when configured. The admin
 -- API answers from the start (app.starting is true until every collector
@@ -193,21 +203,27 @@ function _M.run(config, file, opts)
   end
   app.starting = nil
   if app.shared then app.shared:start() end
-  sluice.on_reload(function()
-    local ok, err = _M.reload()
-    if not ok then log.error("reload refused", { error = err }) end
-  end)
+  sluice.on_reload(function() _M.reload("SIGHUP") end)
   log.info("sluice started", { collectors = #app.order, store = app.config.store or "sluice.db" })
   return app
 end
 
---- reload() -> true | nil, err. Re-reads the configuration file and the
+local reload
+
+--- reload([by]) -> true | nil, err. Re-reads the configuration file and the
 -- collector scripts, builds and validates the whole new set before
 -- touching the running one; on any error nothing changes and the error
--- (file:line: message) is returned. Breaker and limiter state and
--- statistics carry over by collector name; removed or replaced collectors
--- stop gracefully (a run in progress finishes).
-function _M.reload()
+-- (file:line: message) is returned -- and logged, whoever asked (by: "SIGHUP",
+-- "POST /reload", "repl", ...). Breaker and limiter state and statistics
+-- carry over by collector name; removed or replaced collectors stop
+-- gracefully (a run in progress finishes).
+function _M.reload(by)
+  local ok, err = reload()
+  if not ok then log.error("reload refused", { error = err, by = by or "reload()" }) end
+  return ok, err
+end
+
+reload = function()
   local app = _M.current
   if not app then return nil, "no configuration is running" end
   if app.starting then return nil, "still starting: reload once every collector has started" end

@@ -715,17 +715,27 @@ function _M.cli(chunk, file, ...)
     end
     if o[k] then o[k] = parse_time(tonumber(o[k]) or o[k], k) end
   end
-  local config = chunk()
-  if type(config) ~= "table" then
-    error(file .. ": a backfill needs a configuration (a file returning a table)", 0)
-  end
-  local app = require("sluice.app").build(config, file)
+  -- a configuration that cannot start is one line on stderr, exit 1
+  local app_mod, tb = require("sluice.app"), nil
+  local okc, app = xpcall(function()
+    local config = chunk()
+    if type(config) ~= "table" then
+      error(file .. ": a backfill needs a configuration (a file returning a table)", 0)
+    end
+    return app_mod.build(config, file)
+  end, function(e)
+    tb = debug.traceback(tostring(e), 2)
+    return e
+  end)
+  if not okc then return app_mod.startup_failed(app, tb) end
   local c = app.collectors[name]
   if not c then
     local names = {}
     for n in pairs(app.collectors) do names[#names + 1] = n end
     table.sort(names)
-    error(file .. ": no collector named '" .. name .. "' (there are: " .. table.concat(names, ", ") .. ")", 0)
+    app.store:close()
+    return app_mod.startup_failed(file .. ": no collector named '" .. name .. "' (there are: "
+      .. table.concat(names, ", ") .. ")")
   end
   o.collector = c
   if o.plan_only then

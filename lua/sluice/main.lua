@@ -4,7 +4,13 @@
 return function(chunk, file, profile, ...)
   local result = chunk(...)
   if type(result) == "table" and not result._is_collector_spec then
-    require("sluice.app").run(result, file, { profile = profile })
+    -- a configuration that cannot start is one line on stderr, exit 1
+    local app, tb = require("sluice.app"), nil
+    local ok, err = xpcall(app.run, function(e)
+      tb = debug.traceback(tostring(e), 2)
+      return e
+    end, result, file, { profile = profile })
+    if not ok then app.startup_failed(err, tb) end
   elseif profile then
     error(file .. ": --profile needs a configuration (a file returning a table)", 0)
   end

@@ -360,7 +360,10 @@ helper("reload()", "re-read the configuration and collector scripts", function()
   if not (app and type(app.reload) == "function") then
     return text("reload is not available in this build (sluice.app has no reload)")
   end
-  return scrubbed(app.reload())
+  local ok, err = app.reload("repl")
+  -- refused: an error, so that `sluice repl -e 'reload()'` exits 1
+  if not ok then error(scrubbed(err), 0) end
+  return scrubbed(ok)
 end)
 
 helper("help()", "this list", function()

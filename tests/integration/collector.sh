@@ -22,6 +22,15 @@ return { collectors = { { use = "binance_klines", candle = 5 } } }
 LUA
 expect_exit "a bad option exits 1" 1 "$SLUICE" run "$WORK/bad.lua" --log-format json
 contains "the error names the file and the option" "$WORK/out" "bad.lua: collectors[1]: collector 'binance_klines': option 'candle' must be a string, got number"
+"$SLUICE" run "$WORK/bad.lua" --log-format json >"$WORK/stdout" 2>"$WORK/stderr"
+check "a configuration error writes nothing to stdout (no JSON line, no traceback)" test ! -s "$WORK/stdout"
+check "and one line to stderr ($(wc -l <"$WORK/stderr"))" test "$(wc -l <"$WORK/stderr")" = 1
+contains "that line is sluice: file: key: problem" "$WORK/stderr" \
+  "sluice: $WORK/bad.lua: collectors[1]: collector 'binance_klines': option 'candle' must be a string, got number"
+"$SLUICE" backfill "$WORK/bad.lua" binance_klines --from 2024-01-01 --to 2024-01-02 >"$WORK/stdout" 2>"$WORK/stderr"
+rc=$?
+check "sluice backfill: the same one line on stderr, exit 1 (exit $rc, $(wc -l <"$WORK/stderr") lines, stdout $(wc -c <"$WORK/stdout") bytes)" \
+  test "$rc $(wc -l <"$WORK/stderr") $(wc -c <"$WORK/stdout")" = "1 1 0"
 cat >"$WORK/unknown.lua" <<'LUA'
 return { colectors = {} }
 LUA

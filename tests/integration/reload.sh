@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # reload.sh -- reloads and manual runs of a live `sluice run` from outside:
 # a burst of SIGHUPs starts no extra run, a SIGHUP honours a flip of
-# `enabled` (shown in /status), and 30 concurrent POST /collect run the
-# collector once (the others join that run).
+# `enabled` (shown in /status), 30 concurrent POST /collect run the
+# collector once (the others join that run), and a refused reload is
+# logged whoever asked for it (SIGHUP, POST /reload, the REPL, which exits 1).
 . "$(dirname "$0")/common.bash"
 
 ADMIN_PORT=$(free_port)
@@ -33,7 +34,7 @@ LUA
 config true
 : >"$WORK/runs"
 touch "$WORK/hold"
-"$SLUICE" run "$WORK/sluice.lua" --control none --log-format json >"$WORK/sluice.out" 2>&1 &
+"$SLUICE" run "$WORK/sluice.lua" --control "$WORK/ctl.sock" --log-format json >"$WORK/sluice.out" 2>&1 &
 sluice_pid=$!
 trap 'kill $sluice_pid 2>/dev/null; wait $sluice_pid 2>/dev/null; rm -rf "$WORK"' EXIT
 
@@ -82,5 +83,21 @@ check "all 30 POST /collect answer ok" wait_until wait_collects
 joined=$(cat "$WORK"/collect.* | grep -o '"joined":true' | wc -l)
 check "one ran and 29 joined it (joined: $joined, a ran $(runs a) times)" test "$joined $(runs a)" = "29 2"
 check "the process is still up" kill -0 $sluice_pid
+
+# a broken configuration: every way of asking refuses, says why, and logs it
+refused() { grep -c "\"msg\":\"reload refused\".*\"by\":\"$1\"" "$WORK/sluice.out"; }
+echo 'return { store = "'"$WORK"'/db.sqlite", collectors = { { file = "feed.lua", interval = "soon" } } }' \
+  >"$WORK/sluice.lua"
+kill -HUP $sluice_pid
+check "a refused SIGHUP reload is logged" wait_until sh -c "[ \$(grep -c '\"by\":\"SIGHUP\"' '$WORK/sluice.out') -ge 1 ]"
+code=$(curl -s -o "$WORK/reload.json" -w '%{http_code}' --max-time 5 -X POST -H 'Content-Type: application/json' \
+  "http://127.0.0.1:$ADMIN_PORT/reload")
+check "POST /reload of a broken configuration answers 422 (got $code)" test "$code" = 422
+contains "and says why" "$WORK/reload.json" "option 'interval' must be number, got string"
+check "a refused POST /reload is logged ($(refused 'POST /reload'))" wait_until sh -c "[ \$(grep -c '\"by\":\"POST /reload\"' '$WORK/sluice.out') -ge 1 ]"
+expect_exit "sluice repl -e 'reload()' exits 1 when refused" 1 "$SLUICE" repl "$WORK/ctl.sock" -e 'reload()'
+contains "and prints why" "$WORK/out" "option 'interval' must be number, got string"
+check "a refused REPL reload is logged ($(refused repl))" wait_until sh -c "[ \$(grep -c '\"by\":\"repl\"' '$WORK/sluice.out') -ge 1 ]"
+check "the running collectors are untouched" kill -0 $sluice_pid
 
 finish
