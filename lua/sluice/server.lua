@@ -108,11 +108,14 @@ local DEFAULTS = {
   port = 0,
   max_body = 8 * 1024 * 1024,
   timeout = 60,
+  max_connections = 1024,
+  max_in_flight = 256,
+  request_timeout = 60,
 }
 
 local METHODS = {
   GET = true, POST = true, PUT = true, DELETE = true, PATCH = true,
-  HEAD = true, OPTIONS = true, TRACE = true, CONNECT = true, ["*"] = true,
+  HEAD = true, OPTIONS = true, TRACE = true, ["*"] = true,
 }
 
 local open_servers = setmetatable({}, { __mode = "k" })
@@ -135,6 +138,15 @@ local CHECKS = {
   end,
   timeout = function(v)
     return type(v) == "number" and v > 0 and v < math.huge, "a finite number > 0"
+  end,
+  max_connections = function(v)
+    return is_integer(v) and v >= 0 and v < 1e9, "an integer >= 0 (0: no limit)"
+  end,
+  max_in_flight = function(v)
+    return is_integer(v) and v >= 0 and v < 1e9, "an integer >= 0 (0: no limit)"
+  end,
+  request_timeout = function(v)
+    return type(v) == "number" and v >= 0 and v < 1e9, "a finite number >= 0 (0: none)"
   end,
 }
 
@@ -384,6 +396,9 @@ function Server:route(method, path, handler)
       .. type(handler) .. ")", 2)
   end
   method = method:upper()
+  if method ~= "*" then
+    self._methods[method] = true
+  end
   if path:sub(-1) == "*" then
     local prefix = path:sub(1, -2)
     for _, p in ipairs(self._prefixes) do
@@ -420,6 +435,55 @@ end
 
 -- --- dispatch ----------------------------------------------------------------
 local JSON = "application/json"
+local REPLACEMENT = "\239\191\189" -- U+FFFD
+
+-- s with every byte that does not belong to a well-formed UTF-8 sequence
+-- (RFC 3629: no overlongs, surrogates or code points past U+10FFFF)
+-- replaced by U+FFFD. cjson copies bytes >= 0x80 into its output as they
+-- are, so request data echoed in a JSON body could make it invalid.
+local function valid_utf8(s)
+  if not s:find("[\128-\255]") then
+    return s
+  end
+  local out, i, n = {}, 1, #s
+  local byte = string.byte
+  while i <= n do
+    local c = byte(s, i)
+    local len, lo, hi = 0, 0x80, 0xBF
+    if c < 0x80 then len = 1
+    elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then
+      len = 3
+      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      len = 4
+      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+    end
+    local ok = len > 0 and i + len - 1 <= n
+    for k = 1, len - 1 do
+      if not ok then break end
+      local b = byte(s, i + k)
+      if k == 1 then ok = b >= lo and b <= hi else ok = b >= 0x80 and b <= 0xBF end
+    end
+    if ok then
+      out[#out + 1] = s:sub(i, i + len - 1)
+      i = i + len
+    else
+      out[#out + 1] = REPLACEMENT
+      i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+_M.valid_utf8 = valid_utf8
+
+local function encode_json(v)
+  local s, err = cjson.encode(v)
+  if not s then
+    return nil, err
+  end
+  return valid_utf8(s)
+end
 
 local function trace(err)
   return { error = tostring(err), traceback = debug.traceback("", 2):sub(2) }
@@ -438,7 +502,7 @@ local function build_reply(status, body, headers)
   if body == nil then
     body = ""
   elseif tb == "table" then
-    local s, err = cjson.encode(body)
+    local s, err = encode_json(body)
     if not s then
       error("handler: cannot encode the body as JSON: " .. tostring(err), 0)
     end
@@ -458,14 +522,19 @@ local function reply_error(x, status, message, extra)
   if extra then
     for i = 1, #extra do flat[#flat + 1] = extra[i] end
   end
-  x:respond(status, flat, cjson.encode({ error = message }))
+  x:respond(status, flat, encode_json({ error = message }))
   return status
 end
 
 local function dispatch(srv, x, info)
   local t0 = sluice.now()
   local req = new_request(x, info)
-  local handler, allowed = find_handler(srv, req.method, req.path)
+  local handler, allowed
+  if req.method == "CONNECT" then
+    allowed = srv._methods -- not routable: no tunnels here
+  else
+    handler, allowed = find_handler(srv, req.method, req.path)
+  end
   local status
   if not handler then
     if allowed then
@@ -516,9 +585,13 @@ end
 -- --- listen ------------------------------------------------------------------
 function _M.listen(opts)
   opts = check_options(opts)
-  local srv = setmetatable({ host = opts.host, _exact = {}, _prefixes = {} }, Server)
-  local c, port = core.listen(opts.host, opts.port, opts.max_body, opts.timeout,
-    function(x, info) return dispatch(srv, x, info) end)
+  local srv = setmetatable({ host = opts.host, _exact = {}, _prefixes = {}, _methods = {} },
+    Server)
+  local c, port = core.listen(opts.host, opts.port, {
+    max_body = opts.max_body, timeout = opts.timeout,
+    max_connections = opts.max_connections, max_in_flight = opts.max_in_flight,
+    request_timeout = opts.request_timeout,
+  }, function(x, info) return dispatch(srv, x, info) end)
   if not c then
     return nil, port
   end

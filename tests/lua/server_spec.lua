@@ -31,7 +31,8 @@ describe("sluice.server.listen", function()
     local srv = listen()
     assert.equal("127.0.0.1", srv.host)
     assert.is_true(srv.port > 0 and srv.port <= 65535)
-    assert.same({ requests = 0, active = 0, open = true, closed = false }, srv:stats())
+    assert.same({ requests = 0, active = 0, connections = 0, refused = 0, open = true,
+      closed = false }, srv:stats())
   end)
 
   it("returns nil, err when the port is in use", function()
@@ -80,7 +81,8 @@ describe("sluice.server.listen", function()
     local srv = listen()
     assert.is_true(srv:close())
     assert.is_false(srv:close())
-    assert.same({ requests = 0, active = 0, open = false, closed = true }, srv:stats())
+    assert.same({ requests = 0, active = 0, connections = 0, refused = 0, open = false,
+      closed = true }, srv:stats())
     -- the port is free again
     local again = listen{ port = srv.port }
     assert.equal(srv.port, again.port)
@@ -411,7 +413,8 @@ describe("sluice.server fault injection", function()
     local client = sluice.spawn(function() return http.get(url(srv, "/slow")) end)
     while srv:stats().active == 0 do sluice.sleep(0.005) end
     assert.is_true(srv:close())
-    assert.same({ requests = 1, active = 1, open = false, closed = false }, srv:stats())
+    assert.same({ requests = 1, active = 1, connections = 1, refused = 0, open = false,
+      closed = false }, srv:stats())
     local ok, res = sluice.wait(client)
     assert.is_true(ok)
     assert.same({ 200, "done", "close" }, { res.status, res.body, res.headers["connection"] })
