@@ -106,6 +106,16 @@ end
 
 local function bad(msg) return 400, { error = msg } end
 
+-- The admin server's limits (see sluice.server.listen): every admin request
+-- body is a small JSON object; an operator needs a handful of connections.
+_M.LIMITS = {
+  max_body = 16 * 1024,
+  max_connections = 64,
+  max_in_flight = 32,
+  timeout = 30,
+  request_timeout = 10,
+}
+
 --- start(app, opts) -> srv | nil, err. opts: host, port, token.
 function _M.start(app, opts)
   opts = opts or {}
@@ -116,7 +126,10 @@ function _M.start(app, opts)
     return nil, "admin: refusing to listen on " .. host
       .. " without a token (set admin.token, e.g. collector.env(\"SLUICE_ADMIN_TOKEN\"))"
   end
-  local srv, listen_err = server.listen({ host = host, port = opts.port or 8080 })
+  local limits = {}
+  for k, v in pairs(_M.LIMITS) do limits[k] = v end
+  limits.host, limits.port = host, opts.port or 8080
+  local srv, listen_err = server.listen(limits)
   if not srv then return nil, "admin: " .. listen_err end
 
   local function guarded(handler)
@@ -238,6 +251,8 @@ function _M.start(app, opts)
       end
     end
     while #out > limit do table.remove(out, 1) end
+    -- cjson (2.1.0) encodes an empty table as {}
+    if #out == 0 then return 200, "[]", { ["content-type"] = "application/json" } end
     return 200, out
   end)
 
