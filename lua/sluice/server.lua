@@ -22,6 +22,18 @@
 --   opts.timeout   seconds of idle I/O while reading a request or writing a
 --                  reply, and for idle keep-alive connections (default 60).
 --                  It does not limit how long a handler runs.
+--   opts.max_connections  open connections (default 1024; 0: no limit).
+--                  One more is accepted, answered 503 {"error":"too many
+--                  connections"} (Retry-After: 1) and closed at once.
+--   opts.max_in_flight  requests being handled at once (default 256; 0: no
+--                  limit); more get 503 {"error":"too many requests in
+--                  flight"} and Connection: close, without a handler.
+--   opts.request_timeout  seconds a connection has to deliver a whole request
+--                  (headers and body), counted from accept or from its
+--                  previous reply (default 60; 0: none); then it is closed
+--                  without an answer. Unlike timeout, a client trickling
+--                  bytes does not extend it.
+--   Conflicting Content-Length headers get 400 and the connection closed.
 --   An unknown option or a wrong type raises an error naming the option;
 --   failing to listen (port in use, bad address) returns nil, err.
 --   A listening server keeps the process running until srv:close(); at
@@ -30,7 +42,8 @@
 -- srv.host, srv.port
 -- srv:route(method, path, handler) -> srv
 --   method: "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
---   "TRACE", "CONNECT" (any case), or "*" for any method. path: starts with
+--   "TRACE" (any case), or "*" for any method. CONNECT is not routable: it
+--   is answered 405 (a JSON body, Allow: the routed methods) and closed. path: starts with
 --   "/"; it matches exactly, or, when it ends in "*", every path that starts
 --   with what comes before the "*" ("/api/*" matches "/api/" and "/api/a/b",
 --   not "/api"). The most specific route that accepts the method wins: an
@@ -43,13 +56,15 @@
 -- srv:close() -> true if it was listening (idempotent). Stops accepting at
 --   once; requests in flight run to the end (their replies say
 --   Connection: close), then the server releases the loop.
--- srv:stats() -> { requests = n, active = n, open = bool, closed = bool }
+-- srv:stats() -> { requests = n, active = n, connections = n, refused = n,
+--   open = bool, closed = bool } (refused: over max_connections)
 --
 -- handler(req) runs as a task and returns status, body, headers:
 --   status  integer 100..599, default 200 (a handler may also return just
 --           a body: `return "pong"` or `return { ok = true }`)
 --   body    string, nil (empty), or a table sent as JSON (content-type
---           application/json unless headers set one). A string body gets
+--           application/json unless headers set one; invalid UTF-8 in it
+--           becomes U+FFFD). A string body gets
 --           text/plain; charset=utf-8 unless headers set a content-type.
 --   headers table name -> string (or number, or a list of strings for a
 --           repeated header)
