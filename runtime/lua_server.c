@@ -56,6 +56,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 
+#include "http_gate.h"
 #include "log.h"
 #include "modules.h"
 #include "runtime.h"
@@ -103,6 +104,9 @@ struct conn {
     server *srv;
     struct event *deadline;
     conn *prev, *next; /* the server's pending or live list */
+    sl_gate gate;      /* what arrives, checked before evhttp reads it */
+    struct evbuffer_cb_entry *gate_cb; /* on bev's input, while bev lives */
+    int discarding; /* a request was refused: input is dropped */
 };
 
 struct server {
@@ -124,6 +128,7 @@ struct server {
     conn *pending; /* accepted, not set up yet */
     conn *conns;   /* set up */
     struct event *new_conn_ev;
+    sl_gate_rules rules; /* rules.token is malloc'd, freed at finalize */
 };
 
 /* --- exchanges ------------------------------------------------------------ */
@@ -529,8 +534,11 @@ static void conn_unlink(conn **head, conn *c) {
 }
 
 static void conn_free(conn *c) {
+    if (c->gate_cb) /* only while c->bev is alive */
+        evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->gate_cb);
     if (c->deadline)
         event_free(c->deadline);
+    sl_gate_free(&c->gate);
     free(c);
 }
 
@@ -545,6 +553,8 @@ static conn *conn_find(server *s, struct evhttp_connection *evcon) {
  * end of the previous reply). */
 static void conn_arm(conn *c) {
     server *s = c->srv;
+    if (c->discarding)
+        return; /* closing already */
     if (c->deadline &&
         (s->request_timeout.tv_sec || s->request_timeout.tv_usec))
         event_add(c->deadline, &s->request_timeout);
@@ -599,6 +609,81 @@ static void refuse(conn *c) {
     evhttp_connection_free(conn_drop(c));
 }
 
+/* A request was refused on its head (http_gate.h): answer it on the
+ * socket, drop the rest of the input, and close once the client has gone
+ * or the deadline passes. evhttp never sees the head: it was drained before
+ * evhttp's read callback, which runs after this, could parse it. */
+static void refuse_request(conn *c, const sl_gate_refusal *why) {
+    struct bufferevent *bev = c->bev;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    c->discarding = 1;
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    /* With a reply of evhttp's still being written, one of ours would
+     * interleave with it: close without a word instead. */
+    if (fd >= 0 && why->status &&
+        evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        char msg[512];
+        int n =
+            snprintf(msg, sizeof(msg),
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n%sConnection: close\r\n\r\n"
+                     "{\"error\":\"%s\"}",
+                     why->status, reason(why->status), strlen(why->error) + 12,
+                     why->status == 401 ? "WWW-Authenticate: Bearer\r\n" : "",
+                     why->error);
+        if (send(fd, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+            sl_logf(SL_LOG_DEBUG, "sluice.server: cannot send %d: %s",
+                    why->status, strerror(errno));
+        shutdown(fd, SHUT_WR);
+    }
+    if (c->deadline) {
+        struct timeval linger = c->srv->request_timeout;
+        if (!linger.tv_sec && !linger.tv_usec)
+            linger.tv_sec = 10;
+        event_del(c->deadline);
+        event_add(c->deadline, &linger);
+    }
+}
+
+/* The connection's input buffer grew: feed the new bytes to its gate. Runs
+ * inside the bufferevent's read, before evhttp's read callback. */
+static void gate_input(struct evbuffer *buf,
+                       const struct evbuffer_cb_info *info, void *arg) {
+    conn *c = arg;
+    if (info->n_added == 0 || info->n_deleted != 0)
+        return; /* evhttp consuming, or our own drain */
+    if (c->discarding) {
+        evbuffer_drain(buf, evbuffer_get_length(buf));
+        return;
+    }
+    struct evbuffer_ptr pos;
+    if (evbuffer_ptr_set(buf, &pos, info->orig_size, EVBUFFER_PTR_SET) != 0)
+        return;
+    size_t left = info->n_added;
+    while (left > 0) {
+        struct evbuffer_iovec v[8];
+        int n = evbuffer_peek(buf, (ev_ssize_t)left, &pos, v, 8);
+        if (n <= 0)
+            return;
+        if (n > 8)
+            n = 8;
+        for (int i = 0; i < n && left > 0; i++) {
+            size_t len = v[i].iov_len < left ? v[i].iov_len : left;
+            sl_gate_refusal why;
+            if (sl_gate_feed(&c->gate, &c->srv->rules, v[i].iov_base, len,
+                             &why) != 0) {
+                refuse_request(c, &why);
+                return;
+            }
+            left -= len;
+            if (left > 0 &&
+                evbuffer_ptr_set(buf, &pos, len, EVBUFFER_PTR_ADD) != 0)
+                return;
+        }
+    }
+}
+
 /* evhttp (via evhttp_set_bevcb): a connection was accepted; evhttp has no
  * connection object for it yet. It is set up from new_conn_ev, which runs
  * once evhttp_get_request has returned, before any I/O on the socket. */
@@ -610,6 +695,8 @@ static struct bufferevent *new_bev(struct event_base *base, void *arg) {
         return bev; /* untracked, and still served */
     c->bev = bev;
     c->srv = s;
+    sl_gate_init(&c->gate);
+    c->gate_cb = evbuffer_add_cb(bufferevent_get_input(bev), gate_input, c);
     bufferevent_incref(bev); /* in case evhttp frees it first */
     conn_link(&s->pending, c);
     event_active(s->new_conn_ev, EV_TIMEOUT, 0);
@@ -629,11 +716,13 @@ static void new_conn_cb(evutil_socket_t fd, short what, void *arg) {
          * evhttp_connection as its argument; bufferevent_free clears them,
          * so a connection evhttp already dropped has none. */
         bufferevent_getcb(c->bev, NULL, NULL, &ecb, &evcon);
-        bufferevent_decref(c->bev);
         if (!ecb || !evcon || !s->http) {
-            free(c);
+            struct bufferevent *bev = c->bev;
+            conn_free(c);
+            bufferevent_decref(bev);
             continue;
         }
+        bufferevent_decref(c->bev); /* evhttp's from now on */
         c->evcon = evcon;
         c->deadline = event_new(sl_rt.base, -1, 0, deadline_cb, c);
         evhttp_connection_set_closecb(c->evcon, on_conn_close, s);
@@ -896,14 +985,19 @@ static void server_finalize(server *s) {
     }
     s->http = NULL;
     evhttp_free(http); /* on_conn_close for every live connection */
-    while (s->conns)   /* any evhttp did not report */
+    while (s->conns) { /* any evhttp did not report: its bev is gone */
+        s->conns->gate_cb = NULL;
         conn_drop(s->conns);
-    conn *c;
-    while ((c = s->pending) != NULL) { /* freed with the evhttp */
-        conn_unlink(&s->pending, c);
-        bufferevent_decref(c->bev);
-        free(c);
     }
+    conn *c;
+    while ((c = s->pending) != NULL) { /* bev kept by our reference */
+        struct bufferevent *bev = c->bev;
+        conn_unlink(&s->pending, c);
+        conn_free(c);
+        bufferevent_decref(bev);
+    }
+    free((char *)s->rules.token);
+    s->rules.token = NULL;
     if (s->finalize_ev) {
         event_free(s->finalize_ev);
         s->finalize_ev = NULL;
@@ -964,6 +1058,20 @@ static int l_listen(lua_State *L) {
     lua_Number max_conns = limit_field(L, "max_connections", 1e9, 1);
     lua_Number max_in_flight = limit_field(L, "max_in_flight", 1e9, 1);
     lua_Number request_timeout = limit_field(L, "request_timeout", 1e9, 0);
+    lua_getfield(L, 3, "auth_token");
+    size_t token_len = 0;
+    const char *token =
+        lua_isnil(L, -1) ? NULL : lua_tolstring(L, -1, &token_len);
+    unsigned auth_methods = 0;
+    lua_getfield(L, 3, "auth_methods");
+    if (lua_istable(L, -1))
+        for (int i = 1; i <= (int)lua_objlen(L, -1); i++) {
+            lua_rawgeti(L, -1, i);
+            size_t ml = 0;
+            const char *m = lua_tolstring(L, -1, &ml);
+            auth_methods |= m ? sl_gate_method(m, ml) : 0;
+            lua_pop(L, 1);
+        }
     luaL_checktype(L, 4, LUA_TFUNCTION);
     if (sl_rt.stopping) {
         lua_pushnil(L);
@@ -978,6 +1086,16 @@ static int l_listen(lua_State *L) {
     s->max_in_flight = (long)max_in_flight;
     if (request_timeout > 0)
         sl_timeout_tv(request_timeout, &s->request_timeout);
+    s->rules.max_body = (unsigned long long)max_body;
+    if (token && token_len > 0) {
+        char *copy = malloc(token_len + 1);
+        if (!copy)
+            return luaL_error(L, "out of memory");
+        memcpy(copy, token, token_len + 1);
+        s->rules.token = copy;
+        s->rules.token_len = token_len;
+        s->rules.auth_methods = auth_methods;
+    }
     luaL_getmetatable(L, SERVER_MT);
     lua_setmetatable(L, -2);
 
@@ -990,6 +1108,8 @@ static int l_listen(lua_State *L) {
         int e = errno;
         evhttp_free(s->http);
         s->http = NULL;
+        free((char *)s->rules.token);
+        s->rules.token = NULL;
         lua_pushnil(L);
         lua_pushfstring(L, "cannot listen on %s:%d: %s", host, (int)port,
                         e ? strerror(e) : "cannot bind");

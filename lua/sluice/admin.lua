@@ -129,6 +129,8 @@ function _M.start(app, opts)
   local limits = {}
   for k, v in pairs(_M.LIMITS) do limits[k] = v end
   limits.host, limits.port = host, opts.port or 8080
+  -- checked on the headers, before a body is read; guarded() below stays
+  if token then limits.auth = { token = token, methods = { "POST", "DELETE" } } end
   local srv, listen_err = server.listen(limits)
   if not srv then return nil, "admin: " .. listen_err end
 

@@ -16,9 +16,11 @@
 --   opts.host      address to bind (default "127.0.0.1"; "0.0.0.0", "::1" work)
 --   opts.port      0..65535 (default 0: a free port, see srv.port)
 --   opts.max_body  largest request body in bytes (default 8 MiB); larger ->
---                  413 from evhttp itself (an HTML page, Connection: close),
---                  without calling a handler. Request headers are limited to
---                  64 KiB in all (larger -> 400 from evhttp).
+--                  413 without calling a handler: {"error":"request body too
+--                  large"} on a declared Content-Length, before the body is
+--                  read; for a chunked body, from evhttp itself (an HTML
+--                  page). Either closes the connection. Request headers are
+--                  limited to 64 KiB in all (larger -> 400 from evhttp).
 --   opts.timeout   seconds of idle I/O while reading a request or writing a
 --                  reply, and for idle keep-alive connections (default 60).
 --                  It does not limit how long a handler runs.
@@ -33,7 +35,17 @@
 --                  previous reply (default 60; 0: none); then it is closed
 --                  without an answer. Unlike timeout, a client trickling
 --                  bytes does not extend it.
---   Conflicting Content-Length headers get 400 and the connection closed.
+--   opts.auth      { token = "...", methods = { "POST", "DELETE" } }: a
+--                  request with one of these methods needs the header
+--                  "Authorization: Bearer <token>" (compared in constant
+--                  time). Without it, it is answered 401 {"error":
+--                  "unauthorized"} (WWW-Authenticate: Bearer) on its
+--                  headers alone, before any of its body is read, and the
+--                  connection is closed. Default: none.
+--   Requests are checked on their headers, before their body is read: a
+--   declared Content-Length over max_body gets 413 at once, conflicting
+--   Content-Length headers get 400, and a malformed chunk size in a chunked
+--   body gets 400; each answer closes the connection.
 --   An unknown option or a wrong type raises an error naming the option;
 --   failing to listen (port in use, bad address) returns nil, err.
 --   A listening server keeps the process running until srv:close(); at
@@ -163,6 +175,20 @@ local CHECKS = {
   request_timeout = function(v)
     return type(v) == "number" and v >= 0 and v < 1e9, "a finite number >= 0 (0: none)"
   end,
+  auth = function(v)
+    local what = "a table { token = non-empty string, methods = list of methods }"
+    if type(v) ~= "table" or type(v.token) ~= "string" or v.token == ""
+      or type(v.methods) ~= "table" then
+      return false, what
+    end
+    for k in pairs(v) do
+      if k ~= "token" and k ~= "methods" then return false, what end
+    end
+    for _, m in ipairs(v.methods) do
+      if type(m) ~= "string" or not METHODS[m:upper()] or m == "*" then return false, what end
+    end
+    return true
+  end,
 }
 
 local function check_options(opts)
@@ -177,6 +203,13 @@ local function check_options(opts)
     if not CHECKS[k] then
       error("sluice.server.listen: unknown option '" .. tostring(k) .. "'", 3)
     end
+  end
+  if opts.auth ~= nil then
+    local ok, what = CHECKS.auth(opts.auth)
+    if not ok then
+      error("sluice.server.listen: option 'auth' must be " .. what, 3)
+    end
+    out.auth = opts.auth
   end
   for k, default in pairs(DEFAULTS) do
     local v = opts[k]
@@ -598,6 +631,12 @@ local function dispatch(srv, x, info)
 end
 
 -- --- listen ------------------------------------------------------------------
+local function upper_all(list)
+  local out = {}
+  for i, m in ipairs(list) do out[i] = m:upper() end
+  return out
+end
+
 function _M.listen(opts)
   opts = check_options(opts)
   local srv = setmetatable({ host = opts.host, _exact = {}, _prefixes = {}, _methods = {} },
@@ -606,6 +645,8 @@ function _M.listen(opts)
     max_body = opts.max_body, timeout = opts.timeout,
     max_connections = opts.max_connections, max_in_flight = opts.max_in_flight,
     request_timeout = opts.request_timeout,
+    auth_token = opts.auth and opts.auth.token,
+    auth_methods = opts.auth and upper_all(opts.auth.methods),
   }, function(x, info) return dispatch(srv, x, info) end)
   if not c then
     return nil, port

@@ -177,8 +177,9 @@ done.set()
 sampler.join()
 for s in hogs:
     s.close()
-too_large = sum(1 for data, closed in replies if status(data) == 413 and closed)
-check("each 8 MiB upload is answered 413 and closed (%d of 64)" % too_large, too_large == 64)
+unauthorized = sum(1 for data, closed in replies if status(data) == 401 and closed)
+check("each unauthenticated 8 MiB upload is answered 401 and closed (%d of 64)" % unauthorized,
+      unauthorized == 64)
 check("RSS grew by less than 64 MB (base %.0f MB, peak %.0f MB)" % (base, peak[0]),
       peak[0] - base < 64)
 check("the connections are released", wait_connections(0))
@@ -190,6 +191,25 @@ s.sendall(b"POST /collect HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
 data, _ = read_until_closed(s, 5)
 s.close()
 check("an unauthenticated POST is answered 401 (got %s)" % status(data), status(data) == 401)
+
+# --- judged on the headers: no body needs to be sent for an answer ---------
+def head_only(port, head):
+    s = connect(port)
+    s.sendall(head)
+    data, closed = read_until_closed(s, 5)
+    s.close()
+    return data, closed
+
+
+data, closed = head_only(admin_port, HEAD)
+check("an unauthenticated POST declaring 8 MiB is answered 401 before its body (got %s)"
+      % status(data), status(data) == 401 and closed)
+check("... with WWW-Authenticate and a JSON reason",
+      header(data, "WWW-Authenticate") == "Bearer" and body(data) == b'{"error":"unauthorized"}')
+data, closed = head_only(admin_port, HEAD.replace(b"Host: x", b"Host: x\r\nAuthorization: Bearer s3cret"))
+check("an authenticated POST declaring 8 MiB is answered 413 before its body (got %s)"
+      % status(data), status(data) == 413 and closed)
+check("... with a JSON reason", body(data) == b'{"error":"request body too large"}')
 
 # --- slowloris: headers trickled, never finished ---------------------------
 s = connect(admin_port)
@@ -229,6 +249,23 @@ s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
 data, _ = read_until_closed(s, 5)
 s.close()
 check("repeated equal Content-Length headers are accepted (got %s)" % status(data),
+      status(data) == 200 and json.loads(body(data))["size"] == 5)
+
+# --- a malformed chunk size ----------------------------------------------------
+s = connect(plain_port)
+s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+          b"zz\r\nhello\r\n0\r\n\r\n")
+data, closed = read_until_closed(s, 5)
+s.close()
+check("a malformed chunk size: 400 (got %s)" % status(data), status(data) == 400)
+check("... with a JSON reason", body(data) == b'{"error":"bad chunk size"}')
+check("... and the connection closed", closed)
+s = connect(plain_port)
+s.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+          b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+data, _ = read_until_closed(s, 5)
+s.close()
+check("a well-formed chunked body is read (got %s)" % status(data),
       status(data) == 200 and json.loads(body(data))["size"] == 5)
 
 # --- CONNECT ---------------------------------------------------------------

@@ -246,6 +246,30 @@ describe("sluice.server requests", function()
     assert.is_false(called)
   end)
 
+  it("requires a bearer token for the methods in auth, checked on the headers", function()
+    local srv = listen{ auth = { token = "t0k", methods = { "POST", "delete" } }, max_body = 10 }
+    local calls = 0
+    srv:route("*", "/x", function(req) calls = calls + 1; return req.method end)
+    local res = assert(http.post(url(srv, "/x"), { body = string.rep("b", 100) }))
+    assert.same({ 401, "Bearer", "close" },
+      { res.status, res.headers["www-authenticate"], res.headers["connection"] })
+    assert.same({ error = "unauthorized" }, res:json())
+    res = assert(http.request{ method = "DELETE", url = url(srv, "/x"),
+      headers = { Authorization = "Bearer t0" } })
+    assert.equal(401, res.status)
+    assert.equal(0, calls)
+    -- over max_body with the token: 413 on the declared length
+    res = assert(http.post(url(srv, "/x"), { body = string.rep("b", 100),
+      headers = { Authorization = "Bearer t0k" } }))
+    assert.same({ 413, { error = "request body too large" } }, { res.status, res:json() })
+    res = assert(http.post(url(srv, "/x"), { body = "ok", headers = { Authorization = "Bearer t0k" } }))
+    assert.same({ 200, "POST" }, { res.status, res.body })
+    res = assert(http.get(url(srv, "/x")))
+    assert.same({ 200, "GET", 2 }, { res.status, res.body, calls })
+    assert.equal("sluice.server.listen: option 'auth' must be a table { token = non-empty string, "
+      .. "methods = list of methods }", errmsg(server.listen, { auth = { token = "", methods = {} } }))
+  end)
+
   it("answers 503 over max_in_flight, without calling the handler", function()
     local srv = listen{ max_in_flight = 1 }
     local calls = 0
