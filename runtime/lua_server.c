@@ -34,6 +34,16 @@
  * - If a handler task ends without answering (it failed, or it was killed),
  *   the exchange answers 500 itself, or closes the connection if a streamed
  *   reply had begun.
+ * - Each accepted connection gets a record (conn) from the bufferevent
+ *   callback on; it is set up by an event of ours once evhttp has a
+ *   connection object, and freed in the connection's close callback (the
+ *   only place evhttp reports a connection's end). The record holds the
+ *   request deadline and a gate (core/http_gate.h) fed from an input-buffer
+ *   callback, which runs before evhttp's read callback: a head the gate
+ *   refuses is drained before evhttp can parse it and answered on the
+ *   socket directly. Connections evhttp closes or we close
+ *   (evhttp_connection_free, from our own events or a task, never from an
+ *   evhttp callback) are forgotten through the same close callback.
  * - At lua_close every __gc may run in any order: a server's __gc frees the
  *   evhttp after cutting all its exchanges loose; an exchange's __gc unlinks
  *   itself. Userdata memory stays valid until all finalizers have run.

@@ -228,6 +228,9 @@ int sl_gate_feed(sl_gate *g, const sl_gate_rules *r, const char *data,
             g->len = 0;
             if (judge(g, r, stop, why) != 0)
                 return -1;
+            if (g->cap > 4096) { /* a large head: do not keep its room */
+                sl_gate_free(g);
+            }
             break;
         }
         case G_CSIZE:
