@@ -498,7 +498,8 @@ local function valid_utf8(s)
   while i <= n do
     local c = byte(s, i)
     local len, lo, hi = 0, 0x80, 0xBF
-    if c < 0x80 then len = 1
+    if c < 0x80 then -- a run of ASCII at once
+      len = (s:find("[\128-\255]", i + 1) or n + 1) - i
     elseif c >= 0xC2 and c <= 0xDF then len = 2
     elseif c >= 0xE0 and c <= 0xEF then
       len = 3
@@ -508,7 +509,7 @@ local function valid_utf8(s)
       if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
     end
     local ok = len > 0 and i + len - 1 <= n
-    for k = 1, len - 1 do
+    for k = 1, c < 0x80 and 0 or len - 1 do
       if not ok then break end
       local b = byte(s, i + k)
       if k == 1 then ok = b >= lo and b <= hi else ok = b >= 0x80 and b <= 0xBF end
@@ -579,7 +580,8 @@ local function dispatch(srv, x, info)
   local req = new_request(x, info)
   local handler, allowed
   if req.method == "CONNECT" then
-    allowed = srv._methods -- not routable: no tunnels here
+    allowed = {} -- not routable: no tunnels here
+    for m in pairs(srv._methods) do allowed[m] = true end
   else
     handler, allowed = find_handler(srv, req.method, req.path)
   end
