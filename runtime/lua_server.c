@@ -34,6 +34,16 @@
  * - If a handler task ends without answering (it failed, or it was killed),
  *   the exchange answers 500 itself, or closes the connection if a streamed
  *   reply had begun.
+ * - Each accepted connection gets a record (conn) from the bufferevent
+ *   callback on; it is set up by an event of ours once evhttp has a
+ *   connection object, and freed in the connection's close callback (the
+ *   only place evhttp reports a connection's end). The record holds the
+ *   request deadline and a gate (core/http_gate.h) fed from an input-buffer
+ *   callback, which runs before evhttp's read callback: a head the gate
+ *   refuses is drained before evhttp can parse it and answered on the
+ *   socket directly. Connections evhttp closes or we close
+ *   (evhttp_connection_free, from our own events or a task, never from an
+ *   evhttp callback) are forgotten through the same close callback.
  * - At lua_close every __gc may run in any order: a server's __gc frees the
  *   evhttp after cutting all its exchanges loose; an exchange's __gc unlinks
  *   itself. Userdata memory stays valid until all finalizers have run.
@@ -53,9 +63,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include "accept_guard.h"
+#include "http_gate.h"
 #include "log.h"
 #include "modules.h"
 #include "runtime.h"
@@ -68,6 +80,7 @@
 
 typedef struct server server;
 typedef struct exchange exchange;
+typedef struct conn conn;
 
 typedef enum ex_state {
     EX_NEW,       /* received, not answered */
@@ -83,11 +96,28 @@ struct exchange {
     server *srv; /* while listed */
     ex_state state;
     int head;              /* a HEAD request: never send a body */
+    int connect;           /* CONNECT: evhttp would drop the body */
+    conn *conn;            /* its connection's record, while listed */
     long long declared;    /* streamed Content-Length, or -1 */
     long long written;     /* streamed body bytes */
     int ref;               /* registry anchor, or LUA_NOREF */
     int listed, task_live; /* what the anchor is for */
     exchange *prev, *next; /* the server's list */
+};
+
+/* One accepted connection. Created (pending) in the bufferevent callback,
+ * before evhttp has a connection object; set up from new_conn_ev once it
+ * has; freed in the connection's close callback. The deadline bounds how
+ * long the connection may take to deliver a whole request. */
+struct conn {
+    struct bufferevent *bev;         /* evhttp's; ours to ref while pending */
+    struct evhttp_connection *evcon; /* NULL while pending */
+    server *srv;
+    struct event *deadline;
+    conn *prev, *next; /* the server's pending or live list */
+    sl_gate gate;      /* what arrives, checked before evhttp reads it */
+    struct evbuffer_cb_entry *gate_cb; /* on bev's input, while bev lives */
+    int discarding; /* a request was refused: input is dropped */
 };
 
 struct server {
@@ -102,10 +132,22 @@ struct server {
     long requests; /* since listen */
     long active;   /* listed exchanges */
     exchange *list;
+    /* limits (0: none) */
+    long max_connections, max_in_flight;
+    struct timeval request_timeout; /* zero: none */
+    long connections;               /* live connections */
+    long refused;  /* connections over max_connections, since listen */
+    conn *pending; /* accepted, not set up yet */
+    conn *conns;   /* set up */
+    struct event *new_conn_ev;
+    sl_gate_rules rules; /* rules.token is malloc'd, freed at finalize */
 };
 
 /* --- exchanges ------------------------------------------------------------ */
 static void server_maybe_finalize_later(server *s);
+static void conn_arm(conn *c);
+static conn *conn_find(server *s, struct evhttp_connection *evcon);
+static struct evhttp_connection *conn_drop(conn *c);
 
 static void ex_unanchor_if_unused(exchange *x) {
     if (x->listed || x->task_live || x->ref == LUA_NOREF || !sl_rt.L)
@@ -129,6 +171,7 @@ static void ex_unlist(exchange *x) {
     x->listed = 0;
     x->srv = NULL;
     x->evcon = NULL;
+    x->conn = NULL;
     s->active--;
     server_maybe_finalize_later(s);
 }
@@ -152,6 +195,8 @@ static void on_complete(struct evhttp_request *req, void *arg) {
     (void)req;
     x->req = NULL;
     x->state = EX_DONE;
+    if (x->conn)
+        conn_arm(x->conn); /* the next request on this connection */
     ex_unlist(x);
     ex_unanchor_if_unused(x);
 }
@@ -159,6 +204,9 @@ static void on_complete(struct evhttp_request *req, void *arg) {
 /* evhttp: a connection of server arg is being freed. */
 static void on_conn_close(struct evhttp_connection *evcon, void *arg) {
     server *s = arg;
+    conn *c = conn_find(s, evcon);
+    if (c)
+        conn_drop(c);
     exchange *x = s->list;
     while (x) {
         exchange *next = x->next;
@@ -177,6 +225,52 @@ static void set_header(struct evhttp_request *req, const char *k,
     evhttp_add_header(h, k, v);
 }
 
+static const char *reason(int status) {
+    switch (status) {
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    }
+    return status < 400 ? "OK" : "Error";
+}
+
+/* evhttp never sends a body, nor a Content-Length, in a reply to CONNECT,
+ * and keeps the connection open after it. That reply is written here
+ * instead, and the connection closed after it. */
+static void ex_send_raw(exchange *x, struct evhttp_request *req, int status,
+                        const char *body, size_t len) {
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    struct evbuffer *out = bufferevent_get_output(bev);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, reason(status));
+    for (struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next)
+        if (strcasecmp(kv->key, "Content-Length") != 0 &&
+            strcasecmp(kv->key, "Connection") != 0)
+            evbuffer_add_printf(out, "%s: %s\r\n", kv->key, kv->value);
+    evbuffer_add_printf(out, "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+                        len);
+    evbuffer_add(out, body, len);
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    if (fd >= 0)
+        evbuffer_write(out, fd); /* a few hundred bytes: one write */
+    x->state = EX_SENT;
+    evhttp_connection_free(evcon); /* on_conn_close: answered, unlisted */
+    ex_unlist(x);
+    x->state = EX_DONE;
+}
+
 /* Sends a complete reply and lets go of the request. */
 static void ex_send(exchange *x, int status, const char *body, size_t len) {
     struct evhttp_request *req = x->req;
@@ -185,6 +279,10 @@ static void ex_send(exchange *x, int status, const char *body, size_t len) {
         evhttp_request_free(req); /* what evhttp_send_reply would do */
         x->state = EX_CLOSED;
         ex_unlist(x);
+        return;
+    }
+    if (x->connect) {
+        ex_send_raw(x, req, status, body, len);
         return;
     }
     if (x->srv && x->srv->closing)
@@ -427,6 +525,228 @@ static int ex_tostring(lua_State *L) {
     return 1;
 }
 
+/* --- connections ---------------------------------------------------------- */
+
+static void conn_link(conn **head, conn *c) {
+    c->prev = NULL;
+    c->next = *head;
+    if (*head)
+        (*head)->prev = c;
+    *head = c;
+}
+
+static void conn_unlink(conn **head, conn *c) {
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        *head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void conn_free(conn *c) {
+    if (c->gate_cb) /* only while c->bev is alive */
+        evbuffer_remove_cb_entry(bufferevent_get_input(c->bev), c->gate_cb);
+    if (c->deadline)
+        event_free(c->deadline);
+    sl_gate_free(&c->gate);
+    free(c);
+}
+
+static conn *conn_find(server *s, struct evhttp_connection *evcon) {
+    for (conn *c = s->conns; c; c = c->next)
+        if (c->evcon == evcon)
+            return c;
+    return NULL;
+}
+
+/* Starts the clock for the next request on c (from accept, or from the
+ * end of the previous reply). */
+static void conn_arm(conn *c) {
+    server *s = c->srv;
+    if (c->discarding)
+        return; /* closing already */
+    if (c->deadline &&
+        (s->request_timeout.tv_sec || s->request_timeout.tv_usec))
+        event_add(c->deadline, &s->request_timeout);
+}
+
+/* Forgets a live connection; returns its evhttp connection, which the
+ * caller frees unless evhttp is freeing it already. */
+static struct evhttp_connection *conn_drop(conn *c) {
+    server *s = c->srv;
+    struct evhttp_connection *evcon = c->evcon;
+    conn_unlink(&s->conns, c);
+    s->connections--;
+    for (exchange *x = s->list; x; x = x->next)
+        if (x->conn == c)
+            x->conn = NULL;
+    conn_free(c);
+    return evcon;
+}
+
+/* The connection did not deliver a whole request in time (a slow or idle
+ * client, headers never finished, a body trickled): close it. */
+static void deadline_cb(evutil_socket_t fd, short what, void *arg) {
+    conn *c = arg;
+    (void)fd;
+    (void)what;
+    evhttp_connection_free(conn_drop(c));
+}
+
+/* Over max_connections: answer 503 and close at once. What the client sent
+ * already is read first, so that closing does not reset the connection
+ * before it sees the answer. */
+static void refuse(conn *c) {
+    static const char body[] = "{\"error\":\"too many connections\"}";
+    char msg[256];
+    int n = snprintf(msg, sizeof(msg),
+                     "HTTP/1.1 503 Service Unavailable\r\n"
+                     "Content-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nRetry-After: 1\r\n"
+                     "Connection: close\r\n\r\n%s",
+                     sizeof(body) - 1, body);
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    if (fd >= 0) {
+        char sink[4096];
+        for (int i = 0; i < 16; i++)
+            if (recv(fd, sink, sizeof(sink), MSG_DONTWAIT) <= 0)
+                break;
+        if (send(fd, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+            sl_logf(SL_LOG_DEBUG, "sluice.server: cannot send 503: %s",
+                    strerror(errno));
+    }
+    c->srv->refused++;
+    evhttp_connection_free(conn_drop(c));
+}
+
+/* A request was refused on its head (http_gate.h): answer it on the
+ * socket, drop the rest of the input, and close once the client has gone
+ * or the deadline passes. evhttp never sees the head: it was drained before
+ * evhttp's read callback, which runs after this, could parse it. */
+static void refuse_request(conn *c, const sl_gate_refusal *why) {
+    struct bufferevent *bev = c->bev;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    c->discarding = 1;
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    /* With a reply of evhttp's still being written, one of ours would
+     * interleave with it: close without a word instead. */
+    if (fd >= 0 && why->status &&
+        evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        char msg[512];
+        int n =
+            snprintf(msg, sizeof(msg),
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n%sConnection: close\r\n\r\n"
+                     "{\"error\":\"%s\"}",
+                     why->status, reason(why->status), strlen(why->error) + 12,
+                     why->status == 401 ? "WWW-Authenticate: Bearer\r\n" : "",
+                     why->error);
+        if (send(fd, msg, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+            sl_logf(SL_LOG_DEBUG, "sluice.server: cannot send %d: %s",
+                    why->status, strerror(errno));
+        shutdown(fd, SHUT_WR);
+    }
+    if (c->deadline) {
+        struct timeval linger = c->srv->request_timeout;
+        if (!linger.tv_sec && !linger.tv_usec)
+            linger.tv_sec = 10;
+        event_del(c->deadline);
+        event_add(c->deadline, &linger);
+    }
+}
+
+/* The connection's input buffer grew: feed the new bytes to its gate. Runs
+ * inside the bufferevent's read, before evhttp's read callback. */
+static void gate_input(struct evbuffer *buf,
+                       const struct evbuffer_cb_info *info, void *arg) {
+    conn *c = arg;
+    if (info->n_added == 0 || info->n_deleted != 0)
+        return; /* evhttp consuming, or our own drain */
+    if (c->discarding) {
+        evbuffer_drain(buf, evbuffer_get_length(buf));
+        return;
+    }
+    struct evbuffer_ptr pos;
+    if (evbuffer_ptr_set(buf, &pos, info->orig_size, EVBUFFER_PTR_SET) != 0)
+        return;
+    size_t left = info->n_added;
+    while (left > 0) {
+        struct evbuffer_iovec v[8];
+        int n = evbuffer_peek(buf, (ev_ssize_t)left, &pos, v, 8);
+        if (n <= 0)
+            return;
+        if (n > 8)
+            n = 8;
+        for (int i = 0; i < n && left > 0; i++) {
+            size_t len = v[i].iov_len < left ? v[i].iov_len : left;
+            sl_gate_refusal why;
+            if (sl_gate_feed(&c->gate, &c->srv->rules, v[i].iov_base, len,
+                             &why) != 0) {
+                refuse_request(c, &why);
+                return;
+            }
+            left -= len;
+            if (left > 0 &&
+                evbuffer_ptr_set(buf, &pos, len, EVBUFFER_PTR_ADD) != 0)
+                return;
+        }
+    }
+}
+
+/* evhttp (via evhttp_set_bevcb): a connection was accepted; evhttp has no
+ * connection object for it yet. It is set up from new_conn_ev, which runs
+ * once evhttp_get_request has returned, before any I/O on the socket. */
+static struct bufferevent *new_bev(struct event_base *base, void *arg) {
+    server *s = arg;
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
+    conn *c = bev ? calloc(1, sizeof(*c)) : NULL;
+    if (!c)
+        return bev; /* untracked, and still served */
+    c->bev = bev;
+    c->srv = s;
+    sl_gate_init(&c->gate);
+    c->gate_cb = evbuffer_add_cb(bufferevent_get_input(bev), gate_input, c);
+    bufferevent_incref(bev); /* in case evhttp frees it first */
+    conn_link(&s->pending, c);
+    event_active(s->new_conn_ev, EV_TIMEOUT, 0);
+    return bev;
+}
+
+static void new_conn_cb(evutil_socket_t fd, short what, void *arg) {
+    server *s = arg;
+    (void)fd;
+    (void)what;
+    conn *c;
+    while ((c = s->pending) != NULL) {
+        conn_unlink(&s->pending, c);
+        bufferevent_event_cb ecb = NULL;
+        void *evcon = NULL;
+        /* evhttp gives every callback of a connection's bufferevent the
+         * evhttp_connection as its argument; bufferevent_free clears them,
+         * so a connection evhttp already dropped has none. */
+        bufferevent_getcb(c->bev, NULL, NULL, &ecb, &evcon);
+        if (!ecb || !evcon || !s->http) {
+            struct bufferevent *bev = c->bev;
+            conn_free(c);
+            bufferevent_decref(bev);
+            continue;
+        }
+        bufferevent_decref(c->bev); /* evhttp's from now on */
+        c->evcon = evcon;
+        c->deadline = event_new(sl_rt.base, -1, 0, deadline_cb, c);
+        evhttp_connection_set_closecb(c->evcon, on_conn_close, s);
+        conn_link(&s->conns, c);
+        s->connections++;
+        if (s->max_connections > 0 && s->connections > s->max_connections)
+            refuse(c);
+        else
+            conn_arm(c);
+    }
+}
+
 /* --- the request callback ------------------------------------------------- */
 static const char *method_name(enum evhttp_cmd_type t) {
     switch (t) {
@@ -569,12 +889,50 @@ static void no_delay(struct evhttp_connection *evcon) {
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+/* Answers req with {"error": msg} and closes its connection. */
+static void reject(struct evhttp_request *req, int status, const char *msg) {
+    struct evbuffer *b = evhttp_request_get_output_buffer(req);
+    evhttp_clear_headers(evhttp_request_get_output_headers(req));
+    set_header(req, "Content-Type", "application/json");
+    set_header(req, "Connection", "close");
+    evbuffer_add_printf(b, "{\"error\":\"%s\"}", msg);
+    evhttp_send_reply(req, status, NULL, NULL);
+}
+
+/* Several Content-Length headers that disagree: evhttp reads the body by
+ * the first, a proxy in front may have used another (request smuggling). */
+static int conflicting_length(struct evhttp_request *req) {
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    const char *first = NULL;
+    for (struct evkeyval *kv = h->tqh_first; kv; kv = kv->next.tqe_next) {
+        if (strcasecmp(kv->key, "Content-Length") != 0)
+            continue;
+        if (!first)
+            first = kv->value;
+        else if (strcmp(first, kv->value) != 0)
+            return 1;
+    }
+    return 0;
+}
+
 static void on_request(struct evhttp_request *req, void *arg) {
     server *s = arg;
     lua_State *L = sl_rt.L;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    conn *cn = evcon ? conn_find(s, evcon) : NULL;
+    if (cn && cn->deadline)
+        event_del(cn->deadline); /* the request is in: no deadline */
     if (s->closing || !L) {
         set_header(req, "Connection", "close");
         evhttp_send_error(req, 503, NULL);
+        return;
+    }
+    if (conflicting_length(req)) {
+        reject(req, 400, "conflicting Content-Length headers");
+        return;
+    }
+    if (s->max_in_flight > 0 && s->active >= s->max_in_flight) {
+        reject(req, 503, "too many requests in flight");
         return;
     }
     accept_ctx c = {.srv = s, .req = req};
@@ -597,6 +955,8 @@ static void on_request(struct evhttp_request *req, void *arg) {
     x->req = req;
     x->evcon = evhttp_request_get_connection(req);
     x->head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+    x->connect = evhttp_request_get_command(req) == EVHTTP_REQ_CONNECT;
+    x->conn = cn;
     x->srv = s;
     x->listed = 1;
     x->task_live = 1;
@@ -638,10 +998,27 @@ static void server_finalize(server *s) {
         ex_unlist(x);
     }
     s->http = NULL;
-    evhttp_free(http);
+    evhttp_free(http); /* on_conn_close for every live connection */
+    while (s->conns) { /* any evhttp did not report: its bev is gone */
+        s->conns->gate_cb = NULL;
+        conn_drop(s->conns);
+    }
+    conn *c;
+    while ((c = s->pending) != NULL) { /* bev kept by our reference */
+        struct bufferevent *bev = c->bev;
+        conn_unlink(&s->pending, c);
+        conn_free(c);
+        bufferevent_decref(bev);
+    }
+    free((char *)s->rules.token);
+    s->rules.token = NULL;
     if (s->finalize_ev) {
         event_free(s->finalize_ev);
         s->finalize_ev = NULL;
+    }
+    if (s->new_conn_ev) {
+        event_free(s->new_conn_ev);
+        s->new_conn_ev = NULL;
     }
     if (sl_rt.L) {
         luaL_unref(sl_rt.L, LUA_REGISTRYINDEX, s->dispatch_ref);
@@ -668,19 +1045,48 @@ static server *check_server(lua_State *L) {
     return luaL_checkudata(L, 1, SERVER_MT);
 }
 
-/* listen(host, port, max_body, timeout, dispatch) -> srv, port | nil, err */
+/* The number limits[name]: nil gives 0 (none). Raises unless it is in
+ * [0, max), and for a count, an integer. */
+static lua_Number limit_field(lua_State *L, const char *name, lua_Number max,
+                              int integer) {
+    lua_getfield(L, 3, name);
+    lua_Number v = lua_isnil(L, -1) ? 0 : luaL_checknumber(L, -1);
+    lua_pop(L, 1);
+    if (!(v >= 0 && v < max) || (integer && v != floor(v)))
+        luaL_error(L, "bad limit '%s'", name);
+    return v;
+}
+
+/* listen(host, port, limits, dispatch) -> srv, port | nil, err. limits:
+ * { max_body, timeout, max_connections, max_in_flight, request_timeout },
+ * validated by server.lua; 0 or nil is no limit, except for timeout. */
 static int l_listen(lua_State *L) {
     const char *host = luaL_checkstring(L, 1);
     lua_Number port = luaL_checknumber(L, 2);
     luaL_argcheck(L, port == floor(port) && port >= 0 && port <= 65535, 2,
                   "port must be an integer in [0, 65535]");
-    lua_Number max_body = luaL_checknumber(L, 3);
-    luaL_argcheck(L, max_body >= 0 && max_body < 9e15, 3,
-                  "max_body must be a number >= 0");
-    lua_Number timeout = luaL_checknumber(L, 4);
-    luaL_argcheck(L, timeout > 0 && isfinite(timeout), 4,
-                  "timeout must be a finite number > 0");
-    luaL_checktype(L, 5, LUA_TFUNCTION);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_Number max_body = limit_field(L, "max_body", 9e15, 1);
+    lua_Number timeout = limit_field(L, "timeout", 1e9, 0);
+    luaL_argcheck(L, timeout > 0, 3, "timeout must be a finite number > 0");
+    lua_Number max_conns = limit_field(L, "max_connections", 1e9, 1);
+    lua_Number max_in_flight = limit_field(L, "max_in_flight", 1e9, 1);
+    lua_Number request_timeout = limit_field(L, "request_timeout", 1e9, 0);
+    lua_getfield(L, 3, "auth_token");
+    size_t token_len = 0;
+    const char *token =
+        lua_isnil(L, -1) ? NULL : lua_tolstring(L, -1, &token_len);
+    unsigned auth_methods = 0;
+    lua_getfield(L, 3, "auth_methods");
+    if (lua_istable(L, -1))
+        for (int i = 1; i <= (int)lua_objlen(L, -1); i++) {
+            lua_rawgeti(L, -1, i);
+            size_t ml = 0;
+            const char *m = lua_tolstring(L, -1, &ml);
+            auth_methods |= m ? sl_gate_method(m, ml) : 0;
+            lua_pop(L, 1);
+        }
+    luaL_checktype(L, 4, LUA_TFUNCTION);
     if (sl_rt.stopping) {
         lua_pushnil(L);
         lua_pushstring(L, "shutting down");
@@ -690,6 +1096,20 @@ static int l_listen(lua_State *L) {
     server *s = lua_newuserdata(L, sizeof(*s));
     memset(s, 0, sizeof(*s));
     s->dispatch_ref = s->self_ref = LUA_NOREF;
+    s->max_connections = (long)max_conns;
+    s->max_in_flight = (long)max_in_flight;
+    if (request_timeout > 0)
+        sl_timeout_tv(request_timeout, &s->request_timeout);
+    s->rules.max_body = (unsigned long long)max_body;
+    if (token && token_len > 0) {
+        char *copy = malloc(token_len + 1);
+        if (!copy)
+            return luaL_error(L, "out of memory");
+        memcpy(copy, token, token_len + 1);
+        s->rules.token = copy;
+        s->rules.token_len = token_len;
+        s->rules.auth_methods = auth_methods;
+    }
     luaL_getmetatable(L, SERVER_MT);
     lua_setmetatable(L, -2);
 
@@ -702,6 +1122,8 @@ static int l_listen(lua_State *L) {
         int e = errno;
         evhttp_free(s->http);
         s->http = NULL;
+        free((char *)s->rules.token);
+        s->rules.token = NULL;
         lua_pushnil(L);
         lua_pushfstring(L, "cannot listen on %s:%d: %s", host, (int)port,
                         e ? strerror(e) : "cannot bind");
@@ -735,8 +1157,10 @@ static int l_listen(lua_State *L) {
     sl_timeout_tv(timeout, &tv); /* finite: the wrapper refuses math.huge */
     evhttp_set_timeout_tv(s->http, &tv);
     s->finalize_ev = event_new(sl_rt.base, -1, 0, finalize_cb, s);
+    s->new_conn_ev = event_new(sl_rt.base, -1, 0, new_conn_cb, s);
+    evhttp_set_bevcb(s->http, new_bev, s);
 
-    lua_pushvalue(L, 5);
+    lua_pushvalue(L, 4);
     s->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, -1);
     s->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -765,10 +1189,15 @@ static int srv_close(lua_State *L) {
     return 1;
 }
 
-/* srv:stats() -> { requests = n, active = n, open = bool, closed = bool } */
+/* srv:stats() -> { requests = n, active = n, connections = n,
+ * refused = n, open = bool, closed = bool } */
 static int srv_stats(lua_State *L) {
     server *s = check_server(L);
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 6);
+    lua_pushnumber(L, (lua_Number)s->connections);
+    lua_setfield(L, -2, "connections");
+    lua_pushnumber(L, (lua_Number)s->refused);
+    lua_setfield(L, -2, "refused");
     lua_pushnumber(L, (lua_Number)s->requests);
     lua_setfield(L, -2, "requests");
     lua_pushnumber(L, (lua_Number)s->active);

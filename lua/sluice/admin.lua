@@ -210,6 +210,16 @@ local function scrubbed(status, body, headers)
   return status, body, headers
 end
 
+-- The admin server's limits (see sluice.server.listen): every admin request
+-- body is a small JSON object; an operator needs a handful of connections.
+_M.LIMITS = {
+  max_body = 16 * 1024,
+  max_connections = 64,
+  max_in_flight = 32,
+  timeout = 30,
+  request_timeout = 10,
+}
+
 --- start(app, opts) -> srv | nil, err. opts: host, port, token, hosts,
 -- insecure_loopback_mutations (see the access policy above).
 function _M.start(app, opts)
@@ -222,7 +232,12 @@ function _M.start(app, opts)
       .. " without a token (set admin.token, e.g. collector.env(\"SLUICE_ADMIN_TOKEN\"))"
   end
   redact.register(token)
-  local srv, listen_err = server.listen({ host = host, port = opts.port or 8080 })
+  local limits = {}
+  for k, v in pairs(_M.LIMITS) do limits[k] = v end
+  limits.host, limits.port = host, opts.port or 8080
+  -- checked on the headers, before a body is read; guarded() below stays
+  if token then limits.auth = { token = token, methods = { "POST", "DELETE" } } end
+  local srv, listen_err = server.listen(limits)
   if not srv then return nil, "admin: " .. listen_err end
   local policy = {
     token = token, port = srv.port, wildcard = WILDCARD[host] or false,
@@ -352,6 +367,8 @@ function _M.start(app, opts)
       end
     end
     while #out > limit do table.remove(out, 1) end
+    -- cjson (2.1.0) encodes an empty table as {}
+    if #out == 0 then return 200, "[]", { ["content-type"] = "application/json" } end
     return 200, out
   end)
 

@@ -16,12 +16,36 @@
 --   opts.host      address to bind (default "127.0.0.1"; "0.0.0.0", "::1" work)
 --   opts.port      0..65535 (default 0: a free port, see srv.port)
 --   opts.max_body  largest request body in bytes (default 8 MiB); larger ->
---                  413 from evhttp itself (an HTML page, Connection: close),
---                  without calling a handler. Request headers are limited to
---                  64 KiB in all (larger -> 400 from evhttp).
+--                  413 without calling a handler: {"error":"request body too
+--                  large"} on a declared Content-Length, before the body is
+--                  read; for a chunked body, from evhttp itself (an HTML
+--                  page). Either closes the connection. Request headers are
+--                  limited to 64 KiB in all (larger -> 400 from evhttp).
 --   opts.timeout   seconds of idle I/O while reading a request or writing a
 --                  reply, and for idle keep-alive connections (default 60).
 --                  It does not limit how long a handler runs.
+--   opts.max_connections  open connections (default 1024; 0: no limit).
+--                  One more is accepted, answered 503 {"error":"too many
+--                  connections"} (Retry-After: 1) and closed at once.
+--   opts.max_in_flight  requests being handled at once (default 256; 0: no
+--                  limit); more get 503 {"error":"too many requests in
+--                  flight"} and Connection: close, without a handler.
+--   opts.request_timeout  seconds a connection has to deliver a whole request
+--                  (headers and body), counted from accept or from its
+--                  previous reply (default 60; 0: none); then it is closed
+--                  without an answer. Unlike timeout, a client trickling
+--                  bytes does not extend it.
+--   opts.auth      { token = "...", methods = { "POST", "DELETE" } }: a
+--                  request with one of these methods needs the header
+--                  "Authorization: Bearer <token>" (compared in constant
+--                  time). Without it, it is answered 401 {"error":
+--                  "unauthorized"} (WWW-Authenticate: Bearer) on its
+--                  headers alone, before any of its body is read, and the
+--                  connection is closed. Default: none.
+--   Requests are checked on their headers, before their body is read: a
+--   declared Content-Length over max_body gets 413 at once, conflicting
+--   Content-Length headers get 400, and a malformed chunk size in a chunked
+--   body gets 400; each answer closes the connection.
 --   An unknown option or a wrong type raises an error naming the option;
 --   failing to listen (port in use, bad address) returns nil, err.
 --   A listening server keeps the process running until srv:close(); at
@@ -30,7 +54,8 @@
 -- srv.host, srv.port
 -- srv:route(method, path, handler) -> srv
 --   method: "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS",
---   "TRACE", "CONNECT" (any case), or "*" for any method. path: starts with
+--   "TRACE" (any case), or "*" for any method. CONNECT is not routable: it
+--   is answered 405 (a JSON body, Allow: the routed methods) and closed. path: starts with
 --   "/"; it matches exactly, or, when it ends in "*", every path that starts
 --   with what comes before the "*" ("/api/*" matches "/api/" and "/api/a/b",
 --   not "/api"). The most specific route that accepts the method wins: an
@@ -43,13 +68,15 @@
 -- srv:close() -> true if it was listening (idempotent). Stops accepting at
 --   once; requests in flight run to the end (their replies say
 --   Connection: close), then the server releases the loop.
--- srv:stats() -> { requests = n, active = n, open = bool, closed = bool }
+-- srv:stats() -> { requests = n, active = n, connections = n, refused = n,
+--   open = bool, closed = bool } (refused: over max_connections)
 --
 -- handler(req) runs as a task and returns status, body, headers:
 --   status  integer 100..599, default 200 (a handler may also return just
 --           a body: `return "pong"` or `return { ok = true }`)
 --   body    string, nil (empty), or a table sent as JSON (content-type
---           application/json unless headers set one). A string body gets
+--           application/json unless headers set one; invalid UTF-8 in it
+--           becomes U+FFFD). A string body gets
 --           text/plain; charset=utf-8 unless headers set a content-type.
 --   headers table name -> string (or number, or a list of strings for a
 --           repeated header)
@@ -108,11 +135,14 @@ local DEFAULTS = {
   port = 0,
   max_body = 8 * 1024 * 1024,
   timeout = 60,
+  max_connections = 1024,
+  max_in_flight = 256,
+  request_timeout = 60,
 }
 
 local METHODS = {
   GET = true, POST = true, PUT = true, DELETE = true, PATCH = true,
-  HEAD = true, OPTIONS = true, TRACE = true, CONNECT = true, ["*"] = true,
+  HEAD = true, OPTIONS = true, TRACE = true, ["*"] = true,
 }
 
 local open_servers = setmetatable({}, { __mode = "k" })
@@ -136,6 +166,29 @@ local CHECKS = {
   timeout = function(v)
     return type(v) == "number" and v > 0 and v < math.huge, "a finite number > 0"
   end,
+  max_connections = function(v)
+    return is_integer(v) and v >= 0 and v < 1e9, "an integer >= 0 (0: no limit)"
+  end,
+  max_in_flight = function(v)
+    return is_integer(v) and v >= 0 and v < 1e9, "an integer >= 0 (0: no limit)"
+  end,
+  request_timeout = function(v)
+    return type(v) == "number" and v >= 0 and v < 1e9, "a finite number >= 0 (0: none)"
+  end,
+  auth = function(v)
+    local what = "a table { token = non-empty string, methods = list of methods }"
+    if type(v) ~= "table" or type(v.token) ~= "string" or v.token == ""
+      or type(v.methods) ~= "table" then
+      return false, what
+    end
+    for k in pairs(v) do
+      if k ~= "token" and k ~= "methods" then return false, what end
+    end
+    for _, m in ipairs(v.methods) do
+      if type(m) ~= "string" or not METHODS[m:upper()] or m == "*" then return false, what end
+    end
+    return true
+  end,
 }
 
 local function check_options(opts)
@@ -150,6 +203,13 @@ local function check_options(opts)
     if not CHECKS[k] then
       error("sluice.server.listen: unknown option '" .. tostring(k) .. "'", 3)
     end
+  end
+  if opts.auth ~= nil then
+    local ok, what = CHECKS.auth(opts.auth)
+    if not ok then
+      error("sluice.server.listen: option 'auth' must be " .. what, 3)
+    end
+    out.auth = opts.auth
   end
   for k, default in pairs(DEFAULTS) do
     local v = opts[k]
@@ -384,6 +444,9 @@ function Server:route(method, path, handler)
       .. type(handler) .. ")", 2)
   end
   method = method:upper()
+  if method ~= "*" then
+    self._methods[method] = true
+  end
   if path:sub(-1) == "*" then
     local prefix = path:sub(1, -2)
     for _, p in ipairs(self._prefixes) do
@@ -420,6 +483,56 @@ end
 
 -- --- dispatch ----------------------------------------------------------------
 local JSON = "application/json"
+local REPLACEMENT = "\239\191\189" -- U+FFFD
+
+-- s with every byte that does not belong to a well-formed UTF-8 sequence
+-- (RFC 3629: no overlongs, surrogates or code points past U+10FFFF)
+-- replaced by U+FFFD. cjson copies bytes >= 0x80 into its output as they
+-- are, so request data echoed in a JSON body could make it invalid.
+local function valid_utf8(s)
+  if not s:find("[\128-\255]") then
+    return s
+  end
+  local out, i, n = {}, 1, #s
+  local byte = string.byte
+  while i <= n do
+    local c = byte(s, i)
+    local len, lo, hi = 0, 0x80, 0xBF
+    if c < 0x80 then -- a run of ASCII at once
+      len = (s:find("[\128-\255]", i + 1) or n + 1) - i
+    elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then
+      len = 3
+      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      len = 4
+      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+    end
+    local ok = len > 0 and i + len - 1 <= n
+    for k = 1, c < 0x80 and 0 or len - 1 do
+      if not ok then break end
+      local b = byte(s, i + k)
+      if k == 1 then ok = b >= lo and b <= hi else ok = b >= 0x80 and b <= 0xBF end
+    end
+    if ok then
+      out[#out + 1] = s:sub(i, i + len - 1)
+      i = i + len
+    else
+      out[#out + 1] = REPLACEMENT
+      i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+_M.valid_utf8 = valid_utf8
+
+local function encode_json(v)
+  local s, err = cjson.encode(v)
+  if not s then
+    return nil, err
+  end
+  return valid_utf8(s)
+end
 
 local function trace(err)
   return { error = tostring(err), traceback = debug.traceback("", 2):sub(2) }
@@ -438,7 +551,7 @@ local function build_reply(status, body, headers)
   if body == nil then
     body = ""
   elseif tb == "table" then
-    local s, err = cjson.encode(body)
+    local s, err = encode_json(body)
     if not s then
       error("handler: cannot encode the body as JSON: " .. tostring(err), 0)
     end
@@ -458,14 +571,20 @@ local function reply_error(x, status, message, extra)
   if extra then
     for i = 1, #extra do flat[#flat + 1] = extra[i] end
   end
-  x:respond(status, flat, cjson.encode({ error = message }))
+  x:respond(status, flat, encode_json({ error = message }))
   return status
 end
 
 local function dispatch(srv, x, info)
   local t0 = sluice.now()
   local req = new_request(x, info)
-  local handler, allowed = find_handler(srv, req.method, req.path)
+  local handler, allowed
+  if req.method == "CONNECT" then
+    allowed = {} -- not routable: no tunnels here
+    for m in pairs(srv._methods) do allowed[m] = true end
+  else
+    handler, allowed = find_handler(srv, req.method, req.path)
+  end
   local status
   if not handler then
     if allowed then
@@ -514,11 +633,23 @@ local function dispatch(srv, x, info)
 end
 
 -- --- listen ------------------------------------------------------------------
+local function upper_all(list)
+  local out = {}
+  for i, m in ipairs(list) do out[i] = m:upper() end
+  return out
+end
+
 function _M.listen(opts)
   opts = check_options(opts)
-  local srv = setmetatable({ host = opts.host, _exact = {}, _prefixes = {} }, Server)
-  local c, port = core.listen(opts.host, opts.port, opts.max_body, opts.timeout,
-    function(x, info) return dispatch(srv, x, info) end)
+  local srv = setmetatable({ host = opts.host, _exact = {}, _prefixes = {}, _methods = {} },
+    Server)
+  local c, port = core.listen(opts.host, opts.port, {
+    max_body = opts.max_body, timeout = opts.timeout,
+    max_connections = opts.max_connections, max_in_flight = opts.max_in_flight,
+    request_timeout = opts.request_timeout,
+    auth_token = opts.auth and opts.auth.token,
+    auth_methods = opts.auth and upper_all(opts.auth.methods),
+  }, function(x, info) return dispatch(srv, x, info) end)
   if not c then
     return nil, port
   end

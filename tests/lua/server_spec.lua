@@ -31,7 +31,8 @@ describe("sluice.server.listen", function()
     local srv = listen()
     assert.equal("127.0.0.1", srv.host)
     assert.is_true(srv.port > 0 and srv.port <= 65535)
-    assert.same({ requests = 0, active = 0, open = true, closed = false }, srv:stats())
+    assert.same({ requests = 0, active = 0, connections = 0, refused = 0, open = true,
+      closed = false }, srv:stats())
   end)
 
   it("returns nil, err when the port is in use", function()
@@ -62,6 +63,12 @@ describe("sluice.server.listen", function()
       errmsg(server.listen, { max_body = -1 }))
     assert.equal("sluice.server.listen: option 'timeout' must be a finite number > 0 (got 0)",
       errmsg(server.listen, { timeout = 0 }))
+    assert.equal("sluice.server.listen: option 'max_connections' must be an integer >= 0 "
+      .. "(0: no limit) (got 1.5)", errmsg(server.listen, { max_connections = 1.5 }))
+    assert.equal("sluice.server.listen: option 'max_in_flight' must be an integer >= 0 "
+      .. "(0: no limit) (got -1)", errmsg(server.listen, { max_in_flight = -1 }))
+    assert.equal("sluice.server.listen: option 'request_timeout' must be a finite number >= 0 "
+      .. "(0: none) (got inf)", errmsg(server.listen, { request_timeout = math.huge }))
   end)
 
   it("reports misuse at the caller's line", function()
@@ -80,7 +87,8 @@ describe("sluice.server.listen", function()
     local srv = listen()
     assert.is_true(srv:close())
     assert.is_false(srv:close())
-    assert.same({ requests = 0, active = 0, open = false, closed = true }, srv:stats())
+    assert.same({ requests = 0, active = 0, connections = 0, refused = 0, open = false,
+      closed = true }, srv:stats())
     -- the port is free again
     local again = listen{ port = srv.port }
     assert.equal(srv.port, again.port)
@@ -95,6 +103,9 @@ describe("srv:route", function()
       errmsg(srv.route, srv, "FETCH", "/", h))
     assert.equal([[sluice.server.route: bad argument #1 'method' (an HTTP method or "*" expected, got nil)]],
       errmsg(srv.route, srv, nil, "/", h))
+    -- CONNECT is answered 405 by the server itself: there are no tunnels
+    assert.equal([[sluice.server.route: bad argument #1 'method' (an HTTP method or "*" expected, got 'CONNECT')]],
+      errmsg(srv.route, srv, "CONNECT", "/", h))
     assert.equal([[sluice.server.route: bad argument #2 'path' (string starting with "/" expected, got 'x')]],
       errmsg(srv.route, srv, "GET", "x", h))
     assert.equal("sluice.server.route: bad argument #3 'handler' (function expected, got string)",
@@ -233,6 +244,74 @@ describe("sluice.server requests", function()
     res = assert(http.post(url(srv, "/up"), { body = string.rep("x", 1001) }))
     assert.equal(413, res.status)
     assert.is_false(called)
+  end)
+
+  it("requires a bearer token for the methods in auth, checked on the headers", function()
+    local srv = listen{ auth = { token = "t0k", methods = { "POST", "delete" } }, max_body = 10 }
+    local calls = 0
+    srv:route("*", "/x", function(req) calls = calls + 1; return req.method end)
+    local res = assert(http.post(url(srv, "/x"), { body = string.rep("b", 100) }))
+    assert.same({ 401, "Bearer", "close" },
+      { res.status, res.headers["www-authenticate"], res.headers["connection"] })
+    assert.same({ error = "unauthorized" }, res:json())
+    res = assert(http.request{ method = "DELETE", url = url(srv, "/x"),
+      headers = { Authorization = "Bearer t0" } })
+    assert.equal(401, res.status)
+    assert.equal(0, calls)
+    -- over max_body with the token: 413 on the declared length
+    res = assert(http.post(url(srv, "/x"), { body = string.rep("b", 100),
+      headers = { Authorization = "Bearer t0k" } }))
+    assert.same({ 413, { error = "request body too large" } }, { res.status, res:json() })
+    res = assert(http.post(url(srv, "/x"), { body = "ok", headers = { Authorization = "Bearer t0k" } }))
+    assert.same({ 200, "POST" }, { res.status, res.body })
+    res = assert(http.get(url(srv, "/x")))
+    assert.same({ 200, "GET", 2 }, { res.status, res.body, calls })
+    assert.equal("sluice.server.listen: option 'auth' must be a table { token = non-empty string, "
+      .. "methods = list of methods }", errmsg(server.listen, { auth = { token = "", methods = {} } }))
+  end)
+
+  it("answers 503 over max_in_flight, without calling the handler", function()
+    local srv = listen{ max_in_flight = 1 }
+    local calls = 0
+    srv:route("GET", "/slow", function() calls = calls + 1; sluice.sleep(0.2); return "slow" end)
+    local first = sluice.spawn(function() return http.get(url(srv, "/slow")) end)
+    while srv:stats().active == 0 do sluice.sleep(0.005) end
+    local res = assert(http.get(url(srv, "/slow")))
+    assert.same({ 503, "close" }, { res.status, res.headers["connection"] })
+    assert.same({ error = "too many requests in flight" }, res:json())
+    local ok, done = sluice.wait(first)
+    assert.is_true(ok)
+    assert.same({ 200, "slow", 1 }, { done.status, done.body, calls })
+    res = assert(http.get(url(srv, "/slow")))
+    assert.same({ 200, 2 }, { res.status, calls })
+  end)
+
+  it("keeps JSON bodies valid UTF-8 when they carry invalid bytes", function()
+    local srv = listen()
+    srv:route("GET", "/echo", function(req)
+      return 400, { error = "unknown name '" .. req.query.name .. "'" }
+    end)
+    local res = assert(http.get(url(srv, "/echo?name=a%FFb%C3%A9")))
+    assert.equal(400, res.status)
+    assert.equal('{"error":"unknown name \'a\239\191\189b\195\169\'"}', res.body)
+  end)
+
+  it("valid_utf8 replaces each byte outside a well-formed sequence with U+FFFD", function()
+    local R = "\239\191\189"
+    local cases = {
+      { "plain ascii", "plain ascii" },
+      { "\195\169\226\130\172\240\159\152\128", "\195\169\226\130\172\240\159\152\128" },
+      { "\255", R },                               -- never valid
+      { "\192\175", R .. R },                      -- overlong "/"
+      { "\224\128\175", R .. R .. R },             -- overlong, 3 bytes
+      { "\237\160\128", R .. R .. R },             -- a surrogate
+      { "\244\144\128\128", R .. R .. R .. R },    -- past U+10FFFF
+      { "a\195", "a" .. R },                        -- truncated at the end
+      { "\195a", R .. "a" },                        -- continuation missing
+    }
+    for _, c in ipairs(cases) do
+      assert.equal(c[2], server.valid_utf8(c[1]))
+    end
   end)
 
   it("answers 500 when a handler fails, and goes on", function()
@@ -411,7 +490,8 @@ describe("sluice.server fault injection", function()
     local client = sluice.spawn(function() return http.get(url(srv, "/slow")) end)
     while srv:stats().active == 0 do sluice.sleep(0.005) end
     assert.is_true(srv:close())
-    assert.same({ requests = 1, active = 1, open = false, closed = false }, srv:stats())
+    assert.same({ requests = 1, active = 1, connections = 1, refused = 0, open = false,
+      closed = false }, srv:stats())
     local ok, res = sluice.wait(client)
     assert.is_true(ok)
     assert.same({ 200, "done", "close" }, { res.status, res.body, res.headers["connection"] })
