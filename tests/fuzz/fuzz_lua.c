@@ -89,6 +89,10 @@ static void die(const char *what, const char *msg) {
     abort();
 }
 
+/* At exit, before LeakSanitizer's check (registered earlier, so run later):
+ * what the Lua state owns is freed through its __gc metamethods. */
+static void close_runtime(void) { sl_runtime_close(); }
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
@@ -109,6 +113,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         die("wrapper", lua_tostring(L, -1));
     driver_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     cover_lua(L);
+    atexit(close_runtime);
     return 0;
 }
 

@@ -69,6 +69,9 @@ assert(captured, "fuzz_admin: admin.start did not listen")
 -- the files stay: /reload reads them; the OS temp cleaner removes the dir
 log.level("none")
 
+-- FUZZ_TRACE=1: each request and its status on stderr (to check seeds)
+local TRACE = os.getenv("FUZZ_TRACE") ~= nil
+
 local METHODS = { "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE", "CONNECT", "PATCH" }
 local KNOWN = {}
 for _, m in ipairs(METHODS) do KNOWN[m] = true end
@@ -148,6 +151,7 @@ return function(input)
   if type(st) ~= "number" or st ~= math.floor(st) or st < 100 or st > 599 then
     finding("bad status", st)
   end
+  if TRACE then io.stderr:write(info.method, " ", info.uri, " -> ", tostring(st), " ", x.body:sub(1, 120), "\n") end
   if st == 500 then finding(info.method .. " " .. info.path .. ": 500 (a handler raised)", x.body) end
   local flat, ctype = x.flat or {}, nil
   if #flat % 2 ~= 0 then finding("odd header list") end
