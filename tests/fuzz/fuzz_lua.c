@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "log.h"
 #include "runtime.h"
@@ -89,9 +90,54 @@ static void die(const char *what, const char *msg) {
     abort();
 }
 
+/* FUZZ_LUACOV=1 (replay builds): the lines of lua/sluice/ run by the
+ * inputs, counted per file and printed at exit -- the coverage figure of
+ * tests/fuzz/README.md. Recorded in a registry table {source = {line}}. */
+static int luacov_ref = LUA_NOREF;
+
+static void luacov_hook(lua_State *L, lua_Debug *ar) {
+    if (!lua_getinfo(L, "S", ar) ||
+        strncmp(ar->source, "@lua/sluice/", 12) != 0)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, luacov_ref);
+    lua_getfield(L, -1, ar->source);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, ar->source);
+    }
+    lua_pushboolean(L, 1);
+    lua_rawseti(L, -2, ar->currentline);
+    lua_pop(L, 2);
+}
+
+static void luacov_report(void) {
+    lua_State *L = sl_rt.L;
+    if (luacov_ref == LUA_NOREF || !L)
+        return;
+    lua_sethook(L, NULL, 0, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, luacov_ref);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        int n = 0;
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            n++;
+            lua_pop(L, 1);
+        }
+        printf("luacov %s: %d lines run\n", lua_tostring(L, -2) + 1, n);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 /* At exit, before LeakSanitizer's check (registered earlier, so run later):
  * what the Lua state owns is freed through its __gc metamethods. */
-static void close_runtime(void) { sl_runtime_close(); }
+static void close_runtime(void) {
+    luacov_report();
+    sl_runtime_close();
+}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
@@ -112,7 +158,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     if (lua_pcall(L, 1, 1, 0) != 0)
         die("wrapper", lua_tostring(L, -1));
     driver_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    cover_lua(L);
+    if (getenv("FUZZ_LUACOV")) {
+        lua_newtable(L);
+        luacov_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+        lua_sethook(L, luacov_hook, LUA_MASKLINE, 0);
+    } else {
+        cover_lua(L);
+    }
     atexit(close_runtime);
     return 0;
 }
