@@ -20,7 +20,7 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define MAX_SEEDS 4096
+#define MAX_SEEDS 65536
 #define MAX_LEN 65536
 
 typedef struct blob {
@@ -50,6 +50,9 @@ static void add_file(const char *path) {
         abort();
     size_t n = fread(p, 1, MAX_LEN, f);
     fclose(f);
+    uint8_t *fit = realloc(p, n ? n : 1);
+    if (fit)
+        p = fit;
     if (nseeds == MAX_SEEDS) {
         free(p);
         return;
