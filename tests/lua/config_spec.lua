@@ -75,7 +75,7 @@ describe("sluice.config", function()
       err_of({ start_rate = 0 }))
   end)
 
-  -- found by tests/fuzz (fuzz_config): these raised Lua runtime errors
+  -- found while writing tests/fuzz (fuzz_config): these raised Lua runtime errors
   -- ("attempt to concatenate", "attempt to index") instead of naming the key
   it("names the key of a collector name or profiles table of the wrong type", function()
     local function err_of(c, opts)
