@@ -198,6 +198,9 @@ function _M.validate(config, file)
     end
     if entry.use ~= nil and type(entry.use) ~= "string" then fail(file, key .. ".use", "must be a string") end
     if entry.file ~= nil and type(entry.file) ~= "string" then fail(file, key .. ".file", "must be a string") end
+    if entry.name ~= nil and type(entry.name) ~= "string" then
+      fail(file, key .. ".name", "must be a string, got " .. type(entry.name))
+    end
     if entry.enabled ~= nil and type(entry.enabled) ~= "boolean" then
       fail(file, key .. ".enabled", "must be true or false, got " .. type(entry.enabled))
     end
@@ -219,6 +222,7 @@ function _M.prepare(config, file, opts)
   local c = deep_merge({}, config)
   if opts.profile then
     local profiles = config.profiles or {}
+    if type(profiles) ~= "table" then fail(file, "profiles", "must be a table, got " .. type(profiles)) end
     if type(profiles[opts.profile]) ~= "table" then
       fail(file, "profiles." .. opts.profile, "no such profile")
     end

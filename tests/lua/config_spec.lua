@@ -74,6 +74,22 @@ describe("sluice.config", function()
     assert.equal("cfg.lua: start_rate: must be a finite number > 0 (first runs per second at start-up)",
       err_of({ start_rate = 0 }))
   end)
+
+  -- found while writing tests/fuzz (fuzz_config): these raised Lua runtime errors
+  -- ("attempt to concatenate", "attempt to index") instead of naming the key
+  it("names the key of a collector name or profiles table of the wrong type", function()
+    local function err_of(c, opts)
+      local ok, e = pcall(config.prepare, c, "cfg.lua", opts or { env = {} })
+      assert.is_false(ok)
+      return e
+    end
+    assert.equal("cfg.lua: collectors[1].name: must be a string, got boolean",
+      err_of({ collectors = { { use = "a", name = true }, { use = "b", name = true } } }))
+    assert.equal("cfg.lua: collectors[1].name: must be a string, got table",
+      err_of({ collectors = { { use = "a", name = {} } } }))
+    assert.equal("cfg.lua: profiles: must be a table, got number",
+      err_of({ profiles = 5 }, { profile = "prod", env = {} }))
+  end)
 end)
 
 describe("sluice.backfill.parse_time", function()
