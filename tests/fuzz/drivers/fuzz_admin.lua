@@ -25,8 +25,13 @@ local fake_core = {
 }
 package.preload["sluice._server"] = function()
   return {
-    listen = function(_, _, _, _, dispatch)
-      captured = dispatch
+    -- listen(host, port, opts, dispatch): the dispatch function is the
+    -- last argument, whatever comes before it
+    listen = function(...)
+      local args = { ... }
+      for i = select("#", ...), 1, -1 do
+        if type(args[i]) == "function" then captured = args[i] break end
+      end
       return setmetatable({}, { __index = fake_core }), 18080
     end,
   }
