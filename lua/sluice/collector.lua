@@ -140,9 +140,9 @@ end
 -- this costs little (README, "Run budget").
 local function no_jit(spec)
   if not jit then return end
-  local sources, seen, todo = {}, {}, {}
+  local sources, seen, pending = {}, {}, {}
   local function push(v)
-    if not seen[v] then seen[v] = true; todo[#todo + 1] = v end
+    if not seen[v] then seen[v] = true; pending[#pending + 1] = v end
   end
   for _, v in pairs(spec) do
     if type(v) == "function" then
@@ -150,8 +150,8 @@ local function no_jit(spec)
       if info.what ~= "C" then sources[info.source] = true; push(v) end
     end
   end
-  while #todo > 0 do
-    local v = table.remove(todo)
+  while #pending > 0 do
+    local v = table.remove(pending)
     if type(v) == "table" then
       for _, f in pairs(v) do
         if type(f) == "function" then push(f) end
