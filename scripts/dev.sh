@@ -18,7 +18,7 @@ PACKAGES=(
   libluajit2-5.1-dev libcurl4-openssl-dev libevent-dev libhiredis-dev
   lua-cjson-dev libsqlite3-dev libedit-dev
   lua-busted
-  nginx-light curl lua-check prometheus redis-server
+  nginx-light curl lua-check prometheus redis-server python3 openssl
 )
 
 install_missing() {
