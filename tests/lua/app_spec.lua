@@ -195,13 +195,20 @@ describe("sluice.app", function()
   it("frees the old instances at a reload with Redis configured too (shared breakers, leases)", function()
     local rs = require "support.redis_server"
     local srv = rs.start()
-    finally(function() srv:stop(true, true) end)
+    local app
+    -- one finally (busted keeps only the last one a test sets)
+    finally(function()
+      if app then
+        stop(app)
+        if app.shared then app.shared:stop() end
+      end
+      srv:stop(true, true)
+    end)
     local dir = tmpdir()
     write(dir .. "/feed.lua", feed({ breaker = true, limiter = true }))
     local CFG = [[return { store = "%DIR%/db.sqlite", redis = "]] .. srv:url(0) .. [[",
       collectors = { { file = "feed.lua", name = "a" }, { file = "feed.lua", name = "b" } } }]]
-    local app = run(dir, CFG)
-    finally(function() stop(app); if app.shared then app.shared:stop() end end)
+    app = run(dir, CFG)
     wait_for("first runs", function() return probe.a and probe.b and probe.a.runs == 1 and probe.b.runs == 1 end)
     local weak = setmetatable({}, { __mode = "k" })
     for _, c in ipairs(app.order) do weak[c] = true end
