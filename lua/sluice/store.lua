@@ -22,10 +22,11 @@
 --   sluice_state, sluice_checkpoints, sluice_rejects, sluice_quality.
 -- store.blob(s) -> a marker binding s as a BLOB in query/exec parameters
 --   (plain strings bind as TEXT; both keep embedded NUL bytes).
--- store.encode_json(v) -> s | nil, err; store.decode_json(s) -> v | nil, err
---   The encoder writes numbers so that they read back exactly (cjson keeps
---   14 digits) and sorts object keys, so equal tables encode to equal text
---   (which is what makes "unchanged" work for json columns).
+-- store.encode_json(v [, lenient]) -> s | nil, err (sluice.json.encode);
+--   store.decode_json(s) -> v | nil, err (sluice.json.decode). The encoder
+--   writes numbers so that they read back exactly (cjson keeps 14 digits)
+--   and sorts object keys, so equal tables encode to equal text (which is
+--   what makes "unchanged" work for json columns).
 --
 -- db:define{name, columns, key, required, validate, unknown, without_rowid}
 --   -> db, or nil, err on an SQL failure. Creates table `name` (an
@@ -114,10 +115,11 @@ local core = require "sluice._store"
 local log = require "sluice.log"
 local task = require "sluice._task"
 local cjson = require "cjson.safe"
+local json = require "sluice.json"
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
 local error, pcall, select, next, unpack = error, pcall, select, next, unpack
-local floor, huge = math.floor, math.huge
+local floor = math.floor
 local concat, sort, format = table.concat, table.sort, string.format
 local null = cjson.null
 local now = task.time
@@ -137,98 +139,9 @@ local TWO63 = 2 ^ 63
 
 -- --- JSON ------------------------------------------------------------------
 
-local encode_string = cjson.encode
-
--- The shortest of %.15g, %.16g, %.17g that reads back as the same double.
-local function encode_double(v)
-  local s = format("%.15g", v)
-  if tonumber(s) ~= v then
-    s = format("%.16g", v)
-    if tonumber(s) ~= v then s = format("%.17g", v) end
-  end
-  return s
-end
-
-local function encode_into(v, buf, lenient, depth)
-  local tv = type(v)
-  if v == nil or v == null then
-    buf[#buf + 1] = "null"
-  elseif tv == "boolean" then
-    buf[#buf + 1] = v and "true" or "false"
-  elseif tv == "number" then
-    if v ~= v or v == huge or v == -huge then
-      if not lenient then error({ "cannot encode " .. tostring(v) }) end
-      buf[#buf + 1] = "null"
-    elseif v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then
-      buf[#buf + 1] = format("%d", v)
-    else
-      buf[#buf + 1] = encode_double(v)
-    end
-  elseif tv == "string" then
-    buf[#buf + 1] = encode_string(v)
-  elseif tv == "table" then
-    if depth > 64 then
-      if not lenient then error({ "cannot encode: nested too deep (a cycle?)" }) end
-      buf[#buf + 1] = '"<nested too deep>"'
-      return
-    end
-    local n, count = #v, 0
-    for _ in pairs(v) do count = count + 1 end
-    if n > 0 and count == n then
-      buf[#buf + 1] = "["
-      for i = 1, n do
-        if i > 1 then buf[#buf + 1] = "," end
-        encode_into(v[i], buf, lenient, depth + 1)
-      end
-      buf[#buf + 1] = "]"
-    else
-      local keys, strs = {}, {}
-      for k in pairs(v) do
-        local tk = type(k)
-        local s
-        if tk == "string" then
-          s = k
-        elseif tk == "number" then
-          s = k == floor(k) and format("%d", k) or encode_double(k)
-        elseif lenient then
-          s = tostring(k)
-        else
-          error({ "cannot encode a " .. tk .. " key" })
-        end
-        keys[#keys + 1] = s
-        strs[s] = k
-      end
-      sort(keys)
-      buf[#buf + 1] = "{"
-      for i, s in ipairs(keys) do
-        if i > 1 then buf[#buf + 1] = "," end
-        buf[#buf + 1] = encode_string(s)
-        buf[#buf + 1] = ":"
-        encode_into(v[strs[s]], buf, lenient, depth + 1)
-      end
-      buf[#buf + 1] = "}"
-    end
-  elseif lenient then
-    buf[#buf + 1] = encode_string(tostring(v))
-  else
-    error({ "cannot encode a " .. tv })
-  end
-end
-
---- encode_json(v [, lenient]) -> text | nil, err. lenient encodes what JSON
--- cannot hold (functions, NaN, tables nested deeper than 64 or in a cycle)
--- as strings or null instead of failing.
-local function encode_json(v, lenient)
-  local buf = {}
-  local ok, err = pcall(encode_into, v, buf, lenient, 0)
-  if not ok then
-    if type(err) == "table" then return nil, err[1] end
-    error(err, 0)
-  end
-  return concat(buf)
-end
+local encode_json = json.encode
 _M.encode_json = encode_json
-_M.decode_json = cjson.decode
+_M.decode_json = json.decode
 
 local function decode_or_nil(s)
   if s == nil then return nil end
