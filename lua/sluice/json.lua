@@ -1,0 +1,140 @@
+--- sluice.json: exact JSON text for Lua values.
+--
+-- Owns no state; no call yields (plain functions, safe anywhere, also
+-- inside db:transaction). The store writes json columns, rejected rows,
+-- state and checkpoints with it; anything that must write a number so
+-- that it reads back as the same double can use json.number.
+--
+--   local json = require "sluice.json"
+--   json.number(0.1 + 0.2)                 --> "0.30000000000000004"
+--   json.encode({ b = 1, a = { 0.1, true } })  --> '{"a":[0.1,true],"b":1}'
+--
+-- json.number(v) -> text | nil, err
+--   A finite number as JSON writes it: an integral value within +-2^53
+--   as an integer ("%d"), any other as the shortest of %.15g, %.16g and
+--   %.17g that reads back as the same double (cjson keeps 14 digits, which
+--   loses the last ones of a millisecond timestamp in seconds). nan, inf
+--   and -inf have no JSON spelling: nil, "cannot encode <nan|inf|-inf>".
+--   Raises when v is not a number.
+-- json.encode(v [, lenient]) -> text | nil, err
+--   nil and json.null -> null; booleans; numbers as json.number; strings
+--   as cjson escapes them; a table with keys 1..n only (n > 0) -> an array,
+--   any other table (the empty one too) -> an object with its keys sorted,
+--   so equal tables encode to equal text. Object keys: strings, and numbers
+--   (integral ones as "%d", others as json.number). Fails, with the reason,
+--   on nan/inf, a function/userdata/thread, a key of another type, or
+--   tables nested deeper than 64 (a cycle). lenient = true writes those
+--   instead: nan/inf as null, other values and keys as their tostring, a
+--   table too deep as the string "<nested too deep>".
+-- json.decode(s) -> v | nil, err: cjson's decoder (JSON null -> json.null).
+-- json.null: cjson.null, the value that stands for JSON null.
+local cjson = require "cjson.safe"
+
+local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
+local error, pcall = error, pcall
+local floor, huge = math.floor, math.huge
+local concat, sort, format = table.concat, table.sort, string.format
+local null = cjson.null
+
+local _M = { null = null, decode = cjson.decode }
+
+local encode_string = cjson.encode
+
+-- The shortest of %.15g, %.16g, %.17g that reads back as the same double.
+local function encode_double(v)
+  local s = format("%.15g", v)
+  if tonumber(s) ~= v then
+    s = format("%.16g", v)
+    if tonumber(s) ~= v then s = format("%.17g", v) end
+  end
+  return s
+end
+
+function _M.number(v)
+  if type(v) ~= "number" then
+    error("sluice.json.number: bad argument #1 (number expected, got " .. type(v) .. ")", 2)
+  end
+  if v ~= v or v == huge or v == -huge then return nil, "cannot encode " .. tostring(v) end
+  if v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then return format("%d", v) end
+  return encode_double(v)
+end
+
+-- Appends v's text to buf. Raises { reason } for what JSON cannot hold
+-- (unless lenient); anything else raised (a metamethod) passes through.
+local function encode_into(v, buf, lenient, depth)
+  local tv = type(v)
+  if v == nil or v == null then
+    buf[#buf + 1] = "null"
+  elseif tv == "boolean" then
+    buf[#buf + 1] = v and "true" or "false"
+  elseif tv == "number" then
+    if v ~= v or v == huge or v == -huge then
+      if not lenient then error({ "cannot encode " .. tostring(v) }) end
+      buf[#buf + 1] = "null"
+    elseif v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then
+      buf[#buf + 1] = format("%d", v)
+    else
+      buf[#buf + 1] = encode_double(v)
+    end
+  elseif tv == "string" then
+    buf[#buf + 1] = encode_string(v)
+  elseif tv == "table" then
+    if depth > 64 then
+      if not lenient then error({ "cannot encode: nested too deep (a cycle?)" }) end
+      buf[#buf + 1] = '"<nested too deep>"'
+      return
+    end
+    local n, count = #v, 0
+    for _ in pairs(v) do count = count + 1 end
+    if n > 0 and count == n then
+      buf[#buf + 1] = "["
+      for i = 1, n do
+        if i > 1 then buf[#buf + 1] = "," end
+        encode_into(v[i], buf, lenient, depth + 1)
+      end
+      buf[#buf + 1] = "]"
+    else
+      local keys, strs = {}, {}
+      for k in pairs(v) do
+        local tk = type(k)
+        local s
+        if tk == "string" then
+          s = k
+        elseif tk == "number" then
+          s = k == floor(k) and format("%d", k) or encode_double(k)
+        elseif lenient then
+          s = tostring(k)
+        else
+          error({ "cannot encode a " .. tk .. " key" })
+        end
+        keys[#keys + 1] = s
+        strs[s] = k
+      end
+      sort(keys)
+      buf[#buf + 1] = "{"
+      for i, s in ipairs(keys) do
+        if i > 1 then buf[#buf + 1] = "," end
+        buf[#buf + 1] = encode_string(s)
+        buf[#buf + 1] = ":"
+        encode_into(v[strs[s]], buf, lenient, depth + 1)
+      end
+      buf[#buf + 1] = "}"
+    end
+  elseif lenient then
+    buf[#buf + 1] = encode_string(tostring(v))
+  else
+    error({ "cannot encode a " .. tv })
+  end
+end
+
+function _M.encode(v, lenient)
+  local buf = {}
+  local ok, err = pcall(encode_into, v, buf, lenient, 0)
+  if not ok then
+    if type(err) == "table" then return nil, err[1] end
+    error(err, 0)
+  end
+  return concat(buf)
+end
+
+return _M

@@ -1,0 +1,104 @@
+-- sluice.json: exact JSON text (numbers that read back, sorted keys).
+local json = require "sluice.json"
+
+describe("sluice.json", function()
+  describe("number", function()
+    it("writes integral values within 2^53 as integers", function()
+      assert.equal("42", json.number(42))
+      assert.equal("-7", json.number(-7))
+      assert.equal("0", json.number(0))
+      assert.equal("1700000060000", json.number(1700000060000))
+      assert.equal("9007199254740991", json.number(2 ^ 53 - 1))
+      assert.equal("-9007199254740991", json.number(-(2 ^ 53 - 1)))
+    end)
+
+    it("writes any other finite number as the shortest %.15g, %.16g or %.17g that reads back", function()
+      local cases = {
+        { 0.1, "0.1" },                                   -- %.15g
+        { -1.5, "-1.5" },
+        { 1e300, "1e+300" },
+        { 4.94065645841247e-324, "4.94065645841247e-324" },
+        { 1732291234.567891, "1732291234.567891" },       -- %.16g
+        { 1 / 3, "0.3333333333333333" },
+        { 2 ^ 53, "9007199254740992" },
+        { 2 ^ 63, "9.223372036854776e+18" },
+        { 0.1 + 0.2, "0.30000000000000004" },             -- %.17g
+        { 123456789012.34567, "123456789012.34567" },
+      }
+      for _, c in ipairs(cases) do
+        local s = json.number(c[1])
+        assert.equal(c[2], s)
+        assert.equal(c[1], tonumber(s))
+      end
+    end)
+
+    it("returns nil, err for nan, inf and -inf, and raises for a non-number", function()
+      assert.same({ nil, "cannot encode nan" }, { json.number(0 / 0) })
+      assert.same({ nil, "cannot encode inf" }, { json.number(math.huge) })
+      assert.same({ nil, "cannot encode -inf" }, { json.number(-math.huge) })
+      local ok, e = pcall(json.number, "1")
+      assert.is_false(ok)
+      assert.equal("sluice.json.number: bad argument #1 (number expected, got string)",
+        (tostring(e):gsub("^[^:]+:%d+: ", "")))
+    end)
+  end)
+
+  describe("encode", function()
+    it("sorts object keys, writes arrays, exact numbers, null and escaped strings", function()
+      assert.equal('{"1.5":false,"2":"x","a":[0.1,true,null],"b":1,"e":{},"s":"q\\"\\n\\u0001\\/"}',
+        json.encode({ b = 1, a = { 0.1, true, json.null }, [2] = "x", [1.5] = false, e = {}, s = 'q"\n\1/' }))
+      assert.equal('{"1":1,"2":2,"x":1}', json.encode({ 1, 2, x = 1 }))
+      assert.equal('{"2":"x"}', json.encode({ [2] = "x" }))
+      assert.equal("[1,[2,[3]]]", json.encode({ 1, { 2, { 3 } } }))
+      assert.equal('"\195\169\\u0000"', json.encode("\195\169\0"))
+      assert.equal("null", json.encode(nil))
+      assert.equal("0.30000000000000004", json.encode(0.1 + 0.2))
+      -- equal tables built in another order give equal text
+      local a, b = {}, {}
+      for i = 1, 20 do a["k" .. i] = i end
+      for i = 20, 1, -1 do b["k" .. i] = i end
+      assert.equal(json.encode(a), json.encode(b))
+    end)
+
+    it("fails with the reason on what JSON cannot hold", function()
+      assert.same({ nil, "cannot encode a function" }, { json.encode({ f = print }) })
+      assert.same({ nil, "cannot encode a thread" }, { json.encode(coroutine.create(print)) })
+      assert.same({ nil, "cannot encode a boolean key" }, { json.encode({ [true] = 1 }) })
+      assert.same({ nil, "cannot encode nan" }, { json.encode({ 0 / 0 }) })
+      assert.same({ nil, "cannot encode -inf" }, { json.encode(-math.huge) })
+      local cycle = {}
+      cycle.c = cycle
+      assert.same({ nil, "cannot encode: nested too deep (a cycle?)" }, { json.encode(cycle) })
+      local deep = {}
+      local t = deep
+      for _ = 1, 64 do t.x = {}; t = t.x end
+      assert.equal(string.rep('{"x":', 64) .. "{}" .. string.rep("}", 64), json.encode(deep))
+      t.x = {}
+      assert.same({ nil, "cannot encode: nested too deep (a cycle?)" }, { json.encode(deep) })
+    end)
+
+    it("lenient: writes nan and inf as null, other values and keys as text, a table too deep as a marker", function()
+      local s = json.encode({ f = print, n = 0 / 0, i = math.huge, [true] = 1 }, true)
+      assert.truthy(s:find('^{"f":"function: [^"]+","i":null,"n":null,"true":1}$'), s)
+      local cycle = {}
+      cycle.c = cycle
+      assert.equal(string.rep('{"c":', 65) .. '"<nested too deep>"' .. string.rep("}", 65),
+        json.encode(cycle, true))
+    end)
+
+    it("lets an error raised by a metamethod through", function()
+      local bad = setmetatable({}, { __tostring = function() error("no tostring", 0) end })
+      assert.same({ false, "no tostring" }, { pcall(json.encode, { [bad] = 1 }, true) })
+    end)
+  end)
+
+  describe("decode", function()
+    it("returns the value, json.null for null, and nil, err for bad text", function()
+      assert.same({ a = { 1, json.null } }, json.decode('{"a":[1,null]}'))
+      assert.equal(json.null, json.decode('{"a":[1,null]}').a[2])
+      assert.equal(0.1 + 0.2, json.decode(json.encode(0.1 + 0.2)))
+      assert.same({ nil, "Expected object key string but found invalid token at character 2" },
+        { json.decode("{x") })
+    end)
+  end)
+end)
