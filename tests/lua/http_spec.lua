@@ -260,6 +260,62 @@ describe("sluice.http arguments", function()
   end)
 end)
 
+describe("sluice.http observers", function()
+  it("are told of every hop: URL, method, status or failure kind, and its time", function()
+    local srv = assert(server.listen({ port = 0 }))
+    srv:route("GET", "/go", function() return 302, "", { Location = "/here" } end)
+    srv:route("GET", "/here", function() return 200, "ok" end)
+    local gone = assert(server.listen({ port = 0 }))
+    local gone_port = gone.port
+    gone:close()
+    local seen = {}
+    local function watch(url, method, outcome, seconds)
+      seen[#seen + 1] = { url, method, outcome, type(seconds) }
+      if seconds then assert.is_true(seconds >= 0 and seconds < 30) end
+    end
+    http.add_observer(watch)
+    http.add_observer(watch) -- once is enough
+    finally(function()
+      http.remove_observer(watch)
+      srv:close()
+    end)
+    local base = "http://127.0.0.1:" .. srv.port
+    assert.equal(200, assert(http.get(base .. "/go", { query = { a = 1 } })).status)
+    assert.equal(404, assert(http.request({ method = "DELETE", url = base .. "/nope" })).status)
+    assert.is_nil(http.get("http://127.0.0.1:" .. gone_port .. "/x", { timeout = 5 }))
+    assert.same({
+      { base .. "/go?a=1", "GET", 302, "number" },
+      { base .. "/here", "GET", 200, "number" },
+      { base .. "/nope", "DELETE", 404, "number" },
+      { "http://127.0.0.1:" .. gone_port .. "/x", "GET", "connect", "nil" },
+    }, seen)
+    assert.is_true(http.remove_observer(watch))
+    assert.is_false(http.remove_observer(watch))
+    assert(http.get(base .. "/here"))
+    assert.equal(4, #seen)
+    assert.has_error(function() http.add_observer("watch") end,
+      "sluice.http.add_observer: bad argument #1 (function expected, got string)")
+  end)
+
+  it("stands alone: loads the task runtime, its native half and cjson, no metrics", function()
+    local loaded, real_require = package.loaded["sluice.http"], require
+    local names = {}
+    finally(function()
+      _G.require = real_require
+      package.loaded["sluice.http"] = loaded
+    end)
+    package.loaded["sluice.http"] = nil
+    _G.require = function(name)
+      names[#names + 1] = name
+      return real_require(name)
+    end
+    local fresh = real_require("sluice.http")
+    _G.require = real_require
+    assert.are_not.equal(loaded, fresh)
+    assert.same({ "sluice", "sluice._http", "cjson.safe" }, names)
+  end)
+end)
+
 -- Redirects and credentials (issue 14 item 2). Two sluice.server instances
 -- on different loopback ports are two origins; each records what it saw.
 describe("sluice.http redirects", function()

@@ -8,6 +8,7 @@ local server = require "sluice.server"
 local http = require "sluice.http"
 local breaker = require "sluice.breaker"
 local limiter = require "sluice.limiter"
+local registry = require "sluice.metrics.registry"
 
 local function errmsg(fn, ...)
   local ok, err = pcall(fn, ...)
@@ -261,6 +262,91 @@ describe("sluice.metrics registration", function()
     assert.equal("example.com:8443", metrics.host_of("https://user:secret@Example.COM:8443/a?b=c"))
     assert.equal("api.binance.com", metrics.host_of("https://api.binance.com/api/v3/klines?x=1"))
     assert.equal("unknown", metrics.host_of("not a url"))
+  end)
+end)
+
+describe("sluice.metrics.registry sources", function()
+  it("renders a source's families, made afresh at each render, and frees them when removed", function()
+    local calls = 0
+    local src = registry.add_source({
+      { "gauge", "test_src_up", "Up.", { "thing" } },
+      { "counter", "test_src_events_total", "Events." },
+      { "summary", "test_src_seconds", "Time spent.", { "thing" } },
+    }, function(f)
+      calls = calls + 1
+      f.test_src_up:set(1, "a")
+      f.test_src_events_total:inc(calls)
+      f.test_src_seconds:set_totals(2.5, 4, "a")
+    end)
+    finally(function() registry.remove_source(src) end)
+    local got = {}
+    for line in metrics.render():gmatch("[^\n]+") do
+      if line:find("test_src_", 1, true) then got[#got + 1] = line end
+    end
+    assert.same({
+      "# HELP test_src_events_total Events.",
+      "# TYPE test_src_events_total counter",
+      "test_src_events_total 1",
+      "# HELP test_src_seconds Time spent.",
+      "# TYPE test_src_seconds summary",
+      'test_src_seconds_sum{thing="a"} 2.5',
+      'test_src_seconds_count{thing="a"} 4',
+      "# HELP test_src_up Up.",
+      "# TYPE test_src_up gauge",
+      'test_src_up{thing="a"} 1',
+    }, got)
+    -- counted afresh, not accumulated over renders
+    assert.equal(2, sample(metrics.render(), "test_src_events_total"))
+    assert.is_nil(sample(metrics.render{ builtin = false }, "test_src_events_total"))
+    assert.equal("sluice.metrics.gauge: 'test_src_up' is a built-in sluice metric",
+      errmsg(metrics.gauge, "test_src_up", "x"))
+    assert.equal("sluice.metrics.registry.add_source: families[1]: 'test_src_up' is already a metric",
+      errmsg(registry.add_source, { { "gauge", "test_src_up", "x" } }, function() end))
+    assert.is_true(registry.remove_source(src))
+    assert.is_false(registry.remove_source(src))
+    assert.is_nil(sample(metrics.render(), "test_src_events_total"))
+    reg("gauge", "test_src_up", "Now a plain gauge.")
+  end)
+
+  it("renders the other sources when one fails", function()
+    local bad = registry.add_source({ { "gauge", "test_src_bad", "Bad." } }, function(f)
+      f.test_src_bad:set(7)
+      error("broken source")
+    end)
+    local log = require "sluice.log"
+    local level = log.level()
+    finally(function()
+      registry.remove_source(bad)
+      log.level(level)
+      log.output("-")
+    end)
+    assert.is_true(log.output("/dev/null"))
+    log.level("warning")
+    local text = metrics.render()
+    assert.equal(7, sample(text, "test_src_bad"))
+    assert.equal(0, sample(text, 'sluice_backfill_jobs{state="running"}'))
+    local e = log.recent(1)[1]
+    assert.same({ "warning", "metrics: a built-in source failed" }, { e.level, e.msg })
+    assert.matches("broken source$", e.error)
+  end)
+
+  it("refuses bad families and summary totals on other types", function()
+    assert.equal("sluice.metrics.registry.add_source: families[1]: type must be counter, gauge or summary, got histogram",
+      errmsg(registry.add_source, { { "histogram", "test_src_h", "x" } }, function() end))
+    assert.equal("sluice.metrics.registry.add_source: families[1]: bad metric name 'a-b'",
+      errmsg(registry.add_source, { { "gauge", "a-b", "x" } }, function() end))
+    assert.equal("sluice.metrics.registry.add_source: families[1]: 'sluice_tasks' is already a metric",
+      errmsg(registry.add_source, { { "gauge", "sluice_tasks", "x" } }, function() end))
+    assert.equal("sluice.metrics.registry.add_source: families[2]: 'test_src_twice' is already a metric",
+      errmsg(registry.add_source, { { "gauge", "test_src_twice", "x" }, { "gauge", "test_src_twice", "x" } },
+        function() end))
+    assert.equal("sluice.metrics.registry.add_source: bad argument #2 'collect' (function expected, got nil)",
+      errmsg(registry.add_source, {}))
+    -- nothing was reserved by the refused ones
+    reg("gauge", "test_src_twice", "Free.")
+    local g = reg("gauge", "test_src_plain", "A gauge.")
+    assert.equal("sluice.metrics.gauge.set_totals 'test_src_plain': only a summary has totals",
+      errmsg(g.set_totals, g, 1, 1))
   end)
 end)
 
