@@ -198,16 +198,39 @@ describe("sluice.http against nginx", function()
   end)
 
   it("removes the transfer when its task is killed", function()
-    local t = sluice.spawn(function() return http.get(nginx:url("/slow")) end)
-    sluice.sleep(0.1)
+    -- a server that sends the start of a body, says so, and sends the rest
+    -- when let go
+    local me, srv = sluice.current(), assert(server.listen({ port = 0 }))
+    local handler, started, finished = nil, false, false
+    srv:route("GET", "/trickle", function(req)
+      handler = sluice.current()
+      req:write("the start of the body, ")
+      started = true
+      sluice.unpark(me)
+      sluice.park(10)
+      req:write("and the rest")
+      req:finish()
+      finished = true
+      sluice.unpark(me)
+    end)
+    finally(function()
+      if handler and not finished then sluice.unpark(handler) end
+      srv:close()
+    end)
+    local t = sluice.spawn(function() return http.get("http://127.0.0.1:" .. srv.port .. "/trickle") end)
+    if not started then sluice.park(10) end
+    assert.is_true(started)
     assert.equal("waiting", sluice.status(t))
     assert.equal(1, http.in_flight())
     assert.is_true(sluice.kill(t))
     assert.equal(0, http.in_flight())
-    sluice.sleep(0.1) -- no late resume of the killed task
-    assert.equal("killed", sluice.status(t))
+    -- the rest of the reply comes: no late resume of the killed task
+    sluice.unpark(handler)
+    if not finished then sluice.park(10) end
+    assert.is_true(finished)
     -- the client still works
     assert.equal(200, assert(http.get(nginx:url("/doc.json"))).status)
+    assert.equal("killed", sluice.status(t))
   end)
 end)
 
