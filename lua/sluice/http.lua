@@ -26,10 +26,18 @@
 -- every later one; https -> http and other schemes are never followed, nor
 -- a 307/308 that would resend a body to another origin. Not following for
 -- any of these reasons is a failure of kind "redirect".
+--
+-- Observers: add_observer(fn) has fn(url, method, outcome, seconds) called
+-- as each request ends, once per hop (a redirect followed is two): outcome
+-- is the HTTP status, or the failure kind; seconds is the hop's total time
+-- when a response came, else nil. An observer runs in the requesting task,
+-- after the hop and before the request returns; it must be quick and not
+-- raise (its error would be the request's). sluice.metrics adds one (the
+-- sluice_http_* families); this module needs nothing of sluice but the
+-- task runtime and its own native half.
 local sluice = require "sluice"
 local core = require "sluice._http"
 local cjson = require "cjson.safe"
-local metrics = require "sluice.metrics"
 
 local _M = {}
 
@@ -60,6 +68,42 @@ local CROSS_ORIGIN_HEADERS = {
 
 local function fail(fname, msg)
   error("sluice.http." .. fname .. ": " .. msg, 3)
+end
+
+-- The observers, in the order added. Adding and removing make a new list,
+-- so a request ending while an observer adds or removes one walks the list
+-- it started with.
+local observers = {}
+
+--- add_observer(fn): fn(url, method, outcome, seconds) is called as each
+-- request (each hop) ends (see the header). Adding one already added does
+-- nothing.
+function _M.add_observer(fn)
+  if type(fn) ~= "function" then
+    error("sluice.http.add_observer: bad argument #1 (function expected, got " .. type(fn) .. ")", 2)
+  end
+  local list = {}
+  for i, o in ipairs(observers) do
+    if o == fn then return end
+    list[i] = o
+  end
+  list[#list + 1] = fn
+  observers = list
+end
+
+--- remove_observer(fn) -> whether fn was an observer.
+function _M.remove_observer(fn)
+  local list, found = {}, false
+  for _, o in ipairs(observers) do
+    if o == fn then found = true else list[#list + 1] = o end
+  end
+  observers = list
+  return found
+end
+
+local function observe(url, method, outcome, seconds)
+  local list = observers
+  for i = 1, #list do list[i](url, method, outcome, seconds) end
 end
 
 --- escape(s) -> s percent-encoded per RFC 3986 (only A-Z a-z 0-9 - _ . ~
@@ -352,7 +396,7 @@ local function do_request(fname, opts)
     if deadline then
       left = deadline - sluice.now()
       if not (left > 0) then
-        metrics.http_request(url, method, "timeout")
+        observe(url, method, "timeout")
         return nil, string.format("timed out after %g seconds (following redirects)", timeout),
           "timeout"
       end
@@ -360,10 +404,10 @@ local function do_request(fname, opts)
     res, err, kind = core.request(method, url, lines, body, left,
       opt("connect_timeout"), opt("max_body"), opt("insecure"))
     if not res then
-      metrics.http_request(url, method, kind)
+      observe(url, method, kind)
       return nil, err, kind
     end
-    metrics.http_request(url, method, res.status, res.timings and res.timings.total)
+    observe(url, method, res.status, res.timings and res.timings.total)
     local location = REDIRECT[res.status] and max_hops > 0 and res.headers_all.location
     if not location then break end
     if hops >= max_hops then

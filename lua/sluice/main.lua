@@ -1,6 +1,7 @@
 --- sluice.main: what `sluice run FILE` runs as its main task. FILE is
 -- either a script (it runs, and that is all) or a configuration (it
 -- returns a table, which sluice.app runs).
+require "sluice.metrics" -- set up first: it counts the HTTP client's requests from the start
 return function(chunk, file, profile, ...)
   local result = chunk(...)
   if type(result) == "table" and not result._is_collector_spec then

@@ -198,16 +198,39 @@ describe("sluice.http against nginx", function()
   end)
 
   it("removes the transfer when its task is killed", function()
-    local t = sluice.spawn(function() return http.get(nginx:url("/slow")) end)
-    sluice.sleep(0.1)
+    -- a server that sends the start of a body, says so, and sends the rest
+    -- when let go
+    local me, srv = sluice.current(), assert(server.listen({ port = 0 }))
+    local handler, started, finished = nil, false, false
+    srv:route("GET", "/trickle", function(req)
+      handler = sluice.current()
+      req:write("the start of the body, ")
+      started = true
+      sluice.unpark(me)
+      sluice.park(10)
+      req:write("and the rest")
+      req:finish()
+      finished = true
+      sluice.unpark(me)
+    end)
+    finally(function()
+      if handler and not finished then sluice.unpark(handler) end
+      srv:close()
+    end)
+    local t = sluice.spawn(function() return http.get("http://127.0.0.1:" .. srv.port .. "/trickle") end)
+    if not started then sluice.park(10) end
+    assert.is_true(started)
     assert.equal("waiting", sluice.status(t))
     assert.equal(1, http.in_flight())
     assert.is_true(sluice.kill(t))
     assert.equal(0, http.in_flight())
-    sluice.sleep(0.1) -- no late resume of the killed task
-    assert.equal("killed", sluice.status(t))
+    -- the rest of the reply comes: no late resume of the killed task
+    sluice.unpark(handler)
+    if not finished then sluice.park(10) end
+    assert.is_true(finished)
     -- the client still works
     assert.equal(200, assert(http.get(nginx:url("/doc.json"))).status)
+    assert.equal("killed", sluice.status(t))
   end)
 end)
 
@@ -257,6 +280,62 @@ describe("sluice.http arguments", function()
     local ok, err = coroutine.resume(co)
     assert.is_false(ok)
     assert.matches("not called from a task", err)
+  end)
+end)
+
+describe("sluice.http observers", function()
+  it("are told of every hop: URL, method, status or failure kind, and its time", function()
+    local srv = assert(server.listen({ port = 0 }))
+    srv:route("GET", "/go", function() return 302, "", { Location = "/here" } end)
+    srv:route("GET", "/here", function() return 200, "ok" end)
+    local gone = assert(server.listen({ port = 0 }))
+    local gone_port = gone.port
+    gone:close()
+    local seen = {}
+    local function watch(url, method, outcome, seconds)
+      seen[#seen + 1] = { url, method, outcome, type(seconds) }
+      if seconds then assert.is_true(seconds >= 0 and seconds < 30) end
+    end
+    http.add_observer(watch)
+    http.add_observer(watch) -- once is enough
+    finally(function()
+      http.remove_observer(watch)
+      srv:close()
+    end)
+    local base = "http://127.0.0.1:" .. srv.port
+    assert.equal(200, assert(http.get(base .. "/go", { query = { a = 1 } })).status)
+    assert.equal(404, assert(http.request({ method = "DELETE", url = base .. "/nope" })).status)
+    assert.is_nil(http.get("http://127.0.0.1:" .. gone_port .. "/x", { timeout = 5 }))
+    assert.same({
+      { base .. "/go?a=1", "GET", 302, "number" },
+      { base .. "/here", "GET", 200, "number" },
+      { base .. "/nope", "DELETE", 404, "number" },
+      { "http://127.0.0.1:" .. gone_port .. "/x", "GET", "connect", "nil" },
+    }, seen)
+    assert.is_true(http.remove_observer(watch))
+    assert.is_false(http.remove_observer(watch))
+    assert(http.get(base .. "/here"))
+    assert.equal(4, #seen)
+    assert.has_error(function() http.add_observer("watch") end,
+      "sluice.http.add_observer: bad argument #1 (function expected, got string)")
+  end)
+
+  it("stands alone: loads the task runtime, its native half and cjson, no metrics", function()
+    local loaded, real_require = package.loaded["sluice.http"], require
+    local names = {}
+    finally(function()
+      _G.require = real_require
+      package.loaded["sluice.http"] = loaded
+    end)
+    package.loaded["sluice.http"] = nil
+    _G.require = function(name)
+      names[#names + 1] = name
+      return real_require(name)
+    end
+    local fresh = real_require("sluice.http")
+    _G.require = real_require
+    assert.are_not.equal(loaded, fresh)
+    assert.same({ "sluice", "sluice._http", "cjson.safe" }, names)
   end)
 end)
 

@@ -8,6 +8,8 @@ local server = require "sluice.server"
 local http = require "sluice.http"
 local breaker = require "sluice.breaker"
 local limiter = require "sluice.limiter"
+local procinfo = require "sluice.procinfo"
+local registry = require "sluice.metrics.registry"
 
 local function errmsg(fn, ...)
   local ok, err = pcall(fn, ...)
@@ -264,6 +266,91 @@ describe("sluice.metrics registration", function()
   end)
 end)
 
+describe("sluice.metrics.registry sources", function()
+  it("renders a source's families, made afresh at each render, and frees them when removed", function()
+    local calls = 0
+    local src = registry.add_source({
+      { "gauge", "test_src_up", "Up.", { "thing" } },
+      { "counter", "test_src_events_total", "Events." },
+      { "summary", "test_src_seconds", "Time spent.", { "thing" } },
+    }, function(f)
+      calls = calls + 1
+      f.test_src_up:set(1, "a")
+      f.test_src_events_total:inc(calls)
+      f.test_src_seconds:set_totals(2.5, 4, "a")
+    end)
+    finally(function() registry.remove_source(src) end)
+    local got = {}
+    for line in metrics.render():gmatch("[^\n]+") do
+      if line:find("test_src_", 1, true) then got[#got + 1] = line end
+    end
+    assert.same({
+      "# HELP test_src_events_total Events.",
+      "# TYPE test_src_events_total counter",
+      "test_src_events_total 1",
+      "# HELP test_src_seconds Time spent.",
+      "# TYPE test_src_seconds summary",
+      'test_src_seconds_sum{thing="a"} 2.5',
+      'test_src_seconds_count{thing="a"} 4',
+      "# HELP test_src_up Up.",
+      "# TYPE test_src_up gauge",
+      'test_src_up{thing="a"} 1',
+    }, got)
+    -- counted afresh, not accumulated over renders
+    assert.equal(2, sample(metrics.render(), "test_src_events_total"))
+    assert.is_nil(sample(metrics.render{ builtin = false }, "test_src_events_total"))
+    assert.equal("sluice.metrics.gauge: 'test_src_up' is a built-in sluice metric",
+      errmsg(metrics.gauge, "test_src_up", "x"))
+    assert.equal("sluice.metrics.registry.add_source: families[1]: 'test_src_up' is already a metric",
+      errmsg(registry.add_source, { { "gauge", "test_src_up", "x" } }, function() end))
+    assert.is_true(registry.remove_source(src))
+    assert.is_false(registry.remove_source(src))
+    assert.is_nil(sample(metrics.render(), "test_src_events_total"))
+    reg("gauge", "test_src_up", "Now a plain gauge.")
+  end)
+
+  it("renders the other sources when one fails", function()
+    local bad = registry.add_source({ { "gauge", "test_src_bad", "Bad." } }, function(f)
+      f.test_src_bad:set(7)
+      error("broken source")
+    end)
+    local log = require "sluice.log"
+    local level = log.level()
+    finally(function()
+      registry.remove_source(bad)
+      log.level(level)
+      log.output("-")
+    end)
+    assert.is_true(log.output("/dev/null"))
+    log.level("warning")
+    local text = metrics.render()
+    assert.equal(7, sample(text, "test_src_bad"))
+    assert.equal(0, sample(text, 'sluice_backfill_jobs{state="running"}'))
+    local e = log.recent(1)[1]
+    assert.same({ "warning", "metrics: a built-in source failed" }, { e.level, e.msg })
+    assert.matches("broken source$", e.error)
+  end)
+
+  it("refuses bad families and summary totals on other types", function()
+    assert.equal("sluice.metrics.registry.add_source: families[1]: type must be counter, gauge or summary, got histogram",
+      errmsg(registry.add_source, { { "histogram", "test_src_h", "x" } }, function() end))
+    assert.equal("sluice.metrics.registry.add_source: families[1]: bad metric name 'a-b'",
+      errmsg(registry.add_source, { { "gauge", "a-b", "x" } }, function() end))
+    assert.equal("sluice.metrics.registry.add_source: families[1]: 'sluice_tasks' is already a metric",
+      errmsg(registry.add_source, { { "gauge", "sluice_tasks", "x" } }, function() end))
+    assert.equal("sluice.metrics.registry.add_source: families[2]: 'test_src_twice' is already a metric",
+      errmsg(registry.add_source, { { "gauge", "test_src_twice", "x" }, { "gauge", "test_src_twice", "x" } },
+        function() end))
+    assert.equal("sluice.metrics.registry.add_source: bad argument #2 'collect' (function expected, got nil)",
+      errmsg(registry.add_source, {}))
+    -- nothing was reserved by the refused ones
+    reg("gauge", "test_src_twice", "Free.")
+    local g = reg("gauge", "test_src_plain", "A gauge.")
+    assert.equal("sluice.metrics.gauge.set_totals 'test_src_plain': only a summary has totals",
+      errmsg(g.set_totals, g, 1, 1))
+  end)
+end)
+
 describe("sluice.metrics built-in families", function()
   it("serves the exposition over sluice.server, with breaker, limiter and HTTP client families", function()
     local cb = breaker.new{ name = "metrics_spec_b" }
@@ -276,7 +363,9 @@ describe("sluice.metrics built-in families", function()
     local host = "127.0.0.1:" .. srv.port
     assert.equal(200, assert(http.get(base .. "/hello")).status)
     assert.equal(404, assert(http.get(base .. "/nope")).status)
+    local clock0 = os.clock()
     local res = assert(http.get(base .. "/metrics"))
+    local clock1 = os.clock()
     assert.equal(200, res.status)
     assert.equal("text/plain; version=0.0.4; charset=utf-8", res.headers["content-type"])
     assert.equal(metrics.CONTENT_TYPE, res.headers["content-type"])
@@ -303,11 +392,34 @@ describe("sluice.metrics built-in families", function()
     assert.is_true(sample(text, 'sluice_tasks{state="running"}') >= 1)
     assert.is_true(sample(text, "sluice_tasks_created_total") >= 1)
     assert.is_true(sample(text, "sluice_process_resident_memory_bytes") > 1024 * 1024)
-    assert.is_true(sample(text, "sluice_process_cpu_seconds_total") >= 0)
+    -- the CPU time clock() gave around the scrape, less /proc's rounding
+    -- down to whole ticks of user and of system time
+    local cpu = sample(text, "sluice_process_cpu_seconds_total")
+    assert.is_true(cpu >= clock0 - 0.03 and cpu <= clock1 + 0.01, cpu .. " vs clock() " .. clock0 .. ".." .. clock1)
     local started = sample(text, "sluice_process_start_time_seconds")
     assert.is_true(started <= sluice.time() + 1 and started > sluice.time() - 3600 * 24 * 365)
+    assert.equal(procinfo.start_time(), started)
     assert.equal(1, sample(text, 'sluice_build_info{version="' .. sluice._VERSION .. '"}'))
     assert.equal(0, sample(text, 'sluice_backfill_jobs{state="running"}'))
+  end)
+
+  it("counts the CPU time the process spends", function()
+    local function cpu() return sample(metrics.render(), "sluice_process_cpu_seconds_total") end
+    local t0 = sluice.now()
+    local m0 = cpu()
+    local c0 = os.clock()
+    -- burn 0.3 s of CPU as the C library's clock() counts it (30 s at most)
+    local x = 0
+    while os.clock() - c0 < 0.3 and sluice.now() - t0 < 30 do x = x + 1 end
+    local c1 = os.clock()
+    local m1 = cpu()
+    local t1 = sluice.now()
+    assert.is_true(x > 0 and c1 - c0 >= 0.3, "burned only " .. (c1 - c0) .. " s of CPU in 30 s")
+    -- grew by what was burned, less /proc's rounding down to whole ticks,
+    -- and by no more than the wall time it took (one thread burned it)
+    local grew = m1 - m0
+    assert.is_true(grew >= (c1 - c0) - 0.03, grew .. " for " .. (c1 - c0))
+    assert.is_true(grew <= (t1 - t0) + 0.03, grew .. " in " .. (t1 - t0) .. " s")
   end)
 
   it("records transport failures with their kind as the code", function()
@@ -339,12 +451,17 @@ describe("sluice.metrics built-in families", function()
     local app = require "sluice.app"
     local collector = require "sluice.collector"
     local srv = listen()
+    -- the collection tells this task when it is under way, then waits to be let go
+    local me, inside, collecting, released = sluice.current(), false, nil, false
     local spec = collector.define{
       name = "metrics_spec_c", base_url = "http://127.0.0.1:" .. srv.port,
       retry = false, limiter = { rate = 100 },
       collect = function(self)
         assert(self:get("/hello"))
-        sluice.sleep(0.2)
+        inside, collecting = true, sluice.current()
+        sluice.unpark(me)
+        if not released then sluice.park(10) end
+        sluice.sleep(0.2) -- the collection's own duration, measured below
         return nil
       end,
     }
@@ -353,10 +470,13 @@ describe("sluice.metrics built-in families", function()
     app.current = { collectors = { metrics_spec_c = inst }, order = { inst } }
     finally(function() app.current = saved end)
     local running = sluice.spawn(function() return inst:run_once() end)
-    sluice.sleep(0.05)
+    if not inside then sluice.park(10) end
+    assert.is_true(inside)
     local text = metrics.render()
     assert.equal(1, sample(text, 'sluice_active_collections{collector="metrics_spec_c"}'))
     assert.equal(0, sample(text, 'sluice_collector_up{collector="metrics_spec_c"}')) -- not started
+    released = true
+    sluice.unpark(collecting)
     local done, ran, why = sluice.wait(running)
     assert.same({ true, true }, { done, ran }, tostring(why))
     text = metrics.render()
