@@ -1,5 +1,5 @@
 /* test_backoff.c -- retry delays and the retry budget */
-#include "backoff.h"
+#include "core/backoff.h"
 #include "test.h"
 
 #include <math.h>

@@ -1,6 +1,6 @@
 /* test_timeout.c -- seconds to timeval and milliseconds, at the edges */
 #include "test.h"
-#include "timeout.h"
+#include "core/timeout.h"
 
 #include <math.h>
 

@@ -5,7 +5,7 @@
  * and the next line is appended and the whole chunk sent again.
  */
 #include "repl.h"
-#include "strbuf.h"
+#include "core/strbuf.h"
 
 #include <editline/readline.h>
 #include <errno.h>

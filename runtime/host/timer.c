@@ -10,7 +10,7 @@
 
 #include "runtime.h"
 #include "task.h"
-#include "timeout.h"
+#include "core/timeout.h"
 
 #define TIMER_MT "sluice.timer"
 

@@ -27,8 +27,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "modules.h"
-#include "task.h"
+#include "host/modules.h"
+#include "host/task.h"
 
 #define DB_MT "sluice.store.db"
 #define BLOB_MT "sluice.store.blob"

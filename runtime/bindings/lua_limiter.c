@@ -24,13 +24,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "limiter.h"
-#include "log.h"
-#include "modules.h"
-#include "rlheaders.h"
-#include "runtime.h"
-#include "task.h"
-#include "timeout.h"
+#include "core/limiter.h"
+#include "core/log.h"
+#include "host/modules.h"
+#include "core/rlheaders.h"
+#include "host/runtime.h"
+#include "host/task.h"
+#include "core/timeout.h"
 
 #define LIMITER_MT "sluice.limiter"
 

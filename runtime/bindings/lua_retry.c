@@ -2,9 +2,9 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 
-#include "backoff.h"
-#include "modules.h"
-#include "runtime.h"
+#include "core/backoff.h"
+#include "host/modules.h"
+#include "host/runtime.h"
 
 #define BUDGET_MT "sluice.retry_budget"
 

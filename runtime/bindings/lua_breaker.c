@@ -11,11 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "breaker.h"
-#include "log.h"
-#include "modules.h"
-#include "runtime.h"
-#include "task.h"
+#include "core/breaker.h"
+#include "core/log.h"
+#include "host/modules.h"
+#include "host/runtime.h"
+#include "host/task.h"
 
 #define BREAKER_MT "sluice.breaker"
 

@@ -27,7 +27,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "log.h"
+#include "core/log.h"
 #include "modules.h"
 #include "runtime.h"
 #include "task.h"

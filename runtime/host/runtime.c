@@ -13,9 +13,9 @@
 #include <unistd.h>
 
 #include "embed.h"
-#include "log.h"
+#include "core/log.h"
 #include "task.h"
-#include "timeout.h"
+#include "core/timeout.h"
 #include "timer.h"
 
 sl_runtime sl_rt = {.shutdown_timeout = 10.0,

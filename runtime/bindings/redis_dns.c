@@ -14,7 +14,7 @@
 #include <sys/socket.h>
 
 #include "redis_dns.h"
-#include "runtime.h"
+#include "host/runtime.h"
 
 struct sl_redis_dns_req {
     sl_redis_dns_req **slot; /* NULL once the caller has let go (cancel) */

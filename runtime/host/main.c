@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 
 #include "control.h"
-#include "log.h"
+#include "core/log.h"
 #include "repl.h"
 #include "runtime.h"
 #include "task.h"

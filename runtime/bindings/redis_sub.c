@@ -14,8 +14,8 @@
 #include <strings.h>
 
 #include "redis_sub.h"
-#include "runtime.h"
-#include "timeout.h"
+#include "host/runtime.h"
+#include "core/timeout.h"
 
 typedef struct msg {
     struct msg *next;

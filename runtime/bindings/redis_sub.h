@@ -30,7 +30,7 @@
 #include <lua.h>
 #include <stddef.h>
 
-#include "task.h"
+#include "host/task.h"
 
 struct redisAsyncContext;
 struct redisReply;

@@ -5,8 +5,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "log.h"
-#include "modules.h"
+#include "core/log.h"
+#include "host/modules.h"
 
 static int check_level(lua_State *L, int idx) {
     if (lua_type(L, idx) == LUA_TNUMBER) {

@@ -3,10 +3,10 @@
 #include <math.h>
 #include <string.h>
 
-#include "modules.h"
-#include "runtime.h"
-#include "task.h"
-#include "timer.h"
+#include "host/modules.h"
+#include "host/runtime.h"
+#include "host/task.h"
+#include "host/timer.h"
 
 static int l_spawn(lua_State *L) {
     luaL_checktype(L, 1, LUA_TFUNCTION);

@@ -5,9 +5,9 @@
 #include <string.h>
 
 #include "budget.h"
-#include "log.h"
+#include "core/log.h"
 #include "runtime.h"
-#include "timeout.h"
+#include "core/timeout.h"
 
 #define TASK_MT "sluice.task"
 
