@@ -24,11 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/strbuf.h"
+#include "core/timeout.h"
 #include "host/modules.h"
 #include "host/runtime.h"
-#include "core/strbuf.h"
 #include "host/task.h"
-#include "core/timeout.h"
 
 typedef struct transfer {
     CURL *easy;

@@ -26,11 +26,11 @@
 
 #include "core/limiter.h"
 #include "core/log.h"
-#include "host/modules.h"
 #include "core/rlheaders.h"
+#include "core/timeout.h"
+#include "host/modules.h"
 #include "host/runtime.h"
 #include "host/task.h"
-#include "core/timeout.h"
 
 #define LIMITER_MT "sluice.limiter"
 

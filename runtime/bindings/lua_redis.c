@@ -58,14 +58,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/timeout.h"
 #include "host/modules.h"
+#include "host/runtime.h"
+#include "host/task.h"
 #include "redis_args.h"
 #include "redis_dns.h"
 #include "redis_reply.h"
 #include "redis_sub.h"
-#include "host/runtime.h"
-#include "host/task.h"
-#include "core/timeout.h"
 
 #define CLIENT_MT "sluice.redis.client"
 #define BACKOFF_MIN 0.1

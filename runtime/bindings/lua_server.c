@@ -66,13 +66,13 @@
 #include <strings.h>
 #include <sys/socket.h>
 
-#include "host/accept_guard.h"
 #include "core/http_gate.h"
 #include "core/log.h"
+#include "core/timeout.h"
+#include "host/accept_guard.h"
 #include "host/modules.h"
 #include "host/runtime.h"
 #include "host/task.h"
-#include "core/timeout.h"
 
 #define SERVER_MT "sluice.server"
 #define EXCHANGE_MT "sluice.server.request"

@@ -13,8 +13,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "redis_dns.h"
 #include "host/runtime.h"
+#include "redis_dns.h"
 
 struct sl_redis_dns_req {
     sl_redis_dns_req **slot; /* NULL once the caller has let go (cancel) */

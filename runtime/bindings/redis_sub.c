@@ -13,9 +13,9 @@
 #include <string.h>
 #include <strings.h>
 
-#include "redis_sub.h"
-#include "host/runtime.h"
 #include "core/timeout.h"
+#include "host/runtime.h"
+#include "redis_sub.h"
 
 typedef struct msg {
     struct msg *next;

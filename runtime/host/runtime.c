@@ -12,10 +12,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "embed.h"
 #include "core/log.h"
-#include "task.h"
 #include "core/timeout.h"
+#include "embed.h"
+#include "task.h"
 #include "timer.h"
 
 sl_runtime sl_rt = {.shutdown_timeout = 10.0,

@@ -6,8 +6,8 @@
 
 #include "budget.h"
 #include "core/log.h"
-#include "runtime.h"
 #include "core/timeout.h"
+#include "runtime.h"
 
 #define TASK_MT "sluice.task"
 

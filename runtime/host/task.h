@@ -67,7 +67,7 @@ struct sl_task {
     int timer_set;
     int nowait;              /* depth of no-wait regions (see below) */
     const char *nowait_what; /* the outermost region's description */
-    sl_budget *budget; /* budget.h; owned there, NULL when none */
+    sl_budget *budget;       /* budget.h; owned there, NULL when none */
 };
 
 /* Creates a task running the function at stack index fn with the nargs

@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/timeout.h"
 #include "runtime.h"
 #include "task.h"
-#include "core/timeout.h"
 
 #define TIMER_MT "sluice.timer"
 
