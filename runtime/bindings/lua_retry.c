@@ -2,7 +2,7 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 
-#include "core/backoff.h"
+#include "core/retry.h"
 #include "host/modules.h"
 #include "host/runtime.h"
 
@@ -12,7 +12,7 @@
  * u defaults to a fresh uniform draw. */
 static int l_delay(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
-    int s = sl_backoff_parse(name);
+    int s = sl_retry_strategy_parse(name);
     if (s < 0)
         return luaL_argerror(L, 1, "unknown strategy");
     int n = (int)luaL_checkinteger(L, 2);
@@ -22,8 +22,8 @@ static int l_delay(lua_State *L) {
     double max_retry_after = luaL_optnumber(L, 6, max_delay);
     double u = lua_isnoneornil(L, 7) ? (double)random() / ((double)RAND_MAX + 1)
                                      : luaL_checknumber(L, 7);
-    lua_pushnumber(L, sl_backoff_delay(s, n, base, max_delay, retry_after,
-                                       max_retry_after, u));
+    lua_pushnumber(L, sl_retry_delay(s, n, base, max_delay, retry_after,
+                                     max_retry_after, u));
     return 1;
 }
 

@@ -1,60 +1,55 @@
-/* test_backoff.c -- retry delays and the retry budget */
-#include "core/backoff.h"
+/* test_retry.c -- retry delays and the retry budget */
+#include "core/retry.h"
 #include "test.h"
 
 #include <math.h>
 
 TEST(parse_names) {
-    CHECK_INT(sl_backoff_parse("fixed"), SL_BACKOFF_FIXED);
-    CHECK_INT(sl_backoff_parse("exponential_jitter"),
-              SL_BACKOFF_EXPONENTIAL_JITTER);
-    CHECK_INT(sl_backoff_parse("adaptive"), SL_BACKOFF_ADAPTIVE);
-    CHECK_INT(sl_backoff_parse("exponentail"), -1);
-    CHECK_STR(sl_backoff_name(SL_BACKOFF_LINEAR), "linear");
+    CHECK_INT(sl_retry_strategy_parse("fixed"), SL_RETRY_FIXED);
+    CHECK_INT(sl_retry_strategy_parse("exponential_jitter"),
+              SL_RETRY_EXPONENTIAL_JITTER);
+    CHECK_INT(sl_retry_strategy_parse("adaptive"), SL_RETRY_ADAPTIVE);
+    CHECK_INT(sl_retry_strategy_parse("exponentail"), -1);
+    CHECK_STR(sl_retry_strategy_name(SL_RETRY_LINEAR), "linear");
 }
 
 TEST(deterministic_strategies) {
-    CHECK_NUM(sl_backoff_delay(SL_BACKOFF_FIXED, 3, 0.5, 30, -1, 60, 0), 0.5,
-              0);
-    CHECK_NUM(sl_backoff_delay(SL_BACKOFF_LINEAR, 3, 0.5, 30, -1, 60, 0), 1.5,
-              0);
+    CHECK_NUM(sl_retry_delay(SL_RETRY_FIXED, 3, 0.5, 30, -1, 60, 0), 0.5, 0);
+    CHECK_NUM(sl_retry_delay(SL_RETRY_LINEAR, 3, 0.5, 30, -1, 60, 0), 1.5, 0);
     double want[] = {0.5, 1, 2, 4, 8, 16, 30, 30};
     for (int n = 1; n <= 8; n++)
-        CHECK_NUM(
-            sl_backoff_delay(SL_BACKOFF_EXPONENTIAL, n, 0.5, 30, -1, 60, 0.9),
-            want[n - 1], 0);
+        CHECK_NUM(sl_retry_delay(SL_RETRY_EXPONENTIAL, n, 0.5, 30, -1, 60, 0.9),
+                  want[n - 1], 0);
     /* huge attempt numbers stay capped, never inf or NaN */
-    CHECK_NUM(
-        sl_backoff_delay(SL_BACKOFF_EXPONENTIAL, 5000, 0.5, 30, -1, 60, 0), 30,
-        0);
-    CHECK_NUM(sl_backoff_delay(SL_BACKOFF_LINEAR, 0, 2, 30, -1, 60, 0), 2, 0);
+    CHECK_NUM(sl_retry_delay(SL_RETRY_EXPONENTIAL, 5000, 0.5, 30, -1, 60, 0),
+              30, 0);
+    CHECK_NUM(sl_retry_delay(SL_RETRY_LINEAR, 0, 2, 30, -1, 60, 0), 2, 0);
 }
 
 TEST(full_jitter_spans_zero_to_cap) {
     CHECK_NUM(
-        sl_backoff_delay(SL_BACKOFF_EXPONENTIAL_JITTER, 3, 1, 30, -1, 60, 0.0),
-        0, 0);
+        sl_retry_delay(SL_RETRY_EXPONENTIAL_JITTER, 3, 1, 30, -1, 60, 0.0), 0,
+        0);
     CHECK_NUM(
-        sl_backoff_delay(SL_BACKOFF_EXPONENTIAL_JITTER, 3, 1, 30, -1, 60, 0.5),
-        2, 1e-12);
+        sl_retry_delay(SL_RETRY_EXPONENTIAL_JITTER, 3, 1, 30, -1, 60, 0.5), 2,
+        1e-12);
     CHECK_NUM(
-        sl_backoff_delay(SL_BACKOFF_EXPONENTIAL_JITTER, 10, 1, 30, -1, 60, 0.5),
-        15, 1e-12);
+        sl_retry_delay(SL_RETRY_EXPONENTIAL_JITTER, 10, 1, 30, -1, 60, 0.5), 15,
+        1e-12);
     /* a bad draw is treated as 0, not as a longer delay */
     CHECK_NUM(
-        sl_backoff_delay(SL_BACKOFF_EXPONENTIAL_JITTER, 3, 1, 30, -1, 60, NAN),
-        0, 0);
+        sl_retry_delay(SL_RETRY_EXPONENTIAL_JITTER, 3, 1, 30, -1, 60, NAN), 0,
+        0);
 }
 
 TEST(adaptive_honours_retry_after) {
-    CHECK_NUM(sl_backoff_delay(SL_BACKOFF_ADAPTIVE, 1, 1, 30, 45, 120, 0.5), 45,
+    CHECK_NUM(sl_retry_delay(SL_RETRY_ADAPTIVE, 1, 1, 30, 45, 120, 0.5), 45, 0);
+    CHECK_NUM(sl_retry_delay(SL_RETRY_ADAPTIVE, 1, 1, 30, 500, 120, 0.5), 120,
               0);
-    CHECK_NUM(sl_backoff_delay(SL_BACKOFF_ADAPTIVE, 1, 1, 30, 500, 120, 0.5),
-              120, 0);
-    CHECK_NUM(sl_backoff_delay(SL_BACKOFF_ADAPTIVE, 2, 1, 30, -1, 120, 0.5), 1,
+    CHECK_NUM(sl_retry_delay(SL_RETRY_ADAPTIVE, 2, 1, 30, -1, 120, 0.5), 1,
               1e-12);
     /* the other strategies ignore Retry-After */
-    CHECK_NUM(sl_backoff_delay(SL_BACKOFF_FIXED, 1, 1, 30, 45, 120, 0), 1, 0);
+    CHECK_NUM(sl_retry_delay(SL_RETRY_FIXED, 1, 1, 30, 45, 120, 0), 1, 0);
 }
 
 TEST(budget_limits_retries_to_ratio_plus_floor) {

@@ -1,5 +1,5 @@
-/* backoff.c -- retry delays and a retry budget */
-#include "backoff.h"
+/* retry.c -- retry delays and a retry budget */
+#include "retry.h"
 
 #include <math.h>
 #include <string.h>
@@ -7,20 +7,19 @@
 static const char *names[] = {"fixed", "linear", "exponential",
                               "exponential_jitter", "adaptive"};
 
-int sl_backoff_parse(const char *name) {
+int sl_retry_strategy_parse(const char *name) {
     for (int i = 0; i < (int)(sizeof(names) / sizeof(names[0])); i++)
         if (strcmp(name, names[i]) == 0)
             return i;
     return -1;
 }
 
-const char *sl_backoff_name(sl_backoff_strategy s) {
+const char *sl_retry_strategy_name(sl_retry_strategy s) {
     return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
 }
 
-double sl_backoff_delay(sl_backoff_strategy s, int n, double base,
-                        double max_delay, double retry_after,
-                        double max_retry_after, double u) {
+double sl_retry_delay(sl_retry_strategy s, int n, double base, double max_delay,
+                      double retry_after, double max_retry_after, double u) {
     if (n < 1)
         n = 1;
     if (!(base >= 0))
@@ -31,21 +30,21 @@ double sl_backoff_delay(sl_backoff_strategy s, int n, double base,
     double growth = n > 1000 ? INFINITY : ldexp(1.0, n - 1);
     double d;
     switch (s) {
-    case SL_BACKOFF_FIXED:
+    case SL_RETRY_FIXED:
         d = base;
         break;
-    case SL_BACKOFF_LINEAR:
+    case SL_RETRY_LINEAR:
         d = base * n;
         break;
-    case SL_BACKOFF_EXPONENTIAL:
+    case SL_RETRY_EXPONENTIAL:
         d = base * growth;
         break;
-    case SL_BACKOFF_ADAPTIVE:
+    case SL_RETRY_ADAPTIVE:
         if (retry_after >= 0 && isfinite(retry_after))
             return retry_after < max_retry_after ? retry_after
                                                  : max_retry_after;
         /* fall through */
-    case SL_BACKOFF_EXPONENTIAL_JITTER:
+    case SL_RETRY_EXPONENTIAL_JITTER:
     default: {
         double cap = base * growth;
         if (cap > max_delay)

@@ -1,34 +1,33 @@
-/* backoff.h -- retry delays and a retry budget
+/* retry.h -- retry delays and a retry budget: the pure C half of sluice.retry
  *
  * Pure functions of their inputs: the caller supplies the clock (monotonic
  * seconds) and the random source (a uniform draw in [0, 1)), so every
  * result is reproducible in tests. Nothing here allocates.
  */
-#ifndef SLUICE_BACKOFF_H
-#define SLUICE_BACKOFF_H
+#ifndef SLUICE_RETRY_H
+#define SLUICE_RETRY_H
 
-typedef enum sl_backoff_strategy {
-    SL_BACKOFF_FIXED,              /* base */
-    SL_BACKOFF_LINEAR,             /* base * n */
-    SL_BACKOFF_EXPONENTIAL,        /* base * 2^(n-1) */
-    SL_BACKOFF_EXPONENTIAL_JITTER, /* U[0, base * 2^(n-1)) ("full jitter") */
-    SL_BACKOFF_ADAPTIVE            /* Retry-After when given, else full
+typedef enum sl_retry_strategy {
+    SL_RETRY_FIXED,              /* base */
+    SL_RETRY_LINEAR,             /* base * n */
+    SL_RETRY_EXPONENTIAL,        /* base * 2^(n-1) */
+    SL_RETRY_EXPONENTIAL_JITTER, /* U[0, base * 2^(n-1)) ("full jitter") */
+    SL_RETRY_ADAPTIVE            /* Retry-After when given, else full
                                       jitter */
-} sl_backoff_strategy;
+} sl_retry_strategy;
 
 /* Parses "fixed", "linear", "exponential", "exponential_jitter" or
  * "adaptive". Returns -1 for anything else. */
-int sl_backoff_parse(const char *name);
-const char *sl_backoff_name(sl_backoff_strategy s);
+int sl_retry_strategy_parse(const char *name);
+const char *sl_retry_strategy_name(sl_retry_strategy s);
 
 /* The delay in seconds before retry number n (n >= 1 is the first retry),
  * never above max_delay. retry_after (seconds, < 0 when the server gave
  * none) is honoured by ADAPTIVE only, and may exceed max_delay up to
  * max_retry_after: a server that says "come back in 60 s" means it.
  * u is a uniform draw in [0, 1), used by the jittered strategies. */
-double sl_backoff_delay(sl_backoff_strategy s, int n, double base,
-                        double max_delay, double retry_after,
-                        double max_retry_after, double u);
+double sl_retry_delay(sl_retry_strategy s, int n, double base, double max_delay,
+                      double retry_after, double max_retry_after, double u);
 
 /* A retry budget (after Finagle's RetryBudget): every request deposits
  * `ratio` of a retry, every retry withdraws one, and a floor of
