@@ -14,9 +14,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "control.h"
 #include "core/log.h"
 #include "repl.h"
+#include "repl_server.h"
 #include "runtime.h"
 #include "task.h"
 
@@ -288,8 +288,9 @@ static int cmd_run(int argc, char **argv) {
     if (start(&o) != 0)
         return EXIT_ERROR;
     char err[256];
-    if ((*control && strcmp(control, "none") != 0 &&
-         sl_control_listen(control, control_given, err, sizeof(err)) != 0) ||
+    int serve = *control && strcmp(control, "none") != 0;
+    if ((serve &&
+         sl_repl_server_listen(control, control_given, err, sizeof(err))) ||
         (interactive && sl_repl_interactive(err, sizeof(err)) != 0)) {
         fprintf(stderr, "sluice: %s\n", err);
         sl_runtime_close();

@@ -12,7 +12,7 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._retry", luaopen_sluice_retry},
     {"sluice._server", luaopen_sluice_server},
     {"sluice._limiter", luaopen_sluice_limiter},
-    {"sluice._control", luaopen_sluice_control},
+    {"sluice._repl", luaopen_sluice_repl},
     {"sluice._redis", luaopen_sluice_redis},
     {"sluice._budget", luaopen_sluice_budget},
     {NULL, NULL},

@@ -20,7 +20,7 @@ int luaopen_sluice_breaker(lua_State *L);
 int luaopen_sluice_retry(lua_State *L);
 int luaopen_sluice_server(lua_State *L);
 int luaopen_sluice_limiter(lua_State *L);
-int luaopen_sluice_control(lua_State *L);
+int luaopen_sluice_repl(lua_State *L);
 int luaopen_sluice_redis(lua_State *L);
 int luaopen_sluice_budget(lua_State *L);
 

@@ -22,7 +22,7 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "control.h"
+#include "repl_server.h"
 #include "runtime.h"
 
 #define PROMPT "sluice> "
@@ -327,7 +327,7 @@ int sl_repl_main(int argc, char **argv) {
 /* --- run -i: the terminal inside the process ----------------------------- */
 
 static struct {
-    sl_control_conn *conn;
+    sl_repl_server_conn *conn;
     struct event *ev;   /* stdin readable */
     struct event *kick; /* plain mode: look at buffered lines */
     struct evbuffer *in;
@@ -371,7 +371,7 @@ static void detach(void) {
     prompt_off();
     if (I.tty)
         history_save(I.hist);
-    sl_control_detach(I.conn);
+    sl_repl_server_detach(I.conn);
     I.conn = NULL;
     sl_loop_unref();
 }
@@ -413,7 +413,7 @@ static void take_line(char *line) {
         add_history(line);
     int rc = chunk_add(&I.chunk, line);
     free(line);
-    if (rc != 0 || sl_control_submit(I.conn, I.chunk.p, I.chunk.len) != 0) {
+    if (rc != 0 || sl_repl_server_submit(I.conn, I.chunk.p, I.chunk.len) != 0) {
         fputs("sluice: cannot evaluate that (out of memory?)\n", stderr);
         I.chunk.len = 0;
         prompt_on();
@@ -495,11 +495,11 @@ int sl_repl_interactive(char *err, size_t errlen) {
     I.ev = event_new(sl_rt.base, 0, EV_READ | EV_PERSIST, on_stdin, NULL);
     I.kick = event_new(sl_rt.base, -1, 0, on_kick, NULL);
     I.in = evbuffer_new();
-    I.conn = sl_control_attach(on_reply, NULL);
+    I.conn = sl_repl_server_attach(on_reply, NULL);
     if (!I.ev || !I.kick || !I.in || !I.conn ||
         sl_runtime_on_close(interactive_close) != 0) {
         snprintf(err, errlen, "cannot attach the terminal (out of memory)");
-        sl_control_detach(I.conn);
+        sl_repl_server_detach(I.conn);
         interactive_close();
         return -1;
     }

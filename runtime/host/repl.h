@@ -1,13 +1,13 @@
 /* repl.h -- the REPL front ends: `sluice repl` and `sluice run -i`
  *
- * `sluice repl` is a client of the control socket (control.h): it reads
+ * `sluice repl` is a client of the control socket (repl_server.h): it reads
  * lines with libedit (history in ~/.sluice_history), sends each chunk and
  * prints the reply. It runs no event loop and no runtime.
  *
  * `sluice run -i` puts the same prompt on the terminal inside the running
  * process: stdin is read from a libevent event (libedit's callback
  * interface on a terminal, plain lines otherwise), and each chunk is
- * evaluated as a task through a local control session. It holds a loop
+ * evaluated as a task through a local session (repl_server.h). It holds a loop
  * reference while attached, so the process stays up after its script has
  * finished; end of input (Ctrl-D) begins a graceful shutdown, and a
  * shutdown for any other reason detaches it.

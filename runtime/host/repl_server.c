@@ -1,4 +1,7 @@
-/* control.c -- the control socket: REPL sessions over a Unix socket
+/* repl_server.c -- the REPL's server end: sessions on the control socket
+ *
+ * The clients are in repl.c (`sluice repl` over the socket, `run -i` in
+ * process); each request is evaluated by sluice.repl (lua/sluice/repl.lua).
  *
  * A connection reads newline-framed JSON requests and runs each one as a
  * task (require("sluice.repl")._serve(conn, line, true)), one at a time per
@@ -8,10 +11,10 @@
  * buffered request is picked up from an event of the connection's own, not
  * from the task machinery's stack.
  *
- * The same machinery serves a local session (sl_control_attach): requests
+ * The same machinery serves a local session (sl_repl_server_attach): requests
  * are raw chunks and replies go to a C callback instead of a socket.
  */
-#include "control.h"
+#include "repl_server.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -32,13 +35,13 @@
 #include "runtime.h"
 #include "task.h"
 
-#define CONN_MT "sluice.control.conn"
+#define CONN_MT "sluice.repl.conn"
 #define MAX_REQUEST (4 * 1024 * 1024) /* bytes in one request line */
 
-struct sl_control_conn {
-    struct bufferevent *bev; /* socket sessions, while open */
-    struct event *kick;      /* "look at the input again" */
-    sl_control_reply_fn fn;  /* local sessions, while attached */
+struct sl_repl_server_conn {
+    struct bufferevent *bev;    /* socket sessions, while open */
+    struct event *kick;         /* "look at the input again" */
+    sl_repl_server_reply_fn fn; /* local sessions, while attached */
     void *privdata;
     int ref;       /* registry anchor while open or busy, else LUA_NOREF */
     int open;      /* the client is there */
@@ -60,7 +63,7 @@ static long nconns;
 
 /* --- connections --------------------------------------------------------- */
 
-static void conn_unanchor(sl_control_conn *c) {
+static void conn_unanchor(sl_repl_server_conn *c) {
     if (c->open || c->busy || c->ref == LUA_NOREF || !sl_rt.L)
         return;
     luaL_unref(sl_rt.L, LUA_REGISTRYINDEX, c->ref);
@@ -68,7 +71,7 @@ static void conn_unanchor(sl_control_conn *c) {
 }
 
 /* The client is gone (or the session detached): drop the socket. */
-static void conn_close(sl_control_conn *c) {
+static void conn_close(sl_repl_server_conn *c) {
     if (c->bev) {
         bufferevent_free(c->bev);
         c->bev = NULL;
@@ -87,7 +90,7 @@ static void conn_close(sl_control_conn *c) {
  * sends until it closes too (bounded by a timeout). Closing with unread
  * input would make the kernel reset the connection, and a reset can
  * destroy the reply before the client reads it. */
-static void conn_linger(sl_control_conn *c) {
+static void conn_linger(sl_repl_server_conn *c) {
     static const struct timeval bound = {2, 0};
     if (c->eof) { /* the client has closed its side already */
         conn_close(c);
@@ -104,7 +107,7 @@ static void conn_linger(sl_control_conn *c) {
 
 /* Closes the connection once its queued output is written: the client
  * still reads its replies, but nothing more it sends is evaluated. */
-static void conn_finish(sl_control_conn *c) {
+static void conn_finish(sl_repl_server_conn *c) {
     c->closing = 1;
     if (!c->bev) {
         conn_close(c);
@@ -116,7 +119,7 @@ static void conn_finish(sl_control_conn *c) {
 }
 
 /* Writes a reply frame, or hands the reply to the local callback. */
-static void conn_deliver(sl_control_conn *c, int ok, const char *out,
+static void conn_deliver(sl_repl_server_conn *c, int ok, const char *out,
                          size_t len, int incomplete, const char *frame,
                          size_t flen) {
     if (!c->open)
@@ -128,7 +131,7 @@ static void conn_deliver(sl_control_conn *c, int ok, const char *out,
 }
 
 static void on_task_done(sl_task *t, int ok, void *privdata) {
-    sl_control_conn *c = privdata;
+    sl_repl_server_conn *c = privdata;
     (void)t;
     c->busy = 0;
     if (!c->replied) {
@@ -146,7 +149,7 @@ static void on_task_done(sl_task *t, int ok, void *privdata) {
 }
 
 typedef struct spawn_ctx {
-    sl_control_conn *c;
+    sl_repl_server_conn *c;
     const char *payload;
     size_t len;
     int framed;
@@ -169,7 +172,7 @@ static int spawn_request(lua_State *L) {
 }
 
 /* Starts evaluating payload. Returns 0, or -1 (logged) if it could not. */
-static int conn_start(sl_control_conn *c, const char *payload, size_t len,
+static int conn_start(sl_repl_server_conn *c, const char *payload, size_t len,
                       int framed) {
     lua_State *L = sl_rt.L;
     spawn_ctx x = {.c = c, .payload = payload, .len = len, .framed = framed};
@@ -190,7 +193,7 @@ static int conn_start(sl_control_conn *c, const char *payload, size_t len,
 
 /* Takes the next complete request off the input, if the connection is
  * free to run one. */
-static void conn_process(sl_control_conn *c) {
+static void conn_process(sl_repl_server_conn *c) {
     if (!c->open || c->busy)
         return;
     if (c->fn) { /* local session */
@@ -238,7 +241,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void on_read(struct bufferevent *bev, void *arg) {
-    sl_control_conn *c = arg;
+    sl_repl_server_conn *c = arg;
     if (c->lingering) {
         struct evbuffer *in = bufferevent_get_input(bev);
         evbuffer_drain(in, evbuffer_get_length(in));
@@ -248,7 +251,7 @@ static void on_read(struct bufferevent *bev, void *arg) {
 }
 
 static void on_write(struct bufferevent *bev, void *arg) {
-    sl_control_conn *c = arg;
+    sl_repl_server_conn *c = arg;
     if (c->closing && !c->lingering &&
         evbuffer_get_length(bufferevent_get_output(bev)) == 0)
         conn_linger(c);
@@ -258,7 +261,7 @@ static void on_write(struct bufferevent *bev, void *arg) {
  * client may still be reading, so requests already received are evaluated
  * and answered before the connection is closed. */
 static void on_event(struct bufferevent *bev, short what, void *arg) {
-    sl_control_conn *c = arg;
+    sl_repl_server_conn *c = arg;
     (void)bev;
     if ((what & BEV_EVENT_ERROR) || c->lingering) { /* error, EOF, timeout */
         conn_close(c);
@@ -272,9 +275,9 @@ static void on_event(struct bufferevent *bev, short what, void *arg) {
 static void ensure_metatable(lua_State *L);
 
 /* Pushes a new connection userdata, anchored, and returns it. */
-static sl_control_conn *conn_new(lua_State *L) {
+static sl_repl_server_conn *conn_new(lua_State *L) {
     ensure_metatable(L);
-    sl_control_conn *c = lua_newuserdata(L, sizeof(*c));
+    sl_repl_server_conn *c = lua_newuserdata(L, sizeof(*c));
     memset(c, 0, sizeof(*c));
     c->ref = LUA_NOREF;
     luaL_getmetatable(L, CONN_MT);
@@ -287,14 +290,14 @@ static sl_control_conn *conn_new(lua_State *L) {
 
 typedef struct accept_ctx {
     struct bufferevent *bev;
-    sl_control_reply_fn fn;
+    sl_repl_server_reply_fn fn;
     void *privdata;
-    sl_control_conn *c;
+    sl_repl_server_conn *c;
 } accept_ctx;
 
 static int accept_conn(lua_State *L) {
     accept_ctx *a = lua_touserdata(L, 1);
-    sl_control_conn *c = conn_new(L);
+    sl_repl_server_conn *c = conn_new(L);
     c->bev = a->bev;
     c->fn = a->fn;
     c->privdata = a->privdata;
@@ -328,7 +331,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
         return;
     }
     lua_settop(L, top);
-    sl_control_conn *c = a.c;
+    sl_repl_server_conn *c = a.c;
     event_assign(kick, sl_rt.base, -1, 0, on_kick, c);
     c->kick = kick;
     nconns++;
@@ -341,7 +344,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
 
 /* conn:reply(ok, output, incomplete, frame) -> true if it was delivered */
 static int l_reply(lua_State *L) {
-    sl_control_conn *c = luaL_checkudata(L, 1, CONN_MT);
+    sl_repl_server_conn *c = luaL_checkudata(L, 1, CONN_MT);
     int ok = lua_toboolean(L, 2);
     size_t len, flen;
     const char *out = luaL_checklstring(L, 3, &len);
@@ -355,7 +358,7 @@ static int l_reply(lua_State *L) {
 }
 
 static int l_conn_gc(lua_State *L) {
-    sl_control_conn *c = luaL_checkudata(L, 1, CONN_MT);
+    sl_repl_server_conn *c = luaL_checkudata(L, 1, CONN_MT);
     /* Only at lua_close can an open connection be collected. */
     c->ref = LUA_NOREF;
     if (c->bev) {
@@ -374,11 +377,13 @@ static int l_conn_gc(lua_State *L) {
 }
 
 static int l_conn_tostring(lua_State *L) {
-    sl_control_conn *c = luaL_checkudata(L, 1, CONN_MT);
-    lua_pushfstring(L, "sluice.control connection (%s)",
+    sl_repl_server_conn *c = luaL_checkudata(L, 1, CONN_MT);
+    lua_pushfstring(L, "sluice.repl connection (%s)",
                     c->open ? (c->busy ? "evaluating" : "idle") : "closed");
     return 1;
 }
+
+/* --- sluice._repl -------------------------------------------------------- */
 
 /* path() -> the control socket's path, or nil when there is none. */
 static int l_path(lua_State *L) {
@@ -408,7 +413,7 @@ static void ensure_metatable(lua_State *L) {
     lua_pop(L, 1);
 }
 
-int luaopen_sluice_control(lua_State *L) {
+int luaopen_sluice_repl(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"path", l_path},
         {"connections", l_connections},
@@ -424,14 +429,15 @@ int luaopen_sluice_control(lua_State *L) {
 
 static int attach_local(lua_State *L) {
     accept_ctx *a = lua_touserdata(L, 1);
-    sl_control_conn *c = conn_new(L);
+    sl_repl_server_conn *c = conn_new(L);
     c->fn = a->fn;
     c->privdata = a->privdata;
     a->c = c;
     return 0;
 }
 
-sl_control_conn *sl_control_attach(sl_control_reply_fn fn, void *privdata) {
+sl_repl_server_conn *sl_repl_server_attach(sl_repl_server_reply_fn fn,
+                                           void *privdata) {
     lua_State *L = sl_rt.L;
     accept_ctx a = {.fn = fn, .privdata = privdata};
     int top = lua_gettop(L);
@@ -448,7 +454,8 @@ sl_control_conn *sl_control_attach(sl_control_reply_fn fn, void *privdata) {
     return a.c;
 }
 
-int sl_control_submit(sl_control_conn *c, const char *chunk, size_t len) {
+int sl_repl_server_submit(sl_repl_server_conn *c, const char *chunk,
+                          size_t len) {
     if (!c || !c->open || c->busy || c->pending)
         return -1;
     c->pending = malloc(len + 1);
@@ -461,7 +468,7 @@ int sl_control_submit(sl_control_conn *c, const char *chunk, size_t len) {
     return 0;
 }
 
-void sl_control_detach(sl_control_conn *c) {
+void sl_repl_server_detach(sl_repl_server_conn *c) {
     if (!c || !sl_rt.L)
         return;
     free(c->pending);
@@ -483,7 +490,7 @@ static void remove_socket(void) {
         unlink(sock_path);
 }
 
-void sl_control_close(void) {
+void sl_repl_server_close(void) {
     if (listener) {
         evconnlistener_free(listener);
         listener = NULL;
@@ -540,7 +547,8 @@ static int in_use(const char *path, int strict, char *err, size_t errlen) {
     return 0;
 }
 
-int sl_control_listen(const char *path, int strict, char *err, size_t errlen) {
+int sl_repl_server_listen(const char *path, int strict, char *err,
+                          size_t errlen) {
     struct sockaddr_un sa;
     struct stat st;
     int fd = -1;
@@ -600,7 +608,7 @@ int sl_control_listen(const char *path, int strict, char *err, size_t errlen) {
     evconnlistener_set_error_cb(listener, on_listen_error);
     if (!hooks_set) {
         hooks_set = 1;
-        sl_runtime_on_close(sl_control_close);
+        sl_runtime_on_close(sl_repl_server_close);
         atexit(remove_socket);
     }
     return 0;

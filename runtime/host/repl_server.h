@@ -1,4 +1,5 @@
-/* control.h -- the control socket the REPL attaches to, and local sessions
+/* repl_server.h -- the REPL's server end: the control socket the REPL
+ * attaches to, and local sessions
  *
  * `sluice run` listens on a Unix socket (mode 0600). Each connection is a
  * REPL session: it sends one JSON request per line, {"chunk": "..."}, and
@@ -6,7 +7,9 @@
  * Every request is evaluated as a task (lua/sluice/repl.lua, _serve); a
  * connection runs one request at a time, in order. The listener does not
  * hold a loop reference: a process whose work is done exits with clients
- * attached (they see the connection close).
+ * attached (they see the connection close). The Lua side reads the
+ * socket's path and its number of clients from sluice._repl
+ * (luaopen_sluice_repl, defined here: it shares the connection type).
  *
  * Ownership: the module owns the listening socket and removes the socket
  * file at exit (sl_runtime_close, or exit()). A connection's memory is a Lua
@@ -19,18 +22,18 @@
  * buffered; a longer line is answered "request too large" and the
  * connection closed.
  */
-#ifndef SLUICE_CONTROL_H
-#define SLUICE_CONTROL_H
+#ifndef SLUICE_REPL_SERVER_H
+#define SLUICE_REPL_SERVER_H
 
 #include <stddef.h>
 
-typedef struct sl_control_conn sl_control_conn;
+typedef struct sl_repl_server_conn sl_repl_server_conn;
 
-/* A local session's reply (sl_control_attach). output is only valid for
+/* A local session's reply (sl_repl_server_attach). output is only valid for
  * the duration of the call. Called from inside the evaluating task (or
  * from the task machinery when it failed): it must not run Lua. */
-typedef void (*sl_control_reply_fn)(int ok, const char *output, size_t len,
-                                    int incomplete, void *privdata);
+typedef void (*sl_repl_server_reply_fn)(int ok, const char *output, size_t len,
+                                        int incomplete, void *privdata);
 
 /* Listens on path (after sl_runtime_init). A stale socket file (nobody
  * accepts on it) is replaced; a file that is not a socket is refused, and
@@ -38,22 +41,25 @@ typedef void (*sl_control_reply_fn)(int ok, const char *output, size_t len,
  * default path, not one the user named), in which case a warning is logged
  * and the process runs without a control socket, so that two scripts can
  * run in one directory. Returns 0, or -1 with a one-line message in err. */
-int sl_control_listen(const char *path, int strict, char *err, size_t errlen);
+int sl_repl_server_listen(const char *path, int strict, char *err,
+                          size_t errlen);
 
 /* Stops listening and removes the socket file if it is still ours.
  * Idempotent; also run by sl_runtime_close and at exit(). */
-void sl_control_close(void);
+void sl_repl_server_close(void);
 
 /* A session without a socket (the in-process terminal of `run -i`):
  * requests are raw chunks, replies go to fn. The session stays valid until
- * sl_control_detach or sl_runtime_close, whichever is first. */
-sl_control_conn *sl_control_attach(sl_control_reply_fn fn, void *privdata);
+ * sl_repl_server_detach or sl_runtime_close, whichever is first. */
+sl_repl_server_conn *sl_repl_server_attach(sl_repl_server_reply_fn fn,
+                                           void *privdata);
 
 /* Evaluates chunk (copied) in a task. Returns 0, or -1 when the session is
  * busy with an earlier chunk or detached. */
-int sl_control_submit(sl_control_conn *c, const char *chunk, size_t len);
+int sl_repl_server_submit(sl_repl_server_conn *c, const char *chunk,
+                          size_t len);
 
 /* Ends a local session: no more replies are delivered. */
-void sl_control_detach(sl_control_conn *c);
+void sl_repl_server_detach(sl_repl_server_conn *c);
 
 #endif
