@@ -27,6 +27,7 @@
  * the task (t->budget) and freed when the task finishes (it takes the
  * task's on_done slot). Everything runs on the loop thread except the
  * signal handler, which only reads the running budget and sets the hook.
+ * Lua reaches sl_budget_attach through sluice._budget (bindings/lua_budget.c).
  */
 #ifndef SLUICE_BUDGET_H
 #define SLUICE_BUDGET_H
