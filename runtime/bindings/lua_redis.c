@@ -12,20 +12,8 @@
  * those callbacks frees it. The waiting task only borrows it: a timeout or
  * a kill detaches the task (req->task = NULL) and later replies are dropped.
  *
- * Connection lifetime: hiredis frees a context right after its disconnect
- * callback and does not reconnect. We forget the context in that callback
- * and build a new one from a libevent timer (jittered exponential backoff,
- * 0.1 s doubling to 5 s). Calls made while disconnected fail at once;
- * calls made before the first connection completes are queued by hiredis
- * behind the AUTH/SELECT handshake.
- *
- * Names: every connection attempt to a host name first resolves it without
- * blocking (redis_dns.c), then connects to the numeric address. IP
- * literals skip this. While the first connection waits for its address,
- * calls are formatted and kept in c->pending (in order) and handed to
- * hiredis once the context exists. The connect timeout covers resolution
- * and connection. c->dns is the slot of the resolution under way; the
- * client cancels it before it lets go of the slot (timeout, close).
+ * The connection (resolution, connect, handshake, reconnect) is in
+ * redis_conn.c; redis_conn.h has its rules and the types both files share.
  *
  * Replies become Lua values in redis_reply.c, on the waiting task's thread.
  *
@@ -49,96 +37,25 @@
  */
 #include <event2/event.h>
 #include <event2/event_struct.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <lauxlib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/timeout.h"
 #include "host/modules.h"
 #include "host/runtime.h"
 #include "host/task.h"
 #include "redis_args.h"
+#include "redis_conn.h"
 #include "redis_dns.h"
 #include "redis_reply.h"
 #include "redis_sub.h"
 
 #define CLIENT_MT "sluice.redis.client"
-#define BACKOFF_MIN 0.1
-#define BACKOFF_MAX 5.0
 #define MAX_STACK_ARGS 32
-
-typedef enum conn_state {
-    ST_CONNECTING,
-    ST_CONNECTED,
-    ST_DISCONNECTED,
-    ST_CLOSED
-} conn_state;
-
-typedef struct req req;
-
-typedef struct client {
-    redisAsyncContext *ac; /* NULL while resolving, disconnected or closed */
-    sl_redis_dns_req *dns; /* the resolution under way, or NULL */
-    struct evdns_base *own_dns;  /* a private resolver (tests), or NULL */
-    req *pending, *pending_tail; /* calls waiting for the first address */
-    conn_state state;
-    int ever_connected;
-    int handshake_failed; /* keep the first handshake error only */
-    char host[256];
-    char addr[256]; /* the numeric address of the current attempt */
-    int port, db;
-    char *password;
-    double connect_timeout, command_timeout;
-    double connect_started;  /* sl_now() of the current attempt */
-    double backoff;          /* next reconnect delay, before jitter */
-    const char *drop_reason; /* for replies lost with the context */
-    struct event connect_timer, reconnect_timer;
-    long in_flight;       /* requests not yet completed by hiredis */
-    long reconnects;      /* successful connections after the first */
-    long waiters;         /* tasks waiting on calls of this client */
-    int anchor;           /* registry ref of the userdata while waiters */
-    sl_redis_sub *sub;    /* a subscription client's, owned; or NULL */
-    char last_error[384]; /* handshake, resolution or connect failure */
-} client;
-
-typedef struct fmtcmd {
-    char *buf; /* from redisFormatCommandArgv */
-    size_t len;
-} fmtcmd;
-
-struct req {
-    client *c;
-    sl_task *task; /* NULL once the waiter is gone (timeout, kill) */
-    struct event timer;
-    int n, done; /* commands sent, replies received */
-    int ref;     /* registry ref of the results table (pipeline) or NOREF */
-    int cap;     /* commands this request may carry */
-    fmtcmd *fmt; /* commands kept while resolving (n of them), or NULL */
-    req *next;   /* in c->pending */
-};
-
-static unsigned long long rng_state;
-
-static double jitter(double d) {
-    if (!rng_state)
-        rng_state = (unsigned long long)time(NULL) ^ 0x9e3779b97f4a7c15ULL;
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return d * (0.5 + 0.5 * (double)(rng_state >> 11) / 9007199254740992.0);
-}
-
-/* See timeout.h: math.huge gives *armed = 0 (arm no timer). */
-static struct timeval to_tv(double s, int *armed) {
-    struct timeval tv;
-    *armed = sl_timeout_tv(s, &tv);
-    return tv;
-}
 
 /* --- requests -------------------------------------------------------- */
 
@@ -169,7 +86,7 @@ static void req_detach(req *q) {
     q->task = NULL;
 }
 
-static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     req *q = privdata;
     const redisReply *r = reply;
     (void)ac;
@@ -217,259 +134,9 @@ static void on_req_timeout(evutil_socket_t fd, short what, void *arg) {
 
 static void cancel_req(sl_task *t, void *op) {
     (void)t;
-    req_detach(op); /* hiredis still calls back; on_reply frees it */
+    req_detach(op); /* hiredis still calls back; sl_redis_on_reply frees it */
 }
 
-/* --- the connection -------------------------------------------------- */
-
-static void connect_now(client *c);
-
-static void schedule_reconnect(client *c) {
-    evtimer_del(&c->connect_timer);
-    if (c->state == ST_CLOSED)
-        return;
-    c->state = ST_DISCONNECTED;
-    int armed;
-    struct timeval tv = to_tv(jitter(c->backoff), &armed);
-    c->backoff = c->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : c->backoff * 2;
-    evtimer_add(&c->reconnect_timer, &tv);
-}
-
-static void on_reconnect_timer(evutil_socket_t fd, short what, void *arg) {
-    (void)fd;
-    (void)what;
-    connect_now(arg);
-}
-
-/* Frees the context ourselves (connect timeout, close): pending callbacks
- * run now with NULL replies and the given reason. */
-static void drop_context(client *c, const char *why) {
-    redisAsyncContext *ac = c->ac;
-    if (!ac)
-        return;
-    c->ac = NULL;
-    c->drop_reason = why;
-    redisAsyncFree(ac);
-    c->drop_reason = "disconnected";
-}
-
-static req *pop_pending(client *c) {
-    req *q = c->pending;
-    if (q) {
-        c->pending = q->next;
-        if (!c->pending)
-            c->pending_tail = NULL;
-        q->next = NULL;
-    }
-    return q;
-}
-
-/* Fails every call waiting for the first address with nil, why. */
-static void fail_pending(client *c, const char *why) {
-    const char *saved = c->drop_reason;
-    req *q;
-    c->drop_reason = why;
-    while ((q = pop_pending(c))) {
-        int n = q->n;
-        for (int i = 0; i < n; i++)
-            redisFreeCommand(q->fmt[i].buf);
-        for (int i = 0; i < n; i++)
-            on_reply(NULL, NULL, q); /* the last one frees q */
-    }
-    c->drop_reason = saved;
-}
-
-/* Hands the calls kept while resolving to the new context, in order. A
- * call whose task is gone (timeout, kill) is dropped unsent. */
-static void send_pending(client *c) {
-    req *q;
-    while ((q = pop_pending(c))) {
-        int n = q->n, sent = 0;
-        fmtcmd *f = q->fmt;
-        for (int i = 0; i < n; i++) {
-            if (q->task && sent == i &&
-                redisAsyncFormattedCommand(c->ac, on_reply, q, f[i].buf,
-                                           f[i].len) == REDIS_OK)
-                sent++;
-            redisFreeCommand(f[i].buf);
-        }
-        if (sent == n)
-            continue; /* on_reply frees q and q->fmt */
-        /* Replies come later from the loop, so q outlives this loop. */
-        for (int i = sent; i < n; i++)
-            on_reply(NULL, NULL, q);
-    }
-}
-
-static void on_connect_timer(evutil_socket_t fd, short what, void *arg) {
-    client *c = arg;
-    (void)fd;
-    (void)what;
-    if (c->state != ST_CONNECTING)
-        return;
-    if (c->dns) {
-        snprintf(c->last_error, sizeof(c->last_error),
-                 "dns: resolving '%s' timed out", c->host);
-        sl_redis_dns_cancel(&c->dns);
-        fail_pending(c, "timeout");
-    } else {
-        snprintf(c->last_error, sizeof(c->last_error), "connect timeout");
-        drop_context(c, "timeout");
-    }
-    schedule_reconnect(c);
-}
-
-static void on_connect(const redisAsyncContext *ac, int status) {
-    client *c = ac->data;
-    if (!c || c->ac != ac)
-        return;
-    if (status != REDIS_OK) {
-        /* hiredis frees ac after this returns */
-        snprintf(c->last_error, sizeof(c->last_error), "%s",
-                 ac->errstr ? ac->errstr : "connect failed");
-        c->ac = NULL;
-        schedule_reconnect(c);
-        return;
-    }
-    evtimer_del(&c->connect_timer);
-    c->state = ST_CONNECTED;
-    c->backoff = BACKOFF_MIN;
-    if (c->ever_connected)
-        c->reconnects++;
-    c->ever_connected = 1;
-}
-
-static void on_disconnect(const redisAsyncContext *ac, int status) {
-    client *c = ac->data;
-    (void)status;
-    if (!c || c->ac != ac)
-        return;
-    /* hiredis frees ac after this returns: reconnect from a timer */
-    snprintf(c->last_error, sizeof(c->last_error), "%s",
-             ac->errstr && ac->err ? ac->errstr : "connection closed");
-    c->ac = NULL;
-    schedule_reconnect(c);
-}
-
-static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata) {
-    client *c = privdata;
-    const redisReply *r = reply;
-    (void)ac;
-    c->in_flight--;
-    if (r && r->type == REDIS_REPLY_ERROR && !c->handshake_failed++)
-        snprintf(c->last_error, sizeof(c->last_error), "%s", r->str);
-}
-
-/* Every confirmation and message of a subscription, NULL when the context
- * goes away; c outlives its contexts (close frees them first). */
-static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata) {
-    client *c = privdata;
-    (void)ac;
-    if (c->sub)
-        sl_redis_sub_on_reply(c->sub, reply);
-}
-
-static void send_handshake(client *c, int argc, const char **argv) {
-    if (redisAsyncCommandArgv(c->ac, on_handshake, c, argc, argv, NULL) ==
-        REDIS_OK)
-        c->in_flight++;
-}
-
-/* Connects to c->addr, a numeric address (hiredis does no DNS for it). The
- * commands of the handshake are queued first, then the calls kept while
- * resolving, so everything runs authenticated on the right db. */
-static void open_context(client *c) {
-    redisAsyncContext *ac = redisAsyncConnect(c->addr, c->port);
-    if (!ac || ac->err) {
-        snprintf(c->last_error, sizeof(c->last_error), "%s",
-                 ac ? ac->errstr : "out of memory");
-        if (ac)
-            redisAsyncFree(ac);
-        fail_pending(c, "disconnected");
-        schedule_reconnect(c);
-        return;
-    }
-    ac->data = c;
-    c->ac = ac;
-    c->handshake_failed = 0;
-    redisLibeventAttach(ac, sl_rt.base);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    if (c->password) {
-        const char *argv[] = {"AUTH", c->password};
-        send_handshake(c, 2, argv);
-    }
-    char db[16];
-    snprintf(db, sizeof(db), "%d", c->db);
-    const char *argv[] = {"SELECT", db};
-    send_handshake(c, 2, argv);
-    if (c->sub && sl_redis_sub_send(c->sub, ac, on_sub_reply, c) != 0)
-        snprintf(c->last_error, sizeof(c->last_error), "cannot send SUBSCRIBE");
-    send_pending(c);
-}
-
-/* The answer for c->host (c->dns is already NULL). */
-static void on_resolved(const char *addr, const char *why, void *privdata) {
-    client *c = privdata;
-    if (!addr) {
-        snprintf(c->last_error, sizeof(c->last_error),
-                 "dns: cannot resolve '%s': %s", c->host, why);
-        c->addr[0] = '\0';
-        fail_pending(c, c->last_error);
-        schedule_reconnect(c);
-        return;
-    }
-    snprintf(c->addr, sizeof(c->addr), "%s", addr);
-    open_context(c);
-}
-
-static void resolve(client *c) {
-    struct evdns_base *base = c->own_dns ? c->own_dns : sl_redis_dns_loop();
-    if (!base ||
-        sl_redis_dns_resolve(base, c->host, &c->dns, on_resolved, c) != 0) {
-        snprintf(c->last_error, sizeof(c->last_error), "dns: %s",
-                 base ? "out of memory" : "cannot start the resolver");
-        fail_pending(c, c->last_error);
-        schedule_reconnect(c);
-    }
-}
-
-/* Starts a connection attempt: resolve the name (unless it is an address),
- * then connect; both within connect_timeout. */
-static void connect_now(client *c) {
-    if (c->state == ST_CLOSED)
-        return;
-    c->state = ST_CONNECTING;
-    c->connect_started = sl_now();
-    int armed;
-    struct timeval tv = to_tv(c->connect_timeout, &armed);
-    if (armed)
-        evtimer_add(&c->connect_timer, &tv);
-    if (sl_redis_dns_is_address(c->host)) {
-        snprintf(c->addr, sizeof(c->addr), "%s", c->host);
-        open_context(c);
-    } else {
-        resolve(c);
-    }
-}
-
-static void client_close(client *c) {
-    if (c->state == ST_CLOSED)
-        return;
-    c->state = ST_CLOSED;
-    evtimer_del(&c->connect_timer);
-    evtimer_del(&c->reconnect_timer);
-    sl_redis_dns_cancel(&c->dns);
-    if (c->sub)
-        sl_redis_sub_close(c->sub);
-    fail_pending(c, "closed");
-    drop_context(c, "closed");
-    if (c->own_dns)
-        sl_redis_dns_free(c->own_dns);
-    c->own_dns = NULL;
-    free(c->password);
-    c->password = NULL;
-}
 /* --- Lua primitives -------------------------------------------------- */
 
 /* A client that takes calls (not a subscription's). */
@@ -506,11 +173,8 @@ static client *new_client(lua_State *L) {
     c->db = db;
     c->connect_timeout = ct;
     c->command_timeout = cmdt;
-    c->backoff = BACKOFF_MIN;
-    c->drop_reason = "disconnected";
     c->anchor = LUA_NOREF;
-    evtimer_assign(&c->connect_timer, sl_rt.base, on_connect_timer, c);
-    evtimer_assign(&c->reconnect_timer, sl_rt.base, on_reconnect_timer, c);
+    sl_redis_conn_init(c);
     luaL_getmetatable(L, CLIENT_MT);
     lua_setmetatable(L, -2); /* from here __gc frees what c holds */
     if (password && !(c->password = strdup(password)))
@@ -525,12 +189,12 @@ static client *new_client(lua_State *L) {
  * that asks only that server and ignores /etc/hosts. The connection is made
  * in the background. */
 static int l_connect(lua_State *L) {
-    connect_now(new_client(L));
+    sl_redis_conn_start(new_client(L));
     return 1;
 }
 
 /* The task that was subscribing was killed: the client is closed at once. */
-static void abandon_sub(void *privdata) { client_close(privdata); }
+static void abandon_sub(void *privdata) { sl_redis_conn_close(privdata); }
 
 /* subscribe(host, port, db, password|nil, connect_timeout, command_timeout,
  *           nameserver|nil, channels, patterns, max_pending) -> client |
@@ -560,7 +224,7 @@ static int l_subscribe(lua_State *L) {
     free(patl);
     if (!c->sub)
         return luaL_error(L, "sluice.redis: out of memory");
-    connect_now(c);
+    sl_redis_conn_start(c);
     return sl_redis_sub_wait(L, c->sub, t, 11, 1,
                              c->connect_timeout + c->command_timeout);
 }
@@ -608,8 +272,8 @@ static req *req_new(lua_State *L, client *c, sl_task *t, int cap) {
 static int req_send(client *c, req *q, int argc, const char **argv,
                     const size_t *lens) {
     if (c->ac) {
-        if (redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, lens) !=
-            REDIS_OK)
+        if (redisAsyncCommandArgv(c->ac, sl_redis_on_reply, q, argc, argv,
+                                  lens) != REDIS_OK)
             return REDIS_ERR;
     } else {
         char *buf;
@@ -637,9 +301,8 @@ static int req_start(lua_State *L, client *c, sl_task *t, req *q) {
     double s = c->command_timeout;
     if (c->state == ST_CONNECTING)
         s += c->connect_timeout - (sl_now() - c->connect_started);
-    int armed;
-    struct timeval tv = to_tv(s, &armed);
-    if (armed)
+    struct timeval tv;
+    if (sl_timeout_tv(s, &tv)) /* math.huge: no timer (timeout.h) */
         evtimer_add(&q->timer, &tv);
     c->in_flight++;
     hold(L, c, 1);
@@ -794,13 +457,13 @@ static int l_info(lua_State *L) {
 }
 
 static int l_close(lua_State *L) {
-    client_close(any_client(L));
+    sl_redis_conn_close(any_client(L));
     return 0;
 }
 
 static int l_gc(lua_State *L) {
     client *c = any_client(L);
-    client_close(c);
+    sl_redis_conn_close(c);
     sl_redis_sub_free(c->sub);
     c->sub = NULL;
     return 0;
