@@ -62,7 +62,8 @@ mkdir -p "$work/corpus"
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -I"$root/runtime" \
     "$here/fuzz_rlheaders.c" "$root/runtime/core/rlheaders.c" \
-    "$root/runtime/core/limiter.c" -lm -o "$work/fuzz_rlheaders"
+    "$root/runtime/core/limiter.c" "$root/runtime/core/limiter_scope.c" \
+    -lm -o "$work/fuzz_rlheaders"
 
 # Seeds: two control bytes, then "name: value" lines.
 seed() { printf '%b' "$2" >"$work/corpus/seed-$1"; }
