@@ -1,5 +1,4 @@
-/* redis_conn.c -- a sluice._redis client's connection: resolve, connect,
- * handshake, reconnect
+/* redis_conn.c -- a sluice._redis client's connection, and reconnecting it
  *
  * The rules are in redis_conn.h. Each attempt resolves the host name on
  * the loop (redis_dns.c), connects to the numeric address, and queues the

@@ -1,5 +1,4 @@
-/* repl_server.h -- the REPL's server end: the control socket the REPL
- * attaches to, and local sessions
+/* repl_server.h -- the REPL's server end: the control socket, local sessions
  *
  * `sluice run` listens on a Unix socket (mode 0600). Each connection is a
  * REPL session: it sends one JSON request per line, {"chunk": "..."}, and
