@@ -1,6 +1,7 @@
 /* breaker.c -- circuit breaker state machine */
 
 #include "breaker.h"
+#include "outcome_window.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -12,25 +13,6 @@ typedef struct trial {
     sl_breaker_permit permit; /* 0 when the slot is free */
     double issued;            /* mono */
 } trial;
-
-typedef struct bucket {
-    int64_t sec;
-    uint32_t calls, failures, slow;
-} bucket;
-
-#define OUT_FAILURE 1u
-#define OUT_SLOW 2u
-
-typedef struct window {
-    uint8_t *ring;   /* COUNT: one outcome per call, OUT_* bits */
-    bucket *buckets; /* TIME: one per second, indexed by sec % size */
-    uint32_t size;
-    uint32_t head;    /* COUNT: next slot to write */
-    uint32_t filled;  /* COUNT: slots in use */
-    int64_t last_sec; /* TIME: newest second seen */
-    int started;      /* TIME: last_sec is meaningful */
-    uint64_t calls, failures, slow;
-} window;
 
 struct sl_breaker {
     sl_breaker_options opt;
@@ -53,7 +35,7 @@ struct sl_breaker {
     int ho_attempts, ho_successes, ho_outstanding;
     trial *trials; /* half_open_max_calls slots */
 
-    window win;
+    sl_outcome_window win; /* empty (size 0) without a window */
     uint64_t rng;
 
     sl_breaker_stats st; /* time_in_open_state: closed-out periods only */
@@ -180,79 +162,9 @@ static void clear_trials(sl_breaker *b) {
 
 /* ---- rate window ------------------------------------------------------- */
 
-static void window_clear(window *w) {
-    if (w->ring)
-        memset(w->ring, 0, w->size);
-    if (w->buckets)
-        memset(w->buckets, 0, sizeof(*w->buckets) * w->size);
-    w->head = w->filled = 0;
-    w->started = 0;
-    w->calls = w->failures = w->slow = 0;
-}
-
-/* Drops the buckets that fell out of [sec - size + 1, sec]. */
-static void window_advance(window *w, double now) {
-    int64_t sec = (int64_t)floor(now), s;
-
-    if (!w->buckets)
-        return;
-    if (!w->started) {
-        w->last_sec = sec;
-        w->started = 1;
-        return;
-    }
-    if (sec <= w->last_sec)
-        return;
-    if (sec - w->last_sec >= (int64_t)w->size) {
-        window_clear(w);
-        w->last_sec = sec;
-        w->started = 1;
-        return;
-    }
-    for (s = w->last_sec + 1; s <= sec; s++) {
-        bucket *k = &w->buckets[(uint64_t)s % w->size];
-        w->calls -= k->calls;
-        w->failures -= k->failures;
-        w->slow -= k->slow;
-        memset(k, 0, sizeof(*k));
-        k->sec = s;
-    }
-    w->last_sec = sec;
-}
-
-static void window_add(window *w, double now, unsigned out) {
-    unsigned failed = (out & OUT_FAILURE) != 0, slow = (out & OUT_SLOW) != 0;
-
-    if (w->ring) {
-        if (w->filled == w->size) {
-            uint8_t old = w->ring[w->head];
-            w->calls--;
-            w->failures -= (old & OUT_FAILURE) != 0;
-            w->slow -= (old & OUT_SLOW) != 0;
-        } else {
-            w->filled++;
-        }
-        w->ring[w->head] = (uint8_t)out;
-        w->head = (w->head + 1) % w->size;
-    } else if (w->buckets) {
-        window_advance(w, now);
-        /* A clock that stepped back lands in the newest bucket. */
-        bucket *k = &w->buckets[(uint64_t)w->last_sec % w->size];
-        k->sec = w->last_sec;
-        k->calls++;
-        k->failures += failed;
-        k->slow += slow;
-    } else {
-        return;
-    }
-    w->calls++;
-    w->failures += failed;
-    w->slow += slow;
-}
-
 /* Returns the trip reason, or NULL. */
 static const char *window_verdict(sl_breaker *b) {
-    const window *w = &b->win;
+    const sl_outcome_window *w = &b->win;
 
     if (b->opt.window_type == SL_BREAKER_WINDOW_NONE ||
         w->calls < (uint64_t)b->opt.window_min_calls)
@@ -297,7 +209,7 @@ static void set_state(sl_breaker *b, sl_breaker_state to, double now,
         b->failure_count = 0;
     b->consecutive_successes = 0;
     if (to == SL_BREAKER_CLOSED)
-        window_clear(&b->win);
+        sl_outcome_window_clear(&b->win);
     if (from != to) {
         b->last_change_wall = wall(b);
         notify(b, from, reason);
@@ -396,13 +308,10 @@ sl_breaker *sl_breaker_new(const sl_breaker_options *opts,
     b->trials = calloc((size_t)opts->half_open_max_calls, sizeof(*b->trials));
     if (b->trials == NULL)
         goto oom;
-    if (opts->window_type != SL_BREAKER_WINDOW_NONE)
-        b->win.size = (uint32_t)opts->window_size;
-    if (opts->window_type == SL_BREAKER_WINDOW_COUNT &&
-        (b->win.ring = calloc(b->win.size, 1)) == NULL)
-        goto oom;
-    if (opts->window_type == SL_BREAKER_WINDOW_TIME &&
-        (b->win.buckets = calloc(b->win.size, sizeof(bucket))) == NULL)
+    if (opts->window_type != SL_BREAKER_WINDOW_NONE &&
+        sl_outcome_window_init(&b->win,
+                               opts->window_type == SL_BREAKER_WINDOW_TIME,
+                               (uint32_t)opts->window_size) != 0)
         goto oom;
 
     b->rng = opts->seed ? opts->seed : 0x9E3779B97F4A7C15ULL;
@@ -423,8 +332,7 @@ oom:
 void sl_breaker_free(sl_breaker *b) {
     if (b == NULL)
         return;
-    free(b->win.ring);
-    free(b->win.buckets);
+    sl_outcome_window_free(&b->win);
     free(b->trials);
     free(b->name);
     free(b);
@@ -553,8 +461,9 @@ static int record(sl_breaker *b, sl_breaker_permit p, int failed,
             b->failure_count = 0;
             b->consecutive_successes++;
         }
-        window_add(&b->win, now,
-                   (failed ? OUT_FAILURE : 0u) | (slow ? OUT_SLOW : 0u));
+        sl_outcome_window_add(&b->win, now,
+                              (failed ? SL_OUTCOME_FAILURE : 0u) |
+                                  (slow ? SL_OUTCOME_SLOW : 0u));
         if (b->failure_count >= b->opt.failure_threshold)
             trip(b, now < 0 ? mono(b) : now, "failure_threshold");
         else if ((reason = window_verdict(b)) != NULL)
@@ -687,7 +596,7 @@ void sl_breaker_get_status(sl_breaker *b, sl_breaker_status *st) {
     if (!b->in_callback)
         expire_trials(b, now);
     if (b->win.buckets)
-        window_advance(&b->win, now);
+        sl_outcome_window_advance(&b->win, now);
 
     memset(st, 0, sizeof(*st));
     st->state = b->state;
@@ -769,7 +678,7 @@ int sl_breaker_restore(sl_breaker *b, const sl_breaker_snapshot *s, char *err,
     b->state = s->state;
     b->gen = ++b->tickets;
     clear_trials(b);
-    window_clear(&b->win);
+    sl_outcome_window_clear(&b->win);
     b->failure_count = s->failure_count;
     b->consecutive_successes = s->consecutive_successes;
     /* Downtime between snapshot and restore is not counted as open time. */

@@ -2,9 +2,15 @@
  *
  * A breaker guards one upstream (an API, a host). It is closed (calls flow),
  * open (calls are refused until a deadline) or half-open (a few trial calls
- * decide whether it closes again). Behaviour, defaults and the status shape
- * follow reference/circuit-breaker.md; permits, permit timeouts, rate and
- * slow-call windows, open_until, modes, jitter and snapshots go beyond it.
+ * decide whether it closes again).
+ *
+ * "The reference" below is the breaker whose behaviour sluice's follows, as
+ * README.md's "Circuit breaker" section describes it: its defaults (listed
+ * in sl_breaker_options), its calls without permits (can_attempt,
+ * record_success, record_failure) and its get_status() table (mapped in
+ * sl_breaker_status; its None is SL_BREAKER_NEVER). Permits, permit
+ * timeouts, rate and slow-call windows, open_until, modes, jitter and
+ * snapshots go beyond it.
  *
  * Threading: a breaker is not thread-safe; sluice uses it from the loop
  * thread only. Nothing here blocks, sleeps or arms a timer: every timeout is

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "breaker.h"
+#include "core/breaker.h"
 
 static double mono(void *ud) {
     struct timespec ts;

@@ -1,6 +1,6 @@
 /* test_breaker.c -- unit tests for the circuit breaker state machine */
 
-#include "breaker.h"
+#include "core/breaker.h"
 #include "test.h"
 
 #include <stdint.h>

@@ -1,5 +1,5 @@
 /* test_http_gate.c -- request heads judged on the raw stream, bodies framed */
-#include "http_gate.h"
+#include "core/http_gate.h"
 #include "test.h"
 
 static const sl_gate_rules RULES = {

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "limiter.h"
+#include "core/limiter.h"
 #include "test.h"
 
 #define WALL0 1000000020.0 /* a wall clock aligned on a minute */

@@ -1,5 +1,5 @@
 /* test_log.c -- JSON formatting, levels and the ring buffer of log.c */
-#include "log.h"
+#include "core/log.h"
 #include "test.h"
 
 #include <fcntl.h>

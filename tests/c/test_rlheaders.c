@@ -1,7 +1,7 @@
 /* test_rlheaders.c -- rate-limit header parser over real-world samples */
 #include <string.h>
 
-#include "rlheaders.h"
+#include "core/rlheaders.h"
 #include "test.h"
 
 #define U (-1.0) /* unknown / absent */

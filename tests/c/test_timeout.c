@@ -1,6 +1,6 @@
 /* test_timeout.c -- seconds to timeval and milliseconds, at the edges */
+#include "core/timeout.h"
 #include "test.h"
-#include "timeout.h"
 
 #include <math.h>
 

@@ -20,9 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "log.h"
-#include "runtime.h"
-#include "task.h"
+#include "core/log.h"
+#include "host/runtime.h"
+#include "host/task.h"
 
 #ifndef FUZZ_DRIVER
 #error "FUZZ_DRIVER must name the driver (config, store, admin)"

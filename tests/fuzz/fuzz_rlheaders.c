@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "limiter.h"
-#include "rlheaders.h"
+#include "core/limiter.h"
+#include "core/rlheaders.h"
 
 #define MAX_LINES 64
 

@@ -60,9 +60,10 @@ fi
 mkdir -p "$work/corpus"
 "$cc" -std=c11 -g -O1 -Wall -Wextra -Werror \
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -I"$root/runtime/core" \
+    -I"$root/runtime" \
     "$here/fuzz_rlheaders.c" "$root/runtime/core/rlheaders.c" \
-    "$root/runtime/core/limiter.c" -lm -o "$work/fuzz_rlheaders"
+    "$root/runtime/core/limiter.c" "$root/runtime/core/limiter_scope.c" \
+    -lm -o "$work/fuzz_rlheaders"
 
 # Seeds: two control bytes, then "name: value" lines.
 seed() { printf '%b' "$2" >"$work/corpus/seed-$1"; }

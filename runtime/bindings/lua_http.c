@@ -1,0 +1,573 @@
+/* lua_http.c -- sluice._http: async HTTP client on one libcurl multi handle
+ *
+ * One multi handle per process, created on first use and driven by libevent:
+ * curl tells us which sockets to watch (socket callback) and when to call it
+ * back (timer callback); libevent calls curl_multi_socket_action. Finished
+ * transfers are collected with curl_multi_info_read from our own event
+ * callbacks, never from inside a curl callback, and their tasks are queued,
+ * not resumed.
+ *
+ * Ownership: a transfer (struct below) is malloc'd by request() and owned by
+ * this file until it completes or its task is killed; either way it is
+ * removed from the multi handle and freed exactly once. The waiting task
+ * holds the only reference to it (as its op).
+ *
+ * curl never follows redirects here: sluice.http follows them itself, one
+ * request per hop, so that it can decide on each hop which headers may go
+ * to the new origin (curl would send every CURLOPT_HTTPHEADER line to any
+ * host it follows to). parse_url() is the URL resolver it uses for that.
+ */
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/strbuf.h"
+#include "core/timeout.h"
+#include "host/modules.h"
+#include "host/runtime.h"
+#include "host/task.h"
+
+typedef struct transfer {
+    CURL *easy;
+    sl_task *task;
+    struct curl_slist *headers;
+    strbuf body;
+    strbuf head; /* the last response's header lines, "\n"-separated */
+    size_t max_body;
+    int too_large;
+    char errbuf[CURL_ERROR_SIZE];
+} transfer;
+
+typedef struct sockinfo {
+    struct event ev;
+    curl_socket_t fd;
+} sockinfo;
+
+static CURLM *multi;
+static struct event *timer_ev;
+static long max_host_connections = 0;  /* 0: unlimited (curl's default) */
+static long max_total_connections = 0; /* 0: unlimited */
+static char user_agent[64];
+static long in_flight; /* transfers added and not yet freed */
+
+/* --- easy handles ----------------------------------------------------------
+ */
+
+/* Idle easy handles, reset and kept for the next request: creating one
+ * costs more than a request's worth of setopt calls. */
+static CURL *pool[64];
+static int npool;
+
+static CURL *easy_get(void) { return npool ? pool[--npool] : curl_easy_init(); }
+
+static void easy_put(CURL *e) {
+    if (npool < (int)(sizeof(pool) / sizeof(pool[0]))) {
+        curl_easy_reset(e);
+        pool[npool++] = e;
+    } else {
+        curl_easy_cleanup(e);
+    }
+}
+
+static void transfer_free(transfer *x) {
+    if (x->task)
+        in_flight--;
+    if (x->easy) {
+        curl_multi_remove_handle(multi, x->easy);
+        easy_put(x->easy);
+    }
+    curl_slist_free_all(x->headers);
+    free(x->body.p);
+    free(x->head.p);
+    free(x);
+}
+
+/* --- curl callbacks: collect data only; never call back into curl or Lua */
+static size_t on_body(char *data, size_t size, size_t n, void *ud) {
+    transfer *x = ud;
+    size_t len = size * n;
+    if (x->body.len + len > x->max_body) {
+        x->too_large = 1;
+        return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+    }
+    return sb_add(&x->body, data, len) == 0 ? len : 0;
+}
+
+static size_t on_header(char *data, size_t size, size_t n, void *ud) {
+    transfer *x = ud;
+    size_t len = size * n;
+    /* A new status line starts a new response (after 100 Continue): only
+     * the final response's headers are reported. */
+    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0)
+        x->head.len = 0;
+    if (x->head.len + len > 1 << 20) /* 1 MiB of headers is hostile */
+        return 0;
+    return sb_add(&x->head, data, len) == 0 ? len : 0;
+}
+
+/* --- pushing the result onto the waiting task ----------------------------- */
+static void lower(char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (s[i] >= 'A' && s[i] <= 'Z')
+            s[i] = (char)(s[i] - 'A' + 'a');
+}
+
+/* headers[name] = values joined by ", " (RFC 9110 5.3), all names lower
+ * case; headers_all[name] = { value, ... } in arrival order. */
+static void push_headers(lua_State *co, transfer *x) {
+    lua_newtable(co); /* headers */
+    lua_newtable(co); /* headers_all */
+    int all = lua_gettop(co), hdr = all - 1;
+    char *p = x->head.p, *end = p ? p + x->head.len : NULL;
+    while (p && p < end) {
+        char *eol = memchr(p, '\n', (size_t)(end - p));
+        char *next = eol ? eol + 1 : end;
+        if (!eol)
+            eol = end;
+        while (eol > p && (eol[-1] == '\r' || eol[-1] == '\n'))
+            eol--;
+        char *colon = memchr(p, ':', (size_t)(eol - p));
+        if (colon && colon > p && memcmp(p, "HTTP/", 5) != 0) {
+            char *v = colon + 1;
+            while (v < eol && (*v == ' ' || *v == '\t'))
+                v++;
+            char *ve = eol;
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            lower(p, (size_t)(colon - p));
+            lua_pushlstring(co, p, (size_t)(colon - p));
+            int name = lua_gettop(co);
+            /* headers_all[name] list */
+            lua_pushvalue(co, name);
+            lua_rawget(co, all);
+            if (lua_isnil(co, -1)) {
+                lua_pop(co, 1);
+                lua_newtable(co);
+                lua_pushvalue(co, name);
+                lua_pushvalue(co, -2);
+                lua_rawset(co, all);
+            }
+            lua_pushlstring(co, v, (size_t)(ve - v));
+            lua_rawseti(co, -2, (int)lua_objlen(co, -2) + 1);
+            lua_pop(co, 1);
+            /* headers[name] joined */
+            lua_pushvalue(co, name);
+            lua_rawget(co, hdr);
+            if (lua_isnil(co, -1)) {
+                lua_pop(co, 1);
+                lua_pushlstring(co, v, (size_t)(ve - v));
+            } else {
+                lua_pushliteral(co, ", ");
+                lua_pushlstring(co, v, (size_t)(ve - v));
+                lua_concat(co, 3);
+            }
+            lua_rawset(co, hdr);
+        }
+        p = next;
+    }
+}
+
+static double info_secs(CURL *e, CURLINFO what) {
+    curl_off_t us = 0;
+    curl_easy_getinfo(e, what, &us);
+    return (double)us / 1e6;
+}
+
+static void set_num(lua_State *co, const char *k, double v) {
+    lua_pushnumber(co, v);
+    lua_setfield(co, -2, k);
+}
+
+static int push_response(lua_State *co, transfer *x) {
+    CURL *e = x->easy;
+    long status = 0, version = 0, connects = 0;
+    char *url = NULL;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &version);
+    curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &connects);
+    curl_easy_getinfo(e, CURLINFO_EFFECTIVE_URL, &url);
+    lua_createtable(co, 0, 9);
+    set_num(co, "status", (double)status);
+    lua_pushlstring(co, x->body.p ? x->body.p : "", x->body.len);
+    lua_setfield(co, -2, "body");
+    lua_pushstring(co, version == CURL_HTTP_VERSION_1_0   ? "1.0"
+                       : version == CURL_HTTP_VERSION_1_1 ? "1.1"
+                       : version == CURL_HTTP_VERSION_2_0 ? "2"
+                       : version == CURL_HTTP_VERSION_3   ? "3"
+                                                          : "?");
+    lua_setfield(co, -2, "http_version");
+    lua_pushstring(co, url ? url : "");
+    lua_setfield(co, -2, "url");
+    lua_pushboolean(co, connects == 0);
+    lua_setfield(co, -2, "reused");
+    push_headers(co, x);
+    lua_setfield(co, -3, "headers_all");
+    lua_setfield(co, -2, "headers");
+
+    /* Phase durations, in seconds; a reused connection has dns, connect
+     * and tls at 0. */
+    double dns = info_secs(e, CURLINFO_NAMELOOKUP_TIME_T);
+    double conn = info_secs(e, CURLINFO_CONNECT_TIME_T);
+    double app = info_secs(e, CURLINFO_APPCONNECT_TIME_T);
+    lua_createtable(co, 0, 5);
+    set_num(co, "dns", dns);
+    set_num(co, "connect", conn > dns ? conn - dns : 0);
+    set_num(co, "tls", app > conn ? app - conn : 0);
+    set_num(co, "ttfb", info_secs(e, CURLINFO_STARTTRANSFER_TIME_T));
+    set_num(co, "total", info_secs(e, CURLINFO_TOTAL_TIME_T));
+    lua_setfield(co, -2, "timings");
+    return 1;
+}
+
+static const char *failure_kind(CURLcode rc, const transfer *x) {
+    if (x->too_large)
+        return "too_large";
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+        return "timeout";
+    case CURLE_COULDNT_CONNECT:
+        return "connect";
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return "dns";
+    case CURLE_FILESIZE_EXCEEDED:
+        return "too_large";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_USE_SSL_FAILED:
+        return "tls";
+    case CURLE_GOT_NOTHING:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_ABORTED_BY_CALLBACK:
+        return "aborted";
+    default:
+        return "protocol";
+    }
+}
+
+/* --- driving curl from libevent ------------------------------------------ */
+static void check_done(void) {
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        transfer *x = NULL;
+        CURLcode rc = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+        lua_State *co = sl_task_thread(x->task);
+        int n;
+        if (rc == CURLE_OK) {
+            n = push_response(co, x);
+        } else {
+            lua_pushnil(co);
+            if (x->too_large)
+                lua_pushfstring(co,
+                                "response body larger than max_body (%d "
+                                "bytes)",
+                                (int)x->max_body);
+            else
+                lua_pushstring(co, x->errbuf[0] ? x->errbuf
+                                                : curl_easy_strerror(rc));
+            lua_pushstring(co, failure_kind(rc, x));
+            n = 3;
+        }
+        sl_task_wake(x->task, n);
+        transfer_free(x);
+    }
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg) {
+    int running;
+    (void)fd;
+    (void)what;
+    (void)arg;
+    curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done();
+}
+
+static void on_socket_event(evutil_socket_t fd, short what, void *arg) {
+    int running;
+    int action = (what & EV_READ ? CURL_CSELECT_IN : 0) |
+                 (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
+    (void)arg;
+    curl_multi_socket_action(multi, fd, action, &running);
+    check_done();
+}
+
+static int on_socket(CURL *e, curl_socket_t s, int what, void *userp,
+                     void *socketp) {
+    sockinfo *si = socketp;
+    (void)e;
+    (void)userp;
+    if (what == CURL_POLL_REMOVE) {
+        if (si) {
+            event_del(&si->ev);
+            free(si);
+            curl_multi_assign(multi, s, NULL);
+        }
+        return 0;
+    }
+    if (!si) {
+        if (!(si = calloc(1, sizeof(*si))))
+            return -1;
+        si->fd = s;
+        curl_multi_assign(multi, s, si);
+    } else {
+        event_del(&si->ev);
+    }
+    short kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) |
+                 (what & CURL_POLL_OUT ? EV_WRITE : 0);
+    event_assign(&si->ev, sl_rt.base, s, kind, on_socket_event, si);
+    event_add(&si->ev, NULL);
+    return 0;
+}
+
+/* -1 deletes the timer; 0 means "as soon as possible", which we schedule
+ * rather than act on here: socket_action must not recurse into curl. */
+static int on_timer(CURLM *m, long timeout_ms, void *userp) {
+    (void)m;
+    (void)userp;
+    if (timeout_ms < 0) {
+        evtimer_del(timer_ev);
+    } else {
+        struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+        evtimer_add(timer_ev, &tv);
+    }
+    return 0;
+}
+
+static void close_multi(void) {
+    while (npool > 0)
+        curl_easy_cleanup(pool[--npool]);
+    if (multi)
+        curl_multi_cleanup(multi); /* removes its sockets through on_socket */
+    multi = NULL;
+    if (timer_ev)
+        event_free(timer_ev);
+    timer_ev = NULL;
+}
+
+static void apply_limits(void) {
+    curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                      max_host_connections);
+    curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+                      max_total_connections);
+}
+
+static int ensure_multi(lua_State *L) {
+    if (multi)
+        return 0;
+    if (!(multi = curl_multi_init()))
+        return luaL_error(L, "sluice.http: cannot create a curl multi handle");
+    timer_ev = evtimer_new(sl_rt.base, on_timeout, NULL);
+    curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    apply_limits();
+    sl_runtime_on_close(close_multi);
+    return 0;
+}
+
+/* --- Lua primitives --------------------------------------------------------
+ */
+static void cancel_transfer(sl_task *t, void *op) {
+    (void)t;
+    transfer_free(op); /* removes the easy handle: no callback will follow */
+}
+
+/* request(method, url, headers, body, timeout, connect_timeout, max_body,
+ *         insecure) -> res | nil, err, kind
+ * headers is an array of "Name: value" lines; body a string or nil. The Lua
+ * wrapper validates everything first. */
+static int l_request(lua_State *L) {
+    const char *method = luaL_checkstring(L, 1);
+    const char *url = luaL_checkstring(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    size_t body_len = 0;
+    const char *body = luaL_optlstring(L, 4, NULL, &body_len);
+    double timeout = luaL_checknumber(L, 5);
+    double connect_timeout = luaL_checknumber(L, 6);
+    double max_body = luaL_checknumber(L, 7);
+    int insecure = lua_toboolean(L, 8);
+    /* -1 is "no timeout", which curl spells 0 for the transfer; for the
+     * connection 0 would mean curl's default (300 s), so the longest we
+     * can say stands in for it. */
+    long timeout_ms = sl_timeout_ms(timeout);
+    long connect_ms = sl_timeout_ms(connect_timeout);
+    if (timeout_ms < 0)
+        timeout_ms = 0;
+    if (connect_ms < 0)
+        connect_ms = sl_timeout_ms(SL_TIMEOUT_MAX);
+    /* Before anything starts: a refusal must leave nothing armed. */
+    sl_task *t = sl_task_check_yieldable(L, "sluice.http.request");
+    ensure_multi(L);
+
+    transfer *x = calloc(1, sizeof(*x));
+    if (!x || !(x->easy = easy_get())) {
+        free(x);
+        lua_pushnil(L);
+        lua_pushliteral(L, "out of memory");
+        lua_pushliteral(L, "protocol");
+        return 3;
+    }
+    x->task = t;
+    in_flight++;
+    x->max_body = (size_t)max_body;
+    CURL *e = x->easy;
+    int n = (int)lua_objlen(L, 3);
+    for (int i = 1; i <= n; i++) {
+        lua_rawgeti(L, 3, i);
+        struct curl_slist *h =
+            curl_slist_append(x->headers, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        if (!h) {
+            transfer_free(x);
+            return luaL_error(L, "sluice.http: out of memory");
+        }
+        x->headers = h;
+    }
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, user_agent);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, ""); /* all that we have */
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_body);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* see the top */
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_DNS_CACHE_TIMEOUT, 60L);
+    if (insecure) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    if (strcmp(method, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else if (strcmp(method, "GET") != 0 || body) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    }
+    if (body) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
+    }
+    CURLMcode mrc = curl_multi_add_handle(multi, e);
+    if (mrc != CURLM_OK) {
+        transfer_free(x);
+        lua_pushnil(L);
+        lua_pushstring(L, curl_multi_strerror(mrc));
+        lua_pushliteral(L, "protocol");
+        return 3;
+    }
+    return sl_task_suspend(L, t, cancel_transfer, x);
+}
+
+/* Pushes part `what` of u, lower case when `fold` (scheme and host are
+ * case-insensitive), or nil when u has none. */
+static void push_part(lua_State *L, CURLU *u, CURLUPart what, int fold) {
+    char *v = NULL;
+    if (curl_url_get(u, what, &v, 0) != CURLUE_OK || !v) {
+        lua_pushnil(L);
+        return;
+    }
+    if (fold)
+        lower(v, strlen(v));
+    lua_pushstring(L, v);
+    curl_free(v);
+}
+
+/* parse_url(url [, ref]) -> url, scheme, host, port | nil, err
+ * Resolves ref (a Location value: absolute, scheme-relative, or relative)
+ * against url as RFC 3986 says, and returns the result with the parts that
+ * make its origin: scheme and host in lower case, port a number (the
+ * scheme's default when the URL names none). */
+static int l_parse_url(lua_State *L) {
+    const char *url = luaL_checkstring(L, 1);
+    const char *ref = luaL_optstring(L, 2, NULL);
+    CURLU *u = curl_url();
+    if (!u)
+        return luaL_error(L, "sluice.http: out of memory");
+    CURLUcode rc = curl_url_set(u, CURLUPART_URL, url, 0);
+    if (rc == CURLUE_OK && ref)
+        rc = curl_url_set(u, CURLUPART_URL, ref, 0);
+    if (rc != CURLUE_OK) {
+        curl_url_cleanup(u);
+        lua_pushnil(L);
+        lua_pushstring(L, curl_url_strerror(rc));
+        return 2;
+    }
+    push_part(L, u, CURLUPART_URL, 0);
+    push_part(L, u, CURLUPART_SCHEME, 1);
+    push_part(L, u, CURLUPART_HOST, 1);
+    char *port = NULL;
+    if (curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) ==
+            CURLUE_OK &&
+        port) {
+        lua_pushnumber(L, strtod(port, NULL));
+        curl_free(port);
+    } else {
+        lua_pushnil(L);
+    }
+    curl_url_cleanup(u);
+    return 4;
+}
+
+/* configure(max_host_connections, max_total_connections) */
+static int l_configure(lua_State *L) {
+    max_host_connections = (long)luaL_checkinteger(L, 1);
+    max_total_connections = (long)luaL_checkinteger(L, 2);
+    if (multi)
+        apply_limits();
+    return 0;
+}
+
+static int l_in_flight(lua_State *L) {
+    lua_pushnumber(L, (lua_Number)in_flight);
+    return 1;
+}
+
+static int l_version(lua_State *L) {
+    curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    lua_createtable(L, 0, 5);
+    lua_pushstring(L, v->version);
+    lua_setfield(L, -2, "curl");
+    lua_pushstring(L, v->ssl_version ? v->ssl_version : "");
+    lua_setfield(L, -2, "tls");
+    lua_pushboolean(L, (v->features & CURL_VERSION_HTTP2) != 0);
+    lua_setfield(L, -2, "http2");
+    lua_pushboolean(L, (v->features & CURL_VERSION_BROTLI) != 0);
+    lua_setfield(L, -2, "brotli");
+    lua_pushboolean(L, (v->features & CURL_VERSION_LIBZ) != 0);
+    lua_setfield(L, -2, "gzip");
+    return 1;
+}
+
+int luaopen_sluice_http(lua_State *L) {
+    static const luaL_Reg fns[] = {
+        {"request", l_request},     {"configure", l_configure},
+        {"version", l_version},     {"in_flight", l_in_flight},
+        {"parse_url", l_parse_url}, {NULL, NULL},
+    };
+    snprintf(user_agent, sizeof(user_agent), "sluice/%s", SLUICE_VERSION);
+    lua_newtable(L);
+    luaL_register(L, NULL, fns);
+    return 1;
+}

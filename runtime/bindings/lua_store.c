@@ -1,0 +1,572 @@
+/* lua_store.c -- sluice._store: a thin SQLite binding for sluice.store
+ *
+ * One userdata owns one sqlite3 connection and the prepared statements made
+ * on it. Statements are cached by their SQL text in the userdata's
+ * environment table (SQL string -> light userdata), so a statement is
+ * prepared once and reused; the cache is flushed (every statement finalized)
+ * when it grows past CACHE_MAX. close() finalizes every statement and closes
+ * the connection; it is idempotent, and __gc calls it.
+ *
+ * Everything here is synchronous on the loop thread: SQLite calls block the
+ * loop for as long as they take, so callers keep them short (one transaction
+ * per batch). Nothing here yields; the only call back into Lua is
+ * pcall_nowait, which runs a transaction's function where it cannot yield.
+ *
+ * Values: nil -> NULL, boolean -> 0/1, number -> INTEGER when it is integral
+ * and fits in 64 bits, else REAL; string -> TEXT (embedded NULs kept);
+ * blob(s) -> BLOB. Reading: INTEGER and REAL -> number, TEXT and BLOB ->
+ * string, NULL -> nil (the field is absent from the row table).
+ *
+ * Misuse (wrong argument types, a closed database, more than one statement
+ * in exec/query) raises; SQL errors return nil, message.
+ */
+#include <errno.h>
+#include <lauxlib.h>
+#include <math.h>
+#include <sqlite3.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "host/modules.h"
+#include "host/task.h"
+
+#define DB_MT "sluice.store.db"
+#define BLOB_MT "sluice.store.blob"
+#define CACHE_MAX 256
+
+typedef struct ldb {
+    sqlite3 *db;  /* NULL once closed */
+    int ncached;  /* statements in the cache */
+    unsigned gen; /* bumped on every cache flush */
+    int has_file; /* a file database: dev and ino identify its file */
+    dev_t dev;
+    ino_t ino;
+} ldb;
+
+static ldb *check_db(lua_State *L) {
+    ldb *d = luaL_checkudata(L, 1, DB_MT);
+    if (!d->db)
+        luaL_error(L, "sluice.store: database is closed");
+    return d;
+}
+
+static int push_sql_error(lua_State *L, sqlite3 *db) {
+    lua_pushnil(L);
+    lua_pushstring(L, sqlite3_errmsg(db));
+    return 2;
+}
+
+/* --- statement cache ------------------------------------------------------ */
+
+/* Finalizes every cached statement and empties the cache. The environment
+ * table of the userdata at index 1 is the cache. */
+static void cache_flush(lua_State *L, ldb *d) {
+    lua_getfenv(L, 1);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        sqlite3_finalize(lua_touserdata(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_setfenv(L, 1);
+    d->ncached = 0;
+    d->gen++;
+}
+
+/* Returns the cached statement for the string at sqlidx, preparing it on a
+ * miss; NULL on a prepare error (message in sqlite3_errmsg). A statement
+ * with trailing SQL after the first statement is refused (raises): use
+ * script() for several statements. */
+static sqlite3_stmt *cache_get(lua_State *L, ldb *d, int sqlidx,
+                               const char *fname) {
+    lua_getfenv(L, 1);
+    lua_pushvalue(L, sqlidx);
+    lua_rawget(L, -2);
+    sqlite3_stmt *st = lua_touserdata(L, -1);
+    lua_pop(L, 2);
+    if (st)
+        return st;
+    if (d->ncached >= CACHE_MAX)
+        cache_flush(L, d);
+    size_t len;
+    const char *sql = lua_tolstring(L, sqlidx, &len);
+    const char *tail = NULL;
+    if (sqlite3_prepare_v3(d->db, sql, (int)len, SQLITE_PREPARE_PERSISTENT, &st,
+                           &tail) != SQLITE_OK)
+        return NULL;
+    while (tail && tail < sql + len &&
+           (*tail == ' ' || *tail == '\t' || *tail == '\n' || *tail == '\r' ||
+            *tail == ';'))
+        tail++;
+    if (tail && tail < sql + len) {
+        sqlite3_finalize(st);
+        luaL_error(L,
+                   "sluice.store.%s: one SQL statement expected (use "
+                   "db:script for several)",
+                   fname);
+    }
+    if (!st) /* only whitespace or a comment: nothing to run */
+        return NULL;
+    lua_getfenv(L, 1);
+    lua_pushvalue(L, sqlidx);
+    lua_pushlightuserdata(L, st);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    d->ncached++;
+    return st;
+}
+
+/* --- values --------------------------------------------------------------- */
+
+static int is_blob(lua_State *L, int idx) {
+    if (!lua_getmetatable(L, idx))
+        return 0;
+    luaL_getmetatable(L, BLOB_MT);
+    int eq = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+    return eq;
+}
+
+static int bind_number(sqlite3_stmt *st, int i, lua_Number n) {
+    if (n == floor(n) && n >= -9223372036854775808.0 &&
+        n < 9223372036854775808.0)
+        return sqlite3_bind_int64(st, i, (sqlite3_int64)n);
+    return sqlite3_bind_double(st, i, n);
+}
+
+/* Binds the Lua value at idx to parameter i. Strings are bound without a
+ * copy (SQLITE_STATIC): the caller keeps them alive until the statement is
+ * reset and its bindings cleared. Returns an SQLite code, or -1 for a value
+ * of a type that cannot be bound. as_blob binds strings as BLOB. */
+static int bind_value(lua_State *L, sqlite3_stmt *st, int i, int idx,
+                      int as_blob) {
+    size_t len;
+    const char *s;
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        return sqlite3_bind_null(st, i);
+    case LUA_TBOOLEAN:
+        return sqlite3_bind_int(st, i, lua_toboolean(L, idx));
+    case LUA_TNUMBER:
+        return bind_number(st, i, lua_tonumber(L, idx));
+    case LUA_TSTRING:
+        s = lua_tolstring(L, idx, &len);
+        if (as_blob)
+            return sqlite3_bind_blob64(st, i, s, len, SQLITE_STATIC);
+        return sqlite3_bind_text64(st, i, s, len, SQLITE_STATIC, SQLITE_UTF8);
+    case LUA_TTABLE:
+        if (is_blob(L, idx)) {
+            lua_rawgeti(L, idx, 1);
+            s = lua_tolstring(L, -1, &len);
+            lua_pop(L, 1); /* still anchored by the marker table */
+            if (s)
+                return sqlite3_bind_blob64(st, i, s, len, SQLITE_STATIC);
+        }
+        return -1;
+    default:
+        return -1;
+    }
+}
+
+/* Binds arguments first..top to the statement's parameters ?1..?n. */
+static void bind_args(lua_State *L, ldb *d, sqlite3_stmt *st, int first,
+                      const char *fname) {
+    int nargs = lua_gettop(L) - first + 1;
+    int nparams = sqlite3_bind_parameter_count(st);
+    if (nargs != nparams) {
+        sqlite3_clear_bindings(st);
+        luaL_error(L, "sluice.store.%s: %d parameter%s expected, got %d", fname,
+                   nparams, nparams == 1 ? "" : "s", nargs);
+    }
+    for (int i = 1; i <= nargs; i++) {
+        int rc = bind_value(L, st, i, first + i - 1, 0);
+        if (rc == -1) {
+            sqlite3_clear_bindings(st);
+            luaL_error(L,
+                       "sluice.store.%s: bad parameter #%d (%s cannot be "
+                       "bound)",
+                       fname, i, luaL_typename(L, first + i - 1));
+        } else if (rc != SQLITE_OK) {
+            sqlite3_clear_bindings(st);
+            luaL_error(L, "sluice.store.%s: parameter #%d: %s", fname, i,
+                       sqlite3_errmsg(d->db));
+        }
+    }
+}
+
+static void push_column(lua_State *L, sqlite3_stmt *st, int c) {
+    switch (sqlite3_column_type(st, c)) {
+    case SQLITE_INTEGER:
+        lua_pushnumber(L, (lua_Number)sqlite3_column_int64(st, c));
+        break;
+    case SQLITE_FLOAT:
+        lua_pushnumber(L, sqlite3_column_double(st, c));
+        break;
+    case SQLITE_TEXT: {
+        const unsigned char *s = sqlite3_column_text(st, c);
+        lua_pushlstring(L, (const char *)s,
+                        (size_t)sqlite3_column_bytes(st, c));
+        break;
+    }
+    case SQLITE_BLOB: {
+        const void *p = sqlite3_column_blob(st, c);
+        int n = sqlite3_column_bytes(st, c);
+        lua_pushlstring(L, p ? p : "", (size_t)n);
+        break;
+    }
+    default:
+        lua_pushnil(L);
+    }
+}
+
+/* --- module functions ------------------------------------------------------
+ */
+
+/* open(path, busy_timeout_ms) -> db, or nil, message */
+static int l_open(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    int busy_ms = luaL_optint(L, 2, 5000);
+    ldb *d = lua_newuserdata(L, sizeof(*d));
+    memset(d, 0, sizeof(*d));
+    luaL_getmetatable(L, DB_MT);
+    lua_setmetatable(L, -2);
+    lua_newtable(L);
+    lua_setfenv(L, -2);
+    int flags =
+        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: %s", path,
+                        db ? sqlite3_errmsg(db) : "out of memory");
+        sqlite3_close(db);
+        return 2;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, busy_ms);
+    d->db = db;
+    /* SQLite opens the file now: remember which file the path names, so a
+     * later file_check() sees it deleted or replaced under us. */
+    const char *fn = sqlite3_db_filename(db, "main");
+    struct stat st;
+    if (fn && *fn && stat(fn, &st) == 0) {
+        d->has_file = 1;
+        d->dev = st.st_dev;
+        d->ino = st.st_ino;
+    }
+    return 1;
+}
+
+/* blob(s) -> a marker binding s as a BLOB rather than TEXT */
+static int l_blob(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TSTRING);
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, 1);
+    lua_rawseti(L, -2, 1);
+    luaL_getmetatable(L, BLOB_MT);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+static int l_version(lua_State *L) {
+    lua_pushstring(L, sqlite3_libversion());
+    return 1;
+}
+
+/* --- methods ----------------------------------------------------------------
+ */
+
+/* db:exec(sql, ...) -> number of rows changed, or nil, message. Rows a
+ * statement returns are stepped through and discarded. */
+static int l_exec(lua_State *L) {
+    ldb *d = check_db(L);
+    luaL_checktype(L, 2, LUA_TSTRING);
+    sqlite3_stmt *st = cache_get(L, d, 2, "exec");
+    if (!st) {
+        if (sqlite3_errcode(d->db) == SQLITE_OK) {
+            lua_pushinteger(L, 0);
+            return 1;
+        }
+        return push_sql_error(L, d->db);
+    }
+    bind_args(L, d, st, 3, "exec");
+    int before = sqlite3_total_changes(d->db), rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        ;
+    int after = sqlite3_total_changes(d->db);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_DONE)
+        return push_sql_error(L, d->db);
+    lua_pushinteger(L, after - before);
+    return 1;
+}
+
+/* db:query(sql, ...) -> { {col = value, ...}, ... }, or nil, message */
+static int l_query(lua_State *L) {
+    ldb *d = check_db(L);
+    luaL_checktype(L, 2, LUA_TSTRING);
+    sqlite3_stmt *st = cache_get(L, d, 2, "query");
+    if (!st) {
+        if (sqlite3_errcode(d->db) == SQLITE_OK) {
+            lua_newtable(L);
+            return 1;
+        }
+        return push_sql_error(L, d->db);
+    }
+    bind_args(L, d, st, 3, "query");
+    int ncols = sqlite3_column_count(st);
+    luaL_checkstack(L, ncols + 4, "too many columns");
+    int names = lua_gettop(L) + 1;
+    for (int c = 0; c < ncols; c++)
+        lua_pushstring(L, sqlite3_column_name(st, c));
+    lua_newtable(L);
+    int rows = lua_gettop(L), n = 0, rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        lua_createtable(L, 0, ncols);
+        for (int c = 0; c < ncols; c++) {
+            if (sqlite3_column_type(st, c) == SQLITE_NULL)
+                continue;
+            lua_pushvalue(L, names + c);
+            push_column(L, st, c);
+            lua_rawset(L, -3);
+        }
+        lua_rawseti(L, rows, ++n);
+    }
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_DONE)
+        return push_sql_error(L, d->db);
+    return 1;
+}
+
+/* db:script(sql) -> true, or nil, message. Several statements, no
+ * parameters, nothing cached: for schema set-up. */
+static int l_script(lua_State *L) {
+    ldb *d = check_db(L);
+    const char *sql = luaL_checkstring(L, 2);
+    char *msg = NULL;
+    if (sqlite3_exec(d->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, msg ? msg : sqlite3_errmsg(d->db));
+        sqlite3_free(msg);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Binds row r of the flat value array at index 6 to st: column c of row r is
+ * flat[r * ncols + c + 1]; types[c] == 'b' binds strings as BLOB. */
+static int bind_row(lua_State *L, sqlite3_stmt *st, const char *types,
+                    int ncols, int r) {
+    for (int c = 0; c < ncols; c++) {
+        lua_rawgeti(L, 6, r * ncols + c + 1);
+        int rc = bind_value(L, st, c + 1, -1, types[c] == 'b');
+        lua_pop(L, 1); /* the string stays anchored in the flat array */
+        if (rc != SQLITE_OK)
+            return rc;
+    }
+    return SQLITE_OK;
+}
+
+/* db:upsert_rows(insert_sql, update_sql|nil, types, ncols, flat, nrows)
+ *   -> inserted, updated, unchanged, or nil, message
+ *
+ * insert_sql is an INSERT ... ON CONFLICT DO NOTHING with parameters ?1..?n
+ * in column order; update_sql an UPDATE of the non-key columns WHERE the key
+ * matches AND some column differs, with the same parameter numbering (nil
+ * when every column is in the key). A row the insert skipped is handed to
+ * the update: one changed row means "updated", none "unchanged". The caller
+ * owns the transaction. */
+static int l_upsert_rows(lua_State *L) {
+    ldb *d = check_db(L);
+    luaL_checktype(L, 2, LUA_TSTRING);
+    int has_upd = !lua_isnil(L, 3);
+    if (has_upd)
+        luaL_checktype(L, 3, LUA_TSTRING);
+    size_t ntypes;
+    const char *types = luaL_checklstring(L, 4, &ntypes);
+    int ncols = luaL_checkint(L, 5);
+    luaL_checktype(L, 6, LUA_TTABLE);
+    int nrows = luaL_checkint(L, 7);
+    luaL_argcheck(L, ncols > 0 && (size_t)ncols == ntypes, 5,
+                  "column count does not match the types");
+    lua_settop(L, 7);
+
+    sqlite3_stmt *ins, *upd = NULL;
+    unsigned gen;
+    do { /* a cache flush while preparing the second frees the first */
+        gen = d->gen;
+        if (!(ins = cache_get(L, d, 2, "upsert")))
+            return push_sql_error(L, d->db);
+        if (has_upd && !(upd = cache_get(L, d, 3, "upsert")))
+            return push_sql_error(L, d->db);
+    } while (gen != d->gen);
+
+    long inserted = 0, updated = 0, unchanged = 0;
+    int rc = SQLITE_OK;
+    for (int r = 0; r < nrows; r++) {
+        if ((rc = bind_row(L, ins, types, ncols, r)) != SQLITE_OK)
+            break;
+        rc = sqlite3_step(ins);
+        sqlite3_reset(ins);
+        if (rc != SQLITE_DONE)
+            break;
+        if (sqlite3_changes(d->db) > 0) {
+            inserted++;
+            continue;
+        }
+        if (!upd) {
+            unchanged++;
+            continue;
+        }
+        if ((rc = bind_row(L, upd, types, ncols, r)) != SQLITE_OK)
+            break;
+        rc = sqlite3_step(upd);
+        sqlite3_reset(upd);
+        if (rc != SQLITE_DONE)
+            break;
+        if (sqlite3_changes(d->db) > 0)
+            updated++;
+        else
+            unchanged++;
+    }
+    sqlite3_clear_bindings(ins);
+    if (upd)
+        sqlite3_clear_bindings(upd);
+    if (rc != SQLITE_DONE && rc != SQLITE_OK) {
+        if (rc == -1)
+            return luaL_error(L, "sluice.store.upsert: unbindable value");
+        return push_sql_error(L, d->db);
+    }
+    lua_pushnumber(L, (lua_Number)inserted);
+    lua_pushnumber(L, (lua_Number)updated);
+    lua_pushnumber(L, (lua_Number)unchanged);
+    return 3;
+}
+
+/* db:file_check() -> true, or nil and why: whether the path still names the
+ * file this connection has open. A database whose file was deleted (or
+ * replaced) goes on accepting writes into an unlinked inode that vanishes
+ * at close, so callers check before they report anything stored. In-memory
+ * and temporary databases always pass. */
+static int l_file_check(lua_State *L) {
+    ldb *d = check_db(L);
+    if (!d->has_file) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    const char *fn = sqlite3_db_filename(d->db, "main");
+    struct stat st;
+    if (stat(fn, &st) != 0) {
+        lua_pushnil(L);
+        if (errno == ENOENT)
+            lua_pushfstring(L, "database file %s was deleted", fn);
+        else
+            lua_pushfstring(L, "database file %s: %s", fn, strerror(errno));
+        return 2;
+    }
+    if (st.st_dev != d->dev || st.st_ino != d->ino) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "database file %s was replaced by another file", fn);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* pcall_nowait(fn, ...) -> true, fn's results | false, error
+ *
+ * pcall for db:transaction: fn runs in a no-wait region of the calling
+ * task (task.h), so sleep, HTTP, Redis, limiter waits and the like raise
+ * instead of letting other tasks run, and write, while the transaction is
+ * open (and a task cannot be killed with BEGIN IMMEDIATE left open). A
+ * plain coroutine.yield fails too: the C call is a yield boundary. */
+static int l_pcall_nowait(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    int rc = sl_task_pcall_nowait(
+        L, lua_gettop(L) - 1,
+        "db:transaction (other tasks would run, and write, while it is "
+        "open): wait before or after the transaction");
+    lua_pushboolean(L, rc == 0);
+    lua_insert(L, 1);
+    return lua_gettop(L);
+}
+
+/* db:in_transaction() -> whether a transaction is open */
+static int l_in_transaction(lua_State *L) {
+    ldb *d = check_db(L);
+    lua_pushboolean(L, !sqlite3_get_autocommit(d->db));
+    return 1;
+}
+
+static int l_last_insert_rowid(lua_State *L) {
+    ldb *d = check_db(L);
+    lua_pushnumber(L, (lua_Number)sqlite3_last_insert_rowid(d->db));
+    return 1;
+}
+
+static int l_is_open(lua_State *L) {
+    ldb *d = luaL_checkudata(L, 1, DB_MT);
+    lua_pushboolean(L, d->db != NULL);
+    return 1;
+}
+
+/* db:close() -> true. Finalizes every cached statement, then closes the
+ * connection (an open transaction is rolled back). Idempotent. */
+static int l_close(lua_State *L) {
+    ldb *d = luaL_checkudata(L, 1, DB_MT);
+    if (d->db) {
+        cache_flush(L, d);
+        sqlite3_close_v2(d->db);
+        d->db = NULL;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_tostring(lua_State *L) {
+    ldb *d = luaL_checkudata(L, 1, DB_MT);
+    if (d->db)
+        lua_pushfstring(L, "sluice.store.db (%s)",
+                        sqlite3_db_filename(d->db, "main"));
+    else
+        lua_pushliteral(L, "sluice.store.db (closed)");
+    return 1;
+}
+
+int luaopen_sluice_store(lua_State *L) {
+    static const luaL_Reg methods[] = {
+        {"exec", l_exec},
+        {"query", l_query},
+        {"script", l_script},
+        {"upsert_rows", l_upsert_rows},
+        {"in_transaction", l_in_transaction},
+        {"file_check", l_file_check},
+        {"last_insert_rowid", l_last_insert_rowid},
+        {"is_open", l_is_open},
+        {"close", l_close},
+        {NULL, NULL},
+    };
+    static const luaL_Reg fns[] = {
+        {"open", l_open},       {"blob", l_blob},
+        {"version", l_version}, {"pcall_nowait", l_pcall_nowait},
+        {NULL, NULL},
+    };
+    luaL_newmetatable(L, BLOB_MT);
+    lua_pop(L, 1);
+    luaL_newmetatable(L, DB_MT);
+    lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    lua_newtable(L);
+    luaL_register(L, NULL, fns);
+    return 1;
+}

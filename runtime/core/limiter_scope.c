@@ -1,0 +1,372 @@
+/* limiter_scope.c -- a limiter scope's rate and how it adapts
+ *
+ * A scope (the global one, or an endpoint's) holds a token pool whose rate
+ * follows what the provider says: quota headers, Retry-After, 429s, and
+ * latency; limiter.h describes the behaviour, limiter_internal.h the types.
+ * Declared pools' rates (X-MBX-USED-WEIGHT) are set here too.
+ */
+#include "limiter_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+#define BIN 0.25
+#define MEAS_MIN 4.0 /* cost units needed to trust the measurement */
+#define ADJ_INTERVAL 0.25
+#define RATE_UP 1.1
+#define RATE_DOWN 0.8
+#define DEMAND_WINDOW 1.0
+#define TAU0 0.1        /* recovery time constant per multiplier unit */
+#define PROVE 10.0      /* seconds held without a 429 to prove a rate */
+#define CONVERGED 0.01  /* floor within 1% of ceiling: stop bisecting */
+#define PROBE_STEP 0.05 /* first growth step past a forgotten ceiling */
+#define PROBE_MAX 1.0   /* the step doubles per proof up to this: x2 */
+#define REVISIT0 20.0   /* a ceiling held this long without a 429 expires */
+/* a probe failing within 10% above an expired ceiling confirms it: the next
+ * expiry waits twice as long */
+#define REVISIT_NEAR 0.1
+#define FIRST_TARGET 0.9 /* set-point when only the ceiling is known */
+/* probe a quarter into the gap: a failed probe costs a 429, a slow success
+ * only time */
+#define BISECT 0.25
+#define MAX_MULT 16.0
+
+/* ---- scopes: rates and adaptation --------------------------------------- */
+
+void sl_limiter_scope_init(scope *s, const sl_limiter_options *o) {
+    memset(s, 0, sizeof *s);
+    pool_init(&s->p, o->rate, o->burst);
+    s->max_rate = o->max_rate;
+    s->mult = 1;
+    s->last_violation = s->last_calm = s->last_adjust = NEVER;
+    s->last_limited = s->quota_until = s->hold_since = NEVER;
+    s->meas_since = s->last_admit = NEVER;
+    s->revisit = REVISIT0;
+    s->step = PROBE_STEP;
+    s->remaining = -1;
+    s->bin0 = (long long)(NEVER / BIN);
+}
+
+static double clamp_rate(const sl_limiter *lim, const scope *s, double r) {
+    double max = dmin(s->max_rate, lim->o.max_rate);
+    if (!(r >= lim->o.min_rate))
+        r = lim->o.min_rate;
+    return r > max ? max : r;
+}
+
+void sl_limiter_scope_set_rate(sl_limiter *lim, scope *s, double r, double now,
+                               int count) {
+    r = clamp_rate(lim, s, r);
+    if (r == s->p.rate)
+        return;
+    pool_rate(&s->p, r, now);
+    if (count)
+        lim->rate_adjustments++;
+    lim->min_seen = dmin(lim->min_seen, r);
+    lim->max_seen = dmax(lim->max_seen, r);
+}
+
+static int slot(long long b) {
+    long long m = b % NBINS;
+    return (int)(m < 0 ? m + NBINS : m);
+}
+
+static long long bin_of(double t) { return (long long)floor(t / BIN); }
+
+static void meas_advance(scope *s, long long b) {
+    long long k;
+    if (b <= s->bin0)
+        return;
+    if (b - s->bin0 >= NBINS)
+        memset(s->bins, 0, sizeof s->bins);
+    else
+        for (k = s->bin0 + 1; k <= b; k++)
+            s->bins[slot(k)] = 0;
+    s->bin0 = b;
+}
+
+/* Cost admitted per second over the last `span` seconds (whole bins, at
+ * most NBINS - 1 of them); *sum gets the cost. When the history is younger
+ * than the span (the first requests, or the first after a pause), the cost
+ * is spread over the time actually observed, not over the whole span: ten
+ * requests in the first 0.1 s are 100 r/s, not 10. */
+static double meas_rate(scope *s, double now, double span, double *sum) {
+    long long b = bin_of(now), first = bin_of(now - span) + 1, k;
+    double dur = now - dmax((double)first * BIN, s->meas_since);
+    meas_advance(s, b);
+    *sum = 0;
+    for (k = first; k <= b; k++)
+        *sum += s->bins[slot(k)];
+    return dur > 0 ? *sum / dur : 0;
+}
+
+static double next_target(const scope *s) {
+    if (s->hi <= 0)
+        return s->lo * (1 + s->step);
+    if (s->lo <= 0)
+        return s->hi * FIRST_TARGET;
+    if (s->hi - s->lo <= CONVERGED * s->hi)
+        return s->lo;
+    return s->lo + (s->hi - s->lo) * BISECT;
+}
+
+static double recovery_end(const scope *s) {
+    return dmax(s->rec_t0, s->p.blocked_until) + 5 * s->rec_tau;
+}
+
+/* Forgets the ceiling: the next set-points probe past it, growing faster
+ * each time one holds. `confirmable`: the ceiling was not disproved, so a
+ * 429 just above it confirms it (see violate). */
+static void expire(scope *s, int confirmable) {
+    s->old_hi = confirmable ? s->hi : 0;
+    if (!confirmable)
+        s->revisit = REVISIT0;
+    s->hi = 0;
+    s->step = PROBE_STEP;
+}
+
+/* Advances the time-driven parts of a scope to `now`. Idempotent for equal
+ * `now`: the recovery ramp is a function of time, not of call count. */
+void sl_limiter_scope_tick(sl_limiter *lim, scope *s, double now) {
+    double q = lim->o.quiet;
+    if (s->recovering) {
+        double start = dmax(s->rec_t0, s->p.blocked_until);
+        if (now >= recovery_end(s)) {
+            sl_limiter_scope_set_rate(lim, s, s->target, now, 0);
+            s->recovering = 0;
+            s->hold_since = now;
+            s->hold_cost = 0;
+        } else if (now > start) {
+            sl_limiter_scope_set_rate(lim, s,
+                                      s->target -
+                                          (s->target - s->rec_r0) *
+                                              exp(-(now - start) / s->rec_tau),
+                                      now, 0);
+        }
+    }
+    if ((s->mult > 1 || s->hi > 0) && now - s->last_calm >= q) {
+        double k = floor((now - s->last_calm) / q);
+        s->last_calm += k * q;
+        s->mult = k >= 4 ? 1 : dmax(1, s->mult / pow(2, k));
+        if (s->hi > 0) { /* forget the ceiling: grow again from here */
+            expire(s, 1);
+            s->lo = dmax(s->lo, s->recovering ? s->target : s->p.rate);
+            s->target = clamp_rate(lim, s, s->lo);
+        }
+    }
+    if (s->recovering)
+        return;
+    if (now < s->quota_until || now < s->p.blocked_until ||
+        (s->hi <= 0 && s->lo <= 0) || now - s->hold_since < PROVE)
+        return;
+    if (s->hold_cost >= 0.9 * s->p.rate * (now - s->hold_since)) {
+        int probed = s->hi <= 0 && s->p.rate > s->lo;
+        s->lo = dmax(s->lo, s->p.rate);
+        if (s->hi > 0 && s->lo >= s->hi)
+            expire(s, 0); /* held above the ceiling: it was wrong */
+        else if (s->hi > 0 && now - s->last_violation >= s->revisit)
+            expire(s, 1); /* held long enough: revisit it */
+        else if (probed)  /* past the ceiling and it held: grow faster */
+            s->step = dmin(PROBE_MAX, s->step * 2);
+        s->target = clamp_rate(lim, s, next_target(s));
+        sl_limiter_scope_set_rate(lim, s, s->target, now, 1);
+    }
+    s->hold_since = now;
+    s->hold_cost = 0;
+}
+
+void sl_limiter_pools_tick(sl_limiter *lim, double now) {
+    int i;
+    for (i = 0; i < lim->npools; i++) {
+        xpool *x = &lim->pools[i];
+        if (x->rate_until > NEVER && now >= x->rate_until) {
+            pool_rate(&x->p, x->base_rate, now);
+            x->rate_until = NEVER;
+        }
+    }
+}
+
+void sl_limiter_scope_violate(sl_limiter *lim, scope *s, double now,
+                              double sent_at) {
+    double sum, m, w, span;
+    /* a probe failed: it was holding a set-point above a proven floor
+     * (its own, not one quota headers set) */
+    int probe = !s->recovering && now >= s->quota_until && s->lo > 0 &&
+                s->p.rate > s->lo;
+    s->violations++;
+    if (sent_at >= 0 && sent_at < s->last_violation)
+        return; /* sent before the last violation was handled */
+    /* the ceiling is what was actually sent: the rate itself may already
+     * be halved by a 429 moments ago while the provider's window is still
+     * exhausted; at low rates the span widens to see MEAS_MIN requests */
+    w = s->p.rate;
+    for (span = 1; span < NBINS * BIN; span *= 2) {
+        m = meas_rate(s, now, dmin(span, (NBINS - 1) * BIN), &sum);
+        if (sum >= MEAS_MIN) {
+            w = m;
+            break;
+        }
+    }
+    if (!s->recovering && s->p.rate < w)
+        w = s->p.rate;               /* it was holding this rate: too high */
+    if (s->hi <= 0 && s->old_hi > 0) /* a probe past an expired ceiling */
+        s->revisit = w <= s->old_hi * (1 + REVISIT_NEAR)
+                         ? dmin(lim->o.quiet, s->revisit * 2)
+                         : REVISIT0;
+    s->old_hi = 0;
+    s->step = PROBE_STEP;
+    if (s->hi <= 0 || w < s->hi)
+        s->hi = w;
+    if (s->lo >= s->hi) /* the floor was proven too high: just under */
+        s->lo = s->hi * (1 - 2 * CONVERGED);
+    s->target = clamp_rate(lim, s, next_target(s));
+    if (!probe)
+        s->mult = dmin(MAX_MULT, s->mult * 2);
+    sl_limiter_scope_set_rate(lim, s, s->p.rate * 0.5, now, 1);
+    s->recovering = 1;
+    s->rec_t0 = now;
+    s->rec_r0 = s->p.rate;
+    s->rec_tau = TAU0 * (probe ? 1 : s->mult);
+    s->last_violation = s->last_calm = now;
+    s->quota_until = NEVER;
+}
+
+void sl_limiter_scope_latency(sl_limiter *lim, scope *s, double lat,
+                              double now) {
+    double cap;
+    if (!(lat >= 0) || !isfinite(lat) || s->recovering ||
+        now < s->p.blocked_until || now - s->last_adjust < ADJ_INTERVAL)
+        return;
+    if (lat > lim->o.slow_latency) {
+        sl_limiter_scope_set_rate(lim, s, s->p.rate * RATE_DOWN, now, 1);
+    } else if (lat < lim->o.fast_latency &&
+               now - s->last_limited <= DEMAND_WINDOW) {
+        cap = s->target > 0 ? s->target : lim->o.max_rate;
+        if (s->p.rate >= cap)
+            return;
+        sl_limiter_scope_set_rate(lim, s, dmin(cap, s->p.rate * RATE_UP), now,
+                                  1);
+    } else {
+        return;
+    }
+    s->last_adjust = now;
+}
+
+/* Quota headers: spread what remains over the time to reset. */
+void sl_limiter_scope_quota(sl_limiter *lim, scope *s, const sl_rlh_result *h,
+                            double now, int has_retry_after) {
+    double util = lim->o.utilization, r = -1, span;
+    double win = h->window > 0 ? h->window : lim->o.window;
+    if (h->source == SL_RLH_SRC_NONE)
+        return;
+    span = h->reset >= 0 ? h->reset : win;
+    if (h->remaining >= 0) {
+        s->remaining = h->remaining;
+        if (h->remaining < 1 && span > 0) {
+            if (!has_retry_after)
+                pool_block(&s->p, now + span);
+            r = h->limit > 0 ? h->limit * util / win : -1;
+        } else if (span > 0) {
+            r = h->remaining * util / span;
+        } else if (h->limit > 0) {
+            r = h->limit * util / win;
+        }
+    } else if (h->limit > 0) {
+        r = h->limit * util / win;
+    }
+    if (r < 0)
+        return;
+    s->target = clamp_rate(lim, s, r);
+    s->recovering = 0;
+    s->quota_until = now + (span > 0 ? span : win);
+    sl_limiter_scope_set_rate(lim, s, s->target, now, 1);
+}
+
+/* Binance X-MBX-USED-WEIGHT: what is left of the declared pool's limit in
+ * the current (wall-clock aligned) window. */
+void sl_limiter_pools_weights(sl_limiter *lim, const sl_rlh_result *h,
+                              double now, double wall_now) {
+    double server = h->date >= 0 ? h->date : wall_now;
+    int i, j;
+    for (i = 0; i < h->nweights; i++) {
+        for (j = 0; j < lim->npools; j++) {
+            xpool *x = &lim->pools[j];
+            double w = h->weights[i].window, cap, left, budget;
+            if (x->weight_window <= 0 || x->weight_window != w)
+                continue;
+            cap = x->limit * lim->o.utilization;
+            left = server > 0 ? w - fmod(server, w) : w;
+            budget = cap - h->weights[i].used;
+            x->rate_until = now + left;
+            if (budget < 1)
+                pool_block(&x->p, now + left);
+            else
+                pool_rate(&x->p,
+                          dmax(lim->o.min_rate, dmin(cap, budget / left)), now);
+        }
+    }
+}
+
+double sl_limiter_scope_backoff_until(const scope *s, double now) {
+    double until =
+        dmax(s->p.blocked_until, s->recovering ? recovery_end(s) : NEVER);
+    return until > now ? until : 0;
+}
+
+/* Counts an admitted request of the given cost in s's history. */
+void sl_limiter_scope_admit(scope *s, double cost, double now) {
+    s->requests++;
+    s->hold_cost += cost;
+    /* a pause longer than two intervals at this rate (and a second):
+     * the history restarts, what came before says nothing of demand */
+    if (now - s->last_admit > dmax(DEMAND_WINDOW, 2 / s->p.rate))
+        s->meas_since = now;
+    s->last_admit = now;
+    meas_advance(s, bin_of(now));
+    s->bins[slot(bin_of(now))] += cost;
+}
+
+/* ---- snapshots of a scope ----------------------------------------------- */
+
+void sl_limiter_scope_save(const scope *s, double now, double wall_now,
+                           sl_limiter_scope_snapshot *o) {
+    memset(o, 0, sizeof *o);
+    if (s->name)
+        memcpy(o->endpoint, s->name, strlen(s->name) + 1);
+    o->rate = s->p.rate;
+    o->backoff_multiplier = s->mult;
+    o->ceiling = s->hi;
+    o->floor = s->lo;
+    o->backoff_until = to_epoch(s->p.blocked_until, now, wall_now, 1);
+    o->ban_until = to_epoch(s->p.ban_until, now, wall_now, 1);
+    o->last_violation = to_epoch(s->last_violation, now, wall_now, 0);
+    o->remaining = s->remaining;
+    o->requests_made = s->requests;
+    o->violations = s->violations;
+}
+
+void sl_limiter_scope_load(sl_limiter *lim, scope *s,
+                           const sl_limiter_scope_snapshot *o, double now,
+                           double wall_now) {
+    s->mult = (o->backoff_multiplier >= 1 && o->backoff_multiplier <= MAX_MULT)
+                  ? o->backoff_multiplier
+                  : 1;
+    s->hi = o->ceiling > 0 && isfinite(o->ceiling) ? o->ceiling : 0;
+    s->lo = o->floor > 0 && isfinite(o->floor) ? o->floor : 0;
+    sl_limiter_scope_set_rate(lim, s, o->rate, now, 0);
+    pool_block(&s->p, from_epoch(o->backoff_until, now, wall_now));
+    s->p.ban_until =
+        dmax(s->p.ban_until, from_epoch(o->ban_until, now, wall_now));
+    s->last_violation = from_epoch(o->last_violation, now, wall_now);
+    s->last_calm = dmin(now, s->last_violation);
+    s->remaining = o->remaining >= 0 ? o->remaining : -1;
+    s->requests = o->requests_made;
+    s->violations = o->violations;
+    if (s->hi > 0 || s->lo > 0) { /* climb back to the learned set-point */
+        s->target = clamp_rate(lim, s, next_target(s));
+        s->recovering = 1;
+        s->rec_t0 = now;
+        s->rec_r0 = s->p.rate;
+        s->rec_tau = TAU0 * s->mult;
+    }
+}
