@@ -1,4 +1,10 @@
---- sluice.admin: the operator's HTTP API, on sluice.server.
+--- sluice.admin: the operator's HTTP API, on sluice.server: its routes,
+-- request decoding and access policy. What a route shows or does is
+-- sluice.operator's (the REPL serves the same views and operations); this
+-- module owns its server (start() returns it; the caller closes it) and
+-- the policy. Each request runs in a task of the server: POST /collect and
+-- /reload yield while they wait, and so does POST /backfill with Redis
+-- (its plan asks it); the reads answer without yielding.
 --
 -- Started by a configuration's `admin = {host = "127.0.0.1", port = 8080,
 -- token = collector.env("SLUICE_ADMIN_TOKEN")}`. Binding beyond loopback
@@ -37,24 +43,14 @@
 --   GET  /backfill/{id}            progress;  DELETE /backfill/{id} cancels
 --   POST /breakers/{name}/open | close | reset
 --   POST /reload                   re-read the configuration
-local sluice = require "sluice"
 local server = require "sluice.server"
 local log = require "sluice.log"
 local cjson = require "cjson.safe"
-local breaker = require "sluice.breaker"
-local limiter = require "sluice.limiter"
 local collector = require "sluice.collector"
 local redact = require "sluice.redact"
+local operator = require "sluice.operator"
 
 local _M = {}
-
-local started_wall = sluice.time()
-local started_mono = sluice.now()
-
-local function iso(t)
-  if not t then return nil end
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
-end
 
 local function loopback(host)
   return host == "127.0.0.1" or host == "::1" or host == "localhost" or host:match("^127%.")
@@ -68,27 +64,6 @@ local function same(a, b)
     diff = bit.bor(diff, bit.bxor(a:byte(i) or 0, b:byte(i)))
   end
   return diff == 0
-end
-
-local function read_proc()
-  local rss_mb, cpu
-  local f = io.open("/proc/self/statm")
-  if f then
-    local _, rss = f:read("*n", "*n")
-    f:close()
-    if rss then rss_mb = rss * 4096 / 1048576 end
-  end
-  f = io.open("/proc/self/stat")
-  if f then
-    local line = f:read("*l") or ""
-    f:close()
-    local rest = line:match("%) (.*)$") or ""
-    local fields = {}
-    for x in rest:gmatch("%S+") do fields[#fields + 1] = x end
-    local ticks = (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)
-    cpu = ticks / 100
-  end
-  return rss_mb, cpu
 end
 
 local function json_body(req)
@@ -220,153 +195,31 @@ _M.LIMITS = {
   request_timeout = 10,
 }
 
---- start(app, opts) -> srv | nil, err. opts: host, port, token, hosts,
--- insecure_loopback_mutations (see the access policy above).
-function _M.start(app, opts)
-  opts = opts or {}
-  local host = opts.host or "127.0.0.1"
-  local token = collector.reveal(opts.token)
-  if token == "" then token = nil end
-  if not loopback(host) and not token then
-    return nil, "admin: refusing to listen on " .. host
-      .. " without a token (set admin.token, e.g. collector.env(\"SLUICE_ADMIN_TOKEN\"))"
-  end
-  redact.register(token)
-  local limits = {}
-  for k, v in pairs(_M.LIMITS) do limits[k] = v end
-  limits.host, limits.port = host, opts.port or 8080
-  -- checked on the headers, before a body is read; guarded() below stays
-  if token then limits.auth = { token = token, methods = { "POST", "DELETE" } } end
-  local srv, listen_err = server.listen(limits)
-  if not srv then return nil, "admin: " .. listen_err end
-  local policy = {
-    token = token, port = srv.port, wildcard = WILDCARD[host] or false,
-    names = host_names(host, srv.port, opts.hosts),
-    insecure_loopback_mutations = opts.insecure_loopback_mutations == true and loopback(host),
-  }
+-- The operations' failure kinds (sluice.operator) as HTTP statuses.
+local STATUS = { invalid = 400, not_found = 404, disabled = 409, refused = 422, unavailable = 503 }
 
-  -- route(method, path, kind, handler): kind as check() has it, or a
-  -- function of the request giving it
-  local function route(method, path, kind, handler)
-    srv:route(method, path, function(req)
-      local k = type(kind) == "function" and kind(req) or kind
-      local status, body, headers = check(policy, req, k)
-      if status then return status, body, headers end
-      return scrubbed(handler(req))
-    end)
-  end
+local function failed(err, kind)
+  return STATUS[kind] or 500, { error = err }
+end
 
-  -- a reload swaps the collectors inside the same app table
-  local function collectors() return app.order end
-  local function get_app() return app end
-
+-- The routes over ops; app is the running app (a reload swaps the
+-- collectors inside the same table).
+local function add_routes(route, ops, app)
   route("GET", "/health", "read", function()
-    local a = get_app()
-    local reasons, last, last_ok, errors = {}, nil, nil, 0
-    for _, c in ipairs(a.order) do
-      local h, why = c:health()
-      if h ~= "healthy" and h ~= "disabled" then
-        -- the breaker's own state says it all; other states say why
-        reasons[#reasons + 1] = c.name .. " is " .. h .. (h ~= "circuit_open" and why and (": " .. why) or "")
-      end
-      local st = c.stats_
-      if st.last_collection and (not last or st.last_collection > last) then last = st.last_collection end
-      if st.last_success and (not last_ok or st.last_success > last_ok) then last_ok = st.last_success end
-      errors = errors + st.collections_failed
-    end
-    local db_ok, db_why = a.store and a.store:query("SELECT 1 AS one") ~= nil, nil
-    if db_ok then db_ok, db_why = a.store:check() end -- a deleted file answers SELECT 1
-    if not db_ok then reasons[#reasons + 1] = db_why or "database is not reachable" end
-    -- without Redis, sluice goes on with local state: degraded, not down
-    local degraded = a.shared and a.shared:degraded()
-    local body = {
-      status = #reasons > 0 and "unhealthy" or degraded and "degraded" or "healthy",
-      degraded = degraded and { "redis is unreachable: state is local" } or nil,
-      timestamp = iso(sluice.time()),
-      service = a.config and a.config.name or "sluice",
-      version = sluice._VERSION,
-      uptime_seconds = sluice.now() - started_mono,
-      database_connected = db_ok == true,
-      last_collection = iso(last),
-      last_successful_collection = iso(last_ok),
-      collection_errors = errors,
-      reasons = #reasons > 0 and reasons or nil,
-      starting = a.starting, -- true while the collectors are being built and started
-    }
-    return #reasons == 0 and 200 or 503, body
+    local body, healthy = ops:health()
+    return healthy and 200 or 503, body
   end)
 
-  route("GET", "/status", "config", function()
-    local a = get_app()
-    local cs = {}
-    for _, c in ipairs(a.order) do cs[c.name] = c:stats() end
-    return 200, {
-      service = a.config and a.config.name or "sluice", version = sluice._VERSION,
-      started_at = iso(started_wall), uptime_seconds = sluice.now() - started_mono,
-      collectors = cs, tasks = sluice.tasks(), config = a.config and redact.classify(a.config) or {},
-    }
-  end)
+  route("GET", "/status", "config", function() return 200, ops:status() end)
+  route("GET", "/circuit-breaker-status", "read", function() return 200, ops:breakers() end)
+  route("GET", "/limiters", "read", function() return 200, ops:limiters() end)
+  route("GET", "/data-quality", "read", function() return 200, ops:quality() end)
+  route("GET", "/performance", "read", function() return 200, ops:performance() end)
 
-  route("GET", "/circuit-breaker-status", "read", function()
-    local out = {}
-    for name, cb in pairs(breaker.all()) do out[name] = cb:status() end
-    return 200, out
-  end)
-
-  route("GET", "/limiters", "read", function()
-    local out = {}
-    for name, lim in pairs(limiter.all()) do out[name] = lim:stats() end
-    return 200, out
-  end)
-
-  route("GET", "/data-quality", "read", function()
-    return 200, get_app().store:quality()
-  end)
-
-  route("GET", "/performance", "read", function()
-    local runtime, runs, ok, failed, lat, nlat = 0, 0, 0, 0, 0, 0
-    for _, c in ipairs(collectors()) do
-      local st = c.stats_
-      runtime = runtime + st.total_runtime
-      runs = runs + st.collections_completed + st.collections_failed
-      ok = ok + st.successful_requests
-      failed = failed + st.failed_requests
-      lat = lat + (st.latency_total or 0)
-      nlat = nlat + (st.latency_count or 0)
-    end
-    local t0 = sluice.now()
-    get_app().store:query("SELECT 1 AS one")
-    local db_ms = (sluice.now() - t0) * 1000
-    local rss, cpu = read_proc()
-    local total = ok + failed
-    return 200, {
-      avg_collection_time = runs > 0 and runtime / runs or 0,
-      success_rate = total > 0 and 100 * ok / total or 100,
-      error_rate = total > 0 and 100 * failed / total or 0,
-      database_latency = db_ms,
-      api_latency = nlat > 0 and 1000 * lat / nlat or 0,
-      memory_usage_mb = rss,
-      cpu_usage_percent = cpu and 100 * cpu / math.max(sluice.now() - started_mono, 1e-3) or nil,
-    }
-  end)
-
-  local LEVELS = { trace = 0, debug = 1, info = 2, warning = 3, error = 4, critical = 5 }
   route("GET", "/logs", "config", function(req)
     local q = req.query
-    local min = 0
-    if q.level then
-      min = LEVELS[q.level]
-      if not min then return bad("unknown level '" .. q.level .. "'") end
-    end
-    local limit = tonumber(q.limit or "100")
-    if not limit or limit < 0 then return bad("limit must be a number >= 0") end
-    local out = {}
-    for _, e in ipairs(log.recent()) do
-      if (LEVELS[e.level] or 0) >= min and (not q.since or (e.ts or "") >= q.since) then
-        out[#out + 1] = e
-      end
-    end
-    while #out > limit do table.remove(out, 1) end
+    local out, err, kind = ops:logs({ level = q.level, limit = q.limit, since = q.since })
+    if not out then return failed(err, kind) end
     -- cjson (2.1.0) encodes an empty table as {}
     if #out == 0 then return 200, "[]", { ["content-type"] = "application/json" } end
     return 200, out
@@ -384,48 +237,26 @@ function _M.start(app, opts)
     err = check_fields(body, { collector = true })
     if err then return bad(err) end
     if type(body.collector) ~= "string" then return bad("field 'collector' (a name) is required") end
-    local c = get_app().collectors[body.collector]
-    if not c then return 404, { error = "no collector named '" .. body.collector .. "'" } end
-    if not c.enabled then
-      return 409, { collector = c.name, status = "disabled", error = "collector '" .. c.name .. "' is disabled" }
+    local run, why, kind = ops:collect(body.collector)
+    if not run then
+      if kind == "disabled" then
+        return 409, { collector = body.collector, status = "disabled", error = why }
+      end
+      return failed(why, kind)
     end
-    -- one run in flight per collector: a request made while one is going
-    -- waits for it and answers with its result ("joined": true)
-    local ok, result, joined = c:run_once()
-    joined = joined == "joined" or nil
-    if ok then return 200, { collector = c.name, status = "ok", records = result, joined = joined } end
-    return 502, { collector = c.name, status = "failed", error = result, joined = joined }
+    -- a request made while a run is going joins it ("joined": true)
+    if run.ok then
+      return 200, { collector = run.collector, status = "ok", records = run.records, joined = run.joined }
+    end
+    return 502, { collector = run.collector, status = "failed", error = run.error, joined = run.joined }
   end)
 
   route("POST", "/backfill", "mutation", function(req)
     local body, err = json_body(req)
     if not body then return bad(err) end
-    err = check_fields(body, { collector = true, start_date = true, end_date = true,
-      symbols = true, force = true, lookback = true, parallel = true })
-    if err then return bad(err) end
-    local a = get_app()
-    local c
-    if body.collector ~= nil then
-      if type(body.collector) ~= "string" then return bad("field 'collector' must be a string") end
-      c = a.collectors[body.collector]
-      if not c then return 404, { error = "no collector named '" .. body.collector .. "'" } end
-    else
-      for _, x in ipairs(a.order) do
-        if x.spec.backfill then
-          if c then return bad("several collectors can backfill: name one in 'collector'") end
-          c = x
-        end
-      end
-      if not c then return bad("no collector here can backfill") end
-    end
-    if body.symbols ~= nil and type(body.symbols) ~= "table" then return bad("field 'symbols' must be a list") end
-    if body.force ~= nil and type(body.force) ~= "boolean" then return bad("field 'force' must be true or false") end
-    local backfill = require "sluice.backfill"
-    local bopts = { collector = c, from = body.start_date, to = body.end_date, symbols = body.symbols,
-      force = body.force, lookback = body.lookback, parallel = body.parallel }
-    local okp, plan = pcall(backfill.plan, bopts)
-    if not okp then return bad(tostring(plan):gsub("^.-sluice%.backfill: ", "")) end
-    local id = backfill.start(bopts)
+    local id, plan, kind = ops:start_backfill(body)
+    if not id then return failed(plan, kind) end
+    local iso = operator.iso
     return 202, {
       task_id = id, status = "started", message = "Backfill operation started",
       estimated_records = plan.estimate.rows or plan.estimate.windows,
@@ -439,37 +270,75 @@ function _M.start(app, opts)
   end, function(req)
     local id = req.path:match("^/backfill/([^/]+)$")
     if not id then return 404, { error = "not found" } end
-    local backfill = require "sluice.backfill"
+    local st, err, kind
     if req.method == "GET" then
-      local st, err = backfill.status(id)
-      if not st then return 404, { error = err } end
-      return 200, st
+      st, err, kind = ops:backfill(id)
     elseif req.method == "DELETE" then
-      local ok, err = backfill.cancel(id)
-      if not ok then return 404, { error = err } end
-      return 200, backfill.status(id)
+      st, err, kind = ops:cancel_backfill(id)
+    else
+      return 405, { error = "method not allowed" }, { Allow = "GET, DELETE" }
     end
-    return 405, { error = "method not allowed" }, { Allow = "GET, DELETE" }
+    if not st then return failed(err, kind) end
+    return 200, st
   end)
 
   route("POST", "/breakers/*", "mutation", function(req)
     local name, action = req.path:match("^/breakers/([^/]+)/(%a+)$")
     if not name then return 404, { error = "not found" } end
-    local cb = breaker.get(name)
-    if not cb then return 404, { error = "no breaker named '" .. name .. "'" } end
-    if action == "open" then cb:force_open()
-    elseif action == "close" then cb:force_close()
-    elseif action == "reset" then cb:reset()
-    else return 404, { error = "unknown action '" .. action .. "' (open, close, reset)" } end
-    return 200, cb:status()
+    local st, err, kind = ops:breaker(name, action)
+    if not st then return failed(err, kind) end
+    return 200, st
   end)
 
   route("POST", "/reload", "mutation", function()
-    local reload = require("sluice.app").reload
-    local ok, err = reload("POST /reload")
+    local ok, err = ops:reload("POST /reload")
     if not ok then return 422, { status = "refused", error = err } end
-    return 200, { status = "reloaded", collectors = #get_app().order }
+    return 200, { status = "reloaded", collectors = #app.order }
   end)
+end
+
+--- start(app, opts [, reload]) -> srv | nil, err. app: the running app
+-- (what sluice.app's build and run return); opts: host, port, token,
+-- hosts, insecure_loopback_mutations (see the access policy above);
+-- reload(by) -> true | nil, err: what POST /reload calls (sluice.app's
+-- reload; without it, POST /reload is refused).
+function _M.start(app, opts, reload)
+  if reload ~= nil and type(reload) ~= "function" then
+    error("sluice.admin.start: bad argument #3 (function expected, got " .. type(reload) .. ")", 2)
+  end
+  opts = opts or {}
+  local host = opts.host or "127.0.0.1"
+  local token = collector.reveal(opts.token)
+  if token == "" then token = nil end
+  if not loopback(host) and not token then
+    return nil, "admin: refusing to listen on " .. host
+      .. " without a token (set admin.token, e.g. collector.env(\"SLUICE_ADMIN_TOKEN\"))"
+  end
+  local ops = operator.new({ current = function() return app end, reload = reload })
+  redact.register(token)
+  local limits = {}
+  for k, v in pairs(_M.LIMITS) do limits[k] = v end
+  limits.host, limits.port = host, opts.port or 8080
+  -- checked on the headers, before a body is read; check() below stays
+  if token then limits.auth = { token = token, methods = { "POST", "DELETE" } } end
+  local srv, listen_err = server.listen(limits)
+  if not srv then return nil, "admin: " .. listen_err end
+  local policy = {
+    token = token, port = srv.port, wildcard = WILDCARD[host] or false,
+    names = host_names(host, srv.port, opts.hosts),
+    insecure_loopback_mutations = opts.insecure_loopback_mutations == true and loopback(host),
+  }
+
+  -- route(method, path, kind, handler): kind as check() has it, or a
+  -- function of the request giving it
+  add_routes(function(method, path, kind, handler)
+    srv:route(method, path, function(req)
+      local k = type(kind) == "function" and kind(req) or kind
+      local status, body, headers = check(policy, req, k)
+      if status then return status, body, headers end
+      return scrubbed(handler(req))
+    end)
+  end, ops, app)
 
   log.info("admin API listening", { host = host, port = srv.port, token = token and true or false,
     mutations = token and "token" or policy.insecure_loopback_mutations and "loopback without a token"

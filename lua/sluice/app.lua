@@ -185,7 +185,7 @@ function _M.run(config, file, opts)
   local app = build(config, file, opts, function(a)
     -- before the collectors, so that it answers while they are built
     if a.config.admin and a.config.admin.enabled ~= false then
-      local srv, err = require("sluice.admin").start(a, a.config.admin)
+      local srv, err = require("sluice.admin").start(a, a.config.admin, _M.reload)
       if not srv then error(file .. ": " .. err, 0) end
       a.admin = srv
     end

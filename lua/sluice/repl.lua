@@ -5,6 +5,13 @@
 -- assigned at the prompt, the helpers, a print that writes to the client)
 -- lives as long as the connection.
 --
+-- It owns the sessions (one per connection, weakly keyed) and the
+-- presentation: the pretty printer and the helpers (breakers(), trip(),
+-- collect(), ...), which show sluice.operator's views and run its
+-- operations on the running configuration (sluice.app's current one).
+-- Evaluation runs in the calling task and yields when the chunk does;
+-- collect() and reload() yield while they wait.
+--
 -- Protocol (one JSON object per line each way):
 --   request  {"chunk": "lua source"}
 --   response {"ok": bool, "output": "text", "incomplete": bool}
@@ -12,6 +19,8 @@
 -- reads more lines and sends the whole chunk again.
 local cjson = require "cjson.safe"
 local redact = require "sluice.redact"
+local operator = require "sluice.operator"
+local app_mod = require "sluice.app"
 
 local _M = {}
 
@@ -230,32 +239,20 @@ end
 
 -- --- helpers ------------------------------------------------------------------
 
-local function iso(epoch)
-  if not epoch then return nil end
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(epoch))
-end
-
-local function breaker_named(name, who)
-  if type(name) ~= "string" then
-    error(who .. ": bad argument #1 (breaker name expected, got " .. type(name) .. ")", 3)
-  end
-  local cb = require("sluice.breaker").get(name)
-  if not cb then error(who .. ": no breaker named '" .. name .. "'", 3) end
-  return cb
-end
-
-local function current_app()
-  local ok, app = pcall(require, "sluice.app")
-  return ok and app.current or nil, ok and app or nil
-end
-
-local NO_APP = "no configuration is running (collectors come from `sluice run CONFIG.lua`)"
+local ops = operator.new({ current = function() return app_mod.current end, reload = app_mod.reload })
 
 local helpers = {}
 local help_lines = {}
 local function helper(name, line, fn)
   helpers[name] = fn
   help_lines[#help_lines + 1] = string.format("  %-14s %s", name, line)
+end
+
+-- An operation's failure as an error at the prompt, "who: message",
+-- pointing at the chunk that called the helper.
+local function fail(who, err, kind)
+  if kind == "invalid" then err = "bad argument #1 (" .. err .. ")" end
+  error(who .. ": " .. err, 3)
 end
 
 -- The helpers' views and results go through sluice.redact (errors, last
@@ -268,99 +265,50 @@ local function scrubbed(...)
   return unpack(r, 1, n)
 end
 
-local function view(name, line, fn)
-  helper(name, line, function(...) return scrubbed(fn(...)) end)
+-- view(name, line, fn, empty): fn's table, or the text empty when it has
+-- nothing (or the reason it could not be built)
+local function view(name, line, fn, empty)
+  helper(name, line, function()
+    local out, err = fn()
+    if not out then out = text(err) elseif next(out) == nil then out = text(empty) end
+    return scrubbed(out)
+  end)
 end
 
-view("breakers()", "every breaker: state, failures, next attempt, health score", function()
-  local out = {}
-  for name, cb in pairs(require("sluice.breaker").all()) do
-    local st, m = cb:status(), cb:metrics()
-    out[name] = {
-      state = st.state,
-      failures = st.failure_count,
-      next_attempt = st.state ~= "closed" and iso(m.open_until) or nil,
-      health_score = st.health_score,
-    }
+view("breakers()", "every breaker: state, failures, next attempt, health score",
+  function() return ops:breakers_brief() end, "no breakers")
+view("limiters()", "every limiter: rate, requests, violations, tasks waiting",
+  function() return ops:limiters_brief() end, "no limiters")
+view("collectors()", "the running configuration's collectors and their health",
+  function() return ops:collectors_brief() end, "the configuration has no collectors")
+view("backfills()", "backfill jobs of this process and their progress",
+  function() return ops:backfills() end, "no backfills")
+
+-- who: the helper's name; action as ops:breaker has it
+local function breaker_helper(who, action)
+  return function(name)
+    local st, err, kind = ops:breaker(name, action)
+    if not st then fail(who, err, kind) end
+    return text("breaker '" .. name .. "' is " .. st.state)
   end
-  if next(out) == nil then return text("no breakers") end
-  return out
-end)
+end
 
-view("limiters()", "every limiter: rate, requests, violations, tasks waiting", function()
-  local out = {}
-  for name, lim in pairs(require("sluice.limiter").all()) do
-    local st, m = lim:stats(), lim:metrics()
-    out[name] = {
-      rate = st.current_global_rate,
-      total_requests = st.total_requests,
-      violations = st.total_violations,
-      waiting = m.waiting,
-    }
-  end
-  if next(out) == nil then return text("no limiters") end
-  return out
-end)
+helper("trip(name)", "force the breaker open", breaker_helper("trip", "open"))
+helper("reset(name)", "reset the breaker to closed, counters cleared", breaker_helper("reset", "reset"))
 
-view("collectors()", "the running configuration's collectors and their health", function()
-  local app = current_app()
-  if not app then return text(NO_APP) end
-  local out = {}
-  for name, inst in pairs(app.collectors) do
-    local st = inst:stats()
-    out[name] = {
-      status = st.status,
-      running = inst.running and true or false,
-      interval = inst.interval,
-      last_success = st.last_success,
-      last_error = st.last_error,
-      collections = st.collections_completed,
-      rows = st.data_points_collected,
-      requests = st.total_requests,
-    }
-  end
-  if next(out) == nil then return text("the configuration has no collectors") end
-  return out
-end)
-
-view("backfills()", "backfill jobs of this process and their progress", function()
-  local out = {}
-  for id, st in pairs(require("sluice.backfill").jobs()) do
-    local copy = {}
-    for k, v in pairs(st) do copy[k] = v end
-    copy.failed = nil -- the failed windows' list; windows_failed counts them
-    out[id] = copy
-  end
-  if next(out) == nil then return text("no backfills") end
-  return out
-end)
-
-helper("trip(name)", "force the breaker open", function(name)
-  local cb = breaker_named(name, "trip")
-  cb:force_open()
-  return text("breaker '" .. name .. "' is " .. cb:status().state)
-end)
-
-helper("reset(name)", "reset the breaker to closed, counters cleared", function(name)
-  local cb = breaker_named(name, "reset")
-  cb:reset()
-  return text("breaker '" .. name .. "' is " .. cb:status().state)
-end)
-
+-- The collection's own result, as the collector's run_once returns it:
+-- true, rows or false, err, and "joined" when it waited for a run in
+-- flight. A disabled collector runs too: the operator asked for it.
 helper("collect(name)", "run one collection of the collector now; its result", function(name)
-  local app = current_app()
-  if not app then error("collect: " .. NO_APP, 2) end
-  local inst = app.collectors[name]
-  if not inst then error("collect: no collector named '" .. tostring(name) .. "'", 2) end
-  return scrubbed(inst:run_once())
+  local run, err, kind = ops:collect(name, { run_disabled = true })
+  if not run then fail("collect", err, kind) end
+  local result = run.ok and run.records or run.error
+  if run.joined then return scrubbed(run.ok, result, "joined") end
+  return scrubbed(run.ok, result)
 end)
 
 helper("reload()", "re-read the configuration and collector scripts", function()
-  local _, app = current_app()
-  if not (app and type(app.reload) == "function") then
-    return text("reload is not available in this build (sluice.app has no reload)")
-  end
-  local ok, err = app.reload("repl")
+  local ok, err = ops:reload("repl")
   -- refused: an error, so that `sluice repl -e 'reload()'` exits 1
   if not ok then error(scrubbed(err), 0) end
   return scrubbed(ok)

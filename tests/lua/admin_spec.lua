@@ -38,6 +38,15 @@ return {
 }
 ]]
 
+-- wait_until(what, cond): cond() true within 10 s (polled), or fails naming what
+local function wait_until(what, cond)
+  local deadline = sluice.now() + 10
+  while not cond() do
+    if sluice.now() > deadline then error("timed out waiting for " .. what, 2) end
+    sluice.sleep(0.01)
+  end
+end
+
 describe("admin API and reload", function()
   local dir, app, mock, base
 
@@ -73,7 +82,12 @@ describe("admin API and reload", function()
     local chunk = assert(loadfile(dir .. "/sluice.lua"))
     app = app_mod.run(chunk(), dir .. "/sluice.lua")
     base = "http://127.0.0.1:" .. app.admin.port
-    sluice.sleep(0.3) -- first collections
+    wait_until("the first collections", function()
+      for _, c in ipairs(app.order) do
+        if not c:stats().last_success then return false end
+      end
+      return true
+    end)
   end)
 
   teardown(function()
@@ -169,12 +183,10 @@ describe("admin API and reload", function()
     assert.equal(1440, body.estimated_records)
     local id = body.task_id
     local st
-    for _ = 1, 100 do
-      local _, b = call("GET", "/backfill/" .. id, nil, false)
-      st = b
-      if st.state ~= "running" then break end
-      sluice.sleep(0.05)
-    end
+    wait_until("the backfill to end", function()
+      st = select(2, call("GET", "/backfill/" .. id, nil, false))
+      return st.state ~= "running"
+    end)
     assert.equal("done", st.state)
     assert.equal(1440, st.rows)
     assert.equal(200, (call("DELETE", "/backfill/" .. id)))

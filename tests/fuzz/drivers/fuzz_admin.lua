@@ -69,7 +69,7 @@ return {
 write(dir .. "/sluice.lua", CONFIG)
 local file = dir .. "/sluice.lua"
 local app = app_mod.build(assert(loadfile(file))(), file, { env = {} })
-assert(admin.start(app, app.config.admin))
+assert(admin.start(app, app.config.admin, app_mod.reload))
 assert(captured, "fuzz_admin: admin.start did not listen")
 -- the files stay: /reload reads them; the OS temp cleaner removes the dir
 log.level("none")
