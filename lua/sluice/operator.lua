@@ -67,6 +67,7 @@ local breaker = require "sluice.breaker"
 local limiter = require "sluice.limiter"
 local backfill = require "sluice.backfill"
 local redact = require "sluice.redact"
+local procinfo = require "sluice.procinfo"
 
 local _M = {}
 local mt = { __index = _M }
@@ -94,28 +95,6 @@ local function collector_counters(c)
     successful_requests = st.successful_requests, failed_requests = st.failed_requests,
     latency_total = st.latency_total, latency_count = st.latency_count,
   }
-end
-
--- This process's resident set (MiB) and CPU time (s), from /proc.
-local function read_proc()
-  local rss_mb, cpu
-  local f = io.open("/proc/self/statm")
-  if f then
-    local _, rss = f:read("*n", "*n")
-    f:close()
-    if rss then rss_mb = rss * 4096 / 1048576 end
-  end
-  f = io.open("/proc/self/stat")
-  if f then
-    local line = f:read("*l") or ""
-    f:close()
-    local rest = line:match("%) (.*)$") or ""
-    local fields = {}
-    for x in rest:gmatch("%S+") do fields[#fields + 1] = x end
-    local ticks = (tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)
-    cpu = ticks / 100
-  end
-  return rss_mb, cpu
 end
 
 --- new(source) -> ops. source.current: a function returning the running
@@ -196,7 +175,8 @@ function _M:performance()
   local t0 = sluice.now()
   a.store:query("SELECT 1 AS one")
   local db_ms = (sluice.now() - t0) * 1000
-  local rss, cpu = read_proc()
+  local rss = procinfo.memory()
+  local cpu = procinfo.cpu_seconds()
   local total = ok + failed
   return {
     avg_collection_time = runs > 0 and runtime / runs or 0,
@@ -204,7 +184,7 @@ function _M:performance()
     error_rate = total > 0 and 100 * failed / total or 0,
     database_latency = db_ms,
     api_latency = nlat > 0 and 1000 * lat / nlat or 0,
-    memory_usage_mb = rss,
+    memory_usage_mb = rss and rss / 1048576,
     cpu_usage_percent = cpu and 100 * cpu / math.max(sluice.now() - started_mono, 1e-3) or nil,
   }
 end

@@ -1,5 +1,5 @@
 --- sluice.repl: what the REPL evaluates and how it shows the results.
--- The control socket (runtime/control.c) runs each request as a task that
+-- The control socket (runtime/host/repl_server.c) runs each request as a task that
 -- calls _serve(conn, payload, framed); `sluice run -i` does the same with
 -- the terminal. A session is one attached client: its environment (globals
 -- assigned at the prompt, the helpers, a print that writes to the client)
