@@ -211,7 +211,7 @@ describe("sluice.metrics registration", function()
       errmsg(metrics.histogram, "test_l_seconds", "x", { labels = { "le" } }))
     assert.equal("sluice.metrics.histogram: buckets must be strictly increasing (buckets[2] = 1)",
       errmsg(metrics.histogram, "test_l_seconds", "x", { buckets = { 1, 1 } }))
-    assert.equal("sluice.metrics.histogram: option 'buckets' must be a non-empty list of numbers",
+    assert.equal("sluice.metrics.histogram: option 'buckets' must be a non-empty list of numbers, got {}",
       errmsg(metrics.histogram, "test_l_seconds", "x", { buckets = {} }))
   end)
 
