@@ -104,6 +104,11 @@ describe("sluice.metrics exposition", function()
     assert.equal("12345678901234", metrics.format_value(12345678901234))
     assert.equal("0.3333333333333333", metrics.format_value(1 / 3))
     assert.equal(1 / 3, tonumber(metrics.format_value(1 / 3)))
+    -- the one formatter, sluice.json.number: -Inf, and -0 keeps its sign
+    assert.equal("-Inf", metrics.format_value(-1 / 0))
+    assert.equal("-0", metrics.format_value(-0.0))
+    assert.equal("9.223372036854776e+18", metrics.format_value(2 ^ 63))
+    assert.equal("0.30000000000000004", metrics.format_value(0.1 + 0.2))
   end)
 
   it("renders a histogram: cumulative buckets, +Inf, _sum and _count", function()
