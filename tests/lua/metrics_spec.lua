@@ -304,6 +304,10 @@ describe("sluice.metrics.registry sources", function()
     -- counted afresh, not accumulated over renders
     assert.equal(2, sample(metrics.render(), "test_src_events_total"))
     assert.is_nil(sample(metrics.render{ builtin = false }, "test_src_events_total"))
+    -- a misspelt option used to be ignored (and the built-in families rendered)
+    assert.equal("sluice.metrics.render: unknown option 'builtins'", errmsg(metrics.render, { builtins = false }))
+    assert.equal("sluice.metrics.render: option 'builtin' must be a boolean, got number",
+      errmsg(metrics.render, { builtin = 0 }))
     assert.equal("sluice.metrics.gauge: 'test_src_up' is a built-in sluice metric",
       errmsg(metrics.gauge, "test_src_up", "x"))
     assert.equal("sluice.metrics.registry.add_source: families[1]: 'test_src_up' is already a metric",

@@ -503,7 +503,10 @@ local function by_name(a, b) return a.name < b.name end
 --- render([opts]) -> the exposition text of every family, sorted by name.
 -- opts.builtin = false leaves out the sources' families (those read from
 -- live state; registered metrics, the HTTP client's too, stay).
+local RENDER_OPTIONS = { builtin = "boolean" }
+
 function _M.render(opts)
+  options.check("sluice.metrics.render", opts, RENDER_OPTIONS)
   local fams = {}
   for _, m in pairs(registry) do fams[#fams + 1] = m end
   if not (opts and opts.builtin == false) then
