@@ -23,17 +23,21 @@
 -- SLUICE_LOG__LEVEL=debug. Values read as numbers or booleans when the
 -- setting they replace is one. Every error names the file and the key.
 local redact = require "sluice.redact"
+local options = require "sluice.options"
 
 local _M = {}
 
-local TOP = {
-  store = "string", log = "table", collectors = "table", profiles = "table",
-  shutdown_timeout = "number", name = "string", admin = "table", redis = "string",
-  sinks = "table", lease_ttl = "number", start_rate = "number",
-}
+-- The settings and their types, as sluice.options schemas (validate turns
+-- its problems into "file: key: unknown setting" and "file: key: must be a
+-- <type>, got <type>"); what the values mean is checked after.
 local ADMIN = { host = "string", port = "number", token = "any", enabled = "boolean",
   hosts = "table", insecure_loopback_mutations = "boolean" }
 local LOG = { level = "string", format = "string", output = "string", ring_size = "number" }
+local TOP = {
+  store = "string", log = { type = "table", fields = LOG }, collectors = "table", profiles = "table",
+  shutdown_timeout = "number", name = "string", admin = { type = "table", fields = ADMIN }, redis = "string",
+  sinks = "table", lease_ttl = "number", start_rate = "number",
+}
 local LEVELS = { trace = 1, debug = 1, info = 1, warning = 1, warn = 1, error = 1, critical = 1, none = 1 }
 
 local function fail(file, key, msg)
@@ -125,16 +129,9 @@ end
 
 --- validate(config, file) -> config; raises "file: key: message".
 function _M.validate(config, file)
-  for k, v in pairs(config) do
-    local want = TOP[k]
-    if not want then fail(file, tostring(k), "unknown setting") end
-    if type(v) ~= want then fail(file, k, "must be a " .. want .. ", got " .. type(v)) end
-  end
+  local where, kind, text = options.problem(config, TOP)
+  if where then fail(file, where, kind == "unknown" and "unknown setting" or text) end
   if config.log then
-    for k, v in pairs(config.log) do
-      if not LOG[k] then fail(file, "log." .. tostring(k), "unknown setting") end
-      if type(v) ~= LOG[k] then fail(file, "log." .. k, "must be a " .. LOG[k] .. ", got " .. type(v)) end
-    end
     if config.log.level and not LEVELS[config.log.level] then
       fail(file, "log.level", "must be trace, debug, info, warning, error, critical or none, got '"
         .. config.log.level .. "'")
@@ -166,12 +163,6 @@ function _M.validate(config, file)
     if not config.redis then fail(file, "sinks", "a redis_stream sink needs redis = \"redis://...\"") end
   end
   if config.admin then
-    for k, v in pairs(config.admin) do
-      if not ADMIN[k] then fail(file, "admin." .. tostring(k), "unknown setting") end
-      if ADMIN[k] ~= "any" and type(v) ~= ADMIN[k] then
-        fail(file, "admin." .. k, "must be a " .. ADMIN[k] .. ", got " .. type(v))
-      end
-    end
     local port = config.admin.port
     if port and not (port >= 0 and port <= 65535 and port == math.floor(port)) then
       fail(file, "admin.port", "must be an integer in [0, 65535]")

@@ -5,8 +5,9 @@
 --
 -- A request yields the calling task until the response is complete; any
 -- number of tasks may have requests in flight on the one loop thread.
--- Result: res.status, res.headers (case-insensitive; repeated headers joined
--- with ", "), res.headers_all[name] (every value, in order), res.body,
+-- Result: res.status, res.headers (a sluice.headers table: case-insensitive;
+-- names lower case; repeated headers joined with ", "), res.headers_all[name]
+-- (the same kind of table: every value, in order), res.body,
 -- res:json(), res.timings {dns, connect, tls, ttfb, total} (seconds),
 -- res.http_version ("1.1", "2"), res.url (after redirects), res.redirects
 -- (hops followed), res.reused (true when an existing connection carried
@@ -16,7 +17,9 @@
 -- a result. Options timeout (30 s, the whole transfer, all redirect hops
 -- included) and connect_timeout (10 s): math.huge means no timeout (no
 -- limit on the transfer; a connection attempt still ends when the system
--- gives up on it).
+-- gives up on it). Options are checked by sluice.options (misuse raises,
+-- naming the option). Numbers in query strings and header values are
+-- written exactly, as sluice.json.number writes them (0.1 -> "0.1").
 --
 -- Redirects are followed here, not by curl, one request per hop, so that
 -- credentials stay with the origin (scheme, host, port) they were given
@@ -38,6 +41,9 @@
 local sluice = require "sluice"
 local core = require "sluice._http"
 local cjson = require "cjson.safe"
+local json = require "sluice.json"
+local options = require "sluice.options"
+local headers = require "sluice.headers"
 
 local _M = {}
 
@@ -49,10 +55,18 @@ local DEFAULTS = {
 }
 local MAX_REDIRECTS = 5
 
-local OPTION_TYPES = {
-  method = "string", url = "string", query = "table", headers = "table",
-  body = "string", json = "any", timeout = "number", connect_timeout = "number",
-  max_body = "number", redirects = "any", insecure = "boolean",
+-- The options of request (and get, post): sluice.options checks them.
+local TIMEOUT = { type = "number", gt = 0 } -- math.huge: no timeout
+local REQUEST_OPTIONS = {
+  method = "string", url = { type = "string", required = true }, query = "table",
+  headers = "table", body = "string", json = "any", timeout = TIMEOUT,
+  connect_timeout = TIMEOUT, max_body = { type = "number", gt = 0, finite = true },
+  redirects = {
+    type = "boolean|table", what = "false or a table {max = n, cross_origin = boolean}",
+    check = function(r) return r ~= true end,
+    fields = { max = { type = "number", integer = true, min = 0, max = 2 ^ 31 - 1 }, cross_origin = "boolean" },
+  },
+  insecure = "boolean",
 }
 
 -- The statuses whose Location is followed (RFC 9110 15.4).
@@ -66,8 +80,10 @@ local CROSS_ORIGIN_HEADERS = {
   ["user-agent"] = true,
 }
 
-local function fail(fname, msg)
-  error("sluice.http." .. fname .. ": " .. msg, 3)
+-- Raises misuse at the caller of the function calling fail (level 2, the
+-- default), or `level` above that function.
+local function fail(fname, msg, level)
+  error("sluice.http." .. fname .. ": " .. msg, (level or 2) + 1)
 end
 
 -- The observers, in the order added. Adding and removing make a new list,
@@ -106,34 +122,35 @@ local function observe(url, method, outcome, seconds)
   for i = 1, #list do list[i](url, method, outcome, seconds) end
 end
 
---- escape(s) -> s percent-encoded per RFC 3986 (only A-Z a-z 0-9 - _ . ~
--- stay as they are).
-function _M.escape(s)
-  if type(s) ~= "string" then
-    if type(s) == "number" or type(s) == "boolean" then
-      s = tostring(s)
-    else
-      error("sluice.http.escape: bad argument #1 (string expected, got " .. type(s) .. ")", 2)
-    end
-  end
-  return (s:gsub("[^%w%-_%.~]", function(c)
-    return string.format("%%%02X", c:byte())
-  end))
-end
-local escape = _M.escape
-
+-- A query or header value as text: a number as sluice.json.number writes
+-- it (the shortest text that reads back as the same double; nan, inf and
+-- -inf as "nan", "inf", "-inf"), a boolean as "true"/"false". nil for
+-- other types.
 local function scalar(v)
   local tv = type(v)
   if tv == "string" then return v end
-  if tv == "number" then
-    if v == math.floor(v) and math.abs(v) < 2 ^ 53 then
-      return string.format("%d", v)
-    end
-    return string.format("%.17g", v)
-  end
+  if tv == "number" then return json.number(v) or tostring(v) end
   if tv == "boolean" then return tostring(v) end
   return nil
 end
+
+local function percent(c)
+  return string.format("%%%02X", c:byte())
+end
+
+--- escape(s) -> s percent-encoded per RFC 3986 (only A-Z a-z 0-9 - _ . ~
+-- stay as they are). A number or a boolean is written as a query value is
+-- (numbers exactly, as sluice.json.number writes them).
+function _M.escape(s)
+  if type(s) ~= "string" then
+    s = scalar(s)
+    if not s then
+      error("sluice.http.escape: bad argument #1 (string expected, got " .. type(s) .. ")", 2)
+    end
+  end
+  return (s:gsub("[^%w%-_%.~]", percent))
+end
+local escape = _M.escape
 
 --- encode_query(t) -> "a=1&b=x%20y" with keys sorted, so the same table
 -- always gives the same string (cache keys, request signing). An array value
@@ -173,15 +190,6 @@ function _M.encode_query(t)
   return table.concat(parts, "&")
 end
 
--- Case-insensitive header lookup; names are stored lower case.
-local headers_mt = {
-  __index = function(t, k)
-    if type(k) == "string" then
-      return rawget(t, k:lower())
-    end
-  end,
-}
-
 local response = {}
 local response_mt = { __index = response }
 
@@ -199,56 +207,23 @@ function response:json()
   return value
 end
 
+-- Called by do_request: blames do_request's caller (request, get and post
+-- tail-call it, so that is the user's line).
 local function check_options(fname, opts)
-  for k, v in pairs(opts) do
-    local want = OPTION_TYPES[k]
-    if k == "follow_redirects" then
-      fail(fname, "option 'follow_redirects' is gone: use redirects = false or {max = n, cross_origin = true}")
-    end
-    if not want then
-      fail(fname, "unknown option '" .. tostring(k) .. "'")
-    end
-    if want ~= "any" and type(v) ~= want then
-      fail(fname, "option '" .. k .. "' must be a " .. want .. ", got " .. type(v))
-    end
+  if opts.follow_redirects ~= nil then
+    fail(fname, "option 'follow_redirects' is gone: use redirects = false or {max = n, cross_origin = true}", 3)
   end
-  for _, k in ipairs({ "timeout", "connect_timeout" }) do
-    local v = opts[k]
-    if v ~= nil and not (v > 0) then
-      fail(fname, "option '" .. k .. "' must be a number > 0 (math.huge: no timeout)")
-    end
-  end
-  if opts.max_body ~= nil and not (opts.max_body > 0 and opts.max_body < math.huge) then
-    fail(fname, "option 'max_body' must be a finite number > 0")
-  end
+  options.check("sluice.http." .. fname, opts, REQUEST_OPTIONS, 3)
   if opts.body ~= nil and opts.json ~= nil then
-    fail(fname, "options 'body' and 'json' are exclusive")
+    fail(fname, "options 'body' and 'json' are exclusive", 3)
   end
 end
 
--- The redirects option -> max hops, cross_origin.
-local function redirect_policy(fname, r)
+-- The redirects option (checked) -> max hops, cross_origin.
+local function redirect_policy(r)
   if r == nil then return MAX_REDIRECTS, false end
   if r == false then return 0, false end
-  if type(r) ~= "table" then
-    fail(fname, "option 'redirects' must be false or a table {max = n, cross_origin = boolean}, got "
-      .. type(r))
-  end
-  for k in pairs(r) do
-    if k ~= "max" and k ~= "cross_origin" then
-      fail(fname, "unknown option 'redirects." .. tostring(k) .. "'")
-    end
-  end
-  local max = r.max
-  if max == nil then
-    max = MAX_REDIRECTS
-  elseif type(max) ~= "number" or not (max >= 0 and max < 2 ^ 31) or max ~= math.floor(max) then
-    fail(fname, "option 'redirects.max' must be an integer >= 0")
-  end
-  if r.cross_origin ~= nil and type(r.cross_origin) ~= "boolean" then
-    fail(fname, "option 'redirects.cross_origin' must be a boolean")
-  end
-  return max, r.cross_origin == true
+  return r.max or MAX_REDIRECTS, r.cross_origin == true
 end
 
 --- origin(url) -> scheme, host, port (lower case; port a number, the
@@ -328,9 +303,6 @@ local function do_request(fname, opts)
   end
   check_options(fname, opts)
   local url = opts.url
-  if not url then
-    fail(fname, "option 'url' is required")
-  end
   local method = (opts.method or "GET"):upper()
   if not method:match("^[A-Z]+$") then
     fail(fname, "bad method '" .. opts.method .. "'")
@@ -342,7 +314,7 @@ local function do_request(fname, opts)
     end
   end
   local body = opts.body
-  local max_hops, cross_origin = redirect_policy(fname, opts.redirects)
+  local max_hops, cross_origin = redirect_policy(opts.redirects)
   local lines, names, has_type = {}, {}, false
   if opts.headers then
     for name, value in pairs(opts.headers) do
@@ -436,8 +408,8 @@ local function do_request(fname, opts)
   res.redirects = hops
   res.timings.redirect = redirect_time
   res.timings.total = res.timings.total + redirect_time
-  setmetatable(res.headers, headers_mt)
-  setmetatable(res.headers_all, headers_mt)
+  res.headers = headers.new(res.headers)
+  res.headers_all = headers.new(res.headers_all)
   return setmetatable(res, response_mt)
 end
 
@@ -474,7 +446,8 @@ function _M.post(url, opts)
   return with_url("post", "POST", url, opts)
 end
 
-local CONFIG_KEYS = { max_host_connections = true, max_total_connections = true }
+local CAP = { type = "number", integer = true, min = 0 }
+local CONFIG_OPTIONS = { max_host_connections = CAP, max_total_connections = CAP }
 local config = { max_host_connections = 0, max_total_connections = 0 }
 
 --- configure{max_host_connections = n, max_total_connections = n}
@@ -488,15 +461,8 @@ function _M.configure(opts)
   if type(opts) ~= "table" then
     error("sluice.http.configure: bad argument #1 (table expected, got " .. type(opts) .. ")", 2)
   end
-  for k, v in pairs(opts) do
-    if not CONFIG_KEYS[k] then
-      error("sluice.http.configure: unknown option '" .. tostring(k) .. "'", 2)
-    end
-    if type(v) ~= "number" or v < 0 or v ~= math.floor(v) then
-      error("sluice.http.configure: option '" .. k .. "' must be an integer >= 0", 2)
-    end
-    config[k] = v
-  end
+  options.check("sluice.http.configure", opts, CONFIG_OPTIONS)
+  for k, v in pairs(opts) do config[k] = v end
   core.configure(config.max_host_connections, config.max_total_connections)
   return _M.configure()
 end

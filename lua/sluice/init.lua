@@ -1,8 +1,10 @@
---- sluice: tasks and timers on the event loop.
+--- sluice: tasks and timers on the event loop, and the clocks.
 -- Every piece of Lua work runs in a task (a coroutine the loop resumes when
--- what it waits for is ready). The functions that wait (sleep, wait and, in
--- other modules, HTTP, limiter waits) must be called from a task.
+-- what it waits for is ready). The functions that wait (sleep, wait, park
+-- and, in other modules, HTTP, limiter waits) must be called from a task.
+-- This module owns no state of its own (the task runtime is sluice._task's).
 local core = require "sluice._task"
+local options = require "sluice.options"
 
 local _M = {
   _VERSION = core.version,
@@ -28,7 +30,7 @@ local _M = {
   environ = core.environ,   -- { NAME = value } for the whole environment
 }
 
-local every_options = { jitter = true }
+local EVERY_OPTIONS = { jitter = { type = "number", min = 0, lt = 1 } }
 
 --- every(period, fn [, opts]) -> timer
 -- Runs fn(premature) as a task every `period` seconds. A run never overlaps
@@ -41,17 +43,8 @@ function _M.every(period, fn, opts)
       error("sluice.every: bad argument #3 'opts' (table expected, got "
         .. type(opts) .. ")", 2)
     end
-    for k in pairs(opts) do
-      if not every_options[k] then
-        error("sluice.every: unknown option '" .. tostring(k) .. "'", 2)
-      end
-    end
-    if opts.jitter ~= nil then
-      if type(opts.jitter) ~= "number" or opts.jitter < 0 or opts.jitter >= 1 then
-        error("sluice.every: option 'jitter' must be a number in [0, 1)", 2)
-      end
-      jitter = opts.jitter
-    end
+    options.check("sluice.every", opts, EVERY_OPTIONS)
+    jitter = opts.jitter or 0
   end
   if type(period) ~= "number" or not (period > 0) or period == math.huge then
     error("sluice.every: bad argument #1 'period' (finite number > 0 expected, got "
@@ -64,17 +57,12 @@ function _M.every(period, fn, opts)
   return core.every(period, fn, jitter)
 end
 
-local budget_options = { cpu = true, wall = true, label = true }
-
-local function check_limit(opts, k)
-  local v = opts[k]
-  if v == nil or v == false then return 0 end
-  if type(v) ~= "number" or not (v > 0 and v < math.huge) then
-    error("sluice.budget: option '" .. k .. "' must be a finite number > 0 or false, got "
-      .. tostring(v), 3)
-  end
-  return v
-end
+-- A budget limit: a finite number > 0, or false (or nil) for none.
+local LIMIT = {
+  type = "number|boolean", gt = 0, finite = true, what = "a finite number > 0 or false",
+  check = function(v) return v ~= true end,
+}
+local BUDGET_OPTIONS = { cpu = LIMIT, wall = LIMIT, label = "string" }
 
 --- budget(task, { cpu = s, wall = s, label = "what" }) -> task
 -- Caps a task that has not started or is waiting: at most `cpu` seconds of
@@ -88,17 +76,31 @@ function _M.budget(task, opts)
   if type(opts) ~= "table" then
     error("sluice.budget: bad argument #2 'opts' (table expected, got " .. type(opts) .. ")", 2)
   end
-  for k in pairs(opts) do
-    if not budget_options[k] then
-      error("sluice.budget: unknown option '" .. tostring(k) .. "'", 2)
-    end
-  end
-  if opts.label ~= nil and type(opts.label) ~= "string" then
-    error("sluice.budget: option 'label' must be a string, got " .. type(opts.label), 2)
-  end
-  local cpu, wall = check_limit(opts, "cpu"), check_limit(opts, "wall")
+  options.check("sluice.budget", opts, BUDGET_OPTIONS)
+  local cpu, wall = opts.cpu or 0, opts.wall or 0
   require("sluice._budget").attach(task, cpu, wall, opts.label or ("task " .. core.id(task)))
   return task
+end
+
+-- Epoch seconds that os.date can spell: years 0000 to 9999.
+local ISO_MIN, ISO_MAX = -62167219200, 253402300800
+
+--- iso8601(epoch) -> the time as every JSON document of sluice spells it:
+-- ISO 8601 in UTC with a Z, "2026-12-05T06:50:09Z" for a whole second,
+-- else with 6 fraction digits, "2026-12-05T06:50:09.123456Z" (rounded to
+-- the nearest microsecond; exact to it until 2255, as doubles go). epoch is wall-clock seconds (sluice.time());
+-- anything but a number in years 0000 to 9999 is misuse (a caller with an
+-- optional time writes `t and sluice.iso8601(t)`).
+function _M.iso8601(epoch)
+  if type(epoch) ~= "number" or not (epoch >= ISO_MIN and epoch < ISO_MAX) then
+    error("sluice.iso8601: bad argument #1 (epoch seconds in years 0000 to 9999 expected, got "
+      .. (type(epoch) == "number" and tostring(epoch) or type(epoch)) .. ")", 2)
+  end
+  local us = math.floor(epoch * 1e6 + 0.5)
+  local secs = math.floor(us / 1e6)
+  local frac = us - secs * 1e6
+  if frac == 0 then return os.date("!%Y-%m-%dT%H:%M:%SZ", secs) end
+  return os.date("!%Y-%m-%dT%H:%M:%S", secs) .. string.format(".%06dZ", frac)
 end
 
 return _M

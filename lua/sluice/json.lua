@@ -11,21 +11,25 @@
 --
 -- json.number(v) -> text | nil, err
 --   A finite number as JSON writes it: an integral value within +-2^53
---   as an integer ("%d"), any other as the shortest of %.15g, %.16g and
---   %.17g that reads back as the same double (cjson keeps 14 digits, which
---   loses the last ones of a millisecond timestamp in seconds). nan, inf
---   and -inf have no JSON spelling: nil, "cannot encode <nan|inf|-inf>".
---   Raises when v is not a number.
+--   as an integer ("%d"; -0 as "-0", which reads back as -0), any other
+--   as the shortest of %.15g, %.16g and %.17g that reads back as the same
+--   double (cjson keeps 14 digits, which loses the last ones of a
+--   millisecond timestamp in seconds). Distinct doubles give distinct
+--   text. nan, inf and -inf have no JSON spelling: nil, "cannot encode
+--   <nan|inf|-inf>". Raises when v is not a number. This is sluice's one
+--   formatter of numbers that are stored or sent (metrics, query strings).
 -- json.encode(v [, lenient]) -> text | nil, err
 --   nil and json.null -> null; booleans; numbers as json.number; strings
 --   as cjson escapes them; a table with keys 1..n only (n > 0) -> an array,
 --   any other table (the empty one too) -> an object with its keys sorted,
 --   so equal tables encode to equal text. Object keys: strings, and numbers
---   (integral ones as "%d", others as json.number). Fails, with the reason,
---   on nan/inf, a function/userdata/thread, a key of another type, or
+--   as json.number writes them. Fails, with the reason, on nan/inf, a
+--   function/userdata/thread, a key of another type or an inf key, two
+--   keys that write the same text (the number 1 and the string "1"), or
 --   tables nested deeper than 64 (a cycle). lenient = true writes those
---   instead: nan/inf as null, other values and keys as their tostring, a
---   table too deep as the string "<nested too deep>".
+--   instead: nan/inf as null, other values and keys as their tostring
+--   (both of two keys that write the same, the string key first), a table
+--   too deep as the string "<nested too deep>".
 -- json.decode(s) -> v | nil, err: cjson's decoder (JSON null -> json.null).
 -- json.null: cjson.null, the value that stands for JSON null.
 local cjson = require "cjson.safe"
@@ -50,13 +54,30 @@ local function encode_double(v)
   return s
 end
 
+-- The text of a finite number v; nil for nan, inf and -inf.
+local function number_text(v)
+  if v ~= v or v == huge or v == -huge then return nil end
+  if v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then
+    if v == 0 and 1 / v < 0 then return "-0" end
+    return format("%d", v)
+  end
+  return encode_double(v)
+end
+
 function _M.number(v)
   if type(v) ~= "number" then
     error("sluice.json.number: bad argument #1 (number expected, got " .. type(v) .. ")", 2)
   end
-  if v ~= v or v == huge or v == -huge then return nil, "cannot encode " .. tostring(v) end
-  if v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then return format("%d", v) end
-  return encode_double(v)
+  local s = number_text(v)
+  if not s then return nil, "cannot encode " .. tostring(v) end
+  return s
+end
+
+-- The order of keys written the same (lenient): the string first.
+local KEY_RANK = { string = 0, number = 1 }
+
+local function by_rank(a, b)
+  return (KEY_RANK[type(a)] or 2) < (KEY_RANK[type(b)] or 2)
 end
 
 -- Appends v's text to buf. Raises { reason } for what JSON cannot hold
@@ -68,14 +89,12 @@ local function encode_into(v, buf, lenient, depth)
   elseif tv == "boolean" then
     buf[#buf + 1] = v and "true" or "false"
   elseif tv == "number" then
-    if v ~= v or v == huge or v == -huge then
+    local s = number_text(v)
+    if not s then
       if not lenient then error({ "cannot encode " .. tostring(v) }) end
-      buf[#buf + 1] = "null"
-    elseif v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then
-      buf[#buf + 1] = format("%d", v)
-    else
-      buf[#buf + 1] = encode_double(v)
+      s = "null"
     end
+    buf[#buf + 1] = s
   elseif tv == "string" then
     buf[#buf + 1] = encode_string(v)
   elseif tv == "table" then
@@ -94,29 +113,52 @@ local function encode_into(v, buf, lenient, depth)
       end
       buf[#buf + 1] = "]"
     else
-      local keys, strs = {}, {}
+      -- a number key is written as json.number writes it, so distinct
+      -- keys give distinct text unless a string spells a number key (or,
+      -- lenient, another key's tostring): strs[text] -> key, dups[text]
+      -- -> every key of that text when there are several
+      local keys, strs, dups = {}, {}, nil
       for k in pairs(v) do
         local tk = type(k)
         local s
         if tk == "string" then
           s = k
         elseif tk == "number" then
-          s = k == floor(k) and format("%d", k) or encode_double(k)
+          s = number_text(k)
+          if not s then
+            if not lenient then error({ "cannot encode the key " .. tostring(k) }) end
+            s = tostring(k)
+          end
         elseif lenient then
           s = tostring(k)
         else
           error({ "cannot encode a " .. tk .. " key" })
         end
-        keys[#keys + 1] = s
-        strs[s] = k
+        if strs[s] == nil then
+          keys[#keys + 1] = s
+          strs[s] = k
+        elseif not lenient then
+          error({ "cannot encode: two keys are written " .. encode_string(s) })
+        else
+          dups = dups or {}
+          local d = dups[s] or { strs[s] }
+          d[#d + 1] = k
+          dups[s] = d
+        end
       end
       sort(keys)
       buf[#buf + 1] = "{"
-      for i, s in ipairs(keys) do
-        if i > 1 then buf[#buf + 1] = "," end
-        buf[#buf + 1] = encode_string(s)
-        buf[#buf + 1] = ":"
-        encode_into(v[strs[s]], buf, lenient, depth + 1)
+      local first = true
+      for _, s in ipairs(keys) do
+        local list = dups and dups[s]
+        if list then sort(list, by_rank) end
+        for i = 1, list and #list or 1 do
+          if not first then buf[#buf + 1] = "," end
+          first = false
+          buf[#buf + 1] = encode_string(s)
+          buf[#buf + 1] = ":"
+          encode_into(v[list and list[i] or strs[s]], buf, lenient, depth + 1)
+        end
       end
       buf[#buf + 1] = "}"
     end

@@ -53,7 +53,8 @@ local _M = {
   unregister = registry.unregister,
   -- render([opts]) -> the exposition text of every family, sorted by name;
   -- opts.builtin = false leaves out the built-in families read from live
-  -- state (the HTTP client's, which are recorded, stay)
+  -- state (the HTTP client's, which are recorded, stay). Options are
+  -- checked by sluice.options, as counter's, gauge's and histogram's are.
   render = registry.render,
   -- handler(req) -> 200, render(), {content-type = CONTENT_TYPE}: a
   -- sluice.server route handler

@@ -31,8 +31,8 @@
 --
 -- store.open(path [, {busy_timeout = 5}]) -> db | nil, err
 --   ":memory:" allowed. WAL journal (file databases), synchronous=NORMAL,
---   busy timeout (seconds, default 5; while waiting for another process's
---   lock the loop is blocked), foreign keys on. Creates the internal tables
+--   busy timeout (seconds in [0, 2147483], default 5; while waiting for
+--   another process's lock the loop is blocked), foreign keys on. Creates the internal tables
 --   sluice_state, sluice_checkpoints, sluice_rejects, sluice_quality.
 -- store.blob(s) -> a marker binding s as a BLOB in query/exec parameters
 --   (plain strings bind as TEXT; both keep embedded NUL bytes).
@@ -56,11 +56,12 @@ local sql = require "sluice.store.sql"
 local schema = require "sluice.store.schema"
 local rows = require "sluice.store.rows"
 local state = require "sluice.store.state"
+local options = require "sluice.options"
 
-local type, pairs, ipairs, tostring = type, pairs, ipairs, tostring
-local floor, format = math.floor, string.format
+local pairs, ipairs, tostring = pairs, ipairs, tostring
+local floor = math.floor
 
-local check_type, fail, conn, file_gone = handle.check_type, handle.fail, handle.conn, handle.file_gone
+local check_type, conn, file_gone = handle.check_type, handle.conn, handle.file_gone
 
 local _M = {
   blob = core.blob, sqlite_version = core.version(),
@@ -80,21 +81,16 @@ end
 
 local SCHEMA = state.SCHEMA .. rows.SCHEMA
 
-local OPEN_OPTIONS = { busy_timeout = "number" }
+-- busy_timeout: seconds; SQLite takes an int of milliseconds.
+local OPEN_OPTIONS = { busy_timeout = { type = "number", min = 0, max = 2147483 } }
 
 function _M.open(path, opts)
   check_type("open", 1, path, "string")
   local busy = 5
   if opts ~= nil then
     check_type("open", 2, opts, "table")
-    for k, v in pairs(opts) do
-      if not OPEN_OPTIONS[k] then fail("open", "unknown option '" .. tostring(k) .. "'") end
-      if type(v) ~= OPEN_OPTIONS[k] then
-        fail("open", format("option '%s' (%s expected, got %s)", k, OPEN_OPTIONS[k], type(v)))
-      end
-    end
+    options.check("sluice.store.open", opts, OPEN_OPTIONS)
     busy = opts.busy_timeout or busy
-    if busy < 0 then fail("open", "option 'busy_timeout' must be >= 0") end
   end
   local c, err = core.open(path, floor(busy * 1000))
   if not c then return nil, err end

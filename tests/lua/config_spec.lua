@@ -57,6 +57,10 @@ describe("sluice.config", function()
     assert.equal("cfg.lua: stor: unknown setting", err_of({ stor = "x" }))
     assert.equal("cfg.lua: store: must be a string, got number", err_of({ store = 1 }))
     assert.equal("cfg.lua: log.colour: unknown setting", err_of({ log = { colour = true } }))
+    assert.equal("cfg.lua: log.level: must be a string, got number", err_of({ log = { level = 3 } }))
+    assert.equal("cfg.lua: admin.port: must be a number, got string", err_of({ admin = { port = "80" } }))
+    assert.equal("cfg.lua: admin.tokn: unknown setting", err_of({ admin = { tokn = "x" } }))
+    assert.equal("cfg.lua: log: must be a table, got string", err_of({ log = "debug" }))
     assert.equal("cfg.lua: collectors[1]: needs exactly one of use = \"<shipped collector>\" or file = \"path.lua\"",
       err_of({ collectors = { { interval = 5 } } }))
     assert.equal("cfg.lua: collectors[2]: a second collector named 'a' (set name = ...)",

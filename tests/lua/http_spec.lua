@@ -79,6 +79,21 @@ describe("sluice.http against nginx", function()
     assert.matches("^sluice/%d+%.%d+%.%d+$", echo.ua)
   end)
 
+  it("sends numbers in queries and headers exactly (the shortest text that reads back)", function()
+    local res = assert(http.get(nginx:url("/echo"), {
+      query = { a = 0.1, b = 1e21, c = 2 ^ 53 + 2, d = -0.0, e = { 0.1 + 0.2, 2 ^ 63 } },
+      headers = { ["X-Test"] = 0.1 },
+    }))
+    local echo = res:json()
+    assert.equal("/echo?a=0.1&b=1e%2B21&c=9007199254740994&d=-0&e=0.30000000000000004"
+      .. "&e=9.223372036854776e%2B18", echo.uri)
+    assert.equal(nginx:url("/echo") .. "?a=0.1&b=1e%2B21&c=9007199254740994&d=-0&e=0.30000000000000004"
+      .. "&e=9.223372036854776e%2B18", res.url)
+    assert.equal("0.1", echo.x)
+    -- nan and inf have no exact text: they keep their spelling
+    assert.equal("n=nan&p=inf&q=-inf", http.encode_query({ n = 0 / 0, p = math.huge, q = -math.huge }))
+  end)
+
   it("posts a JSON body with its content type", function()
     local res = assert(http.post(nginx:url("/echo"), { json = { a = 1 } }))
     local echo = res:json()
@@ -239,9 +254,9 @@ describe("sluice.http arguments", function()
     assert.has_error(function() http.request({ url = "http://x/", timout = 1 }) end,
       "sluice.http.request: unknown option 'timout'")
     assert.has_error(function() http.request({ url = "http://x/", timeout = "1" }) end,
-      "sluice.http.request: option 'timeout' must be a number, got string")
+      "sluice.http.request: option 'timeout' must be a number > 0, got string")
     assert.has_error(function() http.request({ url = "http://x/", timeout = -1 }) end,
-      "sluice.http.request: option 'timeout' must be a number > 0 (math.huge: no timeout)")
+      "sluice.http.request: option 'timeout' must be a number > 0, got -1")
     assert.has_error(function() http.request({}) end, "sluice.http.request: option 'url' is required")
     assert.has_error(function() http.get(42) end,
       "sluice.http.get: bad argument #1 'url' (string expected, got number)")
@@ -253,11 +268,33 @@ describe("sluice.http arguments", function()
       "sluice.http.get: bad value for header 'X'")
     assert.has_error(function() http.configure({ max_hosts = 1 }) end,
       "sluice.http.configure: unknown option 'max_hosts'")
+    assert.has_error(function() http.configure({ max_host_connections = -1 }) end,
+      "sluice.http.configure: option 'max_host_connections' must be an integer >= 0, got -1")
+    -- math.huge is not a count (it used to reach libcurl as a garbage long)
+    assert.has_error(function() http.configure({ max_total_connections = math.huge }) end,
+      "sluice.http.configure: option 'max_total_connections' must be an integer >= 0, got inf")
+    assert.same({ max_host_connections = 0, max_total_connections = 0 }, http.configure())
+  end)
+
+  it("blames the caller's line for a bad option", function()
+    local line = debug.getinfo(1, "l").currentline
+    local ok, e = pcall(function() http.get("http://x/", { timeout = "1" }) end)
+    assert.is_false(ok)
+    assert.equal("http_spec.lua:" .. (line + 1) .. ": sluice.http.get: option 'timeout' must be a number > 0, "
+      .. "got string", e:match("[^/]*$"))
+    ok, e = pcall(function() http.request({ url = "http://x/", body = "a", json = {} }) end)
+    assert.is_false(ok)
+    assert.equal("http_spec.lua:" .. (line + 5) .. ": sluice.http.request: options 'body' and 'json' are exclusive",
+      e:match("[^/]*$"))
   end)
 
   it("escapes and encodes queries deterministically", function()
     assert.equal("a%20b%2Fc%3F%26%3D~-_.", http.escape("a b/c?&=~-_."))
     assert.equal("%C3%A9", http.escape("é"))
+    -- a number is escaped as a query value is written: exactly
+    assert.equal("0.30000000000000004", http.escape(0.1 + 0.2))
+    assert.equal("1732291234.567891", http.escape(1732291234.567891))
+    assert.equal("true", http.escape(true))
     assert.equal("a=1&b=true&c=x%2By&d=1.5", http.encode_query({ d = 1.5, c = "x+y", b = true, a = 1 }))
     assert.equal("", http.encode_query({}))
     assert.equal("k=1&k=2", http.encode_query({ k = { 1, 2 } }))
@@ -320,7 +357,7 @@ describe("sluice.http observers", function()
       "sluice.http.add_observer: bad argument #1 (function expected, got string)")
   end)
 
-  it("stands alone: loads the task runtime, its native half and cjson, no metrics", function()
+  it("stands alone: loads the task runtime, its native half, cjson and pure helpers, no metrics", function()
     local loaded, real_require = package.loaded["sluice.http"], require
     local names = {}
     finally(function()
@@ -335,7 +372,8 @@ describe("sluice.http observers", function()
     local fresh = real_require("sluice.http")
     _G.require = real_require
     assert.are_not.equal(loaded, fresh)
-    assert.same({ "sluice", "sluice._http", "cjson.safe" }, names)
+    assert.same({ "sluice", "sluice._http", "cjson.safe", "sluice.json", "sluice.options", "sluice.headers" },
+      names)
   end)
 end)
 
@@ -529,13 +567,15 @@ describe("sluice.http redirects", function()
 
   it("validates the redirects option", function()
     assert.has_error(function() http.get("http://x/", { redirects = true }) end,
-      "sluice.http.get: option 'redirects' must be false or a table {max = n, cross_origin = boolean}, got boolean")
+      "sluice.http.get: option 'redirects' must be false or a table {max = n, cross_origin = boolean}, got true")
     assert.has_error(function() http.get("http://x/", { redirects = { max = -1 } }) end,
-      "sluice.http.get: option 'redirects.max' must be an integer >= 0")
+      "sluice.http.get: option 'redirects.max' must be an integer in [0, 2147483647], got -1")
     assert.has_error(function() http.get("http://x/", { redirects = { max = 1.5 } }) end,
-      "sluice.http.get: option 'redirects.max' must be an integer >= 0")
+      "sluice.http.get: option 'redirects.max' must be an integer in [0, 2147483647], got 1.5")
+    assert.has_error(function() http.get("http://x/", { redirects = { max = 2 ^ 31 } }) end,
+      "sluice.http.get: option 'redirects.max' must be an integer in [0, 2147483647], got 2147483648")
     assert.has_error(function() http.get("http://x/", { redirects = { cross_origin = 1 } }) end,
-      "sluice.http.get: option 'redirects.cross_origin' must be a boolean")
+      "sluice.http.get: option 'redirects.cross_origin' must be a boolean, got number")
     assert.has_error(function() http.get("http://x/", { redirects = { follow = true } }) end,
       "sluice.http.get: unknown option 'redirects.follow'")
     assert.has_error(function() http.get("http://x/", { follow_redirects = false }) end,

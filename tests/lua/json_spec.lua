@@ -32,6 +32,14 @@ describe("sluice.json", function()
       end
     end)
 
+    it("writes -0 as -0, which reads back as -0 (cjson's decoder keeps the sign)", function()
+      assert.equal("-0", json.number(-0.0))
+      assert.equal("0", json.number(0))
+      assert.equal(-math.huge, 1 / json.decode(json.number(-0.0)))
+      assert.equal("[-0,0]", json.encode({ -0.0, 0 }))
+      assert.equal(-math.huge, 1 / json.decode(json.encode({ -0.0 }))[1])
+    end)
+
     it("returns nil, err for nan, inf and -inf, and raises for a non-number", function()
       assert.same({ nil, "cannot encode nan" }, { json.number(0 / 0) })
       assert.same({ nil, "cannot encode inf" }, { json.number(math.huge) })
@@ -75,6 +83,31 @@ describe("sluice.json", function()
       assert.equal(string.rep('{"x":', 64) .. "{}" .. string.rep("}", 64), json.encode(deep))
       t.x = {}
       assert.same({ nil, "cannot encode: nested too deep (a cycle?)" }, { json.encode(deep) })
+    end)
+
+    it("writes a number key as json.number writes it: distinct keys, distinct text", function()
+      -- whole numbers outside +-2^53 were written with %d, all of 2^63 and
+      -- beyond as -9223372036854775808: duplicate keys, a value lost
+      assert.equal('{"1.8446744073709552e+19":2,"9.223372036854776e+18":1}',
+        json.encode({ [2 ^ 63] = 1, [2 ^ 64] = 2 }))
+      assert.equal('{"-9.223372036854776e+18":1,"9.223372036854776e+18":2}',
+        json.encode({ [-2 ^ 63] = 1, [2 ^ 63] = 2 }))
+      assert.equal('{"9007199254740992":1,"9007199254740994":2}',
+        json.encode({ [2 ^ 53] = 1, [2 ^ 53 + 2] = 2 }))
+      assert.equal('{"-1":2,"0.1":3,"1e+300":4,"7":1}', json.encode({ [7] = 1, [-1] = 2, [0.1] = 3, [1e300] = 4 }))
+      local decoded = json.decode(json.encode({ [2 ^ 63] = "a", [2 ^ 63 + 2048] = "b" }))
+      assert.same({ ["9.223372036854776e+18"] = "a", ["9.223372036854778e+18"] = "b" }, decoded)
+    end)
+
+    it("fails on an inf key and on two keys written the same; lenient writes both", function()
+      assert.same({ nil, "cannot encode the key inf" }, { json.encode({ [math.huge] = 1 }) })
+      assert.same({ nil, "cannot encode the key -inf" }, { json.encode({ [-math.huge] = 1 }) })
+      assert.same({ nil, 'cannot encode: two keys are written "1"' },
+        { json.encode({ [1] = "number", ["1"] = "string", x = 0 }) })
+      assert.equal('{"1":"string","1":"number","x":0}',
+        json.encode({ [1] = "number", ["1"] = "string", x = 0 }, true))
+      assert.equal('{"inf":1}', json.encode({ [math.huge] = 1 }, true))
+      assert.equal('{"true":"string","true":"boolean"}', json.encode({ [true] = "boolean", ["true"] = "string" }, true))
     end)
 
     it("lenient: writes nan and inf as null, other values and keys as text, a table too deep as a marker", function()

@@ -104,6 +104,11 @@ describe("sluice.metrics exposition", function()
     assert.equal("12345678901234", metrics.format_value(12345678901234))
     assert.equal("0.3333333333333333", metrics.format_value(1 / 3))
     assert.equal(1 / 3, tonumber(metrics.format_value(1 / 3)))
+    -- the one formatter, sluice.json.number: -Inf, and -0 keeps its sign
+    assert.equal("-Inf", metrics.format_value(-1 / 0))
+    assert.equal("-0", metrics.format_value(-0.0))
+    assert.equal("9.223372036854776e+18", metrics.format_value(2 ^ 63))
+    assert.equal("0.30000000000000004", metrics.format_value(0.1 + 0.2))
   end)
 
   it("renders a histogram: cumulative buckets, +Inf, _sum and _count", function()
@@ -211,7 +216,7 @@ describe("sluice.metrics registration", function()
       errmsg(metrics.histogram, "test_l_seconds", "x", { labels = { "le" } }))
     assert.equal("sluice.metrics.histogram: buckets must be strictly increasing (buckets[2] = 1)",
       errmsg(metrics.histogram, "test_l_seconds", "x", { buckets = { 1, 1 } }))
-    assert.equal("sluice.metrics.histogram: option 'buckets' must be a non-empty list of numbers",
+    assert.equal("sluice.metrics.histogram: option 'buckets' must be a non-empty list of numbers, got {}",
       errmsg(metrics.histogram, "test_l_seconds", "x", { buckets = {} }))
   end)
 
@@ -299,6 +304,10 @@ describe("sluice.metrics.registry sources", function()
     -- counted afresh, not accumulated over renders
     assert.equal(2, sample(metrics.render(), "test_src_events_total"))
     assert.is_nil(sample(metrics.render{ builtin = false }, "test_src_events_total"))
+    -- a misspelt option used to be ignored (and the built-in families rendered)
+    assert.equal("sluice.metrics.render: unknown option 'builtins'", errmsg(metrics.render, { builtins = false }))
+    assert.equal("sluice.metrics.render: option 'builtin' must be a boolean, got number",
+      errmsg(metrics.render, { builtin = 0 }))
     assert.equal("sluice.metrics.gauge: 'test_src_up' is a built-in sluice metric",
       errmsg(metrics.gauge, "test_src_up", "x"))
     assert.equal("sluice.metrics.registry.add_source: families[1]: 'test_src_up' is already a metric",

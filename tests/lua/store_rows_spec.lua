@@ -184,7 +184,7 @@ describe("sluice.store.rows", function()
       -- the option is checked at define
       assert.equal("sluice.store.define: table 'nf2': column 'i': nonfinite is for real columns",
         err_of(db.define, db, { name = "nf2", columns = { i = { type = "integer", nonfinite = true } }, key = { "i" } }))
-      assert.equal("sluice.store.define: table 'nf2': column 'i' has unknown option 'finite'",
+      assert.equal("sluice.store.define: unknown option 'columns.i.finite'",
         err_of(db.define, db, { name = "nf2", columns = { i = { type = "real", finite = true } }, key = { "i" } }))
       -- a table column spec and the plain name are the same column on reopen
       assert.truthy(db:define{ name = "nf", columns = { id = "integer", r = "real", x = "real" }, key = { "id" } })

@@ -55,13 +55,13 @@ describe("sluice.store.schema", function()
       end
       assert.equal("sluice.store.define: bad argument #1 (table expected, got string)",
         err_of(db.define, db, "klines"))
-      assert.equal("sluice.store.define: name must be an identifier ([A-Za-z_][A-Za-z0-9_]*), got 'bad name'",
+      assert.equal("sluice.store.define: option 'name' must be an identifier ([A-Za-z_][A-Za-z0-9_]*), got 'bad name'",
         def{ name = "bad name" })
-      assert.equal("sluice.store.define: name must be an identifier ([A-Za-z_][A-Za-z0-9_]*), got nil",
+      assert.equal("sluice.store.define: option 'name' is required",
         err_of(db.define, db, { columns = { a = "text" }, key = { "a" } }))
       assert.equal("sluice.store.define: name 'sluice_x' is reserved (sluice_ and sqlite_ prefixes)",
         def{ name = "sluice_x" })
-      assert.equal("sluice.store.define: table 't': columns must be a non-empty table",
+      assert.equal("sluice.store.define: option 'columns' must be a non-empty table, got {}",
         def{ columns = {} })
       assert.equal("sluice.store.define: table 't': column 'a-b' is not an identifier",
         def{ columns = { ["a-b"] = "text", a = "text" } })
@@ -70,7 +70,7 @@ describe("sluice.store.schema", function()
         def{ columns = { a = "text", b = "float" } })
       assert.equal("sluice.store.define: table 't': columns 'A' and 'a' differ only in case",
         def{ columns = { a = "text", A = "text" } }:gsub("'a' and 'A'", "'A' and 'a'"))
-      assert.equal("sluice.store.define: table 't': key must be a non-empty list of column names",
+      assert.equal("sluice.store.define: option 'key' must be a non-empty list of column names, got {}",
         def{ key = {} })
       assert.equal("sluice.store.define: table 't': key column 'c' is not in columns",
         def{ key = { "a", "c" } })
@@ -78,9 +78,9 @@ describe("sluice.store.schema", function()
         def{ key = { "a", "a" } })
       assert.equal("sluice.store.define: table 't': required column 'z' is not in columns",
         def{ required = { "z" } })
-      assert.equal("sluice.store.define: table 't': validate must be a function",
+      assert.equal("sluice.store.define: option 'validate' must be a function, got boolean",
         def{ validate = true })
-      assert.equal("sluice.store.define: table 't': unknown must be \"reject\" or \"ignore\"",
+      assert.equal("sluice.store.define: option 'unknown' must be 'reject' or 'ignore', got 'drop'",
         def{ unknown = "drop" })
       assert.equal("sluice.store.define: unknown option 'colums'", def{ colums = {} })
       -- nothing was created

@@ -50,8 +50,18 @@ describe("sluice.store", function()
         err_of(store.open, 42))
       assert.equal("sluice.store.open: unknown option 'timeout'",
         err_of(store.open, ":memory:", { timeout = 1 }))
-      assert.equal("sluice.store.open: option 'busy_timeout' (number expected, got string)",
+      assert.equal("sluice.store.open: option 'busy_timeout' must be a number in [0, 2147483], got string",
         err_of(store.open, ":memory:", { busy_timeout = "5" }))
+      assert.equal("sluice.store.open: option 'busy_timeout' must be a number in [0, 2147483], got -1",
+        err_of(store.open, ":memory:", { busy_timeout = -1 }))
+      -- milliseconds in a C int: inf and nan used to reach SQLite as 0 (no
+      -- waiting at all), 1e10 as 1316134912
+      assert.equal("sluice.store.open: option 'busy_timeout' must be a number in [0, 2147483], got inf",
+        err_of(store.open, ":memory:", { busy_timeout = math.huge }))
+      assert.equal("sluice.store.open: option 'busy_timeout' must be a number in [0, 2147483], got nan",
+        err_of(store.open, ":memory:", { busy_timeout = 0 / 0 }))
+      assert.equal("sluice.store.open: option 'busy_timeout' must be a number in [0, 2147483], got 10000000000",
+        err_of(store.open, ":memory:", { busy_timeout = 1e10 }))
     end)
 
     it("blames the caller's line for misuse", function()

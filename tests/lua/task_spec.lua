@@ -156,7 +156,7 @@ describe("sluice tasks", function()
     assert.has_error(function() sluice.sleep("soon") end)
     assert.has_error(function() sluice.every(0, function() end) end)
     assert.has_error(function() sluice.every(1, function() end, { jitter = 2 }) end,
-      "sluice.every: option 'jitter' must be a number in [0, 1)")
+      "sluice.every: option 'jitter' must be a number in [0, 1), got 2")
     assert.has_error(function() sluice.every(1, function() end, { jiter = 0.1 }) end,
       "sluice.every: unknown option 'jiter'")
     assert.has_error(function() sluice.after(-1, function() end) end)
@@ -332,5 +332,31 @@ describe("sluice timers", function()
     local mean = (starts[#starts] - starts[1]) / (#starts - 1)
     assert.is_true(mean >= 0.01 and mean <= 0.04, "mean gap " .. mean)
     assert.is_true(hi - lo > 0.001, "periods do not vary")
+  end)
+end)
+
+describe("sluice.iso8601", function()
+  it("spells a whole second without a fraction, any other time with 6 digits, in UTC with Z", function()
+    assert.equal("2026-12-05T06:50:09Z", sluice.iso8601(1796453409))
+    assert.equal("2026-12-05T06:50:09.123456Z", sluice.iso8601(1796453409.123456))
+    assert.equal("2026-12-05T06:50:09.100000Z", sluice.iso8601(1796453409.1))
+    assert.equal("2026-12-05T06:50:09.000001Z", sluice.iso8601(1796453409.000001))
+    assert.equal("1970-01-01T00:00:00Z", sluice.iso8601(0))
+    assert.equal("1969-12-31T23:59:59.500000Z", sluice.iso8601(-0.5))
+    assert.equal("9999-12-31T23:59:59Z", sluice.iso8601(253402300799))
+  end)
+
+  it("rounds to the nearest microsecond, carrying into the second", function()
+    assert.equal("2026-12-05T06:50:10Z", sluice.iso8601(1796453409.9999996))
+    assert.equal("2026-12-05T06:50:09.999999Z", sluice.iso8601(1796453409.9999994))
+  end)
+
+  it("raises on what is not a time", function()
+    assert.has_error(function() sluice.iso8601(nil) end,
+      "sluice.iso8601: bad argument #1 (epoch seconds in years 0000 to 9999 expected, got nil)")
+    assert.has_error(function() sluice.iso8601(0 / 0) end,
+      "sluice.iso8601: bad argument #1 (epoch seconds in years 0000 to 9999 expected, got nan)")
+    assert.has_error(function() sluice.iso8601(253402300800) end,
+      "sluice.iso8601: bad argument #1 (epoch seconds in years 0000 to 9999 expected, got 253402300800)")
   end)
 end)

@@ -18,32 +18,28 @@
 -- source at one moment.
 local redact = require "sluice.redact"
 local log = require "sluice.log"
+local options = require "sluice.options"
+local json_number = require("sluice.json").number
 
 local _M = {}
 
-local type, tostring, tonumber, pairs, ipairs, select, next = type, tostring, tonumber, pairs, ipairs, select, next
+local type, tostring, pairs, ipairs, select, next = type, tostring, pairs, ipairs, select, next
 local format, concat, sort = string.format, table.concat, table.sort
-local floor, huge = math.floor, math.huge
+local huge = math.huge
 
 _M.CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _M.DEFAULT_BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
 
 -- --- formatting -----------------------------------------------------------
 
---- format_value(v) -> the exposition's spelling of a number: integers
--- without a decimal point, +Inf, -Inf, NaN, and the shortest %g that reads
--- back exactly otherwise.
+--- format_value(v) -> the exposition's spelling of a number: +Inf, -Inf,
+-- NaN, and any other as sluice.json.number writes it (integers without a
+-- decimal point, the shortest decimal that reads back exactly otherwise).
 local function fmt(v)
   if v ~= v then return "NaN" end
   if v == huge then return "+Inf" end
   if v == -huge then return "-Inf" end
-  if v == floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then return format("%d", v) end
-  local s = format("%.15g", v)
-  if tonumber(s) ~= v then
-    s = format("%.16g", v)
-    if tonumber(s) ~= v then s = format("%.17g", v) end
-  end
-  return s
+  return json_number(v)
 end
 _M.format_value = fmt
 
@@ -251,7 +247,18 @@ function Metric:reset()
   self.series = {}
 end
 
-local OPTIONS = { labels = true, buckets = true }
+-- The options of counter() and gauge(), and of histogram(): label names
+-- and bucket order are checked by check_labels and check_buckets.
+local LABELS = { type = "table", what = "a list of strings" }
+local OPTIONS = { labels = LABELS }
+local HISTOGRAM_OPTIONS = {
+  labels = LABELS,
+  buckets = {
+    type = "table", what = "a non-empty list of numbers",
+    check = function(b) return b[1] ~= nil end,
+    items = { type = "number", what = "a number", check = function(x) return x == x end },
+  },
+}
 
 -- level: of the caller to blame, counted from here (4: a register() caller).
 local function check_labels(fname, labels, kind, level)
@@ -278,14 +285,8 @@ end
 
 local function check_buckets(fname, buckets)
   if buckets == nil then buckets = _M.DEFAULT_BUCKETS end
-  if type(buckets) ~= "table" or buckets[1] == nil then
-    error(fname .. ": option 'buckets' must be a non-empty list of numbers", 4)
-  end
   local out = {}
-  for i, b in ipairs(buckets) do
-    if type(b) ~= "number" or b ~= b then
-      error(fname .. ": buckets[" .. i .. "] must be a number", 4)
-    end
+  for i, b in ipairs(buckets) do -- a non-empty list of numbers (HISTOGRAM_OPTIONS)
     if i > 1 and not (b > buckets[i - 1]) then
       error(fname .. ": buckets must be strictly increasing (buckets[" .. i .. "] = "
         .. fmt(b) .. ")", 4)
@@ -338,12 +339,7 @@ local function register(kind, name, help, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error(fname .. ": bad argument #3 'opts' (table expected, got " .. type(opts) .. ")", 3)
   end
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not OPTIONS[k] or (k == "buckets" and kind ~= "histogram") then
-      error(fname .. ": unknown option '" .. tostring(k) .. "'", 3)
-    end
-  end
+  opts = options.check(fname, opts, kind == "histogram" and HISTOGRAM_OPTIONS or OPTIONS, 3) or {}
   local old = registry[name]
   if old and old.type ~= kind then
     error(fname .. ": '" .. name .. "' is already registered as a " .. old.type, 3)
@@ -507,7 +503,10 @@ local function by_name(a, b) return a.name < b.name end
 --- render([opts]) -> the exposition text of every family, sorted by name.
 -- opts.builtin = false leaves out the sources' families (those read from
 -- live state; registered metrics, the HTTP client's too, stay).
+local RENDER_OPTIONS = { builtin = "boolean" }
+
 function _M.render(opts)
+  options.check("sluice.metrics.render", opts, RENDER_OPTIONS)
   local fams = {}
   for _, m in pairs(registry) do fams[#fams + 1] = m end
   if not (opts and opts.builtin == false) then

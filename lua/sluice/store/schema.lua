@@ -22,6 +22,8 @@
 --   column does. Rejecting is the default because such a field is almost
 --   always a misspelt column, which would otherwise store NULL without a
 --   word; "ignore" drops such fields and counts them (quality.ignored_fields).
+--   The table's shape is checked by sluice.options (DEFINE_OPTIONS below:
+--   "sluice.store.define: option 'key' must be ..."), what it means after.
 --
 -- The compiled definition (what sluice.store.rows reads; columns in table
 -- order, i = 1 .. ncols): name; cols[i] (names); types[i] ("text" ...);
@@ -33,6 +35,7 @@
 -- column is in the key), both with ?i bound to column i.
 local handle = require "sluice.store.handle"
 local sql = require "sluice.store.sql"
+local options = require "sluice.options"
 
 local type, pairs, ipairs, tostring, error, next = type, pairs, ipairs, tostring, error, next
 local concat, sort, format = table.concat, table.sort, string.format
@@ -57,29 +60,39 @@ local function dfail(msg)
   error("sluice.store.define: " .. msg, 4)
 end
 
+local function non_empty(t) return next(t) ~= nil end
+
+-- The shapes of define's table (sluice.options checks them first); what
+-- they mean (identifiers, column types, key columns) is checked after.
 local DEFINE_OPTIONS = {
-  name = true, columns = true, key = true, required = true, validate = true,
-  unknown = true, without_rowid = true,
+  name = {
+    type = "string", required = true, check = is_identifier,
+    what = "an identifier ([A-Za-z_][A-Za-z0-9_]*)",
+  },
+  columns = {
+    type = "table", required = true, check = non_empty, what = "a non-empty table",
+    -- each column: its type name, or { type = t, nonfinite = true }
+    values = { type = "string|table", fields = { type = "string", nonfinite = "boolean" } },
+  },
+  key = {
+    type = "table", required = true, check = function(k) return #k > 0 end,
+    what = "a non-empty list of column names",
+  },
+  required = { type = "table", what = "a list of column names" },
+  validate = "function",
+  unknown = { one_of = { "reject", "ignore" } },
+  without_rowid = "boolean",
 }
 
 local function check_definition(def)
   if type(def) ~= "table" then
     dfail("bad argument #1 (table expected, got " .. type(def) .. ")")
   end
-  for k in pairs(def) do
-    if not DEFINE_OPTIONS[k] then dfail("unknown option '" .. tostring(k) .. "'") end
-  end
+  options.check("sluice.store.define", def, DEFINE_OPTIONS, 3)
   local name = def.name
-  if not is_identifier(name) then
-    dfail("name must be an identifier ([A-Za-z_][A-Za-z0-9_]*), got "
-      .. (type(name) == "string" and "'" .. name .. "'" or type(name)))
-  end
   local lname = name:lower()
   if lname:find("^sluice_") or lname:find("^sqlite_") then
     dfail("name '" .. name .. "' is reserved (sluice_ and sqlite_ prefixes)")
-  end
-  if type(def.columns) ~= "table" or next(def.columns) == nil then
-    dfail("table '" .. name .. "': columns must be a non-empty table")
   end
   local lower_seen = {}
   for col, spec in pairs(def.columns) do
@@ -89,15 +102,7 @@ local function check_definition(def)
     end
     local t = spec
     if type(spec) == "table" then
-      for k in pairs(spec) do
-        if k ~= "type" and k ~= "nonfinite" then
-          dfail(format("table '%s': column '%s' has unknown option '%s'", name, col, tostring(k)))
-        end
-      end
       t = spec.type
-      if spec.nonfinite ~= nil and type(spec.nonfinite) ~= "boolean" then
-        dfail(format("table '%s': column '%s': nonfinite must be a boolean", name, col))
-      end
       if spec.nonfinite and t ~= "real" then
         dfail(format("table '%s': column '%s': nonfinite is for real columns", name, col))
       end
@@ -112,9 +117,6 @@ local function check_definition(def)
     end
     lower_seen[l] = col
   end
-  if type(def.key) ~= "table" or #def.key == 0 then
-    dfail("table '" .. name .. "': key must be a non-empty list of column names")
-  end
   local seen = {}
   for _, k in ipairs(def.key) do
     if def.columns[k] == nil then
@@ -123,24 +125,10 @@ local function check_definition(def)
     if seen[k] then dfail(format("table '%s': key column '%s' is listed twice", name, k)) end
     seen[k] = true
   end
-  if def.required ~= nil then
-    if type(def.required) ~= "table" then
-      dfail("table '" .. name .. "': required must be a list of column names")
+  for _, k in ipairs(def.required or {}) do
+    if def.columns[k] == nil then
+      dfail(format("table '%s': required column '%s' is not in columns", name, tostring(k)))
     end
-    for _, k in ipairs(def.required) do
-      if def.columns[k] == nil then
-        dfail(format("table '%s': required column '%s' is not in columns", name, tostring(k)))
-      end
-    end
-  end
-  if def.validate ~= nil and type(def.validate) ~= "function" then
-    dfail("table '" .. name .. "': validate must be a function")
-  end
-  if def.unknown ~= nil and def.unknown ~= "reject" and def.unknown ~= "ignore" then
-    dfail("table '" .. name .. "': unknown must be \"reject\" or \"ignore\"")
-  end
-  if def.without_rowid ~= nil and type(def.without_rowid) ~= "boolean" then
-    dfail("table '" .. name .. "': without_rowid must be a boolean")
   end
 end
 
