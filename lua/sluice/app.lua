@@ -249,7 +249,7 @@ reload = function()
         if old.breaker and new.breaker then new.breaker:restore(old.breaker:snapshot()) end
         if old.limiter and new.limiter then new.limiter:restore(old.limiter:snapshot()) end
         new.stats_ = old.stats_
-        new.guard_ = old.guard_ -- one run in flight per collector, across the swap
+        new.slot_ = old.slot_ -- one run in flight per collector, across the swap
       end
     end
     local running = {}

@@ -35,137 +35,26 @@
 -- when the response is JSON, the body otherwise) and the response, or nil,
 -- err, kind.
 local sluice = require "sluice"
-local http = require "sluice.http"
 local log = require "sluice.log"
 local breaker = require "sluice.breaker"
 local retry = require "sluice.retry"
 local cjson = require "cjson.safe"
+local spec_mod = require "sluice.collector.spec"
+local request = require "sluice.collector.request"
+local secret = require "sluice.collector.secret"
+local slot = require "sluice.collector.slot"
 
 local _M = {}
 local Collector = {}
 local instance_mt = { __index = Collector }
 
--- --- secrets ------------------------------------------------------------
-
-local secret_mt = {
-  __tostring = function() return "<secret>" end,
-}
+local OPTIONS = spec_mod.OPTIONS
 
 --- env(name [, default]) -> a secret resolved from the environment when
 -- used. It prints as "<secret>" so it cannot leak into logs or status.
-function _M.env(name, default)
-  if type(name) ~= "string" then
-    error("sluice.collector.env: bad argument #1 (string expected, got " .. type(name) .. ")", 2)
-  end
-  return setmetatable({ env = name, default = default }, secret_mt)
-end
+_M.env = secret.env
 
-local function reveal(v)
-  if getmetatable(v) == secret_mt then
-    return os.getenv(v.env) or v.default
-  end
-  return v
-end
-
--- --- validation of the spec ---------------------------------------------
-
-local SPEC = {
-  name = "string", base_url = "string", interval = "number", jitter = "number",
-  timeout = "number", auth = "table", limiter = "table|boolean", breaker = "table|boolean",
-  retry = "table|boolean", tables = "table", options = "table", collect = "function",
-  classify = "function", init = "function", close = "function", backfill = "function",
-  backfill_step = "number|function", expect = "table|function", headers = "table",
-  description = "string", endpoint = "function", backfill_requests = "number|function",
-  beginning_date = "string|number", enabled = "boolean", run_budget = "table|boolean",
-}
-
-local function type_ok(v, want)
-  for t in want:gmatch("[^|]+") do
-    if type(v) == t then return true end
-  end
-  return false
-end
-
-local function check_spec(spec, where, level)
-  for k, v in pairs(spec) do
-    local want = SPEC[k]
-    if not want then
-      error(where .. ": unknown option '" .. tostring(k) .. "'", level)
-    end
-    if not type_ok(v, want) then
-      error(where .. ": option '" .. k .. "' must be " .. want:gsub("|", " or ") .. ", got " .. type(v), level)
-    end
-  end
-  if spec.name ~= nil and not spec.name:match("^[%a_][%w_]*$") then
-    error(where .. ": option 'name' must be an identifier (letters, digits, _), got '" .. spec.name .. "'", level)
-  end
-  if spec.interval ~= nil and not (spec.interval > 0 and spec.interval < math.huge) then
-    error(where .. ": option 'interval' must be a finite number > 0", level)
-  end
-  if spec.jitter ~= nil and not (spec.jitter >= 0 and spec.jitter < 1) then
-    error(where .. ": option 'jitter' must be in [0, 1)", level)
-  end
-  if spec.timeout ~= nil and not (spec.timeout > 0 and spec.timeout < math.huge) then
-    error(where .. ": option 'timeout' must be a finite number > 0", level)
-  end
-  if type(spec.run_budget) == "table" then
-    for k, v in pairs(spec.run_budget) do
-      if k ~= "cpu" and k ~= "wall" then
-        error(where .. ": option 'run_budget' has unknown key '" .. tostring(k) .. "' (cpu, wall)", level)
-      end
-      if v ~= false and not (type(v) == "number" and v > 0 and v < math.huge) then
-        error(where .. ": option 'run_budget." .. k .. "' must be a finite number > 0 or false, got "
-          .. tostring(v), level)
-      end
-    end
-  elseif spec.run_budget == true then
-    error(where .. ": option 'run_budget' must be a table or false", level)
-  end
-  if spec.auth then
-    local a = spec.auth
-    local n = (a.bearer ~= nil and 1 or 0) + (a.header ~= nil and 1 or 0) + (a.query ~= nil and 1 or 0)
-    if n ~= 1 then
-      error(where .. ": option 'auth' needs exactly one of bearer = <token>, header = <name>, query = <name>", level)
-    end
-    if (a.header or a.query) and a.value == nil then
-      error(where .. ": option 'auth' needs a value (a string or collector.env(\"NAME\"))", level)
-    end
-  end
-end
-
--- The run budget's watchdog (sluice.budget) acts through a hook, which
--- LuaJIT never runs inside compiled loops: the collector's own functions --
--- the spec's, and those of its file they reach through upvalues -- run
--- interpreted. Collectors spend their time waiting on the network, so
--- this costs little (README, "Run budget").
-local function no_jit(spec)
-  if not jit then return end
-  local sources, seen, pending = {}, {}, {}
-  local function push(v)
-    if not seen[v] then seen[v] = true; pending[#pending + 1] = v end
-  end
-  for _, v in pairs(spec) do
-    if type(v) == "function" then
-      local info = debug.getinfo(v, "S")
-      if info.what ~= "C" then sources[info.source] = true; push(v) end
-    end
-  end
-  while #pending > 0 do
-    local v = table.remove(pending)
-    if type(v) == "table" then
-      for _, f in pairs(v) do
-        if type(f) == "function" then push(f) end
-      end
-    elseif sources[debug.getinfo(v, "S").source] then
-      jit.off(v, true)
-      for i = 1, math.huge do
-        local name, up = debug.getupvalue(v, i)
-        if not name then break end
-        if type(up) == "function" or type(up) == "table" then push(up) end
-      end
-    end
-  end
-end
+-- --- the spec -----------------------------------------------------------
 
 --- define(spec) -> spec, validated. Unknown options and wrong types raise
 -- errors naming them.
@@ -173,14 +62,14 @@ function _M.define(spec)
   if type(spec) ~= "table" then
     error("sluice.collector.define: bad argument #1 (table expected, got " .. type(spec) .. ")", 2)
   end
-  check_spec(spec, "sluice.collector.define", 3)
+  spec_mod.check(spec, "sluice.collector.define", 3)
   if not spec.name then
     error("sluice.collector.define: option 'name' is required", 2)
   end
   if not spec.collect and not spec.backfill then
     error("sluice.collector.define: a collector needs collect (and/or backfill)", 2)
   end
-  no_jit(spec)
+  spec_mod.no_jit(spec)
   spec._is_collector_spec = true
   return spec
 end
@@ -219,7 +108,7 @@ function _M.new(spec, overrides, context)
   for k, v in pairs(overrides) do
     if BOOKKEEPING[k] then
       framework[k] = nil
-    elseif SPEC[k] and k ~= "options" then
+    elseif OPTIONS[k] and k ~= "options" then
       framework[k] = v
     elseif spec.options and spec.options[k] ~= nil then
       if type(v) ~= type(spec.options[k]) then
@@ -231,7 +120,7 @@ function _M.new(spec, overrides, context)
       error(string.format("collector '%s': unknown option '%s'", overrides.name or spec.name, tostring(k)), 2)
     end
   end
-  check_spec(framework, "collector '" .. (overrides.name or spec.name) .. "'", 3)
+  spec_mod.check(framework, "collector '" .. (overrides.name or spec.name) .. "'", 3)
   local cfg = merge(spec, framework)
   local self = setmetatable({
     name = cfg.name,
@@ -246,7 +135,7 @@ function _M.new(spec, overrides, context)
     enabled = cfg.enabled ~= false,
     -- one run in flight per collector: shared with the instances that
     -- replace this one at a reload (app.lua hands it over)
-    guard_ = { busy = false, waiters = {} },
+    slot_ = slot.new(),
     stats_ = {
       started_at = nil, last_collection = nil, last_success = nil, last_error = nil,
       total_requests = 0, successful_requests = 0, failed_requests = 0,
@@ -328,39 +217,25 @@ end
 
 -- --- the request pipeline ------------------------------------------------
 
-local function default_verdict(res)
-  if not res then
-    return "failure", true
+-- What the pipeline (sluice.collector.request) reports, counted here.
+local function tally(self, event, latency)
+  local st = self.stats_
+  if event == "refused" then
+    self.refusals_ = self.refusals_ + 1 -- run_once tells a skipped run by it
+  elseif event == "sent" then
+    st.total_requests = st.total_requests + 1
+  elseif event == "answered" then
+    st.latency_total = (st.latency_total or 0) + latency
+    st.latency_count = (st.latency_count or 0) + 1
+  elseif event == "succeeded" then
+    st.successful_requests = st.successful_requests + 1
+  elseif event == "failed" then
+    st.failed_requests = st.failed_requests + 1
   end
-  local s = res.status
-  if s >= 200 and s < 300 then return "success" end
-  if s == 429 then return "throttled", true end
-  if s == 418 then return "banned", false end
-  if s >= 500 then return "failure", true end
-  return "failure", false
-end
-
-local function retry_after_of(res)
-  local v = res and res.headers["retry-after"]
-  return v and tonumber(v) or nil
-end
-
-local function url_for(self, path)
-  if path:match("^https?://") then return path end
-  return (self.base_url or "") .. path
-end
-
--- Whether url is of base_url's origin: auth and the configured headers are
--- for that origin only. Without a base_url every URL is the collector's.
-local function own_origin(self, url)
-  if not self.base_url then return true end
-  local s0, h0, p0 = http.origin(self.base_url)
-  local s1, h1, p1 = http.origin(url)
-  return s0 ~= nil and s0 == s1 and h0 == h1 and p0 == p1
 end
 
 --- self:request{method, path, query, headers, body | json, endpoint, cost,
---   timeout, redirects} -> data, res | nil, err, kind
+--   pools, timeout, redirects} -> data, res | nil, err, kind, res
 -- A path may be an absolute URL; on another origin than base_url's it gets
 -- neither auth nor the configured headers (only opts.headers). Redirects
 -- follow http.request's rules (default: same origin only, 5 hops).
@@ -368,123 +243,7 @@ function Collector:request(opts)
   if type(opts) ~= "table" or type(opts.path) ~= "string" then
     error("collector:request: bad argument #1 (table with a path expected)", 2)
   end
-  local endpoint = opts.endpoint or opts.path:match("^[^?]*")
-  local query = opts.query
-  local url = url_for(self, opts.path)
-  local own = own_origin(self, url)
-  local headers = merge(own and self.config.headers or nil, opts.headers)
-  local auth = own and self.config.auth
-  if auth then
-    if auth.bearer then
-      headers["Authorization"] = "Bearer " .. tostring(reveal(auth.bearer))
-    elseif auth.header then
-      headers[auth.header] = tostring(reveal(auth.value))
-    elseif auth.query then
-      query = merge(query, { [auth.query] = tostring(reveal(auth.value)) })
-    end
-  end
-  local st = self.stats_
-  local attempt_fn = function()
-    if self.limiter then
-      local waited, werr = self.limiter:wait(endpoint, opts.cost or 1,
-        opts.pools and { pools = opts.pools } or nil)
-      if not waited then
-        return nil, "rate limiter: " .. tostring(werr), { retryable = false, kind = "limited" }
-      end
-    end
-    local permit
-    if self.breaker then
-      local why
-      permit, why = self.breaker:allow()
-      if not permit then
-        self.refusals_ = self.refusals_ + 1 -- run_once tells a skipped run by it
-        return nil, "circuit breaker " .. self.breaker:name() .. " is " .. why,
-          { retryable = false, kind = "circuit_open" }
-      end
-    end
-    st.total_requests = st.total_requests + 1
-    local t0 = sluice.now()
-    local res, err, kind = http.request({
-      method = opts.method or "GET", url = url, query = query,
-      headers = headers, body = opts.body, json = opts.json,
-      timeout = opts.timeout or self.config.timeout or 30, redirects = opts.redirects,
-    })
-    local latency = sluice.now() - t0
-    st.latency_total = (st.latency_total or 0) + latency
-    st.latency_count = (st.latency_count or 0) + 1
-    local verdict, retryable = default_verdict(res)
-    if kind == "redirect" then retryable = false end -- the same answer again
-    local message = err
-    if res and self.spec.classify then
-      -- classify sees every response: it may change the verdict (a 200
-      -- carrying an error), or only explain it (the API's error message)
-      local v, m = self.spec.classify(self, res)
-      if m then message = m end
-      if v and v ~= verdict then
-        verdict = v
-        retryable = v == "failure" and res.status >= 500 or v == "throttled"
-      end
-    end
-    local observed
-    if self.limiter and res then
-      -- a throttled verdict (an API's "too many requests" code in a 200)
-      -- backs the limiter off exactly as a 429 would
-      observed = self.limiter:observe(endpoint, res.status, res.headers, latency, nil,
-        verdict == "throttled" and "throttled" or nil)
-    end
-    if self.breaker then
-      if verdict == "success" then
-        self.breaker:success(permit, latency)
-      elseif verdict == "ignored" then
-        self.breaker:release(permit)
-      elseif verdict == "banned" then
-        self.breaker:failure(permit, latency)
-        local until_ = type(observed) == "table" and observed.ban_until
-          or (sluice.time() + (retry_after_of(res) or 120))
-        self.breaker:open_until(until_)
-      else
-        self.breaker:failure(permit, latency)
-      end
-    end
-    if verdict == "success" or verdict == "ignored" then
-      st.successful_requests = st.successful_requests + 1
-      local data = res.body
-      local ctype = res.headers["content-type"] or ""
-      if ctype:find("json", 1, true) then
-        local decoded, jerr = res:json()
-        if decoded == nil then
-          return nil, jerr, { retryable = false, kind = "protocol" }
-        end
-        data = decoded
-      end
-      return { data = data, res = res }
-    end
-    st.failed_requests = st.failed_requests + 1
-    if not message then
-      message = res and ("HTTP " .. res.status) or "request failed"
-    end
-    return nil, message, { retryable = retryable, retry_after = retry_after_of(res),
-      kind = kind or verdict, res = res }
-  end
-  local out, err
-  if self.retry then
-    local last_hint
-    out, err = self.retry:run(function(a)
-      local v, e, hint = attempt_fn(a)
-      last_hint = hint
-      return v, e, hint
-    end)
-    if not out then
-      return nil, err, last_hint and last_hint.kind, last_hint and last_hint.res
-    end
-  else
-    local hint
-    out, err, hint = attempt_fn(1)
-    if not out then
-      return nil, err, hint and hint.kind, hint and hint.res
-    end
-  end
-  return out.data, out.res
+  return request.run(self, opts, tally)
 end
 
 function Collector:get(path, opts)
@@ -539,42 +298,6 @@ local function store_rows(self, result)
   return count
 end
 
--- The run guard (self.guard_): busy while a run is in flight, with the
--- task running it, when it started and the tasks waiting for it to end.
--- Waiters park; a run killed from outside (it cannot release the guard)
--- is noticed by the waiters' periodic check.
-local GUARD_CHECK = 1 -- seconds between a waiter's checks of a killed run
-
-local function guard_dead(g)
-  local st = g.task and sluice.status(g.task)
-  return st == "done" or st == "failed" or st == "killed"
-end
-
-local function guard_release(g, ...)
-  g.busy, g.task, g.started = false, nil, nil
-  local waiters = g.waiters
-  g.waiters = {}
-  for _, t in ipairs(waiters) do sluice.unpark(t, ...) end
-end
-
--- Parks the calling task until the run in flight ends -> true, its
--- results... | false, why.
-local function guard_wait(g)
-  local me = sluice.current()
-  if not me then return false, "a run is already in progress" end
-  while g.busy do
-    g.waiters[#g.waiters + 1] = me
-    local res = { sluice.park(GUARD_CHECK) }
-    if res[1] then return unpack(res) end
-    for i, t in ipairs(g.waiters) do
-      if t == me then table.remove(g.waiters, i) break end
-    end
-    if res[2] == "shutdown" then return false, "shutdown" end
-    if g.busy and guard_dead(g) then guard_release(g, false, "the run in progress was killed") end
-  end
-  return true
-end
-
 -- collect(self) in a task of its own under the run budget, waited for;
 -- a run over budget fails with the budget's error. Returns what xpcall does.
 local function collect_within_budget(self)
@@ -601,13 +324,13 @@ function Collector:run_once()
     self.stats_.standby_at = sluice.now()
     return true, 0
   end
-  local g = self.guard_
-  if g.busy then
-    local ok, a, b = guard_wait(g)
+  local g = self.slot_
+  if g:busy() then
+    local ok, a, b = g:wait()
     if ok then return a, b, "joined" end
     return false, a
   end
-  g.busy, g.task, g.started = true, sluice.current(), sluice.now()
+  g:take()
   local st = self.stats_
   local t0 = sluice.now()
   st.last_collection = sluice.time()
@@ -627,7 +350,7 @@ function Collector:run_once()
     st.data_points_collected = st.data_points_collected + count
     st.consecutive_failures = 0
     self.log.info("collection done", { rows = count, seconds = sluice.now() - t0 })
-    guard_release(g, true, count)
+    g:release(true, count)
     return true, count
   end
   local msg = tostring(result)
@@ -643,7 +366,7 @@ function Collector:run_once()
         breaker = self.breaker:name(), next_attempt = iso(self.breaker:metrics().open_until),
         error = msg:match("^[^\n]*") })
     end
-    guard_release(g, false, "skipped: circuit breaker " .. self.breaker:name() .. " is open")
+    g:release(false, "skipped: circuit breaker " .. self.breaker:name() .. " is open")
     return false, "skipped: circuit breaker " .. self.breaker:name() .. " is open"
   end
   st.last_error = msg:match("^[^\n]*")
@@ -651,7 +374,7 @@ function Collector:run_once()
   st.collections_failed = st.collections_failed + 1
   st.consecutive_failures = st.consecutive_failures + 1
   self.log.error("collection failed", { error = st.last_error, traceback = msg })
-  guard_release(g, false, st.last_error)
+  g:release(false, st.last_error)
   return false, st.last_error
 end
 
@@ -672,8 +395,8 @@ local function tick(premature, self)
   -- the next tick's due time is set before running, so that an instance
   -- taking over at a reload continues this schedule
   self.next_due_ = due + next_period(self)
-  while self.guard_.busy do
-    if not guard_wait(self.guard_) or not self.running then return end
+  while self.slot_:busy() do
+    if not self.slot_:wait() or not self.running then return end
   end
   if not self.running then return end
   self:run_once()
@@ -709,7 +432,7 @@ function Collector:start(opts)
     if getmetatable(old) ~= instance_mt or old.name ~= self.name then
       error("collector:start: option 'after' must be an instance of the same collector", 2)
     end
-    self.guard_ = old.guard_
+    self.slot_ = old.slot_
     if old.next_due_ then delay = math.max(0, old.next_due_ - sluice.now()) end
   end
   self.running = true
@@ -737,8 +460,8 @@ end
 --- self:drain(): waits (in a task) until no run of this collector is in
 -- progress, the replaced instance's included; shutdown's deadline bounds it.
 function Collector:drain()
-  local g = self.guard_
-  while g.busy and not guard_dead(g) do sluice.sleep(0.05) end
+  local g = self.slot_
+  while g:busy() and not g:dead() do sluice.sleep(0.05) end
 end
 
 --- self:stop(): no new runs; a run in progress finishes. Saves the breaker.
@@ -801,9 +524,9 @@ function Collector:health()
   if st.consecutive_failures > 0 then
     return "degraded", "the last collection failed: " .. tostring(st.last_error)
   end
-  local g = self.guard_
-  if g.busy and g.started and sluice.now() - g.started > STALL_FACTOR * span then
-    return "degraded", "a run has been in flight for " .. secs(sluice.now() - g.started)
+  local started = self.slot_:started()
+  if started and sluice.now() - started > STALL_FACTOR * span then
+    return "degraded", "a run has been in flight for " .. secs(sluice.now() - started)
       .. " (over " .. STALL_FACTOR .. " × " .. secs(span) .. ")"
   end
   if st.total_requests >= 10 and st.successful_requests / st.total_requests < 0.9 then
@@ -816,14 +539,15 @@ end
 function Collector:stats()
   local st = self.stats_
   local status, reason = self:health()
-  local g = self.guard_
+  local g = self.slot_
+  local started = g:started()
   return {
     collector_name = self.name,
     status = status,
     status_reason = reason,
     enabled = self.enabled,
-    run_in_flight_seconds = g.busy and g.started and sluice.now() - g.started or nil,
-    run_waiters = g.busy and #g.waiters or nil, -- calls waiting for (joining) the run in flight
+    run_in_flight_seconds = started and sluice.now() - started or nil,
+    run_waiters = g:busy() and g:waiting() or nil, -- calls waiting for (joining) the run in flight
     started_at = iso(st.started_at),
     last_collection = iso(st.last_collection),
     last_success = iso(st.last_success),
@@ -853,7 +577,7 @@ function Collector:health_check()
 end
 
 _M.Collector = Collector
-_M.reveal = reveal
-_M.is_secret = function(v) return getmetatable(v) == secret_mt end
+_M.reveal = secret.reveal
+_M.is_secret = secret.is_secret
 _M.json_null = cjson.null
 return _M

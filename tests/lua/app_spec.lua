@@ -238,9 +238,9 @@ describe("sluice.app", function()
     wait_for("the first run parked", function() return #probe.parked == 1 end)
     for _ = 1, 5 do assert(app_mod.reload()) end
     -- the newest instance's next run comes due and waits for the old run
-    local guard = app.collectors.slow.guard_
+    local newest = app.collectors.slow
     wait_for("the new instance's run waiting", function()
-      return (guard and #guard.waiters >= 1) or probe.slow.runs > 1
+      return (newest:stats().run_waiters or 0) >= 1 or probe.slow.runs > 1
     end)
     assert.same({ 1, 1 }, { probe.slow.runs, probe.slow.active })
     release()
@@ -260,10 +260,10 @@ describe("sluice.app", function()
     for i = 1, 30 do
       tasks[i] = sluice.spawn(function() return call(app, "POST", "/collect", { collector = "one" }) end)
     end
-    local guard = app.collectors.one.guard_
+    local one = app.collectors.one
     -- (the run's collect starts in a task of its own: wait for it too)
     wait_for("29 requests joined", function()
-      return (guard and #guard.waiters == 29 and probe.one.active == 1) or probe.one.active > 1
+      return (one:stats().run_waiters == 29 and probe.one.active == 1) or probe.one.active > 1
     end)
     assert.same({ 2, 1 }, { probe.one.runs, probe.one.active })
     release()

@@ -430,8 +430,8 @@ describe("sluice.collector lifecycle", function()
     local first = sluice.spawn(function() return c:run_once() end)
     local joiner = sluice.spawn(function() return c:run_once() end)
     local deadline = sluice.now() + 5
-    while #c.guard_.waiters < 1 and sluice.now() < deadline do sluice.sleep(0.01) end
-    assert.same({ 1, 1 }, { runs, #c.guard_.waiters })
+    while (c:stats().run_waiters or 0) < 1 and sluice.now() < deadline do sluice.sleep(0.01) end
+    assert.same({ 1, 1 }, { runs, c:stats().run_waiters })
     sluice.unpark(gate[1])
     assert.same({ true, true, 0 }, { sluice.wait(first) })
     assert.same({ true, true, 0, "joined" }, { sluice.wait(joiner) })
