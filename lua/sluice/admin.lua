@@ -269,7 +269,7 @@ function _M.start(app, opts)
         -- the breaker's own state says it all; other states say why
         reasons[#reasons + 1] = c.name .. " is " .. h .. (h ~= "circuit_open" and why and (": " .. why) or "")
       end
-      local st = c.stats_
+      local st = c:counters()
       if st.last_collection and (not last or st.last_collection > last) then last = st.last_collection end
       if st.last_success and (not last_ok or st.last_success > last_ok) then last_ok = st.last_success end
       errors = errors + st.collections_failed
@@ -326,7 +326,7 @@ function _M.start(app, opts)
   route("GET", "/performance", "read", function()
     local runtime, runs, ok, failed, lat, nlat = 0, 0, 0, 0, 0, 0
     for _, c in ipairs(collectors()) do
-      local st = c.stats_
+      local st = c:counters()
       runtime = runtime + st.total_runtime
       runs = runs + st.collections_completed + st.collections_failed
       ok = ok + st.successful_requests

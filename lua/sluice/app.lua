@@ -124,7 +124,7 @@ local function build(config, file, opts, early)
     end
     for _, inst in ipairs(app.order) do
       app.shared:attach(inst)
-      inst.sinks = app.sinks
+      for _, sink in ipairs(app.sinks or {}) do inst:add_sink(sink) end
     end
   end
   sluice.on_shutdown(function()
@@ -248,8 +248,8 @@ reload = function()
       if old then
         if old.breaker and new.breaker then new.breaker:restore(old.breaker:snapshot()) end
         if old.limiter and new.limiter then new.limiter:restore(old.limiter:snapshot()) end
-        new.stats_ = old.stats_
-        new.slot_ = old.slot_ -- one run in flight per collector, across the swap
+        -- its counters, and one run in flight per collector across the swap
+        new:adopt(old)
       end
     end
     local running = {}
@@ -261,7 +261,7 @@ reload = function()
     if app.shared then
       for _, inst in ipairs(built.order) do
         app.shared:attach(inst)
-        inst.sinks = app.sinks
+        for _, sink in ipairs(app.sinks or {}) do inst:add_sink(sink) end
         app.shared:renew(inst)
       end
     end

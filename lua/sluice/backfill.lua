@@ -63,6 +63,7 @@
 -- at worst a window is fetched by two instances.
 local sluice = require "sluice"
 local log = require "sluice.log"
+local shared = require "sluice.shared"
 
 local _M = {}
 
@@ -118,7 +119,7 @@ end
 local function shared_of(opts, c)
   local sh = opts.shared
   if sh == false then return nil end
-  if sh == nil then return c.shared_owner end
+  if sh == nil then return shared.owner(c) end
   if type(sh) ~= "table" or type(sh.window_claim) ~= "function" then
     error("sluice.backfill: 'shared' must be a sluice.shared object or false", 3)
   end
@@ -301,37 +302,23 @@ local function record_elsewhere(c, win, doc)
     "done elsewhere by " .. tostring(doc.by), sluice.time())
 end
 
--- Fetches one window and commits its rows with its coverage record; its
--- rows then go to the collector's sinks. -> true | false.
+-- Fetches one window and commits its rows with its coverage record (its
+-- rows then go to the collector's sinks). -> true | false.
 local function run_window(job, win)
   local c = job.collector
   local part = win.partition ~= "*" and win.partition or nil
   local ok, result = xpcall(c.spec.backfill, debug.traceback, c, win.from, win.to, part)
   if ok then
-    local per_table = result or {}
-    if per_table[1] ~= nil then
-      per_table = { [next(c.config.tables)] = per_table }
-    end
-    local count = 0
-    local committed = {}
-    ok, result = pcall(c.store.transaction, c.store, function()
-      for tname, rows in pairs(per_table) do
-        local ins, upd, same, _, accepted = c.store:upsert_accepted(tname, rows)
-        if not ins then error(upd, 0) end
-        count = count + ins + upd + same -- stored rows; rejects are not counted
-        committed[#committed + 1] = { tname, accepted }
-      end
+    -- the collector's store path, the window's coverage record in the
+    -- rows' transaction; the sinks get the rows after its commit
+    ok, result = pcall(c.store_rows, c, result, { what = "backfill", within = function(count)
       assert(record(c, win, "done", count))
-    end)
+    end })
     if ok then
-      job.rows = job.rows + count
+      job.rows = job.rows + result
       job.done = job.done + 1
-      win.rows = count
+      win.rows = result
       win.done = true
-      -- after the commit (a sink yields); a failing sink says so itself
-      for _, sink in ipairs(c.sinks or {}) do
-        for _, t in ipairs(committed) do sink:publish(t[1], t[2]) end
-      end
       return true
     end
   end
@@ -489,7 +476,7 @@ local function status_of(job)
     windows_elsewhere = job.elsewhere, rows_elsewhere = job.rows_elsewhere,
     windows_waiting = #job.deferred + job.rechecking,
     claims = not job.shared and "local" or job.degraded and "degraded" or "redis",
-    requests = job.collector.stats_.total_requests - job.requests0,
+    requests = job.collector:counters().total_requests - job.requests0,
     elapsed = elapsed,
     rate = job.collector.limiter and job.collector.limiter:rate() or nil,
     eta = rate > 0 and (job.total - finished) / rate or nil,
@@ -537,7 +524,7 @@ function _M.start(opts)
     id = id, plan = plan, collector = plan.collector, state = "running",
     total = #plan.windows + #plan.elsewhere, done = 0, rows = 0, errors = 0, failed = {},
     elsewhere = 0, rows_elsewhere = 0, deferred = {}, rechecking = 0, held = {}, cut = 0,
-    requests0 = plan.collector.stats_.total_requests,
+    requests0 = plan.collector:counters().total_requests,
     started = sluice.now(), started_wall = sluice.time(), next = 1, workers = {},
     shared = plan.shared, claim_ttl = claim_ttl, done_ttl = done_ttl,
     recheck = math.min(2, math.max(0.05, claim_ttl / 10)),

@@ -20,35 +20,40 @@
 --
 -- The request pipeline, self:get(path, opts) / self:post / self:request:
 -- limiter wait -> breaker permit -> HTTP -> classify -> limiter observe ->
--- breaker record -> retry. Classification: 2xx success; 429 throttled (the
--- limiter backs off, the breaker counts a failure, retried after
--- Retry-After); 418 banned (the breaker stays open until the ban ends; not
--- retried); 5xx, timeout, connect and other transport errors are failures,
--- retried; other 4xx are failures, not retried. A collector's
--- classify(self, res) sees every response and may return a verdict
--- ("success", "failure", "ignored", "throttled", "banned") and a message,
--- e.g. for an HTTP 200 carrying an error object, or just a message (nil,
--- "Binance error -1121: Invalid symbol.") that explains the default
--- verdict. A failure it declares on a 2xx is not retried; "throttled" on
--- any status (Bybit retCode 10006, JSON-RPC -32005 in a 200) backs the
--- limiter off as a 429 does and is retried. Returns data (decoded JSON
--- when the response is JSON, the body otherwise) and the response, or nil,
--- err, kind.
+-- breaker record -> retry; its verdicts (and a collector's classify) are
+-- described in sluice.collector.request, which implements it.
+--
+-- The instance is closed: other modules use its methods, never write its
+-- fields. It owns its state (counters, run slot, sinks, run guard,
+-- schedule); name, spec, config, options, store, log, breaker, limiter,
+-- retry, interval, enabled and running are for reading. What others hook
+-- in goes through methods: add_sink(sink) (where committed rows go too),
+-- set_run_guard(enter, leave) (whether a run may start; leases), adopt(old)
+-- (a reload's hand-over of counters and run slot); counters() and stats()
+-- are the statistics.
+--
+-- Calls that yield, so must run in a task: get, post, request; run_once;
+-- store_rows when a sink yields (the stream sink does); drain; and a run
+-- guard's enter and leave when they do. start() spawns the runs as tasks
+-- of their own and returns at once; define, new, stop, health, stats,
+-- counters, health_check, add_sink, set_run_guard and adopt do
+-- not yield (stop calls the spec's close, which must not either).
 local sluice = require "sluice"
 local log = require "sluice.log"
 local breaker = require "sluice.breaker"
 local retry = require "sluice.retry"
+local limiter = require "sluice.limiter"
 local cjson = require "cjson.safe"
 local spec_mod = require "sluice.collector.spec"
 local request = require "sluice.collector.request"
 local secret = require "sluice.collector.secret"
 local slot = require "sluice.collector.slot"
+local rows = require "sluice.collector.rows"
+local persist = require "sluice.collector.persist"
 
 local _M = {}
 local Collector = {}
 local instance_mt = { __index = Collector }
-
-local OPTIONS = spec_mod.OPTIONS
 
 --- env(name [, default]) -> a secret resolved from the environment when
 -- used. It prints as "<secret>" so it cannot leak into logs or status.
@@ -99,29 +104,8 @@ function _M.new(spec, overrides, context)
   if type(spec) ~= "table" or not spec._is_collector_spec then
     error("sluice.collector.new: bad argument #1 (a spec from collector.define expected)", 2)
   end
-  overrides = overrides or {}
   context = context or {}
-  -- overrides split: framework options vs the collector's own options
-  local own = merge(spec.options, nil)
-  local framework = {}
-  local BOOKKEEPING = { use = true, file = true } -- the config's, not ours
-  for k, v in pairs(overrides) do
-    if BOOKKEEPING[k] then
-      framework[k] = nil
-    elseif OPTIONS[k] and k ~= "options" then
-      framework[k] = v
-    elseif spec.options and spec.options[k] ~= nil then
-      if type(v) ~= type(spec.options[k]) then
-        error(string.format("collector '%s': option '%s' must be a %s, got %s",
-          overrides.name or spec.name, k, type(spec.options[k]), type(v)), 2)
-      end
-      own[k] = v
-    else
-      error(string.format("collector '%s': unknown option '%s'", overrides.name or spec.name, tostring(k)), 2)
-    end
-  end
-  spec_mod.check(framework, "collector '" .. (overrides.name or spec.name) .. "'", 3)
-  local cfg = merge(spec, framework)
+  local cfg, own = spec_mod.configure(spec, overrides or {}, 3)
   local self = setmetatable({
     name = cfg.name,
     spec = spec,
@@ -134,8 +118,12 @@ function _M.new(spec, overrides, context)
     running = false,
     enabled = cfg.enabled ~= false,
     -- one run in flight per collector: shared with the instances that
-    -- replace this one at a reload (app.lua hands it over)
+    -- replace this one at a reload (adopt)
     slot_ = slot.new(),
+    sinks_ = {},        -- add_sink
+    run_guard_ = nil,   -- set_run_guard: {enter, leave}
+    -- the counters (counters()), shared with the instances that replace
+    -- this one at a reload (adopt)
     stats_ = {
       started_at = nil, last_collection = nil, last_success = nil, last_error = nil,
       total_requests = 0, successful_requests = 0, failed_requests = 0,
@@ -144,16 +132,7 @@ function _M.new(spec, overrides, context)
     },
     refusals_ = 0, -- requests the breaker refused, ever
   }, instance_mt)
-  if cfg.run_budget ~= false then
-    local b = type(cfg.run_budget) == "table" and cfg.run_budget or {}
-    -- wall: ten request timeouts, or two intervals for slow collectors
-    local wall = math.max(10 * (cfg.timeout or 30), 2 * self.interval)
-    local cpu = b.cpu == nil and 5 or b.cpu
-    wall = b.wall == nil and wall or b.wall
-    if cpu or wall then
-      self.run_budget = { cpu = cpu, wall = wall, label = "collector " .. cfg.name .. ": run" }
-    end
-  end
+  self.run_budget = spec_mod.run_budget(cfg, self.interval)
   if cfg.breaker ~= false then
     local bopts = merge(type(cfg.breaker) == "table" and cfg.breaker or {}, nil)
     bopts.name = bopts.name or cfg.name
@@ -170,7 +149,7 @@ function _M.new(spec, overrides, context)
       end
       lopts.shared = context.redis
     end
-    self.limiter = require("sluice.limiter").new(lopts)
+    self.limiter = limiter.new(lopts)
   end
   if cfg.retry ~= false then
     self.retry = retry.new(type(cfg.retry) == "table" and cfg.retry or {})
@@ -184,34 +163,8 @@ function _M.new(spec, overrides, context)
       end
     end
   end
-  -- A limiter's pauses and bans survive restarts too.
-  if self.store and self.limiter then
-    local snap = self.store:load_state("limiter", self.limiter:stats().limiter_name)
-    if snap then
-      local ok, err = pcall(self.limiter.restore, self.limiter, snap)
-      if not ok then
-        self.log.warning("ignoring saved limiter state", { error = tostring(err) })
-      end
-    end
-  end
-  -- An open breaker survives restarts: restore its saved state.
-  if self.store and self.breaker then
-    local snap = self.store:load_state("breaker", self.breaker:name())
-    if snap then
-      local ok, err = pcall(self.breaker.restore, self.breaker, snap)
-      if not ok then
-        self.log.warning("ignoring saved breaker state", { error = tostring(err) })
-      end
-    end
-    -- the callback holds the store, not the instance: the breaker's
-    -- callback list is weak-keyed, and LuaJIT has no ephemerons, so a
-    -- callback reaching its breaker through the instance would keep both
-    -- alive for ever after a reload
-    local db = self.store
-    self.breaker:on_change(function(cb)
-      db:save_state("breaker", cb:name(), cb:snapshot())
-    end)
-  end
+  -- an open breaker, a limiter's pause or a ban survive restarts
+  persist.restore(self)
   return self
 end
 
@@ -256,46 +209,53 @@ end
 
 -- --- running ------------------------------------------------------------
 
-local function store_rows(self, result)
-  if result == nil then return 0 end
-  if type(result) ~= "table" then
-    error("collect must return a table of rows (or {table = rows}), got " .. type(result))
+--- self:store_rows(result [, opts]) -> count
+-- Stores what collect (or backfill) returned, as sluice.collector.rows
+-- says: nil, a list of rows (the collector's one table) or {table_name =
+-- rows}, validated, upserted and handed to the sinks; raises when it
+-- cannot. opts.what names the function in errors ("collect");
+-- opts.within(count) runs in one transaction with the upserts (a backfill
+-- window and its coverage record). Yields when a sink does.
+function Collector:store_rows(result, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("collector:store_rows: bad argument #2 (table of options expected, got " .. type(opts) .. ")", 2)
   end
-  local tables = self.config.tables or {}
-  local per_table
-  if result[1] ~= nil or next(result) == nil then
-    local only = next(tables)
-    if not only or next(tables, only) ~= nil then
-      if next(result) == nil then return 0 end
-      error("collect returned a list of rows but the collector declares "
-        .. (only and "several tables" or "no table") .. "; return {table_name = rows}")
-    end
-    per_table = { [only] = result }
-  else
-    per_table = result
+  local within = opts and opts.within
+  if within ~= nil and type(within) ~= "function" then
+    error("collector:store_rows: option 'within' must be a function", 2)
   end
-  local count = 0
-  for tname, rows in pairs(per_table) do
-    if not tables[tname] then
-      error("collect returned rows for undeclared table '" .. tostring(tname) .. "'", 0)
-    end
-    if not self.store then count = count + #rows end
-    if self.store then
-      local ins, upd, same, rej, accepted = self.store:upsert_accepted(tname, rows)
-      if not ins then
-        error("storing rows in '" .. tname .. "' failed: " .. tostring(upd), 0)
-      end
-      count = count + ins + upd + same -- what was stored; rejects are not data points
-      self.log.debug("stored", { table = tname, inserted = ins, updated = upd,
-        unchanged = same, rejected = rej })
-      -- sinks see what was committed, in commit order; a sink that fails
-      -- says so itself and never fails the collection
-      for _, sink in ipairs(self.sinks or {}) do
-        sink:publish(tname, accepted)
-      end
-    end
+  if within and not self.store then error("collector:store_rows: option 'within' needs a store", 2) end
+  return rows.store(self, result, self.sinks_, opts and opts.what or "collect", within)
+end
+
+--- self:add_sink(sink): the rows this collector commits (its collections'
+-- and its backfills') go to sink:publish(table_name, rows) too.
+function Collector:add_sink(sink)
+  if type(sink) ~= "table" or type(sink.publish) ~= "function" then
+    error("collector:add_sink: bad argument #1 (a sink with a publish method expected)", 2)
   end
-  return count
+  self.sinks_[#self.sinks_ + 1] = sink
+  return self
+end
+
+--- self:set_run_guard(enter, leave): a hook around every run_once (a
+-- scheduled run, a manual one, one that joins the run in flight): enter(c)
+-- is called first, and unless it returns true the collector stands by
+-- (run_once returns true, 0 without running, and health counts the time
+-- from then as when a run succeeded); leave(c) is called once after each
+-- enter, when run_once returns, whatever its outcome. Either may yield.
+-- Leases use it (sluice.shared). One guard at a time: set_run_guard()
+-- removes it; a run in flight keeps the guard it entered.
+function Collector:set_run_guard(enter, leave)
+  if enter == nil and leave == nil then
+    self.run_guard_ = nil
+    return self
+  end
+  if type(enter) ~= "function" or type(leave) ~= "function" then
+    error("collector:set_run_guard: bad arguments (two functions, enter and leave, expected)", 2)
+  end
+  self.run_guard_ = { enter = enter, leave = leave }
+  return self
 end
 
 -- collect(self) in a task of its own under the run budget, waited for;
@@ -311,19 +271,8 @@ local function collect_within_budget(self)
   return ok, result
 end
 
---- self:run_once() -> true, rows | false, err. One collection: collect
--- runs in a task of its own under the run budget, which the calling task
--- waits for; errors in collect are caught, logged and counted. At most one
--- run of a collector is in flight (across a reload too): a call made while
--- one is going waits for it and returns its result, with a third value
--- "joined", instead of starting another.
-function Collector:run_once()
-  if self.lease_held == false then
-    -- another instance holds this collector's lease: standing by is not
-    -- being overdue (health)
-    self.stats_.standby_at = sluice.now()
-    return true, 0
-  end
+-- One collection, in the run slot (run_once without the run guard).
+local function run(self)
   local g = self.slot_
   if g:busy() then
     local ok, a, b = g:wait()
@@ -339,7 +288,7 @@ function Collector:run_once()
   local ok, result = collect_within_budget(self)
   local count
   if ok then
-    ok, count = pcall(store_rows, self, result)
+    ok, count = pcall(self.store_rows, self, result)
     if not ok then result = count end
   end
   self.in_flight = self.in_flight - 1
@@ -376,6 +325,29 @@ function Collector:run_once()
   self.log.error("collection failed", { error = st.last_error, traceback = msg })
   g:release(false, st.last_error)
   return false, st.last_error
+end
+
+--- self:run_once() -> true, rows | false, err. One collection: collect
+-- runs in a task of its own under the run budget, which the calling task
+-- waits for; errors in collect are caught, logged and counted. At most one
+-- run of a collector is in flight (across a reload too): a call made while
+-- one is going waits for it and returns its result, with a third value
+-- "joined", instead of starting another. With a run guard
+-- (set_run_guard), the guard decides first whether the run starts.
+function Collector:run_once()
+  local guard = self.run_guard_
+  if not guard then return run(self) end
+  local a, b, c
+  if guard.enter(self) == true then
+    a, b, c = run(self)
+  else
+    -- the guard says no run here (another instance holds this collector's
+    -- lease): standing by is not being overdue (health)
+    self.stats_.standby_at = sluice.now()
+    a, b = true, 0
+  end
+  guard.leave(self)
+  return a, b, c
 end
 
 local function next_period(self)
@@ -476,12 +448,7 @@ function Collector:stop()
     local ok, err = xpcall(self.spec.close, debug.traceback, self)
     if not ok then self.log.error("close failed", { error = tostring(err) }) end
   end
-  if self.store and self.breaker then
-    self.store:save_state("breaker", self.breaker:name(), self.breaker:snapshot())
-  end
-  if self.store and self.limiter then
-    self.store:save_state("limiter", self.limiter:stats().limiter_name, self.limiter:snapshot())
-  end
+  persist.save(self)
   self.log.info("collector stopped")
   return self
 end
@@ -560,6 +527,44 @@ function Collector:stats()
     collections_completed = st.collections_completed,
     collections_skipped = st.collections_skipped,
   }
+end
+
+local COUNTERS = {
+  "started_at", "last_collection", "last_success", "last_error", "last_error_time",
+  "total_requests", "successful_requests", "failed_requests", "latency_total", "latency_count",
+  "data_points_collected", "total_runtime", "collections_completed", "collections_failed",
+  "collections_skipped", "consecutive_failures",
+}
+
+--- self:counters() -> a copy of the collector's counters, for the
+-- operator views (admin, metrics) and backfill's request count: times as
+-- sluice.time() seconds, nil until they happen -- started_at (the last
+-- start), last_collection (a run's start), last_success, last_error_time;
+-- last_error (its message's first line); numbers -- total_requests,
+-- successful_requests, failed_requests (requests sent, and their
+-- verdicts), latency_total, latency_count (seconds over answered
+-- requests), data_points_collected (rows stored), total_runtime (seconds
+-- in runs), collections_completed, collections_failed,
+-- collections_skipped (runs refused by the open breaker) and
+-- consecutive_failures. stats() is the reference shape built from them.
+function Collector:counters()
+  local st, out = self.stats_, {}
+  for _, k in ipairs(COUNTERS) do out[k] = st[k] end
+  out.latency_total, out.latency_count = st.latency_total or 0, st.latency_count or 0
+  return out
+end
+
+--- self:adopt(old): a reload's hand-over, before self starts: self takes
+-- over the counters of old, the instance it replaces (shared from then on,
+-- so that a run of old still in flight counts in them), and its run slot
+-- (one run in flight per collector across the swap).
+function Collector:adopt(old)
+  if getmetatable(old) ~= instance_mt or old.name ~= self.name then
+    error("collector:adopt: bad argument #1 (an instance of the same collector expected)", 2)
+  end
+  self.stats_ = old.stats_
+  self.slot_ = old.slot_
+  return self
 end
 
 --- self:health_check() -> the reference health_check() shape.

@@ -581,7 +581,7 @@ sources[#sources + 1] = function(f)
   if not current or type(current.collectors) ~= "table" then return end
   local HEALTH = { "healthy", "degraded", "failed", "circuit_open" }
   for name, inst in pairs(current.collectors) do
-    local st = inst.stats_
+    local st = inst:counters()
     if st then
       local c = inst.name or name
       f.sluice_collection_requests_total:inc(st.collections_completed or 0, c, "success")

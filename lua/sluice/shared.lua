@@ -37,6 +37,9 @@ local cjson = require "cjson.safe"
 local _M = {}
 local mt = { __index = _M }
 
+-- collector -> the shared object it is attached to (owner())
+local owners = setmetatable({}, { __mode = "k" })
+
 local TTL = 86400
 local CHANNEL = "sluice:cb_state"
 local POLL = 5 -- seconds between reads of the stored snapshots (fallback)
@@ -63,7 +66,14 @@ end
 function _M.new(client)
   return setmetatable({ redis = client, id = instance_id(), collectors = {},
     applied = {}, down = false,
-    attached_breakers = setmetatable({}, { __mode = "k" }) }, mt)
+    attached_breakers = setmetatable({}, { __mode = "k" }),
+    -- collector -> {held = nil | true | false, runs = n, guarded = bool}
+    leases_ = setmetatable({}, { __mode = "k" }) }, mt)
+end
+
+--- owner(c) -> the shared object collector c is attached to, or nil.
+function _M.owner(c)
+  return owners[c]
 end
 
 function _M:degraded()
@@ -156,7 +166,7 @@ function _M:attach(c)
       pcall(c.limiter.restore, c.limiter, v.snapshot)
     end
   end
-  c.shared_owner = self
+  owners[c] = self
 end
 
 local function lease_key(c)
@@ -168,43 +178,57 @@ local function lease_eval(self, c, src)
     src == LEASE and { self.id, tostring(math.floor(self.lease_ttl * 1000)) } or { self.id })
 end
 
--- Asks Redis for c's lease (taking or renewing it) and updates
--- c.lease_held; returns true when the lease was just taken over. With
--- Redis away the collector keeps running on its own (degraded):
--- collection must not stop because Redis did.
+-- This instance's view of c's lease: held (nil: never asked), and the
+-- runs of c in flight (counted by the run guard).
+local function lease_of(self, c)
+  local l = self.leases_[c]
+  if not l then
+    l = { held = nil, runs = 0, guarded = false }
+    self.leases_[c] = l
+  end
+  return l
+end
+
+-- Asks Redis for c's lease (taking or renewing it) and updates its held;
+-- returns true when the lease was just taken over. With Redis away the
+-- collector keeps running on its own (degraded): collection must not
+-- stop because Redis did.
 local function take(self, c)
   local v, err = lease_eval(self, c, LEASE)
-  local was = c.lease_held
+  local l = lease_of(self, c)
+  local was = l.held
   if v == nil and (err == "disconnected" or err == "timeout" or err == "closed") then
-    c.lease_held = true
+    l.held = true
   else
-    c.lease_held = v == 1
+    l.held = v == 1
   end
-  if c.lease_held and was == false then
+  if l.held and was == false then
     c.log.info("collector lease taken over: collecting here now")
     return true
-  elseif not c.lease_held and was ~= false then
+  elseif not l.held and was ~= false then
     c.log.info("another instance holds the collector lease: standing by")
   end
   return false
 end
 
--- Every run of c first asks Redis for the lease (c.run_once, set on the
--- instance, wraps the method) and counts itself in c.lease_runs while it
--- runs: a holder that was frozen past the TTL, or lost its lease in any
--- other way, learns it before it collects rather than at its next
--- renewal, and the lease is given up only once the runs have ended.
+-- Every run of c first asks Redis for the lease (c's run guard) and counts
+-- itself among c's runs while it runs: a holder that was frozen past the
+-- TTL, or lost its lease in any other way, learns it before it collects
+-- rather than at its next renewal, and the lease is given up only once
+-- the runs have ended. A run the lease is not ours for stands by.
 local function guard(self, c)
-  if c.lease_guarded then return end
-  c.lease_guarded = true
-  local run_once = c.run_once
-  c.run_once = function(inst, ...)
-    inst.lease_runs = (inst.lease_runs or 0) + 1
+  local l = lease_of(self, c)
+  if l.guarded then return end
+  l.guarded = true
+  c:set_run_guard(function(inst)
+    local li = lease_of(self, inst)
+    li.runs = li.runs + 1
     if self.lease_ttl and not self.down then take(self, inst) end
-    local ok, n = run_once(inst, ...)
-    inst.lease_runs = inst.lease_runs - 1
-    return ok, n
-  end
+    return li.held ~= false
+  end, function(inst)
+    local li = lease_of(self, inst)
+    li.runs = li.runs - 1
+  end)
 end
 
 local function attached(self, name)
@@ -222,7 +246,7 @@ end
 -- itself.
 local function release(self, c, unless_attached)
   local renewed = sluice.now()
-  while (c.lease_runs or 0) > 0 do
+  while lease_of(self, c).runs > 0 do
     if sluice.now() - renewed >= self.lease_ttl / 3 then
       renewed = sluice.now()
       lease_eval(self, c, LEASE)
@@ -238,18 +262,18 @@ end
 function _M:detach(c)
   if c.limiter then self:publish_limiter(c) end
   if c.breaker then self.attached_breakers[c.breaker] = nil end
-  c.shared_owner = nil
+  if owners[c] == self then owners[c] = nil end
   for i, x in ipairs(self.collectors) do
     if x == c then table.remove(self.collectors, i) break end
   end
-  if self.lease_ttl and c.lease_held then sluice.spawn(release, self, c, true) end
+  if self.lease_ttl and lease_of(self, c).held then sluice.spawn(release, self, c, true) end
 end
 
--- Updates c.lease_held; on a takeover, collects at once (unless a run is
+-- Updates c's lease; on a takeover, collects at once (unless a run is
 -- already going).
 function _M:renew(c)
   guard(self, c)
-  if take(self, c) and c.running and (c.lease_runs or 0) == 0 then
+  if take(self, c) and c.running and lease_of(self, c).runs == 0 then
     sluice.spawn(c.run_once, c)
   end
 end
@@ -368,7 +392,7 @@ function _M:stop()
   local leaving = {}
   for _, c in ipairs(self.collectors) do
     if c.limiter then self:publish_limiter(c) end
-    if self.lease_ttl and c.lease_held then leaving[#leaving + 1] = c end
+    if self.lease_ttl and lease_of(self, c).held then leaving[#leaving + 1] = c end
   end
   -- released once the runs in flight have ended: the store is closed
   -- after this, so those runs still store their rows

@@ -1,9 +1,22 @@
 --- sluice.collector.request: a collector's request pipeline.
 --
--- run(c, opts, tally) is what self:get/post/request do (the verdicts and
--- retries are described in sluice.collector's header): limiter wait ->
+-- run(c, opts, tally) is what self:get/post/request do: limiter wait ->
 -- breaker permit -> HTTP -> classify -> limiter observe -> breaker record
--- -> retry. It reads the instance c (base_url, config.headers,
+-- -> retry. Classification: 2xx success; 429 throttled (the limiter backs
+-- off, the breaker counts a failure, retried after Retry-After); 418
+-- banned (the breaker stays open until the ban ends; not retried); 5xx,
+-- timeout, connect and other transport errors are failures, retried;
+-- other 4xx are failures, not retried. A collector's classify(self, res)
+-- sees every response and may return a verdict ("success", "failure",
+-- "ignored", "throttled", "banned") and a message, e.g. for an HTTP 200
+-- carrying an error object, or just a message (nil, "Binance error -1121:
+-- Invalid symbol.") that explains the default verdict. A failure it
+-- declares on a 2xx is not retried; "throttled" on any status (Bybit
+-- retCode 10006, JSON-RPC -32005 in a 200) backs the limiter off as a 429
+-- does and is retried. Returns data (decoded JSON when the response is
+-- JSON, the body otherwise) and the response, or nil, err, kind.
+--
+-- It reads the instance c (base_url, config.headers,
 -- config.auth, config.timeout, spec.classify, and its limiter, breaker and
 -- retry policy, which it drives) and writes nothing on it: what the
 -- collector counts, it is told through tally(c, event [, seconds]):

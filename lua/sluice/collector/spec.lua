@@ -3,7 +3,8 @@
 -- collector.define{} and collector.new() validate a spec, and a
 -- configuration entry's overrides of it, here: OPTIONS names every
 -- framework option and the types it takes; check() raises an error naming
--- the option at fault; no_jit() keeps a collector's own functions out of
+-- the option at fault; configure() resolves a configuration entry's
+-- overrides; no_jit() keeps a collector's own functions out of
 -- LuaJIT's compiled code so that the run budget's watchdog can stop them.
 -- It owns no state. Nothing here yields.
 local _M = {}
@@ -75,6 +76,60 @@ function _M.check(spec, where, level)
       error(where .. ": option 'auth' needs a value (a string or collector.env(\"NAME\"))", level)
     end
   end
+end
+
+local function merge(base, over)
+  local out = {}
+  for k, v in pairs(base or {}) do out[k] = v end
+  for k, v in pairs(over or {}) do out[k] = v end
+  return out
+end
+
+local BOOKKEEPING = { use = true, file = true } -- the configuration's, not ours
+
+--- configure(spec, overrides, level) -> cfg, own. A configuration entry's
+-- overrides split into framework options (cfg: the spec with them merged
+-- over it) and the collector's own options (own: spec.options with the
+-- overrides of them, each of the type of its default). Raises for an
+-- unknown option or a wrong type; level as error() counts it from
+-- configure (3: the caller of configure's caller).
+function _M.configure(spec, overrides, level)
+  local name = overrides.name or spec.name
+  local own = merge(spec.options, nil)
+  local framework = {}
+  for k, v in pairs(overrides) do
+    if BOOKKEEPING[k] then
+      framework[k] = nil
+    elseif _M.OPTIONS[k] and k ~= "options" then
+      framework[k] = v
+    elseif spec.options and spec.options[k] ~= nil then
+      if type(v) ~= type(spec.options[k]) then
+        error(string.format("collector '%s': option '%s' must be a %s, got %s",
+          name, k, type(spec.options[k]), type(v)), level)
+      end
+      own[k] = v
+    else
+      error(string.format("collector '%s': unknown option '%s'", name, tostring(k)), level)
+    end
+  end
+  _M.check(framework, "collector '" .. name .. "'", level + 1)
+  return merge(spec, framework), own
+end
+
+--- run_budget(cfg, interval) -> {cpu, wall, label} | nil: a run's budget
+-- (sluice.budget) from the run_budget option. By default 5 s of CPU, and
+-- a wall clock of ten request timeouts or two intervals for slow
+-- collectors; false turns a limit off, or both.
+function _M.run_budget(cfg, interval)
+  if cfg.run_budget == false then return nil end
+  local b = type(cfg.run_budget) == "table" and cfg.run_budget or {}
+  local wall = math.max(10 * (cfg.timeout or 30), 2 * interval)
+  local cpu = b.cpu == nil and 5 or b.cpu
+  wall = b.wall == nil and wall or b.wall
+  if cpu or wall then
+    return { cpu = cpu, wall = wall, label = "collector " .. cfg.name .. ": run" }
+  end
+  return nil
 end
 
 --- no_jit(spec): the run budget's watchdog (sluice.budget) acts through
