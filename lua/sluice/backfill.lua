@@ -1,7 +1,9 @@
 --- sluice.backfill: plan, run and resume history backfills.
 --
 -- A collector declares backfill(self, from, to, partition) for one window
--- (epoch seconds, [from, to); partition is one of its symbols, or nil),
+-- (epoch seconds, [from, to); partition is one of the partitions it
+-- declares -- partitions = a list, or function(self) returning one --, or
+-- nil when it declares none),
 -- backfill_step (the window length in seconds, or a function(self)
 -- returning it) and optionally expect (the cadence rows should have, a
 -- table or a function(self) returning one):
@@ -14,8 +16,9 @@
 -- without its rows. A later run skips done windows, so a restarted or
 -- repeated backfill resumes where it stopped.
 --
---   backfill.plan{collector = c, from = t0, to = t1, symbols = {...},
+--   backfill.plan{collector = c, from = t0, to = t1, partitions = {...},
 --                 force = false, lookback = seconds, shared = s} -> plan
+--     (partitions: some of the collector's; symbols = {...} is the same)
 --   backfill.start{... as plan ..., parallel = 4, claim_ttl = 30,
 --                  done_ttl = 7 * 86400} -> job id
 --   backfill.status(id) -> {state, windows_done, windows_failed,
@@ -109,10 +112,10 @@ local function parse_time(v, what)
     .. tostring(v), 3)
 end
 
-local function partitions(c, symbols)
-  if symbols then return symbols end
-  if type(c.options.symbols) == "table" then return c.options.symbols end
-  return { "*" }
+-- The partitions a plan covers: those asked for, else those the collector
+-- declares, else one, "*" (backfill then gets nil).
+local function partitions(c, only)
+  return only or c:partitions() or { "*" }
 end
 
 -- The sluice.shared object claims go through, or nil.
@@ -226,7 +229,7 @@ function _M.plan(opts)
   local sh = shared_of(opts, c)
   local plan = { collector = c, windows = {}, skipped = 0, elsewhere = {}, from = from, to = to,
     step = step, shared = sh }
-  for _, part in ipairs(partitions(c, opts.symbols)) do
+  for _, part in ipairs(partitions(c, opts.partitions or opts.symbols)) do
     local done = {}
     for _, r in ipairs(c.store:query(
       "SELECT window_start, window_end, covered_from, status FROM sluice_backfill"

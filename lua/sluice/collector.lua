@@ -15,6 +15,7 @@
 --     retry = { strategy = "exponential_jitter", max_attempts = 3 },
 --     tables = { klines = { columns = {...}, key = {...} } },
 --     options = { symbols = { "BTCUSDT" } },       -- the collector's own, with defaults
+--     partitions = function(self) return self.options.symbols end, -- backfill's
 --     collect = function(self) return { klines = rows } end,
 --   }
 --
@@ -36,7 +37,7 @@
 -- store_rows when a sink yields (the stream sink does); drain; and a run
 -- guard's enter and leave when they do. start() spawns the runs as tasks
 -- of their own and returns at once; define, new, stop, health, stats,
--- counters, health_check, add_sink, set_run_guard and adopt do
+-- counters, health_check, add_sink, set_run_guard, adopt and partitions do
 -- not yield (stop calls the spec's close, which must not either).
 local sluice = require "sluice"
 local log = require "sluice.log"
@@ -565,6 +566,19 @@ function Collector:adopt(old)
   self.stats_ = old.stats_
   self.slot_ = old.slot_
   return self
+end
+
+--- self:partitions() -> the partitions the collector declares (its
+-- partitions option: a list, or a function(self) returning one), or nil
+-- when it declares none. A backfill plans its windows per partition and
+-- passes the partition to backfill(self, from, to, partition).
+function Collector:partitions()
+  local p = self.config.partitions
+  if type(p) == "function" then p = p(self) end
+  if p ~= nil and type(p) ~= "table" then
+    error("collector '" .. self.name .. "': partitions must be a list, got " .. type(p), 2)
+  end
+  return p
 end
 
 --- self:health_check() -> the reference health_check() shape.

@@ -345,6 +345,39 @@ describe("sluice.backfill", function()
       assert.equal(20000, coverage(db, "done").rows)
     end)
 
+    it("plans and fetches the partitions the collector declares, not an option's", function()
+      local function feed(extra)
+        local def = { name = "parts", interval = 3600, limiter = false, retry = false,
+          tables = { ticks = { columns = { p = "text", t = "integer" }, key = { "p", "t" } } },
+          options = { symbols = { "NOT", "THESE" } },
+          backfill_step = 100,
+          backfill = function(_, from, _, part) return { { p = tostring(part), t = from } } end }
+        for k, v in pairs(extra) do def[k] = v end
+        return collector.new(collector.define(def), nil, { store = new_db() })
+      end
+      local function parts_of(plan)
+        local out = {}
+        for _, w in ipairs(plan.windows) do out[#out + 1] = w.partition .. "@" .. w.key end
+        return out
+      end
+      local c = feed({ partitions = function(self) return { "p1", self.name } end })
+      assert.same({ "p1@0", "p1@100", "parts@0", "parts@100" },
+        parts_of(backfill.plan({ collector = c, from = 0, to = 200 })))
+      assert.same({ "p1@0", "p1@100" },
+        parts_of(backfill.plan({ collector = c, from = 0, to = 200, symbols = { "p1" } })))
+      local st = run({ collector = c, from = 0, to = 200 })
+      assert.same({ "done", 4 }, { st.state, st.windows_done })
+      assert.same({ { p = "p1", t = 0 }, { p = "p1", t = 100 }, { p = "parts", t = 0 }, { p = "parts", t = 100 } },
+        c.store:query("SELECT p, t FROM ticks ORDER BY p, t"))
+      -- none declared: one partition, and backfill gets nil
+      local one_part = feed({})
+      assert.same({ "*@0", "*@100" }, parts_of(backfill.plan({ collector = one_part, from = 0, to = 200 })))
+      st = run({ collector = one_part, from = 0, to = 200 })
+      assert.equal("done", st.state)
+      assert.same({ { p = "nil", t = 0 }, { p = "nil", t = 100 } },
+        one_part.store:query("SELECT p, t FROM ticks ORDER BY p, t"))
+    end)
+
     it("refuses bad arguments", function()
       local c = new_collector(m, new_db())
       assert.has_error(function() backfill.plan({}) end)

@@ -587,4 +587,15 @@ describe("sluice.collector hooks and accessors", function()
     assert.has_error(function() new:adopt(collector.new(spec({ name = "other_feed" }))) end,
       "collector:adopt: bad argument #1 (an instance of the same collector expected)")
   end)
+
+  it("declares its partitions: a list, a function of the instance, or none", function()
+    assert.is_nil(collector.new(spec()):partitions())
+    assert.same({ "a", "b" }, collector.new(spec({ partitions = { "a", "b" } })):partitions())
+    local s = spec({ options = { pairs = { "x" } }, partitions = function(self) return self.options.pairs end })
+    assert.same({ "y", "z" }, collector.new(s, { pairs = { "y", "z" } }):partitions())
+    assert.has_error(function() spec({ partitions = "a" }) end,
+      "sluice.collector.define: option 'partitions' must be table or function, got string")
+    assert.has_error(function() collector.new(spec({ partitions = function() return "a" end })):partitions() end,
+      "collector 'test_feed': partitions must be a list, got string")
+  end)
 end)

@@ -18,6 +18,7 @@ _M.OPTIONS = {
   backfill_step = "number|function", expect = "table|function", headers = "table",
   description = "string", endpoint = "function", backfill_requests = "number|function",
   beginning_date = "string|number", enabled = "boolean", run_budget = "table|boolean",
+  partitions = "table|function",
 }
 
 local function type_ok(v, want)
