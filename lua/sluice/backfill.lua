@@ -67,6 +67,7 @@
 local sluice = require "sluice"
 local log = require "sluice.log"
 local shared = require "sluice.shared"
+local claims = require "sluice.backfill.claims"
 
 local _M = {}
 
@@ -123,7 +124,7 @@ local function shared_of(opts, c)
   local sh = opts.shared
   if sh == false then return nil end
   if sh == nil then return shared.owner(c) end
-  if type(sh) ~= "table" or type(sh.window_claim) ~= "function" then
+  if not shared.is_shared(sh) then
     error("sluice.backfill: 'shared' must be a sluice.shared object or false", 3)
   end
   return sh
@@ -151,12 +152,12 @@ local function plan_elsewhere(plan, sh)
   local c = plan.collector
   local keys = {}
   for _, win in ipairs(plan.windows) do
-    win.claim_key = sh.window_key(c.name, win.partition, win.key)
+    win.claim_key = claims.key(c.name, win.partition, win.key)
     win.any_mark = win.reason == "missing" or win.reason == "extended"
     if win.any_mark then keys[#keys + 1] = win.claim_key end
   end
   if #keys == 0 then return end
-  local states = sh:window_states(keys)
+  local states = claims.states(sh, keys)
   if not states then return end
   local keep = {}
   for _, win in ipairs(plan.windows) do
@@ -364,8 +365,8 @@ end
 local function claim(job, win)
   local sh = job.shared
   if not sh or (job.local_until and sluice.now() < job.local_until) then return "local" end
-  win.claim_key = win.claim_key or sh.window_key(job.collector.name, win.partition, win.key)
-  local verdict, doc, raw = sh:window_claim(win.claim_key, job.token, job.claim_ttl,
+  win.claim_key = win.claim_key or claims.key(job.collector.name, win.partition, win.key)
+  local verdict, doc, raw = claims.claim(sh, win.claim_key, job.token, job.claim_ttl,
     { from = win.from, to = win.to, since = since_of(win, job.started_wall) })
   if not verdict then
     claims_degraded(job, doc)
@@ -383,7 +384,7 @@ local function renew_claims(job)
   local keys = {}
   for key in pairs(job.held) do keys[#keys + 1] = key end
   for _, key in ipairs(keys) do
-    local ok = job.shared:window_renew(key, job.token, job.claim_ttl)
+    local ok = claims.renew(job.shared, key, job.token, job.claim_ttl)
     local win = job.held[key]
     if ok == false and win then
       job.held[key] = nil
@@ -425,12 +426,12 @@ local function take_window(job, win)
     if p and type(p.from) == "number" and type(p.to) == "number" and p.from <= to and p.to >= from then
       from, to = math.min(from, p.from), math.max(to, p.to)
     end
-    local okd, err = sh:window_done(win.claim_key, { job = job.id, rows = win.rows, from = from, to = to },
+    local okd, err = claims.done(sh, win.claim_key, { job = job.id, rows = win.rows, from = from, to = to },
       job.done_ttl)
     if not okd then claims_degraded(job, err) end
   else
     -- (a done mark the claim replaced, as for a forced refetch, is put back)
-    local okr, err = sh:window_release(win.claim_key, job.token, win.prev_raw, job.done_ttl)
+    local okr, err = claims.release(sh, win.claim_key, job.token, win.prev_raw, job.done_ttl)
     if okr == nil then claims_degraded(job, err) end
   end
 end
