@@ -228,7 +228,7 @@ describe("sluice.collector request pipeline", function()
       end
     end
     assert.same({ 4, 2 }, { errors, skips }) -- the four real failures; one warning per opening
-    assert.equal(4, c.stats_.collections_failed)
+    assert.equal(4, c:counters().collections_failed)
     log.level(saved)
     log.output("-")
   end)
