@@ -35,10 +35,11 @@
 --
 -- Calls that yield, so must run in a task: get, post, request; run_once;
 -- store_rows when a sink yields (the stream sink does); drain; and a run
--- guard's enter and leave when they do. start() spawns the runs as tasks
--- of their own and returns at once; define, new, stop, health, stats,
--- counters, health_check, add_sink, set_run_guard, adopt and partitions do
--- not yield (stop calls the spec's close, which must not either).
+-- guard's enter and leave when they do. start() calls the spec's init in
+-- the calling task and spawns the runs, each a task of its own; stop()
+-- calls its close, which must not yield. define, new, health, stats,
+-- counters, health_check, add_sink, set_run_guard, adopt and partitions
+-- do not yield.
 local sluice = require "sluice"
 local log = require "sluice.log"
 local breaker = require "sluice.breaker"
@@ -242,8 +243,9 @@ end
 --- self:set_run_guard(enter, leave): a hook around every run_once (a
 -- scheduled run, a manual one, one that joins the run in flight): enter(c)
 -- is called first, and unless it returns true the collector stands by
--- (run_once returns true, 0 without running, and health counts the time
--- from then as when a run succeeded); leave(c) is called once after each
+-- (run_once returns true, 0 without running, and health does not count
+-- the collector overdue from then, as after a success); leave(c) is
+-- called once after each
 -- enter, when run_once returns, whatever its outcome. Either may yield.
 -- Leases use it (sluice.shared). One guard at a time: set_run_guard()
 -- removes it; a run in flight keeps the guard it entered.

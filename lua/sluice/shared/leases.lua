@@ -127,11 +127,6 @@ local function release(self, c, unless_attached)
   if not (unless_attached and attached(self, c.name)) then lease_eval(self, c, RELEASE) end
 end
 
---- leases:enabled() -> whether leases are on.
-function Leases:enabled()
-  return self.ttl ~= nil
-end
-
 --- leases:renew(c): registers c's run guard (once), then takes or renews
 -- c's lease; on a takeover, collects at once (unless a run is already
 -- going).
