@@ -165,7 +165,11 @@ return collector.define({
   end,
 
   -- Backfill: one window of history per request (1000 candles, Binance's
-  -- maximum page), one symbol per window, and one row expected per candle.
+  -- maximum page), one symbol per window (the symbols are the partitions),
+  -- and one row expected per candle.
+  partitions = function(self)
+    return self.options.symbols
+  end,
   backfill_step = function(self)
     return CANDLES[self.options.candle] * 1000
   end,

@@ -49,6 +49,7 @@ local cjson = require "cjson.safe"
 local collector = require "sluice.collector"
 local redact = require "sluice.redact"
 local operator = require "sluice.operator"
+local metrics = require "sluice.metrics"
 
 local _M = {}
 
@@ -226,8 +227,6 @@ local function add_routes(route, ops, app)
   end)
 
   route("GET", "/metrics", "read", function()
-    local ok, metrics = pcall(require, "sluice.metrics")
-    if not ok then return 501, { error = "metrics are not available" } end
     return 200, metrics.render(), { ["content-type"] = metrics.CONTENT_TYPE }
   end)
 

@@ -1,6 +1,15 @@
 --- sluice.app: runs a configuration (what `sluice run config.lua` does when
 -- the file returns a table): opens the store, loads and starts every
 -- collector, and stops them cleanly at shutdown.
+--
+-- It owns the app table (_M.current: store, collectors by name, order,
+-- config, file, the shared object and sinks with Redis, the admin server,
+-- starting) and what it opened for it (store, Redis client, shared
+-- object), closed by its shutdown handler. It wires the collectors through
+-- their methods only: add_sink, adopt at a reload, and the shared object's
+-- attach/detach/renew. build(), run() and reload() yield (Redis calls
+-- when collectors are attached; run() builds and starts them in batches
+-- with a turn of the loop between): call them in a task.
 local sluice = require "sluice"
 local log = require "sluice.log"
 local config_mod = require "sluice.config"
@@ -8,6 +17,10 @@ local collector = require "sluice.collector"
 local store = require "sluice.store"
 local breaker = require "sluice.breaker"
 local limiter = require "sluice.limiter"
+local redact = require "sluice.redact"
+local redis = require "sluice.redis"
+local shared = require "sluice.shared"
+local admin = require "sluice.admin"
 
 local _M = {}
 
@@ -72,7 +85,7 @@ local function build_collectors(c, file, db, fresh, red, batched)
     if not ok then
       error(file .. ": collectors[" .. i .. "]: " .. tostring(inst):gsub("^[^:]+:%d+: ", ""), 0)
     end
-    require("sluice.redact").classify(inst.config) -- the script's own secrets too
+    redact.classify(inst.config) -- the script's own secrets too
     built.collectors[inst.name] = inst
     built.order[#built.order + 1] = inst
   end
@@ -97,7 +110,7 @@ local function build(config, file, opts, early)
   if c.shutdown_timeout then sluice.shutdown_timeout(c.shutdown_timeout) end
   local db, err = store.open(c.store or "sluice.db")
   if not db then error(file .. ": store: " .. tostring(err), 0) end
-  local red = c.redis and require("sluice.redis").connect({ url = c.redis })
+  local red = c.redis and redis.connect({ url = c.redis })
   local app = { store = db, collectors = {}, order = {}, config = c,
     file = file, opts = opts or {}, starting = early ~= nil }
   local prev = _M.current
@@ -117,14 +130,13 @@ local function build(config, file, opts, early)
   end
   app.collectors, app.order = built.collectors, built.order
   if red then
-    local shared = require "sluice.shared"
     app.shared = shared.new(red)
     if c.sinks and c.sinks.redis_stream then
       app.sinks = { app.shared:stream_sink(c.sinks.redis_stream) }
     end
     for _, inst in ipairs(app.order) do
       app.shared:attach(inst)
-      inst.sinks = app.sinks
+      for _, sink in ipairs(app.sinks or {}) do inst:add_sink(sink) end
     end
   end
   sluice.on_shutdown(function()
@@ -185,7 +197,7 @@ function _M.run(config, file, opts)
   local app = build(config, file, opts, function(a)
     -- before the collectors, so that it answers while they are built
     if a.config.admin and a.config.admin.enabled ~= false then
-      local srv, err = require("sluice.admin").start(a, a.config.admin, _M.reload)
+      local srv, err = admin.start(a, a.config.admin, _M.reload)
       if not srv then error(file .. ": " .. err, 0) end
       a.admin = srv
     end
@@ -248,8 +260,8 @@ reload = function()
       if old then
         if old.breaker and new.breaker then new.breaker:restore(old.breaker:snapshot()) end
         if old.limiter and new.limiter then new.limiter:restore(old.limiter:snapshot()) end
-        new.stats_ = old.stats_
-        new.guard_ = old.guard_ -- one run in flight per collector, across the swap
+        -- its counters, and one run in flight per collector across the swap
+        new:adopt(old)
       end
     end
     local running = {}
@@ -261,7 +273,7 @@ reload = function()
     if app.shared then
       for _, inst in ipairs(built.order) do
         app.shared:attach(inst)
-        inst.sinks = app.sinks
+        for _, sink in ipairs(app.sinks or {}) do inst:add_sink(sink) end
         app.shared:renew(inst)
       end
     end

@@ -15,157 +15,53 @@
 --     retry = { strategy = "exponential_jitter", max_attempts = 3 },
 --     tables = { klines = { columns = {...}, key = {...} } },
 --     options = { symbols = { "BTCUSDT" } },       -- the collector's own, with defaults
+--     partitions = function(self) return self.options.symbols end, -- backfill's
 --     collect = function(self) return { klines = rows } end,
 --   }
 --
 -- The request pipeline, self:get(path, opts) / self:post / self:request:
 -- limiter wait -> breaker permit -> HTTP -> classify -> limiter observe ->
--- breaker record -> retry. Classification: 2xx success; 429 throttled (the
--- limiter backs off, the breaker counts a failure, retried after
--- Retry-After); 418 banned (the breaker stays open until the ban ends; not
--- retried); 5xx, timeout, connect and other transport errors are failures,
--- retried; other 4xx are failures, not retried. A collector's
--- classify(self, res) sees every response and may return a verdict
--- ("success", "failure", "ignored", "throttled", "banned") and a message,
--- e.g. for an HTTP 200 carrying an error object, or just a message (nil,
--- "Binance error -1121: Invalid symbol.") that explains the default
--- verdict. A failure it declares on a 2xx is not retried; "throttled" on
--- any status (Bybit retCode 10006, JSON-RPC -32005 in a 200) backs the
--- limiter off as a 429 does and is retried. Returns data (decoded JSON
--- when the response is JSON, the body otherwise) and the response, or nil,
--- err, kind.
+-- breaker record -> retry; its verdicts (and a collector's classify) are
+-- described in sluice.collector.request, which implements it.
+--
+-- The instance is closed: other modules use its methods, never write its
+-- fields. It owns its state (counters, run slot, sinks, run guard,
+-- schedule); name, spec, config, options, store, log, breaker, limiter,
+-- retry, interval, enabled and running are for reading. What others hook
+-- in goes through methods: add_sink(sink) (where committed rows go too),
+-- set_run_guard(enter, leave) (whether a run may start; leases), adopt(old)
+-- (a reload's hand-over of counters and run slot); counters() and stats()
+-- are the statistics.
+--
+-- Calls that yield, so must run in a task: get, post, request; run_once;
+-- store_rows when a sink yields (the stream sink does); drain; and a run
+-- guard's enter and leave when they do. start() calls the spec's init in
+-- the calling task and spawns the runs, each a task of its own; stop()
+-- calls its close, which must not yield. define, new, health, stats,
+-- counters, health_check, add_sink, set_run_guard, adopt and partitions
+-- do not yield.
 local sluice = require "sluice"
-local http = require "sluice.http"
 local log = require "sluice.log"
 local breaker = require "sluice.breaker"
 local retry = require "sluice.retry"
+local limiter = require "sluice.limiter"
 local cjson = require "cjson.safe"
+local spec_mod = require "sluice.collector.spec"
+local request = require "sluice.collector.request"
+local secret = require "sluice.collector.secret"
+local slot = require "sluice.collector.slot"
+local rows = require "sluice.collector.rows"
+local persist = require "sluice.collector.persist"
 
 local _M = {}
 local Collector = {}
 local instance_mt = { __index = Collector }
 
--- --- secrets ------------------------------------------------------------
-
-local secret_mt = {
-  __tostring = function() return "<secret>" end,
-}
-
 --- env(name [, default]) -> a secret resolved from the environment when
 -- used. It prints as "<secret>" so it cannot leak into logs or status.
-function _M.env(name, default)
-  if type(name) ~= "string" then
-    error("sluice.collector.env: bad argument #1 (string expected, got " .. type(name) .. ")", 2)
-  end
-  return setmetatable({ env = name, default = default }, secret_mt)
-end
+_M.env = secret.env
 
-local function reveal(v)
-  if getmetatable(v) == secret_mt then
-    return os.getenv(v.env) or v.default
-  end
-  return v
-end
-
--- --- validation of the spec ---------------------------------------------
-
-local SPEC = {
-  name = "string", base_url = "string", interval = "number", jitter = "number",
-  timeout = "number", auth = "table", limiter = "table|boolean", breaker = "table|boolean",
-  retry = "table|boolean", tables = "table", options = "table", collect = "function",
-  classify = "function", init = "function", close = "function", backfill = "function",
-  backfill_step = "number|function", expect = "table|function", headers = "table",
-  description = "string", endpoint = "function", backfill_requests = "number|function",
-  beginning_date = "string|number", enabled = "boolean", run_budget = "table|boolean",
-}
-
-local function type_ok(v, want)
-  for t in want:gmatch("[^|]+") do
-    if type(v) == t then return true end
-  end
-  return false
-end
-
-local function check_spec(spec, where, level)
-  for k, v in pairs(spec) do
-    local want = SPEC[k]
-    if not want then
-      error(where .. ": unknown option '" .. tostring(k) .. "'", level)
-    end
-    if not type_ok(v, want) then
-      error(where .. ": option '" .. k .. "' must be " .. want:gsub("|", " or ") .. ", got " .. type(v), level)
-    end
-  end
-  if spec.name ~= nil and not spec.name:match("^[%a_][%w_]*$") then
-    error(where .. ": option 'name' must be an identifier (letters, digits, _), got '" .. spec.name .. "'", level)
-  end
-  if spec.interval ~= nil and not (spec.interval > 0 and spec.interval < math.huge) then
-    error(where .. ": option 'interval' must be a finite number > 0", level)
-  end
-  if spec.jitter ~= nil and not (spec.jitter >= 0 and spec.jitter < 1) then
-    error(where .. ": option 'jitter' must be in [0, 1)", level)
-  end
-  if spec.timeout ~= nil and not (spec.timeout > 0 and spec.timeout < math.huge) then
-    error(where .. ": option 'timeout' must be a finite number > 0", level)
-  end
-  if type(spec.run_budget) == "table" then
-    for k, v in pairs(spec.run_budget) do
-      if k ~= "cpu" and k ~= "wall" then
-        error(where .. ": option 'run_budget' has unknown key '" .. tostring(k) .. "' (cpu, wall)", level)
-      end
-      if v ~= false and not (type(v) == "number" and v > 0 and v < math.huge) then
-        error(where .. ": option 'run_budget." .. k .. "' must be a finite number > 0 or false, got "
-          .. tostring(v), level)
-      end
-    end
-  elseif spec.run_budget == true then
-    error(where .. ": option 'run_budget' must be a table or false", level)
-  end
-  if spec.auth then
-    local a = spec.auth
-    local n = (a.bearer ~= nil and 1 or 0) + (a.header ~= nil and 1 or 0) + (a.query ~= nil and 1 or 0)
-    if n ~= 1 then
-      error(where .. ": option 'auth' needs exactly one of bearer = <token>, header = <name>, query = <name>", level)
-    end
-    if (a.header or a.query) and a.value == nil then
-      error(where .. ": option 'auth' needs a value (a string or collector.env(\"NAME\"))", level)
-    end
-  end
-end
-
--- The run budget's watchdog (sluice.budget) acts through a hook, which
--- LuaJIT never runs inside compiled loops: the collector's own functions --
--- the spec's, and those of its file they reach through upvalues -- run
--- interpreted. Collectors spend their time waiting on the network, so
--- this costs little (README, "Run budget").
-local function no_jit(spec)
-  if not jit then return end
-  local sources, seen, pending = {}, {}, {}
-  local function push(v)
-    if not seen[v] then seen[v] = true; pending[#pending + 1] = v end
-  end
-  for _, v in pairs(spec) do
-    if type(v) == "function" then
-      local info = debug.getinfo(v, "S")
-      if info.what ~= "C" then sources[info.source] = true; push(v) end
-    end
-  end
-  while #pending > 0 do
-    local v = table.remove(pending)
-    if type(v) == "table" then
-      for _, f in pairs(v) do
-        if type(f) == "function" then push(f) end
-      end
-    elseif sources[debug.getinfo(v, "S").source] then
-      jit.off(v, true)
-      for i = 1, math.huge do
-        local name, up = debug.getupvalue(v, i)
-        if not name then break end
-        if type(up) == "function" or type(up) == "table" then push(up) end
-      end
-    end
-  end
-end
+-- --- the spec -----------------------------------------------------------
 
 --- define(spec) -> spec, validated. Unknown options and wrong types raise
 -- errors naming them.
@@ -173,14 +69,14 @@ function _M.define(spec)
   if type(spec) ~= "table" then
     error("sluice.collector.define: bad argument #1 (table expected, got " .. type(spec) .. ")", 2)
   end
-  check_spec(spec, "sluice.collector.define", 3)
+  spec_mod.check(spec, "sluice.collector.define", 3)
   if not spec.name then
     error("sluice.collector.define: option 'name' is required", 2)
   end
   if not spec.collect and not spec.backfill then
     error("sluice.collector.define: a collector needs collect (and/or backfill)", 2)
   end
-  no_jit(spec)
+  spec_mod.no_jit(spec)
   spec._is_collector_spec = true
   return spec
 end
@@ -210,29 +106,8 @@ function _M.new(spec, overrides, context)
   if type(spec) ~= "table" or not spec._is_collector_spec then
     error("sluice.collector.new: bad argument #1 (a spec from collector.define expected)", 2)
   end
-  overrides = overrides or {}
   context = context or {}
-  -- overrides split: framework options vs the collector's own options
-  local own = merge(spec.options, nil)
-  local framework = {}
-  local BOOKKEEPING = { use = true, file = true } -- the config's, not ours
-  for k, v in pairs(overrides) do
-    if BOOKKEEPING[k] then
-      framework[k] = nil
-    elseif SPEC[k] and k ~= "options" then
-      framework[k] = v
-    elseif spec.options and spec.options[k] ~= nil then
-      if type(v) ~= type(spec.options[k]) then
-        error(string.format("collector '%s': option '%s' must be a %s, got %s",
-          overrides.name or spec.name, k, type(spec.options[k]), type(v)), 2)
-      end
-      own[k] = v
-    else
-      error(string.format("collector '%s': unknown option '%s'", overrides.name or spec.name, tostring(k)), 2)
-    end
-  end
-  check_spec(framework, "collector '" .. (overrides.name or spec.name) .. "'", 3)
-  local cfg = merge(spec, framework)
+  local cfg, own = spec_mod.configure(spec, overrides or {}, 3)
   local self = setmetatable({
     name = cfg.name,
     spec = spec,
@@ -245,8 +120,12 @@ function _M.new(spec, overrides, context)
     running = false,
     enabled = cfg.enabled ~= false,
     -- one run in flight per collector: shared with the instances that
-    -- replace this one at a reload (app.lua hands it over)
-    guard_ = { busy = false, waiters = {} },
+    -- replace this one at a reload (adopt)
+    slot_ = slot.new(),
+    sinks_ = {},        -- add_sink
+    run_guard_ = nil,   -- set_run_guard: {enter, leave}
+    -- the counters (counters()), shared with the instances that replace
+    -- this one at a reload (adopt)
     stats_ = {
       started_at = nil, last_collection = nil, last_success = nil, last_error = nil,
       total_requests = 0, successful_requests = 0, failed_requests = 0,
@@ -255,16 +134,7 @@ function _M.new(spec, overrides, context)
     },
     refusals_ = 0, -- requests the breaker refused, ever
   }, instance_mt)
-  if cfg.run_budget ~= false then
-    local b = type(cfg.run_budget) == "table" and cfg.run_budget or {}
-    -- wall: ten request timeouts, or two intervals for slow collectors
-    local wall = math.max(10 * (cfg.timeout or 30), 2 * self.interval)
-    local cpu = b.cpu == nil and 5 or b.cpu
-    wall = b.wall == nil and wall or b.wall
-    if cpu or wall then
-      self.run_budget = { cpu = cpu, wall = wall, label = "collector " .. cfg.name .. ": run" }
-    end
-  end
+  self.run_budget = spec_mod.run_budget(cfg, self.interval)
   if cfg.breaker ~= false then
     local bopts = merge(type(cfg.breaker) == "table" and cfg.breaker or {}, nil)
     bopts.name = bopts.name or cfg.name
@@ -281,7 +151,7 @@ function _M.new(spec, overrides, context)
       end
       lopts.shared = context.redis
     end
-    self.limiter = require("sluice.limiter").new(lopts)
+    self.limiter = limiter.new(lopts)
   end
   if cfg.retry ~= false then
     self.retry = retry.new(type(cfg.retry) == "table" and cfg.retry or {})
@@ -295,72 +165,32 @@ function _M.new(spec, overrides, context)
       end
     end
   end
-  -- A limiter's pauses and bans survive restarts too.
-  if self.store and self.limiter then
-    local snap = self.store:load_state("limiter", self.limiter:stats().limiter_name)
-    if snap then
-      local ok, err = pcall(self.limiter.restore, self.limiter, snap)
-      if not ok then
-        self.log.warning("ignoring saved limiter state", { error = tostring(err) })
-      end
-    end
-  end
-  -- An open breaker survives restarts: restore its saved state.
-  if self.store and self.breaker then
-    local snap = self.store:load_state("breaker", self.breaker:name())
-    if snap then
-      local ok, err = pcall(self.breaker.restore, self.breaker, snap)
-      if not ok then
-        self.log.warning("ignoring saved breaker state", { error = tostring(err) })
-      end
-    end
-    -- the callback holds the store, not the instance: the breaker's
-    -- callback list is weak-keyed, and LuaJIT has no ephemerons, so a
-    -- callback reaching its breaker through the instance would keep both
-    -- alive for ever after a reload
-    local db = self.store
-    self.breaker:on_change(function(cb)
-      db:save_state("breaker", cb:name(), cb:snapshot())
-    end)
-  end
+  -- an open breaker, a limiter's pause or a ban survive restarts
+  persist.restore(self)
   return self
 end
 
 -- --- the request pipeline ------------------------------------------------
 
-local function default_verdict(res)
-  if not res then
-    return "failure", true
+-- What the pipeline (sluice.collector.request) reports, counted here.
+local function tally(self, event, latency)
+  local st = self.stats_
+  if event == "refused" then
+    self.refusals_ = self.refusals_ + 1 -- run_once tells a skipped run by it
+  elseif event == "sent" then
+    st.total_requests = st.total_requests + 1
+  elseif event == "answered" then
+    st.latency_total = (st.latency_total or 0) + latency
+    st.latency_count = (st.latency_count or 0) + 1
+  elseif event == "succeeded" then
+    st.successful_requests = st.successful_requests + 1
+  elseif event == "failed" then
+    st.failed_requests = st.failed_requests + 1
   end
-  local s = res.status
-  if s >= 200 and s < 300 then return "success" end
-  if s == 429 then return "throttled", true end
-  if s == 418 then return "banned", false end
-  if s >= 500 then return "failure", true end
-  return "failure", false
-end
-
-local function retry_after_of(res)
-  local v = res and res.headers["retry-after"]
-  return v and tonumber(v) or nil
-end
-
-local function url_for(self, path)
-  if path:match("^https?://") then return path end
-  return (self.base_url or "") .. path
-end
-
--- Whether url is of base_url's origin: auth and the configured headers are
--- for that origin only. Without a base_url every URL is the collector's.
-local function own_origin(self, url)
-  if not self.base_url then return true end
-  local s0, h0, p0 = http.origin(self.base_url)
-  local s1, h1, p1 = http.origin(url)
-  return s0 ~= nil and s0 == s1 and h0 == h1 and p0 == p1
 end
 
 --- self:request{method, path, query, headers, body | json, endpoint, cost,
---   timeout, redirects} -> data, res | nil, err, kind
+--   pools, timeout, redirects} -> data, res | nil, err, kind, res
 -- A path may be an absolute URL; on another origin than base_url's it gets
 -- neither auth nor the configured headers (only opts.headers). Redirects
 -- follow http.request's rules (default: same origin only, 5 hops).
@@ -368,123 +198,7 @@ function Collector:request(opts)
   if type(opts) ~= "table" or type(opts.path) ~= "string" then
     error("collector:request: bad argument #1 (table with a path expected)", 2)
   end
-  local endpoint = opts.endpoint or opts.path:match("^[^?]*")
-  local query = opts.query
-  local url = url_for(self, opts.path)
-  local own = own_origin(self, url)
-  local headers = merge(own and self.config.headers or nil, opts.headers)
-  local auth = own and self.config.auth
-  if auth then
-    if auth.bearer then
-      headers["Authorization"] = "Bearer " .. tostring(reveal(auth.bearer))
-    elseif auth.header then
-      headers[auth.header] = tostring(reveal(auth.value))
-    elseif auth.query then
-      query = merge(query, { [auth.query] = tostring(reveal(auth.value)) })
-    end
-  end
-  local st = self.stats_
-  local attempt_fn = function()
-    if self.limiter then
-      local waited, werr = self.limiter:wait(endpoint, opts.cost or 1,
-        opts.pools and { pools = opts.pools } or nil)
-      if not waited then
-        return nil, "rate limiter: " .. tostring(werr), { retryable = false, kind = "limited" }
-      end
-    end
-    local permit
-    if self.breaker then
-      local why
-      permit, why = self.breaker:allow()
-      if not permit then
-        self.refusals_ = self.refusals_ + 1 -- run_once tells a skipped run by it
-        return nil, "circuit breaker " .. self.breaker:name() .. " is " .. why,
-          { retryable = false, kind = "circuit_open" }
-      end
-    end
-    st.total_requests = st.total_requests + 1
-    local t0 = sluice.now()
-    local res, err, kind = http.request({
-      method = opts.method or "GET", url = url, query = query,
-      headers = headers, body = opts.body, json = opts.json,
-      timeout = opts.timeout or self.config.timeout or 30, redirects = opts.redirects,
-    })
-    local latency = sluice.now() - t0
-    st.latency_total = (st.latency_total or 0) + latency
-    st.latency_count = (st.latency_count or 0) + 1
-    local verdict, retryable = default_verdict(res)
-    if kind == "redirect" then retryable = false end -- the same answer again
-    local message = err
-    if res and self.spec.classify then
-      -- classify sees every response: it may change the verdict (a 200
-      -- carrying an error), or only explain it (the API's error message)
-      local v, m = self.spec.classify(self, res)
-      if m then message = m end
-      if v and v ~= verdict then
-        verdict = v
-        retryable = v == "failure" and res.status >= 500 or v == "throttled"
-      end
-    end
-    local observed
-    if self.limiter and res then
-      -- a throttled verdict (an API's "too many requests" code in a 200)
-      -- backs the limiter off exactly as a 429 would
-      observed = self.limiter:observe(endpoint, res.status, res.headers, latency, nil,
-        verdict == "throttled" and "throttled" or nil)
-    end
-    if self.breaker then
-      if verdict == "success" then
-        self.breaker:success(permit, latency)
-      elseif verdict == "ignored" then
-        self.breaker:release(permit)
-      elseif verdict == "banned" then
-        self.breaker:failure(permit, latency)
-        local until_ = type(observed) == "table" and observed.ban_until
-          or (sluice.time() + (retry_after_of(res) or 120))
-        self.breaker:open_until(until_)
-      else
-        self.breaker:failure(permit, latency)
-      end
-    end
-    if verdict == "success" or verdict == "ignored" then
-      st.successful_requests = st.successful_requests + 1
-      local data = res.body
-      local ctype = res.headers["content-type"] or ""
-      if ctype:find("json", 1, true) then
-        local decoded, jerr = res:json()
-        if decoded == nil then
-          return nil, jerr, { retryable = false, kind = "protocol" }
-        end
-        data = decoded
-      end
-      return { data = data, res = res }
-    end
-    st.failed_requests = st.failed_requests + 1
-    if not message then
-      message = res and ("HTTP " .. res.status) or "request failed"
-    end
-    return nil, message, { retryable = retryable, retry_after = retry_after_of(res),
-      kind = kind or verdict, res = res }
-  end
-  local out, err
-  if self.retry then
-    local last_hint
-    out, err = self.retry:run(function(a)
-      local v, e, hint = attempt_fn(a)
-      last_hint = hint
-      return v, e, hint
-    end)
-    if not out then
-      return nil, err, last_hint and last_hint.kind, last_hint and last_hint.res
-    end
-  else
-    local hint
-    out, err, hint = attempt_fn(1)
-    if not out then
-      return nil, err, hint and hint.kind, hint and hint.res
-    end
-  end
-  return out.data, out.res
+  return request.run(self, opts, tally)
 end
 
 function Collector:get(path, opts)
@@ -497,82 +211,54 @@ end
 
 -- --- running ------------------------------------------------------------
 
-local function store_rows(self, result)
-  if result == nil then return 0 end
-  if type(result) ~= "table" then
-    error("collect must return a table of rows (or {table = rows}), got " .. type(result))
+--- self:store_rows(result [, opts]) -> count
+-- Stores what collect (or backfill) returned, as sluice.collector.rows
+-- says: nil, a list of rows (the collector's one table) or {table_name =
+-- rows}, validated, upserted and handed to the sinks; raises when it
+-- cannot. opts.what names the function in errors ("collect");
+-- opts.within(count) runs in one transaction with the upserts (a backfill
+-- window and its coverage record). Yields when a sink does.
+function Collector:store_rows(result, opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("collector:store_rows: bad argument #2 (table of options expected, got " .. type(opts) .. ")", 2)
   end
-  local tables = self.config.tables or {}
-  local per_table
-  if result[1] ~= nil or next(result) == nil then
-    local only = next(tables)
-    if not only or next(tables, only) ~= nil then
-      if next(result) == nil then return 0 end
-      error("collect returned a list of rows but the collector declares "
-        .. (only and "several tables" or "no table") .. "; return {table_name = rows}")
-    end
-    per_table = { [only] = result }
-  else
-    per_table = result
+  local within = opts and opts.within
+  if within ~= nil and type(within) ~= "function" then
+    error("collector:store_rows: option 'within' must be a function", 2)
   end
-  local count = 0
-  for tname, rows in pairs(per_table) do
-    if not tables[tname] then
-      error("collect returned rows for undeclared table '" .. tostring(tname) .. "'", 0)
-    end
-    if not self.store then count = count + #rows end
-    if self.store then
-      local ins, upd, same, rej, accepted = self.store:upsert_accepted(tname, rows)
-      if not ins then
-        error("storing rows in '" .. tname .. "' failed: " .. tostring(upd), 0)
-      end
-      count = count + ins + upd + same -- what was stored; rejects are not data points
-      self.log.debug("stored", { table = tname, inserted = ins, updated = upd,
-        unchanged = same, rejected = rej })
-      -- sinks see what was committed, in commit order; a sink that fails
-      -- says so itself and never fails the collection
-      for _, sink in ipairs(self.sinks or {}) do
-        sink:publish(tname, accepted)
-      end
-    end
-  end
-  return count
+  if within and not self.store then error("collector:store_rows: option 'within' needs a store", 2) end
+  return rows.store(self, result, self.sinks_, opts and opts.what or "collect", within)
 end
 
--- The run guard (self.guard_): busy while a run is in flight, with the
--- task running it, when it started and the tasks waiting for it to end.
--- Waiters park; a run killed from outside (it cannot release the guard)
--- is noticed by the waiters' periodic check.
-local GUARD_CHECK = 1 -- seconds between a waiter's checks of a killed run
-
-local function guard_dead(g)
-  local st = g.task and sluice.status(g.task)
-  return st == "done" or st == "failed" or st == "killed"
-end
-
-local function guard_release(g, ...)
-  g.busy, g.task, g.started = false, nil, nil
-  local waiters = g.waiters
-  g.waiters = {}
-  for _, t in ipairs(waiters) do sluice.unpark(t, ...) end
-end
-
--- Parks the calling task until the run in flight ends -> true, its
--- results... | false, why.
-local function guard_wait(g)
-  local me = sluice.current()
-  if not me then return false, "a run is already in progress" end
-  while g.busy do
-    g.waiters[#g.waiters + 1] = me
-    local res = { sluice.park(GUARD_CHECK) }
-    if res[1] then return unpack(res) end
-    for i, t in ipairs(g.waiters) do
-      if t == me then table.remove(g.waiters, i) break end
-    end
-    if res[2] == "shutdown" then return false, "shutdown" end
-    if g.busy and guard_dead(g) then guard_release(g, false, "the run in progress was killed") end
+--- self:add_sink(sink): the rows this collector commits (its collections'
+-- and its backfills') go to sink:publish(table_name, rows) too.
+function Collector:add_sink(sink)
+  if type(sink) ~= "table" or type(sink.publish) ~= "function" then
+    error("collector:add_sink: bad argument #1 (a sink with a publish method expected)", 2)
   end
-  return true
+  self.sinks_[#self.sinks_ + 1] = sink
+  return self
+end
+
+--- self:set_run_guard(enter, leave): a hook around every run_once (a
+-- scheduled run, a manual one, one that joins the run in flight): enter(c)
+-- is called first, and unless it returns true the collector stands by
+-- (run_once returns true, 0 without running, and health does not count
+-- the collector overdue from then, as after a success); leave(c) is
+-- called once after each
+-- enter, when run_once returns, whatever its outcome. Either may yield.
+-- Leases use it (sluice.shared). One guard at a time: set_run_guard()
+-- removes it; a run in flight keeps the guard it entered.
+function Collector:set_run_guard(enter, leave)
+  if enter == nil and leave == nil then
+    self.run_guard_ = nil
+    return self
+  end
+  if type(enter) ~= "function" or type(leave) ~= "function" then
+    error("collector:set_run_guard: bad arguments (two functions, enter and leave, expected)", 2)
+  end
+  self.run_guard_ = { enter = enter, leave = leave }
+  return self
 end
 
 -- collect(self) in a task of its own under the run budget, waited for;
@@ -588,26 +274,15 @@ local function collect_within_budget(self)
   return ok, result
 end
 
---- self:run_once() -> true, rows | false, err. One collection: collect
--- runs in a task of its own under the run budget, which the calling task
--- waits for; errors in collect are caught, logged and counted. At most one
--- run of a collector is in flight (across a reload too): a call made while
--- one is going waits for it and returns its result, with a third value
--- "joined", instead of starting another.
-function Collector:run_once()
-  if self.lease_held == false then
-    -- another instance holds this collector's lease: standing by is not
-    -- being overdue (health)
-    self.stats_.standby_at = sluice.now()
-    return true, 0
-  end
-  local g = self.guard_
-  if g.busy then
-    local ok, a, b = guard_wait(g)
+-- One collection, in the run slot (run_once without the run guard).
+local function run(self)
+  local g = self.slot_
+  if g:busy() then
+    local ok, a, b = g:wait()
     if ok then return a, b, "joined" end
     return false, a
   end
-  g.busy, g.task, g.started = true, sluice.current(), sluice.now()
+  g:take()
   local st = self.stats_
   local t0 = sluice.now()
   st.last_collection = sluice.time()
@@ -616,7 +291,7 @@ function Collector:run_once()
   local ok, result = collect_within_budget(self)
   local count
   if ok then
-    ok, count = pcall(store_rows, self, result)
+    ok, count = pcall(self.store_rows, self, result)
     if not ok then result = count end
   end
   self.in_flight = self.in_flight - 1
@@ -627,7 +302,7 @@ function Collector:run_once()
     st.data_points_collected = st.data_points_collected + count
     st.consecutive_failures = 0
     self.log.info("collection done", { rows = count, seconds = sluice.now() - t0 })
-    guard_release(g, true, count)
+    g:release(true, count)
     return true, count
   end
   local msg = tostring(result)
@@ -643,7 +318,7 @@ function Collector:run_once()
         breaker = self.breaker:name(), next_attempt = iso(self.breaker:metrics().open_until),
         error = msg:match("^[^\n]*") })
     end
-    guard_release(g, false, "skipped: circuit breaker " .. self.breaker:name() .. " is open")
+    g:release(false, "skipped: circuit breaker " .. self.breaker:name() .. " is open")
     return false, "skipped: circuit breaker " .. self.breaker:name() .. " is open"
   end
   st.last_error = msg:match("^[^\n]*")
@@ -651,8 +326,31 @@ function Collector:run_once()
   st.collections_failed = st.collections_failed + 1
   st.consecutive_failures = st.consecutive_failures + 1
   self.log.error("collection failed", { error = st.last_error, traceback = msg })
-  guard_release(g, false, st.last_error)
+  g:release(false, st.last_error)
   return false, st.last_error
+end
+
+--- self:run_once() -> true, rows | false, err. One collection: collect
+-- runs in a task of its own under the run budget, which the calling task
+-- waits for; errors in collect are caught, logged and counted. At most one
+-- run of a collector is in flight (across a reload too): a call made while
+-- one is going waits for it and returns its result, with a third value
+-- "joined", instead of starting another. With a run guard
+-- (set_run_guard), the guard decides first whether the run starts.
+function Collector:run_once()
+  local guard = self.run_guard_
+  if not guard then return run(self) end
+  local a, b, c
+  if guard.enter(self) == true then
+    a, b, c = run(self)
+  else
+    -- the guard says no run here (another instance holds this collector's
+    -- lease): standing by is not being overdue (health)
+    self.stats_.standby_at = sluice.now()
+    a, b = true, 0
+  end
+  guard.leave(self)
+  return a, b, c
 end
 
 local function next_period(self)
@@ -672,8 +370,8 @@ local function tick(premature, self)
   -- the next tick's due time is set before running, so that an instance
   -- taking over at a reload continues this schedule
   self.next_due_ = due + next_period(self)
-  while self.guard_.busy do
-    if not guard_wait(self.guard_) or not self.running then return end
+  while self.slot_:busy() do
+    if not self.slot_:wait() or not self.running then return end
   end
   if not self.running then return end
   self:run_once()
@@ -709,7 +407,7 @@ function Collector:start(opts)
     if getmetatable(old) ~= instance_mt or old.name ~= self.name then
       error("collector:start: option 'after' must be an instance of the same collector", 2)
     end
-    self.guard_ = old.guard_
+    self.slot_ = old.slot_
     if old.next_due_ then delay = math.max(0, old.next_due_ - sluice.now()) end
   end
   self.running = true
@@ -737,8 +435,8 @@ end
 --- self:drain(): waits (in a task) until no run of this collector is in
 -- progress, the replaced instance's included; shutdown's deadline bounds it.
 function Collector:drain()
-  local g = self.guard_
-  while g.busy and not guard_dead(g) do sluice.sleep(0.05) end
+  local g = self.slot_
+  while g:busy() and not g:dead() do sluice.sleep(0.05) end
 end
 
 --- self:stop(): no new runs; a run in progress finishes. Saves the breaker.
@@ -753,12 +451,7 @@ function Collector:stop()
     local ok, err = xpcall(self.spec.close, debug.traceback, self)
     if not ok then self.log.error("close failed", { error = tostring(err) }) end
   end
-  if self.store and self.breaker then
-    self.store:save_state("breaker", self.breaker:name(), self.breaker:snapshot())
-  end
-  if self.store and self.limiter then
-    self.store:save_state("limiter", self.limiter:stats().limiter_name, self.limiter:snapshot())
-  end
+  persist.save(self)
   self.log.info("collector stopped")
   return self
 end
@@ -801,9 +494,9 @@ function Collector:health()
   if st.consecutive_failures > 0 then
     return "degraded", "the last collection failed: " .. tostring(st.last_error)
   end
-  local g = self.guard_
-  if g.busy and g.started and sluice.now() - g.started > STALL_FACTOR * span then
-    return "degraded", "a run has been in flight for " .. secs(sluice.now() - g.started)
+  local started = self.slot_:started()
+  if started and sluice.now() - started > STALL_FACTOR * span then
+    return "degraded", "a run has been in flight for " .. secs(sluice.now() - started)
       .. " (over " .. STALL_FACTOR .. " × " .. secs(span) .. ")"
   end
   if st.total_requests >= 10 and st.successful_requests / st.total_requests < 0.9 then
@@ -816,14 +509,15 @@ end
 function Collector:stats()
   local st = self.stats_
   local status, reason = self:health()
-  local g = self.guard_
+  local g = self.slot_
+  local started = g:started()
   return {
     collector_name = self.name,
     status = status,
     status_reason = reason,
     enabled = self.enabled,
-    run_in_flight_seconds = g.busy and g.started and sluice.now() - g.started or nil,
-    run_waiters = g.busy and #g.waiters or nil, -- calls waiting for (joining) the run in flight
+    run_in_flight_seconds = started and sluice.now() - started or nil,
+    run_waiters = g:busy() and g:waiting() or nil, -- calls waiting for (joining) the run in flight
     started_at = iso(st.started_at),
     last_collection = iso(st.last_collection),
     last_success = iso(st.last_success),
@@ -836,6 +530,57 @@ function Collector:stats()
     collections_completed = st.collections_completed,
     collections_skipped = st.collections_skipped,
   }
+end
+
+local COUNTERS = {
+  "started_at", "last_collection", "last_success", "last_error", "last_error_time",
+  "total_requests", "successful_requests", "failed_requests", "latency_total", "latency_count",
+  "data_points_collected", "total_runtime", "collections_completed", "collections_failed",
+  "collections_skipped", "consecutive_failures",
+}
+
+--- self:counters() -> a copy of the collector's counters, for the
+-- operator views (admin, metrics) and backfill's request count: times as
+-- sluice.time() seconds, nil until they happen -- started_at (the last
+-- start), last_collection (a run's start), last_success, last_error_time;
+-- last_error (its message's first line); numbers -- total_requests,
+-- successful_requests, failed_requests (requests sent, and their
+-- verdicts), latency_total, latency_count (seconds over answered
+-- requests), data_points_collected (rows stored), total_runtime (seconds
+-- in runs), collections_completed, collections_failed,
+-- collections_skipped (runs refused by the open breaker) and
+-- consecutive_failures. stats() is the reference shape built from them.
+function Collector:counters()
+  local st, out = self.stats_, {}
+  for _, k in ipairs(COUNTERS) do out[k] = st[k] end
+  out.latency_total, out.latency_count = st.latency_total or 0, st.latency_count or 0
+  return out
+end
+
+--- self:adopt(old): a reload's hand-over, before self starts: self takes
+-- over the counters of old, the instance it replaces (shared from then on,
+-- so that a run of old still in flight counts in them), and its run slot
+-- (one run in flight per collector across the swap).
+function Collector:adopt(old)
+  if getmetatable(old) ~= instance_mt or old.name ~= self.name then
+    error("collector:adopt: bad argument #1 (an instance of the same collector expected)", 2)
+  end
+  self.stats_ = old.stats_
+  self.slot_ = old.slot_
+  return self
+end
+
+--- self:partitions() -> the partitions the collector declares (its
+-- partitions option: a list, or a function(self) returning one), or nil
+-- when it declares none. A backfill plans its windows per partition and
+-- passes the partition to backfill(self, from, to, partition).
+function Collector:partitions()
+  local p = self.config.partitions
+  if type(p) == "function" then p = p(self) end
+  if p ~= nil and type(p) ~= "table" then
+    error("collector '" .. self.name .. "': partitions must be a list, got " .. type(p), 2)
+  end
+  return p
 end
 
 --- self:health_check() -> the reference health_check() shape.
@@ -853,7 +598,7 @@ function Collector:health_check()
 end
 
 _M.Collector = Collector
-_M.reveal = reveal
-_M.is_secret = function(v) return getmetatable(v) == secret_mt end
+_M.reveal = secret.reveal
+_M.is_secret = secret.is_secret
 _M.json_null = cjson.null
 return _M

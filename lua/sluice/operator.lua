@@ -84,19 +84,6 @@ local function iso(t)
 end
 _M.iso = iso
 
--- The collector's raw counters (epoch times and totals) that the views
--- add up: the one place that reads its statistics table.
-local function collector_counters(c)
-  local st = c.stats_
-  return {
-    last_collection = st.last_collection, last_success = st.last_success,
-    collections_completed = st.collections_completed, collections_failed = st.collections_failed,
-    total_runtime = st.total_runtime,
-    successful_requests = st.successful_requests, failed_requests = st.failed_requests,
-    latency_total = st.latency_total, latency_count = st.latency_count,
-  }
-end
-
 --- new(source) -> ops. source.current: a function returning the running
 -- app ({collectors, order, store, config, shared, starting}) or nil;
 -- source.reload: reload(by) -> true | nil, err, or nil when there is
@@ -122,7 +109,7 @@ function _M:health()
       -- the breaker's own state says it all; other states say why
       reasons[#reasons + 1] = c.name .. " is " .. h .. (h ~= "circuit_open" and why and (": " .. why) or "")
     end
-    local st = collector_counters(c)
+    local st = c:counters()
     if st.last_collection and (not last or st.last_collection > last) then last = st.last_collection end
     if st.last_success and (not last_ok or st.last_success > last_ok) then last_ok = st.last_success end
     errors = errors + st.collections_failed
@@ -164,7 +151,7 @@ function _M:performance()
   local a = self.current_()
   local runtime, runs, ok, failed, lat, nlat = 0, 0, 0, 0, 0, 0
   for _, c in ipairs(a.order) do
-    local st = collector_counters(c)
+    local st = c:counters()
     runtime = runtime + st.total_runtime
     runs = runs + st.collections_completed + st.collections_failed
     ok = ok + st.successful_requests

@@ -19,6 +19,7 @@
 -- The remembered secrets live as long as the process (a reload adds the new
 -- ones; an old value may still appear in old log lines, so it stays hidden).
 local core_log = require "sluice._log"
+local secret_mod = require "sluice.collector.secret"
 
 local _M = {}
 
@@ -69,18 +70,14 @@ function _M.register(s)
   table.sort(list, function(a, b) return #a > #b end)
 end
 
--- sluice.collector logs through sluice.log, which uses this module: load
--- it when first needed
-local collector_mod
+-- the secret wrapper's own module requires nothing, so it loads here
+-- without the collector framework (which logs through this module)
 local function is_secret_value(v)
-  if type(v) ~= "table" then return false end
-  collector_mod = collector_mod or require("sluice.collector")
-  return collector_mod.is_secret(v)
+  return type(v) == "table" and secret_mod.is_secret(v)
 end
 
 local function reveal(v)
-  collector_mod = collector_mod or require("sluice.collector")
-  return collector_mod.reveal(v)
+  return secret_mod.reveal(v)
 end
 
 local function unescape(s)

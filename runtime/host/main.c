@@ -368,7 +368,7 @@ static int cmd_backfill(int argc, char **argv) {
         lua_State *L = sl_rt.L;
         set_arg(L, file, rest, nrest);
         lua_getglobal(L, "require");
-        lua_pushliteral(L, "sluice.backfill");
+        lua_pushliteral(L, "sluice.backfill.cli");
         if (lua_pcall(L, 1, 1, 0) != 0 || luaL_loadfile(L, file) != 0) {
             fprintf(stderr, "sluice: %s\n", lua_tostring(L, -1));
             sl_runtime_close();

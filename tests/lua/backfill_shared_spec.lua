@@ -175,7 +175,7 @@ describe("sluice.backfill with shared claims", function()
     local a, b = instance(m), instance(m)
     assert.are_not.equal(a.sh.id, b.sh.id)
     -- committed rows go to the stream sink, as a configuration's sinks do
-    for _, x in ipairs({ a, b }) do x.c.sinks = { x.sh:stream_sink({ stream = "bf:{table}" }) } end
+    for _, x in ipairs({ a, b }) do x.c:add_sink(x.sh:stream_sink({ stream = "bf:{table}" })) end
     local range = { from = A, to = A + 10 * S, parallel = 2 }
     local function opts(x)
       local o = { collector = x.c, shared = x.sh }

@@ -345,6 +345,39 @@ describe("sluice.backfill", function()
       assert.equal(20000, coverage(db, "done").rows)
     end)
 
+    it("plans and fetches the partitions the collector declares, not an option's", function()
+      local function feed(extra)
+        local def = { name = "parts", interval = 3600, limiter = false, retry = false,
+          tables = { ticks = { columns = { p = "text", t = "integer" }, key = { "p", "t" } } },
+          options = { symbols = { "NOT", "THESE" } },
+          backfill_step = 100,
+          backfill = function(_, from, _, part) return { { p = tostring(part), t = from } } end }
+        for k, v in pairs(extra) do def[k] = v end
+        return collector.new(collector.define(def), nil, { store = new_db() })
+      end
+      local function parts_of(plan)
+        local out = {}
+        for _, w in ipairs(plan.windows) do out[#out + 1] = w.partition .. "@" .. w.key end
+        return out
+      end
+      local c = feed({ partitions = function(self) return { "p1", self.name } end })
+      assert.same({ "p1@0", "p1@100", "parts@0", "parts@100" },
+        parts_of(backfill.plan({ collector = c, from = 0, to = 200 })))
+      assert.same({ "p1@0", "p1@100" },
+        parts_of(backfill.plan({ collector = c, from = 0, to = 200, symbols = { "p1" } })))
+      local st = run({ collector = c, from = 0, to = 200 })
+      assert.same({ "done", 4 }, { st.state, st.windows_done })
+      assert.same({ { p = "p1", t = 0 }, { p = "p1", t = 100 }, { p = "parts", t = 0 }, { p = "parts", t = 100 } },
+        c.store:query("SELECT p, t FROM ticks ORDER BY p, t"))
+      -- none declared: one partition, and backfill gets nil
+      local one_part = feed({})
+      assert.same({ "*@0", "*@100" }, parts_of(backfill.plan({ collector = one_part, from = 0, to = 200 })))
+      st = run({ collector = one_part, from = 0, to = 200 })
+      assert.equal("done", st.state)
+      assert.same({ { p = "nil", t = 0 }, { p = "nil", t = 100 } },
+        one_part.store:query("SELECT p, t FROM ticks ORDER BY p, t"))
+    end)
+
     it("refuses bad arguments", function()
       local c = new_collector(m, new_db())
       assert.has_error(function() backfill.plan({}) end)
@@ -480,10 +513,11 @@ describe("sluice.backfill", function()
       assert.same(want, seen)
       -- each fault cost the client a failed attempt, but an abort on a
       -- reused connection may be resent by libcurl unseen
-      assert.is_true(c.stats_.failed_requests >= faults - 2,
-        "failed attempts: " .. c.stats_.failed_requests .. " of " .. c.stats_.total_requests)
-      assert.equal(st.requests, c.stats_.total_requests)
-      assert.equal(62, c.stats_.successful_requests)
+      local counted = c:counters()
+      assert.is_true(counted.failed_requests >= faults - 2,
+        "failed attempts: " .. counted.failed_requests .. " of " .. counted.total_requests)
+      assert.equal(st.requests, counted.total_requests)
+      assert.equal(62, counted.successful_requests)
       for _, sym in ipairs(SYMBOLS) do
         assert_candles(db, sym, T0, 30000)
         assert.equal(checksum(clean, sym), checksum(db, sym))
@@ -618,6 +652,59 @@ describe("sluice.backfill", function()
       assert.equal(20, m.requests)
       for _, sym in ipairs(SYMBOLS) do assert_candles(db, sym, A, 10000) end
       assert.equal(20, coverage(db, "done").n)
+    end)
+  end)
+
+  describe("storing", function()
+    -- (found in review, issue 15: backfill stored rows with its own copy of
+    -- the collector's store path, which sent a bare list to next(tables),
+    -- any one of several, and rows for an undeclared table to whatever table
+    -- of that name the store had; backfilled rows are stored as collect's are)
+    local function two_tables(db, backfill_fn)
+      return collector.new(collector.define({
+        name = "two_tables", interval = 3600, limiter = false, retry = false,
+        tables = { a = { columns = { t = "integer" }, key = { "t" } },
+          b = { columns = { t = "integer" }, key = { "t" } } },
+        backfill_step = 100,
+        collect = function(self) return backfill_fn(self, 0) end,
+        backfill = backfill_fn,
+      }), nil, { store = db })
+    end
+
+    local function without_position(msg)
+      return (msg:gsub("^[^:\n]*:%d+: ", ""))
+    end
+
+    it("refuses a bare list of rows when the collector declares several tables, as collect does", function()
+      local db = new_db()
+      local c = two_tables(db, function(_, from) return { { t = from } } end)
+      local st = run({ collector = c, from = 0, to = 200 })
+      assert.equal("failed", st.state)
+      assert.same({ 0, 2, 0 }, { st.windows_done, st.windows_failed, st.rows })
+      local want = "list of rows but the collector declares several tables; return {table_name = rows}"
+      for _, f in ipairs(st.failed) do
+        assert.equal("backfill returned a " .. want, without_position(f.error))
+      end
+      assert.equal(0, one(db, "SELECT COUNT(*) AS n FROM a").n)
+      assert.equal(0, one(db, "SELECT COUNT(*) AS n FROM b").n)
+      assert.equal(2, coverage(db, "failed").n)
+      local ok, err = c:run_once()
+      assert.is_false(ok)
+      assert.equal("collect returned a " .. want, without_position(err))
+    end)
+
+    it("refuses rows for a table the collector does not declare, even one the store has", function()
+      local db = new_db()
+      collector.new(collector.define({ name = "owner", interval = 3600, limiter = false, retry = false,
+        tables = { theirs = { columns = { t = "integer" }, key = { "t" } } },
+        collect = function() return {} end }), nil, { store = db })
+      local c = two_tables(db, function(_, from) return { theirs = { { t = from } } } end)
+      local st = run({ collector = c, from = 0, to = 100 })
+      assert.equal("failed", st.state)
+      assert.same({ 0, 1, 0 }, { st.windows_done, st.windows_failed, st.rows })
+      assert.equal("backfill returned rows for undeclared table 'theirs'", st.failed[1].error)
+      assert.equal(0, one(db, "SELECT COUNT(*) AS n FROM theirs").n)
+      assert.same({ false, "collect returned rows for undeclared table 'theirs'" }, { c:run_once() })
     end)
   end)
 

@@ -157,8 +157,8 @@ describe("collector run_budget", function()
     for _ = 1, 2 do
       assert.same({ false, "collector spinner: run exceeded its CPU budget of 0.2 s" }, { c:run_once() })
     end
-    assert.equal(2, c.stats_.collections_failed)
-    assert.equal("collector spinner: run exceeded its CPU budget of 0.2 s", c.stats_.last_error)
+    assert.equal(2, c:counters().collections_failed)
+    assert.equal("collector spinner: run exceeded its CPU budget of 0.2 s", c:counters().last_error)
     assert.equal(0, c.in_flight)
     -- and a helper it reaches through an upvalue
     local spec2 = collector.define({

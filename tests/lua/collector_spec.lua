@@ -228,7 +228,7 @@ describe("sluice.collector request pipeline", function()
       end
     end
     assert.same({ 4, 2 }, { errors, skips }) -- the four real failures; one warning per opening
-    assert.equal(4, c.stats_.collections_failed)
+    assert.equal(4, c:counters().collections_failed)
     log.level(saved)
     log.output("-")
   end)
@@ -408,7 +408,9 @@ describe("sluice.collector lifecycle", function()
 
   it("is not overdue while another instance holds its lease (standing by)", function()
     local c = collector.new(spec({ name = "standby_feed", interval = 0.05, timeout = 0.05 }))
-    c.lease_held = false -- as sluice.shared leaves a collector whose lease another instance holds
+    -- as sluice.shared's leases do for a collector whose lease another instance holds
+    local entered, left = 0, 0
+    c:set_run_guard(function() entered = entered + 1 return false end, function() left = left + 1 end)
     c:start()
     local t0 = sluice.now()
     while sluice.now() - t0 < 0.4 do -- over 3 × 0.05 s
@@ -417,6 +419,8 @@ describe("sluice.collector lifecycle", function()
     end
     c:stop()
     assert.equal(0, c:stats().collections_completed)
+    assert.is_true(entered >= 3, "entered " .. entered)
+    assert.equal(entered, left)
   end)
 
   it("runs one collection at a time: a call during a run joins it", function()
@@ -430,8 +434,8 @@ describe("sluice.collector lifecycle", function()
     local first = sluice.spawn(function() return c:run_once() end)
     local joiner = sluice.spawn(function() return c:run_once() end)
     local deadline = sluice.now() + 5
-    while #c.guard_.waiters < 1 and sluice.now() < deadline do sluice.sleep(0.01) end
-    assert.same({ 1, 1 }, { runs, #c.guard_.waiters })
+    while (c:stats().run_waiters or 0) < 1 and sluice.now() < deadline do sluice.sleep(0.01) end
+    assert.same({ 1, 1 }, { runs, c:stats().run_waiters })
     sluice.unpark(gate[1])
     assert.same({ true, true, 0 }, { sluice.wait(first) })
     assert.same({ true, true, 0, "joined" }, { sluice.wait(joiner) })
@@ -470,5 +474,128 @@ describe("sluice.collector lifecycle", function()
     local c = collector.new(s, { symbols = { "ETHUSDT" }, interval = 30 })
     assert.same({ "ETHUSDT" }, c.options.symbols)
     assert.equal(30, c.interval)
+  end)
+end)
+
+describe("sluice.collector hooks and accessors", function()
+  it("asks its run guard before every run and tells it when each ends", function()
+    local runs, gate = 0, {}
+    local c = collector.new(spec({ collect = function()
+      runs = runs + 1
+      gate[#gate + 1] = sluice.current()
+      sluice.park()
+      return {}
+    end }))
+    local calls, allow = {}, true
+    c:set_run_guard(function(inst)
+      assert.equal(c, inst)
+      calls[#calls + 1] = "enter"
+      return allow
+    end, function(inst)
+      assert.equal(c, inst)
+      calls[#calls + 1] = "leave"
+    end)
+    local first = sluice.spawn(function() return c:run_once() end)
+    local joiner = sluice.spawn(function() return c:run_once() end)
+    local deadline = sluice.now() + 5
+    while (c:stats().run_waiters or 0) < 1 and sluice.now() < deadline do sluice.sleep(0.01) end
+    assert.same({ "enter", "enter" }, calls)
+    sluice.unpark(gate[1])
+    assert.same({ true, true, 0 }, { sluice.wait(first) })
+    assert.same({ true, true, 0, "joined" }, { sluice.wait(joiner) })
+    assert.same({ "enter", "enter", "leave", "leave" }, calls)
+    -- a guard saying no: the run stands by, and is left all the same
+    allow = false
+    assert.same({ true, 0 }, { c:run_once() })
+    assert.equal(1, runs)
+    assert.same({ "enter", "enter", "leave", "leave", "enter", "leave" }, calls)
+    -- only true lets a run start
+    allow = nil
+    assert.same({ true, 0 }, { c:run_once() })
+    assert.equal(1, runs)
+    -- removed: runs go on without it
+    c:set_run_guard()
+    local t = sluice.spawn(function() return c:run_once() end)
+    while #gate < 2 and sluice.now() < deadline do sluice.sleep(0.01) end
+    sluice.unpark(gate[2])
+    assert.same({ true, true, 0 }, { sluice.wait(t) })
+    assert.equal(8, #calls)
+    assert.equal(2, c:counters().collections_completed)
+    assert.has_error(function() c:set_run_guard(print) end,
+      "collector:set_run_guard: bad arguments (two functions, enter and leave, expected)")
+  end)
+
+  it("publishes committed rows to the sinks added, in commit order", function()
+    local db = assert(store.open(":memory:"))
+    finally(function() db:close() end)
+    local c = collector.new(spec({
+      tables = { ticks = { columns = { id = "integer", v = "real" }, key = { "id" } } },
+      collect = function() return { { id = 1, v = 1 }, { id = 2, v = 1 / 0 }, { id = 3, v = 3 } } end,
+    }), nil, { store = db })
+    local got = {}
+    local function sink(tag)
+      return { publish = function(_, tname, rows)
+        local ids = {}
+        for i, r in ipairs(rows) do ids[i] = r.id end
+        got[#got + 1] = { tag, tname, ids }
+        return true
+      end }
+    end
+    assert.equal(c, c:add_sink(sink("a")))
+    c:add_sink(sink("b"))
+    assert.same({ true, 2 }, { c:run_once() })
+    assert.same({ { "a", "ticks", { 1, 3 } }, { "b", "ticks", { 1, 3 } } }, got)
+    assert.has_error(function() c:add_sink({}) end,
+      "collector:add_sink: bad argument #1 (a sink with a publish method expected)")
+  end)
+
+  it("reports its counters as a copy, and hands them and its run slot over at a reload", function()
+    local u = upstream()
+    finally(function() u.srv:close() end)
+    local hold, parked = false, nil
+    local s = spec({ base_url = u.url, collect = function(self)
+      assert(self:get("/x"))
+      if hold then parked = sluice.current() sluice.park() end
+      return {}
+    end })
+    local old = collector.new(s)
+    assert.same({ true, 0 }, { old:run_once() })
+    local cn = old:counters()
+    assert.same({ 1, 1, 0, 1, 0, 0, 0, 0, 1 }, { cn.total_requests, cn.successful_requests,
+      cn.failed_requests, cn.collections_completed, cn.collections_failed, cn.collections_skipped,
+      cn.consecutive_failures, cn.data_points_collected, cn.latency_count })
+    assert.is_number(cn.last_success)
+    assert.is_nil(cn.last_error)
+    cn.total_requests = 99 -- a copy: the collector's own are untouched
+    assert.equal(1, old:counters().total_requests)
+    -- a run of the old instance in flight at the hand-over
+    hold = true
+    local running = sluice.spawn(function() return old:run_once() end)
+    local deadline = sluice.now() + 5
+    while not parked and sluice.now() < deadline do sluice.sleep(0.01) end
+    local new = collector.new(s)
+    assert.equal(new, new:adopt(old))
+    assert.equal(2, new:counters().total_requests)
+    hold = false
+    local joiner = sluice.spawn(function() return new:run_once() end) -- joins old's run
+    while (new:stats().run_waiters or 0) < 1 and sluice.now() < deadline do sluice.sleep(0.01) end
+    assert.equal(1, new:stats().run_waiters)
+    sluice.unpark(parked)
+    assert.same({ true, true, 0 }, { sluice.wait(running) })
+    assert.same({ true, true, 0, "joined" }, { sluice.wait(joiner) })
+    assert.equal(2, new:counters().collections_completed)
+    assert.has_error(function() new:adopt(collector.new(spec({ name = "other_feed" }))) end,
+      "collector:adopt: bad argument #1 (an instance of the same collector expected)")
+  end)
+
+  it("declares its partitions: a list, a function of the instance, or none", function()
+    assert.is_nil(collector.new(spec()):partitions())
+    assert.same({ "a", "b" }, collector.new(spec({ partitions = { "a", "b" } })):partitions())
+    local s = spec({ options = { pairs = { "x" } }, partitions = function(self) return self.options.pairs end })
+    assert.same({ "y", "z" }, collector.new(s, { pairs = { "y", "z" } }):partitions())
+    assert.has_error(function() spec({ partitions = "a" }) end,
+      "sluice.collector.define: option 'partitions' must be table or function, got string")
+    assert.has_error(function() collector.new(spec({ partitions = function() return "a" end })):partitions() end,
+      "collector 'test_feed': partitions must be a list, got string")
   end)
 end)

@@ -176,7 +176,7 @@ local function collectors(f)
   local current = app and app.current
   if not current or type(current.collectors) ~= "table" then return end
   for name, inst in pairs(current.collectors) do
-    local st = inst.stats_
+    local st = type(inst.counters) == "function" and inst:counters()
     if st then
       local c = inst.name or name
       f.sluice_collection_requests_total:inc(st.collections_completed or 0, c, "success")

@@ -1,0 +1,224 @@
+--- sluice.backfill.plan: which windows a backfill fetches, and at what cost.
+--
+-- plan(opts) (sluice.backfill.plan) aligns the range [from, to) to the
+-- collector's backfill_step, per partition (those the collector declares,
+-- or those asked for; "*" when it declares none), and keeps the windows
+-- not covered in the store's coverage table (sluice_backfill, created
+-- here): missing, extended by a later `to`, with rows missing inside them
+-- (expect), or all of them (force) or the last lookback seconds; with a
+-- sluice.shared object, the windows another instance has marked done go
+-- to plan.elsewhere. It estimates requests, rows and time at the limiter's
+-- rate. It reads the collector (spec, config, options, store, limiter,
+-- partitions()) and owns no state. plan() yields when it asks Redis for
+-- done marks (with shared state): call it in a task then.
+local sluice = require "sluice"
+local shared = require "sluice.shared"
+local claims = require "sluice.backfill.claims"
+
+local _M = {}
+
+local COVERAGE = [[
+CREATE TABLE IF NOT EXISTS sluice_backfill (
+  collector TEXT NOT NULL, partition TEXT NOT NULL,
+  window_start INTEGER NOT NULL, window_end INTEGER NOT NULL,
+  covered_from INTEGER NOT NULL,
+  status TEXT NOT NULL, rows INTEGER NOT NULL DEFAULT 0, error TEXT,
+  updated_at REAL NOT NULL,
+  PRIMARY KEY (collector, partition, window_start)) WITHOUT ROWID]]
+
+--- ensure_schema(db): the coverage table sluice_backfill exists in db.
+function _M.ensure_schema(db)
+  assert(db:exec(COVERAGE))
+end
+
+local function resolve(v, c)
+  if type(v) == "function" then return v(c) end
+  return v
+end
+
+--- parse_time(v, what) -> epoch seconds: v as they are, or a date like
+-- 2024-01-31[T12:00:00][Z] read as UTC; raises naming what otherwise.
+function _M.parse_time(v, what)
+  if type(v) == "number" then return v end
+  if type(v) == "string" then
+    local y, m, d, H, M, S = v:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ]?(%d?%d?):?(%d?%d?):?(%d?%d?)Z?$")
+    if y then
+      -- os.time reads the table as local time: days from the civil date
+      -- by hand (H. Hinnant's algorithm), for UTC
+      local yy, mm, dd = tonumber(y), tonumber(m), tonumber(d)
+      if mm <= 2 then yy = yy - 1 end
+      local era = math.floor(yy / 400)
+      local yoe = yy - era * 400
+      local doy = math.floor((153 * (mm + (mm > 2 and -3 or 9)) + 2) / 5) + dd - 1
+      local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+      local days = era * 146097 + doe - 719468
+      return days * 86400 + (tonumber(H) or 0) * 3600 + (tonumber(M) or 0) * 60 + (tonumber(S) or 0)
+    end
+  end
+  error("sluice.backfill: '" .. what .. "' must be epoch seconds or a date like 2024-01-31, got "
+    .. tostring(v), 3)
+end
+
+--- iso(t) -> epoch seconds t as 2024-01-31T12:00:00Z (a form parse_time
+-- reads).
+function _M.iso(t)
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
+end
+
+-- The partitions a plan covers: those asked for, else those the collector
+-- declares, else one, "*" (backfill then gets nil).
+local function partitions(c, only)
+  return only or c:partitions() or { "*" }
+end
+
+--- shared_of(opts, c) -> the sluice.shared object claims go through, or nil:
+-- opts.shared (false: none), by default the one c is attached to.
+function _M.shared_of(opts, c)
+  local sh = opts.shared
+  if sh == false then return nil end
+  if sh == nil then return shared.owner(c) end
+  if not shared.is_shared(sh) then
+    error("sluice.backfill: 'shared' must be a sluice.shared object or false", 3)
+  end
+  return sh
+end
+
+-- Whether done mark doc covers win, made at or after since.
+local function covers(doc, win, since)
+  return doc.state == "done" and type(doc.from) == "number" and type(doc.to) == "number"
+    and type(doc.at) == "number" and doc.from <= win.from and doc.to >= win.to and doc.at >= since
+end
+
+-- Moves the planned windows another instance has marked done to
+-- plan.elsewhere (missing and extended windows only: the others want
+-- marks newer than the job). Redis unreachable: nothing moves (claims
+-- decide later).
+local function plan_elsewhere(plan, sh)
+  local c = plan.collector
+  local keys = {}
+  for _, win in ipairs(plan.windows) do
+    win.claim_key = claims.key(c.name, win.partition, win.key)
+    win.any_mark = win.reason == "missing" or win.reason == "extended"
+    if win.any_mark then keys[#keys + 1] = win.claim_key end
+  end
+  if #keys == 0 then return end
+  local states = claims.states(sh, keys)
+  if not states then return end
+  local keep = {}
+  for _, win in ipairs(plan.windows) do
+    local doc = states[win.claim_key]
+    if doc and win.any_mark and covers(doc, win, 0) then
+      plan.elsewhere[#plan.elsewhere + 1] = { partition = win.partition, from = win.from, to = win.to,
+        key = win.key, reason = "elsewhere", by = doc.by, rows = doc.rows, claim_key = win.claim_key }
+    else
+      keep[#keep + 1] = win
+    end
+  end
+  plan.windows = keep
+end
+
+-- Rows present per window for row-level gap detection: one query per
+-- partition, grouped by window.
+local function present_counts(c, exp, part, first, from, stop, step)
+  local tname = exp.table or next(c.config.tables or {})
+  local scale = exp.unit == "ms" and 1000 or 1
+  local sql = { "SELECT CAST((", exp.time_column, " / ", scale, " - ?) / ? AS INTEGER) AS w, COUNT(DISTINCT ",
+    exp.time_column, ") AS n FROM ", tname, " WHERE ", exp.time_column, " >= ? AND ",
+    exp.time_column, " < ?" }
+  local params = { first, step, from * scale, stop * scale }
+  if exp.partition and part ~= "*" then
+    sql[#sql + 1] = " AND " .. exp.partition .. " = ?"
+    params[#params + 1] = part
+  end
+  for col, val in pairs(exp.where or {}) do
+    sql[#sql + 1] = " AND " .. col .. " = ?"
+    params[#params + 1] = val
+  end
+  sql[#sql + 1] = " GROUP BY w"
+  local rows = c.store:query(table.concat(sql), unpack(params))
+  local out = {}
+  for _, r in ipairs(rows or {}) do out[math.floor(r.w)] = r.n end
+  return out
+end
+
+--- plan(opts) -> { windows = {{partition, from, to, reason}, ...},
+--   skipped, elsewhere = {{partition, from, to, reason = "elsewhere", by,
+--   rows}, ...}, estimate = {windows, requests, rows, seconds, rate} }
+-- With shared state, windows another instance has marked done are in
+-- elsewhere, not in windows (nor in the estimate).
+function _M.plan(opts)
+  if type(opts) ~= "table" or type(opts.collector) ~= "table" then
+    error("sluice.backfill.plan: bad argument #1 (table with a collector expected)", 2)
+  end
+  local c = opts.collector
+  if not c.spec.backfill then
+    error("sluice.backfill: collector '" .. c.name .. "' has no backfill function", 2)
+  end
+  if not c.store then
+    error("sluice.backfill: collector '" .. c.name .. "' has no store", 2)
+  end
+  _M.ensure_schema(c.store)
+  local step = resolve(c.spec.backfill_step, c) or 86400
+  if type(step) ~= "number" or not (step > 0) then
+    error("sluice.backfill: backfill_step must be a number of seconds > 0", 2)
+  end
+  local from = _M.parse_time(opts.from or c.config.beginning_date or c.options.beginning_date, "from")
+  local to = opts.to and _M.parse_time(opts.to, "to") or math.floor(sluice.time())
+  if not (to > from) then
+    error("sluice.backfill: 'to' must be after 'from'", 2)
+  end
+  local exp = resolve(c.spec.expect, c)
+  -- windows are aligned to the step, so runs with different bounds share
+  -- their windows (and so their coverage)
+  local first = math.floor(from / step) * step
+  local lookback_from = opts.lookback and (to - opts.lookback) or math.huge
+  local sh = _M.shared_of(opts, c)
+  local plan = { collector = c, windows = {}, skipped = 0, elsewhere = {}, from = from, to = to,
+    step = step, shared = sh }
+  for _, part in ipairs(partitions(c, opts.partitions or opts.symbols)) do
+    local done = {}
+    for _, r in ipairs(c.store:query(
+      "SELECT window_start, window_end, covered_from, status FROM sluice_backfill"
+      .. " WHERE collector = ? AND partition = ? AND window_start >= ? AND window_start < ?",
+      c.name, part, first, to) or {}) do
+      if r.status == "done" then done[r.window_start] = { from = r.covered_from, to = r.window_end } end
+    end
+    local present = exp and present_counts(c, exp, part, first, from, to, step) or nil
+    local w = first
+    while w < to do
+      local wstart, wend = math.max(w, from), math.min(w + step, to)
+      local reason
+      if opts.force then
+        reason = "force"
+      elseif wend > lookback_from then
+        reason = "lookback"
+      elseif not done[w] or done[w].to < wend or done[w].from > wstart then
+        reason = done[w] and "extended" or "missing"
+      elseif present then
+        local want = math.ceil(wend / exp.every) - math.ceil(wstart / exp.every)
+        if (present[(w - first) / step] or 0) < want then reason = "gap" end
+      end
+      if reason then
+        plan.windows[#plan.windows + 1] = { partition = part, from = wstart, to = wend, key = w, reason = reason }
+      else
+        plan.skipped = plan.skipped + 1
+      end
+      w = w + step
+    end
+  end
+  if sh then plan_elsewhere(plan, sh) end
+  local rate = c.limiter and c.limiter:rate() or nil
+  local per_window = resolve(c.spec.backfill_requests, c) or 1
+  local requests = #plan.windows * per_window
+  local rows = 0
+  if exp then
+    for _, win in ipairs(plan.windows) do
+      rows = rows + math.ceil(win.to / exp.every) - math.ceil(win.from / exp.every)
+    end
+  end
+  plan.estimate = { windows = #plan.windows, requests = requests, rows = exp and rows or nil,
+    rate = rate, seconds = rate and requests / rate or nil }
+  return plan
+end
+
+return _M

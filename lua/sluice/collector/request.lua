@@ -1,0 +1,199 @@
+--- sluice.collector.request: a collector's request pipeline.
+--
+-- run(c, opts, tally) is what self:get/post/request do: limiter wait ->
+-- breaker permit -> HTTP -> classify -> limiter observe -> breaker record
+-- -> retry. Classification: 2xx success; 429 throttled (the limiter backs
+-- off, the breaker counts a failure, retried after Retry-After); 418
+-- banned (the breaker stays open until the ban ends; not retried); 5xx,
+-- timeout, connect and other transport errors are failures, retried;
+-- other 4xx are failures, not retried. A collector's classify(self, res)
+-- sees every response and may return a verdict ("success", "failure",
+-- "ignored", "throttled", "banned") and a message, e.g. for an HTTP 200
+-- carrying an error object, or just a message (nil, "Binance error -1121:
+-- Invalid symbol.") that explains the default verdict. A failure it
+-- declares on a 2xx is not retried; "throttled" on any status (Bybit
+-- retCode 10006, JSON-RPC -32005 in a 200) backs the limiter off as a 429
+-- does and is retried. Returns data (decoded JSON when the response is
+-- JSON, the body otherwise) and the response, or nil, err, kind.
+--
+-- It reads the instance c (base_url, config.headers,
+-- config.auth, config.timeout, spec.classify, and its limiter, breaker and
+-- retry policy, which it drives) and writes nothing on it: what the
+-- collector counts, it is told through tally(c, event [, seconds]):
+--   "refused"   the breaker refused a request (no request was sent)
+--   "sent"      a request is about to be sent
+--   "answered"  a request ended (seconds: its latency), answer or not
+--   "succeeded" / "failed"   an attempt's verdict
+-- It owns no state. run() yields (limiter waits, HTTP, retry backoff):
+-- call it in a task.
+local sluice = require "sluice"
+local http = require "sluice.http"
+local secret = require "sluice.collector.secret"
+
+local _M = {}
+
+local reveal = secret.reveal
+
+local function merge(base, over)
+  local out = {}
+  for k, v in pairs(base or {}) do out[k] = v end
+  for k, v in pairs(over or {}) do out[k] = v end
+  return out
+end
+
+local function default_verdict(res)
+  if not res then
+    return "failure", true
+  end
+  local s = res.status
+  if s >= 200 and s < 300 then return "success" end
+  if s == 429 then return "throttled", true end
+  if s == 418 then return "banned", false end
+  if s >= 500 then return "failure", true end
+  return "failure", false
+end
+
+local function retry_after_of(res)
+  local v = res and res.headers["retry-after"]
+  return v and tonumber(v) or nil
+end
+
+local function url_for(c, path)
+  if path:match("^https?://") then return path end
+  return (c.base_url or "") .. path
+end
+
+-- Whether url is of base_url's origin: auth and the configured headers are
+-- for that origin only. Without a base_url every URL is the collector's.
+local function own_origin(c, url)
+  if not c.base_url then return true end
+  local s0, h0, p0 = http.origin(c.base_url)
+  local s1, h1, p1 = http.origin(url)
+  return s0 ~= nil and s0 == s1 and h0 == h1 and p0 == p1
+end
+
+--- run(c, opts, tally) -> data, res | nil, err, kind, res
+-- opts: {method, path, query, headers, body | json, endpoint, cost, pools,
+-- timeout, redirects}, checked by the caller. A path may be an absolute
+-- URL; on another origin than base_url's it gets neither auth nor the
+-- configured headers (only opts.headers). Redirects follow http.request's
+-- rules (default: same origin only, 5 hops).
+function _M.run(c, opts, tally)
+  local endpoint = opts.endpoint or opts.path:match("^[^?]*")
+  local query = opts.query
+  local url = url_for(c, opts.path)
+  local own = own_origin(c, url)
+  local headers = merge(own and c.config.headers or nil, opts.headers)
+  local auth = own and c.config.auth
+  if auth then
+    if auth.bearer then
+      headers["Authorization"] = "Bearer " .. tostring(reveal(auth.bearer))
+    elseif auth.header then
+      headers[auth.header] = tostring(reveal(auth.value))
+    elseif auth.query then
+      query = merge(query, { [auth.query] = tostring(reveal(auth.value)) })
+    end
+  end
+  local attempt_fn = function()
+    if c.limiter then
+      local waited, werr = c.limiter:wait(endpoint, opts.cost or 1,
+        opts.pools and { pools = opts.pools } or nil)
+      if not waited then
+        return nil, "rate limiter: " .. tostring(werr), { retryable = false, kind = "limited" }
+      end
+    end
+    local permit
+    if c.breaker then
+      local why
+      permit, why = c.breaker:allow()
+      if not permit then
+        tally(c, "refused")
+        return nil, "circuit breaker " .. c.breaker:name() .. " is " .. why,
+          { retryable = false, kind = "circuit_open" }
+      end
+    end
+    tally(c, "sent")
+    local t0 = sluice.now()
+    local res, err, kind = http.request({
+      method = opts.method or "GET", url = url, query = query,
+      headers = headers, body = opts.body, json = opts.json,
+      timeout = opts.timeout or c.config.timeout or 30, redirects = opts.redirects,
+    })
+    local latency = sluice.now() - t0
+    tally(c, "answered", latency)
+    local verdict, retryable = default_verdict(res)
+    if kind == "redirect" then retryable = false end -- the same answer again
+    local message = err
+    if res and c.spec.classify then
+      -- classify sees every response: it may change the verdict (a 200
+      -- carrying an error), or only explain it (the API's error message)
+      local v, m = c.spec.classify(c, res)
+      if m then message = m end
+      if v and v ~= verdict then
+        verdict = v
+        retryable = v == "failure" and res.status >= 500 or v == "throttled"
+      end
+    end
+    local observed
+    if c.limiter and res then
+      -- a throttled verdict (an API's "too many requests" code in a 200)
+      -- backs the limiter off exactly as a 429 would
+      observed = c.limiter:observe(endpoint, res.status, res.headers, latency, nil,
+        verdict == "throttled" and "throttled" or nil)
+    end
+    if c.breaker then
+      if verdict == "success" then
+        c.breaker:success(permit, latency)
+      elseif verdict == "ignored" then
+        c.breaker:release(permit)
+      elseif verdict == "banned" then
+        c.breaker:failure(permit, latency)
+        local until_ = type(observed) == "table" and observed.ban_until
+          or (sluice.time() + (retry_after_of(res) or 120))
+        c.breaker:open_until(until_)
+      else
+        c.breaker:failure(permit, latency)
+      end
+    end
+    if verdict == "success" or verdict == "ignored" then
+      tally(c, "succeeded")
+      local data = res.body
+      local ctype = res.headers["content-type"] or ""
+      if ctype:find("json", 1, true) then
+        local decoded, jerr = res:json()
+        if decoded == nil then
+          return nil, jerr, { retryable = false, kind = "protocol" }
+        end
+        data = decoded
+      end
+      return { data = data, res = res }
+    end
+    tally(c, "failed")
+    if not message then
+      message = res and ("HTTP " .. res.status) or "request failed"
+    end
+    return nil, message, { retryable = retryable, retry_after = retry_after_of(res),
+      kind = kind or verdict, res = res }
+  end
+  local out, err
+  if c.retry then
+    local last_hint
+    out, err = c.retry:run(function(a)
+      local v, e, hint = attempt_fn(a)
+      last_hint = hint
+      return v, e, hint
+    end)
+    if not out then
+      return nil, err, last_hint and last_hint.kind, last_hint and last_hint.res
+    end
+  else
+    local hint
+    out, err, hint = attempt_fn(1)
+    if not out then
+      return nil, err, hint and hint.kind, hint and hint.res
+    end
+  end
+  return out.data, out.res
+end
+
+return _M

@@ -1,0 +1,170 @@
+--- sluice.collector.spec: the options of a collector spec and their checks.
+--
+-- collector.define{} and collector.new() validate a spec, and a
+-- configuration entry's overrides of it, here: OPTIONS names every
+-- framework option and the types it takes; check() raises an error naming
+-- the option at fault; configure() resolves a configuration entry's
+-- overrides; no_jit() keeps a collector's own functions out of
+-- LuaJIT's compiled code so that the run budget's watchdog can stop them.
+-- It owns no state. Nothing here yields.
+local _M = {}
+
+--- OPTIONS: option name -> the types it takes ("number|function").
+_M.OPTIONS = {
+  name = "string", base_url = "string", interval = "number", jitter = "number",
+  timeout = "number", auth = "table", limiter = "table|boolean", breaker = "table|boolean",
+  retry = "table|boolean", tables = "table", options = "table", collect = "function",
+  classify = "function", init = "function", close = "function", backfill = "function",
+  backfill_step = "number|function", expect = "table|function", headers = "table",
+  description = "string", endpoint = "function", backfill_requests = "number|function",
+  beginning_date = "string|number", enabled = "boolean", run_budget = "table|boolean",
+  partitions = "table|function",
+}
+
+local function type_ok(v, want)
+  for t in want:gmatch("[^|]+") do
+    if type(v) == t then return true end
+  end
+  return false
+end
+
+--- check(spec, where, level): raises "where: ..." for an unknown option,
+-- a wrong type or a value out of range; level as error() counts it from
+-- check (3: the caller of check's caller).
+function _M.check(spec, where, level)
+  local SPEC = _M.OPTIONS
+  for k, v in pairs(spec) do
+    local want = SPEC[k]
+    if not want then
+      error(where .. ": unknown option '" .. tostring(k) .. "'", level)
+    end
+    if not type_ok(v, want) then
+      error(where .. ": option '" .. k .. "' must be " .. want:gsub("|", " or ") .. ", got " .. type(v), level)
+    end
+  end
+  if spec.name ~= nil and not spec.name:match("^[%a_][%w_]*$") then
+    error(where .. ": option 'name' must be an identifier (letters, digits, _), got '" .. spec.name .. "'", level)
+  end
+  if spec.interval ~= nil and not (spec.interval > 0 and spec.interval < math.huge) then
+    error(where .. ": option 'interval' must be a finite number > 0", level)
+  end
+  if spec.jitter ~= nil and not (spec.jitter >= 0 and spec.jitter < 1) then
+    error(where .. ": option 'jitter' must be in [0, 1)", level)
+  end
+  if spec.timeout ~= nil and not (spec.timeout > 0 and spec.timeout < math.huge) then
+    error(where .. ": option 'timeout' must be a finite number > 0", level)
+  end
+  if type(spec.run_budget) == "table" then
+    for k, v in pairs(spec.run_budget) do
+      if k ~= "cpu" and k ~= "wall" then
+        error(where .. ": option 'run_budget' has unknown key '" .. tostring(k) .. "' (cpu, wall)", level)
+      end
+      if v ~= false and not (type(v) == "number" and v > 0 and v < math.huge) then
+        error(where .. ": option 'run_budget." .. k .. "' must be a finite number > 0 or false, got "
+          .. tostring(v), level)
+      end
+    end
+  elseif spec.run_budget == true then
+    error(where .. ": option 'run_budget' must be a table or false", level)
+  end
+  if spec.auth then
+    local a = spec.auth
+    local n = (a.bearer ~= nil and 1 or 0) + (a.header ~= nil and 1 or 0) + (a.query ~= nil and 1 or 0)
+    if n ~= 1 then
+      error(where .. ": option 'auth' needs exactly one of bearer = <token>, header = <name>, query = <name>", level)
+    end
+    if (a.header or a.query) and a.value == nil then
+      error(where .. ": option 'auth' needs a value (a string or collector.env(\"NAME\"))", level)
+    end
+  end
+end
+
+local function merge(base, over)
+  local out = {}
+  for k, v in pairs(base or {}) do out[k] = v end
+  for k, v in pairs(over or {}) do out[k] = v end
+  return out
+end
+
+local BOOKKEEPING = { use = true, file = true } -- the configuration's, not ours
+
+--- configure(spec, overrides, level) -> cfg, own. A configuration entry's
+-- overrides split into framework options (cfg: the spec with them merged
+-- over it) and the collector's own options (own: spec.options with the
+-- overrides of them, each of the type of its default). Raises for an
+-- unknown option or a wrong type; level as error() counts it from
+-- configure (3: the caller of configure's caller).
+function _M.configure(spec, overrides, level)
+  local name = overrides.name or spec.name
+  local own = merge(spec.options, nil)
+  local framework = {}
+  for k, v in pairs(overrides) do
+    if BOOKKEEPING[k] then
+      framework[k] = nil
+    elseif _M.OPTIONS[k] and k ~= "options" then
+      framework[k] = v
+    elseif spec.options and spec.options[k] ~= nil then
+      if type(v) ~= type(spec.options[k]) then
+        error(string.format("collector '%s': option '%s' must be a %s, got %s",
+          name, k, type(spec.options[k]), type(v)), level)
+      end
+      own[k] = v
+    else
+      error(string.format("collector '%s': unknown option '%s'", name, tostring(k)), level)
+    end
+  end
+  _M.check(framework, "collector '" .. name .. "'", level + 1)
+  return merge(spec, framework), own
+end
+
+--- run_budget(cfg, interval) -> {cpu, wall, label} | nil: a run's budget
+-- (sluice.budget) from the run_budget option. By default 5 s of CPU, and
+-- a wall clock of ten request timeouts or two intervals for slow
+-- collectors; false turns a limit off, or both.
+function _M.run_budget(cfg, interval)
+  if cfg.run_budget == false then return nil end
+  local b = type(cfg.run_budget) == "table" and cfg.run_budget or {}
+  local wall = math.max(10 * (cfg.timeout or 30), 2 * interval)
+  local cpu = b.cpu == nil and 5 or b.cpu
+  wall = b.wall == nil and wall or b.wall
+  if cpu or wall then
+    return { cpu = cpu, wall = wall, label = "collector " .. cfg.name .. ": run" }
+  end
+  return nil
+end
+
+--- no_jit(spec): the run budget's watchdog (sluice.budget) acts through
+-- a hook, which LuaJIT never runs inside compiled loops: the collector's
+-- own functions -- the spec's, and those of its file they reach through
+-- upvalues -- run interpreted. Collectors spend their time waiting on the network, so
+-- this costs little (README, "Run budget").
+function _M.no_jit(spec)
+  if not jit then return end
+  local sources, seen, pending = {}, {}, {}
+  local function push(v)
+    if not seen[v] then seen[v] = true; pending[#pending + 1] = v end
+  end
+  for _, v in pairs(spec) do
+    if type(v) == "function" then
+      local info = debug.getinfo(v, "S")
+      if info.what ~= "C" then sources[info.source] = true; push(v) end
+    end
+  end
+  while #pending > 0 do
+    local v = table.remove(pending)
+    if type(v) == "table" then
+      for _, f in pairs(v) do
+        if type(f) == "function" then push(f) end
+      end
+    elseif sources[debug.getinfo(v, "S").source] then
+      jit.off(v, true)
+      for i = 1, math.huge do
+        local name, up = debug.getupvalue(v, i)
+        if not name then break end
+        if type(up) == "function" or type(up) == "table" then push(up) end
+      end
+    end
+  end
+end
+
+return _M

@@ -1,0 +1,45 @@
+--- sluice.shared.stream: a sink appending committed rows to Redis Streams.
+--
+-- sink(sh, {stream = "sluice:{table}", maxlen = 1e6}) -> a sink for
+-- collector:add_sink: its publish(table, rows) appends each row to the
+-- stream (XADD with approximate MAXLEN trimming, one pipeline per batch),
+-- fields flattened (tables as JSON). With Redis away the rows are not
+-- published (they are in SQLite); the shared object sh is told
+-- (sh:unreachable), which logs it once per outage. The sink owns nothing
+-- but its options; publish yields (call it in a task).
+local cjson = require "cjson.safe"
+
+local _M = {}
+
+--- sink(sh, opts) -> {publish = function(self, table_name, rows) -> true | nil, err}
+function _M.sink(sh, opts)
+  local pattern = opts.stream or "sluice:{table}"
+  local maxlen = tostring(math.floor(opts.maxlen or 1e6))
+  return {
+    publish = function(_, tname, rows)
+      if #rows == 0 then return true end
+      local stream = pattern:gsub("{table}", tname)
+      local cmds = {}
+      for i, row in ipairs(rows) do
+        local cmd = { "XADD", stream, "MAXLEN", "~", maxlen, "*" }
+        local keys = {}
+        for k in pairs(row) do keys[#keys + 1] = k end
+        table.sort(keys)
+        for _, k in ipairs(keys) do
+          local v = row[k]
+          cmd[#cmd + 1] = k
+          cmd[#cmd + 1] = type(v) == "table" and (cjson.encode(v) or "") or tostring(v)
+        end
+        cmds[i] = cmd
+      end
+      local res, err = sh.redis:pipeline(cmds)
+      if not res then
+        sh:unreachable("redis unreachable: rows are not published to streams", err)
+        return nil, err
+      end
+      return true
+    end,
+  }
+end
+
+return _M
