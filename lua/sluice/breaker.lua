@@ -24,9 +24,9 @@
 -- generation) and name. cb:close() -> true, or false when it was already
 -- closed: it stops state-change logging and on_change callbacks for later
 -- changes (earlier ones are still delivered), lets go of the clock and
--- takes the breaker out of breaker.get/all. A closed breaker still answers name() and
--- stats(); any other method raises "sluice.breaker: breaker '<name>' is
--- closed".
+-- takes the breaker out of breaker.get/all. A closed breaker still answers
+-- name() and stats(); any other method raises "sluice.breaker: breaker
+-- '<name>' is closed".
 --
 -- No call yields: a breaker works inside or outside a task. on_change
 -- callbacks run as tasks of their own.

@@ -79,8 +79,9 @@
 -- lost. sub:unsubscribe() and sub:close() (the same; idempotent, also done
 -- by __gc and by client:close(); true, or false when it was already closed)
 -- end it and wake a waiting receiver with nil, "closed". sub:name() is its
--- client's name, sub:stats() its info() with name. A subscription is anchored only while a task waits on it;
--- killing the task that is subscribing closes it at once. A closed client
+-- client's name, sub:stats() its info() with name. A subscription is
+-- anchored only while a task waits on it; killing the task that is
+-- subscribing closes it at once. A closed client
 -- subscribes to nothing: nil, "closed". call() and
 -- pipeline() refuse SUBSCRIBE, PSUBSCRIBE, their UNSUBSCRIBEs and MONITOR.
 local core = require "sluice._redis"

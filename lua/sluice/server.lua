@@ -75,8 +75,8 @@
 -- srv:name() -> opts.name, or "host:port"
 -- srv:stats() -> a new table { requests = n, active = n, connections = n,
 --   refused = n, open = bool, closed = bool } (refused: over
---   max_connections; open: accepting; closed: every request finished after
---   close(), the port released)
+--   max_connections; open: accepting; closed: close() was called and every
+--   request in flight has finished)
 --
 -- No call of this module yields; handlers run as tasks and may.
 --
