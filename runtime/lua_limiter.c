@@ -256,9 +256,7 @@ static int l_new(lua_State *L) {
     event_assign(&ll->timer, sl_rt.base, -1, 0, on_timer, ll);
     ll->timer_ready = 1;
     double now = clock_now(ll, L);
-    sl_limiter_stats st;
-    sl_limiter_get_stats(ll->lim, now, &st);
-    snprintf(ll->name, sizeof(ll->name), "%s", st.limiter_name);
+    snprintf(ll->name, sizeof(ll->name), "%s", o.name); /* truncated alike */
 
     lua_getfield(L, 1, "pools");
     if (lua_istable(L, -1)) {
