@@ -12,6 +12,24 @@
 -- absent); cb:metrics() has what goes beyond it; cb:snapshot() and
 -- breaker.restore(snapshot) persist a breaker. The reference names
 -- can_attempt, record_success, record_failure and get_status work too.
+--
+-- The handle: cb:name() is the configured name ("unknown" by default).
+-- cb:stats() is a new plain table: the fields of status() (the reference
+-- shape: state, collector_name, failure_count, consecutive_successes,
+-- failure_threshold, timeout_seconds, last_failure_time and
+-- last_state_change as ISO 8601, half_open while half-open, statistics,
+-- health_score), those of metrics() (mode, open_until as epoch seconds
+-- while open, rejected, ignored_results, permit_timeouts, slow_calls,
+-- window_calls, window_failures, window_slow_calls, half_open_outstanding,
+-- generation) and name. cb:close() -> true, or false when it was already
+-- closed: it stops state-change logging and on_change callbacks for later
+-- changes (earlier ones are still delivered), lets go of the clock and
+-- takes the breaker out of breaker.get/all. A closed breaker still answers
+-- name() and stats(); any other method raises "sluice.breaker: breaker
+-- '<name>' is closed".
+--
+-- No call yields: a breaker works inside or outside a task. on_change
+-- callbacks run as tasks of their own.
 local core = require "sluice._breaker"
 local log = require "sluice.log"
 
@@ -32,6 +50,7 @@ local MODES = { normal = true, metrics_only = true, disabled = true }
 
 local registry = setmetatable({}, { __mode = "v" }) -- name -> breaker
 local callbacks = setmetatable({}, { __mode = "k" }) -- breaker -> { fn, ... }
+local closed = setmetatable({}, { __mode = "k" }) -- breaker -> true once closed
 
 local function check_type(where, key, value, want)
   local ok
@@ -143,6 +162,7 @@ function methods:on_change(fn)
   if type(fn) ~= "function" then
     error("sluice.breaker.on_change: bad argument #1 (function expected, got " .. type(fn) .. ")", 2)
   end
+  if closed[self] then error("sluice.breaker: breaker '" .. self:name() .. "' is closed", 2) end
   local list = callbacks[self]
   if not list then
     list = {}
@@ -178,5 +198,14 @@ function methods:record_failure(duration)
 end
 
 methods.get_status = methods.status
+
+local close = methods.close
+--- cb:close() -> true | false (already closed); see the header.
+function methods:close()
+  closed[self] = true -- (changes before it are still delivered to on_change)
+  local name = self:name()
+  if registry[name] == self then registry[name] = nil end
+  return close(self)
+end
 
 return _M

@@ -59,6 +59,17 @@
 --   (processes may use different rates on one key: each request advances
 --   the TAT by its own cost * T).
 -- g.key, g.rate, g.burst, g.max_wait, g.client are readable.
+--
+-- The handle: g:name() -> the name option (the key when only key was
+-- given). g:stats() -> a new plain table {name, key, rate, burst, max_wait,
+-- horizon, admitted (wait() and take() admissions), waited_total (seconds
+-- waited by admitted wait()s), timeouts (wait()s that gave up), refused
+-- (take()s refused), errors (calls Redis did not answer), queued (waiters
+-- parked in the local queue), closed}. g:close() -> true, or false when it
+-- was already closed: it closes the Redis client the object made from a
+-- url (not one it was given). A closed object still answers name() and
+-- stats(); take(), wait() and set_rate() raise "sluice.gcra: gcra '<name>'
+-- is closed". Calls that yield (must run in a task): take(), wait().
 local sluice = require "sluice"
 local redis = require "sluice.redis"
 
@@ -109,9 +120,10 @@ function _M.new(opts)
     end
   end
   local client = opts.redis
-  if type(client) == "string" then
-    local ok, c = pcall(redis.connect, { url = client })
-    if not ok then bad("option 'redis': " .. tostring(c):gsub("^.-: ", "", 1)) end
+  local owns_client = type(client) == "string"
+  if owns_client then
+    local c, err = redis.connect({ url = client })
+    if not c then bad("option 'redis': " .. err) end
     client = c
   elseif type(client) ~= "table" or type(client.eval_script) ~= "function" then
     bad("option 'redis' must be a redis:// url or a sluice.redis client")
@@ -131,7 +143,13 @@ function _M.new(opts)
     client = client, key = key, rate = rate, burst = burst, max_wait = max_wait, horizon = horizon,
     _interval = 1 / rate, _tolerance = burst / rate,
     _queue = { head = 1, tail = 0 }, _queued = {}, _poller = nil,
+    _name = opts.name or key, _owns_client = owns_client, _closed = false,
+    _admitted = 0, _waited = 0, _timeouts = 0, _refused = 0, _errors = 0,
   }, mt)
+end
+
+local function check_open(self)
+  if self._closed then error("sluice.gcra: gcra '" .. self._name .. "' is closed", 3) end
 end
 
 local function check_cost(fname, cost)
@@ -154,13 +172,22 @@ end
 
 --- g:take([cost]) -> true, 0 | false, retry_after | nil, "redis: <err>"
 function G:take(cost)
+  check_open(self)
   cost = check_cost("take", cost)
   if cost > self.burst then
     error("sluice.gcra.take: cost " .. cost .. " exceeds burst " .. self.burst
       .. " and can never be admitted", 2)
   end
   local ok, v = decide(self, cost, 0)
-  if ok then return true, 0 end
+  if ok then
+    self._admitted = self._admitted + 1
+    return true, 0
+  end
+  if ok == false then
+    self._refused = self._refused + 1
+  else
+    self._errors = self._errors + 1
+  end
   return ok, v
 end
 
@@ -231,15 +258,8 @@ local function queue(self, me, deadline)
   end
 end
 
---- g:wait([cost [, max_wait]]) -> seconds waited | nil, "timeout", retry_after
--- | nil, "redis: <err>" | nil, "shutdown"
-function G:wait(cost, max_wait)
-  cost = check_cost("wait", cost)
-  if max_wait ~= nil and (type(max_wait) ~= "number" or not (max_wait >= 0)) then
-    error("sluice.gcra.wait: bad argument #2 'max_wait' (number >= 0 expected)", 2)
-  end
-  local me = sluice.current()
-  if not me then error("sluice.gcra.wait: must be called from a task", 2) end
+-- The wait proper (arguments checked): see g:wait.
+local function wait(self, me, cost, max_wait)
   local start = sluice.now()
   local deadline = start + (max_wait or self.max_wait)
   local polling = false
@@ -285,12 +305,58 @@ function G:wait(cost, max_wait)
   end
 end
 
+--- g:wait([cost [, max_wait]]) -> seconds waited | nil, "timeout", retry_after
+-- | nil, "redis: <err>" | nil, "shutdown"
+function G:wait(cost, max_wait)
+  check_open(self)
+  cost = check_cost("wait", cost)
+  if max_wait ~= nil and (type(max_wait) ~= "number" or not (max_wait >= 0)) then
+    error("sluice.gcra.wait: bad argument #2 'max_wait' (number >= 0 expected)", 2)
+  end
+  local me = sluice.current()
+  if not me then error("sluice.gcra.wait: must be called from a task", 2) end
+  local waited, err, retry = wait(self, me, cost, max_wait)
+  if waited then
+    self._admitted = self._admitted + 1
+    self._waited = self._waited + waited
+  elseif err == "timeout" then
+    self._timeouts = self._timeouts + 1
+  elseif err ~= "shutdown" then
+    self._errors = self._errors + 1
+  end
+  return waited, err, retry
+end
+
 --- g:set_rate(rate): later requests from this object use rate.
 function G:set_rate(rate)
+  check_open(self)
   if type(rate) ~= "number" or not (rate > 0 and rate < math.huge) then
     error("sluice.gcra.set_rate: bad argument #1 'rate' (number > 0 expected)", 2)
   end
   self.rate, self._interval, self._tolerance = rate, 1 / rate, self.burst / rate
+end
+
+--- g:name() -> the name (or the key)
+function G:name()
+  return self._name
+end
+
+--- g:stats() -> a plain table; see the header.
+function G:stats()
+  local q = 0
+  for _ in pairs(self._queued) do q = q + 1 end
+  return { name = self._name, key = self.key, rate = self.rate, burst = self.burst,
+    max_wait = self.max_wait, horizon = self.horizon, admitted = self._admitted,
+    waited_total = self._waited, timeouts = self._timeouts, refused = self._refused,
+    errors = self._errors, queued = q, closed = self._closed }
+end
+
+--- g:close() -> true | false (already closed)
+function G:close()
+  if self._closed then return false end
+  self._closed = true
+  if self._owns_client then self.client:close() end
+  return true
 end
 
 return _M

@@ -28,7 +28,12 @@
 -- (0.5 s), max_endpoints (1024), reset ("auto" | "epoch" | "epoch_ms" |
 -- "delta": how X-RateLimit-Reset is read), pools = { {name, limit, window,
 -- burst, weight_window}, ... }, endpoints = { [endpoint] = {rate, burst} },
--- shared (a redis:// url or a sluice.redis client; see below).
+-- shared (a redis:// url or a sluice.redis client; see below), clock (a
+-- function returning seconds, for deterministic tests: it stands for both
+-- the monotonic and the wall clock, as the breaker's does; errors in it
+-- leave its last reading in place; a waiting task is looked at again after
+-- as many real seconds as the clock says are left; a shared quota keeps
+-- Redis' clock).
 --
 -- A shared quota: with shared = "redis://...", every request also needs a
 -- slot of a GCRA kept in Redis under gcra:{name} (sluice.gcra), so all
@@ -43,6 +48,18 @@
 -- locally (each process at up to `rate`), logs that once, and shares again
 -- when Redis answers; stats().shared tells which. Outside a task wait()
 -- answers from the local limiter alone (a Redis call must yield).
+--
+-- The handle: lim:name() is the configured name ("unknown" by default);
+-- lim:stats() is a new plain table (the reference get_stats() shape below);
+-- lim:close() -> true, or false when it was already closed: it wakes the
+-- tasks waiting in wait() with nil, "closed", closes the shared quota (and
+-- the Redis connection it made from a url, not a client it was given),
+-- lets go of the clock and takes the limiter out of limiter.get/all. A
+-- closed limiter still answers name() and stats(); any other method raises
+-- "sluice.limiter: limiter '<name>' is closed".
+--
+-- Calls that yield (must run in a task to wait): wait(); outside a task it
+-- never waits. Everything else returns at once.
 local core = require "sluice._limiter"
 local log = require "sluice.log"
 local current_task = require("sluice").current
@@ -56,7 +73,7 @@ local OPTIONS = {
   max_backoff = "number", max_wait = "number", ban_time = "number", quiet = "number",
   slow_latency = "number", fast_latency = "number", max_endpoints = "number",
   reset = "string", pools = "table", endpoints = "table", headers = "string",
-  shared = "any",
+  shared = "any", clock = "function",
 }
 local POOL = { name = "string", limit = "number", window = "number", burst = "number",
   weight_window = "number" }
@@ -115,8 +132,7 @@ function _M.new(opts)
     local okg, g = pcall(require("sluice.gcra").new, { redis = shared, name = opts.name or "unknown",
       rate = lim:rate(), burst = math.max(1, opts.burst or 1) })
     if not okg then bad("option 'shared': " .. tostring(g):gsub("^.-sluice%.gcra%.new: ", "")) end
-    shared_of[lim] = { gcra = g, max_wait = opts.max_wait or 300, owns_client = type(shared) == "string",
-      admitted = 0, timeouts = 0, errors = 0, waited = 0, down = false,
+    shared_of[lim] = { gcra = g, max_wait = opts.max_wait or 300, down = false,
       log = log.with({ limiter = opts.name or "unknown" }) }
   end
   registry[opts.name or "unknown"] = lim
@@ -127,7 +143,7 @@ function _M.get(name) return registry[name] end
 
 --- register(lim): make lim the limiter limiter.get(its name) returns.
 function _M.register(lim)
-  registry[lim:stats().limiter_name] = lim
+  registry[lim:name()] = lim
   return lim
 end
 
@@ -163,17 +179,11 @@ local function shared_wait(self, sh, waited, cost, max_wait)
       sh.down = false
       sh.log.info("shared quota reachable again", { key = g.key })
     end
-    sh.admitted = sh.admitted + 1
-    sh.waited = sh.waited + w
     return waited + w
   end
-  if err == "timeout" then
-    sh.timeouts = sh.timeouts + 1
-    return nil, "timeout", retry
-  end
+  if err == "timeout" then return nil, "timeout", retry end
   if err == "shutdown" then return nil, err end
   -- Redis away: the local limiter has already paced this request
-  sh.errors = sh.errors + 1
   if not sh.down then
     sh.down = true
     sh.log.warning("shared quota unreachable: limiting locally until Redis is back",
@@ -217,19 +227,22 @@ function methods:stats()
   local s = stats(self)
   local sh = shared_of[self]
   if sh then
-    local g = sh.gcra
+    local g = sh.gcra:stats()
     s.shared = { key = g.key, rate = g.rate, burst = g.burst, state = sh.down and "local" or "shared",
-      admitted = sh.admitted, timeouts = sh.timeouts, errors = sh.errors, waited_total = sh.waited }
+      admitted = g.admitted, timeouts = g.timeouts, errors = g.errors, waited_total = g.waited_total }
   end
   return s
 end
 methods.get_stats = methods.stats
 
---- lim:close(): let go of a shared limiter's own Redis connection (one it
--- made from a url); a no-op otherwise.
+local close = methods.close
+--- lim:close() -> true | false (already closed); see the header.
 function methods:close()
   local sh = shared_of[self]
-  if sh and sh.owns_client then sh.gcra.client:close() end
+  if sh then sh.gcra:close() end
+  local name = self:name()
+  if registry[name] == self then registry[name] = nil end
+  return close(self)
 end
 
 return _M

@@ -4,9 +4,14 @@
 --   local ok, err = red:call("SET", "k", 42)
 --   local v = red:call("GET", "k")            --> "42"
 --
--- connect{url=, password=, connect_timeout=2, command_timeout=5} returns a
--- client at once; the connection (then AUTH and SELECT) is made in the
--- background and the first calls wait for it up to connect_timeout. The host
+-- connect{url=, password=, connect_timeout=2, command_timeout=5, name=}
+-- returns a client at once; the connection (then AUTH and SELECT) is made in
+-- the background and the first calls wait for it up to connect_timeout. A
+-- url that does not parse is data from a configuration, not a programming
+-- error: connect returns nil, err ("url must start with redis://", "url has
+-- no host", "bad port", "bad database number in url"); a missing or
+-- non-table argument, an unknown option, an option of the wrong type or a
+-- timeout <= 0 raises. The host
 -- is an IP literal or a name. A name is resolved without blocking the loop
 -- (libevent's evdns: /etc/hosts, then the nameservers of /etc/resolv.conf,
 -- both read once, when the first name is resolved) on every connection
@@ -48,6 +53,16 @@
 -- The option _nameserver = "ip[:port]" is for tests: that client resolves
 -- with that one nameserver and without /etc/hosts.
 --
+-- The handle: client:name() is the name option, by default the url without
+-- its password ("redis://127.0.0.1:6379/0"). client:stats() is a new plain
+-- table: info() (status, in_flight, reconnects, last_error, host, port,
+-- address) and name. client:close() -> true, or false when it was already
+-- closed. Unlike other handles, a closed client does not raise: its calls
+-- return nil, "closed" (a client is shared by tasks, and one may close it
+-- while another calls: an operational outcome, not a misuse).
+-- Calls that yield (must run in a task): call, pipeline, eval_script,
+-- subscribe, psubscribe, sub:receive.
+--
 -- Pub/sub: client:subscribe(channel, ... [, {max_pending = 1000}]) and
 -- client:psubscribe(pattern, ... [, opts]) open a dedicated connection
 -- (RESP2 allows no other command on a subscribed one), yield until Redis
@@ -62,9 +77,11 @@
 -- pending, received and the client fields). The connection reconnects like
 -- a client's and subscribes again; messages published while it is down are
 -- lost. sub:unsubscribe() and sub:close() (the same; idempotent, also done
--- by __gc and by client:close()) end it and wake a waiting receiver with
--- nil, "closed". A subscription is anchored only while a task waits on it;
--- killing the task that is subscribing closes it at once. A closed client
+-- by __gc and by client:close(); true, or false when it was already closed)
+-- end it and wake a waiting receiver with nil, "closed". sub:name() is its
+-- client's name, sub:stats() its info() with name. A subscription is
+-- anchored only while a task waits on it; killing the task that is
+-- subscribing closes it at once. A closed client
 -- subscribes to nothing: nil, "closed". call() and
 -- pipeline() refuse SUBSCRIBE, PSUBSCRIBE, their UNSUBSCRIBEs and MONITOR.
 local core = require "sluice._redis"
@@ -77,7 +94,7 @@ local mt = { __index = Client }
 
 local OPTIONS = {
   url = "string", password = "string", connect_timeout = "number", command_timeout = "number",
-  _nameserver = "string",
+  name = "string", _nameserver = "string",
 }
 
 local function fail(fname, msg)
@@ -115,7 +132,7 @@ function _M.parse_url(url)
   return { host = host, port = port, db = db, password = password }
 end
 
---- connect(opts) -> client
+--- connect(opts) -> client | nil, err (a url that does not parse)
 function _M.connect(opts)
   if type(opts) ~= "table" then fail("connect", "options table expected") end
   for k, v in pairs(opts) do
@@ -123,15 +140,18 @@ function _M.connect(opts)
     if not want then fail("connect", "unknown option '" .. tostring(k) .. "'") end
     if type(v) ~= want then fail("connect", "option '" .. k .. "' must be a " .. want) end
   end
-  local u, err = _M.parse_url(opts.url or "redis://127.0.0.1:6379/0")
-  if not u then fail("connect", err) end
-  redact.register(opts.password or u.password) -- never in a log line
   local ct, cmdt = opts.connect_timeout or 2, opts.command_timeout or 5
   if not (ct > 0) then fail("connect", "connect_timeout must be > 0") end
   if not (cmdt > 0) then fail("connect", "command_timeout must be > 0") end
+  local u, err = _M.parse_url(opts.url or "redis://127.0.0.1:6379/0")
+  if not u then return nil, err end
+  redact.register(opts.password or u.password) -- never in a log line
   local args = { u.host, u.port, u.db, opts.password or u.password, ct, cmdt, opts._nameserver }
   local c = core.connect(unpack(args, 1, 7))
-  return setmetatable({ _c = c, _sha = {}, _args = args, _subs = setmetatable({}, { __mode = "k" }) }, mt)
+  local host = u.host:find(":", 1, true) and "[" .. u.host .. "]" or u.host
+  local name = opts.name or ("redis://%s:%d/%d"):format(host, u.port, u.db)
+  return setmetatable({ _c = c, _sha = {}, _args = args, _name = name,
+    _subs = setmetatable({}, { __mode = "k" }) }, mt)
 end
 
 local ccall, cpipeline = core.call, core.pipeline
@@ -273,7 +293,7 @@ local function subscribe(self, fname, ...)
     if made then core.close(made) end
     return nil, err
   end
-  local sub = setmetatable({ _c = c }, sub_mt)
+  local sub = setmetatable({ _c = c, _name = self._name }, sub_mt)
   self._subs[sub] = true
   return sub
 end
@@ -295,17 +315,34 @@ function Subscription:receive(timeout)
   return creceive(self._c, timeout)
 end
 
-function Subscription:close() core.close(self._c) end
+-- info() with the handle's name: the stats() of clients and subscriptions.
+local function stats(self)
+  local s = core.info(self._c)
+  s.name = self._name
+  return s
+end
+
+function Subscription:close()
+  if core.status(self._c) == "closed" then return false end
+  core.close(self._c)
+  return true
+end
 Subscription.unsubscribe = Subscription.close
 function Subscription:status() return core.status(self._c) end
 function Subscription:info() return core.info(self._c) end
+function Subscription:name() return self._name end
+Subscription.stats = stats
 sub_mt.__tostring = function(self) return tostring(self._c) end
 
 function Client:status() return core.status(self._c) end
 function Client:info() return core.info(self._c) end
+function Client:name() return self._name end
+Client.stats = stats
 function Client:close()
+  local was_open = core.status(self._c) ~= "closed"
   core.close(self._c)
   for sub in pairs(self._subs) do sub:close() end
+  return was_open
 end
 mt.__tostring = function(self) return tostring(self._c) end
 

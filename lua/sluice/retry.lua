@@ -19,6 +19,18 @@
 -- `min_per_second` retries per second are always allowed. When a whole
 -- upstream is down, a collector then sends about (1 + ratio) requests per
 -- call instead of max_attempts. budget = false turns it off.
+--
+-- The handle: policy:name() is the name option ("retry" by default).
+-- policy:stats() is a new plain table {name, strategy, max_attempts,
+-- base_delay, max_delay, max_retry_after, budget (true when on), calls
+-- (run()s), attempts (calls of fn), retries (attempts after a first),
+-- refused (retries the budget refused)}. policy:close() -> true, or false
+-- when it was already closed: it lets go of the budget (and its clock). A
+-- closed policy still answers name() and stats(); run(), delay() and
+-- refused() raise "sluice.retry: policy '<name>' is closed".
+--
+-- policy:run() yields when fn does or between attempts (sleep), so it runs
+-- in a task unless both fn and the injected sleep return at once.
 local core = require "sluice._retry"
 local sluice = require "sluice"
 
@@ -31,7 +43,7 @@ local STRATEGIES = {
 local OPTIONS = {
   strategy = "string", max_attempts = "number", base_delay = "number",
   max_delay = "number", max_retry_after = "number", budget = "any",
-  clock = "function", sleep = "function",
+  clock = "function", sleep = "function", name = "string",
 }
 local BUDGET_OPTIONS = { ratio = "number", min_per_second = "number", ttl = "number" }
 
@@ -41,8 +53,8 @@ end
 
 --- new(opts) -> policy. Defaults: strategy "exponential_jitter",
 -- max_attempts 3 (the first try included), base_delay 1 s, max_delay 30 s,
--- max_retry_after 300 s, budget {ratio = 0.2, min_per_second = 1, ttl = 10}.
--- clock and sleep may be injected for tests.
+-- max_retry_after 300 s, budget {ratio = 0.2, min_per_second = 1, ttl = 10},
+-- name "retry". clock and sleep may be injected for tests.
 function _M.new(opts)
   opts = opts or {}
   if type(opts) ~= "table" then
@@ -63,6 +75,8 @@ function _M.new(opts)
     max_retry_after = opts.max_retry_after or 300,
     clock = opts.clock or sluice.now,
     sleep = opts.sleep or sluice.sleep,
+    _name = opts.name or "retry", _closed = false,
+    _calls = 0, _attempts = 0, _refused = 0,
   }, mt)
   if not STRATEGIES[self.strategy] then
     bad("option 'strategy' must be fixed, linear, exponential, exponential_jitter or adaptive, got '"
@@ -90,11 +104,17 @@ function _M.new(opts)
     end
     self.budget = core.budget(b.ratio or 0.2, b.min_per_second or 1, b.ttl or 10, opts.clock)
   end
+  self._budget_on = self.budget ~= nil
   return self
+end
+
+local function check_open(self)
+  if self._closed then error("sluice.retry: policy '" .. self._name .. "' is closed", 3) end
 end
 
 --- policy:delay(n [, retry_after]) -> seconds to wait before retry n (n >= 1).
 function _M:delay(n, retry_after)
+  check_open(self)
   return core.delay(self.strategy, n, self.base_delay, self.max_delay, retry_after,
     self.max_retry_after)
 end
@@ -106,10 +126,13 @@ end
 -- (default false) allows a retry and hint.retry_after (seconds) is the
 -- server's word for adaptive. info = {attempts = n, budget_exhausted = bool}.
 function _M:run(fn)
+  check_open(self)
+  self._calls = self._calls + 1
   if self.budget then self.budget:deposit() end
   local attempt = 0
   while true do
     attempt = attempt + 1
+    self._attempts = self._attempts + 1
     local value, err, hint = fn(attempt)
     if value ~= nil then
       return value, nil, { attempts = attempt }
@@ -128,7 +151,33 @@ end
 
 --- policy:refused() -> retries the budget has refused so far.
 function _M:refused()
+  check_open(self)
   return self.budget and self.budget:refused() or 0
+end
+
+--- policy:name() -> the name option, "retry" by default
+function _M:name()
+  return self._name
+end
+
+--- policy:stats() -> a plain table; see the header.
+function _M:stats()
+  return { name = self._name, strategy = self.strategy, max_attempts = self.max_attempts,
+    base_delay = self.base_delay, max_delay = self.max_delay,
+    max_retry_after = self.max_retry_after, budget = self._budget_on,
+    calls = self._calls, attempts = self._attempts, retries = self._attempts - self._calls,
+    refused = self.budget and self.budget:refused() or self._refused }
+end
+
+--- policy:close() -> true | false (already closed)
+function _M:close()
+  if self._closed then return false end
+  self._closed = true
+  if self.budget then
+    self._refused = self.budget:refused()
+    self.budget = nil
+  end
+  return true
 end
 
 return _M

@@ -42,6 +42,8 @@
 --                  "unauthorized"} (WWW-Authenticate: Bearer) on its
 --                  headers alone, before any of its body is read, and the
 --                  connection is closed. Default: none.
+--   opts.name      what srv:name() returns (default "host:port", the bound
+--                  port: "127.0.0.1:8080", "[::1]:8080").
 --   Requests are checked on their headers, before their body is read: a
 --   declared Content-Length over max_body gets 413 at once, conflicting
 --   Content-Length headers get 400, and a malformed chunk size in a chunked
@@ -65,11 +67,20 @@
 --   same method and path again replaces the handler.
 --   No route for the path -> 404; routes for the path, none for the method
 --   -> 405 with an Allow header. Both have a JSON body {"error": "..."}.
--- srv:close() -> true if it was listening (idempotent). Stops accepting at
---   once; requests in flight run to the end (their replies say
---   Connection: close), then the server releases the loop.
--- srv:stats() -> { requests = n, active = n, connections = n, refused = n,
---   open = bool, closed = bool } (refused: over max_connections)
+-- srv:close() -> true if it was listening, false when it was already
+--   closed (idempotent). Stops accepting at once; requests in flight run to
+--   the end (their replies say Connection: close), then the server releases
+--   the loop. A closed server still answers name() and stats(); route()
+--   raises "sluice.server: server '<name>' is closed".
+-- srv:name() -> opts.name, or "host:port"
+-- srv:stats() -> a new table { requests = n, active = n, connections = n,
+--   refused = n, open = bool, closed = bool } (refused: over
+--   max_connections; open: accepting; closed: close() was called and every
+--   request in flight has finished)
+--
+-- No call of this module yields; handlers run as tasks and may.
+--
+-- The request and reply objects are sluice.server.message's.
 --
 -- handler(req) runs as a task and returns status, body, headers:
 --   status  integer 100..599, default 200 (a handler may also return just
@@ -126,7 +137,7 @@
 local sluice = require "sluice"
 local core = require "sluice._server"
 local log = require "sluice.log"
-local cjson = require "cjson.safe"
+local message = require "sluice.server.message"
 
 local _M = {}
 
@@ -148,13 +159,17 @@ local METHODS = {
 local open_servers = setmetatable({}, { __mode = "k" })
 local shutdown_hooked = false
 
-local function is_integer(v)
-  return type(v) == "number" and v == math.floor(v) and v > -math.huge and v < math.huge
-end
+local is_integer = message.is_integer
+local new_request, build_reply, reply_error = message.new_request, message.build_reply,
+  message.reply_error
+_M.valid_utf8 = message.valid_utf8
 
 -- --- options -----------------------------------------------------------------
 local CHECKS = {
   host = function(v)
+    return type(v) == "string" and v ~= "", "a non-empty string"
+  end,
+  name = function(v)
     return type(v) == "string" and v ~= "", "a non-empty string"
   end,
   port = function(v)
@@ -204,6 +219,13 @@ local function check_options(opts)
       error("sluice.server.listen: unknown option '" .. tostring(k) .. "'", 3)
     end
   end
+  if opts.name ~= nil then
+    local ok, what = CHECKS.name(opts.name)
+    if not ok then
+      error("sluice.server.listen: option 'name' must be " .. what, 3)
+    end
+    out.name = opts.name
+  end
   if opts.auth ~= nil then
     local ok, what = CHECKS.auth(opts.auth)
     if not ok then
@@ -225,164 +247,6 @@ local function check_options(opts)
     out[k] = v
   end
   return out
-end
-
--- --- requests ----------------------------------------------------------------
-local headers_mt = {
-  __index = function(t, k)
-    if type(k) == "string" then
-      return rawget(t, k:lower())
-    end
-  end,
-}
-
-local function unescape(s)
-  s = s:gsub("+", " ")
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
-
-local function decode_query(qs)
-  local q, all = {}, {}
-  for pair in qs:gmatch("[^&]+") do
-    local k, v = pair:match("^([^=]*)=(.*)$")
-    if not k then
-      k, v = pair, ""
-    end
-    k, v = unescape(k), unescape(v)
-    if k ~= "" then
-      q[k] = v
-      local list = all[k]
-      if list then
-        list[#list + 1] = v
-      else
-        all[k] = { v }
-      end
-    end
-  end
-  return q, all
-end
-
-local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
-
--- Flattens a headers table into { name, value, ... }; returns the list and
--- whether it names a content-type. Raises on a bad name or value.
-local function flatten_headers(headers, where)
-  local flat, has_type = {}, false
-  if headers == nil then
-    return flat, false
-  end
-  if type(headers) ~= "table" then
-    error(where .. ": headers must be a table (got " .. type(headers) .. ")", 0)
-  end
-  local function add(k, v)
-    local tv = type(v)
-    if tv == "number" or tv == "boolean" then
-      v = tostring(v)
-    elseif tv ~= "string" then
-      error(where .. ": header '" .. k .. "' has a " .. tv .. " value", 0)
-    end
-    if v:find("[%z\r\n]") then
-      error(where .. ": header '" .. k .. "' has a control character in its value", 0)
-    end
-    flat[#flat + 1] = k
-    flat[#flat + 1] = v
-  end
-  for k, v in pairs(headers) do
-    if type(k) ~= "string" or not k:find(TOKEN) then
-      error(where .. ": bad header name " .. tostring(k), 0)
-    end
-    if k:lower() == "content-type" then
-      has_type = true
-    end
-    if type(v) == "table" then
-      for _, item in ipairs(v) do
-        add(k, item)
-      end
-    else
-      add(k, v)
-    end
-  end
-  return flat, has_type
-end
-
-local function check_status(status, where)
-  if status == nil then
-    return 200
-  end
-  if not is_integer(status) or status < 100 or status > 599 then
-    error(where .. ": status must be an integer in [100, 599] (got "
-      .. tostring(status) .. ")", 0)
-  end
-  return status
-end
-
-local Request = {}
-Request.__index = Request
-
-function Request:json()
-  if not self._json_done then
-    self._json, self._json_err = cjson.decode(self.body)
-    self._json_done = true
-  end
-  return self._json, self._json_err
-end
-
-function Request:state()
-  return self._x:state()
-end
-
-function Request:abort()
-  return self._x:abort()
-end
-
-function Request:start(status, headers)
-  local ok, err = pcall(function()
-    status = check_status(status, "req:start")
-    headers = flatten_headers(headers, "req:start")
-  end)
-  if not ok then
-    error("sluice.server: " .. err, 2)
-  end
-  return self._x:start(status, headers)
-end
-
-function Request:write(chunk)
-  local tc = type(chunk)
-  if tc == "number" then
-    chunk = tostring(chunk)
-  elseif tc ~= "string" then
-    error("sluice.server: req:write: bad argument #1 'chunk' (string expected, got "
-      .. tc .. ")", 2)
-  end
-  if self._x:state() == "new" then
-    self._x:start(200)
-  end
-  return self._x:write(chunk)
-end
-
-function Request:finish()
-  if self._x:state() == "new" then
-    self._x:start(200)
-  end
-  return self._x:finish()
-end
-
-local function new_request(x, info)
-  local query, query_all = decode_query(info.query)
-  return setmetatable({
-    method = info.method,
-    path = info.path,
-    uri = info.uri,
-    query = query,
-    query_all = query_all,
-    query_string = info.query,
-    headers = setmetatable(info.headers, headers_mt),
-    body = info.body,
-    remote_addr = info.remote_addr,
-    remote_ip = info.remote_ip,
-    remote_port = info.remote_port,
-    _x = x,
-  }, Request)
 end
 
 -- --- routing -----------------------------------------------------------------
@@ -431,6 +295,9 @@ local function allow_header(allowed)
 end
 
 function Server:route(method, path, handler)
+  if self._closed then
+    error("sluice.server: server '" .. self._name .. "' is closed", 2)
+  end
   if type(method) ~= "string" or not METHODS[method:upper()] then
     error("sluice.server.route: bad argument #1 'method' (an HTTP method or \"*\" expected, got "
       .. (type(method) == "string" and ("'" .. method .. "'") or type(method)) .. ")", 2)
@@ -470,7 +337,12 @@ end
 
 function Server:close()
   open_servers[self] = nil
+  self._closed = true
   return self._core:close()
+end
+
+function Server:name()
+  return self._name
 end
 
 function Server:stats()
@@ -482,97 +354,8 @@ function Server:__tostring()
 end
 
 -- --- dispatch ----------------------------------------------------------------
-local JSON = "application/json"
-local REPLACEMENT = "\239\191\189" -- U+FFFD
-
--- s with every byte that does not belong to a well-formed UTF-8 sequence
--- (RFC 3629: no overlongs, surrogates or code points past U+10FFFF)
--- replaced by U+FFFD. cjson copies bytes >= 0x80 into its output as they
--- are, so request data echoed in a JSON body could make it invalid.
-local function valid_utf8(s)
-  if not s:find("[\128-\255]") then
-    return s
-  end
-  local out, i, n = {}, 1, #s
-  local byte = string.byte
-  while i <= n do
-    local c = byte(s, i)
-    local len, lo, hi = 0, 0x80, 0xBF
-    if c < 0x80 then -- a run of ASCII at once
-      len = (s:find("[\128-\255]", i + 1) or n + 1) - i
-    elseif c >= 0xC2 and c <= 0xDF then len = 2
-    elseif c >= 0xE0 and c <= 0xEF then
-      len = 3
-      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
-    elseif c >= 0xF0 and c <= 0xF4 then
-      len = 4
-      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
-    end
-    local ok = len > 0 and i + len - 1 <= n
-    for k = 1, c < 0x80 and 0 or len - 1 do
-      if not ok then break end
-      local b = byte(s, i + k)
-      if k == 1 then ok = b >= lo and b <= hi else ok = b >= 0x80 and b <= 0xBF end
-    end
-    if ok then
-      out[#out + 1] = s:sub(i, i + len - 1)
-      i = i + len
-    else
-      out[#out + 1] = REPLACEMENT
-      i = i + 1
-    end
-  end
-  return table.concat(out)
-end
-_M.valid_utf8 = valid_utf8
-
-local function encode_json(v)
-  local s, err = cjson.encode(v)
-  if not s then
-    return nil, err
-  end
-  return valid_utf8(s)
-end
-
 local function trace(err)
   return { error = tostring(err), traceback = debug.traceback("", 2):sub(2) }
-end
-
--- Turns a handler's results into status, flat headers, body. Raises (with a
--- plain message) on a bad value.
-local function build_reply(status, body, headers)
-  local ts = type(status)
-  if (ts == "string" or ts == "table") and body == nil and headers == nil then
-    status, body = 200, status -- return "body" or return { json }
-  end
-  status = check_status(status, "handler")
-  local flat, has_type = flatten_headers(headers, "handler")
-  local tb = type(body)
-  if body == nil then
-    body = ""
-  elseif tb == "table" then
-    local s, err = encode_json(body)
-    if not s then
-      error("handler: cannot encode the body as JSON: " .. tostring(err), 0)
-    end
-    body = s
-    if not has_type then
-      flat[#flat + 1] = "Content-Type"
-      flat[#flat + 1] = JSON
-    end
-  elseif tb ~= "string" then
-    error("handler: body must be a string or a table (got " .. tb .. ")", 0)
-  end
-  return status, flat, body
-end
-
-local function reply_error(x, status, message, extra)
-  local flat = { "Content-Type", JSON }
-  if extra then
-    for i = 1, #extra do flat[#flat + 1] = extra[i] end
-  end
-  x:respond(status, flat, encode_json({ error = message }))
-  return status
 end
 
 local function dispatch(srv, x, info)
@@ -654,6 +437,8 @@ function _M.listen(opts)
     return nil, port
   end
   srv._core, srv.port = c, port
+  srv._name = opts.name or ((opts.host:find(":", 1, true) and "[" .. opts.host .. "]" or opts.host)
+    .. ":" .. port)
   open_servers[srv] = true
   if not shutdown_hooked then
     shutdown_hooked = true

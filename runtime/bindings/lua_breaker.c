@@ -5,6 +5,10 @@
  * changes are logged here, synchronously, and handed to Lua's on_change
  * callbacks by spawning a task running the dispatcher the wrapper installed:
  * never by calling Lua from inside the breaker's callback.
+ *
+ * close() stops the state-change callback and lets go of the clock; the
+ * core stays until __gc so that name() and stats() still answer. Every
+ * other method of a closed breaker raises.
  */
 #include <lauxlib.h>
 #include <math.h>
@@ -24,6 +28,7 @@ typedef struct lbreaker {
     int clock_ref; /* Lua clock function (tests), or LUA_NOREF */
     lua_State *L;  /* the thread of the method in progress; its arg 1 is us */
     double last_clock;
+    int closed;
 } lbreaker;
 
 static int dispatcher_ref = LUA_NOREF; /* set by the Lua wrapper */
@@ -43,6 +48,8 @@ static double real_wall(void *ud) {
 static double lua_clock(void *ud) {
     lbreaker *lb = ud;
     lua_State *L = lb->L;
+    if (lb->clock_ref == LUA_NOREF) /* closed: time stands still */
+        return lb->last_clock;
     lua_rawgeti(L, LUA_REGISTRYINDEX, lb->clock_ref);
     if (lua_pcall(L, 0, 1, 0) == 0 && lua_type(L, -1) == LUA_TNUMBER)
         lb->last_clock = lua_tonumber(L, -1);
@@ -84,7 +91,7 @@ static void on_change(sl_breaker *b, sl_breaker_state from, sl_breaker_state to,
 /* Methods carry the metatable as upvalue 1: comparing against it is much
  * cheaper than luaL_checkudata's registry lookup by name, and allow() +
  * success() is the hot path of every request. */
-static lbreaker *check(lua_State *L) {
+static lbreaker *check_handle(lua_State *L, int closed_ok) {
     lbreaker *lb = lua_touserdata(L, 1);
     if (!lb || !lua_getmetatable(L, 1) ||
         !lua_rawequal(L, -1, lua_upvalueindex(1)))
@@ -92,9 +99,14 @@ static lbreaker *check(lua_State *L) {
     lua_pop(L, 1);
     if (!lb->b)
         luaL_error(L, "sluice.breaker: breaker is freed");
+    if (lb->closed && !closed_ok)
+        luaL_error(L, "sluice.breaker: breaker '%s' is closed",
+                   sl_breaker_name(lb->b));
     lb->L = L;
     return lb;
 }
+
+static lbreaker *check(lua_State *L) { return check_handle(L, 0); }
 
 static double opt_num(lua_State *L, int t, const char *k, double def) {
     lua_getfield(L, t, k);
@@ -286,7 +298,7 @@ static int l_state(lua_State *L) {
 }
 
 static int l_name(lua_State *L) {
-    lbreaker *lb = check(L);
+    lbreaker *lb = check_handle(L, 1);
     lua_pushstring(L, sl_breaker_name(lb->b));
     return 1;
 }
@@ -320,35 +332,57 @@ static void push_statistics(lua_State *L, const sl_breaker_stats *s, int iso) {
         set_num(L, "last_open_time", s->last_open_time);
 }
 
-/* status() -> the reference get_status() shape, exactly. */
+/* The reference get_status() shape, exactly. */
+static void push_status(lua_State *L, const sl_breaker_status *st) {
+    lua_createtable(L, 0, 11);
+    lua_pushstring(L, sl_breaker_state_name(st->state));
+    lua_setfield(L, -2, "state");
+    lua_pushstring(L, st->name);
+    lua_setfield(L, -2, "collector_name");
+    set_num(L, "failure_count", st->failure_count);
+    set_num(L, "consecutive_successes", (double)st->consecutive_successes);
+    set_num(L, "failure_threshold", st->failure_threshold);
+    set_num(L, "timeout_seconds", st->timeout_seconds);
+    set_time(L, "last_failure_time", st->last_failure_time);
+    set_time(L, "last_state_change", st->last_state_change);
+    if (st->state == SL_BREAKER_HALF_OPEN) {
+        lua_createtable(L, 0, 5);
+        set_num(L, "attempts", st->half_open_attempts);
+        set_num(L, "successes", st->half_open_successes);
+        set_num(L, "max_calls", st->half_open_max_calls);
+        set_num(L, "success_threshold", st->half_open_success_threshold);
+        set_num(L, "success_rate", st->half_open_success_rate);
+        lua_setfield(L, -2, "half_open");
+    }
+    push_statistics(L, &st->statistics, 1);
+    lua_setfield(L, -2, "statistics");
+    set_num(L, "health_score", st->health_score);
+}
+
+/* status() -> the reference get_status() shape. */
 static int l_status(lua_State *L) {
     lbreaker *lb = check(L);
     sl_breaker_status st;
     sl_breaker_get_status(lb->b, &st);
-    lua_createtable(L, 0, 11);
-    lua_pushstring(L, sl_breaker_state_name(st.state));
-    lua_setfield(L, -2, "state");
-    lua_pushstring(L, st.name);
-    lua_setfield(L, -2, "collector_name");
-    set_num(L, "failure_count", st.failure_count);
-    set_num(L, "consecutive_successes", (double)st.consecutive_successes);
-    set_num(L, "failure_threshold", st.failure_threshold);
-    set_num(L, "timeout_seconds", st.timeout_seconds);
-    set_time(L, "last_failure_time", st.last_failure_time);
-    set_time(L, "last_state_change", st.last_state_change);
-    if (st.state == SL_BREAKER_HALF_OPEN) {
-        lua_createtable(L, 0, 5);
-        set_num(L, "attempts", st.half_open_attempts);
-        set_num(L, "successes", st.half_open_successes);
-        set_num(L, "max_calls", st.half_open_max_calls);
-        set_num(L, "success_threshold", st.half_open_success_threshold);
-        set_num(L, "success_rate", st.half_open_success_rate);
-        lua_setfield(L, -2, "half_open");
-    }
-    push_statistics(L, &st.statistics, 1);
-    lua_setfield(L, -2, "statistics");
-    set_num(L, "health_score", st.health_score);
+    push_status(L, &st);
     return 1;
+}
+
+/* What goes beyond the reference shape, into the table on top. */
+static void set_metrics(lua_State *L, const sl_breaker_status *st) {
+    lua_pushstring(L, sl_breaker_mode_name(st->mode));
+    lua_setfield(L, -2, "mode");
+    if (st->open_until != SL_BREAKER_NEVER)
+        set_num(L, "open_until", st->open_until);
+    set_num(L, "rejected", (double)st->statistics.rejected);
+    set_num(L, "ignored_results", (double)st->statistics.ignored_results);
+    set_num(L, "permit_timeouts", (double)st->statistics.permit_timeouts);
+    set_num(L, "slow_calls", (double)st->statistics.slow_calls);
+    set_num(L, "window_calls", (double)st->window_calls);
+    set_num(L, "window_failures", (double)st->window_failures);
+    set_num(L, "window_slow_calls", (double)st->window_slow_calls);
+    set_num(L, "half_open_outstanding", st->half_open_outstanding);
+    set_num(L, "generation", (double)st->generation);
 }
 
 /* metrics() -> what goes beyond the reference shape. */
@@ -357,19 +391,35 @@ static int l_metrics(lua_State *L) {
     sl_breaker_status st;
     sl_breaker_get_status(lb->b, &st);
     lua_createtable(L, 0, 10);
-    lua_pushstring(L, sl_breaker_mode_name(st.mode));
-    lua_setfield(L, -2, "mode");
-    if (st.open_until != SL_BREAKER_NEVER)
-        set_num(L, "open_until", st.open_until);
-    set_num(L, "rejected", (double)st.statistics.rejected);
-    set_num(L, "ignored_results", (double)st.statistics.ignored_results);
-    set_num(L, "permit_timeouts", (double)st.statistics.permit_timeouts);
-    set_num(L, "slow_calls", (double)st.statistics.slow_calls);
-    set_num(L, "window_calls", (double)st.window_calls);
-    set_num(L, "window_failures", (double)st.window_failures);
-    set_num(L, "window_slow_calls", (double)st.window_slow_calls);
-    set_num(L, "half_open_outstanding", st.half_open_outstanding);
-    set_num(L, "generation", (double)st.generation);
+    set_metrics(L, &st);
+    return 1;
+}
+
+/* stats() -> status() and metrics() in one table, with name (also once
+ * closed). */
+static int l_stats(lua_State *L) {
+    lbreaker *lb = check_handle(L, 1);
+    sl_breaker_status st;
+    sl_breaker_get_status(lb->b, &st);
+    push_status(L, &st);
+    set_metrics(L, &st);
+    lua_pushstring(L, sl_breaker_name(lb->b));
+    lua_setfield(L, -2, "name");
+    return 1;
+}
+
+/* close() -> true, or false when already closed. */
+static int l_close(lua_State *L) {
+    lbreaker *lb = check_handle(L, 1);
+    if (lb->closed) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    lb->closed = 1;
+    sl_breaker_set_callback(lb->b, NULL, NULL);
+    luaL_unref(L, LUA_REGISTRYINDEX, lb->clock_ref);
+    lb->clock_ref = LUA_NOREF;
+    lua_pushboolean(L, 1);
     return 1;
 }
 
@@ -479,6 +529,8 @@ int luaopen_sluice_breaker(lua_State *L) {
         {"metrics", l_metrics},
         {"snapshot", l_snapshot},
         {"restore", l_restore},
+        {"stats", l_stats},
+        {"close", l_close},
         {NULL, NULL},
     };
     static const luaL_Reg fns[] = {

@@ -16,6 +16,15 @@
  * so while it has waiters the limiter holds a registry reference to
  * itself, dropped when the last waiter leaves. Collection with waiters
  * therefore only happens at lua_close.
+ *
+ * Clock: sl_now()/sl_time(), or a Lua function given as opts.clock (tests)
+ * that stands for both (as the breaker's does). It is read once per method
+ * call on that call's thread and once per timer firing on the main thread;
+ * an error in it, or a non-number, leaves the last reading in place.
+ *
+ * close() wakes the waiters with nil, "closed", stops the timer and lets go
+ * of the clock; the core stays until __gc so that name() and stats() still
+ * answer. Every other method of a closed limiter raises.
  */
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -45,6 +54,11 @@ typedef struct llimiter {
     int self_ref;    /* registry anchor while waiters is not empty */
     int npools;
     char pool_names[SL_LIMITER_MAX_POOLS][SL_LIMITER_NAME_MAX];
+    char name[SL_LIMITER_NAME_MAX]; /* the core's (truncated) name */
+    int clock_ref;     /* opts.clock, or LUA_NOREF (none, or closed) */
+    int injected;      /* a clock was given: last_clock is the time */
+    double last_clock; /* the injected clock's last reading */
+    int closed;
 } llimiter;
 
 struct waiter {
@@ -65,6 +79,26 @@ static void waiter_unlink(waiter *w) {
 }
 
 static void rearm(llimiter *ll);
+
+/* The limiter's monotonic time. With an injected clock, L reads it (NULL:
+ * the reading of the call in progress). */
+static double clock_now(llimiter *ll, lua_State *L) {
+    if (!ll->injected)
+        return sl_now();
+    if (L && ll->clock_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ll->clock_ref);
+        if (lua_pcall(L, 0, 1, 0) == 0 && lua_type(L, -1) == LUA_TNUMBER &&
+            isfinite(lua_tonumber(L, -1)))
+            ll->last_clock = lua_tonumber(L, -1);
+        lua_pop(L, 1);
+    }
+    return ll->last_clock;
+}
+
+/* Epoch seconds at `now`: the injected clock stands for both. */
+static double clock_wall(llimiter *ll, double now) {
+    return ll->injected ? now : sl_time();
+}
 
 /* Drops the anchor once no task waits any more. Call it last: the limiter
  * may be collected at the next allocation. */
@@ -94,7 +128,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     ll->timer_set = 0;
-    double now = sl_now();
+    double now = clock_now(ll, sl_rt.L);
     sl_limiter_event ev[64];
     int n;
     do {
@@ -114,7 +148,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
 }
 
 static void rearm(llimiter *ll) {
-    double now = sl_now();
+    double now = clock_now(ll, NULL);
     double t = sl_limiter_next_deadline(ll->lim, now);
     if (ll->timer_set) {
         evtimer_del(&ll->timer);
@@ -143,16 +177,19 @@ static void cancel_wait(sl_task *t, void *op) {
     release_if_idle(ll);
 }
 
-static llimiter *check(lua_State *L) {
+/* Arg 1 as a limiter; unless closed_ok, one that is not closed. */
+static llimiter *check_handle(lua_State *L, int closed_ok) {
     llimiter *ll = lua_touserdata(L, 1);
     if (!ll || !lua_getmetatable(L, 1) ||
         !lua_rawequal(L, -1, lua_upvalueindex(1)))
         luaL_typerror(L, 1, LIMITER_MT);
     lua_pop(L, 1);
-    if (!ll->lim)
-        luaL_error(L, "sluice.limiter: limiter is closed");
+    if (!ll->lim || (ll->closed && !closed_ok))
+        luaL_error(L, "sluice.limiter: limiter '%s' is closed", ll->name);
     return ll;
 }
+
+static llimiter *check(lua_State *L) { return check_handle(L, 0); }
 
 static double opt_field(lua_State *L, int t, const char *k, double def) {
     lua_getfield(L, t, k);
@@ -188,9 +225,17 @@ static int l_new(lua_State *L) {
     llimiter *ll = lua_newuserdata(L, sizeof(*ll));
     memset(ll, 0, sizeof(*ll));
     ll->self_ref = LUA_NOREF;
+    ll->clock_ref = LUA_NOREF;
     luaL_getmetatable(L, LIMITER_MT);
     lua_setmetatable(L, -2);
     int ud = lua_gettop(L);
+    lua_getfield(L, 1, "clock");
+    if (lua_isfunction(L, -1)) {
+        ll->clock_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        ll->injected = 1;
+    } else {
+        lua_pop(L, 1);
+    }
     sl_rlh_options_init(&ll->rlh);
     ll->rlh.max_backoff = o.max_backoff;
     lua_getfield(L, 1, "reset");
@@ -210,7 +255,8 @@ static int l_new(lua_State *L) {
         return luaL_error(L, "sluice.limiter.new: %s", err);
     event_assign(&ll->timer, sl_rt.base, -1, 0, on_timer, ll);
     ll->timer_ready = 1;
-    double now = sl_now();
+    double now = clock_now(ll, L);
+    snprintf(ll->name, sizeof(ll->name), "%s", o.name); /* truncated alike */
 
     lua_getfield(L, 1, "pools");
     if (lua_istable(L, -1)) {
@@ -282,7 +328,46 @@ static int l_gc(lua_State *L) {
     if (ll->lim)
         sl_limiter_free(ll->lim);
     ll->lim = NULL;
+    luaL_unref(L, LUA_REGISTRYINDEX, ll->clock_ref);
+    ll->clock_ref = LUA_NOREF;
     return 0;
+}
+
+/* close() -> true, or false when already closed. Wakes every waiter with
+ * nil, "closed" (its ticket given back) and stops the timer. */
+static int l_close(lua_State *L) {
+    llimiter *ll = check_handle(L, 1);
+    if (ll->closed) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    ll->closed = 1;
+    if (ll->timer_set)
+        evtimer_del(&ll->timer);
+    ll->timer_set = 0;
+    while (ll->waiters) {
+        waiter *w = ll->waiters;
+        waiter_unlink(w);
+        sl_limiter_cancel(ll->lim, w->ticket);
+        lua_State *co = sl_task_thread(w->task);
+        if (w->task->state == SL_TASK_SUSPENDED && lua_checkstack(co, 2)) {
+            lua_pushnil(co);
+            lua_pushliteral(co, "closed");
+            sl_task_wake(w->task, 2);
+        }
+        free(w);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, ll->clock_ref);
+    ll->clock_ref = LUA_NOREF;
+    release_if_idle(ll);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* name() -> the limiter's name (also once closed). */
+static int l_name(lua_State *L) {
+    lua_pushstring(L, check_handle(L, 1)->name);
+    return 1;
 }
 
 /* Costs per declared pool: a table {pool_name = cost}; absent pools are
@@ -315,7 +400,7 @@ static int l_wait(lua_State *L) {
     sl_task *t = sl_task_current(L);
     if (t) /* before taking a ticket: a refusal must leave none behind */
         sl_task_check_yieldable(L, "sluice.limiter.wait");
-    double now = sl_now(), ready_at = now;
+    double now = clock_now(ll, L), ready_at = now;
     sl_limiter_ticket *ticket = NULL;
     char err[256];
     waiter *w = NULL;
@@ -370,7 +455,7 @@ static int l_observe(lua_State *L) {
     if (verdict && strcmp(verdict, "throttled") != 0)
         return luaL_error(L, "sluice.limiter.observe: bad argument #6 "
                              "'verdict' (\"throttled\" or nil expected)");
-    double wall = sl_time(), now = sl_now();
+    double now = clock_now(ll, L), wall = clock_wall(ll, now);
     sl_rlh_result parsed;
     int have_headers = 0;
     if (lua_istable(L, 4)) {
@@ -417,9 +502,10 @@ static int l_observe(lua_State *L) {
 static int l_record_429(lua_State *L) {
     llimiter *ll = check(L);
     char err[256];
+    double now = clock_now(ll, L);
     if (sl_limiter_record_429(ll->lim, luaL_optstring(L, 2, NULL),
-                              luaL_optnumber(L, 3, -1), sl_now(), sl_time(),
-                              err, sizeof(err)) != 0)
+                              luaL_optnumber(L, 3, -1), now,
+                              clock_wall(ll, now), err, sizeof(err)) != 0)
         return luaL_error(L, "sluice.limiter.record_429: %s", err);
     rearm(ll);
     return 0;
@@ -431,7 +517,7 @@ static int l_adjust_rate(lua_State *L) {
     luaL_argcheck(L, factor > 0 && isfinite(factor), 2, "must be > 0");
     char err[256];
     if (sl_limiter_adjust_rate(ll->lim, luaL_optstring(L, 3, NULL), factor,
-                               sl_now(), err, sizeof(err)) != 0)
+                               clock_now(ll, L), err, sizeof(err)) != 0)
         return luaL_error(L, "sluice.limiter.adjust_rate: %s", err);
     rearm(ll);
     return 0;
@@ -439,17 +525,19 @@ static int l_adjust_rate(lua_State *L) {
 
 static int l_rate(lua_State *L) {
     llimiter *ll = check(L);
-    double r = sl_limiter_rate(ll->lim, luaL_optstring(L, 2, NULL), sl_now());
+    double r =
+        sl_limiter_rate(ll->lim, luaL_optstring(L, 2, NULL), clock_now(ll, L));
     if (r < 0)
         return 0;
     lua_pushnumber(L, r);
     return 1;
 }
 
-/* stats() -> the reference get_stats() keys, numbers for values. */
+/* stats() -> the reference get_stats() keys, numbers for values (also once
+ * closed). */
 static int l_stats(lua_State *L) {
-    llimiter *ll = check(L);
-    double now = sl_now(), wall = sl_time();
+    llimiter *ll = check_handle(L, 1);
+    double now = clock_now(ll, L), wall = clock_wall(ll, now);
     sl_limiter_stats s;
     sl_limiter_get_stats(ll->lim, now, &s);
     lua_createtable(L, 0, 12);
@@ -490,7 +578,7 @@ static int l_stats(lua_State *L) {
 static int l_metrics(lua_State *L) {
     llimiter *ll = check(L);
     sl_limiter_stats s;
-    sl_limiter_get_stats(ll->lim, sl_now(), &s);
+    sl_limiter_get_stats(ll->lim, clock_now(ll, L), &s);
     lua_createtable(L, 0, 2);
     set_num(L, "backoff_multiplier", s.backoff_multiplier);
     set_num(L, "waiting", (double)s.waiting);
@@ -536,7 +624,9 @@ static int l_snapshot(lua_State *L) {
     llimiter *ll = check(L);
     sl_limiter_snapshot s;
     char err[256];
-    if (sl_limiter_save(ll->lim, sl_now(), sl_time(), &s, err, sizeof(err)))
+    double now = clock_now(ll, L);
+    if (sl_limiter_save(ll->lim, now, clock_wall(ll, now), &s, err,
+                        sizeof(err)))
         return luaL_error(L, "sluice.limiter.snapshot: %s", err);
     lua_createtable(L, 0, 10);
     set_num(L, "version", s.version);
@@ -623,8 +713,9 @@ static int l_restore(lua_State *L) {
     }
     lua_pop(L, 1);
     char err[256];
-    int rc =
-        sl_limiter_restore(ll->lim, &s, sl_now(), sl_time(), err, sizeof(err));
+    double now = clock_now(ll, L);
+    int rc = sl_limiter_restore(ll->lim, &s, now, clock_wall(ll, now), err,
+                                sizeof(err));
     free(s.endpoints);
     if (rc != 0)
         return luaL_error(L, "sluice.limiter.restore: %s", err);
@@ -644,6 +735,8 @@ int luaopen_sluice_limiter(lua_State *L) {
         {"metrics", l_metrics},
         {"snapshot", l_snapshot},
         {"restore", l_restore},
+        {"name", l_name},
+        {"close", l_close},
         {NULL, NULL},
     };
     luaL_newmetatable(L, LIMITER_MT);

@@ -204,9 +204,45 @@ describe("sluice.breaker", function()
     end)
     cb:failure(cb:allow())
     assert.same({}, seen) -- not run inline
-    sluice.sleep(0.01)
+    local deadline = sluice.now() + 5
+    while #seen == 0 and sluice.now() < deadline do sluice.yield() end
     assert.same({ { "t_change", "closed", "open", "failure_threshold" } }, seen)
     assert.equal(cb, breaker.all().t_change)
+  end)
+
+  it("name(), stats() and close(): a closed breaker answers name and stats, raises otherwise", function()
+    local clock = fake_clock()
+    local cb = breaker.new({ name = "t_handle", clock = clock.fn })
+    local changes = 0
+    cb:on_change(function() changes = changes + 1 end)
+    assert.equal("t_handle", cb:name())
+    assert.equal("unknown", breaker.new({}):name())
+    for _ = 1, 5 do cb:failure(cb:allow()) end
+    local st = cb:stats()
+    -- status() and metrics() in one table, with the name
+    local want = cb:status()
+    for k, v in pairs(cb:metrics()) do want[k] = v end
+    want.name = "t_handle"
+    assert.same(want, st)
+    assert.same({ "open", 5, T0 + 300, 1 },
+      { st.state, st.statistics.total_failures, st.open_until, st.statistics.circuit_opens })
+    assert.equal(cb, breaker.get("t_handle"))
+    assert.is_true(cb:close())
+    assert.is_false(cb:close())
+    assert.is_nil(breaker.get("t_handle")) -- out of the registry
+    assert.equal("t_handle", cb:name())
+    clock.t = T0 + 1000 -- the clock is let go: time stands still for a closed breaker
+    assert.same(st, cb:stats())
+    for _, call in ipairs({
+      function() cb:allow() end, function() cb:success() end, function() cb:status() end,
+      function() cb:metrics() end, function() cb:reset() end, function() cb:snapshot() end,
+      function() cb:can_attempt() end, function() cb:on_change(print) end,
+    }) do
+      assert.has_error(call, "sluice.breaker: breaker 't_handle' is closed")
+    end
+    local deadline = sluice.now() + 5
+    while changes == 0 and sluice.now() < deadline do sluice.yield() end
+    assert.equal(1, changes) -- closed -> open, before close(); nothing after
   end)
 
   it("validates options, naming the bad one", function()

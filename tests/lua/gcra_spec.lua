@@ -211,6 +211,36 @@ describe("sluice.gcra", function()
     g.client:close()
   end)
 
+  it("name(), stats() and close(): close closes the client it made, not one it was given", function()
+    red:call("DEL", "gcra:g_handle")
+    local g = gcra.new { redis = srv:url(), name = "g_handle", rate = 10 }
+    assert.equal("g_handle", g:name())
+    assert.same({ true, 0 }, { g:take() })
+    assert.is_false((g:take()))
+    local none, why = g:wait(1, 0) -- the next slot is 0.1 s away
+    assert.same({ nil, "timeout" }, { none, why })
+    local w = g:wait()
+    assert.is_number(w)
+    assert.same({ name = "g_handle", key = "gcra:g_handle", rate = 10, burst = 1, max_wait = 30,
+      horizon = 1, admitted = 2, waited_total = w, timeouts = 1, refused = 1, errors = 0, queued = 0,
+      closed = false }, g:stats())
+    local client = g.client
+    assert.is_true(g:close())
+    assert.is_false(g:close())
+    assert.equal("closed", client:status())
+    assert.equal("g_handle", g:name())
+    assert.is_true(g:stats().closed)
+    for _, call in ipairs({ function() g:take() end, function() g:wait() end,
+      function() g:set_rate(5) end }) do
+      assert.has_error(call, "sluice.gcra: gcra 'g_handle' is closed")
+    end
+    local k = key()
+    local given = gcra.new { redis = red, key = k, rate = 10 }
+    assert.equal(k, given:name()) -- no name: the key
+    assert.is_true(given:close())
+    assert.equal("PONG", red:call("PING"))
+  end)
+
   it("with Redis unreachable, take and wait fail fast with redis: <err>", function()
     local c, c2, s2
     -- (busted keeps one finally per test: the last one given)
@@ -229,6 +259,8 @@ describe("sluice.gcra", function()
     assert.is_nil(w)
     assert.matches("^redis: ", err2)
     assert.is_true(sluice.now() - t0 < 0.8, "fast")
+    local st = g:stats()
+    assert.same({ 0, 2 }, { st.admitted, st.errors })
     -- a server that dies under a working limiter
     s2 = start_server()
     c2 = redis.connect { url = s2:url() }

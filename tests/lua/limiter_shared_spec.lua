@@ -86,6 +86,26 @@ describe("sluice.limiter shared", function()
     assert.is_true(w >= 0.4, "waited " .. tostring(w))
   end)
 
+  it("close() closes the connection it made from a url; stats() still answers", function()
+    local red = redis.connect { url = url }
+    finally(function() red:close() end)
+    local function clients()
+      return tonumber(red:call("INFO", "clients"):match("connected_clients:(%d+)"))
+    end
+    local before = clients()
+    local nm = name()
+    local lim = limiter.new { name = nm, rate = 40, shared = url }
+    assert.is_number(lim:wait())
+    assert.equal(before + 1, clients())
+    assert.is_true(lim:close())
+    assert.is_false(lim:close())
+    local deadline = sluice.now() + 5
+    while clients() ~= before and sluice.now() < deadline do sluice.sleep(0.01) end
+    assert.equal(before, clients())
+    assert.same({ "gcra:" .. nm, 1, 1 },
+      { lim:stats().shared.key, lim:stats().shared.admitted, lim:stats().total_requests })
+  end)
+
   it("asks the pool at the limiter's current rate, which a 429 lowers", function()
     local lim = limiter.new { name = name(), rate = 40, shared = url }
     finally(function() lim:close() end)

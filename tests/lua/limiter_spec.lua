@@ -170,6 +170,32 @@ describe("sluice.limiter", function()
     assert.is_nil(weak[1])
   end)
 
+  it("name(), stats() and close(): close wakes waiters with nil, \"closed\" and is idempotent", function()
+    local lim = limiter.new({ name = "l_handle", rate = 1 })
+    assert.equal("l_handle", lim:name())
+    assert.equal("unknown", limiter.new({}):name())
+    assert.equal(lim, limiter.get("l_handle"))
+    lim:wait("/a")
+    local waiter = sluice.spawn(function() return lim:wait("/a") end)
+    sluice.yield()
+    assert.equal(1, lim:metrics().waiting)
+    assert.is_true(lim:close())
+    assert.is_false(lim:close())
+    assert.same({ true, nil, "closed" }, { sluice.wait(waiter) })
+    assert.is_nil(limiter.get("l_handle")) -- out of the registry
+    -- a closed limiter still says its name and its statistics ...
+    assert.equal("l_handle", lim:name())
+    local st = lim:stats()
+    assert.same({ "l_handle", 1, 0 }, { st.limiter_name, st.total_requests, st.endpoints["/a"].violations })
+    -- ... and raises on any other use
+    for _, call in ipairs({
+      function() lim:wait("/a") end, function() lim:observe("/a", 200) end,
+      function() lim:rate() end, function() lim:metrics() end, function() lim:snapshot() end,
+    }) do
+      assert.has_error(call, "sluice.limiter: limiter 'l_handle' is closed")
+    end
+  end)
+
   it("validates options, naming the bad one", function()
     assert.has_error(function() limiter.new({ rte = 5 }) end, "sluice.limiter.new: unknown option 'rte'")
     assert.has_error(function() limiter.new({ rate = "5" }) end,
@@ -181,5 +207,108 @@ describe("sluice.limiter", function()
     local lim = limiter.new({ name = "l_args" })
     assert.has_error(function() lim:wait("/a", -1) end,
       "sluice.limiter.wait: bad argument #2 'cost' (number > 0 expected)")
+  end)
+end)
+
+describe("sluice.limiter with an injected clock", function()
+  local T0 = 1700000000 -- epoch seconds: the clock stands for both clocks
+
+  local function fake_clock()
+    local c = { t = T0 }
+    c.fn = function() return c.t end
+    return c
+  end
+
+  -- A probe that never waits: seconds waited, or nil, why, seconds to go.
+  local function probe(lim, endpoint)
+    return { lim:wait(endpoint, 1, { max_wait = 0 }) }
+  end
+
+  it("spaces requests by exactly 1/rate of the clock's time", function()
+    local clock = fake_clock()
+    local lim = limiter.new({ name = "lc_rate", rate = 4, clock = clock.fn })
+    assert.same({ 0 }, probe(lim, "/a"))
+    assert.same({ nil, "timeout", 0.25 }, probe(lim, "/a"))
+    clock.t = T0 + 0.125
+    assert.same({ nil, "timeout", 0.125 }, probe(lim, "/a"))
+    clock.t = T0 + 0.25
+    assert.same({ 0 }, probe(lim, "/a"))
+    local st = lim:stats()
+    assert.same({ 2, 0, 4 }, { st.total_requests, st.total_violations, st.current_global_rate })
+  end)
+
+  it("waits out Retry-After to the second and reports deadlines on the clock", function()
+    local clock = fake_clock()
+    local lim = limiter.new({ name = "lc_429", rate = 4, clock = clock.fn })
+    assert.same({ 0 }, probe(lim, "/a"))
+    clock.t = T0 + 0.25
+    local v = lim:observe("/a", 429, { ["retry-after"] = "30" }, 0.1)
+    assert.same({ throttled = true, banned = false, retry_after = 30, pause_for = 30 }, v)
+    assert.same({ nil, "timeout", 30 }, probe(lim, "/a"))
+    -- the rate halved, everywhere: /b goes, and the next one 1/2 s later
+    assert.same({ 2, 2 }, { lim:rate("/a"), lim:rate() })
+    assert.same({ 0 }, probe(lim, "/b"))
+    assert.same({ nil, "timeout", 0.5 }, probe(lim, "/b"))
+    local ep = lim:stats().endpoints["/a"]
+    -- in backoff until the pause (30 s) and the climb back (5 time
+    -- constants of 0.1 s x multiplier 2) are over
+    assert.same({ true, T0 + 0.25 + 30 + 1, 1 }, { ep.in_backoff, ep.backoff_until, ep.violations })
+    clock.t = T0 + 29.75
+    assert.same({ nil, "timeout", 0.5 }, probe(lim, "/a"))
+    clock.t = T0 + 30.25
+    assert.same({ 0 }, probe(lim, "/a"))
+  end)
+
+  it("stops everything on a 418 until the clock's time + Retry-After", function()
+    local clock = fake_clock()
+    local lim = limiter.new({ name = "lc_418", rate = 4, clock = clock.fn })
+    local v = lim:observe("/x", 418, { ["Retry-After"] = "120" }, 0.05)
+    assert.same({ throttled = false, banned = true, ban_until = T0 + 120, retry_after = 120,
+      pause_for = 120 }, v)
+    assert.same({ nil, "banned", 120 }, probe(lim, "/y"))
+    clock.t = T0 + 119
+    assert.same({ nil, "banned", 1 }, probe(lim, "/y"))
+    clock.t = T0 + 120
+    assert.same({ 0 }, probe(lim, "/y"))
+  end)
+
+  it("snapshots on the clock and restores what is left of a pause", function()
+    local clock = fake_clock()
+    local lim = limiter.new({ name = "lc_snap", rate = 4, clock = clock.fn })
+    lim:record_429("/x", 60)
+    local snap = lim:snapshot()
+    assert.equal(T0, snap.saved_at)
+    clock.t = T0 + 10 -- a "restart" 10 s later
+    local again = limiter.new({ name = "lc_snap", rate = 4, clock = clock.fn })
+    assert.equal(again, limiter.restore(snap))
+    assert.same({ nil, "timeout", 50 }, probe(again, "/x"))
+  end)
+
+  it("wakes a waiting task once the clock has moved, with the clock's wait", function()
+    local clock = fake_clock()
+    local lim = limiter.new({ name = "lc_task", rate = 4, clock = clock.fn })
+    assert.same({ 0 }, probe(lim, "/a"))
+    local t = sluice.spawn(function() return lim:wait("/a") end)
+    sluice.yield()
+    assert.equal(1, lim:metrics().waiting)
+    clock.t = T0 + 0.25
+    local deadline = sluice.now() + 5 -- the timer fires 0.25 real seconds after it was armed
+    while sluice.status(t) ~= "done" and sluice.now() < deadline do sluice.sleep(0.01) end
+    assert.same({ true, 0.25 }, { sluice.wait(t) })
+    assert.equal(0.25, lim:stats().total_wait_time)
+  end)
+
+  it("keeps the last reading when the clock fails", function()
+    local clock = fake_clock()
+    local fail = false
+    local lim = limiter.new({ name = "lc_fail", rate = 4,
+      clock = function() if fail then error("clock broke") end return clock.t end })
+    assert.same({ 0 }, probe(lim, "/a"))
+    clock.t, fail = T0 + 1, true
+    assert.same({ nil, "timeout", 0.25 }, probe(lim, "/a")) -- still at T0
+    fail = false
+    assert.same({ 0 }, probe(lim, "/a"))
+    assert.has_error(function() limiter.new({ clock = 5 }) end,
+      "sluice.limiter.new: option 'clock' must be a function, got number")
   end)
 end)

@@ -128,11 +128,17 @@ describe("sluice.redis", function()
     if srv then srv:stop(false, true) end
   end)
 
-  it("rejects bad options and urls, naming them", function()
+  it("rejects bad options (raising) and urls (nil, err), naming them", function()
     assert.has_error(function() redis.connect { url = srv:url(), timeout = 1 } end,
       "sluice.redis.connect: unknown option 'timeout'")
-    assert.has_error(function() redis.connect { url = "http://x" } end,
-      "sluice.redis.connect: url must start with redis://")
+    assert.has_error(function() redis.connect() end, "sluice.redis.connect: options table expected")
+    assert.has_error(function() redis.connect { url = 6379 } end,
+      "sluice.redis.connect: option 'url' must be a string")
+    -- a url is data from a configuration: an operational failure, not a misuse
+    assert.same({ nil, "url must start with redis://" }, { redis.connect { url = "http://x" } })
+    assert.same({ nil, "url has no host" }, { redis.connect { url = "redis://:pw@/2" } })
+    assert.same({ nil, "bad port" }, { redis.connect { url = "redis://h:70000" } })
+    assert.same({ nil, "bad database number in url" }, { redis.connect { url = "redis://h/x" } })
     assert.has_error(function() redis.connect { url = srv:url(), command_timeout = 0 } end,
       "sluice.redis.connect: command_timeout must be > 0")
     assert.same({ host = "localhost", port = 6380, db = 4, password = "p@ss" },
@@ -492,6 +498,35 @@ describe("sluice.redis", function()
     assert.same({ nil, "closed" }, { c:call("PING") })
     assert.matches("^redis client", tostring(c))
     sluice.sleep(0.3)
+  end)
+
+  it("name() is the url without its password, or opts.name; stats() is info() and the name", function()
+    local c = redis.connect { url = srv:url(3, "secret") }
+    assert.equal("redis://127.0.0.1:" .. srv.port .. "/3", c:name())
+    for url, name in pairs({ [srv:url()] = "cache", ["redis://[::1]"] = false }) do
+      local other = redis.connect { url = url, name = name or nil }
+      assert.equal(name or "redis://[::1]:6379/0", other:name())
+      other:close()
+    end
+    assert.has_error(function() redis.connect { url = srv:url(), name = 1 } end,
+      "sluice.redis.connect: option 'name' must be a string")
+    local sub = assert(c:subscribe("handles"))
+    assert.equal(c:name(), sub:name())
+    c:call("PING") -- a round trip: nothing of the connection's set-up still in flight
+    local st = c:stats()
+    assert.same({ "connected", 0, 0, "127.0.0.1", srv.port, "127.0.0.1", c:name() },
+      { st.status, st.in_flight, st.reconnects, st.host, st.port, st.address, st.name })
+    local info = c:info()
+    info.name = c:name()
+    assert.same(info, st)
+    local sst = sub:stats()
+    assert.same({ 1, c:name() }, { sst.subscribed, sst.name })
+    assert.is_true(sub:close())
+    assert.is_false(sub:close())
+    assert.is_true(c:close())
+    assert.is_false(c:close())
+    -- a closed client answers name() and stats() too
+    assert.same({ "closed", c:name() }, { c:stats().status, c:name() })
   end)
 
   it("keeps a client that only a waiting call refers to until the reply", function()

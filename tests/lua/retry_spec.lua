@@ -87,6 +87,34 @@ describe("sluice.retry", function()
     assert.equal(100, p:refused()) -- every call ended on a refused retry
   end)
 
+  it("name(), stats() and close(): counts calls, attempts, retries and refusals", function()
+    local f = fake()
+    local p = retry.new({ name = "r_handle", strategy = "fixed", base_delay = 0.5, max_attempts = 3,
+      clock = f.clock, sleep = f.sleep, budget = { ratio = 0, min_per_second = 1, ttl = 10 } })
+    assert.equal("r_handle", p:name())
+    assert.equal("retry", retry.new():name())
+    p:run(function() return "ok" end)
+    -- 1 retry allowed per second: the second is refused
+    p:run(function() return nil, "down", { retryable = true } end)
+    local want = { name = "r_handle", strategy = "fixed", max_attempts = 3, base_delay = 0.5,
+      max_delay = 30, max_retry_after = 300, budget = true, calls = 2, attempts = 3, retries = 1,
+      refused = 1 }
+    assert.same(want, p:stats())
+    assert.is_true(p:close())
+    assert.is_false(p:close())
+    assert.equal("r_handle", p:name())
+    assert.same(want, p:stats())
+    for _, call in ipairs({
+      function() p:run(function() return 1 end) end, function() p:delay(1) end,
+      function() p:refused() end,
+    }) do
+      assert.has_error(call, "sluice.retry: policy 'r_handle' is closed")
+    end
+    assert.same({ name = "retry", strategy = "exponential_jitter", max_attempts = 3, base_delay = 1,
+      max_delay = 30, max_retry_after = 300, budget = false, calls = 0, attempts = 0, retries = 0,
+      refused = 0 }, retry.new({ budget = false }):stats())
+  end)
+
   it("validates options, naming the bad one", function()
     assert.has_error(function() retry.new({ strategy = "exponentail" }) end,
       "sluice.retry.new: option 'strategy' must be fixed, linear, exponential, exponential_jitter or adaptive, got 'exponentail'")

@@ -93,6 +93,20 @@ describe("sluice.server.listen", function()
     local again = listen{ port = srv.port }
     assert.equal(srv.port, again.port)
   end)
+
+  it("name() is opts.name or host:port; a closed server answers name() and stats(), route() raises", function()
+    local srv = listen()
+    assert.equal("127.0.0.1:" .. srv.port, srv:name())
+    local named = listen{ name = "admin" }
+    assert.equal("admin", named:name())
+    assert.equal("sluice.server.listen: option 'name' must be a non-empty string",
+      errmsg(server.listen, { name = "" }))
+    assert.is_true(named:close())
+    assert.equal("admin", named:name())
+    assert.is_false(named:stats().open)
+    assert.equal("sluice.server: server 'admin' is closed",
+      errmsg(named.route, named, "GET", "/x", print))
+  end)
 end)
 
 describe("srv:route", function()
