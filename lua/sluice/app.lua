@@ -110,7 +110,14 @@ local function build(config, file, opts, early)
   if c.shutdown_timeout then sluice.shutdown_timeout(c.shutdown_timeout) end
   local db, err = store.open(c.store or "sluice.db")
   if not db then error(file .. ": store: " .. tostring(err), 0) end
-  local red = c.redis and redis.connect({ url = c.redis })
+  local red, rerr
+  if c.redis then
+    red, rerr = redis.connect({ url = c.redis })
+    if not red then
+      db:close()
+      error(file .. ": redis: " .. redact.text(tostring(rerr)), 0)
+    end
+  end
   local app = { store = db, collectors = {}, order = {}, config = c,
     file = file, opts = opts or {}, starting = early ~= nil }
   local prev = _M.current

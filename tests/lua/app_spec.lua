@@ -163,6 +163,21 @@ describe("sluice.app", function()
     assert.same({ false, "disabled" }, { app.collectors.spec_off.running, (app.collectors.spec_off:health()) })
   end)
 
+  it("refuses a redis URL that does not parse instead of running without Redis", function()
+    local dir = tmpdir()
+    write(dir .. "/feed.lua", feed({}))
+    local file = dir .. "/sluice.lua"
+    for url, why in pairs({ ["redis://:hunter2@127.0.0.1:99999/0"] = "bad port",
+                            ["redis://127.0.0.1:6379/x"] = "bad database number in url" }) do
+      write(file, ([[return { store = "%DIR%/db.sqlite", redis = "]] .. url
+        .. [[", collectors = { { file = "feed.lua", name = "a" } } }]]):gsub("%%DIR%%", dir))
+      local ok, err = pcall(app_mod.build, assert(loadfile(file))(), file)
+      assert.is_false(ok)
+      assert.equal(file .. ": redis: " .. why, err)
+      assert.is_nil(app_mod.current)
+    end
+  end)
+
   it("hands a reload over without an extra run or overlap, and frees the old instances", function()
     local dir = tmpdir()
     write(dir .. "/feed.lua", feed({ breaker = true, limiter = true }))
