@@ -88,7 +88,7 @@ local SCHEMA = {
   endpoints = "table", headers = { one_of = { "auto" } },
   shared = {
     type = "string|table", what = "a redis:// url or a sluice.redis client",
-    check = function(v) return type(v) == "string" or v.eval_script ~= nil end,
+    check = function(v) return type(v) == "string" or type(v.eval_script) == "function" end,
   },
   clock = "function",
 }
