@@ -56,7 +56,8 @@
 --   ops:cancel_backfill(id) -> status | nil, err, "not_found"
 --   ops:reload(by) -> true | nil, err, "refused" (refused too when new()
 --     was given no reload: "no configuration is running")
---   operator.iso(epoch) -> "2024-01-31T12:00:00Z" | nil: the views' time format
+--   operator.iso(epoch) -> "2024-01-31T12:00:00Z" | nil: the views' times,
+--     whole seconds by sluice.iso8601
 --
 -- Yields (must run in a task): collect (waits for the run), reload, and
 -- start_backfill when Redis is configured (the plan asks it). The views
@@ -77,10 +78,10 @@ local started_mono = sluice.now()
 
 local NO_APP = "no configuration is running (collectors come from `sluice run CONFIG.lua`)"
 
---- iso(epoch) -> "2024-01-31T12:00:00Z" (whole seconds, UTC), or nil.
+--- iso(epoch) -> "2024-01-31T12:00:00Z", or nil: the views show whole
+-- seconds (the second it falls in), spelt by sluice.iso8601.
 local function iso(t)
-  if not t then return nil end
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
+  return t and sluice.iso8601(math.floor(t))
 end
 _M.iso = iso
 
