@@ -223,14 +223,14 @@ end
 -- cannot. opts.what names the function in errors ("collect");
 -- opts.within(count) runs in one transaction with the upserts (a backfill
 -- window and its coverage record). Yields when a sink does.
+local STORE_ROWS_OPTIONS = { what = "string", within = "function" }
+
 function Collector:store_rows(result, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("collector:store_rows: bad argument #2 (table of options expected, got " .. type(opts) .. ")", 2)
   end
+  options.check("collector:store_rows", opts, STORE_ROWS_OPTIONS)
   local within = opts and opts.within
-  if within ~= nil and type(within) ~= "function" then
-    error("collector:store_rows: option 'within' must be a function", 2)
-  end
   if within and not self.store then error("collector:store_rows: option 'within' needs a store", 2) end
   return rows.store(self, result, self.sinks_, opts and opts.what or "collect", within)
 end

@@ -69,6 +69,7 @@ local limiter = require "sluice.limiter"
 local backfill = require "sluice.backfill"
 local redact = require "sluice.redact"
 local procinfo = require "sluice.procinfo"
+local options = require "sluice.options"
 
 local _M = {}
 local mt = { __index = _M }
@@ -85,6 +86,8 @@ local function iso(t)
 end
 _M.iso = iso
 
+local NEW_OPTIONS = { current = { type = "function", required = true }, reload = "function" }
+
 --- new(source) -> ops. source.current: a function returning the running
 -- app ({collectors, order, store, config, shared, starting}) or nil;
 -- source.reload: reload(by) -> true | nil, err, or nil when there is
@@ -93,9 +96,7 @@ function _M.new(source)
   if type(source) ~= "table" or type(source.current) ~= "function" then
     error("sluice.operator.new: bad argument #1 (table with a function 'current' expected)", 2)
   end
-  if source.reload ~= nil and type(source.reload) ~= "function" then
-    error("sluice.operator.new: option 'reload' must be a function, got " .. type(source.reload), 2)
-  end
+  options.check("sluice.operator.new", source, NEW_OPTIONS)
   return setmetatable({ current_ = source.current, reload_ = source.reload }, mt)
 end
 
