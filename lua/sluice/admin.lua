@@ -317,7 +317,7 @@ function _M.start(app, opts, reload)
   redact.register(token)
   local limits = {}
   for k, v in pairs(_M.LIMITS) do limits[k] = v end
-  limits.host, limits.port = host, opts.port or 8080
+  limits.host, limits.port, limits.name = host, opts.port or 8080, "admin"
   -- checked on the headers, before a body is read; check() below stays
   if token then limits.auth = { token = token, methods = { "POST", "DELETE" } } end
   local srv, listen_err = server.listen(limits)

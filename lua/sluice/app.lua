@@ -48,7 +48,7 @@ local function load_spec(entry, i, file)
   if not chunk then error(key .. ".file: " .. err, 0) end
   local ok, spec = pcall(chunk)
   if not ok then error(key .. ".file: " .. tostring(spec), 0) end
-  if type(spec) ~= "table" or not spec._is_collector_spec then
+  if not collector.is_spec(spec) then
     error(key .. ".file: " .. path .. " must return collector.define{...}", 0)
   end
   return spec

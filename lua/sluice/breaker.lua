@@ -32,73 +32,49 @@
 -- callbacks run as tasks of their own.
 local core = require "sluice._breaker"
 local log = require "sluice.log"
+local options = require "sluice.options"
 
 local _M = {}
 local methods = core.methods
 
-local OPTIONS = {
-  name = "string", failure_threshold = "integer", timeout = "number",
-  half_open_max_calls = "integer", half_open_success_threshold = "integer",
+-- Types and choices; the ranges, and the checks across options, are the
+-- C core's (sl_breaker_new names the option in its message).
+local INTEGER = { integer = true }
+local SCHEMA = {
+  name = "string", failure_threshold = INTEGER, timeout = "number",
+  half_open_max_calls = INTEGER, half_open_success_threshold = INTEGER,
   backoff_multiplier = "number", max_timeout = "number", permit_timeout = "number",
-  window = "table", slow_call_duration = "number", slow_call_rate = "number",
-  mode = "string", jitter = "number", seed = "integer", clock = "function",
+  window = {
+    type = "table",
+    fields = {
+      type = { one_of = { "count", "time" } }, size = INTEGER, min_calls = INTEGER,
+      failure_rate = "number",
+    },
+  },
+  slow_call_duration = "number", slow_call_rate = "number",
+  mode = { one_of = { "normal", "metrics_only", "disabled" } },
+  jitter = "number", seed = INTEGER, clock = "function",
 }
-local WINDOW_OPTIONS = {
-  type = "string", size = "integer", min_calls = "integer", failure_rate = "number",
-}
-local MODES = { normal = true, metrics_only = true, disabled = true }
 
 local registry = setmetatable({}, { __mode = "v" }) -- name -> breaker
 local callbacks = setmetatable({}, { __mode = "k" }) -- breaker -> { fn, ... }
 local closed = setmetatable({}, { __mode = "k" }) -- breaker -> true once closed
 
-local function check_type(where, key, value, want)
-  local ok
-  if want == "integer" then
-    ok = type(value) == "number" and value == math.floor(value)
-  else
-    ok = type(value) == want
-  end
-  if not ok then
-    error(where .. ": option '" .. key .. "' must be " .. (want == "integer" and "an integer" or "a " .. want)
-      .. ", got " .. (type(value) == "number" and tostring(value) or type(value)), 4)
-  end
-end
-
+-- opts checked and flattened into the options of sluice._breaker.new.
 local function check_options(opts)
   if type(opts) ~= "table" then
     error("sluice.breaker.new: bad argument #1 (table of options expected, got " .. type(opts) .. ")", 3)
   end
+  options.check("sluice.breaker.new", opts, SCHEMA, 3)
   local flat = {}
-  for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then
-      error("sluice.breaker.new: unknown option '" .. tostring(k) .. "'", 3)
-    end
-    check_type("sluice.breaker.new", k, v, want)
-    flat[k] = v
-  end
-  if opts.mode ~= nil and not MODES[opts.mode] then
-    error("sluice.breaker.new: option 'mode' must be normal, metrics_only or disabled, got '"
-      .. opts.mode .. "'", 3)
-  end
-  if opts.window then
+  for k, v in pairs(opts) do flat[k] = v end
+  local window = opts.window
+  if window then
     flat.window = nil
-    for k, v in pairs(opts.window) do
-      local want = WINDOW_OPTIONS[k]
-      if not want then
-        error("sluice.breaker.new: unknown option 'window." .. tostring(k) .. "'", 3)
-      end
-      check_type("sluice.breaker.new", "window." .. k, v, want)
-    end
-    local wt = opts.window.type or "count"
-    if wt ~= "count" and wt ~= "time" then
-      error("sluice.breaker.new: option 'window.type' must be count or time, got '" .. wt .. "'", 3)
-    end
-    flat.window_type = wt
-    flat.window_size = opts.window.size
-    flat.window_min_calls = opts.window.min_calls
-    flat.failure_rate = opts.window.failure_rate
+    flat.window_type = window.type or "count"
+    flat.window_size = window.size
+    flat.window_min_calls = window.min_calls
+    flat.failure_rate = window.failure_rate
   end
   return flat
 end

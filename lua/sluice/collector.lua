@@ -45,6 +45,7 @@ local log = require "sluice.log"
 local breaker = require "sluice.breaker"
 local retry = require "sluice.retry"
 local limiter = require "sluice.limiter"
+local options = require "sluice.options"
 local cjson = require "cjson.safe"
 local spec_mod = require "sluice.collector.spec"
 local request = require "sluice.collector.request"
@@ -63,6 +64,9 @@ _M.env = secret.env
 
 -- --- the spec -----------------------------------------------------------
 
+-- The specs define() has validated (weak keys: a spec goes with its file).
+local specs = setmetatable({}, { __mode = "k" })
+
 --- define(spec) -> spec, validated. Unknown options and wrong types raise
 -- errors naming them.
 function _M.define(spec)
@@ -77,17 +81,16 @@ function _M.define(spec)
     error("sluice.collector.define: a collector needs collect (and/or backfill)", 2)
   end
   spec_mod.no_jit(spec)
-  spec._is_collector_spec = true
+  specs[spec] = true
   return spec
 end
 
--- --- the instance --------------------------------------------------------
-
-local function iso(t)
-  if not t then return nil end
-  local secs = math.floor(t)
-  return os.date("!%Y-%m-%dT%H:%M:%S", secs) .. string.format(".%06d", math.floor((t - secs) * 1e6)) .. "+00:00"
+--- is_spec(v) -> whether v is a spec collector.define returned.
+function _M.is_spec(v)
+  return specs[v] == true
 end
+
+-- --- the instance --------------------------------------------------------
 
 local function merge(base, over)
   local out = {}
@@ -103,7 +106,7 @@ end
 -- rows are counted but not stored; redis is the configuration's sluice.redis
 -- client, which `limiter = { shared = true }` shares its quota through).
 function _M.new(spec, overrides, context)
-  if type(spec) ~= "table" or not spec._is_collector_spec then
+  if not specs[spec] then
     error("sluice.collector.new: bad argument #1 (a spec from collector.define expected)", 2)
   end
   context = context or {}
@@ -154,7 +157,9 @@ function _M.new(spec, overrides, context)
     self.limiter = limiter.new(lopts)
   end
   if cfg.retry ~= false then
-    self.retry = retry.new(type(cfg.retry) == "table" and cfg.retry or {})
+    local ropts = merge(type(cfg.retry) == "table" and cfg.retry or {}, nil)
+    ropts.name = ropts.name or cfg.name
+    self.retry = retry.new(ropts)
   end
   if self.store and cfg.tables then
     for tname, def in pairs(cfg.tables) do
@@ -218,14 +223,14 @@ end
 -- cannot. opts.what names the function in errors ("collect");
 -- opts.within(count) runs in one transaction with the upserts (a backfill
 -- window and its coverage record). Yields when a sink does.
+local STORE_ROWS_OPTIONS = { what = "string", within = "function" }
+
 function Collector:store_rows(result, opts)
   if opts ~= nil and type(opts) ~= "table" then
     error("collector:store_rows: bad argument #2 (table of options expected, got " .. type(opts) .. ")", 2)
   end
+  options.check("collector:store_rows", opts, STORE_ROWS_OPTIONS)
   local within = opts and opts.within
-  if within ~= nil and type(within) ~= "function" then
-    error("collector:store_rows: option 'within' must be a function", 2)
-  end
   if within and not self.store then error("collector:store_rows: option 'within' needs a store", 2) end
   return rows.store(self, result, self.sinks_, opts and opts.what or "collect", within)
 end
@@ -314,8 +319,9 @@ local function run(self)
     local opened = self.breaker:status().last_state_change
     if self.skip_warned_ ~= opened then
       self.skip_warned_ = opened
+      local open_until = self.breaker:metrics().open_until
       self.log.warning("collection skipped: circuit breaker open", {
-        breaker = self.breaker:name(), next_attempt = iso(self.breaker:metrics().open_until),
+        breaker = self.breaker:name(), next_attempt = open_until and sluice.iso8601(open_until),
         error = msg:match("^[^\n]*") })
     end
     g:release(false, "skipped: circuit breaker " .. self.breaker:name() .. " is open")
@@ -381,6 +387,14 @@ local function tick(premature, self)
   self.timer = sluice.after(self.next_due_ - now, tick, self)
 end
 
+local START_OPTIONS = {
+  first_delay = { finite = true, min = 0 },
+  after = {
+    type = "table", what = "an instance of the same collector",
+    check = function(v) return getmetatable(v) == instance_mt end,
+  },
+}
+
 --- self:start([opts]): init, then run_once every interval (with jitter)
 -- until stop() or shutdown. Runs never overlap. opts.first_delay: seconds
 -- until the first run (0: at once); opts.after: the instance this one
@@ -393,19 +407,14 @@ function Collector:start(opts)
   if type(opts) ~= "table" then
     error("collector:start: bad argument #1 (table of options expected, got " .. type(opts) .. ")", 2)
   end
-  for k in pairs(opts) do
-    if k ~= "first_delay" and k ~= "after" then
-      error("collector:start: unknown option '" .. tostring(k) .. "'", 2)
-    end
-  end
+  options.check("collector:start", opts, START_OPTIONS)
   local delay = opts.first_delay or 0
-  if type(delay) ~= "number" or not (delay >= 0 and delay < math.huge) then
-    error("collector:start: option 'first_delay' must be a finite number >= 0", 2)
-  end
   local old = opts.after
   if old ~= nil then
-    if getmetatable(old) ~= instance_mt or old.name ~= self.name then
-      error("collector:start: option 'after' must be an instance of the same collector", 2)
+    -- by hand: "the same" is about self, which a schema does not see
+    if old.name ~= self.name then
+      error("collector:start: option 'after' must be an instance of the same collector, got "
+        .. "collector '" .. old.name .. "'", 2)
     end
     self.slot_ = old.slot_
     if old.next_due_ then delay = math.max(0, old.next_due_ - sluice.now()) end
@@ -518,9 +527,9 @@ function Collector:stats()
     enabled = self.enabled,
     run_in_flight_seconds = started and sluice.now() - started or nil,
     run_waiters = g:busy() and g:waiting() or nil, -- calls waiting for (joining) the run in flight
-    started_at = iso(st.started_at),
-    last_collection = iso(st.last_collection),
-    last_success = iso(st.last_success),
+    started_at = st.started_at and sluice.iso8601(st.started_at),
+    last_collection = st.last_collection and sluice.iso8601(st.last_collection),
+    last_success = st.last_success and sluice.iso8601(st.last_success),
     last_error = st.last_error,
     total_requests = st.total_requests,
     successful_requests = st.successful_requests,

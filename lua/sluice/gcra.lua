@@ -16,7 +16,8 @@
 --   max_wait  seconds wait() may wait in all (default 30)
 --   horizon   seconds ahead a waiter may reserve its slot (default 1; see
 --             wait())
--- Unknown options, or options of the wrong type, raise naming them.
+-- Options are checked by sluice.options: unknown options, or options of
+-- the wrong type or out of range, raise naming them.
 --
 -- Every decision is one EVALSHA (client:eval_script) of a server-side script
 -- with KEYS = {key}, ARGV = {emission interval T = 1/rate s, burst tolerance
@@ -72,6 +73,7 @@
 -- is closed". Calls that yield (must run in a task): take(), wait().
 local sluice = require "sluice"
 local redis = require "sluice.redis"
+local options = require "sluice.options"
 
 local _M = {}
 
@@ -98,9 +100,16 @@ end
 return {0, math.ceil(delay - max_delay)}
 ]]
 
-local OPTIONS = {
-  redis = true, key = "string", name = "string", rate = "number", burst = "number",
-  max_wait = "number", horizon = "number",
+local SCHEMA = {
+  redis = {
+    type = "string|table", required = true, what = "a redis:// url or a sluice.redis client",
+    check = function(v) return type(v) == "string" or type(v.eval_script) == "function" end,
+  },
+  key = "string", name = "string",
+  rate = { finite = true, gt = 0, required = true },
+  burst = { finite = true, min = 1 },
+  max_wait = { min = 0 },
+  horizon = { finite = true, gt = 0 },
 }
 
 local function bad(msg)
@@ -112,33 +121,19 @@ function _M.new(opts)
   if type(opts) ~= "table" then
     error("sluice.gcra.new: bad argument #1 (table expected, got " .. type(opts) .. ")", 2)
   end
-  for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then bad("unknown option '" .. tostring(k) .. "'") end
-    if want ~= true and type(v) ~= want then
-      bad("option '" .. k .. "' must be a " .. want .. ", got " .. type(v))
-    end
-  end
+  options.check("sluice.gcra.new", opts, SCHEMA)
+  -- By hand: one of two keys required (a schema requires each on its own).
+  local key = opts.key or (opts.name and "gcra:" .. opts.name)
+  if not key or key == "" then bad("option 'key' or 'name' is required") end
   local client = opts.redis
   local owns_client = type(client) == "string"
   if owns_client then
     local c, err = redis.connect({ url = client })
     if not c then bad("option 'redis': " .. err) end
     client = c
-  elseif type(client) ~= "table" or type(client.eval_script) ~= "function" then
-    bad("option 'redis' must be a redis:// url or a sluice.redis client")
   end
-  local key = opts.key or (opts.name and "gcra:" .. opts.name)
-  if not key or key == "" then bad("option 'key' or 'name' is required") end
-  local rate = opts.rate
-  if not rate then bad("option 'rate' is required") end
-  if not (rate > 0 and rate < math.huge) then bad("option 'rate' must be > 0") end
-  local burst = opts.burst or 1
-  if not (burst >= 1 and burst < math.huge) then bad("option 'burst' must be >= 1") end
-  local max_wait = opts.max_wait or 30
-  if not (max_wait >= 0) then bad("option 'max_wait' must be >= 0") end
-  local horizon = opts.horizon or 1
-  if not (horizon > 0 and horizon < math.huge) then bad("option 'horizon' must be > 0") end
+  local rate, burst = opts.rate, opts.burst or 1
+  local max_wait, horizon = opts.max_wait or 30, opts.horizon or 1
   return setmetatable({
     client = client, key = key, rate = rate, burst = burst, max_wait = max_wait, horizon = horizon,
     _interval = 1 / rate, _tolerance = burst / rate,

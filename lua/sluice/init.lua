@@ -63,6 +63,9 @@ local LIMIT = {
   check = function(v) return v ~= true end,
 }
 local BUDGET_OPTIONS = { cpu = LIMIT, wall = LIMIT, label = "string" }
+-- The spec, for modules whose options hold budget limits (a collector's
+-- run_budget), so that they take and word them as budget() does.
+_M.BUDGET_LIMIT = LIMIT
 
 --- budget(task, { cpu = s, wall = s, label = "what" }) -> task
 -- Caps a task that has not started or is waiting: at most `cpu` seconds of

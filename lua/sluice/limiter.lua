@@ -62,22 +62,36 @@
 -- never waits. Everything else returns at once.
 local core = require "sluice._limiter"
 local log = require "sluice.log"
+local options = require "sluice.options"
 local current_task = require("sluice").current
 
 local _M = {}
 local methods = core.methods
 
-local OPTIONS = {
-  name = "string", rate = "number", burst = "number", window = "number",
-  max_rate = "number", min_rate = "number", utilization = "number",
-  max_backoff = "number", max_wait = "number", ban_time = "number", quiet = "number",
-  slow_latency = "number", fast_latency = "number", max_endpoints = "number",
-  reset = "string", pools = "table", endpoints = "table", headers = "string",
-  shared = "any", clock = "function",
+-- The options' types and bounds; the core checks how they fit together.
+local N = { min = 0 }
+local SCHEMA = {
+  name = "string", rate = N, burst = N, window = N, max_rate = N, min_rate = N,
+  utilization = N, max_backoff = N, max_wait = N, ban_time = N, quiet = N,
+  slow_latency = N, fast_latency = N, max_endpoints = N,
+  reset = { one_of = { "auto", "epoch", "epoch_ms", "delta" } },
+  pools = {
+    type = "table",
+    items = {
+      type = "table",
+      fields = {
+        name = { type = "string", required = true }, limit = { gt = 0, required = true },
+        window = "number", burst = "number", weight_window = "number",
+      },
+    },
+  },
+  endpoints = "table", headers = { one_of = { "auto" } },
+  shared = {
+    type = "string|table", what = "a redis:// url or a sluice.redis client",
+    check = function(v) return type(v) == "string" or type(v.eval_script) == "function" end,
+  },
+  clock = "function",
 }
-local POOL = { name = "string", limit = "number", window = "number", burst = "number",
-  weight_window = "number" }
-local RESETS = { auto = true, epoch = true, epoch_ms = true, delta = true }
 
 local registry = setmetatable({}, { __mode = "v" })
 -- limiter -> its shared quota state (weak keys: it lives as long as the limiter)
@@ -93,39 +107,13 @@ function _M.new(opts)
   if type(opts) ~= "table" then
     error("sluice.limiter.new: bad argument #1 (table expected, got " .. type(opts) .. ")", 2)
   end
-  for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then bad("unknown option '" .. tostring(k) .. "'") end
-    if want ~= "any" and type(v) ~= want then
-      bad("option '" .. k .. "' must be a " .. want .. ", got " .. type(v))
-    end
-    if want == "number" and not (v >= 0) then bad("option '" .. k .. "' must be >= 0") end
+  -- shared = true is a configuration's word for "its redis"; a script
+  -- that passes it is told where it belongs, not only that it is wrong.
+  if opts.shared == true then
+    bad("option 'shared' = true needs a configuration with redis set (in a script pass shared = \"redis://...\")")
   end
-  if opts.reset and not RESETS[opts.reset] then
-    bad("option 'reset' must be auto, epoch, epoch_ms or delta, got '" .. opts.reset .. "'")
-  end
-  if opts.headers and opts.headers ~= "auto" then
-    bad("option 'headers' must be auto, got '" .. opts.headers .. "'")
-  end
-  for i, p in ipairs(opts.pools or {}) do
-    if type(p) ~= "table" then bad("pools[" .. i .. "] must be a table") end
-    for k, v in pairs(p) do
-      if not POOL[k] then bad("unknown option 'pools[" .. i .. "]." .. tostring(k) .. "'") end
-      if type(v) ~= POOL[k] then
-        bad("option 'pools[" .. i .. "]." .. k .. "' must be a " .. POOL[k] .. ", got " .. type(v))
-      end
-    end
-    if not p.name then bad("pools[" .. i .. "] needs a name") end
-    if not (p.limit and p.limit > 0) then bad("pools[" .. i .. "] needs a limit > 0") end
-  end
+  options.check("sluice.limiter.new", opts, SCHEMA)
   local shared = opts.shared
-  if shared ~= nil then
-    if shared == true then
-      bad("option 'shared' = true needs a configuration with redis set (in a script pass shared = \"redis://...\")")
-    elseif type(shared) ~= "string" and not (type(shared) == "table" and shared.eval_script) then
-      bad("option 'shared' must be a redis:// url or a sluice.redis client, got " .. type(shared))
-    end
-  end
   local ok, lim = pcall(core.new, opts)
   if not ok then error(lim, 2) end
   if shared then

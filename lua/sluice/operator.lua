@@ -56,7 +56,8 @@
 --   ops:cancel_backfill(id) -> status | nil, err, "not_found"
 --   ops:reload(by) -> true | nil, err, "refused" (refused too when new()
 --     was given no reload: "no configuration is running")
---   operator.iso(epoch) -> "2024-01-31T12:00:00Z" | nil: the views' time format
+--   operator.iso(epoch) -> "2024-01-31T12:00:00Z" | nil: the views' times,
+--     whole seconds by sluice.iso8601
 --
 -- Yields (must run in a task): collect (waits for the run), reload, and
 -- start_backfill when Redis is configured (the plan asks it). The views
@@ -68,6 +69,7 @@ local limiter = require "sluice.limiter"
 local backfill = require "sluice.backfill"
 local redact = require "sluice.redact"
 local procinfo = require "sluice.procinfo"
+local options = require "sluice.options"
 
 local _M = {}
 local mt = { __index = _M }
@@ -77,12 +79,14 @@ local started_mono = sluice.now()
 
 local NO_APP = "no configuration is running (collectors come from `sluice run CONFIG.lua`)"
 
---- iso(epoch) -> "2024-01-31T12:00:00Z" (whole seconds, UTC), or nil.
+--- iso(epoch) -> "2024-01-31T12:00:00Z", or nil: the views show whole
+-- seconds (the second it falls in), spelt by sluice.iso8601.
 local function iso(t)
-  if not t then return nil end
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
+  return t and sluice.iso8601(math.floor(t))
 end
 _M.iso = iso
+
+local NEW_OPTIONS = { current = { type = "function", required = true }, reload = "function" }
 
 --- new(source) -> ops. source.current: a function returning the running
 -- app ({collectors, order, store, config, shared, starting}) or nil;
@@ -92,9 +96,7 @@ function _M.new(source)
   if type(source) ~= "table" or type(source.current) ~= "function" then
     error("sluice.operator.new: bad argument #1 (table with a function 'current' expected)", 2)
   end
-  if source.reload ~= nil and type(source.reload) ~= "function" then
-    error("sluice.operator.new: option 'reload' must be a function, got " .. type(source.reload), 2)
-  end
+  options.check("sluice.operator.new", source, NEW_OPTIONS)
   return setmetatable({ current_ = source.current, reload_ = source.reload }, mt)
 end
 

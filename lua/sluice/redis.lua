@@ -11,7 +11,7 @@
 -- error: connect returns nil, err ("url must start with redis://", "url has
 -- no host", "bad port", "bad database number in url"); a missing or
 -- non-table argument, an unknown option, an option of the wrong type or a
--- timeout <= 0 raises. The host
+-- timeout <= 0 raises (options are checked by sluice.options). The host
 -- is an IP literal or a name. A name is resolved without blocking the loop
 -- (libevent's evdns: /etc/hosts, then the nameservers of /etc/resolv.conf,
 -- both read once, when the first name is resolved) on every connection
@@ -31,6 +31,10 @@
 --   error reply -> nil, "ERR ..."; no reply within command_timeout ->
 --   nil, "timeout"; no connection -> nil, "disconnected" (at once: calls
 --   never wait for a reconnect); after close -> nil, "closed".
+-- Command arguments are strings or numbers; a number is sent as
+-- sluice.json.number writes it (0.1 -> "0.1", 2^53 -> "9007199254740992"),
+-- except -0, sent as "0" (Redis refuses "-0" as an integer), and nan, inf
+-- and -inf, sent as "nan", "inf", "-inf".
 -- Calls from many tasks share the connection and are pipelined by hiredis.
 -- client:pipeline(cmds) sends a list of commands ({ {"SET", "a", 1}, ... })
 -- together and returns a list of {value} or {false, err}, one per command
@@ -86,6 +90,8 @@
 -- pipeline() refuse SUBSCRIBE, PSUBSCRIBE, their UNSUBSCRIBEs and MONITOR.
 local core = require "sluice._redis"
 local redact = require "sluice.redact"
+local json = require "sluice.json"
+local options = require "sluice.options"
 
 local _M = { null = core.null }
 
@@ -93,7 +99,7 @@ local Client = {}
 local mt = { __index = Client }
 
 local OPTIONS = {
-  url = "string", password = "string", connect_timeout = "number", command_timeout = "number",
+  url = "string", password = "string", connect_timeout = { gt = 0 }, command_timeout = { gt = 0 },
   name = "string", _nameserver = "string",
 }
 
@@ -134,15 +140,11 @@ end
 
 --- connect(opts) -> client | nil, err (a url that does not parse)
 function _M.connect(opts)
-  if type(opts) ~= "table" then fail("connect", "options table expected") end
-  for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then fail("connect", "unknown option '" .. tostring(k) .. "'") end
-    if type(v) ~= want then fail("connect", "option '" .. k .. "' must be a " .. want) end
+  if type(opts) ~= "table" then
+    fail("connect", "bad argument #1 'opts' (table expected, got " .. type(opts) .. ")")
   end
+  options.check("sluice.redis.connect", opts, OPTIONS)
   local ct, cmdt = opts.connect_timeout or 2, opts.command_timeout or 5
-  if not (ct > 0) then fail("connect", "connect_timeout must be > 0") end
-  if not (cmdt > 0) then fail("connect", "command_timeout must be > 0") end
   local u, err = _M.parse_url(opts.url or "redis://127.0.0.1:6379/0")
   if not u then return nil, err end
   redact.register(opts.password or u.password) -- never in a log line
@@ -161,12 +163,15 @@ function Client:call(...)
   return ccall(self._c, ...)
 end
 
+-- A command argument as text: a number as sluice.json.number writes it,
+-- but -0 as "0" (Redis' integer parser refuses "-0") and nan, inf, -inf as
+-- Redis' float parser reads them (the C binding's call() writes the same).
 local function to_arg(v)
   local tv = type(v)
   if tv == "string" then return v end
   if tv == "number" then
-    if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return string.format("%d", v) end
-    return string.format("%.17g", v)
+    if v == 0 then return "0" end
+    return json.number(v) or (v ~= v and "nan" or (v > 0 and "inf" or "-inf"))
   end
 end
 
@@ -257,7 +262,7 @@ end
 -- The subscription of client:subscribe/psubscribe.
 local Subscription = {}
 local sub_mt = { __index = Subscription }
-local SUB_OPTIONS = { max_pending = "number" }
+local SUB_OPTIONS = { max_pending = { integer = true, min = 1 } }
 
 local function subscribe(self, fname, ...)
   if getmetatable(self) ~= mt then fail(fname, "use client:" .. fname .. "(...)") end
@@ -267,15 +272,10 @@ local function subscribe(self, fname, ...)
     opts = names[n]
     names[n] = nil
     n = n - 1
-    for k, v in pairs(opts) do
-      local want = SUB_OPTIONS[k]
-      if not want then fail(fname, "unknown option '" .. tostring(k) .. "'") end
-      if type(v) ~= want then fail(fname, "option '" .. k .. "' must be a " .. want) end
-    end
+    options.check("sluice.redis." .. fname, opts, SUB_OPTIONS)
   end
   if n == 0 then fail(fname, (fname == "subscribe" and "a channel" or "a pattern") .. " expected") end
   local max = opts.max_pending or 1000
-  if not (max >= 1 and max == math.floor(max)) then fail(fname, "max_pending must be an integer >= 1") end
   local list, seen = {}, {}
   for i = 1, n do
     if type(names[i]) ~= "string" then fail(fname, "names must be strings, got " .. type(names[i])) end

@@ -33,23 +33,24 @@
 -- in a task unless both fn and the injected sleep return at once.
 local core = require "sluice._retry"
 local sluice = require "sluice"
+local options = require "sluice.options"
 
 local _M = {}
 local mt = { __index = _M }
 
-local STRATEGIES = {
-  fixed = true, linear = true, exponential = true, exponential_jitter = true, adaptive = true,
-}
-local OPTIONS = {
-  strategy = "string", max_attempts = "number", base_delay = "number",
-  max_delay = "number", max_retry_after = "number", budget = "any",
+local DELAY = { finite = true, min = 0 }
+local SCHEMA = {
+  strategy = { one_of = { "fixed", "linear", "exponential", "exponential_jitter", "adaptive" } },
+  -- math.huge is allowed: no limit but the budget's
+  max_attempts = { min = 1, what = "an integer >= 1",
+    check = function(v) return v == math.floor(v) end },
+  base_delay = DELAY, max_delay = DELAY, max_retry_after = DELAY,
+  budget = {
+    type = "table|boolean", what = "a table or false", check = function(v) return v ~= true end,
+    fields = { ratio = { min = 0 }, min_per_second = { min = 0 }, ttl = { min = 0 } },
+  },
   clock = "function", sleep = "function", name = "string",
 }
-local BUDGET_OPTIONS = { ratio = "number", min_per_second = "number", ttl = "number" }
-
-local function bad(msg)
-  error("sluice.retry.new: " .. msg, 3)
-end
 
 --- new(opts) -> policy. Defaults: strategy "exponential_jitter",
 -- max_attempts 3 (the first try included), base_delay 1 s, max_delay 30 s,
@@ -60,13 +61,7 @@ function _M.new(opts)
   if type(opts) ~= "table" then
     error("sluice.retry.new: bad argument #1 (table expected, got " .. type(opts) .. ")", 2)
   end
-  for k, v in pairs(opts) do
-    local want = OPTIONS[k]
-    if not want then bad("unknown option '" .. tostring(k) .. "'") end
-    if want ~= "any" and type(v) ~= want then
-      bad("option '" .. k .. "' must be a " .. want .. ", got " .. type(v))
-    end
-  end
+  options.check("sluice.retry.new", opts, SCHEMA)
   local self = setmetatable({
     strategy = opts.strategy or "exponential_jitter",
     max_attempts = opts.max_attempts or 3,
@@ -78,30 +73,9 @@ function _M.new(opts)
     _name = opts.name or "retry", _closed = false,
     _calls = 0, _attempts = 0, _refused = 0,
   }, mt)
-  if not STRATEGIES[self.strategy] then
-    bad("option 'strategy' must be fixed, linear, exponential, exponential_jitter or adaptive, got '"
-      .. self.strategy .. "'")
-  end
-  if self.max_attempts < 1 or self.max_attempts ~= math.floor(self.max_attempts) then
-    bad("option 'max_attempts' must be an integer >= 1")
-  end
-  for _, k in ipairs({ "base_delay", "max_delay", "max_retry_after" }) do
-    if not (self[k] >= 0 and self[k] < math.huge) then
-      bad("option '" .. k .. "' must be a finite number >= 0")
-    end
-  end
   local b = opts.budget
   if b ~= false then
-    if b ~= nil and type(b) ~= "table" then
-      bad("option 'budget' must be a table or false, got " .. type(b))
-    end
     b = b or {}
-    for k, v in pairs(b) do
-      if not BUDGET_OPTIONS[k] then bad("unknown option 'budget." .. tostring(k) .. "'") end
-      if type(v) ~= "number" or v < 0 then
-        bad("option 'budget." .. k .. "' must be a number >= 0")
-      end
-    end
     self.budget = core.budget(b.ratio or 0.2, b.min_per_second or 1, b.ttl or 10, opts.clock)
   end
   self._budget_on = self.budget ~= nil

@@ -48,7 +48,8 @@
 --   declared Content-Length over max_body gets 413 at once, conflicting
 --   Content-Length headers get 400, and a malformed chunk size in a chunked
 --   body gets 400; each answer closes the connection.
---   An unknown option or a wrong type raises an error naming the option;
+--   Options are checked by sluice.options: an unknown option or a wrong
+--   type raises an error naming the option;
 --   failing to listen (port in use, bad address) returns nil, err.
 --   A listening server keeps the process running until srv:close(); at
 --   shutdown (SIGTERM, sluice.shutdown) every server is closed.
@@ -104,9 +105,9 @@
 --                    is the list of all its values, in order. A key without
 --                    "=" has the value "".
 --   req.query_string the raw query ("" if none)
---   req.headers      lookup is case-insensitive (req.headers["content-type"]
---                    == req.headers["Content-Type"]); keys are stored in
---                    lower case; repeated headers are joined with ", "
+--   req.headers      a sluice.headers table: lookup is case-insensitive
+--                    (req.headers["content-type"] == req.headers["Content-Type"]);
+--                    names are lower case; repeated headers are joined with ", "
 --   req.body         the body, "" if none
 --   req:json()       the body decoded (cjson.safe): value | nil, err
 --   req.remote_addr  "ip:port" of the peer ("[ip]:port" for IPv6);
@@ -138,6 +139,7 @@ local sluice = require "sluice"
 local core = require "sluice._server"
 local log = require "sluice.log"
 local message = require "sluice.server.message"
+local options = require "sluice.options"
 
 local _M = {}
 
@@ -159,91 +161,49 @@ local METHODS = {
 local open_servers = setmetatable({}, { __mode = "k" })
 local shutdown_hooked = false
 
-local is_integer = message.is_integer
 local new_request, build_reply, reply_error = message.new_request, message.build_reply,
   message.reply_error
 _M.valid_utf8 = message.valid_utf8
 
 -- --- options -----------------------------------------------------------------
-local CHECKS = {
-  host = function(v)
-    return type(v) == "string" and v ~= "", "a non-empty string"
-  end,
-  name = function(v)
-    return type(v) == "string" and v ~= "", "a non-empty string"
-  end,
-  port = function(v)
-    return is_integer(v) and v >= 0 and v <= 65535, "an integer in [0, 65535]"
-  end,
-  max_body = function(v)
-    return is_integer(v) and v >= 0, "an integer >= 0"
-  end,
-  timeout = function(v)
-    return type(v) == "number" and v > 0 and v < math.huge, "a finite number > 0"
-  end,
-  max_connections = function(v)
-    return is_integer(v) and v >= 0 and v < 1e9, "an integer >= 0 (0: no limit)"
-  end,
-  max_in_flight = function(v)
-    return is_integer(v) and v >= 0 and v < 1e9, "an integer >= 0 (0: no limit)"
-  end,
-  request_timeout = function(v)
-    return type(v) == "number" and v >= 0 and v < 1e9, "a finite number >= 0 (0: none)"
-  end,
-  auth = function(v)
-    local what = "a table { token = non-empty string, methods = list of methods }"
-    if type(v) ~= "table" or type(v.token) ~= "string" or v.token == ""
-      or type(v.methods) ~= "table" then
-      return false, what
-    end
-    for k in pairs(v) do
-      if k ~= "token" and k ~= "methods" then return false, what end
-    end
-    for _, m in ipairs(v.methods) do
-      if type(m) ~= "string" or not METHODS[m:upper()] or m == "*" then return false, what end
-    end
-    return true
-  end,
+local NON_EMPTY = {
+  type = "string", what = "a non-empty string", check = function(v) return v ~= "" end,
+}
+-- The core keeps counts and seconds in C ints and doubles: bounded below 1e9.
+local SCHEMA = {
+  host = NON_EMPTY,
+  name = NON_EMPTY,
+  port = { integer = true, min = 0, max = 65535 },
+  max_body = { integer = true, min = 0 },
+  timeout = { finite = true, gt = 0 },
+  max_connections = { integer = true, min = 0, lt = 1e9, what = "an integer >= 0 (0: no limit)" },
+  max_in_flight = { integer = true, min = 0, lt = 1e9, what = "an integer >= 0 (0: no limit)" },
+  request_timeout = { min = 0, lt = 1e9, what = "a finite number >= 0 (0: none)" },
+  auth = {
+    type = "table",
+    fields = {
+      token = { type = "string", required = true, what = "a non-empty string",
+        check = function(v) return v ~= "" end },
+      methods = {
+        type = "table", required = true,
+        items = { type = "string", what = "an HTTP method (not \"*\")",
+          check = function(m) return m ~= "*" and METHODS[m:upper()] ~= nil end },
+      },
+    },
+  },
 }
 
+-- opts checked, with the defaults filled in (a new table).
 local function check_options(opts)
-  if opts == nil then
-    opts = {}
-  elseif type(opts) ~= "table" then
+  if opts ~= nil and type(opts) ~= "table" then
     error("sluice.server.listen: bad argument #1 'opts' (table expected, got "
       .. type(opts) .. ")", 3)
   end
-  local out = {}
-  for k in pairs(opts) do
-    if not CHECKS[k] then
-      error("sluice.server.listen: unknown option '" .. tostring(k) .. "'", 3)
-    end
-  end
-  if opts.name ~= nil then
-    local ok, what = CHECKS.name(opts.name)
-    if not ok then
-      error("sluice.server.listen: option 'name' must be " .. what, 3)
-    end
-    out.name = opts.name
-  end
-  if opts.auth ~= nil then
-    local ok, what = CHECKS.auth(opts.auth)
-    if not ok then
-      error("sluice.server.listen: option 'auth' must be " .. what, 3)
-    end
-    out.auth = opts.auth
-  end
+  options.check("sluice.server.listen", opts, SCHEMA, 3)
+  local out = { name = opts and opts.name, auth = opts and opts.auth }
   for k, default in pairs(DEFAULTS) do
-    local v = opts[k]
-    if v == nil then
-      v = default
-    else
-      local ok, what = CHECKS[k](v)
-      if not ok then
-        error("sluice.server.listen: option '" .. k .. "' must be " .. what
-          .. " (got " .. (type(v) == "string" and ("'" .. v .. "'") or tostring(v)) .. ")", 3)
-      end
-    end
+    local v = opts and opts[k]
+    if v == nil then v = default end
     out[k] = v
   end
   return out

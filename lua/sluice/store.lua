@@ -43,8 +43,13 @@
 --   (which is what makes "unchanged" work for json columns).
 -- store.sqlite_version: the linked SQLite's version string.
 --
--- db:close() -> true, idempotent; any other call on a closed db raises
---   "sluice.store: database is closed". db:is_open(), db.path.
+-- The handle: db:name() -> the path it was opened with (":memory:" for an
+--   in-memory database). db:stats() -> a new plain table {name, path, open,
+--   closed, tables (the names of the tables defined on this db, sorted),
+--   in_transaction}; it runs no query. db:close() -> true, or false when
+--   it was already closed; any other call on a closed db but name(),
+--   stats(), is_open() and close() raises "sluice.store: database is
+--   closed". db:is_open(), db.path.
 -- db:check() -> true | nil, reason: false once the database file has been
 --   deleted or replaced while open ("database file <path> was deleted ...");
 --   logged once at error level. upsert, save_state and set_checkpoint then
@@ -112,8 +117,17 @@ end
 -- --- lifetime -------------------------------------------------------------------
 
 function db_methods:close()
-  handle.close(self)
-  return true
+  return handle.close(self)
+end
+
+function db_methods:name()
+  return self.path
+end
+
+function db_methods:stats()
+  local closed = handle.is_closed(self)
+  return { name = self.path, path = self.path, open = not closed, closed = closed,
+    tables = handle.table_names(self), in_transaction = handle.in_transaction(self) }
 end
 
 function db_methods:is_open()

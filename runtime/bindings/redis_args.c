@@ -69,18 +69,39 @@ int sl_redis_list_argv(lua_State *L, int idx, const char ***argv,
     return n;
 }
 
-/* Collects argv from a list of strings or numbers at the given stack range;
- * numbers are formatted in place (integers without exponent). */
+/* v as sluice.json.number writes it: an integer within 2^53 without
+ * exponent, any other finite number as the shortest of %.15g, %.16g and
+ * %.17g that reads back as the same double (0.1 -> "0.1", not
+ * "0.10000000000000001"). Redis' own words where JSON has none: -0 is "0"
+ * (Redis' integer parser refuses "-0": INCRBY k -0 would fail), nan, inf
+ * and -inf are "nan", "inf", "-inf" (what Redis' float parser reads; glibc
+ * would write a nan with its sign bit set as "-nan"). */
+static void format_number(double v, char *buf, size_t len) {
+    if (v == 0) {
+        snprintf(buf, len, "0");
+    } else if (isnan(v)) {
+        snprintf(buf, len, "nan");
+    } else if (isinf(v)) {
+        snprintf(buf, len, v > 0 ? "inf" : "-inf");
+    } else if (v == floor(v) && fabs(v) < 9007199254740992.0) {
+        snprintf(buf, len, "%.0f", v);
+    } else {
+        for (int digits = 15; digits <= 17; digits++) {
+            snprintf(buf, len, "%.*g", digits, v);
+            if (strtod(buf, NULL) == v)
+                break;
+        }
+    }
+}
+
+/* Replaces the numbers at the given stack range by their text (see
+ * format_number); raises on anything but strings and numbers. */
 void sl_redis_format_numbers(lua_State *L, int from, int to) {
     for (int i = from; i <= to; i++) {
         int ty = lua_type(L, i);
         if (ty == LUA_TNUMBER) {
             char buf[64];
-            double v = lua_tonumber(L, i);
-            if (v == floor(v) && fabs(v) < 9007199254740992.0)
-                snprintf(buf, sizeof(buf), "%.0f", v);
-            else
-                snprintf(buf, sizeof(buf), "%.17g", v);
+            format_number(lua_tonumber(L, i), buf, sizeof(buf));
             lua_pushstring(L, buf);
             lua_replace(L, i);
         } else if (ty != LUA_TSTRING) {

@@ -9,8 +9,10 @@
 #include <lua.h>
 #include <stddef.h>
 
-/* Replaces the numbers at stack indexes from..to by their decimal strings
- * (integers without exponent); raises on anything but strings and numbers. */
+/* Replaces the numbers at stack indexes from..to by their text, as
+ * sluice.json.number writes them (the shortest that reads back exactly;
+ * -0 as "0", nan/inf/-inf as "nan", "inf", "-inf"); raises on anything but
+ * strings and numbers. */
 void sl_redis_format_numbers(lua_State *L, int from, int to);
 
 /* Raises when cmd (a command name, or NULL) is one that call and pipeline

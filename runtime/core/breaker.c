@@ -734,7 +734,9 @@ int sl_breaker_iso8601(double epoch, char *buf, size_t len) {
         buf[0] = '\0';
     if (!isfinite(epoch) || epoch < lo || epoch >= hi)
         return -1;
-    us = (int64_t)llround(epoch * 1e6);
+    /* Rounded half up, as sluice.iso8601 rounds (llround would round
+     * -1.5 us away from zero and disagree with it before 1970). */
+    us = (int64_t)floor(epoch * 1e6 + 0.5);
     /* Floor division, so that times before 1970 still count forward. */
     secs = us / 1000000 - (us % 1000000 < 0);
     us -= secs * 1000000;
@@ -745,8 +747,8 @@ int sl_breaker_iso8601(double epoch, char *buf, size_t len) {
         return -1;
     if (us)
         snprintf(frac, sizeof(frac), ".%06d", (int)us);
-    n = snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d%s+00:00", (int)y, m,
-                 d, (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60),
+    n = snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d%sZ", (int)y, m, d,
+                 (int)(rem / 3600), (int)(rem / 60 % 60), (int)(rem % 60),
                  frac);
     if (n < 0 || (size_t)n >= len) {
         if (len > 0)

@@ -304,9 +304,9 @@ int sl_breaker_restore(sl_breaker *b, const sl_breaker_snapshot *snap,
 const char *sl_breaker_state_name(sl_breaker_state state);
 const char *sl_breaker_mode_name(sl_breaker_mode mode);
 
-/* Formats a wall epoch as ISO 8601 UTC the way Python's isoformat() does:
- * "2025-11-14T10:23:45+00:00", or "...45.250000+00:00" with a fractional
- * second (rounded to microseconds). Returns 0, or -1 (buf set to "" if len
+/* Formats a wall epoch as ISO 8601 UTC the way sluice.iso8601 spells every
+ * time: "2025-11-14T10:23:45Z" for a whole second, else "...45.250000Z"
+ * (rounded half up to the microsecond). Returns 0, or -1 (buf set to "" if len
  * > 0) when epoch is not finite, outside years 0000-9999, or does not fit
  * in len bytes; SL_BREAKER_ISO8601_LEN always fits. */
 int sl_breaker_iso8601(double epoch, char *buf, size_t len);

@@ -93,10 +93,10 @@ check "a refused SIGHUP reload is logged" wait_until sh -c "[ \$(grep -c '\"by\"
 code=$(curl -s -o "$WORK/reload.json" -w '%{http_code}' --max-time 5 -X POST -H 'Content-Type: application/json' \
   "http://127.0.0.1:$ADMIN_PORT/reload")
 check "POST /reload of a broken configuration answers 422 (got $code)" test "$code" = 422
-contains "and says why" "$WORK/reload.json" "option 'interval' must be number, got string"
+contains "and says why" "$WORK/reload.json" "option 'interval' must be a finite number > 0, got string"
 check "a refused POST /reload is logged ($(refused 'POST /reload'))" wait_until sh -c "[ \$(grep -c '\"by\":\"POST /reload\"' '$WORK/sluice.out') -ge 1 ]"
 expect_exit "sluice repl -e 'reload()' exits 1 when refused" 1 "$SLUICE" repl "$WORK/ctl.sock" -e 'reload()'
-contains "and prints why" "$WORK/out" "option 'interval' must be number, got string"
+contains "and prints why" "$WORK/out" "option 'interval' must be a finite number > 0, got string"
 check "a refused REPL reload is logged ($(refused repl))" wait_until sh -c "[ \$(grep -c '\"by\":\"repl\"' '$WORK/sluice.out') -ge 1 ]"
 check "the running collectors are untouched" kill -0 $sluice_pid
 

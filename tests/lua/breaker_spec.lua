@@ -2,7 +2,7 @@
 local sluice = require "sluice"
 local breaker = require "sluice.breaker"
 
-local T0 = 1763115825 -- 2025-11-14T10:23:45+00:00
+local T0 = 1763115825 -- 2025-11-14T10:23:45Z
 
 local function fake_clock()
   local c = { t = T0 }
@@ -21,7 +21,7 @@ describe("sluice.breaker", function()
       consecutive_successes = 0,
       failure_threshold = 5,
       timeout_seconds = 300,
-      last_state_change = "2025-11-14T10:23:45+00:00",
+      last_state_change = "2025-11-14T10:23:45Z",
       statistics = {
         total_failures = 0, total_successes = 0, circuit_opens = 0,
         successful_recoveries = 0, failed_recoveries = 0, time_in_open_state = 0,
@@ -60,8 +60,8 @@ describe("sluice.breaker", function()
     assert.same({ attempts = 1, successes = 1, max_calls = 3, success_threshold = 2, success_rate = 1.0 },
       st.half_open)
     assert.equal("half-open", st.state)
-    assert.equal("2025-11-14T10:28:45+00:00", st.last_state_change)
-    assert.equal("2025-11-14T10:23:45+00:00", st.last_failure_time)
+    assert.equal("2025-11-14T10:28:45Z", st.last_state_change)
+    assert.equal("2025-11-14T10:23:45Z", st.last_failure_time)
     cb:success(cb:allow())
     st = cb:status()
     assert.equal("closed", st.state)
@@ -69,7 +69,7 @@ describe("sluice.breaker", function()
     assert.equal(1, st.statistics.successful_recoveries)
     assert.equal(1, st.statistics.circuit_opens)
     assert.equal(300, st.statistics.time_in_open_state)
-    assert.equal("2025-11-14T10:23:45+00:00", st.statistics.last_open_time)
+    assert.equal("2025-11-14T10:23:45Z", st.statistics.last_open_time)
     assert.equal(2 / 7, st.health_score)
   end)
 
@@ -253,7 +253,7 @@ describe("sluice.breaker", function()
     assert.has_error(function() breaker.new({ failure_threshold = 2.5 }) end,
       "sluice.breaker.new: option 'failure_threshold' must be an integer, got 2.5")
     assert.has_error(function() breaker.new({ mode = "off" }) end,
-      "sluice.breaker.new: option 'mode' must be normal, metrics_only or disabled, got 'off'")
+      "sluice.breaker.new: option 'mode' must be 'normal', 'metrics_only' or 'disabled', got 'off'")
     assert.has_error(function() breaker.new({ window = { kind = "count" } }) end,
       "sluice.breaker.new: unknown option 'window.kind'")
     assert.has_error(function() breaker.new({ failure_threshold = 0 }) end,

@@ -300,7 +300,7 @@ describe("sluice.collector lifecycle", function()
     assert.equal("healthy", st.status)
     assert.equal(2, st.collections_completed)
     assert.equal(4, st.data_points_collected)
-    assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d+%+00:00$", st.started_at)
+    assert.equal(sluice.iso8601(c:counters().started_at), st.started_at)
     local hc = c:health_check()
     assert.is_true(hc.healthy)
     assert.is_true(hc.is_running)
@@ -462,7 +462,7 @@ describe("sluice.collector lifecycle", function()
     assert.has_error(function() collector.define({ name = "x", collect = print, intervl = 5 }) end,
       "sluice.collector.define: unknown option 'intervl'")
     assert.has_error(function() collector.define({ name = "x", collect = print, interval = "5" }) end,
-      "sluice.collector.define: option 'interval' must be number, got string")
+      "sluice.collector.define: option 'interval' must be a finite number > 0, got string")
     assert.has_error(function() collector.define({ name = "bad name", collect = print }) end)
     assert.has_error(function() collector.define({ collect = print }) end,
       "sluice.collector.define: option 'name' is required")
@@ -594,7 +594,7 @@ describe("sluice.collector hooks and accessors", function()
     local s = spec({ options = { pairs = { "x" } }, partitions = function(self) return self.options.pairs end })
     assert.same({ "y", "z" }, collector.new(s, { pairs = { "y", "z" } }):partitions())
     assert.has_error(function() spec({ partitions = "a" }) end,
-      "sluice.collector.define: option 'partitions' must be table or function, got string")
+      "sluice.collector.define: option 'partitions' must be a table or a function, got string")
     assert.has_error(function() collector.new(spec({ partitions = function() return "a" end })):partitions() end,
       "collector 'test_feed': partitions must be a list, got string")
   end)

@@ -44,17 +44,17 @@ describe("sluice.gcra", function()
     assert.has_error(function() gcra.new { redis = red, name = "x" } end,
       "sluice.gcra.new: option 'rate' is required")
     assert.has_error(function() gcra.new { redis = red, name = "x", rate = "5" } end,
-      "sluice.gcra.new: option 'rate' must be a number, got string")
+      "sluice.gcra.new: option 'rate' must be a finite number > 0, got string")
     assert.has_error(function() gcra.new { redis = red, name = "x", rate = 0 } end,
-      "sluice.gcra.new: option 'rate' must be > 0")
+      "sluice.gcra.new: option 'rate' must be a finite number > 0, got 0")
     assert.has_error(function() gcra.new { redis = red, name = "x", rate = 1, burst = 0.5 } end,
-      "sluice.gcra.new: option 'burst' must be >= 1")
+      "sluice.gcra.new: option 'burst' must be a finite number >= 1, got 0.5")
     assert.has_error(function() gcra.new { redis = red, name = "x", rate = 1, max_wait = -1 } end,
-      "sluice.gcra.new: option 'max_wait' must be >= 0")
+      "sluice.gcra.new: option 'max_wait' must be a number >= 0, got -1")
     assert.has_error(function() gcra.new { redis = red, rate = 1 } end,
       "sluice.gcra.new: option 'key' or 'name' is required")
     assert.has_error(function() gcra.new { redis = 5, name = "x", rate = 1 } end,
-      "sluice.gcra.new: option 'redis' must be a redis:// url or a sluice.redis client")
+      "sluice.gcra.new: option 'redis' must be a redis:// url or a sluice.redis client, got number")
     assert.has_error(function() gcra.new { redis = "http://x", name = "x", rate = 1 } end,
       "sluice.gcra.new: option 'redis': url must start with redis://")
     assert.has_error(function() gcra.new() end)
@@ -338,7 +338,7 @@ describe("sluice.gcra", function()
     local took = sluice.now() - t0
     assert.is_true(took >= 19 / 50 - SLACK and took < 20 / 50 + 0.3, "took " .. took)
     assert.has_error(function() gcra.new { redis = red, key = k, rate = 1, horizon = 0 } end,
-      "sluice.gcra.new: option 'horizon' must be > 0")
+      "sluice.gcra.new: option 'horizon' must be a finite number > 0, got 0")
     -- a slot past max_wait is refused at once, even beyond the horizon
     g = gcra.new { redis = red, key = key(), rate = 1, horizon = 0.1, max_wait = 3 }
     assert.is_number(g:wait())

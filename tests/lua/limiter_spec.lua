@@ -199,11 +199,11 @@ describe("sluice.limiter", function()
   it("validates options, naming the bad one", function()
     assert.has_error(function() limiter.new({ rte = 5 }) end, "sluice.limiter.new: unknown option 'rte'")
     assert.has_error(function() limiter.new({ rate = "5" }) end,
-      "sluice.limiter.new: option 'rate' must be a number, got string")
+      "sluice.limiter.new: option 'rate' must be a number >= 0, got string")
     assert.has_error(function() limiter.new({ reset = "unix" }) end,
-      "sluice.limiter.new: option 'reset' must be auto, epoch, epoch_ms or delta, got 'unix'")
+      "sluice.limiter.new: option 'reset' must be 'auto', 'epoch', 'epoch_ms' or 'delta', got 'unix'")
     assert.has_error(function() limiter.new({ pools = { { name = "w" } } }) end,
-      "sluice.limiter.new: pools[1] needs a limit > 0")
+      "sluice.limiter.new: option 'pools[1].limit' is required")
     local lim = limiter.new({ name = "l_args" })
     assert.has_error(function() lim:wait("/a", -1) end,
       "sluice.limiter.wait: bad argument #2 'cost' (number > 0 expected)")

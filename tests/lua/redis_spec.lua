@@ -131,16 +131,16 @@ describe("sluice.redis", function()
   it("rejects bad options (raising) and urls (nil, err), naming them", function()
     assert.has_error(function() redis.connect { url = srv:url(), timeout = 1 } end,
       "sluice.redis.connect: unknown option 'timeout'")
-    assert.has_error(function() redis.connect() end, "sluice.redis.connect: options table expected")
+    assert.has_error(function() redis.connect() end, "sluice.redis.connect: bad argument #1 'opts' (table expected, got nil)")
     assert.has_error(function() redis.connect { url = 6379 } end,
-      "sluice.redis.connect: option 'url' must be a string")
+      "sluice.redis.connect: option 'url' must be a string, got number")
     -- a url is data from a configuration: an operational failure, not a misuse
     assert.same({ nil, "url must start with redis://" }, { redis.connect { url = "http://x" } })
     assert.same({ nil, "url has no host" }, { redis.connect { url = "redis://:pw@/2" } })
     assert.same({ nil, "bad port" }, { redis.connect { url = "redis://h:70000" } })
     assert.same({ nil, "bad database number in url" }, { redis.connect { url = "redis://h/x" } })
     assert.has_error(function() redis.connect { url = srv:url(), command_timeout = 0 } end,
-      "sluice.redis.connect: command_timeout must be > 0")
+      "sluice.redis.connect: option 'command_timeout' must be a number > 0, got 0")
     assert.same({ host = "localhost", port = 6380, db = 4, password = "p@ss" },
       redis.parse_url("redis://:p%40ss@localhost:6380/4"))
     assert.same({ host = "::1", port = 6379, db = 0 }, redis.parse_url("redis://[::1]"))
@@ -509,7 +509,7 @@ describe("sluice.redis", function()
       other:close()
     end
     assert.has_error(function() redis.connect { url = srv:url(), name = 1 } end,
-      "sluice.redis.connect: option 'name' must be a string")
+      "sluice.redis.connect: option 'name' must be a string, got number")
     local sub = assert(c:subscribe("handles"))
     assert.equal(c:name(), sub:name())
     c:call("PING") -- a round trip: nothing of the connection's set-up still in flight
@@ -798,7 +798,7 @@ describe("sluice.redis", function()
       assert.has_error(function() red:subscribe("a", { max = 1 }) end,
         "sluice.redis.subscribe: unknown option 'max'")
       assert.has_error(function() red:subscribe("a", { max_pending = 0 }) end,
-        "sluice.redis.subscribe: max_pending must be an integer >= 1")
+        "sluice.redis.subscribe: option 'max_pending' must be an integer >= 1, got 0")
       local co = coroutine.create(function() return red:subscribe("a") end)
       local ok, err = coroutine.resume(co)
       assert.is_false(ok)

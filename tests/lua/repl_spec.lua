@@ -6,7 +6,7 @@ local breaker = require "sluice.breaker"
 local limiter = require "sluice.limiter"
 local cjson = require "cjson"
 
-local T0 = 1763115825 -- 2025-11-14T10:23:45+00:00
+local T0 = 1763115825 -- 2025-11-14T10:23:45Z
 
 local function eval(session, chunk)
   return repl.eval(session, chunk)

@@ -117,9 +117,9 @@ describe("sluice.retry", function()
 
   it("validates options, naming the bad one", function()
     assert.has_error(function() retry.new({ strategy = "exponentail" }) end,
-      "sluice.retry.new: option 'strategy' must be fixed, linear, exponential, exponential_jitter or adaptive, got 'exponentail'")
+      "sluice.retry.new: option 'strategy' must be 'fixed', 'linear', 'exponential', 'exponential_jitter' or 'adaptive', got 'exponentail'")
     assert.has_error(function() retry.new({ max_attempts = 0 }) end,
-      "sluice.retry.new: option 'max_attempts' must be an integer >= 1")
+      "sluice.retry.new: option 'max_attempts' must be an integer >= 1, got 0")
     assert.has_error(function() retry.new({ retries = 3 }) end,
       "sluice.retry.new: unknown option 'retries'")
     assert.has_error(function() retry.new({ budget = { ratoi = 1 } }) end,

@@ -135,7 +135,7 @@ describe("sluice.store", function()
     it("is idempotent and makes every later call raise", function()
       db:define(KLINES)
       assert.is_true(db:close())
-      assert.is_true(db:close())
+      assert.is_false(db:close())
       assert.is_false(db:is_open())
       assert.equal("sluice.store.db (closed)", tostring(db))
       local calls = {

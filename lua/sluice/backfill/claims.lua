@@ -2,7 +2,7 @@
 --
 -- A backfill window is claimed under backfill:{collector}:{partition}:{start}
 -- before it is fetched, so that instances sharing one backfill fetch each
--- window once. The value is JSON:
+-- window once. The value is JSON (sluice.json: times exact):
 --   {"state":"claimed","by":instance,"token":job token,"at":t}  PX claim TTL,
 --     renewed by its holder while the window is fetched;
 --   {"state":"done","by":instance,"job":id,"rows":n,"from":s,"to":s,"at":t}
@@ -13,7 +13,7 @@
 -- tracks the outage). This module owns no state; every call but key()
 -- yields (call them in a task).
 local sluice = require "sluice"
-local cjson = require "cjson.safe"
+local json = require "sluice.json"
 
 local _M = {}
 
@@ -62,7 +62,7 @@ local function ms(seconds)
 end
 
 local function decode_doc(v)
-  local d = type(v) == "string" and cjson.decode(v)
+  local d = type(v) == "string" and json.decode(v)
   if type(d) == "table" then return d end
   return nil
 end
@@ -79,10 +79,9 @@ end
 -- "held" (another token's live claim, doc) or "done" (doc: the done mark
 -- covering win); raw is doc as stored.
 function _M.claim(sh, key, token, ttl, win)
-  local claim = cjson.encode({ state = "claimed", by = sh.id, token = token, at = sluice.time() })
-  local v, err = sh:eval(CLAIM, { key }, { token, ms(ttl), claim,
-    string.format("%.17g", win.from), string.format("%.17g", win.to),
-    string.format("%.17g", win.since or 0) })
+  local claim = json.encode({ state = "claimed", by = sh.id, token = token, at = sluice.time() })
+  -- numbers go as they are: the Redis client writes them as json.number does
+  local v, err = sh:eval(CLAIM, { key }, { token, ms(ttl), claim, win.from, win.to, win.since or 0 })
   if type(v) ~= "table" then return nil, err or "bad reply" end
   return v[1], decode_doc(v[2]), v[2]
 end
@@ -110,7 +109,7 @@ end
 function _M.done(sh, key, doc, ttl)
   local d = { state = "done", by = sh.id, at = sluice.time() }
   for k, v in pairs(doc) do d[k] = v end
-  local v, err = sh:call("SET", key, cjson.encode(d), "EX", string.format("%d", math.ceil(ttl)))
+  local v, err = sh:call("SET", key, json.encode(d), "EX", string.format("%d", math.ceil(ttl)))
   if v == nil then return nil, err end
   return true
 end

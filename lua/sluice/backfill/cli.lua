@@ -9,7 +9,6 @@
 local sluice = require "sluice"
 local app_mod = require "sluice.app"
 local backfill = require "sluice.backfill"
-local planner = require "sluice.backfill.plan"
 
 local _M = {}
 
@@ -139,7 +138,7 @@ function _M.cli(chunk, file, ...)
     local nw = st.next_window
     print(string.format("  stopped by shutdown after %d of %d windows%s; run the same command again "
       .. "to resume (done windows are skipped)", st.windows_done, st.windows_total,
-      nw and string.format("; next window: %s from %s (%d)", nw.partition, planner.iso(nw.from), nw.from) or ""))
+      nw and string.format("; next window: %s from %s (%d)", nw.partition, sluice.iso8601(nw.from), nw.from) or ""))
   end
   sluice.shutdown(st.windows_failed > 0 and 1 or 0)
 end

@@ -59,12 +59,6 @@ function _M.parse_time(v, what)
     .. tostring(v), 3)
 end
 
---- iso(t) -> epoch seconds t as 2024-01-31T12:00:00Z (a form parse_time
--- reads).
-function _M.iso(t)
-  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
-end
-
 -- The partitions a plan covers: those asked for, else those the collector
 -- declares, else one, "*" (backfill then gets nil).
 local function partitions(c, only)

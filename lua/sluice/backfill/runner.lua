@@ -350,7 +350,7 @@ function _M.start(opts)
       local nw = st.next_window
       blog.warning("backfill stopped by shutdown; running it again resumes", {
         done = st.windows_done, total = st.windows_total, interrupted = st.windows_interrupted,
-        next_partition = nw and nw.partition, next_from = nw and planner.iso(nw.from) })
+        next_partition = nw and nw.partition, next_from = nw and sluice.iso8601(nw.from) })
     end
   end)
   return id

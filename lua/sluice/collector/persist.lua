@@ -16,7 +16,7 @@ function _M.restore(c)
   local db = c.store
   if not db then return end
   if c.limiter then
-    local snap = db:load_state("limiter", c.limiter:stats().limiter_name)
+    local snap = db:load_state("limiter", c.limiter:name())
     if snap then
       local ok, err = pcall(c.limiter.restore, c.limiter, snap)
       if not ok then
@@ -50,7 +50,7 @@ function _M.save(c)
     db:save_state("breaker", c.breaker:name(), c.breaker:snapshot())
   end
   if c.limiter then
-    db:save_state("limiter", c.limiter:stats().limiter_name, c.limiter:snapshot())
+    db:save_state("limiter", c.limiter:name(), c.limiter:snapshot())
   end
 end
 

@@ -7,76 +7,51 @@
 -- overrides; no_jit() keeps a collector's own functions out of
 -- LuaJIT's compiled code so that the run budget's watchdog can stop them.
 -- It owns no state. Nothing here yields.
+local sluice = require "sluice"
+local options = require "sluice.options"
+
 local _M = {}
 
---- OPTIONS: option name -> the types it takes ("number|function").
+local FINITE_POSITIVE = { finite = true, gt = 0 }
+
+--- OPTIONS: the schema (sluice.options) of the framework options.
 _M.OPTIONS = {
-  name = "string", base_url = "string", interval = "number", jitter = "number",
-  timeout = "number", auth = "table", limiter = "table|boolean", breaker = "table|boolean",
+  name = {
+    type = "string", what = "an identifier (letters, digits, _)",
+    check = function(v) return v:match("^[%a_][%w_]*$") ~= nil end,
+  },
+  base_url = "string", interval = FINITE_POSITIVE, jitter = { min = 0, lt = 1 },
+  timeout = FINITE_POSITIVE, auth = "table", limiter = "table|boolean", breaker = "table|boolean",
   retry = "table|boolean", tables = "table", options = "table", collect = "function",
   classify = "function", init = "function", close = "function", backfill = "function",
   backfill_step = "number|function", expect = "table|function", headers = "table",
   description = "string", endpoint = "function", backfill_requests = "number|function",
-  beginning_date = "string|number", enabled = "boolean", run_budget = "table|boolean",
+  beginning_date = "string|number", enabled = "boolean",
+  run_budget = {
+    type = "table|boolean", what = "a table or false", check = function(v) return v ~= true end,
+    fields = { cpu = sluice.BUDGET_LIMIT, wall = sluice.BUDGET_LIMIT },
+  },
   partitions = "table|function",
 }
 
-local function type_ok(v, want)
-  for t in want:gmatch("[^|]+") do
-    if type(v) == t then return true end
+-- What a schema cannot say: auth takes exactly one way, and a value with
+-- a header or a query name.
+local function check_auth(a, where, level)
+  local n = (a.bearer ~= nil and 1 or 0) + (a.header ~= nil and 1 or 0) + (a.query ~= nil and 1 or 0)
+  if n ~= 1 then
+    error(where .. ": option 'auth' needs exactly one of bearer = <token>, header = <name>, query = <name>", level)
   end
-  return false
+  if (a.header or a.query) and a.value == nil then
+    error(where .. ": option 'auth' needs a value (a string or collector.env(\"NAME\"))", level)
+  end
 end
 
 --- check(spec, where, level): raises "where: ..." for an unknown option,
 -- a wrong type or a value out of range; level as error() counts it from
 -- check (3: the caller of check's caller).
 function _M.check(spec, where, level)
-  local SPEC = _M.OPTIONS
-  for k, v in pairs(spec) do
-    local want = SPEC[k]
-    if not want then
-      error(where .. ": unknown option '" .. tostring(k) .. "'", level)
-    end
-    if not type_ok(v, want) then
-      error(where .. ": option '" .. k .. "' must be " .. want:gsub("|", " or ") .. ", got " .. type(v), level)
-    end
-  end
-  if spec.name ~= nil and not spec.name:match("^[%a_][%w_]*$") then
-    error(where .. ": option 'name' must be an identifier (letters, digits, _), got '" .. spec.name .. "'", level)
-  end
-  if spec.interval ~= nil and not (spec.interval > 0 and spec.interval < math.huge) then
-    error(where .. ": option 'interval' must be a finite number > 0", level)
-  end
-  if spec.jitter ~= nil and not (spec.jitter >= 0 and spec.jitter < 1) then
-    error(where .. ": option 'jitter' must be in [0, 1)", level)
-  end
-  if spec.timeout ~= nil and not (spec.timeout > 0 and spec.timeout < math.huge) then
-    error(where .. ": option 'timeout' must be a finite number > 0", level)
-  end
-  if type(spec.run_budget) == "table" then
-    for k, v in pairs(spec.run_budget) do
-      if k ~= "cpu" and k ~= "wall" then
-        error(where .. ": option 'run_budget' has unknown key '" .. tostring(k) .. "' (cpu, wall)", level)
-      end
-      if v ~= false and not (type(v) == "number" and v > 0 and v < math.huge) then
-        error(where .. ": option 'run_budget." .. k .. "' must be a finite number > 0 or false, got "
-          .. tostring(v), level)
-      end
-    end
-  elseif spec.run_budget == true then
-    error(where .. ": option 'run_budget' must be a table or false", level)
-  end
-  if spec.auth then
-    local a = spec.auth
-    local n = (a.bearer ~= nil and 1 or 0) + (a.header ~= nil and 1 or 0) + (a.query ~= nil and 1 or 0)
-    if n ~= 1 then
-      error(where .. ": option 'auth' needs exactly one of bearer = <token>, header = <name>, query = <name>", level)
-    end
-    if (a.header or a.query) and a.value == nil then
-      error(where .. ": option 'auth' needs a value (a string or collector.env(\"NAME\"))", level)
-    end
-  end
+  options.check(where, spec, _M.OPTIONS, level)
+  if spec.auth then check_auth(spec.auth, where, level + 1) end
 end
 
 local function merge(base, over)
@@ -95,25 +70,27 @@ local BOOKKEEPING = { use = true, file = true } -- the configuration's, not ours
 -- unknown option or a wrong type; level as error() counts it from
 -- configure (3: the caller of configure's caller).
 function _M.configure(spec, overrides, level)
-  local name = overrides.name or spec.name
-  local own = merge(spec.options, nil)
-  local framework = {}
+  local where = "collector '" .. (overrides.name or spec.name) .. "'"
+  -- the collector's own options take the type of their defaults; a
+  -- framework option of the same name is the framework's
+  local schema = {}
+  for k, v in pairs(spec.options or {}) do schema[k] = type(v) end
+  for k, v in pairs(_M.OPTIONS) do
+    if k ~= "options" then schema[k] = v end
+  end
+  for k in pairs(BOOKKEEPING) do schema[k] = "any" end
+  options.check(where, overrides, schema, level)
+  local own, framework = merge(spec.options, nil), {}
   for k, v in pairs(overrides) do
     if BOOKKEEPING[k] then
       framework[k] = nil
     elseif _M.OPTIONS[k] and k ~= "options" then
       framework[k] = v
-    elseif spec.options and spec.options[k] ~= nil then
-      if type(v) ~= type(spec.options[k]) then
-        error(string.format("collector '%s': option '%s' must be a %s, got %s",
-          name, k, type(spec.options[k]), type(v)), level)
-      end
-      own[k] = v
     else
-      error(string.format("collector '%s': unknown option '%s'", name, tostring(k)), level)
+      own[k] = v
     end
   end
-  _M.check(framework, "collector '" .. name .. "'", level + 1)
+  if framework.auth then check_auth(framework.auth, where, level + 1) end
   return merge(spec, framework), own
 end
 

@@ -40,6 +40,7 @@
 -- close is the next candle's open. limit is clamped to [1, 1000].
 local sluice = require "sluice"
 local server = require "sluice.server"
+local options = require "sluice.options"
 local cjson = require "cjson.safe"
 local bit = require "bit"
 
@@ -359,24 +360,18 @@ function Mock:_handle(req)
   return status, body, headers
 end
 
-local FAULT_KEYS = { status = "number", count = "number", retry_after = "number", body = "string",
-  headers = "table", delay = "number", malformed = "boolean", abort = "boolean", path = "string" }
+local FAULT = { status = { integer = true, min = 200, max = 599 }, count = "number",
+  retry_after = "number", body = "string", headers = "table", delay = "number",
+  malformed = "boolean", abort = "boolean", path = "string" }
 
 function Mock:inject(spec)
   if type(spec) ~= "table" then
-    error("sluice.mock.binance: inject expects a table (got " .. type(spec) .. ")", 2)
+    error("sluice.mock.binance.inject: bad argument #1 'fault' (table expected, got " .. type(spec) .. ")", 2)
   end
-  for k, v in pairs(spec) do
-    if not FAULT_KEYS[k] then error("sluice.mock.binance: unknown fault key '" .. tostring(k) .. "'", 2) end
-    if type(v) ~= FAULT_KEYS[k] then
-      error("sluice.mock.binance: fault key '" .. k .. "' must be a " .. FAULT_KEYS[k], 2)
-    end
-  end
-  if spec.status and (spec.status % 1 ~= 0 or spec.status < 200 or spec.status > 599) then
-    error("sluice.mock.binance: fault status must be an integer in [200, 599]", 2)
-  end
+  options.check("sluice.mock.binance.inject", spec, FAULT)
+  -- by hand: one of four keys is needed (a schema requires each on its own)
   if not (spec.status or spec.malformed or spec.abort or spec.delay) then
-    error("sluice.mock.binance: a fault needs status, malformed, abort or delay", 2)
+    error("sluice.mock.binance.inject: a fault needs status, malformed, abort or delay", 2)
   end
   local f = {}
   for k, v in pairs(spec) do f[k] = v end
@@ -400,16 +395,10 @@ local OPTIONS = { host = "string", port = "number", seed = "number", now = "func
   ban_seconds = "number" }
 
 function _M.start(opts)
-  opts = opts or {}
-  if type(opts) ~= "table" then
-    error("sluice.mock.binance: start expects a table (got " .. type(opts) .. ")", 2)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("sluice.mock.binance.start: bad argument #1 'opts' (table expected, got " .. type(opts) .. ")", 2)
   end
-  for k, v in pairs(opts) do
-    if not OPTIONS[k] then error("sluice.mock.binance: unknown option '" .. tostring(k) .. "'", 2) end
-    if type(v) ~= OPTIONS[k] then
-      error("sluice.mock.binance: option '" .. k .. "' must be a " .. OPTIONS[k], 2)
-    end
-  end
+  opts = options.check("sluice.mock.binance.start", opts, OPTIONS) or {}
   local recorded, anchors = {}, {}
   if opts.fixtures then recorded, anchors = load_fixtures(opts.fixtures) end
   local m = setmetatable({ _symbols = {}, _names = {}, _recorded = recorded,

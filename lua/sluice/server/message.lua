@@ -3,23 +3,15 @@
 -- to sluice.server (the documentation is in its header); pure Lua over the
 -- exchange userdata of sluice._server, it owns no state and never yields.
 local cjson = require "cjson.safe"
+local header_table = require "sluice.headers"
 
 local _M = {}
 
 local function is_integer(v)
   return type(v) == "number" and v == math.floor(v) and v > -math.huge and v < math.huge
 end
-_M.is_integer = is_integer
 
 -- --- requests ----------------------------------------------------------------
-local headers_mt = {
-  __index = function(t, k)
-    if type(k) == "string" then
-      return rawget(t, k:lower())
-    end
-  end,
-}
-
 local function unescape(s)
   s = s:gsub("+", " ")
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
@@ -161,7 +153,7 @@ local function new_request(x, info)
     query = query,
     query_all = query_all,
     query_string = info.query,
-    headers = setmetatable(info.headers, headers_mt),
+    headers = header_table.new(info.headers),
     body = info.body,
     remote_addr = info.remote_addr,
     remote_ip = info.remote_ip,

@@ -55,7 +55,7 @@ end
 
 --- sync:publish_limiter(c): writes c's limiter snapshot.
 function Sync:publish_limiter(c)
-  local name = c.limiter:stats().limiter_name
+  local name = c.limiter:name()
   return self.sh:call("SET", "rate_limiter:" .. name, encode(c.limiter:snapshot(), self.sh.id, 0), "EX", TTL)
 end
 
@@ -94,7 +94,7 @@ function Sync:attach(c)
     end)
   end
   if c.limiter then
-    local doc = self.sh:call("GET", "rate_limiter:" .. c.limiter:stats().limiter_name)
+    local doc = self.sh:call("GET", "rate_limiter:" .. c.limiter:name())
     local v = type(doc) == "string" and cjson.decode(doc)
     if type(v) == "table" and type(v.snapshot) == "table" then
       pcall(c.limiter.restore, c.limiter, v.snapshot)

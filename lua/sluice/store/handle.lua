@@ -13,7 +13,7 @@
 -- fail takes the level that reaches the method's caller.
 local log = require "sluice.log"
 
-local type, error, setmetatable, format = type, error, setmetatable, string.format
+local type, error, setmetatable, pairs, format = type, error, setmetatable, pairs, string.format
 
 local _M = {}
 
@@ -51,12 +51,26 @@ function _M.is_closed(self)
   return self._closed == true
 end
 
---- close(db): closes the connection once; later calls do nothing.
+--- close(db) -> true when it closed the connection, false when it was
+-- already closed (later calls do nothing).
 function _M.close(self)
-  if not self._closed then
-    self._closed = true
-    self._c:close()
-  end
+  if self._closed then return false end
+  self._closed = true
+  self._c:close()
+  return true
+end
+
+--- table_names(db) -> the names of the tables defined on db, sorted.
+function _M.table_names(self)
+  local names = {}
+  for name in pairs(self._defs) do names[#names + 1] = name end
+  table.sort(names)
+  return names
+end
+
+--- in_transaction(db) -> whether a transaction is open (false once closed).
+function _M.in_transaction(self)
+  return not self._closed and self._c:in_transaction()
 end
 
 --- table_def(db, name) -> the compiled definition of table name, or nil.
