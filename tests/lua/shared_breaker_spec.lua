@@ -76,6 +76,12 @@ describe("sluice.shared breakers", function()
     assert.equal("open", a.c.breaker:state())
     a.sh:pull_breaker(a.c)
     assert.equal("closed", a.c.breaker:state())
+    -- the document carries B's times exactly (cjson's 14 digits rounded
+    -- an epoch to 0.1 ms)
+    local doc = cjson.decode(red:call("GET", "cb_state:shared_cb"))
+    local mine = b.c.breaker:snapshot()
+    assert.equal(mine.last_state_change, doc.snapshot.last_state_change)
+    assert.equal(mine.last_state_change, a.c.breaker:snapshot().last_state_change)
   end)
 
   it("reads the stored state when it subscribes (what it missed before)", function()

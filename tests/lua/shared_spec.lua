@@ -141,4 +141,16 @@ describe("sluice.shared", function()
     assert.same({ "id", "2", "v", "2.5" }, entries[2][2])
     assert.is_false(x.sh:degraded())
   end)
+
+  it("publishes numbers exactly: the text reads back as the same double", function()
+    local x = instance("a")
+    local sink = x.sh:stream_sink({ stream = "spec:{table}" })
+    assert.is_true(sink:publish("ticks", { {
+      price = 0.12345678901234568, ts = 1732291234.567891, big = 2 ^ 53 + 2, ok = true,
+      doc = { p = 0.1 + 0.2, n = 1e21 },
+    } }))
+    local entries = red:call("XRANGE", "spec:ticks", "-", "+")
+    assert.same({ "big", "9007199254740994", "doc", '{"n":1e+21,"p":0.30000000000000004}',
+      "ok", "true", "price", "0.12345678901234568", "ts", "1732291234.567891" }, entries[1][2])
+  end)
 end)

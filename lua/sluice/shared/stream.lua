@@ -3,11 +3,13 @@
 -- sink(sh, {stream = "sluice:{table}", maxlen = 1e6}) -> a sink for
 -- collector:add_sink: its publish(table, rows) appends each row to the
 -- stream (XADD with approximate MAXLEN trimming, one pipeline per batch),
--- fields flattened (tables as JSON). With Redis away the rows are not
+-- fields flattened: numbers as the shortest text that reads back as the
+-- same double (json.number), tables as sluice.json's exact JSON, other
+-- values by tostring. With Redis away the rows are not
 -- published (they are in SQLite); the shared object sh is told
 -- (sh:unreachable), which logs it once per outage. The sink owns nothing
 -- but its options; publish yields (call it in a task).
-local cjson = require "cjson.safe"
+local json = require "sluice.json"
 
 local _M = {}
 
@@ -28,7 +30,15 @@ function _M.sink(sh, opts)
         for _, k in ipairs(keys) do
           local v = row[k]
           cmd[#cmd + 1] = k
-          cmd[#cmd + 1] = type(v) == "table" and (cjson.encode(v) or "") or tostring(v)
+          local t = type(v)
+          if t == "table" then
+            v = json.encode(v, true) or ""
+          elseif t == "number" then
+            v = json.number(v) or tostring(v) -- nan, inf: no JSON text
+          else
+            v = tostring(v)
+          end
+          cmd[#cmd + 1] = v
         end
         cmds[i] = cmd
       end
