@@ -335,7 +335,7 @@ local function do_request(fname, opts)
     end
   end
   if opts.json ~= nil then
-    local encoded, err = cjson.encode(opts.json)
+    local encoded, err = json.encode(opts.json)
     if not encoded then
       fail(fname, "option 'json' cannot be encoded: " .. tostring(err))
     end

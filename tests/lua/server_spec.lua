@@ -173,6 +173,19 @@ describe("sluice.server requests", function()
     assert.equal(tonumber(seen.remote_addr:match(":(%d+)$")), seen.remote_port)
   end)
 
+  it("sends and answers JSON numbers exactly (the text reads back as the same double)", function()
+    local srv = listen()
+    local seen
+    srv:route("POST", "/n", function(req)
+      seen = req.body
+      return { p = 0.1 + 0.2, t = 1732291234.567891, big = 2 ^ 53 + 2 }
+    end)
+    local res = assert(http.post(url(srv, "/n"),
+      { json = { price = 0.12345678901234568, at = 1732291234.567891 } }))
+    assert.equal('{"at":1732291234.567891,"price":0.12345678901234568}', seen)
+    assert.equal('{"big":9007199254740994,"p":0.30000000000000004,"t":1732291234.567891}', res.body)
+  end)
+
   it("gives an empty body and nil, err from json() when there is none", function()
     local srv = listen()
     local body, v, err

@@ -4,6 +4,7 @@
 -- exchange userdata of sluice._server, it owns no state and never yields.
 local cjson = require "cjson.safe"
 local header_table = require "sluice.headers"
+local json = require "sluice.json"
 
 local _M = {}
 
@@ -207,7 +208,7 @@ local function valid_utf8(s)
 end
 
 local function encode_json(v)
-  local s, err = cjson.encode(v)
+  local s, err = json.encode(v)
   if not s then
     return nil, err
   end
