@@ -92,12 +92,7 @@ end
 
 -- --- the instance --------------------------------------------------------
 
-local function merge(base, over)
-  local out = {}
-  for k, v in pairs(base or {}) do out[k] = v end
-  for k, v in pairs(over or {}) do out[k] = v end
-  return out
-end
+local merge = options.merge
 
 --- new(spec, overrides, context) -> instance
 -- overrides: the configuration entry (name, base_url, interval, auth,

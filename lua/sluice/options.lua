@@ -30,6 +30,9 @@
 -- options.describe(spec) -> <what>, as the messages say it ("a number in
 --   [0, 1)", "a string or a table", "'reject' or 'ignore'").
 -- options.value(v) -> v as the messages write a value ("'x'", "0.1", "{}").
+-- options.merge(base, over) -> a new table: base's keys, then over's (both
+--   may be nil; neither is changed). Shallow: layering a call's options
+--   over configured defaults.
 --
 -- A schema maps each accepted key to a spec: a type string, or a table:
 --   type      "number", "string|table", ... (Lua type names joined by |;
@@ -291,6 +294,13 @@ function _M.check(fname, opts, schema, level)
     error(fname .. ": unknown option '" .. p[1] .. "'", level)
   end
   error(fname .. ": option '" .. p[1] .. "' " .. p[3], level)
+end
+
+function _M.merge(base, over)
+  local out = {}
+  for k, v in pairs(base or {}) do out[k] = v end
+  for k, v in pairs(over or {}) do out[k] = v end
+  return out
 end
 
 return _M

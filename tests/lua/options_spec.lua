@@ -153,4 +153,13 @@ describe("sluice.options", function()
       assert.equal("nil", options.value(nil))
     end)
   end)
+
+  it("merge layers one table over another without changing either", function()
+    local base, over = { a = 1, b = 2 }, { b = 3, c = 4 }
+    assert.same({ a = 1, b = 3, c = 4 }, options.merge(base, over))
+    assert.same({ { a = 1, b = 2 }, { b = 3, c = 4 } }, { base, over })
+    assert.same({ a = 1, b = 2 }, options.merge(base, nil))
+    assert.same({}, options.merge(nil, nil))
+    assert.are_not.equal(base, options.merge(base))
+  end)
 end)

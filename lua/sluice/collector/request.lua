@@ -29,17 +29,13 @@
 local sluice = require "sluice"
 local http = require "sluice.http"
 local secret = require "sluice.collector.secret"
+local options = require "sluice.options"
 
 local _M = {}
 
 local reveal = secret.reveal
 
-local function merge(base, over)
-  local out = {}
-  for k, v in pairs(base or {}) do out[k] = v end
-  for k, v in pairs(over or {}) do out[k] = v end
-  return out
-end
+local merge = options.merge
 
 local function default_verdict(res)
   if not res then

@@ -54,12 +54,7 @@ function _M.check(spec, where, level)
   if spec.auth then check_auth(spec.auth, where, level + 1) end
 end
 
-local function merge(base, over)
-  local out = {}
-  for k, v in pairs(base or {}) do out[k] = v end
-  for k, v in pairs(over or {}) do out[k] = v end
-  return out
-end
+local merge = options.merge
 
 local BOOKKEEPING = { use = true, file = true } -- the configuration's, not ours
 
