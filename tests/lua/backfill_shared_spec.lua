@@ -20,6 +20,7 @@ local redis = require "sluice.redis"
 local log = require "sluice.log"
 local cjson = require "cjson.safe"
 local redis_server = require "support.redis_server"
+local wait_for = require("support.wait").wait_for
 
 local S = 60000
 local A = math.floor(1704067200 / S) * S      -- 1704060000, a window boundary
@@ -31,22 +32,11 @@ local function one(db, sql, ...)
   return rows[1]
 end
 
--- Waits for a job to end, at most limit seconds; returns its status.
+-- Waits for a job to end, at most limit seconds (20); returns its status.
 local function wait_job(id, limit)
-  local deadline = sluice.now() + (limit or 20)
-  while backfill.status(id).state == "running" do
-    assert(sluice.now() < deadline, "backfill " .. id .. " still running after " .. (limit or 20) .. " s")
-    sluice.sleep(0.01)
-  end
+  wait_for("backfill " .. id .. " to end", function() return backfill.status(id).state ~= "running" end,
+    limit or 20)
   return backfill.status(id)
-end
-
-local function wait_for(pred, limit, what)
-  local deadline = sluice.now() + (limit or 10)
-  while not pred() do
-    assert(sluice.now() < deadline, "timed out waiting for " .. what)
-    sluice.sleep(0.005)
-  end
 end
 
 -- {"SYMBOL/startTime" = n} of the mock's answered (200) kline requests.
@@ -284,7 +274,7 @@ describe("sluice.backfill with shared claims", function()
     local id = backfill.start({ collector = a.c, shared = a.sh, from = A, to = A + 4 * S,
       parallel = 2, claim_ttl = 1 })
     -- the three free windows are done while the dead one's claim lives
-    wait_for(function() return backfill.status(id).windows_done == 3 end, 5, "the free windows")
+    wait_for("the free windows", function() return backfill.status(id).windows_done == 3 end, 5)
     local mid = backfill.status(id)
     assert.equal("running", mid.state)
     assert.equal(1, mid.windows_waiting)
@@ -323,18 +313,18 @@ describe("sluice.backfill with shared claims", function()
     ma:inject({ status = 500, count = 3, path = "/api/v3/klines" })
     local key = string.format("backfill:binance_klines:BTCUSDT:%d", A)
     local ida = backfill.start({ collector = a.c, shared = a.sh, from = A, to = A + 6 * S, parallel = 1 })
-    wait_for(function()
+    wait_for("A's claim", function()
       local v = red:call("GET", key)
       return v and cjson.decode(v).by == a.sh.id
-    end, 5, "A's claim")
+    end, 5)
     local idb = backfill.start({ collector = b.c, shared = b.sh, from = A, to = A + 6 * S, parallel = 2,
       claim_ttl = 1 })
-    wait_for(function() return backfill.status(ida).windows_failed == 1 end, 5, "A's failure")
+    wait_for("A's failure", function() return backfill.status(ida).windows_failed == 1 end, 5)
     -- released at once (A's claims would live 30 s; B may have claimed it already)
-    wait_for(function()
+    wait_for("A's release", function()
       local v = red:call("GET", key)
       return v == nil or cjson.decode(v).by ~= a.sh.id
-    end, 2, "A's release")
+    end, 2)
     local sa, sb = wait_job(ida), wait_job(idb)
 
     assert.equal("failed", sa.state)
@@ -428,7 +418,7 @@ describe("sluice.backfill with shared claims", function()
       local own = redis_server.start()
       local a = instance(m, { limiter = { rate = 20, max_rate = 20 } }, own:url(0))
       local id = backfill.start({ collector = a.c, shared = a.sh, from = A, to = A + 10 * S, parallel = 2 })
-      wait_for(function() return backfill.status(id).windows_done >= 4 end, 10, "4 windows")
+      wait_for("4 windows", function() return backfill.status(id).windows_done >= 4 end, 10)
       own:stop(true, true)
       assert_done_locally(a, wait_job(id, 20), 10)
     end)
