@@ -5,6 +5,7 @@ local log = require "sluice.log"
 local app_mod = require "sluice.app"
 local breaker = require "sluice.breaker"
 local files = require "support.files"
+local sluice = require "sluice"
 
 local write = files.write
 
@@ -100,9 +101,13 @@ describe("admin API and reload", function()
     assert.equal("healthy", body.status)
     assert.is_true(body.database_connected)
     assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$", body.timestamp)
-    assert.is_number(body.uptime_seconds)
+    -- up since sluice.operator was loaded: at most as long as the process
+    local up = sluice.time() - require("sluice.procinfo").start_time()
+    assert.is_true(body.uptime_seconds > 0 and body.uptime_seconds <= up + 1, body.uptime_seconds .. " of " .. up)
     assert.equal(0, body.collection_errors)
-    assert.is_string(body.last_successful_collection)
+    local last_ok = 0
+    for _, c in ipairs(app.order) do last_ok = math.max(last_ok, c:counters().last_success) end
+    assert.equal(require("sluice.operator").iso(last_ok), body.last_successful_collection)
   end)
 
   it("GET /health says 503 with the reason when a breaker is open", function()

@@ -94,7 +94,11 @@ return { store = ":memory:", name = "opspec", collectors = {
     assert.equal("unhealthy", body.status)
     assert.equal("opspec", body.service)
     assert.is_true(body.database_connected)
-    assert.is_true(body.collection_errors >= 1)
+    -- the failed collections of every collector: broken's (this one and
+    -- any an earlier test made)
+    assert.equal(app.collectors.broken:counters().collections_failed, body.collection_errors)
+    assert.same({ 0, 0 }, { app.collectors.feed:counters().collections_failed,
+      app.collectors.off:counters().collections_failed })
     assert.matches("^broken is degraded: the last collection failed: no data$", body.reasons[1])
     assert.equal(1, #body.reasons)
     local st = ops:status()
