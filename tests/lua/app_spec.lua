@@ -11,6 +11,7 @@ local breaker = require "sluice.breaker"
 local app_mod = require "sluice.app"
 local files = require "support.files"
 local wait_for = require("support.wait").wait_for
+local logs = require "support.logs"
 
 local write, tmpdir = files.write, files.tmpdir
 
@@ -105,15 +106,6 @@ local function free_port()
   local port = srv.port
   srv:close()
   return port
-end
-
--- This process's log entries with message msg since the ring was emptied.
-local function logged(msg)
-  local out = {}
-  for _, e in ipairs(log.recent()) do
-    if e.msg == msg then out[#out + 1] = e end
-  end
-  return out
 end
 
 local function call(app, method, path, body)
@@ -392,19 +384,17 @@ describe("sluice.app", function()
     -- a is built before z: a failing z must not leave a's new breaker registered
     local CFG = [[return { store = "%DIR%/db.sqlite", collectors = {
       { file = "feed.lua", name = "a" }, { file = "zed.lua", name = "z" } } }]]
-    local level = log.level()
     local app = run(dir, CFG)
+    local restore = function() end
     finally(function()
-      log.level(level)
+      restore()
       stop(app)
     end)
     wait_for("the first runs", function() return probe.a and probe.z and probe.a.runs == 1 and probe.z.runs == 1 end)
     local a, z, cb = app.collectors.a, app.collectors.z, app.collectors.a.breaker
     assert.equal(cb, breaker.get("a"))
     cb:force_open()
-    log.level("error")
-    log.ring_size(0) -- empties the ring
-    log.ring_size(100)
+    restore = logs.capture("error")
     local problems = {}
     local function refused(want)
       assert.same({ nil, want }, { app_mod.reload() })
@@ -433,9 +423,9 @@ describe("sluice.app", function()
     rewrite(dir, CFG:gsub("db%.sqlite", "other.sqlite"))
     refused(file .. ": store: cannot change while running (restart to move the database)")
     -- each refusal logged once, with its error
-    local logs = logged("reload refused")
-    assert.equal(#problems, #logs)
-    for i, e in ipairs(logs) do
+    local refusals = logs.logged("reload refused")
+    assert.equal(#problems, #refusals)
+    for i, e in ipairs(refusals) do
       assert.same({ "error", problems[i], "reload()" }, { e.level, e.error, e.by })
     end
     assert.same({ 1, 1 }, { probe.a.runs, probe.z.runs }) -- no run came of them

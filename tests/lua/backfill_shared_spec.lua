@@ -11,7 +11,6 @@
 -- own instance id and Redis connection), against the in-process mock
 -- Binance. binance_klines windows are 1000 1m candles (60000 s), aligned.
 local sluice = require "sluice"
-local collector = require "sluice.collector"
 local store = require "sluice.store"
 local mock = require "sluice.mock.binance"
 local backfill = require "sluice.backfill"
@@ -21,16 +20,13 @@ local log = require "sluice.log"
 local cjson = require "cjson.safe"
 local redis_server = require "support.redis_server"
 local wait_for = require("support.wait").wait_for
+local klines = require "support.klines"
+local logs = require "support.logs"
+local logged = logs.logged
 
-local S = 60000
-local A = math.floor(1704067200 / S) * S      -- 1704060000, a window boundary
-local SYMBOLS = { "BTCUSDT", "ETHUSDT" }
+local S, A, SYMBOLS = klines.S, klines.A, klines.SYMBOLS -- A: 1704060000, a window boundary
 local WEEK = 7 * 86400
-
-local function one(db, sql, ...)
-  local rows = assert(db:query(sql, ...))
-  return rows[1]
-end
+local one, coverage = klines.one, klines.coverage
 
 -- Waits for a job to end, at most limit seconds (20); returns its status.
 local function wait_job(id, limit)
@@ -83,29 +79,14 @@ local function assert_union(dbs, symbols, from, n)
   end
 end
 
-local function coverage(db, status)
-  return one(db, "SELECT COUNT(*) AS n, COALESCE(SUM(rows), 0) AS rows FROM sluice_backfill"
-    .. " WHERE status = ?", status)
-end
-
--- This test's log entries with this message.
-local function logged(msg)
-  local out = {}
-  for _, e in ipairs(log.recent()) do
-    if e.msg == msg then out[#out + 1] = e end
-  end
-  return out
-end
-
 describe("sluice.backfill with shared claims", function()
   local srv, red, m
   local open = {}                               -- stores, clients and mocks to close
-  local level, ring
+  local restore_logs
 
   setup(function()
     srv = redis_server.start()
     red = redis.connect({ url = srv:url(0) })
-    level = log.level()
   end)
 
   teardown(function()
@@ -115,10 +96,7 @@ describe("sluice.backfill with shared claims", function()
 
   before_each(function()
     log.output("/dev/null")
-    log.level("info")
-    ring = log.ring_size()
-    log.ring_size(0) -- empties the ring
-    log.ring_size(10000)
+    restore_logs = logs.capture("info", 10000)
     assert.equal("OK", red:call("FLUSHDB"))
     m = mock.start({ seed = 7 })
     open = { m }
@@ -129,8 +107,7 @@ describe("sluice.backfill with shared claims", function()
       local x = open[i]
       if x.stop then x:stop() elseif x.close then x:close() end
     end
-    log.level(level)
-    log.ring_size(ring)
+    restore_logs()
     log.output("-")
   end)
 
@@ -139,17 +116,10 @@ describe("sluice.backfill with shared claims", function()
   local function instance(mk, extra, url)
     local db = assert(store.open(":memory:"))
     open[#open + 1] = db
-    local o = {
-      base_url = mk.url, symbols = SYMBOLS, candle = "1m",
-      limiter = { rate = 200, max_rate = 1000 },
-      retry = { strategy = "adaptive", max_attempts = 3, base_delay = 0.01, max_delay = 0.05,
-        budget = false },
-    }
-    for k, v in pairs(extra or {}) do o[k] = v end
     local client = redis.connect({ url = url or srv:url(0), connect_timeout = 0.5 })
     open[#open + 1] = client
     local sh = shared.new(client)
-    return { c = collector.new(require "collectors.binance_klines", o, { store = db }), db = db, sh = sh }
+    return { c = klines.backfiller(mk, db, extra), db = db, sh = sh }
   end
 
   local function done_docs()

@@ -2,7 +2,6 @@
 -- with the recorded responses of tests/fixtures/ccxt/binance.json.
 local sluice = require "sluice"
 local cjson = require "cjson"
-local collector = require "sluice.collector"
 local store = require "sluice.store"
 local mock = require "sluice.mock.binance"
 local log = require "sluice.log"
@@ -21,13 +20,7 @@ local function recorded_ohlcv()
   error("fixture not found")
 end
 
-local function new_collector(m, db, extra)
-  local spec = require "collectors.binance_klines"
-  local o = { base_url = m.url, retry = { strategy = "adaptive", max_attempts = 3,
-    base_delay = 0.01, max_delay = 0.05, budget = false } }
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return collector.new(spec, o, { store = db })
-end
+local new_collector = require("support.klines").collector
 
 describe("collectors.binance_klines", function()
   local m, db

@@ -7,6 +7,7 @@ local store = require "sluice.store"
 local log = require "sluice.log"
 local fx = require "support.store"
 local wait_for = require("support.wait").wait_for
+local logs = require "support.logs"
 
 -- An upstream whose answers a test scripts: a queue of {status, body,
 -- headers}; when empty it answers 200 {"ok":true}.
@@ -186,9 +187,7 @@ describe("sluice.collector request pipeline", function()
 
   it("sends auth on the wire and never shows it in logs or status", function()
     log.output("/dev/null")
-    local saved = log.level()
-    log.level("trace")
-    log.ring_size(0); log.ring_size(1000)
+    local restore = logs.capture("trace")
     local c = collector.new(spec({ base_url = up.url,
       auth = { header = "X-MBX-APIKEY", value = "s3cr3t-key" } }))
     up:push(1, 500, "boom")
@@ -198,15 +197,13 @@ describe("sluice.collector request pipeline", function()
     local dump = require("cjson").encode({ c:health_check(), require("sluice._log").recent() })
     assert.is_nil(dump:find("s3cr3t", 1, true))
     assert.equal("<secret>", tostring(collector.env("NOPE")))
-    log.level(saved)
+    restore()
     log.output("-")
   end)
 
   it("skips runs while the breaker is open: one warning per opening, no error, no traceback", function()
     log.output("/dev/null")
-    local saved = log.level()
-    log.level("info")
-    log.ring_size(0); log.ring_size(1000)
+    local restore = logs.capture("info")
     local c = collector.new(spec({ base_url = up.url, retry = false, breaker = { failure_threshold = 2 },
       collect = function(self) return { assert(self:get("/x")) } end }))
     up:push(2, 500, "boom")
@@ -222,18 +219,15 @@ describe("sluice.collector request pipeline", function()
     for _ = 1, 3 do assert.is_false((c:run_once())) end
     local st = c:stats()
     assert.same({ 8, 2 }, { st.collections_skipped, up.hits - 2 })
-    local errors, skips = 0, 0
-    for _, e in ipairs(require("sluice.log").recent()) do
-      if e.msg == "collection failed" then errors = errors + 1 end
-      if e.msg == "collection skipped: circuit breaker open" then
-        skips = skips + 1
-        assert.is_nil(e.traceback)
-        assert.equal("test_feed", e.breaker)
-      end
+    local skips = logs.logged("collection skipped: circuit breaker open")
+    for _, e in ipairs(skips) do
+      assert.is_nil(e.traceback)
+      assert.equal("test_feed", e.breaker)
     end
-    assert.same({ 4, 2 }, { errors, skips }) -- the four real failures; one warning per opening
+    -- the four real failures; one warning per opening
+    assert.same({ 4, 2 }, { #logs.logged("collection failed"), #skips })
     assert.equal(4, c:counters().collections_failed)
-    log.level(saved)
+    restore()
     log.output("-")
   end)
 

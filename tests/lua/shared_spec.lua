@@ -16,15 +16,8 @@ local log = require "sluice.log"
 
 local redis_server = require "support.redis_server"
 local wait_for = require("support.wait").wait_for
-
--- This process's log entries with message msg since the ring was emptied.
-local function logged(msg)
-  local out = {}
-  for _, e in ipairs(log.recent()) do
-    if e.msg == msg then out[#out + 1] = e end
-  end
-  return out
-end
+local logs = require "support.logs"
+local logged = logs.logged
 
 describe("sluice.shared", function()
   local srv, red
@@ -224,14 +217,12 @@ describe("sluice.shared", function()
   it("goes on with local state while Redis is away, says so once, and shares again when it is back", function()
     local own = redis_server.start()
     local x
+    local restore = logs.capture("info")
     finally(function()
+      restore()
       if x then x.sh:stop() end
       own:stop(true, true)
     end)
-    local level = log.level()
-    log.level("info")
-    log.ring_size(0) -- empties the ring
-    log.ring_size(1000)
     x = { runs = 0 }
     x.c = collector.new(collector.define({ name = "away_feed", interval = 3600, limiter = false, retry = false,
       collect = function() x.runs = x.runs + 1 return { { id = x.runs } } end,
@@ -270,6 +261,5 @@ describe("sluice.shared", function()
     assert.is_true(sink:publish("ticks", { { id = 2 } }))
     assert.equal(1, x.sh:call("XLEN", "away:ticks"))
     assert.equal(1, #logged("redis unreachable: using local state until it is back"))
-    log.level(level)
   end)
 end)
