@@ -33,6 +33,34 @@ contains() {
     not_ok "$1 (no '$3' in output)"; sed 's/^/    /' "$2"; fi
 }
 
+# wait_until SECONDS COMMAND...: runs the command every 0.05 s until it
+# succeeds (returns 0) or SECONDS (may be fractional) have passed (returns
+# 1). Wait for a condition this way, never with a sleep long enough "for it
+# to have happened".
+wait_until() {
+  local limit=$1; shift
+  local deadline=$(( ${EPOCHREALTIME//[!0-9]/} + $(awk -v s="$limit" 'BEGIN { printf "%d", s * 1000000 }') ))
+  until "$@"; do
+    (( ${EPOCHREALTIME//[!0-9]/} < deadline )) || return 1
+    sleep 0.05
+  done
+}
+
+# wait_for_text FILE TEXT [SECONDS]: until FILE contains the fixed string
+# TEXT, at most SECONDS (5).
+wait_for_text() { wait_until "${3:-5}" grep -qsF -- "$2" "$1"; }
+
+# gone PID: the process no longer runs.
+gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# ended_within PID SECONDS: the process (a child of this shell) is gone
+# within SECONDS; its exit code is left in $code.
+ended_within() {
+  wait_until "$2" gone "$1" || return 1
+  wait "$1"
+  code=$?
+}
+
 # free_port: prints a loopback port nothing listens on (the kernel's pick,
 # through sluice.server).
 free_port() {
