@@ -41,13 +41,12 @@ counts() { DB="$WORK/bf.db" "$SLUICE" run "$WORK/count.lua" --control none; }
 DB="$WORK/bf.db" RATE=4 "$SLUICE" backfill "$WORK/bf.lua" binance_klines \
   --from $FROM --to $TO --parallel 4 >"$WORK/run1.out" 2>&1 &
 pid=$!
-started=0
-for _ in $(seq 1 200); do
+two_done() {
+  local done_n
   read -r done_n _ _ _ < <(counts 2>/dev/null || echo "0 0 0 0")
-  if [ "${done_n:-0}" -ge 2 ]; then started=1; break; fi
-  sleep 0.05
-done
-check "some windows were done before the signal" test "$started" = 1
+  [ "${done_n:-0}" -ge 2 ]
+}
+check "some windows were done before the signal" wait_until 10 two_done
 kill -TERM "$pid"
 wait "$pid"
 code=$?
