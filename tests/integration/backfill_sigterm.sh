@@ -11,16 +11,7 @@ N=20000                # 1m candles per symbol
 TO=$((FROM + N * 60))
 WINDOWS=42             # 21 windows of 1000 minutes per symbol
 
-cat >"$WORK/bf.lua" <<'LUA'
-local sluice = require "sluice"
-local mock = require("sluice.mock.binance").start({ seed = 42 })
-sluice.on_shutdown(function() mock:stop() end)
-local rate = tonumber(os.getenv("RATE"))
-return { store = os.getenv("DB"), log = { level = "info" }, collectors = {
-  { use = "binance_klines", base_url = mock.url, symbols = { "BTCUSDT", "ETHUSDT" }, candle = "1m",
-    limiter = { rate = rate, max_rate = rate },
-    retry = { max_attempts = 3, base_delay = 0.05, max_delay = 0.2 } } } }
-LUA
+backfill_config "$WORK/bf.lua" info
 
 cat >"$WORK/count.lua" <<'LUA'
 local store = require "sluice.store"

@@ -3,6 +3,9 @@
 # prints one "N passed, M failed" line at the end.
 set -u
 SLUICE=$(readlink -f "$1")
+# the specs' helpers (tests/lua/support), for checkers run with
+# `"$SLUICE" run --lua-path "$SPEC_LUA" ...`
+SPEC_LUA=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lua" && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 passed=0
@@ -102,6 +105,24 @@ rcli() {
   else redis-cli -p "${REDIS_PORT:-0}" "$@"; fi
 }
 stop_redis() { rcli shutdown nosave >/dev/null 2>&1; }
+
+# backfill_config FILE LEVEL: writes a configuration that backfills
+# binance_klines (BTCUSDT and ETHUSDT, 1m candles, quick retries) from the
+# mock Binance it starts in the same process with seed 42, so that every
+# run serves the same candles; DB (the store) and RATE (requests a second)
+# come from the environment, LEVEL is the log level.
+backfill_config() {
+  cat >"$1" <<LUA
+local sluice = require "sluice"
+local mock = require("sluice.mock.binance").start({ seed = 42 })
+sluice.on_shutdown(function() mock:stop() end)
+local rate = tonumber(os.getenv("RATE"))
+return { store = os.getenv("DB"), log = { level = "$2" }, collectors = {
+  { use = "binance_klines", base_url = mock.url, symbols = { "BTCUSDT", "ETHUSDT" }, candle = "1m",
+    limiter = { rate = rate, max_rate = rate },
+    retry = { max_attempts = 3, base_delay = 0.05, max_delay = 0.2 } } } }
+LUA
+}
 
 finish() {
   echo "$passed passed, $failed failed"
