@@ -376,6 +376,7 @@ describe("sluice.app", function()
     end, 60)
     for i = 1, N do assert.equal(1, probe["c" .. i].runs) end
   end)
+
   it("refuses a reload that does not build, naming file:line, and keeps the running configuration", function()
     local dir = tmpdir()
     local file = dir .. "/sluice.lua"
