@@ -1,6 +1,6 @@
 -- backfill.lua -- sluice.backfill throughput against the in-process mock
 -- Binance, with the collector's limiter pinned at a request rate.
---   /usr/bin/time -f "%M KiB" build/sluice run tests/bench/backfill.lua \
+--   /usr/bin/time -f "%M KiB" build/sluice run --lua-path tests/lua tests/bench/backfill.lua \
 --     [-- CANDLES SYMBOLS RATE PARALLEL PATH]
 -- Backfills CANDLES 1m candles (default 100,000) split over SYMBOLS
 -- (default 2) with binance_klines (1000 candles per request and window)
@@ -15,21 +15,15 @@ local store = require "sluice.store"
 local mock = require "sluice.mock.binance"
 local backfill = require "sluice.backfill"
 local log = require "sluice.log"
+local fx = require "support.store"
 
 local a1, a2, a3, a4, a5 = ...
 local candles = tonumber(a1) or 100000
 local nsym = tonumber(a2) or 2
 local rate = tonumber(a3) or 200
 local parallel = tonumber(a4) or 4
-local path = a5
-if not path then
-  local t = os.tmpname()
-  os.remove(t)
-  path = t .. ".db"
-end
-local function remove_db(p)
-  for _, s in ipairs({ "", "-wal", "-shm" }) do os.remove(p .. s) end
-end
+local path = a5 or fx.tmpdb()
+local remove_db = fx.remove_db
 remove_db(path)
 
 local ALL = { "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT" }

@@ -1,18 +1,15 @@
 -- redis.lua -- round trips/s of client:call("PING") from N tasks on one
 -- connection, next to redis-benchmark's PING figures on the same server.
---   sluice run tests/bench/redis.lua [-- SECONDS TASKS PORT]
--- Without PORT a private redis-server is started on a free port and stopped.
+--   sluice run --lua-path tests/lua tests/bench/redis.lua [-- SECONDS TASKS PORT]
+-- Without PORT a private redis-server is started on a free port and stopped
+-- (support.redis_server).
 local sluice = require "sluice"
 local redis = require "sluice.redis"
+local redis_server = require "support.redis_server"
 local arg1, arg2, arg3 = ...
 local seconds = tonumber(arg1) or 3
 local ntasks = tonumber(arg2) or 100
 local port = tonumber(arg3)
-
-local function sh(cmd)
-  local rc = os.execute(cmd)
-  return rc == 0 or rc == true
-end
 
 local function capture(cmd)
   local p = io.popen(cmd)
@@ -21,23 +18,10 @@ local function capture(cmd)
   return out
 end
 
-local dir
+local own
 if not port then
-  math.randomseed(os.time())
-  dir = capture("mktemp -d /tmp/sluice-redis-bench.XXXXXX"):match("%S+")
-  for _ = 1, 20 do
-    local p = math.random(20000, 60999)
-    if not capture("redis-cli -p " .. p .. " ping 2>/dev/null"):match("PONG") then
-      sh(("redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no --daemonize yes"
-        .. " --pidfile %s/redis.pid --dir %s --logfile %s/redis.log"):format(p, dir, dir, dir))
-      for _ = 1, 100 do
-        if capture("redis-cli -p " .. p .. " ping 2>/dev/null"):match("PONG") then port = p break end
-        sluice.sleep(0.02)
-      end
-      if port then break end
-    end
-  end
-  assert(port, "could not start redis-server")
+  own = redis_server.start()
+  port = own.port
 end
 
 local red = redis.connect { url = "redis://127.0.0.1:" .. port .. "/0" }
@@ -72,8 +56,4 @@ for _, opts in ipairs { "", " -P 100" } do
   end
 end
 
-if dir then
-  sh("kill $(cat " .. dir .. "/redis.pid) 2>/dev/null")
-  sluice.sleep(0.2)
-  sh("rm -rf " .. dir)
-end
+if own then own:stop(false, true) end

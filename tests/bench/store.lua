@@ -1,5 +1,5 @@
 -- store.lua -- sluice.store upsert throughput and the longest loop stall.
---   sluice run tests/bench/store.lua [-- PREFILL_ROWS BATCH PATH]
+--   sluice run --lua-path tests/lua tests/bench/store.lua [-- PREFILL_ROWS BATCH PATH]
 -- Upserts BATCH-row batches of 10 columns (from Lua, with validation) into a
 -- fresh file table until it holds PREFILL_ROWS (default 1,000,000), then
 -- measures new rows, re-sent identical rows and changed rows against that
@@ -7,20 +7,13 @@
 -- its duration is the loop stall. Only the upsert calls are timed.
 local sluice = require "sluice"
 local store = require "sluice.store"
+local fx = require "support.store"
 
 local arg1, arg2, arg3 = ...
 local prefill = tonumber(arg1) or 1000000
 local batch = tonumber(arg2) or 1000
-local path = arg3
-if not path then
-  local t = os.tmpname()
-  os.remove(t)
-  path = t .. ".db"
-end
-
-local function remove_db(p)
-  for _, s in ipairs({ "", "-wal", "-shm" }) do os.remove(p .. s) end
-end
+local path = arg3 or fx.tmpdb()
+local remove_db = fx.remove_db
 remove_db(path)
 
 local db = assert(store.open(path))

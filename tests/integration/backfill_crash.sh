@@ -23,22 +23,15 @@ WINDOWS=42             # 21 windows of 1000 minutes per symbol (the first one cu
 RANDOM=$SEED
 echo "# seed $SEED: $KILLS kill attempts, 2 symbols x $N candles from $FROM to $TO"
 
-cat >"$WORK/bf.lua" <<'LUA'
-local sluice = require "sluice"
-local mock = require("sluice.mock.binance").start({ seed = 42 })
-sluice.on_shutdown(function() mock:stop() end)
-local rate = tonumber(os.getenv("RATE"))
-return { store = os.getenv("DB"), log = { level = "warning" }, collectors = {
-  { use = "binance_klines", base_url = mock.url, symbols = { "BTCUSDT", "ETHUSDT" }, candle = "1m",
-    limiter = { rate = rate, max_rate = rate },
-    retry = { max_attempts = 3, base_delay = 0.05, max_delay = 0.2 } } } }
-LUA
+backfill_config "$WORK/bf.lua" warning
 
 # check.lua: prints "ok - ..." / "not ok - ..." lines (counted below) and
 # "# ..." notes. MODE=partial checks what a killed run left; MODE=final
-# the finished table, against CLEAN's when given.
+# the finished table, against CLEAN's when given. It runs with the specs'
+# helpers (support.klines: figures and checksums as backfill_spec takes them).
 cat >"$WORK/check.lua" <<'LUA'
 local store = require "sluice.store"
+local klines = require "support.klines"
 local db = assert(store.open(os.getenv("DB")))
 local mode, label = os.getenv("MODE"), os.getenv("LABEL") or ""
 local FROM, TO, N = tonumber(os.getenv("FROM")), tonumber(os.getenv("TO")), tonumber(os.getenv("N"))
@@ -95,26 +88,13 @@ if mode == "final" then
   check("no row outside the range", outside == 0, outside)
   local clean = os.getenv("CLEAN") and assert(store.open(os.getenv("CLEAN")))
   for _, sym in ipairs(SYMBOLS) do
-    local f = one("SELECT COUNT(*) AS n, COUNT(DISTINCT open_time) AS d, MIN(open_time) AS lo,"
-      .. " MAX(open_time) AS hi FROM klines WHERE symbol = ? AND interval = '1m'", sym)
+    local f = klines.figures(db, sym)
     check(sym .. ": " .. N .. " candles, none twice", f.n == N and f.d == N, f.n .. "/" .. tostring(f.d))
     check(sym .. ": first candle at the start", f.lo == FROM * 1000, f.lo)
     check(sym .. ": last candle one minute before the end", f.hi == (TO - 60) * 1000, f.hi)
     check(sym .. ": no gap", f.n and f.hi and (f.hi - f.lo + 60000 == f.n * 60000))
     if clean then
-      local sql = "SELECT COUNT(*) AS n, SUM(open_time) AS t, SUM(close_time) AS ct, SUM(open) AS o,"
-        .. " SUM(high) AS h, SUM(low) AS l, SUM(close) AS c, SUM(volume) AS v, SUM(quote_volume) AS qv,"
-        .. " SUM(trades) AS tr, SUM(taker_buy_base_volume) AS tb, SUM(taker_buy_quote_volume) AS tq"
-        .. " FROM klines WHERE symbol = ?"
-      local function sum(d)
-        local r = d:query(sql, sym)[1]
-        local parts = {}
-        for _, k in ipairs({ "n", "t", "ct", "o", "h", "l", "c", "v", "qv", "tr", "tb", "tq" }) do
-          parts[#parts + 1] = string.format("%.17g", r[k] or 0)
-        end
-        return table.concat(parts, " ")
-      end
-      local a, b = sum(db), sum(clean)
+      local a, b = klines.checksum(db, sym), klines.checksum(clean, sym)
       print("# " .. sym .. " checksum " .. a)
       check(sym .. ": same checksums as a clean one-shot backfill", a == b, a .. " vs " .. b)
     end
@@ -134,7 +114,8 @@ run_check() {
       *) echo "$line" ;;
     esac
   done < <(env DB="$WORK/crash.db" MODE="$1" LABEL="$2" CLEAN="${3:-}" FROM=$FROM TO=$TO N=$N \
-    WINDOWS=$WINDOWS timeout 60 "$SLUICE" run "$WORK/check.lua" 2>&1 || echo "not ok - $2checker exited $?")
+    WINDOWS=$WINDOWS timeout 60 "$SLUICE" run --lua-path "$SPEC_LUA" "$WORK/check.lua" 2>&1 ||
+    echo "not ok - $2checker exited $?")
 }
 
 backfill() { # backfill DB RATE [args...]: the command, in the foreground
@@ -204,7 +185,7 @@ db:close()
 LUA
 env DB="$WORK/doctored.db" "$SLUICE" run "$WORK/doctor.lua"
 env DB="$WORK/doctored.db" MODE=final LABEL="doctored: " FROM=$FROM TO=$TO N=$N WINDOWS=$WINDOWS \
-  "$SLUICE" run "$WORK/check.lua" >"$WORK/doctored.out" 2>&1
+  "$SLUICE" run --lua-path "$SPEC_LUA" "$WORK/check.lua" >"$WORK/doctored.out" 2>&1
 contains "the checker sees a lost candle's window" "$WORK/doctored.out" \
   "not ok - doctored: every done window holds exactly its candles (ETHUSDT 1704360000..1704420000: 999 rows stored, 1000 recorded"
 contains "and the gap" "$WORK/doctored.out" "not ok - doctored: ETHUSDT: no gap"

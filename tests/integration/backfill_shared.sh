@@ -124,11 +124,11 @@ claimed() {
     grep -c '"state":"claimed"'
 }
 held=0
-for _ in $(seq 1 300); do
+holding() {
   [ "$(redis-cli -p "$REDIS_PORT" --scan --pattern 'backfill:*' | wc -l)" -ge 4 ] &&
-    held=$(claimed) && [ "$held" -ge 1 ] && break
-  sleep 0.05
-done
+    held=$(claimed) && [ "$held" -ge 1 ]
+}
+wait_until 15 holding
 kill -KILL $pc
 wait $pc 2>/dev/null
 check "C died holding claims ($held)" test "$held" -ge 1

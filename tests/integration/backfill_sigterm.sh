@@ -11,16 +11,7 @@ N=20000                # 1m candles per symbol
 TO=$((FROM + N * 60))
 WINDOWS=42             # 21 windows of 1000 minutes per symbol
 
-cat >"$WORK/bf.lua" <<'LUA'
-local sluice = require "sluice"
-local mock = require("sluice.mock.binance").start({ seed = 42 })
-sluice.on_shutdown(function() mock:stop() end)
-local rate = tonumber(os.getenv("RATE"))
-return { store = os.getenv("DB"), log = { level = "info" }, collectors = {
-  { use = "binance_klines", base_url = mock.url, symbols = { "BTCUSDT", "ETHUSDT" }, candle = "1m",
-    limiter = { rate = rate, max_rate = rate },
-    retry = { max_attempts = 3, base_delay = 0.05, max_delay = 0.2 } } } }
-LUA
+backfill_config "$WORK/bf.lua" info
 
 cat >"$WORK/count.lua" <<'LUA'
 local store = require "sluice.store"
@@ -41,13 +32,12 @@ counts() { DB="$WORK/bf.db" "$SLUICE" run "$WORK/count.lua" --control none; }
 DB="$WORK/bf.db" RATE=4 "$SLUICE" backfill "$WORK/bf.lua" binance_klines \
   --from $FROM --to $TO --parallel 4 >"$WORK/run1.out" 2>&1 &
 pid=$!
-started=0
-for _ in $(seq 1 200); do
+two_done() {
+  local done_n
   read -r done_n _ _ _ < <(counts 2>/dev/null || echo "0 0 0 0")
-  if [ "${done_n:-0}" -ge 2 ]; then started=1; break; fi
-  sleep 0.05
-done
-check "some windows were done before the signal" test "$started" = 1
+  [ "${done_n:-0}" -ge 2 ]
+}
+check "some windows were done before the signal" wait_until 10 two_done
 kill -TERM "$pid"
 wait "$pid"
 code=$?

@@ -3,6 +3,9 @@
 # prints one "N passed, M failed" line at the end.
 set -u
 SLUICE=$(readlink -f "$1")
+# the specs' helpers (tests/lua/support), for checkers run with
+# `"$SLUICE" run --lua-path "$SPEC_LUA" ...`
+SPEC_LUA=$(cd "$(dirname "${BASH_SOURCE[0]}")/../lua" && pwd)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 passed=0
@@ -31,6 +34,34 @@ expect_exit() {
 contains() {
   if grep -qF -- "$3" "$2"; then ok "$1"; else
     not_ok "$1 (no '$3' in output)"; sed 's/^/    /' "$2"; fi
+}
+
+# wait_until SECONDS COMMAND...: runs the command every 0.05 s until it
+# succeeds (returns 0) or SECONDS (may be fractional) have passed (returns
+# 1). Wait for a condition this way, never with a sleep long enough "for it
+# to have happened".
+wait_until() {
+  local limit=$1; shift
+  local deadline=$(( ${EPOCHREALTIME//[!0-9]/} + $(awk -v s="$limit" 'BEGIN { printf "%d", s * 1000000 }') ))
+  until "$@"; do
+    (( ${EPOCHREALTIME//[!0-9]/} < deadline )) || return 1
+    sleep 0.05
+  done
+}
+
+# wait_for_text FILE TEXT [SECONDS]: until FILE contains the fixed string
+# TEXT, at most SECONDS (5).
+wait_for_text() { wait_until "${3:-5}" grep -qsF -- "$2" "$1"; }
+
+# gone PID: the process no longer runs.
+gone() { ! kill -0 "$1" 2>/dev/null; }
+
+# ended_within PID SECONDS: the process (a child of this shell) is gone
+# within SECONDS; its exit code is left in $code.
+ended_within() {
+  wait_until "$2" gone "$1" || return 1
+  wait "$1"
+  code=$?
 }
 
 # free_port: prints a loopback port nothing listens on (the kernel's pick,
@@ -74,6 +105,24 @@ rcli() {
   else redis-cli -p "${REDIS_PORT:-0}" "$@"; fi
 }
 stop_redis() { rcli shutdown nosave >/dev/null 2>&1; }
+
+# backfill_config FILE LEVEL: writes a configuration that backfills
+# binance_klines (BTCUSDT and ETHUSDT, 1m candles, quick retries) from the
+# mock Binance it starts in the same process with seed 42, so that every
+# run serves the same candles; DB (the store) and RATE (requests a second)
+# come from the environment, LEVEL is the log level.
+backfill_config() {
+  cat >"$1" <<LUA
+local sluice = require "sluice"
+local mock = require("sluice.mock.binance").start({ seed = 42 })
+sluice.on_shutdown(function() mock:stop() end)
+local rate = tonumber(os.getenv("RATE"))
+return { store = os.getenv("DB"), log = { level = "$2" }, collectors = {
+  { use = "binance_klines", base_url = mock.url, symbols = { "BTCUSDT", "ETHUSDT" }, candle = "1m",
+    limiter = { rate = rate, max_rate = rate },
+    retry = { max_attempts = 3, base_delay = 0.05, max_delay = 0.2 } } } }
+LUA
+}
 
 finish() {
   echo "$passed passed, $failed failed"

@@ -14,8 +14,7 @@ LUA
 "$SLUICE" run "$WORK/svc.lua" --control "$SOCK" --log-format json >"$WORK/svc.out" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 1 100); do grep -q ready "$WORK/svc.out" && [ -S "$SOCK" ] && break; sleep 0.05; done
-check "service started" test -S "$SOCK"
+check "service started" wait_until 5 sh -c "grep -q ready '$WORK/svc.out' && test -S '$SOCK'"
 
 client() { # client MODE: talks to the socket, prints what it concluded
   python3 - "$SOCK" "$pid" "$1" <<'PY'

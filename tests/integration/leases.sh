@@ -36,7 +36,8 @@ trap stop_all EXIT
 # The one exchange: the mock Binance, its handler wrapped to log, per
 # request, "arrival reply instance status serverTime" (instance from the
 # X-Instance header), and to delay the requests of an instance whose
-# $WORK/slow_<instance> file exists.
+# $WORK/slow_<instance> file exists (making $WORK/inflight_<instance> when
+# such a request arrives).
 cat >"$WORK/mock.lua" <<LUA
 local sluice = require "sluice"
 local m = require("sluice.mock.binance").start({ port = $MOCK_PORT })
@@ -46,7 +47,11 @@ m._handle = function(self, req)
   local who = req.headers["x-instance"] or "-"
   local t0 = sluice.time()
   local slow = io.open("$WORK/slow_" .. who)
-  if slow then slow:close() sluice.sleep($SLOW) end
+  if slow then
+    slow:close()
+    assert(io.open("$WORK/inflight_" .. who, "w")):close()
+    sluice.sleep($SLOW)
+  end
   local status, body, headers = handle(self, req)
   local ms = type(body) == "string" and body:match('"serverTime":(%d+)') or "-"
   logf:write(string.format("%.6f %.6f %s %s %s\n", t0, sluice.time(), who, tostring(status), ms))
@@ -87,7 +92,7 @@ LUA
 
 "$SLUICE" run "$WORK/mock.lua" --control none --log-format json >"$WORK/mock.out" 2>&1 &
 mock_pid=$!
-for _ in $(seq 1 50); do curl -s --max-time 1 "http://127.0.0.1:$MOCK_PORT/api/v3/ping" >/dev/null && break; sleep 0.1; done
+wait_until 5 curl -s --max-time 1 -o /dev/null "http://127.0.0.1:$MOCK_PORT/api/v3/ping"
 : >"$WORK/requests"
 : >"$WORK/ends"
 
@@ -102,19 +107,14 @@ holder() { tail -n 1 "$WORK/requests" | awk '{ print $3 }'; }
 # ended KIND INST: INST stopped holding now (kill, stop or term).
 ended() { echo "$(now) $1 $2" >>"$WORK/ends"; }
 # wait_takeover INST: until someone other than INST sends a request (<= 8 s).
-wait_takeover() {
-  local _
-  for _ in $(seq 1 80); do
-    h=$(holder)
-    [ -n "$h" ] && [ "$h" != "$1" ] && return 0
-    sleep 0.1
-  done
-  return 1
-}
+other_than() { h=$(holder); [ -n "$h" ] && [ "$h" != "$1" ]; }
+wait_takeover() { wait_until 8 other_than "$1"; }
 
 start a a
-for _ in $(seq 1 50); do [ -n "$(holder)" ] && break; sleep 0.1; done
+wait_until 5 sh -c "test -s '$WORK/requests'"
 check "the first instance collects (holder '$(holder)')" test "$(holder)" = a
+# (the sleeps between the steps below pace the scenario: each holder
+# collects for a while; the checks after the end look at all of it)
 start b b; sleep 0.3
 start c c; sleep 2
 check "the others stand by while a holds the lease (holder '$(holder)')" test "$(holder)" = a
@@ -123,8 +123,7 @@ contains "b logged that it stands by" "$WORK/b.out" "another instance holds the 
 # 0. a reload of the holder keeps the lease where it is (an owner change
 # here has no end to pair with, and fails the checks below).
 kill -HUP "${pid[a]}"
-sleep 1
-contains "a reloaded its configuration" "$WORK/a.out" "configuration reloaded"
+check "a reloaded its configuration" wait_for_text "$WORK/a.out" "configuration reloaded"
 check "a still holds the lease after the reload (holder '$(holder)')" test "$(holder)" = a
 
 # 1. kill -9 the holder; a comes back (same store) and must stand by.
@@ -156,7 +155,7 @@ check "the resumed $h3 is alive" kill -0 "${pid[$h3]}"
 # it): the lease must not pass before that run ends.
 h4=$(holder)
 touch "$WORK/slow_$h4"
-sleep 0.5
+check "a request of $h4 is in flight" wait_until 5 test -e "$WORK/inflight_$h4"
 kill -TERM "${pid[$h4]}"; ended term "$h4"
 wait "${pid[$h4]}"
 check "$h4 exits 0 after SIGTERM" test $? -eq 0

@@ -33,7 +33,7 @@ exec 3<>"$WORK/fifo"
 PORT_FILE="$WORK/port" "$SLUICE" run "$WORK/stall.lua" --control none >"$WORK/fifo" 2>"$WORK/err" &
 PID=$!
 trap 'kill "$PID" 2>/dev/null; [ -n "${CAT:-}" ] && kill "$CAT" 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 1 100); do [ -s "$WORK/port" ] && break; sleep 0.05; done
+wait_until 5 test -s "$WORK/port"
 PORT=$(cat "$WORK/port")
 URL="http://127.0.0.1:$PORT"
 
@@ -57,12 +57,10 @@ cat <&3 >"$WORK/drained" &
 CAT=$!
 # what was queued is written first: wait (bounded) until it has all arrived,
 # or the next line could still meet a full queue
-for _ in $(seq 1 200); do
-  [ "$(grep -c '"msg":"stalled"' "$WORK/drained")" -ge $((3000 - ${D1:-0})) ] && break
-  sleep 0.05
-done
+queued_arrived() { [ "$(grep -c '"msg":"stalled"' "$WORK/drained")" -ge $((3000 - ${D1:-0})) ]; }
+wait_until 10 queued_arrived
 check "logging after the drain" curl -s --max-time 10 -o /dev/null "$URL/log?n=1&tag=resumed"
-for _ in $(seq 1 100); do grep -q '"msg":"resumed"' "$WORK/drained" && break; sleep 0.05; done
+wait_for_text "$WORK/drained" '"msg":"resumed"'
 contains "a line logged after the drain arrives" "$WORK/drained" '"msg":"resumed"'
 D2=$(dropped)
 check "nothing more dropped once drained ($D1 = $D2)" [ "$D1" = "$D2" ]
@@ -74,6 +72,6 @@ check "no torn line ($BAD)" [ "$BAD" -eq 0 ]
 kill -TERM "$PID"
 wait "$PID"; code=$?; [ "$code" -eq 0 ] || sed "s/^/    /" "$WORK/err"; (exit $code)
 check "SIGTERM: sluice exits 0" [ $? -eq 0 ]
-for _ in $(seq 1 100); do grep -q '"msg":"SIGTERM received' "$WORK/drained" && break; sleep 0.05; done
+wait_for_text "$WORK/drained" '"msg":"SIGTERM received'
 contains "lines logged at shutdown are flushed" "$WORK/drained" '"msg":"SIGTERM received: shutting down"'
 finish

@@ -40,19 +40,16 @@ trap 'kill $sluice_pid 2>/dev/null; wait $sluice_pid 2>/dev/null; rm -rf "$WORK"
 
 runs() { grep -c "^$1\$" "$WORK/runs"; }
 reloads() { grep -c '"configuration reloaded"' "$WORK/sluice.out"; }
-wait_until() { # wait_until CMD...: up to 20 s
-  local _
-  for _ in $(seq 1 200); do "$@" && return 0; sleep 0.1; done
-  return 1
-}
 
-check "both collectors run once at start-up" wait_until sh -c "[ \$(grep -c . '$WORK/runs') -eq 2 ]"
+check "both collectors run once at start-up" wait_until 20 sh -c "[ \$(grep -c . '$WORK/runs') -eq 2 ]"
 
 # 50 SIGHUPs while the first runs are still going (held)
 for _ in $(seq 1 50); do kill -HUP $sluice_pid; done
-check "the SIGHUPs reload the configuration" wait_until sh -c "[ \$(grep -c '\"configuration reloaded\"' '$WORK/sluice.out') -ge 1 ]"
-n=$(reloads)
-for _ in $(seq 1 20); do sleep 0.25; [ "$(reloads)" = "$n" ] && break; n=$(reloads); done
+check "the SIGHUPs reload the configuration" wait_until 20 sh -c "[ \$(grep -c '\"configuration reloaded\"' '$WORK/sluice.out') -ge 1 ]"
+# no event marks the last reload of a burst (signals coalesce): wait until
+# the count holds still for a quarter of a second
+settled() { local n; n=$(reloads); sleep 0.25; [ "$(reloads)" = "$n" ]; }
+wait_until 5 settled
 check "no SIGHUP started a run ($(reloads) reloads; a: $(runs a), b: $(runs b) runs)" test "$(runs a) $(runs b)" = "1 1"
 rm -f "$WORK/hold"
 
@@ -60,7 +57,7 @@ rm -f "$WORK/hold"
 config false
 before=$(reloads)
 kill -HUP $sluice_pid
-check "the flip of enabled is reloaded" wait_until sh -c "[ \$(grep -c '\"configuration reloaded\"' '$WORK/sluice.out') -gt $before ]"
+check "the flip of enabled is reloaded" wait_until 20 sh -c "[ \$(grep -c '\"configuration reloaded\"' '$WORK/sluice.out') -gt $before ]"
 curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/status" >"$WORK/status.json"
 contains "/status shows b disabled" "$WORK/status.json" '"status":"disabled"'
 code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST -H 'Content-Type: application/json' -d '{"collector":"b"}' \
@@ -76,10 +73,10 @@ done
 waiters() {
   curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/status" | grep -q '"run_waiters":29'
 }
-check "29 requests wait for the run in flight" wait_until waiters
+check "29 requests wait for the run in flight" wait_until 20 waiters
 rm -f "$WORK/hold"
 wait_collects() { [ "$(cat "$WORK"/collect.* | grep -o '"status":"ok"' | wc -l)" = 30 ]; }
-check "all 30 POST /collect answer ok" wait_until wait_collects
+check "all 30 POST /collect answer ok" wait_until 20 wait_collects
 joined=$(cat "$WORK"/collect.* | grep -o '"joined":true' | wc -l)
 check "one ran and 29 joined it (joined: $joined, a ran $(runs a) times)" test "$joined $(runs a)" = "29 2"
 check "the process is still up" kill -0 $sluice_pid
@@ -89,15 +86,15 @@ refused() { grep -c "\"msg\":\"reload refused\".*\"by\":\"$1\"" "$WORK/sluice.ou
 echo 'return { store = "'"$WORK"'/db.sqlite", collectors = { { file = "feed.lua", interval = "soon" } } }' \
   >"$WORK/sluice.lua"
 kill -HUP $sluice_pid
-check "a refused SIGHUP reload is logged" wait_until sh -c "[ \$(grep -c '\"by\":\"SIGHUP\"' '$WORK/sluice.out') -ge 1 ]"
+check "a refused SIGHUP reload is logged" wait_until 20 sh -c "[ \$(grep -c '\"by\":\"SIGHUP\"' '$WORK/sluice.out') -ge 1 ]"
 code=$(curl -s -o "$WORK/reload.json" -w '%{http_code}' --max-time 5 -X POST -H 'Content-Type: application/json' \
   "http://127.0.0.1:$ADMIN_PORT/reload")
 check "POST /reload of a broken configuration answers 422 (got $code)" test "$code" = 422
 contains "and says why" "$WORK/reload.json" "option 'interval' must be a finite number > 0, got string"
-check "a refused POST /reload is logged ($(refused 'POST /reload'))" wait_until sh -c "[ \$(grep -c '\"by\":\"POST /reload\"' '$WORK/sluice.out') -ge 1 ]"
+check "a refused POST /reload is logged ($(refused 'POST /reload'))" wait_until 20 sh -c "[ \$(grep -c '\"by\":\"POST /reload\"' '$WORK/sluice.out') -ge 1 ]"
 expect_exit "sluice repl -e 'reload()' exits 1 when refused" 1 "$SLUICE" repl "$WORK/ctl.sock" -e 'reload()'
 contains "and prints why" "$WORK/out" "option 'interval' must be a finite number > 0, got string"
-check "a refused REPL reload is logged ($(refused repl))" wait_until sh -c "[ \$(grep -c '\"by\":\"repl\"' '$WORK/sluice.out') -ge 1 ]"
+check "a refused REPL reload is logged ($(refused repl))" wait_until 20 sh -c "[ \$(grep -c '\"by\":\"repl\"' '$WORK/sluice.out') -ge 1 ]"
 check "the running collectors are untouched" kill -0 $sluice_pid
 
 finish

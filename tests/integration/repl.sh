@@ -14,17 +14,9 @@ sluice.every(0.2, function() return cb, lim end)
 print("ready")
 LUA
 
-wait_for() { # wait_for FILE TEXT
-  for _ in $(seq 1 100); do
-    grep -qF -- "$2" "$1" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  return 1
-}
-
 "$SLUICE" run "$WORK/svc.lua" --control "$SOCK" --log-format json >"$WORK/svc.out" 2>&1 &
 pid=$!
-check "service started" wait_for "$WORK/svc.out" ready
+check "service started" wait_for_text "$WORK/svc.out" ready
 check "socket mode is 0600 (got $(stat -c %a "$SOCK" 2>/dev/null))" test "$(stat -c %a "$SOCK" 2>/dev/null)" = 600
 
 repl() { "$SLUICE" repl "$SOCK" "$@"; }
@@ -97,7 +89,7 @@ wait "${pids[@]}"
 wait_jobs_ok=1
 for i in 1 2 3; do test "$(cat "$WORK/par$i.out")" = "$i" || wait_jobs_ok=0; done
 check "three clients at once each get their own answer" test "$wait_jobs_ok" -eq 1
-sleep 0.6
+sleep 0.6 # past the dropped evaluation's 0.5 s: it answers a client that has gone
 check "the process survives a client leaving mid-evaluation" kill -0 "$pid"
 expect_exit "and still answers" 0 repl -e '"alive"'
 
@@ -120,7 +112,7 @@ check "the socket file is removed at exit" test ! -e "$SOCK"
 # though its control socket is open.
 "$SLUICE" run "$WORK/svc.lua" --control "$SOCK" >"$WORK/killed.out" 2>&1 &
 killed=$!
-wait_for "$WORK/killed.out" ready
+wait_for_text "$WORK/killed.out" ready
 kill -9 "$killed"
 wait "$killed" 2>/dev/null
 check "a stale socket file is left behind by kill -9" test -S "$SOCK"

@@ -56,15 +56,15 @@ sluice_pid=$!
 URL="http://127.0.0.1:$ADMIN_PORT"
 AUTH="Authorization: Bearer $SLUICE_IT_ADMIN_TOKEN"
 # ready: klines collected and leaky failed at least once each
-ready=""
-for _ in $(seq 1 100); do
+both_ran() {
+  local body
   body=$(curl -s --max-time 2 -H "$AUTH" "$URL/status")
   case "$body" in *'"last_error":"'*'leaky.lua:8: redis:'*)
-    case "$body" in *'"data_points_collected":'[1-9]*) ready=yes; break ;; esac ;;
+    case "$body" in *'"data_points_collected":'[1-9]*) return 0 ;; esac ;;
   esac
-  sleep 0.1
-done
-check "both collectors ran (klines collected, leaky failed)" test -n "$ready"
+  return 1
+}
+check "both collectors ran (klines collected, leaky failed)" wait_until 10 both_ran
 check "the shared state is on the password-protected Redis" \
   bash -c "[ \"\$(REDISCLI_AUTH='$REDIS_PW' redis-cli -p $REDIS_PORT --scan --pattern 'lease:collector:*' | wc -l)\" -ge 1 ]"
 

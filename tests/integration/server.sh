@@ -54,12 +54,8 @@ LUA
 "$SLUICE" run "$WORK/server.lua" --log-format json >"$WORK/server.out" 2>&1 &
 pid=$!
 port=
-for _ in $(seq 1 100); do
-  port=$(awk '/^port /{print $2}' "$WORK/server.out")
-  [ -n "$port" ] && break
-  sleep 0.05
-done
-check "server started and printed its port" test -n "$port"
+port_known() { port=$(awk '/^port /{print $2}' "$WORK/server.out"); [ -n "$port" ]; }
+check "server started and printed its port" wait_until 5 port_known
 base="http://127.0.0.1:$port"
 
 # req NAME ARGS...: runs curl (bounded), leaves headers+body in $WORK/res and
@@ -142,10 +138,7 @@ check "the part written before the abort arrived" test "$(wc -c <"$WORK/trunc")"
 # SIGTERM with a request in flight: the request finishes, the process exits 0.
 curl -s --max-time 5 "$base/inflight" >"$WORK/inflight" &
 c1=$!
-for _ in $(seq 1 100); do
-  grep -q "inflight started" "$WORK/server.out" && break
-  sleep 0.02
-done
+wait_for_text "$WORK/server.out" "inflight started" 2
 kill -TERM "$pid"
 start=$(date +%s.%N)
 wait "$pid"

@@ -32,12 +32,8 @@ ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=4" \
 pid=$!
 trap 'kill "$pid" 2>/dev/null; rm -rf "$WORK"' EXIT
 ports=
-for _ in $(seq 1 100); do
-  ports=$(awk '/^ports /{print $2 " " $3}' "$WORK/server.out")
-  [ -n "$ports" ] && break
-  sleep 0.05
-done
-check "sluice started and printed its ports" test -n "$ports"
+ports_known() { ports=$(awk '/^ports /{print $2 " " $3}' "$WORK/server.out"); [ -n "$ports" ]; }
+check "sluice started and printed its ports" wait_until 5 ports_known
 read -r admin_port plain_port <<<"$ports"
 
 cat >"$WORK/client.py" <<'PY'

@@ -34,9 +34,10 @@ LUA
 NAME=klines_b DB="$WORK/b.db" ADMIN=$ADMIN_PORT "$SLUICE" run "$WORK/node.lua" --control "$WORK/b.sock" \
   --log-format json >"$WORK/b.out" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 50); do [ -S "$WORK/b.sock" ] && break; sleep 0.1; done
+wait_until 5 test -S "$WORK/b.sock"
 # B's first collection was published to the stream, in commit order.
-for _ in $(seq 1 30); do [ "$(redis-cli -p "$REDIS_PORT" xlen sluice:klines)" -gt 0 ] 2>/dev/null && break; sleep 0.1; done
+streamed() { [ "$(redis-cli -p "$REDIS_PORT" xlen sluice:klines)" -gt 0 ] 2>/dev/null; }
+wait_until 3 streamed
 n=$(redis-cli -p "$REDIS_PORT" xlen sluice:klines)
 check "B's rows are in the stream sluice:klines ($n)" test "$n" -ge 2
 redis-cli -p "$REDIS_PORT" --no-raw xrange sluice:klines - + | grep -A1 '"open_time"' | grep -v open_time | grep -o '[0-9]\{13\}' >"$WORK/times"
@@ -49,12 +50,8 @@ check "B starts with a closed breaker" test "$(state_b)" = '"closed"'
 expect_exit "A runs and is banned" 0 env NAME=klines_a BAN=1 DB="$WORK/a.db" timeout 30 "$SLUICE" run "$WORK/node.lua" \
   --control none --log-format json
 contains "A's breaker opened on the ban" "$WORK/out" '"to":"open"'
-opened=""
-for _ in $(seq 1 20); do
-  [ "$(state_b)" = '"open"' ] && { opened=yes; break; }
-  sleep 0.1
-done
-check "B's breaker is open" test -n "$opened"
+b_open() { [ "$(state_b)" = '"open"' ]; }
+check "B's breaker is open" wait_until 3 b_open
 # How long after A's transition B took it, from the two logs' timestamps.
 ms_of() { # the first line of FILE containing TEXT: its ts in ms of the day
   grep -F -- "$2" "$1" | head -1 | sed -n 's/.*"ts":"[^T]*T\([0-9]*\):\([0-9]*\):\([0-9.]*\)Z".*/\1 \2 \3/p' |
@@ -72,26 +69,30 @@ check "A wrote its limiter state at stop (rate_limiter:klines_a)" test "$(redis-
 
 # Leases: C and D run the same collector; one collects, the other stands
 # by, and takes over within the lease TTL (3 s here) when the holder dies.
-for n in c d; do
-  NAME=klines_cd INTERVAL=0.3 DB="$WORK/$n.db" "$SLUICE" run "$WORK/node.lua" --control none \
-    --log-format json >"$WORK/$n.out" 2>&1 &
-  eval "pid_$n=\$!"
+collections() { grep -c '"msg":"collection done"' "$WORK/$1.out"; }
+start_cd() {
+  NAME=klines_cd INTERVAL=0.3 DB="$WORK/$1.db" "$SLUICE" run "$WORK/node.lua" --control none \
+    --log-format json >"$WORK/$1.out" 2>&1 &
+  eval "pid_$1=\$!"
   pids+=($!)
-  sleep 0.3
-done
-sleep 2
-nc=$(grep -c '"msg":"collection done"' "$WORK/c.out"); nd=$(grep -c '"msg":"collection done"' "$WORK/d.out")
+}
+start_cd c
+check "C collects" wait_for_text "$WORK/c.out" '"msg":"collection done"' 10
+start_cd d
+check "D stands by" wait_for_text "$WORK/d.out" "another instance holds the collector lease: standing by" 10
+# while C collects three times more, D's runs (as often) must stand by too
+n0=$(collections c)
+three_more() { [ "$(collections c)" -ge $((n0 + 3)) ]; }
+wait_until 10 three_more
+nc=$(collections c); nd=$(collections d)
 check "only the lease holder collects (C $nc, D $nd)" test "$nc" -gt 0 -a "$nd" -eq 0
 kill -9 "$pid_c"
 wait "$pid_c" 2>/dev/null
 killed_at=$(date +%s.%N)
 took=""
-for _ in $(seq 1 60); do
-  if grep -q '"msg":"collection done"' "$WORK/d.out"; then
-    took=$(awk -v a="$killed_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'); break
-  fi
-  sleep 0.1
-done
+if wait_for_text "$WORK/d.out" '"msg":"collection done"' 6; then
+  took=$(awk -v a="$killed_at" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+fi
 check "D takes over within the TTL plus a renewal (took ${took:-never} s)" \
   awk -v t="${took:-99}" 'BEGIN { exit !(t <= 4.5) }'
 contains "D logged the takeover" "$WORK/d.out" "collector lease taken over"
@@ -99,11 +100,12 @@ contains "D logged the takeover" "$WORK/d.out" "collector lease taken over"
 # Redis goes away: B keeps going and says so.
 redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1
 health=""
-for _ in $(seq 1 30); do
+says_degraded() {
   health=$(curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/health")
-  case "$health" in *'"degraded"'*) break ;; esac
-  sleep 0.2
-done
+  case "$health" in *'"degraded"'*) return 0 ;; esac
+  return 1
+}
+wait_until 6 says_degraded
 # (B's breaker is open, taken from A, so B is unhealthy anyway; the
 # degraded list says what Redis's absence costs)
 case "$health" in *'"degraded":["redis is unreachable'*) ok "/health reports Redis as degraded" ;;

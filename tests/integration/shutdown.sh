@@ -26,13 +26,7 @@ end)
 print("ready")
 LUA
 
-wait_ready() {
-  for _ in $(seq 1 100); do
-    grep -q ready "$1" && return 0
-    sleep 0.05
-  done
-  return 1
-}
+wait_ready() { wait_for_text "$1" ready; }
 
 "$SLUICE" run "$WORK/sleepers.lua" --shutdown-timeout 1 --log-format json >"$WORK/term.out" 2>&1 &
 pid=$!
@@ -64,7 +58,7 @@ LUA
 pid=$!
 check "second script started" wait_ready "$WORK/int.out"
 kill -INT "$pid"
-sleep 0.2
+check "the first SIGINT begins the shutdown" wait_for_text "$WORK/int.out" '"SIGINT received: shutting down"'
 kill -INT "$pid"
 wait "$pid"
 code=$?
@@ -123,7 +117,7 @@ return { store = "$WORK/slow.db", collectors = { { file = "slow.lua" } } }
 LUA
 "$SLUICE" run "$WORK/slow_config.lua" --control none --shutdown-timeout 5 >"$WORK/slow.out" 2>&1 &
 pid=$!
-for _ in $(seq 1 100); do grep -q collecting "$WORK/slow.out" && break; sleep 0.05; done
+check "the collection is under way" wait_for_text "$WORK/slow.out" collecting
 kill -TERM "$pid"
 wait "$pid"
 code=$?

@@ -1,16 +1,13 @@
 -- sluice.admin and hot reload: a configuration with a collector file in a
 -- temp directory, the mock Binance, and the admin API on a free port.
-local sluice = require "sluice"
 local http = require "sluice.http"
 local log = require "sluice.log"
 local app_mod = require "sluice.app"
 local breaker = require "sluice.breaker"
+local files = require "support.files"
+local sluice = require "sluice"
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local write = files.write
 
 local COLLECTOR = [[
 local collector = require "sluice.collector"
@@ -39,12 +36,26 @@ return {
 ]]
 
 -- wait_until(what, cond): cond() true within 10 s (polled), or fails naming what
-local function wait_until(what, cond)
-  local deadline = sluice.now() + 10
-  while not cond() do
-    if sluice.now() > deadline then error("timed out waiting for " .. what, 2) end
-    sluice.sleep(0.01)
-  end
+local wait_until = require("support.wait").wait_for
+
+-- The configuration above in a temp directory, run against a fresh mock
+-- Binance: returns the directory, the app, the mock and the admin API's URL.
+local function start_app()
+  local dir = files.tmpdir()
+  local mock = require("sluice.mock.binance").start({})
+  write(dir .. "/ticks.lua", COLLECTOR:format("v1"))
+  write(dir .. "/sluice.lua", CONFIG:format(dir .. "/db.sqlite", mock.url, mock.url))
+  local chunk = assert(loadfile(dir .. "/sluice.lua"))
+  local app = app_mod.run(chunk(), dir .. "/sluice.lua")
+  return dir, app, mock, "http://127.0.0.1:" .. app.admin.port
+end
+
+local function stop_app(app, mock)
+  for _, c in ipairs(app.order) do c:stop() end
+  app.admin:close()
+  mock:stop()
+  files.cleanup()
+  log.output("-")
 end
 
 describe("admin API and reload", function()
@@ -73,15 +84,7 @@ describe("admin API and reload", function()
 
   setup(function()
     log.output("/dev/null")
-    local p = io.popen("mktemp -d")
-    dir = p:read("*l")
-    p:close()
-    mock = require("sluice.mock.binance").start({})
-    write(dir .. "/ticks.lua", COLLECTOR:format("v1"))
-    write(dir .. "/sluice.lua", CONFIG:format(dir .. "/db.sqlite", mock.url, mock.url))
-    local chunk = assert(loadfile(dir .. "/sluice.lua"))
-    app = app_mod.run(chunk(), dir .. "/sluice.lua")
-    base = "http://127.0.0.1:" .. app.admin.port
+    dir, app, mock, base = start_app()
     wait_until("the first collections", function()
       for _, c in ipairs(app.order) do
         if not c:stats().last_success then return false end
@@ -90,13 +93,7 @@ describe("admin API and reload", function()
     end)
   end)
 
-  teardown(function()
-    for _, c in ipairs(app.order) do c:stop() end
-    app.admin:close()
-    mock:stop()
-    os.execute("rm -rf " .. dir)
-    log.output("-")
-  end)
+  teardown(function() stop_app(app, mock) end)
 
   it("GET /health has the reference shape", function()
     local status, body = call("GET", "/health", nil, false)
@@ -104,9 +101,13 @@ describe("admin API and reload", function()
     assert.equal("healthy", body.status)
     assert.is_true(body.database_connected)
     assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$", body.timestamp)
-    assert.is_number(body.uptime_seconds)
+    -- up since sluice.operator was loaded: at most as long as the process
+    local up = sluice.time() - require("sluice.procinfo").start_time()
+    assert.is_true(body.uptime_seconds > 0 and body.uptime_seconds <= up + 1, body.uptime_seconds .. " of " .. up)
     assert.equal(0, body.collection_errors)
-    assert.is_string(body.last_successful_collection)
+    local last_ok = 0
+    for _, c in ipairs(app.order) do last_ok = math.max(last_ok, c:counters().last_success) end
+    assert.equal(require("sluice.operator").iso(last_ok), body.last_successful_collection)
   end)
 
   it("GET /health says 503 with the reason when a breaker is open", function()
@@ -328,24 +329,10 @@ describe("admin /health on a deleted database file", function()
 
   setup(function()
     log.output("/dev/null")
-    local p = io.popen("mktemp -d")
-    dir = p:read("*l")
-    p:close()
-    mock = require("sluice.mock.binance").start({})
-    write(dir .. "/ticks.lua", COLLECTOR:format("v1"))
-    write(dir .. "/sluice.lua", CONFIG:format(dir .. "/db.sqlite", mock.url, mock.url))
-    local chunk = assert(loadfile(dir .. "/sluice.lua"))
-    app = app_mod.run(chunk(), dir .. "/sluice.lua")
-    base = "http://127.0.0.1:" .. app.admin.port
+    dir, app, mock, base = start_app()
   end)
 
-  teardown(function()
-    for _, c in ipairs(app.order) do c:stop() end
-    app.admin:close()
-    mock:stop()
-    os.execute("rm -rf " .. dir)
-    log.output("-")
-  end)
+  teardown(function() stop_app(app, mock) end)
 
   it("goes unhealthy with database_connected false and the reason; collections fail", function()
     assert.same({ true, 1 }, { app.collectors.ticks:run_once() })

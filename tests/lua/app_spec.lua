@@ -1,11 +1,19 @@
 -- sluice.app: enablement, reload hand-over (no overlap, no extra run, old
--- instances freed), one run in flight per collector through POST /collect,
--- overdue health in /health, and the start-up spread, with collectors from
--- temp files that report to a probe module instead of doing HTTP.
+-- instances freed), refused builds and reloads (file:line, the running
+-- configuration kept), one run in flight per collector through POST
+-- /collect, overdue health in /health, the start-up spread (first_delays)
+-- and the sinks added to every collector, with collectors from temp files
+-- that report to a probe module instead of doing HTTP.
 local sluice = require "sluice"
 local http = require "sluice.http"
 local log = require "sluice.log"
+local breaker = require "sluice.breaker"
 local app_mod = require "sluice.app"
+local files = require "support.files"
+local wait_for = require("support.wait").wait_for
+local logs = require "support.logs"
+
+local write, tmpdir = files.write, files.tmpdir
 
 -- The collectors below report here; probe.hold parks their runs until
 -- release().
@@ -50,34 +58,10 @@ return collector.define({
 })
 ]]
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-
 local function feed(opts)
   opts = opts or {}
   return FEED:format(opts.interval or 3600, opts.timeout or 30, tostring(opts.limiter or false),
     tostring(opts.breaker or false), opts.enabled == false and "enabled = false," or "")
-end
-
--- Waits (bounded) until cond() is true; fails with what.
-local function wait_for(what, cond, limit)
-  local deadline = sluice.now() + (limit or 10)
-  while not cond() do
-    if sluice.now() > deadline then error("timed out waiting for " .. what, 2) end
-    sluice.sleep(0.01)
-  end
-end
-
-local dirs = {}
-local function tmpdir()
-  local p = io.popen("mktemp -d")
-  local d = p:read("*l")
-  p:close()
-  dirs[#dirs + 1] = d
-  return d
 end
 
 -- Writes cfg (a Lua table constructor's text, %s = the dir) to dir and
@@ -101,6 +85,29 @@ local function stop(app)
   app_mod.current = nil
 end
 
+-- A collector storing one row a run into ticks, {src = its name, n = its
+-- run count}, counted in probe[name].
+local ROWS = [[
+local collector = require "sluice.collector"
+local probe = require "app_spec_probe"
+return collector.define({
+  name = "rows", interval = 3600, limiter = false, breaker = false, retry = false,
+  tables = { ticks = { columns = { src = "text", n = "integer" }, key = { "src", "n" } } },
+  collect = function(self)
+    probe[self.name] = (probe[self.name] or 0) + 1
+    return { { src = self.name, n = probe[self.name] } }
+  end,
+})
+]]
+
+-- A loopback port nothing listens on (the kernel's pick).
+local function free_port()
+  local srv = assert(require("sluice.server").listen({ host = "127.0.0.1", port = 0 }))
+  local port = srv.port
+  srv:close()
+  return port
+end
+
 local function call(app, method, path, body)
   local res = assert(http.request({ method = method, url = "http://127.0.0.1:" .. app.admin.port .. path,
     headers = { ["Content-Type"] = "application/json" }, body = body and require("cjson").encode(body) or nil }))
@@ -111,7 +118,7 @@ describe("sluice.app", function()
   setup(function() log.output("/dev/null") end)
   teardown(function()
     log.output("-")
-    for _, d in ipairs(dirs) do os.execute("rm -rf " .. d) end
+    files.cleanup()
   end)
   before_each(reset_probe)
 
@@ -125,9 +132,11 @@ describe("sluice.app", function()
     local app = run(dir, cfg("false", "true"))
     finally(function() stop(app) end)
     wait_for("the enabled collector's first run", function() return probe.on and probe.on.runs == 1 end)
-    sluice.sleep(0.1) -- past the start window (2 collectors / 100 a second)
+    -- the disabled one was never scheduled: no first run is due, ever
+    -- (rather than none having come in the tenth of a second waited here
+    -- before)
     assert.is_nil(probe.off)
-    assert.is_false(app.collectors.off.running)
+    assert.same({ false, nil }, { app.collectors.off.running, app.collectors.off.first_due_ })
     local status, body = call(app, "GET", "/status")
     assert.equal(200, status)
     assert.same({ "disabled", false, "disabled in the configuration" },
@@ -158,9 +167,9 @@ describe("sluice.app", function()
     local app = run(dir, CFG)
     finally(function() stop(app) end)
     wait_for("the overridden one's first run", function() return probe.spec_on and probe.spec_on.runs == 1 end)
-    sluice.sleep(0.1)
     assert.is_nil(probe.spec_off)
     assert.same({ false, "disabled" }, { app.collectors.spec_off.running, (app.collectors.spec_off:health()) })
+    assert.is_nil(app.collectors.spec_off.first_due_) -- never scheduled
   end)
 
   it("refuses a redis URL that does not parse instead of running without Redis", function()
@@ -189,8 +198,15 @@ describe("sluice.app", function()
     local weak = setmetatable({}, { __mode = "k" })
     for _, c in ipairs(app.order) do weak[c] = true end
     -- 50 reloads (50 SIGHUPs) start no run: the schedule carries over
+    -- (each one's next run is still the first one's plus the interval)
+    local due = { a = app.collectors.a.next_due_, b = app.collectors.b.next_due_ }
     for _ = 1, 50 do assert(app_mod.reload()) end
-    sluice.sleep(0.1)
+    -- (within a tenth of a second: each hand-over reads the clock anew)
+    for name, at in pairs(due) do
+      local now_due = app.collectors[name].first_due_
+      assert.is_true(math.abs(now_due - at) < 0.1 and at - sluice.now() > 3500, name .. ": " .. now_due)
+    end
+    sluice.sleep(0) -- a run started at once would have begun
     assert.same({ 1, 1 }, { probe.a.runs, probe.b.runs })
     -- every instance replaced so far is collected; memory stays bounded.
     -- Measure after 1,000 reloads: the heap levels off only after several
@@ -374,5 +390,141 @@ describe("sluice.app", function()
       return true
     end, 60)
     for i = 1, N do assert.equal(1, probe["c" .. i].runs) end
+  end)
+
+  it("refuses a reload that does not build, naming file:line, and keeps the running configuration", function()
+    local dir = tmpdir()
+    local file = dir .. "/sluice.lua"
+    write(dir .. "/feed.lua", feed({ breaker = true, limiter = true }))
+    write(dir .. "/zed.lua", feed())
+    -- a is built before z: a failing z must not leave a's new breaker registered
+    local CFG = [[return { store = "%DIR%/db.sqlite", collectors = {
+      { file = "feed.lua", name = "a" }, { file = "zed.lua", name = "z" } } }]]
+    local app = run(dir, CFG)
+    local restore = function() end
+    finally(function()
+      restore()
+      stop(app)
+    end)
+    wait_for("the first runs", function() return probe.a and probe.z and probe.a.runs == 1 and probe.z.runs == 1 end)
+    local a, z, cb = app.collectors.a, app.collectors.z, app.collectors.a.breaker
+    assert.equal(cb, breaker.get("a"))
+    cb:force_open()
+    restore = logs.capture("error")
+    local problems = {}
+    local function refused(want)
+      assert.same({ nil, want }, { app_mod.reload() })
+      problems[#problems + 1] = want
+      -- the running configuration is untouched: the same instances,
+      -- running, and a's breaker still the one registered by its name
+      assert.same({ a, z, { a, z }, true, true, cb },
+        { app.collectors.a, app.collectors.z, app.order, a.running, z.running, breaker.get("a") })
+    end
+    -- a collector file that does not parse
+    write(dir .. "/zed.lua", "local collector = require 'sluice.collector'\nreturn collector.define({\n"
+      .. "  name = 'feed',\n  interval 60,\n})\n")
+    refused(file .. ": collectors[2].file: " .. dir .. "/zed.lua:4: '}' expected (to close '{' at line 2) near '60'")
+    -- one that raises as it runs
+    write(dir .. "/zed.lua", "local collector = require 'sluice.collector'\nlocal spec\nreturn spec.feed\n")
+    refused(file .. ": collectors[2].file: " .. dir .. "/zed.lua:3: attempt to index local 'spec' (a nil value)")
+    -- one that returns something else than a collector
+    write(dir .. "/zed.lua", "return { name = 'feed' }\n")
+    refused(file .. ": collectors[2].file: " .. dir .. "/zed.lua must return collector.define{...}")
+    -- the configuration itself: does not parse, returns no table, moves the store
+    write(dir .. "/zed.lua", feed())
+    write(file, "return {\n  store = ,\n}\n")
+    refused(file .. ":2: unexpected symbol near ','")
+    write(file, "return 'sluice.lua'\n")
+    refused(file .. ": must return a configuration table")
+    rewrite(dir, CFG:gsub("db%.sqlite", "other.sqlite"))
+    refused(file .. ": store: cannot change while running (restart to move the database)")
+    -- each refusal logged once, with its error
+    local refusals = logs.logged("reload refused")
+    assert.equal(#problems, #refusals)
+    for i, e in ipairs(refusals) do
+      assert.same({ "error", problems[i], "reload()" }, { e.level, e.error, e.by })
+    end
+    assert.same({ 1, 1 }, { probe.a.runs, probe.z.runs }) -- no run came of them
+    -- and once the files are right again, the reload goes through: new
+    -- instances, a's with the old one's breaker state, and no extra run
+    rewrite(dir, CFG)
+    assert.same({ true }, { app_mod.reload() })
+    assert.is_true(app.collectors.a ~= a and app.collectors.z ~= z)
+    assert.same({ false, true, "open" }, { a.running, app.collectors.a.running, app.collectors.a.breaker:state() })
+    assert.equal(app.collectors.a.breaker, breaker.get("a"))
+    assert.same({ 1, 1 }, { probe.a.runs, probe.z.runs })
+  end)
+
+  it("fails to build or run a configuration with a broken collector file, naming file:line, and keeps nothing", function()
+    local dir = tmpdir()
+    local file = dir .. "/sluice.lua"
+    local port = free_port()
+    write(dir .. "/good.lua", feed())
+    write(dir .. "/bad.lua", "local collector = require 'sluice.collector'\nlocal spec\nreturn spec.bad\n")
+    write(file, ([[return { store = "%s/db.sqlite", admin = { port = %d },
+      collectors = { { file = "good.lua", name = "g" }, { file = "bad.lua", name = "b" } } }]]):format(dir, port))
+    local want = file .. ": collectors[2].file: " .. dir .. "/bad.lua:3: attempt to index local 'spec' (a nil value)"
+    local running = {} -- as if a configuration were running
+    app_mod.current = running
+    finally(function() app_mod.current = nil end)
+    assert.same({ false, want }, { pcall(app_mod.build, dofile(file), file) })
+    assert.equal(running, app_mod.current)
+    -- run() had started the admin API (it answers during start-up): it is
+    -- closed again, its port free
+    assert.same({ false, want }, { pcall(app_mod.run, dofile(file), file) })
+    assert.equal(running, app_mod.current)
+    local again = assert(require("sluice.server").listen({ host = "127.0.0.1", port = port }))
+    again:close()
+    assert.is_nil(probe.g) -- nothing ran
+  end)
+
+  it("first_delays: each enabled collector at a uniform offset in n / start_rate s, capped by its interval", function()
+    local a, off, b, c = { enabled = true, interval = 60 }, { enabled = false, interval = 60 },
+      { enabled = true, interval = 0.5 }, { enabled = true, interval = 3600 }
+    finally(function() math.randomseed(os.time() + sluice.now() * 1e6) end)
+    math.randomseed(15)
+    local r = { math.random(), math.random(), math.random() }
+    -- 3 enabled collectors at 1 a second: a 3 s window (b's interval is shorter)
+    math.randomseed(15)
+    assert.same({ [a] = r[1] * 3, [b] = r[2] * 0.5, [c] = r[3] * 3 }, app_mod.first_delays({ a, off, b, c }, 1))
+    -- at 1000 a second: 3 ms
+    math.randomseed(15)
+    assert.same({ [a] = r[1] * 0.003, [b] = r[2] * 0.003, [c] = r[3] * 0.003 },
+      app_mod.first_delays({ a, off, b, c }, 1000))
+    assert.same({}, app_mod.first_delays({ off }, 100))
+    assert.same({}, app_mod.first_delays({}, 100))
+  end)
+
+  it("adds the configured sinks to every collector, and once to each new instance at a reload", function()
+    local srv = require("support.redis_server").start()
+    local red
+    local app
+    finally(function()
+      if red then red:close() end
+      if app then
+        stop(app)
+        app.shared:stop()
+      end
+      srv:stop(true, true)
+    end)
+    local dir = tmpdir()
+    write(dir .. "/rows.lua", ROWS)
+    app = run(dir, [[return { store = "%DIR%/db.sqlite", redis = "]] .. srv:url(0) .. [[",
+      sinks = { redis_stream = { stream = "spec:{table}", maxlen = 100 } },
+      collectors = { { file = "rows.lua", name = "r1" }, { file = "rows.lua", name = "r2" } } }]])
+    red = require("sluice.redis").connect({ url = srv:url(0) })
+    local function entries()
+      local out = {}
+      for i, e in ipairs(red:call("XRANGE", "spec:ticks", "-", "+")) do out[i] = table.concat(e[2], " ") end
+      table.sort(out)
+      return out
+    end
+    wait_for("both first runs", function() return probe.r1 == 1 and probe.r2 == 1 end)
+    wait_for("both rows in the stream", function() return #entries() == 2 end)
+    assert.same({ "n 1 src r1", "n 1 src r2" }, entries())
+    for _ = 1, 3 do assert(app_mod.reload()) end
+    assert.same({ true, 1 }, { app.collectors.r1:run_once() })
+    assert.same({ true, 1 }, { app.collectors.r2:run_once() })
+    assert.same({ "n 1 src r1", "n 1 src r2", "n 2 src r1", "n 2 src r2" }, entries())
   end)
 end)

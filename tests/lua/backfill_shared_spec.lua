@@ -11,7 +11,6 @@
 -- own instance id and Redis connection), against the in-process mock
 -- Binance. binance_klines windows are 1000 1m candles (60000 s), aligned.
 local sluice = require "sluice"
-local collector = require "sluice.collector"
 local store = require "sluice.store"
 local mock = require "sluice.mock.binance"
 local backfill = require "sluice.backfill"
@@ -20,33 +19,20 @@ local redis = require "sluice.redis"
 local log = require "sluice.log"
 local cjson = require "cjson.safe"
 local redis_server = require "support.redis_server"
+local wait_for = require("support.wait").wait_for
+local klines = require "support.klines"
+local logs = require "support.logs"
+local logged = logs.logged
 
-local S = 60000
-local A = math.floor(1704067200 / S) * S      -- 1704060000, a window boundary
-local SYMBOLS = { "BTCUSDT", "ETHUSDT" }
+local S, A, SYMBOLS = klines.S, klines.A, klines.SYMBOLS -- A: 1704060000, a window boundary
 local WEEK = 7 * 86400
+local one, coverage = klines.one, klines.coverage
 
-local function one(db, sql, ...)
-  local rows = assert(db:query(sql, ...))
-  return rows[1]
-end
-
--- Waits for a job to end, at most limit seconds; returns its status.
+-- Waits for a job to end, at most limit seconds (20); returns its status.
 local function wait_job(id, limit)
-  local deadline = sluice.now() + (limit or 20)
-  while backfill.status(id).state == "running" do
-    assert(sluice.now() < deadline, "backfill " .. id .. " still running after " .. (limit or 20) .. " s")
-    sluice.sleep(0.01)
-  end
+  wait_for("backfill " .. id .. " to end", function() return backfill.status(id).state ~= "running" end,
+    limit or 20)
   return backfill.status(id)
-end
-
-local function wait_for(pred, limit, what)
-  local deadline = sluice.now() + (limit or 10)
-  while not pred() do
-    assert(sluice.now() < deadline, "timed out waiting for " .. what)
-    sluice.sleep(0.005)
-  end
 end
 
 -- {"SYMBOL/startTime" = n} of the mock's answered (200) kline requests.
@@ -93,29 +79,14 @@ local function assert_union(dbs, symbols, from, n)
   end
 end
 
-local function coverage(db, status)
-  return one(db, "SELECT COUNT(*) AS n, COALESCE(SUM(rows), 0) AS rows FROM sluice_backfill"
-    .. " WHERE status = ?", status)
-end
-
--- This test's log entries with this message.
-local function logged(msg)
-  local out = {}
-  for _, e in ipairs(log.recent()) do
-    if e.msg == msg then out[#out + 1] = e end
-  end
-  return out
-end
-
 describe("sluice.backfill with shared claims", function()
   local srv, red, m
   local open = {}                               -- stores, clients and mocks to close
-  local level, ring
+  local restore_logs
 
   setup(function()
     srv = redis_server.start()
     red = redis.connect({ url = srv:url(0) })
-    level = log.level()
   end)
 
   teardown(function()
@@ -125,10 +96,7 @@ describe("sluice.backfill with shared claims", function()
 
   before_each(function()
     log.output("/dev/null")
-    log.level("info")
-    ring = log.ring_size()
-    log.ring_size(0) -- empties the ring
-    log.ring_size(10000)
+    restore_logs = logs.capture("info", 10000)
     assert.equal("OK", red:call("FLUSHDB"))
     m = mock.start({ seed = 7 })
     open = { m }
@@ -139,8 +107,7 @@ describe("sluice.backfill with shared claims", function()
       local x = open[i]
       if x.stop then x:stop() elseif x.close then x:close() end
     end
-    log.level(level)
-    log.ring_size(ring)
+    restore_logs()
     log.output("-")
   end)
 
@@ -149,17 +116,10 @@ describe("sluice.backfill with shared claims", function()
   local function instance(mk, extra, url)
     local db = assert(store.open(":memory:"))
     open[#open + 1] = db
-    local o = {
-      base_url = mk.url, symbols = SYMBOLS, candle = "1m",
-      limiter = { rate = 200, max_rate = 1000 },
-      retry = { strategy = "adaptive", max_attempts = 3, base_delay = 0.01, max_delay = 0.05,
-        budget = false },
-    }
-    for k, v in pairs(extra or {}) do o[k] = v end
     local client = redis.connect({ url = url or srv:url(0), connect_timeout = 0.5 })
     open[#open + 1] = client
     local sh = shared.new(client)
-    return { c = collector.new(require "collectors.binance_klines", o, { store = db }), db = db, sh = sh }
+    return { c = klines.backfiller(mk, db, extra), db = db, sh = sh }
   end
 
   local function done_docs()
@@ -284,7 +244,7 @@ describe("sluice.backfill with shared claims", function()
     local id = backfill.start({ collector = a.c, shared = a.sh, from = A, to = A + 4 * S,
       parallel = 2, claim_ttl = 1 })
     -- the three free windows are done while the dead one's claim lives
-    wait_for(function() return backfill.status(id).windows_done == 3 end, 5, "the free windows")
+    wait_for("the free windows", function() return backfill.status(id).windows_done == 3 end, 5)
     local mid = backfill.status(id)
     assert.equal("running", mid.state)
     assert.equal(1, mid.windows_waiting)
@@ -323,18 +283,18 @@ describe("sluice.backfill with shared claims", function()
     ma:inject({ status = 500, count = 3, path = "/api/v3/klines" })
     local key = string.format("backfill:binance_klines:BTCUSDT:%d", A)
     local ida = backfill.start({ collector = a.c, shared = a.sh, from = A, to = A + 6 * S, parallel = 1 })
-    wait_for(function()
+    wait_for("A's claim", function()
       local v = red:call("GET", key)
       return v and cjson.decode(v).by == a.sh.id
-    end, 5, "A's claim")
+    end, 5)
     local idb = backfill.start({ collector = b.c, shared = b.sh, from = A, to = A + 6 * S, parallel = 2,
       claim_ttl = 1 })
-    wait_for(function() return backfill.status(ida).windows_failed == 1 end, 5, "A's failure")
+    wait_for("A's failure", function() return backfill.status(ida).windows_failed == 1 end, 5)
     -- released at once (A's claims would live 30 s; B may have claimed it already)
-    wait_for(function()
+    wait_for("A's release", function()
       local v = red:call("GET", key)
       return v == nil or cjson.decode(v).by ~= a.sh.id
-    end, 2, "A's release")
+    end, 2)
     local sa, sb = wait_job(ida), wait_job(idb)
 
     assert.equal("failed", sa.state)
@@ -428,7 +388,7 @@ describe("sluice.backfill with shared claims", function()
       local own = redis_server.start()
       local a = instance(m, { limiter = { rate = 20, max_rate = 20 } }, own:url(0))
       local id = backfill.start({ collector = a.c, shared = a.sh, from = A, to = A + 10 * S, parallel = 2 })
-      wait_for(function() return backfill.status(id).windows_done >= 4 end, 10, "4 windows")
+      wait_for("4 windows", function() return backfill.status(id).windows_done >= 4 end, 10)
       own:stop(true, true)
       assert_done_locally(a, wait_job(id, 20), 10)
     end)

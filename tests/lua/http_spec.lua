@@ -395,7 +395,7 @@ describe("sluice.http redirects", function()
       elseif req.path == "/loop" then
         return 302, "again", { Location = "/loop" }
       elseif req.path:match("^/slow%d$") then
-        sluice.sleep(0.25)
+        sluice.sleep(0.25) -- a slow hop: the redirect timings under test
         local n = tonumber(req.path:sub(-1))
         if n < 3 then return 302, "", { Location = "/slow" .. (n + 1) } end
       end

@@ -5,6 +5,7 @@ local log = require "sluice.log"
 local app_mod = require "sluice.app"
 local breaker = require "sluice.breaker"
 local operator = require "sluice.operator"
+local files = require "support.files"
 
 local NO_APP = "no configuration is running (collectors come from `sluice run CONFIG.lua`)"
 
@@ -17,20 +18,14 @@ return collector.define({
 })
 ]]
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
+local write = files.write
 
 describe("sluice.operator", function()
   local dir, app, ops
 
   setup(function()
     log.output("/dev/null")
-    local p = io.popen("mktemp -d")
-    dir = p:read("*l")
-    p:close()
+    dir = files.tmpdir()
     write(dir .. "/feed.lua", FEED:format("feed", "feed_rows", "return { feed_rows = { { id = 1 } } }"))
     write(dir .. "/broken.lua", FEED:format("broken", "broken_rows", "error('no data', 0)"))
     write(dir .. "/off.lua", FEED:format("off", "off_rows", "return { off_rows = { { id = 7 } } }"))
@@ -45,7 +40,7 @@ return { store = ":memory:", name = "opspec", collectors = {
 
   teardown(function()
     app.store:close()
-    os.execute("rm -rf " .. dir)
+    files.cleanup()
     log.output("-")
   end)
 
@@ -94,7 +89,11 @@ return { store = ":memory:", name = "opspec", collectors = {
     assert.equal("unhealthy", body.status)
     assert.equal("opspec", body.service)
     assert.is_true(body.database_connected)
-    assert.is_true(body.collection_errors >= 1)
+    -- the failed collections of every collector: broken's (this one and
+    -- any an earlier test made)
+    assert.equal(app.collectors.broken:counters().collections_failed, body.collection_errors)
+    assert.same({ 0, 0 }, { app.collectors.feed:counters().collections_failed,
+      app.collectors.off:counters().collections_failed })
     assert.matches("^broken is degraded: the last collection failed: no data$", body.reasons[1])
     assert.equal(1, #body.reasons)
     local st = ops:status()

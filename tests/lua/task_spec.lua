@@ -1,5 +1,6 @@
 -- Tasks and timers: the scheduling contract of require "sluice".
 local sluice = require "sluice"
+local wait_for = require("support.wait").wait_for
 
 describe("sluice tasks", function()
   it("runs spawned tasks in spawn order and returns their results to wait", function()
@@ -268,7 +269,7 @@ describe("sluice timers", function()
     local got
     local t0 = sluice.now()
     sluice.after(0.02, function(premature, a, b) got = { premature, a, b, sluice.now() - t0 } end, "x", 7)
-    sluice.sleep(0.06)
+    wait_for("the timer", function() return got end, 2, 0.005)
     assert.same({ false, "x", 7 }, { got[1], got[2], got[3] })
     assert.is_true(got[4] >= 0.0195)
   end)
@@ -296,9 +297,9 @@ describe("sluice timers", function()
       sluice.sleep(0.03)
       running = running - 1
     end)
-    sluice.sleep(0.2)
+    sluice.sleep(0.2) -- the window the runs are counted in
     tm:cancel()
-    sluice.sleep(0.05)
+    wait_for("the run in flight", function() return running == 0 end, 2, 0.005)
     assert.equal(1, max_running)
     -- 200 ms of 40 ms runs: at most 5 or so; a loaded machine runs fewer
     assert.is_true(runs >= 2 and runs <= 7, "runs: " .. runs)
