@@ -1,7 +1,7 @@
 --- sluice.backfill.cli: `sluice backfill CONFIG.lua COLLECTOR ...`.
 --
 -- cli(chunk, file, args...) is what the host runs as the command's main
--- task (runtime/main.c): it reads the flags, builds the configuration
+-- task (runtime/host/main.c): it reads the flags, builds the configuration
 -- (sluice.app.build; nothing is started, and no lease is taken), plans or
 -- runs the backfill of one collector (sluice.backfill), prints the outcome
 -- and shuts the process down with its exit code. A leaf: nothing requires
