@@ -5,16 +5,7 @@ local gcra = require "sluice.gcra"
 
 local redis_server = require "support.redis_server"
 local start_server = redis_server.start
-local ping = redis_server.ping
-
--- A port nothing listens on.
-local function dead_port()
-  for _ = 1, 50 do
-    local p = math.random(20000, 60999)
-    if not ping(p) then return p end
-  end
-  error("no free port")
-end
+local dead_port = redis_server.dead_port
 
 local MS = 0.001
 local SLACK = 3 * MS -- a few ms for time passing between our clock and Redis TIME
@@ -27,16 +18,8 @@ describe("sluice.gcra", function()
     return "gcra:test" .. n
   end
 
-  setup(function()
-    srv = start_server()
-    red = redis.connect { url = srv:url() }
-    assert.equal("PONG", red:call("PING"))
-  end)
-
-  teardown(function()
-    if red then red:close() end
-    if srv then srv:stop(false, true) end
-  end)
+  setup(function() srv, red = redis_server.with_client() end)
+  teardown(function() if srv then srv:shutdown(red) end end)
 
   it("rejects bad options, naming them", function()
     assert.has_error(function() gcra.new { redis = red, name = "x", rate = 1, brust = 2 } end,

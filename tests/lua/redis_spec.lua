@@ -116,15 +116,8 @@ end
 describe("sluice.redis", function()
   local srv, red
 
-  setup(function()
-    srv = start_server()
-    red = redis.connect { url = srv:url(0) }
-  end)
-
-  teardown(function()
-    if red then red:close() end
-    if srv then srv:stop(false, true) end
-  end)
+  setup(function() srv, red = redis_server.with_client() end)
+  teardown(function() if srv then srv:shutdown(red) end end)
 
   -- clients the server holds in a blocking command (BLPOP)
   local function blocked_clients()
@@ -488,7 +481,7 @@ describe("sluice.redis", function()
   end)
 
   it("fails fast when nothing listens", function()
-    local port = srv.port == 60999 and 20000 or srv.port + 1
+    local port = redis_server.dead_port()
     local c = redis.connect { url = "redis://127.0.0.1:" .. port }
     finally(function() c:close() end)
     local t0 = sluice.now()
@@ -799,6 +792,8 @@ describe("sluice.redis", function()
     end)
 
     it("fails when the subscription is not confirmed in time", function()
+      -- not dead_port(): its blocking redis-cli would shorten the timers
+      -- armed next (libevent arms them from the time its loop turn began)
       local port = srv.port == 60999 and 20000 or srv.port + 1
       local c = redis.connect { url = "redis://127.0.0.1:" .. port, connect_timeout = 0.2, command_timeout = 0.1 }
       finally(function() c:close() end)
