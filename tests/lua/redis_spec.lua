@@ -10,6 +10,17 @@ local wait_for, within = wait.wait_for, wait.within
 -- A task parked in a call or a receive (its request is out).
 local function parked(t) return sluice.status(t) == "waiting" end
 
+-- Full collections in a task of its own, over a few turns of the loop (the
+-- sleeps are the point: whatever runs between them is collected too).
+local function collect_for_a_while()
+  assert.same({ true }, { sluice.wait(sluice.spawn(function()
+    for _ = 1, 5 do
+      collectgarbage("collect")
+      sluice.sleep(0.01)
+    end
+  end)) })
+end
+
 -- A nameserver of our own on a loopback UDP port (LuaJIT FFI, polled by a
 -- task), so that resolution is tested without the network:
 -- answers[name] = { ip = "127.0.0.1", delay = s } | "nxdomain" | "drop".
@@ -544,13 +555,7 @@ describe("sluice.redis", function()
     end)
     wait_for("the BLPOP blocked", function() return blocked_clients() == 1 end)
     assert.equal("waiting", sluice.status(t))
-    local gc = sluice.spawn(function()
-      for _ = 1, 5 do
-        collectgarbage("collect")
-        sluice.sleep(0.01)
-      end
-    end)
-    assert.same({ true }, { sluice.wait(gc) })
+    collect_for_a_while()
     assert.equal(1, red:call("RPUSH", "anchored", "v"))
     assert.same({ true, { "anchored", "v" } }, { sluice.wait(t) })
     -- and once the call is done, nothing keeps it: collected and closed
@@ -736,13 +741,7 @@ describe("sluice.redis", function()
       local t = sluice.spawn(function() return assert(red:subscribe("held")):receive(5) end)
       wait_for("the subscription", function() return numsub("held") == 1 end)
       wait_for("its receiver", function() return parked(t) end)
-      local gc = sluice.spawn(function()
-        for _ = 1, 5 do
-          collectgarbage("collect")
-          sluice.sleep(0.01)
-        end
-      end)
-      sluice.wait(gc)
+      collect_for_a_while()
       assert.equal(1, red:call("PUBLISH", "held", "kept"))
       assert.same({ true, { kind = "message", channel = "held", payload = "kept" } }, { sluice.wait(t) })
       collectgarbage("collect")
