@@ -1,6 +1,7 @@
 -- sluice.breaker: the Lua API over the C state machine, with an injected clock.
 local sluice = require "sluice"
 local breaker = require "sluice.breaker"
+local wait_for = require("support.wait").wait_for
 
 local T0 = 1763115825 -- 2025-11-14T10:23:45Z
 
@@ -204,8 +205,7 @@ describe("sluice.breaker", function()
     end)
     cb:failure(cb:allow())
     assert.same({}, seen) -- not run inline
-    local deadline = sluice.now() + 5
-    while #seen == 0 and sluice.now() < deadline do sluice.yield() end
+    wait_for("the callback", function() return #seen > 0 end)
     assert.same({ { "t_change", "closed", "open", "failure_threshold" } }, seen)
     assert.equal(cb, breaker.all().t_change)
   end)
@@ -240,8 +240,7 @@ describe("sluice.breaker", function()
     }) do
       assert.has_error(call, "sluice.breaker: breaker 't_handle' is closed")
     end
-    local deadline = sluice.now() + 5
-    while changes == 0 and sluice.now() < deadline do sluice.yield() end
+    wait_for("the callback", function() return changes > 0 end)
     assert.equal(1, changes) -- closed -> open, before close(); nothing after
   end)
 

@@ -5,16 +5,8 @@ local gcra = require "sluice.gcra"
 
 local redis_server = require "support.redis_server"
 local start_server = redis_server.start
-local ping = redis_server.ping
-
--- A port nothing listens on.
-local function dead_port()
-  for _ = 1, 50 do
-    local p = math.random(20000, 60999)
-    if not ping(p) then return p end
-  end
-  error("no free port")
-end
+local dead_port = redis_server.dead_port
+local wait_for = require("support.wait").wait_for
 
 local MS = 0.001
 local SLACK = 3 * MS -- a few ms for time passing between our clock and Redis TIME
@@ -27,16 +19,8 @@ describe("sluice.gcra", function()
     return "gcra:test" .. n
   end
 
-  setup(function()
-    srv = start_server()
-    red = redis.connect { url = srv:url() }
-    assert.equal("PONG", red:call("PING"))
-  end)
-
-  teardown(function()
-    if red then red:close() end
-    if srv then srv:stop(false, true) end
-  end)
+  setup(function() srv, red = redis_server.with_client() end)
+  teardown(function() if srv then srv:shutdown(red) end end)
 
   it("rejects bad options, naming them", function()
     assert.has_error(function() gcra.new { redis = red, name = "x", rate = 1, brust = 2 } end,
@@ -325,7 +309,9 @@ describe("sluice.gcra", function()
     local t0 = sluice.now()
     local tasks = {}
     for i = 1, 20 do tasks[i] = sluice.spawn(function() return g:wait() end) end
-    sluice.sleep(0.05)
+    -- the first asks answered: those in reach reserved, one refused is
+    -- the poller and the rest line up locally
+    wait_for("waiters queued", function() return g:stats().queued > 0 end)
     -- 20 waiters, but only ~0.2 s (+ the one cell of burst) reserved in Redis
     local t = red:call("TIME")
     local ahead = tonumber(red:call("GET", k)) - (tonumber(t[1]) * 1e6 + tonumber(t[2]))
@@ -372,9 +358,9 @@ describe("sluice.gcra", function()
     -- the asker is killed while it waits for its slot to come within reach
     g = gcra.new { redis = red, key = key(), rate = 10, horizon = 0.15 }
     for i = 1, 6 do tasks[i] = sluice.spawn(function() return g:wait() end) end
-    sluice.sleep(0.05)
-    local asker = g._poller
-    assert.is_truthy(asker)
+    local asker = wait_for("an asker, the others queued", function()
+      return g:stats().queued > 0 and g._poller
+    end)
     assert.is_true(sluice.kill(asker))
     local t0 = sluice.now()
     local admitted = 0

@@ -5,8 +5,9 @@
 local sluice = require "sluice"
 local http = require "sluice.http"
 local limiter = require "sluice.limiter"
+local limit_req = require "support.limit_req"
 
-local LIMIT = 50
+local LIMIT = limit_req.LIMIT
 
 -- 8 tasks send through lim until the last 10 whole seconds ran at >= 95%
 -- of the limit with < 1% 429s, or until `bound` seconds have passed.
@@ -31,9 +32,9 @@ local function reach(lim, url, bound)
   for i = 1, 8 do
     workers[i] = sluice.spawn(function()
       while not reached and sluice.now() - t0 < bound do
-        assert(lim:wait("/api"))
+        assert(lim:wait("/plain"))
         local res = assert(http.get(url))
-        lim:observe("/api", res.status, res.headers, res.timings.total)
+        lim:observe("/plain", res.status, res.headers, res.timings.total)
         local s = math.floor(sluice.now() - t0)
         if res.status == 200 then ok[s] = (ok[s] or 0) + 1 else rej[s] = (rej[s] or 0) + 1 end
         check(s) -- a response in second s: every earlier second is complete
@@ -51,41 +52,16 @@ end
 describe("sluice.limiter against nginx limit_req", function()
   local nginx
 
-  setup(function()
-    nginx = require("support.nginx").start({
-      http = "limit_req_zone $binary_remote_addr zone=z:1m rate=50r/s;",
-      files = { ["ok.txt"] = "ok" },
-      locations = [[
-        location = /api { limit_req zone=z burst=5 nodelay; limit_req_status 429; try_files /ok.txt =404; }
-      ]],
-    })
-  end)
+  setup(function() nginx = limit_req.start() end)
 
   teardown(function() if nginx then nginx:stop() end end)
 
   it("converges just under the limit from 429s alone", function()
     local lim = limiter.new({ name = "nginx_converge", rate = 10, max_rate = 1000 })
-    local url = nginx:url("/api")
-    local WARM, SECS = 4, 5
-    local t0 = sluice.now()
-    local ok, rejected = 0, 0
-    local workers = {}
-    for i = 1, 4 do
-      workers[i] = sluice.spawn(function()
-        while sluice.now() - t0 < WARM + SECS do
-          lim:wait("/api")
-          local res = assert(http.get(url))
-          lim:observe("/api", res.status, res.headers, res.timings.total)
-          local measuring = sluice.now() - t0 >= WARM -- the warm-up finds the limit
-          if measuring and res.status == 200 then
-            ok = ok + 1
-          elseif measuring then
-            rejected = rejected + 1
-          end
-        end
-      end)
-    end
-    for i = 1, 4 do assert(sluice.wait(workers[i])) end
+    local SECS = 5
+    local n = limit_req.drive(lim, nginx:url("/plain"), "/plain", { warm = 4, secs = SECS })
+    assert.equal(0, n.failed) -- every request answered
+    local ok, rejected = n.ok, n.rejected + n.other
     local rate = ok / SECS
     assert.is_true(rate <= 50 * 1.1, "rate " .. rate)
     assert.is_true(rate >= 50 * 0.5, "rate " .. rate .. " is stuck far below the limit")
@@ -99,14 +75,14 @@ describe("sluice.limiter against nginx limit_req", function()
   it("reaches 95% of the limit within 60 s when started at 4x it", function()
     local lim = limiter.new({ name = "nginx_from_4x", rate = 4 * LIMIT, max_rate = 8 * LIMIT,
       min_rate = 1 })
-    local reached, account = reach(lim, nginx:url("/api"), 60)
+    local reached, account = reach(lim, nginx:url("/plain"), 60)
     assert.is_true(reached ~= nil, "never at 95% with < 1% 429s (second:ok/429) " .. account)
   end)
 
   it("reaches 95% of the limit within 60 s when started at 1/5 of it", function()
     local lim = limiter.new({ name = "nginx_from_fifth", rate = LIMIT / 5, max_rate = 8 * LIMIT,
       min_rate = 1 })
-    local reached, account = reach(lim, nginx:url("/api"), 60)
+    local reached, account = reach(lim, nginx:url("/plain"), 60)
     assert.is_true(reached ~= nil, "never at 95% with < 1% 429s (second:ok/429) " .. account)
   end)
 end)

@@ -1,12 +1,12 @@
 -- sluice.limiter with shared = url: the local limiter first, then a slot of
 -- the GCRA quota in a private redis-server on a loopback port.
 local sluice = require "sluice"
-local redis = require "sluice.redis"
 local limiter = require "sluice.limiter"
 local collector = require "sluice.collector"
 local metrics = require "sluice.metrics"
 
 local redis_server = require "support.redis_server"
+local wait_for = require("support.wait").wait_for
 
 local SLACK = 0.003
 
@@ -18,7 +18,7 @@ local function sample(series)
 end
 
 describe("sluice.limiter shared", function()
-  local srv, url
+  local srv, red, url
   local n = 0
   local function name()
     n = n + 1
@@ -26,13 +26,11 @@ describe("sluice.limiter shared", function()
   end
 
   setup(function()
-    srv = redis_server.start()
+    srv, red = redis_server.with_client()
     url = srv:url()
   end)
 
-  teardown(function()
-    if srv then srv:stop(true, true) end
-  end)
+  teardown(function() if srv then srv:shutdown(red) end end)
 
   it("rejects bad shared options, naming them", function()
     assert.has_error(function() limiter.new { name = "x", shared = true } end,
@@ -87,8 +85,6 @@ describe("sluice.limiter shared", function()
   end)
 
   it("close() closes the connection it made from a url; stats() still answers", function()
-    local red = redis.connect { url = url }
-    finally(function() red:close() end)
     local function clients()
       return tonumber(red:call("INFO", "clients"):match("connected_clients:(%d+)"))
     end
@@ -99,9 +95,7 @@ describe("sluice.limiter shared", function()
     assert.equal(before + 1, clients())
     assert.is_true(lim:close())
     assert.is_false(lim:close())
-    local deadline = sluice.now() + 5
-    while clients() ~= before and sluice.now() < deadline do sluice.sleep(0.01) end
-    assert.equal(before, clients())
+    wait_for("its connection closed", function() return clients() == before end)
     assert.same({ "gcra:" .. nm, 1, 1 },
       { lim:stats().shared.key, lim:stats().shared.admitted, lim:stats().total_requests })
   end)
@@ -141,13 +135,11 @@ describe("sluice.limiter shared", function()
     assert.equal(3, sample('sluice_limiter_shared_errors_total{limiter="' .. nm .. '"}'))
     assert.equal(1, sample('sluice_limiter_shared_admissions_total{limiter="' .. nm .. '"}'))
     own:restart()
-    local back = false
-    for _ = 1, 60 do
+    -- asking now and then (every 0.1 s) until a request is shared again
+    wait_for("shared again after the restart", function()
       assert.is_number(lim:wait())
-      if lim:stats().shared.state == "shared" then back = true break end
-      sluice.sleep(0.1)
-    end
-    assert.is_true(back, "shared again after the restart")
+      return lim:stats().shared.state == "shared"
+    end, 10, 0.1)
     assert.equal(1, sample('sluice_limiter_shared_up{limiter="' .. nm .. '"}'))
   end)
 
@@ -155,8 +147,6 @@ describe("sluice.limiter shared", function()
     local spec = collector.define { name = "c_shared", collect = function() return {} end }
     assert.has_error(function() collector.new(spec, { limiter = { shared = true } }, {}) end,
       "collector 'c_shared': limiter.shared = true needs redis = \"redis://...\" in the configuration")
-    local red = redis.connect { url = url }
-    finally(function() red:close() end)
     local c = collector.new(spec, { limiter = { rate = 5, shared = true } }, { redis = red })
     assert.is_number(c.limiter:wait())
     local st = c.limiter:stats().shared

@@ -3,6 +3,7 @@
 -- orders are asserted exactly.
 local sluice = require "sluice"
 local limiter = require "sluice.limiter"
+local wait_for = require("support.wait").wait_for
 
 describe("sluice.limiter", function()
   it("spaces N waits at rate r by (N-1)/r", function()
@@ -156,9 +157,8 @@ describe("sluice.limiter", function()
     assert.is_not_nil(weak[1])
     -- One waiter is killed (its ticket cancelled), the others are woken.
     assert.is_true(sluice.kill(tasks[4]))
-    local deadline = sluice.now() + 2
     for i = 1, 3 do
-      while sluice.status(tasks[i]) ~= "done" and sluice.now() < deadline do sluice.sleep(0.01) end
+      wait_for("waiter " .. i, function() return sluice.status(tasks[i]) == "done" end)
       assert.equal("done", sluice.status(tasks[i]))
       local ok, waited = sluice.wait(tasks[i])
       assert.is_true(ok)
@@ -292,8 +292,8 @@ describe("sluice.limiter with an injected clock", function()
     sluice.yield()
     assert.equal(1, lim:metrics().waiting)
     clock.t = T0 + 0.25
-    local deadline = sluice.now() + 5 -- the timer fires 0.25 real seconds after it was armed
-    while sluice.status(t) ~= "done" and sluice.now() < deadline do sluice.sleep(0.01) end
+    -- the timer fires 0.25 real seconds after it was armed
+    wait_for("the waiter", function() return sluice.status(t) == "done" end)
     assert.same({ true, 0.25 }, { sluice.wait(t) })
     assert.equal(0.25, lim:stats().total_wait_time)
   end)

@@ -1,7 +1,6 @@
 -- sluice.redis: numbers as command arguments, in the exact text Redis gets
 -- (ECHO sends it back), through call() (the C binding) and through
 -- pipeline() and eval_script() (sluice.redis' own to_arg): one spelling.
-local redis = require "sluice.redis"
 local redis_server = require "support.redis_server"
 
 -- value -> the text Redis receives: sluice.json.number's, but -0 is "0"
@@ -26,15 +25,8 @@ local CASES = {
 describe("sluice.redis number arguments", function()
   local srv, red
 
-  setup(function()
-    srv = redis_server.start()
-    red = redis.connect { url = srv:url(0) }
-  end)
-
-  teardown(function()
-    if red then red:close() end
-    if srv then srv:stop(false, true) end
-  end)
+  setup(function() srv, red = redis_server.with_client() end)
+  teardown(function() if srv then srv:shutdown(red) end end)
 
   it("call() sends the shortest text that reads back as the same double", function()
     for _, c in ipairs(CASES) do

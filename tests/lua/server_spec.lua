@@ -3,6 +3,7 @@
 local sluice = require "sluice"
 local server = require "sluice.server"
 local http = require "sluice.http"
+local wait_for = require("support.wait").wait_for
 
 local function errmsg(fn, ...)
   local ok, err = pcall(fn, ...)
@@ -302,7 +303,7 @@ describe("sluice.server requests", function()
     local calls = 0
     srv:route("GET", "/slow", function() calls = calls + 1; sluice.sleep(0.2); return "slow" end)
     local first = sluice.spawn(function() return http.get(url(srv, "/slow")) end)
-    while srv:stats().active == 0 do sluice.sleep(0.005) end
+    wait_for("the first request in", function() return srv:stats().active == 1 end)
     local res = assert(http.get(url(srv, "/slow")))
     assert.same({ 503, "close" }, { res.status, res.headers["connection"] })
     assert.same({ error = "too many requests in flight" }, res:json())
@@ -358,7 +359,14 @@ describe("sluice.server requests", function()
 
   it("runs yielding handlers concurrently", function()
     local srv = listen()
-    srv:route("GET", "/slow", function() sluice.sleep(0.2); return "slow" end)
+    local running, most = 0, 0
+    srv:route("GET", "/slow", function()
+      running = running + 1
+      most = math.max(most, running)
+      sluice.sleep(0.2)
+      running = running - 1
+      return "slow"
+    end)
     local t0 = sluice.now()
     local tasks = {}
     for i = 1, 5 do
@@ -369,8 +377,10 @@ describe("sluice.server requests", function()
       assert.is_true(ok)
       assert.same({ 200, "slow" }, { res.status, res.body })
     end
+    assert.equal(5, most) -- all five handlers at once
+    -- one after the other would take 1 s (a loaded machine may add some)
     local took = sluice.now() - t0
-    assert.is_true(took >= 0.19 and took < 0.35, "took " .. took)
+    assert.is_true(took >= 0.19 and took < 0.9, "took " .. took)
   end)
 
   it("keeps connections alive between requests", function()
@@ -481,7 +491,7 @@ describe("sluice.server fault injection", function()
       sluice.sleep(10)
     end)
     local client = sluice.spawn(function() return http.get(url(srv, "/k")) end)
-    while not handler_task do sluice.sleep(0.01) end
+    wait_for("the handler", function() return handler_task end)
     assert.is_true(sluice.kill(handler_task))
     local ok, res = sluice.wait(client)
     assert.is_true(ok)
@@ -505,8 +515,7 @@ describe("sluice.server fault injection", function()
     local res, _, kind = http.get(url(srv, "/forever"), { timeout = 0.2 })
     assert.is_nil(res)
     assert.equal("timeout", kind)
-    local t0 = sluice.now()
-    while not got and sluice.now() - t0 < 3 do sluice.sleep(0.02) end
+    wait_for("the handler to see the client gone", function() return got end)
     assert.same({ "closed", "closed", nil }, { got[1], got[2], got[3] })
     assert.equal(0, srv:stats().active)
   end)
@@ -515,15 +524,14 @@ describe("sluice.server fault injection", function()
     local srv = listen()
     srv:route("GET", "/slow", function() sluice.sleep(0.1); return "done" end)
     local client = sluice.spawn(function() return http.get(url(srv, "/slow")) end)
-    while srv:stats().active == 0 do sluice.sleep(0.005) end
+    wait_for("the request in", function() return srv:stats().active == 1 end)
     assert.is_true(srv:close())
     assert.same({ requests = 1, active = 1, connections = 1, refused = 0, open = false,
       closed = false }, srv:stats())
     local ok, res = sluice.wait(client)
     assert.is_true(ok)
     assert.same({ 200, "done", "close" }, { res.status, res.body, res.headers["connection"] })
-    sluice.sleep(0.01)
-    assert.is_true(srv:stats().closed)
+    wait_for("the server closed", function() return srv:stats().closed end)
     local _, _, kind = http.get(url(srv, "/slow"))
     assert.equal("connect", kind)
   end)
@@ -533,8 +541,7 @@ describe("sluice.server fault injection", function()
     srv:route("POST", "/quit", function() srv:close(); return "bye" end)
     local res = assert(http.post(url(srv, "/quit")))
     assert.same({ 200, "bye" }, { res.status, res.body })
-    sluice.sleep(0.01)
-    assert.is_true(srv:stats().closed)
+    wait_for("the server closed", function() return srv:stats().closed end)
   end)
 
   it("survives a client that disconnects while the handler sleeps", function()
@@ -548,11 +555,10 @@ describe("sluice.server fault injection", function()
     srv:route("GET", "/ok", function() return "ok" end)
     local _, _, kind = http.get(url(srv, "/late"), { timeout = 0.05 })
     assert.equal("timeout", kind)
-    sluice.sleep(0.3)
+    wait_for("the handler's answer", function() return answered end)
     assert.is_table(answered)
     local res = assert(http.get(url(srv, "/ok")))
     assert.equal("ok", res.body)
-    sluice.sleep(0.05)
-    assert.equal(0, srv:stats().active)
+    wait_for("no request active", function() return srv:stats().active == 0 end)
   end)
 end)

@@ -7,29 +7,14 @@ local shared = require "sluice.shared"
 local cjson = require "cjson"
 
 local redis_server = require "support.redis_server"
-
-local function wait_for(pred, limit)
-  local deadline = sluice.now() + (limit or 5)
-  while not pred() do
-    if sluice.now() > deadline then return false end
-    sluice.sleep(0.005)
-  end
-  return true
-end
+local wait_for = require("support.wait").wait_for
 
 describe("sluice.shared breakers", function()
   local srv, red
   local made = {}
 
-  setup(function()
-    srv = redis_server.start()
-    red = redis.connect { url = srv:url() }
-  end)
-
-  teardown(function()
-    if red then red:close() end
-    if srv then srv:stop(false, true) end
-  end)
+  setup(function() srv, red = redis_server.with_client() end)
+  teardown(function() if srv then srv:shutdown(red) end end)
 
   after_each(function()
     for _, x in ipairs(made) do x.sh:stop() end
@@ -56,12 +41,12 @@ describe("sluice.shared breakers", function()
     finally(function() spy:close() end)
     local a, b = instance("a"), instance("b")
     b.sh:start()
-    assert.is_true(wait_for(function() return numsub() == 2 end))
+    wait_for("both subscribed", function() return numsub() == 2 end)
     local t0 = sluice.now()
     a.c.breaker:force_open()
     assert.same({ kind = "message", channel = "sluice:cb_state", payload = "cb_state:shared_cb" },
       spy:receive(2))
-    assert.is_true(wait_for(function() return b.c.breaker:state() == "open" end, 2))
+    wait_for("B's breaker open", function() return b.c.breaker:state() == "open" end)
     local lag = sluice.now() - t0
     print(string.format("\n# B took A's open breaker after %.1f ms", lag * 1000))
     assert.is_true(lag < 0.25, lag)
@@ -69,10 +54,10 @@ describe("sluice.shared breakers", function()
     -- and back: B closes it, A (not started: it only polls) is told nothing
     -- until it reads the key, which is the source of truth
     b.c.breaker:force_close()
-    assert.is_true(wait_for(function()
+    wait_for("the stored state closed", function()
       local doc = red:call("GET", "cb_state:shared_cb")
       return doc and cjson.decode(doc).snapshot.state == "closed"
-    end))
+    end)
     assert.equal("open", a.c.breaker:state())
     a.sh:pull_breaker(a.c)
     assert.equal("closed", a.c.breaker:state())
@@ -87,23 +72,23 @@ describe("sluice.shared breakers", function()
   it("reads the stored state when it subscribes (what it missed before)", function()
     local a, b = instance("a"), instance("b")
     a.c.breaker:force_open()
-    assert.is_true(wait_for(function() return red:call("EXISTS", "cb_state:shared_cb") == 1 end))
+    wait_for("the stored state", function() return red:call("EXISTS", "cb_state:shared_cb") == 1 end)
     assert.equal("closed", b.c.breaker:state())
     local t0 = sluice.now()
     b.sh:start()
-    assert.is_true(wait_for(function() return b.c.breaker:state() == "open" end, 2))
+    wait_for("B's breaker open", function() return b.c.breaker:state() == "open" end)
     assert.is_true(sluice.now() - t0 < 1) -- not the 5 s poll
   end)
 
   it("reads the stored state after its subscription reconnects", function()
     local a, b = instance("a"), instance("b")
     b.sh:start()
-    assert.is_true(wait_for(function() return numsub() == 1 end))
+    wait_for("B subscribed", function() return numsub() == 1 end)
     -- B's subscription is cut; what A announces meanwhile is lost
     local t0 = sluice.now()
     assert.equal(1, red:call("CLIENT", "KILL", "TYPE", "pubsub"))
     a.c.breaker:force_open()
-    assert.is_true(wait_for(function() return b.c.breaker:state() == "open" end, 4))
+    wait_for("B's breaker open", function() return b.c.breaker:state() == "open" end)
     assert.is_true(sluice.now() - t0 < 4, sluice.now() - t0) -- not the 5 s poll
     assert.equal(1, numsub())
   end)
@@ -111,10 +96,10 @@ describe("sluice.shared breakers", function()
   it("stop ends the listener and its subscription", function()
     local b = instance("b")
     b.sh:start()
-    assert.is_true(wait_for(function() return numsub() == 1 end))
+    wait_for("B subscribed", function() return numsub() == 1 end)
     b.sh:stop()
     made = {}
-    assert.is_true(wait_for(function() return numsub() == 0 end, 2))
+    wait_for("no subscriber", function() return numsub() == 0 end)
     assert.is_true(sluice.status(b.sh.listener) == "killed" or sluice.status(b.sh.listener) == "done")
   end)
 end)

@@ -5,6 +5,10 @@
 --   redis.connect{ url = srv:url(0) }
 --   srv:stop(hard, cleanup)           -- SIGKILL when hard; rm its dir when cleanup
 --
+-- The fixture most specs share, one server and one client for a describe:
+--   setup(function() srv, red = rs.with_client() end)
+--   teardown(function() if srv then srv:shutdown(red) end end)
+--
 -- start(port, extra, dir): port nil picks a free one; extra is appended to
 -- the command line ("--requirepass s3cret"). Starting blocks the loop for
 -- the few milliseconds redis-server takes.
@@ -65,6 +69,24 @@ function _M.start(port, extra, dir)
   error("could not start redis-server")
 end
 
+--- with_client([db]) -> srv, red: start() and a sluice.redis client of the
+-- server's db (0), connected (a PING answered).
+function _M.with_client(db)
+  local srv = _M.start()
+  local red = require("sluice.redis").connect { url = srv:url(db) }
+  assert(red:call("PING") == "PONG", "the client cannot reach redis-server")
+  return srv, red
+end
+
+--- dead_port() -> a loopback port no redis-server answers on.
+function _M.dead_port()
+  for _ = 1, 50 do
+    local p = math.random(20000, 60999)
+    if not _M.ping(p) then return p end
+  end
+  error("no free port")
+end
+
 function Server:stop(hard, cleanup)
   if self.pid then
     sh("kill " .. (hard and "-9 " or "") .. self.pid .. " 2>/dev/null")
@@ -75,6 +97,16 @@ function Server:stop(hard, cleanup)
     self.pid = nil
   end
   if cleanup then sh("rm -rf " .. self.dir) end
+end
+
+--- srv:shutdown(...): closes the clients given (nil ones skipped), stops the
+-- server and removes its directory; the teardown of with_client.
+function Server:shutdown(...)
+  for i = 1, select("#", ...) do
+    local c = select(i, ...)
+    if c then c:close() end
+  end
+  self:stop(false, true)
 end
 
 function Server:restart()
