@@ -161,7 +161,6 @@ static void rearm(llimiter *ll) {
     struct timeval tv;
     if (!sl_timeout_tv(t - now, &tv))
         return;
-    event_base_update_cache_time(sl_rt.base); /* see sl_task_sleep */
     evtimer_add(&ll->timer, &tv);
     ll->timer_set = 1;
 }

@@ -194,10 +194,15 @@ int sl_runtime_init(const char *const *lua_dirs, int ndirs, char *err,
     }
     /* A precise timer: without it libevent reads CLOCK_MONOTONIC_COARSE,
      * whose ticks (4 ms here) let a sleep end up to a tick early, which a
-     * limiter handing out 10 ms slots cannot afford. */
+     * limiter handing out 10 ms slots cannot afford. No cached time: every
+     * timer (a sleep, a Redis or server timeout, a limiter slot) counts
+     * from the moment it is armed, not from the start of the loop turn,
+     * which a collector may have spent computing or in SQLite; one
+     * clock_gettime (vDSO) per event_add. */
     struct event_config *cfg = event_config_new();
     if (cfg)
-        event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+        event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER |
+                                       EVENT_BASE_FLAG_NO_CACHE_TIME);
     sl_rt.base = cfg ? event_base_new_with_config(cfg) : NULL;
     if (cfg)
         event_config_free(cfg);

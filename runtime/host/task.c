@@ -456,9 +456,6 @@ static void arm_timer(sl_task *t, double s, event_callback_fn cb) {
     if (!sl_timeout_tv(s, &tv))
         return;
     event_assign(&t->timer, sl_rt.base, -1, 0, cb, t);
-    /* Timeouts count from libevent's cached time, which lags behind while
-     * callbacks run: without this a sleep could end a little early. */
-    event_base_update_cache_time(sl_rt.base);
     evtimer_add(&t->timer, &tv);
     t->timer_set = 1;
 }

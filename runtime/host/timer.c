@@ -60,7 +60,6 @@ static void release(sl_timer *tm) {
 static void arm(sl_timer *tm, double delay) {
     struct timeval tv;
     sl_timeout_tv(delay, &tv);
-    event_base_update_cache_time(sl_rt.base); /* see sl_task_sleep */
     evtimer_add(&tm->ev, &tv);
     tm->armed = 1;
 }

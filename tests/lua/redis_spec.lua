@@ -441,6 +441,21 @@ describe("sluice.redis", function()
     assert.equal("connected", c:status())
   end)
 
+  it("counts a command timeout from the call, however long the loop turn ran before it", function()
+    local c = redis.connect { url = srv:url(), command_timeout = 0.3 }
+    finally(function() c:close() end)
+    assert.equal("PONG", c:call("PING"))
+    -- 0.15 s of work in this turn of the loop before the call: a timer
+    -- armed from the time the turn began would fire 0.15 s early
+    local busy = sluice.now() + 0.15
+    while sluice.now() < busy do end
+    local t0 = sluice.now()
+    assert.same({ nil, "timeout" }, { c:call("DEBUG", "SLEEP", 1) })
+    local took = sluice.now() - t0
+    assert.is_true(took >= 0.295, "took " .. took)
+    wait_for("the late reply", function() return c:info().in_flight == 0 end)
+  end)
+
   it("does not resume a killed task when its reply arrives", function()
     local resumed = false
     local t = sluice.spawn(function()
