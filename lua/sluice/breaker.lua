@@ -37,23 +37,32 @@ local options = require "sluice.options"
 local _M = {}
 local methods = core.methods
 
--- Types and choices; the ranges, and the checks across options, are the
--- C core's (sl_breaker_new names the option in its message).
-local INTEGER = { integer = true }
+-- Each option's type and range; the checks across options (max_timeout >=
+-- timeout, half_open_success_threshold <= half_open_max_calls, min_calls
+-- <= size for a count window, slow_call_duration only with a window) are
+-- the C core's, whose message names the options.
+local RATE = { gt = 0, max = 1 }
 local SCHEMA = {
-  name = "string", failure_threshold = INTEGER, timeout = "number",
-  half_open_max_calls = INTEGER, half_open_success_threshold = INTEGER,
-  backoff_multiplier = "number", max_timeout = "number", permit_timeout = "number",
+  name = "string",
+  failure_threshold = { integer = true, min = 1 },
+  timeout = { finite = true, gt = 0 },
+  half_open_max_calls = { integer = true, min = 1, max = core.MAX_TRIALS },
+  half_open_success_threshold = { integer = true, min = 1 },
+  backoff_multiplier = { finite = true, min = 1 },
+  max_timeout = { finite = true, gt = 0 },
+  permit_timeout = { finite = true, min = 0 },
   window = {
     type = "table",
     fields = {
-      type = { one_of = { "count", "time" } }, size = INTEGER, min_calls = INTEGER,
-      failure_rate = "number",
+      type = { one_of = { "count", "time" } },
+      size = { integer = true, min = 1, max = core.MAX_WINDOW },
+      min_calls = { integer = true, min = 1 },
+      failure_rate = RATE,
     },
   },
-  slow_call_duration = "number", slow_call_rate = "number",
+  slow_call_duration = { finite = true, min = 0 }, slow_call_rate = RATE,
   mode = { one_of = { "normal", "metrics_only", "disabled" } },
-  jitter = "number", seed = INTEGER, clock = "function",
+  jitter = { min = 0, max = 1 }, seed = { integer = true }, clock = "function",
 }
 
 local registry = setmetatable({}, { __mode = "v" }) -- name -> breaker

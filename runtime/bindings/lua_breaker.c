@@ -555,5 +555,10 @@ int luaopen_sluice_breaker(lua_State *L) {
     lua_getfield(L, -1, "__index");
     lua_setfield(L, -3, "methods");
     lua_pop(L, 1);
+    /* The core's bounds, so the wrapper's option schema states them. */
+    lua_pushinteger(L, SL_BREAKER_MAX_TRIALS);
+    lua_setfield(L, -2, "MAX_TRIALS");
+    lua_pushinteger(L, SL_BREAKER_MAX_WINDOW);
+    lua_setfield(L, -2, "MAX_WINDOW");
     return 1;
 }

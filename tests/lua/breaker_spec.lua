@@ -248,15 +248,22 @@ describe("sluice.breaker", function()
     assert.has_error(function() breaker.new({ failure_treshold = 5 }) end,
       "sluice.breaker.new: unknown option 'failure_treshold'")
     assert.has_error(function() breaker.new({ timeout = "300" }) end,
-      "sluice.breaker.new: option 'timeout' must be a number, got string")
+      "sluice.breaker.new: option 'timeout' must be a finite number > 0, got string")
     assert.has_error(function() breaker.new({ failure_threshold = 2.5 }) end,
-      "sluice.breaker.new: option 'failure_threshold' must be an integer, got 2.5")
+      "sluice.breaker.new: option 'failure_threshold' must be an integer >= 1, got 2.5")
     assert.has_error(function() breaker.new({ mode = "off" }) end,
       "sluice.breaker.new: option 'mode' must be 'normal', 'metrics_only' or 'disabled', got 'off'")
     assert.has_error(function() breaker.new({ window = { kind = "count" } }) end,
       "sluice.breaker.new: unknown option 'window.kind'")
     assert.has_error(function() breaker.new({ failure_threshold = 0 }) end,
-      "sluice.breaker.new: failure_threshold must be >= 1")
+      "sluice.breaker.new: option 'failure_threshold' must be an integer >= 1, got 0")
+    assert.has_error(function() breaker.new({ window = { failure_rate = 0 } }) end,
+      "sluice.breaker.new: option 'window.failure_rate' must be a number in (0, 1], got 0")
+    assert.has_error(function() breaker.new({ half_open_max_calls = 5000 }) end,
+      "sluice.breaker.new: option 'half_open_max_calls' must be an integer in [1, 1024], got 5000")
+    -- the checks across options are the core's, naming both
+    assert.has_error(function() breaker.new({ timeout = 20, max_timeout = 10 }) end,
+      "sluice.breaker.new: max_timeout must be finite and >= timeout")
     assert.has_error(function() breaker.new("x") end)
   end)
 end)
