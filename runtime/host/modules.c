@@ -15,5 +15,6 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._repl", luaopen_sluice_repl},
     {"sluice._redis", luaopen_sluice_redis},
     {"sluice._budget", luaopen_sluice_budget},
+    {"sluice._crypto", luaopen_sluice_crypto},
     {NULL, NULL},
 };
