@@ -1,8 +1,12 @@
 /* lua_crypto.c -- sluice._crypto: HMAC, digests, hex and base64 for Lua */
+#include <ctype.h>
 #include <lauxlib.h>
+#include <limits.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "host/modules.h"
@@ -57,55 +61,61 @@ static int l_digest(lua_State *L) {
     return 1;
 }
 
+/* The codecs are OpenSSL's (OPENSSL_buf2hexstr_ex, OPENSSL_hexstr2buf_ex,
+ * EVP_EncodeBlock, EVP_DecodeBlock); what is added here is strictness
+ * they lack (EVP_DecodeBlock skips spaces and counts padding as bytes) and
+ * errors that say where the input went wrong. */
+
+static const char HEX_DIGITS[] = "0123456789abcdefABCDEF";
+
 /* hex_encode(s) -> lower-case hex */
 static int l_hex_encode(lua_State *L) {
-    static const char digits[] = "0123456789abcdef";
-    size_t n;
+    size_t n, len = 0;
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (size_t i = 0; i < n; i++) {
-        luaL_addchar(&b, digits[s[i] >> 4]);
-        luaL_addchar(&b, digits[s[i] & 15]);
+    if (n == 0) {
+        lua_pushliteral(L, "");
+        return 1;
     }
-    luaL_pushresult(&b);
+    char *out = malloc(2 * n + 1);
+    if (!out || !OPENSSL_buf2hexstr_ex(out, 2 * n + 1, &len, s, n, '\0')) {
+        free(out);
+        return luaL_error(L, "sluice._crypto.hex_encode: out of memory");
+    }
+    len = strlen(out); /* the length it reports counts the NUL */
+    for (size_t i = 0; i < len; i++)
+        out[i] = (char)tolower((unsigned char)out[i]);
+    lua_pushlstring(L, out, len);
+    free(out);
     return 1;
-}
-
-static int hex_value(int c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 /* hex_decode(s) -> bytes, or nil, err (either case; no spaces, even length) */
 static int l_hex_decode(lua_State *L) {
-    size_t n;
+    size_t n, len = 0;
     const char *s = luaL_checklstring(L, 1, &n);
     if (n % 2 != 0) {
         lua_pushnil(L);
         lua_pushliteral(L, "hex: odd length");
         return 2;
     }
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (size_t i = 0; i < n; i += 2) {
-        int hi = hex_value((unsigned char)s[i]);
-        int lo = hex_value((unsigned char)s[i + 1]);
-        if (hi < 0 || lo < 0) {
-            luaL_pushresult(&b);
-            lua_pushnil(L);
-            lua_pushfstring(L, "hex: invalid character at position %d",
-                            (int)(hi < 0 ? i + 1 : i + 2));
-            return 2;
-        }
-        luaL_addchar(&b, (char)(hi << 4 | lo));
+    size_t ok = strspn(s, HEX_DIGITS);
+    if (ok < n) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "hex: invalid character at position %d",
+                        (int)ok + 1);
+        return 2;
     }
-    luaL_pushresult(&b);
+    if (n == 0) {
+        lua_pushliteral(L, "");
+        return 1;
+    }
+    unsigned char *out = malloc(n / 2);
+    if (!out || !OPENSSL_hexstr2buf_ex(out, n / 2, &len, s, '\0')) {
+        free(out);
+        return luaL_error(L, "sluice._crypto.hex_decode: out of memory");
+    }
+    lua_pushlstring(L, (const char *)out, len);
+    free(out);
     return 1;
 }
 
@@ -121,51 +131,24 @@ static int l_base64_encode(lua_State *L) {
     size_t n;
     const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
     int url = lua_toboolean(L, 2);
-    const char *a = url ? B64_URL : B64_STD;
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    size_t i = 0;
-    for (; i + 3 <= n; i += 3) {
-        unsigned v = (unsigned)s[i] << 16 | (unsigned)s[i + 1] << 8 | s[i + 2];
-        luaL_addchar(&b, a[v >> 18]);
-        luaL_addchar(&b, a[v >> 12 & 63]);
-        luaL_addchar(&b, a[v >> 6 & 63]);
-        luaL_addchar(&b, a[v & 63]);
+    if (n > (size_t)INT_MAX / 4 * 3 - 3)
+        return luaL_error(L, "sluice._crypto.base64_encode: input too long");
+    unsigned char *out = malloc(4 * ((n + 2) / 3) + 1);
+    if (!out)
+        return luaL_error(L, "sluice._crypto.base64_encode: out of memory");
+    int len = EVP_EncodeBlock(out, s, (int)n);
+    if (url) {
+        while (len > 0 && out[len - 1] == '=')
+            len--;
+        for (int i = 0; i < len; i++)
+            out[i] = out[i] == '+' ? '-' : out[i] == '/' ? '_' : out[i];
     }
-    if (n - i == 1) {
-        unsigned v = (unsigned)s[i] << 16;
-        luaL_addchar(&b, a[v >> 18]);
-        luaL_addchar(&b, a[v >> 12 & 63]);
-        if (!url)
-            luaL_addlstring(&b, "==", 2);
-    } else if (n - i == 2) {
-        unsigned v = (unsigned)s[i] << 16 | (unsigned)s[i + 1] << 8;
-        luaL_addchar(&b, a[v >> 18]);
-        luaL_addchar(&b, a[v >> 12 & 63]);
-        luaL_addchar(&b, a[v >> 6 & 63]);
-        if (!url)
-            luaL_addchar(&b, '=');
-    }
-    luaL_pushresult(&b);
+    lua_pushlstring(L, (const char *)out, (size_t)len);
+    free(out);
     return 1;
 }
 
-static int b64_value(int c, int url) {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == (url ? '-' : '+'))
-        return 62;
-    if (c == (url ? '_' : '/'))
-        return 63;
-    return -1;
-}
-
-static int b64_fail(lua_State *L, luaL_Buffer *b, const char *why, size_t at) {
-    luaL_pushresult(b);
+static int b64_fail(lua_State *L, const char *why, size_t at) {
     lua_pushnil(L);
     if (at > 0)
         lua_pushfstring(L, "base64: %s at position %d", why, (int)at);
@@ -182,30 +165,40 @@ static int l_base64_decode(lua_State *L) {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
     int url = lua_toboolean(L, 2);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
     size_t len = n; /* without the padding */
     while (len > 0 && s[len - 1] == '=' && n - len < 2)
         len--;
     /* padded (or the standard form): whole quanta of four characters */
     if ((n != len || !url) && n % 4 != 0)
-        return b64_fail(L, &b, "length is not a multiple of 4", 0);
+        return b64_fail(L, "length is not a multiple of 4", 0);
     if (len % 4 == 1)
-        return b64_fail(L, &b, "truncated", 0);
-    unsigned v = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        int c = b64_value((unsigned char)s[i], url);
-        if (c < 0)
-            return b64_fail(L, &b, "invalid character", i + 1);
-        v = (v << 6 | (unsigned)c) & 0xffffff;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            luaL_addchar(&b, (char)(v >> bits & 0xff));
-        }
+        return b64_fail(L, "truncated", 0);
+    const char *alphabet = url ? B64_URL : B64_STD;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == '\0' || !strchr(alphabet, s[i]))
+            return b64_fail(L, "invalid character", i + 1);
+    if (len > (size_t)INT_MAX - 4)
+        return b64_fail(L, "input too long", 0);
+    /* EVP_DecodeBlock wants the standard alphabet in padded quanta */
+    size_t padded = (len + 3) / 4 * 4;
+    unsigned char *in = malloc(padded + 1), *out = malloc(padded / 4 * 3 + 1);
+    if (!in || !out) {
+        free(in);
+        free(out);
+        return luaL_error(L, "sluice._crypto.base64_decode: out of memory");
     }
-    luaL_pushresult(&b);
+    for (size_t i = 0; i < len; i++)
+        in[i] = s[i] == '-' ? '+' : s[i] == '_' ? '/' : (unsigned char)s[i];
+    memset(in + len, '=', padded - len);
+    int got = EVP_DecodeBlock(out, in, (int)padded);
+    free(in);
+    if (got < 0) {
+        free(out);
+        return b64_fail(L, "invalid input", 0);
+    }
+    /* EVP_DecodeBlock counts each '=' as a zero byte */
+    lua_pushlstring(L, (const char *)out, (size_t)got - (padded - len));
+    free(out);
     return 1;
 }
 
