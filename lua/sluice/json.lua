@@ -10,37 +10,63 @@
 --   json.encode({ b = 1, a = { 0.1, true } })  --> '{"a":[0.1,true],"b":1}'
 --
 -- json.number(v) -> text | nil, err
---   A finite number as JSON writes it: an integral value within +-2^53
+--   An int64_t or uint64_t cdata (1LL, 2^64-1 as 18446744073709551615ULL,
+--   what db:select returns beyond 2^53) as its decimal digits, exactly and
+--   without the LL/ULL suffix tostring adds. A finite number as JSON writes it: an integral value within +-2^53
 --   as an integer ("%d"; -0 as "-0", which reads back as -0), any other
 --   as the shortest of %.15g, %.16g and %.17g that reads back as the same
 --   double (cjson keeps 14 digits, which loses the last ones of a
 --   millisecond timestamp in seconds). Distinct doubles give distinct
 --   text. nan, inf and -inf have no JSON spelling: nil, "cannot encode
---   <nan|inf|-inf>". Raises when v is not a number. This is sluice's one
+--   <nan|inf|-inf>". Raises when v is neither. This is sluice's one
 --   formatter of numbers that are stored or sent (metrics, query strings).
 -- json.encode(v [, lenient]) -> text | nil, err
---   nil and json.null -> null; booleans; numbers as json.number; strings
---   as cjson escapes them; a table with keys 1..n only (n > 0) -> an array,
---   any other table (the empty one too) -> an object with its keys sorted,
+--   nil and json.null -> null; booleans; numbers and int64/uint64 cdata as
+--   json.number; strings as cjson escapes them; json.empty_array and a
+--   table marked by json.array -> an array; a table with keys 1..n only
+--   (n > 0) -> an array, any other table (the empty one too) -> an object
+--   with its keys sorted,
 --   so equal tables encode to equal text. Object keys: strings, and numbers
 --   as json.number writes them. Fails, with the reason, on nan/inf, a
 --   function/userdata/thread, a key of another type or an inf key, two
---   keys that write the same text (the number 1 and the string "1"), or
---   tables nested deeper than 64 (a cycle). lenient = true writes those
---   instead: nan/inf as null, other values and keys as their tostring
---   (both of two keys that write the same, the string key first), a table
---   too deep as the string "<nested too deep>".
--- json.decode(s) -> v | nil, err: cjson's decoder (JSON null -> json.null).
+--   keys that write the same text (the number 1 and the string "1"),
+--   a json.array table with a key other than 1..n, or tables nested deeper
+--   than 64 (a cycle). lenient = true writes those instead: nan/inf as
+--   null, other values and keys as their tostring (both of two keys that
+--   write the same, the string key first), a json.array table with other
+--   keys as an unmarked table, a table too deep as "<nested too deep>".
+-- json.empty_array: a value that encodes as [] (an empty table encodes as
+--   {}): { method = "eth_blockNumber", params = json.empty_array }. It is a
+--   read-only table; writing into it raises.
+-- json.array([t]) -> t: marks t (a new empty table when nil) as a JSON
+--   array, so that it encodes as [] while empty, and returns it; raises
+--   when t is not a table or already has another metatable. Elements are
+--   added as to any table: local p = json.array(); p[1] = addr.
+-- json.decode(s) -> v | nil, err: cjson's decoder (JSON null -> json.null;
+--   [] decodes to an unmarked empty table, and integers beyond 2^53 to
+--   rounded doubles).
 -- json.null: cjson.null, the value that stands for JSON null.
 local cjson = require "cjson.safe"
+local ffi = require "ffi"
 
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
-local error, pcall = error, pcall
+local error, pcall, getmetatable, setmetatable = error, pcall, getmetatable, setmetatable
+local istype, int64_t, uint64_t = ffi.istype, ffi.typeof("int64_t"), ffi.typeof("uint64_t")
 local floor, huge = math.floor, math.huge
 local concat, sort, format = table.concat, table.sort, string.format
 local null = cjson.null
 
-local _M = { null = null, decode = cjson.decode }
+-- The metatable of json.array tables: private, so that only json.array
+-- marks a table (getmetatable shows the string, not this table).
+local ARRAY_MT = { __metatable = "sluice.json.array" }
+
+local empty_array = setmetatable({}, {
+  __metatable = "sluice.json.empty_array",
+  __newindex = function() error("sluice.json.empty_array is read-only", 2) end,
+  __tostring = function() return "sluice.json.empty_array" end,
+})
+
+local _M = { null = null, decode = cjson.decode, empty_array = empty_array }
 
 local encode_string = cjson.encode
 
@@ -64,9 +90,22 @@ local function number_text(v)
   return encode_double(v)
 end
 
+-- The digits of an int64_t or uint64_t cdata (tostring adds LL or ULL);
+-- nil for any other cdata.
+local function cdata_text(v)
+  if istype(int64_t, v) then return (tostring(v):sub(1, -3)) end
+  if istype(uint64_t, v) then return (tostring(v):sub(1, -4)) end
+  return nil
+end
+
 function _M.number(v)
+  if type(v) == "cdata" then
+    local s = cdata_text(v)
+    if s then return s end
+  end
   if type(v) ~= "number" then
-    error("sluice.json.number: bad argument #1 (number expected, got " .. type(v) .. ")", 2)
+    error("sluice.json.number: bad argument #1 (number or int64_t/uint64_t cdata expected, got "
+      .. type(v) .. ")", 2)
   end
   local s = number_text(v)
   if not s then return nil, "cannot encode " .. tostring(v) end
@@ -97,6 +136,10 @@ local function encode_into(v, buf, lenient, depth)
     buf[#buf + 1] = s
   elseif tv == "string" then
     buf[#buf + 1] = encode_string(v)
+  elseif tv == "cdata" and cdata_text(v) then
+    buf[#buf + 1] = cdata_text(v)
+  elseif v == empty_array then
+    buf[#buf + 1] = "[]"
   elseif tv == "table" then
     if depth > 64 then
       if not lenient then error({ "cannot encode: nested too deep (a cycle?)" }) end
@@ -105,7 +148,22 @@ local function encode_into(v, buf, lenient, depth)
     end
     local n, count = #v, 0
     for _ in pairs(v) do count = count + 1 end
-    if n > 0 and count == n then
+    local marked = getmetatable(v) == "sluice.json.array"
+    if marked and count ~= n then
+      -- a key other than 1..n: name one (the smallest number, else any)
+      local bad
+      for k in pairs(v) do
+        if type(k) ~= "number" or k ~= floor(k) or k < 1 or k > n then
+          if bad == nil or (type(k) == "number" and (type(bad) ~= "number" or k < bad)) then bad = k end
+        end
+      end
+      if not lenient then
+        error({ "cannot encode: a json.array table has "
+          .. (bad == nil and "holes" or "the key " .. tostring(bad)) })
+      end
+      marked = false
+    end
+    if marked or (n > 0 and count == n) then
       buf[#buf + 1] = "["
       for i = 1, n do
         if i > 1 then buf[#buf + 1] = "," end
@@ -167,6 +225,19 @@ local function encode_into(v, buf, lenient, depth)
   else
     error({ "cannot encode a " .. tv })
   end
+end
+
+function _M.array(t)
+  if t == nil then return setmetatable({}, ARRAY_MT) end
+  if type(t) ~= "table" then
+    error("sluice.json.array: bad argument #1 (table expected, got " .. type(t) .. ")", 2)
+  end
+  local mt = getmetatable(t)
+  if mt == "sluice.json.array" then return t end
+  if mt ~= nil or t == empty_array then
+    error("sluice.json.array: bad argument #1 (the table already has a metatable)", 2)
+  end
+  return setmetatable(t, ARRAY_MT)
 end
 
 function _M.encode(v, lenient)

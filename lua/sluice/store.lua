@@ -29,6 +29,13 @@
 --   sluice.store.handle  the db object's fields and the misuse checks
 --   sluice.json          the exact JSON encoder all of them write with
 --
+-- Integers are exact up to int64 (sluice.store.rows has the rules): an
+-- integer column takes decimal strings and int64_t/uint64_t cdata, and
+-- rejects a Lua number beyond 2^53 (a double there may be rounded); every
+-- read (db:select, db:query) returns an integer within +-(2^53-1) as
+-- a Lua number and one beyond as an int64_t cdata, which sluice.json
+-- writes as its digits and which binds back as the same integer.
+--
 -- store.open(path [, {busy_timeout = 5}]) -> db | nil, err
 --   ":memory:" allowed. WAL journal (file databases), synchronous=NORMAL,
 --   busy timeout (seconds in [0, 2147483], default 5; while waiting for

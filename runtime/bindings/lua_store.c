@@ -13,9 +13,16 @@
  * pcall_nowait, which runs a transaction's function where it cannot yield.
  *
  * Values: nil -> NULL, boolean -> 0/1, number -> INTEGER when it is integral
- * and fits in 64 bits, else REAL; string -> TEXT (embedded NULs kept);
- * blob(s) -> BLOB. Reading: INTEGER and REAL -> number, TEXT and BLOB ->
- * string, NULL -> nil (the field is absent from the row table).
+ * and fits in 64 bits, else REAL; an int64_t or uint64_t cdata -> INTEGER
+ * (exactly; a uint64_t above 2^63-1 is misuse); string -> TEXT (embedded
+ * NULs kept), except in upsert_rows' integer columns (type 'i'), where
+ * sluice.store.rows passes integers beyond 2^53 as their decimal text and
+ * they are bound as INTEGER; blob(s) -> BLOB. Reading: INTEGER -> a number
+ * when it is within +-(2^53-1), which a double holds exactly, else an
+ * int64_t cdata (a double would round it); REAL -> number, TEXT and BLOB ->
+ * string, NULL -> nil (the field is absent from the row table). Both
+ * conversions of cdata run through two small LuaJIT FFI functions the
+ * module keeps in the registry (the C API cannot make or read cdata).
  *
  * Misuse (wrong argument types, a closed database, more than one statement
  * in exec/query) raises; SQL errors return nil, message.
@@ -24,6 +31,8 @@
 #include <lauxlib.h>
 #include <math.h>
 #include <sqlite3.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -33,6 +42,28 @@
 #define DB_MT "sluice.store.db"
 #define BLOB_MT "sluice.store.blob"
 #define CACHE_MAX 256
+
+/* LuaJIT's type tag for cdata (lj_obj.h); lua.h does not name it. */
+#ifndef LUA_TCDATA
+#define LUA_TCDATA 10
+#endif
+
+/* Registry keys (their addresses) of the FFI helpers: box(p) -> the int64_t
+ * at light userdata p as cdata; digits(v) -> the decimal text of an int64_t
+ * or uint64_t cdata, or nil for any other cdata. */
+static char box_key, digits_key;
+
+static const char FFI_HELPERS[] =
+    "local ffi = require 'ffi'\n"
+    "local int64, uint64 = ffi.typeof('int64_t'), ffi.typeof('uint64_t')\n"
+    "local ptr, cast, istype = ffi.typeof('const int64_t *'), ffi.cast, "
+    "ffi.istype\n"
+    "local tostring = tostring\n"
+    "return function(p) return int64(cast(ptr, p)[0]) end,\n"
+    "  function(v)\n"
+    "    if istype(int64, v) then return (tostring(v):sub(1, -3)) end\n"
+    "    if istype(uint64, v) then return (tostring(v):sub(1, -4)) end\n"
+    "  end\n";
 
 typedef struct ldb {
     sqlite3 *db;  /* NULL once closed */
@@ -128,6 +159,41 @@ static int is_blob(lua_State *L, int idx) {
     return eq;
 }
 
+/* Parses the whole of s[0..len) as a decimal int64; 0 when it is not one
+ * or is out of range. */
+static int parse_int64(const char *s, size_t len, sqlite3_int64 *out) {
+    char buf[24];
+    if (len == 0 || len >= sizeof(buf))
+        return 0;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    char *end;
+    errno = 0;
+    long long v = strtoll(buf, &end, 10);
+    if (errno || *end)
+        return 0;
+    *out = v;
+    return 1;
+}
+
+/* Binds an int64_t/uint64_t cdata at idx exactly: SQLITE_OK etc., -1 for
+ * another cdata, -2 for a uint64_t beyond int64. */
+static int bind_cdata(lua_State *L, sqlite3_stmt *st, int i, int idx) {
+    idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
+    lua_pushlightuserdata(L, &digits_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 1);
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    sqlite3_int64 v;
+    int rc = !s ? -1 : parse_int64(s, len, &v) ? SQLITE_OK : -2;
+    lua_pop(L, 1);
+    if (rc != SQLITE_OK)
+        return rc;
+    return sqlite3_bind_int64(st, i, v);
+}
+
 static int bind_number(sqlite3_stmt *st, int i, lua_Number n) {
     if (n == floor(n) && n >= -9223372036854775808.0 &&
         n < 9223372036854775808.0)
@@ -137,12 +203,14 @@ static int bind_number(sqlite3_stmt *st, int i, lua_Number n) {
 
 /* Binds the Lua value at idx to parameter i. Strings are bound without a
  * copy (SQLITE_STATIC): the caller keeps them alive until the statement is
- * reset and its bindings cleared. Returns an SQLite code, or -1 for a value
- * of a type that cannot be bound. as_blob binds strings as BLOB. */
+ * reset and its bindings cleared. Returns an SQLite code, -1 for a value
+ * of a type that cannot be bound, -2 for an integer beyond int64. type 'b'
+ * binds strings as BLOB, 'i' as the INTEGER they spell. */
 static int bind_value(lua_State *L, sqlite3_stmt *st, int i, int idx,
-                      int as_blob) {
+                      char type) {
     size_t len;
     const char *s;
+    sqlite3_int64 v;
     switch (lua_type(L, idx)) {
     case LUA_TNIL:
         return sqlite3_bind_null(st, i);
@@ -152,8 +220,10 @@ static int bind_value(lua_State *L, sqlite3_stmt *st, int i, int idx,
         return bind_number(st, i, lua_tonumber(L, idx));
     case LUA_TSTRING:
         s = lua_tolstring(L, idx, &len);
-        if (as_blob)
+        if (type == 'b')
             return sqlite3_bind_blob64(st, i, s, len, SQLITE_STATIC);
+        if (type == 'i')
+            return parse_int64(s, len, &v) ? sqlite3_bind_int64(st, i, v) : -2;
         return sqlite3_bind_text64(st, i, s, len, SQLITE_STATIC, SQLITE_UTF8);
     case LUA_TTABLE:
         if (is_blob(L, idx)) {
@@ -164,6 +234,8 @@ static int bind_value(lua_State *L, sqlite3_stmt *st, int i, int idx,
                 return sqlite3_bind_blob64(st, i, s, len, SQLITE_STATIC);
         }
         return -1;
+    case LUA_TCDATA:
+        return bind_cdata(L, st, i, idx);
     default:
         return -1;
     }
@@ -181,7 +253,11 @@ static void bind_args(lua_State *L, ldb *d, sqlite3_stmt *st, int first,
     }
     for (int i = 1; i <= nargs; i++) {
         int rc = bind_value(L, st, i, first + i - 1, 0);
-        if (rc == -1) {
+        if (rc == -2) {
+            sqlite3_clear_bindings(st);
+            luaL_error(L, "sluice.store.%s: bad parameter #%d (beyond int64)",
+                       fname, i);
+        } else if (rc == -1) {
             sqlite3_clear_bindings(st);
             luaL_error(L,
                        "sluice.store.%s: bad parameter #%d (%s cannot be "
@@ -197,9 +273,18 @@ static void bind_args(lua_State *L, ldb *d, sqlite3_stmt *st, int first,
 
 static void push_column(lua_State *L, sqlite3_stmt *st, int c) {
     switch (sqlite3_column_type(st, c)) {
-    case SQLITE_INTEGER:
-        lua_pushnumber(L, (lua_Number)sqlite3_column_int64(st, c));
+    case SQLITE_INTEGER: {
+        sqlite3_int64 v = sqlite3_column_int64(st, c);
+        if (v > -9007199254740992LL && v < 9007199254740992LL) {
+            lua_pushnumber(L, (lua_Number)v);
+        } else {
+            lua_pushlightuserdata(L, &box_key);
+            lua_rawget(L, LUA_REGISTRYINDEX);
+            lua_pushlightuserdata(L, &v);
+            lua_call(L, 1, 1);
+        }
         break;
+    }
     case SQLITE_FLOAT:
         lua_pushnumber(L, sqlite3_column_double(st, c));
         break;
@@ -317,7 +402,7 @@ static int l_query(lua_State *L) {
     }
     bind_args(L, d, st, 3, "query");
     int ncols = sqlite3_column_count(st);
-    luaL_checkstack(L, ncols + 4, "too many columns");
+    luaL_checkstack(L, ncols + 6, "too many columns"); /* +2: push_column */
     int names = lua_gettop(L) + 1;
     for (int c = 0; c < ncols; c++)
         lua_pushstring(L, sqlite3_column_name(st, c));
@@ -363,7 +448,7 @@ static int bind_row(lua_State *L, sqlite3_stmt *st, const char *types,
                     int ncols, int r) {
     for (int c = 0; c < ncols; c++) {
         lua_rawgeti(L, 6, r * ncols + c + 1);
-        int rc = bind_value(L, st, c + 1, -1, types[c] == 'b');
+        int rc = bind_value(L, st, c + 1, -1, types[c]);
         lua_pop(L, 1); /* the string stays anchored in the flat array */
         if (rc != SQLITE_OK)
             return rc;
@@ -437,7 +522,7 @@ static int l_upsert_rows(lua_State *L) {
     if (upd)
         sqlite3_clear_bindings(upd);
     if (rc != SQLITE_DONE && rc != SQLITE_OK) {
-        if (rc == -1)
+        if (rc == -1 || rc == -2)
             return luaL_error(L, "sluice.store.upsert: unbindable value");
         return push_sql_error(L, d->db);
     }
@@ -555,6 +640,16 @@ int luaopen_sluice_store(lua_State *L) {
         {"version", l_version}, {"pcall_nowait", l_pcall_nowait},
         {NULL, NULL},
     };
+    if (luaL_loadbuffer(L, FFI_HELPERS, sizeof(FFI_HELPERS) - 1,
+                        "=sluice._store") != 0)
+        lua_error(L);
+    lua_call(L, 0, 2);
+    lua_pushlightuserdata(L, &digits_key);
+    lua_insert(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    lua_pushlightuserdata(L, &box_key);
+    lua_insert(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
     luaL_newmetatable(L, BLOB_MT);
     lua_pop(L, 1);
     luaL_newmetatable(L, DB_MT);

@@ -46,7 +46,7 @@ describe("sluice.json", function()
       assert.same({ nil, "cannot encode -inf" }, { json.number(-math.huge) })
       local ok, e = pcall(json.number, "1")
       assert.is_false(ok)
-      assert.equal("sluice.json.number: bad argument #1 (number expected, got string)",
+      assert.equal("sluice.json.number: bad argument #1 (number or int64_t/uint64_t cdata expected, got string)",
         (tostring(e):gsub("^[^:]+:%d+: ", "")))
     end)
   end)
@@ -122,6 +122,73 @@ describe("sluice.json", function()
     it("lets an error raised by a metamethod through", function()
       local bad = setmetatable({}, { __tostring = function() error("no tostring", 0) end })
       assert.same({ false, "no tostring" }, { pcall(json.encode, { [bad] = 1 }, true) })
+    end)
+  end)
+
+  describe("int64_t and uint64_t cdata", function()
+    local ffi = require "ffi"
+
+    it("number writes their digits exactly, without LL/ULL", function()
+      assert.equal("9223372036854775807", json.number(9223372036854775807LL))
+      assert.equal("-9223372036854775808", json.number(-9223372036854775807LL - 1))
+      assert.equal("18446744073709551615", json.number(18446744073709551615ULL))
+      assert.equal("9007199254740993", json.number(ffi.new("int64_t", 2 ^ 53) + 1))
+      assert.equal("0", json.number(0ULL))
+      assert.equal("-1", json.number(-1LL))
+    end)
+
+    it("encode writes them as numbers, as values in arrays and objects", function()
+      assert.equal('{"max":9223372036854775807,"min":-9223372036854775808,"u":[18446744073709551615,1]}',
+        json.encode({ max = 9223372036854775807LL, min = -9223372036854775807LL - 1,
+          u = { 18446744073709551615ULL, 1ULL } }))
+      assert.equal("9007199254740993", json.encode(ffi.new("uint64_t", 9007199254740993ULL)))
+    end)
+
+    it("other cdata stay unencodable", function()
+      assert.same({ nil, "cannot encode a cdata" }, { json.encode({ ffi.new("int32_t", 1) }) })
+      assert.has_error(function() json.number(ffi.new("double", 1)) end,
+        "sluice.json.number: bad argument #1 (number or int64_t/uint64_t cdata expected, got cdata)")
+    end)
+  end)
+
+  describe("arrays", function()
+    it("empty_array encodes as [], alone, nested and inside objects; {} stays an object", function()
+      assert.equal("[]", json.encode(json.empty_array))
+      assert.equal('{"id":1,"method":"eth_blockNumber","params":[]}',
+        json.encode({ id = 1, method = "eth_blockNumber", params = json.empty_array }))
+      assert.equal('[[],{},[[]]]', json.encode({ json.empty_array, {}, { json.empty_array } }))
+      assert.equal("{}", json.encode({}))
+    end)
+
+    it("empty_array is read-only and not taken by json.array", function()
+      assert.has_error(function() json.empty_array[1] = 1 end, "sluice.json.empty_array is read-only")
+      assert.is_nil(next(json.empty_array))
+      assert.has_error(function() json.array(json.empty_array) end,
+        "sluice.json.array: bad argument #1 (the table already has a metatable)")
+    end)
+
+    it("array marks a table: [] while empty, its elements once filled", function()
+      local p = json.array()
+      assert.equal("[]", json.encode(p))
+      assert.equal('{"params":[]}', json.encode({ params = p }))
+      p[1] = "0x1b4"
+      p[2] = false
+      assert.equal('{"params":["0x1b4",false]}', json.encode({ params = p }))
+      local t = {}
+      assert.equal(t, json.array(t))
+      assert.equal(t, json.array(t))
+      assert.equal('[[],[1,[]]]', json.encode(json.array({ json.array(), json.array({ 1, json.array() }) })))
+    end)
+
+    it("array refuses what it cannot mark; encode refuses a marked table with other keys", function()
+      assert.has_error(function() json.array(1) end, "sluice.json.array: bad argument #1 (table expected, got number)")
+      assert.has_error(function() json.array(setmetatable({}, {})) end,
+        "sluice.json.array: bad argument #1 (the table already has a metatable)")
+      assert.same({ nil, "cannot encode: a json.array table has the key x" },
+        { json.encode(json.array({ 1, x = 2 })) })
+      assert.same({ nil, "cannot encode: a json.array table has the key 0" },
+        { json.encode({ a = json.array({ [0] = 1 }) }) })
+      assert.equal('{"1":1,"x":2}', json.encode(json.array({ 1, x = 2 }), true))
     end)
   end)
 

@@ -187,6 +187,45 @@ describe("sluice.server requests", function()
     assert.equal('{"big":9007199254740994,"p":0.30000000000000004,"t":1732291234.567891}', res.body)
   end)
 
+  it("receives json.empty_array and json.array params as [] from a json body", function()
+    local json = require "sluice.json"
+    local seen = {}
+    local srv = listen()
+    srv:route("POST", "/rpc", function(req)
+      seen[#seen + 1] = req.body
+      return { jsonrpc = "2.0", id = 1, result = json.empty_array }
+    end)
+    local res = assert(http.post(url(srv, "/rpc"),
+      { json = { jsonrpc = "2.0", id = 1, method = "eth_blockNumber", params = json.empty_array } }))
+    assert.equal('{"id":1,"jsonrpc":"2.0","method":"eth_blockNumber","params":[]}', seen[1])
+    assert.equal('{"id":1,"jsonrpc":"2.0","result":[]}', res.body)
+    assert(http.post(url(srv, "/rpc"), { json = { params = json.array() } }))
+    assert.equal('{"params":[]}', seen[2])
+    assert.same({ params = {} }, json.decode(seen[2]))
+  end)
+
+  it("keeps every digit of 2^63-1 from a json body through an integer column and back", function()
+    local json = require "sluice.json"
+    local store = require "sluice.store"
+    local db = assert(store.open(":memory:"))
+    finally(function() db:close() end)
+    db:define{ name = "ids", columns = { id = "integer", v = "integer" }, key = { "id" } }
+    local srv = listen()
+    srv:route("POST", "/store", function(req)
+      -- cjson's decoder reads numbers as doubles: take the digits as text
+      local v = req.body:match('"params":%[(%-?%d+)%]')
+      local ins, _, _, rej = db:upsert("ids", { { id = 1, v = v } })
+      if ins ~= 1 or rej ~= 0 then return 500, "not stored" end
+      local rows = db:select("ids", "WHERE id = ?", 1)
+      return { id = 1, result = rows[1].v, max_u64 = 18446744073709551615ULL }
+    end)
+    local res = assert(http.post(url(srv, "/store"),
+      { json = { id = 1, method = "store", params = json.array({ 9223372036854775807LL }) } }))
+    assert.equal(200, res.status)
+    assert.equal('{"id":1,"max_u64":18446744073709551615,"result":9223372036854775807}', res.body)
+    assert.equal("9223372036854775807", db:query("SELECT CAST(v AS TEXT) AS v FROM ids")[1].v)
+  end)
+
   it("gives an empty body and nil, err from json() when there is none", function()
     local srv = listen()
     local body, v, err

@@ -288,6 +288,101 @@ describe("sluice.store.rows", function()
     end)
   end)
 
+  describe("exact integers", function()
+    local ffi = require "ffi"
+    local json = require "sluice.json"
+    local MAX, MIN = "9223372036854775807", "-9223372036854775808"
+
+    local function reasons()
+      local out = {}
+      for _, r in ipairs(db:query("SELECT reason FROM sluice_rejects ORDER BY id")) do out[#out + 1] = r.reason end
+      return out
+    end
+
+    before_each(function()
+      db:define{ name = "big", columns = { id = "integer", n = "integer" }, key = { "id" } }
+    end)
+
+    it("stores every int64 exactly, from decimal strings and int64_t/uint64_t cdata", function()
+      assert.same({ 8, 0, 0, 0 }, { db:upsert("big", {
+        { id = 1, n = MAX },
+        { id = 2, n = 9223372036854775807LL },
+        { id = 3, n = MIN },
+        { id = 4, n = "9007199254740993" },          -- 2^53 + 1: a double would say ...992
+        { id = 5, n = ffi.new("uint64_t", 9223372036854775807ULL) },
+        { id = 6, n = "+0009007199254740993e0" },
+        { id = 7, n = "922337203685477580.7e1" },
+        { id = 8, n = 2 ^ 53 - 1 },
+      }) })
+      local text = {}
+      for _, r in ipairs(db:query("SELECT id, CAST(n AS TEXT) AS n, typeof(n) AS t FROM big ORDER BY id")) do
+        text[r.id] = r.n .. " " .. r.t
+      end
+      assert.same({ MAX .. " integer", MAX .. " integer", MIN .. " integer", "9007199254740993 integer",
+        MAX .. " integer", "9007199254740993 integer", MAX .. " integer", "9007199254740991 integer" }, text)
+    end)
+
+    it("reads integers beyond 2^53 back as int64_t cdata, smaller ones as numbers", function()
+      db:upsert("big", { { id = 1, n = MAX }, { id = 2, n = MIN }, { id = 3, n = "9007199254740993" },
+        { id = 4, n = 2 ^ 53 - 1 }, { id = 5, n = -(2 ^ 53 - 1) }, { id = 6, n = "9007199254740992" } })
+      local rows = db:select("big", "ORDER BY id")
+      assert.is_true(ffi.istype("int64_t", rows[1].n))
+      assert.is_true(rows[1].n == 9223372036854775807LL)
+      assert.is_true(rows[2].n == -9223372036854775807LL - 1)
+      assert.is_true(rows[3].n == 9007199254740993LL)
+      assert.equal("number", type(rows[4].n))
+      assert.equal(2 ^ 53 - 1, rows[4].n)
+      assert.equal(-(2 ^ 53 - 1), rows[5].n)
+      assert.is_true(ffi.istype("int64_t", rows[6].n))
+      assert.equal('[{"id":1,"n":9223372036854775807},{"id":2,"n":-9223372036854775808},'
+        .. '{"id":3,"n":9007199254740993},{"id":4,"n":9007199254740991},{"id":5,"n":-9007199254740991},'
+        .. '{"id":6,"n":9007199254740992}]', json.encode(rows))
+      -- what comes back goes back in: as a row (unchanged) and as a query parameter
+      assert.same({ 0, 0, 6, 0 }, { db:upsert("big", rows) })
+      assert.same({ { id = 1 } }, db:query("SELECT id FROM big WHERE n = ?", rows[1].n))
+    end)
+
+    it("rejects what it cannot store exactly, with the reason, never a rounded row", function()
+      assert.same({ 0, 0, 0, 8 }, { db:upsert("big", {
+        { id = 1, n = "9223372036854775808" },       -- 2^63
+        { id = 2, n = "-9223372036854775809" },
+        { id = 3, n = 18446744073709551615ULL },     -- 2^64 - 1
+        { id = 4, n = 2 ^ 53 + 2 },                  -- a double there may already be rounded
+        { id = 5, n = 2 ^ 53 },
+        { id = 6, n = -2 ^ 53 },
+        { id = 7, n = "9007199254740993.5" },
+        { id = 8, n = ffi.new("int32_t", 1) },
+      }) })
+      local BEYOND = "number beyond 2^53, which a double cannot hold exactly: pass a decimal string or an int64_t"
+      assert.same({
+        "wrong type for field: n (integer expected, got out-of-range number)",
+        "wrong type for field: n (integer expected, got out-of-range number)",
+        "wrong type for field: n (integer expected, got out-of-range number)",
+        "wrong type for field: n (integer expected, got " .. BEYOND .. ")",
+        "wrong type for field: n (integer expected, got " .. BEYOND .. ")",
+        "wrong type for field: n (integer expected, got " .. BEYOND .. ")",
+        "wrong type for field: n (integer expected, got non-integral number)",
+        "wrong type for field: n (integer expected, got cdata)",
+      }, reasons())
+      assert.equal(0, count(db, "big"))
+    end)
+
+    it("sees an update beyond 2^53 that a double would miss", function()
+      assert.same({ 1, 0, 0, 0 }, { db:upsert("big", { { id = 1, n = "9007199254740993" } }) })
+      assert.same({ 0, 1, 0, 0 }, { db:upsert("big", { { id = 1, n = "9007199254740994" } }) })
+      assert.same({ 0, 0, 1, 0 }, { db:upsert("big", { { id = 1, n = 9007199254740994LL } }) })
+      assert.same({ 1, 1, 0, 0 }, { db:upsert("big", { { id = MAX, n = 1 }, { id = 9223372036854775807LL, n = 2 } }) })
+      assert.equal(1, db:quality("big").duplicate_records)
+    end)
+
+    it("binds int64_t/uint64_t cdata in query parameters exactly, and refuses a uint64_t beyond int64", function()
+      assert.same({ { v = MAX, t = "integer" } },
+        db:query("SELECT CAST(? AS TEXT) AS v, typeof(?) AS t", 9223372036854775807LL, 1ULL))
+      assert.has_error(function() db:query("SELECT ?", 18446744073709551615ULL) end,
+        "sluice.store.query: bad parameter #1 (beyond int64)")
+    end)
+  end)
+
   describe("quality", function()
     before_each(function() db:define(KLINES) end)
 

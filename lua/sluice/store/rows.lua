@@ -17,9 +17,17 @@
 --   the batch counts against the earlier row (updated or unchanged; the last
 --   one wins). Every row is counted exactly once. Invalid rows are written
 --   to sluice_rejects (row as JSON, reason) in the same transaction.
---   Values: cjson.null counts as absent. integer: an integral number within
---   +-2^63, a boolean (1/0), or a decimal string ("42", "4.2e1") holding
---   one; real: a finite number or a decimal string holding one (inf and
+--   Values: cjson.null counts as absent. integer: exactly an int64, from
+--   a whole Lua number within +-(2^53-1) (a double beyond that may already
+--   be rounded, 2^53 + 1 reads as 2^53: rejected, "number beyond 2^53"),
+--   an int64_t or uint64_t cdata (1LL, ffi.new("int64_t", ...)), a decimal
+--   string holding a whole number ("42", "4.2e1", "-9223372036854775808":
+--   read digit by digit, never through a double), or a boolean (1/0);
+--   outside int64 is "out-of-range number", never a rounded row. Read back
+--   (db:select, db:query) an integer within +-(2^53-1) is a Lua number, one
+--   beyond is an int64_t cdata (exact; sluice.json writes its digits, it
+--   binds back as the same integer; tostring adds "LL", and as a table key
+--   two equal cdata are distinct keys). real: a finite number or a decimal string holding one (inf and
 --   -inf too when the column says nonfinite = true; NaN never); text and blob:
 --   strings; json: a table, number or boolean (encoded) or a string (taken
 --   as JSON text as is). Anything else is rejected. Reasons:
@@ -57,10 +65,13 @@ local handle = require "sluice.store.handle"
 local sql = require "sluice.store.sql"
 local task = require "sluice._task"
 
+local ffi = require "ffi"
+
 local type, pairs, ipairs, tostring, tonumber = type, pairs, ipairs, tostring, tonumber
 local error, pcall, select = error, pcall, select
 local floor = math.floor
-local concat, sort = table.concat, table.sort
+local concat, sort, rep = table.concat, table.sort, string.rep
+local istype, int64_t, uint64_t = ffi.istype, ffi.typeof("int64_t"), ffi.typeof("uint64_t")
 local null, encode_json, decode = json.null, json.encode, json.decode
 local now = task.time
 
@@ -95,7 +106,7 @@ CREATE TABLE IF NOT EXISTS sluice_quality (
 ]]
 
 local MAX_REASONS = 100 -- distinct validation error reasons kept per table
-local TWO63 = 2 ^ 63
+local TWO53 = 2 ^ 53
 
 local function decode_or_nil(s)
   if s == nil then return nil end
@@ -122,6 +133,43 @@ local function describe(v)
   return tv
 end
 
+-- The whole number a decimal string spells, read digit by digit: a Lua
+-- number within +-(2^53-1), else its canonical text ("-9223372036854775808",
+-- bound as INTEGER by the C side); nil, why ("non-integral number",
+-- "out-of-range number" beyond int64); nil when s is no decimal.
+local INT64_MAX, INT64_MIN = "9223372036854775807", "9223372036854775808"
+local SAFE_LIMIT = "9007199254740992" -- 2^53: below it a double is exact
+
+local function exact_integer(s)
+  local sign, int, frac, e = s:match("^([-+]?)(%d*)%.?(%d*)[eE]([-+]?%d+)$")
+  if not sign then
+    sign, int, frac = s:match("^([-+]?)(%d*)%.?(%d*)$")
+    e = "0"
+  end
+  if not sign or (int == "" and frac == "") then return nil end
+  local digits = (int .. frac):gsub("^0+", "")
+  if digits == "" then return 0 end
+  local exp = tonumber(e) - #frac
+  if exp < 0 then
+    if -exp >= #digits or digits:find("[^0]", #digits + exp + 1) then
+      return nil, "non-integral number"
+    end
+    digits = digits:sub(1, #digits + exp)
+  elseif exp > 0 then
+    if #digits + exp > 19 then return nil, "out-of-range number" end
+    digits = digits .. rep("0", exp)
+  end
+  local n = #digits
+  if n > 19 or (n == 19 and digits > (sign == "-" and INT64_MIN or INT64_MAX)) then
+    return nil, "out-of-range number"
+  end
+  if n < 16 or (n == 16 and digits < SAFE_LIMIT) then
+    local v = tonumber(digits)
+    return sign == "-" and -v or v
+  end
+  return sign == "-" and "-" .. digits or digits
+end
+
 -- Returns the value to store, or nil, reason. nonfinite: a real column that
 -- takes inf and -inf (NaN never: SQLite would store it as NULL).
 local function coerce(t, v, field, nonfinite)
@@ -129,19 +177,33 @@ local function coerce(t, v, field, nonfinite)
   if t == "text" or t == "blob" then
     if tv == "string" then return v end
   elseif t == "integer" then
-    local n = v
-    if tv == "string" then
-      n = parse_decimal(v)
-    elseif tv == "boolean" then
+    local why
+    if tv == "boolean" then
       return v and 1 or 0
-    elseif tv ~= "number" then
-      n = nil
+    elseif tv == "number" then
+      if v ~= v then
+        why = "nan"
+      elseif v ~= floor(v) then
+        why = "non-integral number"
+      elseif v <= -TWO53 or v >= TWO53 then
+        why = (v <= -2 ^ 63 or v >= 2 ^ 63) and "out-of-range number"
+          or "number beyond 2^53, which a double cannot hold exactly: pass a decimal string or an int64_t"
+      else
+        return v
+      end
+    elseif tv == "string" or tv == "cdata" then
+      local s = v
+      if tv == "cdata" then
+        -- tostring spells 1LL "1LL" and 1ULL "1ULL"
+        s = istype(int64_t, v) and tostring(v):sub(1, -3) or istype(uint64_t, v) and tostring(v):sub(1, -4)
+      end
+      if s then
+        local n
+        n, why = exact_integer(s)
+        if n ~= nil then return n end
+      end
     end
-    if n then
-      if n == floor(n) and n >= -TWO63 and n < TWO63 then return n end
-      return nil, "wrong type for field: " .. field .. " (integer expected, got "
-        .. (n ~= n and "nan" or n ~= floor(n) and "non-integral number" or "out-of-range number") .. ")"
-    end
+    if why then return nil, "wrong type for field: " .. field .. " (integer expected, got " .. why .. ")" end
   elseif t == "real" then
     local n = v
     if tv == "string" then
@@ -179,7 +241,7 @@ local function check_row(d, row, flat, base, acc)
       if (t == "real" and tv == "number" and v - v == 0)
         or (tv == "string" and (t == "text" or t == "blob" or t == "json")) then
         flat[base + i] = v
-      elseif t == "integer" and tv == "number" and v == floor(v) and v >= -TWO63 and v < TWO63 then
+      elseif t == "integer" and tv == "number" and v == floor(v) and v > -TWO53 and v < TWO53 then
         flat[base + i] = v
       else
         local cv, why = coerce(t, v, k, d.nonfinite[i])

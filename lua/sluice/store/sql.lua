@@ -15,9 +15,12 @@
 --   with their writes) raise "... cannot wait inside db:transaction ...",
 --   which rolls the transaction back.
 --   Parameters are positional: nil -> NULL, booleans -> 1/0, numbers ->
---   INTEGER when integral, else REAL; strings -> TEXT; store.blob(s) -> BLOB.
---   Statements are prepared once and cached by their SQL text. INTEGER
---   values come back as Lua numbers (doubles): exact up to 2^53.
+--   INTEGER when integral, else REAL; int64_t/uint64_t cdata -> INTEGER,
+--   exactly (a uint64_t beyond 2^63-1 raises); strings -> TEXT;
+--   store.blob(s) -> BLOB. Statements are prepared once and cached by their
+--   SQL text. INTEGER values come back as Lua numbers within +-(2^53-1),
+--   where a double is exact, and as int64_t cdata beyond (aggregates too:
+--   a SUM past 2^53 is an int64_t; tostring spells it "...LL").
 -- db:last_insert_id() -> the rowid of the last INSERT.
 --
 -- For the other parts: begin(c) -> "tx" | "savepoint" | nil, err;

@@ -7,8 +7,10 @@
 --   the rows offered; every reject is in sluice_rejects with a non-empty
 --   reason; inserted is the number of distinct keys accepted; and what
 --   reads back for each key is the last accepted row with that key, as
---   the type rules coerce it.
+--   the type rules coerce it (integers exactly: a Lua number within
+--   +-(2^53-1), an int64_t cdata beyond).
 local cjson = require "cjson.safe"
+local ffi = require "ffi"
 local store = require "sluice.store"
 
 local null = cjson.null
@@ -42,12 +44,34 @@ local function expected(col, v)
     if type(v) ~= "string" then finding("accepted a " .. type(v) .. " for " .. t .. " column " .. col) end
     return v
   elseif t == "integer" then
-    local n = v
-    if type(v) == "boolean" then n = v and 1 or 0 elseif type(v) == "string" then n = tonumber(v) end
-    if type(n) ~= "number" or n ~= math.floor(n) or n < -2 ^ 63 or n >= 2 ^ 63 then
+    if type(v) == "boolean" then return v and 1 or 0 end
+    if type(v) == "number" then
+      -- a double beyond 2^53 may be rounded already: never accepted
+      if v ~= math.floor(v) or v <= -2 ^ 53 or v >= 2 ^ 53 then
+        finding("accepted a number that is not an exact integer for column i", v)
+      end
+      return v
+    end
+    local n = type(v) == "string" and tonumber(v)
+    if not n or n ~= math.floor(n) or n < -2 ^ 63 or n > 2 ^ 63 then
       finding("accepted a non-integer for column i", v)
     end
-    return n
+    local sign, digits = v:match("^([-+]?)0*(%d+)$")
+    if digits and (#digits > 19 or (#digits == 19
+        and digits > (sign == "-" and "9223372036854775808" or "9223372036854775807"))) then
+      finding("accepted an integer beyond int64 for column i", v)
+    end
+    if digits then
+      -- plain digits: the int64 they spell, built digit by digit (negative
+      -- so that -2^63 fits)
+      local acc = ffi.new("int64_t", 0)
+      for i = 1, #digits do acc = acc * 10 - (digits:byte(i) - 48) end
+      if sign ~= "-" then acc = -acc end
+      if acc > -2 ^ 53 and acc < 2 ^ 53 then return tonumber(acc) end
+      return acc
+    end
+    if n > -2 ^ 53 and n < 2 ^ 53 then return n end
+    return { near = n } -- an exponent beyond 2^53: an int64_t as near as a double says
   elseif t == "real" then
     local n = type(v) == "string" and tonumber(v) or v
     if type(n) ~= "number" or n ~= n or (col == "r" and n - n ~= 0) then
@@ -62,6 +86,11 @@ local function expected(col, v)
 end
 
 local function same(a, b)
+  if type(b) == "table" then
+    return ffi.istype("int64_t", a) and tonumber(a) == b.near
+  end
+  -- exact integers: small ones as numbers, beyond 2^53 as int64_t cdata
+  if type(a) ~= type(b) then return false end
   if a == b then return true end
   return type(a) == "number" and type(b) == "number" and a ~= a and b ~= b
 end

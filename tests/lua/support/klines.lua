@@ -70,7 +70,9 @@ function _M.checksum(db, symbol)
       SUM(taker_buy_quote_volume) AS tq FROM klines WHERE symbol = ?]], symbol)
   local parts = {}
   for _, k in ipairs({ "n", "t", "ct", "o", "h", "l", "c", "v", "qv", "tr", "tb", "tq" }) do
-    parts[#parts + 1] = string.format("%.17g", r[k] or 0)
+    -- a sum beyond 2^53 comes back as an exact int64_t cdata ("...LL")
+    local v = r[k] or 0
+    parts[#parts + 1] = type(v) == "cdata" and tostring(v) or string.format("%.17g", v)
   end
   return table.concat(parts, " ")
 end
