@@ -191,6 +191,41 @@ describe("sluice.backfill", function()
       assert.equal(1, p.skipped)
     end)
 
+    it("refuses an expect that names no table of a collector with several, and a count that fails", function()
+      local function define(expect, tables)
+        return collector.define({ name = "two_tables", interval = 60, limiter = false, breaker = false,
+          retry = false, collect = function() return {} end, backfill = function() return {} end,
+          backfill_step = 3600, expect = expect,
+          tables = tables or { a = { columns = { t = "integer" }, key = { "t" } },
+                               b = { columns = { t = "integer" }, key = { "t" } } } })
+      end
+      -- a table is a load error (define), a function is resolved by the plan
+      assert.has_error(function() define({ time_column = "t", every = 60 }) end,
+        "sluice.collector.define: option 'expect' names no table, and the collector declares several (a, b):"
+        .. " set expect.table")
+      assert.has_error(function() define({ time_column = "t", every = 60, table = "c" }) end,
+        "sluice.collector.define: option 'expect' table 'c' is not one of the collector's tables (a, b)")
+      local c = collector.new(define(function() return { time_column = "t", every = 60 } end), nil,
+        { store = new_db() })
+      assert.has_error(function() backfill.plan({ collector = c, from = A, to = A + 2 * 3600 }) end,
+        "sluice.backfill: collector 'two_tables': expect names no table, and the collector declares several"
+        .. " (a, b): set expect.table")
+      -- named: planned (nothing stored yet: every window missing)
+      local db = new_db()
+      c = collector.new(define({ time_column = "t", every = 60, table = "b" }), nil, { store = db })
+      assert.equal(2, #backfill.plan({ collector = c, from = A, to = A + 2 * 3600 }).windows)
+      -- a count that fails (no such column) fails the plan instead of
+      -- finding every covered window short and refetching it forever
+      c = collector.new(define({ time_column = "ts", every = 60, table = "b" }), nil, { store = db })
+      assert.equal(1, c.store:exec("INSERT INTO sluice_backfill (collector, partition, window_start,"
+        .. " window_end, covered_from, updated_at, status) VALUES ('two_tables', '*', ?, ?, ?, ?, 'done')",
+        A, A + 3600, A, A))
+      local ok, err = pcall(backfill.plan, { collector = c, from = A, to = A + 3600 })
+      assert.is_false(ok)
+      assert.equal("sluice.backfill: collector 'two_tables': gap detection in table b failed: no such column: ts",
+        err)
+    end)
+
     it("finds a row missing inside a covered window (expect)", function()
       local db = new_db()
       local c = new_collector(m, db, { symbols = { "BTCUSDT" } })
@@ -221,12 +256,11 @@ describe("sluice.backfill", function()
       assert.equal(0, #backfill.plan({ collector = c, from = A, to = A + 3 * S }).windows)
     end)
 
-    -- BUG (lua/sluice/backfill.lua:82-84, present_counts): the rows present
-    -- are counted from the window's aligned start (`first`), not from
-    -- `from`, so candles stored before `from` in the same window hide a gap
-    -- after it: here the window holds 999 of its 1000 candles, 500 are
-    -- wanted for [from, window end), and the missing one is never planned.
-    -- This test fails until the count starts at `from`.
+    -- Regression: the rows present were counted from the window's aligned
+    -- start (`first`), not from `from`, so candles stored before `from` in
+    -- the same window hid a gap after it: here the window holds 999 of its
+    -- 1000 candles, 500 are wanted for [from, window end), and the missing
+    -- one was never planned.
     it("finds a missing row when `from` is inside the covered window", function()
       local db = new_db()
       local c = new_collector(m, db, { symbols = { "BTCUSDT" } })
@@ -239,13 +273,13 @@ describe("sluice.backfill", function()
       assert.equal(A + 500 * 60, p.windows[1].from)
     end)
 
-    -- BUG (lua/sluice/backfill.lua:148, `want`): with `from` between two candle
-    -- opens (here 00:00:30), the first window wants ceil((to - from) / 60)
+    -- Regression (the plan's `want`): with `from` between two candle
+    -- opens (here 00:00:30), the first window wanted ceil((to - from) / 60)
     -- candles, one more than can exist in [from, to) (the 00:00 candle opens
-    -- before `from` and is rightly not fetched), so that window is planned
+    -- before `from` and is rightly not fetched), so that window was planned
     -- as a "gap" on every later run, refetched, and never done. The wanted
-    -- count should be the number of cadence points in [from, to):
-    -- ceil(to / every) - ceil(from / every). This test fails until then.
+    -- count is the number of cadence points in [from, to):
+    -- ceil(to / every) - ceil(from / every).
     it("does not plan a window again when `from` falls between two candles", function()
       local db = new_db()
       local c = new_collector(m, db, { symbols = { "BTCUSDT" } })

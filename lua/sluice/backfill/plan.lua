@@ -14,6 +14,7 @@
 local sluice = require "sluice"
 local shared = require "sluice.shared"
 local claims = require "sluice.backfill.claims"
+local spec_mod = require "sluice.collector.spec"
 
 local _M = {}
 
@@ -113,8 +114,7 @@ end
 
 -- Rows present per window for row-level gap detection: one query per
 -- partition, grouped by window.
-local function present_counts(c, exp, part, first, from, stop, step)
-  local tname = exp.table or next(c.config.tables or {})
+local function present_counts(c, exp, tname, part, first, from, stop, step)
   local scale = exp.unit == "ms" and 1000 or 1
   local sql = { "SELECT CAST((", exp.time_column, " / ", scale, " - ?) / ? AS INTEGER) AS w, COUNT(DISTINCT ",
     exp.time_column, ") AS n FROM ", tname, " WHERE ", exp.time_column, " >= ? AND ",
@@ -129,9 +129,15 @@ local function present_counts(c, exp, part, first, from, stop, step)
     params[#params + 1] = val
   end
   sql[#sql + 1] = " GROUP BY w"
-  local rows = c.store:query(table.concat(sql), unpack(params))
+  -- a failing count is the plan's failure: read as "no rows" it would
+  -- refetch every window, every run
+  local rows, err = c.store:query(table.concat(sql), unpack(params))
+  if not rows then
+    error("sluice.backfill: collector '" .. c.name .. "': gap detection in table " .. tname .. " failed: "
+      .. tostring(err), 0)
+  end
   local out = {}
-  for _, r in ipairs(rows or {}) do out[math.floor(r.w)] = r.n end
+  for _, r in ipairs(rows) do out[math.floor(r.w)] = r.n end
   return out
 end
 
@@ -162,6 +168,12 @@ function _M.plan(opts)
     error("sluice.backfill: 'to' must be after 'from'", 2)
   end
   local exp = resolve(c.spec.expect, c)
+  local exp_table
+  if exp then
+    local err
+    exp_table, err = spec_mod.expect_table(exp, c.config.tables)
+    if not exp_table then error("sluice.backfill: collector '" .. c.name .. "': expect " .. err, 2) end
+  end
   -- windows are aligned to the step, so runs with different bounds share
   -- their windows (and so their coverage)
   local first = math.floor(from / step) * step
@@ -177,7 +189,7 @@ function _M.plan(opts)
       c.name, part, first, to) or {}) do
       if r.status == "done" then done[r.window_start] = { from = r.covered_from, to = r.window_end } end
     end
-    local present = exp and present_counts(c, exp, part, first, from, to, step) or nil
+    local present = exp and present_counts(c, exp, exp_table, part, first, from, to, step) or nil
     local w = first
     while w < to do
       local wstart, wend = math.max(w, from), math.min(w + step, to)

@@ -46,12 +46,38 @@ local function check_auth(a, where, level)
   end
 end
 
+--- expect_table(expect, tables) -> the table gap detection counts rows
+-- in, or nil, err: expect.table when it is one of tables (the collector's
+-- {name = definition}), else the collector's only table. Several tables
+-- and no expect.table is an error rather than a guess: counting in the
+-- wrong table finds every window short and refetches it forever.
+function _M.expect_table(expect, tables)
+  local names = {}
+  for name in pairs(tables or {}) do names[#names + 1] = name end
+  table.sort(names)
+  local listed = "(" .. table.concat(names, ", ") .. ")"
+  if expect.table ~= nil then
+    if type(expect.table) == "string" and (tables or {})[expect.table] then return expect.table end
+    return nil, "table " .. options.value(expect.table) .. " is not one of the collector's tables " .. listed
+  end
+  if #names == 1 then return names[1] end
+  if #names == 0 then return nil, "has no table to count rows in: the collector declares none" end
+  return nil, "names no table, and the collector declares several " .. listed .. ": set expect.table"
+end
+
+local function check_expect(spec, where, level)
+  local _, err = _M.expect_table(spec.expect, spec.tables)
+  if err then error(where .. ": option 'expect' " .. err, level) end
+end
+
 --- check(spec, where, level): raises "where: ..." for an unknown option,
 -- a wrong type or a value out of range; level as error() counts it from
--- check (3: the caller of check's caller).
+-- check (3: the caller of check's caller). An expect function is checked
+-- when a backfill is planned (sluice.backfill.plan).
 function _M.check(spec, where, level)
   options.check(where, spec, _M.OPTIONS, level)
   if spec.auth then check_auth(spec.auth, where, level + 1) end
+  if type(spec.expect) == "table" then check_expect(spec, where, level + 1) end
 end
 
 local merge = options.merge
