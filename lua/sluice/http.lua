@@ -131,6 +131,7 @@ local function scalar(v)
   if tv == "string" then return v end
   if tv == "number" then return json.number(v) or tostring(v) end
   if tv == "boolean" then return tostring(v) end
+  if tv == "cdata" then return json.int64_text(v) end -- int64_t/uint64_t: its digits
   return nil
 end
 
@@ -143,10 +144,11 @@ end
 -- (numbers exactly, as sluice.json.number writes them).
 function _M.escape(s)
   if type(s) ~= "string" then
-    s = scalar(s)
-    if not s then
+    local text = scalar(s)
+    if not text then
       error("sluice.http.escape: bad argument #1 (string expected, got " .. type(s) .. ")", 2)
     end
+    s = text
   end
   return (s:gsub("[^%w%-_%.~]", percent))
 end

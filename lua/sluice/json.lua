@@ -9,6 +9,7 @@
 --   json.number(0.1 + 0.2)                 --> "0.30000000000000004"
 --   json.encode({ b = 1, a = { 0.1, true } })  --> '{"a":[0.1,true],"b":1}'
 --
+-- json.int64_text(v) -> the digits of an int64_t/uint64_t cdata, or nil.
 -- json.number(v) -> text | nil, err
 --   An int64_t or uint64_t cdata (1LL, 2^64-1 as 18446744073709551615ULL,
 --   what db:select returns beyond 2^53) as its decimal digits, exactly and
@@ -97,6 +98,10 @@ local function cdata_text(v)
   if istype(uint64_t, v) then return (tostring(v):sub(1, -4)) end
   return nil
 end
+
+--- int64_text(v) -> the digits of an int64_t or uint64_t cdata, or nil
+-- for any other value (for encoders of other formats: query strings).
+_M.int64_text = cdata_text
 
 function _M.number(v)
   if type(v) == "cdata" then

@@ -299,6 +299,16 @@ describe("sluice.http arguments", function()
     assert.equal("", http.encode_query({}))
     assert.equal("k=1&k=2", http.encode_query({ k = { 1, 2 } }))
     assert.has_error(function() http.encode_query({ [1] = "x" }) end)
+    -- int64_t/uint64_t cdata (what the store reads back beyond 2^53) by their digits
+    local ffi = require "ffi"
+    assert.equal("a=9223372036854775807&b=18446744073709551615&c=-9223372036854775808",
+      http.encode_query({ a = ffi.new("int64_t", 9223372036854775807LL),
+        b = ffi.new("uint64_t", 18446744073709551615ULL), c = ffi.new("int64_t", -9223372036854775807LL - 1) }))
+    assert.equal("9223372036854775807", http.escape(ffi.new("int64_t", 9223372036854775807LL)))
+    assert.has_error(function() http.escape({}) end,
+      "sluice.http.escape: bad argument #1 (string expected, got table)")
+    assert.has_error(function() http.encode_query({ p = ffi.new("double", 1) }) end,
+      "sluice.http.encode_query: bad value for 'p' (cdata)")
   end)
 
   it("names a URL's origin: scheme, host and port, in lower case, default ports filled in", function()
