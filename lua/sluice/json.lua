@@ -43,6 +43,13 @@
 --   array, so that it encodes as [] while empty, and returns it; raises
 --   when t is not a table or already has another metatable. Elements are
 --   added as to any table: local p = json.array(); p[1] = addr.
+-- json.numeral(text) -> n: a JSON number kept as its text, for numbers no
+--   Lua number or int64 cdata holds exactly (2^256-1, a price with 20
+--   digits). text must be a JSON number ("-12.5e3"); raises otherwise. n is
+--   read-only; json.encode writes the text as it is, tostring(n) gives it,
+--   and two numerals of the same text are ==. The store's uint256 and
+--   decimal columns take numerals as they take decimal strings.
+-- json.numeral_text(v) -> the text of a numeral, or nil for any other value.
 -- json.decode(s) -> v | nil, err: cjson's decoder (JSON null -> json.null;
 --   [] decodes to an unmarked empty table, and integers beyond 2^53 to
 --   rounded doubles).
@@ -56,6 +63,7 @@ local istype, int64_t, uint64_t = ffi.istype, ffi.typeof("int64_t"), ffi.typeof(
 local floor, huge = math.floor, math.huge
 local concat, sort, format = table.concat, table.sort, string.format
 local null = cjson.null
+local encode_string = cjson.encode
 
 -- The metatable of json.array tables: private, so that only json.array
 -- marks a table (getmetatable shows the string, not this table).
@@ -69,7 +77,38 @@ local empty_array = setmetatable({}, {
 
 local _M = { null = null, decode = cjson.decode, empty_array = empty_array }
 
-local encode_string = cjson.encode
+-- numerals: the object -> its text (weak keys: the text goes with it)
+local numeral_texts = setmetatable({}, { __mode = "k" })
+local NUMERAL_MT
+NUMERAL_MT = {
+  __metatable = "sluice.json.numeral",
+  __newindex = function() error("a sluice.json.numeral is read-only", 2) end,
+  __tostring = function(n) return numeral_texts[n] end,
+  __eq = function(a, b) return numeral_texts[a] ~= nil and numeral_texts[a] == numeral_texts[b] end,
+}
+
+-- Whether s is a JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+local function is_json_number(s)
+  local int, rest = s:match("^%-?(%d+)(.*)$")
+  if not int or (#int > 1 and int:sub(1, 1) == "0") then return false end
+  rest = rest:gsub("^%.%d+", "", 1)
+  rest = rest:gsub("^[eE][+-]?%d+", "", 1)
+  return rest == ""
+end
+
+function _M.numeral(text)
+  if type(text) ~= "string" or not is_json_number(text) then
+    error("sluice.json.numeral: bad argument #1 (the text of a JSON number expected, got "
+      .. (type(text) == "string" and encode_string(text) or type(text)) .. ")", 2)
+  end
+  local n = setmetatable({}, NUMERAL_MT)
+  numeral_texts[n] = text
+  return n
+end
+
+function _M.numeral_text(v)
+  return type(v) == "table" and numeral_texts[v] or nil
+end
 
 -- The shortest of %.15g, %.16g, %.17g that reads back as the same double.
 local function encode_double(v)
@@ -145,6 +184,8 @@ local function encode_into(v, buf, lenient, depth)
     buf[#buf + 1] = cdata_text(v)
   elseif v == empty_array then
     buf[#buf + 1] = "[]"
+  elseif tv == "table" and numeral_texts[v] then
+    buf[#buf + 1] = numeral_texts[v]
   elseif tv == "table" then
     if depth > 64 then
       if not lenient then error({ "cannot encode: nested too deep (a cycle?)" }) end

@@ -201,4 +201,40 @@ describe("sluice.json", function()
         { json.decode("{x") })
     end)
   end)
+
+  describe("numeral", function()
+    local MAX256 = "115792089237316195423570985008687907853269984665640564039457584007913129639935"
+
+    it("keeps a number's text and writes it as it is", function()
+      local n = json.numeral(MAX256)
+      assert.equal(MAX256, tostring(n))
+      assert.equal(MAX256, json.numeral_text(n))
+      assert.equal('{"a":' .. MAX256 .. ',"b":[0.00001234,-1.5e-3]}',
+        json.encode({ a = n, b = { json.numeral("0.00001234"), json.numeral("-1.5e-3") } }))
+    end)
+
+    it("compares by text and is read-only", function()
+      assert.is_true(json.numeral("12.50") == json.numeral("12.50"))
+      assert.is_false(json.numeral("12.50") == json.numeral("12.5"))
+      local n = json.numeral("1")
+      assert.has_error(function() n.x = 1 end, "a sluice.json.numeral is read-only")
+      assert.equal("sluice.json.numeral", getmetatable(n))
+    end)
+
+    it("refuses what is not a JSON number", function()
+      for _, bad in ipairs({ "01", "1.", "+1", "1e", ".5", "1.5e+", "", "0x10", " 1", "1 " }) do
+        assert.has_error(function() json.numeral(bad) end,
+          "sluice.json.numeral: bad argument #1 (the text of a JSON number expected, got "
+          .. json.encode(bad) .. ")")
+      end
+      assert.has_error(function() json.numeral(1) end,
+        "sluice.json.numeral: bad argument #1 (the text of a JSON number expected, got number)")
+    end)
+
+    it("numeral_text is nil for anything else", function()
+      assert.is_nil(json.numeral_text("1"))
+      assert.is_nil(json.numeral_text({}))
+      assert.is_nil(json.numeral_text(1))
+    end)
+  end)
 end)
