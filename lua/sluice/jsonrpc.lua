@@ -338,11 +338,11 @@ function RPC:batch(calls)
     local r = res:json()
     if type(r) == "table" and r[1] == nil and next(r) ~= nil then
       -- one object for the whole batch: an error about all of it
-      local _, e, why = read_reply(r, nil)
-      whole_err = e
+      local e = r.jsonrpc == "2.0" and error_object(r.error)
+      whole_err = e or nil
       if res.status == 429 then return "throttled", e and describe(nil, e) or nil end
       if res.status >= 500 then return "failure", e and describe(nil, e) or nil, true end
-      if not e then return "failure", "JSON-RPC batch: " .. (why or "the reply is not an array"), false end
+      if not e then return "failure", "JSON-RPC batch: the reply is not an array", false end
       local class = class_of(e)
       if class == "throttled" then return "throttled", describe(nil, e) end
       return "failure", describe(nil, e), class == "retry"

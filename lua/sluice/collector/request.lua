@@ -16,8 +16,9 @@
 -- (Bybit retCode 10006, JSON-RPC -32005 in a 200) backs the limiter off as
 -- a 429 does and is retried. A request's own opts.classify (a protocol's,
 -- e.g. sluice.jsonrpc's) is called the same way first, then the
--- collector's: the collector has the last word on its provider's replies. Returns data (decoded JSON when the response is
--- JSON, the body otherwise) and the response, or nil, err, kind.
+-- collector's: the collector has the last word on its provider's replies.
+-- Returns data (decoded JSON when the response is JSON, the body otherwise)
+-- and the response, or nil, err, kind.
 --
 -- It reads the instance c (base_url, config.headers,
 -- config.auth, config.timeout, spec.classify, and its limiter, breaker and
@@ -87,8 +88,8 @@ end
 
 --- run(c, opts, tally) -> data, res | nil, err, kind, res
 -- opts: {method, path, query, headers, body | json, endpoint, cost, pools,
--- timeout, redirects, classify}, checked by the caller (classify here). A path may be an absolute
--- URL; on another origin than base_url's it gets neither auth nor the
+-- timeout, redirects, classify}, checked by the caller (classify: here). A
+-- path may be an absolute URL; on another origin than base_url's it gets neither auth nor the
 -- configured headers (only opts.headers). Redirects follow http.request's
 -- rules (default: same origin only, 5 hops).
 function _M.run(c, opts, tally)
