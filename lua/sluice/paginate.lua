@@ -195,7 +195,10 @@ local function walk(c, path, opts, state, shape)
     end
     local before = #state.rows
     local more, err = shape(state, list)
-    if more == nil then return nil, "paginate: " .. path .. ": " .. err, "protocol", partial() end
+    if more == nil then
+      for i = #state.rows, before + 1, -1 do state.rows[i] = nil end -- not this page's
+      return nil, "paginate: " .. path .. ": " .. err, "protocol", partial()
+    end
     state.pages = state.pages + 1
     if more and opts.limit and #list >= opts.limit and #state.rows == before then
       return nil, "paginate: " .. path .. ": page " .. state.pages .. " is full but brings no new row",
