@@ -11,10 +11,14 @@
 -- "ignored", "throttled", "banned") and a message, e.g. for an HTTP 200
 -- carrying an error object, or just a message (nil, "Binance error -1121:
 -- Invalid symbol.") that explains the default verdict. A failure it
--- declares on a 2xx is not retried; "throttled" on any status (Bybit
--- retCode 10006, JSON-RPC -32005 in a 200) backs the limiter off as a 429
--- does and is retried. Returns data (decoded JSON when the response is
--- JSON, the body otherwise) and the response, or nil, err, kind.
+-- declares on a 2xx is not retried unless it returns a third value
+-- true (false: a failure on a 5xx is not retried); "throttled" on any status
+-- (Bybit retCode 10006, JSON-RPC -32005 in a 200) backs the limiter off as
+-- a 429 does and is retried. A request's own opts.classify (a protocol's,
+-- e.g. sluice.jsonrpc's) is called the same way first, then the
+-- collector's: the collector has the last word on its provider's replies.
+-- Returns data (decoded JSON when the response is JSON, the body otherwise)
+-- and the response, or nil, err, kind.
 --
 -- It reads the instance c (base_url, config.headers,
 -- config.auth, config.timeout, spec.classify, and its limiter, breaker and
@@ -49,6 +53,20 @@ local function default_verdict(res)
   return "failure", false
 end
 
+-- A classify function sees every response: it may change the verdict (a
+-- 200 carrying an error), or only explain it (the API's error message), and
+-- say whether a failure is retried (a third value, true or false).
+local function classify(fn, c, res, verdict, retryable, message)
+  local v, m, again = fn(c, res)
+  if m then message = m end
+  if v and v ~= verdict then
+    verdict = v
+    retryable = v == "failure" and res.status >= 500 or v == "throttled"
+  end
+  if again ~= nil and verdict == "failure" then retryable = again == true end
+  return verdict, retryable, message
+end
+
 local function retry_after_of(res)
   local v = res and res.headers["retry-after"]
   return v and tonumber(v) or nil
@@ -70,11 +88,14 @@ end
 
 --- run(c, opts, tally) -> data, res | nil, err, kind, res
 -- opts: {method, path, query, headers, body | json, endpoint, cost, pools,
--- timeout, redirects}, checked by the caller. A path may be an absolute
--- URL; on another origin than base_url's it gets neither auth nor the
+-- timeout, redirects, classify}, checked by the caller (classify: here). A
+-- path may be an absolute URL; on another origin than base_url's it gets neither auth nor the
 -- configured headers (only opts.headers). Redirects follow http.request's
 -- rules (default: same origin only, 5 hops).
 function _M.run(c, opts, tally)
+  if opts.classify ~= nil and type(opts.classify) ~= "function" then
+    error("collector:request: option 'classify' must be a function, got " .. type(opts.classify), 2)
+  end
   local endpoint = opts.endpoint or opts.path:match("^[^?]*")
   local query = opts.query
   local url = url_for(c, opts.path)
@@ -120,14 +141,13 @@ function _M.run(c, opts, tally)
     local verdict, retryable = default_verdict(res)
     if kind == "redirect" then retryable = false end -- the same answer again
     local message = err
-    if res and c.spec.classify then
-      -- classify sees every response: it may change the verdict (a 200
-      -- carrying an error), or only explain it (the API's error message)
-      local v, m = c.spec.classify(c, res)
-      if m then message = m end
-      if v and v ~= verdict then
-        verdict = v
-        retryable = v == "failure" and res.status >= 500 or v == "throttled"
+    if res then
+      -- the request's classify, then the collector's (the last word)
+      if opts.classify then
+        verdict, retryable, message = classify(opts.classify, c, res, verdict, retryable, message)
+      end
+      if c.spec.classify then
+        verdict, retryable, message = classify(c.spec.classify, c, res, verdict, retryable, message)
       end
     end
     local observed
