@@ -115,15 +115,19 @@ describe("sluice.bignum", function()
     end)
 
     it("points misuse at the caller's line", function()
-      local ok, err = pcall(function() bignum.add("x", 1) end)
-      assert.is_false(ok)
-      assert.matches("^[^:]*bignum_spec.lua:%d+: sluice.bignum.add", err)
-      ok, err = pcall(function() bignum.scale(1, 0.5) end)
-      assert.matches("^[^:]*bignum_spec.lua:%d+: sluice.bignum.scale", err)
-      ok, err = pcall(function() bignum.from_hex("12") end)
-      assert.matches("^[^:]*bignum_spec.lua:%d+: sluice.bignum.from_hex", err)
-      ok, err = pcall(function() bignum.normalize({}) end)
-      assert.matches("^[^:]*bignum_spec.lua:%d+: sluice.bignum.normalize", err)
+      local calls = {
+        add = function() bignum.add("x", 1) end,
+        scale = function() bignum.scale(1, 0.5) end,
+        from_hex = function() bignum.from_hex("12") end,
+        to_hex = function() bignum.to_hex(-1) end,
+        normalize = function() bignum.normalize({}) end,
+        div = function() bignum.div(1, 0, 1) end,
+      }
+      for name, fn in pairs(calls) do
+        local ok, err = pcall(fn)
+        assert.is_false(ok)
+        assert.matches("^[^:]*bignum_spec.lua:%d+: sluice.bignum." .. name, err)
+      end
     end)
   end)
 
