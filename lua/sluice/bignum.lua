@@ -20,7 +20,7 @@
 --     "0.00001234"); beyond 2^53 a double may already be rounded, so it is
 --     refused (pass a string or an int64_t); nan and inf are refused;
 --   an int64_t or uint64_t cdata (1LL, 2^64-1 as 18446744073709551615ULL);
---   a sluice.json numeral (json.numeral("115792089237316195423570985008687907853269984665640564039457584007913129639935")).
+--   a sluice.json numeral (json.numeral("1e-30"), json.numeral(uint256_text)).
 -- Text is at most 100000 characters. Anything else (another type, text that
 -- is not a number, "0x" with a sign or a fraction) is misuse and raises:
 --   sluice.bignum.add: bad argument #2 (a number expected, got "12abc": not a number)
