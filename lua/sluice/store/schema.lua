@@ -31,8 +31,9 @@
 -- The compiled definition (what sluice.store.rows reads; columns in table
 -- order, i = 1 .. ncols): name; cols[i] (names); types[i] ("text" ...);
 -- index[col] -> i; nonfinite[i]; typechars (one of "tirbj" per column, for
--- sluice._store's upsert_rows; uint256 and decimal bind as text, "t"); key (names); key_idx, req_idx (column
--- numbers of the key and of the other required columns); req_names;
+-- sluice._store's upsert_rows; uint256 and decimal bind as text, "t");
+-- key (names); key_idx, req_idx (column numbers of the key and of the
+-- other required columns); req_names;
 -- validate; reject_unknown; ins_sql (INSERT ... ON CONFLICT DO NOTHING)
 -- and upd_sql (UPDATE ... WHERE key AND some value differs; nil when every
 -- column is in the key and none is a decimal, whose text may change), both
