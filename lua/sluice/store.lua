@@ -34,7 +34,10 @@
 -- rejects a Lua number beyond 2^53 (a double there may be rounded); every
 -- read (db:select, db:query) returns an integer within +-(2^53-1) as
 -- a Lua number and one beyond as an int64_t cdata, which sluice.json
--- writes as its digits and which binds back as the same integer.
+-- writes as its digits and which binds back as the same integer. Beyond
+-- int64, the uint256 and decimal column types hold exact numbers as text
+-- compared by value (the collation sluice_decimal, registered on every
+-- connection open makes; sluice.store.numbers has what they take).
 --
 -- store.open(path [, {busy_timeout = 5}]) -> db | nil, err
 --   ":memory:" allowed. WAL journal (file databases), synchronous=NORMAL,

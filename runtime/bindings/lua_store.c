@@ -24,6 +24,10 @@
  * conversions of cdata run through two small LuaJIT FFI functions the
  * module keeps in the registry (the C API cannot make or read cdata).
  *
+ * Every connection has the collation sluice_decimal (decimal_collate
+ * below), which the uint256 and decimal columns of sluice.store.schema
+ * declare: their text compares by numeric value.
+ *
  * Misuse (wrong argument types, a closed database, more than one statement
  * in exec/query) raises; SQL errors return nil, message.
  */
@@ -305,6 +309,84 @@ static void push_column(lua_State *L, sqlite3_stmt *st, int c) {
     }
 }
 
+/* --- the sluice_decimal collation ---------------------------------------- */
+
+/* A plain decimal's parts: sign -1/0/+1 (0 for every zero), the integer
+ * digits without leading zeros and the fraction digits without trailing
+ * zeros. */
+typedef struct decparts {
+    int sign;
+    const char *ip, *fp;
+    int ni, nf;
+} decparts;
+
+/* Reads s[0..n) as [+-]?D*(.D*)? with at least one digit; 0 when it is
+ * not one (an exponent, spaces, anything else). */
+static int decimal_parts(const char *s, int n, decparts *d) {
+    int i = 0, neg = 0, digits = 0;
+    if (i < n && (s[i] == '-' || s[i] == '+'))
+        neg = s[i++] == '-';
+    while (i < n && s[i] == '0')
+        i++, digits++;
+    d->ip = s + i;
+    while (i < n && s[i] >= '0' && s[i] <= '9')
+        i++, digits++;
+    d->ni = (int)(s + i - d->ip);
+    d->fp = s + i;
+    d->nf = 0;
+    if (i < n && s[i] == '.') {
+        d->fp = s + ++i;
+        while (i < n && s[i] >= '0' && s[i] <= '9')
+            i++, digits++;
+        d->nf = (int)(s + i - d->fp);
+        while (d->nf > 0 && d->fp[d->nf - 1] == '0')
+            d->nf--;
+    }
+    if (i != n || digits == 0)
+        return 0;
+    d->sign = d->ni == 0 && d->nf == 0 ? 0 : neg ? -1 : 1;
+    return 1;
+}
+
+static int cmp_magnitude(const decparts *a, const decparts *b) {
+    if (a->ni != b->ni)
+        return a->ni < b->ni ? -1 : 1;
+    int c = memcmp(a->ip, b->ip, (size_t)a->ni);
+    if (c)
+        return c < 0 ? -1 : 1;
+    int n = a->nf < b->nf ? a->nf : b->nf;
+    c = memcmp(a->fp, b->fp, (size_t)n);
+    if (c)
+        return c < 0 ? -1 : 1;
+    /* no trailing zeros: the longer fraction has one more non-zero digit */
+    return a->nf == b->nf ? 0 : a->nf < b->nf ? -1 : 1;
+}
+
+/* The collation of uint256 and decimal columns (sqlite3_create_collation_v2
+ * on every connection l_open makes): plain decimals by numeric value
+ * ("9" < "10", "1.50" = "1.5", "-2" < "1", "-0" = "0"), before any other
+ * text, which sorts bytewise (then shorter first) among itself. A total
+ * order, so indexes, primary keys, = and ORDER BY agree. */
+static int decimal_collate(void *arg, int n1, const void *p1, int n2,
+                           const void *p2) {
+    (void)arg;
+    decparts a, b;
+    int da = decimal_parts(p1, n1, &a), db = decimal_parts(p2, n2, &b);
+    if (da && db) {
+        if (a.sign != b.sign)
+            return a.sign < b.sign ? -1 : 1;
+        int c = cmp_magnitude(&a, &b);
+        return a.sign < 0 ? -c : c;
+    }
+    if (da != db)
+        return da ? -1 : 1;
+    int n = n1 < n2 ? n1 : n2;
+    int c = memcmp(p1, p2, (size_t)n);
+    if (c)
+        return c < 0 ? -1 : 1;
+    return n1 == n2 ? 0 : n1 < n2 ? -1 : 1;
+}
+
 /* --- module functions ------------------------------------------------------
  */
 
@@ -330,6 +412,13 @@ static int l_open(lua_State *L) {
     }
     sqlite3_extended_result_codes(db, 1);
     sqlite3_busy_timeout(db, busy_ms);
+    if (sqlite3_create_collation_v2(db, "sluice_decimal", SQLITE_UTF8, NULL,
+                                    decimal_collate, NULL) != SQLITE_OK) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s: %s", path, sqlite3_errmsg(db));
+        sqlite3_close(db);
+        return 2;
+    }
     d->db = db;
     /* SQLite opens the file now: remember which file the path names, so a
      * later file_check() sees it deleted or replaced under us. */

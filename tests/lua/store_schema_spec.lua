@@ -66,7 +66,7 @@ describe("sluice.store.schema", function()
       assert.equal("sluice.store.define: table 't': column 'a-b' is not an identifier",
         def{ columns = { ["a-b"] = "text", a = "text" } })
       assert.equal("sluice.store.define: table 't': column 'b' has unknown type 'float' "
-        .. "(expected text, integer, real, blob or json)",
+        .. "(expected text, integer, real, blob, json, uint256 or decimal)",
         def{ columns = { a = "text", b = "float" } })
       assert.equal("sluice.store.define: table 't': columns 'A' and 'a' differ only in case",
         def{ columns = { a = "text", A = "text" } }:gsub("'a' and 'A'", "'A' and 'a'"))

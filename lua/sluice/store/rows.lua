@@ -30,7 +30,9 @@
 --   two equal cdata are distinct keys). real: a finite number or a decimal string holding one (inf and
 --   -inf too when the column says nonfinite = true; NaN never); text and blob:
 --   strings; json: a table, number or boolean (encoded) or a string (taken
---   as JSON text as is). Anything else is rejected. Reasons:
+--   as JSON text as is); uint256 and decimal: exact numbers of any size,
+--   stored as text and read back as strings (sluice.store.numbers has
+--   what each takes and keeps). Anything else is rejected. Reasons:
 --     "row is not a table (got <type>)", "unknown field: <f>",
 --     "missing key field: <f>", "missing required field: <f>",
 --     "wrong type for field: <f> (<type> expected, got <what>)",
@@ -62,6 +64,7 @@
 --   first, { {id, table_name, row (decoded), reason, at}, ... }
 local json = require "sluice.json"
 local handle = require "sluice.store.handle"
+local numbers = require "sluice.store.numbers"
 local sql = require "sluice.store.sql"
 local task = require "sluice._task"
 
@@ -213,6 +216,10 @@ local function coerce(t, v, field, nonfinite)
     end
     if n and (n - n == 0 or (nonfinite and n == n)) then return n end
     if n then return nil, "wrong type for field: " .. field .. " (real expected, got " .. describe(n) .. ")" end
+  elseif t == "uint256" or t == "decimal" then
+    local s, what = numbers[t](v)
+    if s then return s end
+    return nil, "wrong type for field: " .. field .. " (" .. t .. " expected, got " .. what .. ")"
   else -- json
     if tv == "string" then return v end
     local s, err = encode_json(v)
@@ -312,17 +319,24 @@ local function merge_reasons(c, name, counts)
   return c:exec(ERRORS_SET_SQL, encode_json(all), name)
 end
 
--- How many of the nvalid rows in flat repeat the key of an earlier one.
+-- How many of the nvalid rows in flat repeat the key of an earlier one
+-- (a decimal key by value, as its collation compares it: "1.50" repeats
+-- "1.5").
 local function batch_duplicates(d, flat, nvalid)
   if nvalid < 2 then return 0 end
-  local key_idx, nk, ncols = d.key_idx, #d.key_idx, d.ncols
+  local key_idx, nk, ncols, types = d.key_idx, #d.key_idx, d.ncols, d.types
   local seen, parts, dups = {}, {}, 0
+  local function part(base, j)
+    local v = flat[base + key_idx[j]]
+    if types[key_idx[j]] == "decimal" then return numbers.canonical(v) end
+    return v
+  end
   for r = 0, nvalid - 1 do
     local base, k = r * ncols
     if nk == 1 then
-      k = flat[base + key_idx[1]]
+      k = part(base, 1)
     else
-      for j = 1, nk do parts[j] = tostring(flat[base + key_idx[j]]) end
+      for j = 1, nk do parts[j] = tostring(part(base, j)) end
       k = concat(parts, "\0", 1, nk)
     end
     if seen[k] then dups = dups + 1 else seen[k] = true end

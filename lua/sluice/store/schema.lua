@@ -10,7 +10,10 @@
 --   identifier; the sluice_ and sqlite_ prefixes are reserved) with `key`
 --   as its PRIMARY KEY: WITHOUT ROWID, except for a single integer key,
 --   which becomes the rowid (without_rowid = true|false overrides).
---   Column types: text, integer, real, blob, json (declared "JSON TEXT").
+--   Column types: text, integer, real, blob, json (declared "JSON TEXT"),
+--   uint256 and decimal (declared "U256 TEXT" and "DECIMAL TEXT", both
+--   COLLATE sluice_decimal: stored as text, compared by numeric value; see
+--   sluice.store.numbers).
 --   A column is its type name, or { type = t, nonfinite = true } for a
 --   real column that stores inf and -inf (other real columns reject them).
 --   On an existing table, new columns are added (ALTER TABLE ADD COLUMN);
@@ -28,11 +31,13 @@
 -- The compiled definition (what sluice.store.rows reads; columns in table
 -- order, i = 1 .. ncols): name; cols[i] (names); types[i] ("text" ...);
 -- index[col] -> i; nonfinite[i]; typechars (one of "tirbj" per column, for
--- sluice._store's upsert_rows); key (names); key_idx, req_idx (column
--- numbers of the key and of the other required columns); req_names;
+-- sluice._store's upsert_rows; uint256 and decimal bind as text, "t");
+-- key (names); key_idx, req_idx (column numbers of the key and of the
+-- other required columns); req_names;
 -- validate; reject_unknown; ins_sql (INSERT ... ON CONFLICT DO NOTHING)
 -- and upd_sql (UPDATE ... WHERE key AND some value differs; nil when every
--- column is in the key), both with ?i bound to column i.
+-- column is in the key and none is a decimal, whose text may change), both
+-- with ?i bound to column i.
 local handle = require "sluice.store.handle"
 local sql = require "sluice.store.sql"
 local options = require "sluice.options"
@@ -47,9 +52,18 @@ local _M = {}
 local methods = {}
 _M.methods = methods
 
-local TYPES = { text = "TEXT", integer = "INTEGER", real = "REAL", blob = "BLOB", json = "JSON TEXT" }
-local TYPE_OF_DECL = { TEXT = "text", INTEGER = "integer", REAL = "real", BLOB = "blob", ["JSON TEXT"] = "json" }
-local TYPE_CHAR = { text = "t", integer = "i", real = "r", blob = "b", json = "j" }
+-- uint256 and decimal are TEXT (the declared names avoid "INT", which would
+-- give the column integer affinity) compared by the collation
+-- sluice_decimal, which sluice._store registers on every connection.
+local TYPES = {
+  text = "TEXT", integer = "INTEGER", real = "REAL", blob = "BLOB", json = "JSON TEXT",
+  uint256 = "U256 TEXT COLLATE sluice_decimal", decimal = "DECIMAL TEXT COLLATE sluice_decimal",
+}
+local TYPE_OF_DECL = {
+  TEXT = "text", INTEGER = "integer", REAL = "real", BLOB = "blob", ["JSON TEXT"] = "json",
+  ["U256 TEXT"] = "uint256", ["DECIMAL TEXT"] = "decimal",
+}
+local TYPE_CHAR = { text = "t", integer = "i", real = "r", blob = "b", json = "j", uint256 = "t", decimal = "t" }
 
 local function is_identifier(s)
   return type(s) == "string" and s:find("^[%a_][%w_]*$") ~= nil
@@ -109,7 +123,7 @@ local function check_definition(def)
     end
     if not TYPES[t] then
       dfail(format("table '%s': column '%s' has unknown type '%s' "
-        .. "(expected text, integer, real, blob or json)", name, col, tostring(t)))
+        .. "(expected text, integer, real, blob, json, uint256 or decimal)", name, col, tostring(t)))
     end
     local l = col:lower()
     if lower_seen[l] then
@@ -218,11 +232,16 @@ local function compile(def, order)
   end
   local sets, wheres, diffs = {}, {}, {}
   for i, col in ipairs(cols) do
+    -- a decimal is kept as written: "1.5" after "1.50" is a change of
+    -- text (BINARY), though the collation finds them equal; in a key
+    -- column too, which the WHERE finds by value and the SET rewrites
+    local binary = types[i] == "decimal"
     if iskey[col] then
       wheres[#wheres + 1] = qcols[i] .. " = ?" .. i
-    else
+    end
+    if not iskey[col] or binary then
       sets[#sets + 1] = qcols[i] .. " = ?" .. i
-      diffs[#diffs + 1] = qcols[i] .. " IS NOT ?" .. i
+      diffs[#diffs + 1] = qcols[i] .. " IS NOT ?" .. i .. (binary and " COLLATE BINARY" or "")
     end
   end
   local qname = quote(name)
