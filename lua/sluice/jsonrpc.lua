@@ -63,12 +63,14 @@
 --
 -- Hex quantities (EIP-1474: "0x" and hex digits, no leading zeros):
 -- jsonrpc.quantity(hex) -> a Lua number when the value is at most 2^53,
---   else a uint64_t cdata (up to 2^64-1). Raises on anything else, and
---   beyond 2^64-1 (use sluice.bignum.from_hex for 256-bit values).
+--   else a uint64_t cdata up to 2^64-1, else (wei balances, 256-bit
+--   values) a json.numeral of its decimal digits (sluice.bignum.from_hex),
+--   which uint256 columns, sluice.bignum and json.encode take as it is.
+--   Raises on what is no hex quantity.
 -- jsonrpc.to_quantity(n) -> "0x..." (lower case, "0x0" for zero). n: an
 --   integer number 0..2^53, an int64_t/uint64_t cdata >= 0, a string of
---   decimal digits or a json.numeral of an integer, up to 2^64-1 (beyond:
---   sluice.bignum.to_hex). Raises on anything else.
+--   decimal digits or a json.numeral of an integer, up to 2^256-1 (beyond
+--   2^64-1 through sluice.bignum.to_hex). Raises on anything else.
 --
 -- rpc:call and rpc:batch yield (they are collector requests): call them in
 -- a task, e.g. in collect. The module owns no state; an rpc object owns its
@@ -76,6 +78,7 @@
 local ffi = require "ffi"
 local bit = require "bit"
 local json = require "sluice.json"
+local bignum = require "sluice.bignum"
 local options = require "sluice.options"
 
 local _M = {}
@@ -105,10 +108,7 @@ function _M.quantity(hex)
       .. hex:sub(1, 80) .. "\")", 2)
   end
   digits = digits:gsub("^0+", "")
-  if #digits > 16 then
-    error("sluice.jsonrpc.quantity: " .. hex:sub(1, 80) .. " is beyond 2^64-1; "
-      .. "use sluice.bignum.from_hex for larger quantities", 2)
-  end
+  if #digits > 16 then return json.numeral(bignum.from_hex(hex)) end
   if #digits <= 13 then return tonumber(digits, 16) or 0 end -- 52 bits: exact
   local hi, lo = digits:sub(1, -9), digits:sub(-8)
   local u = ffi.new(uint64_t, tonumber(hi, 16)) * TWO32_U + tonumber(lo, 16)
@@ -118,14 +118,11 @@ end
 
 local UINT64_MAX_DIGITS = "18446744073709551615"
 
--- A string of decimal digits as a uint64_t, or raises (beyond 2^64-1).
-local function decimal_u64(s, what)
+-- A string of decimal digits as a uint64_t, or nil beyond 2^64-1.
+local function decimal_u64(s)
   s = s:gsub("^0+", "")
   if s == "" then return ffi.new(uint64_t, 0) end
-  if #s > 20 or (#s == 20 and s > UINT64_MAX_DIGITS) then
-    error("sluice.jsonrpc.to_quantity: " .. what .. " is beyond 2^64-1; "
-      .. "use sluice.bignum.to_hex for larger values", 3)
-  end
+  if #s > 20 or (#s == 20 and s > UINT64_MAX_DIGITS) then return nil end
   local u = ffi.new(uint64_t, 0)
   for i = 1, #s do u = u * 10 + (s:byte(i) - 48) end
   return u
@@ -156,7 +153,13 @@ function _M.to_quantity(n)
         .. "an int64/uint64 cdata, decimal digits or a json.numeral; got "
         .. (text and ("\"" .. text:sub(1, 80) .. "\"") or tn) .. ")", 2)
     end
-    u = decimal_u64(text, text:sub(1, 80))
+    u = decimal_u64(text)
+    if not u then
+      if bignum.cmp(text, bignum.UINT256_MAX) > 0 then
+        error("sluice.jsonrpc.to_quantity: bad argument #1 (beyond 2^256-1: " .. text:sub(1, 80) .. ")", 2)
+      end
+      return bignum.to_hex(text)
+    end
   end
   local hex = bit.tohex(u, 16):gsub("^0+", "")
   return "0x" .. (hex == "" and "0" or hex)

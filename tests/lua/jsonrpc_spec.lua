@@ -289,6 +289,7 @@ end)
 
 describe("sluice.jsonrpc quantities", function()
   local ffi = require "ffi"
+  local bignum = require "sluice.bignum"
 
   it("reads hex quantities as numbers up to 2^53 and uint64_t beyond", function()
     assert.equal(0, jsonrpc.quantity("0x0"))
@@ -301,10 +302,12 @@ describe("sluice.jsonrpc quantities", function()
     assert.equal("18446744073709551615", json.int64_text(jsonrpc.quantity("0xFFFFFFFFFFFFFFFF")))
   end)
 
-  it("raises beyond 2^64-1, naming sluice.bignum.from_hex, and on what is no hex quantity", function()
-    assert.error_matches(function() jsonrpc.quantity("0x10000000000000000") end,
-      "sluice.jsonrpc.quantity: 0x10000000000000000 is beyond 2^64-1; use sluice.bignum.from_hex "
-      .. "for larger quantities", 1, true)
+  it("reads quantities beyond 2^64-1 as json numerals of their digits, and refuses what is no hex quantity", function()
+    local n = jsonrpc.quantity("0x10000000000000000")
+    assert.equal("18446744073709551616", json.numeral_text(n))
+    local max = string.rep("f", 64)
+    assert.equal(bignum.UINT256_MAX, json.numeral_text(jsonrpc.quantity("0x" .. max)))
+    assert.equal("0x" .. max, jsonrpc.to_quantity(jsonrpc.quantity("0x" .. max)))
     assert.error_matches(function() jsonrpc.quantity("12") end,
       'sluice.jsonrpc.quantity: bad argument #1 ("0x" and hex digits expected, got "12")', 1, true)
     assert.error_matches(function() jsonrpc.quantity("0x") end, "hex digits expected", 1, true)
@@ -322,15 +325,16 @@ describe("sluice.jsonrpc quantities", function()
     assert.equal("0x7fffffffffffffff", jsonrpc.to_quantity(ffi.new("int64_t", 2 ^ 62) * 2 - 1))
   end)
 
-  it("refuses what would round or is negative, and beyond 2^64-1 names sluice.bignum.to_hex", function()
+  it("refuses what would round, is negative or is beyond 2^256-1", function()
     assert.error_matches(function() jsonrpc.to_quantity(2 ^ 53 + 2) end,
       "sluice.jsonrpc.to_quantity: bad argument #1 (an integer 0..2^53 expected, got 9007199254740994; "
       .. "beyond 2^53 pass a uint64_t cdata or decimal digits)", 1, true)
     assert.error_matches(function() jsonrpc.to_quantity(1.5) end, "got 1.5;", 1, true)
     assert.error_matches(function() jsonrpc.to_quantity(ffi.new("int64_t", -1)) end,
       "a quantity is >= 0, got -1LL", 1, true)
-    assert.error_matches(function() jsonrpc.to_quantity("18446744073709551616") end,
-      "sluice.jsonrpc.to_quantity: 18446744073709551616 is beyond 2^64-1; use sluice.bignum.to_hex", 1, true)
+    assert.equal("0x10000000000000000", jsonrpc.to_quantity("18446744073709551616"))
+    assert.error_matches(function() jsonrpc.to_quantity(bignum.add(bignum.UINT256_MAX, 1)) end,
+      "sluice.jsonrpc.to_quantity: bad argument #1 (beyond 2^256-1: 1157920892373161954235", 1, true)
     assert.error_matches(function() jsonrpc.to_quantity("0x10") end,
       'got "0x10")', 1, true)
   end)
