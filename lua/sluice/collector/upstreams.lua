@@ -48,7 +48,7 @@ end
 local function difference(a, b, path)
   if type(a) ~= "table" or type(b) ~= "table" then
     if a == b then return nil end
-    return (path or "the settings") .. ": " .. options.value(a) .. " vs " .. options.value(b)
+    return path .. ": " .. options.value(a) .. " vs " .. options.value(b)
   end
   local keys = {}
   for k in pairs(a) do keys[k] = true end
@@ -57,7 +57,7 @@ local function difference(a, b, path)
   for k in pairs(keys) do sorted[#sorted + 1] = k end
   table.sort(sorted, function(x, y) return tostring(x) < tostring(y) end)
   for _, k in ipairs(sorted) do
-    local d = difference(a[k], b[k], (path and path .. "." or "") .. tostring(k))
+    local d = difference(a[k], b[k], path .. "." .. tostring(k))
     if d then return d end
   end
   return nil
@@ -111,10 +111,10 @@ function Registry:take(cfg, make_breaker, make_limiter)
     return up.breaker, up.limiter, { breaker = true, limiter = true }
   end
   for what, v in pairs({ breaker = b, limiter = l }) do
-    local d = difference(up[what .. "_opts"], v)
+    local d = difference(up[what .. "_opts"], v, what)
     if d then
       error("collectors '" .. up.first .. "' and '" .. cfg.name .. "' share upstream '" .. name
-        .. "' but set its " .. what .. " differently (" .. what .. "." .. d
+        .. "' but set its " .. what .. " differently (" .. d
         .. "): give both the same " .. what .. " settings", 3)
     end
   end
