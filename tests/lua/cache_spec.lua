@@ -310,5 +310,9 @@ return collector.define({ name = "feed", base_url = %q, interval = 3600, retry =
     assert.has_error(function() config.prepare({ cache = { size = 1 } }, "c.lua", { env = {} }) end,
       "c.lua: cache.size: unknown setting")
     assert.has_error(function() cache.new({ max_bytes = 1.5 }) end)
+    local c = collector.new(feed(up.url), {}, { cache = cache.new() })
+    assert.has_error(function() c:get("/x", { cache = true }) end,
+      "collector:request: option 'cache' must be seconds (a finite number > 0), got true")
+    assert.equal(0, up.hits)
   end)
 end)

@@ -103,6 +103,11 @@ end
 -- body; only a "success" is kept; a hit sends nothing and takes no limiter
 -- token nor breaker permit.
 local function cached(c, opts, url, query, headers, send)
+  local ttl = opts.cache
+  if type(ttl) ~= "number" or not (ttl > 0) or ttl == math.huge then
+    error("collector:request: option 'cache' must be seconds (a finite number > 0), got "
+      .. options.value(ttl), 0)
+  end
   local full = url
   if query then
     local q = http.encode_query(query)
