@@ -4,8 +4,9 @@
 --
 -- It owns the app table (_M.current: store, collectors by name, order,
 -- config, file, the shared object and sinks with Redis, the admin server,
--- starting, the response cache, the upstreams registry) and what it opened for it (store, Redis client, shared
--- object), closed by its shutdown handler. It wires the collectors through
+-- starting, the response cache (kept across reloads), the upstreams
+-- registry (one per build)) and what it opened for it (store, Redis
+-- client, shared object), closed by its shutdown handler. It wires the collectors through
 -- their methods only: add_sink, adopt at a reload, and the shared object's
 -- attach/detach/renew. build(), run() and reload() yield (Redis calls
 -- when collectors are attached; run() builds and starts them in batches

@@ -16,6 +16,12 @@
 -- does and is retried. Returns data (decoded JSON when the response is
 -- JSON, the body otherwise) and the response, or nil, err, kind.
 --
+-- opts.cache = seconds: a "success" is kept in c.cache (the process'
+-- response cache, sluice.collector.cache) and answers the same request
+-- (method, full URL, every header sent, body) from memory while younger
+-- than seconds, with no limiter token, breaker permit or HTTP request;
+-- identical requests in flight at once make one request.
+--
 -- It reads the instance c (base_url, config.headers,
 -- config.auth, config.timeout, spec.classify, and its limiter, breaker and
 -- retry policy, which it drives) and writes nothing on it: what the
