@@ -4,8 +4,9 @@
 --
 -- It owns the app table (_M.current: store, collectors by name, order,
 -- config, file, the shared object and sinks with Redis, the admin server,
--- starting) and what it opened for it (store, Redis client, shared
--- object), closed by its shutdown handler. It wires the collectors through
+-- starting, the response cache (kept across reloads), the upstreams
+-- registry (one per build)) and what it opened for it (store, Redis
+-- client, shared object), closed by its shutdown handler. It wires the collectors through
 -- their methods only: add_sink, adopt at a reload, and the shared object's
 -- attach/detach/renew. build(), run() and reload() yield (Redis calls
 -- when collectors are attached; run() builds and starts them in batches
@@ -21,6 +22,8 @@ local redact = require "sluice.redact"
 local redis = require "sluice.redis"
 local shared = require "sluice.shared"
 local admin = require "sluice.admin"
+local response_cache = require "sluice.collector.cache"
+local upstreams = require "sluice.collector.upstreams"
 
 local _M = {}
 
@@ -68,8 +71,10 @@ end
 -- Builds the collector instances of a prepared configuration against db,
 -- starting none. Raises "file: key: message". With batched, yields to
 -- the loop every BATCH collectors.
-local function build_collectors(c, file, db, fresh, red, batched)
-  local built = { collectors = {}, order = {} }
+local function build_collectors(c, file, db, fresh, red, batched, cache)
+  -- the limiters and breakers shared by upstream name: one registry per
+  -- build (a reload carries the state over from the running one)
+  local built = { collectors = {}, order = {}, upstreams = upstreams.new() }
   for i, entry in ipairs(c.collectors or {}) do
     if batched and i % BATCH == 0 then
       breathe()
@@ -81,7 +86,8 @@ local function build_collectors(c, file, db, fresh, red, batched)
     local overrides = {}
     for k, v in pairs(entry) do overrides[k] = v end
     overrides.name = overrides.name or (entry.use and spec.name) or spec.name
-    local ok, inst = pcall(collector.new, spec, overrides, { store = db, redis = red })
+    local ok, inst = pcall(collector.new, spec, overrides,
+      { store = db, redis = red, cache = cache, upstreams = built.upstreams })
     if not ok then
       error(file .. ": collectors[" .. i .. "]: " .. tostring(inst):gsub("^[^:]+:%d+: ", ""), 0)
     end
@@ -119,14 +125,16 @@ local function build(config, file, opts, early)
     end
   end
   local app = { store = db, collectors = {}, order = {}, config = c,
-    file = file, opts = opts or {}, starting = early ~= nil }
+    file = file, opts = opts or {}, starting = early ~= nil,
+    -- one response cache for the process' collectors, kept across reloads
+    cache = response_cache.new({ max_bytes = c.cache and c.cache.max_bytes }) }
   local prev = _M.current
   local okb, built = pcall(function()
     if early then
       _M.current = app -- the admin API and the REPL see it starting
       early(app)
     end
-    return build_collectors(c, file, db, false, red, early ~= nil)
+    return build_collectors(c, file, db, false, red, early ~= nil, app.cache)
   end)
   if not okb then
     _M.current = prev
@@ -135,7 +143,7 @@ local function build(config, file, opts, early)
     db:close()
     error(built, 0)
   end
-  app.collectors, app.order = built.collectors, built.order
+  app.collectors, app.order, app.upstreams = built.collectors, built.order, built.upstreams
   if red then
     app.shared = shared.new(red)
     if c.sinks and c.sinks.redis_stream then
@@ -260,13 +268,20 @@ reload = function()
     if (c.redis or false) ~= (app.config.redis or false) then
       error(app.file .. ": redis: cannot change while running (restart to use another server)", 0)
     end
-    local built = build_collectors(c, app.file, app.store, true, app.shared and app.shared.redis, false)
-    -- nothing failed: carry state over and swap
+    local built = build_collectors(c, app.file, app.store, true, app.shared and app.shared.redis, false,
+      app.cache)
+    -- nothing failed: carry state over and swap. A collector's own breaker
+    -- and limiter by its name, an upstream's by the upstream's name.
+    built.upstreams:carry_over(app.upstreams)
     for name, new in pairs(built.collectors) do
       local old = app.collectors[name]
       if old then
-        if old.breaker and new.breaker then new.breaker:restore(old.breaker:snapshot()) end
-        if old.limiter and new.limiter then new.limiter:restore(old.limiter:snapshot()) end
+        if old.breaker and new.breaker and not old.config.upstream and not new.config.upstream then
+          new.breaker:restore(old.breaker:snapshot())
+        end
+        if old.limiter and new.limiter and not old.config.upstream and not new.config.upstream then
+          new.limiter:restore(old.limiter:snapshot())
+        end
         -- its counters, and one run in flight per collector across the swap
         new:adopt(old)
       end
@@ -286,6 +301,8 @@ reload = function()
     end
     apply_log(c)
     app.config, app.collectors, app.order = c, built.collectors, built.order
+    app.upstreams = built.upstreams
+    app.cache:resize(c.cache and c.cache.max_bytes or response_cache.DEFAULT_MAX_BYTES)
     -- an instance replacing a running one continues its schedule (no
     -- extra run now) and its first run waits for the old one's run in
     -- flight; one enabled by this reload starts within its start window

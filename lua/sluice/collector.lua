@@ -53,6 +53,7 @@ local secret = require "sluice.collector.secret"
 local slot = require "sluice.collector.slot"
 local rows = require "sluice.collector.rows"
 local persist = require "sluice.collector.persist"
+local cache = require "sluice.collector.cache"
 
 local _M = {}
 local Collector = {}
@@ -97,9 +98,13 @@ local merge = options.merge
 --- new(spec, overrides, context) -> instance
 -- overrides: the configuration entry (name, base_url, interval, auth,
 -- limiter, breaker, retry, and the collector's own options); context:
--- {store = db, redis = client} (both optional; without a store, collect's
--- rows are counted but not stored; redis is the configuration's sluice.redis
--- client, which `limiter = { shared = true }` shares its quota through).
+-- {store = db, redis = client, cache = store, upstreams = registry} (all
+-- optional; without a store, collect's rows are counted but not stored;
+-- redis is the configuration's sluice.redis client, which `limiter = {
+-- shared = true }` shares its quota through; cache, the process' response
+-- cache (sluice.collector.cache; without it the instance has one of its
+-- own); upstreams, the registry of limiters and breakers shared by
+-- upstream name (sluice.collector.upstreams)).
 function _M.new(spec, overrides, context)
   if not specs[spec] then
     error("sluice.collector.new: bad argument #1 (a spec from collector.define expected)", 2)
@@ -112,6 +117,8 @@ function _M.new(spec, overrides, context)
     config = cfg,
     options = own,
     store = context.store,
+    -- the process' response cache (self:get(path, {cache = seconds})), or one of its own
+    cache = context.cache or cache.new(),
     base_url = cfg.base_url,
     interval = cfg.interval or 60,
     log = log.with({ collector = cfg.name }),
@@ -133,23 +140,38 @@ function _M.new(spec, overrides, context)
     refusals_ = 0, -- requests the breaker refused, ever
   }, instance_mt)
   self.run_budget = spec_mod.run_budget(cfg, self.interval)
-  if cfg.breaker ~= false then
-    local bopts = merge(type(cfg.breaker) == "table" and cfg.breaker or {}, nil)
-    bopts.name = bopts.name or cfg.name
-    self.breaker = breaker.new(bopts)
+  local function new_breaker(bopts)
+    return breaker.new(bopts)
   end
-  if cfg.limiter ~= false then
-    local lopts = merge(type(cfg.limiter) == "table" and cfg.limiter or {}, nil)
-    lopts.name = lopts.name or cfg.name
+  local function new_limiter(lopts)
     if lopts.shared == true then
       -- the quota is shared through the configuration's Redis connection
       if not context.redis then
         error("collector '" .. cfg.name .. "': limiter.shared = true needs redis = \"redis://...\" "
-          .. "in the configuration", 2)
+          .. "in the configuration", 3)
       end
-      lopts.shared = context.redis
+      lopts = merge(lopts, { shared = context.redis })
     end
-    self.limiter = limiter.new(lopts)
+    return limiter.new(lopts)
+  end
+  local fresh -- persist.restore: the objects this instance made (all of its own)
+  if cfg.upstream and context.upstreams then
+    -- one limiter and breaker per upstream (sluice.collector.upstreams)
+    self.breaker, self.limiter, fresh = context.upstreams:take(cfg, new_breaker, new_limiter)
+  else
+    local up = cfg.upstream -- alone, nothing to share with: its own, named after the upstream
+    if cfg.breaker ~= false then
+      local bopts = merge(type(cfg.breaker) == "table" and cfg.breaker or {}, nil)
+      bopts.name = up or bopts.name or cfg.name
+      if context.upstreams then context.upstreams:claim(bopts.name, cfg.name) end
+      self.breaker = new_breaker(bopts)
+    end
+    if cfg.limiter ~= false then
+      local lopts = merge(type(cfg.limiter) == "table" and cfg.limiter or {}, nil)
+      lopts.name = up or lopts.name or cfg.name
+      if context.upstreams then context.upstreams:claim(lopts.name, cfg.name) end
+      self.limiter = new_limiter(lopts)
+    end
   end
   if cfg.retry ~= false then
     local ropts = merge(type(cfg.retry) == "table" and cfg.retry or {}, nil)
@@ -166,7 +188,7 @@ function _M.new(spec, overrides, context)
     end
   end
   -- an open breaker, a limiter's pause or a ban survive restarts
-  persist.restore(self)
+  persist.restore(self, fresh)
   return self
 end
 

@@ -8,6 +8,7 @@
 --     log = { level = "info", format = "json", output = "-" },
 --     shutdown_timeout = 10,
 --     start_rate = 100,                       -- first runs a second at start-up (sluice.app)
+--     cache = { max_bytes = 64 * 1024 * 1024 }, -- the response cache (sluice.collector.cache)
 --     collectors = {
 --       { use = "binance_klines", symbols = { "BTCUSDT" }, interval = 60 },
 --       { file = "collectors/my_feed.lua", name = "my_feed", enabled = false },
@@ -37,6 +38,7 @@ local TOP = {
   store = "string", log = { type = "table", fields = LOG }, collectors = "table", profiles = "table",
   shutdown_timeout = "number", name = "string", admin = { type = "table", fields = ADMIN }, redis = "string",
   sinks = "table", lease_ttl = "number", start_rate = "number",
+  cache = { type = "table", fields = { max_bytes = { integer = true, min = 0 } } },
 }
 local LEVELS = { trace = 1, debug = 1, info = 1, warning = 1, warn = 1, error = 1, critical = 1, none = 1 }
 

@@ -9,13 +9,15 @@
 -- owns no state. Nothing here yields.
 local _M = {}
 
---- restore(c): c's breaker and limiter take their saved state (a state
+--- restore(c [, fresh]): c's breaker and limiter take their saved state (a state
 -- that cannot be restored is logged and ignored); the breaker's
--- transitions are saved from then on.
-function _M.restore(c)
+-- transitions are saved from then on. fresh {breaker = bool, limiter =
+-- bool} (default both): which of them c made; one shared with collectors
+-- built before (sluice.collector.upstreams) was restored by the first.
+function _M.restore(c, fresh)
   local db = c.store
   if not db then return end
-  if c.limiter then
+  if c.limiter and (not fresh or fresh.limiter) then
     local snap = db:load_state("limiter", c.limiter:name())
     if snap then
       local ok, err = pcall(c.limiter.restore, c.limiter, snap)
@@ -24,7 +26,7 @@ function _M.restore(c)
       end
     end
   end
-  if c.breaker then
+  if c.breaker and (not fresh or fresh.breaker) then
     local snap = db:load_state("breaker", c.breaker:name())
     if snap then
       local ok, err = pcall(c.breaker.restore, c.breaker, snap)

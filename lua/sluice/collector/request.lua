@@ -20,6 +20,12 @@
 -- Returns data (decoded JSON when the response is JSON, the body otherwise)
 -- and the response, or nil, err, kind.
 --
+-- opts.cache = seconds: a "success" is kept in c.cache (the process'
+-- response cache, sluice.collector.cache) and answers the same request
+-- (method, full URL, every header sent, body) from memory while younger
+-- than seconds, with no limiter token, breaker permit or HTTP request;
+-- identical requests in flight at once make one request.
+--
 -- It reads the instance c (base_url, config.headers,
 -- config.auth, config.timeout, spec.classify, and its limiter, breaker and
 -- retry policy, which it drives) and writes nothing on it: what the
@@ -34,6 +40,9 @@ local sluice = require "sluice"
 local http = require "sluice.http"
 local secret = require "sluice.collector.secret"
 local options = require "sluice.options"
+local json = require "sluice.json"
+local headers_mod = require "sluice.headers"
+local cache = require "sluice.collector.cache"
 
 local _M = {}
 
@@ -84,6 +93,67 @@ local function own_origin(c, url)
   local s0, h0, p0 = http.origin(c.base_url)
   local s1, h1, p1 = http.origin(url)
   return s0 ~= nil and s0 == s1 and h0 == h1 and p0 == p1
+end
+
+-- What a success returns: the decoded JSON when the response says JSON,
+-- the body otherwise; nil, err when the JSON does not decode.
+local function decode(res)
+  local ctype = res.headers["content-type"] or ""
+  if ctype:find("json", 1, true) then return res:json() end
+  return res.body
+end
+
+-- A response of the cache's (an entry or a flight's answer), as a new
+-- response object of its own: its data decoded from the kept body, so a
+-- caller changing it changes nothing the next hit sees.
+local function from_cache(a)
+  local plain, all = {}, {}
+  for name, value in pairs(a.headers) do
+    plain[name] = value
+    all[name] = { value }
+  end
+  local res = setmetatable({ status = a.status, headers = headers_mod.new(plain),
+    headers_all = headers_mod.new(all), body = a.body, url = a.url, cached = true,
+    age = a.stored_at and sluice.now() - a.stored_at or 0,
+    timings = { dns = 0, connect = 0, tls = 0, ttfb = 0, total = 0, redirect = 0 } }, a.meta)
+  local data, err = decode(res)
+  if data == nil then return nil, err, "protocol", res end
+  return data, res
+end
+
+-- opts.cache: the request through the process' response cache
+-- (sluice.collector.cache). The key is the method, the full URL with its
+-- query (auth's included), every header sent (auth's included) and the
+-- body; only a "success" is kept; a hit sends nothing and takes no limiter
+-- token nor breaker permit.
+local function cached(c, opts, url, query, headers, send)
+  local ttl = opts.cache
+  if type(ttl) ~= "number" or not (ttl > 0) or ttl == math.huge then
+    error("collector:request: option 'cache' must be seconds (a finite number > 0), got "
+      .. options.value(ttl), 0)
+  end
+  local full = url
+  if query then
+    local q = http.encode_query(query)
+    if q ~= "" then full = full .. (full:find("?", 1, true) and "&" or "?") .. q end
+  end
+  local body = opts.body
+  if body == nil and opts.json ~= nil then body = json.encode(opts.json) end
+  local key = cache.key(opts.method or "GET", full, headers, body)
+  local mine -- what this task fetched, when it led
+  local ok, a, b, k, r = c.cache:fetch(key, opts.cache, function()
+    local out, err, kind, res = send()
+    if not out then return false, nil, err, kind, res end
+    mine = out
+    if out.verdict ~= "success" then return nil end -- not kept, not shared
+    local plain = {}
+    for name, value in pairs(out.res.headers) do plain[name] = value end
+    return true, { status = out.res.status, headers = plain, body = out.res.body,
+      url = out.res.url, meta = getmetatable(out.res) }
+  end)
+  if mine then return mine.data, mine.res end
+  if ok then return from_cache(a) end
+  return a, b, k, r
 end
 
 --- run(c, opts, tally) -> data, res | nil, err, kind, res
@@ -173,16 +243,11 @@ function _M.run(c, opts, tally)
     end
     if verdict == "success" or verdict == "ignored" then
       tally(c, "succeeded")
-      local data = res.body
-      local ctype = res.headers["content-type"] or ""
-      if ctype:find("json", 1, true) then
-        local decoded, jerr = res:json()
-        if decoded == nil then
-          return nil, jerr, { retryable = false, kind = "protocol" }
-        end
-        data = decoded
+      local data, jerr = decode(res)
+      if data == nil then
+        return nil, jerr, { retryable = false, kind = "protocol" }
       end
-      return { data = data, res = res }
+      return { data = data, res = res, verdict = verdict }
     end
     tally(c, "failed")
     if not message then
@@ -191,24 +256,31 @@ function _M.run(c, opts, tally)
     return nil, message, { retryable = retryable, retry_after = retry_after_of(res),
       kind = kind or verdict, res = res }
   end
-  local out, err
-  if c.retry then
-    local last_hint
-    out, err = c.retry:run(function(a)
-      local v, e, hint = attempt_fn(a)
-      last_hint = hint
-      return v, e, hint
-    end)
-    if not out then
-      return nil, err, last_hint and last_hint.kind, last_hint and last_hint.res
+  -- the pipeline with its retries: out {data, res, verdict} | nil, err, kind, res
+  local function send()
+    local out, err
+    if c.retry then
+      local last_hint
+      out, err = c.retry:run(function(a)
+        local v, e, hint = attempt_fn(a)
+        last_hint = hint
+        return v, e, hint
+      end)
+      if not out then
+        return nil, err, last_hint and last_hint.kind, last_hint and last_hint.res
+      end
+    else
+      local hint
+      out, err, hint = attempt_fn(1)
+      if not out then
+        return nil, err, hint and hint.kind, hint and hint.res
+      end
     end
-  else
-    local hint
-    out, err, hint = attempt_fn(1)
-    if not out then
-      return nil, err, hint and hint.kind, hint and hint.res
-    end
+    return out
   end
+  if opts.cache then return cached(c, opts, url, query, headers, send) end
+  local out, err, kind, res = send()
+  if not out then return nil, err, kind, res end
   return out.data, out.res
 end
 

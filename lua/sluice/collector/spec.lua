@@ -32,6 +32,12 @@ _M.OPTIONS = {
     fields = { cpu = sluice.BUDGET_LIMIT, wall = sluice.BUDGET_LIMIT },
   },
   partitions = "table|function",
+  -- collectors naming the same upstream share one limiter and one breaker
+  -- (sluice.collector.upstreams)
+  upstream = {
+    type = "string", what = "an upstream name (letters, digits, _, -, .)",
+    check = function(v) return v:match("^[%w_.%-]+$") ~= nil end,
+  },
 }
 
 -- What a schema cannot say: auth takes exactly one way, and a value with

@@ -1,6 +1,6 @@
 --- sluice.metrics.builtin: sluice's own state as metrics, the families
 -- sluice.metrics documents as built in: the running app's collectors,
--- breakers, limiters, backfill jobs, tasks, the log, the process and the
+-- breakers, limiters, response cache, backfill jobs, tasks, the log, the process and the
 -- HTTP client.
 --
 -- Loading it registers the HTTP client's two recorded families; install()
@@ -133,6 +133,19 @@ local LIMITERS = {
     { "limiter" } },
 }
 
+local CACHE = {
+  { "counter", "sluice_cache_hits_total",
+    "Requests with cache = seconds answered from memory (a kept answer, or that of the same request in flight)." },
+  { "counter", "sluice_cache_misses_total",
+    "Requests with cache = seconds that went to the network (or shared the failure of the same request in flight)." },
+  { "counter", "sluice_cache_evictions_total",
+    "Answers dropped, least recently used first, to keep the response cache within max_bytes." },
+  { "counter", "sluice_cache_expirations_total", "Answers freed when their time was up." },
+  { "gauge", "sluice_cache_bytes", "Bytes the response cache holds (its answers' keys, bodies and headers)." },
+  { "gauge", "sluice_cache_entries", "Answers the response cache holds." },
+  { "gauge", "sluice_cache_max_bytes", "The response cache's bound, in bytes (cache.max_bytes)." },
+}
+
 local BACKFILLS = {
   { "gauge", "sluice_backfill_jobs", "Backfill jobs of this process, by state.", { "state" } },
   { "counter", "sluice_backfill_operations_total",
@@ -259,6 +272,21 @@ local function limiters(f)
   end
 end
 
+local function response_cache(f)
+  local app = loaded("sluice.app")
+  local current = app and app.current
+  local store = current and current.cache
+  if not store then return end
+  local s = store:stats()
+  f.sluice_cache_hits_total:inc(s.hits)
+  f.sluice_cache_misses_total:inc(s.misses)
+  f.sluice_cache_evictions_total:inc(s.evictions)
+  f.sluice_cache_expirations_total:inc(s.expirations)
+  f.sluice_cache_bytes:set(s.bytes)
+  f.sluice_cache_entries:set(s.entries)
+  f.sluice_cache_max_bytes:set(s.max_bytes)
+end
+
 local function backfills(f)
   local jobs = f.sluice_backfill_jobs
   for _, state in ipairs({ "running", "done", "failed", "cancelled" }) do jobs:set(0, state) end
@@ -309,7 +337,7 @@ local function log_output(f)
   f.sluice_log_dropped_bytes_total:inc(bytes)
 end
 
-local ALL = { COLLECTORS, BREAKERS, LIMITERS, BACKFILLS, TASKS, HTTP, PROCESS, LOG }
+local ALL = { COLLECTORS, BREAKERS, LIMITERS, CACHE, BACKFILLS, TASKS, HTTP, PROCESS, LOG }
 
 --- names() -> the names of the built-in families, in the order declared
 -- (besides sluice_http_requests_total and sluice_http_request_duration_seconds,
@@ -332,6 +360,7 @@ function _M.install()
   registry.add_source(COLLECTORS, collectors)
   registry.add_source(BREAKERS, breakers)
   registry.add_source(LIMITERS, limiters)
+  registry.add_source(CACHE, response_cache)
   registry.add_source(BACKFILLS, backfills)
   registry.add_source(TASKS, tasks)
   registry.add_source(HTTP, http_client)

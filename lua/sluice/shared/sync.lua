@@ -88,11 +88,14 @@ function Sync:attach(c)
     -- The callback must not capture c: the breaker module keeps callbacks
     -- in a table weak in its keys (the breakers), and a value reaching its
     -- own key keeps both alive, so every replaced instance would leak.
-    -- Only a breaker still attached here publishes.
-    self.attached[c.breaker] = true
-    c.breaker:on_change(function(cb)
-      if self.attached[cb] then self:publish_breaker(cb) end
-    end)
+    -- Only a breaker still attached here publishes; a breaker that
+    -- collectors of one upstream share publishes once.
+    if not self.attached[c.breaker] then
+      self.attached[c.breaker] = true
+      c.breaker:on_change(function(cb)
+        if self.attached[cb] then self:publish_breaker(cb) end
+      end)
+    end
   end
   if c.limiter then
     local doc = self.sh:call("GET", "rate_limiter:" .. c.limiter:name())
