@@ -17,7 +17,7 @@
 -- JSON, the body otherwise) and the response, or nil, err, kind.
 --
 -- It reads the instance c (base_url, config.headers,
--- config.auth, config.timeout, spec.classify, and its limiter, breaker and
+-- config.auth, config.timeout, config.endpoint, spec.classify, and its limiter, breaker and
 -- retry policy, which it drives) and writes nothing on it: what the
 -- collector counts, it is told through tally(c, event [, seconds]):
 --   "refused"   the breaker refused a request (no request was sent)
@@ -75,7 +75,9 @@ end
 -- configured headers (only opts.headers). Redirects follow http.request's
 -- rules (default: same origin only, 5 hops).
 function _M.run(c, opts, tally)
-  local endpoint = opts.endpoint or opts.path:match("^[^?]*")
+  -- the limiter's endpoint: the request's, the spec's endpoint(self, opts), or the path
+  local endpoint = opts.endpoint or (c.config.endpoint and c.config.endpoint(c, opts))
+    or opts.path:match("^[^?]*")
   local query = opts.query
   local url = url_for(c, opts.path)
   local own = own_origin(c, url)
