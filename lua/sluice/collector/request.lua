@@ -27,7 +27,7 @@
 -- identical requests in flight at once make one request.
 --
 -- It reads the instance c (base_url, config.headers,
--- config.auth, config.timeout, spec.classify, and its limiter, breaker and
+-- config.auth, config.timeout, config.endpoint, spec.classify, and its limiter, breaker and
 -- retry policy, which it drives) and writes nothing on it: what the
 -- collector counts, it is told through tally(c, event [, seconds]):
 --   "refused"   the breaker refused a request (no request was sent)
@@ -166,7 +166,9 @@ function _M.run(c, opts, tally)
   if opts.classify ~= nil and type(opts.classify) ~= "function" then
     error("collector:request: option 'classify' must be a function, got " .. type(opts.classify), 2)
   end
-  local endpoint = opts.endpoint or opts.path:match("^[^?]*")
+  -- the limiter's endpoint: the request's, the spec's endpoint(self, opts), or the path
+  local endpoint = opts.endpoint or (c.config.endpoint and c.config.endpoint(c, opts))
+    or opts.path:match("^[^?]*")
   local query = opts.query
   local url = url_for(c, opts.path)
   local own = own_origin(c, url)
