@@ -75,7 +75,7 @@ local empty_array = setmetatable({}, {
   __tostring = function() return "sluice.json.empty_array" end,
 })
 
-local _M = { null = null, decode = cjson.decode, empty_array = empty_array }
+local _M = { null = null, empty_array = empty_array }
 
 -- numerals: the object -> its text (weak keys: the text goes with it)
 local numeral_texts = setmetatable({}, { __mode = "k" })
@@ -284,6 +284,16 @@ function _M.array(t)
     error("sluice.json.array: bad argument #1 (the table already has a metatable)", 2)
   end
   return setmetatable(t, ARRAY_MT)
+end
+
+-- The native decoder, given what it builds values from.
+local decode_native = require("sluice._json").decoder(null, ARRAY_MT, _M.numeral, int64_t, uint64_t)
+
+function _M.decode(s)
+  if type(s) ~= "string" then
+    error("sluice.json.decode: bad argument #1 (string expected, got " .. type(s) .. ")", 2)
+  end
+  return decode_native(s)
 end
 
 function _M.encode(v, lenient)

@@ -16,5 +16,6 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._redis", luaopen_sluice_redis},
     {"sluice._budget", luaopen_sluice_budget},
     {"sluice._crypto", luaopen_sluice_crypto},
+    {"sluice._json", luaopen_sluice_json},
     {NULL, NULL},
 };

@@ -24,5 +24,6 @@ int luaopen_sluice_repl(lua_State *L);
 int luaopen_sluice_redis(lua_State *L);
 int luaopen_sluice_budget(lua_State *L);
 int luaopen_sluice_crypto(lua_State *L);
+int luaopen_sluice_json(lua_State *L);
 
 #endif
