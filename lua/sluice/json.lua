@@ -50,9 +50,18 @@
 --   and two numerals of the same text are ==. The store's uint256 and
 --   decimal columns take numerals as they take decimal strings.
 -- json.numeral_text(v) -> the text of a numeral, or nil for any other value.
--- json.decode(s) -> v | nil, err: cjson's decoder (JSON null -> json.null;
---   [] decodes to an unmarked empty table, and integers beyond 2^53 to
---   rounded doubles).
+-- json.decode(s) -> v | nil, err: exact (yajl, in C). Nothing is rounded:
+--   an integer within +-(2^53-1) -> a number; beyond that within int64 ->
+--   int64_t cdata, a positive one within uint64 -> uint64_t cdata; larger
+--   ones, and fractions or exponents with more than 15 significant digits
+--   or beyond a double's normal range (1e400, 1e-400) -> json.numeral(text);
+--   other numbers -> numbers ("-0" -> -0). null -> json.null; arrays ->
+--   tables marked by json.array (so [] encodes back as []); objects ->
+--   tables, the last of duplicate keys wins. Strings must be strict UTF-8,
+--   and \u escapes of surrogates must pair. Bad text (also "", trailing
+--   garbage, nesting deeper than 1000) -> nil, "invalid JSON at byte N:
+--   reason", N counted from 1 as s:sub(N, N) (#s + 1: the text ended too
+--   soon). Raises when s is not a string.
 -- json.null: cjson.null, the value that stands for JSON null.
 local cjson = require "cjson.safe"
 local ffi = require "ffi"

@@ -95,7 +95,9 @@ static void push_numeral(lua_State *L, const char *s, size_t len) {
 }
 
 /* An integer token (-?digits, which yajl checked): a number within
- * +-2^53, else int64_t, else (positive) uint64_t, else a numeral. */
+ * +-(2^53-1), else int64_t, else (positive) uint64_t, else a numeral. The
+ * bound is the store's: it refuses a Lua number of 2^53, which may be a
+ * rounded 2^53+1. */
 static void push_integer(lua_State *L, const char *s, size_t len) {
     int neg = s[0] == '-';
     size_t n = len - (size_t)neg;
@@ -112,7 +114,7 @@ static void push_integer(lua_State *L, const char *s, size_t len) {
         }
         mag = mag * 10 + d;
     }
-    if (mag <= (UINT64_C(1) << 53)) {
+    if (mag < (UINT64_C(1) << 53)) {
         double v = (double)mag;
         lua_pushnumber(L, neg ? -v : v); /* "-0" is -0 */
     } else if (neg) {
@@ -125,30 +127,55 @@ static void push_integer(lua_State *L, const char *s, size_t len) {
     }
 }
 
-/* A token with a fraction or an exponent: a number when it has at most
- * 15 significant digits (which a double gives back: %.15g writes the same
- * value) and a double holds its magnitude as a normal number; otherwise a
- * numeral. Zeros on either end of the digits are not significant. */
-static void push_decimal(lua_State *L, const char *s, size_t len) {
-    int nonzero = 0;
-    size_t ndigits = 0, first_at = 0, last_at = 0;
-    for (size_t i = 0; i < len && s[i] != 'e' && s[i] != 'E'; i++) {
-        if (s[i] < '0' || s[i] > '9')
+/* The significant digits of a number's text (s, len: a JSON number or
+ * printf's %e) into digits (at most cap, NUL-terminated) and the power of
+ * ten of the first; returns their count (0 for a zero). */
+static size_t sig_digits(const char *s, size_t len, char *digits, size_t cap,
+                         long *exp10) {
+    size_t i = 0, nint = 0, seen = 0, first_at = 0, n = 0, last_n = 0;
+    int in_frac = 0;
+    for (; i < len && s[i] != 'e' && s[i] != 'E'; i++) {
+        if (s[i] == '.') {
+            in_frac = 1;
             continue;
-        ndigits++;
-        if (s[i] != '0') {
-            if (!nonzero)
-                first_at = ndigits;
-            nonzero = 1;
-            last_at = ndigits;
+        }
+        if (s[i] < '0' || s[i] > '9')
+            continue; /* the sign */
+        seen++;
+        if (!in_frac)
+            nint++;
+        if (s[i] != '0' && !first_at)
+            first_at = seen;
+        if (first_at) {
+            if (n < cap)
+                digits[n] = s[i];
+            n++;
+            if (s[i] != '0')
+                last_n = n;
         }
     }
-    if (nonzero && last_at - first_at + 1 > 15) {
+    long x = i < len ? strtol(s + i + 1, NULL, 10) : 0; /* yajl: <= len */
+    *exp10 = (long)nint - (long)first_at + x;
+    digits[last_n < cap ? last_n : cap - 1] = '\0';
+    return last_n;
+}
+
+/* A token with a fraction or an exponent: a number when the double it
+ * reads as is written back (by sluice.json.number: the shortest of %.15g,
+ * %.16g, %.17g that reads back) with the same significant digits, which
+ * holds for any 15 digits within a double's normal range, and for the
+ * text json.number wrote; else a numeral (1e400, 1e-400, subnormals,
+ * 0.123456789012345678). */
+static void push_decimal(lua_State *L, const char *s, size_t len) {
+    char want[24];
+    long want_exp;
+    size_t n = sig_digits(s, len, want, sizeof(want), &want_exp);
+    if (n > 17) {
         push_numeral(L, s, len);
         return;
     }
-    /* strtod needs the token alone, NUL-terminated; sluice never calls
-     * setlocale, so the decimal point is '.'. */
+    /* strtod needs the token alone, NUL-terminated (yajl's is not); sluice
+     * never calls setlocale, so the decimal point is '.' */
     char small[128];
     char *buf = len < sizeof(small) ? small : malloc(len + 1);
     if (!buf) {
@@ -160,10 +187,30 @@ static void push_decimal(lua_State *L, const char *s, size_t len) {
     double v = strtod(buf, NULL);
     if (buf != small)
         free(buf);
-    if (nonzero && (isinf(v) || fabs(v) < DBL_MIN))
-        push_numeral(L, s, len); /* 1e400, 1e-400, subnormals */
-    else
-        lua_pushnumber(L, v); /* a zero keeps its sign */
+    if (n == 0) {
+        lua_pushnumber(L, v); /* a zero, keeping its sign */
+        return;
+    }
+    if (isinf(v) || fabs(v) < DBL_MIN) {
+        push_numeral(L, s, len);
+        return;
+    }
+    if (n > 15) {
+        char out[40], got[24];
+        long got_exp;
+        int len_out = 0;
+        for (int prec = 15; prec <= 17; prec++) {
+            len_out = snprintf(out, sizeof(out), "%.*e", prec - 1, v);
+            if (strtod(out, NULL) == v)
+                break;
+        }
+        size_t m = sig_digits(out, (size_t)len_out, got, sizeof(got), &got_exp);
+        if (m != n || got_exp != want_exp || memcmp(got, want, n) != 0) {
+            push_numeral(L, s, len);
+            return;
+        }
+    }
+    lua_pushnumber(L, v);
 }
 
 static int on_number(void *ctx, const char *s, size_t len) {
