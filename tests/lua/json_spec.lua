@@ -329,6 +329,19 @@ describe("sluice.json", function()
         { json.decode(string.rep("[", 100000) .. "{") })
     end)
 
+    it("an error raised while yajl parses unwinds it and leaks nothing (ASan checks)", function()
+      local ffi = require "ffi"
+      local native = require "sluice._json"
+      local decode = native.decoder(json.null, {}, function() error("boom", 0) end,
+        ffi.typeof("int64_t"), ffi.typeof("uint64_t"))
+      for _ = 1, 3 do
+        local ok, err = pcall(decode, '{"a":[1,2,{"b":"' .. string.rep("x", 100) .. '"}],"c":1e400}')
+        assert.same({ false, "boom" }, { ok, err })
+      end
+      collectgarbage()
+      assert.same({ a = 1 }, decode('{"a":1}'))
+    end)
+
     it("raises when s is not a string", function()
       for _, v in ipairs({ 1, true, {} }) do
         assert.has_error(function() json.decode(v) end,
