@@ -330,7 +330,6 @@ describe("sluice.json", function()
     end)
 
     it("an error raised while yajl parses unwinds it and leaks nothing (ASan checks)", function()
-      local ffi = require "ffi"
       local native = require "sluice._json"
       local decode = native.decoder(json.null, {}, function() error("boom", 0) end,
         ffi.typeof("int64_t"), ffi.typeof("uint64_t"))
