@@ -45,7 +45,7 @@
 --   POST /reload                   re-read the configuration
 local server = require "sluice.server"
 local log = require "sluice.log"
-local cjson = require "cjson.safe"
+local json = require "sluice.json"
 local collector = require "sluice.collector"
 local redact = require "sluice.redact"
 local operator = require "sluice.operator"
@@ -69,7 +69,7 @@ end
 
 local function json_body(req)
   if req.body == "" then return {} end
-  local v, err = cjson.decode(req.body)
+  local v, err = json.decode(req.body)
   if type(v) ~= "table" then
     return nil, "request body must be a JSON object" .. (err and (": " .. err) or "")
   end

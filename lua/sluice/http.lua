@@ -40,7 +40,6 @@
 -- task runtime and its own native half.
 local sluice = require "sluice"
 local core = require "sluice._http"
-local cjson = require "cjson.safe"
 local json = require "sluice.json"
 local options = require "sluice.options"
 local headers = require "sluice.headers"
@@ -201,7 +200,7 @@ function response:json()
   if cached ~= nil then
     return cached
   end
-  local value, err = cjson.decode(self.body)
+  local value, err = json.decode(self.body)
   if value == nil then
     return nil, "invalid JSON in response body: " .. tostring(err)
   end

@@ -50,9 +50,18 @@
 --   and two numerals of the same text are ==. The store's uint256 and
 --   decimal columns take numerals as they take decimal strings.
 -- json.numeral_text(v) -> the text of a numeral, or nil for any other value.
--- json.decode(s) -> v | nil, err: cjson's decoder (JSON null -> json.null;
---   [] decodes to an unmarked empty table, and integers beyond 2^53 to
---   rounded doubles).
+-- json.decode(s) -> v | nil, err: exact (yajl, in C). Nothing is rounded:
+--   an integer within +-(2^53-1) -> a number; beyond that within int64 ->
+--   int64_t cdata, a positive one within uint64 -> uint64_t cdata; larger
+--   ones, and fractions or exponents with more than 15 significant digits
+--   or beyond a double's normal range (1e400, 1e-400) -> json.numeral(text);
+--   other numbers -> numbers ("-0" -> -0). null -> json.null; arrays ->
+--   tables marked by json.array (so [] encodes back as []); objects ->
+--   tables, the last of duplicate keys wins. Strings must be strict UTF-8,
+--   and \u escapes of surrogates must pair. Bad text (also "", trailing
+--   garbage, nesting deeper than 1000) -> nil, "invalid JSON at byte N:
+--   reason", N counted from 1 as s:sub(N, N) (#s + 1: the text ended too
+--   soon). Raises when s is not a string.
 -- json.null: cjson.null, the value that stands for JSON null.
 local cjson = require "cjson.safe"
 local ffi = require "ffi"
@@ -75,7 +84,7 @@ local empty_array = setmetatable({}, {
   __tostring = function() return "sluice.json.empty_array" end,
 })
 
-local _M = { null = null, decode = cjson.decode, empty_array = empty_array }
+local _M = { null = null, empty_array = empty_array }
 
 -- numerals: the object -> its text (weak keys: the text goes with it)
 local numeral_texts = setmetatable({}, { __mode = "k" })
@@ -284,6 +293,16 @@ function _M.array(t)
     error("sluice.json.array: bad argument #1 (the table already has a metatable)", 2)
   end
   return setmetatable(t, ARRAY_MT)
+end
+
+-- The native decoder, given what it builds values from.
+local decode_native = require("sluice._json").decoder(null, ARRAY_MT, _M.numeral, int64_t, uint64_t)
+
+function _M.decode(s)
+  if type(s) ~= "string" then
+    error("sluice.json.decode: bad argument #1 (string expected, got " .. type(s) .. ")", 2)
+  end
+  return decode_native(s)
 end
 
 function _M.encode(v, lenient)

@@ -84,7 +84,7 @@ _M.flush = core.flush -- flush([timeout=1]) -> whether every queued line went ou
 --- recent([n]) -> the newest n kept entries (all by default), oldest first,
 -- each decoded into a table.
 function _M.recent(n)
-  local decode = require("cjson.safe").decode
+  local decode = require("sluice.json").decode
   local out = {}
   for i, line in ipairs(core.recent(n)) do
     out[i] = decode(line) or { msg = line }

@@ -31,7 +31,8 @@
 --   error reply -> nil, "ERR ..."; no reply within command_timeout ->
 --   nil, "timeout"; no connection -> nil, "disconnected" (at once: calls
 --   never wait for a reconnect); after close -> nil, "closed".
--- Command arguments are strings or numbers; a number is sent as
+-- Command arguments are strings, numbers, int64_t/uint64_t cdata (sent as
+-- their digits) or sluice.json numerals (their text); a number is sent as
 -- sluice.json.number writes it (0.1 -> "0.1", 2^53 -> "9007199254740992"),
 -- except -0, sent as "0" (Redis refuses "-0" as an integer), and nan, inf
 -- and -inf, sent as "nan", "inf", "-inf".
@@ -165,7 +166,8 @@ end
 
 -- A command argument as text: a number as sluice.json.number writes it,
 -- but -0 as "0" (Redis' integer parser refuses "-0") and nan, inf, -inf as
--- Redis' float parser reads them (the C binding's call() writes the same).
+-- Redis' float parser reads them; int64_t/uint64_t cdata and json numerals
+-- by their digits (the C binding's call() writes the same).
 local function to_arg(v)
   local tv = type(v)
   if tv == "string" then return v end
@@ -173,11 +175,14 @@ local function to_arg(v)
     if v == 0 then return "0" end
     return json.number(v) or (v ~= v and "nan" or (v > 0 and "inf" or "-inf"))
   end
+  return json.int64_text(v) or json.numeral_text(v)
 end
+
+local ARG_TYPES = "strings, numbers, int64_t/uint64_t cdata or json numerals"
 
 local function arg_string(v, fname)
   local s = to_arg(v)
-  if not s then fail(fname, "command arguments must be strings or numbers, got " .. type(v)) end
+  if not s then fail(fname, "command arguments must be " .. ARG_TYPES .. ", got " .. type(v)) end
   return s
 end
 
@@ -195,7 +200,7 @@ function Batch:call(...)
   for i = 1, n do
     local s = to_arg(cmd[i])
     if not s then
-      fail("pipeline", "command arguments must be strings or numbers, got " .. type(cmd[i]))
+      fail("pipeline", "command arguments must be " .. ARG_TYPES .. ", got " .. type(cmd[i]))
     end
     cmd[i] = s
   end

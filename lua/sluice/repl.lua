@@ -18,6 +18,7 @@
 -- incomplete = true: the chunk is unfinished (`for i = 1, 3 do`); the client
 -- reads more lines and sends the whole chunk again.
 local cjson = require "cjson.safe"
+local json = require "sluice.json"
 local redact = require "sluice.redact"
 local operator = require "sluice.operator"
 local app_mod = require "sluice.app"
@@ -227,7 +228,7 @@ function _M._serve(conn, payload, framed)
   local r
   local chunk = payload
   if framed then
-    local req = cjson.decode(payload)
+    local req = json.decode(payload)
     chunk = type(req) == "table" and req.chunk or nil
     if type(chunk) ~= "string" then
       r = { ok = false, incomplete = false, output = 'bad request: expected {"chunk": "..."}\n' }

@@ -109,7 +109,7 @@
 --                    (req.headers["content-type"] == req.headers["Content-Type"]);
 --                    names are lower case; repeated headers are joined with ", "
 --   req.body         the body, "" if none
---   req:json()       the body decoded (cjson.safe): value | nil, err
+--   req:json()       the body decoded (sluice.json.decode): value | nil, err
 --   req.remote_addr  "ip:port" of the peer ("[ip]:port" for IPv6);
 --                    req.remote_ip, req.remote_port separately
 --

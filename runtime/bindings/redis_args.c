@@ -94,8 +94,35 @@ static void format_number(double v, char *buf, size_t len) {
     }
 }
 
-/* Replaces the numbers at the given stack range by their text (see
- * format_number); raises on anything but strings and numbers. */
+/* LuaJIT's type of cdata (lj_obj.h; lua.h has no name for it) */
+#define TYPE_CDATA 10
+
+/* Pushes the text sluice.json gives the value at idx (an int64_t/uint64_t
+ * cdata: int64_text, a table: numeral_text) and returns 1; 0, pushing
+ * nothing, when it gives none. Only sluice.json knows a numeral's text;
+ * sluice.redis loads it before this runs. */
+static int push_json_text(lua_State *L, int idx, int ty) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "_LOADED");
+    lua_getfield(L, -1, "sluice.json");
+    if (!lua_istable(L, -1)) {
+        lua_pop(L, 2);
+        return 0;
+    }
+    lua_getfield(L, -1, ty == LUA_TTABLE ? "numeral_text" : "int64_text");
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 1);
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        lua_pop(L, 3);
+        return 0;
+    }
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* Replaces the numbers, int64_t/uint64_t cdata and sluice.json numerals at
+ * the given stack range by their text (see format_number; cdata and
+ * numerals as sluice.json writes them); raises on anything else. */
 void sl_redis_format_numbers(lua_State *L, int from, int to) {
     for (int i = from; i <= to; i++) {
         int ty = lua_type(L, i);
@@ -104,8 +131,13 @@ void sl_redis_format_numbers(lua_State *L, int from, int to) {
             format_number(lua_tonumber(L, i), buf, sizeof(buf));
             lua_pushstring(L, buf);
             lua_replace(L, i);
+        } else if ((ty == TYPE_CDATA || ty == LUA_TTABLE) &&
+                   push_json_text(L, i, ty)) {
+            lua_replace(L, i);
         } else if (ty != LUA_TSTRING) {
-            luaL_argerror(L, i, "string or number expected");
+            luaL_argerror(L, i,
+                          "string, number, int64_t/uint64_t cdata or "
+                          "sluice.json numeral expected");
         }
     }
 }

@@ -11,8 +11,9 @@
 
 /* Replaces the numbers at stack indexes from..to by their text, as
  * sluice.json.number writes them (the shortest that reads back exactly;
- * -0 as "0", nan/inf/-inf as "nan", "inf", "-inf"); raises on anything but
- * strings and numbers. */
+ * -0 as "0", nan/inf/-inf as "nan", "inf", "-inf"), and int64_t/uint64_t
+ * cdata and sluice.json numerals by their digits; raises on anything but
+ * those and strings. */
 void sl_redis_format_numbers(lua_State *L, int from, int to);
 
 /* Raises when cmd (a command name, or NULL) is one that call and pipeline

@@ -17,5 +17,6 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._budget", luaopen_sluice_budget},
     {"sluice._crypto", luaopen_sluice_crypto},
     {"sluice._bignum", luaopen_sluice_bignum},
+    {"sluice._json", luaopen_sluice_json},
     {NULL, NULL},
 };

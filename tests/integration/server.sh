@@ -84,7 +84,7 @@ contains "headers are case-insensitive" "$WORK/res" '"header":"hello"'
 contains "content-type seen by the handler" "$WORK/res" '"ctype":"application\/json"'
 
 req -X POST --data 'not json' "$base/echo"
-contains "bad JSON gives nil, err to the handler" "$WORK/res" '"err":"Expected value but found invalid token'
+contains "bad JSON gives nil, err to the handler" "$WORK/res" '"err":"invalid JSON at byte 1: invalid string in json text"'
 
 req "$base/files/a/b.txt"
 contains "prefix route" "$WORK/res" "file /files/a/b.txt"

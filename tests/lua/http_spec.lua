@@ -367,7 +367,7 @@ describe("sluice.http observers", function()
       "sluice.http.add_observer: bad argument #1 (function expected, got string)")
   end)
 
-  it("stands alone: loads the task runtime, its native half, cjson and pure helpers, no metrics", function()
+  it("stands alone: loads the task runtime, its native half and pure helpers, no metrics", function()
     local loaded, real_require = package.loaded["sluice.http"], require
     local names = {}
     finally(function()
@@ -382,7 +382,7 @@ describe("sluice.http observers", function()
     local fresh = real_require("sluice.http")
     _G.require = real_require
     assert.are_not.equal(loaded, fresh)
-    assert.same({ "sluice", "sluice._http", "cjson.safe", "sluice.json", "sluice.options", "sluice.headers" },
+    assert.same({ "sluice", "sluice._http", "sluice.json", "sluice.options", "sluice.headers" },
       names)
   end)
 end)

@@ -193,12 +193,172 @@ describe("sluice.json", function()
   end)
 
   describe("decode", function()
+    local ffi = require "ffi"
+    local MAX256 = "115792089237316195423570985008687907853269984665640564039457584007913129639935"
+
+    -- the value's Lua type, the type of cdata, and its text as encode writes it
+    local function kind(v)
+      if type(v) == "cdata" then
+        return ffi.istype("int64_t", v) and "int64_t" or ffi.istype("uint64_t", v) and "uint64_t" or "cdata"
+      end
+      if json.numeral_text(v) then return "numeral" end
+      return type(v)
+    end
+
     it("returns the value, json.null for null, and nil, err for bad text", function()
       assert.same({ a = { 1, json.null } }, json.decode('{"a":[1,null]}'))
       assert.equal(json.null, json.decode('{"a":[1,null]}').a[2])
       assert.equal(0.1 + 0.2, json.decode(json.encode(0.1 + 0.2)))
-      assert.same({ nil, "Expected object key string but found invalid token at character 2" },
-        { json.decode("{x") })
+      assert.same({ nil, "invalid JSON at byte 2: invalid char in json text" }, { json.decode("{x") })
+    end)
+
+    it("keeps every integer exactly: number within 2^53-1, int64_t, uint64_t, else a numeral", function()
+      local cases = {
+        { "9007199254740991", "number" },
+        { "-9007199254740991", "number" },
+        { "9007199254740992", "int64_t" },
+        { "9223372036854775807", "int64_t" },   -- 2^63-1: cjson reads 9223372036854775808
+        { "-9223372036854775808", "int64_t" },  -- -2^63
+        { "9223372036854775808", "uint64_t" },
+        { "18446744073709551615", "uint64_t" }, -- 2^64-1
+        { "18446744073709551616", "numeral" },  -- 2^64
+        { "-9223372036854775809", "numeral" },
+        { MAX256, "numeral" },                  -- 2^256-1
+      }
+      for _, c in ipairs(cases) do
+        local v = json.decode(c[1])
+        assert.equal(c[2], kind(v), c[1])
+        assert.equal(c[1], json.encode(v))
+      end
+      assert.equal(9223372036854775807LL, json.decode("9223372036854775807"))
+      assert.equal(-9223372036854775807LL - 1, json.decode("-9223372036854775808"))
+      assert.equal(18446744073709551615ULL, json.decode("18446744073709551615"))
+      assert.equal(json.numeral(MAX256), json.decode(MAX256))
+      assert.equal(json.numeral("18446744073709551616"), json.decode("[18446744073709551616]")[1])
+    end)
+
+    it("keeps decimals a double would round as numerals, the others as numbers", function()
+      local d = json.decode('[0.123456789012345678,1e400,1e-400,4.9e-324,1.5,-2.5e-3,0.123456789012345,1.50000000000000000000]')
+      assert.equal(json.numeral("0.123456789012345678"), d[1]) -- 18 digits
+      assert.equal(json.numeral("1e400"), d[2])               -- beyond a double
+      assert.equal(json.numeral("1e-400"), d[3])              -- would be 0
+      assert.equal(json.numeral("4.9e-324"), d[4])            -- subnormal: fewer digits
+      assert.equal(1.5, d[5])
+      assert.equal(-2.5e-3, d[6])
+      assert.equal(0.123456789012345, d[7])                   -- 15 digits: a number
+      assert.equal(1.5, d[8])                                 -- zeros at the end are not digits
+      assert.equal("[0.123456789012345678,1e400,1e-400,4.9e-324,1.5,-0.0025,0.123456789012345,1.5]",
+        json.encode(d))
+    end)
+
+    it("reads 16 and 17 digits as a number only when json.number writes that double back so", function()
+      local d = json.decode("[0.30000000000000004,1732291234.567891,9.223372036854776e+18,0.10000000000000001]")
+      assert.equal(0.1 + 0.2, d[1])
+      assert.equal(1732291234.567891, d[2])
+      assert.equal(2 ^ 63, d[3])
+      assert.equal(json.numeral("0.10000000000000001"), d[4]) -- reads as 0.1, written "0.1"
+      for _, v in ipairs({ 0.1 + 0.2, 1 / 3, 123456789012.34567, 2 ^ 63, 1e300, -1e-300, math.pi }) do
+        assert.equal(v, json.decode(json.number(v)))
+      end
+    end)
+
+    it("keeps the sign of zero", function()
+      assert.equal(-math.huge, 1 / json.decode("-0"))
+      assert.equal(-math.huge, 1 / json.decode("-0.0"))
+      assert.equal(math.huge, 1 / json.decode("0"))
+      assert.equal("[-0,0]", json.encode(json.decode("[-0,0]")))
+    end)
+
+    it("marks arrays, so [] encodes back as []; objects take the last duplicate key", function()
+      local v = json.decode('{"a":[],"b":[[]],"c":{},"d":[1,{"e":[]}]}')
+      assert.equal('{"a":[],"b":[[]],"c":{},"d":[1,{"e":[]}]}', json.encode(v))
+      assert.equal("sluice.json.array", getmetatable(v.a))
+      assert.is_nil(getmetatable(v.c))
+      assert.same({ 1, { e = {} } }, v.d)
+      assert.same({ a = 3, b = json.null }, json.decode('{"a":1,"b":2,"a":3,"b":null}'))
+      assert.equal("[]", json.encode(json.decode("[]")))
+    end)
+
+    it("decodes escapes and surrogate pairs; refuses unpaired surrogates and bad UTF-8", function()
+      assert.equal("\240\159\152\128", json.decode('"\\ud83d\\ude00"'))
+      assert.equal("a\0b\195\169\n\"/", json.decode('"a\\u0000b\\u00e9\\n\\"\\/"'))
+      assert.same({ ["k\240\159\152\128"] = "\226\130\172" }, json.decode('{"k\\uD83D\\uDE00":"\226\130\172"}'))
+      local bad = {
+        { '"\\ud800"', "invalid JSON at byte 2: unpaired surrogate in a \\u escape" },
+        { '"ab\\ud800\\u0041"', "invalid JSON at byte 4: unpaired surrogate in a \\u escape" },
+        { '["\\\\", "\\udc00"]', "invalid JSON at byte 9: unpaired surrogate in a \\u escape" },
+        { '{"\\ude00":1}', "invalid JSON at byte 3: unpaired surrogate in a \\u escape" },
+        { '"a\255"', "invalid JSON at byte 3: invalid UTF-8" },
+        { '["ok","\192\128"]', "invalid JSON at byte 8: invalid UTF-8" },    -- overlong
+        { '"\237\160\128"', "invalid JSON at byte 2: invalid UTF-8" },       -- a surrogate
+        { '"\244\144\128\128"', "invalid JSON at byte 2: invalid UTF-8" },   -- past U+10FFFF
+        { '"\226\130"', "invalid JSON at byte 2: invalid UTF-8" },           -- cut short
+      }
+      for _, c in ipairs(bad) do
+        assert.same({ nil, c[2] }, { json.decode(c[1]) })
+      end
+    end)
+
+    it("names the byte where bad text goes wrong (from 1, #s + 1 at its end)", function()
+      local bad = {
+        { "", "invalid JSON at byte 1: empty input" },
+        { "  ", "invalid JSON at byte 3: premature EOF" },
+        { "[1,2", "invalid JSON at byte 5: premature EOF" },
+        { "[1,x]", "invalid JSON at byte 4: invalid char in json text" },
+        { "[1] x", "invalid JSON at byte 5: trailing garbage" },
+        { "[1,]", "invalid JSON at byte 4: unallowed token at this point in JSON text" },
+        { '{"a" 1}', "invalid JSON at byte 6: object key and value must be separated by a colon (':')" },
+        { "[1.]", "invalid JSON at byte 3: malformed number, a digit is required after the decimal point" },
+        { "[NaN]", "invalid JSON at byte 2: invalid char in json text" },
+      }
+      for _, c in ipairs(bad) do
+        assert.same({ nil, c[2] }, { json.decode(c[1]) })
+      end
+    end)
+
+    it("refuses nesting deeper than 1000 with an error, not a crash", function()
+      local ok = json.decode(string.rep("[", 1000) .. string.rep("]", 1000))
+      local depth = 0
+      while type(ok) == "table" do ok, depth = ok[1], depth + 1 end
+      assert.equal(1000, depth)
+      assert.same({ nil, "invalid JSON at byte 1001: nested deeper than 1000" },
+        { json.decode(string.rep("[", 1001) .. string.rep("]", 1001)) })
+      assert.same({ nil, "invalid JSON at byte 1005: nested deeper than 1000" },
+        { json.decode('{"a":' .. string.rep("[", 1000) .. "{}" .. string.rep("]", 1000) .. "}") })
+      assert.same({ nil, "invalid JSON at byte 1001: nested deeper than 1000" },
+        { json.decode(string.rep("[", 100000) .. "{") })
+    end)
+
+    it("an error raised while yajl parses unwinds it and leaks nothing (ASan checks)", function()
+      local native = require "sluice._json"
+      local decode = native.decoder(json.null, {}, function() error("boom", 0) end,
+        ffi.typeof("int64_t"), ffi.typeof("uint64_t"))
+      for _ = 1, 3 do
+        local ok, err = pcall(decode, '{"a":[1,2,{"b":"' .. string.rep("x", 100) .. '"}],"c":1e400}')
+        assert.same({ false, "boom" }, { ok, err })
+      end
+      collectgarbage()
+      assert.same({ a = 1 }, decode('{"a":1}'))
+    end)
+
+    it("raises when s is not a string", function()
+      for _, v in ipairs({ 1, true, {} }) do
+        assert.has_error(function() json.decode(v) end,
+          "sluice.json.decode: bad argument #1 (string expected, got " .. type(v) .. ")")
+      end
+      assert.has_error(function() json.decode() end,
+        "sluice.json.decode: bad argument #1 (string expected, got nil)")
+    end)
+
+    it("reads recorded exchange and relay responses back to the text encode wrote", function()
+      local files = { "ccxt/binance.json", "ccxt/bitget.json", "ccxt/bybit.json", "ccxt/gate.json",
+        "ccxt/htx.json", "mev-relays/builder_blocks_received_slot_6214255.json" }
+      for _, name in ipairs(files) do
+        local f = assert(io.open("tests/fixtures/" .. name))
+        local text = assert(json.encode(assert(json.decode(f:read("*a")))))
+        f:close()
+        assert.equal(text, json.encode(json.decode(text)), name)
+      end
     end)
   end)
 

@@ -2,6 +2,7 @@
 -- (ECHO sends it back), through call() (the C binding) and through
 -- pipeline() and eval_script() (sluice.redis' own to_arg): one spelling.
 local redis_server = require "support.redis_server"
+local json = require "sluice.json"
 
 -- value -> the text Redis receives: sluice.json.number's, but -0 is "0"
 -- (INCRBY k -0 is refused by Redis) and nan/inf are spelt out.
@@ -48,5 +49,38 @@ describe("sluice.redis number arguments", function()
     assert.equal(0, red:call("INCRBY", "redis_args:n", -0.0))
     assert.equal(0, red:eval_script("return redis.call('INCRBY', KEYS[1], ARGV[1])",
       { "redis_args:n" }, { -0.0 }))
+  end)
+
+  it("int64_t/uint64_t cdata and json numerals go as their digits, through call, pipeline and eval_script", function()
+    local MAX256 = "115792089237316195423570985008687907853269984665640564039457584007913129639935"
+    local big = {
+      { 9223372036854775807LL, "9223372036854775807" },
+      { -9223372036854775807LL - 1, "-9223372036854775808" },
+      { 18446744073709551615ULL, "18446744073709551615" },
+      { json.numeral(MAX256), MAX256 },
+      { json.numeral("0.123456789012345678"), "0.123456789012345678" },
+      -- what json.decode gives for numbers a double would round
+      { json.decode("9007199254740993"), "9007199254740993" },
+      { json.decode("[1e400]")[1], "1e400" },
+    }
+    for _, c in ipairs(big) do
+      assert.equal(c[2], red:call("ECHO", c[1]))
+      assert.same({ { c[2] } }, red:pipeline({ { "ECHO", c[1] } }))
+      assert.same({ { c[2] } }, red:pipeline(function(p) p:call("ECHO", c[1]) end))
+      assert.equal(c[2], red:eval_script("return ARGV[1]", {}, { c[1] }))
+    end
+    assert.equal("OK", red:call("SET", "redis_args:big", 9223372036854775806LL))
+    assert.equal("OK", red:call("SET", "redis_args:big", json.decode("9223372036854775806")))
+    red:call("INCRBY", "redis_args:big", 1LL)
+    assert.equal("9223372036854775807", red:call("GET", "redis_args:big"))
+  end)
+
+  it("other tables and cdata are refused, naming what is taken", function()
+    local ffi = require "ffi"
+    for _, v in ipairs({ {}, ffi.new("int[1]"), json.null }) do
+      local ok, err = pcall(red.call, red, "ECHO", v)
+      assert.is_false(ok)
+      assert.matches("string, number, int64_t/uint64_t cdata or sluice.json numeral expected", err, 1, true)
+    end
   end)
 end)

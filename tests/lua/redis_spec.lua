@@ -392,7 +392,7 @@ describe("sluice.redis", function()
     assert.has_error(function() red:pipeline(function(p) p:call() end) end,
       "sluice.redis.pipeline: p:call needs a command")
     assert.has_error(function() red:pipeline(function(p) p:call("SET", "fp", {}) end) end,
-      "sluice.redis.pipeline: command arguments must be strings or numbers, got table")
+      "sluice.redis.pipeline: command arguments must be strings, numbers, int64_t/uint64_t cdata or json numerals, got table")
     assert.has_error(function() red:pipeline(function(p) p.call("GET", "fp") end) end,
       "sluice.redis.pipeline: use p:call(...), not p.call(...)")
     assert.has_error(function() red:pipeline(function() error("mine", 0) end) end, "mine")

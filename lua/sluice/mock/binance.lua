@@ -166,7 +166,7 @@ end
 local function load_fixtures(path)
   local f, err = io.open(path, "rb")
   if not f then error("sluice.mock.binance: cannot read fixtures: " .. err, 3) end
-  local doc, derr = cjson.decode(f:read("*a"))
+  local doc, derr = require("sluice.json").decode(f:read("*a"))
   f:close()
   if type(doc) ~= "table" then
     error("sluice.mock.binance: bad fixtures " .. path .. ": " .. tostring(derr), 3)

@@ -2,7 +2,6 @@
 -- object a handler gets and the reply built from what it returns. Internal
 -- to sluice.server (the documentation is in its header); pure Lua over the
 -- exchange userdata of sluice._server, it owns no state and never yields.
-local cjson = require "cjson.safe"
 local header_table = require "sluice.headers"
 local json = require "sluice.json"
 
@@ -98,7 +97,7 @@ Request.__index = Request
 
 function Request:json()
   if not self._json_done then
-    self._json, self._json_err = cjson.decode(self.body)
+    self._json, self._json_err = json.decode(self.body)
     self._json_done = true
   end
   return self._json, self._json_err
