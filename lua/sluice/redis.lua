@@ -24,7 +24,8 @@
 -- and the client keeps retrying as below.
 --
 -- client:call(cmd, ...) must run in a task; it yields until the reply:
---   status, bulk -> string; integer -> number; nil -> nil;
+--   status, bulk -> string; integer -> number within +-(2^53-1), int64_t
+--   cdata beyond (exact); nil -> nil;
 --   array -> table, nested, where a nil element is `redis.null` (a NULL light
 --   userdata, the same value as cjson.null) and an error element is
 --   {err = "ERR ..."};

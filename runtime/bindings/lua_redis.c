@@ -489,6 +489,7 @@ int luaopen_sluice_redis(lua_State *L) {
         {"receive", l_receive},
         {NULL, NULL},
     };
+    sl_redis_reply_init(L);
     luaL_newmetatable(L, CLIENT_MT);
     lua_pushcfunction(L, l_gc);
     lua_setfield(L, -2, "__gc");

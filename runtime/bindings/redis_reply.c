@@ -4,8 +4,49 @@
  */
 #include <hiredis/hiredis.h>
 #include <lauxlib.h>
+#include <stdint.h>
 
+#include "host/runtime.h"
 #include "redis_reply.h"
+
+/* Registry key (its address) of box(p) -> the int64_t at light userdata p
+ * as an int64_t cdata: the C API cannot make cdata, and a double would
+ * round an integer reply beyond 2^53. */
+static char box_key;
+
+static const char FFI_BOX[] =
+    "local ffi = require 'ffi'\n"
+    "local int64, ptr, cast = ffi.typeof('int64_t'), "
+    "ffi.typeof('const int64_t *'), ffi.cast\n"
+    "return function(p) return int64(cast(ptr, p)[0]) end\n";
+
+void sl_redis_reply_init(lua_State *L) {
+    lua_pushlightuserdata(L, &box_key);
+    if (luaL_loadstring(L, FFI_BOX) != 0)
+        lua_error(L);
+    lua_call(L, 0, 1);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+/* The largest integer every double near it holds exactly. */
+#define EXACT_MAX 9007199254740991LL
+
+/* Pushes an integer reply: a number within +-(2^53-1), else an int64_t
+ * cdata, made by box() on the main thread (co is suspended and cannot run
+ * it) and moved over. */
+static void push_integer(lua_State *co, long long v) {
+    if (v >= -EXACT_MAX && v <= EXACT_MAX) {
+        lua_pushnumber(co, (lua_Number)v);
+        return;
+    }
+    lua_State *L = sl_rt.L;
+    int64_t x = v;
+    lua_pushlightuserdata(L, &box_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    lua_pushlightuserdata(L, &x);
+    lua_call(L, 1, 1);
+    lua_xmove(L, co, 1);
+}
 
 /* Pushes one reply element; nested is nonzero inside an array. */
 static void push_value(lua_State *co, const redisReply *r, int nested) {
@@ -15,7 +56,7 @@ static void push_value(lua_State *co, const redisReply *r, int nested) {
         lua_pushlstring(co, r->str, r->len);
         break;
     case REDIS_REPLY_INTEGER:
-        lua_pushnumber(co, (lua_Number)r->integer);
+        push_integer(co, r->integer);
         break;
     case REDIS_REPLY_NIL:
         if (nested)

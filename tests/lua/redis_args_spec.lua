@@ -83,4 +83,23 @@ describe("sluice.redis number arguments", function()
       assert.matches("string, number, int64_t/uint64_t cdata or sluice.json numeral expected", err, 1, true)
     end
   end)
+
+  it("integer replies beyond 2^53 come back as int64_t cdata, digit for digit", function()
+    local ffi = require "ffi"
+    assert.equal("OK", red:call("SET", "redis_args:big", "9223372036854775806"))
+    local v = red:call("INCR", "redis_args:big")
+    assert.is_true(ffi.istype("int64_t", v))
+    assert.equal("9223372036854775807", json.int64_text(v))
+    assert.equal("OK", red:call("SET", "redis_args:big", "-9007199254740993"))
+    assert.equal("-9007199254740992", json.int64_text(red:call("INCR", "redis_args:big")))
+    -- within 2^53 an integer reply stays a number
+    assert.equal("OK", red:call("SET", "redis_args:big", "9007199254740990"))
+    assert.equal(9007199254740991, red:call("INCR", "redis_args:big"))
+    local res = assert(red:pipeline({ { "SET", "redis_args:big", "9223372036854775800" },
+      { "INCRBY", "redis_args:big", 1 } }))
+    assert.equal("9223372036854775801", json.int64_text(res[2][1]))
+    assert.equal("OK", red:call("SET", "redis_args:big", "-9223372036854775807"))
+    assert.equal("-9223372036854775808", json.int64_text(
+      red:eval_script("return redis.call('DECR', KEYS[1])", { "redis_args:big" }, {})))
+  end)
 end)
