@@ -20,6 +20,8 @@
 -- ones; an old value may still appear in old log lines, so it stays hidden).
 local core_log = require "sluice._log"
 local secret_mod = require "sluice.collector.secret"
+local json = require "sluice.json"
+local numeral_text = json.numeral_text
 
 local _M = {}
 
@@ -138,9 +140,9 @@ function _M.scrub(v, seen)
   local t = type(v)
   if t == "string" then return _M.text(v) end
   if is_secret_value(v) then return SECRET end
-  if t ~= "table" then
+  if t ~= "table" or numeral_text(v) then
     if t == "function" or t == "thread" then return nil end
-    return v
+    return v -- numbers, cdata, json numerals: values, kept as they are
   end
   seen = seen or {}
   if seen[v] then return "<cycle>" end
@@ -150,8 +152,12 @@ function _M.scrub(v, seen)
     out[type(k) == "string" and _M.text(k) or k] = _M.scrub(x, seen)
   end
   seen[v] = nil
-  local mt = getmetatable(v) -- keeps cjson's array marker
-  if type(mt) == "table" then setmetatable(out, mt) end
+  local mt = getmetatable(v) -- keeps cjson's array marker, and sluice.json's
+  if type(mt) == "table" then
+    setmetatable(out, mt)
+  elseif mt == "sluice.json.array" then
+    json.array(out)
+  end
   return out
 end
 
@@ -222,7 +228,7 @@ function project(v, k, seen)
     end
     return _M.text(v)
   end
-  if t ~= "table" then return v end
+  if t ~= "table" or numeral_text(v) then return v end
   if k == "headers" then return project_headers(v, seen) end
   if k == "auth" then return project_auth(v, seen) end
   if seen[v] then return "<cycle>" end
@@ -230,6 +236,7 @@ function project(v, k, seen)
   local out = {}
   for key, x in pairs(v) do out[key] = project(x, key, seen) end
   seen[v] = nil
+  if getmetatable(v) == "sluice.json.array" then json.array(out) end
   return out
 end
 

@@ -116,4 +116,16 @@ describe("sluice.redact", function()
     assert.truthy(r.output:find("https://<redacted>@h.example", 1, true))
     assert.equal("closed", cb:state())
   end)
+
+  it("keeps json numerals, int64 cdata and json.array markers in views and scrubbed copies", function()
+    local json = require "sluice.json"
+    local MAX256 = "115792089237316195423570985008687907853269984665640564039457584007913129639935"
+    local cfg = { collectors = { { name = "x", params = json.array(),
+      expect = { a = 9223372036854775807LL, b = 18446744073709551615ULL, c = json.numeral(MAX256),
+        d = json.numeral("0.00001234") } } } }
+    local want = '{"collectors":[{"expect":{"a":9223372036854775807,"b":18446744073709551615,"c":'
+      .. MAX256 .. ',"d":0.00001234},"name":"x","params":[]}]}'
+    assert.equal(want, json.encode(redact.classify(cfg)))
+    assert.equal(want, json.encode(redact.scrub(cfg)))
+  end)
 end)
