@@ -91,11 +91,13 @@ local function integer_of(v)
   if type(v) == "number" then
     n = v
   elseif type(v) == "string" then
-    -- digits past 16 (or 14 hex digits) could round: refused before tonumber
-    if v:match("^%d+$") and #v:match("^0*(.-)$") <= 16 then
+    -- digits beyond 2^53 would round in tonumber: compared as text first
+    -- (equal lengths compare as numbers)
+    local dec, hex = v:match("^0*(%d*)$"), v:match("^0x0*(%x*)$")
+    if dec and v ~= "" and (#dec < 16 or #dec == 16 and dec <= "9007199254740992") then
       n = tonumber(v, 10)
-    elseif v:match("^0x%x+$") and #v:match("^0x0*(.-)$") <= 14 then
-      n = tonumber(v:sub(3), 16)
+    elseif hex and #v > 2 and (#hex < 14 or #hex == 14 and hex:lower() <= "20000000000000") then
+      n = tonumber(hex, 16) or 0
     else
       return nil
     end
