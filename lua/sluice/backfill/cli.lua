@@ -46,6 +46,15 @@ local function usage_error(msg)
   os.exit(2)
 end
 
+-- A usage error found once the configuration is built (it depends on the
+-- collector's unit): said the same way, but the process shuts down
+-- cleanly (exit 2) rather than exiting past what it has opened.
+local function late_usage_error(app, msg)
+  app.store:close()
+  io.stderr:write("sluice: backfill: ", msg, " (see sluice backfill --help)\n")
+  sluice.shutdown(2)
+end
+
 --- cli(chunk, file, args...): `sluice backfill`.
 function _M.cli(chunk, file, ...)
   local args = { ... }
@@ -111,27 +120,25 @@ function _M.cli(chunk, file, ...)
       local v = units.is_integer(unit) and o[k] or tonumber(o[k]) or o[k]
       local okp, pos = pcall(units.parse, v, unit, k)
       if not okp then
-        app.store:close()
         if units.is_integer(unit) then
-          usage_error("--" .. k .. " '" .. o[k] .. "': collector '" .. name .. "' backfills by " .. unit
-            .. ": expected an integer from 0 to 2^53" .. (pcall(units.parse_time, o[k], k)
-            and tonumber(o[k]) == nil and ", not a date" or ""))
+          return late_usage_error(app, "--" .. k .. " '" .. o[k] .. "': collector '" .. name
+            .. "' backfills by " .. unit .. ": expected an integer from 0 to 2^53"
+            .. (pcall(units.parse_time, o[k], k) and tonumber(o[k]) == nil and ", not a date" or ""))
         end
-        usage_error("--" .. k .. " '" .. o[k] .. "': expected epoch seconds or a date like 2024-01-31")
+        return late_usage_error(app, "--" .. k .. " '" .. o[k] .. "': expected epoch seconds or a date"
+          .. " like 2024-01-31")
       end
       o[k] = pos
     end
   end
   -- what the plan refuses (no --to for blocks, --to before --from): a
   -- usage error, one line
-  local function refused(ok, err)
-    if ok then return end
-    app.store:close()
-    usage_error((tostring(err):gsub("^.-sluice%.backfill[%w_.]*: ", "")))
+  local function refusal(err)
+    return (tostring(err):gsub("^.-sluice%.backfill[%w_.]*: ", ""))
   end
   if o.plan_only then
     local okp, p = pcall(backfill.plan, o)
-    refused(okp, p)
+    if not okp then return late_usage_error(app, refusal(p)) end
     local e = p.estimate
     print(string.format("%s: %d windows to fetch, %d already done", name, #p.windows, p.skipped))
     print(string.format("  range    %s, windows of %s %s", units.range(p.unit, p.from, p.to),
@@ -147,7 +154,7 @@ function _M.cli(chunk, file, ...)
     return
   end
   local oks, id = pcall(backfill.start, o)
-  refused(oks, id)
+  if not oks then return late_usage_error(app, refusal(id)) end
   local st = backfill.wait(id)
   print(string.format("%s: %s; %d of %d windows done, %d failed, %d skipped; %d rows, %d requests in %.1f s",
     name, st.state, st.windows_done, st.windows_total, st.windows_failed, st.windows_skipped,
