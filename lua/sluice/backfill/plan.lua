@@ -2,8 +2,9 @@
 --
 -- plan(opts) (sluice.backfill.plan) aligns the range [from, to), in the
 -- collector's backfill_unit (sluice.backfill.unit: seconds, or blocks,
--- slots, integers), to the collector's backfill_step, per partition (those the collector declares,
--- or those asked for; "*" when it declares none), and keeps the windows
+-- slots, integers), to the collector's backfill_step, per partition
+-- (those the collector declares, or those asked for; "*" when it declares
+-- none), and keeps the windows
 -- not covered in the store's coverage table (sluice_backfill, created
 -- here): missing, extended by a later `to`, with rows missing inside them
 -- (expect), or all of them (force) or the last lookback seconds; with a
@@ -130,7 +131,7 @@ end
 -- seconds; an integer unit has no "now".
 local function default_to(c, unit)
   local to = resolve(c.config.backfill_to, c)
-  if to ~= nil then return units.parse(to, unit, "backfill_to", 3) end
+  if to ~= nil then return units.parse(to, unit, "backfill_to", 4) end
   if not units.is_integer(unit) then return math.floor(sluice.time()) end
   error("sluice.backfill: collector '" .. c.name .. "' backfills by " .. unit .. ": 'to' is required"
     .. " (or declare backfill_to)", 3)
@@ -138,10 +139,10 @@ end
 
 local function default_from(c, unit)
   local from = resolve(c.config.backfill_from, c)
-  if from ~= nil then return units.parse(from, unit, "backfill_from", 3) end
+  if from ~= nil then return units.parse(from, unit, "backfill_from", 4) end
   if not units.is_integer(unit) then
     from = c.config.beginning_date or c.options.beginning_date
-    if from ~= nil then return units.parse(from, unit, "from", 3) end
+    if from ~= nil then return units.parse(from, unit, "from", 4) end
   end
   error("sluice.backfill: collector '" .. c.name .. "' has no start: 'from' is required (or declare "
     .. (units.is_integer(unit) and "backfill_from" or "backfill_from or beginning_date") .. ")", 3)

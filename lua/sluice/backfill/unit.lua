@@ -118,7 +118,7 @@ _M.integer = integer_of
 -- else raises naming what and the unit, at level (as error() counts it
 -- from parse; 3 by default: the caller of parse's caller).
 function _M.parse(v, unit, what, level)
-  level = (level or 3) + 1
+  level = level or 3
   if not _M.is_integer(unit) then
     if type(v) == "number" then return v end
     local t = type(v) == "string" and date_seconds(v)
