@@ -260,7 +260,11 @@ local function add_routes(route, ops, app)
       task_id = id, status = "started", message = "Backfill operation started",
       estimated_records = plan.estimate.rows or plan.estimate.windows,
       estimated_requests = plan.estimate.requests, windows = plan.estimate.windows,
-      start_date = iso(plan.from), end_date = iso(plan.to),
+      -- (a backfill by blocks, slots or integers has no dates: its range)
+      start_date = plan.unit == "seconds" and iso(plan.from) or nil,
+      end_date = plan.unit == "seconds" and iso(plan.to) or nil,
+      unit = plan.unit, from = plan.unit ~= "seconds" and plan.from or nil,
+      to = plan.unit ~= "seconds" and plan.to or nil,
     }
   end)
 

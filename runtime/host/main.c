@@ -83,7 +83,7 @@ static const char *usage_test =
     "unless --log-level is given.\n";
 
 static const char *usage_backfill =
-    "usage: sluice backfill CONFIG.lua COLLECTOR --from DATE [--to DATE]\n"
+    "usage: sluice backfill CONFIG.lua COLLECTOR --from FROM [--to TO]\n"
     "                       [--symbols A,B] [--force] [--lookback S]\n"
     "                       [--parallel N] [--claim-ttl S] [--plan]\n"
     "                       [runtime options]\n"
@@ -91,7 +91,9 @@ static const char *usage_backfill =
     "Backfills one collector of a configuration, skipping windows already\n"
     "stored, and exits 0 when every window is done, 1 when some failed (run\n"
     "it again to retry them). --plan prints the plan and its estimate.\n"
-    "DATE is epoch seconds or 2024-01-31[T12:00:00] (UTC). With redis in\n"
+    "FROM and TO are epoch seconds or 2024-01-31[T12:00:00] (UTC), or\n"
+    "integers for a collector backfilling by blocks, slots or integers\n"
+    "(its backfill_unit); windows are [FROM, TO). With redis in\n"
     "the configuration, windows are claimed in Redis for --claim-ttl\n"
     "seconds (30, renewed while fetched), so several instances can share\n"
     "one backfill.\n";

@@ -9,21 +9,25 @@
 local sluice = require "sluice"
 local app_mod = require "sluice.app"
 local backfill = require "sluice.backfill"
+local units = require "sluice.backfill.unit"
 
 local _M = {}
 
 local USAGE = [[
-usage: sluice backfill CONFIG.lua COLLECTOR --from DATE [--to DATE] [options]
+usage: sluice backfill CONFIG.lua COLLECTOR --from FROM [--to TO] [options]
 
-Backfills COLLECTOR (a collector of the configuration) from DATE (epoch
-seconds or 2024-01-31[T12:00:00]) to --to (default: now), skipping windows
-already stored, and exits 0 when every window is done (1 if some failed;
-run it again to retry them).
+Backfills COLLECTOR (a collector of the configuration) over [FROM, TO),
+skipping windows already stored, and exits 0 when every window is done (1
+if some failed; run it again to retry them). FROM and TO are in the
+collector's backfill unit: for time (seconds), epoch seconds or a date
+2024-01-31[T12:00:00] (UTC), TO by default now; for blocks, slots or
+integers, integers (19000000, or 0x121eac0), TO by default the collector's
+backfill_to. FROM defaults to its backfill_from (or beginning_date).
 
 options:
   --symbols A,B     only these symbols (default: the collector's)
   --force           refetch windows already done (idempotent upserts)
-  --lookback S      also refetch the last S seconds before --to
+  --lookback N      also refetch the last N seconds (blocks, ...) before --to
   --parallel N      windows fetched at once (default 4)
   --plan            print the plan and its estimate, fetch nothing
   --claim-ttl S     with Redis: how long a window claim lives unrenewed,
@@ -40,6 +44,15 @@ as done elsewhere (its rows are in that instance's store and streams).
 local function usage_error(msg)
   io.stderr:write("sluice: backfill: ", msg, " (see sluice backfill --help)\n")
   os.exit(2)
+end
+
+-- A usage error found once the configuration is built (it depends on the
+-- collector's unit): said the same way, but the process shuts down
+-- cleanly (exit 2) rather than exiting past what it has opened.
+local function late_usage_error(app, msg)
+  app.store:close()
+  io.stderr:write("sluice: backfill: ", msg, " (see sluice backfill --help)\n")
+  sluice.shutdown(2)
 end
 
 --- cli(chunk, file, args...): `sluice backfill`.
@@ -76,12 +89,6 @@ function _M.cli(chunk, file, ...)
     i = i + 1
   end
   if not name then usage_error("missing COLLECTOR") end
-  for _, k in ipairs({ "from", "to" }) do
-    if o[k] and not pcall(backfill.parse_time, tonumber(o[k]) or o[k], k) then
-      usage_error("--" .. k .. " '" .. o[k] .. "': expected epoch seconds or a date like 2024-01-31")
-    end
-    if o[k] then o[k] = backfill.parse_time(tonumber(o[k]) or o[k], k) end
-  end
   -- a configuration that cannot start is one line on stderr, exit 1
   local tb
   local okc, app = xpcall(function()
@@ -105,10 +112,37 @@ function _M.cli(chunk, file, ...)
       .. table.concat(names, ", ") .. ")")
   end
   o.collector = c
+  -- --from and --to in the collector's unit: dates or epoch seconds for
+  -- time, integers for blocks, slots and integers
+  local unit = units.of(c)
+  for _, k in ipairs({ "from", "to" }) do
+    if o[k] then
+      local v = units.is_integer(unit) and o[k] or tonumber(o[k]) or o[k]
+      local okp, pos = pcall(units.parse, v, unit, k)
+      if not okp then
+        if units.is_integer(unit) then
+          return late_usage_error(app, "--" .. k .. " '" .. o[k] .. "': collector '" .. name
+            .. "' backfills by " .. unit .. ": expected an integer from 0 to 2^53"
+            .. (pcall(units.parse_time, o[k], k) and tonumber(o[k]) == nil and ", not a date" or ""))
+        end
+        return late_usage_error(app, "--" .. k .. " '" .. o[k] .. "': expected epoch seconds or a date"
+          .. " like 2024-01-31")
+      end
+      o[k] = pos
+    end
+  end
+  -- what the plan refuses (no --to for blocks, --to before --from): a
+  -- usage error, one line
+  local function refusal(err)
+    return (tostring(err):gsub("^.-sluice%.backfill[%w_.]*: ", ""))
+  end
   if o.plan_only then
-    local p = backfill.plan(o)
+    local okp, p = pcall(backfill.plan, o)
+    if not okp then return late_usage_error(app, refusal(p)) end
     local e = p.estimate
     print(string.format("%s: %d windows to fetch, %d already done", name, #p.windows, p.skipped))
+    print(string.format("  range    %s, windows of %s %s", units.range(p.unit, p.from, p.to),
+      units.is_integer(p.unit) and string.format("%d", p.step) or tostring(p.step), p.unit))
     local reasons = {}
     for _, w in ipairs(p.windows) do reasons[w.reason] = (reasons[w.reason] or 0) + 1 end
     if #p.elsewhere > 0 then reasons.elsewhere = #p.elsewhere end
@@ -119,7 +153,8 @@ function _M.cli(chunk, file, ...)
     sluice.shutdown(0)
     return
   end
-  local id = backfill.start(o)
+  local oks, id = pcall(backfill.start, o)
+  if not oks then return late_usage_error(app, refusal(id)) end
   local st = backfill.wait(id)
   print(string.format("%s: %s; %d of %d windows done, %d failed, %d skipped; %d rows, %d requests in %.1f s",
     name, st.state, st.windows_done, st.windows_total, st.windows_failed, st.windows_skipped,
@@ -132,13 +167,17 @@ function _M.cli(chunk, file, ...)
     print("  redis was unreachable: some windows were claimed locally only")
   end
   for _, f in ipairs(st.failed) do
-    print(string.format("  failed: %s %d..%d: %s", f.partition, f.from, f.to, f.error))
+    print(string.format("  failed: %s %s: %s", f.partition, units.is_integer(st.unit)
+      and units.range(st.unit, f.from, f.to) or string.format("%d..%d", f.from, f.to), f.error))
   end
   if st.interrupted then
     local nw = st.next_window
     print(string.format("  stopped by shutdown after %d of %d windows%s; run the same command again "
       .. "to resume (done windows are skipped)", st.windows_done, st.windows_total,
-      nw and string.format("; next window: %s from %s (%d)", nw.partition, sluice.iso8601(nw.from), nw.from) or ""))
+      nw and (units.is_integer(st.unit)
+        and string.format("; next window: %s %s", nw.partition, units.range(st.unit, nw.from, nw.to))
+        or string.format("; next window: %s from %s (%d)", nw.partition, sluice.iso8601(nw.from), nw.from))
+      or ""))
   end
   sluice.shutdown(st.windows_failed > 0 and 1 or 0)
 end

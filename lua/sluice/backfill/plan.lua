@@ -1,8 +1,10 @@
 --- sluice.backfill.plan: which windows a backfill fetches, and at what cost.
 --
--- plan(opts) (sluice.backfill.plan) aligns the range [from, to) to the
--- collector's backfill_step, per partition (those the collector declares,
--- or those asked for; "*" when it declares none), and keeps the windows
+-- plan(opts) (sluice.backfill.plan) aligns the range [from, to), in the
+-- collector's backfill_unit (sluice.backfill.unit: seconds, or blocks,
+-- slots, integers), to the collector's backfill_step, per partition
+-- (those the collector declares, or those asked for; "*" when it declares
+-- none), and keeps the windows
 -- not covered in the store's coverage table (sluice_backfill, created
 -- here): missing, extended by a later `to`, with rows missing inside them
 -- (expect), or all of them (force) or the last lookback seconds; with a
@@ -15,6 +17,7 @@ local sluice = require "sluice"
 local shared = require "sluice.shared"
 local claims = require "sluice.backfill.claims"
 local spec_mod = require "sluice.collector.spec"
+local units = require "sluice.backfill.unit"
 
 local _M = {}
 
@@ -37,28 +40,9 @@ local function resolve(v, c)
   return v
 end
 
---- parse_time(v, what) -> epoch seconds: v as they are, or a date like
--- 2024-01-31[T12:00:00][Z] read as UTC; raises naming what otherwise.
-function _M.parse_time(v, what)
-  if type(v) == "number" then return v end
-  if type(v) == "string" then
-    local y, m, d, H, M, S = v:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[T ]?(%d?%d?):?(%d?%d?):?(%d?%d?)Z?$")
-    if y then
-      -- os.time reads the table as local time: days from the civil date
-      -- by hand (H. Hinnant's algorithm), for UTC
-      local yy, mm, dd = tonumber(y), tonumber(m), tonumber(d)
-      if mm <= 2 then yy = yy - 1 end
-      local era = math.floor(yy / 400)
-      local yoe = yy - era * 400
-      local doy = math.floor((153 * (mm + (mm > 2 and -3 or 9)) + 2) / 5) + dd - 1
-      local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-      local days = era * 146097 + doe - 719468
-      return days * 86400 + (tonumber(H) or 0) * 3600 + (tonumber(M) or 0) * 60 + (tonumber(S) or 0)
-    end
-  end
-  error("sluice.backfill: '" .. what .. "' must be epoch seconds or a date like 2024-01-31, got "
-    .. tostring(v), 3)
-end
+--- parse_time(v, what) -> epoch seconds of v: a number as it is, or a
+-- date like 2024-01-31[T12:00:00][Z] read as UTC; raises naming what.
+_M.parse_time = units.parse_time
 
 -- The partitions a plan covers: those asked for, else those the collector
 -- declares, else one, "*" (backfill then gets nil).
@@ -114,18 +98,19 @@ end
 
 -- Rows present per window for row-level gap detection: one query per
 -- partition, grouped by window.
+-- (expect.column is expect.time_column's other name, for integer units)
 local function present_counts(c, exp, tname, part, first, from, stop, step)
   local scale = exp.unit == "ms" and 1000 or 1
-  local sql = { "SELECT CAST((", exp.time_column, " / ", scale, " - ?) / ? AS INTEGER) AS w, COUNT(DISTINCT ",
-    exp.time_column, ") AS n FROM ", tname, " WHERE ", exp.time_column, " >= ? AND ",
-    exp.time_column, " < ?" }
+  local col = exp.column or exp.time_column
+  local sql = { "SELECT CAST((", col, " / ", scale, " - ?) / ? AS INTEGER) AS w, COUNT(DISTINCT ",
+    col, ") AS n FROM ", tname, " WHERE ", col, " >= ? AND ", col, " < ?" }
   local params = { first, step, from * scale, stop * scale }
   if exp.partition and part ~= "*" then
     sql[#sql + 1] = " AND " .. exp.partition .. " = ?"
     params[#params + 1] = part
   end
-  for col, val in pairs(exp.where or {}) do
-    sql[#sql + 1] = " AND " .. col .. " = ?"
+  for name, val in pairs(exp.where or {}) do
+    sql[#sql + 1] = " AND " .. name .. " = ?"
     params[#params + 1] = val
   end
   sql[#sql + 1] = " GROUP BY w"
@@ -139,6 +124,28 @@ local function present_counts(c, exp, tname, part, first, from, stop, step)
   local out = {}
   for _, r in ipairs(rows) do out[math.floor(r.w)] = r.n end
   return out
+end
+
+-- The range's end when none is given: backfill_to (a value or a
+-- function(self) returning one, e.g. the chain's head + 1), else now for
+-- seconds; an integer unit has no "now".
+local function default_to(c, unit)
+  local to = resolve(c.config.backfill_to, c)
+  if to ~= nil then return units.parse(to, unit, "backfill_to", 4) end
+  if not units.is_integer(unit) then return math.floor(sluice.time()) end
+  error("sluice.backfill: collector '" .. c.name .. "' backfills by " .. unit .. ": 'to' is required"
+    .. " (or declare backfill_to)", 3)
+end
+
+local function default_from(c, unit)
+  local from = resolve(c.config.backfill_from, c)
+  if from ~= nil then return units.parse(from, unit, "backfill_from", 4) end
+  if not units.is_integer(unit) then
+    from = c.config.beginning_date or c.options.beginning_date
+    if from ~= nil then return units.parse(from, unit, "from", 4) end
+  end
+  error("sluice.backfill: collector '" .. c.name .. "' has no start: 'from' is required (or declare "
+    .. (units.is_integer(unit) and "backfill_from" or "backfill_from or beginning_date") .. ")", 3)
 end
 
 --- plan(opts) -> { windows = {{partition, from, to, reason}, ...},
@@ -158,12 +165,14 @@ function _M.plan(opts)
     error("sluice.backfill: collector '" .. c.name .. "' has no store", 2)
   end
   _M.ensure_schema(c.store)
-  local step = resolve(c.spec.backfill_step, c) or 86400
-  if type(step) ~= "number" or not (step > 0) then
-    error("sluice.backfill: backfill_step must be a number of seconds > 0", 2)
+  local unit = units.of(c)
+  local integer = units.is_integer(unit)
+  local step, what = units.step(resolve(c.config.backfill_step, c) or (not integer and 86400 or nil), unit)
+  if not step then
+    error("sluice.backfill: collector '" .. c.name .. "': backfill_step must be " .. what, 2)
   end
-  local from = _M.parse_time(opts.from or c.config.beginning_date or c.options.beginning_date, "from")
-  local to = opts.to and _M.parse_time(opts.to, "to") or math.floor(sluice.time())
+  local from = opts.from ~= nil and units.parse(opts.from, unit, "from") or default_from(c, unit)
+  local to = opts.to ~= nil and units.parse(opts.to, unit, "to") or default_to(c, unit)
   if not (to > from) then
     error("sluice.backfill: 'to' must be after 'from'", 2)
   end
@@ -176,18 +185,21 @@ function _M.plan(opts)
   end
   -- windows are aligned to the step, so runs with different bounds share
   -- their windows (and so their coverage)
-  local first = math.floor(from / step) * step
+  local first = units.align(from, step)
   local lookback_from = opts.lookback and (to - opts.lookback) or math.huge
   local sh = _M.shared_of(opts, c)
   local plan = { collector = c, windows = {}, skipped = 0, elsewhere = {}, from = from, to = to,
-    step = step, shared = sh }
+    step = step, unit = unit, shared = sh }
   for _, part in ipairs(partitions(c, opts.partitions or opts.symbols)) do
     local done = {}
     for _, r in ipairs(c.store:query(
       "SELECT window_start, window_end, covered_from, status FROM sluice_backfill"
       .. " WHERE collector = ? AND partition = ? AND window_start >= ? AND window_start < ?",
       c.name, part, first, to) or {}) do
-      if r.status == "done" then done[r.window_start] = { from = r.covered_from, to = r.window_end } end
+      -- (the store returns 2^53 as an int64_t: keys and bounds as numbers)
+      if r.status == "done" then
+        done[tonumber(r.window_start)] = { from = tonumber(r.covered_from), to = tonumber(r.window_end) }
+      end
     end
     local present = exp and present_counts(c, exp, exp_table, part, first, from, to, step) or nil
     local w = first
@@ -201,7 +213,7 @@ function _M.plan(opts)
       elseif not done[w] or done[w].to < wend or done[w].from > wstart then
         reason = done[w] and "extended" or "missing"
       elseif present then
-        local want = math.ceil(wend / exp.every) - math.ceil(wstart / exp.every)
+        local want = units.ceil_div(wend, exp.every) - units.ceil_div(wstart, exp.every)
         if (present[(w - first) / step] or 0) < want then reason = "gap" end
       end
       if reason then
@@ -219,7 +231,7 @@ function _M.plan(opts)
   local rows = 0
   if exp then
     for _, win in ipairs(plan.windows) do
-      rows = rows + math.ceil(win.to / exp.every) - math.ceil(win.from / exp.every)
+      rows = rows + units.ceil_div(win.to, exp.every) - units.ceil_div(win.from, exp.every)
     end
   end
   plan.estimate = { windows = #plan.windows, requests = requests, rows = exp and rows or nil,

@@ -14,6 +14,7 @@ local sluice = require "sluice"
 local log = require "sluice.log"
 local planner = require "sluice.backfill.plan"
 local claims = require "sluice.backfill.claims"
+local units = require "sluice.backfill.unit"
 
 local _M = {}
 
@@ -85,14 +86,14 @@ local function run_window(job, win)
     -- not a failure; it stays missing, so the next run fetches it
     job.cut = job.cut + 1
     c.log.info("backfill window interrupted by shutdown", { partition = win.partition,
-      from = win.from, to = win.to, error = msg })
+      window = units.range(job.plan.unit, win.from, win.to), from = win.from, to = win.to, error = msg })
     return false
   end
   job.failed[#job.failed + 1] = { partition = win.partition, from = win.from, to = win.to, error = msg }
   job.errors = job.errors + 1
   record(c, win, "failed", 0, msg)
-  c.log.warning("backfill window failed", { partition = win.partition, from = win.from,
-    to = win.to, error = msg })
+  c.log.warning("backfill window failed", { partition = win.partition,
+    window = units.range(job.plan.unit, win.from, win.to), from = win.from, to = win.to, error = msg })
   return false
 end
 
@@ -142,7 +143,8 @@ local function renew_claims(job)
     if ok == false and win then
       job.held[key] = nil
       job.blog.warning("backfill claim lost (expired or taken): the window may be fetched twice",
-        { partition = win.partition, from = win.from, to = win.to })
+        { partition = win.partition, window = units.range(job.plan.unit, win.from, win.to),
+          from = win.from, to = win.to })
     end
   end
 end
@@ -155,7 +157,7 @@ local function take_window(job, win)
   elseif verdict == "held" then
     if not win.held_by then
       job.blog.debug("backfill window held by another instance", { partition = win.partition,
-        from = win.from, by = doc and doc.by })
+        window = units.range(job.plan.unit, win.from, win.to), from = win.from, by = doc and doc.by })
     end
     win.held_by = doc and doc.by or "?"
     job.deferred[#job.deferred + 1] = { win = win, at = sluice.now() + job.recheck }
@@ -164,7 +166,8 @@ local function take_window(job, win)
   if verdict == "claimed" then
     if win.held_by then
       job.blog.info("backfill window taken over (its holder released it or died)",
-        { partition = win.partition, from = win.from, by = win.held_by })
+        { partition = win.partition, window = units.range(job.plan.unit, win.from, win.to),
+          from = win.from, by = win.held_by })
     end
     job.held[win.claim_key] = win
   end
@@ -225,6 +228,7 @@ local function status_of(job)
   local rate = elapsed > 0 and finished / elapsed or 0
   return {
     id = job.id, collector = job.collector.name, state = job.state,
+    unit = job.plan.unit, from = job.plan.from, to = job.plan.to, step = job.plan.step,
     windows_total = job.total, windows_done = job.done, windows_failed = #job.failed,
     windows_skipped = job.plan.skipped, rows = job.rows,
     windows_elsewhere = job.elsewhere, rows_elsewhere = job.rows_elsewhere,
@@ -292,7 +296,8 @@ function _M.start(opts)
   local blog = log.with({ collector = job.collector.name, backfill = id })
   job.blog = blog
   for _, win in ipairs(plan.elsewhere) do elsewhere(job, win, win) end
-  blog.info("backfill started", { windows = job.total, skipped = plan.skipped,
+  blog.info("backfill started", { range = units.range(plan.unit, plan.from, plan.to), unit = plan.unit,
+    step = plan.step, windows = job.total, skipped = plan.skipped,
     elsewhere = #plan.elsewhere, requests = plan.estimate.requests,
     estimate_seconds = plan.estimate.seconds, claims = job.shared and "redis" or "local" })
   local function worker()
@@ -306,6 +311,7 @@ function _M.start(opts)
     -- a progress line every few seconds in the log, and a bar redrawn
     -- every half second when stdout is a terminal
     local bar = opts.bar ~= false and log.is_terminal()
+    local range = units.range(plan.unit, plan.from, plan.to)
     local ticks = 0
     local period = opts.progress or 5
     local progress = sluice.every(bar and 0.5 or period, function(premature)
@@ -316,13 +322,13 @@ function _M.start(opts)
         local finished = st.windows_done + st.windows_failed + st.windows_elsewhere
         local width = 30
         local filled = st.windows_total > 0 and math.floor(width * finished / st.windows_total) or width
-        io.stdout:write(string.format("\r[%s%s] %d/%d windows, %d rows, %d failed, ETA %s ",
-          string.rep("#", filled), string.rep(" ", width - filled), finished, st.windows_total,
+        io.stdout:write(string.format("\r[%s%s] %d/%d windows of %s, %d rows, %d failed, ETA %s ",
+          string.rep("#", filled), string.rep(" ", width - filled), finished, st.windows_total, range,
           st.rows, st.windows_failed, st.eta and string.format("%.0f s", st.eta) or "?"))
         io.stdout:flush()
       end
       if not bar or ticks % math.max(1, math.floor(period / 0.5)) == 0 then
-        blog.info("backfill progress", { done = st.windows_done, failed = st.windows_failed,
+        blog.info("backfill progress", { range = range, done = st.windows_done, failed = st.windows_failed,
           elsewhere = st.windows_elsewhere, waiting = st.windows_waiting,
           total = st.windows_total, rows = st.rows, eta = st.eta })
       end
@@ -343,14 +349,16 @@ function _M.start(opts)
       job.state = #job.failed > 0 and "failed" or "done"
     end
     local st = status_of(job)
-    blog.info("backfill finished", { state = job.state, done = st.windows_done,
+    blog.info("backfill finished", { range = range, state = job.state, done = st.windows_done,
       failed = st.windows_failed, elsewhere = st.windows_elsewhere, rows = st.rows,
       requests = st.requests, seconds = st.elapsed, claims = st.claims })
     if job.interrupted then
       local nw = st.next_window
       blog.warning("backfill stopped by shutdown; running it again resumes", {
         done = st.windows_done, total = st.windows_total, interrupted = st.windows_interrupted,
-        next_partition = nw and nw.partition, next_from = nw and sluice.iso8601(nw.from) })
+        next_partition = nw and nw.partition,
+        next_from = nw and (units.is_integer(plan.unit) and nw.from or sluice.iso8601(nw.from)),
+        next_window = nw and units.range(plan.unit, nw.from, nw.to) })
     end
   end)
   return id

@@ -38,6 +38,9 @@ _M.OPTIONS = {
     type = "string", what = "an upstream name (letters, digits, _, -, .)",
     check = function(v) return v:match("^[%w_.%-]+$") ~= nil end,
   },
+  -- backfill's unit (sluice.backfill.unit) and its default range
+  backfill_unit = { type = "string", one_of = { "seconds", "blocks", "slots", "integers" } },
+  backfill_from = "number|string|cdata|function", backfill_to = "number|string|cdata|function",
 }
 
 -- What a schema cannot say: auth takes exactly one way, and a value with
@@ -76,6 +79,20 @@ local function check_expect(spec, where, level)
   if err then error(where .. ": option 'expect' " .. err, level) end
 end
 
+-- An integer backfill unit counts windows in whole steps of its own: no
+-- default step (a day of seconds means nothing in blocks), and an integer.
+local function check_integer_unit(spec, where, level)
+  local step = spec.backfill_step
+  if step == nil and spec.backfill then
+    error(where .. ": option 'backfill_step' is required with backfill_unit = '" .. spec.backfill_unit
+      .. "' (the window length in " .. spec.backfill_unit .. ")", level)
+  end
+  if type(step) == "number" and not (step >= 1 and step <= 2 ^ 53 and step == math.floor(step)) then
+    error(where .. ": option 'backfill_step' must be an integer number of " .. spec.backfill_unit
+      .. " from 1 to 2^53, got " .. options.value(step), level)
+  end
+end
+
 --- check(spec, where, level): raises "where: ..." for an unknown option,
 -- a wrong type or a value out of range; level as error() counts it from
 -- check (3: the caller of check's caller). An expect function is checked
@@ -83,6 +100,7 @@ end
 function _M.check(spec, where, level)
   options.check(where, spec, _M.OPTIONS, level)
   if spec.auth then check_auth(spec.auth, where, level + 1) end
+  if spec.backfill_unit and spec.backfill_unit ~= "seconds" then check_integer_unit(spec, where, level + 1) end
   if type(spec.expect) == "table" then check_expect(spec, where, level + 1) end
 end
 
