@@ -72,6 +72,10 @@ int main(int argc, char **argv) {
                  "#include \"host/embed.h\"\n\n");
 
     lua_State *L = luaL_newstate();
+    /* The standard libraries, ffi among them: the parser loads ffi on demand
+     * for a 64-bit literal (1ULL), and that on-demand load into a bare state
+     * crashed a later parse (a bus error, issue 16). */
+    luaL_openlibs(L);
     for (int i = 0; i < n; i++) {
         char chunk[4096];
         snprintf(chunk, sizeof(chunk), "@%s", mods[i].path);
