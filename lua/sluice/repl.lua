@@ -17,7 +17,6 @@
 --   response {"ok": bool, "output": "text", "incomplete": bool}
 -- incomplete = true: the chunk is unfinished (`for i = 1, 3 do`); the client
 -- reads more lines and sends the whole chunk again.
-local cjson = require "cjson.safe"
 local json = require "sluice.json"
 local redact = require "sluice.redact"
 local operator = require "sluice.operator"
@@ -235,7 +234,7 @@ function _M._serve(conn, payload, framed)
     end
   end
   r = r or _M.eval(s, chunk)
-  conn:reply(r.ok, r.output, r.incomplete, cjson.encode(r) .. "\n")
+  conn:reply(r.ok, r.output, r.incomplete, json.encode(r, true) .. "\n")
 end
 
 -- --- helpers ------------------------------------------------------------------
