@@ -19,6 +19,16 @@
 --     collect = function(self) return { klines = rows } end,
 --   }
 --
+-- Instead of collect, datasets: several schedules in one collector, each
+-- with its own interval, run slot, statistics and health, all sharing the
+-- collector's limiter, breaker, retry, store, sinks, run guard and
+-- request pipeline (collect and datasets together are refused):
+--
+--     datasets = {
+--       tickers = { interval = 5, table = "tickers", collect = function(self) ... end },
+--       funding = { interval = 60, jitter = 0.1, collect = function(self) ... end },
+--     },
+--
 -- The request pipeline, self:get(path, opts) / self:post / self:request:
 -- limiter wait -> breaker permit -> HTTP -> classify -> limiter observe ->
 -- breaker record -> retry; its verdicts (and a collector's classify) are
@@ -26,8 +36,9 @@
 --
 -- The instance is closed: other modules use its methods, never write its
 -- fields. It owns its state (counters, run slot, sinks, run guard,
--- schedule); name, spec, config, options, store, log, breaker, limiter,
--- retry, interval, enabled and running are for reading. What others hook
+-- schedule, and each dataset's run unit); name, spec, config, options,
+-- store, log, breaker, limiter, retry, interval (with datasets: the
+-- smallest enabled dataset's), enabled and running are for reading. What others hook
 -- in goes through methods: add_sink(sink) (where committed rows go too),
 -- set_run_guard(enter, leave) (whether a run may start; leases), adopt(old)
 -- (a reload's hand-over of counters and run slot); counters() and stats()
@@ -38,8 +49,8 @@
 -- guard's enter and leave when they do. start() calls the spec's init in
 -- the calling task and spawns the runs, each a task of its own; stop()
 -- calls its close, which must not yield. define, new, health, stats,
--- counters, health_check, add_sink, set_run_guard, adopt and partitions
--- do not yield.
+-- counters, health_check, add_sink, set_run_guard, adopt, datasets and
+-- partitions do not yield.
 local sluice = require "sluice"
 local log = require "sluice.log"
 local breaker = require "sluice.breaker"
