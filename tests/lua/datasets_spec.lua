@@ -9,6 +9,8 @@ local log = require "sluice.log"
 local operator = require "sluice.operator"
 local metrics = require "sluice.metrics"
 local app_mod = require "sluice.app"
+local admin = require "sluice.admin"
+local http = require "sluice.http"
 local wait_for = require("support.wait").wait_for
 local files = require "support.files"
 
@@ -449,5 +451,20 @@ describe("sluice.collector datasets: operator views", function()
     assert.equal(1, sample('sluice_dataset_health{collector="ds_ops",dataset="tickers",status="healthy"}'))
     assert.equal(60, sample('sluice_dataset_interval_seconds{collector="ds_ops",dataset="funding"}'))
     assert.equal(2, sample('sluice_collection_requests_total{collector="ds_ops",status="success"}'))
+    -- POST /collect with a dataset
+    local srv = assert(admin.start(app, { port = 0, insecure_loopback_mutations = true }))
+    finally(function() srv:close() end)
+    local function post(payload)
+      local res = assert(http.post("http://127.0.0.1:" .. srv.port .. "/collect",
+        { body = payload, headers = { ["Content-Type"] = "application/json" } }))
+      return res.status, res:json()
+    end
+    bad = false
+    assert.same({ 200, { collector = "ds_ops", dataset = "funding", status = "ok", records = 0 } },
+      { post('{"collector":"ds_ops","dataset":"funding"}') })
+    assert.same({ 404, { error = "collector 'ds_ops' has no dataset 'nope' (funding, tickers)" } },
+      { post('{"collector":"ds_ops","dataset":"nope"}') })
+    assert.same({ 400, { error = "field 'dataset' must be a name" } }, { post('{"collector":"ds_ops","dataset":1}') })
+    assert.same({ 200, { collector = "ds_ops", status = "ok", records = 0 } }, { post('{"collector":"ds_ops"}') })
   end)
 end)
