@@ -187,7 +187,7 @@ function _M.new(spec, overrides, context)
     refusals_ = 0, -- requests the breaker refused, ever
   }, instance_mt)
   self.run_budget = spec_mod.run_budget(cfg, self.interval)
-  -- the run units (see "datasets and their runs" below): the instance,
+  -- the run units (see "datasets and their runs" above): the instance,
   -- or its datasets
   self.collect_fn_, self.jitter_, self.first_delay_ = spec.collect, cfg.jitter, 0
   if cfg.datasets then
