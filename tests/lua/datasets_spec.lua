@@ -298,6 +298,8 @@ describe("sluice.collector datasets: definition and configuration", function()
     local plain = collector.define({ name = "plain", collect = print })
     assert.has_error(function() collector.new(plain, { datasets = { a = {} } }) end,
       "collector 'plain': unknown option 'datasets.a'")
+    -- an empty table names no dataset: nothing to override
+    assert.is_nil(collector.new(plain, { datasets = {} }):datasets())
   end)
 
   it("refuses ambiguous or malformed definitions, naming the option", function()

@@ -84,10 +84,6 @@ local function check_expect(spec, where, level)
   if err then error(where .. ": option 'expect' " .. err, level) end
 end
 
---- check(spec, where, level): raises "where: ..." for an unknown option,
--- a wrong type or a value out of range; level as error() counts it from
--- check (3: the caller of check's caller). An expect function is checked
--- when a backfill is planned (sluice.backfill.plan).
 -- What a schema cannot say about datasets: at least one, named by
 -- identifiers, and a table each names is one the collector declares.
 local function check_datasets(spec, where, level)
@@ -106,6 +102,10 @@ local function check_datasets(spec, where, level)
   end
 end
 
+--- check(spec, where, level): raises "where: ..." for an unknown option,
+-- a wrong type or a value out of range; level as error() counts it from
+-- check (3: the caller of check's caller). An expect function is checked
+-- when a backfill is planned (sluice.backfill.plan).
 function _M.check(spec, where, level)
   options.check(where, spec, _M.OPTIONS, level)
   if spec.auth then check_auth(spec.auth, where, level + 1) end
@@ -152,8 +152,9 @@ function _M.configure(spec, overrides, level)
   end
   if framework.auth then check_auth(framework.auth, where, level + 1) end
   if framework.datasets then
-    local merged = {}
-    for name, ds in pairs(spec.datasets) do merged[name] = merge(ds, framework.datasets[name]) end
+    -- (an empty table is all a collector without datasets lets through)
+    local merged = spec.datasets and {}
+    for name, ds in pairs(spec.datasets or {}) do merged[name] = merge(ds, framework.datasets[name]) end
     framework.datasets = merged
   end
   return merge(spec, framework), own
