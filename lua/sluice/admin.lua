@@ -37,8 +37,9 @@
 --   GET  /performance              reference shape
 --   GET  /logs?level=&limit=&since= entries from the log ring, oldest first
 --   GET  /metrics                  Prometheus text format
---   POST /collect                  {"collector": name} -> one collection now (joins
---                                  a run in flight: "joined": true; 409 if disabled)
+--   POST /collect                  {"collector": name [, "dataset": name]} -> one
+--                                  collection now (joins a run in flight: "joined":
+--                                  true; 409 if disabled)
 --   POST /backfill                 reference request -> {task_id, status, ...}
 --   GET  /backfill/{id}            progress;  DELETE /backfill/{id} cancels
 --   POST /breakers/{name}/open | close | reset
@@ -233,21 +234,24 @@ local function add_routes(route, ops, app)
   route("POST", "/collect", "mutation", function(req)
     local body, err = json_body(req)
     if not body then return bad(err) end
-    err = check_fields(body, { collector = true })
+    err = check_fields(body, { collector = true, dataset = true })
     if err then return bad(err) end
     if type(body.collector) ~= "string" then return bad("field 'collector' (a name) is required") end
-    local run, why, kind = ops:collect(body.collector)
+    if body.dataset ~= nil and type(body.dataset) ~= "string" then return bad("field 'dataset' must be a name") end
+    local run, why, kind = ops:collect(body.collector, { dataset = body.dataset })
     if not run then
       if kind == "disabled" then
-        return 409, { collector = body.collector, status = "disabled", error = why }
+        return 409, { collector = body.collector, dataset = body.dataset, status = "disabled", error = why }
       end
       return failed(why, kind)
     end
     -- a request made while a run is going joins it ("joined": true)
     if run.ok then
-      return 200, { collector = run.collector, status = "ok", records = run.records, joined = run.joined }
+      return 200, { collector = run.collector, dataset = run.dataset, status = "ok", records = run.records,
+        joined = run.joined }
     end
-    return 502, { collector = run.collector, status = "failed", error = run.error, joined = run.joined }
+    return 502, { collector = run.collector, dataset = run.dataset, status = "failed", error = run.error,
+      joined = run.joined }
   end)
 
   route("POST", "/backfill", "mutation", function(req)

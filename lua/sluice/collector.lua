@@ -19,6 +19,16 @@
 --     collect = function(self) return { klines = rows } end,
 --   }
 --
+-- Instead of collect, datasets: several schedules in one collector, each
+-- with its own interval, run slot, statistics and health, all sharing the
+-- collector's limiter, breaker, retry, store, sinks, run guard and
+-- request pipeline (collect and datasets together are refused):
+--
+--     datasets = {
+--       tickers = { interval = 5, table = "tickers", collect = function(self) ... end },
+--       funding = { interval = 60, jitter = 0.1, collect = function(self) ... end },
+--     },
+--
 -- The request pipeline, self:get(path, opts) / self:post / self:request:
 -- limiter wait -> breaker permit -> HTTP -> classify -> limiter observe ->
 -- breaker record -> retry; its verdicts (and a collector's classify) are
@@ -26,8 +36,9 @@
 --
 -- The instance is closed: other modules use its methods, never write its
 -- fields. It owns its state (counters, run slot, sinks, run guard,
--- schedule); name, spec, config, options, store, log, breaker, limiter,
--- retry, interval, enabled and running are for reading. What others hook
+-- schedule, and each dataset's run unit); name, spec, config, options,
+-- store, log, breaker, limiter, retry, interval (with datasets: the
+-- smallest enabled dataset's), enabled and running are for reading. What others hook
 -- in goes through methods: add_sink(sink) (where committed rows go too),
 -- set_run_guard(enter, leave) (whether a run may start; leases), adopt(old)
 -- (a reload's hand-over of counters and run slot); counters() and stats()
@@ -38,8 +49,8 @@
 -- guard's enter and leave when they do. start() calls the spec's init in
 -- the calling task and spawns the runs, each a task of its own; stop()
 -- calls its close, which must not yield. define, new, health, stats,
--- counters, health_check, add_sink, set_run_guard, adopt and partitions
--- do not yield.
+-- counters, health_check, add_sink, set_run_guard, adopt, datasets and
+-- partitions do not yield.
 local sluice = require "sluice"
 local log = require "sluice.log"
 local breaker = require "sluice.breaker"
@@ -54,6 +65,7 @@ local slot = require "sluice.collector.slot"
 local rows = require "sluice.collector.rows"
 local persist = require "sluice.collector.persist"
 local cache = require "sluice.collector.cache"
+local report = require "sluice.collector.report"
 
 local _M = {}
 local Collector = {}
@@ -78,8 +90,12 @@ function _M.define(spec)
   if not spec.name then
     error("sluice.collector.define: option 'name' is required", 2)
   end
-  if not spec.collect and not spec.backfill then
-    error("sluice.collector.define: a collector needs collect (and/or backfill)", 2)
+  if spec.collect and spec.datasets then
+    error("sluice.collector.define: a collector has collect or datasets, not both "
+      .. "(make collect a dataset of its own)", 2)
+  end
+  if not spec.collect and not spec.datasets and not spec.backfill then
+    error("sluice.collector.define: a collector needs collect or datasets (and/or backfill)", 2)
   end
   spec_mod.no_jit(spec)
   specs[spec] = true
@@ -89,6 +105,44 @@ end
 --- is_spec(v) -> whether v is a spec collector.define returned.
 function _M.is_spec(v)
   return specs[v] == true
+end
+
+-- --- datasets and their runs ----------------------------------------------
+--
+-- A run unit is what has a schedule, a run slot and run statistics: the
+-- instance itself for a collector with collect, or each of its datasets
+-- (a table of this module's, in self.units_). Its fields: dataset (the
+-- name; nil for the instance), collect_fn_, table_, interval, jitter_,
+-- first_delay_, run_budget, enabled, log, slot_, stats_ (a dataset's run
+-- counters; the instance's are its totals), and its schedule: next_due_,
+-- first_due_, timer, first_run, started_mono_.
+
+-- The run counters of a dataset (report.lua lists them).
+local function run_stats()
+  return { data_points_collected = 0, total_runtime = 0, collections_completed = 0,
+    collections_failed = 0, collections_skipped = 0, consecutive_failures = 0 }
+end
+
+-- The units of a collector built from cfg.datasets, by name and sorted by
+-- name.
+local function dataset_units(self, cfg)
+  local byname, list = {}, {}
+  for dname, ds in pairs(cfg.datasets) do
+    local interval = ds.interval or cfg.interval or 60
+    local u = {
+      dataset = dname, collect_fn_ = ds.collect, table_ = ds.table, interval = interval,
+      jitter_ = ds.jitter or cfg.jitter, first_delay_ = ds.first_delay or 0,
+      run_budget = spec_mod.run_budget(cfg, interval, dname, ds), enabled = ds.enabled ~= false,
+      log = self.log.with({ dataset = dname }),
+      -- one run in flight per dataset, and its counters: shared with the
+      -- instances that replace this one at a reload (adopt)
+      slot_ = slot.new(), stats_ = run_stats(),
+    }
+    byname[dname] = u
+    list[#list + 1] = u
+  end
+  table.sort(list, function(a, b) return a.dataset < b.dataset end)
+  return byname, list
 end
 
 -- --- the instance --------------------------------------------------------
@@ -140,6 +194,20 @@ function _M.new(spec, overrides, context)
     refusals_ = 0, -- requests the breaker refused, ever
   }, instance_mt)
   self.run_budget = spec_mod.run_budget(cfg, self.interval)
+  -- the run units (see "datasets and their runs" above): the instance,
+  -- or its datasets
+  self.collect_fn_, self.jitter_, self.first_delay_ = spec.collect, cfg.jitter, 0
+  if cfg.datasets then
+    self.datasets_, self.units_ = dataset_units(self, cfg)
+    -- the most frequent schedule: start-up spreads first runs within it
+    local min
+    for _, u in ipairs(self.units_) do
+      if u.enabled and (not min or u.interval < min) then min = u.interval end
+    end
+    self.interval = min or self.interval
+  else
+    self.units_ = { self }
+  end
   local function new_breaker(bopts)
     return breaker.new(bopts)
   end
@@ -283,47 +351,83 @@ function Collector:set_run_guard(enter, leave)
   return self
 end
 
--- collect(self) in a task of its own under the run budget, waited for;
--- a run over budget fails with the budget's error. Returns what xpcall does.
-local function collect_within_budget(self)
-  if not self.run_budget then
-    return xpcall(self.spec.collect, debug.traceback, self)
+-- The names of self's datasets, for messages: "(a, b)".
+local function names_of(self)
+  local out = {}
+  for _, u in ipairs(self.units_) do out[#out + 1] = u.dataset end
+  return "(" .. table.concat(out, ", ") .. ")"
+end
+
+-- The unit of self's dataset named dataset; raises (blaming the caller of
+-- fname's caller) when there is none.
+local function unit_named(self, dataset, fname)
+  local u = self.datasets_ and type(dataset) == "string" and self.datasets_[dataset]
+  if u then return u end
+  if not self.datasets_ then
+    error(fname .. ": bad argument #1 (collector '" .. self.name .. "' has no datasets)", 3)
   end
-  local run = sluice.budget(sluice.spawn(xpcall, self.spec.collect, debug.traceback, self),
-    self.run_budget)
+  error(fname .. ": bad argument #1 (no dataset " .. options.value(dataset) .. " in collector '"
+    .. self.name .. "' " .. names_of(self) .. ")", 3)
+end
+
+-- old's unit for u, a unit of self (a reload's hand-over): the instance
+-- for the instance, the dataset of the same name for a dataset.
+local function unit_of(self, old, u)
+  if u == self then return not old.datasets_ and old or nil end
+  return old.datasets_ and old.datasets_[u.dataset]
+end
+
+-- collect in a task of its own under the unit's run budget, waited for;
+-- a run over budget fails with the budget's error. Returns what xpcall does.
+local function collect_within_budget(self, u)
+  if not u.run_budget then
+    return xpcall(u.collect_fn_, debug.traceback, self)
+  end
+  local run = sluice.budget(sluice.spawn(xpcall, u.collect_fn_, debug.traceback, self), u.run_budget)
   local done, ok, result = sluice.wait(run)
   if not done then return false, ok end
   return ok, result
 end
 
--- One collection, in the run slot (run_once without the run guard).
-local function run(self)
-  local g = self.slot_
+-- k += n in a unit's counters and in the collector's totals.
+local function add(st, total, k, n)
+  st[k] = st[k] + n
+  if total ~= st then total[k] = total[k] + n end
+end
+
+-- One collection of unit u, in its run slot (a run without the run guard).
+local function run(self, u)
+  local g = u.slot_
   if g:busy() then
     local ok, a, b = g:wait()
     if ok then return a, b, "joined" end
     return false, a
   end
   g:take()
-  local st = self.stats_
+  local st, total = u.stats_, self.stats_
   local t0 = sluice.now()
   st.last_collection = sluice.time()
+  total.last_collection = st.last_collection
   self.in_flight = (self.in_flight or 0) + 1
   local refusals = self.refusals_
-  local ok, result = collect_within_budget(self)
+  local ok, result = collect_within_budget(self, u)
   local count
   if ok then
-    ok, count = pcall(self.store_rows, self, result)
+    -- a dataset's list of rows goes to the table it names
+    if u.table_ and type(result) == "table" and result[1] ~= nil then result = { [u.table_] = result } end
+    ok, count = pcall(rows.store, self, result, self.sinks_,
+      u.dataset and ("collect of dataset '" .. u.dataset .. "'") or "collect")
     if not ok then result = count end
   end
   self.in_flight = self.in_flight - 1
-  st.total_runtime = st.total_runtime + (sluice.now() - t0)
+  add(st, total, "total_runtime", sluice.now() - t0)
   if ok then
     st.last_success = sluice.time()
-    st.collections_completed = st.collections_completed + 1
-    st.data_points_collected = st.data_points_collected + count
+    total.last_success = st.last_success
+    add(st, total, "collections_completed", 1)
+    add(st, total, "data_points_collected", count)
     st.consecutive_failures = 0
-    self.log.info("collection done", { rows = count, seconds = sluice.now() - t0 })
+    u.log.info("collection done", { rows = count, seconds = sluice.now() - t0 })
     g:release(true, count)
     return true, count
   end
@@ -331,13 +435,14 @@ local function run(self)
   if self.refusals_ > refusals and self.breaker and self.breaker:state() == "open" then
     -- The run failed because the open breaker refused its requests (the
     -- assert(self:get(...)) idiom): a skipped run, not a new failure. One
-    -- warning per opening, no traceback, so the log stays readable.
-    st.collections_skipped = st.collections_skipped + 1
+    -- warning per opening (for all the datasets), no traceback, so the log
+    -- stays readable.
+    add(st, total, "collections_skipped", 1)
     local opened = self.breaker:status().last_state_change
     if self.skip_warned_ ~= opened then
       self.skip_warned_ = opened
       local open_until = self.breaker:metrics().open_until
-      self.log.warning("collection skipped: circuit breaker open", {
+      u.log.warning("collection skipped: circuit breaker open", {
         breaker = self.breaker:name(), next_attempt = open_until and sluice.iso8601(open_until),
         error = msg:match("^[^\n]*") })
     end
@@ -346,62 +451,121 @@ local function run(self)
   end
   st.last_error = msg:match("^[^\n]*")
   st.last_error_time = sluice.time()
-  st.collections_failed = st.collections_failed + 1
+  if total ~= st then
+    total.last_error = "dataset " .. u.dataset .. ": " .. st.last_error
+    total.last_error_time = st.last_error_time
+  end
+  add(st, total, "collections_failed", 1)
   st.consecutive_failures = st.consecutive_failures + 1
-  self.log.error("collection failed", { error = st.last_error, traceback = msg })
+  u.log.error("collection failed", { error = st.last_error, traceback = msg })
   g:release(false, st.last_error)
   return false, st.last_error
 end
 
---- self:run_once() -> true, rows | false, err. One collection: collect
--- runs in a task of its own under the run budget, which the calling task
--- waits for; errors in collect are caught, logged and counted. At most one
--- run of a collector is in flight (across a reload too): a call made while
--- one is going waits for it and returns its result, with a third value
--- "joined", instead of starting another. With a run guard
--- (set_run_guard), the guard decides first whether the run starts.
-function Collector:run_once()
+-- A run of unit u under the run guard (run_once's, per unit).
+local function guarded(self, u)
   local guard = self.run_guard_
-  if not guard then return run(self) end
+  if not guard then return run(self, u) end
   local a, b, c
   if guard.enter(self) == true then
-    a, b, c = run(self)
+    a, b, c = run(self, u)
   else
     -- the guard says no run here (another instance holds this collector's
     -- lease): standing by is not being overdue (health)
-    self.stats_.standby_at = sluice.now()
+    u.stats_.standby_at = sluice.now()
     a, b = true, 0
   end
   guard.leave(self)
   return a, b, c
 end
 
-local function next_period(self)
-  local j = self.config.jitter or 0
-  if j <= 0 then return self.interval end
-  return self.interval * (1 + j * (2 * math.random() - 1))
+-- A run of every enabled dataset at once, each in a task of its own,
+-- waited for: true, the rows of all | false, "dataset d: err; ...", and
+-- "joined" when every one joined a run in flight.
+local function run_all(self)
+  local runs = {}
+  for _, u in ipairs(self.units_) do
+    if u.enabled then runs[#runs + 1] = { u, sluice.spawn(guarded, self, u) } end
+  end
+  local ok, count, errs, joined = true, 0, {}, #runs > 0
+  for _, r in ipairs(runs) do
+    local done, a, b, c = sluice.wait(r[2])
+    if not done then a, b = false, tostring(a) end
+    if a then
+      count = count + (b or 0)
+    else
+      ok = false
+      errs[#errs + 1] = "dataset " .. r[1].dataset .. ": " .. tostring(b)
+    end
+    if c ~= "joined" then joined = false end
+  end
+  if ok then return true, count, joined and "joined" or nil end
+  return false, table.concat(errs, "; "), joined and "joined" or nil
 end
 
--- One scheduled run, as a timer's task; schedules the next. A run still
--- in flight (a manual one, or the replaced instance's after a reload) is
--- waited for, never overlapped; a run that overran its period delays the
--- next one to its end, and missed ticks are not replayed.
-local function tick(premature, self)
+--- self:run_once([dataset]) -> true, rows | false, err. One collection:
+-- collect runs in a task of its own under the run budget, which the
+-- calling task waits for; errors in collect are caught, logged and
+-- counted. At most one run of a collector (of each dataset) is in flight
+-- (across a reload too): a call made while one is going waits for it and
+-- returns its result, with a third value "joined", instead of starting
+-- another. With a run guard (set_run_guard), the guard decides first
+-- whether the run starts. A collector with datasets: run_once(name) runs
+-- that dataset (enabled or not); run_once() runs every enabled dataset at
+-- once and returns the rows of all, or false and each failure as
+-- "dataset NAME: error", joined by "; ". An unknown dataset raises.
+function Collector:run_once(dataset)
+  if dataset ~= nil then return guarded(self, unit_named(self, dataset, "collector:run_once")) end
+  if not self.datasets_ then return guarded(self, self) end
+  return run_all(self)
+end
+
+--- self:datasets() -> the names of the collector's datasets, sorted, or
+-- nil for a collector with collect.
+function Collector:datasets()
+  if not self.datasets_ then return nil end
+  local out = {}
+  for i, u in ipairs(self.units_) do out[i] = u.dataset end
+  return out
+end
+
+local function next_period(u)
+  local j = u.jitter_ or 0
+  if j <= 0 then return u.interval end
+  return u.interval * (1 + j * (2 * math.random() - 1))
+end
+
+-- One scheduled run of unit u, as a timer's task; schedules the next. A
+-- run still in flight (a manual one, or the replaced instance's after a
+-- reload) is waited for, never overlapped; a run that overran its period
+-- delays the next one to its end, and missed ticks are not replayed.
+local function tick(premature, self, u)
   if premature or not self.running then return end
-  self.timer = nil
-  local due = self.next_due_
+  u.timer = nil
+  local due = u.next_due_
   -- the next tick's due time is set before running, so that an instance
   -- taking over at a reload continues this schedule
-  self.next_due_ = due + next_period(self)
-  while self.slot_:busy() do
-    if not self.slot_:wait() or not self.running then return end
+  u.next_due_ = due + next_period(u)
+  while u.slot_:busy() do
+    if not u.slot_:wait() or not self.running then return end
   end
   if not self.running then return end
-  self:run_once()
+  guarded(self, u)
   if not self.running then return end
   local now = sluice.now()
-  if self.next_due_ < now then self.next_due_ = now end
-  self.timer = sluice.after(self.next_due_ - now, tick, self)
+  if u.next_due_ < now then u.next_due_ = now end
+  u.timer = sluice.after(u.next_due_ - now, tick, self, u)
+end
+
+-- Unit u's first run, delay seconds from now.
+local function schedule(self, u, delay)
+  u.next_due_ = sluice.now() + delay
+  u.first_due_ = u.next_due_
+  if delay <= 0 then
+    u.first_run = sluice.spawn(tick, false, self, u)
+  else
+    u.timer = sluice.after(delay, tick, self, u)
+  end
 end
 
 local START_OPTIONS = {
@@ -413,11 +577,14 @@ local START_OPTIONS = {
 }
 
 --- self:start([opts]): init, then run_once every interval (with jitter)
--- until stop() or shutdown. Runs never overlap. opts.first_delay: seconds
--- until the first run (0: at once); opts.after: the instance this one
--- replaces (a reload), whose schedule it continues: its first run is the
--- old instance's next one, and waits for a run of the old one still in
--- flight.
+-- until stop() or shutdown; a collector with datasets runs each enabled
+-- dataset on its own schedule (its interval, jitter, first_delay), the
+-- datasets concurrently. Runs of one collector (one dataset) never
+-- overlap. opts.first_delay: seconds until the first run (0: at once; a
+-- dataset's first_delay comes on top); opts.after: the instance this one
+-- replaces (a reload), whose schedule it continues: its first run (each
+-- dataset's, for the datasets both have) is the old instance's next one,
+-- and waits for a run of the old one still in flight.
 function Collector:start(opts)
   if self.running then return self end
   opts = opts or {}
@@ -433,13 +600,20 @@ function Collector:start(opts)
       error("collector:start: option 'after' must be an instance of the same collector, got "
         .. "collector '" .. old.name .. "'", 2)
     end
-    self.slot_ = old.slot_
-    if old.next_due_ then delay = math.max(0, old.next_due_ - sluice.now()) end
+  end
+  local now, delays = sluice.now(), {}
+  for _, u in ipairs(self.units_) do
+    local ou = old and unit_of(self, old, u)
+    delays[u] = delay + (u.first_delay_ or 0)
+    if ou then
+      u.slot_ = ou.slot_
+      if ou.next_due_ then delays[u] = math.max(0, ou.next_due_ - now) end
+    end
+    -- the overdue clock of health() runs across a reload
+    u.started_mono_ = ou and ou.started_mono_ or now
   end
   self.running = true
   self.stats_.started_at = sluice.time()
-  -- the overdue clock of health() runs across a reload
-  self.started_mono_ = old and old.started_mono_ or sluice.now()
   if self.spec.init then
     local ok, err = xpcall(self.spec.init, debug.traceback, self)
     if not ok then
@@ -447,32 +621,35 @@ function Collector:start(opts)
       error("collector '" .. self.name .. "': init failed: " .. tostring(err), 0)
     end
   end
-  self.next_due_ = sluice.now() + delay
-  self.first_due_ = self.next_due_
-  if delay <= 0 then
-    self.first_run = sluice.spawn(tick, false, self)
-  else
-    self.timer = sluice.after(delay, tick, self)
+  for _, u in ipairs(self.units_) do
+    if u == self or u.enabled then schedule(self, u, delays[u]) end
   end
-  self.log.info("collector started", { interval = self.interval, first_run_in = delay })
+  self.log.info("collector started", { interval = self.interval, first_run_in = delay,
+    datasets = self.datasets_ and table.concat(self:datasets(), ",") or nil })
   return self
 end
 
---- self:drain(): waits (in a task) until no run of this collector is in
--- progress, the replaced instance's included; shutdown's deadline bounds it.
+--- self:drain(): waits (in a task) until no run of this collector (of
+-- any of its datasets) is in progress, the replaced instance's included;
+-- shutdown's deadline bounds it.
 function Collector:drain()
-  local g = self.slot_
-  while g:busy() and not g:dead() do sluice.sleep(0.05) end
+  for _, u in ipairs(self.units_) do
+    local g = u.slot_
+    while g:busy() and not g:dead() do sluice.sleep(0.05) end
+  end
 end
 
---- self:stop(): no new runs; a run in progress finishes. Saves the breaker.
+--- self:stop(): no new runs (of any dataset); a run in progress finishes.
+-- Saves the breaker.
 function Collector:stop()
   if not self.running then return self end
   self.running = false
-  -- dropping the timer also breaks the cycle timer -> callback arguments
+  -- dropping the timers also breaks the cycle timer -> callback arguments
   -- -> instance -> timer that kept stopped instances alive
-  if self.timer then self.timer:cancel() end
-  self.timer = nil
+  for _, u in ipairs(self.units_) do
+    if u.timer then u.timer:cancel() end
+    u.timer = nil
+  end
   if self.spec.close then
     local ok, err = xpcall(self.spec.close, debug.traceback, self)
     if not ok then self.log.error("close failed", { error = tostring(err) }) end
@@ -482,88 +659,35 @@ function Collector:stop()
   return self
 end
 
-local STALL_FACTOR, OVERDUE_FACTOR = 2, 3
-
-local function secs(x) return string.format("%.0f s", x) end
-
---- self:health() -> status, reason. status: "disabled" | "circuit_open"
--- | "failed" | "degraded" | "healthy"; reason says why when not healthy.
--- disabled: enabled = false. circuit_open: the breaker is open. failed:
--- the last 3 collections (or more) failed in a row, or a started
--- collector has had no successful collection for 3 × max(interval,
--- timeout) (since its last success, its start, or its last scheduled
--- run skipped because another instance holds its lease). degraded: the last
--- collection failed, a run has been in flight for more than 2 ×
--- max(interval, timeout), or fewer than 90% of requests succeeded (with
--- at least 10 made). healthy: otherwise. (timeout defaults to 30 s.)
-function Collector:health()
-  local st = self.stats_
-  if not self.enabled then return "disabled", "disabled in the configuration" end
-  if self.breaker and self.breaker:state() == "open" then
-    return "circuit_open", "circuit breaker " .. self.breaker:name() .. " is open"
-  end
-  if st.consecutive_failures >= 3 then
-    return "failed", st.consecutive_failures .. " collections failed in a row: " .. tostring(st.last_error)
-  end
-  local span = math.max(self.interval, self.config.timeout or 30)
-  if self.running and self.started_mono_ then
-    local now = sluice.now()
-    local since = self.started_mono_
-    local ok_at = st.last_success and (now - (sluice.time() - st.last_success))
-    if ok_at and ok_at > since then since = ok_at end
-    if st.standby_at and st.standby_at > since then since = st.standby_at end
-    if now - since > OVERDUE_FACTOR * span then
-      return "failed", "no successful collection for " .. secs(now - since)
-        .. " (over " .. OVERDUE_FACTOR .. " × " .. secs(span) .. ")"
-    end
-  end
-  if st.consecutive_failures > 0 then
-    return "degraded", "the last collection failed: " .. tostring(st.last_error)
-  end
-  local started = self.slot_:started()
-  if started and sluice.now() - started > STALL_FACTOR * span then
-    return "degraded", "a run has been in flight for " .. secs(sluice.now() - started)
-      .. " (over " .. STALL_FACTOR .. " × " .. secs(span) .. ")"
-  end
-  if st.total_requests >= 10 and st.successful_requests / st.total_requests < 0.9 then
-    return "degraded", string.format("%d of %d requests failed", st.failed_requests, st.total_requests)
-  end
-  return "healthy"
+--- self:health([dataset]) -> status, reason. status: "disabled" |
+-- "circuit_open" | "failed" | "degraded" | "healthy"; reason says why when
+-- not healthy. disabled: enabled = false. circuit_open: the breaker is
+-- open. failed: the last 3 collections (or more) failed in a row, or a
+-- started collector has had no successful collection for 3 ×
+-- max(interval, timeout) (since its last success, its start, or its last
+-- scheduled run skipped because another instance holds its lease).
+-- degraded: the last collection failed, a run has been in flight for more
+-- than 2 × max(interval, timeout), or fewer than 90% of requests succeeded
+-- (with at least 10 made). healthy: otherwise. (timeout defaults to 30 s.)
+-- A collector with datasets: each enabled dataset's runs are judged so,
+-- with its own interval; the collector's health is the worst of them, the
+-- reason naming each dataset at it ("dataset funding: ..."), and disabled
+-- when every dataset is. health(name): that dataset's (disabled when it is
+-- or the collector is; circuit_open while the shared breaker is open; the
+-- request share is the collector's alone).
+function Collector:health(dataset)
+  return report.health(self, dataset ~= nil and unit_named(self, dataset, "collector:health") or nil)
 end
 
---- self:stats() -> the reference statistics shape (timestamps ISO 8601).
+--- self:stats() -> the reference statistics shape (timestamps ISO 8601):
+-- the collector's totals, and for a collector with datasets, datasets =
+-- {name = {status, status_reason, enabled, interval, overdue (no success
+-- for 3 × max(interval, timeout)), run_in_flight_seconds, last_collection,
+-- last_success, last_error, data_points_collected, total_runtime,
+-- collections_completed, collections_failed, collections_skipped}}.
 function Collector:stats()
-  local st = self.stats_
-  local status, reason = self:health()
-  local g = self.slot_
-  local started = g:started()
-  return {
-    collector_name = self.name,
-    status = status,
-    status_reason = reason,
-    enabled = self.enabled,
-    run_in_flight_seconds = started and sluice.now() - started or nil,
-    run_waiters = g:busy() and g:waiting() or nil, -- calls waiting for (joining) the run in flight
-    started_at = st.started_at and sluice.iso8601(st.started_at),
-    last_collection = st.last_collection and sluice.iso8601(st.last_collection),
-    last_success = st.last_success and sluice.iso8601(st.last_success),
-    last_error = st.last_error,
-    total_requests = st.total_requests,
-    successful_requests = st.successful_requests,
-    failed_requests = st.failed_requests,
-    data_points_collected = st.data_points_collected,
-    total_runtime = st.total_runtime,
-    collections_completed = st.collections_completed,
-    collections_skipped = st.collections_skipped,
-  }
+  return report.stats(self)
 end
-
-local COUNTERS = {
-  "started_at", "last_collection", "last_success", "last_error", "last_error_time",
-  "total_requests", "successful_requests", "failed_requests", "latency_total", "latency_count",
-  "data_points_collected", "total_runtime", "collections_completed", "collections_failed",
-  "collections_skipped", "consecutive_failures",
-}
 
 --- self:counters() -> a copy of the collector's counters, for the
 -- operator views (admin, metrics) and backfill's request count: times as
@@ -576,23 +700,33 @@ local COUNTERS = {
 -- in runs), collections_completed, collections_failed,
 -- collections_skipped (runs refused by the open breaker) and
 -- consecutive_failures. stats() is the reference shape built from them.
+-- A collector with datasets: the run counters are the totals of its
+-- datasets (last_error "dataset NAME: ...", consecutive_failures the
+-- most of any dataset's), and datasets = {name = {interval, enabled and
+-- the run counters: last_collection, last_success, last_error,
+-- last_error_time, data_points_collected, total_runtime,
+-- collections_completed, collections_failed, collections_skipped,
+-- consecutive_failures}}; requests are the collector's only.
 function Collector:counters()
-  local st, out = self.stats_, {}
-  for _, k in ipairs(COUNTERS) do out[k] = st[k] end
-  out.latency_total, out.latency_count = st.latency_total or 0, st.latency_count or 0
-  return out
+  return report.counters(self)
 end
 
 --- self:adopt(old): a reload's hand-over, before self starts: self takes
 -- over the counters of old, the instance it replaces (shared from then on,
 -- so that a run of old still in flight counts in them), and its run slot
--- (one run in flight per collector across the swap).
+-- (one run in flight per collector across the swap) -- per dataset, for
+-- the datasets of the same name in both (a dataset new in self starts
+-- afresh; one that old had alone is gone once its run in flight ends).
 function Collector:adopt(old)
   if getmetatable(old) ~= instance_mt or old.name ~= self.name then
     error("collector:adopt: bad argument #1 (an instance of the same collector expected)", 2)
   end
   self.stats_ = old.stats_
-  self.slot_ = old.slot_
+  for _, u in ipairs(self.units_) do
+    local ou = unit_of(self, old, u)
+    if ou then u.slot_ = ou.slot_ end
+    if ou and u ~= self then u.stats_ = ou.stats_ end
+  end
   return self
 end
 

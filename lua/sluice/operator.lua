@@ -41,15 +41,20 @@
 --   ops:limiters() -> { name = lim:stats() }
 --   ops:limiters_brief() -> { name = {rate, total_requests, violations, waiting} }
 --   ops:collectors_brief() -> { name = {status, running, interval, last_success,
---     last_error, collections, rows, requests} } | nil, err, "unavailable"
+--     last_error, collections, rows, requests, datasets = {name = {status,
+--     interval, last_success, last_error}} (collectors with datasets)} }
+--     | nil, err, "unavailable"
 --   ops:backfills() -> { id = status without the list of failed windows }
 --   ops:backfill(id) -> status | nil, err, "not_found"
 -- Operations:
 --   ops:breaker(name, action) -> cb:status() after it | nil, err, kind
 --     action "open" (force open: trip), "close" (force close), "reset"
 --   ops:collect(name [, opts]) -> run | nil, err, kind. run = {collector,
---     ok, records (ok) | error (not ok), joined (true: it waited for the
---     run in flight)}. A disabled collector is refused unless opts.run_disabled.
+--     dataset, ok, records (ok) | error (not ok), joined (true: it waited
+--     for the run in flight)}. A disabled collector (or dataset) is refused
+--     unless opts.run_disabled. opts.dataset: run that dataset of a
+--     collector with datasets (not_found for one it does not have);
+--     without it, every enabled dataset runs.
 --   ops:start_backfill(request) -> id, plan | nil, err, kind. request:
 --     collector (a name; default the one collector that can backfill),
 --     start_date, end_date, symbols, force, lookback, parallel
@@ -260,6 +265,14 @@ function _M:collectors_brief()
       rows = st.data_points_collected,
       requests = st.total_requests,
     }
+    if st.datasets then
+      local ds = {}
+      for dname, d in pairs(st.datasets) do
+        ds[dname] = { status = d.status, interval = d.interval, last_success = d.last_success,
+          last_error = d.last_error }
+      end
+      out[name].datasets = ds
+    end
   end
   return out
 end
@@ -311,11 +324,25 @@ function _M:collect(name, opts)
   if not c.enabled and not (opts and opts.run_disabled) then
     return nil, "collector '" .. c.name .. "' is disabled", "disabled"
   end
-  -- one run in flight per collector: a call made while one is going
-  -- waits for it and gets its result (joined)
-  local ok, result, joined = c:run_once()
+  local dataset = opts and opts.dataset
+  if dataset ~= nil then
+    local names = c:datasets()
+    if type(dataset) ~= "string" then return nil, "dataset name expected, got " .. type(dataset), "invalid" end
+    local known = false
+    for _, n in ipairs(names or {}) do known = known or n == dataset end
+    if not known then
+      return nil, "collector '" .. c.name .. "' has no dataset '" .. dataset .. "'"
+        .. (names and (" (" .. table.concat(names, ", ") .. ")") or ""), "not_found"
+    end
+    if not c:counters().datasets[dataset].enabled and not opts.run_disabled then
+      return nil, "dataset '" .. dataset .. "' of collector '" .. c.name .. "' is disabled", "disabled"
+    end
+  end
+  -- one run in flight per collector (per dataset): a call made while one
+  -- is going waits for it and gets its result (joined)
+  local ok, result, joined = c:run_once(dataset)
   return {
-    collector = c.name, ok = ok,
+    collector = c.name, dataset = dataset, ok = ok,
     records = ok and result or nil, error = not ok and result or nil,
     joined = joined == "joined" or nil,
   }

@@ -298,9 +298,11 @@ helper("reset(name)", "reset the breaker to closed, counters cleared", breaker_h
 
 -- The collection's own result, as the collector's run_once returns it:
 -- true, rows or false, err, and "joined" when it waited for a run in
--- flight. A disabled collector runs too: the operator asked for it.
-helper("collect(name)", "run one collection of the collector now; its result", function(name)
-  local run, err, kind = ops:collect(name, { run_disabled = true })
+-- flight. A disabled collector (dataset) runs too: the operator asked for
+-- it. collect(name, dataset) runs that dataset of a collector with datasets.
+helper("collect(name)", "run one collection of the collector now; its result "
+    .. "(collect(name, dataset): of that dataset)", function(name, dataset)
+  local run, err, kind = ops:collect(name, { run_disabled = true, dataset = dataset })
   if not run then fail("collect", err, kind) end
   local result = run.ok and run.records or run.error
   if run.joined then return scrubbed(run.ok, result, "joined") end

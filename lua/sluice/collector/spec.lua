@@ -14,6 +14,22 @@ local _M = {}
 
 local FINITE_POSITIVE = { finite = true, gt = 0 }
 
+local RUN_BUDGET = {
+  type = "table|boolean", what = "a table or false", check = function(v) return v ~= true end,
+  fields = { cpu = sluice.BUDGET_LIMIT, wall = sluice.BUDGET_LIMIT },
+}
+
+-- A dataset's options (datasets = { name = {...} }): its schedule, its
+-- collect and the table a list of its rows goes to. DATASET_OVERRIDES: the
+-- ones a configuration entry may change, per dataset.
+local DATASET_OVERRIDES = {
+  interval = FINITE_POSITIVE, jitter = { min = 0, lt = 1 }, first_delay = { finite = true, min = 0 },
+  enabled = "boolean", run_budget = RUN_BUDGET,
+}
+local DATASET = { collect = { type = "function", required = true }, table = "string",
+  description = "string" }
+for k, v in pairs(DATASET_OVERRIDES) do DATASET[k] = v end
+
 --- OPTIONS: the schema (sluice.options) of the framework options.
 _M.OPTIONS = {
   name = {
@@ -27,10 +43,7 @@ _M.OPTIONS = {
   backfill_step = "number|function", expect = "table|function", headers = "table",
   description = "string", endpoint = "function", backfill_requests = "number|function",
   beginning_date = "string|number", enabled = "boolean",
-  run_budget = {
-    type = "table|boolean", what = "a table or false", check = function(v) return v ~= true end,
-    fields = { cpu = sluice.BUDGET_LIMIT, wall = sluice.BUDGET_LIMIT },
-  },
+  run_budget = RUN_BUDGET,
   partitions = "table|function",
   -- collectors naming the same upstream share one limiter and one breaker
   -- (sluice.collector.upstreams)
@@ -41,6 +54,7 @@ _M.OPTIONS = {
   -- backfill's unit (sluice.backfill.unit) and its default range
   backfill_unit = { type = "string", one_of = { "seconds", "blocks", "slots", "integers" } },
   backfill_from = "number|string|cdata|function", backfill_to = "number|string|cdata|function",
+  datasets = { type = "table", values = { type = "table", fields = DATASET } },
 }
 
 -- What a schema cannot say: auth takes exactly one way, and a value with
@@ -93,6 +107,24 @@ local function check_integer_unit(spec, where, level)
   end
 end
 
+-- What a schema cannot say about datasets: at least one, named by
+-- identifiers, and a table each names is one the collector declares.
+local function check_datasets(spec, where, level)
+  if next(spec.datasets) == nil then
+    error(where .. ": option 'datasets' is empty: declare at least one dataset", level)
+  end
+  for name, ds in pairs(spec.datasets) do
+    if type(name) ~= "string" or not name:match("^[%a_][%w_]*$") then
+      error(where .. ": option 'datasets' names a dataset " .. options.value(name)
+        .. ": names are identifiers (letters, digits, _)", level)
+    end
+    if ds.table ~= nil and not (spec.tables or {})[ds.table] then
+      error(where .. ": option 'datasets." .. name .. ".table' names table '" .. ds.table
+        .. "', which the collector does not declare in tables", level)
+    end
+  end
+end
+
 --- check(spec, where, level): raises "where: ..." for an unknown option,
 -- a wrong type or a value out of range; level as error() counts it from
 -- check (3: the caller of check's caller). An expect function is checked
@@ -101,6 +133,7 @@ function _M.check(spec, where, level)
   options.check(where, spec, _M.OPTIONS, level)
   if spec.auth then check_auth(spec.auth, where, level + 1) end
   if spec.backfill_unit and spec.backfill_unit ~= "seconds" then check_integer_unit(spec, where, level + 1) end
+  if spec.datasets then check_datasets(spec, where, level + 1) end
   if type(spec.expect) == "table" then check_expect(spec, where, level + 1) end
 end
 
@@ -124,6 +157,12 @@ function _M.configure(spec, overrides, level)
     if k ~= "options" then schema[k] = v end
   end
   for k in pairs(BOOKKEEPING) do schema[k] = "any" end
+  -- datasets: per dataset of the spec, its schedule's options
+  local per_dataset = {}
+  for name in pairs(spec.datasets or {}) do
+    per_dataset[name] = { type = "table", fields = DATASET_OVERRIDES }
+  end
+  schema.datasets = { type = "table", fields = per_dataset }
   options.check(where, overrides, schema, level)
   local own, framework = merge(spec.options, nil), {}
   for k, v in pairs(overrides) do
@@ -136,21 +175,31 @@ function _M.configure(spec, overrides, level)
     end
   end
   if framework.auth then check_auth(framework.auth, where, level + 1) end
+  if framework.datasets then
+    -- (an empty table is all a collector without datasets lets through)
+    local merged = spec.datasets and {}
+    for name, ds in pairs(spec.datasets or {}) do merged[name] = merge(ds, framework.datasets[name]) end
+    framework.datasets = merged
+  end
   return merge(spec, framework), own
 end
 
---- run_budget(cfg, interval) -> {cpu, wall, label} | nil: a run's budget
--- (sluice.budget) from the run_budget option. By default 5 s of CPU, and
--- a wall clock of ten request timeouts or two intervals for slow
--- collectors; false turns a limit off, or both.
-function _M.run_budget(cfg, interval)
-  if cfg.run_budget == false then return nil end
-  local b = type(cfg.run_budget) == "table" and cfg.run_budget or {}
+--- run_budget(cfg, interval [, dataset, ds]) -> {cpu, wall, label} | nil:
+-- a run's budget (sluice.budget) from the run_budget option. By default 5 s
+-- of CPU, and a wall clock of ten request timeouts or two intervals for
+-- slow collectors; false turns a limit off, or both. For the dataset
+-- named dataset (options ds), its own run_budget, else the collector's.
+function _M.run_budget(cfg, interval, dataset, ds)
+  local rb = cfg.run_budget
+  if ds and ds.run_budget ~= nil then rb = ds.run_budget end
+  if rb == false then return nil end
+  local b = type(rb) == "table" and rb or {}
   local wall = math.max(10 * (cfg.timeout or 30), 2 * interval)
   local cpu = b.cpu == nil and 5 or b.cpu
   wall = b.wall == nil and wall or b.wall
   if cpu or wall then
-    return { cpu = cpu, wall = wall, label = "collector " .. cfg.name .. ": run" }
+    return { cpu = cpu, wall = wall, label = "collector " .. cfg.name
+      .. (dataset and (": dataset " .. dataset) or "") .. ": run" }
   end
   return nil
 end
@@ -166,12 +215,14 @@ function _M.no_jit(spec)
   local function push(v)
     if not seen[v] then seen[v] = true; pending[#pending + 1] = v end
   end
-  for _, v in pairs(spec) do
+  local function root(v)
     if type(v) == "function" then
       local info = debug.getinfo(v, "S")
       if info.what ~= "C" then sources[info.source] = true; push(v) end
     end
   end
+  for _, v in pairs(spec) do root(v) end
+  for _, ds in pairs(spec.datasets or {}) do root(ds.collect) end
   while #pending > 0 do
     local v = table.remove(pending)
     if type(v) == "table" then

@@ -83,6 +83,21 @@ local COLLECTORS = {
     "When the collector last completed a collection (epoch seconds).", { "collector" } },
 }
 
+-- A collector's datasets (collector.define{datasets = ...}), each with
+-- its own schedule: the collector's families above are their totals.
+local DATASETS = {
+  { "counter", "sluice_dataset_collections_total",
+    "Collections of a collector's dataset, by outcome (success, error, skipped).",
+    { "collector", "dataset", "status" } },
+  { "counter", "sluice_dataset_records_processed_total",
+    "Data points (rows) a collector's dataset collected and stored.", { "collector", "dataset" } },
+  { "gauge", "sluice_dataset_health",
+    "A dataset's health, one series per status (1 for the current one).", { "collector", "dataset", "status" } },
+  { "gauge", "sluice_dataset_interval_seconds", "A dataset's interval, in seconds.", { "collector", "dataset" } },
+  { "gauge", "sluice_dataset_last_success_timestamp_seconds",
+    "When the dataset last completed a collection (epoch seconds).", { "collector", "dataset" } },
+}
+
 local BREAKERS = {
   { "gauge", "sluice_breaker_state",
     "Circuit breaker state, one series per state (1 for the current one).", { "breaker", "state" } },
@@ -218,6 +233,28 @@ local function collectors(f)
   end
 end
 
+local function datasets(f)
+  local app = loaded("sluice.app")
+  local current = app and app.current
+  if not current or type(current.collectors) ~= "table" then return end
+  for name, inst in pairs(current.collectors) do
+    local st = type(inst.counters) == "function" and inst:counters()
+    for dname, d in pairs(st and st.datasets or {}) do
+      local c = inst.name or name
+      f.sluice_dataset_collections_total:inc(d.collections_completed, c, dname, "success")
+      f.sluice_dataset_collections_total:inc(d.collections_failed, c, dname, "error")
+      f.sluice_dataset_collections_total:inc(d.collections_skipped, c, dname, "skipped")
+      f.sluice_dataset_records_processed_total:inc(d.data_points_collected, c, dname)
+      f.sluice_dataset_interval_seconds:set(d.interval, c, dname)
+      local health = inst:health(dname)
+      for _, h in ipairs(HEALTH) do
+        f.sluice_dataset_health:set(h == health and 1 or 0, c, dname, h)
+      end
+      if d.last_success then f.sluice_dataset_last_success_timestamp_seconds:set(d.last_success, c, dname) end
+    end
+  end
+end
+
 local function breakers(f)
   local breaker = loaded("sluice.breaker")
   if not breaker then return end
@@ -337,7 +374,7 @@ local function log_output(f)
   f.sluice_log_dropped_bytes_total:inc(bytes)
 end
 
-local ALL = { COLLECTORS, BREAKERS, LIMITERS, CACHE, BACKFILLS, TASKS, HTTP, PROCESS, LOG }
+local ALL = { COLLECTORS, DATASETS, BREAKERS, LIMITERS, CACHE, BACKFILLS, TASKS, HTTP, PROCESS, LOG }
 
 --- names() -> the names of the built-in families, in the order declared
 -- (besides sluice_http_requests_total and sluice_http_request_duration_seconds,
@@ -358,6 +395,7 @@ function _M.install()
   if installed then return end
   installed = true
   registry.add_source(COLLECTORS, collectors)
+  registry.add_source(DATASETS, datasets)
   registry.add_source(BREAKERS, breakers)
   registry.add_source(LIMITERS, limiters)
   registry.add_source(CACHE, response_cache)
