@@ -221,12 +221,18 @@ function _M.run(config, file, opts)
   -- the same configuration must not keep the collectors from running
   if app.shared then app.shared:leases(app.config.lease_ttl) end
   local delays = _M.first_delays(app.order, app.config.start_rate or START_RATE)
+  -- the offsets count from here, not from each start: starting takes
+  -- turns of the loop (longer on a busy machine), which must not bunch the
+  -- first runs up behind the last batches
+  local t0 = sluice.now()
   for i, inst in ipairs(app.order) do
     if i % BATCH == 0 then
       breathe()
       if sluice.stopping() then break end -- the shutdown handler stopped the started ones
     end
-    if inst.enabled then inst:start({ first_delay = delays[inst] }) end
+    if inst.enabled then
+      inst:start({ first_delay = math.max(0, t0 + delays[inst] - sluice.now()) })
+    end
   end
   app.starting = nil
   if app.shared then app.shared:start() end
