@@ -26,12 +26,11 @@
 -- inverse tickers and klines have no quote volume (Binance counts COIN-M
 -- volume in contracts; the base volume is its baseVolume); a spot book has
 -- no time (ts is when its answer arrived).
-local sluice = require "sluice"
 local json = require "sluice.json"
 local paginate = require "sluice.paginate"
+local parse = require "sluice.exchange.binance.parse"
 
-local floor = math.floor
-local numeral_text, json_number = json.numeral_text, json.number
+local is_error = parse.is_error
 
 local _M = {
   name = "binance",
@@ -41,10 +40,15 @@ local _M = {
   candles = {},
   limiter = {
     rate = 20,
+    -- a request that would wait longer for quota (a 418 ban: minutes) fails
+    -- at once: a poll that late is stale, and the dataset's next run is due
+    max_wait = 30,
     pools = { { name = "ip_weight", limit = 2400, window = 60, weight_window = 60 } },
   },
   breaker = { failure_threshold = 5, timeout = 300 },
   retry = { strategy = "adaptive", max_attempts = 3, base_delay = 1, max_delay = 30 },
+  description = "Binance: tickers, funding, order books and klines (spot, USDⓈ-M, COIN-M)",
+  beginning_date = "2017-08-17", -- spot's first candles; futures answer empty pages before theirs
 }
 
 -- Binance's kline intervals are the unified candle strings themselves.
@@ -62,7 +66,6 @@ local PATHS = {
               premium = "/dapi/v1/premiumIndex", depth = "/dapi/v1/depth",
               klines = "/dapi/v1/klines", funding = "/dapi/v1/fundingRate" },
 }
-_M.paths = PATHS
 
 -- Weights: {one symbol, every symbol} per futures endpoint.
 local FUTURES_WEIGHT = {
@@ -74,29 +77,6 @@ local KLINE_LIMIT = 1000       -- rows per klines page (spot's maximum)
 local FUNDING_LIMIT = 1000     -- rows per fundingRate page (the maximum)
 local MAX_PAGES = 1000000      -- a backfill's range bounds the pages
 local FUTURES_DEPTHS = { 5, 10, 20, 50, 100, 500, 1000 }
-
--- ---- values ----------------------------------------------------------------
-
--- Binance's text of a decimal: the string it sent (a JSON number as
--- json.decode kept it), or nil when absent or empty.
-local function text(v)
-  local tv = type(v)
-  if tv == "string" then return v ~= "" and v or nil end
-  if tv == "number" then return json_number(v) end
-  return numeral_text(v)
-end
-
--- An integer (epoch ms, an id, a count) sent as a number or as digits.
-local function int(v)
-  if type(v) == "number" then return v end
-  if type(v) == "string" and v:match("^%-?%d+$") and #v <= 16 then return tonumber(v) end
-  if type(v) == "cdata" then return tonumber(v) end
-  return nil
-end
-
-local function is_error(data)
-  return type(data) == "table" and data.code ~= nil and data.msg ~= nil and data[1] == nil
-end
 
 -- ---- symbols and verdicts --------------------------------------------------
 
@@ -193,93 +173,15 @@ local function futures_items(ex, c, market, what, symbols)
   return out
 end
 
--- ---- parsers (raw JSON -> unified fields) ------------------------------------
-
---- parse.ticker(market, t24 [, book [, premium]]) -> the tickers fields.
-local parse = {}
-_M.parse = parse
-
-function parse.ticker(market, t, book, premium)
-  local f = {
-    ts = int(t.closeTime), last = text(t.lastPrice), open = text(t.openPrice),
-    high = text(t.highPrice), low = text(t.lowPrice),
-    bid = text(t.bidPrice), ask = text(t.askPrice),
-    bid_size = text(t.bidQty), ask_size = text(t.askQty),
-  }
-  if market == "inverse" then
-    f.base_volume = text(t.baseVolume)   -- "volume" counts contracts
-  else
-    f.base_volume, f.quote_volume = text(t.volume), text(t.quoteVolume)
-  end
-  if book then
-    f.bid, f.ask = text(book.bidPrice), text(book.askPrice)
-    f.bid_size, f.ask_size = text(book.bidQty), text(book.askQty)
-  end
-  if premium then
-    f.mark, f.index = text(premium.markPrice), text(premium.indexPrice)
-  end
-  return f
-end
-
---- parse.funding_current(premium) -> the funding_current fields.
-function parse.funding_current(p)
-  return { ts = int(p.time), rate = text(p.lastFundingRate),
-           next_funding_time = int(p.nextFundingTime),
-           mark = text(p.markPrice), index = text(p.indexPrice) }
-end
-
---- parse.funding_rate(item) -> the funding_rates fields.
-function parse.funding_rate(r)
-  return { funding_time = int(r.fundingTime), rate = text(r.fundingRate),
-           mark = text(r.markPrice) }
-end
-
---- parse.kline(market, candle, k) -> the klines fields.
--- Spot and linear: [open time, o, h, l, c, base volume, close time, quote
--- volume, trades, taker buy base, taker buy quote, ignore]. Inverse: the
--- volumes at 6 and 10 are contracts, the base ones at 8 and 11.
-function parse.kline(market, candle, k)
-  local f = { interval = candle, open_time = int(k[1]), close_time = int(k[7]),
-              open = text(k[2]), high = text(k[3]), low = text(k[4]), close = text(k[5]),
-              trades = int(k[9]) }
-  if market == "inverse" then
-    f.volume, f.taker_buy_base_volume = text(k[8]), text(k[11])
-  else
-    f.volume, f.quote_volume = text(k[6]), text(k[8])
-    f.taker_buy_base_volume, f.taker_buy_quote_volume = text(k[10]), text(k[11])
-  end
-  return f
-end
-
-local function levels(list)
-  local out = {}
-  if type(list) ~= "table" then return nil end
-  for i, l in ipairs(list) do
-    if type(l) ~= "table" then return nil end
-    out[i] = { text(l[1]), text(l[2]) }
-  end
-  return out
-end
-
---- parse.book(market, d [, now_ms]) -> {ts, sequence, bids, asks} | nil, err
--- Futures books carry T (the transaction time); a spot book has no time:
--- ts is now_ms.
-function parse.book(market, d, now_ms)
-  if type(d) ~= "table" then return nil, "depth: not an object" end
-  local bids, asks = levels(d.bids), levels(d.asks)
-  if not bids or not asks then return nil, "depth: no bids/asks lists" end
-  local ts = market ~= "spot" and int(d.T) or now_ms
-  return { ts = ts, sequence = int(d.lastUpdateId), bids = bids, asks = asks }
-end
-
 -- ---- datasets ----------------------------------------------------------------
 
 local function spot_tickers(ex, c, symbols)
   local path = PATHS.spot.ticker
   local raws = {}
   for i, s in ipairs(symbols) do raws[i] = s.raw end
-  local data, err, kind = get(ex, c, "spot", path, { symbols = json.encode(raws) },
-    spot_ticker_weight(#raws))
+  -- one symbol: symbol=X (the same weight); several: symbols=["X","Y"]
+  local query = #raws == 1 and { symbol = raws[1] } or { symbols = json.encode(raws) }
+  local data, err, kind = get(ex, c, "spot", path, query, spot_ticker_weight(#raws))
   if data == nil then return nil, err, kind end
   local by = {}
   if is_error(data) then
@@ -290,6 +192,7 @@ local function spot_tickers(ex, c, symbols)
       if is_error(one) then ex.skip(c, s, one.msg) else by[s.raw] = one end
     end
   else
+    if type(data) == "table" and data.symbol then data = { data } end
     if type(data) ~= "table" then return nil, path .. ": not a list", "protocol" end
     for _, t in ipairs(data) do
       if type(t) == "table" and t.symbol then by[t.symbol] = t end
@@ -343,7 +246,7 @@ function _M.order_book(ex, c, market, sym, depth)
     ex.skip(c, sym, data.msg)
     return nil, "Binance error " .. tostring(data.code) .. ": " .. tostring(data.msg), "ignored"
   end
-  local book, perr = parse.book(market, data, floor(sluice.time() * 1000))
+  local book, perr = parse.book(market, data)
   if not book then return nil, perr, "protocol" end
   for _, side in ipairs{ "bids", "asks" } do
     for i = #book[side], depth + 1, -1 do book[side][i] = nil end
@@ -353,10 +256,13 @@ end
 
 -- Every page of [from_ms, to_ms) of a time-paged endpoint: the list of raw
 -- rows, or nil and an error; an unknown symbol is skipped (no rows).
-local function pages(ex, c, market, sym, path, query, time_key, limit, cost, from_ms, to_ms)
+-- step: the least gap between two rows' times (a candle: the next opens
+-- that much later, so a page ending at the range's end is the last).
+local function pages(ex, c, market, sym, path, query, time_key, limit, cost, from_ms, to_ms, step)
   local unknown
   local rows, err, kind = paginate.time(c, ex.base(c, market) .. path, {
     query = query, from = from_ms, to = to_ms and to_ms - 1, limit = limit, time = time_key,
+    step = step,
     max_pages = MAX_PAGES, request = { cost = cost },
     rows = function(data)
       if is_error(data) then unknown = data.msg return {} end
@@ -376,7 +282,7 @@ function _M.klines(ex, c, market, sym, candle, from_ms, to_ms)
   local raw, err, kind
   if from_ms then
     raw, err, kind = pages(ex, c, market, sym, PATHS[market].klines, query, 1, KLINE_LIMIT,
-      cost, from_ms, to_ms)
+      cost, from_ms, to_ms, require("sluice.exchange").candle_seconds(candle) * 1000)
   else
     query.limit, query.endTime = KLINE_LIMIT, to_ms and to_ms - 1
     raw, err, kind = get(ex, c, market, PATHS[market].klines, query, cost)

@@ -166,12 +166,13 @@ function _M.book_ticker(family, sym, now)
 end
 
 --- depth(family, sym, now, limit) -> a /depth answer's JSON: limit levels
--- a side, one tick or more apart, sizes hashed; lastUpdateId grows with time.
+-- a side, 1 to 3 ticks apart, sizes hashed (a valid book: bids strictly
+-- descending, asks ascending, bid < ask); lastUpdateId grows with time.
 function _M.depth(family, sym, now, limit)
   local bid, ask = top(sym, now)
-  local bids, asks = {}, {}
+  local bids, asks, gap = {}, {}, 0
   for i = 1, limit do
-    local gap = (i - 1) * sym.tick * (1 + floor(3 * hash(sym.h, now, i, 3)))
+    if i > 1 then gap = gap + sym.tick * (1 + floor(3 * hash(sym.h, now, i, 3))) end
     local q1 = round(sym.step * (1 + 2000 * hash(sym.h, now, i, 4)), sym.step)
     local q2 = round(sym.step * (1 + 2000 * hash(sym.h, now, i, 5)), sym.step)
     bids[i] = fmt('["%s","%s"]', dec(round(bid - gap, sym.tick)), dec(q1))
