@@ -184,7 +184,9 @@ local function spot_tickers(ex, c, symbols)
   local data, err, kind = get(ex, c, "spot", path, query, spot_ticker_weight(#raws))
   if data == nil then return nil, err, kind end
   local by = {}
-  if is_error(data) then
+  if is_error(data) and #symbols == 1 then
+    ex.skip(c, symbols[1], data.msg)
+  elseif is_error(data) then
     -- one unknown symbol fails the batch: ask one by one, skip the unknown
     for _, s in ipairs(symbols) do
       local one, oerr, okind = get(ex, c, "spot", path, { symbol = s.raw }, 2)
