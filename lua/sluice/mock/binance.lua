@@ -476,7 +476,7 @@ function Mock:_take_fault(path)
   end
 end
 
-function Mock:answer(req)
+function Mock:_handle(req)
   local entry = { method = req.method, path = req.path, query = req.query, headers = req.headers }
   self.requests = self.requests + 1
   self.log[#self.log + 1] = entry
@@ -537,6 +537,10 @@ function Mock:answer(req)
   if retry_after then headers["Retry-After"] = tostring(retry_after) end
   for k, v in pairs(fault and fault.headers or {}) do headers[k] = v end
   return status, body, headers
+end
+
+function Mock:answer(req)
+  return self:_handle(req)
 end
 
 local FAULT = { status = { integer = true, min = 200, max = 599 }, count = "number",
@@ -609,7 +613,7 @@ function _M.start(opts)
   m._srv, m.port, m.url = srv, srv.port,
     "http://" .. (srv.host:find(":") and "[" .. srv.host .. "]" or srv.host) .. ":" .. srv.port
   m:reset()
-  srv:route("*", "/*", function(req) return m:answer(req) end)
+  srv:route("*", "/*", function(req) return m:_handle(req) end)
   return m
 end
 
