@@ -47,7 +47,10 @@ local _M = {
               ["12h"] = "720", ["1d"] = "D", ["1w"] = "W" },
   -- Bybit's public quota is per IP: 600 requests in any 5 s. Go at a
   -- fifth of it by default, one request per call (market data weighs 1).
-  limiter = { rate = 20, max_rate = 100, pools = { { name = "ip", limit = 600, window = 5 } } },
+  -- X-Bapi-Limit counts per second (window = 1 s, how the limiter reads
+  -- a quota header that states no window of its own).
+  limiter = { rate = 20, max_rate = 100, window = 1,
+              pools = { { name = "ip", limit = 600, window = 5 } } },
 }
 
 local MS = { ["1m"] = 60e3, ["3m"] = 180e3, ["5m"] = 300e3, ["15m"] = 900e3, ["30m"] = 1800e3,

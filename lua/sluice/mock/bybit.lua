@@ -28,8 +28,9 @@
 --                   in 5 s); one more bans the IP: HTTP 403 for ban_seconds
 --                   (default 600), as Bybit's "access too frequent"
 -- m.port, m.url, m.requests (count), m.log (list of {method, path, query,
--- headers, status, recorded = the fixture entry's index when its body was
--- served}), m:stop(), m:reset(), m:ban(seconds) (ban the IP now)
+-- headers, status, ret_code (of a synthetic JSON answer), reply_headers,
+-- recorded = the fixture entry's index when its body was served}),
+-- m:stop(), m:reset(), m:ban(seconds) (ban the IP now)
 -- m:inject{status, ret_code, ret_msg, crossed, count = 1, body, headers,
 --   delay, abort, path}: faults queued and consumed in order by the
 --   requests they match (path: exact, optional). status answers with `body`
@@ -600,9 +601,11 @@ function Mock:_handle(req)
     end
   end
   entry.status = status
+  entry.ret_code = status == 200 and tonumber(body:match('^{"retCode":(%-?%d+)')) or nil
   local headers = { ["Content-Type"] = JSON }
   for k, v in pairs(extra or {}) do headers[k] = v end
   for k, v in pairs(fault and fault.headers or {}) do headers[k] = v end
+  entry.reply_headers = headers
   return status, body, headers
 end
 
