@@ -102,6 +102,10 @@ describe("collectors.bybit on the recorded responses", function()
         t:close()
         assert(rows, run)
         assert.are.same({ r.index }, served(m))
+        -- byte for byte: the text of the fixture file's httpResponse
+        local again = assert(http.get(m.url .. "/v5/market/orderbook", { query = m.log[1].query }))
+        assert.are.equal(r.body, again.body)
+        assert.are.equal(json.encode(http_res), json.encode(assert(json.decode(again.body))))
         local row = rows.order_books[1]
         assert.are.equal(1, #rows.order_books)
         assert.are.equal(parsed.symbol, row.symbol)
@@ -186,6 +190,11 @@ describe("collectors.bybit on the recorded responses", function()
         -- ccxt's "8h" comes from its market list (instruments-info), not
         -- from this reply, which has no fundingIntervalHour
         assert.are.equal("8h", parsed.interval)
+        -- the recording's own: retCode and time as strings, and a list item
+        -- with the reply's time as `timestamp`, which Bybit does not send
+        assert.are.same({ "0", tostring(parsed.timestamp) }, { http_res.retCode, http_res.time })
+        assert.are.equal(parsed.timestamp, http_res.result.list[1].timestamp)
+        assert.is_nil(parsed.info.timestamp)
         assert.is_nil(http_res.result.list[1].fundingIntervalHour)
         assert.is_nil(row.interval_hours)
       end)
