@@ -4,10 +4,17 @@
 --
 -- Every run fetches, per symbol, the candles since the last one stored (the
 -- last one again, since it may still have been open), or the latest
--- `limit` on the first run, into the table `klines` keyed by (symbol,
--- interval, open_time). `interval` holds the candle string ("1m"),
--- open_time and close_time Binance's milliseconds; the other columns are
--- Binance's kline fields by name. Re-fetching a candle updates it in place.
+-- `limit` on the first run, into the unified table `klines` of the
+-- exchange collectors (sluice.exchange.tables), keyed by (exchange,
+-- market, symbol, interval, open_time): exchange "binance", market "spot",
+-- symbol ccxt's unified form ("BTC/USDT"), raw_symbol Binance's
+-- ("BTCUSDT"); `interval` holds the candle string ("1m"), open_time and
+-- close_time Binance's milliseconds; prices and volumes are decimals, the
+-- text Binance sent. Re-fetching a candle updates it in place.
+--
+-- A database written before the unified tables (klines keyed by symbol,
+-- interval, open_time, real columns) is migrated in place when the
+-- collector starts, every row kept (sluice.exchange.tables.migrate).
 --
 -- Binance counts request weight per IP and minute (X-MBX-USED-WEIGHT-1M,
 -- 6000 per minute for spot; klines weigh 2): the limiter declares that pool
@@ -15,6 +22,7 @@
 -- opens the breaker until the ban ends. base_url points the collector at
 -- any Binance-compatible server (a testnet, a mirror, the mock exchange).
 local collector = require "sluice.collector"
+local xtables = require "sluice.exchange.tables"
 
 local CANDLES = {
   ["1s"] = 1, ["1m"] = 60, ["3m"] = 180, ["5m"] = 300, ["15m"] = 900, ["30m"] = 1800,
@@ -26,19 +34,22 @@ local KLINE_WEIGHT = 2
 
 local function to_row(symbol, candle, k)
   return {
-    symbol = symbol,
+    exchange = "binance",
+    market = "spot",
+    symbol = xtables.unified_binance(symbol),
+    raw_symbol = symbol,
     interval = candle,
     open_time = k[1],
-    open = tonumber(k[2]),
-    high = tonumber(k[3]),
-    low = tonumber(k[4]),
-    close = tonumber(k[5]),
-    volume = tonumber(k[6]),
+    open = k[2],
+    high = k[3],
+    low = k[4],
+    close = k[5],
+    volume = k[6],
     close_time = k[7],
-    quote_volume = tonumber(k[8]),
+    quote_volume = k[8],
     trades = k[9],
-    taker_buy_base_volume = tonumber(k[10]),
-    taker_buy_quote_volume = tonumber(k[11]),
+    taker_buy_base_volume = k[10],
+    taker_buy_quote_volume = k[11],
   }
 end
 
@@ -107,22 +118,9 @@ return collector.define({
   breaker = { failure_threshold = 5, timeout = 300 },
   retry = { strategy = "adaptive", max_attempts = 3, base_delay = 1, max_delay = 30 },
   options = { symbols = { "BTCUSDT" }, candle = "1m", limit = 500 },
-  tables = {
-    klines = {
-      columns = {
-        symbol = "text", interval = "text", open_time = "integer",
-        open = "real", high = "real", low = "real", close = "real", volume = "real",
-        close_time = "integer", quote_volume = "real", trades = "integer",
-        taker_buy_base_volume = "real", taker_buy_quote_volume = "real",
-      },
-      key = { "symbol", "interval", "open_time" },
-      required = { "open", "high", "low", "close", "volume", "close_time" },
-      validate = function(row)
-        if row.high < row.low then return false, "high below low" end
-        return true
-      end,
-    },
-  },
+  -- the exchange collectors' unified klines (high below low is a reject)
+  tables = { klines = xtables.tables().klines },
+  migrate = function(db) xtables.migrate(db) end,
 
   -- Binance reports errors as {"code": -1121, "msg": "Invalid symbol."}:
   -- the status decides what happens (429 waits, 418 opens the breaker), the
@@ -144,9 +142,9 @@ return collector.define({
     for _, symbol in ipairs(self.options.symbols) do
       local since
       if self.store then
-        local last = self.store:query(
-          "SELECT MAX(open_time) AS t FROM klines WHERE symbol = ? AND interval = ?",
-          symbol, self.options.candle)
+        local last = self.store:query("SELECT MAX(open_time) AS t FROM klines WHERE exchange = 'binance' "
+          .. "AND market = 'spot' AND symbol = ? AND interval = ?",
+          xtables.unified_binance(symbol), self.options.candle)
         since = last and last[1] and last[1].t
       end
       local got, err = fetch(self, symbol, since, nil)
@@ -175,7 +173,8 @@ return collector.define({
   end,
   expect = function(self)
     return { every = CANDLES[self.options.candle], time_column = "open_time", unit = "ms",
-      partition = "symbol", where = { interval = self.options.candle }, table = "klines" }
+      partition = "raw_symbol", where = { exchange = "binance", market = "spot", interval = self.options.candle },
+      table = "klines" }
   end,
   beginning_date = "2017-08-17", -- Binance spot's first candles
 

@@ -28,9 +28,9 @@ local db_path = os.getenv("SLUICE_QUICKSTART_DB") or "quickstart.db"
 sluice.after(7, function(premature)
   local app = require("sluice.app").current
   local rows = app.store:query([[
-    SELECT symbol, COUNT(*) AS candles, MIN(open_time) AS first, MAX(open_time) AS last,
+    SELECT raw_symbol AS symbol, COUNT(*) AS candles, MIN(open_time) AS first, MAX(open_time) AS last,
            ROUND(AVG(close), 2) AS avg_close
-    FROM klines GROUP BY symbol ORDER BY symbol]])
+    FROM klines GROUP BY raw_symbol ORDER BY raw_symbol]])
   for _, r in ipairs(rows or {}) do
     print(string.format("%-8s %4d candles  %s .. %s  avg close %.2f", r.symbol, r.candles,
       os.date("!%H:%M:%S", r.first / 1000), os.date("!%H:%M:%S", r.last / 1000), r.avg_close))

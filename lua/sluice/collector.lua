@@ -246,6 +246,12 @@ function _M.new(spec, overrides, context)
     ropts.name = ropts.name or cfg.name
     self.retry = retry.new(ropts)
   end
+  if self.store and spec.migrate then
+    -- an older layout of the collector's tables, brought to the current one
+    -- before they are defined (a changed key cannot be reconciled)
+    local ok, err = pcall(spec.migrate, self.store, self)
+    if not ok then error("collector '" .. self.name .. "': migration failed: " .. tostring(err), 2) end
+  end
   if self.store and cfg.tables then
     for tname, def in pairs(cfg.tables) do
       local d = merge(def, { name = tname })

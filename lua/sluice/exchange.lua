@@ -422,6 +422,8 @@ function _M.define(adapter)
     retry = adapter.retry or DEFAULT_RETRY,
     classify = adapter.classify,
     tables = tables_mod.tables(),
+    -- binance_klines' klines of before the unified tables, migrated in place
+    migrate = function(db) tables_mod.migrate(db) end,
     options = { symbols = {}, markets = {}, depth = 20, candle = "1m", first_candles = 100,
       backfill_datasets = backfills },
     datasets = datasets,

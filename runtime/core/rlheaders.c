@@ -536,6 +536,16 @@ static int dispatch(sl_rlh_parser *p, const char *k, size_t kn, const char *v,
         return set_first(&p->fam[SL_RLH_SRC_BYBIT][F_REMAINING], v, vn, 0);
     if (ieq(k, kn, "x-bapi-limit-reset-timestamp"))
         return set_first(&p->bybit_reset_ms, v, vn, 0);
+    if (ieq(k, kn, "x-gate-ratelimit-limit"))
+        return set_first(&p->fam[SL_RLH_SRC_GATE][F_LIMIT], v, vn, 0);
+    if (ieq(k, kn, "x-gate-ratelimit-requests-remain"))
+        return set_first(&p->fam[SL_RLH_SRC_GATE][F_REMAINING], v, vn, 0);
+    if (ieq(k, kn, "x-gate-ratelimit-reset-timestamp"))
+        return set_first(&p->fam[SL_RLH_SRC_GATE][F_RESET], v, vn, 0);
+    if (ieq(k, kn, "x-hb-ratelimit-requests-remain"))
+        return set_first(&p->fam[SL_RLH_SRC_HTX][F_REMAINING], v, vn, 0);
+    if (ieq(k, kn, "x-hb-ratelimit-requests-expire"))
+        return set_first(&p->fam[SL_RLH_SRC_HTX][F_RESET], v, vn, 0);
     return -2;
 }
 
@@ -556,7 +566,7 @@ void sl_rlh_begin(sl_rlh_parser *p, const sl_rlh_options *o) {
         p->opt.max_backoff = 3600;
     if (!(p->opt.max_reset >= 0))
         p->opt.max_reset = 31 * 86400;
-    for (i = 0; i < 5; i++)
+    for (i = 0; i < SL_RLH_NSOURCES; i++)
         for (j = 0; j < 3; j++)
             p->fam[i][j] = -1;
     p->reset_after = p->bybit_reset_ms = -1;
@@ -676,7 +686,7 @@ void sl_rlh_finish(const sl_rlh_parser *p, int status, double wall_now,
     out->nweights = p->nweights;
     memcpy(out->weights, p->weights, sizeof p->weights);
 
-    for (src = SL_RLH_SRC_XRATELIMIT; src <= SL_RLH_SRC_BYBIT; src++) {
+    for (src = SL_RLH_SRC_XRATELIMIT; src <= SL_RLH_SRC_HTX; src++) {
         f = p->fam[src];
         if (src == SL_RLH_SRC_IETF) {
             const sl_rlh_policy *t = tightest(out);
@@ -696,10 +706,17 @@ void sl_rlh_finish(const sl_rlh_parser *p, int status, double wall_now,
         out->source = (sl_rlh_source)src;
         out->limit = f[F_LIMIT];
         out->remaining = f[F_REMAINING];
-        if (src == SL_RLH_SRC_BYBIT) {
-            double r = p->bybit_reset_ms;
+        if (src == SL_RLH_SRC_BYBIT || src == SL_RLH_SRC_GATE) {
+            /* epoch timestamps only: a small number is no time of theirs */
+            double r = src == SL_RLH_SRC_BYBIT ? p->bybit_reset_ms : f[F_RESET];
             out->reset =
                 r >= 1e9 ? reset_secs(r, SL_RLH_RESET_AUTO, base, o->max_reset)
+                         : -1;
+        } else if (src == SL_RLH_SRC_HTX) {
+            double r = f[F_RESET];
+            out->reset =
+                r >= 1e9 ? reset_secs(r, SL_RLH_RESET_AUTO, base, o->max_reset)
+                : r >= 0 ? cap(r / 1000.0, o->max_reset)
                          : -1;
         } else {
             out->reset =

@@ -3,7 +3,8 @@
  * Reads the headers of one HTTP response and reports what they say about the
  * provider's quota: limit, remaining, time to reset, Retry-After, the IETF
  * draft's structured RateLimit / RateLimit-Policy fields, Binance's
- * X-MBX-USED-WEIGHT-<n><S|M|H|D> and Bybit's X-Bapi-Limit* headers.
+ * X-MBX-USED-WEIGHT-<n><S|M|H|D>, Bybit's X-Bapi-Limit*, Gate's
+ * X-Gate-RateLimit-* and HTX's X-HB-RateLimit-Requests-* headers.
  *
  * Contract:
  *  - Pure: no allocation, no clock, no global state, no locale. Wall-clock
@@ -56,8 +57,16 @@ typedef enum sl_rlh_source {
     SL_RLH_SRC_RATELIMIT,  /* RateLimit-Limit/-Remaining/-Reset, or the
                               draft-07 dictionary "limit=, remaining=, reset=" */
     SL_RLH_SRC_IETF,       /* RateLimit + RateLimit-Policy structured lists */
-    SL_RLH_SRC_BYBIT       /* X-Bapi-Limit, -Status, -Reset-Timestamp */
+    SL_RLH_SRC_BYBIT,      /* X-Bapi-Limit, -Status, -Reset-Timestamp */
+    SL_RLH_SRC_GATE,       /* X-Gate-RateLimit-Limit, -Requests-Remain,
+                              -Reset-Timestamp (epoch s or ms; Gate sends
+                              the current time while the limit is not hit) */
+    SL_RLH_SRC_HTX         /* X-HB-RateLimit-Requests-Remain, -Expire (the
+                              window's end: epoch ms, or s; a value below
+                              1e9 is read as milliseconds from now) */
 } sl_rlh_source;
+
+#define SL_RLH_NSOURCES 7 /* SL_RLH_SRC_NONE .. SL_RLH_SRC_HTX */
 
 /* One IETF policy, merged by name from RateLimit-Policy (q, w) and
  * RateLimit (r, t). Unknown members are -1. */
@@ -107,12 +116,12 @@ typedef struct sl_rlh_header {
  * right after each sl_rlh_feed(). Treat the members as private. */
 typedef struct sl_rlh_parser {
     sl_rlh_options opt;
-    double fam[5][3];      /* [source][limit, remaining, reset raw] */
-    double reset_after;    /* X-RateLimit-Reset-After (delta) */
-    double bybit_reset_ms; /* X-Bapi-Limit-Reset-Timestamp raw */
-    double ra_delta;       /* Retry-After delta seconds */
-    double ra_date;        /* Retry-After HTTP-date, epoch */
-    double date;           /* Date header, epoch */
+    double fam[SL_RLH_NSOURCES][3]; /* [source][limit, remaining, reset raw] */
+    double reset_after;             /* X-RateLimit-Reset-After (delta) */
+    double bybit_reset_ms;          /* X-Bapi-Limit-Reset-Timestamp raw */
+    double ra_delta;                /* Retry-After delta seconds */
+    double ra_date;                 /* Retry-After HTTP-date, epoch */
+    double date;                    /* Date header, epoch */
     int npolicies;
     sl_rlh_policy policies[SL_RLH_MAX_POLICIES];
     int nweights;

@@ -51,7 +51,7 @@ local function exists(name)
 end
 
 local has_klines, has_cov = exists("klines"), exists("sluice_backfill")
-local total = has_klines and one("SELECT COUNT(*) AS n, COUNT(DISTINCT symbol || '/' || interval || '/' || open_time) AS d FROM klines") or { n = 0, d = 0 }
+local total = has_klines and one("SELECT COUNT(*) AS n, COUNT(DISTINCT raw_symbol || '/' || interval || '/' || open_time) AS d FROM klines") or { n = 0, d = 0 }
 local cov = has_cov and one("SELECT COUNT(*) AS n, COALESCE(SUM(rows), 0) AS rows FROM sluice_backfill WHERE status = 'done'") or { n = 0, rows = 0 }
 local failed = has_cov and one("SELECT COUNT(*) AS n, MIN(error) AS e FROM sluice_backfill WHERE status <> 'done'") or { n = 0 }
 print(string.format("# %s%d candles stored, %d of %d windows done (%d rows), %d not done",
@@ -67,7 +67,7 @@ if has_cov then
       .. " WHERE status = 'done'") or {}) do
     local lo = math.max(w.window_start, FROM)
     local want = (w.window_end - lo) / 60
-    local got = one("SELECT COUNT(*) AS n FROM klines WHERE symbol = ? AND interval = '1m'"
+    local got = one("SELECT COUNT(*) AS n FROM klines WHERE raw_symbol = ? AND interval = '1m'"
       .. " AND open_time >= ? AND open_time < ?", w.partition, lo * 1000, w.window_end * 1000).n
     if got ~= want or w.rows ~= want then
       bad = bad + 1
@@ -84,7 +84,7 @@ if mode == "final" then
   check("all " .. WINDOWS .. " windows done", cov.n == WINDOWS, cov.n)
   check("2 x " .. N .. " candles", total.n == 2 * N, total.n)
   local outside = one("SELECT COUNT(*) AS n FROM klines WHERE open_time < ? OR open_time >= ?"
-    .. " OR interval <> '1m' OR symbol NOT IN ('BTCUSDT', 'ETHUSDT')", FROM * 1000, TO * 1000).n
+    .. " OR interval <> '1m' OR raw_symbol NOT IN ('BTCUSDT', 'ETHUSDT')", FROM * 1000, TO * 1000).n
   check("no row outside the range", outside == 0, outside)
   local clean = os.getenv("CLEAN") and assert(store.open(os.getenv("CLEAN")))
   for _, sym in ipairs(SYMBOLS) do
@@ -180,7 +180,7 @@ run_check final "after the repeated runs: " "$WORK/clean.db"
 cp "$WORK/crash.db" "$WORK/doctored.db"
 cat >"$WORK/doctor.lua" <<'LUA'
 local db = assert(require("sluice.store").open(os.getenv("DB")))
-assert(db:exec("DELETE FROM klines WHERE symbol = 'ETHUSDT' AND open_time = ?", (1704067200 + 5000 * 60) * 1000) == 1)
+assert(db:exec("DELETE FROM klines WHERE raw_symbol = 'ETHUSDT' AND open_time = ?", (1704067200 + 5000 * 60) * 1000) == 1)
 db:close()
 LUA
 env DB="$WORK/doctored.db" "$SLUICE" run "$WORK/doctor.lua"

@@ -47,7 +47,7 @@ local FROM, N = tonumber(os.getenv("FROM")), tonumber(os.getenv("N"))
 local seen, total, dup = {}, 0, {}
 for path in os.getenv("DBS"):gmatch("%S+") do
   local db = assert(store.open(path))
-  for _, r in ipairs(assert(db:query("SELECT symbol, open_time FROM klines WHERE interval = '1m'"))) do
+  for _, r in ipairs(assert(db:query("SELECT raw_symbol AS symbol, open_time FROM klines WHERE interval = '1m'"))) do
     local k = r.symbol .. "/" .. string.format("%d", r.open_time)
     if seen[k] then dup[r.symbol .. "/" .. math.floor((r.open_time / 1000 - FROM) / 60000)] = true end
     seen[k] = true

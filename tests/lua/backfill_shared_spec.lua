@@ -64,7 +64,7 @@ end
 local function assert_union(dbs, symbols, from, n)
   local seen, total = {}, 0
   for _, db in ipairs(dbs) do
-    for _, r in ipairs(assert(db:query("SELECT symbol, open_time FROM klines WHERE interval = '1m'"))) do
+    for _, r in ipairs(assert(db:query("SELECT raw_symbol AS symbol, open_time FROM klines WHERE interval = '1m'"))) do
       local k = r.symbol .. "/" .. string.format("%d", r.open_time)
       assert.is_nil(seen[k], "stored twice: " .. k)
       seen[k] = true

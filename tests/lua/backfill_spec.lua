@@ -235,9 +235,10 @@ describe("sluice.backfill", function()
       assert.equal(3, p.skipped)
 
       local lost = (A + S + 17 * 60) * 1000             -- a candle of window 2
-      assert.equal(1, db:exec("DELETE FROM klines WHERE symbol = 'BTCUSDT' AND open_time = ?", lost))
+      assert.equal(1, db:exec("DELETE FROM klines WHERE raw_symbol = 'BTCUSDT' AND open_time = ?", lost))
       -- a candle of another interval at that time does not fill the gap
-      assert(db:upsert("klines", { { symbol = "BTCUSDT", interval = "5m", open_time = lost,
+      assert(db:upsert("klines", { { exchange = "binance", market = "spot", symbol = "BTC/USDT",
+        raw_symbol = "BTCUSDT", interval = "5m", open_time = lost,
         open = 1, high = 1, low = 1, close = 1, volume = 1, close_time = lost + 299999 } }))
       p = backfill.plan({ collector = c, from = A, to = A + 3 * S })
       assert.equal(1, #p.windows)
@@ -403,7 +404,7 @@ describe("sluice.backfill", function()
       assert.equal(p.estimate.rows, st.rows)
       assert.equal(52, m.requests)
 
-      local all = one(db, "SELECT COUNT(*) AS n, COUNT(DISTINCT symbol || '/' || open_time) AS d FROM klines")
+      local all = one(db, "SELECT COUNT(*) AS n, COUNT(DISTINCT raw_symbol || '/' || open_time) AS d FROM klines")
       assert.equal(50000, all.n)
       assert.equal(50000, all.d)
       for _, sym in ipairs(SYMBOLS) do assert_candles(db, sym, T0, 25000) end
@@ -566,7 +567,7 @@ describe("sluice.backfill", function()
       assert.equal(7, coverage(db, "done").n)
       -- a failed window stores nothing
       assert.equal(2000, figures(db, "BTCUSDT").n)
-      assert.equal(0, one(db, "SELECT COUNT(*) AS n FROM klines WHERE symbol = 'BTCUSDT' AND open_time < ?",
+      assert.equal(0, one(db, "SELECT COUNT(*) AS n FROM klines WHERE raw_symbol = 'BTCUSDT' AND open_time < ?",
         (A + 3 * S) * 1000).n)
 
       -- the fault is gone: the next run plans exactly those windows

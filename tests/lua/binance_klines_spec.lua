@@ -6,6 +6,9 @@ local cjson = require "cjson"
 local json = require "sluice.json"
 local log = require "sluice.log"
 local testing = require "sluice.testing"
+local store = require "sluice.store"
+local bignum = require "sluice.bignum"
+local xtables = require "sluice.exchange.tables"
 
 local FIXTURES = "tests/fixtures/ccxt/binance.json"
 local KLINES = "/api/v3/klines"
@@ -67,14 +70,14 @@ end
 
 -- A tester of binance_klines answering klines as above, with quick retries
 -- (adaptive, 3 attempts, 10 to 50 ms apart, no budget); config over that.
-local function tester(config, responses)
+local function tester(config, responses, db)
   local c = { retry = { strategy = "adaptive", max_attempts = 3, base_delay = 0.01, max_delay = 0.05,
     budget = false } }
   for k, v in pairs(config or {}) do c[k] = v end
   local rules = {}
   for _, r in ipairs(responses or {}) do rules[#rules + 1] = r end
   rules[#rules + 1] = { path = KLINES, method = "GET", respond = klines }
-  return testing.new({ collector = "binance_klines", config = c, responses = rules })
+  return testing.new({ collector = "binance_klines", config = c, responses = rules, store = db })
 end
 
 local function count(t)
@@ -125,20 +128,24 @@ describe("collectors.binance_klines", function()
     assert.equal(#e.parsedResponse, #stored)
     for i, p in ipairs(e.parsedResponse) do
       local r = stored[i]
-      assert.equal("BTCUSDT", r.symbol)
+      local raw = e.httpResponse[i]
+      -- the unified shape: exchange, market, unified and raw symbols
+      assert.equal("binance", r.exchange)
+      assert.equal("spot", r.market)
+      assert.equal("BTC/USDT", r.symbol)
+      assert.equal("BTCUSDT", r.raw_symbol)
       assert.equal("1h", r.interval)
       assert.equal(p[1], r.open_time) -- timestamp (ms)
-      assert.equal(p[2], r.open)
-      assert.equal(p[3], r.high)
-      assert.equal(p[4], r.low)
-      assert.equal(p[5], r.close)
-      assert.equal(p[6], r.volume)
-      local raw = e.httpResponse[i]
+      -- decimals: Binance's text exactly, the value ccxt parsed
+      for k, name in ipairs({ "open", "high", "low", "close", "volume" }) do
+        assert.equal(raw[k + 1], r[name])
+        assert.equal(p[k + 1], tonumber(r[name]))
+      end
       assert.equal(raw[7], r.close_time)
-      assert.equal(tonumber(raw[8]), r.quote_volume)
+      assert.equal(raw[8], r.quote_volume)
       assert.equal(raw[9], r.trades)
-      assert.equal(tonumber(raw[10]), r.taker_buy_base_volume)
-      assert.equal(tonumber(raw[11]), r.taker_buy_quote_volume)
+      assert.equal(raw[10], r.taker_buy_base_volume)
+      assert.equal(raw[11], r.taker_buy_quote_volume)
     end
   end)
 
@@ -155,7 +162,7 @@ describe("collectors.binance_klines", function()
     local n1 = #rows.klines
     local newest = {}
     for _, r in ipairs(rows.klines) do
-      newest[r.symbol] = math.max(newest[r.symbol] or 0, r.open_time)
+      newest[r.raw_symbol] = math.max(newest[r.raw_symbol] or 0, r.open_time)
     end
     assert.same({ BTCUSDT = 1706641200000, ETHUSDT = 1706641200000 }, newest)
     now_ms = now_ms + 60e3 -- the open candle closes, a new one opens
@@ -254,5 +261,61 @@ describe("collectors.binance_klines", function()
     assert.is_nil(rows)
     assert.matches("^init failed: .*option 'candle' must be a Binance interval", err2)
     assert.equal(0, #t:requests())
+  end)
+
+  -- tests/fixtures/binance_klines_v0.sql: `sqlite3 .dump` of a database the
+  -- build before the unified tables wrote (backfill 2024-01-28..30 of
+  -- BTCUSDT and ETHUSDT 1h candles from sluice.mock.binance, then one
+  -- collection): klines keyed by (symbol, interval, open_time), real
+  -- columns, and its backfill coverage.
+  it("migrates a database of the old klines layout in place, every row kept", function()
+    local path = os.tmpname()
+    local db = assert(store.open(path))
+    local f = assert(io.open("tests/fixtures/binance_klines_v0.sql"))
+    -- the store made its own tables already: the dump's are the same
+    local script = f:read("*a"):gsub("CREATE TABLE sluice_", "CREATE TABLE IF NOT EXISTS sluice_")
+      :gsub("CREATE INDEX sluice_", "CREATE INDEX IF NOT EXISTS sluice_")
+    f:close()
+    assert(db:script(script))
+    local old = db:query("SELECT * FROM klines ORDER BY symbol, interval, open_time")
+    assert.equal(136, #old)
+    t = tester({ symbols = { "BTCUSDT", "ETHUSDT" }, candle = "1h" }, nil, db)
+    local new = t:rows("klines")
+    assert.equal(#old, #new)
+    local by = {}
+    for _, r in ipairs(new) do by[r.raw_symbol .. " " .. r.interval .. " " .. r.open_time] = r end
+    for _, o in ipairs(old) do
+      local r = by[o.symbol .. " " .. o.interval .. " " .. o.open_time]
+      assert.is_table(r, o.symbol .. " " .. o.open_time)
+      assert.equal("binance", r.exchange)
+      assert.equal("spot", r.market)
+      assert.equal(o.symbol == "BTCUSDT" and "BTC/USDT" or "ETH/USDT", r.symbol)
+      assert.equal(o.close_time, r.close_time)
+      assert.equal(o.trades, r.trades)
+      for _, k in ipairs({ "open", "high", "low", "close", "volume", "quote_volume", "taker_buy_base_volume",
+        "taker_buy_quote_volume" }) do
+        -- the stored double as the shortest decimal that reads back as it
+        assert.equal(bignum.normalize(o[k]), r[k])
+        assert.equal(o[k], tonumber(r[k]))
+      end
+    end
+    assert.equal(0, #db:query("SELECT name FROM sqlite_master WHERE name = 'klines_before_unified'"))
+    -- the old coverage still counts: the same backfill asks Binance nothing
+    local rows, run = t:backfill("2024-01-28", "2024-01-30")
+    assert.is_table(rows, run)
+    assert.equal(0, #run.requests)
+    assert.equal(2, run.status.windows_skipped)
+    -- and collecting goes on from the last stored candle
+    now_ms = 1706641230000
+    local rows2, run2 = t:collect()
+    assert.is_table(rows2, run2)
+    for _, r in ipairs(run2.requests) do assert.equal("1706641200000", r.query.startTime) end
+    assert.equal(#old, #rows2.klines)
+    -- already unified: nothing more to do
+    assert.is_false(xtables.migrate(db))
+    t:close()
+    t = nil
+    db:close()
+    os.remove(path)
   end)
 end)

@@ -3,6 +3,7 @@
 -- sluice.testing server, unknown symbols, backfill by page, statistics.
 local json = require "sluice.json"
 local testing = require "sluice.testing"
+local store = require "sluice.store"
 local exchange = require "sluice.exchange"
 local symbols = require "sluice.exchange.symbols"
 local book = require "sluice.exchange.book"
@@ -435,6 +436,25 @@ describe("an exchange collector", function()
       local _, again = assert(t:backfill(to - 90 * 86400, to))
       assert.equal(0, #again.requests)
     end)
+  end)
+
+  it("migrates binance_klines' old klines table before defining its tables", function()
+    local path = os.tmpname()
+    local db = assert(store.open(path))
+    local f = assert(io.open("tests/fixtures/binance_klines_v0.sql"))
+    assert(db:script((f:read("*a"):gsub("CREATE TABLE sluice_", "CREATE TABLE IF NOT EXISTS sluice_")
+      :gsub("CREATE INDEX sluice_", "CREATE INDEX IF NOT EXISTS sluice_"))))
+    f:close()
+    local t = testing.new({ collector = exchange.define(fake_adapter()), store = db,
+      config = { symbols = { "BTC/USDT" } } })
+    local rows = t:rows("klines")
+    assert.equal(136, #rows)
+    assert.same({ "binance", "spot", "BTC/USDT", "BTCUSDT", "1h", 1706400000000, "48098.17" },
+      { rows[1].exchange, rows[1].market, rows[1].symbol, rows[1].raw_symbol, rows[1].interval,
+        rows[1].open_time, rows[1].close })
+    t:close()
+    db:close()
+    os.remove(path)
   end)
 
   it("reports statistics per exchange and per dataset", function()

@@ -55,8 +55,8 @@ end
 --- figures(db, symbol) -> {n, d, lo, hi}: the count of symbol's stored 1m
 -- candles, of distinct ones, the first and last open_time (ms).
 function _M.figures(db, symbol)
-  local r = _M.one(db, [[SELECT COUNT(*) AS n, COUNT(DISTINCT symbol || '/' || open_time) AS d,
-      MIN(open_time) AS lo, MAX(open_time) AS hi FROM klines WHERE symbol = ? AND interval = '1m']],
+  local r = _M.one(db, [[SELECT COUNT(*) AS n, COUNT(DISTINCT raw_symbol || '/' || open_time) AS d,
+      MIN(open_time) AS lo, MAX(open_time) AS hi FROM klines WHERE raw_symbol = ? AND interval = '1m']],
     symbol)
   return { n = r.n, d = r.d, lo = r.lo, hi = r.hi }
 end
@@ -67,7 +67,7 @@ function _M.checksum(db, symbol)
   local r = _M.one(db, [[SELECT COUNT(*) AS n, SUM(open_time) AS t, SUM(close_time) AS ct,
       SUM(open) AS o, SUM(high) AS h, SUM(low) AS l, SUM(close) AS c, SUM(volume) AS v,
       SUM(quote_volume) AS qv, SUM(trades) AS tr, SUM(taker_buy_base_volume) AS tb,
-      SUM(taker_buy_quote_volume) AS tq FROM klines WHERE symbol = ?]], symbol)
+      SUM(taker_buy_quote_volume) AS tq FROM klines WHERE raw_symbol = ?]], symbol)
   local parts = {}
   for _, k in ipairs({ "n", "t", "ct", "o", "h", "l", "c", "v", "qv", "tr", "tb", "tq" }) do
     -- a sum beyond 2^53 comes back as an exact int64_t cdata ("...LL")
