@@ -396,8 +396,8 @@ end)
 
 describe("collectors.bybit klines", function()
   it("polls the latest candles; inverse volumes in the base coin", function()
-    -- the exchange's clock stands still: a re-fetch answers the same (daily
-    -- candles: a run straddling midnight UTC is the only way to see 2)
+    -- the exchange's clock stands still, so a re-fetch answers the same;
+    -- daily candles, so the kit's clock (a little later) is in the same one
     now_ms = math.floor(sluice.time() * 1000)
     with_mock({}, function(m)
       local t = tester(m, only("klines", { symbols = { "BTC/USD:BTC" }, candle = "1d",
