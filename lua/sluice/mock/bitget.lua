@@ -23,6 +23,8 @@
 --                   gateway blocks the IP: HTTP 403 for ban_seconds (300)
 -- m.port, m.url, m.requests (count), m.log (list of {method, path, query,
 -- status}), m:stop(), m:reset(), m:count(path) (requests to a path),
+-- m:handle(req) -> status, body, headers (answers a sluice.server request;
+-- for a sluice.testing rule's respond), m.paths (the endpoints served),
 -- m.kline(market, raw, granularity, open_time) -> the synthetic row as
 -- served (a Lua list of strings), m.funding_rate(market, raw, time) -> text.
 -- m:inject{status, code, msg, body, headers, count = 1, path, delay, abort,
@@ -564,6 +566,12 @@ function Mock:inject(spec)
   return self
 end
 
+-- Answers req (sluice.server's) as the mock's own server would: for a
+-- sluice.testing rule's respond, so a tester's server can stand in for it.
+function Mock:handle(req)
+  return self:_handle(req)
+end
+
 function Mock:count(p)
   return self._counts[p] or 0
 end
@@ -656,6 +664,9 @@ function _M.start(opts)
   m.funding_rate = function(market, raw, t) return funding_rate(m._symbols[market][raw], t) end
   local srv, err = server.listen{ host = opts.host or "127.0.0.1", port = opts.port or 0 }
   if not srv then error("sluice.mock.bitget: " .. err, 2) end
+  m.paths = {}
+  for p in pairs(ENDPOINTS) do m.paths[#m.paths + 1] = p end
+  table.sort(m.paths)
   m._srv, m.port, m.url = srv, srv.port,
     "http://" .. (srv.host:find(":") and "[" .. srv.host .. "]" or srv.host) .. ":" .. srv.port
   m:reset()
