@@ -248,6 +248,31 @@ describe("collectors.bitget: errors, limits and bans", function()
     end)
   end)
 
+  it("the mock: x-mbx-used-remain-limit counts an endpoint's requests left this second", function()
+    local now = 1710328245000
+    local m = mock.start{ now = function() return now end, endpoint_limit = 3 }
+    local ok, err = pcall(function()
+      local http = require "sluice.http"
+      local function get(p, q)
+        local res = assert(http.get(m.url .. p, { query = q }))
+        return { res.status, res.headers["x-mbx-used-remain-limit"] }, res:json()
+      end
+      local q = { symbol = "BTCUSDT" }
+      assert.same({ 200, "2" }, (get("/api/v2/spot/market/tickers", q)))
+      assert.same({ 200, "1" }, (get("/api/v2/spot/market/tickers", q)))
+      assert.same({ 200, "2" }, (get("/api/v2/spot/market/orderbook", q)))  -- its own count
+      assert.same({ 200, "0" }, (get("/api/v2/spot/market/tickers", q)))
+      local got, body = get("/api/v2/spot/market/tickers", q)
+      assert.same({ 429, "0", "429", "Too Many Requests" }, { got[1], got[2], body.code, body.msg })
+      now = now + 1000
+      assert.same({ 200, "2" }, (get("/api/v2/spot/market/tickers", q)))
+      got, body = get("/api/v2/spot/market/tickers", { symbol = "NOPEUSDT" })
+      assert.same({ 400, "40034", "Parameter NOPEUSDT does not exist" }, { got[1], body.code, body.msg })
+    end)
+    m:stop()
+    if not ok then error(err, 0) end
+  end)
+
   it("a 429 (code 429) is throttled: the limiter backs off, the request is retried", function()
     with({ symbols = { "BTC/USDT" } }, nil, function(t, m)
       m:inject{ status = 429, path = "/api/v2/spot/market/tickers" }
