@@ -497,7 +497,8 @@ end
 
 local FAULT_BODIES = {
   [500] = '{"label":"SERVER_ERROR","message":"Internal server error"}',
-  [502] = "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center></body></html>",
+  [502] = "<html><head><title>502 Bad Gateway</title></head>"
+    .. "<body><center><h1>502 Bad Gateway</h1></center></body></html>",
   [503] = '{"label":"TOO_BUSY","message":"Server is too busy, please try again later"}',
 }
 
