@@ -62,7 +62,7 @@ local API = "/api/v4"
 local SPOT_PAGE, FUTURES_PAGE = 1000, 2000      -- candles one query may return
 local CONTRACTS_PAGE, FUNDING_PAGE = 1000, 1000
 
-_M.CANDLE_MS = { ["10s"] = 10e3, ["1m"] = 60e3, ["5m"] = 300e3, ["15m"] = 900e3,
+local CANDLE_MS = { ["10s"] = 10e3, ["1m"] = 60e3, ["5m"] = 300e3, ["15m"] = 900e3,
   ["30m"] = 1800e3, ["1h"] = 3600e3, ["4h"] = 14400e3, ["8h"] = 28800e3,
   ["1d"] = 86400e3, ["1w"] = 604800e3 }
 
@@ -70,10 +70,10 @@ _M.CANDLE_MS = { ["10s"] = 10e3, ["1m"] = 60e3, ["5m"] = 300e3, ["15m"] = 900e3,
 local UNKNOWN = { INVALID_CURRENCY_PAIR = true, INVALID_CURRENCY = true,
   CONTRACT_NOT_FOUND = true }
 
---- dec(v) -> the exchange's text of a decimal, or nil when absent/empty.
+-- dec(v) -> the exchange's text of a decimal, or nil when absent/empty.
 -- A JSON string as sent; a JSON number as json.decode gave it (an integer's
 -- digits, a numeral's text, or the shortest text of that double).
-function _M.dec(v)
+local function dec(v)
   local tv = type(v)
   if tv == "string" then return v ~= "" and v or nil end
   if tv == "number" then return (jnumber(v)) end
@@ -82,7 +82,6 @@ function _M.dec(v)
   if tv == "cdata" then return (jnumber(v)) end
   return nil
 end
-local dec = _M.dec
 
 -- An integer time in seconds (number or digits) -> milliseconds.
 local function secs_ms(v)
@@ -139,8 +138,8 @@ end
 -- ---------------------------------------------------------------------
 -- Parsers: raw JSON -> unified rows (no I/O; the spec feeds them fixtures)
 
---- parse_ticker(market, t, ts) -> fields of a tickers row
-function _M.parse_ticker(market, t, ts)
+-- parse_ticker(market, t, ts) -> fields of a tickers row
+local function parse_ticker(market, t, ts)
   local f = {
     ts = ts, last = dec(t.last), bid = dec(t.highest_bid), ask = dec(t.lowest_ask),
     bid_size = dec(t.highest_size), ask_size = dec(t.lowest_size),
@@ -155,8 +154,8 @@ function _M.parse_ticker(market, t, ts)
   return f
 end
 
---- parse_contract(c, ts) -> fields of a funding_current row
-function _M.parse_contract(k, ts)
+-- parse_contract(c, ts) -> fields of a funding_current row
+local function parse_contract(k, ts)
   local iv = tonumber(k.funding_interval)
   return {
     ts = ts, rate = dec(k.funding_rate), predicted_rate = dec(k.funding_rate_indicative),
@@ -173,9 +172,9 @@ local function level(lv)
   return { dec(lv[1]) or lv[1], dec(lv[2]) or lv[2] }
 end
 
---- parse_book(market, b) -> {ts, sequence, bids, asks}
+-- parse_book(market, b) -> {ts, sequence, bids, asks}
 -- Spot's current is milliseconds; futures' is seconds with a fraction.
-function _M.parse_book(market, b)
+local function parse_book(market, b)
   local bids, asks = {}, {}
   for i, lv in ipairs(type(b.bids) == "table" and b.bids or {}) do bids[i] = level(lv) end
   for i, lv in ipairs(type(b.asks) == "table" and b.asks or {}) do asks[i] = level(lv) end
@@ -190,10 +189,10 @@ function _M.parse_book(market, b)
            asks = type(b.asks) == "table" and asks or b.asks }
 end
 
---- parse_candle(market, k, candle) -> fields of a klines row
+-- parse_candle(market, k, candle) -> fields of a klines row
 -- Spot: [t, quote_volume, close, high, low, open, base_volume, closed];
 -- futures: {t, v (contracts), c, h, l, o, sum (quote volume)}.
-function _M.parse_candle(market, k, candle)
+local function parse_candle(market, k, candle)
   local f
   if market == "spot" then
     f = { open_time = secs_ms(k[1]), quote_volume = dec(k[2]), close = dec(k[3]),
@@ -203,12 +202,12 @@ function _M.parse_candle(market, k, candle)
           low = dec(k.l), open = dec(k.o), quote_volume = dec(k.sum) }
   end
   f.interval = candle
-  f.close_time = f.open_time and f.open_time + _M.CANDLE_MS[candle] - 1
+  f.close_time = f.open_time and f.open_time + CANDLE_MS[candle] - 1
   return f
 end
 
---- parse_funding(r) -> fields of a funding_rates row
-function _M.parse_funding(r)
+-- parse_funding(r) -> fields of a funding_rates row
+local function parse_funding(r)
   return { funding_time = secs_ms(r.t), rate = dec(r.r) }
 end
 
@@ -242,7 +241,7 @@ function _M.tickers(ex, c, market, symbols)
   for _, sym in ipairs(symbols) do
     local t = by[sym.raw]
     if t then
-      rows[#rows + 1] = ex.row(sym, _M.parse_ticker(market, t, ts))
+      rows[#rows + 1] = ex.row(sym, parse_ticker(market, t, ts))
     else
       ex.skip(c, sym, "unknown symbol")
     end
@@ -278,7 +277,7 @@ function _M.funding(ex, c, market, symbols)
     for _, sym in ipairs(by_settle[s]) do
       local k = found[sym.raw]
       if k then
-        rows[#rows + 1] = ex.row(sym, _M.parse_contract(k, ts))
+        rows[#rows + 1] = ex.row(sym, parse_contract(k, ts))
       else
         ex.skip(c, sym, "unknown symbol")
       end
@@ -295,10 +294,10 @@ function _M.order_book(ex, c, market, sym, depth)
   if not data then return nil, res, kind end
   if unknown_label(data) then
     ex.skip(c, sym, "unknown symbol")
-    return nil, "unknown symbol " .. sym.unified, "ignored"
+    return nil, "unknown symbol"
   end
   if type(data) ~= "table" then return nil, "Gate order book: not an object", "protocol" end
-  local b = _M.parse_book(market, data)
+  local b = parse_book(market, data)
   b.ts = b.ts or answer_ms(res)
   return b
 end
@@ -306,7 +305,7 @@ end
 --- klines(ex, c, market, sym, candle, from_ms, to_ms) -> rows of [from, to)
 -- Windows of one page of candles each, by from/to (inclusive, seconds).
 function _M.klines(ex, c, market, sym, candle, from_ms, to_ms)
-  local iv = _M.CANDLE_MS[candle]
+  local iv = CANDLE_MS[candle]
   if not iv or not _M.candles[candle] then
     return nil, "gate has no candle " .. tostring(candle), "config"
   end
@@ -328,7 +327,7 @@ function _M.klines(ex, c, market, sym, candle, from_ms, to_ms)
     end
     if not is_list(data) then return nil, "Gate candlesticks: not a list", "protocol" end
     for _, k in ipairs(data) do
-      local f = _M.parse_candle(market, k, candle)
+      local f = parse_candle(market, k, candle)
       if f.open_time and f.open_time >= from_ms and f.open_time < to_ms then
         rows[#rows + 1] = ex.row(sym, f)
       end
@@ -357,7 +356,7 @@ function _M.funding_history(ex, c, market, sym, from_ms, to_ms)
     if not is_list(data) then return nil, "Gate funding_rate: not a list", "protocol" end
     local oldest
     for _, r in ipairs(data) do
-      local f = _M.parse_funding(r)
+      local f = parse_funding(r)
       local t = f.funding_time
       if t and t >= from_ms and t < to_ms and not seen[t] then
         seen[t] = true

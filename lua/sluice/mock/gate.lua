@@ -29,7 +29,7 @@
 --                request is refused with a WAF 403 (default 3)
 --   ban_seconds  length of that IP block (default 120)
 -- m.port, m.url, m.requests (count), m.log (list of {method, path, query,
--- headers, status}), m:stop(), m:reset()
+-- headers, status, now = the mock's clock then, ms}), m:stop(), m:reset()
 -- m:inject{status, body, headers, count = 1, path, delay, abort, malformed,
 --   crossed}: faults queued and consumed in order by the requests they match
 --   (path: exact, optional). status answers it with `body` or Gate's own
@@ -49,7 +49,8 @@
 -- (INVALID_CURRENCY_PAIR, CONTRACT_NOT_FOUND, INVALID_PARAM_VALUE,
 -- MISSING_REQUIRED_PARAM: 400; TOO_MANY_REQUESTS: 429). Every answer has
 -- X-Gate-RateLimit-Requests-Remain, -Limit and -Reset-Timestamp (ms: the
--- window's end once exceeded, else now) and X-In-Time/X-Out-Time (us).
+-- window's end once the quota is used up, else now) and X-In-Time/X-Out-Time
+-- (us).
 local sluice = require "sluice"
 local server = require "sluice.server"
 local options = require "sluice.options"
@@ -509,6 +510,7 @@ function Mock:_handle(req)
   local fault = self:_take_fault(req.path)
   if fault and fault.delay then sluice.sleep(fault.delay) end
   local now = floor(self._now())
+  entry.now = now
   local window = floor(now / 10000)
   if window ~= self._window then
     self._window, self._used, self._over, self._refused = window, {}, {}, 0
@@ -548,8 +550,8 @@ function Mock:_handle(req)
     ["Content-Type"] = status == 403 and not (fault and fault.body) and "text/html" or JSON,
     ["X-Gate-RateLimit-Limit"] = tostring(self._opts.limit),
     ["X-Gate-RateLimit-Requests-Remain"] = tostring(max(0, self._opts.limit - used)),
-    ["X-Gate-RateLimit-Reset-Timestamp"] = tostring(self._over[req.path]
-      and (window + 1) * 10000 or now),
+    ["X-Gate-RateLimit-Reset-Timestamp"] = tostring((self._over[req.path]
+      or used >= self._opts.limit) and (window + 1) * 10000 or now),
     ["X-In-Time"] = fmt("%d", now * 1000), ["X-Out-Time"] = fmt("%d", now * 1000 + 250),
   }
   for k, v in pairs(fault and fault.headers or {}) do headers[k] = v end
