@@ -7,6 +7,9 @@ local exchange = require "sluice.exchange"
 local symbols = require "sluice.exchange.symbols"
 local book = require "sluice.exchange.book"
 local xstats = require "sluice.exchange.stats"
+local operator = require "sluice.operator"
+local metrics = require "sluice.metrics"
+local app = require "sluice.app"
 
 -- --- the fake exchange ------------------------------------------------------
 -- GET /tickers?market=M        [{s, last, bid, ask, ts}] for every symbol it knows
@@ -454,6 +457,24 @@ describe("an exchange collector", function()
       -- spot symbols only: funding has nothing to do, and says so
       assert.equal("no configured symbol is a perpetual (linear or inverse)", e.datasets.funding.idle)
       assert.equal(0, e.datasets.funding.rows)
+
+      -- /status and /metrics show them
+      local c = t.collector
+      local view = operator.new({ current = function() return { order = { c }, collectors = { fakex = c } } end })
+      local body = view:status()
+      assert.equal(1, body.exchanges.total_exchanges)
+      assert.equal(#t:requests(), body.exchanges.exchanges.fakex.total_requests)
+      local saved = app.current
+      app.current = { order = { c }, collectors = { fakex = c } }
+      local ok, text = pcall(metrics.render)
+      app.current = saved
+      assert(ok, text)
+      assert.matches('\nsluice_exchanges{status="total"} 1\n', text)
+      assert.matches('\nsluice_exchanges{status="healthy"} 1\n', text)
+      assert.matches('\nsluice_exchange_success_rate{exchange="fakex"} 100\n', text)
+      assert.matches('\nsluice_exchange_response_time_seconds_count{exchange="fakex"} ' .. #t:requests() .. '\n', text)
+      assert.matches('\nsluice_dataset_lag_seconds{collector="fakex",dataset="tickers"} %d', text)
+      assert.is_nil(text:find('sluice_dataset_lag_seconds{collector="fakex",dataset="funding"}', 1, true))
     end)
   end)
 end)
