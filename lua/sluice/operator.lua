@@ -32,7 +32,8 @@
 --
 -- Views (fresh tables each call):
 --   ops:health() -> body, healthy          the reference /health shape
---   ops:status() -> body                   collectors' statistics, tasks, config view
+--   ops:status() -> body                   collectors' statistics, tasks, config view,
+--                                          exchanges (sluice.exchange.stats) when any
 --   ops:performance() -> body              the reference /performance shape
 --   ops:quality() -> { table = report }    the store's data-quality report
 --   ops:logs{level, limit, since} -> entries | nil, err, "invalid"
@@ -147,9 +148,13 @@ function _M:status()
   local a = self.current_()
   local cs = {}
   for _, c in ipairs(a.order) do cs[c.name] = c:stats() end
+  -- exchange collectors (sluice.exchange): the reference's exchange-manager statistics
+  local xstats = package.loaded["sluice.exchange.stats"]
+  local ex = xstats and xstats.exchanges(a.order)
   return {
     service = a.config and a.config.name or "sluice", version = sluice._VERSION,
     started_at = iso(started_wall), uptime_seconds = sluice.now() - started_mono,
+    exchanges = ex and ex.total_exchanges > 0 and ex or nil,
     collectors = cs, tasks = sluice.tasks(), config = a.config and redact.classify(a.config) or {},
   }
 end

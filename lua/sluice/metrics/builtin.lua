@@ -255,6 +255,42 @@ local function datasets(f)
   end
 end
 
+-- Exchange collectors (sluice.exchange): the reference's exchange-manager
+-- statistics, and each dataset's data lag (sluice.exchange.stats).
+local EXCHANGES = {
+  { "gauge", "sluice_exchanges",
+    "Exchange collectors by health: total, healthy, degraded, failed (failed or circuit open).", { "status" } },
+  { "gauge", "sluice_exchange_success_rate",
+    "Share of an exchange collector's requests that succeeded, in percent.", { "exchange" } },
+  { "summary", "sluice_exchange_response_time_seconds",
+    "Response time of an exchange collector's requests, in seconds.", { "exchange" } },
+  { "gauge", "sluice_dataset_lag_seconds",
+    "Seconds from the newest data an exchange collector's dataset stored to now.", { "collector", "dataset" } },
+}
+
+local function exchanges(f)
+  local xstats = loaded("sluice.exchange.stats")
+  local app = loaded("sluice.app")
+  local current = app and app.current
+  if not xstats or not current or type(current.order) ~= "table" then return end
+  local st = xstats.exchanges(current.order)
+  f.sluice_exchanges:set(st.total_exchanges, "total")
+  f.sluice_exchanges:set(st.healthy_exchanges, "healthy")
+  f.sluice_exchanges:set(st.degraded_exchanges, "degraded")
+  f.sluice_exchanges:set(st.failed_exchanges, "failed")
+  xstats.each(current.order, function(c)
+    local cn = c:counters()
+    if cn.total_requests > 0 then
+      f.sluice_exchange_success_rate:set(cn.successful_requests / cn.total_requests * 100, c.name)
+    end
+    f.sluice_exchange_response_time_seconds:set_totals(cn.latency_total, cn.latency_count, c.name)
+    for _, dname in ipairs(c:datasets() or {}) do
+      local lag = xstats.lag(c, dname)
+      if lag then f.sluice_dataset_lag_seconds:set(lag, c.name, dname) end
+    end
+  end)
+end
+
 local function breakers(f)
   local breaker = loaded("sluice.breaker")
   if not breaker then return end
@@ -374,7 +410,7 @@ local function log_output(f)
   f.sluice_log_dropped_bytes_total:inc(bytes)
 end
 
-local ALL = { COLLECTORS, DATASETS, BREAKERS, LIMITERS, CACHE, BACKFILLS, TASKS, HTTP, PROCESS, LOG }
+local ALL = { COLLECTORS, DATASETS, EXCHANGES, BREAKERS, LIMITERS, CACHE, BACKFILLS, TASKS, HTTP, PROCESS, LOG }
 
 --- names() -> the names of the built-in families, in the order declared
 -- (besides sluice_http_requests_total and sluice_http_request_duration_seconds,
@@ -396,6 +432,7 @@ function _M.install()
   installed = true
   registry.add_source(COLLECTORS, collectors)
   registry.add_source(DATASETS, datasets)
+  registry.add_source(EXCHANGES, exchanges)
   registry.add_source(BREAKERS, breakers)
   registry.add_source(LIMITERS, limiters)
   registry.add_source(CACHE, response_cache)
