@@ -51,7 +51,7 @@ local function harness(out, fn, extra)
     classify = htx.classify,
     tables = { none = { columns = { k = "text" }, key = { "k" } } },
     collect = function(self)
-      out.r = table.pack(fn(self))
+      out.r = { fn(self) }
       return {}
     end,
   }
@@ -303,5 +303,136 @@ describe("htx adapter against sluice.mock.htx", function()
     local swap = get("/linear-swap-api/v1/swap_funding_rate", { contract_code = "BTC-USDT" })
     assert.equal(403, swap.status)                    -- the second over the limit: banned
     assert.equal("banned", (htx.classify(nil, swap)))
+  end)
+end)
+
+-- The shipped collector (collectors/htx.lua on sluice.exchange) under
+-- sluice.testing: every request answered by the mock (or a recording).
+describe("collectors.htx", function()
+  local ONLY = function(name)
+    local d = {}
+    for _, n in ipairs{ "tickers", "funding", "order_book", "klines" } do d[n] = { enabled = n == name } end
+    return d
+  end
+
+  local function mock_rules(m)
+    local rules = {}
+    for _, p in ipairs(m:paths()) do
+      rules[#rules + 1] = { path = p, respond = function(req) return m:handle(req) end }
+    end
+    return rules
+  end
+
+  it("stores the recorded spot ticker as ccxt parsed it", function()
+    local e, body = fixture("fetchTicker", "public spot ticker")
+    local p = e.parsedResponse
+    testing.with({ collector = "htx", config = { symbols = { "BTC/USDT" }, datasets = ONLY("tickers") },
+      responses = { { path = "/market/detail/merged", query = { symbol = "btcusdt" }, body = body } } },
+      function(t)
+        local rows = assert(t:collect())
+        local r = rows.tickers[1]
+        assert.equal(1, #rows.tickers)
+        assert.same({ "htx", "spot", "BTC/USDT", "btcusdt", p.timestamp },
+          { r.exchange, r.market, r.symbol, r.raw_symbol, r.ts })
+        for col, field in pairs{ last = "last", open = "open", high = "high", low = "low", bid = "bid",
+          ask = "ask", bid_size = "bidVolume", ask_size = "askVolume", base_volume = "baseVolume",
+          quote_volume = "quoteVolume" } do
+          assert.equal(p[field], tonumber(r[col]), col)
+        end
+        assert.equal("165753938.49546936", r.quote_volume)   -- "1.6575393849546936E8", exact
+      end)
+  end)
+
+  it("stores the recorded funding rates", function()
+    local lin, lbody = fixture("fetchFundingRate", "Linear swap fetch funding rate")
+    local inv, ibody = fixture("fetchFundingRate", "Inverse swap fetch funding rate")
+    testing.with({ collector = "htx", config = { symbols = { "BTC/USDT:USDT", "BTC/USD:BTC" },
+      datasets = ONLY("funding") }, responses = {
+        -- two symbols of two markets: one request per market, each for its one symbol
+        { path = "/linear-swap-api/v1/swap_funding_rate", query = { contract_code = "BTC-USDT" }, body = lbody },
+        { path = "/swap-api/v1/swap_funding_rate", query = { contract_code = "BTC-USD" }, body = ibody } } },
+      function(t)
+        local rows = assert(t:collect()).funding_current
+        assert.equal(2, #rows)
+        local by = {}
+        for _, r in ipairs(rows) do by[r.symbol] = r end
+        local l, i = by["BTC/USDT:USDT"], by["BTC/USD:BTC"]
+        assert.equal(lin.parsedResponse.fundingRate, tonumber(l.rate))
+        assert.equal(lin.parsedResponse.fundingTimestamp, l.next_funding_time)
+        assert.equal(8, tonumber(l.interval_hours))
+        assert.equal(inv.parsedResponse.fundingRate, tonumber(i.rate))
+        assert.equal(inv.parsedResponse.fundingTimestamp, i.next_funding_time)
+        assert.is_nil(i.interval_hours)
+      end)
+  end)
+
+  it("rejects a crossed book with its reason", function()
+    local crossed = '{"ch":"market.btcusdt.depth.step0","status":"ok","ts":1710328245889,"tick":{"ts":1710328245800,'
+      .. '"version":1,"bids":[[73361.0,0.5],[73360.0,1]],"asks":[[73360.5,0.2],[73362.0,1]]}}'
+    testing.with({ collector = "htx", strict = false, config = { symbols = { "BTC/USDT" },
+      datasets = ONLY("order_book") }, responses = { { path = "/market/depth", body = crossed } } },
+      function(t)
+        local _, info = t:collect()
+        local rej = info.rejects.order_books
+        assert.equal(1, #rej)
+        assert.equal("validation failed: crossed book: best bid 73361 >= best ask 73360.5", rej[1].reason)
+        assert.same({ { "73361", "0.5" }, { "73360", "1" } }, rej[1].row.bids)
+      end)
+  end)
+
+  it("a ban (HTTP 403) stops every dataset; HTX's 1032 backs the limiter off", function()
+    local clock = 1710328245889
+    local m = mock.start{ now = function() return clock end }
+    local ok, err = pcall(testing.with, { collector = "htx", strict = false,
+      config = { symbols = { "BTC/USDT", "BTC/USDT:USDT" }, retry = { max_attempts = 1 } },
+      responses = mock_rules(m) },
+      function(t)
+        local c = t.collector
+        m:inject{ status = 200, count = 1, path = "/market/detail/merged",
+          body = '{"status":"error","err_code":1032,"err_msg":"The number of access exceeded the limit.","ts":1}' }
+        t:collect()
+        assert.equal(1, c.limiter:stats().total_violations)   -- a 1032 in a 200 counts as a 429
+        assert.is_true(c.limiter:stats().current_global_rate < 10)
+        assert.equal("closed", c.breaker:status().state)
+        m:inject{ status = 403, count = 1 }
+        t:collect()
+        assert.equal("open", c.breaker:status().state)
+        local before = m.requests
+        t:collect()
+        assert.equal(before, m.requests)              -- no dataset sends anything while banned
+      end)
+    m:stop()
+    assert(ok, err)
+  end)
+
+  it("backfills 90 days of klines and funding history from the mock, each page once", function()
+    local clock = 1781235566039
+    local m = mock.start{ now = function() return clock end, listed = clock - 120 * 86400e3 }
+    local ok, err = pcall(testing.with, { collector = "htx",
+      config = { symbols = { "BTC/USDT:USDT" }, candle = "1h" }, responses = mock_rules(m) },
+      function(t)
+        local to = math.floor(clock / 86400e3) * 86400
+        local from = to - 90 * 86400
+        local rows = assert(t:backfill(from, to))
+        assert.equal(90 * 24, #rows.klines)
+        assert.equal(from * 1000, rows.klines[1].open_time)
+        assert.equal(to * 1000 - 3600e3, rows.klines[#rows.klines].open_time)
+        assert.equal(270, #rows.funding_rates)
+        assert.equal(from * 1000, rows.funding_rates[1].funding_time)
+        local pages, klines = {}, 0
+        for _, e in ipairs(m.log) do
+          if e.path == "/linear-swap-api/v1/swap_historical_funding_rate" then
+            pages[#pages + 1] = e.query.page_index
+          elseif e.path == "/linear-swap-ex/market/history/kline" then
+            klines = klines + 1
+          end
+        end
+        table.sort(pages)
+        assert.same({ "1", "2", "3", "4", "5", "6" }, pages)   -- each page once
+        -- windows of 1000 candles (the kit's backfill_step), one request each
+        assert.equal(3, klines)
+      end)
+    m:stop()
+    assert(ok, err)
   end)
 end)

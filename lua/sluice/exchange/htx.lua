@@ -44,6 +44,7 @@
 -- HTTP 403 (the WAF's IP block) -> "banned"; system errors (1000-1004)
 -- -> a failure, retried. Rate-limit headers X-HB-RateLimit-Requests-Remain
 -- and -Expire are read by the limiter (runtime/core/rlheaders.c).
+local sluice = require "sluice"
 local json = require "sluice.json"
 
 local null = json.null
@@ -74,7 +75,6 @@ local CANDLE_MS = {
   ["1m"] = 60e3, ["5m"] = 300e3, ["15m"] = 900e3, ["30m"] = 1800e3,
   ["1h"] = 3600e3, ["4h"] = 14400e3, ["1d"] = 86400e3, ["1w"] = 604800e3,
 }
-_M.candle_ms = CANDLE_MS
 
 local KLINE_MAX = 2000          -- candles per kline request (size, or a from/to range)
 local FUNDING_PAGE = 50         -- rows per swap_historical_funding_rate page, at most
@@ -97,7 +97,6 @@ local PATHS = {
               fundings = "/swap-api/v1/swap_batch_funding_rate",
               history = "/swap-api/v1/swap_historical_funding_rate" },
 }
-_M.paths = PATHS
 
 --- raw_symbol(market, unified) -> "btcusdt" (spot) or "BTC-USDT" (swaps)
 function _M.raw_symbol(market, unified)
@@ -125,8 +124,8 @@ local function int(v)
   return tonumber(v)
 end
 
---- error_of(data) -> code, message when data is one of HTX's error bodies.
-function _M.error_of(data)
+-- error_of(data) -> code, message when data is one of HTX's error bodies.
+local function error_of(data)
   if type(data) ~= "table" then return nil end
   if data.status == "error" then
     local code = val(data["err-code"]) or val(data.err_code) or "error"
@@ -139,7 +138,6 @@ function _M.error_of(data)
   end
   return nil
 end
-local error_of = _M.error_of
 
 local THROTTLED = { ["1032"] = true, ["1006"] = true }
 local IGNORED = { ["invalid-parameter"] = true, ["bad-request"] = true, ["base-symbol-error"] = true,
@@ -215,7 +213,6 @@ end
 -- Parsers: raw JSON -> unified fields (no ex, no requests; tested alone).
 ---------------------------------------------------------------------------
 local parse = {}
-_M.parse = parse
 
 --- parse.ticker(tick, market, ts) -> fields of a tickers row, from a
 -- detail/merged tick, a /market/tickers entry or a batch_merged tick.
@@ -381,14 +378,14 @@ function _M.order_book(ex, c, market, sym, depth)
   local data, err, kind = get(ex, c, market, "depth", sym_query(sym, q))
   if data == nil then return nil, err, kind end
   local d, aerr, skipped = answer(ex, c, sym, data, "depth")
-  if skipped then return nil, aerr, "ignored" end
+  if skipped then return nil, "skipped: HTX does not know " .. sym.raw, "ignored" end
   if not d then return nil, aerr end
   if type(d.tick) ~= "table" then return nil, "HTX depth: no tick" end
   return parse.book(d.tick, depth, int(d.ts))
 end
 
 local function now_ms()
-  return floor(require("sluice").time() * 1000)
+  return floor(sluice.time() * 1000)
 end
 
 --- klines(ex, c, market, sym, candle, from_ms, to_ms) -> rows in [from, to)
@@ -447,42 +444,96 @@ function _M.klines(ex, c, market, sym, candle, from_ms, to_ms)
   return rows
 end
 
+-- Pages of the funding history already fetched, per instance (weak) and
+-- contract, for the current hour: HTX pages newest first by index, so a
+-- page holds the same rows until the next settlement; a backfill's windows
+-- (a day each) share pages, and each page is fetched once.
+local page_cache = setmetatable({}, { __mode = "k" })
+
+-- Page i of sym's history: {rows = {{funding_time, rate}, ...} newest
+-- first, last = true on the last page} | nil, err, kind [, skipped].
+local function history_page(ex, c, market, sym, i)
+  local hour = floor(now_ms() / 3600e3)
+  local per = page_cache[c]
+  if not per or per.hour ~= hour then
+    per = { hour = hour }
+    page_cache[c] = per
+  end
+  local key = market .. ":" .. sym.raw .. "#" .. i
+  if per[key] then return per[key] end
+  local data, err, kind = get(ex, c, market, "history",
+    sym_query(sym, { page_index = i, page_size = FUNDING_PAGE }))
+  if data == nil then return nil, err, kind end
+  local d, aerr, skipped = answer(ex, c, sym, data, "funding history")
+  if skipped then return nil, nil, nil, true end
+  if not d then return nil, aerr end
+  local list, pages = d.data, nil
+  if type(list) == "table" and list.data ~= nil then     -- {status, data: {total_page, data}}
+    pages = int(list.total_page)
+    list = list.data
+  end
+  if type(list) ~= "table" then return nil, "HTX funding history: no data" end
+  local rows = {}
+  for _, e in ipairs(list) do
+    local f = parse.settled(e)
+    if f.funding_time then rows[#rows + 1] = f end
+  end
+  table.sort(rows, function(a, b) return a.funding_time > b.funding_time end)
+  local p = { rows = rows, last = #list < FUNDING_PAGE or (pages ~= nil and i >= pages) }
+  per[key] = p
+  return p
+end
+
 --- funding_history(ex, c, market, sym, from_ms, to_ms) -> funding_rates rows
--- Pages of 50, newest first (page_index 1, 2, ...), until a page reaches
--- before from_ms, or the last page.
+-- Pages of 50, newest first: page 1 gives the newest settlement and the
+-- interval, which place the window's first page; the walk goes on to older
+-- pages until one reaches before from_ms, or the last.
 function _M.funding_history(ex, c, market, sym, from_ms, to_ms)
   if market == "spot" then return nil, "HTX spot has no funding rate" end
-  local rows, seen = {}, {}
-  local page, pages = 1, nil
+  local out = {}
+  local function fetch(i)
+    local p, err, kind, skipped = history_page(ex, c, market, sym, i)
+    if skipped then return nil, nil, nil, true end
+    return p, err, kind
+  end
+  local first, err, kind, skipped = fetch(1)
+  if skipped then return out end
+  if not first then return nil, err, kind end
+  local r = first.rows
+  if #r == 0 then return out end
+  local iv = #r >= 2 and (r[1].funding_time - r[2].funding_time) or 8 * 3600e3
+  local i = max(1, floor((r[1].funding_time - (to_ms - 1)) / iv / FUNDING_PAGE) + 1)
+  -- find the page holding the newest row before to_ms
+  local tried = {}
   while true do
-    local data, err, kind = get(ex, c, market, "history",
-      sym_query(sym, { page_index = page, page_size = FUNDING_PAGE }))
-    if data == nil then return nil, err, kind end
-    local d, aerr, skipped = answer(ex, c, sym, data, "funding history")
-    if skipped then return rows end
-    if not d then return nil, aerr end
-    local list = d.data
-    if type(list) == "table" and list.data ~= nil then     -- {status, data: {total_page, data}}
-      pages = int(list.total_page)
-      list = list.data
+    tried[i] = true
+    local p
+    p, err, kind = fetch(i)
+    if not p then return nil, err, kind end
+    local rows = p.rows
+    if #rows > 0 and rows[#rows].funding_time >= to_ms and not p.last and not tried[i + 1] then
+      i = i + 1                                   -- all newer than the window
+    elseif i > 1 and not tried[i - 1] and (#rows == 0 or rows[1].funding_time + iv < to_ms) then
+      i = i - 1                                   -- the window starts on a newer page
+    else
+      break
     end
-    if type(list) ~= "table" then return nil, "HTX funding history: no data" end
-    local older = false
-    for _, e in ipairs(list) do
-      local f = parse.settled(e)
-      if f.funding_time then
-        if f.funding_time < from_ms then older = true end
-        if f.funding_time >= from_ms and f.funding_time < to_ms and not seen[f.funding_time] then
-          seen[f.funding_time] = true
-          rows[#rows + 1] = ex.row(sym, f)
-        end
+  end
+  while true do
+    local p
+    p, err, kind = fetch(i)
+    if not p then return nil, err, kind end
+    for _, f in ipairs(p.rows) do
+      if f.funding_time >= from_ms and f.funding_time < to_ms then
+        out[#out + 1] = ex.row(sym, { funding_time = f.funding_time, rate = f.rate })
       end
     end
-    if older or #list < FUNDING_PAGE or (pages and page >= pages) then break end
-    page = page + 1
+    local rows = p.rows
+    if p.last or #rows == 0 or rows[#rows].funding_time < from_ms then break end
+    i = i + 1
   end
-  table.sort(rows, function(a, b) return a.funding_time < b.funding_time end)
-  return rows
+  table.sort(out, function(a, b) return a.funding_time < b.funding_time end)
+  return out
 end
 
 return _M

@@ -32,7 +32,9 @@
 --   listed        epoch ms the contracts' funding history starts (default
 --                 now - 200 days)
 -- m.url, m.port, m.requests, m.log ({method, path, query, status}),
--- m:reset(), m:stop(), m:count(path) -> requests logged on path
+-- m:reset(), m:stop(), m:count(path) -> requests logged on path,
+-- m:paths() -> the paths it serves, m:handle(req) -> status, body, headers
+-- (the answer to a sluice.server request: for sluice.testing's respond)
 -- m:inject{status, body, headers, count = 1, path, delay, abort}: faults
 --   consumed in order by the requests they match (path exact, optional);
 --   status without body answers HTX's body for it (429: the spot limit
@@ -60,7 +62,7 @@ local sluice = require "sluice"
 local server = require "sluice.server"
 local options = require "sluice.options"
 local json = require "sluice.json"
-local htx = require "sluice.exchange.htx"
+local htx = require "sluice.exchange.htx"   -- raw_symbol and candles: HTX's names
 local bit = require "bit"
 
 local band, bxor, rshift, tobit = bit.band, bit.bxor, bit.rshift, bit.tobit
@@ -125,6 +127,22 @@ local function ok(fields, now)
   return 200, '{"status":"ok",' .. fields .. ',"ts":' .. fmt("%d", now) .. "}"
 end
 
+-- The paths HTX serves, per market.
+local PATHS = {
+  spot = { ticker = "/market/detail/merged", tickers = "/market/tickers",
+           depth = "/market/depth", kline = "/market/history/kline" },
+  linear = { ticker = "/linear-swap-ex/market/detail/merged",
+             tickers = "/v2/linear-swap-ex/market/detail/batch_merged",
+             depth = "/linear-swap-ex/market/depth", kline = "/linear-swap-ex/market/history/kline",
+             funding = "/linear-swap-api/v1/swap_funding_rate",
+             fundings = "/linear-swap-api/v1/swap_batch_funding_rate",
+             history = "/linear-swap-api/v1/swap_historical_funding_rate" },
+  inverse = { ticker = "/swap-ex/market/detail/merged", tickers = "/v2/swap-ex/market/detail/batch_merged",
+              depth = "/swap-ex/market/depth", kline = "/swap-ex/market/history/kline",
+              funding = "/swap-api/v1/swap_funding_rate", fundings = "/swap-api/v1/swap_batch_funding_rate",
+              history = "/swap-api/v1/swap_historical_funding_rate" },
+}
+
 local Mock = {}
 Mock.__index = Mock
 
@@ -165,7 +183,7 @@ end
 function Mock:_merged(q, now, market)
   local sym, s, b = self:_sym(q, market, false, now)
   if not sym then return s, b end
-  local rec = self:_recorded(htx.paths[market].ticker, sym)
+  local rec = self:_recorded(PATHS[market].ticker, sym)
   if rec then return 200, rec end
   local m = summary(sym, now)
   local tick
@@ -263,7 +281,7 @@ function Mock:_kline(q, now, market)
   if not sym then return s, b end
   local secs = PERIODS[q.period or ""]
   if not secs or (market == "spot" and q.period == "1hour") then return bad("invalid period", now) end
-  local rec = self:_recorded(htx.paths[market].kline, sym, "period=" .. q.period)
+  local rec = self:_recorded(PATHS[market].kline, sym, "period=" .. q.period)
   if rec then return 200, rec end
   local iv = secs * 1000
   local size = q.size and tonumber(q.size)
@@ -314,7 +332,7 @@ end
 function Mock:_funding(q, now, market)
   local sym, s, b = self:_sym(q, market, true, now)
   if not sym then return s, b end
-  local rec = self:_recorded(htx.paths[market].funding, sym)
+  local rec = self:_recorded(PATHS[market].funding, sym)
   if rec then return 200, rec end
   return ok('"data":' .. funding_entry(sym, now), now)
 end
@@ -337,7 +355,7 @@ function Mock:_history(q, now, market)
     return 200, fmt('{"status":"error","err_code":1030,"err_msg":"Input error.","ts":%d}', now)
   end
   if page == 1 then
-    local rec = self:_recorded(htx.paths[market].history, sym)
+    local rec = self:_recorded(PATHS[market].history, sym)
     if rec then return 200, rec end
   end
   local newest = floor(now / FUNDING_MS) * FUNDING_MS
@@ -357,7 +375,7 @@ function Mock:_history(q, now, market)
 end
 
 local ROUTES = {}
-for market, p in pairs(htx.paths) do
+for market, p in pairs(PATHS) do
   ROUTES[p.ticker] = { market, Mock._merged }
   ROUTES[p.tickers] = { market, Mock._tickers }
   ROUTES[p.depth] = { market, Mock._depth }
@@ -446,6 +464,21 @@ function Mock:_handle(req)
   return status, body, headers
 end
 
+--- m:handle(req) -> status, body, headers: answers a sluice.server request
+-- as the mock does (logged and counted), e.g. from a sluice.testing rule's
+-- respond, so a collector under sluice.testing talks to the mock.
+function Mock:handle(req)
+  return self:_handle(req)
+end
+
+--- m:paths() -> every path the mock serves, sorted.
+function Mock.paths()
+  local out = {}
+  for p in pairs(ROUTES) do out[#out + 1] = p end
+  table.sort(out)
+  return out
+end
+
 --- m:count(path) -> the requests logged on path
 function Mock:count(path)
   local n = 0
@@ -495,7 +528,7 @@ local function load_fixtures(path)
     if type(unified) == "string" and type(e.httpResponse) == "table" then
       local market = not unified:find(":") and "spot"
         or (unified:match(":(%w+)$") == unified:match("/(%w+)") and "linear" or "inverse")
-      local raw, p = htx.raw_symbol(market, unified), htx.paths[market]
+      local raw, p = htx.raw_symbol(market, unified), PATHS[market]
       local body = assert(json.encode(e.httpResponse))
       if e.method == "fetchTicker" then
         out[p.ticker .. "?" .. raw] = body
