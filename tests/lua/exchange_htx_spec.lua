@@ -380,6 +380,31 @@ describe("collectors.htx", function()
       end)
   end)
 
+  it("lands rows of every dataset for spot, linear and inverse symbols", function()
+    local m = mock.start{}                             -- the wall clock: the kit's klines window
+    local ok, err = pcall(testing.with, { collector = "htx", config = { symbols = { "BTC/USDT", "ETH/USDT",
+      "BTC/USDT:USDT", "ETH/USDT:USDT", "BTC/USD:BTC" }, depth = 50, candle = "1h", first_candles = 3 },
+      responses = mock_rules(m) },
+      function(t)
+        local rows = assert(t:collect())
+        assert.equal(5, #rows.tickers)
+        assert.equal(3, #rows.funding_current)
+        assert.equal(5, #rows.order_books)
+        for _, b in ipairs(rows.order_books) do assert.equal(50, #b.bids) end
+        assert.is_true(#rows.klines >= 15, "klines: " .. #rows.klines)   -- 3 or 4 candles of 5 symbols
+        for _, r in ipairs(rows.tickers) do
+          assert.is_truthy(r.last and r.bid and r.ask and r.bid_size and r.base_volume)
+        end
+        -- batch endpoints for several symbols of a market, one request each
+        assert.equal(1, m:count("/market/tickers"))
+        assert.equal(1, m:count("/v2/linear-swap-ex/market/detail/batch_merged"))
+        assert.equal(1, m:count("/swap-ex/market/detail/merged"))
+        assert.equal(1, m:count("/linear-swap-api/v1/swap_batch_funding_rate"))
+      end)
+    m:stop()
+    assert(ok, err)
+  end)
+
   it("a ban (HTTP 403) stops every dataset; HTX's 1032 backs the limiter off", function()
     local clock = 1710328245889
     local m = mock.start{ now = function() return clock end }
