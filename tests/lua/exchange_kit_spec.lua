@@ -625,8 +625,11 @@ describe("an exchange collector's bans and breaker", function()
   end)
 
   it("refuses at once while the breaker is open, without waiting in the limiter", function()
+    local responses = routes()
+    table.insert(responses, 1, { path = "/tickers", status = 418, headers = { ["Retry-After"] = "2" },
+      body = "banned" })
     testing.with({ collector = exchange.define(fake_adapter()), config = { symbols = { "BTC/USDT" } },
-      responses = { { path = "/tickers", status = 418, headers = { ["Retry-After"] = "3" }, body = "banned" } } },
+      responses = responses },
       function(t)
         local c = t.collector
         assert.is_false((c:run_once("tickers")))
@@ -639,6 +642,16 @@ describe("an exchange collector's bans and breaker", function()
         assert.is_true(sluice.now() - t0 < 1, tostring(sluice.now() - t0))
         assert.equal(n, #t:requests())
         assert.equal(1, c:counters().collections_skipped)
+        -- once the ban is over, the half-open trial is taken after the limiter's wait (one
+        -- trial: the breaker check before the wait gave its permit back)
+        local open_until = c.breaker:metrics().open_until
+        assert.is_true(until_(function() return sluice.time() >= open_until end, 5))
+        ok, err = c:run_once("order_book")
+        assert.is_true(ok, err)
+        assert.equal(1, err)
+        local ho = c.breaker:status().half_open
+        assert.same({ 1, 1 }, { ho.attempts, ho.successes })
+        assert.equal(n + 1, #t:requests())
       end)
   end)
 end)
