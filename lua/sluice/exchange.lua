@@ -16,8 +16,8 @@
 -- The spec: name and upstream = adapter.name (one limiter and one breaker
 -- for every dataset: the quota is per IP, a ban stops them all), the
 -- adapter's limiter, breaker and retry (defaults below), its classify, the
--- options symbols, markets, depth, candle, first_candles and
--- backfill_datasets (checked when the instance starts or backfills), four
+-- options symbols, markets, depth, candle, first_candles, concurrency
+-- and backfill_datasets (checked when the instance starts or backfills), four
 -- datasets -- tickers (5 s), funding (60 s, perpetuals only), order_book
 -- (5 s) and klines (60 s) -- and a backfill of klines and funding history,
 -- per symbol (the partitions are the unified symbols).
@@ -33,11 +33,19 @@
 -- instance: ex.base(c, market) -> the base URL (the configuration's
 -- base_url, else the adapter's base_urls[market]); ex.skip(c, sym, why)
 -- -> logs once per (symbol, why) that a symbol is skipped and lists it in
--- /status; ex.row(sym, fields) -> fields with exchange, market, symbol and
--- raw_symbol filled; ex.name, ex.options (the instance's options) and
--- ex.symbols (the resolved symbol records) for reading. They return rows
--- (or a book), or nil, err [, kind]; a call that fails is logged and the
--- others go on; a run where every call failed fails.
+-- /status; ex.skipped(c, sym) -> whether ex.skip was called for sym (a
+-- batch request can leave it out); ex.row(sym, fields) -> fields with
+-- exchange, market, symbol and raw_symbol filled; ex.name, ex.options
+-- (the instance's options) and ex.symbols (the resolved symbol records)
+-- for reading. They return rows (or a book), or nil, err [, kind]. A
+-- per-symbol call (order_book, klines, a backfill's) that returns nil,
+-- why, "ignored", or nil after calling ex.skip for its symbol, skipped the
+-- symbol: no failure, logged once (the kit calls ex.skip(c, sym, why)
+-- when the adapter did not). A call that fails otherwise is logged and
+-- the others go on; a run where every call not skipped failed fails.
+-- A run's calls go up to the option concurrency (default 8) at once, each
+-- in a task of its own (all through the one limiter); a run that is killed
+-- takes them with it.
 --
 -- The module owns the per-instance state (ex, the resolved symbols) in a
 -- table weak by instance; collectors' runs yield (requests), define does
@@ -147,6 +155,10 @@ local function check_options(adapter, o)
       error("option 'candle' must be a unified candle such as 1m, 1h, 1d, got " .. tostring(o.candle), 0)
     end
   end
+  if not (type(o.concurrency) == "number" and o.concurrency >= 1 and o.concurrency <= 100
+      and o.concurrency == math.floor(o.concurrency)) then
+    error("option 'concurrency' must be an integer in [1, 100], got " .. tostring(o.concurrency), 0)
+  end
   if not (o.first_candles >= 1 and o.first_candles <= 100000 and o.first_candles == math.floor(o.first_candles)) then
     error("option 'first_candles' must be an integer in [1, 100000], got " .. tostring(o.first_candles), 0)
   end
@@ -172,12 +184,18 @@ local function make_ex(adapter, opts, st)
   end
   function ex.skip(inst, sym, why)
     local s = states[inst] or st
-    local key = tostring(sym and sym.unified) .. "\0" .. tostring(why)
+    local u = sym and sym.unified
+    if u then s.skips[u] = (s.skips[u] or 0) + 1 end
+    local key = tostring(u) .. "\0" .. tostring(why)
     if s.skipped[key] then return end
     s.skipped[key] = true
     inst.log.warning("symbol skipped", { symbol = sym and sym.unified, raw_symbol = sym and sym.raw,
       reason = tostring(why) })
     stats.skipped(inst, sym and sym.unified, why)
+  end
+  function ex.skipped(inst, sym)
+    local s = states[inst] or st
+    return (s.skips[sym and sym.unified or false] or 0) > 0
   end
   function ex.row(sym, fields)
     fields.exchange, fields.market = adapter.name, sym.market
@@ -193,7 +211,7 @@ local function state(adapter, c)
   local st = states[c]
   if st then return st end
   local syms = check_options(adapter, c.options)
-  st = { symbols = syms, by_symbol = {}, by_market = {}, skipped = {} }
+  st = { symbols = syms, by_symbol = {}, by_market = {}, skipped = {}, skips = {} }
   for _, s in ipairs(syms) do
     st.by_symbol[s.unified] = s
     st.by_market[s.market] = st.by_market[s.market] or {}
@@ -211,21 +229,108 @@ local function now_ms()
   return math.floor(sluice.time() * 1000)
 end
 
--- Collects the rows of each call in calls ({label, fn, args}): the
--- call's result goes through on_result(rows, got, call); a call that
--- returns nil, err or raises is logged and the others go on. Raises when
--- every call failed (an open breaker refusing them all: a skipped run).
-local function gather(c, dataset, calls, on_result)
-  local rows, errs = {}, {}
-  for _, k in ipairs(calls) do
-    local ok, err = pcall(function()
-      local got, why = k.fn(unpack(k.args))
-      if got == nil then error(tostring(why), 0) end
-      on_result(rows, got, k)
-    end)
-    if not ok then errs[#errs + 1] = k.label .. ": " .. tostring(err) end
+-- task -> the set of worker tasks of its runs still live (see run_calls)
+local workers_of = setmetatable({}, { __mode = "k" })
+
+-- The workers of the running task, watched: when the task ends (done,
+-- failed, or killed -- a run over its budget, a stop) its live workers are
+-- killed, their requests cancelled: none outlives the run. One watcher per
+-- task, for all the runs it makes.
+local function workers_of_current()
+  local parent = sluice.current()
+  local set = workers_of[parent]
+  if set then return set end
+  set = {}
+  workers_of[parent] = set
+  sluice.spawn(function()
+    sluice.wait(parent)
+    workers_of[parent] = nil
+    for w in pairs(set) do sluice.kill(w, "its run ended") end
+  end)
+  return set
+end
+
+-- Runs each(i, call) for every call, up to n at once: in worker tasks when
+-- more than one runs at once, else in the calling task. Returns when every
+-- call is done.
+local function run_calls(calls, n, each)
+  if n <= 1 or #calls <= 1 or not sluice.current() then
+    for i, k in ipairs(calls) do each(i, k) end
+    return
   end
-  if #errs > 0 and #errs == #calls then error(table.concat(errs, "; "), 0) end
+  local last = 0
+  local function worker()
+    while last < #calls do
+      last = last + 1
+      each(last, calls[last])
+    end
+  end
+  local set, mine = workers_of_current(), {}
+  for w = 1, math.min(n, #calls) do
+    mine[w] = sluice.spawn(worker)
+    set[mine[w]] = true
+  end
+  for _, w in ipairs(mine) do
+    sluice.wait(w)
+    set[w] = nil
+  end
+end
+
+-- fn(...), a call for symbol sym: got | nil, err | nil, why, true when
+-- it skipped sym (returned nil, why, "ignored", or nil after ex.skip of
+-- sym; logged once by ex.skip, called here when the adapter did not).
+local function call_symbol(c, st, sym, fn, ...)
+  local before = st.skips[sym.unified] or 0
+  local got, why, kind = fn(...)
+  if got ~= nil then return got end
+  local after = st.skips[sym.unified] or 0
+  if kind == "ignored" or after > before then
+    if after == before then st.ex.skip(c, sym, why) end
+    return nil, why, true
+  end
+  return nil, why
+end
+
+-- Collects the rows of each call in calls ({label, sym, fn, args}), up to
+-- the option concurrency at once: the call's result goes through
+-- on_result(rows, got, call), in the order of calls. A call for a symbol
+-- that returns nil, err, "ignored", or nil after ex.skip of its symbol,
+-- skipped it: no failure (logged once, by ex.skip; the kit calls it when
+-- the adapter did not). A call that returns nil, err or raises otherwise
+-- is logged and the others go on. Raises when every call not skipped
+-- failed (an open breaker refusing them all: a skipped run).
+local function gather(c, dataset, calls, on_result)
+  local st = states[c]
+  local outs = {}
+  run_calls(calls, c.options.concurrency, function(i, k)
+    local ok, got, why, skipped
+    if k.sym then
+      ok, got, why, skipped = pcall(call_symbol, c, st, k.sym, k.fn, unpack(k.args))
+    else
+      ok, got, why = pcall(k.fn, unpack(k.args))
+    end
+    if not ok then
+      outs[i] = { err = got }
+    elseif skipped then
+      outs[i] = { skipped = true }
+    elseif got == nil then
+      outs[i] = { err = why }
+    else
+      outs[i] = { got = got }
+    end
+  end)
+  local rows, errs, skipped = {}, {}, 0
+  for i, k in ipairs(calls) do
+    local o = outs[i] or { err = "not run" }
+    if o.skipped then
+      skipped = skipped + 1
+    elseif o.got ~= nil then
+      local ok, err = pcall(on_result, rows, o.got, k)
+      if not ok then o.err = err end
+    end
+    if o.err ~= nil then errs[#errs + 1] = k.label .. ": " .. tostring(o.err) end
+  end
+  if #errs > 0 and #errs == #calls - skipped then error(table.concat(errs, "; "), 0) end
   if #errs > 0 then
     c.log.warning("some requests of the dataset failed", { dataset = dataset, errors = table.concat(errs, "; ") })
   end
@@ -363,13 +468,17 @@ local function backfill(adapter)
     for _, b in ipairs(c.options.backfill_datasets) do
       if b == "klines" then
         local candle = c.options.candle
-        local got, err = adapter.klines(st.ex, c, sym.market, sym, candle, from_ms, to_ms)
+        local got, err, skipped = call_symbol(c, st, sym, adapter.klines, st.ex, c, sym.market, sym,
+          candle, from_ms, to_ms)
+        if skipped then got = {} end
         if not got then error("klines of " .. sym.unified .. ": " .. tostring(err), 0) end
         got = within(got, "open_time", from_ms, to_ms)
         for _, r in ipairs(got) do r.interval = r.interval or candle end
         out.klines = got
       elseif sym.market ~= "spot" then
-        local got, err = adapter.funding_history(st.ex, c, sym.market, sym, from_ms, to_ms)
+        local got, err, skipped = call_symbol(c, st, sym, adapter.funding_history, st.ex, c, sym.market,
+          sym, from_ms, to_ms)
+        if skipped then got = {} end
         if not got then error("funding history of " .. sym.unified .. ": " .. tostring(err), 0) end
         out.funding_rates = within(got, "funding_time", from_ms, to_ms)
       end
@@ -424,7 +533,7 @@ function _M.define(adapter)
     tables = tables_mod.tables(),
     -- binance_klines' klines of before the unified tables, migrated in place
     migrate = function(db) tables_mod.migrate(db) end,
-    options = { symbols = {}, markets = {}, depth = 20, candle = "1m", first_candles = 100,
+    options = { symbols = {}, markets = {}, depth = 20, candle = "1m", first_candles = 100, concurrency = 8,
       backfill_datasets = backfills },
     datasets = datasets,
     init = function(c)

@@ -3,6 +3,7 @@
 -- and parsed by the adapter, compared with ccxt's parsedResponse field by
 -- field; Binance's error bodies as verdicts; the mock's futures APIs, weights
 -- and funding history pages.
+local sluice = require "sluice"
 local http = require "sluice.http"
 local json = require "sluice.json"
 local mock = require "sluice.mock.binance"
@@ -397,6 +398,24 @@ describe("collectors.binance: errors, limits and bans", function()
     t:close()
   end)
 
+  it("leaves a symbol known unknown out of the spot tickers' batch", function()
+    local m = start()
+    local t = tester(m, { symbols = { "BTC/USDT", "DOGE/USDT", "ETH/USDT" } })
+    assert(t.collector:run_once("tickers"))
+    -- the batch failed on DOGEUSDT (-1121), then one request per symbol
+    assert.equal(4, count(t:requests(), "/api/v3/ticker/24hr"))
+    local n = #t:requests()
+    assert(t.collector:run_once("tickers"))
+    local again = {}
+    for i = n + 1, #t:requests() do again[#again + 1] = t:requests()[i] end
+    assert.equal(1, #again)
+    assert.equal('["BTCUSDT","ETHUSDT"]', again[1].query.symbols)
+    local got = {}
+    for _, r in ipairs(t:rows("tickers")) do got[r.symbol] = true end
+    assert.same({ ["BTC/USDT"] = true, ["ETH/USDT"] = true }, got)
+    t:close()
+  end)
+
   it("retries a 5xx and stores the answer", function()
     local m = start()
     m:inject{ status = 500, path = "/api/v3/ticker/24hr" }
@@ -443,14 +462,17 @@ describe("collectors.binance: errors, limits and bans", function()
     c:run_once("tickers") -- spot's request went first and was answered
     assert.equal("open", c.breaker:state())
     local n = m.requests
-    -- no request is sent until the ban ends: the limiter refuses at once
-    -- (the adapter's max_wait, 30 s, is shorter than the ban)
+    -- no request is sent until the ban ends: the open breaker refuses at
+    -- once, before any wait in the limiter (banned for the same 120 s)
+    local t0 = sluice.now()
     for _, d in ipairs{ "order_book", "funding", "klines", "tickers" } do
       local ok, err = c:run_once(d)
       assert.is_false(ok)
-      assert.matches("rate limiter: banned", err, 1, true)
+      assert.equal("skipped: circuit breaker binance is open", err)
     end
+    assert.is_true(sluice.now() - t0 < 1)
     assert.equal(n, m.requests)
+    assert.equal(4, c:counters().collections_skipped)
     t:close()
   end)
 

@@ -322,6 +322,9 @@ describe("collectors.bitget: errors, limits and bans", function()
         local ok = c:run_once("order_book")  -- the third passes, the fourth is banned
         assert.is_true(ok)
         assert.equal("open", c.breaker:state())
+        -- for the 5 minutes Bitget's ban lasts (the adapter's limiter ban_time)
+        local left = c.breaker:metrics().open_until - sluice.time()
+        assert.is_true(left > 290 and left <= 300, tostring(left))
         local n = m.requests
         local ok2, err = c:run_once("funding")
         assert.is_false(ok2)

@@ -350,6 +350,9 @@ describe("collectors.bybit on Bybit's error answers", function()
       assert.are.equal(1, #m.log)
       assert.are.equal(403, m.log[1].status)
       assert.are.equal("open", c.breaker:status().state)
+      -- for the 10 minutes Bybit's ban lasts (the adapter's limiter ban_time)
+      local left = c.breaker:metrics().open_until - sluice.time()
+      assert.is_true(left > 590 and left <= 600, tostring(left))
       for _, d in ipairs{ "funding", "order_book", "klines" } do
         assert.is_false((c:run_once(d)))
       end

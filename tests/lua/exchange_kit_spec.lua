@@ -11,6 +11,8 @@ local xstats = require "sluice.exchange.stats"
 local operator = require "sluice.operator"
 local metrics = require "sluice.metrics"
 local app = require "sluice.app"
+local sluice = require "sluice"
+local log = require "sluice.log"
 
 -- --- the fake exchange ------------------------------------------------------
 -- GET /tickers?market=M        [{s, last, bid, ask, ts}] for every symbol it knows
@@ -495,6 +497,228 @@ describe("an exchange collector", function()
       assert.matches('\nsluice_exchange_response_time_seconds_count{exchange="fakex"} ' .. #t:requests() .. '\n', text)
       assert.matches('\nsluice_dataset_lag_seconds{collector="fakex",dataset="tickers"} %d', text)
       assert.is_nil(text:find('sluice_dataset_lag_seconds{collector="fakex",dataset="funding"}', 1, true))
+    end)
+  end)
+end)
+
+-- How many entries of the log ring say msg (for collector name).
+local function logged(msg, name)
+  local n = 0
+  for _, e in ipairs(log.recent()) do
+    if e.msg == msg and e.collector == name then n = n + 1 end
+  end
+  return n
+end
+
+-- Waits (bounded) until cond() is true; returns whether it became so.
+local function until_(cond, seconds)
+  local deadline = sluice.now() + (seconds or 5)
+  while not cond() do
+    if sluice.now() > deadline then return false end
+    sluice.sleep(0.005)
+  end
+  return true
+end
+
+describe("an exchange collector's skipped symbols", function()
+  -- warnings kept in the log ring (logged() reads them), not printed
+  local level
+  before_each(function()
+    book_answer = BOOK
+    level = log.level()
+    assert.is_true(log.output("/dev/null"))
+    log.level("warning")
+  end)
+  after_each(function()
+    log.level(level)
+    log.output("-")
+  end)
+
+  it("runs fine when every symbol is unknown, and logs each once", function()
+    testing.with({ collector = exchange.define(fake_adapter()), responses = routes(),
+      config = { name = "fakex_unknown", symbols = { "DOGE/USDT", "XRP/USDT" } } }, function(t)
+      for _ = 1, 3 do
+        local ok, err = t.collector:run_once("order_book")
+        assert.is_true(ok, err)
+        assert.equal(0, err)
+      end
+      assert.equal(6, #t:requests())
+      assert.equal(2, logged("symbol skipped", "fakex_unknown"))
+      assert.equal(0, logged("some requests of the dataset failed", "fakex_unknown"))
+      assert.equal(0, t.collector.breaker:status().failure_count)
+    end)
+  end)
+
+  it("warns of no failure when a known and an unknown symbol are polled", function()
+    testing.with({ collector = exchange.define(fake_adapter()), responses = routes(),
+      config = { name = "fakex_mixed", symbols = { "BTC/USDT", "DOGE/USDT" } } }, function(t)
+      for _ = 1, 2 do
+        local ok, n = t.collector:run_once("order_book")
+        assert.is_true(ok, n)
+        assert.equal(1, n)
+      end
+      assert.equal(1, logged("symbol skipped", "fakex_mixed"))
+      assert.equal(0, logged("some requests of the dataset failed", "fakex_mixed"))
+    end)
+  end)
+
+  it("takes nil, why, \"ignored\" as a skip, logged once by the kit", function()
+    local skipped_before, skipped_after
+    local over = {
+      order_book = function(ex, c, _, sym)
+        skipped_before = ex.skipped(c, sym)
+        local data = assert(c:get(ex.base(c, sym.market) .. "/book", { query = { s = sym.raw } }))
+        skipped_after = ex.skipped(c, sym)
+        if data.code == "UNKNOWN_SYMBOL" then return nil, "delisted", "ignored" end
+        return { ts = data.ts, bids = data.bids, asks = data.asks }
+      end,
+      klines = function(_, _, _, sym)
+        if sym.raw ~= "BTCUSDT" then return nil, "no candles for " .. sym.raw, "ignored" end
+        return {}
+      end,
+    }
+    testing.with({ collector = exchange.define(fake_adapter(over)), responses = routes(),
+      config = { name = "fakex_ignored", symbols = { "DOGE/USDT" } } }, function(t)
+      local ok, err = t.collector:run_once("order_book")
+      assert.is_true(ok, err)
+      assert.same({ false, false }, { skipped_before, skipped_after })
+      ok, err = t.collector:run_once("order_book")
+      assert.is_true(ok, err)
+      assert.same({ true, true }, { skipped_before, skipped_after })
+      assert.is_true(t.collector:run_once("klines"))
+      assert.equal(2, logged("symbol skipped", "fakex_ignored"))
+      local st = xstats.exchanges({ t.collector })
+      local sk = st.exchanges.fakex_ignored.skipped_symbols
+      table.sort(sk, function(a, b) return a.reason < b.reason end)
+      assert.same({ { symbol = "DOGE/USDT", reason = "delisted" },
+        { symbol = "DOGE/USDT", reason = "no candles for DOGEUSDT" } }, sk)
+      -- a backfill of the symbol: no rows, no failure
+      local rows, run = assert(t:backfill(NOW / 1000 - 86400, NOW / 1000, { partitions = { "DOGE/USDT" } }))
+      assert.equal(0, #rows.klines)
+      assert.equal(1, run.status.windows_done)
+    end)
+  end)
+end)
+
+describe("an exchange collector's bans and breaker", function()
+  before_each(function() book_answer = BOOK end)
+
+  it("keeps the breaker open for the limiter's ban_time on a ban without Retry-After", function()
+    local a = fake_adapter()
+    a.limiter = { rate = 1000, max_rate = 1000, ban_time = 600 }
+    testing.with({ collector = exchange.define(a), config = { symbols = { "BTC/USDT" } },
+      responses = { { path = "/tickers", status = 403, body = "forbidden" } } }, function(t)
+      local before = sluice.time()
+      assert.is_false((t.collector:run_once("tickers")))
+      local until_t = t.collector.breaker:metrics().open_until
+      assert.is_true(until_t >= before + 600 and until_t <= sluice.time() + 600, tostring(until_t - before))
+    end)
+    -- a configuration's limiter says it too
+    testing.with({ collector = exchange.define(fake_adapter()),
+      config = { symbols = { "BTC/USDT" }, limiter = { ban_time = 900 } },
+      responses = { { path = "/tickers", status = 403, body = "forbidden" } } }, function(t)
+      local before = sluice.time()
+      assert.is_false((t.collector:run_once("tickers")))
+      local until_t = t.collector.breaker:metrics().open_until
+      assert.is_true(until_t >= before + 900 and until_t <= sluice.time() + 900, tostring(until_t - before))
+    end)
+  end)
+
+  it("refuses at once while the breaker is open, without waiting in the limiter", function()
+    local responses = routes()
+    table.insert(responses, 1, { path = "/tickers", status = 418, headers = { ["Retry-After"] = "2" },
+      body = "banned" })
+    testing.with({ collector = exchange.define(fake_adapter()), config = { symbols = { "BTC/USDT" } },
+      responses = responses },
+      function(t)
+        local c = t.collector
+        assert.is_false((c:run_once("tickers")))
+        assert.equal("open", c.breaker:state())
+        local n = #t:requests()
+        local t0 = sluice.now()
+        local ok, err = c:run_once("order_book")
+        assert.is_false(ok)
+        assert.equal("skipped: circuit breaker fakex is open", err)
+        assert.is_true(sluice.now() - t0 < 1, tostring(sluice.now() - t0))
+        assert.equal(n, #t:requests())
+        assert.equal(1, c:counters().collections_skipped)
+        -- once the ban is over, the half-open trial is taken after the limiter's wait (one
+        -- trial: the breaker check before the wait gave its permit back)
+        local open_until = c.breaker:metrics().open_until
+        assert.is_true(until_(function() return sluice.time() >= open_until end, 5))
+        ok, err = c:run_once("order_book")
+        assert.is_true(ok, err)
+        assert.equal(1, err)
+        local ho = c.breaker:status().half_open
+        assert.same({ 1, 1 }, { ho.attempts, ho.successes })
+        assert.equal(n + 1, #t:requests())
+      end)
+  end)
+end)
+
+describe("an exchange collector's concurrent calls", function()
+  local SYMS = { "BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT" }
+
+  it("fetches a run's books at once, up to the option concurrency", function()
+    for _, case in ipairs{ { nil, 4 }, { 2, 2 }, { 1, 1 } } do
+      local inflight, most = 0, 0
+      local responses = { { path = "/book", respond = function()
+        inflight = inflight + 1
+        if inflight > most then most = inflight end
+        -- held until as many as the run may ask at once are in flight (or 0.5 s)
+        until_(function() return most >= case[2] end, 0.5)
+        inflight = inflight - 1
+        return 200, BOOK
+      end } }
+      testing.with({ collector = exchange.define(fake_adapter()), responses = responses,
+        config = { symbols = SYMS, concurrency = case[1] } }, function(t)
+        local t0 = sluice.now()
+        local ok, n = t.collector:run_once("order_book")
+        assert.is_true(ok, n)
+        assert.equal(4, n)
+        assert.equal(case[2], most)
+        if case[2] == 4 then assert.is_true(sluice.now() - t0 < 0.5) end
+        local got = {}
+        for i, b in ipairs(t:rows("order_books")) do got[i] = b.symbol end
+        assert.same({ "BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT" }, got)
+      end)
+    end
+  end)
+
+  it("checks the option concurrency", function()
+    local tt = testing.new({ collector = exchange.define(fake_adapter()),
+      config = { symbols = { "BTC/USDT" }, concurrency = 0 } })
+    local ok, err = tt:collect()
+    tt:close()
+    assert.is_nil(ok)
+    assert.matches("init failed: option 'concurrency' must be an integer in [1, 100], got 0", err, 1, true)
+  end)
+
+  it("kills a run's requests with the run", function()
+    local arrived, held = 0, {}
+    local responses = { { path = "/book", respond = function()
+      arrived = arrived + 1
+      held[#held + 1] = sluice.current()
+      sluice.park(10)
+      return 200, BOOK
+    end } }
+    testing.with({ collector = exchange.define(fake_adapter()), responses = responses, strict = false,
+      config = { symbols = SYMS, concurrency = 2, run_budget = { wall = 0.3 } } }, function(t)
+      local killed = sluice.tasks().killed
+      local ok, err = t.collector:run_once("order_book")
+      assert.is_false(ok)
+      assert.matches("exceeded its wall%-clock deadline", err)
+      assert.equal(2, arrived)
+      -- the run and its two workers: killed, their requests cancelled
+      assert.is_true(until_(function() return sluice.tasks().killed - killed >= 3 end, 2))
+      assert.equal(3, sluice.tasks().killed - killed)
+      -- answered now, nobody asks for the other two books
+      for _, h in ipairs(held) do sluice.unpark(h) end
+      held = {}
+      local again = sluice.spawn(function() return t.collector:run_once("tickers") end)
+      assert.is_true(until_(function() return sluice.status(again) ~= "waiting" and sluice.status(again) ~= "ready" end))
+      assert.equal(2, arrived)
+      assert.equal(0, #t:rows("order_books"))
     end)
   end)
 end)

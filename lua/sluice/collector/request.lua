@@ -1,10 +1,13 @@
 --- sluice.collector.request: a collector's request pipeline.
 --
--- run(c, opts, tally) is what self:get/post/request do: limiter wait ->
--- breaker permit -> HTTP -> classify -> limiter observe -> breaker record
--- -> retry. Classification: 2xx success; 429 throttled (the limiter backs
--- off, the breaker counts a failure, retried after Retry-After); 418
--- banned (the breaker stays open until the ban ends; not retried); 5xx,
+-- run(c, opts, tally) is what self:get/post/request do: breaker check ->
+-- limiter wait -> breaker permit -> HTTP -> classify -> limiter observe ->
+-- breaker record -> retry. An open breaker refuses before the limiter is
+-- waited in (no run sits out a ban in the limiter). Classification: 2xx
+-- success; 429 throttled (the limiter backs off, the breaker counts a
+-- failure, retried after Retry-After); 418 banned (the breaker stays open
+-- until the ban ends: the limiter's ban end, else Retry-After, else the
+-- limiter option ban_time, 120 s by default; not retried); 5xx,
 -- timeout, connect and other transport errors are failures, retried;
 -- other 4xx are failures, not retried. A collector's classify(self, res)
 -- sees every response and may return a verdict ("success", "failure",
@@ -79,6 +82,14 @@ end
 local function retry_after_of(res)
   local v = res and res.headers["retry-after"]
   return v and tonumber(v) or nil
+end
+
+-- How long a "banned" verdict without Retry-After keeps the breaker open:
+-- the collector's limiter option ban_time (the limiter's own length of a
+-- 418 ban), else 120 s.
+local function ban_time(c)
+  local l = c.config.limiter
+  return type(l) == "table" and type(l.ban_time) == "number" and l.ban_time or 120
 end
 
 local function url_for(c, path)
@@ -184,6 +195,20 @@ function _M.run(c, opts, tally)
     end
   end
   local attempt_fn = function()
+    -- an open breaker refuses before the limiter is waited in: a run
+    -- during a ban is skipped at once instead of waiting out max_wait. A
+    -- breaker due for its half-open probe hands out a trial permit here,
+    -- which is given back: the trial is taken after the wait, as below,
+    -- so no trial is held while the limiter paces it.
+    if c.breaker and c.limiter and c.breaker:state() == "open" then
+      local early, why = c.breaker:allow()
+      if not early then
+        tally(c, "refused")
+        return nil, "circuit breaker " .. c.breaker:name() .. " is " .. why,
+          { retryable = false, kind = "circuit_open" }
+      end
+      c.breaker:release(early)
+    end
     if c.limiter then
       local waited, werr = c.limiter:wait(endpoint, opts.cost or 1,
         opts.pools and { pools = opts.pools } or nil)
@@ -236,8 +261,11 @@ function _M.run(c, opts, tally)
         c.breaker:release(permit)
       elseif verdict == "banned" then
         c.breaker:failure(permit, latency)
+        -- the limiter's ban end (a 418), else Retry-After, else the
+        -- limiter's ban_time (an adapter's limiter defaults say how long
+        -- its exchange bans: Bybit's 403 lasts 10 minutes)
         local until_ = type(observed) == "table" and observed.ban_until
-          or (sluice.time() + (retry_after_of(res) or 120))
+          or (sluice.time() + (retry_after_of(res) or ban_time(c)))
         c.breaker:open_until(until_)
       else
         c.breaker:failure(permit, latency)

@@ -40,9 +40,6 @@ local _M = {
   candles = {},
   limiter = {
     rate = 20,
-    -- a request that would wait longer for quota (a 418 ban: minutes) fails
-    -- at once: a poll that late is stale, and the dataset's next run is due
-    max_wait = 30,
     pools = { { name = "ip_weight", limit = 2400, window = 60, weight_window = 60 } },
   },
   breaker = { failure_threshold = 5, timeout = 300 },
@@ -175,10 +172,17 @@ end
 
 -- ---- datasets ----------------------------------------------------------------
 
-local function spot_tickers(ex, c, symbols)
+local function spot_tickers(ex, c, all)
   local path = PATHS.spot.ticker
-  local raws = {}
-  for i, s in ipairs(symbols) do raws[i] = s.raw end
+  -- symbols already known unknown are left out: one of them fails the batch
+  local symbols, raws = {}, {}
+  for _, s in ipairs(all) do
+    if not ex.skipped(c, s) then
+      symbols[#symbols + 1] = s
+      raws[#raws + 1] = s.raw
+    end
+  end
+  if #symbols == 0 then return {} end
   -- one symbol: symbol=X (the same weight); several: symbols=["X","Y"]
   local query = #raws == 1 and { symbol = raws[1] } or { symbols = json.encode(raws) }
   local data, err, kind = get(ex, c, "spot", path, query, spot_ticker_weight(#raws))

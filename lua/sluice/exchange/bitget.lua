@@ -91,8 +91,10 @@ local RECENT_PAGE, HISTORY_PAGE, FUNDING_PAGE = 1000, 200, 100
 local FUNDING_CACHE = 60
 
 -- One pool for the IP's 6000 a minute; each market endpoint its own 20/s.
+-- A ban (the WAF's 403) takes 5 minutes to recover: the breaker stays open
+-- that long.
 _M.limiter = {
-  rate = 20, max_rate = 40,
+  rate = 20, max_rate = 40, ban_time = 300,
   pools = { { name = "ip", limit = 6000, window = 60 } },
   endpoints = {},
 }

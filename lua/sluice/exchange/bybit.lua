@@ -49,7 +49,8 @@ local _M = {
   -- fifth of it by default, one request per call (market data weighs 1).
   -- X-Bapi-Limit counts per second (window = 1 s, how the limiter reads
   -- a quota header that states no window of its own).
-  limiter = { rate = 20, max_rate = 100, window = 1,
+  -- A 403 ban is lifted after 10 minutes: the breaker stays open that long.
+  limiter = { rate = 20, max_rate = 100, window = 1, ban_time = 600,
               pools = { { name = "ip", limit = 600, window = 5 } } },
 }
 

@@ -294,7 +294,7 @@ function _M.order_book(ex, c, market, sym, depth)
   if not data then return nil, res, kind end
   if unknown_label(data) then
     ex.skip(c, sym, "unknown symbol")
-    return nil, "unknown symbol"
+    return nil, "unknown symbol", "ignored"
   end
   if type(data) ~= "table" then return nil, "Gate order book: not an object", "protocol" end
   local b = parse_book(market, data)

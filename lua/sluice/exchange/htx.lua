@@ -378,7 +378,7 @@ function _M.order_book(ex, c, market, sym, depth)
   local data, err, kind = get(ex, c, market, "depth", sym_query(sym, q))
   if data == nil then return nil, err, kind end
   local d, aerr, skipped = answer(ex, c, sym, data, "depth")
-  if skipped then return nil, "skipped: HTX does not know " .. sym.raw, "ignored" end
+  if skipped then return nil, "HTX does not know " .. sym.raw, "ignored" end
   if not d then return nil, aerr end
   if type(d.tick) ~= "table" then return nil, "HTX depth: no tick" end
   return parse.book(d.tick, depth, int(d.ts))
