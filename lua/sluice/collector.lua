@@ -49,8 +49,8 @@
 -- guard's enter and leave when they do. start() calls the spec's init in
 -- the calling task and spawns the runs, each a task of its own; stop()
 -- calls its close, which must not yield. define, new, health, stats,
--- counters, health_check, add_sink, set_run_guard, adopt, datasets and
--- partitions do not yield.
+-- counters, health_check, add_sink, set_run_guard, adopt, datasets, due
+-- and partitions do not yield.
 local sluice = require "sluice"
 local log = require "sluice.log"
 local breaker = require "sluice.breaker"
@@ -115,7 +115,8 @@ end
 -- name; nil for the instance), collect_fn_, table_, interval, jitter_,
 -- first_delay_, run_budget, enabled, log, slot_, stats_ (a dataset's run
 -- counters; the instance's are its totals), and its schedule: next_due_,
--- first_due_, timer, first_run, started_mono_.
+-- due_ (the latest scheduled run's due time), first_due_, timer, first_run,
+-- started_mono_.
 
 -- The run counters of a dataset (report.lua lists them).
 local function run_stats()
@@ -549,6 +550,7 @@ local function tick(premature, self, u)
   if premature or not self.running then return end
   u.timer = nil
   local due = u.next_due_
+  u.due_ = due -- due(): the due time of this run
   -- the next tick's due time is set before running, so that an instance
   -- taking over at a reload continues this schedule
   u.next_due_ = due + next_period(u)
@@ -633,6 +635,21 @@ function Collector:start(opts)
   self.log.info("collector started", { interval = self.interval, first_run_in = delay,
     datasets = self.datasets_ and table.concat(self:datasets(), ",") or nil })
   return self
+end
+
+--- self:due([dataset]) -> the time (sluice.now() seconds) the latest
+-- scheduled run of the collector (of that dataset) was due, its jitter
+-- and any delay from an overrun before it included, or nil before the
+-- first; run_once by hand does not change it. Read while a run is in
+-- flight (from a sink's publish), it is that run's: the schedule lag of
+-- its rows is sluice.now() - due (tests/bench/exchanges.lua measures it).
+function Collector:due(dataset)
+  local u = dataset ~= nil and unit_named(self, dataset, "collector:due") or self
+  if u == self and self.datasets_ then
+    error("collector:due: bad argument #1 (collector '" .. self.name .. "' has datasets: name one "
+      .. names_of(self) .. ")", 2)
+  end
+  return u.due_
 end
 
 --- self:drain(): waits (in a task) until no run of this collector (of

@@ -2,7 +2,8 @@
 # run.sh -- runtime benchmarks; prints figures, asserts nothing.
 #   tests/bench/run.sh [path/to/sluice]
 # Uses /usr/bin/time (package `time`) for peak RSS and hyperfine (package
-# `hyperfine`) for start-up time when they are installed.
+# `hyperfine`) for start-up time when they are installed. EXCHANGES_SECONDS
+# (default 30) is how long exchanges.lua measures.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SLUICE=${1:-build/sluice}
@@ -21,6 +22,9 @@ if [ -x /usr/bin/time ]; then
 else
   "$SLUICE" run tests/bench/tasks.lua
 fi
+
+echo "== exchange collectors: 5 exchanges x 20 symbols, tickers and order books every 1 s, against their mocks"
+"$SLUICE" run --lua-path tests/lua tests/bench/exchanges.lua -- "${EXCHANGES_SECONDS:-30}"
 
 if command -v hyperfine >/dev/null; then
   echo "== start-up: sluice run on an empty script"
