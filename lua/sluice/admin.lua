@@ -29,7 +29,8 @@
 -- is its classified view; strings are scrubbed of URL user info and of the
 -- configuration's secrets).
 --
---   GET  /health                   reference shape; 200 healthy, 503 not (with reasons)
+--   GET  /health                   reference shape; 200 healthy or degraded, 503
+--                                  unhealthy (with reasons)
 --   GET  /status                   collectors' statistics and health, redacted config
 --   GET  /circuit-breaker-status   { name = get_status() }
 --   GET  /limiters                 { name = get_stats() }

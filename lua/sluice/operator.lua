@@ -31,7 +31,11 @@
 -- no app ignore the object.
 --
 -- Views (fresh tables each call):
---   ops:health() -> body, healthy          the reference /health shape
+--   ops:health() -> body, up               the reference /health shape; status
+--                                          "unhealthy" (up false) without the
+--                                          database or with no enabled collector
+--                                          healthy, "degraded" when some are not
+--                                          (reasons name them) or Redis is away
 --   ops:status() -> body                   collectors' statistics, tasks, config view,
 --                                          exchanges (sluice.exchange.stats) when any
 --   ops:performance() -> body              the reference /performance shape
@@ -111,9 +115,12 @@ end
 function _M:health()
   local a = self.current_()
   local reasons, last, last_ok, errors = {}, nil, nil, 0
+  local well = 0
   for _, c in ipairs(a.order) do
     local h, why = c:health()
-    if h ~= "healthy" and h ~= "disabled" then
+    if h == "healthy" then
+      well = well + 1
+    elseif h ~= "disabled" then
       -- the breaker's own state says it all; other states say why
       reasons[#reasons + 1] = c.name .. " is " .. h .. (h ~= "circuit_open" and why and (": " .. why) or "")
     end
@@ -125,11 +132,15 @@ function _M:health()
   local db_ok, db_why = a.store and a.store:query("SELECT 1 AS one") ~= nil, nil
   if db_ok then db_ok, db_why = a.store:check() end -- a deleted file answers SELECT 1
   if not db_ok then reasons[#reasons + 1] = db_why or "database is not reachable" end
-  -- without Redis, sluice goes on with local state: degraded, not down
-  local degraded = a.shared and a.shared:degraded()
+  -- Down: no database, or no enabled collector healthy. Some collectors
+  -- failing (one exchange of five) is degraded: the others still collect,
+  -- and a supervisor must not restart the process for one upstream's
+  -- outage. Without Redis, sluice goes on with local state: degraded too.
+  local down = not db_ok or (#reasons > 0 and well == 0)
+  local redis_down = a.shared and a.shared:degraded()
   local body = {
-    status = #reasons > 0 and "unhealthy" or degraded and "degraded" or "healthy",
-    degraded = degraded and { "redis is unreachable: state is local" } or nil,
+    status = down and "unhealthy" or (#reasons > 0 or redis_down) and "degraded" or "healthy",
+    degraded = redis_down and { "redis is unreachable: state is local" } or nil,
     timestamp = iso(sluice.time()),
     service = a.config and a.config.name or "sluice",
     version = sluice._VERSION,
@@ -141,7 +152,7 @@ function _M:health()
     reasons = #reasons > 0 and reasons or nil,
     starting = a.starting, -- true while the collectors are being built and started
   }
-  return body, #reasons == 0
+  return body, not down
 end
 
 function _M:status()
