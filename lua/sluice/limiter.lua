@@ -10,7 +10,8 @@
 -- and each declared pool; it goes only when all of them allow it. Rates
 -- adapt to quota headers (X-RateLimit-*, RateLimit-*, the IETF RateLimit /
 -- RateLimit-Policy fields, Retry-After, Binance X-MBX-USED-WEIGHT-*, Bybit
--- X-Bapi-*), to 429s (the backoff multiplier doubles up to 16x, the rate
+-- X-Bapi-*, Gate X-Gate-RateLimit-*, HTX X-HB-RateLimit-*, Bitget
+-- X-MBX-USED-REMAIN-LIMIT), to 429s (the backoff multiplier doubles up to 16x, the rate
 -- halves, then climbs back to just under the limit it learned) and to
 -- latency. A 418 stops everything until the ban ends; observe() reports it
 -- (verdict.banned, verdict.ban_until) so a breaker can open_until it.

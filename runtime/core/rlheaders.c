@@ -528,6 +528,10 @@ static int dispatch(sl_rlh_parser *p, const char *k, size_t kn, const char *v,
         return feed_sf(p, v, vn, 1);
     if (iprefix(k, kn, "ratelimit-"))
         return triplet(p->fam[SL_RLH_SRC_RATELIMIT], k + 10, kn - 10, v, vn);
+    /* Bitget's, before Binance's X-MBX-USED-WEIGHT-* prefix (it is no
+     * weight: the requests left this second) */
+    if (ieq(k, kn, "x-mbx-used-remain-limit"))
+        return set_first(&p->fam[SL_RLH_SRC_BITGET][F_REMAINING], v, vn, 0);
     if (iprefix(k, kn, "x-mbx-used-weight-"))
         return binance_weight(p, k + 18, kn - 18, v, vn);
     if (ieq(k, kn, "x-bapi-limit"))
@@ -686,7 +690,7 @@ void sl_rlh_finish(const sl_rlh_parser *p, int status, double wall_now,
     out->nweights = p->nweights;
     memcpy(out->weights, p->weights, sizeof p->weights);
 
-    for (src = SL_RLH_SRC_XRATELIMIT; src <= SL_RLH_SRC_HTX; src++) {
+    for (src = SL_RLH_SRC_XRATELIMIT; src <= SL_RLH_SRC_BITGET; src++) {
         f = p->fam[src];
         if (src == SL_RLH_SRC_IETF) {
             const sl_rlh_policy *t = tightest(out);
@@ -712,6 +716,8 @@ void sl_rlh_finish(const sl_rlh_parser *p, int status, double wall_now,
             out->reset =
                 r >= 1e9 ? reset_secs(r, SL_RLH_RESET_AUTO, base, o->max_reset)
                          : -1;
+        } else if (src == SL_RLH_SRC_BITGET) {
+            out->reset = 1; /* a per-second window */
         } else if (src == SL_RLH_SRC_HTX) {
             double r = f[F_RESET];
             out->reset =

@@ -4,7 +4,8 @@
  * provider's quota: limit, remaining, time to reset, Retry-After, the IETF
  * draft's structured RateLimit / RateLimit-Policy fields, Binance's
  * X-MBX-USED-WEIGHT-<n><S|M|H|D>, Bybit's X-Bapi-Limit*, Gate's
- * X-Gate-RateLimit-* and HTX's X-HB-RateLimit-Requests-* headers.
+ * X-Gate-RateLimit-*, HTX's X-HB-RateLimit-Requests-* and Bitget's
+ * X-MBX-USED-REMAIN-LIMIT headers.
  *
  * Contract:
  *  - Pure: no allocation, no clock, no global state, no locale. Wall-clock
@@ -61,12 +62,15 @@ typedef enum sl_rlh_source {
     SL_RLH_SRC_GATE,       /* X-Gate-RateLimit-Limit, -Requests-Remain,
                               -Reset-Timestamp (epoch s or ms; Gate sends
                               the current time while the limit is not hit) */
-    SL_RLH_SRC_HTX         /* X-HB-RateLimit-Requests-Remain, -Expire (the
+    SL_RLH_SRC_HTX,        /* X-HB-RateLimit-Requests-Remain, -Expire (the
                               window's end: epoch ms, or s; a value below
                               1e9 is read as milliseconds from now) */
+    SL_RLH_SRC_BITGET      /* X-MBX-USED-REMAIN-LIMIT: requests left on the
+                              endpoint in the current second (Bitget's
+                              limits are per endpoint and second): reset 1 s */
 } sl_rlh_source;
 
-#define SL_RLH_NSOURCES 7 /* SL_RLH_SRC_NONE .. SL_RLH_SRC_HTX */
+#define SL_RLH_NSOURCES 8 /* SL_RLH_SRC_NONE .. SL_RLH_SRC_BITGET */
 
 /* One IETF policy, merged by name from RateLimit-Policy (q, w) and
  * RateLimit (r, t). Unknown members are -1. */

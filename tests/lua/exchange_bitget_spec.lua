@@ -273,6 +273,18 @@ describe("collectors.bitget: errors, limits and bans", function()
     if not ok then error(err, 0) end
   end)
 
+  it("x-mbx-used-remain-limit drives the limiter: an endpoint with none left this second pauses", function()
+    with({ symbols = { "BTC/USDT" } }, { fixtures = FIXTURES, endpoint_limit = 1 }, function(t)
+      assert(t.collector:run_once("tickers"))
+      local ep = t.collector.limiter:stats().endpoints["/api/v2/spot/market/tickers"]
+      assert.equal(0, ep.rate_limit_remaining)
+      assert.is_true(ep.in_backoff)
+      -- for the rest of Bitget's one-second window, not the limiter's minute
+      local left = ep.backoff_until - require("sluice").time()
+      assert.is_true(left > 0 and left <= 1, tostring(left))
+    end)
+  end)
+
   it("a 429 (code 429) is throttled: the limiter backs off, the request is retried", function()
     with({ symbols = { "BTC/USDT" } }, nil, function(t, m)
       m:inject{ status = 429, path = "/api/v2/spot/market/tickers" }

@@ -47,7 +47,8 @@
 -- Rate limits: each public market endpoint 20 requests/s per IP, all of them
 -- 6000/min per IP (Bitget FAQ: "after the rate limit is triggered, it takes
 -- 5 minutes to recover"); every answer carries x-mbx-used-remain-limit, the
--- requests left this second on that endpoint.
+-- requests left this second on that endpoint, which the limiter follows
+-- (runtime/core/rlheaders.c).
 local sluice = require "sluice"
 
 local _M = {}
