@@ -15,11 +15,15 @@
 -- halves, then climbs back to just under the limit it learned) and to
 -- latency. A 418 stops everything until the ban ends; observe() reports it
 -- (verdict.banned, verdict.ban_until) so a breaker can open_until it.
--- lim:observe(endpoint, status, headers, latency, sent_at, verdict):
+-- lim:observe(endpoint, status, headers, latency, sent_at, verdict, pools):
 -- sent_at (sluice.now() when wait() returned) keeps a 429 for a request
 -- sent before the last one from escalating again; verdict "throttled" says
 -- the caller classified the response as throttled whatever its status (an
--- API error code in a 200): it is handled exactly as a 429.
+-- API error code in a 200): it is handled exactly as a 429; pools, what the
+-- request was charged per pool as wait() took it ({pool_name = cost}, an
+-- absent pool the cost 1): a weight header (X-MBX-USED-WEIGHT-*) updates
+-- only the pools charged, so APIs with quotas of their own answering with
+-- the same header (Binance spot and futures) stay apart.
 --
 -- Options (defaults): name, rate (10 req/s), burst (1), window (60 s),
 -- max_rate (100), min_rate (0.1), utilization (0.9 of a stated quota),

@@ -79,7 +79,7 @@ local merge = options.merge
 
 local REQUEST_OPTIONS = {
   headers = "table", endpoint = "string", cost = { finite = true, gt = 0 },
-  timeout = { finite = true, gt = 0 }, classify = "function",
+  timeout = { finite = true, gt = 0 }, classify = "function", pools = "table",
 }
 
 local WHERE = { type = "string|function", what = "a dotted path or a function" }

@@ -441,9 +441,11 @@ static void set_num(lua_State *L, const char *k, double v) {
     lua_setfield(L, -2, k);
 }
 
-/* observe(endpoint, status, headers, latency, sent_at, verdict) -> verdict
- * table; verdict "throttled": the caller classified the response as
- * throttled (handled as a 429 whatever the status). */
+/* observe(endpoint, status, headers, latency, sent_at, verdict, pools) ->
+ * verdict table; verdict "throttled": the caller classified the response as
+ * throttled (handled as a 429 whatever the status); pools: what the request
+ * was charged per pool, as wait() took it ({pool_name = cost}, absent pools
+ * the cost 1): weight headers update only the pools charged. */
 static int l_observe(lua_State *L) {
     llimiter *ll = check(L);
     const char *endpoint = luaL_optstring(L, 2, NULL);
@@ -471,7 +473,9 @@ static int l_observe(lua_State *L) {
         sl_rlh_finish(&p, status, wall, &parsed);
         have_headers = 1;
     }
+    double costs[SL_LIMITER_MAX_POOLS];
     sl_limiter_observation obs = {
+        .pool_costs = pool_costs(L, ll, 8, 1, costs),
         .endpoint = endpoint,
         .status = status,
         .headers = have_headers ? &parsed : NULL,

@@ -482,7 +482,7 @@ int sl_limiter_observe(sl_limiter *lim, const sl_limiter_observation *obs,
         ra = dmin(h->retry_after, lim->o.max_backoff);
     if (h) {
         sl_limiter_scope_quota(lim, s, h, now, ra >= 0);
-        sl_limiter_pools_weights(lim, h, now, wall_now);
+        sl_limiter_pools_weights(lim, h, obs->pool_costs, now, wall_now);
     }
     if (obs->status == 429 || obs->status == 418 || obs->throttled) {
         lim->total_violations++;

@@ -163,6 +163,13 @@ typedef struct sl_limiter_observation {
                                      throttled whatever its status (an API
                                      error code in a 200): handled exactly
                                      as a 429 */
+    const double *pool_costs;     /* what the request was charged per pool,
+                                     as in sl_limiter_request (NULL: every
+                                     pool): weight headers (X-MBX-USED-
+                                     WEIGHT-*) update only pools charged > 0,
+                                     so APIs with quotas of their own that
+                                     answer with the same header (Binance
+                                     spot and futures) keep them apart */
 } sl_limiter_observation;
 
 typedef struct sl_limiter_verdict {

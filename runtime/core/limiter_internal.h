@@ -171,6 +171,7 @@ void sl_limiter_scope_load(sl_limiter *lim, scope *s,
 /* Declared pools: the end of a temporary rate, and X-MBX-USED-WEIGHT. */
 void sl_limiter_pools_tick(sl_limiter *lim, double now);
 void sl_limiter_pools_weights(sl_limiter *lim, const sl_rlh_result *h,
-                              double now, double wall_now);
+                              const double *pool_costs, double now,
+                              double wall_now);
 
 #endif

@@ -283,9 +283,11 @@ void sl_limiter_scope_quota(sl_limiter *lim, scope *s, const sl_rlh_result *h,
 }
 
 /* Binance X-MBX-USED-WEIGHT: what is left of the declared pool's limit in
- * the current (wall-clock aligned) window. */
+ * the current (wall-clock aligned) window, for the pools the request was
+ * charged in (pool_costs as in sl_limiter_request; NULL: all of them). */
 void sl_limiter_pools_weights(sl_limiter *lim, const sl_rlh_result *h,
-                              double now, double wall_now) {
+                              const double *pool_costs, double now,
+                              double wall_now) {
     double server = h->date >= 0 ? h->date : wall_now;
     int i, j;
     for (i = 0; i < h->nweights; i++) {
@@ -294,6 +296,8 @@ void sl_limiter_pools_weights(sl_limiter *lim, const sl_rlh_result *h,
             double w = h->weights[i].window, cap, left, budget;
             if (x->weight_window <= 0 || x->weight_window != w)
                 continue;
+            if (pool_costs && !(pool_costs[j] > 0))
+                continue; /* another API's quota */
             cap = x->limit * lim->o.utilization;
             left = server > 0 ? w - fmod(server, w) : w;
             budget = cap - h->weights[i].used;

@@ -52,7 +52,7 @@ static int acquire(sl_limiter *lim, const char *ep, double cost, double now,
 static void observe(sl_limiter *lim, const char *ep, int status,
                     const sl_rlh_result *h, double latency, double now,
                     sl_limiter_verdict *v) {
-    sl_limiter_observation o = {ep, status, h, latency, -1, 0};
+    sl_limiter_observation o = {ep, status, h, latency, -1, 0, NULL};
     CHECK_INT(sl_limiter_observe(lim, &o, now, WALL0 + now, v, err, sizeof err),
               0);
 }
@@ -664,7 +664,7 @@ TEST(retry_after_precedence) {
 
 TEST(stale_429_does_not_escalate) {
     sl_limiter *lim = make(10, 1);
-    sl_limiter_observation o = {"/s", 429, NULL, -1, 5, 0};
+    sl_limiter_observation o = {"/s", 429, NULL, -1, 5, 0, NULL};
     sl_limiter_endpoint_stats es;
     CHECK_INT(sl_limiter_record_429(lim, "/s", -1, 10, WALL0, err, sizeof err),
               0);
@@ -685,7 +685,7 @@ TEST(stale_429_does_not_escalate) {
  * 200) is a 429 for the limiter: same rates, multiplier, counts, verdict. */
 TEST(throttled_verdict_is_a_429) {
     sl_limiter *a = make(10, 1), *b = make(10, 1);
-    sl_limiter_observation o = {"/t", 200, NULL, 0.05, -1, 1};
+    sl_limiter_observation o = {"/t", 200, NULL, 0.05, -1, 1, NULL};
     sl_limiter_verdict v;
     sl_limiter_endpoint_stats ea, eb;
     sl_limiter_stats sa, sb;
@@ -774,7 +774,7 @@ TEST(binance_weight_pool) {
     CHECK_INT(sl_limiter_add_pool(lim, &po, 0, err, sizeof err), 0);
     headers(&h, 200, wall, h1);
     {
-        sl_limiter_observation ob = {"/k", 200, &h, -1, -1, 0};
+        sl_limiter_observation ob = {"/k", 200, &h, -1, -1, 0, NULL};
         CHECK_INT(sl_limiter_observe(lim, &ob, 10, wall, NULL, err, sizeof err),
                   0);
     }
@@ -785,7 +785,7 @@ TEST(binance_weight_pool) {
     /* half spent, 15 s left: 600 / 15 = 40 weight per second */
     headers(&h, 200, wall, h2);
     {
-        sl_limiter_observation ob = {"/k", 200, &h, -1, -1, 0};
+        sl_limiter_observation ob = {"/k", 200, &h, -1, -1, 0, NULL};
         CHECK_INT(sl_limiter_observe(lim, &ob, 30, wall, NULL, err, sizeof err),
                   0);
     }
@@ -797,6 +797,53 @@ TEST(binance_weight_pool) {
     CHECK_INT(acquire(lim, "/j", 20, 45, NULL, &t, &ready), SL_LIMITER_GO);
     CHECK_INT(acquire(lim, "/j", 1, 45, NULL, &t, &ready), SL_LIMITER_WAIT);
     CHECK_NUM(ready, 46, 1e-9);
+    sl_limiter_cancel(lim, t);
+    sl_limiter_free(lim);
+}
+
+/* Binance's spot and futures APIs answer with the same X-MBX-USED-WEIGHT-1M
+ * header, each counting its own quota: an answer updates only the pools its
+ * request was charged in. */
+TEST(weight_header_updates_only_charged_pools) {
+    static const char *const used[] = {"X-MBX-USED-WEIGHT-1M", "2400", NULL};
+    static const double futures[] = {0, 1}, spot[] = {1, 0};
+    sl_limiter_options o;
+    sl_limiter_pool_options ps = {"spot", 6000, 60, 1, 60};
+    sl_limiter_pool_options pf = {"usdm", 2400, 60, 1, 60};
+    sl_limiter *lim;
+    sl_limiter_ticket *t;
+    sl_rlh_result h;
+    double ready, wall = WALL0 + 45; /* 15 s left in the minute */
+    sl_limiter_options_init(&o);
+    o.utilization = 1;
+    o.rate = o.max_rate = 1000; /* so that only the weight pools bind */
+    lim = sl_limiter_new(&o, err, sizeof err);
+    CHECK_INT(sl_limiter_add_pool(lim, &ps, 0, err, sizeof err), 0);
+    CHECK_INT(sl_limiter_add_pool(lim, &pf, 0, err, sizeof err), 1);
+    headers(&h, 200, wall, used);
+    {
+        /* spot has used 2400 of its 6000 */
+        sl_limiter_observation ob = {"/api", 200, &h, -1, -1, 0, spot};
+        CHECK_INT(sl_limiter_observe(lim, &ob, 10, wall, NULL, err, sizeof err),
+                  0);
+    }
+    /* the futures quota (2400) is untouched by spot's figure */
+    sl_limiter_request rf = {"/fapi", 1, futures, -1, NULL};
+    CHECK_INT(sl_limiter_acquire(lim, &rf, 10, &t, &ready, err, sizeof err),
+              SL_LIMITER_GO);
+    sl_limiter_request rs = {"/api", 1, spot, -1, NULL};
+    CHECK_INT(sl_limiter_acquire(lim, &rs, 10.5, &t, &ready, err, sizeof err),
+              SL_LIMITER_GO);
+    /* without pool costs (NULL) the header speaks for every pool, as before:
+     * 2400 used closes the futures pool until the minute turns */
+    {
+        sl_limiter_observation ob = {"/x", 200, &h, -1, -1, 0, NULL};
+        CHECK_INT(sl_limiter_observe(lim, &ob, 11, wall, NULL, err, sizeof err),
+                  0);
+    }
+    CHECK_INT(sl_limiter_acquire(lim, &rf, 11, &t, &ready, err, sizeof err),
+              SL_LIMITER_WAIT);
+    CHECK_NUM(ready, 26, 1e-9); /* 15 s left at 11 */
     sl_limiter_cancel(lim, t);
     sl_limiter_free(lim);
 }
@@ -1045,8 +1092,8 @@ static loop_result closed_loop_with(server srv, const sl_limiter_options *o,
         int go_now = 0;
         while (qh != qt && q[qh].at <= now) {
             sl_rlh_result h;
-            sl_limiter_observation o = {"/api",  q[qh].status, NULL,
-                                        latency, q[qh].sent,   0};
+            sl_limiter_observation o = {
+                "/api", q[qh].status, NULL, latency, q[qh].sent, 0, NULL};
             if (q[qh].status == 429 && retry_after >= 0) {
                 sl_rlh_parse(NULL, 429, NULL, 0, 0, &h);
                 h.retry_after = retry_after;
@@ -1176,6 +1223,7 @@ int main(void) {
     RUN(throttled_verdict_is_a_429);
     RUN(ban_418);
     RUN(binance_weight_pool);
+    RUN(weight_header_updates_only_charged_pools);
     RUN(stats_shape);
     RUN(snapshot_restore);
     RUN(misuse_and_limits);

@@ -65,7 +65,7 @@ static char *dup_exact(const uint8_t *p, size_t n) {
 static void drive_limiter(const sl_rlh_result *r, int status) {
     static const char *eps[] = {NULL, "/a", "/b"};
     sl_limiter_pool_options po = {"weight", 1200, 60, 5, 60};
-    sl_limiter_observation obs = {"/a", status, r, 0.1, 0.5, 0};
+    sl_limiter_observation obs = {"/a", status, r, 0.1, 0.5, 0, NULL};
     sl_limiter_request req = {NULL, 1, NULL, 30, NULL};
     sl_limiter_ticket *t;
     sl_limiter_event ev[8];

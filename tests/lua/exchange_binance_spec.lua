@@ -440,6 +440,18 @@ describe("collectors.binance: errors, limits and bans", function()
     local ok, why, left = lim:wait("/probe", 1, { max_wait = 1 })
     assert.same({ nil, "timeout" }, { ok, why })
     assert.is_true(left > 1 and left <= 60)
+    -- the USDⓈ-M figure closes USDⓈ-M's pool only: spot and COIN-M have quotas of their own
+    local function only(pool)
+      local p = { spot_weight = 0, usdm_weight = 0, coinm_weight = 0 }
+      p[pool] = 1
+      return { max_wait = 1, pools = p }
+    end
+    local ok2, why2 = lim:wait("/probe", 1, only("usdm_weight"))
+    assert.same({ nil, "timeout" }, { ok2, why2 })
+    local w1 = lim:wait("/probe", 1, only("spot_weight"))
+    assert.is_true(w1 ~= nil and w1 <= 1, tostring(w1))
+    local w2 = lim:wait("/probe", 1, only("coinm_weight"))
+    assert.is_true(w2 ~= nil and w2 <= 1, tostring(w2))
     t:close()
   end)
 

@@ -251,8 +251,10 @@ function _M.run(c, opts, tally)
     if c.limiter and res then
       -- a throttled verdict (an API's "too many requests" code in a 200)
       -- backs the limiter off exactly as a 429 would
+      -- the pools the request was charged in: a weight header speaks for
+      -- those only (one API's quota among several, Binance spot/futures)
       observed = c.limiter:observe(endpoint, res.status, res.headers, latency, nil,
-        verdict == "throttled" and "throttled" or nil)
+        verdict == "throttled" and "throttled" or nil, opts.pools)
     end
     if c.breaker then
       if verdict == "success" then

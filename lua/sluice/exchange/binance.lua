@@ -13,9 +13,10 @@
 --            1000], /fapi/v1/klines [1 below 100 rows, 2 below 500, 5 to
 --            1000], /fapi/v1/fundingRate [1]
 --   inverse  dapi.binance.com /dapi/v1/... as linear (premiumIndex: 10)
--- One limiter for all three: Binance counts weight per IP and minute
--- (X-MBX-USED-WEIGHT-1M; 6000 for spot, 2400 for each futures API), and the
--- pool declares the futures quota, the smaller. Errors are
+-- One limiter for all three, with a weight pool per API: Binance counts
+-- weight per IP and minute for each of them (6000 for spot, 2400 for each
+-- futures API) and every one answers X-MBX-USED-WEIGHT-1M with its own
+-- figure, which updates only the pool its request was charged in. Errors are
 -- {"code": -1121, "msg": "Invalid symbol."}: -1121 is an unknown symbol
 -- (ignored: logged once and skipped), 429/-1003 throttled, 418 (IP ban) and
 -- 403 (the WAF) banned.
@@ -40,7 +41,9 @@ local _M = {
   candles = {},
   limiter = {
     rate = 20,
-    pools = { { name = "ip_weight", limit = 2400, window = 60, weight_window = 60 } },
+    pools = { { name = "spot_weight", limit = 6000, window = 60, weight_window = 60 },
+              { name = "usdm_weight", limit = 2400, window = 60, weight_window = 60 },
+              { name = "coinm_weight", limit = 2400, window = 60, weight_window = 60 } },
   },
   breaker = { failure_threshold = 5, timeout = 300 },
   retry = { strategy = "adaptive", max_attempts = 3, base_delay = 1, max_delay = 30 },
@@ -109,8 +112,17 @@ end
 
 -- GET base..path: data | nil, err, kind. An unknown symbol's answer (the
 -- verdict "ignored") comes back as data with .code = -1121.
+-- A request's weight in its API's pool only ({pool = cost}: a pool left
+-- out would be charged the cost too).
+local POOL = { spot = "spot_weight", linear = "usdm_weight", inverse = "coinm_weight" }
+local function pools(market, cost)
+  local out = { spot_weight = 0, usdm_weight = 0, coinm_weight = 0 }
+  out[POOL[market]] = cost
+  return out
+end
+
 local function get(ex, c, market, path, query, cost)
-  return c:get(ex.base(c, market) .. path, { query = query, cost = cost })
+  return c:get(ex.base(c, market) .. path, { query = query, cost = cost, pools = pools(market, cost) })
 end
 
 local function spot_ticker_weight(n)
@@ -269,7 +281,7 @@ local function pages(ex, c, market, sym, path, query, time_key, limit, cost, fro
   local rows, err, kind = paginate.time(c, ex.base(c, market) .. path, {
     query = query, from = from_ms, to = to_ms and to_ms - 1, limit = limit, time = time_key,
     step = step,
-    max_pages = MAX_PAGES, request = { cost = cost },
+    max_pages = MAX_PAGES, request = { cost = cost, pools = pools(market, cost) },
     rows = function(data)
       if is_error(data) then unknown = data.msg return {} end
       return data
