@@ -3,7 +3,8 @@
 # gate, htx) in one configuration against their mocks, each on its own
 # 127.0.0.1 port in another sluice process (exchange_mocks.lua): every
 # dataset of every exchange (spot, linear and inverse symbols; tickers,
-# order books, funding, klines) lands rows; then one exchange's mock answers
+# order books, funding, klines) lands rows and keeps collecting for 30 s
+# without a failed run; then one exchange's mock answers
 # 503 to everything: its breaker alone opens, it sends nothing more, the
 # other four keep collecting, /health names it; SIGTERM exits 0.
 # EXCHANGES_FAIL picks the failing exchange (default gate).
@@ -101,6 +102,24 @@ else
 fi
 probe health >"$WORK/health.txt"
 check "/health: 200 healthy before the fault" test "$(head -2 "$WORK/health.txt" | tr '\n' ' ')" = "http 200 status healthy "
+
+# 30 s of collecting: every exchange's tickers and order books, due every
+# second, have run 25 times (bounded), and no run of any dataset failed.
+soaked() {
+  probe status >"$WORK/status.txt" || return 1
+  for e in $NAMES; do
+    for d in tickers order_book; do
+      awk -v e="$e" -v d="$d" '$1 == e && $2 == d && $3 == "runs" && $4 >= 25 { f = 1 } END { exit !f }' \
+        "$WORK/status.txt" || return 1
+    done
+  done
+}
+if wait_until 60 soaked; then ok "30 s of collecting: tickers and order books of every exchange ran 25 times"; else
+  not_ok "30 s of collecting: tickers and order books of every exchange ran 25 times"
+  grep ' runs ' "$WORK/status.txt" | sed 's/^/    /'
+fi
+check "and no run of any dataset failed ($(awk '$3 == "runs" && $6 > 0' "$WORK/status.txt" | tr '\n' ';'))" \
+  test -z "$(awk '$3 == "runs" && $6 > 0' "$WORK/status.txt")"
 
 # 3. $FAIL's mock answers 503 to everything from now on.
 curl -s --max-time 5 "$CONTROL/inject?exchange=$FAIL&status=503&count=1000000" >"$WORK/inject.out"

@@ -5,6 +5,7 @@
 --     <exchange> breaker <closed|open|half_open>
 --     <exchange> status <healthy|degraded|failed|circuit_open>
 --     <exchange> <dataset> rows <n>
+--     <collector> <dataset> runs <completed> failed <failed>
 --     summary <total|healthy|degraded|failed>_exchanges <n>
 --   sluice run exchanges_probe.lua --control none -- health http://127.0.0.1:PORT
 --     http <code>
@@ -48,6 +49,11 @@ else
     add(name, "breaker", e.circuit_breaker)
     add(name, "status", e.status)
     for ds, d in pairs(e.datasets or {}) do add(name, ds, "rows", d.rows) end
+  end
+  for name, c in pairs(body.collectors or {}) do
+    for ds, d in pairs(c.datasets or {}) do
+      add(name, ds, "runs", d.collections_completed or 0, "failed", d.collections_failed or 0)
+    end
   end
 end
 table.sort(lines)
