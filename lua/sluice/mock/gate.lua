@@ -55,9 +55,8 @@ local sluice = require "sluice"
 local server = require "sluice.server"
 local options = require "sluice.options"
 local json = require "sluice.json"
-local bit = require "bit"
+local mockhash = require "sluice.mock.hash"
 
-local band, bxor, rshift, tobit = bit.band, bit.bxor, bit.rshift, bit.tobit
 local floor, max, min, exp, ceil = math.floor, math.max, math.min, math.exp, math.ceil
 local fmt, concat = string.format, table.concat
 
@@ -76,30 +75,7 @@ local WAF_403 = "<html><head><title>403 Forbidden</title></head>"
 -- ---------------------------------------------------------------------
 -- deterministic numbers
 
-local function imul(a, b)
-  return tobit(tobit(rshift(a, 16) * b) * 65536 + band(a, 0xffff) * b)
-end
-
-local function mix(h, x)
-  h = imul(bxor(h, tobit(x % 4294967296)), -1640531535)
-  h = bxor(h, rshift(h, 15))
-  return imul(h, -2048144789)
-end
-
--- uniform in [0, 1) from a state and up to three integers
-local function hash(h, a, b, c)
-  h = mix(mix(mix(mix(h, a), floor(a / 4294967296)), b or 0), c or 0)
-  h = bxor(h, rshift(h, 13))
-  h = imul(h, -1028477387)
-  h = bxor(h, rshift(h, 16))
-  return (h % 4294967296) / 4294967296
-end
-
-local function str_hash(seed, s)
-  local h = tobit(seed)
-  for i = 1, #s do h = mix(h, s:byte(i)) end
-  return h
-end
+local hash, str_hash = mockhash.hash, mockhash.str_hash
 
 -- price at t seconds: value noise around the profile's price
 local function price(sym, t)

@@ -63,9 +63,8 @@ local server = require "sluice.server"
 local options = require "sluice.options"
 local json = require "sluice.json"
 local htx = require "sluice.exchange.htx"   -- raw_symbol and candles: HTX's names
-local bit = require "bit"
+local mockhash = require "sluice.mock.hash"
 
-local band, bxor, rshift, tobit = bit.band, bit.bxor, bit.rshift, bit.tobit
 local floor, max, min, exp = math.floor, math.max, math.min, math.exp
 local fmt, concat = string.format, table.concat
 
@@ -80,30 +79,7 @@ local FUNDING_MS = 8 * 3600e3
 local JSON_TYPE = "application/json;charset=utf-8"
 local BAN_PAGE = "<html><head><title>403 Forbidden</title></head><body><h1>Access denied</h1></body></html>"
 
-local function imul(a, b)
-  return tobit(tobit(rshift(a, 16) * b) * 65536 + band(a, 0xffff) * b)
-end
-
-local function mix(h, x)
-  h = imul(bxor(h, tobit(x % 4294967296)), -1640531535)
-  h = bxor(h, rshift(h, 15))
-  return imul(h, -2048144789)
-end
-
--- A uniform number in [0, 1) from a state and up to three integers.
-local function hash(h, a, b, c)
-  h = mix(mix(mix(mix(h, a), floor(a / 4294967296)), b or 0), c or 0)
-  h = bxor(h, rshift(h, 13))
-  h = imul(h, -1028477387)
-  h = bxor(h, rshift(h, 16))
-  return (h % 4294967296) / 4294967296
-end
-
-local function str_hash(seed, s)
-  local h = tobit(seed)
-  for i = 1, #s do h = mix(h, s:byte(i)) end
-  return h
-end
+local hash, str_hash = mockhash.hash, mockhash.str_hash
 
 -- Value noise over a few octaves (seconds between grid points, amplitude).
 local OCTAVES = { { 60, 0.0005 }, { 3600, 0.004 }, { 86400, 0.02 }, { 2592000, 0.08 } }

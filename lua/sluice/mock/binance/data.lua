@@ -5,9 +5,8 @@
 -- Prices are a sum of hashed value-noise octaves (1 s .. 1 year) so any
 -- time can be priced without walking from an origin, and a candle's close is
 -- the next candle's open. Pure functions; owns no state.
-local bit = require "bit"
+local mockhash = require "sluice.mock.hash"
 
-local band, bxor, rshift, tobit = bit.band, bit.bxor, bit.rshift, bit.tobit
 local floor, max, min, exp, sqrt = math.floor, math.max, math.min, math.exp, math.sqrt
 local fmt, concat = string.format, table.concat
 
@@ -29,31 +28,7 @@ local OCTAVES = { { 1, 0.00007 }, { 60, 0.0005 }, { 900, 0.002 }, { 14400, 0.008
 local DAY = 86400e3
 _M.FUNDING_EVERY = 8 * 3600e3 -- funding settles at 00:00, 08:00 and 16:00 UTC
 
--- 32-bit multiply modulo 2^32 without losing bits to doubles.
-local function imul(a, b)
-  return tobit(tobit(rshift(a, 16) * b) * 65536 + band(a, 0xffff) * b)
-end
-
-local function mix(h, x)
-  h = imul(bxor(h, tobit(x % 4294967296)), -1640531535)   -- 0x9e3779b1
-  h = bxor(h, rshift(h, 15))
-  return imul(h, -2048144789)                             -- 0x85ebca6b
-end
-
--- A uniform number in [0, 1) from a 32-bit state and up to three integers.
-local function hash(h, a, b, c)
-  h = mix(mix(mix(mix(h, a), floor(a / 4294967296)), b or 0), c or 0)
-  h = bxor(h, rshift(h, 13))
-  h = imul(h, -1028477387)                                -- 0xc2b2ae35
-  h = bxor(h, rshift(h, 16))
-  return (h % 4294967296) / 4294967296
-end
-
-local function str_hash(seed, s)
-  local h = tobit(seed)
-  for i = 1, #s do h = mix(h, s:byte(i)) end
-  return h
-end
+local hash, str_hash = mockhash.hash, mockhash.str_hash
 
 local function round(x, step) return floor(x / step + 0.5) * step end
 local function dec(x) return fmt("%.8f", x) end
