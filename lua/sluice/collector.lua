@@ -637,6 +637,16 @@ function Collector:start(opts)
   return self
 end
 
+--- self:runs_in_flight() -> how many of its runs are in progress now: 0 or
+-- 1 for a collector, up to one per dataset for one with datasets.
+function Collector:runs_in_flight()
+  local n = 0
+  for _, u in ipairs(self.units_) do
+    if u.slot_:busy() then n = n + 1 end
+  end
+  return n
+end
+
 --- self:due([dataset]) -> the time (sluice.now() seconds) the latest
 -- scheduled run of the collector (of that dataset) was due, its jitter
 -- and any delay from an overrun before it included, or nil before the

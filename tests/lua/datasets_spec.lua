@@ -454,6 +454,24 @@ describe("sluice.collector datasets: operator views", function()
     assert.equal(1, sample('sluice_dataset_health{collector="ds_ops",dataset="tickers",status="healthy"}'))
     assert.equal(60, sample('sluice_dataset_interval_seconds{collector="ds_ops",dataset="funding"}'))
     assert.equal(2, sample('sluice_collection_requests_total{collector="ds_ops",status="success"}'))
+    assert.equal(0, sample('sluice_active_collections{collector="ds_ops"}'))
+    -- both datasets in flight at once: two collections in progress
+    local hold, entered = true, 0
+    local slow = collector.new(feed({ name = "ds_slow", datasets = {
+      a = { interval = 60, collect = function() entered = entered + 1 while hold do sluice.sleep(0.01) end return {} end },
+      b = { interval = 60, collect = function() entered = entered + 1 while hold do sluice.sleep(0.01) end return {} end },
+    } }))
+    app.collectors.ds_slow, app.order[2] = slow, slow
+    local runs = { sluice.spawn(function() return slow:run_once("a") end),
+      sluice.spawn(function() return slow:run_once("b") end) }
+    require("support.wait").wait_for("both datasets running", function() return entered == 2 end)
+    assert.equal(2, slow:runs_in_flight())
+    text = metrics.render()
+    assert.equal(2, sample('sluice_active_collections{collector="ds_slow"}'))
+    hold = false
+    for _, r in ipairs(runs) do assert.is_true((sluice.wait(r))) end
+    assert.equal(0, slow:runs_in_flight())
+    app.collectors.ds_slow, app.order[2] = nil, nil
     -- POST /collect with a dataset
     local srv = assert(admin.start(app, { port = 0, insecure_loopback_mutations = true }))
     finally(function() srv:close() end)

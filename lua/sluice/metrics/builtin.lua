@@ -71,7 +71,7 @@ local COLLECTORS = {
   { "counter", "sluice_records_processed_total",
     "Data points (rows) collected and stored, by collector.", { "collector" } },
   { "gauge", "sluice_active_collections",
-    "Collections in progress, by collector.", { "collector" } },
+    "Collections in progress, by collector (one per dataset at most).", { "collector" } },
   { "gauge", "sluice_collector_up",
     "1 when the collector is running and healthy or degraded, 0 when stopped, failed or its circuit is open.",
     { "collector" } },
@@ -215,10 +215,9 @@ local function collectors(f)
       f.sluice_records_processed_total:inc(st.data_points_collected or 0, c)
       f.sluice_collection_duration_seconds:set_totals(st.total_runtime or 0,
         (st.collections_completed or 0) + (st.collections_failed or 0), c)
-      -- run_once stamps last_collection when it starts and last_success or
-      -- last_error_time when it ends: a later start is one in progress
-      local started, ended = st.last_collection, math.max(st.last_success or 0, st.last_error_time or 0)
-      f.sluice_active_collections:set((started and started > ended) and 1 or 0, c)
+      -- runs in progress: one per dataset at most (the totals' timestamps
+      -- cannot tell, with datasets running side by side)
+      f.sluice_active_collections:set(inst:runs_in_flight(), c)
       local health = inst.health and inst:health() or "healthy"
       for _, h in ipairs(HEALTH) do
         f.sluice_collector_health:set(h == health and 1 or 0, c, h)
