@@ -6,7 +6,8 @@
 #   scripts/dev.sh test      fresh build, whole suite; then the same under
 #                            ASan+UBSan (ctest's summary is the last line)
 #   scripts/dev.sh build     just build (into build/)
-#   scripts/dev.sh deps      just install the Debian packages
+#   scripts/dev.sh deps      just install the Debian packages and the test
+#                            tools from npm (anvil, into tests/tools)
 #
 # Needs Debian 12, as root or with sudo. Set SLUICE_NO_SANITIZE=1 to skip the
 # sanitizer pass of `test`.
@@ -36,6 +37,27 @@ install_missing() {
     --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Test servers that Debian does not package come from the npm registry,
+# pinned by tests/tools/package-lock.json: anvil (Foundry's Ethereum node)
+# for the on-chain collectors' tests. npm itself comes from Debian when the
+# machine has none.
+ANVIL=tests/tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
+
+install_tools() {
+  [ -x "$ANVIL" ] && return 0
+  if ! command -v npm >/dev/null 2>&1; then
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    echo "installing: nodejs npm"
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
+      --no-install-recommends nodejs npm >/dev/null
+  fi
+  echo "installing: anvil (npm, tests/tools)"
+  (cd tests/tools && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  "$ANVIL" --version >/dev/null
+}
+
 build() { # build DIR [cmake args...]
   local dir=$1; shift
   cmake -S . -B "$dir" -DSLUICE_WERROR=ON "$@" >/dev/null
@@ -43,7 +65,7 @@ build() { # build DIR [cmake args...]
 }
 
 case "${1:-}" in
-  deps) install_missing ;;
+  deps) install_missing; install_tools ;;
   build) install_missing; build build ;;
   example)
     install_missing
@@ -52,6 +74,7 @@ case "${1:-}" in
     ;;
   test)
     install_missing
+    install_tools
     rm -rf build/test build/sanitize
     build build/test
     (cd build/test && ctest --output-on-failure)
