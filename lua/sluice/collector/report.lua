@@ -101,7 +101,9 @@ function _M.health(c, u)
   local open = {}
   for _, t in ipairs(c:targets() or {}) do
     local cb = c:target(t)
-    if cb and cb:state() == "open" then open[#open + 1] = "target " .. t .. ": circuit breaker " .. cb:name() .. " is open" end
+    if cb and cb:state() == "open" then
+      open[#open + 1] = "target " .. t .. ": circuit breaker " .. cb:name() .. " is open"
+    end
   end
   if #open > 0 then return "degraded", table.concat(open, "; ") end
   if st.total_requests >= 10 and st.successful_requests / st.total_requests < 0.9 then
