@@ -81,6 +81,7 @@ local rows = require "sluice.collector.rows"
 local persist = require "sluice.collector.persist"
 local cache = require "sluice.collector.cache"
 local report = require "sluice.collector.report"
+local targets = require "sluice.collector.targets"
 
 local _M = {}
 local Collector = {}
@@ -165,40 +166,6 @@ end
 
 local merge = options.merge
 
--- The targets of a collector (its targets option: a list of names, or
--- function(self) returning one): name -> {breaker, limiter}, made from the
--- collector's breaker and limiter settings and named
--- "<collector>.<target>", their saved state restored; and the names in
--- the order given.
-local function make_targets(self, cfg, context, new_breaker, new_limiter)
-  local list = cfg.targets
-  if type(list) == "function" then list = list(self) end
-  if type(list) ~= "table" or list[1] == nil then
-    error("collector '" .. cfg.name .. "': targets must be a non-empty list of names, got "
-      .. options.value(list), 3)
-  end
-  local byname, names = {}, {}
-  for i, t in ipairs(list) do
-    if type(t) ~= "string" or not t:match("^[%w_%-]+$") then
-      error("collector '" .. cfg.name .. "': targets[" .. i .. "] must be a name (letters, digits, _, -), got "
-        .. options.value(t), 3)
-    end
-    if byname[t] then error("collector '" .. cfg.name .. "': targets name '" .. t .. "' twice", 3) end
-    local name = cfg.name .. "." .. t
-    if context.upstreams then context.upstreams:claim(name, cfg.name) end
-    local g = {}
-    if cfg.breaker ~= false then
-      g.breaker = new_breaker(merge(type(cfg.breaker) == "table" and cfg.breaker or {}, { name = name }))
-    end
-    if cfg.limiter ~= false then
-      g.limiter = new_limiter(merge(type(cfg.limiter) == "table" and cfg.limiter or {}, { name = name }))
-    end
-    persist.restore({ store = self.store, breaker = g.breaker, limiter = g.limiter, log = self.log })
-    byname[t], names[i] = g, t
-  end
-  return byname, names
-end
-
 --- new(spec, overrides, context) -> instance
 -- overrides: the configuration entry (name, base_url, interval, auth,
 -- limiter, breaker, retry, and the collector's own options); context:
@@ -278,7 +245,7 @@ function _M.new(spec, overrides, context)
       error("collector '" .. cfg.name .. "': targets and upstream do not go together "
         .. "(each target has a breaker and a limiter of its own)", 2)
     end
-    self.targets_, self.target_names_ = make_targets(self, cfg, context, new_breaker, new_limiter)
+    self.targets_, self.target_names_ = targets.make(self, cfg, context, new_breaker, new_limiter)
   elseif cfg.upstream and context.upstreams then
     -- one limiter and breaker per upstream (sluice.collector.upstreams)
     self.breaker, self.limiter, fresh = context.upstreams:take(cfg, new_breaker, new_limiter)
@@ -764,10 +731,7 @@ function Collector:stop()
     if not ok then self.log.error("close failed", { error = tostring(err) }) end
   end
   persist.save(self)
-  for _, t in ipairs(self.target_names_ or {}) do
-    local g = self.targets_[t]
-    persist.save({ store = self.store, breaker = g.breaker, limiter = g.limiter })
-  end
+  targets.save(self)
   self.log.info("collector stopped")
   return self
 end
