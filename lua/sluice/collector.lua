@@ -29,6 +29,21 @@
 --       funding = { interval = 60, jitter = 0.1, collect = function(self) ... end },
 --     },
 --
+-- Instead of one breaker and limiter, targets: a collector that reads
+-- several independent services of the same API (six MEV-Boost relays)
+-- gives each its own, named "<collector>.<target>" and made from the
+-- collector's breaker and limiter settings, so that one service down opens
+-- its breaker alone. Every request names its target:
+--
+--     targets = function(self) return self.options.relays end,
+--     ... self:get(url, { target = "flashbots" }) ...
+--
+-- They are listed by breakers() and limiters() (/circuit-breaker-status,
+-- /limiters, /metrics) under those names and in stats().targets (/status);
+-- their state is saved and restored as the collector's own would be; one
+-- open breaker makes the collector degraded, not circuit_open.
+-- self:targets() and self:target(name) read them.
+--
 -- The request pipeline, self:get(path, opts) / self:post / self:request:
 -- limiter wait -> breaker permit -> HTTP -> classify -> limiter observe ->
 -- breaker record -> retry; its verdicts (and a collector's classify) are
@@ -66,6 +81,7 @@ local rows = require "sluice.collector.rows"
 local persist = require "sluice.collector.persist"
 local cache = require "sluice.collector.cache"
 local report = require "sluice.collector.report"
+local targets = require "sluice.collector.targets"
 
 local _M = {}
 local Collector = {}
@@ -224,7 +240,13 @@ function _M.new(spec, overrides, context)
     return limiter.new(lopts)
   end
   local fresh -- persist.restore: the objects this instance made (all of its own)
-  if cfg.upstream and context.upstreams then
+  if cfg.targets then
+    if cfg.upstream then
+      error("collector '" .. cfg.name .. "': targets and upstream do not go together "
+        .. "(each target has a breaker and a limiter of its own)", 2)
+    end
+    self.targets_, self.target_names_ = targets.make(self, cfg, context, new_breaker, new_limiter)
+  elseif cfg.upstream and context.upstreams then
     -- one limiter and breaker per upstream (sluice.collector.upstreams)
     self.breaker, self.limiter, fresh = context.upstreams:take(cfg, new_breaker, new_limiter)
   else
@@ -307,6 +329,27 @@ function Collector:post(path, opts)
 end
 
 -- --- running ------------------------------------------------------------
+
+--- self:targets() -> the names of the collector's targets (its targets
+-- option), in the order given, or nil for a collector without.
+function Collector:targets()
+  if not self.target_names_ then return nil end
+  local out = {}
+  for i, t in ipairs(self.target_names_) do out[i] = t end
+  return out
+end
+
+--- self:target(name) -> breaker | nil, limiter | nil: target name's (nil
+-- where the collector's breaker or limiter option is false). Raises for a
+-- target the collector does not have.
+function Collector:target(name)
+  local g = self.targets_ and self.targets_[name]
+  if not g then
+    error("collector:target: bad argument #1 (collector '" .. self.name .. "' has no target "
+      .. options.value(name) .. ")", 2)
+  end
+  return g.breaker, g.limiter
+end
 
 --- self:store_rows(result [, opts]) -> count
 -- Stores what collect (or backfill) returned, as sluice.collector.rows
@@ -688,6 +731,7 @@ function Collector:stop()
     if not ok then self.log.error("close failed", { error = tostring(err) }) end
   end
   persist.save(self)
+  targets.save(self)
   self.log.info("collector stopped")
   return self
 end

@@ -4,6 +4,7 @@
 -- health(), stats() and counters() return (sluice.collector documents the
 -- shapes): they judge and copy what its runs counted. They read the
 -- instance c -- enabled, running, breaker, config, stats_ (the totals),
+-- its targets (c:targets(), c:target(name)),
 -- datasets_ and units_ -- and its run units (the instance, or each
 -- dataset: dataset, interval, enabled, stats_, slot_, started_mono_), and
 -- write nothing on them; the module owns no state. Nothing here yields.
@@ -95,6 +96,16 @@ function _M.health(c, u)
     status, reason = unit_health(c, c)
   end
   if status ~= "healthy" then return status, reason end
+  -- a collector with targets: one target's open breaker (one relay of six
+  -- down) leaves the others collecting, so it degrades the collector
+  local open = {}
+  for _, t in ipairs(c:targets() or {}) do
+    local cb = c:target(t)
+    if cb and cb:state() == "open" then
+      open[#open + 1] = "target " .. t .. ": circuit breaker " .. cb:name() .. " is open"
+    end
+  end
+  if #open > 0 then return "degraded", table.concat(open, "; ") end
   if st.total_requests >= 10 and st.successful_requests / st.total_requests < 0.9 then
     return "degraded", string.format("%d of %d requests failed", st.failed_requests, st.total_requests)
   end
@@ -121,7 +132,21 @@ local function dataset_stats(c, u)
 end
 
 
---- stats(c) -> the reference statistics shape, with datasets.
+-- stats() of a collector's targets: {name = {breaker = its name, state,
+-- limiter = its name, rate}}, or nil without targets.
+local function targets_stats(c)
+  local names = c:targets()
+  if not names then return nil end
+  local out = {}
+  for _, t in ipairs(names) do
+    local cb, lim = c:target(t)
+    out[t] = { breaker = cb and cb:name(), state = cb and cb:state(),
+      limiter = lim and lim:name(), rate = lim and lim:rate() }
+  end
+  return out
+end
+
+--- stats(c) -> the reference statistics shape, with datasets and targets.
 function _M.stats(c)
   local st = c.stats_
   local status, reason = _M.health(c)
@@ -155,6 +180,7 @@ function _M.stats(c)
     collections_completed = st.collections_completed,
     collections_skipped = st.collections_skipped,
     datasets = ds,
+    targets = targets_stats(c),
   }
 end
 

@@ -23,6 +23,10 @@
 -- Returns data (decoded JSON when the response is JSON, the body otherwise)
 -- and the response, or nil, err, kind.
 --
+-- opts.target = name: a collector with targets (sluice.collector) sends
+-- each request through one target's breaker and limiter, named by it
+-- (required there, refused elsewhere); everything else is as above.
+--
 -- opts.cache = seconds: a "success" is kept in c.cache (the process'
 -- response cache, sluice.collector.cache) and answers the same request
 -- (method, full URL, every header sent, body) from memory while younger
@@ -169,7 +173,7 @@ end
 
 --- run(c, opts, tally) -> data, res | nil, err, kind, res
 -- opts: {method, path, query, headers, body | json, endpoint, cost, pools,
--- timeout, redirects, classify}, checked by the caller (classify: here). A
+-- timeout, redirects, classify, target}, checked by the caller (classify: here). A
 -- path may be an absolute URL; on another origin than base_url's it gets neither auth nor the
 -- configured headers (only opts.headers). Redirects follow http.request's
 -- rules (default: same origin only, 5 hops).
@@ -194,35 +198,45 @@ function _M.run(c, opts, tally)
       query = merge(query, { [auth.query] = tostring(reveal(auth.value)) })
     end
   end
+  -- the breaker and limiter: the request's target's (a collector with
+  -- targets, sluice.collector), else the collector's own
+  local cb, lim = c.breaker, c.limiter
+  if opts.target ~= nil or c:targets() then
+    if type(opts.target) ~= "string" then
+      error("collector:request: collector '" .. c.name .. "' has targets: option 'target' names one, got "
+        .. options.value(opts.target), 2)
+    end
+    cb, lim = c:target(opts.target)
+  end
   local attempt_fn = function()
     -- an open breaker refuses before the limiter is waited in: a run
     -- during a ban is skipped at once instead of waiting out max_wait. A
     -- breaker due for its half-open probe hands out a trial permit here,
     -- which is given back: the trial is taken after the wait, as below,
     -- so no trial is held while the limiter paces it.
-    if c.breaker and c.limiter and c.breaker:state() == "open" then
-      local early, why = c.breaker:allow()
+    if cb and lim and cb:state() == "open" then
+      local early, why = cb:allow()
       if not early then
         tally(c, "refused")
-        return nil, "circuit breaker " .. c.breaker:name() .. " is " .. why,
+        return nil, "circuit breaker " .. cb:name() .. " is " .. why,
           { retryable = false, kind = "circuit_open" }
       end
-      c.breaker:release(early)
+      cb:release(early)
     end
-    if c.limiter then
-      local waited, werr = c.limiter:wait(endpoint, opts.cost or 1,
+    if lim then
+      local waited, werr = lim:wait(endpoint, opts.cost or 1,
         opts.pools and { pools = opts.pools } or nil)
       if not waited then
         return nil, "rate limiter: " .. tostring(werr), { retryable = false, kind = "limited" }
       end
     end
     local permit
-    if c.breaker then
+    if cb then
       local why
-      permit, why = c.breaker:allow()
+      permit, why = cb:allow()
       if not permit then
         tally(c, "refused")
-        return nil, "circuit breaker " .. c.breaker:name() .. " is " .. why,
+        return nil, "circuit breaker " .. cb:name() .. " is " .. why,
           { retryable = false, kind = "circuit_open" }
       end
     end
@@ -248,29 +262,29 @@ function _M.run(c, opts, tally)
       end
     end
     local observed
-    if c.limiter and res then
+    if lim and res then
       -- a throttled verdict (an API's "too many requests" code in a 200)
       -- backs the limiter off exactly as a 429 would
       -- the pools the request was charged in: a weight header speaks for
       -- those only (one API's quota among several, Binance spot/futures)
-      observed = c.limiter:observe(endpoint, res.status, res.headers, latency, nil,
+      observed = lim:observe(endpoint, res.status, res.headers, latency, nil,
         verdict == "throttled" and "throttled" or nil, opts.pools)
     end
-    if c.breaker then
+    if cb then
       if verdict == "success" then
-        c.breaker:success(permit, latency)
+        cb:success(permit, latency)
       elseif verdict == "ignored" then
-        c.breaker:release(permit)
+        cb:release(permit)
       elseif verdict == "banned" then
-        c.breaker:failure(permit, latency)
+        cb:failure(permit, latency)
         -- the limiter's ban end (a 418), else Retry-After, else the
         -- limiter's ban_time (an adapter's limiter defaults say how long
         -- its exchange bans: Bybit's 403 lasts 10 minutes)
         local until_ = type(observed) == "table" and observed.ban_until
           or (sluice.time() + (retry_after_of(res) or ban_time(c)))
-        c.breaker:open_until(until_)
+        cb:open_until(until_)
       else
-        c.breaker:failure(permit, latency)
+        cb:failure(permit, latency)
       end
     end
     if verdict == "success" or verdict == "ignored" then

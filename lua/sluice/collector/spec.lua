@@ -46,6 +46,9 @@ _M.OPTIONS = {
   beginning_date = "string|number", enabled = "boolean",
   run_budget = RUN_BUDGET,
   partitions = "table|function",
+  -- several independent services behind one collector (six MEV relays):
+  -- a breaker and a limiter per target (sluice.collector, "targets")
+  targets = "table|function",
   -- migrate(store, self): brings an older layout of the collector's tables
   -- to the current one, before they are defined (sluice.collector.new)
   migrate = "function",
