@@ -75,6 +75,7 @@ local function build_collectors(c, file, db, fresh, red, batched, cache)
   -- the limiters and breakers shared by upstream name: one registry per
   -- build (a reload carries the state over from the running one)
   local built = { collectors = {}, order = {}, upstreams = upstreams.new() }
+  local seen = {} -- collector name -> the entry's index
   for i, entry in ipairs(c.collectors or {}) do
     if batched and i % BATCH == 0 then
       breathe()
@@ -86,6 +87,14 @@ local function build_collectors(c, file, db, fresh, red, batched, cache)
     local overrides = {}
     for k, v in pairs(entry) do overrides[k] = v end
     overrides.name = overrides.name or (entry.use and spec.name) or spec.name
+    -- Every by-name view (/status, admin actions, reload hand-over, the
+    -- store's state) would see only the second of two namesakes.
+    local first = seen[overrides.name]
+    if first then
+      error(("%s: collectors[%d]: collector name '%s' is already used by collectors[%d]; "
+        .. "give one of them its own name = \"...\""):format(file, i, tostring(overrides.name), first), 0)
+    end
+    seen[overrides.name] = i
     local ok, inst = pcall(collector.new, spec, overrides,
       { store = db, redis = red, cache = cache, upstreams = built.upstreams })
     if not ok then

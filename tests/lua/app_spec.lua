@@ -187,6 +187,23 @@ describe("sluice.app", function()
     end
   end)
 
+  it("refuses two entries whose collectors get one name, naming both (by-name views would see one)", function()
+    -- two files whose specs both say name = "feed": the configuration's own
+    -- check sees the entries as "one" and "two" (their files), not what
+    -- the instances are called
+    local dir = tmpdir()
+    write(dir .. "/one.lua", feed({}))
+    write(dir .. "/two.lua", feed({}))
+    local file = dir .. "/sluice.lua"
+    write(file, ([[return { store = "%DIR%/db.sqlite", collectors = {
+      { file = "one.lua" }, { file = "two.lua" } } }]]):gsub("%%DIR%%", dir))
+    local ok, err = pcall(app_mod.build, assert(loadfile(file))(), file)
+    assert.is_false(ok)
+    assert.equal(file .. ": collectors[2]: collector name 'feed' is already used by collectors[1]; "
+      .. 'give one of them its own name = "..."', err)
+    assert.is_nil(app_mod.current)
+  end)
+
   it("hands a reload over without an extra run or overlap, and frees the old instances", function()
     local dir = tmpdir()
     write(dir .. "/feed.lua", feed({ breaker = true, limiter = true }))
