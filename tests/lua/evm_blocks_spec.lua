@@ -33,7 +33,7 @@ end
 -- The instance of the shipped collector on node into db (quick retries,
 -- no rate limit), with option overrides.
 local function instance(node, db, over)
-  local cfg = { base_url = node.url, limiter = false, start_block = 0,
+  local cfg = { rpc_url = node.url, limiter = false, start_block = 0,
     retry = { strategy = "fixed", base_delay = 0.01, max_attempts = 2, budget = false } }
   for k, v in pairs(over or {}) do cfg[k] = v end
   return collector.new(require("collectors.evm_blocks"), cfg, { store = db })
@@ -108,7 +108,7 @@ describe("evm_blocks", function()
   end)
 
   it("follows the head while transactions are sent: every block once, equal to the node's", function()
-    node = anvil.start{}
+    node = anvil.start{ chain_id = 1 }
     c = instance(node, db, { max_blocks = 3, batch_size = 2 })
     -- a sender: transfers (a block each, automine) and empty blocks, 60 blocks
     local sent = false
@@ -138,7 +138,7 @@ describe("evm_blocks", function()
   end)
 
   it("follows anvil_reorg at depth 3 and 10: the node's chain stored, the orphans flagged", function()
-    node = anvil.start{}
+    node = anvil.start{ chain_id = 1 }
     c = instance(node, db, { batch_size = 4 })
     node:rpc("anvil_mine", { "0x14" })                 -- blocks 1..20
     catch_up(c, node, db)
@@ -190,7 +190,7 @@ describe("evm_blocks", function()
   end)
 
   it("fails a reorg deeper than reorg_depth loudly and stores nothing", function()
-    node = anvil.start{}
+    node = anvil.start{ chain_id = 1 }
     c = instance(node, db, { reorg_depth = 5 })
     node:rpc("anvil_mine", { "0xf" })                  -- blocks 1..15
     catch_up(c, node, db)
@@ -218,7 +218,7 @@ describe("evm_blocks", function()
   end)
 
   it("starts at the head by default and never leaves a gap behind a head that jumped", function()
-    node = anvil.start{}
+    node = anvil.start{ chain_id = 1 }
     node:rpc("anvil_mine", { "0x64" })                 -- blocks 1..100
     c = instance(node, db, { start_block = -1, max_blocks = 7, confirmations = 2, batch_size = 3 })
     assert.same({ true, 1 }, { c:run_once() })
@@ -237,7 +237,7 @@ describe("evm_blocks", function()
   end)
 
   it("stores a block of 10,000 transactions as one exact row", function()
-    node = anvil.start{ no_mining = true, args = "--gas-limit 300000000" }
+    node = anvil.start{ chain_id = 1, no_mining = true, args = "--gas-limit 300000000" }
     local id = 0
     for a = 1, 10 do
       for k = 0, 999, 500 do
@@ -266,7 +266,7 @@ describe("evm_blocks", function()
   end)
 
   it("backfills a block range exactly, window by window", function()
-    node = anvil.start{}
+    node = anvil.start{ chain_id = 1 }
     for i = 1, 20 do node:send_eth(1 + i % 3, 5, i) end -- blocks 1..20 with a transfer each
     node:rpc("anvil_mine", { "0x118" })                -- to 300
     c = instance(node, db, { batch_size = 7, backfill_step = 100 })
