@@ -27,7 +27,14 @@ trap 'kill $apid 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 RPC="http://127.0.0.1:$PORT"
 rpc() { curl -s -m 60 -H 'content-type: application/json' -d "$1" "$RPC"; }
 for _ in $(seq 1 100); do rpc '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}' | grep -q result && break; sleep 0.05; done
-rpc "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"anvil_mine\",\"params\":[\"0x$(printf %x "$BLOCKS")\"]}" >/dev/null
+# (anvil takes a while to mine thousands of blocks: 1000 a call, no timeout)
+for ((m = 0; m < BLOCKS; m += 1000)); do
+  k=$((BLOCKS - m < 1000 ? BLOCKS - m : 1000))
+  curl -s -H 'content-type: application/json' \
+    -d "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"anvil_mine\",\"params\":[\"0x$(printf %x $k)\"]}" "$RPC" >/dev/null
+done
+head=$(rpc '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}' | sed 's/.*"result":"0x\([^"]*\)".*/\1/')
+[ "$((16#$head))" = "$BLOCKS" ] || { echo "anvil's head is $((16#$head)), not $BLOCKS"; exit 1; }
 now() { date +%s.%N; }
 
 # the anchor: one curl per batch, the batch bodies written beforehand
@@ -35,7 +42,8 @@ for ((lo = 0; lo < BLOCKS; lo += BATCH)); do
   body="["
   for ((n = lo; n < lo + BATCH && n < BLOCKS; n++)); do
     [ $n -gt $lo ] && body+=","
-    body+="{\"jsonrpc\":\"2.0\",\"id\":$n,\"method\":\"eth_getBlockByNumber\",\"params\":[\"0x$(printf %x $n)\",false]}"
+    printf -v hex %x $n
+    body+="{\"jsonrpc\":\"2.0\",\"id\":$n,\"method\":\"eth_getBlockByNumber\",\"params\":[\"0x$hex\",false]}"
   done
   echo "$body]" >"$WORK/b$lo.json"
 done
