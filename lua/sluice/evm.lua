@@ -65,6 +65,8 @@
 --   evm.resolve(opts) -> chain | nil, err: the chain that options {chain,
 --     chain_id, rpc_url} name (what evm.chain uses)
 --   evm.upstream(opts) -> "evm_<chain>" (raises with resolve's error)
+--   evm.define(spec, {check = function(options) -> nil | err}): a
+--     collector's own option checks, run with the kit's (see define)
 --
 -- The module owns each instance's state (its rpc object, chain, whether the
 -- check passed) in a table weak by instance; nothing is written on the
@@ -235,9 +237,11 @@ local function checked(fn)
   end
 end
 
-local function wrapped_init(init)
+local function wrapped_init(init, check_options)
   return function(self)
     _M.chain(self)
+    local bad = check_options and check_options(self.options)
+    if bad then error(bad, 0) end
     local ok, err, kind = _M.check(self)
     if not ok then
       -- (the framework's "collector 'x': init failed: " names the collector)
@@ -249,13 +253,20 @@ local function wrapped_init(init)
   end
 end
 
---- define(spec) -> a collector spec (collector.define's) with the common
--- options, the default upstream and limiter, and the chain-id check
--- around init, collect, each dataset's collect and backfill.
-function _M.define(spec)
+--- define(spec [, kit]) -> a collector spec (collector.define's) with the
+-- common options, the default upstream and limiter, and the chain-id check
+-- around init, collect, each dataset's collect and backfill. kit.check:
+-- function(options) -> nil | err, the collector's own checks of its
+-- options (what a type cannot say), run when the instance is built (with
+-- the default upstream) and at init: an error refuses the entry.
+function _M.define(spec, kit)
   if type(spec) ~= "table" then
     error("sluice.evm.define: bad argument #1 (table expected, got " .. type(spec) .. ")", 2)
   end
+  if kit ~= nil and (type(kit) ~= "table" or (kit.check ~= nil and type(kit.check) ~= "function")) then
+    error("sluice.evm.define: bad argument #2 ({check = function(options)} expected)", 2)
+  end
+  local check_options = kit and kit.check
   local out = copy(spec)
   local own = copy(spec.options or {})
   for k, v in pairs(COMMON) do
@@ -264,10 +275,17 @@ function _M.define(spec)
   local ok, err = _M.resolve(own)
   if not ok then error("sluice.evm.define: " .. err, 2) end
   out.options = own
-  if out.upstream == nil then out.upstream = _M.upstream end
+  if out.upstream == nil then
+    out.upstream = function(opts)
+      local name = _M.upstream(opts)
+      local bad = check_options and check_options(opts)
+      if bad then error(bad, 0) end
+      return name
+    end
+  end
   if out.limiter == nil then out.limiter = copy(_M.DEFAULT_LIMITER) end
   if out.timeout == nil then out.timeout = 10 end
-  out.init = wrapped_init(spec.init)
+  out.init = wrapped_init(spec.init, check_options)
   if type(spec.collect) == "function" then out.collect = checked(spec.collect) end
   if type(spec.backfill) == "function" then out.backfill = checked(spec.backfill) end
   if type(spec.datasets) == "table" then

@@ -93,9 +93,9 @@ describe("sluice.evm options at load", function()
       fx.err_of(build, { name = "gas_dev", chain = "devnet", chain_id = 7 }))
     assert.equal("collector 'heads': option 'chain_id' must be a number, got string",
       fx.err_of(build, { chain_id = "1" }))
-    assert.equal("collector 'heads': option 'rpc_url' must be a string or collector.env(\"NAME\"), got number",
+    assert.equal("collector 'heads': option 'rpc_url' must be a string, got number",
       fx.err_of(build, { rpc_url = 5 }))
-    assert.equal("collector 'heads': option 'chain' must be a string or collector.env(\"NAME\"), got boolean",
+    assert.equal("collector 'heads': option 'chain' must be a string, got boolean",
       fx.err_of(build, { chain = true }))
   end)
 

@@ -148,9 +148,10 @@ local BOOKKEEPING = { use = true, file = true } -- the configuration's, not ours
 
 -- A collector's own option whose default is a string takes a string or a
 -- secret (collector.env("NAME"): an API key, a URL with a key in it),
--- which the collector reveals when it uses it.
+-- which the collector reveals when it uses it. (Messages say "a string",
+-- as for any string option.)
 local STRING_OR_SECRET = {
-  type = "string|table", what = "a string or collector.env(\"NAME\")",
+  type = "string|table", what = "a string",
   check = function(v) return type(v) == "string" or secret.is_secret(v) end,
 }
 
