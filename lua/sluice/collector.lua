@@ -288,7 +288,7 @@ local function tally(self, event, latency)
 end
 
 --- self:request{method, path, query, headers, body | json, endpoint, cost,
---   pools, timeout, redirects} -> data, res | nil, err, kind, res
+--   pools, timeout, redirects, max_body} -> data, res | nil, err, kind, res
 -- A path may be an absolute URL; on another origin than base_url's it gets
 -- neither auth nor the configured headers (only opts.headers). Redirects
 -- follow http.request's rules (default: same origin only, 5 hops).
