@@ -9,6 +9,7 @@
 -- It owns no state. Nothing here yields.
 local sluice = require "sluice"
 local options = require "sluice.options"
+local secret = require "sluice.collector.secret"
 
 local _M = {}
 
@@ -49,10 +50,11 @@ _M.OPTIONS = {
   -- to the current one, before they are defined (sluice.collector.new)
   migrate = "function",
   -- collectors naming the same upstream share one limiter and one breaker
-  -- (sluice.collector.upstreams)
+  -- (sluice.collector.upstreams); a spec's function(options) -> name
+  -- names it per instance from the instance's own options (configure)
   upstream = {
-    type = "string", what = "an upstream name (letters, digits, _, -, .)",
-    check = function(v) return v:match("^[%w_.%-]+$") ~= nil end,
+    type = "string|function", what = "an upstream name (letters, digits, _, -, .) or a function",
+    check = function(v) return type(v) == "function" or v:match("^[%w_.%-]+$") ~= nil end,
   },
   -- backfill's unit (sluice.backfill.unit) and its default range
   backfill_unit = { type = "string", one_of = { "seconds", "blocks", "slots", "integers" } },
@@ -144,10 +146,35 @@ local merge = options.merge
 
 local BOOKKEEPING = { use = true, file = true } -- the configuration's, not ours
 
+-- A collector's own option whose default is a string takes a string or a
+-- secret (collector.env("NAME"): an API key, a URL with a key in it),
+-- which the collector reveals when it uses it.
+local STRING_OR_SECRET = {
+  type = "string|table", what = "a string or collector.env(\"NAME\")",
+  check = function(v) return type(v) == "string" or secret.is_secret(v) end,
+}
+
+-- The upstream a spec's upstream(options) function names for an instance
+-- with the own options own; raises "where: ..." with its error, or for a
+-- result that is no upstream name (nil: none).
+local function upstream_of(fn, own, where, level)
+  local ok, up = pcall(fn, own)
+  if not ok then error(where .. ": " .. tostring(up), level + 1) end
+  if up ~= nil and (type(up) ~= "string" or not up:match("^[%w_.%-]+$")) then
+    error(where .. ": the spec's upstream(options) must return an upstream name (letters, digits, _, -, .) "
+      .. "or nil, got " .. options.value(up), level + 1)
+  end
+  return up
+end
+
 --- configure(spec, overrides, level) -> cfg, own. A configuration entry's
 -- overrides split into framework options (cfg: the spec with them merged
 -- over it) and the collector's own options (own: spec.options with the
--- overrides of them, each of the type of its default). Raises for an
+-- overrides of them, each of the type of its default; a string's may be
+-- a collector.env secret). A spec's upstream given as function(own) ->
+-- name | nil, when the entry sets no upstream, is called here and cfg
+-- gets its result: one upstream per instance from its options (the EVM
+-- kit's per chain); an error it raises refuses the options. Raises for an
 -- unknown option or a wrong type; level as error() counts it from
 -- configure (3: the caller of configure's caller).
 function _M.configure(spec, overrides, level)
@@ -155,7 +182,7 @@ function _M.configure(spec, overrides, level)
   -- the collector's own options take the type of their defaults; a
   -- framework option of the same name is the framework's
   local schema = {}
-  for k, v in pairs(spec.options or {}) do schema[k] = type(v) end
+  for k, v in pairs(spec.options or {}) do schema[k] = type(v) == "string" and STRING_OR_SECRET or type(v) end
   for k, v in pairs(_M.OPTIONS) do
     if k ~= "options" then schema[k] = v end
   end
@@ -184,7 +211,9 @@ function _M.configure(spec, overrides, level)
     for name, ds in pairs(spec.datasets or {}) do merged[name] = merge(ds, framework.datasets[name]) end
     framework.datasets = merged
   end
-  return merge(spec, framework), own
+  local cfg = merge(spec, framework)
+  if type(cfg.upstream) == "function" then cfg.upstream = upstream_of(cfg.upstream, own, where, level + 1) end
+  return cfg, own
 end
 
 --- run_budget(cfg, interval [, dataset, ds]) -> {cpu, wall, label} | nil:
