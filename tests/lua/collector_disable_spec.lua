@@ -12,10 +12,19 @@ local wait_for = require("support.wait").wait_for
 
 local REASON = "the node has no txpool_content (JSON-RPC error -32601: method not found)"
 
+-- Cleanups for the running test, last first, after it (busted keeps one
+-- finally per test: the last registered).
+local cleanups = {}
+local function defer(fn) cleanups[#cleanups + 1] = fn end
+local function run_cleanups()
+  for i = #cleanups, 1, -1 do cleanups[i]() end
+  cleanups = {}
+end
+
 local function quiet()
   log.output("/dev/null")
   local restore = logs.capture("info")
-  finally(function()
+  defer(function()
     restore()
     log.output("-")
   end)
@@ -42,6 +51,7 @@ local function feed(name, pool)
 end
 
 describe("collector:disable_dataset", function()
+  after_each(run_cleanups)
   it("stops the dataset's schedule after the run in flight, which ends normally", function()
     quiet()
     local spec, runs = feed("dis_sched", function(self, n)
@@ -51,7 +61,7 @@ describe("collector:disable_dataset", function()
       return {} -- the run that disabled it completes
     end)
     local c = collector.new(spec)
-    finally(function() c:stop() end)
+    defer(function() c:stop() end)
     c:start()
     wait_for("pool disabled", function() return c:counters().datasets.pool.enabled == false end)
     -- the other dataset keeps its schedule; pool's stopped
@@ -120,7 +130,7 @@ describe("collector:disable_dataset", function()
     local saved = app_mod.current
     local app = { collectors = { dis_ops = c }, order = { c }, config = {}, store = assert(store.open(":memory:")) }
     app_mod.current = app
-    finally(function()
+    defer(function()
       app_mod.current = saved
       app.store:close()
     end)
@@ -159,13 +169,13 @@ describe("collector:disable_dataset", function()
       return {}
     end)
     local old = collector.new(spec)
-    finally(function() old:stop() end)
+    defer(function() old:stop() end)
     old:start()
     wait_for("pool disabled", function() return old:counters().datasets.pool.enabled == false end)
     old:stop()
     old:drain()
     local new = collector.new(spec):adopt(old)
-    finally(function() new:stop() end)
+    defer(function() new:stop() end)
     assert.same({ true, nil }, { new:counters().datasets.pool.enabled, new:counters().datasets.pool.disabled_reason })
     assert.equal("healthy", (new:health("pool")))
     new:start({ after = old })
