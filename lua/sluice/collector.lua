@@ -758,8 +758,8 @@ end
 -- A collector with datasets: the run counters are the totals of its
 -- datasets (last_error "dataset NAME: ...", consecutive_failures the
 -- most of any dataset's), and datasets = {name = {interval, enabled,
--- disabled_reason and the run counters: last_collection, last_success, last_error,
--- last_error_time, data_points_collected, total_runtime,
+-- disabled_reason and the run counters: last_collection, last_success,
+-- last_error, last_error_time, data_points_collected, total_runtime,
 -- collections_completed, collections_failed, collections_skipped,
 -- consecutive_failures}}; requests are the collector's only.
 function Collector:counters()
