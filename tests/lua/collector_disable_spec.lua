@@ -63,7 +63,10 @@ describe("collector:disable_dataset", function()
     local c = collector.new(spec)
     defer(function() c:stop() end)
     c:start()
-    wait_for("pool disabled", function() return c:counters().datasets.pool.enabled == false end)
+    wait_for("pool disabled, its run ended", function()
+      local d = c:counters().datasets.pool
+      return d.enabled == false and d.collections_completed == 1
+    end)
     -- the other dataset keeps its schedule; pool's stopped
     local ticks = runs.ticks
     wait_for("5 more runs of ticks", function() return runs.ticks >= ticks + 5 end)
@@ -180,8 +183,9 @@ describe("collector:disable_dataset", function()
     assert.equal("healthy", (new:health("pool")))
     new:start({ after = old })
     wait_for("pool runs (and disables itself) again", function() return runs.pool >= 2 end)
-    wait_for("pool disabled", function() return new:counters().datasets.pool.enabled == false end)
-    assert.equal(2, new:counters().datasets.pool.collections_completed) -- the counters carried on
+    -- (the run that disabled it is counted when it ends, after the call)
+    wait_for("pool's run ended", function() return new:counters().datasets.pool.collections_completed == 2 end)
+    assert.is_false(new:counters().datasets.pool.enabled) -- the counters carried on
     assert.equal(2, #logs.logged("dataset disabled"))
   end)
 end)

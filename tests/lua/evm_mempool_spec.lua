@@ -239,7 +239,10 @@ describe("evm_mempool against a node without txpool methods", function()
       content = { interval = 0.05 } } })
     defer(function() c:stop() end)
     c:start()
-    wait_for("content disabled", function() return c:counters().datasets.content.enabled == false end)
+    wait_for("content disabled, its run ended", function()
+      local d = c:counters().datasets.content
+      return d.enabled == false and d.collections_completed == 1
+    end)
     wait_for("3 runs of status", function() return c:counters().datasets.status.collections_completed >= 3 end)
     assert.equal(1, calls.txpool_content) -- never asked again
     local reason = "the node has no txpool_content (txpool_content: JSON-RPC error -32000: "
