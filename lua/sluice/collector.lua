@@ -64,8 +64,8 @@
 -- guard's enter and leave when they do. start() calls the spec's init in
 -- the calling task and spawns the runs, each a task of its own; stop()
 -- calls its close, which must not yield. define, new, health, stats,
--- counters, health_check, add_sink, set_run_guard, adopt, datasets, due
--- and partitions do not yield.
+-- counters, health_check, add_sink, set_run_guard, adopt, datasets, due,
+-- disable_dataset and partitions do not yield.
 local sluice = require "sluice"
 local log = require "sluice.log"
 local breaker = require "sluice.breaker"
@@ -129,8 +129,9 @@ end
 -- instance itself for a collector with collect, or each of its datasets
 -- (a table of this module's, in self.units_). Its fields: dataset (the
 -- name; nil for the instance), collect_fn_, table_, interval, jitter_,
--- first_delay_, run_budget, enabled, log, slot_, stats_ (a dataset's run
--- counters; the instance's are its totals), and its schedule: next_due_,
+-- first_delay_, run_budget, enabled, disabled_reason (disable_dataset's),
+-- log, slot_, stats_ (a dataset's run counters; the instance's are its
+-- totals), and its schedule: next_due_,
 -- due_ (the latest scheduled run's due time), first_due_, timer, first_run,
 -- started_mono_.
 
@@ -309,7 +310,7 @@ local function tally(self, event, latency)
 end
 
 --- self:request{method, path, query, headers, body | json, endpoint, cost,
---   pools, timeout, redirects} -> data, res | nil, err, kind, res
+--   pools, timeout, redirects, max_body} -> data, res | nil, err, kind, res
 -- A path may be an absolute URL; on another origin than base_url's it gets
 -- neither auth nor the configured headers (only opts.headers). Redirects
 -- follow http.request's rules (default: same origin only, 5 hops).
@@ -590,7 +591,7 @@ end
 -- reload) is waited for, never overlapped; a run that overran its period
 -- delays the next one to its end, and missed ticks are not replayed.
 local function tick(premature, self, u)
-  if premature or not self.running then return end
+  if premature or not self.running or not u.enabled then return end
   u.timer = nil
   local due = u.next_due_
   u.due_ = due -- due(): the due time of this run
@@ -600,9 +601,9 @@ local function tick(premature, self, u)
   while u.slot_:busy() do
     if not u.slot_:wait() or not self.running then return end
   end
-  if not self.running then return end
+  if not self.running or not u.enabled then return end
   guarded(self, u)
-  if not self.running then return end
+  if not self.running or not u.enabled then return end -- disable_dataset: no next run
   local now = sluice.now()
   if u.next_due_ < now then u.next_due_ = now end
   u.timer = sluice.after(u.next_due_ - now, tick, self, u)
@@ -680,6 +681,26 @@ function Collector:start(opts)
   return self
 end
 
+--- self:disable_dataset(name, reason): the dataset stops for the life of
+-- this instance (a node lacks the method it calls): no next scheduled run
+-- (one in flight ends normally), enabled = false with disabled_reason in
+-- counters() and stats(), health "disabled" with reason, out of the
+-- collector's health; one warning. A reload's new instance has it enabled
+-- again. Disabling a disabled dataset does nothing. run_once(name) still
+-- runs it. Does not yield.
+function Collector:disable_dataset(dataset, reason)
+  local u = unit_named(self, dataset, "collector:disable_dataset")
+  if type(reason) ~= "string" or reason == "" then
+    error("collector:disable_dataset: bad argument #2 (a reason, a non-empty string, expected)", 2)
+  end
+  if not u.enabled then return self end
+  u.enabled, u.disabled_reason = false, reason
+  if u.timer then u.timer:cancel() end
+  u.timer = nil
+  u.log.warning("dataset disabled", { reason = reason })
+  return self
+end
+
 --- self:runs_in_flight() -> how many of its runs are in progress now: 0 or
 -- 1 for a collector, up to one per dataset for one with datasets.
 function Collector:runs_in_flight()
@@ -750,18 +771,19 @@ end
 -- with its own interval; the collector's health is the worst of them, the
 -- reason naming each dataset at it ("dataset funding: ..."), and disabled
 -- when every dataset is. health(name): that dataset's (disabled when it is
--- or the collector is; circuit_open while the shared breaker is open; the
--- request share is the collector's alone).
+-- or the collector is, with disable_dataset's reason; circuit_open while
+-- the shared breaker is open; the request share is the collector's alone).
 function Collector:health(dataset)
   return report.health(self, dataset ~= nil and unit_named(self, dataset, "collector:health") or nil)
 end
 
 --- self:stats() -> the reference statistics shape (timestamps ISO 8601):
 -- the collector's totals, and for a collector with datasets, datasets =
--- {name = {status, status_reason, enabled, interval, overdue (no success
--- for 3 × max(interval, timeout)), run_in_flight_seconds, last_collection,
--- last_success, last_error, data_points_collected, total_runtime,
--- collections_completed, collections_failed, collections_skipped}}.
+-- {name = {status, status_reason, enabled, disabled_reason (why not
+-- enabled), interval, overdue (no success for 3 × max(interval,
+-- timeout)), run_in_flight_seconds, last_collection, last_success,
+-- last_error, data_points_collected, total_runtime, collections_completed,
+-- collections_failed, collections_skipped}}.
 function Collector:stats()
   return report.stats(self)
 end
@@ -779,9 +801,9 @@ end
 -- consecutive_failures. stats() is the reference shape built from them.
 -- A collector with datasets: the run counters are the totals of its
 -- datasets (last_error "dataset NAME: ...", consecutive_failures the
--- most of any dataset's), and datasets = {name = {interval, enabled and
--- the run counters: last_collection, last_success, last_error,
--- last_error_time, data_points_collected, total_runtime,
+-- most of any dataset's), and datasets = {name = {interval, enabled,
+-- disabled_reason and the run counters: last_collection, last_success,
+-- last_error, last_error_time, data_points_collected, total_runtime,
 -- collections_completed, collections_failed, collections_skipped,
 -- consecutive_failures}}; requests are the collector's only.
 function Collector:counters()

@@ -47,7 +47,8 @@
 --   ops:limiters_brief() -> { name = {rate, total_requests, violations, waiting} }
 --   ops:collectors_brief() -> { name = {status, running, interval, last_success,
 --     last_error, collections, rows, requests, datasets = {name = {status,
---     interval, last_success, last_error}} (collectors with datasets)} }
+--     interval, last_success, last_error, disabled_reason}} (collectors
+--     with datasets)} }
 --     | nil, err, "unavailable"
 --   ops:backfills() -> { id = status without the list of failed windows }
 --   ops:backfill(id) -> status | nil, err, "not_found"
@@ -285,7 +286,7 @@ function _M:collectors_brief()
       local ds = {}
       for dname, d in pairs(st.datasets) do
         ds[dname] = { status = d.status, interval = d.interval, last_success = d.last_success,
-          last_error = d.last_error }
+          last_error = d.last_error, disabled_reason = d.disabled_reason }
       end
       out[name].datasets = ds
     end
@@ -350,8 +351,10 @@ function _M:collect(name, opts)
       return nil, "collector '" .. c.name .. "' has no dataset '" .. dataset .. "'"
         .. (names and (" (" .. table.concat(names, ", ") .. ")") or ""), "not_found"
     end
-    if not c:counters().datasets[dataset].enabled and not opts.run_disabled then
-      return nil, "dataset '" .. dataset .. "' of collector '" .. c.name .. "' is disabled", "disabled"
+    local d = c:counters().datasets[dataset]
+    if not d.enabled and not opts.run_disabled then
+      return nil, "dataset '" .. dataset .. "' of collector '" .. c.name .. "' is disabled ("
+        .. d.disabled_reason .. ")", "disabled"
     end
   end
   -- one run in flight per collector (per dataset): a call made while one

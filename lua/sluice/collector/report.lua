@@ -6,7 +6,8 @@
 -- instance c -- enabled, running, breaker, config, stats_ (the totals),
 -- its targets (c:targets(), c:target(name)),
 -- datasets_ and units_ -- and its run units (the instance, or each
--- dataset: dataset, interval, enabled, stats_, slot_, started_mono_), and
+-- dataset: dataset, interval, enabled, disabled_reason, stats_, slot_,
+-- started_mono_), and
 -- write nothing on them; the module owns no state. Nothing here yields.
 local sluice = require "sluice"
 
@@ -61,6 +62,13 @@ end
 
 local RANK = { healthy = 0, degraded = 1, failed = 2 }
 
+-- Why unit u is disabled (nil when it is not): disable_dataset's reason,
+-- or the configuration's enabled = false.
+local function why_disabled(u)
+  if u.enabled then return nil end
+  return u.disabled_reason or "dataset disabled in the configuration"
+end
+
 -- The worst health of c's enabled datasets, with the reasons of those
 -- that have it ("dataset NAME: reason; ..."); "disabled" when none is
 -- enabled.
@@ -74,7 +82,15 @@ local function datasets_health(c)
       if s == worst and s ~= "healthy" then reasons[#reasons + 1] = "dataset " .. u.dataset .. ": " .. why end
     end
   end
-  if not any then return "disabled", "every dataset is disabled in the configuration" end
+  if not any then
+    local at_run_time = false
+    for _, u in ipairs(c.units_) do
+      at_run_time = at_run_time or u.disabled_reason ~= nil
+      reasons[#reasons + 1] = "dataset " .. u.dataset .. ": " .. why_disabled(u)
+    end
+    if not at_run_time then return "disabled", "every dataset is disabled in the configuration" end
+    return "disabled", "every dataset is disabled: " .. table.concat(reasons, "; ")
+  end
   if worst == "healthy" then return worst end
   return worst, table.concat(reasons, "; ")
 end
@@ -84,7 +100,7 @@ end
 function _M.health(c, u)
   local st = c.stats_
   if not c.enabled then return "disabled", "disabled in the configuration" end
-  if u and not u.enabled then return "disabled", "dataset disabled in the configuration" end
+  if u and not u.enabled then return "disabled", why_disabled(u) end
   if c.breaker and c.breaker:state() == "open" then
     return "circuit_open", "circuit breaker " .. c.breaker:name() .. " is open"
   end
@@ -122,6 +138,7 @@ local function dataset_stats(c, u)
   local late = u.enabled and since_success(c, u)
   return {
     status = status, status_reason = reason, enabled = u.enabled, interval = u.interval,
+    disabled_reason = why_disabled(u),
     run_in_flight_seconds = started and sluice.now() - started or nil,
     overdue = (late and late > OVERDUE_FACTOR * math.max(u.interval, c.config.timeout or 30)) or false,
     last_collection = iso(st.last_collection), last_success = iso(st.last_success),
@@ -200,7 +217,7 @@ function _M.counters(c)
   if c.datasets_ then
     out.datasets, out.consecutive_failures = {}, 0
     for _, u in ipairs(c.units_) do
-      local d = { interval = u.interval, enabled = u.enabled }
+      local d = { interval = u.interval, enabled = u.enabled, disabled_reason = why_disabled(u) }
       for _, k in ipairs(RUN_COUNTERS) do d[k] = u.stats_[k] end
       out.datasets[u.dataset] = d
       out.consecutive_failures = math.max(out.consecutive_failures, d.consecutive_failures)

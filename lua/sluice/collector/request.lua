@@ -34,7 +34,7 @@
 -- identical requests in flight at once make one request.
 --
 -- It reads the instance c (base_url, config.headers,
--- config.auth, config.timeout, config.endpoint, spec.classify, and its limiter, breaker and
+-- config.auth, config.timeout, config.max_body, config.endpoint, spec.classify, and its limiter, breaker and
 -- retry policy, which it drives) and writes nothing on it: what the
 -- collector counts, it is told through tally(c, event [, seconds]):
 --   "refused"   the breaker refused a request (no request was sent)
@@ -173,7 +173,11 @@ end
 
 --- run(c, opts, tally) -> data, res | nil, err, kind, res
 -- opts: {method, path, query, headers, body | json, endpoint, cost, pools,
--- timeout, redirects, classify, target}, checked by the caller (classify: here). A
+-- timeout, redirects, max_body, classify, target}, checked by the caller
+-- (classify: here). max_body: the bound on the answer's size in bytes
+-- (default the collector's max_body option, else http.request's 64 MiB); an
+-- answer over it fails with kind "too_large", not retried, and the breaker
+-- counts nothing for it (the server answered; the bound is the collector's). A
 -- path may be an absolute URL; on another origin than base_url's it gets neither auth nor the
 -- configured headers (only opts.headers). Redirects follow http.request's
 -- rules (default: same origin only, 5 hops).
@@ -246,11 +250,14 @@ function _M.run(c, opts, tally)
       method = opts.method or "GET", url = url, query = query,
       headers = headers, body = opts.body, json = opts.json,
       timeout = opts.timeout or c.config.timeout or 30, redirects = opts.redirects,
+      max_body = opts.max_body or c.config.max_body,
     })
     local latency = sluice.now() - t0
     tally(c, "answered", latency)
     local verdict, retryable = default_verdict(res)
-    if kind == "redirect" then retryable = false end -- the same answer again
+    -- the same answer again: not retried; an answer over the caller's
+    -- max_body is no failure of the server's (the breaker counts nothing)
+    if kind == "redirect" or kind == "too_large" then retryable = false end
     local message = err
     if res then
       -- the request's classify, then the collector's (the last word)
@@ -273,7 +280,7 @@ function _M.run(c, opts, tally)
     if cb then
       if verdict == "success" then
         cb:success(permit, latency)
-      elseif verdict == "ignored" then
+      elseif verdict == "ignored" or kind == "too_large" then
         cb:release(permit)
       elseif verdict == "banned" then
         cb:failure(permit, latency)

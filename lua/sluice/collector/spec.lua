@@ -39,6 +39,7 @@ _M.OPTIONS = {
   },
   base_url = "string", interval = FINITE_POSITIVE, jitter = { min = 0, lt = 1 },
   timeout = FINITE_POSITIVE, auth = "table", limiter = "table|boolean", breaker = "table|boolean",
+  max_body = FINITE_POSITIVE, -- bytes of an answer (sluice.collector.request)
   retry = "table|boolean", tables = "table", options = "table", collect = "function",
   classify = "function", init = "function", close = "function", backfill = "function",
   backfill_step = "number|function", expect = "table|function", headers = "table",

@@ -197,7 +197,7 @@ local LOG = {
   { "counter", "sluice_log_dropped_bytes_total", "Bytes of the log lines dropped." },
 }
 
-local HEALTH = { "healthy", "degraded", "failed", "circuit_open" }
+local HEALTH = { "healthy", "degraded", "failed", "circuit_open", "disabled" }
 
 local function collectors(f)
   local app = loaded("sluice.app")
