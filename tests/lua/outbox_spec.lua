@@ -54,6 +54,11 @@ local function spec(overrides)
   return collector.define(s)
 end
 
+-- What a test leaves to close, run after it, last first (busted keeps one
+-- finally per test: a second one replaces the first).
+local cleanups = {}
+local function defer(fn) cleanups[#cleanups + 1] = fn end
+
 -- A store, a collector on it and an outbox with the sinks given, started
 -- unless opts.idle.
 local function setup(sinks, opts)
@@ -63,7 +68,7 @@ local function setup(sinks, opts)
   local box = assert(outbox.new(db, sinks))
   c:add_sink(box:route(c))
   if not opts.idle then box:start() end
-  finally(function()
+  defer(function()
     box:stop(0)
     db:close()
   end)
@@ -97,6 +102,11 @@ local function sample(text, series)
 end
 
 describe("sluice.outbox", function()
+  after_each(function()
+    for i = #cleanups, 1, -1 do cleanups[i]() end
+    cleanups = {}
+  end)
+
   it("queues the accepted rows in the upsert's transaction and forwards them exactly", function()
     local db, c, box = setup({ m = { kind = "spec_mem", batch = 100, max_age = 0.05 } })
     local big = 9223372036854775807LL
@@ -239,7 +249,7 @@ describe("sluice.outbox", function()
 
   it("forwards what an earlier process queued (everything is in SQLite)", function()
     local path = os.tmpname()
-    finally(function() os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm") end)
+    defer(function() os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm") end)
     do
       local db = assert(store.open(path))
       local c = collector.new(spec(), nil, { store = db })
@@ -250,9 +260,9 @@ describe("sluice.outbox", function()
       db:close()
     end
     local db = assert(store.open(path))
-    finally(function() db:close() end)
+    defer(function() db:close() end)
     local box = assert(outbox.new(db, { m = { kind = "spec_mem", max_age = 0 } }))
-    finally(function() box:stop(0) end)
+    defer(function() box:stop(0) end)
     assert.equal(5, box:status().m.depth)
     box:start()
     wait_for("the delivery", function() return box:status().m.depth == 0 end)
@@ -266,7 +276,7 @@ describe("sluice.outbox", function()
     local c = collector.new(spec({ tables = { ticks = TICKS, other = { columns = { id = "integer" }, key = { "id" } } } }),
       nil, { store = db })
     local box = assert(outbox.new(db, { a = { kind = "spec_mem", tables = { "other" } }, b = { kind = "spec_mem" } }))
-    finally(function() box:close(); db:close() end)
+    defer(function() box:close(); db:close() end)
     c:add_sink(box:route(c, { "a" }))
     c:store_rows({ ticks = rows_of(2), other = { { id = 1 } } })
     assert.same({ 1, 0 }, { queued(db, "a"), queued(db, "b") })
@@ -283,7 +293,7 @@ describe("sluice.outbox", function()
     local app_mod = require "sluice.app"
     local prev = app_mod.current
     app_mod.current = { store = db, outbox = box, order = { c }, collectors = { [c.name] = c }, config = {} }
-    finally(function() app_mod.current = prev end)
+    defer(function() app_mod.current = prev end)
     local text = require("sluice.metrics").render()
     local function m(name, labels) return sample(text, name .. "{sink=\"m\"" .. (labels or "") .. "}") end
     assert.same({ 0, 0, 100, 6, 4, 4, 0, 0 }, { m("sluice_outbox_depth"), m("sluice_outbox_oldest_age_seconds"),
@@ -323,7 +333,7 @@ describe("sluice.outbox", function()
     local c = prep({ sinks = { m = { kind = "spec_mem", batch = 10 } }, collectors = { { use = "x", sinks = { "m" } } } })
     assert.equal(10, c.sinks.m.batch)
     local db = assert(store.open(":memory:"))
-    finally(function() db:close() end)
+    defer(function() db:close() end)
     assert.same({ nil, "sink 'm': bad setting" }, { outbox.new(db, { m = { kind = "spec_mem", bad = true } }) })
   end)
 end)

@@ -141,6 +141,10 @@ local function ship(db, s, head, permit)
     if ok then s.ensured[tname] = true end
   end
   if ok then ok, err, kind = call(s.sink, "write", tname, rows, def) end
+  if not db:is_open() then -- the rows stay queued
+    s.breaker:release(permit)
+    return nil, "the store closed during the write"
+  end
   if s.stopping and not ok then
     s.breaker:release(permit) -- cancelled by the stop: no verdict on the sink
     return true
