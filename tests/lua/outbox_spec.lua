@@ -1,0 +1,339 @@
+-- sluice.outbox: rows queued in the rows' transaction, forwarded in
+-- batches by a task per sink, deleted on acknowledgement, retried behind a
+-- breaker, dead-lettered when refused, bounded with a policy; the figures
+-- in /status and /metrics. The sink is a kind registered here, keeping
+-- rows in memory with failures injected by the spec.
+local sluice = require "sluice"
+local json = require "sluice.json"
+local collector = require "sluice.collector"
+local store = require "sluice.store"
+local outbox = require "sluice.outbox"
+local wait_for = require("support.wait").wait_for
+
+-- name -> the memory sink's record: ensured {table = def}, tables {table
+-- = {key text = row}}, batches {{table, n}}, script (a list of results
+-- the next writes return: {nil, err, kind}), hold (a write waits while
+-- true), calls (write calls).
+local mem = {}
+
+outbox.register_kind("spec_mem", function(name, settings)
+  if settings.bad then return nil, "bad setting" end
+  local m = { ensured = {}, tables = {}, batches = {}, script = {}, calls = 0, closed = false }
+  mem[name] = m
+  return {
+    ensure = function(_, tname, def)
+      m.ensured[tname] = def
+      m.tables[tname] = m.tables[tname] or {}
+      return true
+    end,
+    write = function(_, tname, rows, def)
+      m.calls = m.calls + 1
+      while m.hold do sluice.sleep(0.005) end
+      local r = table.remove(m.script, 1)
+      if r then return nil, r[2], r[3] end
+      for _, row in ipairs(rows) do
+        local parts = {}
+        for i, k in ipairs(def.key) do parts[i] = json.encode(row[k]) end
+        m.tables[tname][table.concat(parts, ",")] = row
+      end
+      m.batches[#m.batches + 1] = { tname, #rows }
+      return true
+    end,
+    close = function() m.closed = true end,
+    stats = function() return { calls = m.calls } end,
+  }
+end)
+
+local TICKS = { columns = { id = "integer", v = "real", big = "integer", u = "uint256", meta = "json" },
+  key = { "id" }, validate = function(r) return (r.v or 0) >= 0, "negative" end }
+
+local function spec(overrides)
+  local s = { name = "ob_feed", interval = 3600, limiter = false, retry = false, breaker = false,
+    tables = { ticks = TICKS }, collect = function() return {} end }
+  for k, v in pairs(overrides or {}) do s[k] = v end
+  return collector.define(s)
+end
+
+-- What a test leaves to close, run after it, last first (busted keeps one
+-- finally per test: a second one replaces the first).
+local cleanups = {}
+local function defer(fn) cleanups[#cleanups + 1] = fn end
+
+-- A store, a collector on it and an outbox with the sinks given, started
+-- unless opts.idle.
+local function setup(sinks, opts)
+  opts = opts or {}
+  local db = assert(store.open(opts.path or ":memory:"))
+  local c = collector.new(spec(opts.spec), nil, { store = db })
+  local box = assert(outbox.new(db, sinks))
+  c:add_sink(box:route(c))
+  if not opts.idle then box:start() end
+  defer(function()
+    box:stop(0)
+    db:close()
+  end)
+  return db, c, box
+end
+
+local function queued(db, sink)
+  return db:query("SELECT COUNT(*) AS n FROM sluice_outbox WHERE sink = ?", sink)[1].n
+end
+
+local function ids(db, sink)
+  local out = {}
+  for i, r in ipairs(db:query("SELECT row FROM sluice_outbox WHERE sink = ? ORDER BY id", sink)) do
+    out[i] = json.decode(r.row).id
+  end
+  return out
+end
+
+local function rows_of(n, from)
+  local out = {}
+  for i = 1, n do out[i] = { id = (from or 0) + i, v = i } end
+  return out
+end
+
+local function sample(text, series)
+  for line in text:gmatch("[^\n]+") do
+    local name, value = line:match("^(.-) ([^ ]+)$")
+    if name == series then return tonumber(value) end
+  end
+  return nil
+end
+
+describe("sluice.outbox", function()
+  after_each(function()
+    for i = #cleanups, 1, -1 do cleanups[i]() end
+    cleanups = {}
+  end)
+
+  it("queues the accepted rows in the upsert's transaction and forwards them exactly", function()
+    local db, c, box = setup({ m = { kind = "spec_mem", batch = 100, max_age = 0.05 } })
+    local big = 9223372036854775807LL
+    local u = "115792089237316195423570985008687907853269984665640564039457584007913129639935"
+    assert.equal(2, c:store_rows({
+      { id = 1, v = 1.5, big = big, u = u, meta = { a = { 1, 2 } } },
+      { id = 2, v = -1 }, -- rejected: not forwarded
+      { id = 3, v = 0.1 + 0.2 },
+    }))
+    -- in the outbox as soon as committed, with the rows
+    assert.equal(2, queued(db, "m"))
+    wait_for("the batch", function() return #mem.m.batches == 1 end)
+    assert.same({ { "ticks", 2 } }, mem.m.batches)
+    local got = mem.m.tables.ticks
+    assert.equal(big, got["1"].big)
+    assert.equal(u, got["1"].u)
+    assert.same({ 1, 2 }, got["1"].meta.a)
+    assert.equal(0.1 + 0.2, got["3"].v)
+    assert.is_nil(got["2"])
+    assert.same({ name = "ticks", columns = TICKS.columns, key = { "id" } }, mem.m.ensured.ticks)
+    wait_for("the ack", function() return queued(db, "m") == 0 end)
+    local st = box:status().m
+    assert.same({ 0, 2, 0, 0, 1, "closed" }, { st.depth, st.forwarded, st.dead_letters, st.dropped, st.batches,
+      st.breaker })
+  end)
+
+  it("queues nothing when the upsert fails, and stores nothing when queueing fails", function()
+    local db, c = setup({ m = { kind = "spec_mem" } }, { idle = true })
+    -- the rows' transaction raising after the upsert (a backfill window's record)
+    assert.has_error(function()
+      c:store_rows(rows_of(3), { within = function() error("coverage write failed", 0) end })
+    end, "coverage write failed")
+    assert.same({ 0, 0 }, { queued(db, "m"), #db:select("ticks") })
+    -- the upsert itself failing (its statement refused): nothing queued
+    db:exec("CREATE TRIGGER no_ticks BEFORE INSERT ON ticks BEGIN SELECT RAISE(ABORT, 'no ticks'); END")
+    assert.has_error(function() c:store_rows(rows_of(2)) end)
+    assert.same({ 0, 0 }, { queued(db, "m"), #db:select("ticks") })
+    db:exec("DROP TRIGGER no_ticks")
+    assert.equal(2, c:store_rows(rows_of(2)))
+    assert.same({ 2, 2 }, { queued(db, "m"), #db:select("ticks") })
+  end)
+
+  it("sends a batch when it is full, and a partial one when its oldest row is max_age old", function()
+    local db, c, box = setup({ m = { kind = "spec_mem", batch = 3, max_age = 0.3 } })
+    c:store_rows(rows_of(7))
+    wait_for("two full batches", function() return #mem.m.batches == 2 end)
+    assert.same({ { "ticks", 3 }, { "ticks", 3 } }, mem.m.batches)
+    assert.same({ 7 }, ids(db, "m"))
+    local t0 = sluice.now()
+    c:store_rows(rows_of(1, 7))
+    wait_for("the partial batch", function() return #mem.m.batches == 3 end)
+    -- row 7 was queued before t0: its age made the batch, rows 7 and 8
+    assert.same({ "ticks", 2 }, mem.m.batches[3])
+    local waited = sluice.now() - t0
+    assert.is_true(waited < 0.3 + 0.25, "waited " .. waited)
+    c:store_rows(rows_of(1, 20))
+    local t1 = sluice.now()
+    wait_for("the next partial batch", function() return #mem.m.batches == 4 end)
+    assert.is_true(sluice.now() - t1 >= 0.3 - 0.02, "sent after " .. (sluice.now() - t1))
+    assert.same({ "ticks", 1 }, mem.m.batches[4])
+    wait_for("the ack", function() return box:status().m.depth == 0 end)
+    assert.equal(9, box:status().m.forwarded)
+  end)
+
+  it("deletes the rows only once the sink acknowledged them; one row per key in a batch", function()
+    local db, c, box = setup({ m = { kind = "spec_mem", batch = 10, max_age = 0 } })
+    mem.m.hold = true
+    c:store_rows({ { id = 1, v = 1 }, { id = 2, v = 2 }, { id = 1, v = 3 } })
+    wait_for("the write in flight", function() return mem.m.calls == 1 end)
+    assert.same({ 1, 2, 1 }, ids(db, "m"))
+    mem.m.hold = false
+    wait_for("the ack", function() return queued(db, "m") == 0 end)
+    assert.same({ { "ticks", 2 } }, mem.m.batches)
+    assert.equal(3, mem.m.tables.ticks["1"].v)
+    assert.same({ 0, 2 }, { box:status().m.depth, box:status().m.forwarded })
+  end)
+
+  it("retries with backoff behind the sink's breaker, which opens and recovers", function()
+    local db, c, box = setup({ m = { kind = "spec_mem", batch = 10, max_age = 0,
+      retry = { base_delay = 0.01, max_delay = 0.02 },
+      breaker = { failure_threshold = 3, timeout = 0.4, half_open_max_calls = 1,
+        half_open_success_threshold = 1 } } })
+    for _ = 1, 3 do mem.m.script[#mem.m.script + 1] = { nil, "connection refused", "connect" } end
+    c:store_rows(rows_of(2))
+    wait_for("the breaker open", function() return box:status().m.breaker == "open" end)
+    local st = box:status().m
+    assert.same({ 3, 3, "connection refused", 2, 0 }, { mem.m.calls, st.errors, st.last_error, st.depth,
+      st.forwarded })
+    assert.equal("open", require("sluice.breaker").get("sink:m"):status().state)
+    assert.same({ "sink 'm' is unreachable (breaker open): rows are queued: connection refused" }, box:health())
+    -- no call while open; the trial after timeout delivers
+    wait_for("the delivery", function() return queued(db, "m") == 0 end)
+    assert.same({ 4, "closed", 2, 3 }, { mem.m.calls, box:status().m.breaker, box:status().m.forwarded,
+      box:status().m.errors })
+    assert.same({}, box:health())
+  end)
+
+  it("dead-letters a batch the sink refuses, with its error, and the rest flows", function()
+    local db, c, box = setup({ m = { kind = "spec_mem", batch = 2, max_age = 0 } })
+    mem.m.script[1] = { nil, "value out of range for column v", "rejected" }
+    c:store_rows(rows_of(4))
+    wait_for("the rest delivered", function() return queued(db, "m") == 0 and #mem.m.batches == 1 end)
+    assert.same({ { "ticks", 2 } }, mem.m.batches)
+    assert.same({ 3, 4 }, { mem.m.tables.ticks["3"].id, mem.m.tables.ticks["4"].id })
+    local dead = box:dead_letters("m")
+    assert.equal(2, #dead)
+    assert.same({ { id = 2, v = 2 }, "value out of range for column v", "ticks", "m" },
+      { dead[1].row, dead[1].error, dead[1].table_name, dead[1].sink })
+    assert.same({ id = 1, v = 1 }, dead[2].row)
+    local st = box:status().m
+    assert.same({ 0, 2, 2, 1, "closed" }, { st.depth, st.forwarded, st.dead_letters, st.errors, st.breaker })
+  end)
+
+  it("on_full = stop: a commit past max_rows fails naming the sink, nothing stored, health degraded", function()
+    local db, c, box = setup({ m = { kind = "spec_mem", max_rows = 3 } }, { idle = true })
+    assert.equal(3, c:store_rows(rows_of(3)))
+    local msg = "sink 'm': outbox full (3 rows queued, max_rows 3): 1 rows of 'ticks' refused (on_full = stop)"
+    assert.has_error(function() c:store_rows(rows_of(1, 3)) end, msg)
+    assert.same({ 3, 3 }, { queued(db, "m"), #db:select("ticks") })
+    assert.same({ msg }, box:health())
+    -- a collection fails with it
+    local c2 = collector.new(spec({ name = "ob_feed2", collect = function() return rows_of(1, 10) end }), nil,
+      { store = db })
+    c2:add_sink(box:route(c2))
+    assert.same({ false, msg }, { c2:run_once() })
+    local st = box:status().m
+    assert.same({ 3, true, 2 }, { st.depth, st.full, st.refused })
+  end)
+
+  it("on_full = drop_oldest: the oldest rows make room, counted", function()
+    local db, c, box = setup({ m = { kind = "spec_mem", max_rows = 3, on_full = "drop_oldest" } }, { idle = true })
+    assert.equal(2, c:store_rows(rows_of(2)))
+    assert.equal(3, c:store_rows(rows_of(3, 2)))
+    assert.same({ 3, 4, 5 }, ids(db, "m"))
+    assert.equal(5, #db:select("ticks"))
+    local st = box:status().m
+    assert.same({ 3, 2, true }, { st.depth, st.dropped, st.full })
+    assert.same({}, box:health())
+  end)
+
+  it("forwards what an earlier process queued (everything is in SQLite)", function()
+    local path = os.tmpname()
+    defer(function() os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm") end)
+    do
+      local db = assert(store.open(path))
+      local c = collector.new(spec(), nil, { store = db })
+      local box = assert(outbox.new(db, { m = { kind = "spec_mem" } }))
+      c:add_sink(box:route(c))
+      c:store_rows(rows_of(5))
+      box:close()
+      db:close()
+    end
+    local db = assert(store.open(path))
+    defer(function() db:close() end)
+    local box = assert(outbox.new(db, { m = { kind = "spec_mem", max_age = 0 } }))
+    defer(function() box:stop(0) end)
+    assert.equal(5, box:status().m.depth)
+    box:start()
+    wait_for("the delivery", function() return box:status().m.depth == 0 end)
+    assert.same({ { "ticks", 5 } }, mem.m.batches)
+    -- the definition came from the outbox's record of it
+    assert.same({ "id" }, mem.m.ensured.ticks.key)
+  end)
+
+  it("takes only the tables a sink lists, and only the sinks a route names", function()
+    local db = assert(store.open(":memory:"))
+    local c = collector.new(spec({ tables = { ticks = TICKS, other = { columns = { id = "integer" }, key = { "id" } } } }),
+      nil, { store = db })
+    local box = assert(outbox.new(db, { a = { kind = "spec_mem", tables = { "other" } }, b = { kind = "spec_mem" } }))
+    defer(function() box:close(); db:close() end)
+    c:add_sink(box:route(c, { "a" }))
+    c:store_rows({ ticks = rows_of(2), other = { { id = 1 } } })
+    assert.same({ 1, 0 }, { queued(db, "a"), queued(db, "b") })
+    assert.has_error(function() box:route(c, { "nope" }) end, "sluice.outbox.route: no sink named 'nope' (a, b)")
+  end)
+
+  it("reports exact figures in /status and /metrics, and the breaker where breakers are", function()
+    local db, c, box = setup({ m = { kind = "spec_mem", batch = 4, max_age = 0, max_rows = 100 } })
+    mem.m.script[1] = { nil, "bad row", "rejected" }
+    c:store_rows(rows_of(4))
+    wait_for("the dead letters", function() return box:status().m.dead_letters == 4 end)
+    c:store_rows(rows_of(6, 4))
+    wait_for("the delivery", function() return box:status().m.forwarded == 6 end)
+    local app_mod = require "sluice.app"
+    local prev = app_mod.current
+    app_mod.current = { store = db, outbox = box, order = { c }, collectors = { [c.name] = c }, config = {} }
+    defer(function() app_mod.current = prev end)
+    local text = require("sluice.metrics").render()
+    local function m(name, labels) return sample(text, name .. "{sink=\"m\"" .. (labels or "") .. "}") end
+    assert.same({ 0, 0, 100, 6, 4, 4, 0, 0 }, { m("sluice_outbox_depth"), m("sluice_outbox_oldest_age_seconds"),
+      m("sluice_outbox_max_rows"), m("sluice_outbox_forwarded_rows_total"), m("sluice_outbox_dead_letters_total"),
+      m("sluice_outbox_errors_total") + 3, m("sluice_outbox_dropped_rows_total"), m("sluice_outbox_refused_total") })
+    assert.equal(0.6, m("sluice_outbox_rows_per_second"))
+    assert.same({ 1, 0, 0 }, { m("sluice_outbox_breaker_state", ',state="closed"'),
+      m("sluice_outbox_breaker_state", ',state="open"'), m("sluice_outbox_breaker_state", ',state="half-open"') })
+    assert.equal(1, sample(text, 'sluice_breaker_state{breaker="sink:m",state="closed"}'))
+    local ops = require("sluice.operator").new({ current = function() return app_mod.current end })
+    local st = ops:status().sinks.m
+    assert.same({ kind = "spec_mem", depth = 0, forwarded = 6, dead_letters = 4, dropped = 0, refused = 0,
+      errors = 1, last_error = "bad row", batches = 2, rows_per_second = 0.6, full = false, breaker = "closed",
+      batch = 4, max_age = 0, max_rows = 100, on_full = "stop", sink = { calls = 3 } },
+      (function() st.last_error_at = nil; return st end)())
+    -- the oldest row's age while rows wait
+    mem.m.hold = true
+    c:store_rows(rows_of(1, 50))
+    wait_for("the write in flight", function() return mem.m.calls == 4 end)
+    local age = box:status().m.oldest_age
+    assert.is_true(age >= 0 and age < 5, tostring(age))
+    mem.m.hold = false
+  end)
+
+  it("checks the sinks' configuration", function()
+    local config = require "sluice.config"
+    local function prep(cfg) return config.prepare(cfg, "f.lua", { env = {} }) end
+    assert.has_error(function() prep({ sinks = { nope = {} } }) end,
+      "f.lua: sinks.nope: unknown sink kind 'nope' (redis_stream, spec_mem; or set kind = ...)")
+    assert.has_error(function() prep({ sinks = { m = { kind = "spec_mem", on_full = "wait" } } }) end)
+    assert.has_error(function() prep({ sinks = { m = { kind = "spec_mem", batch = 0 } } }) end)
+    assert.has_error(function() prep({ sinks = { redis_stream = {} } }) end,
+      "f.lua: sinks.redis_stream: a redis_stream sink needs redis = \"redis://...\"")
+    assert.has_error(function()
+      prep({ sinks = { m = { kind = "spec_mem" } }, collectors = { { use = "x", sinks = { "n" } } } })
+    end, "f.lua: collectors[1].sinks: no sink named 'n' in sinks")
+    local c = prep({ sinks = { m = { kind = "spec_mem", batch = 10 } }, collectors = { { use = "x", sinks = { "m" } } } })
+    assert.equal(10, c.sinks.m.batch)
+    local db = assert(store.open(":memory:"))
+    defer(function() db:close() end)
+    assert.same({ nil, "sink 'm': bad setting" }, { outbox.new(db, { m = { kind = "spec_mem", bad = true } }) })
+  end)
+end)
