@@ -197,6 +197,13 @@ static int arm_timer(sl_pg *c, double timeout) {
 
 /* --- connecting ------------------------------------------------------- */
 
+/* libpq's default prints notices ("relation ... already exists, skipping")
+ * on stderr, under our logs: they are dropped. */
+static void ignore_notice(void *arg, const char *message) {
+    (void)arg;
+    (void)message;
+}
+
 static void connect_step(sl_pg *c) {
     switch (PQconnectPoll(c->conn)) {
     case PGRES_POLLING_READING:
@@ -407,6 +414,7 @@ sl_pg *sl_pg_connect(struct event_base *base, const char *conninfo,
         free(c);
         return NULL;
     }
+    PQsetNoticeProcessor(c->conn, ignore_notice, NULL);
     /* libpq: act as if PQconnectPoll had returned PGRES_POLLING_WRITING */
     if (wait_io(c, EV_WRITE) != 0 || arm_timer(c, timeout) != 0) {
         snprintf(err, errlen, "cannot watch the connection's socket");
