@@ -3,11 +3,13 @@
 -- collector, and stops them cleanly at shutdown.
 --
 -- It owns the app table (_M.current: store, collectors by name, order,
--- config, file, the shared object and sinks with Redis, the admin server,
+-- config, file, the shared object with Redis, the outbox with sinks
+-- (sluice.outbox, stopped by the shutdown handler before the store
+-- closes), the admin server,
 -- starting, the response cache (kept across reloads), the upstreams
 -- registry (one per build)) and what it opened for it (store, Redis
 -- client, shared object), closed by its shutdown handler. It wires the collectors through
--- their methods only: add_sink, adopt at a reload, and the shared object's
+-- their methods only: add_sink (an outbox route), adopt at a reload, and the shared object's
 -- attach/detach/renew. build(), run() and reload() yield (Redis calls
 -- when collectors are attached; run() builds and starts them in batches
 -- with a turn of the loop between): call them in a task.
@@ -24,6 +26,8 @@ local shared = require "sluice.shared"
 local admin = require "sluice.admin"
 local response_cache = require "sluice.collector.cache"
 local upstreams = require "sluice.collector.upstreams"
+local outbox = require "sluice.outbox"
+local json = require "sluice.json"
 
 local _M = {}
 
@@ -74,7 +78,7 @@ end
 local function build_collectors(c, file, db, fresh, red, batched, cache)
   -- the limiters and breakers shared by upstream name: one registry per
   -- build (a reload carries the state over from the running one)
-  local built = { collectors = {}, order = {}, upstreams = upstreams.new() }
+  local built = { collectors = {}, order = {}, upstreams = upstreams.new(), sinks_of = {} }
   for i, entry in ipairs(c.collectors or {}) do
     if batched and i % BATCH == 0 then
       breathe()
@@ -86,6 +90,7 @@ local function build_collectors(c, file, db, fresh, red, batched, cache)
     local overrides = {}
     for k, v in pairs(entry) do overrides[k] = v end
     overrides.name = overrides.name or (entry.use and spec.name) or spec.name
+    overrides.sinks = nil -- the app's (routes to the outbox), not the collector's
     local ok, inst = pcall(collector.new, spec, overrides,
       { store = db, redis = red, cache = cache, upstreams = built.upstreams })
     if not ok then
@@ -94,6 +99,7 @@ local function build_collectors(c, file, db, fresh, red, batched, cache)
     redact.classify(inst.config) -- the script's own secrets too
     built.collectors[inst.name] = inst
     built.order[#built.order + 1] = inst
+    built.sinks_of[inst] = entry.sinks
   end
   return built
 end
@@ -146,13 +152,21 @@ local function build(config, file, opts, early)
   app.collectors, app.order, app.upstreams = built.collectors, built.order, built.upstreams
   if red then
     app.shared = shared.new(red)
-    if c.sinks and c.sinks.redis_stream then
-      app.sinks = { app.shared:stream_sink(c.sinks.redis_stream) }
+    for _, inst in ipairs(app.order) do app.shared:attach(inst) end
+  end
+  if c.sinks and next(c.sinks) then
+    -- the durable outbox: every collector's committed rows are queued for
+    -- its sinks (all, or the entry's sinks = {...}) and forwarded
+    local box, berr = outbox.new(db, c.sinks, { redis = red, shared = app.shared })
+    if not box then
+      if app.admin then app.admin:close() end
+      if app.shared then app.shared:stop() elseif red then red:close() end
+      db:close()
+      error(file .. ": sinks: " .. tostring(berr), 0)
     end
-    for _, inst in ipairs(app.order) do
-      app.shared:attach(inst)
-      for _, sink in ipairs(app.sinks or {}) do inst:add_sink(sink) end
-    end
+    app.outbox = box
+    for _, inst in ipairs(app.order) do inst:add_sink(box:route(inst, built.sinks_of[inst])) end
+    box:start()
   end
   sluice.on_shutdown(function()
     if app.admin then app.admin:close() end
@@ -161,6 +175,8 @@ local function build(config, file, opts, early)
     -- runs in flight store their rows before the store closes (the
     -- shutdown deadline bounds the wait)
     for _, inst in ipairs(app.order) do inst:drain() end
+    -- then the forwarders: a write in flight ends or is cancelled
+    if app.outbox then app.outbox:stop(math.min(5, sluice.shutdown_timeout())) end
     db:close()
   end)
   _M.current = app
@@ -274,6 +290,9 @@ reload = function()
     if (c.redis or false) ~= (app.config.redis or false) then
       error(app.file .. ": redis: cannot change while running (restart to use another server)", 0)
     end
+    if json.encode(c.sinks or {}, true) ~= json.encode(app.config.sinks or {}, true) then
+      error(app.file .. ": sinks: cannot change while running (restart to change the sinks)", 0)
+    end
     local built = build_collectors(c, app.file, app.store, true, app.shared and app.shared.redis, false,
       app.cache)
     -- nothing failed: carry state over and swap. A collector's own breaker
@@ -301,9 +320,11 @@ reload = function()
     if app.shared then
       for _, inst in ipairs(built.order) do
         app.shared:attach(inst)
-        for _, sink in ipairs(app.sinks or {}) do inst:add_sink(sink) end
         app.shared:renew(inst)
       end
+    end
+    if app.outbox then
+      for _, inst in ipairs(built.order) do inst:add_sink(app.outbox:route(inst, built.sinks_of[inst])) end
     end
     apply_log(c)
     app.config, app.collectors, app.order = c, built.collectors, built.order

@@ -9,8 +9,10 @@
 --     shutdown_timeout = 10,
 --     start_rate = 100,                       -- first runs a second at start-up (sluice.app)
 --     cache = { max_bytes = 64 * 1024 * 1024 }, -- the response cache (sluice.collector.cache)
+--     sinks = { redis_stream = { stream = "sluice:{table}" } }, -- (sluice.outbox)
 --     collectors = {
---       { use = "binance_klines", symbols = { "BTCUSDT" }, interval = 60 },
+--       { use = "binance_klines", symbols = { "BTCUSDT" }, interval = 60,
+--         sinks = { "redis_stream" } },            -- some sinks only (default all)
 --       { file = "collectors/my_feed.lua", name = "my_feed", enabled = false },
 --     },
 --     profiles = { production = { log = { level = "warning" } } },
@@ -25,6 +27,7 @@
 -- setting they replace is one. Every error names the file and the key.
 local redact = require "sluice.redact"
 local options = require "sluice.options"
+local outbox = require "sluice.outbox"
 
 local _M = {}
 
@@ -153,16 +156,15 @@ function _M.validate(config, file)
   end
   if config.sinks then
     for k, v in pairs(config.sinks) do
-      if k ~= "redis_stream" then fail(file, "sinks." .. tostring(k), "unknown sink (redis_stream)") end
-      if type(v) ~= "table" then fail(file, "sinks." .. k, "must be a table") end
-      for o, x in pairs(v) do
-        if o ~= "stream" and o ~= "maxlen" then fail(file, "sinks." .. k .. "." .. tostring(o), "unknown setting") end
-        if (o == "stream" and type(x) ~= "string") or (o == "maxlen" and type(x) ~= "number") then
-          fail(file, "sinks." .. k .. "." .. o, "has the wrong type (" .. type(x) .. ")")
-        end
+      if type(k) ~= "string" or not k:find("^[%w_%-]+$") then
+        fail(file, "sinks." .. tostring(k), "a sink name is a word (letters, digits, _ and -)")
+      end
+      local at, msg = outbox.check(k, v)
+      if at then fail(file, "sinks." .. at, msg) end
+      if outbox.kind_of(k, v) == "redis_stream" and not config.redis then
+        fail(file, "sinks." .. k, "a redis_stream sink needs redis = \"redis://...\"")
       end
     end
-    if not config.redis then fail(file, "sinks", "a redis_stream sink needs redis = \"redis://...\"") end
   end
   if config.admin then
     local port = config.admin.port
@@ -193,6 +195,14 @@ function _M.validate(config, file)
     if entry.file ~= nil and type(entry.file) ~= "string" then fail(file, key .. ".file", "must be a string") end
     if entry.name ~= nil and type(entry.name) ~= "string" then
       fail(file, key .. ".name", "must be a string, got " .. type(entry.name))
+    end
+    if entry.sinks ~= nil then
+      if type(entry.sinks) ~= "table" then fail(file, key .. ".sinks", "must be a list of sink names") end
+      for j, sname in pairs(entry.sinks) do
+        if type(j) ~= "number" or not (config.sinks or {})[sname] then
+          fail(file, key .. ".sinks", "no sink named " .. options.value(sname) .. " in sinks")
+        end
+      end
     end
     if entry.enabled ~= nil and type(entry.enabled) ~= "boolean" then
       fail(file, key .. ".enabled", "must be true or false, got " .. type(entry.enabled))

@@ -35,9 +35,12 @@
 --                                          "unhealthy" (up false) without the
 --                                          database or with no enabled collector
 --                                          healthy, "degraded" when some are not
---                                          (reasons name them) or Redis is away
+--                                          (reasons name them), Redis is away or
+--                                          a sink's outbox is full or its breaker
+--                                          open (degraded lists those)
 --   ops:status() -> body                   collectors' statistics, tasks, config view,
---                                          exchanges (sluice.exchange.stats) when any
+--                                          exchanges (sluice.exchange.stats) when any,
+--                                          sinks (the outbox's status) when any
 --   ops:performance() -> body              the reference /performance shape
 --   ops:quality() -> { table = report }    the store's data-quality report
 --   ops:logs{level, limit, since} -> entries | nil, err, "invalid"
@@ -138,9 +141,17 @@ function _M:health()
   -- outage. Without Redis, sluice goes on with local state: degraded too.
   local down = not db_ok or (#reasons > 0 and well == 0)
   local redis_down = a.shared and a.shared:degraded()
+  -- a sink's outbox full (its tables' collections stop) or its breaker
+  -- open: degraded, the rest collects
+  local sink_reasons = a.outbox and db_ok and a.outbox:health() or {}
+  local degraded = redis_down and { "redis is unreachable: state is local" } or nil
+  for _, r in ipairs(sink_reasons) do
+    degraded = degraded or {}
+    degraded[#degraded + 1] = r
+  end
   local body = {
-    status = down and "unhealthy" or (#reasons > 0 or redis_down) and "degraded" or "healthy",
-    degraded = redis_down and { "redis is unreachable: state is local" } or nil,
+    status = down and "unhealthy" or (#reasons > 0 or degraded) and "degraded" or "healthy",
+    degraded = degraded,
     timestamp = iso(sluice.time()),
     service = a.config and a.config.name or "sluice",
     version = sluice._VERSION,
@@ -167,6 +178,7 @@ function _M:status()
     started_at = iso(started_wall), uptime_seconds = sluice.now() - started_mono,
     exchanges = ex and ex.total_exchanges > 0 and ex or nil,
     collectors = cs, tasks = sluice.tasks(), config = a.config and redact.classify(a.config) or {},
+    sinks = a.outbox and a.store and a.store:is_open() and a.outbox:status() or nil, -- sluice.outbox
   }
 end
 

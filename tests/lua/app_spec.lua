@@ -81,6 +81,7 @@ local function stop(app)
   if app.admin then app.admin:close() end
   release()
   for _, c in ipairs(app.order) do c:drain() end
+  if app.outbox then app.outbox:stop(0) end
   app.store:close()
   app_mod.current = nil
 end
@@ -525,6 +526,9 @@ describe("sluice.app", function()
     for _ = 1, 3 do assert(app_mod.reload()) end
     assert.same({ true, 1 }, { app.collectors.r1:run_once() })
     assert.same({ true, 1 }, { app.collectors.r2:run_once() })
+    -- queued in the outbox with the rows, forwarded by its task (each row once: one route a collector)
+    wait_for("the new rows in the stream", function() return #entries() == 4 end)
     assert.same({ "n 1 src r1", "n 1 src r2", "n 2 src r1", "n 2 src r2" }, entries())
+    assert.equal(0, app.outbox:status().redis_stream.depth)
   end)
 end)

@@ -7,12 +7,18 @@
 --    one table (an error when it declares several, or none; an empty list
 --    is nothing then), or {table_name = rows}, each a table it declares;
 --  - each table's rows are validated and upserted (store:upsert_accepted,
---    one transaction per table), and the rows accepted go to every sink's
---    publish(table_name, rows) after their commit, in commit order; a sink
---    that fails says so itself and never fails the rows' storing;
---  - with within(count), all the upserts and within run in one transaction,
---    committed together or not at all (a backfill window's rows and its
---    coverage record), and the sinks get the rows after that commit.
+--    one transaction per table); a sink with an enqueue method (a route of
+--    sluice.outbox) gets enqueue(table_name, accepted) INSIDE that
+--    transaction, so the rows are queued for it if and only if they are
+--    committed, and when it raises (an outbox full with on_full = "stop")
+--    the table's rows are not stored and the error says why; the rows
+--    accepted then go to every sink's publish(table_name, rows) after
+--    their commit, in commit order; a publish that fails says so itself
+--    and never fails the rows' storing;
+--  - with within(count), all the upserts (their enqueues with them) and
+--    within run in one transaction, committed together or not at all (a
+--    backfill window's rows, its outbox rows and its coverage record), and
+--    publish gets the rows after that commit.
 -- It returns the rows stored (inserted, updated or unchanged: rejects are
 -- not counted), or, without a store, the rows given; it raises on a
 -- result it cannot store and when the store fails (what, "collect" or
@@ -47,11 +53,28 @@ local function check_declared(c, tname, what)
   end
 end
 
+-- The function queueing a table's accepted rows for the sinks that queue
+-- (enqueue) inside the upsert's transaction, or nil when none does.
+local function enqueuer(sinks, tname)
+  local queued
+  for _, sink in ipairs(sinks) do
+    if sink.enqueue then
+      queued = queued or {}
+      queued[#queued + 1] = sink
+    end
+  end
+  if not queued then return nil end
+  return function(accepted)
+    for _, sink in ipairs(queued) do sink:enqueue(tname, accepted) end
+  end
+end
+
 -- Upserts rows into the declared table tname -> rows stored, the rows
 -- accepted. Raises on failure.
-local function upsert(c, tname, list, what)
+local function upsert(c, tname, list, what, sinks)
   check_declared(c, tname, what)
-  local ins, upd, same, rej, accepted = c.store:upsert_accepted(tname, list)
+  -- an enqueue raising (an outbox full) raises from here as it is
+  local ins, upd, same, rej, accepted = c.store:upsert_accepted(tname, list, enqueuer(sinks, tname))
   if not ins then
     error("storing rows in '" .. tname .. "' failed: " .. tostring(upd), 0)
   end
@@ -79,7 +102,7 @@ function _M.store(c, result, sinks, what, within)
   end
   if not within then
     for tname, list in pairs(per_table) do
-      local n, accepted = upsert(c, tname, list, what)
+      local n, accepted = upsert(c, tname, list, what, sinks)
       count = count + n
       publish(sinks, tname, accepted)
     end
@@ -88,7 +111,7 @@ function _M.store(c, result, sinks, what, within)
   local committed = {}
   local ok, err = c.store:transaction(function()
     for tname, list in pairs(per_table) do
-      local n, accepted = upsert(c, tname, list, what)
+      local n, accepted = upsert(c, tname, list, what, sinks)
       count = count + n
       committed[#committed + 1] = { tname, accepted }
     end

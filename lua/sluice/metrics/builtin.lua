@@ -1,6 +1,6 @@
 --- sluice.metrics.builtin: sluice's own state as metrics, the families
 -- sluice.metrics documents as built in: the running app's collectors,
--- breakers, limiters, response cache, backfill jobs, tasks, the log, the process and the
+-- breakers, the outbox's sinks, limiters, response cache, backfill jobs, tasks, the log, the process and the
 -- HTTP client.
 --
 -- Loading it registers the HTTP client's two recorded families; install()
@@ -115,6 +115,26 @@ local BREAKERS = {
     "Failures counted towards the threshold (kept while open).", { "breaker" } },
   { "gauge", "sluice_breaker_health_score",
     "Share of the calls the breaker recorded that succeeded (0 to 1; 1 before any).", { "breaker" } },
+}
+
+-- The durable outbox's sinks (sluice.outbox), by sink name.
+local OUTBOX = {
+  { "gauge", "sluice_outbox_depth", "Rows queued in the outbox for a sink.", { "sink" } },
+  { "gauge", "sluice_outbox_oldest_age_seconds",
+    "Age of the oldest row queued for a sink, in seconds (0 when none is).", { "sink" } },
+  { "gauge", "sluice_outbox_max_rows", "The bound on the rows queued for a sink (max_rows).", { "sink" } },
+  { "counter", "sluice_outbox_forwarded_rows_total", "Rows a sink acknowledged.", { "sink" } },
+  { "gauge", "sluice_outbox_rows_per_second",
+    "Rows a sink acknowledged a second, over the last 10 seconds.", { "sink" } },
+  { "counter", "sluice_outbox_errors_total",
+    "Failed writes to a sink (retried) and batches it refused (dead-lettered).", { "sink" } },
+  { "counter", "sluice_outbox_dead_letters_total", "Rows a sink refused, moved to sluice_dead_letters.", { "sink" } },
+  { "counter", "sluice_outbox_dropped_rows_total",
+    "Rows dropped unsent because the outbox was full (on_full = drop_oldest).", { "sink" } },
+  { "counter", "sluice_outbox_refused_total",
+    "Commits refused because the outbox was full (on_full = stop).", { "sink" } },
+  { "gauge", "sluice_outbox_breaker_state",
+    "A sink's circuit breaker state, one series per state (1 for the current one).", { "sink", "state" } },
 }
 
 local LIMITERS = {
@@ -313,6 +333,27 @@ local function breakers(f)
   end
 end
 
+local function outbox(f)
+  local app = loaded("sluice.app")
+  local current = app and app.current
+  local box = current and current.outbox
+  if not box or not current.store:is_open() then return end
+  for name, st in pairs(box:status()) do
+    f.sluice_outbox_depth:set(st.depth or 0, name)
+    f.sluice_outbox_oldest_age_seconds:set(st.oldest_age or 0, name)
+    f.sluice_outbox_max_rows:set(st.max_rows, name)
+    f.sluice_outbox_forwarded_rows_total:inc(st.forwarded or 0, name)
+    f.sluice_outbox_rows_per_second:set(st.rows_per_second, name)
+    f.sluice_outbox_errors_total:inc(st.errors, name)
+    f.sluice_outbox_dead_letters_total:inc(st.dead_letters or 0, name)
+    f.sluice_outbox_dropped_rows_total:inc(st.dropped or 0, name)
+    f.sluice_outbox_refused_total:inc(st.refused, name)
+    for _, state in ipairs({ "closed", "open", "half-open" }) do
+      f.sluice_outbox_breaker_state:set(st.breaker == state and 1 or 0, name, state)
+    end
+  end
+end
+
 local function limiters(f)
   local limiter = loaded("sluice.limiter")
   if not limiter then return end
@@ -409,7 +450,8 @@ local function log_output(f)
   f.sluice_log_dropped_bytes_total:inc(bytes)
 end
 
-local ALL = { COLLECTORS, DATASETS, EXCHANGES, BREAKERS, LIMITERS, CACHE, BACKFILLS, TASKS, HTTP, PROCESS, LOG }
+local ALL = { COLLECTORS, DATASETS, EXCHANGES, BREAKERS, OUTBOX, LIMITERS, CACHE, BACKFILLS, TASKS, HTTP, PROCESS,
+  LOG }
 
 --- names() -> the names of the built-in families, in the order declared
 -- (besides sluice_http_requests_total and sluice_http_request_duration_seconds,
@@ -433,6 +475,7 @@ function _M.install()
   registry.add_source(DATASETS, datasets)
   registry.add_source(EXCHANGES, exchanges)
   registry.add_source(BREAKERS, breakers)
+  registry.add_source(OUTBOX, outbox)
   registry.add_source(LIMITERS, limiters)
   registry.add_source(CACHE, response_cache)
   registry.add_source(BACKFILLS, backfills)

@@ -1,8 +1,11 @@
 --- sluice.shared.stream: a sink appending committed rows to Redis Streams.
 --
--- sink(sh, {stream = "sluice:{table}", maxlen = 1e6}) -> a sink for
--- collector:add_sink: its publish(table, rows) appends each row to the
--- stream (XADD with approximate MAXLEN trimming, one pipeline per batch),
+-- sink(sh, {stream = "sluice:{table}", maxlen = 1e6}) -> a sink, both for
+-- collector:add_sink and as the outbox's redis_stream kind
+-- (sluice.outbox.redis_stream): its publish(table, rows) appends each row
+-- to the stream (XADD with approximate MAXLEN trimming, one pipeline per
+-- batch); write(table, rows) does the same with the outbox's results
+-- (true | nil, err, "unavailable"), ensure(table) has nothing to create;
 -- fields flattened: numbers as the shortest text that reads back as the
 -- same double (json.number), tables as sluice.json's exact JSON, other
 -- values by tostring. With Redis away the rows are not
@@ -13,11 +16,19 @@ local json = require "sluice.json"
 
 local _M = {}
 
---- sink(sh, opts) -> {publish = function(self, table_name, rows) -> true | nil, err}
+--- sink(sh, opts) -> {publish = function(self, table_name, rows) -> true | nil, err,
+--   write = ..., ensure = ...}
 function _M.sink(sh, opts)
   local pattern = opts.stream or "sluice:{table}"
   local maxlen = tostring(math.floor(opts.maxlen or 1e6))
-  return {
+  local sink
+  sink = {
+    ensure = function() return true end,
+    write = function(self, tname, rows)
+      local ok, err = sink.publish(self, tname, rows)
+      if ok then return true end
+      return nil, err, "unavailable"
+    end,
     publish = function(_, tname, rows)
       if #rows == 0 then return true end
       local stream = pattern:gsub("{table}", tname)
@@ -50,6 +61,7 @@ function _M.sink(sh, opts)
       return true
     end,
   }
+  return sink
 end
 
 return _M

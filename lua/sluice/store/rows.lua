@@ -9,7 +9,8 @@
 -- never write into it); everything else is synchronous.
 --
 -- db:upsert(name, rows) -> inserted, updated, unchanged, rejected | nil, err
---   (db:upsert_accepted also returns the rows that passed validation)
+--   (db:upsert_accepted also returns the rows that passed validation, and
+--   runs its within(accepted) in the batch's transaction)
 --   rows is a sequence of tables; one transaction for the whole batch
 --   (a SAVEPOINT when a transaction is already open). inserted: new key;
 --   updated: the key existed and some value differed; unchanged: the key
@@ -67,6 +68,7 @@ local handle = require "sluice.store.handle"
 local numbers = require "sluice.store.numbers"
 local sql = require "sluice.store.sql"
 local task = require "sluice._task"
+local pcall_nowait = require("sluice._store").pcall_nowait
 
 local ffi = require "ffi"
 
@@ -369,7 +371,14 @@ local function write_batch(c, d, flat, nvalid, nrows, rejects, reasons, ignored)
   return inserted, updated, unchanged, nrej
 end
 
-local function upsert(self, name, rows, want_accepted)
+-- write_batch, then within(valid rows) in the same transaction (the
+-- outbox's enqueue): what raises there rolls the batch back.
+local function write_within(within, valid, ...)
+  if ... ~= nil then within(valid) end
+  return ...
+end
+
+local function upsert(self, name, rows, want_accepted, within)
   local c = conn(self)
   check_type("upsert", 1, name, "string")
   local d = table_def(self, name)
@@ -378,6 +387,7 @@ local function upsert(self, name, rows, want_accepted)
   local gone = file_gone(self, c)
   if gone then return nil, gone end
   local n = #rows
+  if within ~= nil then check_type("upsert_accepted", 3, within, "function") end
   if n == 0 then return 0, 0, 0, 0, want_accepted and {} or nil end
   local ncols = d.ncols
   local flat = tnew(n * ncols, 0)
@@ -410,7 +420,14 @@ local function upsert(self, name, rows, want_accepted)
   if is_closed(self) then error("sluice.store: database is closed", 2) end -- validate may yield
   local kind, err = tx_begin(c)
   if not kind then return nil, err end
-  local res = pack(pcall(write_batch, c, d, flat, nvalid, n, rejects, reasons, acc.ignored))
+  local res
+  if within then
+    res = pack(pcall_nowait(function()
+      return write_within(within, valid, write_batch(c, d, flat, nvalid, n, rejects, reasons, acc.ignored))
+    end))
+  else
+    res = pack(pcall(write_batch, c, d, flat, nvalid, n, rejects, reasons, acc.ignored))
+  end
   if not res[1] then
     tx_rollback(c, kind)
     error(res[2], 0)
@@ -433,10 +450,13 @@ function methods:upsert(name, rows)
   return upsert(self, name, rows, false)
 end
 
---- db:upsert_accepted(name, rows) -> as upsert, plus the list of rows that
--- passed validation (what sinks publish).
-function methods:upsert_accepted(name, rows)
-  return upsert(self, name, rows, true)
+--- db:upsert_accepted(name, rows [, within]) -> as upsert, plus the list
+-- of rows that passed validation (what sinks publish). within(accepted),
+-- when given, runs inside the batch's transaction once its rows are
+-- written (the outbox queues them there); it cannot wait, and when it
+-- raises the batch is rolled back and the error re-raised.
+function methods:upsert_accepted(name, rows, within)
+  return upsert(self, name, rows, true, within)
 end
 
 function methods:select(name, clause, ...)

@@ -1,0 +1,215 @@
+--- sluice.outbox.forwarder: the task that ships one sink's queued rows.
+--
+-- run(db, s) is the body of a sink's forwarder task (sluice.outbox spawns
+-- it; s is the outbox's state of that sink, which this module reads and
+-- whose forwarding fields it owns: parked, retry_at, attempt, ensured,
+-- errors, last_error, last_error_at, batches, samples). The loop:
+--  - waits (sluice.park) until a batch is due: `batch` rows queued, or the
+--    oldest queued max_age seconds ago; enqueue wakes it (wake(s)), a timer
+--    (park's timeout) makes the age bound;
+--  - takes the oldest row's table's oldest rows (at most `batch`; one row
+--    per key, the latest, when the definition has a key), behind the
+--    sink's breaker ("sink:<name>");
+--  - sink:ensure(table, def) before the first batch of a table in this
+--    process, then sink:write(table, rows, def);
+--  - acknowledged: the rows deleted and counted in one transaction; kind
+--    "rejected": the batch moved to sluice_dead_letters with the error,
+--    the rest flows on; any other failure (or a sink raising): breaker
+--    failure, the rows stay, retried after an exponential full-jitter
+--    delay (sluice.retry's, capped at retry_max seconds).
+-- It ends at shutdown (park and sleep return false) or when s.stopping is
+-- set (sluice.outbox:stop wakes it); a write in flight then ends or is
+-- cancelled by the outbox's stop, which bounds the wait. Rows are deleted
+-- only after an acknowledgement, so a process killed at any moment sends
+-- the rows in flight again: at-least-once.
+local sluice = require "sluice"
+local json = require "sluice.json"
+local log = require "sluice.log"
+local queue = require "sluice.outbox.queue"
+
+local ipairs, pcall, tostring, type = ipairs, pcall, tostring, type
+local max, min = math.max, math.min
+local decode, encode = json.decode, json.encode
+
+local _M = {}
+
+local RATE_WINDOW = 10 -- seconds over which rows_per_second is measured
+
+--- wake(s): the sink's forwarder parked and waiting for rows goes on.
+function _M.wake(s)
+  if s.parked and s.task then
+    s.parked = false
+    sluice.unpark(s.task)
+  end
+end
+
+-- Parks for at most timeout seconds (nil: until woken) -> false at
+-- shutdown.
+local function park(s, timeout)
+  s.parked = true
+  local ok, why = sluice.park(timeout and max(timeout, 0.001) or nil)
+  s.parked = false
+  return ok or why ~= "shutdown"
+end
+
+--- rate(s [, now]) -> rows forwarded a second over the last RATE_WINDOW
+-- seconds.
+function _M.rate(s, now)
+  now = now or sluice.now()
+  local n = 0
+  for _, smp in ipairs(s.samples) do
+    if smp[1] > now - RATE_WINDOW then n = n + smp[2] end
+  end
+  return n / RATE_WINDOW
+end
+
+local function record_rate(s, n)
+  local now = sluice.now()
+  local keep = {}
+  for _, smp in ipairs(s.samples) do
+    if smp[1] > now - RATE_WINDOW then keep[#keep + 1] = smp end
+  end
+  keep[#keep + 1] = { now, n }
+  s.samples = keep
+end
+
+-- The key of a row as text ("\0" between parts), or nil without a key.
+local function key_of(row, key)
+  if not key or #key == 0 then return nil end
+  local parts = {}
+  for i, k in ipairs(key) do
+    local v = row[k]
+    parts[i] = type(v) == "string" and v or (encode(v, true) or tostring(v))
+  end
+  return table.concat(parts, "\0")
+end
+
+-- The batch's rows decoded, one per key (the latest wins, in the place of
+-- the first), -> rows, first_id, last_id.
+local function decode_batch(taken, def)
+  local rows, at = {}, {}
+  local key = def and def.key
+  for _, r in ipairs(taken) do
+    local row = decode(r.row)
+    local k = key_of(row, key)
+    if k and at[k] then
+      rows[at[k]] = row
+    else
+      rows[#rows + 1] = row
+      if k then at[k] = #rows end
+    end
+  end
+  return rows, taken[1].id, taken[#taken].id
+end
+
+-- A sink call that may raise -> ok, err, kind.
+local function call(sink, method, ...)
+  local ok, a, b, c = pcall(sink[method], sink, ...)
+  if not ok then return nil, "sink " .. method .. " raised: " .. tostring(a), "error" end
+  if a then return true end
+  return nil, tostring(b or "failed"), c
+end
+
+local function failed(s, err)
+  s.errors = s.errors + 1
+  s.last_error, s.last_error_at = err, sluice.time()
+  s.attempt = s.attempt + 1
+  local d = min(s.backoff:delay(s.attempt), s.retry_max)
+  s.retry_at = sluice.now() + d
+  log.warning("sink write failed", { sink = s.name, error = err, retry_in = d, attempt = s.attempt })
+end
+
+-- Ships one batch of the oldest row's table. Returns false when the
+-- database failed (the loop waits a little and tries again).
+local function ship(db, s, head, permit)
+  local tname = head.table_name
+  local taken, terr = queue.take(db, s.name, tname, s.batch)
+  if not taken then
+    s.breaker:release(permit)
+    return nil, terr
+  end
+  if #taken == 0 then
+    s.breaker:release(permit)
+    return true
+  end
+  local def = queue.def(db, tname) or { name = tname, columns = {}, key = {} }
+  local rows, first, last = decode_batch(taken, def)
+  local t0 = sluice.now()
+  local ok, err, kind = true, nil, nil
+  if not s.ensured[tname] then
+    ok, err, kind = call(s.sink, "ensure", tname, def)
+    if ok then s.ensured[tname] = true end
+  end
+  if ok then ok, err, kind = call(s.sink, "write", tname, rows, def) end
+  if s.stopping and not ok then
+    s.breaker:release(permit) -- cancelled by the stop: no verdict on the sink
+    return true
+  end
+  if ok then
+    s.breaker:success(permit, sluice.now() - t0)
+    s.attempt, s.retry_at = 0, nil
+    s.batches = s.batches + 1
+    local aok, aerr = queue.ack(db, s.name, tname, first, last, #rows)
+    if not aok then return nil, aerr end
+    record_rate(s, #rows)
+  elseif kind == "rejected" then
+    -- the sink is up and refused this data: the rest flows on
+    s.breaker:success(permit, sluice.now() - t0)
+    s.attempt, s.retry_at = 0, nil
+    s.errors = s.errors + 1
+    s.last_error, s.last_error_at = err, sluice.time()
+    local n, derr = queue.dead_letter(db, s.name, tname, first, last, err)
+    if not n then return nil, derr end
+    log.error("sink refused a batch: rows dead-lettered", { sink = s.name, table = tname, rows = n, error = err })
+  else
+    s.breaker:failure(permit, sluice.now() - t0)
+    failed(s, err)
+  end
+  return true
+end
+
+-- Seconds until the breaker lets a call through (at least a little).
+local function breaker_wait(s)
+  local m = s.breaker:metrics()
+  if m.open_until then return max(m.open_until - sluice.time(), 0.05) end
+  return 0.05
+end
+
+--- run(db, s): the forwarder loop (see the header).
+function _M.run(db, s)
+  while not s.stopping do
+    local now = sluice.now()
+    local wait
+    if s.retry_at and now < s.retry_at then
+      wait = s.retry_at - now
+    else
+      local head = db:is_open() and queue.head(db, s.name)
+      if not head then
+        if not park(s, nil) then return end -- until rows come
+        goto continue
+      end
+      local due = head.at + s.max_age - sluice.time()
+      if due > 0 and queue.depth(db, s.name) < s.batch then
+        wait = due
+      else
+        local permit = s.breaker:allow()
+        if not permit then
+          wait = breaker_wait(s)
+        else
+          local ok, err = ship(db, s, head, permit)
+          if not ok then
+            if not db:is_open() or s.stopping then return end
+            log.error("outbox: database failed", { sink = s.name, error = err })
+            wait = 1
+          else
+            goto continue
+          end
+        end
+      end
+    end
+    if not park(s, wait) then return end
+    ::continue::
+  end
+end
+
+return _M
