@@ -6,6 +6,9 @@ local store = require "sluice.store"
 local json = require "sluice.json"
 local pg = require "sluice.pg"
 local sinkpg = require "sluice.sinks.postgres"
+local collector = require "sluice.collector"
+local outbox = require "sluice.outbox"
+local wait_for = require("support.wait").wait_for
 local pgs = require "support.postgres"
 
 local U256MAX = "115792089237316195423570985008687907853269984665640564039457584007913129639935"
@@ -107,14 +110,14 @@ describe("sluice.sinks.postgres", function()
   end)
 
   for _, method in ipairs { "insert", "copy" } do
-    it("forwards 100,000 rows equal value by value to SQLite, and updates converge (" .. method .. ")", function()
+    it("writes 20,000 rows equal value by value to SQLite, and updates converge (" .. method .. ")", function()
       local tname = "trades_" .. method
       local def = { name = tname, columns = TRADES.columns, key = TRADES.key }
       local db = assert(store.open(":memory:"))
       db:define(def)
       local sink = sinkpg.new("pg", { url = srv:url(), method = method })
       assert.is_true(sink:ensure(tname, def))
-      local N, B = 100000, 1000
+      local N, B = 20000, 1000
       for from = 1, N, B do
         local batch = {}
         for i = from, from + B - 1 do batch[#batch + 1] = trade(i) end
@@ -199,5 +202,94 @@ describe("sluice.sinks.postgres", function()
     assert.equal("b7", assert(conn:query("SELECT v FROM restart WHERE id = $1", { 8 * 250 })).rows[1].v)
     assert.equal(1, sink:stats().reconnects)
     sink:close()
+  end)
+
+  describe("through the outbox", function()
+    -- A collector storing TRADES rows, an outbox with the postgres sink.
+    local function run(tname, sink_settings)
+      local db = assert(store.open(":memory:"))
+      local c = collector.new(collector.define {
+        name = "pg_feed_" .. tname, interval = 3600, limiter = false, retry = false, breaker = false,
+        tables = { [tname] = { columns = TRADES.columns, key = TRADES.key } }, collect = function() return {} end,
+      }, nil, { store = db })
+      local settings = { kind = "postgres", url = srv:url(), batch = 1000, max_age = 0.05,
+        retry = { base_delay = 0.05, max_delay = 0.2 }, breaker = { failure_threshold = 1000 } }
+      for k, v in pairs(sink_settings or {}) do settings[k] = v end
+      local box = assert(outbox.new(db, { pg = settings }))
+      c:add_sink(box:route(c))
+      box:start()
+      finally(function()
+        box:stop(0)
+        db:close()
+      end)
+      return db, c, box
+    end
+
+    local function drained(box)
+      return wait_for("the outbox to drain", function() return box:status().pg.depth == 0 end, 120)
+    end
+
+    it("forwards 100,000 rows equal value by value to the local table, 2^256-1 and decimals included", function()
+      local db, c, box = run("ob_trades")
+      for from = 1, 100000, 5000 do
+        local batch = {}
+        for i = from, from + 4999 do batch[#batch + 1] = trade(i) end
+        assert.equal(5000, c:store_rows(batch))
+      end
+      -- sent twice, some changed: one row per key, the latest values
+      local again = {}
+      for i = 1, 5000 do again[i] = trade(i, 1) end
+      c:store_rows(again)
+      drained(box)
+      assert.equal(100000, equal_tables(db, conn, "ob_trades"))
+      assert.equal(U256MAX, json.numeral_text(
+        assert(conn:query("SELECT big FROM ob_trades WHERE id = 1")).rows[1].big))
+      local st = box:status().pg
+      assert.same({ 0, 105000, 0 }, { st.depth, st.forwarded, st.dead_letters })
+    end)
+
+    it("loses and doubles nothing while postgres is stopped and restarted mid-run", function()
+      local db, c, box = run("ob_restart")
+      local function rows(from, to)
+        local batch = {}
+        for i = from, to do batch[#batch + 1] = trade(i) end
+        return batch
+      end
+      c:store_rows(rows(1, 10000))
+      wait_for("some rows forwarded", function() return box:status().pg.forwarded > 0 end)
+      assert(srv:stop("fast"))
+      -- collection goes on while the sink is down: rows wait in the outbox
+      c:store_rows(rows(10001, 20000))
+      c:store_rows(rows(5001, 15000)) -- overlaps: upserts
+      wait_for("a failure noticed", function() return box:status().pg.errors > 0 end)
+      assert.is_true(box:status().pg.depth > 0)
+      srv:restart()
+      drained(box)
+      conn:close()
+      conn = assert(pg.connect { url = srv:url() })
+      local r = assert(conn:query("SELECT count(*) AS n, count(DISTINCT id) AS d FROM ob_restart")).rows[1]
+      assert.same({ n = 20000, d = 20000 }, r)
+      assert.equal(20000, equal_tables(db, conn, "ob_restart"))
+      assert.equal(0, box:status().pg.dead_letters)
+    end)
+
+    it("dead-letters a batch the server refuses and forwards the rest", function()
+      local db, c, box = run("ob_refused", { batch = 100 })
+      c:store_rows({ trade(1) })
+      drained(box)
+      assert(conn:query("ALTER TABLE ob_refused ADD CONSTRAINT small_ids CHECK (id < 1000000)"))
+      c:store_rows({ trade(1000001), trade(1000002) }) -- refused by the constraint
+      wait_for("the dead letters", function() return box:status().pg.dead_letters == 2 end)
+      local more = {}
+      for i = 2, 500 do more[#more + 1] = trade(i) end
+      c:store_rows(more)
+      drained(box)
+      assert.equal(500, assert(conn:query("SELECT count(*) AS n FROM ob_refused")).rows[1].n)
+      local dl = box:dead_letters("pg")
+      assert.equal(2, #dl)
+      assert.truthy(tostring(dl[1].error):match("23514"), tostring(dl[1].error))
+      assert.equal(500, box:status().pg.forwarded)
+      assert.equal(0, #db:query("SELECT id FROM sluice_outbox"))
+    end)
   end)
 end)

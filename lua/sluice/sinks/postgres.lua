@@ -313,7 +313,6 @@ function Sink:close()
   self.conn = nil
 end
 
-local ok_outbox, outbox = pcall(require, "sluice.outbox")
-if ok_outbox then outbox.register_kind("postgres", _M.new) end
+require("sluice.outbox").register_kind("postgres", _M.new)
 
 return _M
