@@ -109,7 +109,7 @@ describe("sluice.sinks.postgres", function()
     sink:close()
   end)
 
-  for _, method in ipairs { "insert", "copy" } do
+  for _, method in ipairs { "unnest", "values", "copy" } do
     it("writes 20,000 rows equal value by value to SQLite, and updates converge (" .. method .. ")", function()
       local tname = "trades_" .. method
       local def = { name = tname, columns = TRADES.columns, key = TRADES.key }

@@ -10,11 +10,14 @@
 --                    when missing)
 --   connect_timeout  seconds (default 5)
 --   timeout          seconds per statement (default 30)
---   method           "insert" (default: multi-row INSERT ... ON CONFLICT
---                    with parameters) or "copy" (COPY into a temporary
---                    table, then INSERT ... SELECT ... ON CONFLICT); both
---                    upsert by key. tests/bench/sink_postgres.lua measures
---                    them.
+--   method           how a batch is upserted, all by INSERT ... ON CONFLICT
+--                    (key) DO UPDATE: "unnest" (default: one statement,
+--                    one array parameter per column, INSERT ... SELECT
+--                    FROM unnest($1::bigint[], ...)), "values" (multi-row
+--                    VALUES with one parameter per value: the server
+--                    parses 10,000 parameters slowly) or "copy" (COPY into
+--                    a temporary table, then INSERT ... SELECT: five round
+--                    trips). tests/bench/sink_postgres.lua measures them.
 --
 -- sink:ensure(table, def) creates the table from the store definition with
 -- exact types (TYPES below; the key as PRIMARY KEY) and adds the columns
@@ -61,7 +64,7 @@ local SETTINGS = {
   schema = "string",
   connect_timeout = { type = "number", gt = 0 },
   timeout = { type = "number", gt = 0 },
-  method = { one_of = { "insert", "copy" } },
+  method = { one_of = { "unnest", "values", "copy" } },
 }
 local MAX_PARAMS = 65535
 
@@ -70,7 +73,7 @@ function _M.new(name, settings, ctx)
   return setmetatable({
     name = name, url = settings.url, schema = settings.schema or "public",
     connect_timeout = settings.connect_timeout or 5, timeout = settings.timeout or 30,
-    method = settings.method or "insert", log = ctx and ctx.log,
+    method = settings.method or "unnest", log = ctx and ctx.log,
     conn = nil, plans = {}, batches = 0, rows = 0, connects = 0, server_version = nil,
   }, Sink)
 end
@@ -178,12 +181,17 @@ function Sink:plan(tname, def)
     conflict = " ON CONFLICT (" .. concat(qkey, ", ") .. ") DO "
       .. (#sets > 0 and ("UPDATE SET " .. concat(sets, ", ")) or "NOTHING")
   end
-  local casts = {}
-  for i, col in ipairs(names) do casts[i] = types[col] end
+  local casts, arrays = {}, {}
+  for i, col in ipairs(names) do
+    casts[i] = types[col]
+    arrays[i] = "$" .. i .. "::" .. types[col] .. "[]"
+  end
   p = {
     def = def, names = names, casts = casts, ncols = #names, conflict = conflict,
     head = "INSERT INTO " .. self:qualified(tname) .. " (" .. concat(qcols, ", ") .. ") ",
     temp = quote("sluice_in_" .. tname),
+    unnest = "INSERT INTO " .. self:qualified(tname) .. " (" .. concat(qcols, ", ") .. ") SELECT * FROM unnest("
+      .. concat(arrays, ", ") .. ")" .. conflict,
     per = floor(MAX_PARAMS / #names),
   }
   self.plans[tname] = p
@@ -221,7 +229,27 @@ local function flatten(p, rows, from, to)
   return params, n
 end
 
-function Sink:insert(p, rows)
+-- An element of an array literal: always quoted, \ and " escaped.
+local function element(s)
+  if s:find('[\\"]') then s = s:gsub('[\\"]', "\\%0") end
+  return '"' .. s .. '"'
+end
+
+function Sink:unnest(p, rows)
+  local params, names, casts = {}, p.names, p.casts
+  for j = 1, p.ncols do
+    local col, cast, items = names[j], casts[j], {}
+    for i = 1, #rows do
+      local v, err = value(rows[i][col], cast)
+      if err then return nil, "postgres: " .. err, "rejected" end
+      items[i] = v == nil and "NULL" or element(v)
+    end
+    params[j] = "{" .. concat(items, ",") .. "}"
+  end
+  return self:exec(p.unnest, params, p.ncols)
+end
+
+function Sink:values(p, rows)
   local ncols = p.ncols
   for from = 1, #rows, p.per do
     local to = min(from + p.per - 1, #rows)
@@ -281,8 +309,10 @@ function Sink:write(tname, rows, def)
   if not ok then return nil, err, kind end
   if self.method == "copy" then
     ok, err, kind = self:copy(p, tname, rows)
+  elseif self.method == "values" then
+    ok, err, kind = self:values(p, rows)
   else
-    ok, err, kind = self:insert(p, rows)
+    ok, err, kind = self:unnest(p, rows)
   end
   if ok then ok, err, kind = self:exec("COMMIT") end
   if not ok then
