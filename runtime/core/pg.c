@@ -154,7 +154,10 @@ static void finish(sl_pg *c, sl_pg_status st, const char *message) {
         if (st == SL_PG_ESERVER) {
             const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
             snprintf(state, sizeof(state), "%s", s ? s : "XX000");
-            one_line(msg, sizeof(msg), PQresultErrorMessage(res));
+            /* the primary message: the full one spans lines (LINE 1:
+             * and a caret under the statement) */
+            const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+            one_line(msg, sizeof(msg), m ? m : PQresultErrorMessage(res));
         } else if (c->is_copy) {
             o.copied = strtol(PQcmdTuples(res), NULL, 10);
         }

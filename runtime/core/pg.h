@@ -47,7 +47,8 @@ typedef struct sl_pg_outcome {
     sl_pg_status status;
     PGresult *res;        /* OK and ESERVER; NULL otherwise and for connect */
     const char *sqlstate; /* ESERVER: five characters; else "" */
-    const char *message;  /* errors: one line, no trailing newline; else "" */
+    const char *message;  /* errors: one line, no trailing newline (ESERVER:
+                           * the server's primary message); else "" */
     long copied;          /* copy: rows the server reports (OK only) */
 } sl_pg_outcome;
 

@@ -292,4 +292,28 @@ describe("sluice.sinks.postgres", function()
       assert.equal(0, #db:query("SELECT id FROM sluice_outbox"))
     end)
   end)
+
+  it("reads sink tables back with `sluice sql`", function()
+    local ffi = require "ffi"
+    pcall(ffi.cdef, "int getpid(void);")
+    local exe = "/proc/" .. ffi.C.getpid() .. "/exe" -- this sluice binary
+    assert(conn:query("CREATE TABLE readback (id bigint PRIMARY KEY, p numeric, s text)"))
+    assert(conn:query("INSERT INTO readback VALUES (1, 0.10, 'a|b'), (2, NULL, NULL)"))
+    local config = os.tmpname() .. ".lua"
+    local f = io.open(config, "w")
+    f:write(("return { sinks = { postgres = { url = %q } } }"):format(srv:url()))
+    f:close()
+    local function sql(args)
+      local p = io.popen(exe .. " sql " .. args .. " 2>&1; echo \"rc=$?\"")
+      local out = p:read("*a")
+      p:close()
+      return out
+    end
+    assert.equal("id|p|s\n1|0.10|a|b\n2||\nrc=0\n",
+      sql(config .. " --sink postgres 'SELECT id, p, s FROM readback ORDER BY id'"))
+    assert.equal("INSERT 0 1\nrc=0\n", sql("--url " .. srv:url() .. " \"INSERT INTO readback VALUES (3, 1, 'x')\""))
+    assert.equal("sluice sql: 42P01 relation \"nope\" does not exist\nrc=1\n", sql(config .. " --sink postgres 'SELECT * FROM nope'"))
+    assert.equal("sluice sql: " .. config .. ": no sink named 'pg'\nrc=1\n", sql(config .. " --sink pg 'SELECT 1'"))
+    os.remove(config)
+  end)
 end)
