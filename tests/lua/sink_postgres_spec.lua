@@ -143,6 +143,22 @@ describe("sluice.sinks.postgres", function()
     end)
   end
 
+  it("copies through a temporary table that follows a column added to the definition", function()
+    local def = { name = "grows", columns = { id = "integer", a = "text" }, key = { "id" } }
+    local sink = sinkpg.new("pg", { url = srv:url(), method = "copy" })
+    assert.is_true(sink:ensure("grows", def))
+    assert.is_true(sink:write("grows", { { id = 1, a = "x" } }, def))
+    local def2 = { name = "grows", columns = { id = "integer", a = "text", b = "decimal" }, key = { "id" } }
+    assert.is_true(sink:ensure("grows", def2))
+    assert.is_true(sink:write("grows", { { id = 1, a = "y", b = "2.50" }, { id = 2, a = "z" } }, def2))
+    local r = assert(conn:query("SELECT id, a, b FROM grows ORDER BY id")).rows
+    assert.equal(2, #r)
+    assert.same({ 1, "y", "2.50" }, { r[1].id, r[1].a, json.numeral_text(r[1].b) })
+    assert.same({ 2, "z" }, { r[2].id, r[2].a })
+    assert.is_nil(r[2].b)
+    sink:close()
+  end)
+
   it("refuses a batch of bad data as 'rejected' and goes on with the next", function()
     local def = { name = "small", columns = { id = "integer", v = "decimal" }, key = { "id" } }
     local sink = sinkpg.new("pg", { url = srv:url() })

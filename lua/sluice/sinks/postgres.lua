@@ -11,13 +11,13 @@
 --   connect_timeout  seconds (default 5)
 --   timeout          seconds per statement (default 30)
 --   method           how a batch is upserted, all by INSERT ... ON CONFLICT
---                    (key) DO UPDATE: "unnest" (default: one statement,
---                    one array parameter per column, INSERT ... SELECT
---                    FROM unnest($1::bigint[], ...)), "values" (multi-row
---                    VALUES with one parameter per value: the server
---                    parses 10,000 parameters slowly) or "copy" (COPY into
---                    a temporary table, then INSERT ... SELECT: five round
---                    trips). tests/bench/sink_postgres.lua measures them.
+--                    (key) DO UPDATE in one transaction: "copy" (default:
+--                    COPY into a temporary table, then INSERT ... SELECT;
+--                    the fastest in tests/bench/sink_postgres.lua),
+--                    "unnest" (one statement, one array parameter per
+--                    column: INSERT ... SELECT FROM unnest($1::bigint[],
+--                    ...)) or "values" (multi-row VALUES with a parameter
+--                    per value: the server parses 10,000 parameters slowly).
 --
 -- sink:ensure(table, def) creates the table from the store definition with
 -- exact types (TYPES below; the key as PRIMARY KEY) and adds the columns
@@ -73,8 +73,8 @@ function _M.new(name, settings, ctx)
   return setmetatable({
     name = name, url = settings.url, schema = settings.schema or "public",
     connect_timeout = settings.connect_timeout or 5, timeout = settings.timeout or 30,
-    method = settings.method or "unnest", log = ctx and ctx.log,
-    conn = nil, plans = {}, batches = 0, rows = 0, connects = 0, server_version = nil,
+    method = settings.method or "copy", log = ctx and ctx.log,
+    conn = nil, plans = {}, temps = {}, batches = 0, rows = 0, connects = 0, server_version = nil,
   }, Sink)
 end
 
@@ -160,6 +160,11 @@ function Sink:ensure(tname, def)
     end
   end
   self.plans[tname] = nil -- the statements follow the definition
+  if self.temps[tname] then -- and copy's temporary table the sink's
+    self.temps[tname] = nil
+    ok, err, kind = self:exec("DROP TABLE IF EXISTS pg_temp." .. quote("sluice_in_" .. tname))
+    if not ok then return nil, err, kind end
+  end
   return true
 end
 
@@ -274,9 +279,12 @@ function Sink:copy(p, tname, rows)
   local c, err, kind = self:connection()
   if not c then return nil, err, kind end
   local ok
-  ok, err, kind = self:exec("CREATE TEMP TABLE IF NOT EXISTS " .. p.temp .. " (LIKE "
-    .. self:qualified(tname) .. " INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-  if not ok then return nil, err, kind end
+  if self.temps[tname] ~= c then -- temp tables live as long as their session
+    ok, err, kind = self:exec("CREATE TEMP TABLE IF NOT EXISTS " .. p.temp .. " (LIKE "
+      .. self:qualified(tname) .. " INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    if not ok then return nil, err, kind end
+    self.temps[tname] = c
+  end
   local lines = {}
   for i = 1, #rows do
     local vals = {}
@@ -317,6 +325,7 @@ function Sink:write(tname, rows, def)
   if ok then ok, err, kind = self:exec("COMMIT") end
   if not ok then
     if self.conn then self:exec("ROLLBACK") end
+    self.temps[tname] = nil -- the rollback may have undone its creation
     return nil, err, kind
   end
   self.batches = self.batches + 1
