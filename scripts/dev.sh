@@ -17,9 +17,10 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake pkg-config
   libluajit2-5.1-dev libcurl4-openssl-dev libevent-dev libhiredis-dev
-  lua-cjson-dev libsqlite3-dev libedit-dev libssl-dev libyajl-dev
+  lua-cjson-dev libsqlite3-dev libedit-dev libssl-dev libyajl-dev libpq-dev
   lua-busted
   nginx-light curl lua-check prometheus redis-server python3 openssl
+  postgresql
 )
 
 install_missing() {

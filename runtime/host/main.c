@@ -35,6 +35,8 @@ static const char *usage_main =
     "  test [busted options] PATH...     run busted specs inside sluice\n"
     "  backfill CONFIG.lua COLLECTOR ... backfill history (see backfill "
     "--help)\n"
+    "  sql CONFIG.lua --sink NAME SQL    query a sink's tables (see sql "
+    "--help)\n"
     "  repl [SOCKET] [-e CHUNK]          attach to a running sluice's "
     "control socket\n"
     "  version                           print sluice's and its libraries' "
@@ -433,6 +435,27 @@ static int cmd_test(int argc, char **argv) {
     return code;
 }
 
+/* sluice sql ...: sluice.sinks.sql_cli owns the whole command line. */
+static const char sql_main[] = "require('sluice.sinks.sql_cli').cli(...)\n";
+
+static int cmd_sql(int argc, char **argv) {
+    options o = {
+        .log_level = SL_LOG_NONE, .log_format = -1, .shutdown_timeout = -1};
+    if (start(&o) != 0)
+        return EXIT_ERROR;
+    lua_State *L = sl_rt.L;
+    if (luaL_loadbuffer(L, sql_main, sizeof(sql_main) - 1, "=[sluice sql]"))
+        return EXIT_ERROR;
+    for (int i = 2; i < argc; i++)
+        lua_pushstring(L, argv[i]);
+    sl_task *t = sl_task_spawn(L, argc - 2);
+    t->on_done = main_done;
+    lua_settop(L, 0);
+    int code = sl_runtime_run();
+    sl_runtime_close();
+    return code;
+}
+
 static int cmd_version(int argc, char **argv) {
     if (argc > 2 && is_help(argv[2])) {
         fputs(usage_version, stdout);
@@ -480,6 +503,8 @@ int main(int argc, char **argv) {
         return cmd_test(argc, argv);
     if (strcmp(cmd, "backfill") == 0)
         return cmd_backfill(argc, argv);
+    if (strcmp(cmd, "sql") == 0)
+        return cmd_sql(argc, argv);
     if (strcmp(cmd, "repl") == 0)
         return sl_repl_main(argc, argv);
     return fail_usage("unknown command '%s'", cmd);

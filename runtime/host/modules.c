@@ -18,5 +18,6 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._crypto", luaopen_sluice_crypto},
     {"sluice._bignum", luaopen_sluice_bignum},
     {"sluice._json", luaopen_sluice_json},
+    {"sluice._pg", luaopen_sluice_pg},
     {NULL, NULL},
 };

@@ -1,0 +1,357 @@
+--- sluice.sinks.postgres: the PostgreSQL sink of the outbox (kind "postgres").
+--
+--   sinks = { postgres = { url = "postgresql://user@127.0.0.1:5432/market" } }
+--
+-- Loading this module registers the kind with sluice.outbox (which loads
+-- it by itself the first time a sink of kind "postgres" is configured).
+-- new(name, settings, ctx) -> sink; settings (besides the outbox's own):
+--   url              libpq URI or connection string (required)
+--   schema           the schema of the tables (default "public"; created
+--                    when missing)
+--   connect_timeout  seconds (default 5)
+--   timeout          seconds per statement (default 30)
+--   method           how a batch is upserted, all by INSERT ... ON CONFLICT
+--                    (key) DO UPDATE in one transaction: "copy" (default:
+--                    COPY into a temporary table, then INSERT ... SELECT;
+--                    the fastest in tests/bench/sink_postgres.lua),
+--                    "unnest" (one statement, one array parameter per
+--                    column: INSERT ... SELECT FROM unnest($1::bigint[],
+--                    ...)) or "values" (multi-row VALUES with a parameter
+--                    per value: the server parses 10,000 parameters slowly).
+--
+-- sink:ensure(table, def) creates the table from the store definition with
+-- exact types (TYPES below; the key as PRIMARY KEY) and adds the columns
+-- the definition gained since (ALTER TABLE ... ADD COLUMN IF NOT EXISTS).
+-- A column the sink has with another type is an error (nil, err).
+-- sink:write(table, rows, def) upserts the batch in one transaction: a row
+-- sent twice is one row, the later values win. A refusal of the data
+-- (SQLSTATE class 22 or 23: a value out of range, a constraint) -> nil,
+-- err, "rejected" (the outbox dead-letters the batch); anything else (no
+-- connection, a timeout, a server shutting down) -> nil, err, kind (the
+-- outbox retries). A connection that failed is dropped and made again at
+-- the next call (the outbox's backoff paces it).
+-- sink:stats() -> {connected, batches, rows, reconnects, server_version}.
+-- Misuse raises; operational failure returns nil, err, kind.
+local pg = require "sluice.pg"
+local json = require "sluice.json"
+local options = require "sluice.options"
+
+local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error, setmetatable
+local sort, concat, min, floor = table.sort, table.concat, math.min, math.floor
+local quote = pg.quote_ident
+
+local _M = {}
+local Sink = {}
+Sink.__index = Sink
+
+--- The store's column types -> PostgreSQL's, exact both ways: numeric
+-- keeps 2^256-1 and a decimal's digits as written ("1.50" stays "1.50");
+-- jsonb keeps the numbers of a JSON value exactly (it stores them as
+-- numeric) and compares by value.
+local TYPES = {
+  integer = "bigint", real = "double precision", text = "text", blob = "bytea",
+  json = "jsonb", uint256 = "numeric(78,0)", decimal = "numeric", boolean = "boolean",
+}
+_M.TYPES = TYPES
+-- information_schema's data_type of each, for the reconciliation.
+local INFO = {
+  bigint = "bigint", ["double precision"] = "double precision", text = "text", bytea = "bytea",
+  jsonb = "jsonb", ["numeric(78,0)"] = "numeric", numeric = "numeric", boolean = "boolean",
+}
+
+local SETTINGS = {
+  url = { type = "string", required = true },
+  schema = "string",
+  connect_timeout = { type = "number", gt = 0 },
+  timeout = { type = "number", gt = 0 },
+  method = { one_of = { "unnest", "values", "copy" } },
+}
+local MAX_PARAMS = 65535
+
+function _M.new(name, settings, ctx)
+  options.check("sinks." .. tostring(name), settings, SETTINGS, 2)
+  return setmetatable({
+    name = name, url = settings.url, schema = settings.schema or "public",
+    connect_timeout = settings.connect_timeout or 5, timeout = settings.timeout or 30,
+    method = settings.method or "copy", log = ctx and ctx.log,
+    conn = nil, plans = {}, temps = {}, batches = 0, rows = 0, connects = 0, server_version = nil,
+  }, Sink)
+end
+
+-- The connection, made (again) when there is none or it closed.
+function Sink:connection()
+  local c = self.conn
+  if c and c:status() ~= "closed" then return c end
+  self.conn = nil
+  local err, kind
+  c, err, kind = pg.connect { url = self.url, connect_timeout = self.connect_timeout, timeout = self.timeout }
+  if not c then return nil, "postgres: " .. err, kind end
+  self.connects = self.connects + 1
+  self.server_version = select(3, c:status())
+  self.conn = c
+  return c
+end
+
+-- One statement; failures become the outbox's kinds.
+function Sink:exec(sql, params, n)
+  local c, err, kind = self:connection()
+  if not c then return nil, err, kind end
+  local res, state
+  res, err, kind, state = c:query(sql, params, n)
+  if res then return res end
+  if kind == "server" and pg.data_error(state) then kind = "rejected" end
+  if kind ~= "server" and kind ~= "rejected" then
+    c:close() -- lost, timed out or busy: start afresh next time
+    self.conn = nil
+  end
+  return nil, ("postgres: %s%s"):format(state and (state .. " ") or "", err), kind
+end
+
+local function columns_of(def)
+  local names = {}
+  for col in pairs(def.columns or {}) do names[#names + 1] = col end
+  sort(names)
+  local types = {}
+  for _, col in ipairs(names) do
+    local t = def.columns[col]
+    if type(t) == "table" then t = t.type end
+    local pt = TYPES[t]
+    if not pt then
+      error("sluice.sinks.postgres: column " .. col .. ": no PostgreSQL type for '" .. tostring(t) .. "'", 3)
+    end
+    types[col] = pt
+  end
+  local key = def.key or {}
+  if type(key) == "string" then key = { key } end
+  return names, types, key
+end
+
+function Sink:qualified(tname)
+  return quote(self.schema) .. "." .. quote(tname)
+end
+
+function Sink:ensure(tname, def)
+  local names, types, key = columns_of(def)
+  if #names == 0 then return nil, "postgres: table " .. tname .. " has no columns" end
+  local cols = {}
+  for i, col in ipairs(names) do cols[i] = quote(col) .. " " .. types[col] end
+  if #key > 0 then
+    local k = {}
+    for i, col in ipairs(key) do k[i] = quote(col) end
+    cols[#cols + 1] = "PRIMARY KEY (" .. concat(k, ", ") .. ")"
+  end
+  local ok, err, kind = self:exec("CREATE SCHEMA IF NOT EXISTS " .. quote(self.schema))
+  if not ok then return nil, err, kind end
+  ok, err, kind = self:exec("CREATE TABLE IF NOT EXISTS " .. self:qualified(tname) .. " (" .. concat(cols, ", ") .. ")")
+  if not ok then return nil, err, kind end
+  local res
+  res, err, kind = self:exec("SELECT column_name, data_type FROM information_schema.columns"
+    .. " WHERE table_schema = $1 AND table_name = $2", { self.schema, tname })
+  if not res then return nil, err, kind end
+  local have = {}
+  for _, r in ipairs(res.rows) do have[r.column_name] = r.data_type end
+  for _, col in ipairs(names) do
+    if not have[col] then
+      ok, err, kind = self:exec("ALTER TABLE " .. self:qualified(tname) .. " ADD COLUMN IF NOT EXISTS "
+        .. quote(col) .. " " .. types[col])
+      if not ok then return nil, err, kind end
+    elseif have[col] ~= INFO[types[col]] then
+      return nil, ("postgres: %s.%s is %s on the sink, %s expected"):format(tname, col, have[col], types[col])
+    end
+  end
+  self.plans[tname] = nil -- the statements follow the definition
+  if self.temps[tname] then -- and copy's temporary table the sink's
+    self.temps[tname] = nil
+    ok, err, kind = self:exec("DROP TABLE IF EXISTS pg_temp." .. quote("sluice_in_" .. tname))
+    if not ok then return nil, err, kind end
+  end
+  return true
+end
+
+-- The statements of a table's upsert (cached per definition).
+function Sink:plan(tname, def)
+  local p = self.plans[tname]
+  if p and p.def == def then return p end
+  local names, types, key = columns_of(def)
+  local qcols, sets, iskey = {}, {}, {}
+  for _, col in ipairs(key) do iskey[col] = true end
+  for i, col in ipairs(names) do
+    qcols[i] = quote(col)
+    if not iskey[col] then sets[#sets + 1] = quote(col) .. " = EXCLUDED." .. quote(col) end
+  end
+  local qkey = {}
+  for i, col in ipairs(key) do qkey[i] = quote(col) end
+  local conflict = ""
+  if #key > 0 then
+    conflict = " ON CONFLICT (" .. concat(qkey, ", ") .. ") DO "
+      .. (#sets > 0 and ("UPDATE SET " .. concat(sets, ", ")) or "NOTHING")
+  end
+  local casts, arrays = {}, {}
+  for i, col in ipairs(names) do
+    casts[i] = types[col]
+    arrays[i] = "$" .. i .. "::" .. types[col] .. "[]"
+  end
+  p = {
+    def = def, names = names, casts = casts, ncols = #names, conflict = conflict,
+    head = "INSERT INTO " .. self:qualified(tname) .. " (" .. concat(qcols, ", ") .. ") ",
+    temp = quote("sluice_in_" .. tname),
+    unnest = "INSERT INTO " .. self:qualified(tname) .. " (" .. concat(qcols, ", ") .. ") SELECT * FROM unnest("
+      .. concat(arrays, ", ") .. ")" .. conflict,
+    per = floor(MAX_PARAMS / #names),
+  }
+  self.plans[tname] = p
+  return p
+end
+
+-- A value as the sink stores it: json columns as JSON text, blobs as hex.
+local function value(v, cast)
+  if v == nil or v == json.null then return nil end
+  if cast == "jsonb" then
+    local s, err = json.encode(v)
+    if not s then return nil, err end
+    return s
+  end
+  if cast == "bytea" and type(v) == "string" then
+    return "\\x" .. (v:gsub(".", function(ch) return ("%02x"):format(ch:byte()) end))
+  end
+  return pg.literal(v)
+end
+
+-- Positional values of rows[from..to] (a later duplicate of a key in the
+-- same statement would make ON CONFLICT fail: the outbox gives one row per key).
+local function flatten(p, rows, from, to)
+  local params, n = {}, 0
+  local names, casts, ncols = p.names, p.casts, p.ncols
+  for i = from, to do
+    local r = rows[i]
+    for j = 1, ncols do
+      n = n + 1
+      local v, err = value(r[names[j]], casts[j])
+      if err then return nil, err end
+      params[n] = v == nil and false or v
+    end
+  end
+  return params, n
+end
+
+-- An element of an array literal: always quoted, \ and " escaped.
+local function element(s)
+  if s:find('[\\"]') then s = s:gsub('[\\"]', "\\%0") end
+  return '"' .. s .. '"'
+end
+
+function Sink:unnest(p, rows)
+  local params, names, casts = {}, p.names, p.casts
+  for j = 1, p.ncols do
+    local col, cast, items = names[j], casts[j], {}
+    for i = 1, #rows do
+      local v, err = value(rows[i][col], cast)
+      if err then return nil, "postgres: " .. err, "rejected" end
+      items[i] = v == nil and "NULL" or element(v)
+    end
+    params[j] = "{" .. concat(items, ",") .. "}"
+  end
+  return self:exec(p.unnest, params, p.ncols)
+end
+
+function Sink:values(p, rows)
+  local ncols = p.ncols
+  for from = 1, #rows, p.per do
+    local to = min(from + p.per - 1, #rows)
+    local params, n = flatten(p, rows, from, to)
+    if not params then return nil, "postgres: " .. n, "rejected" end
+    local tuples, k = {}, 0
+    for i = 1, to - from + 1 do
+      local ph = {}
+      for j = 1, ncols do
+        k = k + 1
+        ph[j] = "$" .. k .. "::" .. p.casts[j]
+      end
+      tuples[i] = "(" .. concat(ph, ", ") .. ")"
+    end
+    local ok, err, kind = self:exec(p.head .. "VALUES " .. concat(tuples, ", ") .. p.conflict, params, n)
+    if not ok then return nil, err, kind end
+  end
+  return true
+end
+
+function Sink:copy(p, tname, rows)
+  local c, err, kind = self:connection()
+  if not c then return nil, err, kind end
+  local ok
+  if self.temps[tname] ~= c then -- temp tables live as long as their session
+    ok, err, kind = self:exec("CREATE TEMP TABLE IF NOT EXISTS " .. p.temp .. " (LIKE "
+      .. self:qualified(tname) .. " INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    if not ok then return nil, err, kind end
+    self.temps[tname] = c
+  end
+  local lines = {}
+  for i = 1, #rows do
+    local vals = {}
+    for j = 1, p.ncols do
+      local v, verr = value(rows[i][p.names[j]], p.casts[j])
+      if verr then return nil, "postgres: " .. verr, "rejected" end
+      vals[j] = v
+    end
+    lines[i] = vals
+  end
+  local qcols = {}
+  for i, col in ipairs(p.names) do qcols[i] = quote(col) end
+  local n, state
+  n, err, kind, state = c:copy("COPY " .. p.temp .. " (" .. concat(qcols, ", ") .. ") FROM STDIN", lines, p.ncols)
+  if not n then
+    if kind == "server" and pg.data_error(state) then kind = "rejected" end
+    if kind ~= "server" and kind ~= "rejected" then
+      c:close()
+      self.conn = nil
+    end
+    return nil, ("postgres: %s%s"):format(state and (state .. " ") or "", err), kind
+  end
+  return self:exec(p.head .. "SELECT " .. concat(qcols, ", ") .. " FROM " .. p.temp .. p.conflict)
+end
+
+function Sink:write(tname, rows, def)
+  if #rows == 0 then return true end
+  local p = self:plan(tname, def)
+  local ok, err, kind = self:exec("BEGIN")
+  if not ok then return nil, err, kind end
+  if self.method == "copy" then
+    ok, err, kind = self:copy(p, tname, rows)
+  elseif self.method == "values" then
+    ok, err, kind = self:values(p, rows)
+  else
+    ok, err, kind = self:unnest(p, rows)
+  end
+  if ok then ok, err, kind = self:exec("COMMIT") end
+  if not ok then
+    if self.conn then self:exec("ROLLBACK") end
+    self.temps[tname] = nil -- the rollback may have undone its creation
+    return nil, err, kind
+  end
+  self.batches = self.batches + 1
+  self.rows = self.rows + #rows
+  return true
+end
+
+--- query(sql [, params]) -> res | nil, err, kind: for `sluice sql --sink`.
+function Sink:query(sql, params)
+  return self:exec(sql, params)
+end
+
+function Sink:stats()
+  return {
+    connected = self.conn ~= nil and self.conn:status() ~= "closed",
+    batches = self.batches, rows = self.rows,
+    reconnects = self.connects > 0 and self.connects - 1 or 0,
+    server_version = self.server_version,
+  }
+end
+
+function Sink:close()
+  if self.conn then self.conn:close() end
+  self.conn = nil
+end
+
+require("sluice.outbox").register_kind("postgres", _M.new)
+
+return _M
