@@ -18,9 +18,10 @@ PACKAGES=(
   build-essential cmake pkg-config
   libluajit2-5.1-dev libcurl4-openssl-dev libevent-dev libhiredis-dev
   lua-cjson-dev libsqlite3-dev libedit-dev libssl-dev libyajl-dev libpq-dev
+  librabbitmq-dev
   lua-busted
   nginx-light curl lua-check prometheus redis-server python3 openssl
-  postgresql
+  postgresql clickhouse-server clickhouse-client rabbitmq-server
 )
 
 install_missing() {
