@@ -19,5 +19,6 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._bignum", luaopen_sluice_bignum},
     {"sluice._json", luaopen_sluice_json},
     {"sluice._pg", luaopen_sluice_pg},
+    {"sluice._amqp", luaopen_sluice_amqp},
     {NULL, NULL},
 };

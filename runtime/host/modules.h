@@ -27,5 +27,6 @@ int luaopen_sluice_crypto(lua_State *L);
 int luaopen_sluice_bignum(lua_State *L);
 int luaopen_sluice_json(lua_State *L);
 int luaopen_sluice_pg(lua_State *L);
+int luaopen_sluice_amqp(lua_State *L);
 
 #endif

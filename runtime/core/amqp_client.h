@@ -1,0 +1,171 @@
+/* amqp_client.h -- one AMQP 0-9-1 connection (rabbitmq-c) driven from its own thread
+ *
+ * rabbitmq-c is a blocking client, so a handle owns a worker thread that
+ * owns the connection: it connects, logs in, opens channel 1 and puts it in
+ * confirm mode, and runs the operations the loop thread submits, one at a
+ * time, in order. The loop never blocks: sl_amqp_submit only queues (a
+ * bounded queue: a full one refuses), and each finished operation is handed
+ * back through a socketpair watched by a libevent event, whose callback
+ * (on the loop) calls the operation's done callback.
+ *
+ * Operations: CONNECT (make the connection now, to report its failure),
+ * DECLARE (an exchange, and optionally a queue bound to it), PUBLISH (a
+ * batch of messages, persistent, each with its message id; done when the
+ * broker confirmed every one: basic.ack, or a failure at the first
+ * basic.nack, returned mandatory message, closed channel or timeout) and
+ * CONSUME (receive up to n messages from a queue within a time, each acked
+ * after it was copied: a confirming consumer, for tests and tools). Any
+ * operation connects first when there is no connection; a connection that
+ * failed is dropped and made again by the next operation (the caller paces
+ * retries).
+ *
+ * Abandoning (sl_amqp_abandon): the waiter is gone. An operation not yet
+ * started is never run; one in progress is stopped at its next wait and its
+ * connection dropped (a publish whose confirms will not be awaited leaves
+ * the channel in an unknown state). done is never called for it.
+ *
+ * Ownership: the caller owns the handle from sl_amqp_new to sl_amqp_free
+ * (both on the loop thread), and an operation from sl_amqp_op_new until it
+ * is submitted; from then on the handle owns it and frees it after done
+ * returns (or when abandoned). The outcome fields of an op (status, error,
+ * messages) are valid only during done. sl_amqp_free abandons every
+ * operation and lets the worker finish by itself (it may be inside a
+ * blocking call for up to the handle's timeout): the loop never joins it.
+ */
+#ifndef SLUICE_AMQP_CLIENT_H
+#define SLUICE_AMQP_CLIENT_H
+
+#include <event2/event.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sl_amqp sl_amqp;
+typedef struct sl_amqp_op sl_amqp_op;
+
+typedef enum sl_amqp_status {
+    SL_AMQP_OK,
+    SL_AMQP_ENACK,     /* publish: the broker nacked a message */
+    SL_AMQP_ERETURNED, /* publish: a mandatory message was unroutable */
+    SL_AMQP_ESERVER,   /* the broker closed the channel (code, error) */
+    SL_AMQP_ECONN,     /* connecting failed or the connection was lost */
+    SL_AMQP_ETIMEOUT,  /* no answer in time; the connection is dropped */
+} sl_amqp_status;
+
+typedef enum sl_amqp_kind {
+    SL_AMQP_CONNECT,
+    SL_AMQP_DECLARE,
+    SL_AMQP_PUBLISH,
+    SL_AMQP_CONSUME,
+} sl_amqp_kind;
+
+/* A message to publish, or one consumed (then exchange is "" and
+ * redelivered, delivery_mode set). All strings are NUL-terminated copies
+ * owned by the op. */
+typedef struct sl_amqp_msg {
+    char *routing_key;
+    char *message_id;
+    char *type; /* the "type" property; NULL: none */
+    char *body;
+    size_t len;
+    int redelivered;
+    int delivery_mode;
+    char *content_type;
+} sl_amqp_msg;
+
+/* A queue argument (x-max-length, x-overflow, ...): an integer or a text. */
+typedef struct sl_amqp_arg {
+    char *name;
+    char *text; /* NULL: integer */
+    int64_t integer;
+} sl_amqp_arg;
+
+typedef void (*sl_amqp_done_fn)(sl_amqp_op *op, void *privdata);
+
+struct sl_amqp_op {
+    sl_amqp_kind kind;
+    /* inputs (set by the caller before submit) */
+    char *exchange;      /* DECLARE, PUBLISH */
+    char *exchange_type; /* DECLARE: "topic", "direct", ...; NULL: no
+                          * exchange is declared */
+    int durable;         /* DECLARE: exchange and queue */
+    char *queue;         /* DECLARE: a queue bound to the exchange; CONSUME */
+    char *binding_key;   /* DECLARE */
+    sl_amqp_arg *args;   /* DECLARE: the queue's arguments */
+    int nargs;
+    int mandatory; /* PUBLISH */
+    sl_amqp_msg *msgs;
+    size_t nmsgs;   /* PUBLISH: messages to send; CONSUME: received */
+    size_t max;     /* CONSUME: at most this many */
+    double wait;    /* CONSUME: seconds to wait for the first message */
+    double timeout; /* PUBLISH: seconds for all confirms (0: handle's) */
+    /* outcome (valid during done) */
+    sl_amqp_status status;
+    char error[256]; /* one line; never the URL or the password */
+    int code;        /* ESERVER: the broker's reply code (404, 406...) */
+    size_t confirmed;
+    /* the handle's */
+    sl_amqp_done_fn done;
+    void *privdata;
+    int abandoned;
+    sl_amqp_op *next;
+};
+
+typedef struct sl_amqp_options {
+    double connect_timeout; /* seconds (socket open, handshake, login) */
+    double timeout;         /* seconds per broker answer and publish batch */
+    int queue_max;          /* operations queued at most (>= 1) */
+    int heartbeat;          /* seconds; 0: none */
+} sl_amqp_options;
+
+/* The parts of an amqp:// URL (amqp_parse_url: percent-decoded, vhost "/"
+ * when the path is empty, port 5672 by default). */
+typedef struct sl_amqp_url {
+    char host[256];
+    int port;
+    char user[256];
+    char password[256];
+    char vhost[256];
+} sl_amqp_url;
+
+/* Parses url into *u. Returns 0, or -1 with err filled ("amqps is not
+ * supported", "bad URL"); err never quotes the URL (it may hold a
+ * password). */
+int sl_amqp_parse_url(const char *url, sl_amqp_url *u, char *err,
+                      size_t errlen);
+
+/* Starts the worker for url (parsed at once: NULL with err filled when it
+ * is not a valid amqp:// URL, or a thread cannot start). The worker
+ * connects when the first operation comes. */
+sl_amqp *sl_amqp_new(struct event_base *base, const char *url,
+                     const sl_amqp_options *o, char *err, size_t errlen);
+
+/* A zeroed op of that kind; NULL on out of memory. */
+sl_amqp_op *sl_amqp_op_new(sl_amqp_kind kind);
+
+/* Frees an op that was never submitted (and its strings and messages). */
+void sl_amqp_op_free(sl_amqp_op *op);
+
+/* Queues op; done(op, privdata) runs on the loop when it ended. Returns 0,
+ * or -1 with err filled when the queue is full ("queue full") or the
+ * handle is closing: the op stays the caller's. */
+int sl_amqp_submit(sl_amqp *a, sl_amqp_op *op, sl_amqp_done_fn done,
+                   void *privdata, char *err, size_t errlen);
+
+/* The op's waiter is gone (see above). op must have been submitted to a
+ * and its done not yet called. */
+void sl_amqp_abandon(sl_amqp *a, sl_amqp_op *op);
+
+/* Operations queued or running. */
+int sl_amqp_pending(sl_amqp *a);
+
+/* 1 while the worker holds an open connection. */
+int sl_amqp_connected(sl_amqp *a);
+
+/* Connections made so far. */
+long sl_amqp_connects(sl_amqp *a);
+
+/* Abandons every operation and stops the worker (it frees what it owns
+ * when its current call returns). NULL is fine. */
+void sl_amqp_free(sl_amqp *a);
+
+#endif

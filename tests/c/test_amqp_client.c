@@ -1,0 +1,192 @@
+/* test_amqp_client.c -- core/amqp_client.c without a broker: URL parsing,
+ * the bounded queue, results handed to the loop, abandoned operations */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/amqp_client.h"
+#include "test.h"
+
+TEST(parse_url_decodes_the_parts) {
+    sl_amqp_url u;
+    char err[256];
+    CHECK_INT(sl_amqp_parse_url("amqp://us%3Aer:p%40ss@10.1.2.3:5673/v%2Fh", &u,
+                                err, sizeof(err)),
+              0);
+    CHECK_STR(u.host, "10.1.2.3");
+    CHECK_INT(u.port, 5673);
+    CHECK_STR(u.user, "us:er");
+    CHECK_STR(u.password, "p@ss");
+    CHECK_STR(u.vhost, "v/h");
+    /* the defaults: port 5672, guest/guest, vhost "/" without a path */
+    CHECK_INT(sl_amqp_parse_url("amqp://broker", &u, err, sizeof(err)), 0);
+    CHECK_STR(u.host, "broker");
+    CHECK_INT(u.port, 5672);
+    CHECK_STR(u.user, "guest");
+    CHECK_STR(u.password, "guest");
+    CHECK_STR(u.vhost, "/");
+}
+
+TEST(parse_url_refuses_without_quoting_the_url) {
+    sl_amqp_url u;
+    char err[256];
+    CHECK_INT(sl_amqp_parse_url("amqps://u:secret@h/", &u, err, sizeof(err)),
+              -1);
+    CHECK_STR(err, "amqps (TLS) is not supported");
+    CHECK_INT(sl_amqp_parse_url("http://u:secret@h/", &u, err, sizeof(err)),
+              -1);
+    CHECK_STR(err, "bad URL: amqp://... expected");
+    CHECK_INT(
+        sl_amqp_parse_url("amqp://u:secret@h:notaport/", &u, err, sizeof(err)),
+        -1);
+    CHECK(strncmp(err, "bad URL: ", 9) == 0);
+    CHECK(strstr(err, "secret") == NULL);
+}
+
+typedef struct seen {
+    int calls, want;
+    sl_amqp_status status[8];
+    sl_amqp_kind kind[8];
+    char error[8][256];
+    struct event_base *base;
+} seen;
+
+static void on_done(sl_amqp_op *op, void *privdata) {
+    seen *s = privdata;
+    if (s->calls < 8) {
+        s->status[s->calls] = op->status;
+        s->kind[s->calls] = op->kind;
+        snprintf(s->error[s->calls], sizeof(s->error[0]), "%s", op->error);
+    }
+    if (++s->calls == s->want)
+        event_base_loopbreak(s->base);
+}
+
+/* A port where nothing listens (bound, read, closed), or with a listening
+ * socket that never answers (the kernel completes the TCP handshake). */
+static int listener(int *port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t al = sizeof(a);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        listen(fd, 4) != 0 || getsockname(fd, (struct sockaddr *)&a, &al))
+        return -1;
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+static void run_until(struct event_base *base, seen *s, int want) {
+    struct timeval limit = {20, 0}; /* a bound, not a synchronisation */
+    s->want = want;
+    s->base = base;
+    if (s->calls < want) {
+        event_base_loopexit(base, &limit);
+        event_base_dispatch(base);
+    }
+}
+
+TEST(a_refused_connection_is_reported_on_the_loop_and_ops_run_in_order) {
+    struct event_base *base = event_base_new();
+    int port, fd = listener(&port);
+    CHECK(fd >= 0);
+    close(fd);
+    char url[128], err[256];
+    snprintf(url, sizeof(url), "amqp://u:secret@127.0.0.1:%d", port);
+    sl_amqp_options o = {.connect_timeout = 5, .timeout = 5, .queue_max = 4};
+    sl_amqp *a = sl_amqp_new(base, url, &o, err, sizeof(err));
+    CHECK(a != NULL);
+    seen s = {0};
+    sl_amqp_op *c = sl_amqp_op_new(SL_AMQP_CONNECT);
+    sl_amqp_op *p = sl_amqp_op_new(SL_AMQP_PUBLISH);
+    CHECK_INT(sl_amqp_submit(a, c, on_done, &s, err, sizeof(err)), 0);
+    CHECK_INT(sl_amqp_submit(a, p, on_done, &s, err, sizeof(err)), 0);
+    CHECK_INT(s.calls, 0); /* only from the loop */
+    run_until(base, &s, 2);
+    CHECK_INT(s.calls, 2);
+    CHECK_INT(s.kind[0], SL_AMQP_CONNECT);
+    CHECK_INT(s.kind[1], SL_AMQP_PUBLISH);
+    CHECK_INT(s.status[0], SL_AMQP_ECONN);
+    CHECK_INT(s.status[1], SL_AMQP_ECONN);
+    char want[64];
+    snprintf(want, sizeof(want), "connect to 127.0.0.1:%d: ", port);
+    CHECK(strncmp(s.error[0], want, strlen(want)) == 0);
+    CHECK(strstr(s.error[0], "secret") == NULL);
+    CHECK_INT(sl_amqp_pending(a), 0);
+    CHECK_INT(sl_amqp_connected(a), 0);
+    CHECK_INT(sl_amqp_connects(a), 0);
+    sl_amqp_free(a);
+    event_base_free(base);
+}
+
+TEST(the_queue_is_bounded_and_a_full_one_refuses_at_once) {
+    struct event_base *base = event_base_new();
+    int port, fd = listener(&port); /* the worker waits in the handshake */
+    CHECK(fd >= 0);
+    char url[128], err[256];
+    snprintf(url, sizeof(url), "amqp://127.0.0.1:%d", port);
+    sl_amqp_options o = {.connect_timeout = 30, .timeout = 30, .queue_max = 3};
+    sl_amqp *a = sl_amqp_new(base, url, &o, err, sizeof(err));
+    seen s = {0};
+    sl_amqp_op *ops[4];
+    for (int i = 0; i < 4; i++)
+        ops[i] = sl_amqp_op_new(SL_AMQP_CONNECT);
+    for (int i = 0; i < 3; i++)
+        CHECK_INT(sl_amqp_submit(a, ops[i], on_done, &s, err, sizeof(err)), 0);
+    CHECK_INT(sl_amqp_pending(a), 3); /* queued + the one running */
+    CHECK_INT(sl_amqp_submit(a, ops[3], on_done, &s, err, sizeof(err)), -1);
+    CHECK_STR(err, "queue full");
+    sl_amqp_op_free(ops[3]); /* refused: still the caller's */
+    /* freeing abandons all three: the worker drops them when its handshake
+     * gives up, and never calls back */
+    sl_amqp_free(a);
+    CHECK_INT(s.calls, 0);
+    close(fd);
+    event_base_free(base);
+}
+
+TEST(an_abandoned_op_is_never_called_back) {
+    struct event_base *base = event_base_new();
+    int port, fd = listener(&port);
+    close(fd);
+    char url[128], err[256];
+    snprintf(url, sizeof(url), "amqp://127.0.0.1:%d", port);
+    sl_amqp_options o = {.connect_timeout = 5, .timeout = 5, .queue_max = 8};
+    sl_amqp *a = sl_amqp_new(base, url, &o, err, sizeof(err));
+    seen gone = {0}, s = {0};
+    sl_amqp_op *first = sl_amqp_op_new(SL_AMQP_CONNECT);
+    sl_amqp_op *second = sl_amqp_op_new(SL_AMQP_DECLARE);
+    CHECK_INT(sl_amqp_submit(a, first, on_done, &gone, err, sizeof(err)), 0);
+    CHECK_INT(sl_amqp_submit(a, second, on_done, &s, err, sizeof(err)), 0);
+    sl_amqp_abandon(a, first);
+    run_until(base, &s, 1); /* in order: the first has ended by then */
+    CHECK_INT(s.calls, 1);
+    CHECK_INT(s.kind[0], SL_AMQP_DECLARE);
+    CHECK_INT(gone.calls, 0);
+    sl_amqp_free(a);
+    event_base_free(base);
+}
+
+TEST(new_refuses_a_bad_url) {
+    struct event_base *base = event_base_new();
+    char err[256];
+    sl_amqp_options o = {.connect_timeout = 1, .timeout = 1, .queue_max = 1};
+    CHECK(sl_amqp_new(base, "amqps://h", &o, err, sizeof(err)) == NULL);
+    CHECK_STR(err, "amqps (TLS) is not supported");
+    event_base_free(base);
+}
+
+int main(void) {
+    RUN(parse_url_decodes_the_parts);
+    RUN(parse_url_refuses_without_quoting_the_url);
+    RUN(a_refused_connection_is_reported_on_the_loop_and_ops_run_in_order);
+    RUN(the_queue_is_bounded_and_a_full_one_refuses_at_once);
+    RUN(an_abandoned_op_is_never_called_back);
+    RUN(new_refuses_a_bad_url);
+    return TEST_SUMMARY();
+}
