@@ -344,4 +344,32 @@ describe("sluice.sinks.clickhouse", function()
       assert.equal(0, #db:query("SELECT id FROM sluice_outbox"))
     end)
   end)
+
+  it("reads sink tables back with `sluice sql --sink`", function()
+    local ffi = require "ffi"
+    pcall(ffi.cdef, "int getpid(void);")
+    local exe = "/proc/" .. ffi.C.getpid() .. "/exe" -- this sluice binary
+    assert(srv:query("CREATE TABLE market.readback (id Int64, p Nullable(String), s String, big UInt64)"
+      .. " ENGINE = MergeTree ORDER BY id"))
+    assert(srv:query("INSERT INTO market.readback VALUES (1, '0.10', 'a|b', 18446744073709551615), (2, NULL, '', 0)"))
+    local config = os.tmpname() .. ".lua"
+    local f = io.open(config, "w")
+    f:write(("return { sinks = { clickhouse = { url = %q, database = 'market', user = 'sluice', password = %q } } }")
+      :format(srv:url(), chs.PASSWORD))
+    f:close()
+    local function sql(args)
+      local p = io.popen(exe .. " sql " .. args .. " 2>&1; echo \"rc=$?\"")
+      local out = p:read("*a")
+      p:close()
+      return out
+    end
+    assert.equal("id|p|s|big\n1|0.10|a|b|18446744073709551615\n2|||0\nrc=0\n",
+      sql(config .. " --sink clickhouse 'SELECT id, p, s, big FROM readback ORDER BY id'"))
+    assert.equal("OK\nrc=0\n", sql(config .. " --sink clickhouse \"INSERT INTO readback VALUES (3, '1', 'x', 1)\""))
+    assert.equal("3\nrc=0\n", sql(config .. " --sink clickhouse 'SELECT count() AS n FROM readback'"):gsub("^n\n", ""))
+    local out = sql(config .. " --sink clickhouse 'SELECT * FROM nope'")
+    assert.truthy(out:match("^sluice sql: clickhouse: HTTP 404: Code: 60, .*Table market.nope doesn't exist.*\nrc=1\n$"), out)
+    assert.is_nil(out:find(chs.PASSWORD, 1, true))
+    os.remove(config)
+  end)
 end)

@@ -53,7 +53,8 @@
 -- answers with a parsing or type error code (DATA_ERRORS; ClickHouse
 -- answers 500 to those too); anything else (no connection, a timeout, 5xx
 -- with another code, authentication) -> nil, err, kind: retried.
--- sink:query(sql) -> {fields, rows} | nil, err, kind (for `sluice sql`).
+-- sink:query(sql) -> {fields, rows} | nil, err, kind (for `sluice sql`;
+-- unqualified table names are the database's).
 -- sink:stats() -> {batches, rows, bytes, server_version, types, decimal}.
 -- Misuse raises; operational failure returns nil, err, kind.
 local sluice = require "sluice"
@@ -191,7 +192,7 @@ end
 
 -- One request: sql in the URL (with a body) or as the body. -> body | nil,
 -- err, kind ("rejected" for DATA_ERRORS, "server" for another error code).
-function Sink:request(sql, body, encoding)
+function Sink:request(sql, body, encoding, database)
   local url, opts = self.url .. "/", {
     timeout = self.timeout, connect_timeout = self.connect_timeout, redirects = false, headers = self.headers,
   }
@@ -205,6 +206,7 @@ function Sink:request(sql, body, encoding)
     end
   else
     opts.body = sql
+    if database then url = url .. "?" .. http.encode_query { database = database } end
   end
   local res, err, kind = http.post(url, opts)
   if not res then return nil, "clickhouse: " .. tostring(err), kind end
@@ -234,11 +236,11 @@ function Sink:query(sql)
   local select_like = sql:match("^%s*[Ss][Ee][Ll][Ee][Cc][Tt]%s") or sql:match("^%s*[Ww][Ii][Tt][Hh]%s")
     or sql:match("^%s*[Ss][Hh][Oo][Ww]%s") or sql:match("^%s*[Dd][Ee][Ss][Cc]")
   if not select_like then
-    local body, err, kind = self:request(sql)
+    local body, err, kind = self:request(sql, nil, nil, self.database)
     if not body then return nil, err, kind end
     return { fields = {}, rows = {}, command = "OK" }
   end
-  local body, err, kind = self:request(sql:gsub("[%s;]+$", "") .. " FORMAT JSONCompact")
+  local body, err, kind = self:request(sql:gsub("[%s;]+$", "") .. " FORMAT JSONCompact", nil, nil, self.database)
   if not body then return nil, err, kind end
   local doc, derr = json.decode(body)
   if not doc then return nil, "clickhouse: bad JSONCompact output: " .. derr end
