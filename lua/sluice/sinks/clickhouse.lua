@@ -504,7 +504,8 @@ local function le_bytes(digits, negative, nbytes)
       out[i] = x % 256
     end
   end
-  -- the sign bit must be the sign (signed types: Decimal)
+  -- (a Decimal's digits are bounded by its precision, which keeps them
+  -- inside the signed range: 10^38 < 2^127, 10^76 < 2^255)
   return out
 end
 _M.le_bytes = le_bytes
