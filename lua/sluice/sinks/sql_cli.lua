@@ -2,11 +2,13 @@
 --
 --   sluice sql CONFIG.lua --sink postgres "SELECT count(*) FROM trades"
 --   sluice sql --url postgresql://u@host/db "SELECT ..."
+--   sluice sql CONFIG.lua --sink clickhouse "SELECT count() FROM trades FINAL"
 --
 -- cli(args...) is what the host runs as the command's main task
 -- (runtime/host/main.c). It loads CONFIG.lua (a configuration returns a
 -- table; nothing in it is started), takes sinks[NAME] (a sink of kind
--- "postgres": kind = "postgres" or the name "postgres"), runs the one
+-- "postgres": kind = "postgres" or the name "postgres"; or of kind
+-- "clickhouse", through sluice.sinks.clickhouse's query), runs the one
 -- statement on it and prints the result as psql -A does: the column names,
 -- then one line per row, fields separated by "|", NULL as an empty field;
 -- a statement without rows prints its command tag ("INSERT 0 3"). Exit 0;
@@ -25,7 +27,7 @@ usage: sluice sql CONFIG.lua --sink NAME [--timeout S] SQL
 Runs one SQL statement on a sink of the configuration (its url) or on the
 PostgreSQL server at URL, and prints the result: the column names, then one
 line per row, fields separated by "|" (NULL empty). Sinks of kind postgres
-only.
+or clickhouse.
 ]]
 
 local function usage(msg)
@@ -48,9 +50,24 @@ local function url_of(config, name)
   if type(cfg) ~= "table" or type(cfg.sinks) ~= "table" then return nil, config .. ": no sinks in the configuration" end
   local s = cfg.sinks[name]
   if type(s) ~= "table" then return nil, config .. ": no sink named '" .. name .. "'" end
-  if (s.kind or name) ~= "postgres" then return nil, "sink '" .. name .. "' is not of kind postgres" end
+  local kind = s.kind or name
+  if kind ~= "postgres" and kind ~= "clickhouse" then
+    return nil, "sink '" .. name .. "' is not of kind postgres or clickhouse"
+  end
   if type(s.url) ~= "string" then return nil, "sink '" .. name .. "' has no url" end
-  return s.url
+  return s.url, kind, s
+end
+
+-- The statement on a ClickHouse sink: its settings (url, database, user,
+-- password) make the connection.
+local function clickhouse(settings, sql, timeout)
+  local ch = require "sluice.sinks.clickhouse"
+  local conf = {}
+  for _, k in ipairs { "url", "database", "user", "password" } do conf[k] = settings[k] end
+  conf.timeout = timeout
+  local ok, sink = pcall(ch.new, "sql", conf)
+  if not ok then return nil, tostring(sink) end
+  return sink:query(sql)
 end
 
 function _M.cli(...)
@@ -80,22 +97,29 @@ function _M.cli(...)
     end
   end
   if not sql then return usage("missing SQL") end
+  local kind, settings = "postgres", nil
   if not url then
     if not config or not sink then return usage("give CONFIG.lua --sink NAME, or --url URL") end
     local err
-    url, err = url_of(config, sink)
+    url, err, settings = url_of(config, sink)
     if not url then
       io.stderr:write("sluice sql: ", err, "\n")
       return sluice.shutdown(1)
     end
+    kind = err
   end
-  local conn, err = pg.connect { url = url, timeout = timeout }
-  if not conn then
-    io.stderr:write("sluice sql: ", err, "\n")
-    return sluice.shutdown(1)
+  local res, qerr, state, _
+  if kind == "clickhouse" then
+    res, qerr = clickhouse(settings, sql, timeout)
+  else
+    local conn, err = pg.connect { url = url, timeout = timeout }
+    if not conn then
+      io.stderr:write("sluice sql: ", err, "\n")
+      return sluice.shutdown(1)
+    end
+    res, qerr, _, state = conn:query(sql)
+    conn:close()
   end
-  local res, qerr, _, state = conn:query(sql)
-  conn:close()
   if not res then
     io.stderr:write("sluice sql: ", state and (state .. " ") or "", qerr, "\n")
     return sluice.shutdown(1)
