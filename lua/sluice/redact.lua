@@ -161,15 +161,29 @@ function _M.scrub(v, seen)
   return out
 end
 
+-- Schemes whose user info without a ":" is a user NAME, never a
+-- credential (the password comes from elsewhere: .pgpass, a certificate,
+-- trust). Remembering "postgres" from postgresql://postgres@db would blank
+-- every "postgres" in every line -- the sink's name, its kind, the scheme.
+-- Elsewhere a lone user is often the credential itself
+-- (https://TOKEN@host), so it is remembered.
+local USER_IS_NAME = {
+  postgres = true, postgresql = true, mysql = true, mariadb = true, amqp = true, amqps = true,
+  clickhouse = true, mongodb = true, ["mongodb+srv"] = true,
+}
+
 -- the password (or lone user) of a URL's user info, raw and unescaped
 local function remember_userinfo(s)
-  for authority in s:gmatch("%a[%w+.-]*://([^/?#%s\"'<>]*)") do
+  for scheme, authority in s:gmatch("(%a[%w+.-]*)://([^/?#%s\"'<>]*)") do
     local info = authority:match("^(.*)@")
     if info then
-      local pass = info:match("^[^:]*:(.*)$") or info
-      _M.register(pass)
-      _M.register(unescape(pass))
-      _M.register(info)
+      local pass = info:match("^[^:]*:(.*)$")
+      if pass or not USER_IS_NAME[scheme:lower()] then
+        pass = pass or info
+        _M.register(pass)
+        _M.register(unescape(pass))
+        _M.register(info)
+      end
     end
   end
 end

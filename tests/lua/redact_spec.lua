@@ -53,6 +53,22 @@ describe("sluice.redact", function()
     assert.equal("tenant-7 symbol-x", redact.text("tenant-7 symbol-x"))
   end)
 
+  it("a database URL's lone user is a name, not a secret: text keeps it; a password is still one", function()
+    -- postgresql://postgres@db remembered "postgres" and blanked it in every
+    -- line: the sink named postgres showed as <redacted> in /status
+    local v = redact.classify(config.prepare({
+      sinks = { postgres = { url = "postgresql://postgres@127.0.0.1:5432/market" },
+                mq = { kind = "rabbitmq", url = "amqp://guest:mq-pass-1@127.0.0.1:5672" } },
+    }, "test.lua", { env = {} }))
+    assert.equal("postgresql://<redacted>@127.0.0.1:5432/market", v.sinks.postgres.url)
+    assert.equal("sink postgres (postgres) up", redact.text("sink postgres (postgres) up"))
+    assert.equal("a <redacted> b", redact.text("a mq-pass-1 b"))
+    -- elsewhere a lone user is often the credential itself
+    redact.classify(config.prepare({ collectors = { { use = "binance_klines",
+      base_url = "https://tok-lone-1@api.example" } } }, "test2.lua", { env = {} }))
+    assert.equal("a <redacted> b", redact.text("a tok-lone-1 b"))
+  end)
+
   it("a collector.env value shows as <secret> wherever it sits", function()
     local v = redact.classify({ collectors = { { use = "x", options = { deep = { collector.env("HOME") } } } } })
     assert.equal("<secret>", v.collectors[1].options.deep[1])
