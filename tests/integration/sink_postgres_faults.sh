@@ -137,15 +137,6 @@ same_tables() {
   fi
 }
 
-# pending NAME COMMAND...: a check of a known defect not fixed yet: its
-# failure is reported but not counted (unless SINK_FAULTS_STRICT=1).
-pending() {
-  local name=$1; shift
-  if "$@"; then ok "$name (pending: passes now, remove the mark)"
-  elif [ "${SINK_FAULTS_STRICT:-0}" = 1 ]; then not_ok "$name"
-  else echo "pending - $name (known defect, not counted)"; fi
-}
-
 # st EXPR: a value of /status (python expression over d), or of /health (h)
 # or /metrics (m: the sample of a series, by its full name).
 st() {
@@ -333,7 +324,7 @@ echo "# c-drop-inflight: $nl local rows, $ns at the sink, dropped $dropped (/met
 # deletes rows of the batch in flight and counts them dropped; the write
 # then delivers them and ack counts them forwarded too, so dropped exceeds
 # the rows missing by up to a batch (8200 dropped for 8120 missing in one
-# run). SINK_FAULTS_STRICT=1 makes this a failing check; drop the pending
+# run). SLUICE_STRICT_PENDING=1 makes this a failing check; drop the pending
 # mark once drop_oldest spares (or ack uncounts) the batch in flight.
 pending "c-drop-inflight: /status's dropped equals the rows missing at the sink ($dropped = $nl - $ns)" \
   test "$dropped" = $((nl - ns))
