@@ -345,6 +345,9 @@ end
 helper("sql(query)", "run one SQL statement on the postgres sink: its rows "
     .. "(sql(query, {sink = name}): on that sink)", function(query, opts)
   if type(query) ~= "string" then fail("sql", "string expected, got " .. type(query), "invalid") end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("sql: bad argument #2 (table expected, got " .. type(opts) .. ")", 2)
+  end
   opts = opts or {}
   local url, err = postgres_url(opts.sink)
   if not url then fail("sql", scrubbed(err)) end

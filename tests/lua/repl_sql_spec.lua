@@ -40,6 +40,7 @@ describe("sluice.repl sql()", function()
       "sql: sink 'stream' is not of kind postgres")
     assert.has_error(function() sql("SELECT 1", { sink = "nope" }) end, "sql: no sink named 'nope'")
     assert.has_error(function() sql(42) end, "sql: bad argument #1 (string expected, got number)")
+    assert.has_error(function() sql("SELECT 1", "pg") end, "sql: bad argument #2 (table expected, got string)")
   end)
 
   it("returns the rows of the only postgres sink, values exact", function()
