@@ -106,6 +106,58 @@ rcli() {
 }
 stop_redis() { rcli shutdown nosave >/dev/null 2>&1; }
 
+# start_postgres: a private PostgreSQL server (initdb into a temp dir of
+# its own, $PG_DIR; trust authentication, TCP on 127.0.0.1 only, fsync off)
+# on a free loopback port, $PG_PORT, ready when this returns. $PG_URL is
+# its URL: database postgres, superuser $PG_USER ("sluice_pg" unless set
+# before; not "postgres": sluice.redact hides a URL's user name wherever it
+# appears in /status, which would hide a sink named postgres too). As root
+# the server runs as the postgres system user (PostgreSQL refuses root),
+# which owns $PG_DIR, as tests/lua/support/postgres.lua does.
+# stop_postgres [MODE] stops it (fast: clients are disconnected);
+# restart_postgres starts it again on the same port and data;
+# shutdown_postgres stops it and removes $PG_DIR (call it from the script's
+# EXIT trap). pg_sql SQL: psql -At against it (fields separated by |).
+# Fails when Debian's postgresql is missing.
+PG_BIN=/usr/lib/postgresql/15/bin
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+start_postgres() {
+  if [ ! -x "$PG_BIN/pg_ctl" ]; then
+    not_ok "postgresql available (apt-get install postgresql)"
+    return 1
+  fi
+  PG_DIR=$(mktemp -d /tmp/sluice-pg.XXXXXX)
+  [ "$(id -u)" = 0 ] && chown postgres:postgres "$PG_DIR"
+  PG_USER=${PG_USER:-sluice_pg}
+  if ! as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U "$PG_USER" -E UTF8 --no-sync \
+      >"$PG_DIR/initdb.log" 2>&1; then
+    not_ok "initdb (see $PG_DIR/initdb.log)"
+    return 1
+  fi
+  PG_PORT=$(free_port)
+  PG_URL="postgresql://$PG_USER@127.0.0.1:$PG_PORT/postgres"
+  restart_postgres || { not_ok "postgres started on $PG_PORT"; return 1; }
+}
+restart_postgres() {
+  as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 30 \
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    start >/dev/null 2>&1
+}
+stop_postgres() {
+  as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m "${1:-fast}" -w -t 30 stop >/dev/null 2>&1
+}
+shutdown_postgres() {
+  [ -n "${PG_DIR:-}" ] || return 0
+  [ -f "$PG_DIR/data/postmaster.pid" ] && stop_postgres immediate
+  rm -rf "$PG_DIR"
+  PG_DIR=""
+}
+pg_sql() {
+  "$PG_BIN/psql" -X -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -c "$1"
+}
+
 # backfill_config FILE LEVEL: writes a configuration that backfills
 # binance_klines (BTCUSDT and ETHUSDT, 1m candles, quick retries) from the
 # mock Binance it starts in the same process with seed 42, so that every
@@ -122,6 +174,16 @@ return { store = os.getenv("DB"), log = { level = "$2" }, collectors = {
     limiter = { rate = rate, max_rate = rate },
     retry = { max_attempts = 3, base_delay = 0.05, max_delay = 0.2 } } } }
 LUA
+}
+
+# pending NAME COMMAND...: a check of a known defect not fixed yet (the
+# script's comment says which): its failure is shown, not counted, unless
+# SLUICE_STRICT_PENDING=1; a pass asks for the mark to go.
+pending() {
+  local name=$1; shift
+  if "$@"; then ok "$name (pending: passes now, remove the mark)"
+  elif [ "${SLUICE_STRICT_PENDING:-0}" = 1 ]; then not_ok "$name"
+  else echo "pending - $name (known defect, not counted)"; fi
 }
 
 finish() {
