@@ -324,13 +324,16 @@ reload = function()
     for _, old in ipairs(app.order) do
       if old.running then running[old.name] = old end
       old:stop()
-      if app.shared then app.shared:detach(old) end
     end
     if app.shared then
+      -- the new instances first: an old one's lease is kept only if one of
+      -- its name is attached when its release looks (detaching yields, and
+      -- a lease released meanwhile is free for any other instance)
       for _, inst in ipairs(built.order) do
         app.shared:attach(inst)
         app.shared:renew(inst)
       end
+      for _, old in ipairs(app.order) do app.shared:detach(old) end
     end
     if app.outbox then
       for _, inst in ipairs(built.order) do inst:add_sink(app.outbox:route(inst, built.sinks_of[inst])) end

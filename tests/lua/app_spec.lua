@@ -279,6 +279,44 @@ describe("sluice.app", function()
     red:close()
   end)
 
+  it("keeps a collector's lease through a reload: never released, so no other instance takes it meanwhile", function()
+    -- The old instances were detached (their leases released when no run
+    -- was in flight, the new one not attached yet) before the new ones were
+    -- attached: for a moment the lease was free for any other instance.
+    local rs = require "support.redis_server"
+    local srv = rs.start()
+    local app, red, sub
+    finally(function()
+      if sub then sub:close() end
+      if red then red:close() end
+      if app then
+        stop(app)
+        if app.shared then app.shared:stop() end
+      end
+      srv:stop(true, true)
+    end)
+    local dir = tmpdir()
+    -- a limiter: detaching publishes its state (a Redis call, the loop turns)
+    write(dir .. "/feed.lua", feed({ limiter = true, breaker = true }))
+    app = run(dir, [[return { store = "%DIR%/db.sqlite", redis = "]] .. srv:url(0) .. [[",
+      collectors = { { file = "feed.lua", name = "z" }, { file = "feed.lua", name = "a" } } }]])
+    wait_for("the first runs", function() return probe.a and probe.a.runs == 1 and probe.z and probe.z.runs == 1 end)
+    red = require("sluice.redis").connect({ url = srv:url(0) })
+    assert.equal(app.shared.id, red:call("GET", "lease:collector:a"))
+    assert.equal("OK", red:call("CONFIG", "SET", "notify-keyspace-events", "Kg"))
+    sub = assert(red:subscribe("__keyspace@0__:lease:collector:a"))
+    assert(app_mod.reload())
+    -- the renewal after the reload is an "expire" event; a release would
+    -- be a "del" before it
+    local events = {}
+    repeat
+      local m = sub:receive(1)
+      if m then events[#events + 1] = m.payload end
+    until not m or m.payload == "expire"
+    assert.same({ "expire" }, events)
+    assert.equal(app.shared.id, red:call("GET", "lease:collector:a"))
+  end)
+
   it("starts a reloaded instance's first run after the old instance's run in flight", function()
     local dir = tmpdir()
     write(dir .. "/feed.lua", feed({ interval = 0.3 }))
