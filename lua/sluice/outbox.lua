@@ -182,7 +182,7 @@ local function sink_state(name, settings, ctx)
     retry_max = r.max_delay or 30,
     -- the forwarder's
     task = nil, parked = false, stopping = false, retry_at = nil, attempt = 0,
-    ensured = {}, errors = 0, last_error = nil, last_error_at = nil, batches = 0, samples = {},
+    ensured = {}, defs = {}, errors = 0, last_error = nil, last_error_at = nil, batches = 0, samples = {},
     -- the enqueue's: refusing = the message while a commit was refused
     -- (on_full = "stop") and none went through since; refused = count
     refusing = nil, refused = 0,

@@ -31,7 +31,7 @@ local tonumber = tonumber
 local floor, format, huge = math.floor, string.format, math.huge
 local sort, find = table.sort, string.find
 local encode, number, numeral_text = json.encode, json.number, json.numeral_text
-local encode_string, null = cjson.encode, json.null
+local encode_string, null, empty_array = cjson.encode, json.null, json.empty_array
 local istype, int64_t, uint64_t = ffi.istype, ffi.typeof("int64_t"), ffi.typeof("uint64_t")
 
 local _M = {}
@@ -63,22 +63,22 @@ end
 -- tostring): the fields go into it without a string each.
 local buf = buffer.new(256)
 
--- Appends the text of a scalar value as sluice.json writes it -> true, or
--- false when v is not one the fast path knows (nothing appended).
-local function put_scalar(v)
+-- Appends to b the text of a scalar value as sluice.json writes it ->
+-- true, or false when v is not one the fast path knows (nothing appended).
+local function put_scalar(b, v)
   local tv = type(v)
   if tv == "string" then
     if find(v, '[%c"/\\]') then -- what cjson escapes
-      buf:put(encode_string(v))
+      b:put(encode_string(v))
     else
-      buf:put('"', v, '"')
+      b:put('"', v, '"')
     end
     return true
   end
   if tv == "number" then
     -- integral within +-2^53 (not -0): "%d", as sluice.json writes them
     if v == floor(v) and v > -TWO53 and v < TWO53 and (v ~= 0 or 1 / v > 0) then
-      buf:putf("%d", v)
+      b:putf("%d", v)
       return true
     end
     if v ~= v or v == huge or v == -huge or v == 0 then return false end
@@ -88,24 +88,24 @@ local function put_scalar(v)
       s = format("%.16g", v)
       if tonumber(s) ~= v then s = format("%.17g", v) end
     end
-    buf:put(s)
+    b:put(s)
     return true
   end
   if tv == "boolean" then
-    buf:put(v and "true" or "false")
+    b:put(v and "true" or "false")
     return true
   end
   if v == null then
-    buf:put("null")
+    b:put("null")
     return true
   end
   if tv == "table" then
     local s = numeral_text(v)
-    if s then buf:put(s) end
+    if s then b:put(s) end
     return s ~= nil
   end
   if tv == "cdata" and (istype(int64_t, v) or istype(uint64_t, v)) then
-    buf:put((number(v)))
+    b:put((number(v)))
     return true
   end
   return false
@@ -131,7 +131,7 @@ function _M.encode_row(row, plan, stored, r)
     if v ~= nil then
       buf:put(sep, prefix[i])
       sep = ","
-      if not put_scalar(v) then
+      if not put_scalar(buf, v) then
         local s
         if stored and isjson[i] and type(v) == "table" then s = stored(r, names[i]) end
         if type(s) ~= "string" then
@@ -145,6 +145,46 @@ function _M.encode_row(row, plan, stored, r)
   end
   buf:put("}")
   return buf:tostring()
+end
+
+--- encode_value(v) -> text | nil, err: sluice.json.encode(v), the same
+-- bytes; an object with string keys or an array whose values are all
+-- scalars (a json column's usual value) written directly, anything else by
+-- sluice.json.encode.
+local vbuf = buffer.new(128)
+function _M.encode_value(v)
+  if type(v) ~= "table" or v == empty_array or numeral_text(v) then return encode(v) end
+  local mt = getmetatable(v)
+  if mt ~= nil and mt ~= "sluice.json.array" then return encode(v) end
+  local n, count, strings = #v, 0, true
+  for k in pairs(v) do
+    count = count + 1
+    if type(k) ~= "string" then strings = false end
+  end
+  vbuf:reset()
+  local ok = true
+  if (mt ~= nil or (n > 0 and count == n)) and count == n then
+    vbuf:put("[")
+    for i = 1, n do
+      if i > 1 then vbuf:put(",") end
+      if not put_scalar(vbuf, v[i]) then ok = false break end
+    end
+    vbuf:put("]")
+  elseif mt == nil and strings then
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    sort(keys)
+    vbuf:put("{")
+    for i = 1, #keys do
+      vbuf:put(i > 1 and "," or "", encode_string(keys[i]), ":")
+      if not put_scalar(vbuf, v[keys[i]]) then ok = false break end
+    end
+    vbuf:put("}")
+  else
+    ok = false
+  end
+  if not ok then return encode(v) end
+  return vbuf:tostring()
 end
 
 return _M

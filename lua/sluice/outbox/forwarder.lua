@@ -3,7 +3,7 @@
 -- run(db, s) is the body of a sink's forwarder task (sluice.outbox spawns
 -- it; s is the outbox's state of that sink, which this module reads and
 -- whose forwarding fields it owns: parked, retry_at, attempt, ensured,
--- errors, last_error, last_error_at, batches, samples). The loop:
+-- defs, errors, last_error, last_error_at, batches, samples). The loop:
 --  - waits (sluice.park) until a batch is due: `batch` rows queued, or the
 --    oldest queued max_age seconds ago; enqueue wakes it (wake(s)), a timer
 --    (park's timeout) makes the age bound;
@@ -144,7 +144,7 @@ local function ship(db, s, head, permit)
     s.breaker:release(permit)
     return true
   end
-  local def = queue.def(db, tname) or { name = tname, columns = {}, key = {} }
+  local def = queue.def(db, tname, s.defs) or { name = tname, columns = {}, key = {} }
   local rows, first, last = decode_batch(taken, def)
   local t0 = sluice.now()
   local ok, err, kind = true, nil, nil

@@ -101,10 +101,18 @@ function _M.save_def(db, tname, text)
     .. "ON CONFLICT (table_name) DO UPDATE SET def = excluded.def", tname, text))
 end
 
---- def(db, table_name) -> the definition recorded, or nil.
-function _M.def(db, tname)
+--- def(db, table_name [, cache]) -> the definition recorded, or nil.
+-- cache (the caller's table: text -> definition) keeps the one decoded
+-- while the text stays the same, so a sink sees the same def table batch
+-- after batch (and keeps what it derived from it).
+function _M.def(db, tname, cache)
   local rows = db:query("SELECT def FROM sluice_outbox_tables WHERE table_name = ?", tname)
-  return rows and rows[1] and (decode(rows[1].def))
+  local text = rows and rows[1] and rows[1].def
+  if not text then return nil end
+  if cache and cache[text] then return cache[text] end
+  local def = decode(text)
+  if cache and def then cache[text] = def end
+  return def
 end
 
 -- Multi-row INSERTs of CHUNKS[i] rows each (?1 sink, ?2 table, ?3 at, then
