@@ -66,6 +66,7 @@ local breaker = require "sluice.breaker"
 local retry = require "sluice.retry"
 local options = require "sluice.options"
 local queue = require "sluice.outbox.queue"
+local codec = require "sluice.outbox.codec"
 local forwarder = require "sluice.outbox.forwarder"
 
 local type, pairs, ipairs, tostring, error, pcall = type, pairs, ipairs, tostring, error, pcall
@@ -181,7 +182,7 @@ local function sink_state(name, settings, ctx)
     retry_max = r.max_delay or 30,
     -- the forwarder's
     task = nil, parked = false, stopping = false, retry_at = nil, attempt = 0,
-    ensured = {}, errors = 0, last_error = nil, last_error_at = nil, batches = 0, samples = {},
+    ensured = {}, defs = {}, errors = 0, last_error = nil, last_error_at = nil, batches = 0, samples = {},
     -- the enqueue's: refusing = the message while a commit was refused
     -- (on_full = "stop") and none went through since; refused = count
     refusing = nil, refused = 0,
@@ -297,7 +298,8 @@ function _M:route(c, names)
     end
     list[#list + 1] = s
   end
-  return setmetatable({ box = self, targets = list, tables = c.config and c.config.tables or {} }, route_mt)
+  return setmetatable({ box = self, targets = list, tables = c.config and c.config.tables or {}, defs = {} },
+    route_mt)
 end
 
 -- Rows published after the commit: the route has nothing to do then (it
@@ -306,11 +308,13 @@ function route_mt.publish()
   return true
 end
 
---- route:enqueue(table_name, rows): queues rows (those the store
--- accepted) for every sink of the route that takes the table. Call inside
--- the rows' transaction. Raises (rolling the transaction back) when a
--- sink with on_full = "stop" has no room for them, or on an SQL failure.
-function route_mt:enqueue(tname, rows)
+--- route:enqueue(table_name, rows [, stored]): queues rows (those the
+-- store accepted) for every sink of the route that takes the table. Call
+-- inside the rows' transaction; stored(r, col) is the store's value of a
+-- column (db:upsert_accepted's hook gives it: a json column's text is not
+-- encoded twice). Raises (rolling the transaction back) when a sink with
+-- on_full = "stop" has no room for them, or on an SQL failure.
+function route_mt:enqueue(tname, rows, stored)
   local n = #rows
   if n == 0 then return end
   local targets = {}
@@ -331,13 +335,24 @@ function route_mt:enqueue(tname, rows)
       error(s.refusing, 0)
     end
   end
+  -- the definition, its plan and its text: made once per table and route
+  local tdef = self.tables[tname]
+  local t = self.defs[tname]
+  if not t or t.source ~= tdef then
+    local def = plain_def(tname, tdef)
+    local text, err = json.encode(def)
+    if not text then error("sluice.outbox: the definition of '" .. tname .. "' cannot be recorded: " .. err, 0) end
+    t = { source = tdef, plan = codec.plan(def.columns), text = text }
+    self.defs[tname] = t
+  end
   local texts = {}
-  for i, row in ipairs(rows) do
-    local text, err = json.encode(row)
+  local plan, encode_row = t.plan, codec.encode_row
+  for i = 1, n do
+    local text, err = encode_row(rows[i], plan, stored, i)
     if not text then error("sluice.outbox: row " .. i .. " of '" .. tname .. "' cannot be queued: " .. err, 0) end
     texts[i] = text
   end
-  queue.save_def(db, tname, plain_def(tname, self.tables[tname]))
+  queue.save_def(db, tname, t.text)
   local at = sluice.time()
   for i, s in ipairs(targets) do
     queue.enqueue(db, s.name, tname, texts, at)

@@ -1,14 +1,16 @@
 -- sink_postgres.lua -- rows/s forwarded to PostgreSQL against `psql \copy`
 --
---   sluice run --lua-path tests/lua tests/bench/sink_postgres.lua [-- ROWS BATCH]
+--   sluice run --lua-path tests/lua tests/bench/sink_postgres.lua [-- ROWS BATCH METHODS]
 --
 -- Starts a private PostgreSQL (support.postgres), makes ROWS (100,000) rows
 -- of 10 columns (integer, text, decimal, uint256, real, json, ...), then in
 -- the same run:
 --   1. psql \copy of those rows (COPY's text format, from a file): the
 --      engine's own bulk path, the baseline;
---   2. sink:write in batches of BATCH (1000), both methods, into an empty
---      table (inserts) and again (every row an update): steady state;
+--   2. sink:write in batches of BATCH (1000), by each of METHODS (a comma
+--      list, default "copy,unnest"; "values" is the third, and slow), into
+--      an empty table (inserts) and again (every row an update): steady
+--      state;
 --   3. through the outbox: rows committed by a collector (store_rows) and
 --      forwarded by the forwarder task until the outbox is empty;
 --   4. the outbox's cost on the collection path: store_rows rows/s with and
@@ -25,6 +27,8 @@ local pgs = require "support.postgres"
 
 local ROWS = tonumber(arg and arg[1]) or 100000
 local BATCH = tonumber(arg and arg[2]) or 1000
+local METHODS = {}
+for m in ((arg and arg[3]) or "copy,unnest"):gmatch("[^,]+") do METHODS[#METHODS + 1] = m end
 
 local COLUMNS = {
   id = "integer", symbol = "text", price = "decimal", big = "uint256", qty = "real",
@@ -81,7 +85,7 @@ local ok, err = pcall(function()
   assert(assert(conn:query("SELECT count(*) AS n FROM baseline")).rows[1].n == ROWS, "baseline count")
 
   -- 2. the sink's write, both methods
-  for _, method in ipairs { "unnest", "values", "copy" } do
+  for _, method in ipairs(METHODS) do
     local tname = "direct_" .. method
     local d = { name = tname, columns = COLUMNS, key = { "id" } }
     local sink = sinkpg.new("pg", { url = srv:url(), method = method })

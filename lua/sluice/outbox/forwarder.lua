@@ -3,7 +3,7 @@
 -- run(db, s) is the body of a sink's forwarder task (sluice.outbox spawns
 -- it; s is the outbox's state of that sink, which this module reads and
 -- whose forwarding fields it owns: parked, retry_at, attempt, ensured,
--- errors, last_error, last_error_at, batches, samples). The loop:
+-- defs, errors, last_error, last_error_at, batches, samples). The loop:
 --  - waits (sluice.park) until a batch is due: `batch` rows queued, or the
 --    oldest queued max_age seconds ago; enqueue wakes it (wake(s)), a timer
 --    (park's timeout) makes the age bound;
@@ -28,12 +28,13 @@ local log = require "sluice.log"
 local queue = require "sluice.outbox.queue"
 
 local ipairs, pcall, tostring, type = ipairs, pcall, tostring, type
-local max, min = math.max, math.min
+local max, min, floor, format = math.max, math.min, math.floor, string.format
 local decode, encode = json.decode, json.encode
 
 local _M = {}
 
 local RATE_WINDOW = 10 -- seconds over which rows_per_second is measured
+local TWO53 = 2 ^ 53
 
 --- wake(s): the sink's forwarder parked and waiting for rows goes on.
 function _M.wake(s)
@@ -73,15 +74,25 @@ local function record_rate(s, n)
   s.samples = keep
 end
 
+-- A key part's text: a string as it is, anything else as sluice.json
+-- writes it (an integer, the common case, without the general encoder).
+local function part(v)
+  local tv = type(v)
+  if tv == "string" then return v end
+  if tv == "number" and v == floor(v) and v > -TWO53 and v < TWO53 and (v ~= 0 or 1 / v > 0) then
+    return format("%d", v)
+  end
+  return encode(v, true) or tostring(v)
+end
+
 -- The key of a row as text ("\0" between parts), or nil without a key.
 local function key_of(row, key)
-  if not key or #key == 0 then return nil end
+  local nk = key and #key or 0
+  if nk == 0 then return nil end
+  if nk == 1 then return part(row[key[1]]) end
   local parts = {}
-  for i, k in ipairs(key) do
-    local v = row[k]
-    parts[i] = type(v) == "string" and v or (encode(v, true) or tostring(v))
-  end
-  return table.concat(parts, "\0")
+  for i = 1, nk do parts[i] = part(row[key[i]]) end
+  return table.concat(parts, "\0", 1, nk)
 end
 
 -- The batch's rows decoded, one per key (the latest wins, in the place of
@@ -89,6 +100,7 @@ end
 local function decode_batch(taken, def)
   local rows, at = {}, {}
   local key = def and def.key
+  if type(key) == "string" then key = { key } end
   for _, r in ipairs(taken) do
     local row = decode(r.row)
     local k = key_of(row, key)
@@ -132,7 +144,7 @@ local function ship(db, s, head, permit)
     s.breaker:release(permit)
     return true
   end
-  local def = queue.def(db, tname) or { name = tname, columns = {}, key = {} }
+  local def = queue.def(db, tname, s.defs) or { name = tname, columns = {}, key = {} }
   local rows, first, last = decode_batch(taken, def)
   local t0 = sluice.now()
   local ok, err, kind = true, nil, nil

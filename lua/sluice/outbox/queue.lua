@@ -22,8 +22,8 @@
 local json = require "sluice.json"
 local sluice = require "sluice"
 
-local ipairs, tostring, error = ipairs, tostring, error
-local encode, decode = json.encode, json.decode
+local ipairs, tostring, error, unpack = ipairs, tostring, error, unpack
+local decode = json.decode
 
 local _M = {}
 
@@ -91,26 +91,56 @@ function _M.head(db, sink)
   return rows and rows[1]
 end
 
---- save_def(db, table_name, def): records the table's definition (inside
--- the rows' transaction, the first time a process queues rows of it).
-function _M.save_def(db, tname, def)
+--- save_def(db, table_name, text): records the table's definition (JSON
+-- text; inside the rows' transaction): written when it is not the one
+-- recorded (a read costs less than a write on every commit).
+function _M.save_def(db, tname, text)
+  local rows = must(db:query("SELECT def FROM sluice_outbox_tables WHERE table_name = ?", tname))
+  if rows[1] and rows[1].def == text then return end
   must(db:exec("INSERT INTO sluice_outbox_tables (table_name, def) VALUES (?, ?) "
-    .. "ON CONFLICT (table_name) DO UPDATE SET def = excluded.def", tname, must(encode(def))))
+    .. "ON CONFLICT (table_name) DO UPDATE SET def = excluded.def", tname, text))
 end
 
---- def(db, table_name) -> the definition recorded, or nil.
-function _M.def(db, tname)
+--- def(db, table_name [, cache]) -> the definition recorded, or nil.
+-- cache (the caller's table: text -> definition) keeps the one decoded
+-- while the text stays the same, so a sink sees the same def table batch
+-- after batch (and keeps what it derived from it).
+function _M.def(db, tname, cache)
   local rows = db:query("SELECT def FROM sluice_outbox_tables WHERE table_name = ?", tname)
-  return rows and rows[1] and (decode(rows[1].def))
+  local text = rows and rows[1] and rows[1].def
+  if not text then return nil end
+  if cache and cache[text] then return cache[text] end
+  local def = decode(text)
+  if cache and def then cache[text] = def end
+  return def
+end
+
+-- Multi-row INSERTs of CHUNKS[i] rows each (?1 sink, ?2 table, ?3 at, then
+-- the rows' texts): a batch is cut into these sizes, largest first, so
+-- that a handful of statements is prepared and cached, and one statement
+-- step inserts up to 256 rows (a statement per row through db:exec cost
+-- more than the rows' SQLite work).
+local CHUNKS = { 256, 64, 16, 4, 1 }
+local INSERTS = {}
+for _, size in ipairs(CHUNKS) do
+  local values = {}
+  for i = 1, size do values[i] = "(?1, ?2, ?" .. (i + 3) .. ", ?3)" end
+  INSERTS[size] = "INSERT INTO sluice_outbox (sink, table_name, row, at) VALUES " .. table.concat(values, ", ")
 end
 
 --- enqueue(db, sink, table_name, texts, at): queues the rows (JSON texts)
--- for sink. Call inside the rows' transaction; raises on an SQL failure.
+-- for sink, in their order (ids grow with it). Call inside the rows'
+-- transaction; raises on an SQL failure.
 function _M.enqueue(db, sink, tname, texts, at)
-  for _, text in ipairs(texts) do
-    must(db:exec("INSERT INTO sluice_outbox (sink, table_name, row, at) VALUES (?, ?, ?, ?)", sink, tname, text, at))
+  local n, from = #texts, 1
+  for _, size in ipairs(CHUNKS) do
+    local sql = INSERTS[size]
+    while n - from + 1 >= size do
+      must(db:exec(sql, sink, tname, at, unpack(texts, from, from + size - 1)))
+      from = from + size
+    end
   end
-  must(db:exec("UPDATE sluice_outbox_sinks SET depth = depth + ? WHERE sink = ?", #texts, sink))
+  must(db:exec("UPDATE sluice_outbox_sinks SET depth = depth + ? WHERE sink = ?", n, sink))
 end
 
 --- drop_oldest(db, sink, n): removes sink's n oldest rows (inside the

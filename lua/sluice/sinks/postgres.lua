@@ -39,6 +39,11 @@ local options = require "sluice.options"
 local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error, setmetatable
 local sort, concat, min, floor = table.sort, table.concat, math.min, math.floor
 local quote = pg.quote_ident
+local buffer = require "string.buffer"
+local encode_value = require("sluice.outbox.codec").encode_value
+local copy_escape = require("sluice._pg").copy_escape
+local null, find, TWO53 = json.null, string.find, 2 ^ 53
+local copy_text -- (below)
 
 local _M = {}
 local Sink = {}
@@ -275,6 +280,43 @@ function Sink:values(p, rows)
   return true
 end
 
+-- The batch in COPY's text format (what pg.copy_text writes for value()'s
+-- texts), built in one buffer: a field's text goes in without a string
+-- of its own when it needs no escape (an integer, most text), a jsonb
+-- value through sluice.outbox.codec's encode_value (sluice.json's bytes).
+-- -> text | nil, err.
+function copy_text(p, rows)
+  local b = buffer.new()
+  local names, casts, ncols = p.names, p.casts, p.ncols
+  for i = 1, #rows do
+    local r = rows[i]
+    for j = 1, ncols do
+      if j > 1 then b:put("\t") end
+      local v, cast = r[names[j]], casts[j]
+      local tv = type(v)
+      if v == nil or v == null then
+        b:put("\\N")
+      elseif tv == "number" and v == floor(v) and v > -TWO53 and v < TWO53 and (v ~= 0 or 1 / v > 0)
+        and cast ~= "jsonb" then
+        b:putf("%d", v)
+      else
+        local s, err
+        if cast == "jsonb" then
+          s, err = encode_value(v)
+          if not s then return nil, err end
+        else
+          s, err = value(v, cast)
+          if err then return nil, err end
+        end
+        if find(s, "[\\\t\n\r]") then s = copy_escape(s) end
+        b:put(s)
+      end
+    end
+    b:put("\n")
+  end
+  return b:tostring()
+end
+
 function Sink:copy(p, tname, rows)
   local c, err, kind = self:connection()
   if not c then return nil, err, kind end
@@ -285,20 +327,12 @@ function Sink:copy(p, tname, rows)
     if not ok then return nil, err, kind end
     self.temps[tname] = c
   end
-  local lines = {}
-  for i = 1, #rows do
-    local vals = {}
-    for j = 1, p.ncols do
-      local v, verr = value(rows[i][p.names[j]], p.casts[j])
-      if verr then return nil, "postgres: " .. verr, "rejected" end
-      vals[j] = v
-    end
-    lines[i] = vals
-  end
+  local text, terr = copy_text(p, rows)
+  if not text then return nil, "postgres: " .. terr, "rejected" end
   local qcols = {}
   for i, col in ipairs(p.names) do qcols[i] = quote(col) end
   local n, state
-  n, err, kind, state = c:copy("COPY " .. p.temp .. " (" .. concat(qcols, ", ") .. ") FROM STDIN", lines, p.ncols)
+  n, err, kind, state = c:copy("COPY " .. p.temp .. " (" .. concat(qcols, ", ") .. ") FROM STDIN", text)
   if not n then
     if kind == "server" and pg.data_error(state) then kind = "rejected" end
     if kind ~= "server" and kind ~= "rejected" then

@@ -371,10 +371,12 @@ local function write_batch(c, d, flat, nvalid, nrows, rejects, reasons, ignored)
   return inserted, updated, unchanged, nrej
 end
 
--- write_batch, then within(valid rows) in the same transaction (the
--- outbox's enqueue): what raises there rolls the batch back.
-local function write_within(within, valid, ...)
-  if ... ~= nil then within(valid) end
+-- write_batch, then within(valid rows, stored) in the same transaction
+-- (the outbox's enqueue): what raises there rolls the batch back.
+-- stored(r, col) is the value written for column col of valid row r (a
+-- json column's text: the outbox reuses it instead of encoding again).
+local function write_within(within, valid, stored, ...)
+  if ... ~= nil then within(valid, stored) end
   return ...
 end
 
@@ -422,8 +424,14 @@ local function upsert(self, name, rows, want_accepted, within)
   if not kind then return nil, err end
   local res
   if within then
+    local index = d.index
+    local function stored(r, col)
+      local i = index[col]
+      return i and flat[(r - 1) * ncols + i]
+    end
     res = pack(pcall_nowait(function()
-      return write_within(within, valid, write_batch(c, d, flat, nvalid, n, rejects, reasons, acc.ignored))
+      return write_within(within, valid, stored,
+        write_batch(c, d, flat, nvalid, n, rejects, reasons, acc.ignored))
     end))
   else
     res = pack(pcall(write_batch, c, d, flat, nvalid, n, rejects, reasons, acc.ignored))
@@ -451,10 +459,12 @@ function methods:upsert(name, rows)
 end
 
 --- db:upsert_accepted(name, rows [, within]) -> as upsert, plus the list
--- of rows that passed validation (what sinks publish). within(accepted),
--- when given, runs inside the batch's transaction once its rows are
--- written (the outbox queues them there); it cannot wait, and when it
--- raises the batch is rolled back and the error re-raised.
+-- of rows that passed validation (what sinks publish). within(accepted,
+-- stored), when given, runs inside the batch's transaction once its rows
+-- are written (the outbox queues them there); it cannot wait, and when it
+-- raises the batch is rolled back and the error re-raised. stored(r, col)
+-- -> the value written for column col of accepted[r] (json columns: the
+-- sluice.json text of a table; valid while within runs).
 function methods:upsert_accepted(name, rows, within)
   return upsert(self, name, rows, true, within)
 end
