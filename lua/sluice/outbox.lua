@@ -357,7 +357,7 @@ function route_mt:enqueue(tname, rows, stored)
   for i, s in ipairs(targets) do
     queue.enqueue(db, s.name, tname, texts, at)
     local over = depths[i] + n - s.max_rows
-    if over > 0 then queue.drop_oldest(db, s.name, over) end
+    if over > 0 then queue.drop_oldest(db, s.name, over, s.in_flight) end
     s.refusing = nil
     forwarder.wake(s)
   end

@@ -17,8 +17,8 @@
 #     collection resumes. on_full = "drop_oldest" (new keys only): the
 #     dropped counter of /status and /metrics equals the rows missing at the
 #     sink, and every row there equals the local one; also with a batch in
-#     flight (held by a lock) while rows are dropped. The dropped-counter
-#     checks are pending (a defect in the outbox, see c-drop-inflight).
+#     flight (held by a lock) while rows are dropped (drop_oldest spares
+#     the batch being written: its rows reach the sink).
 # SINK_FAULTS_SEED overrides the seed of the kill delays, SINK_FAULTS_OUTAGE
 # the outage (seconds), SINK_FAULTS_PARTS the parts run ("a b c").
 . "$(dirname "$0")/common.bash"
@@ -291,10 +291,7 @@ dump_local "$WORK/d.db" ticks_d >"$WORK/local.txt"
 dump_sink ticks_d >"$WORK/sink.txt"
 nl=$(wc -l <"$WORK/local.txt"); ns=$(wc -l <"$WORK/sink.txt")
 echo "# c-drop: $nl local rows, $ns at the sink, dropped $dropped (/metrics $mdropped)"
-# PENDING: the defect of c-drop-inflight below (a batch in flight when
-# PostgreSQL returns may lose rows to drop_oldest and still deliver them:
-# seen under ASan, 5420 dropped for 5340 missing)
-pending "c-drop: /status's dropped equals the rows missing at the sink ($dropped = $nl - $ns)" \
+check "c-drop: /status's dropped equals the rows missing at the sink ($dropped = $nl - $ns)" \
   test "$dropped" = $((nl - ns))
 check "c-drop: /metrics's dropped equals it too ($mdropped)" test "$mdropped" = "$dropped"
 check "c-drop: every row at the sink equals the local one" test -z "$(comm -13 "$WORK/local.txt" "$WORK/sink.txt")"
@@ -329,13 +326,10 @@ dump_local "$WORK/d.db" ticks_d >"$WORK/local.txt"
 dump_sink ticks_d >"$WORK/sink.txt"
 nl=$(wc -l <"$WORK/local.txt"); ns=$(wc -l <"$WORK/sink.txt")
 echo "# c-drop-inflight: $nl local rows, $ns at the sink, dropped $dropped (/metrics $mdropped)"
-# PENDING (a defect in lua/sluice/outbox, not fixed here): queue.drop_oldest
-# deletes rows of the batch in flight and counts them dropped; the write
-# then delivers them and ack counts them forwarded too, so dropped exceeds
-# the rows missing by up to a batch (8200 dropped for 8120 missing in one
-# run). SLUICE_STRICT_PENDING=1 makes this a failing check; drop the pending
-# mark once drop_oldest spares (or ack uncounts) the batch in flight.
-pending "c-drop-inflight: /status's dropped equals the rows missing at the sink ($dropped = $nl - $ns)" \
+# drop_oldest spared the batch in flight (it once deleted and counted
+# those rows although the write delivered them: 8200 dropped for 8120
+# missing in one run)
+check "c-drop-inflight: /status's dropped equals the rows missing at the sink ($dropped = $nl - $ns)" \
   test "$dropped" = $((nl - ns))
 check "c-drop-inflight: /metrics's dropped equals it too ($mdropped)" test "$mdropped" = "$dropped"
 check "c-drop-inflight: every row at the sink equals the local one" \

@@ -247,6 +247,27 @@ describe("sluice.outbox", function()
     assert.same({}, box:health())
   end)
 
+  it("on_full = drop_oldest leaves the batch being written alone: dropped is what the sink never got", function()
+    -- dropping rows of the batch in flight counted them as dropped, then the
+    -- write delivered them and the ack counted them as forwarded too
+    local db, c, box = setup({ m = { kind = "spec_mem", batch = 3, max_age = 0, max_rows = 4,
+      on_full = "drop_oldest" } })
+    mem.m.hold = true
+    c:store_rows(rows_of(3))                  -- ids 1..3: the batch in flight
+    wait_for("the write in flight", function() return mem.m.calls == 1 end)
+    c:store_rows(rows_of(3, 3))               -- ids 4..6: 6 queued, 2 over the bound
+    assert.same({ 1, 2, 3, 6 }, ids(db, "m")) -- 4 and 5 dropped, not the batch
+    assert.equal(2, box:status().m.dropped)
+    mem.m.hold = false
+    wait_for("the queue drained", function() return box:status().m.depth == 0 end)
+    local got = {}
+    for k in pairs(mem.m.tables.ticks) do got[#got + 1] = tonumber(k) end
+    table.sort(got)
+    assert.same({ 1, 2, 3, 6 }, got)          -- missing at the sink: exactly the 2 dropped
+    local st = box:status().m
+    assert.same({ 4, 2 }, { st.forwarded, st.dropped })
+  end)
+
   it("forwards what an earlier process queued (everything is in SQLite)", function()
     local path = os.tmpname()
     defer(function() os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm") end)

@@ -148,11 +148,14 @@ local function ship(db, s, head, permit)
   local rows, first, last = decode_batch(taken, def)
   local t0 = sluice.now()
   local ok, err, kind = true, nil, nil
+  -- drop_oldest leaves the rows being written alone (the sink gets them)
+  s.in_flight = { tname, first, last }
   if not s.ensured[tname] then
     ok, err, kind = call(s.sink, "ensure", tname, def)
     if ok then s.ensured[tname] = true end
   end
   if ok then ok, err, kind = call(s.sink, "write", tname, rows, def) end
+  s.in_flight = nil
   if not db:is_open() then -- the rows stay queued
     s.breaker:release(permit)
     return nil, "the store closed during the write"
@@ -193,6 +196,7 @@ end
 
 --- run(db, s): the forwarder loop (see the header).
 function _M.run(db, s)
+  s.in_flight = nil -- a write a killed forwarder left is no longer in flight
   while not s.stopping do
     local now = sluice.now()
     local wait

@@ -143,11 +143,17 @@ function _M.enqueue(db, sink, tname, texts, at)
   must(db:exec("UPDATE sluice_outbox_sinks SET depth = depth + ? WHERE sink = ?", n, sink))
 end
 
---- drop_oldest(db, sink, n): removes sink's n oldest rows (inside the
--- enqueue's transaction) -> rows removed.
-function _M.drop_oldest(db, sink, n)
+--- drop_oldest(db, sink, n [, in_flight]): removes sink's n oldest rows
+-- (inside the enqueue's transaction) -> rows removed. in_flight {table_name,
+-- first, last}: the batch being written, left alone -- the sink gets those
+-- rows, so counting them as dropped would overstate what is missing (and
+-- the queue then stays over its bound by at most that batch until the ack).
+function _M.drop_oldest(db, sink, n, in_flight)
+  local t, first, last = "", 1, 0 -- an empty range when nothing is in flight
+  if in_flight then t, first, last = in_flight[1], in_flight[2], in_flight[3] end
   local gone = must(db:exec("DELETE FROM sluice_outbox WHERE id IN "
-    .. "(SELECT id FROM sluice_outbox WHERE sink = ? ORDER BY id LIMIT ?)", sink, n))
+    .. "(SELECT id FROM sluice_outbox WHERE sink = ?1 AND NOT (table_name = ?3 AND id BETWEEN ?4 AND ?5) "
+    .. "ORDER BY id LIMIT ?2)", sink, n, t, first, last))
   must(db:exec("UPDATE sluice_outbox_sinks SET depth = depth - ?1, dropped = dropped + ?1 WHERE sink = ?2",
     gone, sink))
   return gone
