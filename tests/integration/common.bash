@@ -176,16 +176,6 @@ return { store = os.getenv("DB"), log = { level = "$2" }, collectors = {
 LUA
 }
 
-# pending NAME COMMAND...: a check of a known defect not fixed yet (the
-# script's comment says which): its failure is shown, not counted, unless
-# SLUICE_STRICT_PENDING=1; a pass asks for the mark to go.
-pending() {
-  local name=$1; shift
-  if "$@"; then ok "$name (pending: passes now, remove the mark)"
-  elif [ "${SLUICE_STRICT_PENDING:-0}" = 1 ]; then not_ok "$name"
-  else echo "pending - $name (known defect, not counted)"; fi
-}
-
 finish() {
   echo "$passed passed, $failed failed"
   [ "$failed" -eq 0 ]

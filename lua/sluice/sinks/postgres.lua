@@ -109,7 +109,26 @@ function Sink:exec(sql, params, n)
     c:close() -- lost, timed out or busy: start afresh next time
     self.conn = nil
   end
-  return nil, ("postgres: %s%s"):format(state and (state .. " ") or "", err), kind
+  return nil, ("postgres: %s%s"):format(state and (state .. " ") or "", err), kind, state
+end
+
+-- What another client creating the same object at the same moment makes
+-- IF NOT EXISTS fail with, once it commits (PostgreSQL checks the catalog
+-- before it waits on the other transaction's lock, then trips over the
+-- row it committed): unique_violation on pg_type/pg_namespace,
+-- duplicate_table, duplicate_schema, duplicate_column. The object is there
+-- then, so the statement is run again and finds it.
+local DDL_RACE = { ["23505"] = true, ["42P07"] = true, ["42P06"] = true, ["42701"] = true }
+
+-- A statement of ensure(): a lost race run once more; and a failure is
+-- never "rejected", which would dead-letter a batch of good rows for it:
+-- the outbox retries the batch instead.
+function Sink:ddl(sql)
+  local ok, err, kind, state = self:exec(sql)
+  if not ok and DDL_RACE[state] then ok, err, kind, state = self:exec(sql) end
+  if ok then return ok end
+  if kind == "rejected" then kind = "server" end
+  return nil, err, kind, state
 end
 
 local function columns_of(def)
@@ -145,9 +164,9 @@ function Sink:ensure(tname, def)
     for i, col in ipairs(key) do k[i] = quote(col) end
     cols[#cols + 1] = "PRIMARY KEY (" .. concat(k, ", ") .. ")"
   end
-  local ok, err, kind = self:exec("CREATE SCHEMA IF NOT EXISTS " .. quote(self.schema))
+  local ok, err, kind = self:ddl("CREATE SCHEMA IF NOT EXISTS " .. quote(self.schema))
   if not ok then return nil, err, kind end
-  ok, err, kind = self:exec("CREATE TABLE IF NOT EXISTS " .. self:qualified(tname) .. " (" .. concat(cols, ", ") .. ")")
+  ok, err, kind = self:ddl("CREATE TABLE IF NOT EXISTS " .. self:qualified(tname) .. " (" .. concat(cols, ", ") .. ")")
   if not ok then return nil, err, kind end
   local res
   res, err, kind = self:exec("SELECT column_name, data_type FROM information_schema.columns"
@@ -157,7 +176,7 @@ function Sink:ensure(tname, def)
   for _, r in ipairs(res.rows) do have[r.column_name] = r.data_type end
   for _, col in ipairs(names) do
     if not have[col] then
-      ok, err, kind = self:exec("ALTER TABLE " .. self:qualified(tname) .. " ADD COLUMN IF NOT EXISTS "
+      ok, err, kind = self:ddl("ALTER TABLE " .. self:qualified(tname) .. " ADD COLUMN IF NOT EXISTS "
         .. quote(col) .. " " .. types[col])
       if not ok then return nil, err, kind end
     elseif have[col] ~= INFO[types[col]] then
