@@ -10,28 +10,8 @@ local collector = require "sluice.collector"
 local outbox = require "sluice.outbox"
 local wait_for = require("support.wait").wait_for
 local pgs = require "support.postgres"
-
-local U256MAX = "115792089237316195423570985008687907853269984665640564039457584007913129639935"
-
-local TRADES = {
-  name = "trades",
-  columns = {
-    id = "integer", symbol = "text", price = "decimal", big = "uint256", qty = "real",
-    meta = "json", ts = "integer", side = "text", fee = "decimal", seq = "integer",
-  },
-  key = { "id" },
-}
-
-local function trade(i, rev)
-  rev = rev or 0
-  return {
-    id = i, symbol = "SYM" .. (i % 97), price = ("%d.%02d"):format(i % 100000, (i + rev) % 100),
-    big = i == 1 and U256MAX or tostring(i) .. "000000000000000000000000000000",
-    qty = i / 7, meta = { n = i, tag = "t\t" .. rev, big = json.numeral("12345678901234567890.5") },
-    ts = 1700000000000 + i, side = i % 2 == 0 and "buy" or "sell\n'\"\\", fee = "0.000000" .. (i % 10),
-    seq = (i == 2) and 9007199254740993LL or rev,
-  }
-end
+local sink_rows = require "support.sink_rows"
+local U256MAX, TRADES, trade = sink_rows.U256MAX, sink_rows.TRADES, sink_rows.trade
 
 -- A value as text, the same for SQLite's and PostgreSQL's readings.
 local function canon(v, col)
