@@ -18,10 +18,11 @@ PACKAGES=(
   build-essential cmake pkg-config
   libluajit2-5.1-dev libcurl4-openssl-dev libevent-dev libhiredis-dev
   lua-cjson-dev libsqlite3-dev libedit-dev libssl-dev libyajl-dev libpq-dev
-  librabbitmq-dev
+  librabbitmq-dev libwslay-dev
   lua-busted
   nginx-light curl lua-check prometheus redis-server python3 openssl
   postgresql clickhouse-server clickhouse-client rabbitmq-server
+  python3-websockets
 )
 
 install_missing() {
