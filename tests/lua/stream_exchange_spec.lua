@@ -217,6 +217,20 @@ describe("stream collectors", function()
       return b.synced and b.last_update_id == m.id and b.resyncs == 1
     end)
     assert.equal(tostring(tonumber(m:levels("bids")[1][1])), book_status().best_bid)
+    -- the REPL's books() and /status show the live book
+    local app_mod = require "sluice.app"
+    app_mod.current = { order = { c }, collectors = { [c.name] = c } }
+    local ok, err = pcall(function()
+      local v = require("sluice.repl").helpers.books().bybit_stream["BTC/USDT:USDT"]
+      assert.same({ true, m.id, 1 }, { v.synced, v.last_update_id, v.resyncs })
+      assert.equal(tostring(tonumber(m:levels("asks")[1][1])), v.best_ask)
+      local status = require("sluice.operator").new({ current = function() return app_mod.current end }):status()
+      local sv = status.collectors.bybit_stream
+      assert.equal(m.id, sv.stream.books["BTC/USDT:USDT"].last_update_id)
+      assert.equal("healthy", sv.status)
+    end)
+    app_mod.current = nil
+    assert(ok, err)
     -- trades across 3 reconnects
     for _ = 1, 3 do fake:push(trade(m:trade())) end
     for k = 1, 3 do
