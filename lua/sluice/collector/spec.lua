@@ -13,8 +13,8 @@ local secret = require "sluice.collector.secret"
 
 local _M = {}
 
--- sluice.collector.stream's stream_batch option (rows, age): the schema is
--- here, where every option's is (that module requires this one's caller)
+-- sluice.collector.stream's stream_batch option (rows, age), checked with
+-- the other framework options
 local stream_batch = {
   type = "table",
   fields = {
