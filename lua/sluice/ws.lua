@@ -58,8 +58,9 @@
 --   "closed"), protocol, error (the end reason, when ended) }
 --
 -- Ownership: a connection belongs to the task that connected. When that task
--- ends (returns, fails, is killed) its connections are closed (1001) and
--- freed; an unreachable connection is freed by the GC the same way. The url
+-- ends (returns, fails, is killed) its open connections get the closing
+-- handshake (1001, "closed: 1001 going away"; bounded, nobody waits for it);
+-- an unreachable connection is closed and freed by the GC. The url
 -- is not kept on the handle (it may hold a secret): info() has it redacted.
 local sluice = require "sluice"
 local core = require "sluice._ws"

@@ -295,15 +295,12 @@ static int l_close(lua_State *L) {
     return sl_task_suspend(L, t, cancel_close, p);
 }
 
-/* abort(conn): frees the connection at once (1001 to an open peer). */
+/* abort(conn): starts the closing handshake with 1001 and returns (the
+ * owner task ended); the handle itself goes with the GC. */
 static int l_abort(lua_State *L) {
     wsconn *p = check_conn(L);
-    if (p->ws && !p->holds) {
-        sl_ws_free(p->ws);
-        p->ws = NULL;
-    } else if (p->ws) {
-        sl_ws_close(p->ws, 1001, "", 0, 1.0); /* waiters get woken */
-    }
+    if (p->ws)
+        sl_ws_close(p->ws, 1001, "", 0, 1.0);
     return 0;
 }
 

@@ -22,10 +22,8 @@
 #include <event2/util.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/err.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +36,7 @@
 #include "timeout.h"
 #include "ws_conn.h"
 #include "ws_handshake.h"
+#include "ws_tls.h"
 
 #define MAX_RESPONSE_HEAD 16384 /* bytes of upgrade response headers */
 #define DRAIN_SECONDS 1.0       /* a closing socket's last writes */
@@ -337,6 +336,7 @@ static void on_msg_cb(wslay_event_context_ptr ctx,
 
 /* Why wslay stopped reading on its own: the close it queued says. */
 static void protocol_end(sl_ws *c) {
+    wslay_event_send(c->ws); /* the close it queued, so that it counts */
     int code = wslay_event_get_status_code_sent(c->ws);
     if (code == WSLAY_CODE_MESSAGE_TOO_BIG)
         end(c, 1, "message too big: over max_message (%zu bytes)",
@@ -465,24 +465,6 @@ static void readcb(struct bufferevent *bev, void *arg) {
 
 /* --- connection events -------------------------------------------------- */
 
-static void tls_reason(sl_ws *c, char *out, size_t n) {
-    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
-    unsigned long e, first = 0;
-    while ((e = bufferevent_get_openssl_error(c->bev)))
-        if (!first)
-            first = e;
-    long v = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
-    if (v != X509_V_OK)
-        snprintf(out, n, "tls: certificate verify failed: %s",
-                 X509_verify_cert_error_string(v));
-    else if (first)
-        snprintf(out, n, "tls: %s",
-                 ERR_reason_error_string(first) ? ERR_reason_error_string(first)
-                                                : "handshake failed");
-    else
-        out[0] = '\0';
-}
-
 static void connected(sl_ws *c) {
     int fd = (int)bufferevent_getfd(c->bev), one = 1;
     if (fd >= 0)
@@ -526,7 +508,7 @@ static void eventcb(struct bufferevent *bev, short what, void *arg) {
         snprintf(why, sizeof(why), "dns: cannot resolve '%s': %s", c->host,
                  evutil_gai_strerror(dns));
     } else if (bufferevent_openssl_get_ssl(bev)) {
-        tls_reason(c, why, sizeof(why));
+        sl_ws_tls_reason(bev, why, sizeof(why));
     }
     if (why[0])
         end(c, 0, "%s", why);
@@ -586,48 +568,6 @@ static void pong_cb(evutil_socket_t fd, short what, void *arg) {
 
 /* --- the handle -------------------------------------------------------- */
 
-static SSL *new_ssl(const sl_ws_opts *o, char *err, size_t errlen) {
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    SSL *ssl = NULL;
-    if (!ctx) {
-        snprintf(err, errlen, "tls: cannot create a context");
-        return NULL;
-    }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_verify(ctx, o->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE,
-                       NULL);
-    if (o->ca_file) {
-        if (SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL) != 1) {
-            snprintf(err, errlen, "tls: cannot load ca_file '%s'", o->ca_file);
-            goto done;
-        }
-    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
-        snprintf(err, errlen, "tls: cannot load the system CA store");
-        goto done;
-    }
-    ssl = SSL_new(ctx);
-    if (!ssl) {
-        snprintf(err, errlen, "tls: out of memory");
-        goto done;
-    }
-    const char *name = o->server_name ? o->server_name : o->host;
-    unsigned char addr[16];
-    int ip = evutil_inet_pton(AF_INET, name, addr) == 1 ||
-             evutil_inet_pton(AF_INET6, name, addr) == 1;
-    int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name)
-                : SSL_set_tlsext_host_name(ssl, name) == 1 &&
-                      SSL_set1_host(ssl, name) == 1;
-    if (!ok) {
-        snprintf(err, errlen, "tls: bad server name '%s'", name);
-        SSL_free(ssl);
-        ssl = NULL;
-    }
-done:
-    ERR_clear_error();
-    SSL_CTX_free(ctx); /* the SSL keeps its own reference */
-    return ssl;
-}
-
 sl_ws *sl_ws_connect(struct event_base *base, struct evdns_base *dns,
                      const sl_ws_opts *o, sl_ws_notify_fn notify,
                      void *privdata, char *err, size_t errlen) {
@@ -662,7 +602,7 @@ sl_ws *sl_ws_connect(struct event_base *base, struct evdns_base *dns,
     }
     const int flags = BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS;
     if (o->tls) {
-        SSL *ssl = new_ssl(o, err, errlen);
+        SSL *ssl = sl_ws_tls_new(o, err, errlen);
         if (!ssl)
             goto fail;
         c->bev = bufferevent_openssl_socket_new(

@@ -24,6 +24,7 @@ serve: what a connection gets depends on its path (query included):
                           (the server speaks "chat" and "superchat")
 proxy: forwards to 127.0.0.1:PORT, and injects a fault chosen by the query
 parameter fault= of the upgrade request:
+    fault=mute     reads the upgrade request and never answers
     fault=reset    after the upgrade, waits for the client's first bytes,
                    then resets the connection (RST, SO_LINGER 0)
     fault=stall    after the upgrade, forwards nothing more either way and
@@ -161,6 +162,8 @@ async def proxy_conn(creader, cwriter, upstream):
         head = await read_head(creader)
         line = head.split(b"\r\n", 1)[0].decode()
         fault = query(line.split(" ")[1]).get("fault", "")
+        if fault == "mute":
+            await asyncio.sleep(3600)
         ureader, uwriter = await asyncio.open_connection("127.0.0.1", upstream)
         uwriter.write(head)
         cwriter.write(await read_head(ureader))
