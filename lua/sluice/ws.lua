@@ -48,8 +48,11 @@
 --   send buffer is full). Pings are answered with pongs by the library.
 -- conn:close([code [, reason]]) -> true: the closing handshake (1000, ""),
 --   waiting at most close_timeout for the server's close; messages not yet
---   received are dropped. Idempotent. Outside a task (or where it cannot
---   wait) it starts the handshake and returns.
+--   received are dropped. Again: nothing, false. Outside a task (or where it
+--   cannot wait) it starts the handshake and returns. Like a Redis client's,
+--   a closed connection's calls do not raise: receive and send return
+--   nil, err (the end reason), stats and info still answer.
+-- conn:name() -> the url with credentials redacted (info().url).
 -- conn:stats() -> { messages_in, bytes_in, messages_out, bytes_out,
 --   buffered, queued, pings, pongs, pings_in, stalls, connected_at } (pings:
 --   keepalive pings sent; pongs: received; pings_in: the server's pings;
@@ -220,7 +223,7 @@ local function sendable(code)
     or (code >= 3000 and code <= 4999)
 end
 
---- conn:close([code [, reason]]) -> true
+--- conn:close([code [, reason]]) -> true, or false when already closed
 function Conn:close(code, reason)
   code = code or 1000
   reason = reason or ""
@@ -230,7 +233,14 @@ function Conn:close(code, reason)
   if type(reason) ~= "string" or #reason > 123 then
     fail("close", "reason must be a string of at most 123 bytes")
   end
+  if self._closed then return false end
+  self._closed = true
   return core.close(self._c, code, reason, self._close_timeout)
+end
+
+--- conn:name() -> the url, credentials redacted (as info().url)
+function Conn:name()
+  return self._url
 end
 
 --- conn:stats() -> a new table (see above)
