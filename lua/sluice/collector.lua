@@ -82,6 +82,7 @@ local persist = require "sluice.collector.persist"
 local cache = require "sluice.collector.cache"
 local report = require "sluice.collector.report"
 local targets = require "sluice.collector.targets"
+local stream = require "sluice.collector.stream"
 
 local _M = {}
 local Collector = {}
@@ -110,8 +111,8 @@ function _M.define(spec)
     error("sluice.collector.define: a collector has collect or datasets, not both "
       .. "(make collect a dataset of its own)", 2)
   end
-  if not spec.collect and not spec.datasets and not spec.backfill then
-    error("sluice.collector.define: a collector needs collect or datasets (and/or backfill)", 2)
+  if not spec.collect and not spec.datasets and not spec.backfill and not spec.stream then
+    error("sluice.collector.define: a collector needs collect, datasets or stream (and/or backfill)", 2)
   end
   spec_mod.no_jit(spec)
   specs[spec] = true
@@ -673,8 +674,16 @@ function Collector:start(opts)
       error("collector '" .. self.name .. "': init failed: " .. tostring(err), 0)
     end
   end
+  -- a stream alone has no scheduled runs (sluice.collector.stream)
+  local stream_only = self.spec.stream and not self.collect_fn_ and not self.datasets_
   for _, u in ipairs(self.units_) do
-    if u == self or u.enabled then schedule(self, u, delays[u]) end
+    if not stream_only and (u == self or u.enabled) then schedule(self, u, delays[u]) end
+  end
+  if self.spec.stream then
+    stream.start(self, function(n)
+      local st = self.stats_
+      st.data_points_collected, st.last_success = st.data_points_collected + n, sluice.time()
+    end)
   end
   self.log.info("collector started", { interval = self.interval, first_run_in = delay,
     datasets = self.datasets_ and table.concat(self:datasets(), ",") or nil })
@@ -730,6 +739,7 @@ end
 -- any of its datasets) is in progress, the replaced instance's included;
 -- shutdown's deadline bounds it.
 function Collector:drain()
+  stream.drain(self)
   for _, u in ipairs(self.units_) do
     local g = u.slot_
     while g:busy() and not g:dead() do sluice.sleep(0.05) end
@@ -747,6 +757,7 @@ function Collector:stop()
     if u.timer then u.timer:cancel() end
     u.timer = nil
   end
+  stream.stop(self)
   if self.spec.close then
     local ok, err = xpcall(self.spec.close, debug.traceback, self)
     if not ok then self.log.error("close failed", { error = tostring(err) }) end
@@ -774,6 +785,7 @@ end
 -- or the collector is, with disable_dataset's reason; circuit_open while
 -- the shared breaker is open; the request share is the collector's alone).
 function Collector:health(dataset)
+  if dataset == nil and self.spec.stream then return stream.health(self, report.health) end
   return report.health(self, dataset ~= nil and unit_named(self, dataset, "collector:health") or nil)
 end
 
@@ -785,7 +797,10 @@ end
 -- last_error, data_points_collected, total_runtime, collections_completed,
 -- collections_failed, collections_skipped}}.
 function Collector:stats()
-  return report.stats(self)
+  local st = report.stats(self)
+  st.stream = stream.stats(self)
+  if self.spec.stream then st.status, st.status_reason = self:health() end
+  return st
 end
 
 --- self:counters() -> a copy of the collector's counters, for the

@@ -281,6 +281,18 @@ view("limiters()", "every limiter: rate, requests, violations, tasks waiting",
   function() return ops:limiters_brief() end, "no limiters")
 view("collectors()", "the running configuration's collectors and their health",
   function() return ops:collectors_brief() end, "the configuration has no collectors")
+-- the stream collectors' live books (sluice.stream.exchange): {collector = {symbol = status}}
+view("books()", "the stream collectors' live order books: best bid/ask, spread, depth, update id, resyncs",
+  function()
+    local a = app_mod.current
+    if not a then return nil, "no configuration is running" end
+    local out = {}
+    for _, c in ipairs(a.order) do
+      local st = c:stats().stream
+      if st and st.books then out[c.name] = st.books end
+    end
+    return out
+  end, "no stream collector keeps a book")
 view("backfills()", "backfill jobs of this process and their progress",
   function() return ops:backfills() end, "no backfills")
 

@@ -13,6 +13,16 @@ local secret = require "sluice.collector.secret"
 
 local _M = {}
 
+-- sluice.collector.stream's stream_batch option (rows, age), checked with
+-- the other framework options
+local stream_batch = {
+  type = "table",
+  fields = {
+    rows = { finite = true, min = 1, what = "an integer >= 1", check = function(v) return v == math.floor(v) end },
+    age = { finite = true, gt = 0 },
+  },
+}
+
 local FINITE_POSITIVE = { finite = true, gt = 0 }
 
 local RUN_BUDGET = {
@@ -53,6 +63,10 @@ _M.OPTIONS = {
   -- migrate(store, self): brings an older layout of the collector's tables
   -- to the current one, before they are defined (sluice.collector.new)
   migrate = "function",
+  -- a long-lived stream (sluice.collector.stream) and the batches its
+  -- rows are committed in
+  stream = "function",
+  stream_batch = stream_batch,
   -- collectors naming the same upstream share one limiter and one breaker
   -- (sluice.collector.upstreams); a spec's function(options) -> name
   -- names it per instance from the instance's own options (configure)
