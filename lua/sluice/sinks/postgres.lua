@@ -10,10 +10,12 @@
 --                    when missing)
 --   connect_timeout  seconds (default 5)
 --   timeout          seconds per statement (default 30)
---   method           how a batch is upserted, all by INSERT ... ON CONFLICT
---                    (key) DO UPDATE in one transaction: "copy" (default:
---                    COPY into a temporary table, then INSERT ... SELECT;
---                    the fastest in tests/bench/sink_postgres.lua),
+--   method           how a batch is upserted, all with the effect of INSERT
+--                    ... ON CONFLICT (key) DO UPDATE in one transaction:
+--                    "copy" (default: a plain COPY into the table while its
+--                    batches are all new rows, else COPY into a temporary
+--                    table and INSERT ... SELECT, see Sink:copy; the fastest
+--                    in tests/bench/sink_postgres.lua),
 --                    "unnest" (one statement, one array parameter per
 --                    column: INSERT ... SELECT FROM unnest($1::bigint[],
 --                    ...)) or "values" (multi-row VALUES with a parameter
@@ -30,7 +32,8 @@
 -- connection, a timeout, a server shutting down) -> nil, err, kind (the
 -- outbox retries). A connection that failed is dropped and made again at
 -- the next call (the outbox's backoff paces it).
--- sink:stats() -> {connected, batches, rows, reconnects, server_version}.
+-- sink:stats() -> {connected, batches, rows, copies (batches written by a
+-- plain COPY), reconnects, server_version}.
 -- Misuse raises; operational failure returns nil, err, kind.
 local pg = require "sluice.pg"
 local json = require "sluice.json"
