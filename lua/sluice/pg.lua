@@ -34,7 +34,12 @@
 -- conn:copy(sql, rows, ncols [, {timeout=}]) -> count | nil, err, kind [, sqlstate]
 --   sql is a COPY ... FROM STDIN; rows a list of arrays of ncols values
 --   (formatted as query's parameters; nil is NULL), or one string already
---   in COPY's text format. count: the rows the server took.
+--   in COPY's text format. count: the rows the server took. sql may also
+--   be several statements around one COPY FROM STDIN ("COPY tmp FROM
+--   STDIN; INSERT INTO t SELECT * FROM tmp"): sent by the simple query
+--   protocol, they run as one implicit transaction (all or nothing) in one
+--   round trip besides the data's, and the result is the last statement's
+--   as query gives it (a res table; count when the COPY is last).
 -- Failure kinds: "server" (the server refused the statement; sqlstate is
 --   the SQLSTATE: pg.data_error(sqlstate) is true for classes 22 and 23,
 --   data and constraint errors; the connection is still usable),

@@ -329,46 +329,67 @@ helper("reload()", "re-read the configuration and collector scripts", function()
 end)
 
 -- sql(query [, {sink = name, timeout = s}]): one statement on a sink of
--- kind postgres of the running configuration (the only one when sink is
--- not given), on a connection of its own made for it: the rows (a list of
--- {column = value}, values as sluice.pg reads them: exact) or, for a
--- statement without rows, its command tag. Yields while it runs. Errors
--- are scrubbed like the other helpers' results; the rows are the data the
--- operator asked for and are shown as they are.
-local function postgres_url(name)
+-- kind postgres or clickhouse of the running configuration (the only such
+-- sink when sink is not given), on a connection of its own made for it:
+-- the rows (a list of {column = value}, values exact: as sluice.pg reads
+-- them; from ClickHouse, integers as numbers or int64/uint64 cdata beyond
+-- 2^53, everything else as its JSONCompact value) or, for a statement
+-- without rows, its command tag ("OK" from ClickHouse). Yields while it
+-- runs. Errors are scrubbed like the other helpers' results (credentials
+-- never show: a ClickHouse sink sends them as headers); the rows are the
+-- data the operator asked for and are shown as they are.
+local SQL_KINDS = { postgres = true, clickhouse = true }
+
+local function sql_sink(name)
   local a = app_mod.current
   local sinks = a and a.config and a.config.sinks
   if type(sinks) ~= "table" then return nil, "the running configuration has no sinks" end
   if name == nil then
     for n, st in pairs(sinks) do
-      if type(st) == "table" and (st.kind or n) == "postgres" then
-        if name then return nil, "several postgres sinks: give {sink = name}" end
+      if type(st) == "table" and SQL_KINDS[st.kind or n] then
+        if name then return nil, "several postgres or clickhouse sinks: give {sink = name}" end
         name = n
       end
     end
-    if not name then return nil, "the running configuration has no postgres sink" end
+    if not name then return nil, "the running configuration has no postgres or clickhouse sink" end
   end
   local st = sinks[name]
   if type(st) ~= "table" then return nil, "no sink named '" .. tostring(name) .. "'" end
-  if (st.kind or name) ~= "postgres" then return nil, "sink '" .. name .. "' is not of kind postgres" end
-  return st.url
+  local kind = st.kind or name
+  if not SQL_KINDS[kind] then return nil, "sink '" .. name .. "' is not of kind postgres or clickhouse" end
+  return st, kind
 end
 
-helper("sql(query)", "run one SQL statement on the postgres sink: its rows "
+local function sql_postgres(st, query, timeout)
+  local pg = require "sluice.pg"
+  local conn, cerr = pg.connect { url = st.url, timeout = timeout }
+  if not conn then return nil, cerr end
+  local res, qerr, _, state = conn:query(query)
+  conn:close()
+  if not res then return nil, (state and (state .. " ") or "") .. qerr end
+  return res
+end
+
+local function sql_clickhouse(st, query, timeout)
+  local ch = require "sluice.sinks.clickhouse"
+  local conf = { timeout = timeout }
+  for _, k in ipairs { "url", "database", "user", "password" } do conf[k] = st[k] end
+  local ok, sink = pcall(ch.new, "sql", conf)
+  if not ok then return nil, tostring(sink) end
+  return sink:query(query)
+end
+
+helper("sql(query)", "run one SQL statement on the postgres or clickhouse sink: its rows "
     .. "(sql(query, {sink = name}): on that sink)", function(query, opts)
   if type(query) ~= "string" then fail("sql", "string expected, got " .. type(query), "invalid") end
   if opts ~= nil and type(opts) ~= "table" then
     error("sql: bad argument #2 (table expected, got " .. type(opts) .. ")", 2)
   end
   opts = opts or {}
-  local url, err = postgres_url(opts.sink)
-  if not url then fail("sql", scrubbed(err)) end
-  local pg = require "sluice.pg"
-  local conn, cerr = pg.connect { url = url, timeout = opts.timeout or 30 }
-  if not conn then fail("sql", scrubbed(cerr)) end
-  local res, qerr, _, state = conn:query(query)
-  conn:close()
-  if not res then fail("sql", scrubbed((state and (state .. " ") or "") .. qerr)) end
+  local st, kind = sql_sink(opts.sink)
+  if not st then fail("sql", scrubbed(kind)) end
+  local res, err = (kind == "clickhouse" and sql_clickhouse or sql_postgres)(st, query, opts.timeout or 30)
+  if not res then fail("sql", scrubbed(err)) end
   if #res.fields == 0 then return text(res.command) end
   return res.rows -- what the operator asked for, as the server has it (not scrubbed)
 end)

@@ -33,11 +33,14 @@ struct sl_pg {
     sl_pg_state state;
     phase ph;
     int is_copy;
+    int data_sent; /* the COPY FROM STDIN has had the data: a second one in
+                    * the same string is refused */
     struct event io, timer;
     int io_set, timer_set;
     sl_pg_done_fn done;
     void *privdata;
     PGresult *res; /* the result kept for done: the first error, else last */
+    long copied;   /* the COPY's row count, from its own result */
     char *data;    /* copy data, owned */
     size_t len, off;
     char closed[256];
@@ -159,7 +162,7 @@ static void finish(sl_pg *c, sl_pg_status st, const char *message) {
             const char *m = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
             one_line(msg, sizeof(msg), m ? m : PQresultErrorMessage(res));
         } else if (c->is_copy) {
-            o.copied = strtol(PQcmdTuples(res), NULL, 10);
+            o.copied = c->copied;
         }
     }
     o.sqlstate = state;
@@ -266,13 +269,18 @@ static void read_results(sl_pg *c) {
         switch (PQresultStatus(r)) {
         case PGRES_COPY_IN:
             PQclear(r);
-            if (c->is_copy && c->data) {
+            if (c->is_copy && c->data && !c->data_sent) {
+                c->data_sent = 1;
                 c->ph = PH_COPY;
                 op_step(c, 0);
             } else {
-                /* a COPY FROM STDIN sent as a plain query: refuse it, so
-                 * the server ends the statement with an error */
-                if (PQputCopyEnd(c->conn, "COPY FROM STDIN needs copy()") < 0)
+                /* a COPY FROM STDIN sent as a plain query, or a second
+                 * one in copy()'s string: refuse it, so the server ends
+                 * the statement with an error */
+                if (PQputCopyEnd(c->conn,
+                                 c->is_copy
+                                     ? "one COPY FROM STDIN per copy()"
+                                     : "COPY FROM STDIN needs copy()") < 0)
                     fail_conn(c, "");
                 else {
                     c->ph = PH_END;
@@ -290,6 +298,9 @@ static void read_results(sl_pg *c) {
             fail_conn(c, "bad response: ");
             return;
         default:
+            if (c->is_copy && PQresultStatus(r) == PGRES_COMMAND_OK &&
+                strncmp(PQcmdStatus(r), "COPY", 4) == 0)
+                c->copied = strtol(PQcmdTuples(r), NULL, 10);
             keep(c, r);
         }
     }
@@ -455,9 +466,15 @@ static int start_op(sl_pg *c, double timeout, sl_pg_done_fn done,
     return 0;
 }
 
-static int send_statement(sl_pg *c, const char *sql, int n,
+/* simple: the simple query protocol (PQsendQuery), which takes several
+ * statements in one string, run as one implicit transaction; otherwise one
+ * statement with n parameters (the extended protocol). */
+static int send_statement(sl_pg *c, const char *sql, int simple, int n,
                           const char *const *values, char *err, size_t errlen) {
-    if (!PQsendQueryParams(c->conn, sql, n, NULL, values, NULL, NULL, 0)) {
+    int sent = simple ? PQsendQuery(c->conn, sql)
+                      : PQsendQueryParams(c->conn, sql, n, NULL, values, NULL,
+                                          NULL, 0);
+    if (!sent) {
         char msg[300];
         one_line(msg, sizeof(msg), PQerrorMessage(c->conn));
         drop(c, msg, 0);
@@ -479,7 +496,7 @@ int sl_pg_query(sl_pg *c, const char *sql, int n, const char *const *values,
     if (start_op(c, timeout, done, privdata, err, errlen) != 0)
         return -1;
     c->is_copy = 0;
-    return send_statement(c, sql, n, values, err, errlen);
+    return send_statement(c, sql, 0, n, values, err, errlen);
 }
 
 int sl_pg_copy(sl_pg *c, const char *sql, const char *data, size_t len,
@@ -499,7 +516,9 @@ int sl_pg_copy(sl_pg *c, const char *sql, const char *data, size_t len,
     c->len = len;
     c->off = 0;
     c->is_copy = 1;
-    return send_statement(c, sql, 0, NULL, err, errlen);
+    c->data_sent = 0;
+    c->copied = 0;
+    return send_statement(c, sql, 1, 0, NULL, err, errlen);
 }
 
 void sl_pg_abandon(sl_pg *c) {

@@ -79,9 +79,16 @@ int sl_pg_query(sl_pg *c, const char *sql, int n, const char *const *values,
                 double timeout, sl_pg_done_fn done, void *privdata, char *err,
                 size_t errlen);
 
-/* Runs sql, a COPY ... FROM STDIN, and sends the len bytes of data (copied:
- * the caller may free them at once) as its input; o->copied is the number
- * of rows the server took. Errors as sl_pg_query's. */
+/* Runs sql, which holds one COPY ... FROM STDIN, and sends the len bytes of
+ * data (copied: the caller may free them at once) as its input; o->copied
+ * is the number of rows the COPY took. sql goes by the simple query
+ * protocol: it may be several statements separated by semicolons ("CREATE
+ * TEMP TABLE ...; COPY t FROM STDIN; INSERT ... SELECT ... FROM t"), which
+ * the server runs as one implicit transaction (all or nothing, unless the
+ * string has its own BEGIN/COMMIT), in one round trip besides the data's;
+ * o->res is the last statement's result (the first error's on failure). A
+ * second COPY FROM STDIN in the string fails the statement. Errors as
+ * sl_pg_query's. */
 int sl_pg_copy(sl_pg *c, const char *sql, const char *data, size_t len,
                double timeout, sl_pg_done_fn done, void *privdata, char *err,
                size_t errlen);

@@ -45,6 +45,13 @@ local function row(i, rev)
   }
 end
 
+-- rows[from..to] as a new list (unpack stops at a few thousand values)
+local function slice(rows, from, to)
+  local t = {}
+  for i = from, math.min(to, #rows) do t[#t + 1] = rows[i] end
+  return t
+end
+
 local function rows_of(rev)
   local t = {}
   for i = 1, ROWS do t[i] = row(i, rev) end
@@ -93,7 +100,7 @@ local ok, err = pcall(function()
     for pass, data in ipairs { rows, rows_of(1) } do
       t0 = sluice.now()
       for from = 1, ROWS, BATCH do
-        assert(sink:write(tname, { unpack(data, from, math.min(from + BATCH - 1, ROWS)) }, d))
+        assert(sink:write(tname, slice(data, from, from + BATCH - 1), d))
       end
       local r = report(("sink:write, %s, %s"):format(method, pass == 1 and "new rows" or "updates"),
         ROWS, sluice.now() - t0)
@@ -110,7 +117,7 @@ local ok, err = pcall(function()
     }, nil, { store = db })
   end
   local function store_all(c, data)
-    for from = 1, ROWS, 5000 do c:store_rows({ unpack(data, from, math.min(from + 4999, ROWS)) }) end
+    for from = 1, ROWS, 5000 do c:store_rows(slice(data, from, from + 4999)) end
   end
   local path = os.tmpname()
   os.remove(path)

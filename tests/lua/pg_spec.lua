@@ -128,6 +128,35 @@ describe("sluice.pg", function()
     assert.equal(1, conn:query("SELECT count(*) AS n FROM uniq").rows[1].n)
   end)
 
+  it("runs several statements around one COPY as one transaction, the last one's result", function()
+    assert(conn:query("CREATE TABLE piped (id int8 PRIMARY KEY, s text)"))
+    assert(conn:query("CREATE TEMP TABLE piped_in (LIKE piped)"))
+    local res = assert(conn:copy("COPY piped_in (id, s) FROM STDIN; INSERT INTO piped SELECT * FROM piped_in"
+      .. " ON CONFLICT (id) DO UPDATE SET s = EXCLUDED.s; SELECT count(*)::int AS n FROM piped",
+      { { 1, "a" }, { 2, "b\tc" } }, 2))
+    assert.same({ { n = 2 } }, res.rows)
+    -- the statement after the COPY fails: the COPY's rows are undone too
+    local r2, err, kind, state = conn:copy("COPY piped_in (id, s) FROM STDIN; INSERT INTO piped (id, s)"
+      .. " SELECT id, s FROM piped_in WHERE id = 3; INSERT INTO piped VALUES (1, 'dup')", { { 3, "x" } }, 2)
+    assert.is_nil(r2)
+    assert.equal("server", kind)
+    assert.equal("23505", state)
+    assert.truthy(err:match("duplicate key"), err)
+    assert.equal("idle", (conn:status()))
+    assert.same({ { n = 2, m = 2 } }, assert(conn:query("SELECT (SELECT count(*)::int FROM piped) AS n,"
+      .. " (SELECT count(*)::int FROM piped_in) AS m")).rows)
+    -- one COPY per string: a second one fails the statement
+    r2, err, kind, state = conn:copy("COPY piped_in (id, s) FROM STDIN; COPY piped_in (id, s) FROM STDIN",
+      "5\ty\n")
+    assert.is_nil(r2)
+    assert.equal("server", kind)
+    assert.equal("57014", state)
+    assert.truthy(err:match("one COPY FROM STDIN per copy%(%)"), err)
+    assert.equal(2, conn:query("SELECT count(*)::int AS n FROM piped_in").rows[1].n)
+    -- a COPY last: its count
+    assert.equal(1, conn:copy("DELETE FROM piped_in; COPY piped_in (id, s) FROM STDIN", "7\tz\n"))
+  end)
+
   it("refuses a COPY sent as a query without hanging", function()
     local res, _, kind, state = conn:query("COPY uniq (id) FROM STDIN")
     assert.is_nil(res)

@@ -171,6 +171,37 @@ describe("sluice.sinks.clickhouse", function()
     assert.equal("100000000000000002", scalar(srv, "SELECT max(_version) FROM market.ver"))
   end)
 
+  for _, format in ipairs { "RowBinary", "JSONEachRow" } do
+    it("versions rows by the time they were queued when the outbox says it: a late backlog loses ("
+        .. format .. ")", function()
+      local tname = "queued_" .. format
+      local def = { name = tname, columns = { id = "integer", v = "text" }, key = { "id" } }
+      local a, b = new({ format = format }), new({ format = format }) -- two instances of a fleet
+      assert.is_true(a:ensure(tname, def))
+      assert.is_true(b:ensure(tname, def))
+      local t0 = 1700000000.25 -- (in the past: a write without meta gets now)
+      -- b collected later and ships at once; a's backlog, queued before, arrives after it
+      assert.is_true(b:write(tname, { { id = 1, v = "new" }, { id = 2, v = "new" } }, def,
+        { ids = { "b1", "b2" }, at = { t0 + 10, t0 + 10.000001 } }))
+      assert.is_true(a:write(tname, { { id = 1, v = "old" }, { id = 2, v = "old" }, { id = 3, v = "old" } }, def,
+        { ids = { "a1", "a2", "a3" }, at = { t0, t0 + 0.5, t0 + 1 } }))
+      -- the same backlog sent again (at least once): the same versions
+      assert.is_true(a:write(tname, { { id = 3, v = "old" } }, def, { ids = { "a3" }, at = { t0 + 1 } }))
+      assert.same({ { id = "1", v = "new", _version = "1700000010250000" },
+        { id = "2", v = "new", _version = "1700000010250001" }, { id = "3", v = "old", _version = "1700000001250000" } },
+        ch_rows(srv, "SELECT id, v, _version FROM market." .. tname .. " FINAL ORDER BY id"))
+      assert.equal("4", scalar(srv, "SELECT count() FROM market." .. tname .. " WHERE v = 'old'"))
+      -- without meta: the write's time, above every version the sink gave
+      assert.is_true(a:write(tname, { { id = 1, v = "latest" } }, def))
+      assert.same({ { id = "1", v = "latest" } }, ch_rows(srv, "SELECT id, v FROM market." .. tname
+        .. " FINAL WHERE id = 1"))
+      -- a row without its time in meta gets the batch's version
+      assert.is_true(b:write(tname, { { id = 2, v = "b2" }, { id = 3, v = "b3" } }, def, { at = { t0 } }))
+      assert.same({ { id = "2", v = "new" }, { id = "3", v = "b3" } }, ch_rows(srv, "SELECT id, v FROM market."
+        .. tname .. " FINAL WHERE id IN (2, 3) ORDER BY id"))
+    end)
+  end
+
   it("stores inf, json text, booleans and nulls exactly", function()
     local def = { name = "odd", key = { "id" }, columns = {
       id = "integer", r = { type = "real", nonfinite = true }, j = "json", b = "boolean", t = "text" } }

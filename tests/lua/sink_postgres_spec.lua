@@ -139,6 +139,64 @@ describe("sluice.sinks.postgres", function()
     sink:close()
   end)
 
+  it("copies new rows straight into the table, falls back to the upsert on a key it has, and comes back", function()
+    local def = { name = "adapt", columns = { id = "integer", v = "text" }, key = { "id" } }
+    local sink = sinkpg.new("pg", { url = srv:url() })
+    assert.is_true(sink:ensure("adapt", def))
+    local function batch(from, to, v)
+      local t = {}
+      for i = from, to do t[#t + 1] = { id = i, v = v } end
+      return t
+    end
+    local function temp_tables() -- the sink's session's temporary tables
+      return assert(conn:query("SELECT count(*)::int AS n FROM pg_class WHERE relname = 'sluice_in_adapt'")).rows[1].n
+    end
+    assert.is_true(sink:write("adapt", batch(1, 100, "a"), def)) -- new rows: a plain COPY
+    assert.equal(1, sink:stats().copies)
+    assert.equal(0, temp_tables())
+    assert.is_true(sink:write("adapt", batch(51, 150, "b"), def)) -- 51..100 there: refused, upserted
+    assert.equal(1, sink:stats().copies)
+    assert.equal(1, temp_tables())
+    assert.is_true(sink:write("adapt", batch(140, 160, "c"), def)) -- upserted again (some were there)
+    assert.is_true(sink:write("adapt", batch(161, 170, "d"), def)) -- upserted, all new: back to COPY
+    assert.equal(1, sink:stats().copies)
+    assert.is_true(sink:write("adapt", batch(171, 180, "e"), def))
+    assert.equal(2, sink:stats().copies)
+    assert.equal(5, sink:stats().batches)
+    local r = assert(conn:query("SELECT count(*)::int AS n, count(DISTINCT id)::int AS k, min(id)::int AS lo,"
+      .. " max(id)::int AS hi, string_agg(DISTINCT v, '' ORDER BY v) AS vs FROM adapt")).rows[1]
+    assert.same({ n = 180, k = 180, lo = 1, hi = 180, vs = "abcde" }, r)
+    local by = {}
+    for _, x in ipairs(assert(conn:query("SELECT v, count(*)::int AS n FROM adapt GROUP BY v")).rows) do by[x.v] = x.n end
+    assert.same({ a = 50, b = 89, c = 21, d = 10, e = 10 }, by)
+    sink:close()
+  end)
+
+  it("writes reals, json values and escapes exactly through COPY", function()
+    local def = { name = "exact", columns = { id = "integer", r = "real", j = "json", s = "text" }, key = { "id" } }
+    local sink = sinkpg.new("pg", { url = srv:url() })
+    assert.is_true(sink:ensure("exact", def))
+    local reals = { 0.1, 1 / 3, 2 / 7, 1e300, 5e-324, -2.5e-10, 2 ^ 53 + 2, -0.0, 1 / 0, -1 / 0 }
+    local rows = {}
+    for i, x in ipairs(reals) do
+      rows[i] = { id = i, r = x, s = "t\tab\n\\" .. i,
+        j = { a = 0.1, b = "q\"uo\\te\t", n = 2 ^ 53 + 0LL + i, m = json.numeral("1.50"), t = true, z = json.null } }
+    end
+    rows[#rows + 1] = { id = 100, j = { 1, { x = 2 } } } -- not a flat object: sluice.json's text
+    assert.is_true(sink:write("exact", rows, def))
+    local got = assert(conn:query("SELECT id, r, j::text AS j, s FROM exact ORDER BY id")).rows
+    assert.equal(#reals + 1, #got)
+    for i, x in ipairs(reals) do
+      assert.equal(x, got[i].r)
+      assert.equal(1 / x, 1 / got[i].r) -- -0 stays -0
+      assert.equal("t\tab\n\\" .. i, got[i].s)
+      assert.equal(('{"a": 0.1, "b": "q\\"uo\\\\te\\t", "m": 1.50, "n": %s, "t": true, "z": null}')
+        :format(json.int64_text(2 ^ 53 + 0LL + i)), got[i].j)
+    end
+    assert.equal('[1, {"x": 2}]', got[#got].j)
+    sink:close()
+  end)
+
   it("refuses a batch of bad data as 'rejected' and goes on with the next", function()
     local def = { name = "small", columns = { id = "integer", v = "decimal" }, key = { "id" } }
     local sink = sinkpg.new("pg", { url = srv:url() })

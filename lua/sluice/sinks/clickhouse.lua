@@ -41,14 +41,22 @@
 -- UInt256 from ClickHouse 21.6 (big integers out of experimental), a String
 -- of the digits before. sink:stats().types shows what each store type
 -- became on this server.
--- sink:write(table, rows, def) sends the batch as one INSERT ... FORMAT
--- JSONEachRow: exact numbers (int64 cdata as digits, reals as the shortest
--- text that reads back, inf as inf), uint256 and String decimals as JSON
--- strings, json columns as their exact JSON text. Every row of a batch gets
--- the same version, above every version this sink gave before and above
--- the table's max(_version) read by ensure: newer writes of a key win at
--- merges and under FINAL, also across restarts (the version is the write's
--- time in microseconds, or the last one + 1 when the clock is behind it).
+-- sink:write(table, rows, def [, meta]) sends the batch as one INSERT
+-- (format RowBinary, the default: the values as the server holds them; or
+-- JSONEachRow: exact numbers, int64 cdata as digits, reals as the shortest
+-- text that reads back, inf as inf, uint256 and String decimals as JSON
+-- strings), json columns as their exact JSON text (sluice.json's bytes).
+-- The version of each row: with the outbox's meta (meta.at[i], the time
+-- row i was queued, in seconds), that time in microseconds, so that the
+-- newest collected value of a key wins at merges and under FINAL whichever
+-- instance ships it and however late (a fleet's backlog, forwarded after
+-- an outage, never overwrites what another instance collected since; a
+-- batch sent again carries the same versions). Without meta (or a row
+-- without its at), every row of the batch gets the same version, above
+-- every version this sink gave before and above the table's max(_version)
+-- read by ensure: newer writes of a key win, also across restarts (the
+-- write's time in microseconds, or the last one + 1 when the clock is
+-- behind it).
 -- The batch is refused as data -> nil, err, "rejected" when the server
 -- answers with a parsing or type error code (DATA_ERRORS; ClickHouse
 -- answers 500 to those too); anything else (no connection, a timeout, 5xx
@@ -65,9 +73,10 @@ local ffi = require "ffi"
 
 local type, pairs, ipairs, tostring, tonumber, error, setmetatable =
   type, pairs, ipairs, tostring, tonumber, error, setmetatable
-local sort, concat, floor = table.sort, table.concat, math.floor
+local sort, concat, floor, format = table.sort, table.concat, math.floor, string.format
 local number, int64_text, numeral_text, encode = json.number, json.int64_text, json.numeral_text, json.encode
 local huge = math.huge
+local encode_value = require("sluice.outbox.codec").encode_value
 
 local _M = {}
 local Sink = {}
@@ -138,7 +147,7 @@ end
 
 -- Zlib through the FFI (the process links it through libcurl): compress2.
 local zlib
-local function deflate(s)
+local function deflate(s) -- (exported for the benchmark)
   if not zlib then
     ffi.cdef [[
       unsigned long compressBound(unsigned long sourceLen);
@@ -153,6 +162,7 @@ local function deflate(s)
   if zlib.compress2(out, len, s, #s, 1) ~= 0 then return nil end
   return ffi.string(out, len[0])
 end
+_M.deflate = deflate
 
 local function unescape(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
@@ -229,9 +239,27 @@ local function each_row(body)
   return rows
 end
 
+-- An integer column's value (JSONCompact quotes 64-bit ones): a number
+-- within +-(2^53-1), int64_t or uint64_t cdata beyond (as sluice.pg and
+-- the store give them); anything else as it came.
+local function integer_value(v)
+  if type(v) ~= "string" then return v end
+  local neg, digits = v:match("^(%-?)(%d+)$")
+  if not digits then return v end
+  local n = tonumber(v)
+  if n > -2 ^ 53 and n < 2 ^ 53 then return n end
+  local x = neg == "-" and ffi.new("int64_t", 0) or ffi.new("uint64_t", 0)
+  for k = 1, #digits do
+    local d = digits:byte(k) - 48
+    if neg == "-" then x = x * 10 - d else x = x * 10 + d end
+  end
+  return x
+end
+
 --- query(sql) -> {fields = {...}, rows = {...}} | nil, err, kind: one
--- statement (`sluice sql --sink`). A SELECT's rows come back exactly
--- (FORMAT JSONEachRow: 64-bit integers as text); fields in select order.
+-- statement (`sluice sql --sink`, the REPL's sql()). A SELECT's rows come
+-- back exactly (FORMAT JSONCompact; integers as numbers, int64_t/uint64_t
+-- cdata beyond 2^53); fields in select order.
 function Sink:query(sql)
   local select_like = sql:match("^%s*[Ss][Ee][Ll][Ee][Cc][Tt]%s") or sql:match("^%s*[Ww][Ii][Tt][Hh]%s")
     or sql:match("^%s*[Ss][Hh][Oo][Ww]%s") or sql:match("^%s*[Dd][Ee][Ss][Cc]")
@@ -244,13 +272,20 @@ function Sink:query(sql)
   if not body then return nil, err, kind end
   local doc, derr = json.decode(body)
   if not doc then return nil, "clickhouse: bad JSONCompact output: " .. derr end
-  local fields, rows = {}, {}
-  for i, m in ipairs(doc.meta or {}) do fields[i] = m.name end
+  local fields, rows, conv = {}, {}, {}
+  for i, m in ipairs(doc.meta or {}) do
+    fields[i] = m.name
+    local t = tostring(m.type):gsub("^Nullable%((.*)%)$", "%1")
+    conv[i] = (t:find("^U?Int%d+$") and integer_value) or nil
+  end
   for i, r in ipairs(doc.data or {}) do
     local row = {}
     for j, f in ipairs(fields) do
       local v = r[j]
-      if v ~= json.null then row[f] = v end
+      if v ~= json.null then
+        if conv[j] then v = conv[j](v) end
+        row[f] = v
+      end
     end
     rows[i] = row
   end
@@ -545,8 +580,8 @@ local WRITE = {
   real = function(b, v) b:float64(v) return true end,
   text = function(b, v) b:string(tostring(v)) return true end,
   blob = function(b, v) b:string(v) return true end,
-  json = function(b, v)
-    local s, err = encode(v)
+  json = function(b, v) -- sluice.json.encode's bytes, written faster
+    local s, err = encode_value(v)
     if not s then return nil, err end
     b:string(s)
     return true
@@ -623,8 +658,28 @@ function Sink:next_version()
   return v
 end
 
+-- The rows' versions from the outbox's meta: at[i] (seconds) in whole
+-- microseconds (below 2^53 for any date before the year 2255: exact as a
+-- number), nil for a row without one; nil without meta.at. The sink's own
+-- version counter stays above them (next_version without meta).
+function Sink:versions_of(meta, n)
+  local at = type(meta) == "table" and meta.at
+  if type(at) ~= "table" then return nil end
+  local versions, top = {}, 0
+  for i = 1, n do
+    local t = at[i]
+    if type(t) == "number" and t > 0 and t < 9e9 then
+      local v = floor(t * 1e6)
+      versions[i] = v
+      if v > top then top = v end
+    end
+  end
+  if top > self.version then self.version = ffi.new("uint64_t", top) end
+  return versions
+end
+
 -- The batch as RowBinary, or nil, err (a value that does not fit).
-local function rowbinary(p, rows, version)
+local function rowbinary(p, rows, version, versions)
   local b = buffer(64 * #rows + 64)
   local names, writers, nullable, n = p.names, p.writers, p.nullable, p.n
   for i = 1, #rows do
@@ -642,14 +697,14 @@ local function rowbinary(p, rows, version)
         if not ok then return nil, ("row %d column %s: %s"):format(i, names[j], tostring(err)) end
       end
     end
-    b:uint64(version)
+    b:uint64(versions and versions[i] or version)
   end
   return b:text()
 end
 _M.rowbinary = rowbinary
 
 -- The batch as JSONEachRow text, or nil, err (a value no encoder takes).
-local function body_of(p, rows, version)
+local function body_of(p, rows, version, versions)
   local lines, names, heads, encs, n = {}, p.names, p.heads, p.encs, p.n
   local vfield = p.vhead .. int64_text(version)
   local fields = {}
@@ -666,7 +721,8 @@ local function body_of(p, rows, version)
       end
       fields[j] = heads[j] .. s
     end
-    fields[n + 1] = vfield
+    local vi = versions and versions[i]
+    fields[n + 1] = vi and p.vhead .. format("%d", vi) or vfield
     lines[i] = "{" .. concat(fields, ",") .. "}"
   end
   lines[#lines + 1] = ""
@@ -674,13 +730,14 @@ local function body_of(p, rows, version)
 end
 _M.body_of = body_of
 
-function Sink:write(tname, rows, def)
+function Sink:write(tname, rows, def, meta)
   if #rows == 0 then return true end
   local ok, err, kind = self:server()
   if not ok then return nil, err, kind end
   local p = self:plan(tname, def)
   local body
-  body, err = (self.format == "RowBinary" and rowbinary or body_of)(p, rows, self:next_version())
+  body, err = (self.format == "RowBinary" and rowbinary or body_of)(p, rows, self:next_version(),
+    self:versions_of(meta, #rows))
   if not body then return nil, "clickhouse: " .. err, "rejected" end
   local encoding
   if self.compress then

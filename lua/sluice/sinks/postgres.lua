@@ -10,10 +10,12 @@
 --                    when missing)
 --   connect_timeout  seconds (default 5)
 --   timeout          seconds per statement (default 30)
---   method           how a batch is upserted, all by INSERT ... ON CONFLICT
---                    (key) DO UPDATE in one transaction: "copy" (default:
---                    COPY into a temporary table, then INSERT ... SELECT;
---                    the fastest in tests/bench/sink_postgres.lua),
+--   method           how a batch is upserted, all with the effect of INSERT
+--                    ... ON CONFLICT (key) DO UPDATE in one transaction:
+--                    "copy" (default: a plain COPY into the table while its
+--                    batches are all new rows, else COPY into a temporary
+--                    table and INSERT ... SELECT, see Sink:copy; the fastest
+--                    in tests/bench/sink_postgres.lua),
 --                    "unnest" (one statement, one array parameter per
 --                    column: INSERT ... SELECT FROM unnest($1::bigint[],
 --                    ...)) or "values" (multi-row VALUES with a parameter
@@ -30,19 +32,24 @@
 -- connection, a timeout, a server shutting down) -> nil, err, kind (the
 -- outbox retries). A connection that failed is dropped and made again at
 -- the next call (the outbox's backoff paces it).
--- sink:stats() -> {connected, batches, rows, reconnects, server_version}.
+-- sink:stats() -> {connected, batches, rows, copies (batches written by a
+-- plain COPY), reconnects, server_version}.
 -- Misuse raises; operational failure returns nil, err, kind.
 local pg = require "sluice.pg"
 local json = require "sluice.json"
 local options = require "sluice.options"
 
 local type, pairs, ipairs, tostring, error, setmetatable = type, pairs, ipairs, tostring, error, setmetatable
-local sort, concat, min, floor = table.sort, table.concat, math.min, math.floor
+local sort, concat, min, floor, huge = table.sort, table.concat, math.min, math.floor, math.huge
+local format, byte, gsub = string.format, string.byte, string.gsub
 local quote = pg.quote_ident
 local buffer = require "string.buffer"
 local encode_value = require("sluice.outbox.codec").encode_value
 local copy_escape = require("sluice._pg").copy_escape
 local null, find, TWO53 = json.null, string.find, 2 ^ 53
+local number, numeral_text, int64_text = json.number, json.numeral_text, json.int64_text
+local encode_string = require("cjson.safe").encode
+local next, getmetatable = next, getmetatable
 local copy_text -- (below)
 
 local _M = {}
@@ -79,7 +86,8 @@ function _M.new(name, settings, ctx)
     name = name, url = settings.url, schema = settings.schema or "public",
     connect_timeout = settings.connect_timeout or 5, timeout = settings.timeout or 30,
     method = settings.method or "copy", log = ctx and ctx.log,
-    conn = nil, plans = {}, temps = {}, batches = 0, rows = 0, connects = 0, server_version = nil,
+    conn = nil, plans = {}, temps = {}, direct = {}, batches = 0, rows = 0, copies = 0, connects = 0,
+    server_version = nil,
   }, Sink)
 end
 
@@ -223,11 +231,24 @@ function Sink:plan(tname, def)
       .. concat(arrays, ", ") .. ")" .. conflict,
     per = floor(MAX_PARAMS / #names),
   }
+  local list = concat(qcols, ", ")
+  p.copy = "COPY " .. self:qualified(tname) .. " (" .. list .. ") FROM STDIN"
+  if #key > 0 then
+    p.create_temp = "CREATE TEMP TABLE IF NOT EXISTS " .. p.temp .. " (LIKE " .. self:qualified(tname)
+      .. " INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    p.upsert = "COPY " .. p.temp .. " (" .. list .. ") FROM STDIN; WITH r AS (" .. p.head .. "SELECT " .. list
+      .. " FROM " .. p.temp .. conflict .. " RETURNING xmax) SELECT count(*) FILTER (WHERE xmax::text = '0')::int"
+      .. " AS inserted FROM r"
+  end
   self.plans[tname] = p
   return p
 end
 
+local function hex_byte(ch) return format("%02x", byte(ch)) end
+
 -- A value as the sink stores it: json columns as JSON text, blobs as hex.
+-- (No closure is made here: a function that creates one is never compiled
+-- by LuaJIT, and this one runs per value.)
 local function value(v, cast)
   if v == nil or v == json.null then return nil end
   if cast == "jsonb" then
@@ -236,7 +257,7 @@ local function value(v, cast)
     return s
   end
   if cast == "bytea" and type(v) == "string" then
-    return "\\x" .. (v:gsub(".", function(ch) return ("%02x"):format(ch:byte()) end))
+    return "\\x" .. gsub(v, ".", hex_byte)
   end
   return pg.literal(v)
 end
@@ -299,13 +320,61 @@ function Sink:values(p, rows)
   return true
 end
 
+-- Appends s to b as a COPY text field: backslash, tab, newline and carriage
+-- return escaped (plain finds: LuaJIT compiles those, not a pattern's).
+local function put_field(b, s)
+  if find(s, "\\", 1, true) or find(s, "\t", 1, true) or find(s, "\n", 1, true) or find(s, "\r", 1, true) then
+    s = copy_escape(s)
+  end
+  b:put(s)
+end
+
+-- A json column's value as jsonb input: a plain object whose keys are
+-- strings and whose values are scalars (a json column's usual value) is
+-- written here, in pairs order (jsonb orders and compares keys itself),
+-- numbers as sluice.json writes them (jsonb keeps them as numeric: 0.1
+-- must stay "0.1"); anything else through encode_value. -> text | nil, err.
+local jbuf = buffer.new(256)
+local function jsonb_text(v)
+  if type(v) ~= "table" or getmetatable(v) ~= nil or next(v) == nil then return encode_value(v) end
+  local b = jbuf
+  b:reset()
+  local sep = "{"
+  for k, x in pairs(v) do
+    if type(k) ~= "string" then return encode_value(v) end
+    b:put(sep, encode_string(k), ":")
+    sep = ","
+    local tx = type(x)
+    if tx == "string" then
+      b:put(encode_string(x))
+    elseif tx == "number" and x == floor(x) and x > -TWO53 and x < TWO53 then
+      b:putf("%d", x)
+    elseif tx == "number" and x == x and x ~= huge and x ~= -huge then
+      b:put(number(x))
+    elseif tx == "boolean" then
+      b:put(x and "true" or "false")
+    elseif x == null then
+      b:put("null")
+    else
+      local t = numeral_text(x) or int64_text(x)
+      if not t then return encode_value(v) end
+      b:put(t)
+    end
+  end
+  b:put("}")
+  return b:tostring()
+end
+
 -- The batch in COPY's text format (what pg.copy_text writes for value()'s
 -- texts), built in one buffer: a field's text goes in without a string
--- of its own when it needs no escape (an integer, most text), a jsonb
--- value through sluice.outbox.codec's encode_value (sluice.json's bytes).
--- -> text | nil, err.
+-- of its own when it can (an integer, a string that needs no escape), a
+-- double precision value as %.17g (PostgreSQL reads any decimal text to
+-- the nearest double: 17 digits are that double exactly, where the
+-- shortest text json.number finds costs up to three formats and three
+-- reads back), a jsonb value through sluice.outbox.codec's encode_value
+-- (sluice.json's bytes; the server parses them). -> text | nil, err.
 function copy_text(p, rows)
-  local b = buffer.new()
+  local b = buffer.new(128 * #rows)
   local names, casts, ncols = p.names, p.casts, p.ncols
   for i = 1, #rows do
     local r = rows[i]
@@ -315,72 +384,98 @@ function copy_text(p, rows)
       local tv = type(v)
       if v == nil or v == null then
         b:put("\\N")
-      elseif tv == "number" and v == floor(v) and v > -TWO53 and v < TWO53 and (v ~= 0 or 1 / v > 0)
-        and cast ~= "jsonb" then
+      elseif cast == "jsonb" then
+        local s, err = jsonb_text(v)
+        if not s then return nil, err end
+        put_field(b, s)
+      elseif tv == "string" and cast ~= "bytea" then
+        put_field(b, v)
+      elseif tv == "number" and v == floor(v) and v > -TWO53 and v < TWO53 and (v ~= 0 or 1 / v > 0) then
         b:putf("%d", v)
+      elseif tv == "number" and cast == "double precision" and v == v and v ~= huge and v ~= -huge then
+        b:putf("%.17g", v)
       else
-        local s, err
-        if cast == "jsonb" then
-          s, err = encode_value(v)
-          if not s then return nil, err end
-        else
-          s, err = value(v, cast)
-          if err then return nil, err end
-        end
-        if find(s, "[\\\t\n\r]") then s = copy_escape(s) end
-        b:put(s)
+        local s, err = value(v, cast)
+        if err then return nil, err end
+        put_field(b, s)
       end
     end
     b:put("\n")
   end
   return b:tostring()
 end
+_M.copy_text = copy_text
 
+-- A failed COPY: the outbox's kind (a data error is "rejected"; a link
+-- lost or timed out drops the connection).
+function Sink:copy_failed(c, err, kind, state)
+  if kind == "server" and pg.data_error(state) then kind = "rejected" end
+  if kind ~= "server" and kind ~= "rejected" then
+    c:close()
+    self.conn = nil
+  end
+  return nil, ("postgres: %s%s"):format(state and (state .. " ") or "", err), kind, state
+end
+
+-- The batch by COPY, in at most two statements' time:
+-- * a table whose last batch was all new rows (or that has no key) gets a
+--   plain COPY into itself, the server's bulk path (what `psql \copy`
+--   does): a key it already holds fails it (23505; the COPY is undone) and
+--   the batch goes the second way at once;
+-- * otherwise one string (one round trip besides the data, one implicit
+--   transaction): COPY into the session's temporary table (created in the
+--   same string the first time on a connection: no DDL per batch), then
+--   INSERT ... SELECT ... ON CONFLICT DO UPDATE from it, which counts the
+--   rows it inserted (xmax = 0: not an update); all of them new -> the next
+--   batch tries the plain COPY again. Appended rows (a backfill, candles)
+--   take the first way, a table whose rows change the second, and a switch
+--   costs one refused COPY.
 function Sink:copy(p, tname, rows)
   local c, err, kind = self:connection()
   if not c then return nil, err, kind end
-  local ok
-  if self.temps[tname] ~= c then -- temp tables live as long as their session
-    ok, err, kind = self:exec("CREATE TEMP TABLE IF NOT EXISTS " .. p.temp .. " (LIKE "
-      .. self:qualified(tname) .. " INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-    if not ok then return nil, err, kind end
-    self.temps[tname] = c
-  end
   local text, terr = copy_text(p, rows)
   if not text then return nil, "postgres: " .. terr, "rejected" end
-  local qcols = {}
-  for i, col in ipairs(p.names) do qcols[i] = quote(col) end
-  local n, state
-  n, err, kind, state = c:copy("COPY " .. p.temp .. " (" .. concat(qcols, ", ") .. ") FROM STDIN", text)
-  if not n then
-    if kind == "server" and pg.data_error(state) then kind = "rejected" end
-    if kind ~= "server" and kind ~= "rejected" then
-      c:close()
-      self.conn = nil
+  local res, state
+  if not p.upsert or self.direct[tname] ~= false then
+    res, err, kind, state = c:copy(p.copy, text)
+    if res then
+      self.copies = self.copies + 1
+      return true
     end
-    return nil, ("postgres: %s%s"):format(state and (state .. " ") or "", err), kind
+    if kind ~= "server" or not p.upsert then return self:copy_failed(c, err, kind, state) end
+    self.direct[tname] = false -- a key it has (or bad data: the upsert tells)
   end
-  return self:exec(p.head .. "SELECT " .. concat(qcols, ", ") .. " FROM " .. p.temp .. p.conflict)
+  local sql = p.upsert
+  if self.temps[tname] ~= c then sql = p.create_temp .. "; " .. sql end
+  res, err, kind, state = c:copy(sql, text)
+  if not res then
+    self.temps[tname] = nil -- undone with the transaction, or the connection gone
+    return self:copy_failed(c, err, kind, state)
+  end
+  self.temps[tname] = c -- temporary tables live as long as their session
+  local r = res.rows and res.rows[1]
+  if r and r.inserted == #rows then self.direct[tname] = true end
+  return true
 end
 
 function Sink:write(tname, rows, def)
   if #rows == 0 then return true end
   local p = self:plan(tname, def)
-  local ok, err, kind = self:exec("BEGIN")
-  if not ok then return nil, err, kind end
-  if self.method == "copy" then
+  local ok, err, kind
+  if self.method == "copy" then -- one implicit transaction per statement
     ok, err, kind = self:copy(p, tname, rows)
-  elseif self.method == "values" then
-    ok, err, kind = self:values(p, rows)
   else
-    ok, err, kind = self:unnest(p, rows)
+    ok, err, kind = self:exec("BEGIN")
+    if not ok then return nil, err, kind end
+    if self.method == "values" then
+      ok, err, kind = self:values(p, rows)
+    else
+      ok, err, kind = self:unnest(p, rows)
+    end
+    if ok then ok, err, kind = self:exec("COMMIT") end
+    if not ok and self.conn then self:exec("ROLLBACK") end
   end
-  if ok then ok, err, kind = self:exec("COMMIT") end
-  if not ok then
-    if self.conn then self:exec("ROLLBACK") end
-    self.temps[tname] = nil -- the rollback may have undone its creation
-    return nil, err, kind
-  end
+  if not ok then return nil, err, kind end
   self.batches = self.batches + 1
   self.rows = self.rows + #rows
   return true
@@ -394,7 +489,7 @@ end
 function Sink:stats()
   return {
     connected = self.conn ~= nil and self.conn:status() ~= "closed",
-    batches = self.batches, rows = self.rows,
+    batches = self.batches, rows = self.rows, copies = self.copies,
     reconnects = self.connects > 0 and self.connects - 1 or 0,
     server_version = self.server_version,
   }
