@@ -1,11 +1,17 @@
-/* amqp_client.c -- one AMQP connection (rabbitmq-c) on a worker thread, results
- * handed back to the libevent loop through a socketpair */
+/* amqp_client.c -- one AMQP connection (rabbitmq-c, TCP or TLS) on a worker
+ * thread, results handed back to the libevent loop through a socketpair */
 #include "amqp_client.h"
+#include "amqp_tls.h"
 
 #include <amqp.h>
+#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -30,7 +36,8 @@ struct sl_amqp {
     int refs; /* the loop's and the worker's */
     int rfd, wfd;
     struct event *ev;
-    sl_amqp_options o;
+    sl_amqp_options o; /* its strings point at the copies below */
+    char *ca_file, *cert_file, *key_file;
     sl_amqp_url url;
     long connects;
     int connected;
@@ -38,6 +45,7 @@ struct sl_amqp {
     amqp_connection_state_t conn;
     uint64_t next_tag;
     char *consuming; /* the queue basic.consume was sent for */
+    sl_amqp_tls tls; /* amqps: its strings are url.host and the copies */
 };
 
 static void set_error(sl_amqp_op *op, sl_amqp_status st, const char *fmt, ...) {
@@ -69,12 +77,9 @@ static int is_abandoned(sl_amqp_op *op) {
 
 int sl_amqp_parse_url(const char *url, sl_amqp_url *u, char *err,
                       size_t errlen) {
-    if (strncmp(url, "amqps://", 8) == 0) {
-        snprintf(err, errlen, "amqps (TLS) is not supported");
-        return -1;
-    }
-    if (strncmp(url, "amqp://", 7) != 0) {
-        snprintf(err, errlen, "bad URL: amqp://... expected");
+    int tls = strncmp(url, "amqps://", 8) == 0;
+    if (!tls && strncmp(url, "amqp://", 7) != 0) {
+        snprintf(err, errlen, "bad URL: amqp://... or amqps://... expected");
         return -1;
     }
     char *copy = strdup(url); /* amqp_parse_url writes into its input */
@@ -95,6 +100,7 @@ int sl_amqp_parse_url(const char *url, sl_amqp_url *u, char *err,
         strcpy(u->password, ci.password);
         strcpy(u->vhost, ci.vhost);
         u->port = ci.port;
+        u->tls = tls;
     } else {
         snprintf(err, errlen, "bad URL: %s",
                  rc == AMQP_STATUS_OK ? "a part is too long"
@@ -164,12 +170,17 @@ static int check_reply(sl_amqp *a, sl_amqp_op *op, amqp_rpc_reply_t r,
     switch (r.reply_type) {
     case AMQP_RESPONSE_NORMAL:
         return 0;
-    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION: {
+        char why[128] = "";
+        if (r.library_error == AMQP_STATUS_SSL_ERROR)
+            sl_amqp_tls_reason(
+                why, sizeof(why)); /* an alert: no client certificate */
         set_error(op,
                   r.library_error == AMQP_STATUS_TIMEOUT ? SL_AMQP_ETIMEOUT
                                                          : SL_AMQP_ECONN,
-                  "%s: %s", what, amqp_error_string2(r.library_error));
+                  "%s: %s%s", what, amqp_error_string2(r.library_error), why);
         break;
+    }
     case AMQP_RESPONSE_SERVER_EXCEPTION:
         if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
             amqp_channel_close_t *m = r.reply.decoded;
@@ -193,6 +204,8 @@ static int check_reply(sl_amqp *a, sl_amqp_op *op, amqp_rpc_reply_t r,
     return -1;
 }
 
+/* --- the worker: connecting ---------------------------------------------- */
+
 static int ensure_connected(sl_amqp *a, sl_amqp_op *op) {
     if (a->conn)
         return 0;
@@ -202,16 +215,35 @@ static int ensure_connected(sl_amqp *a, sl_amqp_op *op) {
         return -1;
     }
     a->conn = c;
-    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    amqp_socket_t *s;
+    if (a->url.tls) {
+        if (!(s = sl_amqp_tls_socket(c, &a->tls, op->error, sizeof(op->error))))
+            op->status = SL_AMQP_ECONN;
+    } else if (!(s = amqp_tcp_socket_new(c)))
+        set_error(op, SL_AMQP_ECONN, "out of memory");
+    if (!s) {
+        amqp_destroy_connection(c); /* and the socket amqp_*_new gave it */
+        a->conn = NULL;
+        return -1;
+    }
     struct timeval ct = tv_of(a->o.connect_timeout);
     struct timeval rt = tv_of(a->o.timeout);
-    int rc = s ? amqp_socket_open_noblock(s, a->url.host, a->url.port, &ct)
-               : AMQP_STATUS_NO_MEMORY;
+    int rc = amqp_socket_open_noblock(s, a->url.host, a->url.port, &ct);
     if (rc != AMQP_STATUS_OK) {
-        set_error(op,
-                  rc == AMQP_STATUS_TIMEOUT ? SL_AMQP_ETIMEOUT : SL_AMQP_ECONN,
-                  "connect to %s:%d: %s", a->url.host, a->url.port,
-                  amqp_error_string2(rc));
+        char why[128] = "";
+        if (a->tls.verify_error[0])
+            set_error(op, SL_AMQP_ECONN,
+                      "connect to %s:%d: TLS: certificate verify failed: %s",
+                      a->url.host, a->url.port, a->tls.verify_error);
+        else
+            set_error(op,
+                      rc == AMQP_STATUS_TIMEOUT ? SL_AMQP_ETIMEOUT
+                                                : SL_AMQP_ECONN,
+                      "connect to %s:%d: %s%s", a->url.host, a->url.port,
+                      amqp_error_string2(rc),
+                      a->url.tls && rc != AMQP_STATUS_TIMEOUT
+                          ? sl_amqp_tls_reason(why, sizeof(why))
+                          : "");
         amqp_destroy_connection(c);
         a->conn = NULL;
         return -1;
@@ -317,8 +349,11 @@ static int read_confirm(sl_amqp *a, sl_amqp_op *op, confirms *c, double s) {
     if (rc == AMQP_STATUS_TIMEOUT)
         return 0;
     if (rc != AMQP_STATUS_OK) {
-        set_error(op, SL_AMQP_ECONN, "waiting for confirms: %s",
-                  amqp_error_string2(rc));
+        char why[128] = "";
+        if (rc == AMQP_STATUS_SSL_ERROR)
+            sl_amqp_tls_reason(why, sizeof(why));
+        set_error(op, SL_AMQP_ECONN, "waiting for confirms: %s%s",
+                  amqp_error_string2(rc), why);
         drop(a);
         return -1;
     }
@@ -527,6 +562,44 @@ static void run(sl_amqp *a, sl_amqp_op *op) {
 
 /* --- the handle ----------------------------------------------------------- */
 
+static void free_files(sl_amqp *a) {
+    free(a->ca_file);
+    free(a->cert_file);
+    free(a->key_file);
+}
+
+/* Copies o's TLS settings into a; -1 with err filled when they do not fit
+ * the URL or each other. */
+static int take_tls_options(sl_amqp *a, const sl_amqp_options *o, char *err,
+                            size_t errlen) {
+    if (!a->url.tls &&
+        (o->ca_file || o->cert_file || o->key_file || o->no_verify)) {
+        snprintf(err, errlen,
+                 "ca_file, cert_file, key_file and verify need an amqps:// "
+                 "URL");
+        return -1;
+    }
+    if (!o->cert_file != !o->key_file) {
+        snprintf(err, errlen, "cert_file and key_file go together");
+        return -1;
+    }
+    if ((o->ca_file && !(a->ca_file = strdup(o->ca_file))) ||
+        (o->cert_file && !(a->cert_file = strdup(o->cert_file))) ||
+        (o->key_file && !(a->key_file = strdup(o->key_file)))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    a->o.ca_file = a->ca_file;
+    a->o.cert_file = a->cert_file;
+    a->o.key_file = a->key_file;
+    a->tls.host = a->url.host;
+    a->tls.ca_file = a->ca_file;
+    a->tls.cert_file = a->cert_file;
+    a->tls.key_file = a->key_file;
+    a->tls.no_verify = o->no_verify;
+    return 0;
+}
+
 static void unref(sl_amqp *a) {
     pthread_mutex_lock(&a->mu);
     int last = --a->refs == 0;
@@ -536,6 +609,7 @@ static void unref(sl_amqp *a) {
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->work);
     memset(&a->url, 0, sizeof(a->url));
+    free_files(a);
     free(a);
 }
 
@@ -620,10 +694,18 @@ sl_amqp *sl_amqp_new(struct event_base *base, const char *url,
     a->o = *o;
     if (a->o.queue_max < 1)
         a->o.queue_max = 1;
+    if (take_tls_options(a, o, err, errlen) != 0) {
+        memset(&a->url, 0, sizeof(a->url));
+        free_files(a);
+        free(a);
+        return NULL;
+    }
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
                    sv) != 0) {
         snprintf(err, errlen, "socketpair: %s", strerror(errno));
+        memset(&a->url, 0, sizeof(a->url));
+        free_files(a);
         free(a);
         return NULL;
     }
@@ -655,6 +737,8 @@ fail:
         event_free(a->ev);
     close(sv[0]);
     close(sv[1]);
+    memset(&a->url, 0, sizeof(a->url));
+    free_files(a);
     free(a);
     return NULL;
 }
