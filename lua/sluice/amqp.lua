@@ -30,11 +30,13 @@
 --   address), during the handshake. cert_file and key_file (PEM, the key
 --   not encrypted; together): a client certificate. verify = false (only
 --   when given) checks neither, and logs a warning once, when the handle
---   is made. The files are read by the worker thread at each
---   connect. A failed check is an error of kind "closed" naming it:
---   "connect to HOST:PORT: TLS: certificate verify failed: unable to get
---   local issuer certificate" (a CA not trusted), "...: hostname mismatch"
---   / "IP address mismatch", "TLS: ca_file PATH: REASON".
+--   is made. The files are read by the worker thread at each connect. A
+--   failed check is an error of kind "closed" naming it: "connect to
+--   HOST:PORT: TLS: certificate verify failed: self-signed certificate in
+--   certificate chain (its CA is not in ca_file)", "...: hostname
+--   mismatch: the certificate does not name HOST", "TLS: ca_file PATH: No
+--   such file or directory", "login: a SSL error occurred (tlsv13 alert
+--   certificate required)" (the broker wants a client certificate).
 -- amqp.new{...} -> conn | nil, err: the same without connecting (the first
 --   operation connects).
 -- conn:declare{exchange=, type=, durable=, queue=, binding_key=, arguments=}

@@ -4,14 +4,9 @@
 #include "amqp_tls.h"
 
 #include <amqp.h>
-#include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
-#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -172,9 +167,9 @@ static int check_reply(sl_amqp *a, sl_amqp_op *op, amqp_rpc_reply_t r,
         return 0;
     case AMQP_RESPONSE_LIBRARY_EXCEPTION: {
         char why[128] = "";
+        /* a TLS alert (the broker wants a client certificate) */
         if (r.library_error == AMQP_STATUS_SSL_ERROR)
-            sl_amqp_tls_reason(
-                why, sizeof(why)); /* an alert: no client certificate */
+            sl_amqp_tls_reason(why, sizeof(why));
         set_error(op,
                   r.library_error == AMQP_STATUS_TIMEOUT ? SL_AMQP_ETIMEOUT
                                                          : SL_AMQP_ECONN,

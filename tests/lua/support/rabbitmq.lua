@@ -89,7 +89,12 @@ function _M.start(opts)
   local tls
   if opts and opts.tls then
     local d = dir .. "/tls"
-    make_certs(d)
+    local ok, err = pcall(make_certs, d)
+    if not ok then
+      local log = capture("cat " .. d .. "/openssl.log 2>/dev/null")
+      sh("rm -rf " .. dir)
+      error(tostring(err) .. "\n" .. log, 2)
+    end
     tls = { ca = d .. "/ca.pem", cert = d .. "/client.pem", key = d .. "/client.key",
       other_ca = d .. "/other_ca.pem" }
   end
