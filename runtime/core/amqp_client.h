@@ -1,5 +1,4 @@
-/* amqp_client.h -- one AMQP 0-9-1 connection (rabbitmq-c) driven from its own
- * thread
+/* amqp_client.h -- one AMQP 0-9-1 connection (rabbitmq-c) on its own thread
  *
  * rabbitmq-c is a blocking client, so a handle owns a worker thread that
  * owns the connection: it connects, logs in, opens channel 1 and puts it in
