@@ -36,7 +36,8 @@
 --   certificate chain (its CA is not in ca_file)", "...: hostname
 --   mismatch: the certificate does not name HOST", "TLS: ca_file PATH: No
 --   such file or directory", "login: a SSL error occurred (tlsv13 alert
---   certificate required)" (the broker wants a client certificate).
+--   certificate required)" or "... (the broker reset the connection)" (the
+--   broker wants a client certificate, or another one).
 -- amqp.new{...} -> conn | nil, err: the same without connecting (the first
 --   operation connects).
 -- conn:declare{exchange=, type=, durable=, queue=, binding_key=, arguments=}

@@ -31,8 +31,7 @@ struct sl_amqp {
     int refs; /* the loop's and the worker's */
     int rfd, wfd;
     struct event *ev;
-    sl_amqp_options o; /* its strings point at the copies below */
-    char *ca_file, *cert_file, *key_file;
+    sl_amqp_options o; /* without its strings: the copies are in tls */
     sl_amqp_url url;
     long connects;
     int connected;
@@ -40,7 +39,7 @@ struct sl_amqp {
     amqp_connection_state_t conn;
     uint64_t next_tag;
     char *consuming; /* the queue basic.consume was sent for */
-    sl_amqp_tls tls; /* amqps: its strings are url.host and the copies */
+    sl_amqp_tls tls; /* amqps (its host is url.host) */
 };
 
 static void set_error(sl_amqp_op *op, sl_amqp_status st, const char *fmt, ...) {
@@ -557,41 +556,20 @@ static void run(sl_amqp *a, sl_amqp_op *op) {
 
 /* --- the handle ----------------------------------------------------------- */
 
-static void free_files(sl_amqp *a) {
-    free(a->ca_file);
-    free(a->cert_file);
-    free(a->key_file);
-}
-
-/* Copies o's TLS settings into a; -1 with err filled when they do not fit
- * the URL or each other. */
+/* Takes o's TLS settings (copies in a->tls); -1 with err filled when they
+ * do not fit the URL or each other. */
 static int take_tls_options(sl_amqp *a, const sl_amqp_options *o, char *err,
                             size_t errlen) {
-    if (!a->url.tls &&
-        (o->ca_file || o->cert_file || o->key_file || o->no_verify)) {
+    a->o.ca_file = a->o.cert_file = a->o.key_file = NULL; /* the caller's */
+    if (a->url.tls)
+        return sl_amqp_tls_setup(&a->tls, a->url.host, o->ca_file, o->cert_file,
+                                 o->key_file, o->no_verify, err, errlen);
+    if (o->ca_file || o->cert_file || o->key_file || o->no_verify) {
         snprintf(err, errlen,
                  "ca_file, cert_file, key_file and verify need an amqps:// "
                  "URL");
         return -1;
     }
-    if (!o->cert_file != !o->key_file) {
-        snprintf(err, errlen, "cert_file and key_file go together");
-        return -1;
-    }
-    if ((o->ca_file && !(a->ca_file = strdup(o->ca_file))) ||
-        (o->cert_file && !(a->cert_file = strdup(o->cert_file))) ||
-        (o->key_file && !(a->key_file = strdup(o->key_file)))) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    a->o.ca_file = a->ca_file;
-    a->o.cert_file = a->cert_file;
-    a->o.key_file = a->key_file;
-    a->tls.host = a->url.host;
-    a->tls.ca_file = a->ca_file;
-    a->tls.cert_file = a->cert_file;
-    a->tls.key_file = a->key_file;
-    a->tls.no_verify = o->no_verify;
     return 0;
 }
 
@@ -604,8 +582,46 @@ static void unref(sl_amqp *a) {
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->work);
     memset(&a->url, 0, sizeof(a->url));
-    free_files(a);
+    sl_amqp_tls_clear(&a->tls);
     free(a);
+}
+
+/* Workers of freed handles that have not ended yet (a worker ends only
+ * once its handle is freed), for sl_amqp_wait_workers. */
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t live_ended = PTHREAD_COND_INITIALIZER;
+static int ending_workers;
+static pid_t live_pid; /* the process that registered wait_at_exit */
+static pthread_once_t at_exit_once = PTHREAD_ONCE_INIT;
+
+int sl_amqp_wait_workers(double seconds) {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    double end = (double)dl.tv_sec + (double)dl.tv_nsec / 1e9 + seconds;
+    dl.tv_sec = (time_t)end;
+    dl.tv_nsec = (long)((end - (double)dl.tv_sec) * 1e9);
+    pthread_mutex_lock(&live_mu);
+    while (ending_workers > 0 &&
+           pthread_cond_timedwait(&live_ended, &live_mu, &dl) != ETIMEDOUT)
+        ;
+    int n = ending_workers;
+    pthread_mutex_unlock(&live_mu);
+    return n;
+}
+
+/* A forked child has the count but not the threads: it does not wait. */
+static void wait_at_exit(void) {
+    if (getpid() == live_pid)
+        sl_amqp_wait_workers(1.0);
+}
+
+/* atexit handlers run last registered first: OpenSSL, initialised now if
+ * it was not yet, registers its cleanup before this wait, which so runs
+ * first (a worker still using OpenSSL after its cleanup would crash). */
+static void register_at_exit(void) {
+    sl_amqp_tls_init();
+    live_pid = getpid();
+    atexit(wait_at_exit);
 }
 
 static void *worker_main(void *arg) {
@@ -652,6 +668,13 @@ static void *worker_main(void *arg) {
     drop(a);
     close(a->wfd);
     unref(a);
+    /* OpenSSL's state of this thread (its random generators, its error
+     * queue) is freed now, not by a key destructor racing with exit */
+    sl_amqp_tls_thread_end();
+    pthread_mutex_lock(&live_mu);
+    ending_workers--;
+    pthread_cond_broadcast(&live_ended);
+    pthread_mutex_unlock(&live_mu);
     return NULL;
 }
 
@@ -686,12 +709,13 @@ sl_amqp *sl_amqp_new(struct event_base *base, const char *url,
         free(a);
         return NULL;
     }
+    pthread_once(&at_exit_once, register_at_exit);
     a->o = *o;
     if (a->o.queue_max < 1)
         a->o.queue_max = 1;
     if (take_tls_options(a, o, err, errlen) != 0) {
         memset(&a->url, 0, sizeof(a->url));
-        free_files(a);
+        sl_amqp_tls_clear(&a->tls);
         free(a);
         return NULL;
     }
@@ -700,7 +724,7 @@ sl_amqp *sl_amqp_new(struct event_base *base, const char *url,
                    sv) != 0) {
         snprintf(err, errlen, "socketpair: %s", strerror(errno));
         memset(&a->url, 0, sizeof(a->url));
-        free_files(a);
+        sl_amqp_tls_clear(&a->tls);
         free(a);
         return NULL;
     }
@@ -733,7 +757,7 @@ fail:
     close(sv[0]);
     close(sv[1]);
     memset(&a->url, 0, sizeof(a->url));
-    free_files(a);
+    sl_amqp_tls_clear(&a->tls);
     free(a);
     return NULL;
 }
@@ -791,6 +815,9 @@ long sl_amqp_connects(sl_amqp *a) {
 void sl_amqp_free(sl_amqp *a) {
     if (!a)
         return;
+    pthread_mutex_lock(&live_mu);
+    ending_workers++; /* until the worker, woken below, has ended */
+    pthread_mutex_unlock(&live_mu);
     pthread_mutex_lock(&a->mu);
     a->closing = 1;
     for (sl_amqp_op *op = a->head; op; op = op->next)

@@ -185,4 +185,12 @@ long sl_amqp_connects(sl_amqp *a);
  * when its current call returns). NULL is fine. */
 void sl_amqp_free(sl_amqp *a);
 
+/* Waits at most seconds until the worker of every freed handle has ended;
+ * returns how many have not. Any thread. The process waits so, up to 1 s,
+ * when it exits (an atexit handler registered by the first sl_amqp_new,
+ * after OpenSSL's cleanup so that it runs before it): such a worker closes
+ * its connection and releases what it holds before the process, and
+ * OpenSSL, are gone. */
+int sl_amqp_wait_workers(double seconds);
+
 #endif

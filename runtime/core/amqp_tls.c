@@ -4,18 +4,53 @@
 
 #include <amqp_ssl_socket.h>
 #include <arpa/inet.h>
+#include <errno.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+int sl_amqp_tls_setup(sl_amqp_tls *t, const char *host, const char *ca_file,
+                      const char *cert_file, const char *key_file,
+                      int no_verify, char *err, size_t errlen) {
+    if (!cert_file != !key_file) {
+        snprintf(err, errlen, "cert_file and key_file go together");
+        return -1;
+    }
+    t->host = host;
+    t->no_verify = no_verify;
+    if ((ca_file && !(t->ca_file = strdup(ca_file))) ||
+        (cert_file && !(t->cert_file = strdup(cert_file))) ||
+        (key_file && !(t->key_file = strdup(key_file)))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+void sl_amqp_tls_clear(sl_amqp_tls *t) {
+    free(t->ca_file);
+    free(t->cert_file);
+    free(t->key_file);
+    t->ca_file = t->cert_file = t->key_file = NULL;
+}
+
+void sl_amqp_tls_init(void) { OPENSSL_init_ssl(0, NULL); }
+
+void sl_amqp_tls_thread_end(void) { OPENSSL_thread_stop(); }
+
 const char *sl_amqp_tls_reason(char *buf, size_t n) {
+    int sys = errno; /* the failed call's, before OpenSSL's calls below */
     unsigned long e = ERR_peek_last_error();
     const char *r = e ? ERR_reason_error_string(e) : NULL;
     buf[0] = '\0';
     if (r)
         snprintf(buf, n, " (%s)", r);
+    else if (sys == ECONNRESET || sys == EPIPE) /* an alert lost in it */
+        snprintf(buf, n, " (the broker reset the connection)");
     return buf;
 }
 

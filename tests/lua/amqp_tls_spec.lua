@@ -167,7 +167,11 @@ describe("sluice.amqp over TLS (amqps)", function()
     local c, err, kind = amqp.connect { url = srv:tls_url(), ca_file = T.ca, connect_timeout = 5, timeout = 10 }
     assert.is_nil(c)
     assert.equal("closed", kind)
-    assert.equal("login: a SSL error occurred (tlsv13 alert certificate required)", err)
+    -- the broker's alert, when it is read before the broker's close resets
+    -- the connection (the protocol header written after the handshake may
+    -- meet the reset first)
+    assert.truthy(err == "login: a SSL error occurred (tlsv13 alert certificate required)"
+      or err == "login: a SSL error occurred (the broker reset the connection)", err)
   end)
 
   it("a TLS file that cannot be used fails the connection with its name and the reason", function()
