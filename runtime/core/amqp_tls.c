@@ -60,7 +60,8 @@ static int no_password(char *buf, int size, int rwflag, void *u) {
     (void)buf;
     (void)size;
     (void)rwflag;
-    (void)u;
+    if (u)
+        *(int *)u = 1; /* noted, for the error */
     return 0;
 }
 
@@ -144,10 +145,19 @@ amqp_socket_t *sl_amqp_tls_socket(amqp_connection_state_t c, sl_amqp_tls *t,
             file_error(err, errlen, "cert_file", t->cert_file);
             return NULL;
         }
-        if (SSL_CTX_use_PrivateKey_file(ctx, t->key_file, SSL_FILETYPE_PEM) !=
-                1 ||
-            SSL_CTX_check_private_key(ctx) != 1) {
-            file_error(err, errlen, "key_file", t->key_file);
+        int encrypted = 0;
+        SSL_CTX_set_default_passwd_cb_userdata(ctx, &encrypted);
+        int loaded = SSL_CTX_use_PrivateKey_file(ctx, t->key_file,
+                                                 SSL_FILETYPE_PEM) == 1;
+        SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+        if (!loaded || SSL_CTX_check_private_key(ctx) != 1) {
+            if (encrypted)
+                snprintf(err, errlen,
+                         "TLS: key_file %s: encrypted (a key with a password "
+                         "is not supported)",
+                         t->key_file);
+            else
+                file_error(err, errlen, "key_file", t->key_file);
             return NULL;
         }
     }

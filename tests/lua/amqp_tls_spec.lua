@@ -182,6 +182,13 @@ describe("sluice.amqp over TLS (amqps)", function()
     c, err = amqp.connect(tls_opts { key_file = srv.dir .. "/tls/server.key" })
     assert.is_nil(c)
     assert.equal("TLS: key_file " .. srv.dir .. "/tls/server.key: key values mismatch", err)
+    -- an encrypted key is refused, never asked for on a terminal
+    local enc = srv.dir .. "/tls/client.enc.key"
+    assert.is_true(os.execute(("openssl pkey -in %s -aes256 -passout pass:pw -out %s 2>/dev/null")
+      :format(T.key, enc)) == 0)
+    c, err = amqp.connect(tls_opts { key_file = enc })
+    assert.is_nil(c)
+    assert.equal("TLS: key_file " .. enc .. ": encrypted (a key with a password is not supported)", err)
   end)
 
   it("verify = false connects to an unchecked broker, with one warning", function()
