@@ -17,11 +17,27 @@
 -- operation abandoned (not run, or stopped at its next wait with the
 -- connection dropped) and is never resumed.
 --
--- amqp.connect{url=, connect_timeout=5, timeout=30, queue_max=8} -> conn | nil, err, kind
+-- amqp.connect{url=, connect_timeout=5, timeout=30, queue_max=8,
+--              ca_file=, cert_file=, key_file=, verify=true} -> conn | nil, err, kind
 --   url: amqp://user:password@host:port/vhost (percent-encoded; the vhost
---   "/" is %2f; an empty path is "/"). amqps is not supported. Connects,
---   logs in, opens a channel in confirm mode. timeout bounds each broker
---   answer and a publish's wait for its confirms.
+--   "/" is %2f; an empty path is "/"), or amqps://... for TLS (port 5671
+--   by default). Connects, logs in, opens a channel in confirm mode.
+--   timeout bounds each broker answer and a publish's wait for its
+--   confirms.
+--   TLS (amqps:// only; misuse raises): the broker's certificate chain is
+--   checked against ca_file (PEM), or the system's trust store without
+--   one, and its host name against the URL's host (a DNS name or an IP
+--   address), during the handshake. cert_file and key_file (PEM, the key
+--   not encrypted; together): a client certificate. verify = false (only
+--   when given) checks neither, and logs a warning once, when the handle
+--   is made. The files are read by the worker thread at each connect. A
+--   failed check is an error of kind "closed" naming it: "connect to
+--   HOST:PORT: TLS: certificate verify failed: self-signed certificate in
+--   certificate chain (its CA is not in ca_file)", "...: hostname
+--   mismatch: the certificate does not name HOST", "TLS: ca_file PATH: No
+--   such file or directory", "login: a SSL error occurred (tlsv13 alert
+--   certificate required)" or "... (the broker reset the connection)" (the
+--   broker wants a client certificate, or another one).
 -- amqp.new{...} -> conn | nil, err: the same without connecting (the first
 --   operation connects).
 -- conn:declare{exchange=, type=, durable=, queue=, binding_key=, arguments=}
@@ -50,11 +66,12 @@
 -- conn:status() -> {connected, pending, connects}
 -- conn:close() is idempotent (and done by __gc); tasks waiting on it get
 --   nil, "connection closed", "closed".
--- amqp.parse_url(url) -> {host, port, user, vhost} | nil, err: never the
---   password (for display).
+-- amqp.parse_url(url) -> {host, port, user, vhost, tls} | nil, err: never
+--   the password (for display); tls: an amqps:// URL.
 -- Errors never quote the URL.
 local native = require "sluice._amqp"
 local options = require "sluice.options"
+local log = require "sluice.log"
 
 local type, error, setmetatable, pairs, sort = type, error, setmetatable, pairs, table.sort
 
@@ -67,6 +84,10 @@ local NEW = {
   connect_timeout = { type = "number", gt = 0 },
   timeout = { type = "number", gt = 0 },
   queue_max = { integer = true, min = 1 },
+  ca_file = "string",
+  cert_file = "string",
+  key_file = "string",
+  verify = "boolean",
 }
 local DECLARE = {
   exchange = "string", type = "string", durable = "boolean", queue = "string",
@@ -74,16 +95,40 @@ local DECLARE = {
 }
 local PUBLISH = { mandatory = "boolean", timeout = { type = "number", gt = 0 } }
 
+-- The TLS options of opts for native.new (nil: none); misuse raises,
+-- blaming the caller of fname.
+local function tls_of(fname, opts)
+  if opts.ca_file == nil and opts.cert_file == nil and opts.key_file == nil and opts.verify == nil then
+    return nil
+  end
+  if not opts.url:find("^amqps://") then
+    error(fname .. ": ca_file, cert_file, key_file and verify need an amqps:// URL", 3)
+  end
+  if (opts.cert_file == nil) ~= (opts.key_file == nil) then
+    error(fname .. ": cert_file and key_file go together (a client certificate and its key)", 3)
+  end
+  return { ca_file = opts.ca_file, cert_file = opts.cert_file, key_file = opts.key_file, verify = opts.verify }
+end
+
+local function make(opts, tls)
+  local h, err = native.new(opts.url, opts.connect_timeout or 5, opts.timeout or 30, opts.queue_max or 8, 0, tls)
+  if not h then return nil, err end
+  if opts.verify == false then
+    local host, port = native.parse_url(opts.url)
+    log.warning("sluice.amqp: TLS verification is off (verify = false): the broker's certificate and host name"
+      .. " are not checked", { broker = host .. ":" .. port })
+  end
+  return setmetatable({ h = h }, Conn)
+end
+
 function _M.new(opts)
   options.check("sluice.amqp.new", opts, NEW, 2)
-  local h, err = native.new(opts.url, opts.connect_timeout or 5, opts.timeout or 30, opts.queue_max or 8)
-  if not h then return nil, err end
-  return setmetatable({ h = h }, Conn)
+  return make(opts, tls_of("sluice.amqp.new", opts))
 end
 
 function _M.connect(opts)
   options.check("sluice.amqp.connect", opts, NEW, 2)
-  local c, err = _M.new(opts)
+  local c, err = make(opts, tls_of("sluice.amqp.connect", opts))
   if not c then return nil, err, "connect" end
   local ok, kind
   ok, err, kind = c.h:connect()
@@ -96,9 +141,9 @@ end
 
 function _M.parse_url(url)
   if type(url) ~= "string" then error("sluice.amqp.parse_url: bad argument #1 (string expected)", 2) end
-  local host, port, user, vhost = native.parse_url(url)
+  local host, port, user, vhost, tls = native.parse_url(url)
   if not host then return nil, port end
-  return { host = host, port = port, user = user, vhost = vhost }
+  return { host = host, port = port, user = user, vhost = vhost, tls = tls }
 end
 
 function Conn:declare(opts)

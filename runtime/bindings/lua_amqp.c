@@ -187,8 +187,18 @@ static int submit(lua_State *L, amqpconn *c, sl_task *t, sl_amqp_op *op) {
     return sl_task_suspend(L, t, cancel_op, w);
 }
 
-/* new(url, connect_timeout, timeout, queue_max, heartbeat) -> conn | nil, err
- * (does not connect: the first operation does) */
+/* The string field name of the table at idx, or NULL; valid while the
+ * table is on the stack (it holds the string). */
+static const char *opt_string(lua_State *L, int idx, const char *name) {
+    lua_getfield(L, idx, name);
+    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL;
+    lua_pop(L, 1);
+    return s;
+}
+
+/* new(url, connect_timeout, timeout, queue_max, heartbeat,
+ *     {ca_file, cert_file, key_file, verify}) -> conn | nil, err
+ * (does not connect: the first operation does; the TLS table may be nil) */
 static int l_new(lua_State *L) {
     const char *url = luaL_checkstring(L, 1);
     sl_amqp_options o = {
@@ -197,6 +207,14 @@ static int l_new(lua_State *L) {
         .queue_max = (int)luaL_checkinteger(L, 4),
         .heartbeat = (int)luaL_optinteger(L, 5, 0),
     };
+    if (lua_istable(L, 6)) {
+        o.ca_file = opt_string(L, 6, "ca_file");
+        o.cert_file = opt_string(L, 6, "cert_file");
+        o.key_file = opt_string(L, 6, "key_file");
+        lua_getfield(L, 6, "verify");
+        o.no_verify = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
     amqpconn *c = lua_newuserdata(L, sizeof(*c));
     c->a = NULL;
     c->waiters = NULL;
@@ -212,7 +230,8 @@ static int l_new(lua_State *L) {
     return 1;
 }
 
-/* parse_url(url) -> host, port, user, vhost | nil, err (never the password) */
+/* parse_url(url) -> host, port, user, vhost, tls | nil, err (never the
+ * password) */
 static int l_parse_url(lua_State *L) {
     sl_amqp_url u;
     char err[256];
@@ -225,8 +244,9 @@ static int l_parse_url(lua_State *L) {
     lua_pushinteger(L, u.port);
     lua_pushstring(L, u.user);
     lua_pushstring(L, u.vhost);
+    lua_pushboolean(L, u.tls);
     memset(&u, 0, sizeof(u));
-    return 4;
+    return 5;
 }
 
 static char *field_dup(lua_State *L, int idx, const char *name) {

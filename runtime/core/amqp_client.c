@@ -1,6 +1,7 @@
-/* amqp_client.c -- one AMQP connection (rabbitmq-c) on a worker thread, results
- * handed back to the libevent loop through a socketpair */
+/* amqp_client.c -- one AMQP connection (rabbitmq-c, TCP or TLS) on a worker
+ * thread, results handed back to the libevent loop through a socketpair */
 #include "amqp_client.h"
+#include "amqp_tls.h"
 
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
@@ -30,7 +31,7 @@ struct sl_amqp {
     int refs; /* the loop's and the worker's */
     int rfd, wfd;
     struct event *ev;
-    sl_amqp_options o;
+    sl_amqp_options o; /* without its strings: the copies are in tls */
     sl_amqp_url url;
     long connects;
     int connected;
@@ -38,6 +39,7 @@ struct sl_amqp {
     amqp_connection_state_t conn;
     uint64_t next_tag;
     char *consuming; /* the queue basic.consume was sent for */
+    sl_amqp_tls tls; /* amqps (its host is url.host) */
 };
 
 static void set_error(sl_amqp_op *op, sl_amqp_status st, const char *fmt, ...) {
@@ -69,12 +71,9 @@ static int is_abandoned(sl_amqp_op *op) {
 
 int sl_amqp_parse_url(const char *url, sl_amqp_url *u, char *err,
                       size_t errlen) {
-    if (strncmp(url, "amqps://", 8) == 0) {
-        snprintf(err, errlen, "amqps (TLS) is not supported");
-        return -1;
-    }
-    if (strncmp(url, "amqp://", 7) != 0) {
-        snprintf(err, errlen, "bad URL: amqp://... expected");
+    int tls = strncmp(url, "amqps://", 8) == 0;
+    if (!tls && strncmp(url, "amqp://", 7) != 0) {
+        snprintf(err, errlen, "bad URL: amqp://... or amqps://... expected");
         return -1;
     }
     char *copy = strdup(url); /* amqp_parse_url writes into its input */
@@ -95,6 +94,7 @@ int sl_amqp_parse_url(const char *url, sl_amqp_url *u, char *err,
         strcpy(u->password, ci.password);
         strcpy(u->vhost, ci.vhost);
         u->port = ci.port;
+        u->tls = tls;
     } else {
         snprintf(err, errlen, "bad URL: %s",
                  rc == AMQP_STATUS_OK ? "a part is too long"
@@ -164,12 +164,17 @@ static int check_reply(sl_amqp *a, sl_amqp_op *op, amqp_rpc_reply_t r,
     switch (r.reply_type) {
     case AMQP_RESPONSE_NORMAL:
         return 0;
-    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION: {
+        char why[128] = "";
+        /* a TLS alert (the broker wants a client certificate) */
+        if (r.library_error == AMQP_STATUS_SSL_ERROR)
+            sl_amqp_tls_reason(why, sizeof(why));
         set_error(op,
                   r.library_error == AMQP_STATUS_TIMEOUT ? SL_AMQP_ETIMEOUT
                                                          : SL_AMQP_ECONN,
-                  "%s: %s", what, amqp_error_string2(r.library_error));
+                  "%s: %s%s", what, amqp_error_string2(r.library_error), why);
         break;
+    }
     case AMQP_RESPONSE_SERVER_EXCEPTION:
         if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
             amqp_channel_close_t *m = r.reply.decoded;
@@ -193,6 +198,8 @@ static int check_reply(sl_amqp *a, sl_amqp_op *op, amqp_rpc_reply_t r,
     return -1;
 }
 
+/* --- the worker: connecting ---------------------------------------------- */
+
 static int ensure_connected(sl_amqp *a, sl_amqp_op *op) {
     if (a->conn)
         return 0;
@@ -202,16 +209,35 @@ static int ensure_connected(sl_amqp *a, sl_amqp_op *op) {
         return -1;
     }
     a->conn = c;
-    amqp_socket_t *s = amqp_tcp_socket_new(c);
+    amqp_socket_t *s;
+    if (a->url.tls) {
+        if (!(s = sl_amqp_tls_socket(c, &a->tls, op->error, sizeof(op->error))))
+            op->status = SL_AMQP_ECONN;
+    } else if (!(s = amqp_tcp_socket_new(c)))
+        set_error(op, SL_AMQP_ECONN, "out of memory");
+    if (!s) {
+        amqp_destroy_connection(c); /* and the socket amqp_*_new gave it */
+        a->conn = NULL;
+        return -1;
+    }
     struct timeval ct = tv_of(a->o.connect_timeout);
     struct timeval rt = tv_of(a->o.timeout);
-    int rc = s ? amqp_socket_open_noblock(s, a->url.host, a->url.port, &ct)
-               : AMQP_STATUS_NO_MEMORY;
+    int rc = amqp_socket_open_noblock(s, a->url.host, a->url.port, &ct);
     if (rc != AMQP_STATUS_OK) {
-        set_error(op,
-                  rc == AMQP_STATUS_TIMEOUT ? SL_AMQP_ETIMEOUT : SL_AMQP_ECONN,
-                  "connect to %s:%d: %s", a->url.host, a->url.port,
-                  amqp_error_string2(rc));
+        char why[128] = "";
+        if (a->tls.verify_error[0])
+            set_error(op, SL_AMQP_ECONN,
+                      "connect to %s:%d: TLS: certificate verify failed: %s",
+                      a->url.host, a->url.port, a->tls.verify_error);
+        else
+            set_error(op,
+                      rc == AMQP_STATUS_TIMEOUT ? SL_AMQP_ETIMEOUT
+                                                : SL_AMQP_ECONN,
+                      "connect to %s:%d: %s%s", a->url.host, a->url.port,
+                      amqp_error_string2(rc),
+                      a->url.tls && rc != AMQP_STATUS_TIMEOUT
+                          ? sl_amqp_tls_reason(why, sizeof(why))
+                          : "");
         amqp_destroy_connection(c);
         a->conn = NULL;
         return -1;
@@ -317,8 +343,11 @@ static int read_confirm(sl_amqp *a, sl_amqp_op *op, confirms *c, double s) {
     if (rc == AMQP_STATUS_TIMEOUT)
         return 0;
     if (rc != AMQP_STATUS_OK) {
-        set_error(op, SL_AMQP_ECONN, "waiting for confirms: %s",
-                  amqp_error_string2(rc));
+        char why[128] = "";
+        if (rc == AMQP_STATUS_SSL_ERROR)
+            sl_amqp_tls_reason(why, sizeof(why));
+        set_error(op, SL_AMQP_ECONN, "waiting for confirms: %s%s",
+                  amqp_error_string2(rc), why);
         drop(a);
         return -1;
     }
@@ -527,6 +556,23 @@ static void run(sl_amqp *a, sl_amqp_op *op) {
 
 /* --- the handle ----------------------------------------------------------- */
 
+/* Takes o's TLS settings (copies in a->tls); -1 with err filled when they
+ * do not fit the URL or each other. */
+static int take_tls_options(sl_amqp *a, const sl_amqp_options *o, char *err,
+                            size_t errlen) {
+    a->o.ca_file = a->o.cert_file = a->o.key_file = NULL; /* the caller's */
+    if (a->url.tls)
+        return sl_amqp_tls_setup(&a->tls, a->url.host, o->ca_file, o->cert_file,
+                                 o->key_file, o->no_verify, err, errlen);
+    if (o->ca_file || o->cert_file || o->key_file || o->no_verify) {
+        snprintf(err, errlen,
+                 "ca_file, cert_file, key_file and verify need an amqps:// "
+                 "URL");
+        return -1;
+    }
+    return 0;
+}
+
 static void unref(sl_amqp *a) {
     pthread_mutex_lock(&a->mu);
     int last = --a->refs == 0;
@@ -536,7 +582,46 @@ static void unref(sl_amqp *a) {
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->work);
     memset(&a->url, 0, sizeof(a->url));
+    sl_amqp_tls_clear(&a->tls);
     free(a);
+}
+
+/* Workers of freed handles that have not ended yet (a worker ends only
+ * once its handle is freed), for sl_amqp_wait_workers. */
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t live_ended = PTHREAD_COND_INITIALIZER;
+static int ending_workers;
+static pid_t live_pid; /* the process that registered wait_at_exit */
+static pthread_once_t at_exit_once = PTHREAD_ONCE_INIT;
+
+int sl_amqp_wait_workers(double seconds) {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    double end = (double)dl.tv_sec + (double)dl.tv_nsec / 1e9 + seconds;
+    dl.tv_sec = (time_t)end;
+    dl.tv_nsec = (long)((end - (double)dl.tv_sec) * 1e9);
+    pthread_mutex_lock(&live_mu);
+    while (ending_workers > 0 &&
+           pthread_cond_timedwait(&live_ended, &live_mu, &dl) != ETIMEDOUT)
+        ;
+    int n = ending_workers;
+    pthread_mutex_unlock(&live_mu);
+    return n;
+}
+
+/* A forked child has the count but not the threads: it does not wait. */
+static void wait_at_exit(void) {
+    if (getpid() == live_pid)
+        sl_amqp_wait_workers(1.0);
+}
+
+/* atexit handlers run last registered first: OpenSSL, initialised now if
+ * it was not yet, registers its cleanup before this wait, which so runs
+ * first (a worker still using OpenSSL after its cleanup would crash). */
+static void register_at_exit(void) {
+    sl_amqp_tls_init();
+    live_pid = getpid();
+    atexit(wait_at_exit);
 }
 
 static void *worker_main(void *arg) {
@@ -583,6 +668,13 @@ static void *worker_main(void *arg) {
     drop(a);
     close(a->wfd);
     unref(a);
+    /* OpenSSL's state of this thread (its random generators, its error
+     * queue) is freed now, not by a key destructor racing with exit */
+    sl_amqp_tls_thread_end();
+    pthread_mutex_lock(&live_mu);
+    ending_workers--;
+    pthread_cond_broadcast(&live_ended);
+    pthread_mutex_unlock(&live_mu);
     return NULL;
 }
 
@@ -617,13 +709,22 @@ sl_amqp *sl_amqp_new(struct event_base *base, const char *url,
         free(a);
         return NULL;
     }
+    pthread_once(&at_exit_once, register_at_exit);
     a->o = *o;
     if (a->o.queue_max < 1)
         a->o.queue_max = 1;
+    if (take_tls_options(a, o, err, errlen) != 0) {
+        memset(&a->url, 0, sizeof(a->url));
+        sl_amqp_tls_clear(&a->tls);
+        free(a);
+        return NULL;
+    }
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0,
                    sv) != 0) {
         snprintf(err, errlen, "socketpair: %s", strerror(errno));
+        memset(&a->url, 0, sizeof(a->url));
+        sl_amqp_tls_clear(&a->tls);
         free(a);
         return NULL;
     }
@@ -655,6 +756,8 @@ fail:
         event_free(a->ev);
     close(sv[0]);
     close(sv[1]);
+    memset(&a->url, 0, sizeof(a->url));
+    sl_amqp_tls_clear(&a->tls);
     free(a);
     return NULL;
 }
@@ -712,6 +815,9 @@ long sl_amqp_connects(sl_amqp *a) {
 void sl_amqp_free(sl_amqp *a) {
     if (!a)
         return;
+    pthread_mutex_lock(&live_mu);
+    ending_workers++; /* until the worker, woken below, has ended */
+    pthread_mutex_unlock(&live_mu);
     pthread_mutex_lock(&a->mu);
     a->closing = 1;
     for (sl_amqp_op *op = a->head; op; op = op->next)

@@ -1,4 +1,4 @@
-/* amqp_client.h -- one AMQP 0-9-1 connection (rabbitmq-c) driven from its own thread
+/* amqp_client.h -- one AMQP 0-9-1 connection (rabbitmq-c) on its own thread
  *
  * rabbitmq-c is a blocking client, so a handle owns a worker thread that
  * owns the connection: it connects, logs in, opens channel 1 and puts it in
@@ -18,6 +18,14 @@
  * operation connects first when there is no connection; a connection that
  * failed is dropped and made again by the next operation (the caller paces
  * retries).
+ *
+ * TLS (an amqps:// URL): the worker makes a TLS connection (1.2 at least)
+ * whose peer is verified by default: the chain against ca_file (or the
+ * system's trust store) and the host name against the URL's host (DNS
+ * names and IP addresses, OpenSSL's rules), both during the handshake; a
+ * client certificate is sent when cert_file and key_file are given. The
+ * files are read by the worker at each connect (a renewed certificate is
+ * picked up by the next connection), never on the loop.
  *
  * Abandoning (sl_amqp_abandon): the waiter is gone. An operation not yet
  * started is never run; one in progress is stopped at its next wait and its
@@ -110,32 +118,41 @@ struct sl_amqp_op {
     sl_amqp_op *next;
 };
 
+/* The strings are the caller's: sl_amqp_new copies them. The TLS fields
+ * apply to an amqps:// URL only (sl_amqp_new refuses them with amqp://). */
 typedef struct sl_amqp_options {
     double connect_timeout; /* seconds (socket open, handshake, login) */
     double timeout;         /* seconds per broker answer and publish batch */
     int queue_max;          /* operations queued at most (>= 1) */
     int heartbeat;          /* seconds; 0: none */
+    const char *ca_file;    /* PEM CA certificates to trust; NULL: the
+                             * system's trust store */
+    const char *cert_file;  /* client certificate chain (PEM); with key_file */
+    const char *key_file;   /* its private key (PEM, not encrypted) */
+    int no_verify; /* 1: neither the chain nor the host name is checked */
 } sl_amqp_options;
 
-/* The parts of an amqp:// URL (amqp_parse_url: percent-decoded, vhost "/"
- * when the path is empty, port 5672 by default). */
+/* The parts of an amqp:// or amqps:// URL (amqp_parse_url: percent-decoded,
+ * vhost "/" when the path is empty, port 5672 by default, 5671 for
+ * amqps). */
 typedef struct sl_amqp_url {
     char host[256];
     int port;
     char user[256];
     char password[256];
     char vhost[256];
+    int tls; /* amqps:// */
 } sl_amqp_url;
 
-/* Parses url into *u. Returns 0, or -1 with err filled ("amqps is not
- * supported", "bad URL"); err never quotes the URL (it may hold a
- * password). */
+/* Parses url into *u. Returns 0, or -1 with err filled ("bad URL: ...");
+ * err never quotes the URL (it may hold a password). */
 int sl_amqp_parse_url(const char *url, sl_amqp_url *u, char *err,
                       size_t errlen);
 
 /* Starts the worker for url (parsed at once: NULL with err filled when it
- * is not a valid amqp:// URL, or a thread cannot start). The worker
- * connects when the first operation comes. */
+ * is not a valid amqp:// or amqps:// URL, TLS options come with amqp://, a
+ * cert_file comes without its key_file or the other way round, or a thread
+ * cannot start). The worker connects when the first operation comes. */
 sl_amqp *sl_amqp_new(struct event_base *base, const char *url,
                      const sl_amqp_options *o, char *err, size_t errlen);
 
@@ -167,5 +184,13 @@ long sl_amqp_connects(sl_amqp *a);
 /* Abandons every operation and stops the worker (it frees what it owns
  * when its current call returns). NULL is fine. */
 void sl_amqp_free(sl_amqp *a);
+
+/* Waits at most seconds until the worker of every freed handle has ended;
+ * returns how many have not. Any thread. The process waits so, up to 1 s,
+ * when it exits (an atexit handler registered by the first sl_amqp_new,
+ * after OpenSSL's cleanup so that it runs before it): such a worker closes
+ * its connection and releases what it holds before the process, and
+ * OpenSSL, are gone. */
+int sl_amqp_wait_workers(double seconds);
 
 #endif

@@ -1,5 +1,6 @@
 /* test_amqp_client.c -- core/amqp_client.c without a broker: URL parsing,
- * the bounded queue, results handed to the loop, abandoned operations */
+ * the bounded queue, results handed to the loop, abandoned operations, TLS
+ * settings refused or failing before any network */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -29,17 +30,30 @@ TEST(parse_url_decodes_the_parts) {
     CHECK_STR(u.user, "guest");
     CHECK_STR(u.password, "guest");
     CHECK_STR(u.vhost, "/");
+    CHECK_INT(u.tls, 0);
+    /* amqps: TLS, port 5671 by default */
+    CHECK_INT(sl_amqp_parse_url("amqps://u:p@mq.example.com/prod", &u, err,
+                                sizeof(err)),
+              0);
+    CHECK_STR(u.host, "mq.example.com");
+    CHECK_INT(u.port, 5671);
+    CHECK_STR(u.vhost, "prod");
+    CHECK_INT(u.tls, 1);
+    CHECK_INT(sl_amqp_parse_url("amqps://h:5999", &u, err, sizeof(err)), 0);
+    CHECK_INT(u.port, 5999);
+    CHECK_INT(u.tls, 1);
 }
 
 TEST(parse_url_refuses_without_quoting_the_url) {
     sl_amqp_url u;
     char err[256];
-    CHECK_INT(sl_amqp_parse_url("amqps://u:secret@h/", &u, err, sizeof(err)),
-              -1);
-    CHECK_STR(err, "amqps (TLS) is not supported");
     CHECK_INT(sl_amqp_parse_url("http://u:secret@h/", &u, err, sizeof(err)),
               -1);
-    CHECK_STR(err, "bad URL: amqp://... expected");
+    CHECK_STR(err, "bad URL: amqp://... or amqps://... expected");
+    CHECK(strstr(err, "secret") == NULL);
+    CHECK_INT(sl_amqp_parse_url("amqps://u:secret@h:x/", &u, err, sizeof(err)),
+              -1);
+    CHECK(strncmp(err, "bad URL: ", 9) == 0);
     CHECK_INT(
         sl_amqp_parse_url("amqp://u:secret@h:notaport/", &u, err, sizeof(err)),
         -1);
@@ -176,8 +190,74 @@ TEST(new_refuses_a_bad_url) {
     struct event_base *base = event_base_new();
     char err[256];
     sl_amqp_options o = {.connect_timeout = 1, .timeout = 1, .queue_max = 1};
+    CHECK(sl_amqp_new(base, "amqpx://h", &o, err, sizeof(err)) == NULL);
+    CHECK_STR(err, "bad URL: amqp://... or amqps://... expected");
+    event_base_free(base);
+}
+
+TEST(new_refuses_tls_settings_that_do_not_fit) {
+    struct event_base *base = event_base_new();
+    char err[256];
+    sl_amqp_options o = {.connect_timeout = 1, .timeout = 1, .queue_max = 1};
+    o.ca_file = "/tmp/ca.pem";
+    CHECK(sl_amqp_new(base, "amqp://h", &o, err, sizeof(err)) == NULL);
+    CHECK_STR(err, "ca_file, cert_file, key_file and verify need an amqps:// "
+                   "URL");
+    o.ca_file = NULL;
+    o.no_verify = 1;
+    CHECK(sl_amqp_new(base, "amqp://h", &o, err, sizeof(err)) == NULL);
+    CHECK_STR(err, "ca_file, cert_file, key_file and verify need an amqps:// "
+                   "URL");
+    o.no_verify = 0;
+    o.cert_file = "/tmp/client.pem";
     CHECK(sl_amqp_new(base, "amqps://h", &o, err, sizeof(err)) == NULL);
-    CHECK_STR(err, "amqps (TLS) is not supported");
+    CHECK_STR(err, "cert_file and key_file go together");
+    o.cert_file = NULL;
+    o.key_file = "/tmp/client.key";
+    CHECK(sl_amqp_new(base, "amqps://h", &o, err, sizeof(err)) == NULL);
+    CHECK_STR(err, "cert_file and key_file go together");
+    event_base_free(base);
+}
+
+/* The files are read by the worker when it connects, before any socket:
+ * one that cannot be read fails the op with its name, and the URL's
+ * password is in no error. */
+TEST(a_tls_file_that_cannot_be_read_fails_the_connect) {
+    struct event_base *base = event_base_new();
+    int port, fd = listener(&port);
+    CHECK(fd >= 0);
+    char url[128], err[256];
+    snprintf(url, sizeof(url), "amqps://u:secret@127.0.0.1:%d", port);
+    sl_amqp_options o = {.connect_timeout = 5, .timeout = 5, .queue_max = 4};
+    o.ca_file = "/nonexistent/ca.pem";
+    sl_amqp *a = sl_amqp_new(base, url, &o, err, sizeof(err));
+    CHECK(a != NULL);
+    o.ca_file = NULL;
+    o.cert_file = "/nonexistent/client.pem";
+    o.key_file = "/nonexistent/client.key";
+    sl_amqp *b = sl_amqp_new(base, url, &o, err, sizeof(err));
+    CHECK(b != NULL);
+    seen s = {0};
+    CHECK_INT(sl_amqp_submit(a, sl_amqp_op_new(SL_AMQP_CONNECT), on_done, &s,
+                             err, sizeof(err)),
+              0);
+    CHECK_INT(sl_amqp_submit(b, sl_amqp_op_new(SL_AMQP_PUBLISH), on_done, &s,
+                             err, sizeof(err)),
+              0);
+    run_until(base, &s, 2);
+    CHECK_INT(s.calls, 2);
+    CHECK_INT(s.status[0], SL_AMQP_ECONN);
+    CHECK_INT(s.status[1], SL_AMQP_ECONN);
+    /* the two workers may end in either order */
+    int ca = s.kind[0] == SL_AMQP_CONNECT ? 0 : 1;
+    CHECK_STR(s.error[ca],
+              "TLS: ca_file /nonexistent/ca.pem: No such file or directory");
+    CHECK_STR(s.error[1 - ca], "TLS: cert_file /nonexistent/client.pem: No "
+                               "such file or directory");
+    CHECK_INT(sl_amqp_connects(a), 0);
+    sl_amqp_free(a);
+    sl_amqp_free(b);
+    close(fd);
     event_base_free(base);
 }
 
@@ -188,5 +268,7 @@ int main(void) {
     RUN(the_queue_is_bounded_and_a_full_one_refuses_at_once);
     RUN(an_abandoned_op_is_never_called_back);
     RUN(new_refuses_a_bad_url);
+    RUN(new_refuses_tls_settings_that_do_not_fit);
+    RUN(a_tls_file_that_cannot_be_read_fails_the_connect);
     return TEST_SUMMARY();
 }

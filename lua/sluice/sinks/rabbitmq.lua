@@ -7,7 +7,11 @@
 -- it by itself the first time a sink of kind "rabbitmq" is configured).
 -- new(name, settings, ctx) -> sink; settings (besides the outbox's own):
 --   url              amqp://user:password@host:port/vhost (required; see
---                    sluice.amqp: no path is the vhost "/")
+--                    sluice.amqp: no path is the vhost "/"), amqps:// for TLS
+--   ca_file, cert_file, key_file, verify
+--                    TLS (amqps:// only), passed to sluice.amqp: the CAs
+--                    to trust (default: the system's), a client certificate
+--                    and its key, verify = false to check no certificate
 --   exchange         the exchange messages go to (default "sluice")
 --   exchange_type    its type when declared (default "topic")
 --   declare          declare the exchange (durable) in ensure (default
@@ -64,6 +68,7 @@ local SETTINGS = {
   mandatory = "boolean",
   connect_timeout = { type = "number", gt = 0 },
   timeout = { type = "number", gt = 0 },
+  ca_file = "string", cert_file = "string", key_file = "string", verify = "boolean",
 }
 
 function _M.new(name, settings, ctx)
@@ -71,14 +76,15 @@ function _M.new(name, settings, ctx)
   local parts, err = amqp.parse_url(settings.url)
   if not parts then error("sinks." .. tostring(name) .. ": url: " .. err, 2) end
   -- the password, percent-encoded as written and decoded, never in a log line
-  local pass = settings.url:match("^amqp://[^/@]-:(.-)@")
+  local pass = settings.url:match("^amqps?://[^/@]-:(.-)@")
   if pass then
     redact.register(pass)
     redact.register((pass:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)))
   end
   local conn
   conn, err = amqp.new { url = settings.url, connect_timeout = settings.connect_timeout or 5,
-    timeout = settings.timeout or 30, queue_max = 2 }
+    timeout = settings.timeout or 30, queue_max = 2, ca_file = settings.ca_file, cert_file = settings.cert_file,
+    key_file = settings.key_file, verify = settings.verify }
   if not conn then return nil, "rabbitmq: " .. err end
   return setmetatable({
     name = name, conn = conn, exchange = settings.exchange or "sluice",

@@ -5,6 +5,16 @@
 --   srv:url()                        -- "amqp://guest:guest@127.0.0.1:PORT"
 --   srv:stop(); srv:restart()        -- stop the node (kill -9 with hard = true) / start it again, same data
 --   srv:shutdown()                   -- stop it and remove the directory
+--   local tsrv = rmq.start { tls = true } -- and a TLS listener (amqps):
+--   tsrv:tls_url("localhost")        -- "amqps://guest:guest@localhost:TLSPORT"
+--   tsrv.tls                         -- {port, ca, cert, key, other_ca}: PEM files
+--
+-- With tls, a throw-away CA made by the openssl command in the temp dir
+-- signs the broker's certificate (its only name: IP 127.0.0.1, so
+-- "localhost" is a host name mismatch) and a client certificate
+-- (tls.cert, tls.key); tls.other_ca is a CA that signed neither. The
+-- broker requires a client certificate signed by its CA (verify_peer,
+-- fail_if_no_peer_cert).
 --
 -- Debian's rabbitmq-server 3.10 run directly (/usr/lib/rabbitmq/bin, not the
 -- /usr/sbin wrapper that switches to the rabbitmq user): as root that works
@@ -39,20 +49,73 @@ local function port_free(p)
   return not sh(("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d' 2>/dev/null"):format(p))
 end
 
+-- A CA (ca.pem, ca.key), the broker's certificate signed by it
+-- (server.pem, server.key: IP 127.0.0.1), a client certificate (client.pem,
+-- client.key) and an unrelated CA (other_ca.pem), in dir; EC P-256 keys,
+-- valid two days.
+local function make_certs(dir)
+  assert(sh("mkdir -p " .. dir), "mkdir " .. dir)
+  local key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+  local function ca(name)
+    return ("openssl req -x509 %s -days 2 -subj '/CN=sluice test %s' -keyout %s/%s.key -out %s/%s.pem"
+      .. " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
+      :format(key, name, dir, name, dir, name)
+  end
+  local function leaf(name, cn, ext)
+    local f = assert(io.open(("%s/%s.ext"):format(dir, name), "w"))
+    f:write(ext, "\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n")
+    f:close()
+    return ("openssl req %s -subj '/CN=%s' -keyout %s/%s.key -out %s/%s.csr && openssl x509 -req -days 2"
+      .. " -in %s/%s.csr -CA %s/ca.pem -CAkey %s/ca.key -CAcreateserial -extfile %s/%s.ext -out %s/%s.pem")
+      :format(key, cn, dir, name, dir, name, dir, name, dir, dir, dir, name, dir, name)
+  end
+  local cmds = {
+    ca("ca"), ca("other_ca"),
+    leaf("server", "sluice test broker", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+    leaf("client", "sluice test client", "extendedKeyUsage=clientAuth"),
+  }
+  for _, cmd in ipairs(cmds) do
+    assert(sh(cmd .. " >>" .. dir .. "/openssl.log 2>&1"), "failed: " .. cmd)
+  end
+end
+
 local Server = {}
 Server.__index = Server
 
-function _M.start()
+--- start([{tls = true}]) -> a running broker (see above)
+function _M.start(opts)
   local dir = capture("mktemp -d /tmp/sluice-rmq.XXXXXX"):match("%S+")
   assert(dir, "mktemp failed")
+  local tls
+  if opts and opts.tls then
+    local d = dir .. "/tls"
+    local ok, err = pcall(make_certs, d)
+    if not ok then
+      local log = capture("cat " .. d .. "/openssl.log 2>/dev/null")
+      sh("rm -rf " .. dir)
+      error(tostring(err) .. "\n" .. log, 2)
+    end
+    tls = { ca = d .. "/ca.pem", cert = d .. "/client.pem", key = d .. "/client.key",
+      other_ca = d .. "/other_ca.pem" }
+  end
   for _ = 1, 20 do
     local port = math.random(20000, 40999)
     local dist = port + 20000
-    if port_free(port) and port_free(dist) then
+    local tport = port + 10000
+    if port_free(port) and port_free(dist) and (not tls or port_free(tport)) then
       local self = setmetatable({ dir = dir, port = port, dist = dist,
         node = ("sluice-test-%d@localhost"):format(port) }, Server)
       local f = assert(io.open(dir .. "/rabbitmq.conf", "w"))
       f:write(("listeners.tcp.1 = 127.0.0.1:%d\ndisk_free_limit.absolute = 1MB\n"):format(port))
+      if tls then
+        tls.port = tport
+        self.tls = tls
+        local d = dir .. "/tls"
+        f:write(("listeners.ssl.1 = 127.0.0.1:%d\n"):format(tport),
+          ("ssl_options.cacertfile = %s/ca.pem\nssl_options.certfile = %s/server.pem\n"):format(d, d),
+          ("ssl_options.keyfile = %s/server.key\n"):format(d),
+          "ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n")
+      end
       f:close()
       f = assert(io.open(dir .. "/enabled_plugins", "w"))
       f:write("[].\n")
@@ -79,16 +142,31 @@ function Server:_start()
   if not sh(cmd) then
     return false
   end
-  return within(60, function()
-    local c = amqp.connect { url = self:url(), connect_timeout = 1, timeout = 5 }
-    if not c then return false end
-    c:close()
-    return true
-  end, 0.2)
+  local function login(opts)
+    return function()
+      local c = amqp.connect(opts)
+      if not c then return false end
+      c:close()
+      return true
+    end
+  end
+  if not within(60, login { url = self:url(), connect_timeout = 1, timeout = 5 }, 0.2) then
+    return false
+  end
+  -- the TLS listener comes up with the TCP one: bounded all the same
+  return not self.tls or within(20, login { url = self:tls_url(), connect_timeout = 1, timeout = 5,
+    ca_file = self.tls.ca, cert_file = self.tls.cert, key_file = self.tls.key }, 0.2)
 end
 
 function Server:url()
   return ("amqp://guest:guest@127.0.0.1:%d"):format(self.port)
+end
+
+--- tls_url([host [, userinfo]]) -> the amqps:// URL of the TLS listener;
+-- host "127.0.0.1" (the certificate's name) by default, userinfo
+-- "guest:guest".
+function Server:tls_url(host, userinfo)
+  return ("amqps://%s@%s:%d"):format(userinfo or "guest:guest", host or "127.0.0.1", self.tls.port)
 end
 
 -- The node's OS pid (its pid file), or nil.
@@ -111,7 +189,7 @@ function Server:stop(hard)
   end
   return within(30, function()
     if pid and sh("kill -0 " .. pid .. " 2>/dev/null") then return false end
-    return port_free(self.port)
+    return port_free(self.port) and (not self.tls or port_free(self.tls.port))
   end, 0.1)
 end
 
