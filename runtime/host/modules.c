@@ -20,5 +20,6 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._json", luaopen_sluice_json},
     {"sluice._pg", luaopen_sluice_pg},
     {"sluice._amqp", luaopen_sluice_amqp},
+    {"sluice._outbox", luaopen_sluice_outbox},
     {NULL, NULL},
 };

@@ -28,5 +28,6 @@ int luaopen_sluice_bignum(lua_State *L);
 int luaopen_sluice_json(lua_State *L);
 int luaopen_sluice_pg(lua_State *L);
 int luaopen_sluice_amqp(lua_State *L);
+int luaopen_sluice_outbox(lua_State *L);
 
 #endif

@@ -75,14 +75,18 @@ local function setup(sinks, opts)
   return db, c, box
 end
 
+-- Rows queued for sink, from its entries (each holds rows lo..hi of a chunk).
 local function queued(db, sink)
-  return db:query("SELECT COUNT(*) AS n FROM sluice_outbox WHERE sink = ?", sink)[1].n
+  return db:query("SELECT COALESCE(SUM(hi - lo + 1), 0) AS n FROM sluice_outbox WHERE sink = ?", sink)[1].n
 end
 
+-- The ids of the rows queued for sink, in their order.
 local function ids(db, sink)
   local out = {}
-  for i, r in ipairs(db:query("SELECT row FROM sluice_outbox WHERE sink = ? ORDER BY id", sink)) do
-    out[i] = json.decode(r.row).id
+  for _, e in ipairs(db:query("SELECT o.lo, o.hi, c.rows FROM sluice_outbox o JOIN sluice_outbox_chunks c "
+    .. "ON c.id = o.chunk WHERE o.sink = ? ORDER BY o.id", sink)) do
+    local list = json.decode(e.rows)
+    for i = e.lo, e.hi do out[#out + 1] = list[i].id end
   end
   return out
 end
