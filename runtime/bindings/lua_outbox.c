@@ -15,7 +15,8 @@
  *   c and kinds:sub(i, i) how its value is written:
  *     'n' a number (integer, real columns): an integral value within
  *         +-2^53 as its digits, any other finite one as the shortest of
- *         %.15g, %.16g, %.17g that reads back as the same double; a string
+ *         %.15g, %.16g, %.17g that reads back as the same double (what
+ *         sluice.json writes and decodes to a number); a string
  *         (an integer beyond 2^53, as the store binds those) as it is, when
  *         it is one; a boolean as 1 or 0;
  *     's' a string (text, blob, uint256, decimal), escaped;
@@ -157,10 +158,11 @@ static void put_int(out *b, int64_t v) {
     add(b, s + i, sizeof(s) - (size_t)i);
 }
 
-/* Appends the text of a finite double: an integral one within +-2^53 as
- * its digits, any other as %.17g, which reads back as the same double (the
- * chunk is decoded, never shown: the shortest text is not needed); 0 for
- * nan and the infinities. */
+/* Appends the text of a finite double as sluice.json writes it: an
+ * integral one within +-2^53 as its digits, any other as the shortest of
+ * %.15g, %.16g, %.17g that reads back as the same double (sluice.json's
+ * decoder takes a longer text for a decimal the double only approximates,
+ * and keeps it as a json.numeral); 0 for nan and the infinities. */
 static int put_double(out *b, double v) {
     if (!isfinite(v))
         return 0;
@@ -169,7 +171,12 @@ static int put_double(out *b, double v) {
         return 1;
     }
     char s[32];
-    int n = snprintf(s, sizeof(s), "%.17g", v);
+    int n = 0;
+    for (int prec = 15; prec <= 17; prec++) {
+        n = snprintf(s, sizeof(s), "%.*g", prec, v);
+        if (prec == 17 || strtod(s, NULL) == v)
+            break;
+    }
     add(b, s, (size_t)n);
     return 1;
 }
