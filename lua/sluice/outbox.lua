@@ -10,7 +10,9 @@
 -- Rows a collection (or a backfill window) commits are queued for each of
 -- its sinks in the SAME SQLite transaction as their upsert (the route's
 -- enqueue, which sluice.collector.rows calls inside it), so a row is in
--- the local table if and only if it is queued. A forwarder task per sink
+-- the local table if and only if it is queued: written once for all the
+-- sinks (a chunk per table and `batch` rows, by sluice._outbox in C),
+-- with an entry per sink. A forwarder task per sink
 -- (sluice.outbox.forwarder) ships them in batches and deletes them once the
 -- sink acknowledged; everything is in SQLite (sluice.outbox.queue), so a
 -- process killed at any moment resumes from what is there: at-least-once
@@ -22,10 +24,13 @@
 --     required} as store:define took it (columns: name -> type or
 --     {type = t, ...}); called (it may yield) before the first batch of a
 --     table in this process.
---   sink:write(table_name, rows, def) -> true | nil, err, kind
---     ship one batch: rows are the rows the store accepted, decoded exactly
---     (sluice.json: int64 cdata, json.numeral, uint256/decimal as text, json
---     columns as tables), at most one per key (the latest), oldest first.
+--   sink:write(table_name, rows, def, meta) -> true | nil, err, kind
+--     ship one batch: rows are the rows the store accepted, as it holds
+--     them, decoded exactly (sluice.json: int64 cdata, json.numeral,
+--     uint256/decimal as text, json columns as tables), at most one per
+--     key (the latest), oldest first. meta.ids[i]: the id of rows[i]
+--     (sluice.outbox.queue's row_id: the same on every send, unique across
+--     databases); meta.at[i]: the wall-clock time it was queued.
 --     kind "rejected": the sink refused the DATA (constraint, type): the
 --     batch goes to sluice_dead_letters with err and the rest flows on; any
 --     other failure (connection, timeout, 5xx) is retried with backoff
@@ -43,7 +48,8 @@
 -- Configuration of a sink (new's second argument, config.sinks):
 --   kind      the sink kind (default: the sink's name when it names a kind)
 --   tables    list of table names it takes (default: all)
---   batch     rows per write (default 1000)
+--   batch     rows per write (default 1000; whole chunks, which enqueue
+--             cuts at the smallest batch of the sinks taking them)
 --   max_age   seconds a row may wait for a batch to fill (default 1)
 --   max_rows  bound on the rows queued for it (default 1e6)
 --   on_full   "stop" (default): a commit that would pass the bound fails
@@ -181,7 +187,8 @@ local function sink_state(name, settings, ctx)
     backoff = retry.new({ strategy = "exponential_jitter", base_delay = r.base_delay or 0.5,
       max_delay = r.max_delay or 30, budget = false, name = "sink:" .. name }),
     retry_max = r.max_delay or 30,
-    -- the forwarder's
+    -- the forwarder's (dropgen: the enqueue's count of drop_oldest runs,
+    -- which a batch read ahead is checked against)
     task = nil, parked = false, stopping = false, retry_at = nil, attempt = 0,
     ensured = {}, defs = {}, dropgen = 0, errors = 0, last_error = nil, last_error_at = nil, batches = 0, samples = {},
     -- the enqueue's: refusing = the message while a commit was refused

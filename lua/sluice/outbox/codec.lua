@@ -1,5 +1,7 @@
---- sluice.outbox.codec: the JSON text a queued row is kept as, written
--- fast for the rows of a defined table.
+--- sluice.outbox.codec: a row's JSON text (sluice.json.encode's), written
+-- fast for the rows of a defined table: how the outbox queues rows given
+-- without the store's layout (route:enqueue without it; with it, the
+-- rows are written in C by sluice._outbox from the values the store bound).
 --
 --   local codec = require "sluice.outbox.codec"
 --   local plan = codec.plan(columns)          -- once per table definition

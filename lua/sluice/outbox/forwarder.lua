@@ -3,15 +3,20 @@
 -- run(db, s) is the body of a sink's forwarder task (sluice.outbox spawns
 -- it; s is the outbox's state of that sink, which this module reads and
 -- whose forwarding fields it owns: parked, retry_at, attempt, ensured,
--- defs, errors, last_error, last_error_at, batches, samples). The loop:
+-- defs, errors, last_error, last_error_at, batches, samples, in_flight,
+-- outbox_id, seq, ahead, ahead_token, acked_token). The loop:
 --  - waits (sluice.park) until a batch is due: `batch` rows queued, or the
 --    oldest queued max_age seconds ago; enqueue wakes it (wake(s)), a timer
 --    (park's timeout) makes the age bound;
---  - takes the oldest row's table's oldest rows (at most `batch`; one row
---    per key, the latest, when the definition has a key), behind the
---    sink's breaker ("sink:<name>");
+--  - takes the oldest row's table's oldest entries (whole, at most `batch`
+--    rows; one row per key, the latest, when the definition has a key),
+--    behind the sink's breaker ("sink:<name>");
 --  - sink:ensure(table, def) before the first batch of a table in this
---    process, then sink:write(table, rows, def);
+--    process, then sink:write(table, rows, def, meta) (meta: {ids, at}
+--    of the rows); during the write a task spawned for it (read_ahead)
+--    reads and decodes the next batch, which is sent after the ack when
+--    it is still the one to send (take_ahead); the read-ahead task never
+--    yields, so it ends within the write's first wait;
 --  - acknowledged: the rows deleted and counted in one transaction; kind
 --    "rejected": the batch moved to sluice_dead_letters with the error,
 --    the rest flows on; any other failure (or a sink raising): breaker
