@@ -10,7 +10,9 @@
 -- Rows a collection (or a backfill window) commits are queued for each of
 -- its sinks in the SAME SQLite transaction as their upsert (the route's
 -- enqueue, which sluice.collector.rows calls inside it), so a row is in
--- the local table if and only if it is queued. A forwarder task per sink
+-- the local table if and only if it is queued: written once for all the
+-- sinks (a chunk per table and `batch` rows, by sluice._outbox in C),
+-- with an entry per sink. A forwarder task per sink
 -- (sluice.outbox.forwarder) ships them in batches and deletes them once the
 -- sink acknowledged; everything is in SQLite (sluice.outbox.queue), so a
 -- process killed at any moment resumes from what is there: at-least-once
@@ -22,10 +24,13 @@
 --     required} as store:define took it (columns: name -> type or
 --     {type = t, ...}); called (it may yield) before the first batch of a
 --     table in this process.
---   sink:write(table_name, rows, def) -> true | nil, err, kind
---     ship one batch: rows are the rows the store accepted, decoded exactly
---     (sluice.json: int64 cdata, json.numeral, uint256/decimal as text, json
---     columns as tables), at most one per key (the latest), oldest first.
+--   sink:write(table_name, rows, def, meta) -> true | nil, err, kind
+--     ship one batch: rows are the rows the store accepted, as it holds
+--     them, decoded exactly (sluice.json: int64 cdata, json.numeral,
+--     uint256/decimal as text, json columns as tables), at most one per
+--     key (the latest), oldest first. meta.ids[i]: the id of rows[i]
+--     (sluice.outbox.queue's row_id: the same on every send, unique across
+--     databases); meta.at[i]: the wall-clock time it was queued.
 --     kind "rejected": the sink refused the DATA (constraint, type): the
 --     batch goes to sluice_dead_letters with err and the rest flows on; any
 --     other failure (connection, timeout, 5xx) is retried with backoff
@@ -43,7 +48,8 @@
 -- Configuration of a sink (new's second argument, config.sinks):
 --   kind      the sink kind (default: the sink's name when it names a kind)
 --   tables    list of table names it takes (default: all)
---   batch     rows per write (default 1000)
+--   batch     rows per write (default 1000; whole chunks, which enqueue
+--             cuts at the smallest batch of the sinks taking them)
 --   max_age   seconds a row may wait for a batch to fill (default 1)
 --   max_rows  bound on the rows queued for it (default 1e6)
 --   on_full   "stop" (default): a commit that would pass the bound fails
@@ -68,6 +74,7 @@ local options = require "sluice.options"
 local queue = require "sluice.outbox.queue"
 local codec = require "sluice.outbox.codec"
 local forwarder = require "sluice.outbox.forwarder"
+local native = require "sluice._outbox"
 
 local type, pairs, ipairs, tostring, error, pcall = type, pairs, ipairs, tostring, error, pcall
 local sort, concat, floor = table.sort, table.concat, math.floor
@@ -180,9 +187,10 @@ local function sink_state(name, settings, ctx)
     backoff = retry.new({ strategy = "exponential_jitter", base_delay = r.base_delay or 0.5,
       max_delay = r.max_delay or 30, budget = false, name = "sink:" .. name }),
     retry_max = r.max_delay or 30,
-    -- the forwarder's
+    -- the forwarder's (dropgen: the enqueue's count of drop_oldest runs,
+    -- which a batch read ahead is checked against)
     task = nil, parked = false, stopping = false, retry_at = nil, attempt = 0,
-    ensured = {}, defs = {}, errors = 0, last_error = nil, last_error_at = nil, batches = 0, samples = {},
+    ensured = {}, defs = {}, dropgen = 0, errors = 0, last_error = nil, last_error_at = nil, batches = 0, samples = {},
     -- the enqueue's: refusing = the message while a commit was refused
     -- (on_full = "stop") and none went through since; refused = count
     refusing = nil, refused = 0,
@@ -308,13 +316,41 @@ function route_mt.publish()
   return true
 end
 
---- route:enqueue(table_name, rows [, stored]): queues rows (those the
--- store accepted) for every sink of the route that takes the table. Call
--- inside the rows' transaction; stored(r, col) is the store's value of a
--- column (db:upsert_accepted's hook gives it: a json column's text is not
--- encoded twice). Raises (rolling the transaction back) when a sink with
--- on_full = "stop" has no room for them, or on an SQL failure.
-function route_mt:enqueue(tname, rows, stored)
+-- The fields sluice._outbox writes for a table's rows, given the store's
+-- column index (name -> position in its flat array): the plan's names in
+-- its order, each one's '"name":', position and kind (n: integer and real,
+-- j: json, s: the rest). Kept in t while the store's index is the same.
+local NUMERIC = { integer = "n", real = "n", json = "j" }
+local function fields_of(t, index)
+  local f = t.fields
+  if f and f.source == index then return f end
+  f = { source = index, prefix = {}, index = {} }
+  local letters = {}
+  for i, name in ipairs(t.plan.names) do
+    if index[name] then
+      f.prefix[#f.prefix + 1] = t.plan.prefix[i]
+      f.index[#f.index + 1] = index[name]
+      local ty = t.columns[name]
+      if type(ty) == "table" then ty = ty.type end
+      letters[#letters + 1] = NUMERIC[ty] or "s"
+    end
+  end
+  f.kinds = concat(letters)
+  t.fields = f
+  return f
+end
+
+--- route:enqueue(table_name, rows [, stored, layout]): queues rows (those
+-- the store accepted) for every sink of the route that takes the table.
+-- Call inside the rows' transaction; stored(r, col) and layout are
+-- db:upsert_accepted's views of the values it wrote: with layout, the rows
+-- are queued as the store holds them (sluice._outbox writes them from
+-- layout.flat, in C: the values db:select reads back); without it, the
+-- rows as given (sluice.outbox.codec; stored gives json columns' text).
+-- Raises (rolling the transaction back) when a sink with on_full = "stop"
+-- has no room for them, when a row cannot be written as JSON (a real that
+-- is not finite, text that is not UTF-8), or on an SQL failure.
+function route_mt:enqueue(tname, rows, stored, layout)
   local n = #rows
   if n == 0 then return end
   local targets = {}
@@ -342,22 +378,37 @@ function route_mt:enqueue(tname, rows, stored)
     local def = plain_def(tname, tdef)
     local text, err = json.encode(def)
     if not text then error("sluice.outbox: the definition of '" .. tname .. "' cannot be recorded: " .. err, 0) end
-    t = { source = tdef, plan = codec.plan(def.columns), text = text }
+    t = { source = tdef, plan = codec.plan(def.columns), columns = def.columns, text = text }
     self.defs[tname] = t
   end
-  local texts = {}
-  local plan, encode_row = t.plan, codec.encode_row
-  for i = 1, n do
-    local text, err = encode_row(rows[i], plan, stored, i)
-    if not text then error("sluice.outbox: row " .. i .. " of '" .. tname .. "' cannot be queued: " .. err, 0) end
-    texts[i] = text
-  end
   queue.save_def(db, tname, t.text)
-  local at = sluice.time()
+  -- encoded once for all the sinks: chunks of at most the smallest batch
+  -- of theirs (a batch is whole chunks), each queued for every one
+  local size, names = targets[1].batch, {}
   for i, s in ipairs(targets) do
-    queue.enqueue(db, s.name, tname, texts, at)
+    if s.batch < size then size = s.batch end
+    names[i] = s.name
+  end
+  local at = sluice.time()
+  local fields = layout and fields_of(t, layout.index)
+  for from = 1, n, size do
+    local to = from + size - 1
+    if to > n then to = n end
+    local text, err, r
+    if fields then
+      text, err, r = native.rows(layout.flat, layout.ncols, from, to, fields.prefix, fields.index, fields.kinds)
+    else
+      text, err, r = codec.encode_rows(rows, t.plan, stored, from, to)
+    end
+    if not text then error("sluice.outbox: row " .. r .. " of '" .. tname .. "' cannot be queued: " .. err, 0) end
+    queue.enqueue(db, names, tname, text, to - from + 1, at)
+  end
+  for i, s in ipairs(targets) do
+    queue.added(db, s.name, n)
     local over = depths[i] + n - s.max_rows
-    if over > 0 then queue.drop_oldest(db, s.name, over, s.in_flight) end
+    if over > 0 and queue.drop_oldest(db, s.name, over, s.in_flight) > 0 then
+      s.dropgen = s.dropgen + 1 -- a batch read ahead may hold rows that are gone
+    end
     s.refusing = nil
     forwarder.wake(s)
   end

@@ -21,5 +21,6 @@ const sl_native_module sl_native_modules[] = {
     {"sluice._pg", luaopen_sluice_pg},
     {"sluice._amqp", luaopen_sluice_amqp},
     {"sluice._ws", luaopen_sluice_ws},
+    {"sluice._outbox", luaopen_sluice_outbox},
     {NULL, NULL},
 };

@@ -29,5 +29,6 @@ int luaopen_sluice_json(lua_State *L);
 int luaopen_sluice_pg(lua_State *L);
 int luaopen_sluice_amqp(lua_State *L);
 int luaopen_sluice_ws(lua_State *L);
+int luaopen_sluice_outbox(lua_State *L);
 
 #endif

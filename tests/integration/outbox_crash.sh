@@ -102,7 +102,7 @@ end
 local function one(d, sql) return assert(d:query(sql))[1] end
 local exists = one(db, "SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'ticks'").n == 1
 local stored = exists and one(db, "SELECT COUNT(*) AS n FROM ticks").n or 0
-local queued = exists and one(db, "SELECT COUNT(*) AS n FROM sluice_outbox").n or 0
+local queued = exists and one(db, "SELECT COALESCE(SUM(hi - lo + 1), 0) AS n FROM sluice_outbox").n or 0
 local depth = exists and (db:query("SELECT depth FROM sluice_outbox_sinks WHERE sink = 'target'")[1] or {}).depth or 0
 local got = one(target, "SELECT COUNT(*) AS n FROM ticks").n
 local delivered = one(target, "SELECT COALESCE(SUM(n), 0) AS n FROM deliveries").n
@@ -180,7 +180,7 @@ env DB="$WORK/local.db" PORT=$PORT COLLECT=0 "$SLUICE" run "$WORK/sluice.lua" --
 pid=$!
 cat >"$WORK/depth.lua" <<'LUA'
 local db = assert(require("sluice.store").open(os.getenv("DB")))
-print(db:query("SELECT COUNT(*) AS n FROM sluice_outbox")[1].n)
+print(db:query("SELECT COALESCE(SUM(hi - lo + 1), 0) AS n FROM sluice_outbox")[1].n)
 db:close()
 LUA
 drained() { [ "$(env DB="$WORK/local.db" "$SLUICE" run "$WORK/depth.lua" --control none 2>/dev/null)" = 0 ]; }

@@ -1,4 +1,5 @@
--- sluice.outbox.codec: a queued row's text is exactly sluice.json.encode's.
+-- sluice.outbox.codec: a row's text is exactly sluice.json.encode's; sluice._outbox.rows: a
+-- chunk from the store's values, which sluice.json decodes to those values.
 local json = require "sluice.json"
 local codec = require "sluice.outbox.codec"
 
@@ -67,5 +68,61 @@ describe("sluice.outbox.codec", function()
     assert.are.equal(2, ins)
     assert.are.same({ 2, '{"a":[2],"b":1}', '{"raw": true}', 12, 3 }, seen)
     db:close()
+  end)
+
+  it("encode_rows: the JSON array of the rows, each encode_row's text", function()
+    local rows = { { id = 1, symbol = "a" }, { id = 2, meta = { x = 1 } }, { id = 3, qty = 0.5 } }
+    assert.are.equal('[{"id":1,"symbol":"a"},{"id":2,"meta":{"x":1}},{"id":3,"qty":0.5}]',
+      codec.encode_rows(rows, plan, nil, 1, 3))
+    assert.are.equal('[{"id":2,"meta":{"x":1}}]', codec.encode_rows(rows, plan, nil, 2, 2))
+    assert.are.same({ nil, "cannot encode inf", 2 },
+      { codec.encode_rows({ { id = 1 }, { id = 2, qty = math.huge } }, plan, nil, 1, 2) })
+  end)
+end)
+
+describe("sluice._outbox.rows (a chunk from the store's values)", function()
+  local native = require "sluice._outbox"
+  -- two columns per row: a (flat index 1), b (2), written as "a" then "b"
+  local function rows(kind_a, kind_b, flat, n)
+    return native.rows(flat, 2, 1, n or #flat / 2, { '"a":', '"b":' }, { 1, 2 }, kind_a .. kind_b)
+  end
+
+  it("writes numbers as sluice.json does, and decodes to the same values", function()
+    local flat = { 0, 1 / 3, -5, 0.1, 2 ^ 53 - 1, 1e300, -0.0, 1e-300, 1700000000000.5, -2.5 }
+    local text = rows("n", "n", flat)
+    assert.are.equal('[{"a":0,"b":0.3333333333333333},{"a":-5,"b":0.1},{"a":9007199254740991,"b":1e+300},'
+      .. '{"a":0,"b":1e-300},{"a":1700000000000.5,"b":-2.5}]', text)
+    for _, v in ipairs { 1 / 3, 0.1, 1e300, 1e-300, 1700000000000.5 } do -- sluice.json's texts
+      local t = ":" .. json.number(v)
+      assert.truthy(text:find(t .. ",", 1, true) or text:find(t .. "}", 1, true), t)
+    end
+    local back = json.decode(text)
+    for i = 1, #flat / 2 do
+      assert.are.same({ flat[2 * i - 1] == 0 and 0 or flat[2 * i - 1], flat[2 * i] == 0 and 0 or flat[2 * i] },
+        { back[i].a, back[i].b })
+    end
+    -- the store's integers beyond 2^53 (digits) and booleans
+    assert.are.equal('[{"a":9223372036854775807,"b":1}]', rows("n", "n", { "9223372036854775807", true }))
+    assert.are.equal(9223372036854775807LL, json.decode(rows("n", "n", { "9223372036854775807", true }))[1].a)
+  end)
+
+  it("escapes strings, keeps JSON text, leaves absent values out", function()
+    local s = 'q"\\/\t\n\r\b\f\1\31 caf\195\169'
+    local text = rows("s", "j", { s, '{"k":[1,2.5]}', "x", "not json", nil, '"str"' }, 3)
+    assert.are.equal('[{"a":"q\\"\\\\/\\t\\n\\r\\b\\f\\u0001\\u001f caf\195\169","b":{"k":[1,2.5]}},'
+      .. '{"a":"x","b":"not json"},{"b":"str"}]', text)
+    local back = json.decode(text)
+    assert.are.same({ s, { k = { 1, 2.5 } }, "not json", "str" }, { back[1].a, back[1].b, back[2].b, back[3].b })
+    assert.is_nil(back[3].a)
+    assert.are.equal("[{}]", rows("s", "s", {}, 1))
+  end)
+
+  it("refuses what JSON cannot hold, naming the column and the row", function()
+    assert.are.same({ nil, 'column "b": cannot be written as JSON', 2 },
+      { rows("n", "n", { 1, 2, 3, math.huge }) })
+    assert.are.same({ nil, 'column "a": cannot be written as JSON', 1 }, { rows("s", "s", { "\255", "x" }) })
+    assert.are.same({ nil, 'column "a": cannot be written as JSON', 1 }, { rows("n", "s", { "12a", "x" }) })
+    assert.are.same({ nil, 'column "a": cannot be written as JSON', 1 }, { rows("s", "s", { 1, "x" }) })
+    assert.has_error(function() native.rows({}, 2, 1, 1, { '"a":' }, { 1 }, "nn") end)
   end)
 end)

@@ -13,12 +13,14 @@ local wait_for = require("support.wait").wait_for
 -- name -> the memory sink's record: ensured {table = def}, tables {table
 -- = {key text = row}}, batches {{table, n}}, script (a list of results
 -- the next writes return: {nil, err, kind}), hold (a write waits while
--- true), calls (write calls).
+-- true), calls (write calls), metas[call] (the meta write got), sent[call]
+-- (the ids of the rows write got, in order).
 local mem = {}
 
 outbox.register_kind("spec_mem", function(name, settings)
   if settings.bad then return nil, "bad setting" end
-  local m = { ensured = {}, tables = {}, batches = {}, script = {}, calls = 0, closed = false }
+  local m = { ensured = {}, tables = {}, batches = {}, script = {}, calls = 0, closed = false, metas = {},
+    sent = {} }
   mem[name] = m
   return {
     ensure = function(_, tname, def)
@@ -26,8 +28,11 @@ outbox.register_kind("spec_mem", function(name, settings)
       m.tables[tname] = m.tables[tname] or {}
       return true
     end,
-    write = function(_, tname, rows, def)
+    write = function(_, tname, rows, def, meta)
       m.calls = m.calls + 1
+      m.metas[m.calls] = meta
+      m.sent[m.calls] = {}
+      for i, row in ipairs(rows) do m.sent[m.calls][i] = row.id end
       while m.hold do sluice.sleep(0.005) end
       local r = table.remove(m.script, 1)
       if r then return nil, r[2], r[3] end
@@ -75,14 +80,18 @@ local function setup(sinks, opts)
   return db, c, box
 end
 
+-- Rows queued for sink, from its entries (each holds rows lo..hi of a chunk).
 local function queued(db, sink)
-  return db:query("SELECT COUNT(*) AS n FROM sluice_outbox WHERE sink = ?", sink)[1].n
+  return db:query("SELECT COALESCE(SUM(hi - lo + 1), 0) AS n FROM sluice_outbox WHERE sink = ?", sink)[1].n
 end
 
+-- The ids of the rows queued for sink, in their order.
 local function ids(db, sink)
   local out = {}
-  for i, r in ipairs(db:query("SELECT row FROM sluice_outbox WHERE sink = ? ORDER BY id", sink)) do
-    out[i] = json.decode(r.row).id
+  for _, e in ipairs(db:query("SELECT o.lo, o.hi, c.rows FROM sluice_outbox o JOIN sluice_outbox_chunks c "
+    .. "ON c.id = o.chunk WHERE o.sink = ? ORDER BY o.id", sink)) do
+    local list = json.decode(e.rows)
+    for i = e.lo, e.hi do out[#out + 1] = list[i].id end
   end
   return out
 end
@@ -356,5 +365,194 @@ describe("sluice.outbox", function()
     local db = assert(store.open(":memory:"))
     defer(function() db:close() end)
     assert.same({ nil, "sink 'm': bad setting" }, { outbox.new(db, { m = { kind = "spec_mem", bad = true } }) })
+  end)
+
+  it("queues a commit's rows as one chunk per table, shared by its sinks, cut at the smallest batch", function()
+    local db, c, box = setup({ a = { kind = "spec_mem", batch = 2, max_age = 0 },
+      b = { kind = "spec_mem", batch = 3, max_age = 0 } }, { idle = true })
+    c:store_rows(rows_of(5))
+    local chunks = db:query("SELECT id, n, refs FROM sluice_outbox_chunks ORDER BY id")
+    assert.same({ { id = 1, n = 2, refs = 2 }, { id = 2, n = 2, refs = 2 }, { id = 3, n = 1, refs = 2 } }, chunks)
+    assert.same({ 5, 5 }, { queued(db, "a"), queued(db, "b") })
+    assert.same({ 1, 2, 3, 4, 5 }, ids(db, "a"))
+    -- a batch is whole chunks: b (batch 3) takes one of 2 rows, then 2 + 1
+    box:start()
+    wait_for("both drained", function() return queued(db, "a") + queued(db, "b") == 0 end)
+    assert.same({ { "ticks", 2 }, { "ticks", 2 }, { "ticks", 1 } }, mem.a.batches)
+    assert.same({ { "ticks", 2 }, { "ticks", 3 } }, mem.b.batches)
+    -- a chunk goes with the last entry pointing at it
+    assert.same({}, db:query("SELECT id FROM sluice_outbox_chunks"))
+    assert.same({ 5, 5 }, { box:status().a.forwarded, box:status().b.forwarded })
+  end)
+
+  it("gives write meta.ids (stable, unique per database) and meta.at, the same on a re-send", function()
+    local db, c, box = setup({ m = { kind = "spec_mem", batch = 10, max_age = 0,
+      retry = { base_delay = 0.01, max_delay = 0.02 } } }, { idle = true })
+    local oid = db:query("SELECT value FROM sluice_outbox_meta WHERE key = 'id'")[1].value
+    assert.truthy(oid:match("^%x+$") and #oid == 16, oid)
+    local other = assert(store.open(":memory:"))
+    defer(function() other:close() end)
+    assert(outbox.new(other, {}))
+    assert.are_not.equal(oid, other:query("SELECT value FROM sluice_outbox_meta WHERE key = 'id'")[1].value)
+    mem.m.script[1] = { nil, "connection reset", "connect" }
+    c:store_rows({ { id = 1, v = 1 }, { id = 2, v = 2 }, { id = 1, v = 3 } })
+    local at = db:query("SELECT at FROM sluice_outbox")[1].at
+    box:start()
+    wait_for("the re-send delivered", function() return queued(db, "m") == 0 end)
+    assert.equal(2, mem.m.calls)
+    -- one row per key, the latest: row 1 of the chunk is row 3's key
+    local want = { ids = { oid .. "-1-3", oid .. "-1-2" }, at = { at, at } }
+    assert.same(want, mem.m.metas[1])
+    assert.same(want, mem.m.metas[2])
+    assert.same({ 1, 2 }, mem.m.sent[2])
+    -- the next commit's rows are new ids, also for a key sent before
+    c:store_rows({ { id = 1, v = 4 } })
+    wait_for("the second batch", function() return mem.m.calls == 3 end)
+    assert.same({ oid .. "-2-1" }, mem.m.metas[3].ids)
+  end)
+
+  it("reads the next batch while a write is in flight, and sends it after the ack", function()
+    local db, c, box = setup({ m = { kind = "spec_mem", batch = 3, max_age = 0 } })
+    mem.m.hold = true
+    c:store_rows(rows_of(6))                -- two chunks: 1..3, 4..6
+    wait_for("the write in flight", function() return mem.m.calls == 1 end)
+    -- read while the first write waits (the outbox's state of the sink)
+    local ahead = box.sinks.m.ahead
+    assert.same({ 4, 5, 6 }, { ahead.rows[1].id, ahead.rows[2].id, ahead.rows[3].id })
+    assert.same({ 1, 2, 3, 4, 5, 6 }, ids(db, "m")) -- nothing deleted before the ack
+    mem.m.hold = false
+    wait_for("the queue drained", function() return queued(db, "m") == 0 end)
+    assert.same({ { 1, 2, 3 }, { 4, 5, 6 } }, mem.m.sent)
+    assert.same({ 0, 6, 2 }, { box:status().m.depth, box:status().m.forwarded, box:status().m.batches })
+  end)
+
+  it("never sends a batch read ahead whose rows drop_oldest dropped since", function()
+    -- the batch read during a write was sent after it even when a commit
+    -- had dropped its rows meanwhile: counted dropped, and delivered
+    local db, c, box = setup({ m = { kind = "spec_mem", batch = 3, max_age = 0, max_rows = 9,
+      on_full = "drop_oldest" } })
+    mem.m.hold = true
+    c:store_rows(rows_of(6))                -- 1..3 in flight, 4..6 read ahead
+    wait_for("the write in flight", function() return mem.m.calls == 1 end)
+    assert.equal(4, box.sinks.m.ahead.rows[1].id)
+    c:store_rows(rows_of(9, 6))             -- 7..15: 15 queued, 6 over: 4..9 dropped
+    assert.same({ 1, 2, 3, 10, 11, 12, 13, 14, 15 }, ids(db, "m"))
+    mem.m.hold = false
+    wait_for("the queue drained", function() return queued(db, "m") == 0 end)
+    assert.same({ { 1, 2, 3 }, { 10, 11, 12 }, { 13, 14, 15 } }, mem.m.sent)
+    local st = box:status().m
+    assert.same({ 0, 9, 6 }, { st.depth, st.forwarded, st.dropped })
+  end)
+
+  it("drops the first rows of an entry when only some of them must go", function()
+    local db, c, box = setup({ m = { kind = "spec_mem", max_rows = 4, on_full = "drop_oldest", max_age = 0 } },
+      { idle = true })
+    c:store_rows(rows_of(3))
+    c:store_rows(rows_of(2, 3))
+    assert.same({ 2, 3, 4, 5 }, ids(db, "m"))
+    assert.same({ { lo = 2, hi = 3 }, { lo = 1, hi = 2 } }, db:query("SELECT lo, hi FROM sluice_outbox ORDER BY id"))
+    assert.same({ 4, 1 }, { box:status().m.depth, box:status().m.dropped })
+    box:start()
+    wait_for("the delivery", function() return queued(db, "m") == 0 end)
+    assert.same({ 2, 3, 4, 5 }, mem.m.sent[1])
+    local oid = db:query("SELECT value FROM sluice_outbox_meta WHERE key = 'id'")[1].value
+    assert.same({ oid .. "-1-2", oid .. "-1-3", oid .. "-2-1", oid .. "-2-2" }, mem.m.metas[1].ids)
+  end)
+
+  it("dead-letters every queued row of a refused batch, one per row", function()
+    local _, c, box = setup({ m = { kind = "spec_mem", batch = 10, max_age = 0 } })
+    mem.m.script[1] = { nil, "bad row", "rejected" }
+    c:store_rows({ { id = 1, v = 1 }, { id = 2, v = 2 }, { id = 1, v = 3 } })
+    wait_for("the dead letters", function() return box:status().m.dead_letters == 3 end)
+    local dead = box:dead_letters("m")
+    assert.same({ { id = 1, v = 3 }, { id = 2, v = 2 }, { id = 1, v = 1 } },
+      { dead[1].row, dead[2].row, dead[3].row })
+    assert.same({ 0, 3 }, { box:status().m.depth, box:status().m.dead_letters })
+  end)
+
+  it("queues the rows as the store holds them", function()
+    local _, c = setup({ m = { kind = "spec_mem", max_age = 0 } })
+    local u = "115792089237316195423570985008687907853269984665640564039457584007913129639935"
+    c:store_rows({
+      { id = "1", v = 2.5, big = "9223372036854775807", u = u, meta = '{"a":[1,2]}' },
+      { id = 2, v = 0.1, big = true, meta = "not json" },
+      { id = 3, v = 1e300, u = "0", meta = { s = "\"q\"\n\1 é" } },
+    })
+    wait_for("the batch", function() return #mem.m.batches == 1 end)
+    local got = mem.m.tables.ticks
+    assert.same({ 1, 2.5, 9223372036854775807LL, u, { a = { 1, 2 } } },
+      { got["1"].id, got["1"].v, got["1"].big, got["1"].u, got["1"].meta })
+    assert.same({ 2, 0.1, 1, "not json" }, { got["2"].id, got["2"].v, got["2"].big, got["2"].meta })
+    assert.same({ 1e300, "0", "\"q\"\n\1 é" }, { got["3"].v, got["3"].u, got["3"].meta.s })
+    assert.is_nil(got["3"].big)
+  end)
+
+  it("refuses a commit whose rows cannot be written as JSON, naming the row", function()
+    local db = assert(store.open(":memory:"))
+    local c = collector.new(spec({ tables = { t = { columns = { id = "integer", s = "text",
+      x = { type = "real", nonfinite = true } }, key = { "id" } } } }), nil, { store = db })
+    local box = assert(outbox.new(db, { m = { kind = "spec_mem" } }))
+    defer(function() box:close(); db:close() end)
+    c:add_sink(box:route(c))
+    assert.has_error(function() c:store_rows({ { id = 1, x = 1 }, { id = 2, x = math.huge } }) end,
+      "sluice.outbox: row 2 of 't' cannot be queued: column \"x\": cannot be written as JSON")
+    assert.has_error(function() c:store_rows({ { id = 3, s = "\255" } }) end,
+      "sluice.outbox: row 1 of 't' cannot be queued: column \"s\": cannot be written as JSON")
+    assert.same({ 0, 0 }, { queued(db, "m"), #db:select("t") })
+  end)
+
+  it("migrates a database of the previous schema (a row per queued row) and drains it in order", function()
+    local path = os.tmpname()
+    defer(function() os.remove(path); os.remove(path .. "-wal"); os.remove(path .. "-shm") end)
+    do
+      local db = assert(store.open(path))
+      assert(db:script([[
+CREATE TABLE sluice_outbox (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, table_name TEXT NOT NULL,
+  row TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX sluice_outbox_by_sink ON sluice_outbox (sink, id);
+CREATE INDEX sluice_outbox_by_table ON sluice_outbox (sink, table_name, id);
+CREATE TABLE sluice_outbox_sinks (
+  sink TEXT PRIMARY KEY, depth INTEGER NOT NULL DEFAULT 0,
+  forwarded INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,
+  dead INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE sluice_outbox_tables (table_name TEXT PRIMARY KEY, def TEXT NOT NULL);
+INSERT INTO sluice_outbox_tables VALUES ('ticks', '{"columns":{"id":"integer","v":"real"},"key":["id"],"name":"ticks"}');
+INSERT INTO sluice_outbox_tables VALUES ('other', '{"columns":{"id":"integer"},"key":["id"],"name":"other"}');
+INSERT INTO sluice_outbox (sink, table_name, row, at) VALUES
+  ('m', 'ticks', '{"id":1,"v":1.5}', 100), ('n', 'ticks', '{"id":1,"v":1.5}', 100),
+  ('m', 'other', '{"id":7}', 101), ('m', 'ticks', '{"id":9007199254740993,"v":2}', 102),
+  ('m', 'ticks', '{"id":1,"v":3}', 103);
+INSERT INTO sluice_outbox_sinks (sink, depth, forwarded) VALUES ('m', 4, 10), ('n', 1, 0);
+]]))
+      db:close()
+    end
+    local db = assert(store.open(path))
+    defer(function() db:close() end)
+    local box = assert(outbox.new(db, { m = { kind = "spec_mem", max_age = 0 } }))
+    defer(function() box:stop(0) end)
+    -- every old row a chunk of one, with its id
+    assert.same({ { id = 1, n = 1, refs = 1 }, { id = 2, n = 1, refs = 1 }, { id = 3, n = 1, refs = 1 },
+      { id = 4, n = 1, refs = 1 }, { id = 5, n = 1, refs = 1 } },
+      db:query("SELECT id, n, refs FROM sluice_outbox_chunks ORDER BY id"))
+    assert.same({ 4, 1 }, { queued(db, "m"), queued(db, "n") })
+    assert.same({ 4, 10 }, { box:status().m.depth, box:status().m.forwarded })
+    assert.same({}, db:query("SELECT name FROM sqlite_master WHERE name = 'sluice_outbox_v1'"))
+    box:start()
+    wait_for("the delivery", function() return queued(db, "m") == 0 end)
+    -- the oldest row's table first: ticks 1, 4, 5 (one per key), then other
+    assert.same({ { "ticks", 2 }, { "other", 1 } }, mem.m.batches)
+    assert.same({ 1, 9007199254740993LL }, mem.m.sent[1])
+    assert.equal(3, mem.m.tables.ticks["1"].v)
+    local oid = db:query("SELECT value FROM sluice_outbox_meta WHERE key = 'id'")[1].value
+    assert.same({ ids = { oid .. "-5-1", oid .. "-4-1" }, at = { 103, 102 } }, mem.m.metas[1])
+    assert.same({ 0, 13 }, { box:status().m.depth, box:status().m.forwarded })
+    -- n's row is still queued; its chunk too; new rows queue after the old ids
+    assert.same({ 1 }, ids(db, "n"))
+    assert.same({ { id = 2 } }, db:query("SELECT id FROM sluice_outbox_chunks"))
+    local c = collector.new(spec(), nil, { store = db })
+    c:add_sink(box:route(c))
+    c:store_rows(rows_of(1, 20))
+    assert.same({ { id = 6 } }, db:query("SELECT chunk AS id FROM sluice_outbox WHERE sink = 'm'"))
   end)
 end)

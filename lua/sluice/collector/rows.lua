@@ -8,9 +8,9 @@
 --    is nothing then), or {table_name = rows}, each a table it declares;
 --  - each table's rows are validated and upserted (store:upsert_accepted,
 --    one transaction per table); a sink with an enqueue method (a route of
---    sluice.outbox) gets enqueue(table_name, accepted, stored) INSIDE that
---    transaction (stored: the store's view of the values it wrote, see
---    db:upsert_accepted), so the rows are queued for it if and only if
+--    sluice.outbox) gets enqueue(table_name, accepted, stored, layout)
+--    INSIDE that transaction (stored, layout: the store's view of the
+--    values it wrote, see db:upsert_accepted), so the rows are queued for it if and only if
 --    they are committed, and when it raises (an outbox full with on_full = "stop")
 --    the table's rows are not stored and the error says why; the rows
 --    accepted then go to every sink's publish(table_name, rows) after
@@ -65,8 +65,8 @@ local function enqueuer(sinks, tname)
     end
   end
   if not queued then return nil end
-  return function(accepted, stored)
-    for _, sink in ipairs(queued) do sink:enqueue(tname, accepted, stored) end
+  return function(accepted, stored, layout)
+    for _, sink in ipairs(queued) do sink:enqueue(tname, accepted, stored, layout) end
   end
 end
 

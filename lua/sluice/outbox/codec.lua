@@ -1,9 +1,12 @@
---- sluice.outbox.codec: the JSON text a queued row is kept as, written
--- fast for the rows of a defined table.
+--- sluice.outbox.codec: a row's JSON text (sluice.json.encode's), written
+-- fast for the rows of a defined table: how the outbox queues rows given
+-- without the store's layout (route:enqueue without it; with it, the
+-- rows are written in C by sluice._outbox from the values the store bound).
 --
 --   local codec = require "sluice.outbox.codec"
 --   local plan = codec.plan(columns)          -- once per table definition
 --   local text, err = codec.encode_row(row, plan [, stored, r])
+--   local array, err, i = codec.encode_rows(rows, plan, stored, from, to)
 --
 -- encode_row gives exactly the text sluice.json.encode(row) gives (the same
 -- bytes, so the same values when decoded: int64 cdata, json.numeral, json
@@ -111,27 +114,37 @@ local function put_scalar(b, v)
   return false
 end
 
---- encode_row(row, plan [, stored, r]) -> text | nil, err:
--- sluice.json.encode(row); stored(r, col) -> the text the store wrote for a
--- json column's table (row r of the batch the store's hook gave).
-function _M.encode_row(row, plan, stored, r)
-  if type(row) ~= "table" or getmetatable(row) ~= nil then return encode(row) end
+-- Appends row's text to b -> true | nil, err (b then holds a part of it).
+local function put_row(b, row, plan, stored, r)
+  if type(row) ~= "table" or getmetatable(row) ~= nil then
+    local s, err = encode(row)
+    if s == nil then return nil, err end
+    b:put(s)
+    return true
+  end
   local set = plan.set
   local count = 0
   for k in pairs(row) do
-    if not set[k] then return encode(row) end -- a field that is no column
+    if not set[k] then -- a field that is no column
+      local s, err = encode(row)
+      if s == nil then return nil, err end
+      b:put(s)
+      return true
+    end
     count = count + 1
   end
-  if count == 0 then return encode(row) end
-  buf:reset()
+  if count == 0 then
+    b:put((encode(row)))
+    return true
+  end
   local names, prefix, isjson = plan.names, plan.prefix, plan.json
   local sep = "{"
   for i = 1, plan.n do
     local v = row[names[i]]
     if v ~= nil then
-      buf:put(sep, prefix[i])
+      b:put(sep, prefix[i])
       sep = ","
-      if not put_scalar(buf, v) then
+      if not put_scalar(b, v) then
         local s
         if stored and isjson[i] and type(v) == "table" then s = stored(r, names[i]) end
         if type(s) ~= "string" then
@@ -139,11 +152,37 @@ function _M.encode_row(row, plan, stored, r)
           s, err = encode(v)
           if s == nil then return nil, err end
         end
-        buf:put(s)
+        b:put(s)
       end
     end
   end
-  buf:put("}")
+  b:put("}")
+  return true
+end
+
+--- encode_row(row, plan [, stored, r]) -> text | nil, err:
+-- sluice.json.encode(row); stored(r, col) -> the text the store wrote for a
+-- json column's table (row r of the batch the store's hook gave).
+function _M.encode_row(row, plan, stored, r)
+  buf:reset()
+  local ok, err = put_row(buf, row, plan, stored, r)
+  if not ok then return nil, err end
+  return buf:tostring()
+end
+
+--- encode_rows(rows, plan, stored, from, to) -> text | nil, err, i: the
+-- JSON array of rows[from..to], each row's text encode_row's (so the array
+-- decodes to exactly those rows); i is the row that cannot be written.
+-- stored(r, col) as encode_row's, r the row's index in rows.
+function _M.encode_rows(rows, plan, stored, from, to)
+  buf:reset()
+  buf:put("[")
+  for r = from, to do
+    if r > from then buf:put(",") end
+    local ok, err = put_row(buf, rows[r], plan, stored, r)
+    if not ok then return nil, err, r end
+  end
+  buf:put("]")
   return buf:tostring()
 end
 

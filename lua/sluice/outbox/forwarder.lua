@@ -3,15 +3,20 @@
 -- run(db, s) is the body of a sink's forwarder task (sluice.outbox spawns
 -- it; s is the outbox's state of that sink, which this module reads and
 -- whose forwarding fields it owns: parked, retry_at, attempt, ensured,
--- defs, errors, last_error, last_error_at, batches, samples). The loop:
+-- defs, errors, last_error, last_error_at, batches, samples, in_flight,
+-- outbox_id, seq, ahead, ahead_token, acked_token). The loop:
 --  - waits (sluice.park) until a batch is due: `batch` rows queued, or the
 --    oldest queued max_age seconds ago; enqueue wakes it (wake(s)), a timer
 --    (park's timeout) makes the age bound;
---  - takes the oldest row's table's oldest rows (at most `batch`; one row
---    per key, the latest, when the definition has a key), behind the
---    sink's breaker ("sink:<name>");
+--  - takes the oldest row's table's oldest entries (whole, at most `batch`
+--    rows; one row per key, the latest, when the definition has a key),
+--    behind the sink's breaker ("sink:<name>");
 --  - sink:ensure(table, def) before the first batch of a table in this
---    process, then sink:write(table, rows, def);
+--    process, then sink:write(table, rows, def, meta) (meta: {ids, at}
+--    of the rows); during the write a task spawned for it (read_ahead)
+--    reads and decodes the next batch, which is sent after the ack when
+--    it is still the one to send (take_ahead); the read-ahead task never
+--    yields, so it ends within the write's first wait;
 --  - acknowledged: the rows deleted and counted in one transaction; kind
 --    "rejected": the batch moved to sluice_dead_letters with the error,
 --    the rest flows on; any other failure (or a sink raising): breaker
@@ -95,23 +100,47 @@ local function key_of(row, key)
   return table.concat(parts, "\0", 1, nk)
 end
 
--- The batch's rows decoded, one per key (the latest wins, in the place of
--- the first), -> rows, first_id, last_id.
-local function decode_batch(taken, def)
-  local rows, at = {}, {}
-  local key = def and def.key
+-- A batch read from the queue: the oldest entry's table's oldest entries
+-- (none of skip, the range in flight), at most s.batch rows, decoded with
+-- one row per key (the latest wins, in the place of the first) ->
+-- {tname, def, rows, meta = {ids, at}, first, last (entry ids), full (no
+-- more rows would fit), head_at, dropgen} | nil (nothing queued) | false,
+-- err (the database failed).
+local function read_batch(db, s, skip)
+  local head = queue.head(db, s.name, skip)
+  if not head then return nil end
+  local tname = head.table_name
+  local entries, more = queue.take(db, s.name, tname, s.batch, skip)
+  if not entries then return false, more end
+  if #entries == 0 then return nil end
+  local def = queue.def(db, tname, s.defs) or { name = tname, columns = {}, key = {} }
+  local key = def.key
   if type(key) == "string" then key = { key } end
-  for _, r in ipairs(taken) do
-    local row = decode(r.row)
-    local k = key_of(row, key)
-    if k and at[k] then
-      rows[at[k]] = row
-    else
-      rows[#rows + 1] = row
-      if k then at[k] = #rows end
+  local oid = s.outbox_id
+  if not oid then
+    oid = queue.outbox_id(db)
+    s.outbox_id = oid
+  end
+  local rows, ids, ats, pos, count = {}, {}, {}, {}, 0
+  for _, e in ipairs(entries) do
+    local list, err = decode(e.rows)
+    if list == nil then return false, "outbox chunk " .. e.chunk .. ": " .. tostring(err) end
+    local at, prefix = e.at, queue.row_id(oid, e.chunk, "")
+    for i = e.lo, e.hi do
+      local row = list[i]
+      count = count + 1
+      local k = key_of(row, key)
+      local at_k = k and pos[k]
+      if not at_k then
+        at_k = #rows + 1
+        if k then pos[k] = at_k end
+      end
+      rows[at_k], ids[at_k], ats[at_k] = row, prefix .. i, at
     end
   end
-  return rows, taken[1].id, taken[#taken].id
+  return { tname = tname, def = def, rows = rows, meta = { ids = ids, at = ats }, queued = count,
+    first = entries[1].id, last = entries[#entries].id, full = more or count >= s.batch, head_at = head.at,
+    dropgen = s.dropgen }
 end
 
 -- A sink call that may raise -> ok, err, kind.
@@ -131,21 +160,34 @@ local function failed(s, err)
   log.warning("sink write failed", { sink = s.name, error = err, retry_in = d, attempt = s.attempt })
 end
 
--- Ships one batch of the oldest row's table. Returns false when the
--- database failed (the loop waits a little and tries again).
-local function ship(db, s, head, permit)
-  local tname = head.table_name
-  local taken, terr = queue.take(db, s.name, tname, s.batch)
-  if not taken then
-    s.breaker:release(permit)
-    return nil, terr
+-- The body of the read-ahead task: the batch after the one in flight read
+-- and decoded while the sink works on that one (it runs when the write
+-- yields, and never yields itself: one resume, then done). token says the
+-- forwarder still wants it; the result goes to s.ahead.
+local function read_ahead(db, s, token, skip)
+  if s.ahead_token ~= token or s.stopping or not db:is_open() then return end
+  local ok, batch = pcall(read_batch, db, s, skip)
+  if ok and batch and s.ahead_token == token then
+    batch.token = token
+    s.ahead = batch
   end
-  if #taken == 0 then
-    s.breaker:release(permit)
-    return true
-  end
-  local def = queue.def(db, tname, s.defs) or { name = tname, columns = {}, key = {} }
-  local rows, first, last = decode_batch(taken, def)
+end
+
+-- The batch read ahead, when it is still the one to send: read for the
+-- batch just acknowledged, nothing dropped since, and full (a partial one
+-- waits for its age, read again then).
+local function take_ahead(s)
+  local b = s.ahead
+  s.ahead, s.ahead_token = nil, nil
+  if b and b.token == s.acked_token and b.dropgen == s.dropgen and b.full then return b end
+  return nil
+end
+
+-- Ships one batch. Returns nil, err when the database failed (the loop
+-- waits a little and tries again).
+local function ship(db, s, batch, permit)
+  local tname, rows, def = batch.tname, batch.rows, batch.def
+  local first, last = batch.first, batch.last
   local t0 = sluice.now()
   local ok, err, kind = true, nil, nil
   -- drop_oldest leaves the rows being written alone (the sink gets them)
@@ -154,7 +196,20 @@ local function ship(db, s, head, permit)
     ok, err, kind = call(s.sink, "ensure", tname, def)
     if ok then s.ensured[tname] = true end
   end
-  if ok then ok, err, kind = call(s.sink, "write", tname, rows, def) end
+  if ok then
+    -- the next batch is read while this one is written
+    s.seq = (s.seq or 0) + 1
+    local token = s.seq
+    s.ahead, s.ahead_token = nil, token
+    sluice.spawn(read_ahead, db, s, token, s.in_flight)
+    ok, err, kind = call(s.sink, "write", tname, rows, def, batch.meta)
+    s.acked_token = nil
+    if ok then
+      s.acked_token = token
+    else
+      s.ahead, s.ahead_token = nil, nil
+    end
+  end
   s.in_flight = nil
   if not db:is_open() then -- the rows stay queued
     s.breaker:release(permit)
@@ -169,7 +224,10 @@ local function ship(db, s, head, permit)
     s.attempt, s.retry_at = 0, nil
     s.batches = s.batches + 1
     local aok, aerr = queue.ack(db, s.name, tname, first, last, #rows)
-    if not aok then return nil, aerr end
+    if not aok then
+      s.ahead, s.ahead_token = nil, nil
+      return nil, aerr
+    end
     record_rate(s, #rows)
   elseif kind == "rejected" then
     -- the sink is up and refused this data: the rest flows on
@@ -197,26 +255,39 @@ end
 --- run(db, s): the forwarder loop (see the header).
 function _M.run(db, s)
   s.in_flight = nil -- a write a killed forwarder left is no longer in flight
+  s.ahead, s.ahead_token, s.acked_token = nil, nil, nil
   while not s.stopping do
     local now = sluice.now()
     local wait
+    local ahead = take_ahead(s)
     if s.retry_at and now < s.retry_at then
       wait = s.retry_at - now
     else
-      local head = db:is_open() and queue.head(db, s.name)
-      if not head then
-        if not park(s, nil) then return end -- until rows come
-        goto continue
+      local due = 0
+      if not ahead then
+        local head = db:is_open() and queue.head(db, s.name)
+        if not head then
+          if not park(s, nil) then return end -- until rows come
+          goto continue
+        end
+        due = head.at + s.max_age - sluice.time()
+        if due > 0 and queue.depth(db, s.name) >= s.batch then due = 0 end
       end
-      local due = head.at + s.max_age - sluice.time()
-      if due > 0 and queue.depth(db, s.name) < s.batch then
+      if due > 0 then
         wait = due
       else
         local permit = s.breaker:allow()
         if not permit then
           wait = breaker_wait(s)
         else
-          local ok, err = ship(db, s, head, permit)
+          local batch, err = ahead, nil
+          if not batch then batch, err = read_batch(db, s) end
+          local ok = batch ~= false
+          if batch then
+            ok, err = ship(db, s, batch, permit)
+          else
+            s.breaker:release(permit)
+          end
           if not ok then
             if not db:is_open() or s.stopping then return end
             log.error("outbox: database failed", { sink = s.name, error = err })

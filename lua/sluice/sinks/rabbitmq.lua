@@ -29,10 +29,13 @@
 -- (exact: int64 beyond 2^53, uint256 and decimals as the store keeps them,
 -- keys sorted), persistent (delivery_mode 2), content_type
 -- application/json, type = the table's name, app_id "sluice", and
--- message_id = the hex SHA-256 of sink name, table name and body: the same
--- row sent again (a batch retried after a crash or a failure) carries the
--- same id, so consumers drop re-sends by message_id; a changed row is a new
--- message. sink:write publishes the batch and returns once the broker
+-- message_id = the row's outbox id (meta.ids[i] of sink:write: the outbox
+-- of this database, the chunk and the row's place in it): the same row
+-- sent again (a batch retried after a crash or a failure) carries the same
+-- id, so consumers drop re-sends by message_id; every row queued is a new
+-- message, also one equal to an earlier one, and two sluice instances never
+-- share an id. Called without meta (not through the outbox), message_id is
+-- the hex SHA-256 of sink name, table name and body. sink:write publishes the batch and returns once the broker
 -- confirmed every message (publisher confirms).
 -- Verdicts: a row that cannot be written as JSON, or a message the broker
 -- refuses for its size (406 on publish) -> "rejected" (the outbox
@@ -118,22 +121,25 @@ function Sink:ensure(tname)
   return true
 end
 
---- message_id(sink, table, body) -> the id a row's message carries.
+--- message_id(sink, table, body) -> the id a row's message carries when
+-- write is given no meta.ids.
 function _M.message_id(sink, tname, body)
   return digest("sha256", sink .. "\0" .. tname .. "\0" .. body, "hex")
 end
 
-function Sink:write(tname, rows)
+function Sink:write(tname, rows, _, meta)
   if #rows == 0 then return true end
   if self.declare and not self.declared then -- again after a channel error
     local ok, err, kind = self:ensure(tname)
     if not ok then return nil, err, kind end
   end
   local rk, msgs = self:key_of(tname), {}
+  local ids = meta and meta.ids
   for i = 1, #rows do
     local body, err = encode(rows[i])
     if not body then return nil, "rabbitmq: row " .. i .. ": " .. tostring(err), "rejected" end
-    msgs[i] = { routing_key = rk, body = body, type = tname, message_id = _M.message_id(self.name, tname, body) }
+    msgs[i] = { routing_key = rk, body = body, type = tname,
+      message_id = ids and ids[i] or _M.message_id(self.name, tname, body) }
   end
   local n, err, kind, confirmed, code = self.conn:publish(self.exchange, msgs, { mandatory = self.mandatory })
   if not n then

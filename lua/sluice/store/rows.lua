@@ -371,12 +371,15 @@ local function write_batch(c, d, flat, nvalid, nrows, rejects, reasons, ignored)
   return inserted, updated, unchanged, nrej
 end
 
--- write_batch, then within(valid rows, stored) in the same transaction
--- (the outbox's enqueue): what raises there rolls the batch back.
--- stored(r, col) is the value written for column col of valid row r (a
--- json column's text: the outbox reuses it instead of encoding again).
-local function write_within(within, valid, stored, ...)
-  if ... ~= nil then within(valid, stored) end
+-- write_batch, then within(valid rows, stored, layout) in the same
+-- transaction (the outbox's enqueue): what raises there rolls the batch
+-- back. stored(r, col) is the value written for column col of valid row r
+-- (a json column's text: the outbox reuses it instead of encoding again);
+-- layout = {flat, ncols, index} the values written themselves (column i of
+-- valid row r at flat[(r - 1) * ncols + i], index: name -> i), read by the
+-- outbox's native encoder.
+local function write_within(within, valid, stored, layout, ...)
+  if ... ~= nil then within(valid, stored, layout) end
   return ...
 end
 
@@ -430,7 +433,7 @@ local function upsert(self, name, rows, want_accepted, within)
       return i and flat[(r - 1) * ncols + i]
     end
     res = pack(pcall_nowait(function()
-      return write_within(within, valid, stored,
+      return write_within(within, valid, stored, { flat = flat, ncols = ncols, index = index },
         write_batch(c, d, flat, nvalid, n, rejects, reasons, acc.ignored))
     end))
   else
@@ -460,11 +463,15 @@ end
 
 --- db:upsert_accepted(name, rows [, within]) -> as upsert, plus the list
 -- of rows that passed validation (what sinks publish). within(accepted,
--- stored), when given, runs inside the batch's transaction once its rows
--- are written (the outbox queues them there); it cannot wait, and when it
--- raises the batch is rolled back and the error re-raised. stored(r, col)
--- -> the value written for column col of accepted[r] (json columns: the
--- sluice.json text of a table; valid while within runs).
+-- stored, layout), when given, runs inside the batch's transaction once
+-- its rows are written (the outbox queues them there); it cannot wait, and
+-- when it raises the batch is rolled back and the error re-raised.
+-- stored(r, col) -> the value written for column col of accepted[r] (json
+-- columns: the sluice.json text of a table); layout = {flat, ncols, index}
+-- -> the same values as written: column index[col] of accepted[r] at
+-- flat[(r - 1) * ncols + index[col]] (integers beyond 2^53 as their digits,
+-- uint256 and decimal as their text, json as its text). Both are valid
+-- while within runs and must not be changed.
 function methods:upsert_accepted(name, rows, within)
   return upsert(self, name, rows, true, within)
 end
