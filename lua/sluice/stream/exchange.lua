@@ -154,14 +154,31 @@ local function resync(proto, c, s, st, raw)
     s.log.warning("book snapshot failed", { symbol = sym.unified, error = tostring(err) })
     return true -- the next diff tries again
   end
-  local ok, why = b:snapshot(snap.id, snap.bids, snap.asks)
+  local ok, why, kind = b:snapshot(snap.id, snap.bids, snap.asks)
   if ok then
     st.unsynced_since[raw] = nil
+  elseif kind == "old" then
+    -- the stream is ahead of the REST snapshot: another one, at most once
+    -- a second (the next diff or the every-second ticker asks)
+    s.log.info("book snapshot older than the stream: fetching another", { symbol = sym.unified, reason = why })
   else
     st.resyncs[raw] = (st.resyncs[raw] or 0) + 1
     s.log.warning("book gap after its snapshot: resyncing", { symbol = sym.unified, reason = why })
   end
   return true
+end
+
+-- A REST snapshot for each book that waits for one with diffs buffered
+-- and has not asked for one within a second (Binance, every second: a
+-- quiet symbol sends no diff to ask).
+local function refetch(proto, c, s, st)
+  for raw, b in pairs(st.books) do
+    local last = st.fetched[raw]
+    if not b:synced() and b:status().buffered > 0 and (not last or sluice.now() - last >= 1) then
+      st.fetched[raw] = sluice.now()
+      resync(proto, c, s, st, raw)
+    end
+  end
 end
 
 local function on_depth(proto, c, s, st, ev)
@@ -171,8 +188,13 @@ local function on_depth(proto, c, s, st, ev)
   if r == nil then
     st.resyncs[ev.raw] = (st.resyncs[ev.raw] or 0) + 1
     s.log.warning("book gap: resyncing", { symbol = st.by_raw[ev.raw].unified, reason = why })
-    -- the next diff (buffered) fetches a snapshot at once
-    if proto.resync == "snapshot" then st.fetched[ev.raw] = nil; return true end
+    if proto.resync == "snapshot" then
+      -- the event that showed the gap waits in the (now unsynced) book's
+      -- buffer: the new snapshot may be older than it; and the snapshot is
+      -- fetched at once (on a quiet symbol no next diff would ask for it)
+      b:update(ev)
+      st.fetched[ev.raw] = sluice.now()
+    end
     return resync(proto, c, s, st, ev.raw)
   end
   if r == "buffered" and proto.resync == "snapshot" then
@@ -251,6 +273,7 @@ local function stream_fn(proto, connector)
       end
       s:every(c.options.book_interval, function() snapshot_rows(proto, c, s, st) end)
       s:every(1, function() check_books(c, s, st) end)
+      if proto.resync == "snapshot" then s:every(1, function() refetch(proto, c, s, st) end) end
     end
     if proto.ping then s:every(proto.ping.every, function() s:send(proto.ping.message) end) end
     if c.options.trades then backfill(proto, c, s, st) end
