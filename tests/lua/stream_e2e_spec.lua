@@ -210,4 +210,62 @@ describe("stream collectors against a mock exchange", function()
       assert.same({ 3, 4 }, { st.reconnects, st.connects })
       assert.is_true(st.lag_seconds >= 0 and st.lag_seconds < 5, st.lag_seconds)
     end)
+
+  it("a flood faster than the store: backpressure to the server, bounded memory, every trade stored", function()
+    local peer = require "support.ws_peer"
+    -- the ASan build keeps freed memory in quarantine and runs slower: a smaller flood, no RSS bound
+    local sanitized = peer.sanitized()
+    local total = sanitized and 16 * 2 ^ 20 or 100 * 2 ^ 20
+    dbfile = os.tmpname()
+    db = assert(store.open(dbfile))
+    -- the store takes at most ~1,000 rows per 10 ms: slower than the stream brings them
+    local upserts = 0
+    local slow = setmetatable({}, { __index = function(_, k)
+      local v = db[k]
+      if type(v) ~= "function" then return v end
+      if k == "upsert_accepted" then
+        return function(_, ...)
+          upserts = upserts + 1
+          sluice.sleep(0.01)
+          return db:upsert_accepted(...)
+        end
+      end
+      return function(_, ...) return v(db, ...) end
+    end })
+    start("bybit_stream", { symbols = { "ETH/USDT:USDT" }, books = false, max_buffer = 4 * 2 ^ 20,
+      stream_batch = { rows = 1000, age = 0.05 } },
+      { store = slow })
+    wait_for("the subscribe", function() return subs("bybit:publicTrade.ETHUSDT") == 1 end)
+    collectgarbage()
+    local rss0, peak = mockmod.rss_kb(), 0
+    local flood
+    local t = sluice.spawn(function()
+      flood = mock:control("flood", { ex = "bybit", symbol = "ETHUSDT", kind = "trades", per = 50, bytes = total }, 600)
+    end)
+    local t0 = sluice.now()
+    wait_for("the flood to be written", function()
+      peak = math.max(peak, mockmod.rss_kb())
+      return flood ~= nil
+    end, 600, 0.01)
+    local written = sluice.now() - t0
+    assert(sluice.wait(t))
+    wait_for("every trade stored", function()
+      peak = math.max(peak, mockmod.rss_kb())
+      return stream().rows == flood.trades and stream().rows_pending == 0
+    end, 600, 0.01)
+    local took = sluice.now() - t0
+    assert.equal(flood.trades, count("SELECT COUNT(*) AS n FROM trades"))
+    local st = stream()
+    assert.same({ 0, 1, 0 }, { st.reconnects, st.connects, st.rows_dropped })
+    assert.is_true(st.messages >= flood.messages and st.messages <= flood.messages + 5, st.messages) -- + replies, pongs
+    print(("\n  flood: %d messages, %.1f MB, %d trades; written in %.1f s (the server waited for the socket), "
+      .. "stored in %.1f s (%.0f rows/s, %d batches); RSS %d -> peak %d KiB (+%.1f MiB)"):format(flood.messages,
+      flood.bytes / 2 ^ 20, flood.trades, written, took, flood.trades / took, upserts, rss0, peak,
+      (peak - rss0) / 1024))
+    -- the server could not write faster than the store took rows: it finished late
+    assert.is_true(written > took * 0.75, ("written in %.1f s, stored in %.1f s"):format(written, took))
+    if not sanitized then
+      assert.is_true(peak - rss0 < 24 * 1024, ("RSS grew by %d KiB"):format(peak - rss0))
+    end
+  end)
 end)

@@ -28,7 +28,10 @@
 -- the protocol's by default), base_url (REST; the adapter's), trades and
 -- books (true), depth (20 levels a snapshot row), book_interval (10 s),
 -- backfill_pages (10 REST pages of trades at most after a reconnect),
--- resync_grace (10 s). The state of an instance is its stream handle's
+-- resync_grace (10 s), max_buffer (64 MiB: sluice.ws's bound on messages
+-- received and not yet handled; at half of it the connection stops
+-- reading, and the exchange's writes wait: a store slower than the stream
+-- holds memory at that, never more). The state of an instance is its stream handle's
 -- s.state; nothing here yields but the stream function.
 local sluice = require "sluice"
 local collector = require "sluice.collector"
@@ -65,6 +68,9 @@ local function check(proto, o)
     error("option 'depth' must be an integer in [1, 1000], got " .. tostring(o.depth), 0)
   end
   if not (o.book_interval > 0) then error("option 'book_interval' must be > 0", 0) end
+  if not (o.max_buffer >= 65536 and o.max_buffer == math.floor(o.max_buffer)) then
+    error("option 'max_buffer' must be an integer >= 65536 (bytes), got " .. tostring(o.max_buffer), 0)
+  end
   if not (o.trades or o.books) then error("options 'trades' and 'books' are both false: nothing to stream", 0) end
   return syms
 end
@@ -259,7 +265,8 @@ local function stream_fn(proto, connector)
     local st = state(proto, c, s)
     st.req = (st.req or 0) + 1
     local base = c.options.ws_url ~= "" and c.options.ws_url:gsub("/$", "") or proto.ws_urls[st.market]
-    local conn, err = s:connect(proto.url(base, st.market), { timeout = c.config.timeout, connector = connector })
+    local conn, err = s:connect(proto.url(base, st.market), { timeout = c.config.timeout,
+      max_buffer = c.options.max_buffer, connector = connector })
     if not conn then return nil, err end
     for _, m in ipairs(proto.subscribe(st.syms, c.options, st.req)) do
       local ok, serr = s:send(m)
@@ -317,7 +324,7 @@ function _M.define(proto, opts)
     retry = { strategy = "exponential_jitter", base_delay = 1, max_delay = 30 },
     tables = tables,
     options = { symbols = {}, ws_url = "", trades = true, books = true, depth = 20, book_interval = 10,
-      backfill_pages = 10, resync_grace = 10 },
+      backfill_pages = 10, resync_grace = 10, max_buffer = 64 * 2 ^ 20 },
     init = function(c) check(proto, c.options) end,
     stream = stream_fn(proto, opts.connector),
   }
