@@ -25,6 +25,7 @@ local collector = require "sluice.collector"
 local mockmod = require "support.exchange_ws"
 
 local arg1, arg2, arg3 = ...
+io.stdout:setvbuf("line")
 local updates = tonumber(arg1) or 100000
 local messages = tonumber(arg2) or 100000
 local rounds = tonumber(arg3) or 3
@@ -152,7 +153,8 @@ local function subs(key) return mock:control("state").subscriptions[key] or 0 en
 
 local function raw_round()
   local c = assert(ws.connect(mock:ws() .. "/ws/btcusdt@depth@100ms", { max_message = 2 ^ 20 }))
-  while subs("binance:btcusdt@depth@100ms") < 1 do sluice.sleep(0.01) end
+  -- this connection alone (the last round's has gone)
+  while subs("binance:btcusdt@depth@100ms") ~= 1 do sluice.sleep(0.01) end
   local done
   local t = sluice.spawn(function() done = flood() end)
   local got, t0, c0 = 0, nil, nil
@@ -174,7 +176,7 @@ local function collector_round()
     ws_url = mock:ws(), base_url = mock:base(), limiter = false, book_interval = 3600 }, {})
   c:start()
   local function st() return c:stats().stream end
-  while subs("binance:btcusdt@depth@100ms") < 1 do sluice.sleep(0.01) end
+  while not (st() and st().connected and subs("binance:btcusdt@depth@100ms") == 1) do sluice.sleep(0.01) end
   -- a first diff: the book fetches its snapshot (1,000 levels)
   local step = mock:control("step", { ex = "binance", symbol = "BTCUSDT", diffs = 1 })
   while not (st().books["BTC/USDT"] and st().books["BTC/USDT"].last_update_id == step.id) do sluice.sleep(0.01) end

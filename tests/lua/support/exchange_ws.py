@@ -580,9 +580,13 @@ class Mock:
 
         async def write(batch):
             for i, c in enumerate(conns):
-                c.ws.transport.write(b"".join(f[i] for f in batch))
+                if c.ws.open:
+                    c.ws.transport.write(b"".join(f[i] for f in batch))
             for c in conns:
-                await c.ws.drain()
+                try:
+                    await c.ws.drain()
+                except (websockets.ConnectionClosed, ConnectionError):
+                    pass  # a reader that went away misses the rest
 
         if q.get("prebuild") == "1" or not limit_bytes:
             # every frame built first: the readers are what is measured
