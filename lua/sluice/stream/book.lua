@@ -21,17 +21,24 @@
 --   - every later event continues it: first == id + 1, and prev (Binance
 --     futures' pu) == id when the event has one;
 --   - anything else is a gap: the book is invalidated (levels dropped,
---     resyncs + 1, the reason kept) and update returns nil, "gap: ...": the
---     caller fetches a new snapshot (Binance) or subscribes again (Bybit).
---     A book crossed after an event (best bid >= best ask) is known wrong
---     and invalidated the same way.
+--     resyncs + 1, the reason kept) and update returns nil, "gap: ...":
+--     the caller fetches a new snapshot (Binance: after giving the event
+--     back to update, which buffers it: the snapshot may be older than it)
+--     or subscribes again (Bybit). A book crossed after an event (best bid
+--     >= best ask) is known wrong and invalidated the same way;
+--   - a snapshot older than the buffer (the first event after it has
+--     first > id + 1: the stream missed nothing, the snapshot came from
+--     before it) is refused and the buffer kept whole: Binance says to
+--     fetch another (nil, "snapshot N older than ...", "old"); no resync
+--     is counted.
 -- A level whose size is zero is removed (removing a level the book does
 -- not have is normal: Binance says so). The book is served (top, best,
 -- levels) only while synced: a book known wrong, or not yet complete,
 -- answers nil, "not synced: <why>".
 --
 -- book.new{symbol, max_buffer = 10000}; b:snapshot(id, bids, asks [, ts])
--- -> true | nil, err (a gap in the replayed buffer); b:update(ev) ->
+-- -> true | nil, err (a gap in the replayed buffer, a crossed book) | nil,
+-- err, "old" (the snapshot is older than the buffer); b:update(ev) ->
 -- "applied" | "stale" | "buffered" | nil, "gap: ..."; ev = {first, last,
 -- prev, bids, asks, ts} with ids as Lua numbers or int64 cdata (compared
 -- as numbers: exchange ids are far below 2^53); b:invalidate(why);
@@ -134,7 +141,7 @@ function _M.new(opts)
     symbol = opts.symbol, max_buffer_ = mb,
     bids_ = new_side(true), asks_ = new_side(false),
     synced_ = false, why_ = "no snapshot yet", id_ = nil, first_ = false, ts_ = nil,
-    buffer_ = {}, resyncs_ = 0, updates_ = 0, stale_ = 0, snapshots_ = 0, dropped_buffer_ = 0,
+    buffer_ = {}, resyncs_ = 0, updates_ = 0, stale_ = 0, snapshots_ = 0, dropped_buffer_ = 0, old_snapshots_ = 0,
     since_ = nil, last_gap_ = nil,
   }, mt)
 end
@@ -237,7 +244,19 @@ function Book:snapshot(id, bids, asks, ts)
   local buffered = self.buffer_
   self.buffer_ = {}
   for i, ev in ipairs(buffered) do
-    local ok, why = step(self, ev, num(ev.first, "first"), num(ev.last, "last"))
+    local first, last = num(ev.first, "first"), num(ev.last, "last")
+    if self.first_ and last > id and first > id + 1 then
+      -- older than what the stream buffered: not a gap in the stream;
+      -- the whole buffer waits for a newer snapshot
+      local why = "snapshot " .. string.format("%.0f", id) .. " older than the buffered update "
+        .. string.format("%.0f", first)
+      self.synced_, self.why_, self.id_, self.first_ = false, why, nil, false
+      self.bids_, self.asks_ = new_side(true), new_side(false)
+      self.old_snapshots_ = self.old_snapshots_ + 1
+      for j = i, #buffered do self.buffer_[#self.buffer_ + 1] = buffered[j] end
+      return nil, why, "old"
+    end
+    local ok, why = step(self, ev, first, last)
     if not ok then
       -- the rest of the buffer waits for the next snapshot
       for j = i + 1, #buffered do self.buffer_[#self.buffer_ + 1] = buffered[j] end
@@ -285,13 +304,14 @@ function Book:best()
 end
 
 --- b:status() -> {symbol, synced, reason, best_bid, best_ask, spread,
--- bid_levels, ask_levels, last_update_id, resyncs, snapshots, updates,
--- stale, buffered, last_gap, ts}: best_bid, best_ask and spread (decimal
--- text) only while synced.
+-- bid_levels, ask_levels, last_update_id, resyncs, snapshots,
+-- old_snapshots, updates, stale, buffered, last_gap, ts}: best_bid,
+-- best_ask and spread (decimal text) only while synced.
 function Book:status()
   local s = {
     symbol = self.symbol, synced = self.synced_, reason = self.why_, resyncs = self.resyncs_,
-    snapshots = self.snapshots_, updates = self.updates_, stale = self.stale_, buffered = #self.buffer_,
+    snapshots = self.snapshots_, old_snapshots = self.old_snapshots_, updates = self.updates_, stale = self.stale_,
+    buffered = #self.buffer_,
     last_gap = self.last_gap_, ts = self.ts_,
   }
   if self.synced_ then

@@ -28,7 +28,10 @@
 -- the protocol's by default), base_url (REST; the adapter's), trades and
 -- books (true), depth (20 levels a snapshot row), book_interval (10 s),
 -- backfill_pages (10 REST pages of trades at most after a reconnect),
--- resync_grace (10 s). The state of an instance is its stream handle's
+-- resync_grace (10 s), max_buffer (64 MiB: sluice.ws's bound on messages
+-- received and not yet handled; at half of it the connection stops
+-- reading, and the exchange's writes wait: a store slower than the stream
+-- holds memory at that, never more). The state of an instance is its stream handle's
 -- s.state; nothing here yields but the stream function.
 local sluice = require "sluice"
 local collector = require "sluice.collector"
@@ -65,6 +68,9 @@ local function check(proto, o)
     error("option 'depth' must be an integer in [1, 1000], got " .. tostring(o.depth), 0)
   end
   if not (o.book_interval > 0) then error("option 'book_interval' must be > 0", 0) end
+  if not (o.max_buffer >= 65536 and o.max_buffer == math.floor(o.max_buffer)) then
+    error("option 'max_buffer' must be an integer >= 65536 (bytes), got " .. tostring(o.max_buffer), 0)
+  end
   if not (o.trades or o.books) then error("options 'trades' and 'books' are both false: nothing to stream", 0) end
   return syms
 end
@@ -154,14 +160,31 @@ local function resync(proto, c, s, st, raw)
     s.log.warning("book snapshot failed", { symbol = sym.unified, error = tostring(err) })
     return true -- the next diff tries again
   end
-  local ok, why = b:snapshot(snap.id, snap.bids, snap.asks)
+  local ok, why, kind = b:snapshot(snap.id, snap.bids, snap.asks)
   if ok then
     st.unsynced_since[raw] = nil
+  elseif kind == "old" then
+    -- the stream is ahead of the REST snapshot: another one, at most once
+    -- a second (the next diff or the every-second ticker asks)
+    s.log.info("book snapshot older than the stream: fetching another", { symbol = sym.unified, reason = why })
   else
     st.resyncs[raw] = (st.resyncs[raw] or 0) + 1
     s.log.warning("book gap after its snapshot: resyncing", { symbol = sym.unified, reason = why })
   end
   return true
+end
+
+-- A REST snapshot for each book that waits for one with diffs buffered
+-- and has not asked for one within a second (Binance, every second: a
+-- quiet symbol sends no diff to ask).
+local function refetch(proto, c, s, st)
+  for raw, b in pairs(st.books) do
+    local last = st.fetched[raw]
+    if not b:synced() and b:status().buffered > 0 and (not last or sluice.now() - last >= 1) then
+      st.fetched[raw] = sluice.now()
+      resync(proto, c, s, st, raw)
+    end
+  end
 end
 
 local function on_depth(proto, c, s, st, ev)
@@ -171,8 +194,13 @@ local function on_depth(proto, c, s, st, ev)
   if r == nil then
     st.resyncs[ev.raw] = (st.resyncs[ev.raw] or 0) + 1
     s.log.warning("book gap: resyncing", { symbol = st.by_raw[ev.raw].unified, reason = why })
-    -- the next diff (buffered) fetches a snapshot at once
-    if proto.resync == "snapshot" then st.fetched[ev.raw] = nil; return true end
+    if proto.resync == "snapshot" then
+      -- the event that showed the gap waits in the (now unsynced) book's
+      -- buffer: the new snapshot may be older than it; and the snapshot is
+      -- fetched at once (on a quiet symbol no next diff would ask for it)
+      b:update(ev)
+      st.fetched[ev.raw] = sluice.now()
+    end
     return resync(proto, c, s, st, ev.raw)
   end
   if r == "buffered" and proto.resync == "snapshot" then
@@ -237,7 +265,8 @@ local function stream_fn(proto, connector)
     local st = state(proto, c, s)
     st.req = (st.req or 0) + 1
     local base = c.options.ws_url ~= "" and c.options.ws_url:gsub("/$", "") or proto.ws_urls[st.market]
-    local conn, err = s:connect(proto.url(base, st.market), { timeout = c.config.timeout, connector = connector })
+    local conn, err = s:connect(proto.url(base, st.market), { timeout = c.config.timeout,
+      max_buffer = c.options.max_buffer, connector = connector })
     if not conn then return nil, err end
     for _, m in ipairs(proto.subscribe(st.syms, c.options, st.req)) do
       local ok, serr = s:send(m)
@@ -251,6 +280,7 @@ local function stream_fn(proto, connector)
       end
       s:every(c.options.book_interval, function() snapshot_rows(proto, c, s, st) end)
       s:every(1, function() check_books(c, s, st) end)
+      if proto.resync == "snapshot" then s:every(1, function() refetch(proto, c, s, st) end) end
     end
     if proto.ping then s:every(proto.ping.every, function() s:send(proto.ping.message) end) end
     if c.options.trades then backfill(proto, c, s, st) end
@@ -294,7 +324,7 @@ function _M.define(proto, opts)
     retry = { strategy = "exponential_jitter", base_delay = 1, max_delay = 30 },
     tables = tables,
     options = { symbols = {}, ws_url = "", trades = true, books = true, depth = 20, book_interval = 10,
-      backfill_pages = 10, resync_grace = 10 },
+      backfill_pages = 10, resync_grace = 10, max_buffer = 64 * 2 ^ 20 },
     init = function(c) check(proto, c.options) end,
     stream = stream_fn(proto, opts.connector),
   }
