@@ -206,6 +206,21 @@ describe("sluice.stream.book", function()
     assert.same({ bids = {}, asks = { { "17001", "2" } }, id = 2 }, b:top())
   end)
 
+  it("Bybit: a snapshot on the stream after a service restart (u = 1) syncs a book holding older deltas", function()
+    local b = book.new{ symbol = "BTC/USDT:USDT" }
+    assert.is_true(b:snapshot(500, { { "100", "1" } }, { { "101", "1" } }, nil, { stream = true }))
+    assert.same({ nil, "gap: book at update 500, event 502..502" }, { b:update{ first = 502, last = 502, bids = {}, asks = {} } })
+    -- unsynced: the next deltas wait for a snapshot
+    assert.equal("buffered", b:update{ first = 503, last = 503, bids = { { "99", "1" } }, asks = {} })
+    assert.equal("buffered", b:update{ first = 504, last = 504, bids = {}, asks = {} })
+    -- the service restarted: its snapshot starts again at u = 1, after the buffered deltas
+    assert.is_true(b:snapshot(1, { { "200", "3" } }, { { "201", "4" } }, nil, { stream = true }))
+    assert.is_true(b:synced())
+    assert.equal("applied", b:update{ first = 2, last = 2, bids = { { "199", "5" } }, asks = {} })
+    assert.same({ bids = { { "200", "3" }, { "199", "5" } }, asks = { { "201", "4" } }, id = 2 }, b:top())
+    assert.equal(2, b:status().stale)
+  end)
+
   it("invalidates a crossed book rather than serve it", function()
     local b = book.new()
     b:snapshot(1, { { "10", "1" } }, { { "11", "1" } })

@@ -14,7 +14,11 @@
 -- orderbook.N deltas, whose update id u is an event with first = last = u):
 --   - before a snapshot, events are buffered (at most max_buffer; more
 --     drops the buffer: the snapshot will be older than what is lost);
---   - snapshot(id, ...) replaces every level and replays the buffer;
+--   - snapshot(id, ...) replaces every level and replays the buffer; a
+--     snapshot that came on the stream itself (Bybit's: snapshot(id, bids,
+--     asks, ts, {stream = true})) follows every event buffered before it,
+--     so those are stale, never replayed (after a service restart its
+--     u starts again at 1, below them all);
 --   - an event whose last <= the book's id is stale: dropped ("stale");
 --   - the first event applied after a snapshot straddles it: first <= id + 1
 --     (Binance: U <= lastUpdateId + 1 <= u);
@@ -223,8 +227,9 @@ function Book:update(ev)
   return step(self, ev, first, last)
 end
 
---- b:snapshot(id, bids, asks [, ts]) -> true | nil, "gap: ..."
-function Book:snapshot(id, bids, asks, ts)
+--- b:snapshot(id, bids, asks [, ts [, opts]]) -> true | nil, "gap: ..."
+-- opts.stream: the snapshot came on the stream, after what is buffered.
+function Book:snapshot(id, bids, asks, ts, opts)
   id = tonumber(id)
   if id == nil then error("sluice.stream.book: snapshot: bad argument #1 (an update id expected)", 2) end
   check_levels(bids, "bids")
@@ -243,6 +248,10 @@ function Book:snapshot(id, bids, asks, ts)
   end
   local buffered = self.buffer_
   self.buffer_ = {}
+  if opts and opts.stream then
+    self.stale_ = self.stale_ + #buffered
+    return true
+  end
   for i, ev in ipairs(buffered) do
     local first, last = num(ev.first, "first"), num(ev.last, "last")
     if self.first_ and last > id and first > id + 1 then

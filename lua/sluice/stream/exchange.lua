@@ -221,7 +221,8 @@ end
 local function on_snapshot(st, s, ev)
   local b = st.books[ev.raw]
   if not b then return end
-  local ok, why = b:snapshot(ev.id, ev.bids, ev.asks, ev.ts)
+  -- a snapshot on the stream follows whatever the book buffered
+  local ok, why = b:snapshot(ev.id, ev.bids, ev.asks, ev.ts, { stream = true })
   if ok then
     st.unsynced_since[ev.raw] = nil
   else
