@@ -38,6 +38,9 @@
 --     twice. A sink that raises counts as a failure to retry.
 --   sink:close() (optional; no yield) when the outbox stops;
 --   sink:stats() (optional) -> a table merged into the sink's status.
+--   sink.batch (optional): the batch size the kind works best with (the
+--     engine's own bulk path wants more rows per insert than 1000), the
+--     default when the sink's configuration gives no batch.
 -- A kind: register_kind(kind, factory), factory(name, settings, ctx) ->
 --   sink | nil, err; settings are the sink's configuration without the
 --   outbox's own keys; ctx = {db, redis (sluice.redis client or nil),
@@ -48,7 +51,7 @@
 -- Configuration of a sink (new's second argument, config.sinks):
 --   kind      the sink kind (default: the sink's name when it names a kind)
 --   tables    list of table names it takes (default: all)
---   batch     rows per write (default 1000; whole chunks, which enqueue
+--   batch     rows per write (default: the kind's sink.batch, else 1000; whole chunks, which enqueue
 --             cuts at the smallest batch of the sinks taking them)
 --   max_age   seconds a row may wait for a batch to fill (default 1)
 --   max_rows  bound on the rows queued for it (default 1e6)
@@ -155,6 +158,13 @@ local SINK_BREAKER = { failure_threshold = 5, timeout = 30, max_timeout = 300 }
 
 -- The state of one sink: its settings, the sink, breaker and backoff, the
 -- forwarder's fields (sluice.outbox.forwarder) and the enqueue's.
+-- A sink's own default batch (sink.batch), when it is a usable one.
+local function kind_batch(sink)
+  local b = rawget(sink, "batch")
+  if type(b) == "number" and b >= 1 and b == math.floor(b) then return b end
+  return nil
+end
+
 local function sink_state(name, settings, ctx)
   local kind = _M.kind_of(name, settings)
   local factory = _M.kind(kind)
@@ -182,7 +192,7 @@ local function sink_state(name, settings, ctx)
   end
   return {
     name = name, kind = kind, sink = sink, breaker = cb, tables = tables,
-    batch = settings.batch or 1000, max_age = settings.max_age or 1,
+    batch = settings.batch or kind_batch(sink) or 1000, max_age = settings.max_age or 1,
     max_rows = settings.max_rows or 1000000, on_full = settings.on_full or "stop",
     backoff = retry.new({ strategy = "exponential_jitter", base_delay = r.base_delay or 0.5,
       max_delay = r.max_delay or 30, budget = false, name = "sink:" .. name }),

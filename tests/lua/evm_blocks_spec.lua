@@ -268,6 +268,9 @@ describe("evm_blocks", function()
   it("backfills a block range exactly, window by window", function()
     node = anvil.start{ chain_id = 1 }
     for i = 1, 20 do node:send_eth(1 + i % 3, 5, i) end -- blocks 1..20 with a transfer each
+    -- anvil answers a send before its automine has made the block: a
+    -- transfer still pending would land in one of anvil_mine's blocks
+    wait_for("the transfers' 20 blocks", function() return head_of(node) == 20 end)
     node:rpc("anvil_mine", { "0x118" })                -- to 300
     c = instance(node, db, { batch_size = 7, backfill_step = 100 })
     -- a stored block the node no longer has at that number

@@ -46,6 +46,7 @@ outbox.register_kind("spec_mem", function(name, settings)
     end,
     close = function() m.closed = true end,
     stats = function() return { calls = m.calls } end,
+    batch = settings.kind_batch,
   }
 end)
 
@@ -311,6 +312,13 @@ describe("sluice.outbox", function()
     c:store_rows({ ticks = rows_of(2), other = { { id = 1 } } })
     assert.same({ 1, 0 }, { queued(db, "a"), queued(db, "b") })
     assert.has_error(function() box:route(c, { "nope" }) end, "sluice.outbox.route: no sink named 'nope' (a, b)")
+  end)
+
+  it("takes a kind's own default batch unless the configuration gives one", function()
+    local _, _, box = setup({ a = { kind = "spec_mem", kind_batch = 7 }, b = { kind = "spec_mem", kind_batch = 7, batch = 3 },
+      c = { kind = "spec_mem" } }, { idle = true })
+    local st = box:status()
+    assert.same({ 7, 3, 1000 }, { st.a.batch, st.b.batch, st.c.batch })
   end)
 
   it("reports exact figures in /status and /metrics, and the breaker where breakers are", function()

@@ -190,6 +190,7 @@ function _M.new(name, settings, ctx)
     connect_timeout = settings.connect_timeout or 5, timeout = settings.timeout or 30,
     log = ctx and ctx.log, server_version = nil, types = nil, db_made = false,
     plans = {}, version = ffi.new("uint64_t", 0), batches = 0, rows = 0, bytes = 0,
+    batch = 20000, -- the outbox's default for this kind: a part per INSERT, so few large ones
   }, Sink)
 end
 

@@ -88,6 +88,7 @@ function _M.new(name, settings, ctx)
     method = settings.method or "copy", log = ctx and ctx.log,
     conn = nil, plans = {}, temps = {}, direct = {}, batches = 0, rows = 0, copies = 0, connects = 0,
     server_version = nil,
+    batch = 5000, -- the outbox's default for this kind: half the per-row cost of updates of 1000
   }, Sink)
 end
 
