@@ -41,6 +41,7 @@
 --   ops:status() -> body                   collectors' statistics, tasks, config view,
 --                                          exchanges (sluice.exchange.stats) when any,
 --                                          sinks (the outbox's status) when any
+--                                          and alerts (sluice.alerts' status) when running
 --   ops:performance() -> body              the reference /performance shape
 --   ops:quality() -> { table = report }    the store's data-quality report
 --   ops:logs{level, limit, since} -> entries | nil, err, "invalid"
@@ -180,6 +181,7 @@ function _M:status()
     exchanges = ex and ex.total_exchanges > 0 and ex or nil,
     collectors = cs, tasks = sluice.tasks(), config = a.config and redact.classify(a.config) or {},
     sinks = a.outbox and a.store and a.store:is_open() and a.outbox:status() or nil, -- sluice.outbox
+    alerts = a.alerts and a.alerts:status() or nil, -- sluice.alerts: webhooks, last deliveries, failures
   }
 end
 
