@@ -32,6 +32,7 @@
 --   local m = alerts.start(settings, { current = function() return app end })
 --   m:configure(settings)   -- a reload (nil: no alerts now)
 --   m:emit(type, source, message [, details [, status]])
+--   m:send{message, severity, source, details} -- an operator's alert (POST /alert)
 --   m:flush()               -- close the group now
 --   m:status()              -- /status's "alerts"
 --   m:stop(grace)           -- send what is queued for up to grace seconds; yields
@@ -52,7 +53,7 @@ local mt = { __index = _M }
 
 --- EVENTS: the event types, as webhooks' events lists name them.
 _M.EVENTS = { "breaker_opened", "breaker_closed", "collector_health_changed", "backfill_finished",
-  "backfill_failed", "redis_degraded", "redis_recovered", "outbox_full", "outbox_recovered" }
+  "backfill_failed", "redis_degraded", "redis_recovered", "outbox_full", "outbox_recovered", "alert" }
 
 -- type -> status, severity (collector_health_changed: by the new health)
 local KIND = {
@@ -165,11 +166,12 @@ local function current(self)
   return self.source and self.source.current() or nil
 end
 
-local function emit(self, t, source, message, details, status)
+local function emit(self, t, source, message, details, status, severity)
   if self.stopped or #self.webhooks == 0 then return end
   local kind = KIND[t]
-  local severity
-  if kind then
+  if severity then
+    status = status or (severity == "info" and "info" or "firing")
+  elseif kind then
     status, severity = status or kind[1], kind[2]
   else
     status = status or "firing"
@@ -286,6 +288,40 @@ function _M:emit(t, source, message, details, status)
     error("sluice.alerts.emit: bad arguments (type and message strings expected)", 2)
   end
   emit(self, t, source, message, details, status)
+end
+
+local SEND_FIELDS = { message = true, severity = true, source = true, details = true }
+local SEVERITIES = { info = true, warning = true, error = true, critical = true }
+
+--- m:send(body) -> id | nil, err, kind: an "alert" event an operator sends
+-- (POST /alert): body = {message, severity ("info", "warning" (default),
+-- "error", "critical"), source (default "api"), details (a table)}. kind
+-- "invalid" for a malformed body, "unavailable" without webhooks.
+function _M:send(body)
+  if type(body) ~= "table" then return nil, "the alert must be an object {message = ...}", "invalid" end
+  for k in pairs(body) do
+    if not SEND_FIELDS[k] then
+      return nil, "unknown field '" .. tostring(k) .. "' (message, severity, source, details)", "invalid"
+    end
+  end
+  if type(body.message) ~= "string" or body.message == "" then
+    return nil, "field 'message' (a non-empty string) is required", "invalid"
+  end
+  local severity = body.severity or "warning"
+  if not SEVERITIES[severity] then
+    return nil, "field 'severity' must be info, warning, error or critical", "invalid"
+  end
+  if body.source ~= nil and type(body.source) ~= "string" then
+    return nil, "field 'source' must be a string", "invalid"
+  end
+  if body.details ~= nil and type(body.details) ~= "table" then
+    return nil, "field 'details' must be an object", "invalid"
+  end
+  if self.stopped or #self.webhooks == 0 then
+    return nil, "no alert webhooks are configured (alerts.webhooks)", "unavailable"
+  end
+  emit(self, "alert", body.source or "api", body.message, body.details, nil, severity)
+  return self.next_id
 end
 
 --- m:flush(): the events gathered go out now (one delivery per webhook).

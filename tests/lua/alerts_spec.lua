@@ -107,7 +107,7 @@ return collector.define({
 })
 ]]
 
-local CONFIG = [[return { store = "%DIR%/db.sqlite", admin = { port = 0 },
+local CONFIG = [[return { store = "%DIR%/db.sqlite", admin = { port = 0, insecure_loopback_mutations = true },
   sinks = { mem = { kind = "alerts_spec_mem", max_rows = 3, max_age = 0.01 } },
   collectors = { { file = "feed.lua", name = "a" }, { file = "feed.lua", name = "b" } },
   alerts = { webhooks = { { url = "%URL%", format = "%FORMAT%" } }, group_window = 0, check_interval = 0.02 } }]]
@@ -162,7 +162,7 @@ describe("sluice.alerts", function()
         prep({ webhooks = { { url = url, format = "xml" } } }))
       assert.equal("sluice.lua: alerts.webhooks[1].events[2]: must be 'breaker_opened', 'breaker_closed', "
         .. "'collector_health_changed', 'backfill_finished', 'backfill_failed', "
-        .. "'redis_degraded', 'redis_recovered', 'outbox_full' or 'outbox_recovered', got 'breaker_open'",
+        .. "'redis_degraded', 'redis_recovered', 'outbox_full', 'outbox_recovered' or 'alert', got 'breaker_open'",
         prep({ webhooks = { { url = url, events = { "breaker_opened", "breaker_open" } } } }))
       assert.equal("sluice.lua: alerts.webhooks[1].retry[1]: must be a finite number > 0, got 0",
         prep({ webhooks = { { url = url, retry = { 0 } } } }))
@@ -178,6 +178,13 @@ describe("sluice.alerts", function()
         prep({ webhooks = { { url = url } }, group_window = -1 }))
       assert.equal("sluice.lua: alerts.webhooks[1].url: environment variable ALERTS_SPEC_UNSET is not set",
         prep({ webhooks = { { url = require("sluice.collector").env("ALERTS_SPEC_UNSET") } } }))
+    end)
+
+    it("refuses an operator's alert without webhooks", function()
+      local m = alerts.start(nil)
+      assert.same({ nil, "no alert webhooks are configured (alerts.webhooks)", "unavailable" },
+        { m:send({ message = "x" }) })
+      m:stop(0)
     end)
 
     it("never shows a webhook URL: /status's view, log lines, the alerts' status", function()
@@ -356,6 +363,75 @@ describe("sluice.alerts", function()
         r.got[1].decoded)
     end)
 
+    it("sends what is gathered and queued at stop, within the grace; then gives up", function()
+      local r = receiver()
+      defer(r.close)
+      local hang = {}
+      r.srv:route("POST", "/hang", function()
+        hang[#hang + 1] = sluice.current()
+        sluice.park()
+        return 200
+      end)
+      defer(function() for _, t in ipairs(hang) do sluice.unpark(t) end end)
+      local hung = "http://127.0.0.1:" .. r.port .. "/hang"
+      local m = alerts.start({ webhooks = { { url = r.url() }, { url = hung } }, group_window = 60,
+        check_interval = 60 })
+      m:emit("redis_degraded", "redis", "down")
+      -- the group window is a minute: stop sends it now
+      local t0 = sluice.now()
+      m:stop(0.3)
+      local took = sluice.now() - t0
+      assert.equal(1, #r.got)
+      assert.same({ "redis_degraded redis" }, events_of(r.got[1]))
+      -- the hung receiver held its delivery until the grace ran out
+      assert.equal(1, #hang)
+      assert.is_true(took >= 0.3 and took < 2, "stop took " .. took)
+      local st = m:status().webhooks
+      assert.same({ 1, 0, "closed" }, { st[1].delivered, st[2].delivered, st[1].breaker })
+      -- emitting after stop does nothing (and never yields or raises)
+      m:emit("redis_recovered", "redis", "up")
+      assert.equal(0, m:status().pending)
+    end)
+
+    it("never makes collection wait: emitting returns at once while a receiver hangs", function()
+      local r = receiver()
+      defer(r.close)
+      local hang = {}
+      r.srv:route("POST", PATH, function()
+        hang[#hang + 1] = sluice.current()
+        sluice.park()
+        return 200
+      end)
+      defer(function() for _, t in ipairs(hang) do sluice.unpark(t) end end)
+      local m = start({ webhooks = { { url = r.url(), timeout = 30 } }, group_window = 0, check_interval = 60 })
+      m:emit("outbox_full", "pg", "full 1")
+      m:flush()
+      wait_for("the hung request", function() return #hang == 1 end)
+      -- a coroutine that may not yield: emit and flush never do
+      for i = 2, 100 do
+        local co = coroutine.create(function()
+          m:emit("outbox_full", "pg", "full " .. i)
+          m:flush()
+        end)
+        assert.is_true(coroutine.resume(co))
+        assert.equal("dead", coroutine.status(co))
+      end
+      assert.same({ 1, 99 }, { m:status().webhooks[1].sending, m:status().webhooks[1].queued })
+    end)
+
+    it("sends the configured headers, collector.env values revealed at send time", function()
+      local r = receiver()
+      defer(r.close)
+      local env = require("sluice.collector").env
+      local m = start({ webhooks = { { url = r.url(), headers = { ["X-Team"] = "ops",
+        Authorization = env("ALERTS_SPEC_AUTH", "Bearer from-default") } } }, group_window = 0, check_interval = 60 })
+      m:emit("breaker_closed", "x", "closed")
+      m:flush()
+      wait_for("the delivery", function() return #r.got == 1 end)
+      assert.same({ "ops", "Bearer from-default", "sluice/" .. sluice._VERSION },
+        { r.got[1].headers["x-team"], r.got[1].headers["authorization"], r.got[1].headers["user-agent"] })
+    end)
+
     it("sends each webhook only the events it takes", function()
       local a, b = receiver(), receiver()
       defer(a.close)
@@ -460,6 +536,26 @@ describe("sluice.alerts", function()
       for _, entry in ipairs(log.recent()) do
         assert.is_nil(json.encode(entry, true):find("s3cr3tT0ken", 1, true))
       end
+
+      -- POST /alert: the reference's operation, an operator's alert
+      local http = require "sluice.http"
+      local function post_alert(body)
+        local pres = assert(http.post("http://127.0.0.1:" .. app.admin.port .. "/alert", {
+          headers = { ["Content-Type"] = "application/json" }, body = body }))
+        return pres.status, pres:json()
+      end
+      assert.same({ 400, { error = "field 'message' (a non-empty string) is required" } },
+        { post_alert('{"severity": "error"}') })
+      assert.same({ 400, { error = "unknown field 'msg' (message, severity, source, details)" } },
+        { post_alert('{"msg": "x"}') })
+      assert.same({ 400, { error = "field 'severity' must be info, warning, error or critical" } },
+        { post_alert('{"message": "x", "severity": "fatal"}') })
+      local ps, pb = post_alert('{"message": "disk 91% full", "severity": "error", "source": "ops",'
+        .. ' "details": {"disk": "/var"}}')
+      assert.same({ 202, "queued" }, { ps, pb.status })
+      e = step("the operator's alert", { "alert ops" })
+      assert.same({ pb.id, "disk 91% full", "error", "firing", "/var" },
+        { e.id, e.message, e.severity, e.status, e.details.disk })
 
       -- a reload: the same webhook, now in Slack's format; its counters stay
       write_config(dir, r.url(), "slack")

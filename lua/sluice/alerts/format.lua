@@ -3,7 +3,7 @@
 --   local body = format.render("json" | "slack", delivery, context)
 --
 -- delivery = {sequence, dropped (deliveries dropped from this webhook's
--- queue before this one and after the last one sent), events = {event,
+-- full queue between the one before it and this one), events = {event,
 -- ...}}; context = {service, host}. An event is what sluice.alerts makes:
 -- {id, event, status ("firing" | "resolved" | "info"), severity, source,
 -- message, timestamp, details}.

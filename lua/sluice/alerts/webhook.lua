@@ -272,7 +272,7 @@ function _M:status()
     name = self.name, url = self.safe, format = self.format, events = events,
     queued = self:queued(), queue_max = self.max_queue, sending = self.sending and self.sending.sequence or nil,
     delivered = self.delivered, failed = self.failed, dropped = self.dropped, attempts = self.attempts,
-    breaker = self.breaker:status().state, last_error = self.last_error,
+    breaker = self.breaker:stats().state, last_error = self.last_error,
     deliveries = copy(self.deliveries), failures = copy(self.failures),
   }
 end
