@@ -432,6 +432,39 @@ describe("sluice.alerts", function()
         { r.got[1].headers["x-team"], r.got[1].headers["authorization"], r.got[1].headers["user-agent"] })
     end)
 
+    it("keeps sending across a reload that replaces the webhook's breaker mid-request", function()
+      local r = receiver()
+      defer(r.close)
+      local held = {}
+      r.srv:route("POST", "/slow", function()
+        held[#held + 1] = sluice.current()
+        sluice.park()
+        return 200, "ok"
+      end)
+      defer(function() for _, t in ipairs(held) do sluice.unpark(t) end end)
+      local url = "http://127.0.0.1:" .. r.port .. "/slow"
+      local m = start({ webhooks = { { url = url, breaker = { failure_threshold = 100 } } }, group_window = 0,
+        check_interval = 60 })
+      local old = breaker.get("alerts:1")
+      m:emit("outbox_full", "pg", "full")
+      m:flush()
+      wait_for("the request in flight", function() return #held == 1 end)
+      -- a reload with other breaker options: a new breaker "alerts:1"
+      m:configure({ webhooks = { { url = url, breaker = { failure_threshold = 50 } } }, group_window = 0,
+        check_interval = 60 })
+      local new = breaker.get("alerts:1")
+      assert.is_not.equal(old, new)
+      assert.equal(50, new:status().failure_threshold)
+      sluice.unpark(held[1])
+      wait_for("the delivery", function() return m:status().webhooks[1].delivered == 1 end)
+      m:emit("outbox_recovered", "pg", "room")
+      m:flush()
+      wait_for("the next request", function() return #held == 2 end)
+      sluice.unpark(held[2])
+      wait_for("the next delivery", function() return m:status().webhooks[1].delivered == 2 end)
+      assert.same({ "closed", 1 }, { m:status().webhooks[1].breaker, new:status().statistics.total_successes })
+    end)
+
     it("sends each webhook only the events it takes", function()
       local a, b = receiver(), receiver()
       defer(a.close)
@@ -450,22 +483,32 @@ describe("sluice.alerts", function()
 
   describe("sources", function()
     it("sees Redis going and coming back once each (the shared object's degraded())", function()
+      local rs = require "support.redis_server"
+      local srv, red = rs.with_client()
+      defer(function() srv:shutdown(red) end)
+      local sh = require("sluice.shared").new(red)
+      assert(sh:call("PING"))
       local r = receiver()
       defer(r.close)
-      local down = false
-      local shared = { degraded = function() return down end }
-      local app = { order = {}, shared = shared }
+      local app = { order = {}, shared = sh }
       local m = start({ webhooks = { { url = r.url() } }, group_window = 0, check_interval = 0.02 },
         { current = function() return app end })
-      down = true
+      -- what the shared object does when a call finds Redis away
+      sh:unreachable("redis unreachable: using local state until it is back", "disconnected")
+      assert.is_true(sh:degraded())
       wait_for("the degraded delivery", function() return #r.got == 1 end)
       polls(m, 3)
-      down = false
+      assert(sh:call("PING")) -- a call that reaches it ends the outage
+      assert.is_false(sh:degraded())
       wait_for("the recovered delivery", function() return #r.got == 2 end)
       polls(m, 3)
       assert.equal(2, #r.got)
       assert.same({ "redis_degraded redis" }, events_of(r.got[1]))
       assert.same({ "redis_recovered redis" }, events_of(r.got[2]))
+      assert.same({ "firing", "warning", false }, { r.got[1].decoded.alerts[1].status,
+        r.got[1].decoded.alerts[1].severity, r.got[1].decoded.alerts[1].details.reachable })
+      assert.same({ "resolved", "info", true }, { r.got[2].decoded.alerts[1].status,
+        r.got[2].decoded.alerts[1].severity, r.got[2].decoded.alerts[1].details.reachable })
     end)
 
     it("sees a running app's collectors, backfills and outbox; /status shows the deliveries; reload", function()

@@ -159,6 +159,13 @@ local function pause(self, s)
   return true
 end
 
+-- Reports an attempt's outcome to the breaker that gave its permit, unless
+-- a reload replaced (and closed) that breaker meanwhile.
+local function record(self, cb, ok, permit, took)
+  if cb ~= self.breaker then return end
+  if ok then cb:success(permit, took) else cb:failure(permit, took) end
+end
+
 -- Sends d until it goes through, fails for good or stop's deadline comes.
 local function deliver(self, d)
   local attempt = 0
@@ -182,7 +189,7 @@ local function deliver(self, d)
         connect_timeout = math.max(0.001, math.min(self.timeout, 5, left(self))) })
       local took = sluice.now() - t0
       if res and res.status >= 200 and res.status < 300 then
-        cb:success(permit, took)
+        record(self, cb, true, permit, took)
         self.delivered = self.delivered + 1
         remember(self.deliveries, { sequence = d.sequence, events = #d.events, status = res.status,
           attempts = attempt, at = sluice.iso8601(sluice.time()), seconds = took })
@@ -195,7 +202,7 @@ local function deliver(self, d)
       local why = res and ("HTTP " .. res.status) or redact.text(tostring(err))
       local final = not retryable(res)
       -- a final answer came from a receiver that is up
-      if final then cb:success(permit, took) else cb:failure(permit, took) end
+      record(self, cb, final, permit, took)
       remember(self.failures, { sequence = d.sequence, error = why, attempt = attempt,
         final = final or nil, at = sluice.iso8601(sluice.time()) })
       self.last_error = why
@@ -228,7 +235,12 @@ local function run(self)
       self.queue[self.head] = nil
       self.head = self.head + 1
       self.sending = d
-      deliver(self, d)
+      -- a bug here must not end the webhook's sending for good
+      local ok, err = xpcall(deliver, debug.traceback, self, d)
+      if not ok then
+        self.failed = self.failed + 1
+        self.log.error("alert delivery failed: dropped", { sequence = d.sequence, error = tostring(err) })
+      end
       self.sending = nil
       if left(self) <= 0 then return end
     end
