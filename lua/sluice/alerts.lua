@@ -200,6 +200,8 @@ local function apply(self, settings)
   self.group_window = settings.group_window or _M.DEFAULT_GROUP_WINDOW
   local interval = settings.check_interval or _M.DEFAULT_CHECK_INTERVAL
   local list = settings.webhooks or {}
+  -- alerts off until now: what changed meanwhile is no event
+  local resumed = #self.webhooks == 0
   for i, ws in ipairs(list) do
     local w = self.webhooks[i]
     if w then
@@ -221,7 +223,7 @@ local function apply(self, settings)
     end
     self.check_interval = interval
     if not self.timer and #list > 0 then
-      self.watch:poll(current(self))
+      self.watch:poll(current(self), resumed)
       self.timer = sluice.every(interval, function(premature)
         if not premature and not self.stopped then
           self.watch:poll(current(self))

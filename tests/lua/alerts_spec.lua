@@ -511,6 +511,29 @@ describe("sluice.alerts", function()
         r.got[2].decoded.alerts[1].severity, r.got[2].decoded.alerts[1].details.reachable })
     end)
 
+    it("takes a new baseline when alerts come back after a reload without them", function()
+      local r = receiver()
+      defer(r.close)
+      -- the watcher reads c.name and c:health() of the app's collectors
+      local health = "healthy"
+      local app = { order = { { name = "x", health = function() return health end } } }
+      local on = { webhooks = { { url = r.url() } }, group_window = 0, check_interval = 0.02 }
+      local m = start(on, { current = function() return app end })
+      health = "failed"
+      wait_for("the delivery", function() return #r.got == 1 end)
+      assert.same({ "collector_health_changed x" }, events_of(r.got[1]))
+      m:configure(nil) -- a reload without alerts
+      health = "healthy"
+      m:configure(on) -- and one with them again: healthy is the baseline now
+      local checks = m:status().checks
+      wait_for("more checks", function() return m:status().checks >= checks + 3 end)
+      assert.equal(1, #r.got)
+      health = "degraded"
+      wait_for("the next delivery", function() return #r.got == 2 end)
+      assert.same({ "healthy", "degraded" }, { r.got[2].decoded.alerts[1].details.from,
+        r.got[2].decoded.alerts[1].details.to })
+    end)
+
     it("sees a running app's collectors, backfills and outbox; /status shows the deliveries; reload", function()
       local r = receiver()
       defer(r.close)

@@ -18,7 +18,7 @@
 --
 --   local w = watch.new(emit)   -- emit(type, source, message, details)
 --   w:attach()                  -- on_change on breakers not yet attached
---   w:poll(app)                 -- compare the polled sources with before
+--   w:poll(app [, quiet])       -- compare the polled sources with before
 --   w:stop()                    -- no more events (callbacks stay, inert)
 --
 -- The watcher owns its last readings. No call yields.
@@ -41,6 +41,11 @@ function _M.new(emit)
   }, mt)
 end
 
+-- Passes an event on, unless this is a quiet poll (a new baseline).
+local function say(self, ...)
+  if not self.quiet then self.emit(...) end
+end
+
 local function breaker_changed(self, cb, to, reason)
   if self.stopped then return end
   local name = cb:name()
@@ -48,12 +53,12 @@ local function breaker_changed(self, cb, to, reason)
     self.open[name] = true
     local st, m = cb:status(), cb:metrics()
     local next_attempt = iso(m.open_until)
-    self.emit("breaker_opened", name, ("circuit breaker '%s' opened (%s, %d failures)%s"):format(name,
+    say(self, "breaker_opened", name, ("circuit breaker '%s' opened (%s, %d failures)%s"):format(name,
       reason, st.failure_count, next_attempt and ("; next attempt at " .. next_attempt) or ""),
       { breaker = name, reason = reason, failure_count = st.failure_count, next_attempt = next_attempt })
   elseif to == "closed" and self.open[name] then
     self.open[name] = false
-    self.emit("breaker_closed", name, ("circuit breaker '%s' closed (%s)"):format(name, reason),
+    say(self, "breaker_closed", name, ("circuit breaker '%s' closed (%s)"):format(name, reason),
       { breaker = name, reason = reason })
   end
 end
@@ -80,7 +85,7 @@ local function poll_collectors(self, app)
     local prev = self.health and self.health[c.name]
     now[c.name] = h
     if prev and prev ~= h and h ~= "disabled" and prev ~= "disabled" then
-      self.emit("collector_health_changed", c.name, ("collector '%s' is %s (was %s)%s"):format(c.name, h, prev,
+      say(self, "collector_health_changed", c.name, ("collector '%s' is %s (was %s)%s"):format(c.name, h, prev,
         why and (": " .. why) or ""), { collector = c.name, from = prev, to = h, reason = why },
         FIRING[h] and "firing" or "resolved")
     end
@@ -96,7 +101,7 @@ local function poll_backfills(self)
     self.jobs[id] = st.state
     if not first and prev ~= st.state and st.state ~= "running" then
       local kind = st.state == "failed" and "backfill_failed" or "backfill_finished"
-      self.emit(kind, st.collector, ("backfill %s of '%s' %s: %d of %d windows done, %d failed, %d rows"):format(
+      say(self, kind, st.collector, ("backfill %s of '%s' %s: %d of %d windows done, %d failed, %d rows"):format(
         id, st.collector, st.state == "done" and "finished" or st.state, st.windows_done, st.windows_total,
         st.windows_failed, st.rows),
         { id = id, collector = st.collector, state = st.state, windows_total = st.windows_total,
@@ -110,10 +115,10 @@ local function poll_redis(self, app)
   local down = app.shared and app.shared:degraded() and true or false
   if self.redis ~= nil and down ~= self.redis then
     if down then
-      self.emit("redis_degraded", "redis", "redis is unreachable: shared state is local until it is back",
+      say(self, "redis_degraded", "redis", "redis is unreachable: shared state is local until it is back",
         { reachable = false })
     else
-      self.emit("redis_recovered", "redis", "redis is reachable again: sharing state", { reachable = true })
+      say(self, "redis_recovered", "redis", "redis is reachable again: sharing state", { reachable = true })
     end
   end
   self.redis = down
@@ -130,10 +135,10 @@ local function poll_outbox(self, app)
     if not first and prev ~= nil and prev ~= st.full then
       local d = { sink = name, depth = st.depth, max_rows = st.max_rows, on_full = st.on_full }
       if st.full then
-        self.emit("outbox_full", name, ("outbox of sink '%s' is full (%s rows queued, max_rows %d, on_full = %s)")
+        say(self, "outbox_full", name, ("outbox of sink '%s' is full (%s rows queued, max_rows %d, on_full = %s)")
           :format(name, tostring(st.depth), st.max_rows, st.on_full), d)
       else
-        self.emit("outbox_recovered", name, ("outbox of sink '%s' has room again (%s rows queued)")
+        say(self, "outbox_recovered", name, ("outbox of sink '%s' has room again (%s rows queued)")
           :format(name, tostring(st.depth)), d)
       end
     elseif prev == nil then
@@ -142,16 +147,20 @@ local function poll_outbox(self, app)
   end
 end
 
---- poll(app): the polled sources of app ({order, shared, outbox, store};
--- nil: the backfills only) against their last readings.
-function _M:poll(app)
+--- poll(app [, quiet]): the polled sources of app ({order, shared,
+-- outbox, store}; nil: the backfills only) against their last readings;
+-- quiet: the readings are taken as a new baseline, without events.
+function _M:poll(app, quiet)
   if self.stopped then return end
+  self.quiet = quiet
   self:attach()
   poll_backfills(self)
-  if not app then return end
-  poll_collectors(self, app)
-  poll_redis(self, app)
-  poll_outbox(self, app)
+  if app then
+    poll_collectors(self, app)
+    poll_redis(self, app)
+    poll_outbox(self, app)
+  end
+  self.quiet = nil
 end
 
 function _M:stop()
