@@ -152,10 +152,14 @@ local function left(self)
   return self.deadline and self.deadline - sluice.now() or math.huge
 end
 
--- Sleeps s seconds unless that passes stop's deadline; false when it would.
+-- Waits s seconds unless that passes stop's deadline (false when it
+-- would); stop() cuts the wait short (so does shutdown): the caller looks
+-- again.
 local function pause(self, s)
   if s >= left(self) then return false end
-  sluice.sleep(s) -- (woken early at shutdown: the caller looks again)
+  self.pausing = sluice.current()
+  sluice.park(s)
+  self.pausing = nil
   return true
 end
 
@@ -166,7 +170,8 @@ local function record(self, cb, ok, permit, took)
   if ok then cb:success(permit, took) else cb:failure(permit, took) end
 end
 
--- Sends d until it goes through, fails for good or stop's deadline comes.
+-- Sends d until it goes through or fails for good (true), or until stop's
+-- deadline comes (nil).
 local function deliver(self, d)
   local attempt = 0
   while true do
@@ -197,7 +202,7 @@ local function deliver(self, d)
           self.failing = nil
           self.log.info("alert webhook reachable again", { sequence = d.sequence })
         end
-        return
+        return true
       end
       local why = res and ("HTTP " .. res.status) or redact.text(tostring(err))
       local final = not retryable(res)
@@ -209,7 +214,7 @@ local function deliver(self, d)
       if final then
         self.failed = self.failed + 1
         self.log.error("alert delivery refused: dropped", { sequence = d.sequence, error = why })
-        return
+        return true
       end
       if not self.failing then
         self.failing = true
@@ -236,13 +241,17 @@ local function run(self)
       self.head = self.head + 1
       self.sending = d
       -- a bug here must not end the webhook's sending for good
-      local ok, err = xpcall(deliver, debug.traceback, self, d)
+      local ok, done = xpcall(deliver, debug.traceback, self, d)
+      self.sending = nil
       if not ok then
         self.failed = self.failed + 1
-        self.log.error("alert delivery failed: dropped", { sequence = d.sequence, error = tostring(err) })
+        self.log.error("alert delivery failed: dropped", { sequence = d.sequence, error = tostring(done) })
+      elseif not done then
+        -- stop's deadline: it stays queued (counted as not delivered)
+        self.head = self.head - 1
+        self.queue[self.head] = d
+        return
       end
-      self.sending = nil
-      if left(self) <= 0 then return end
     end
   end
 end
@@ -296,6 +305,7 @@ function _M:stop(deadline)
   if self.closed then return end
   self.deadline = deadline
   wake(self)
+  if self.pausing then sluice.unpark(self.pausing) end
   local t = self.task
   local st = t and sluice.status(t)
   if t and st ~= "done" and st ~= "failed" and st ~= "killed" then
