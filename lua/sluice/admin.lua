@@ -44,6 +44,8 @@
 --   POST /backfill                 reference request -> {task_id, status, ...}
 --   GET  /backfill/{id}            progress;  DELETE /backfill/{id} cancels
 --   POST /breakers/{name}/open | close | reset
+--   POST /alert                    {"message", "severity", "source", "details"} -> 202
+--                                  {status = "queued", id}: to the alert webhooks
 --   POST /reload                   re-read the configuration
 local server = require "sluice.server"
 local log = require "sluice.log"
@@ -296,6 +298,14 @@ local function add_routes(route, ops, app)
     local st, err, kind = ops:breaker(name, action)
     if not st then return failed(err, kind) end
     return 200, st
+  end)
+
+  route("POST", "/alert", "mutation", function(req)
+    local body, err = json_body(req)
+    if not body then return bad(err) end
+    local id, why, kind = ops:alert(body)
+    if not id then return failed(why, kind) end
+    return 202, { status = "queued", id = id }
   end)
 
   route("POST", "/reload", "mutation", function()

@@ -7,7 +7,8 @@
 -- (sluice.outbox, stopped by the shutdown handler before the store
 -- closes), the admin server,
 -- starting, the response cache (kept across reloads), the upstreams
--- registry (one per build)) and what it opened for it (store, Redis
+-- registry (one per build), the alerts (sluice.alerts, run() only; stopped
+-- by the shutdown handler)) and what it opened for it (store, Redis
 -- client, shared object), closed by its shutdown handler. It wires the collectors through
 -- their methods only: add_sink (an outbox route), adopt at a reload, and the shared object's
 -- attach/detach/renew. build(), run() and reload() yield (Redis calls
@@ -28,6 +29,7 @@ local response_cache = require "sluice.collector.cache"
 local upstreams = require "sluice.collector.upstreams"
 local outbox = require "sluice.outbox"
 local json = require "sluice.json"
+local alerts = require "sluice.alerts"
 
 local _M = {}
 
@@ -186,6 +188,8 @@ local function build(config, file, opts, early)
     for _, inst in ipairs(app.order) do inst:drain() end
     -- then the forwarders: a write in flight ends or is cancelled
     if app.outbox then app.outbox:stop(math.min(5, sluice.shutdown_timeout())) end
+    -- what the alerts hold goes out (bounded), then their breakers close
+    if app.alerts then app.alerts:stop(math.min(2, sluice.shutdown_timeout())) end
     db:close()
   end)
   _M.current = app
@@ -245,6 +249,8 @@ function _M.run(config, file, opts)
   -- leases only for running collectors: a `sluice backfill` that builds
   -- the same configuration must not keep the collectors from running
   if app.shared then app.shared:leases(app.config.lease_ttl) end
+  -- alerts (sluice.alerts): the breakers built are watched from here on
+  app.alerts = alerts.start(app.config.alerts, { current = function() return app end })
   local delays = _M.first_delays(app.order, app.config.start_rate or START_RATE)
   -- the offsets count from here, not from each start: starting takes
   -- turns of the loop (longer on a busy machine), which must not bunch the
@@ -340,6 +346,7 @@ reload = function()
     end
     apply_log(c)
     app.config, app.collectors, app.order = c, built.collectors, built.order
+    if app.alerts then app.alerts:configure(c.alerts) end
     app.upstreams = built.upstreams
     app.cache:resize(c.cache and c.cache.max_bytes or response_cache.DEFAULT_MAX_BYTES)
     -- an instance replacing a running one continues its schedule (no

@@ -28,6 +28,7 @@
 local redact = require "sluice.redact"
 local options = require "sluice.options"
 local outbox = require "sluice.outbox"
+local alerts = require "sluice.alerts"
 
 local _M = {}
 
@@ -42,6 +43,7 @@ local TOP = {
   shutdown_timeout = "number", name = "string", admin = { type = "table", fields = ADMIN }, redis = "string",
   sinks = "table", lease_ttl = "number", start_rate = "number",
   cache = { type = "table", fields = { max_bytes = { integer = true, min = 0 } } },
+  alerts = "table",
 }
 local LEVELS = { trace = 1, debug = 1, info = 1, warning = 1, warn = 1, error = 1, critical = 1, none = 1 }
 
@@ -165,6 +167,10 @@ function _M.validate(config, file)
         fail(file, "sinks." .. k, "a redis_stream sink needs redis = \"redis://...\"")
       end
     end
+  end
+  if config.alerts ~= nil then
+    local at, msg = alerts.check(config.alerts)
+    if at then fail(file, "alerts" .. (at ~= "" and ("." .. at) or ""), msg) end
   end
   if config.admin then
     local port = config.admin.port

@@ -41,6 +41,7 @@
 --   ops:status() -> body                   collectors' statistics, tasks, config view,
 --                                          exchanges (sluice.exchange.stats) when any,
 --                                          sinks (the outbox's status) when any
+--                                          and alerts (sluice.alerts' status) when running
 --   ops:performance() -> body              the reference /performance shape
 --   ops:quality() -> { table = report }    the store's data-quality report
 --   ops:logs{level, limit, since} -> entries | nil, err, "invalid"
@@ -68,6 +69,8 @@
 --     collector (a name; default the one collector that can backfill),
 --     start_date, end_date, symbols, force, lookback, parallel
 --   ops:cancel_backfill(id) -> status | nil, err, "not_found"
+--   ops:alert(body) -> id | nil, err, kind: an "alert" event to the
+--     webhooks (sluice.alerts send: invalid, unavailable)
 --   ops:reload(by) -> true | nil, err, "refused" (refused too when new()
 --     was given no reload: "no configuration is running")
 --   operator.iso(epoch) -> "2024-01-31T12:00:00Z" | nil: the views' times,
@@ -180,6 +183,7 @@ function _M:status()
     exchanges = ex and ex.total_exchanges > 0 and ex or nil,
     collectors = cs, tasks = sluice.tasks(), config = a.config and redact.classify(a.config) or {},
     sinks = a.outbox and a.store and a.store:is_open() and a.outbox:status() or nil, -- sluice.outbox
+    alerts = a.alerts and a.alerts:status() or nil, -- sluice.alerts: webhooks, last deliveries, failures
   }
 end
 
@@ -419,6 +423,12 @@ function _M.cancel_backfill(_, id)
   local ok, err = backfill.cancel(id)
   if not ok then return nil, err, "not_found" end
   return backfill.status(id)
+end
+
+function _M:alert(body)
+  local a = self.current_()
+  if not (a and a.alerts) then return nil, "alerts are not running: " .. NO_APP, "unavailable" end
+  return a.alerts:send(body)
 end
 
 function _M:reload(by)
