@@ -269,6 +269,9 @@ function _M.run(config, file, opts)
   if app.shared then app.shared:start() end
   sluice.on_reload(function() _M.reload("SIGHUP") end)
   log.info("sluice started", { collectors = #app.order, store = app.config.store or "sluice.db" })
+  -- under systemd (Type=notify), started means every collector is
+  local _, nerr = require("sluice._task").notify("READY=1")
+  if nerr then log.warning("cannot notify systemd", { error = nerr }) end
   return app
 end
 

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/notify.h"
 #include "host/modules.h"
 #include "host/runtime.h"
 #include "host/task.h"
@@ -152,6 +153,20 @@ static int l_environ(lua_State *L) {
     return 1;
 }
 
+/* notify(state) -> true | false | nil, err: sd_notify (core/notify.h);
+ * false when not run by systemd (no $NOTIFY_SOCKET). */
+static int l_notify(lua_State *L) {
+    char err[256];
+    int rc = sl_notify(luaL_checkstring(L, 1), err, sizeof err);
+    if (rc < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, rc);
+    return 1;
+}
+
 int luaopen_sluice_task(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"spawn", l_spawn},
@@ -175,6 +190,7 @@ int luaopen_sluice_task(lua_State *L) {
         {"stopping", l_stopping},
         {"shutdown_timeout", l_shutdown_timeout},
         {"environ", l_environ},
+        {"notify", l_notify},
         {NULL, NULL},
     };
     lua_newtable(L);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/notify.h"
 #include "core/timeout.h"
 #include "embed.h"
 #include "task.h"
@@ -108,6 +109,8 @@ void sl_shutdown(void) {
     if (sl_rt.stopping)
         return;
     sl_rt.stopping = 1;
+    /* under systemd (Type=notify): stopping, not failed; best effort */
+    sl_notify("STOPPING=1", NULL, 0);
     sl_timer_shutdown();
     sl_task_wake_sleepers();
     run_handlers(sl_rt.shutdown_handlers, 1, "on_shutdown");
