@@ -119,6 +119,9 @@ end
 local function transition(h, name, from, to, reason, at)
   local s = series(h, "breakers", name)
   if not s then return end
+  -- a reload's new breaker restored to the state of the one it replaces:
+  -- no change for the breaker of that name
+  if reason == "restore" and to == s.state then return end
   local list = s.transitions or {}
   s.transitions = list
   list[#list + 1] = { at = at, from = from, to = to, reason = reason }

@@ -58,6 +58,19 @@ describe("sluice.history", function()
     assert.same({ "closed", "closed" }, v.states)
     assert.equal("closed", v.state)
     assert.same({ 1000, 1010 }, h:view().times)
+    -- a reload's new breaker of the name, restored to the state of the old
+    -- one: no transition; its own later changes are
+    cb:force_open()
+    wait_for("the second open", function() return #h:view().breakers.hist_cb.transitions == 3 end)
+    local cb2 = breaker.new({ name = "hist_cb", failure_threshold = 1, timeout = 3600, clock = clock })
+    made[#made + 1] = cb2
+    h:watch()
+    cb2:restore(cb:snapshot())
+    now = 1020
+    cb2:force_close()
+    wait_for("the new breaker's close", function() return #h:view().breakers.hist_cb.transitions == 4 end)
+    local tr = h:view().breakers.hist_cb.transitions
+    assert.same({ "force_open", "force_close" }, { tr[3].reason, tr[4].reason })
   end)
 
   it("keeps limiters' sent rate, allowed and declared rate, 429s and bans per sample", function()
