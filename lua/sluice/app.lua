@@ -9,7 +9,8 @@
 -- starting, the response cache (kept across reloads), the upstreams
 -- registry (one per build), configs (sluice.app.configs: the last
 -- configurations applied, for rollback), history (sluice.history, the
--- last hour sampled for the status page, stopped at shutdown; run() only))
+-- last hour sampled for the status page while the admin API listens;
+-- run() only))
 -- and what it opened for it (store, Redis
 -- client, shared object), closed by its shutdown handler. It wires the collectors through
 -- their methods only: add_sink (an outbox route), adopt at a reload, and the shared object's
@@ -289,8 +290,12 @@ function _M.run(config, file, opts)
   end
   app.starting = nil
   if app.shared then app.shared:start() end
-  -- the last hour, for the status page (GET /history)
-  app.history = history.new({ current = function() return app end }):start()
+  -- the last hour, for the status page (GET /history): while the admin API
+  -- listens (a closed one stops it)
+  if app.admin then
+    app.history = history.new({ current = function() return app end,
+      alive = function() return app.admin:stats().open end }):start()
+  end
   sluice.on_reload(function() _M.reload("SIGHUP") end)
   log.info("sluice started", { collectors = #app.order, store = app.config.store or "sluice.db" })
   return app

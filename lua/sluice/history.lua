@@ -53,12 +53,14 @@ _M.MAX_TRANSITIONS = 100
 local NEW_OPTIONS = {
   current = { type = "function", required = true },
   interval = { finite = true, gt = 0 }, span = { finite = true, gt = 0 },
-  max_series = { integer = true, min = 1 }, clock = "function",
+  max_series = { integer = true, min = 1 }, clock = "function", alive = "function",
 }
 
 --- new(opts) -> h. opts.current: a function giving the running app
 -- ({order, outbox}) or nil; interval (10 s), span (3600 s), max_series
--- (200 of each kind), clock.
+-- (200 of each kind), clock; alive: a function, false once whatever reads
+-- the history is gone: the timer then stops (at its next tick), so that
+-- the history never keeps the process running on its own.
 function _M.new(opts)
   if type(opts) ~= "table" or type(opts.current) ~= "function" then
     error("sluice.history.new: bad argument #1 (table with a function 'current' expected)", 2)
@@ -66,7 +68,7 @@ function _M.new(opts)
   options.check("sluice.history.new", opts, NEW_OPTIONS)
   local interval, span = opts.interval or 10, opts.span or 3600
   return setmetatable({
-    current = opts.current, interval = interval, span = span,
+    current = opts.current, interval = interval, span = span, alive = opts.alive,
     slots = math.max(1, math.ceil(span / interval)), max_series = opts.max_series or 200,
     clock = opts.clock or sluice.time,
     n = 0,          -- samples taken
@@ -219,7 +221,11 @@ function _M:start()
   self.stopped = nil
   self:sample()
   self.timer = sluice.every(self.interval, function(premature)
-    if not premature and not self.stopped then self:sample() end
+    if self.alive and not self.alive() then
+      self:stop()
+    elseif not premature and not self.stopped then
+      self:sample()
+    end
   end)
   return self
 end

@@ -107,7 +107,8 @@ local DOM = [[
     timelines: q("svg.timeline").map(function (s) {
       return { name: s.getAttribute("data-breaker"), transitions: q("svg.timeline[data-breaker='" +
         s.getAttribute("data-breaker") + "'] line.transition").map(function (l) {
-          return { from: l.getAttribute("data-from"), to: l.getAttribute("data-to"), at: Number(l.getAttribute("data-at")) };
+          return { from: l.getAttribute("data-from"), to: l.getAttribute("data-to"),
+            at: Number(l.getAttribute("data-at")) };
         }) };
     }),
     progress: q("progress.backfill").map(function (p) {
@@ -116,7 +117,8 @@ local DOM = [[
     charts: q("svg.limiter-chart").map(function (s) { return s.getAttribute("data-limiter"); }),
     imgs: q("img").length + q("b").length,
     xss: window.__xss === undefined ? null : window.__xss,
-    live: document.getElementById("config-live") && Number(document.getElementById("config-live").getAttribute("data-id"))
+    live: document.getElementById("config-live")
+      && Number(document.getElementById("config-live").getAttribute("data-id"))
   });
 })()
 ]]

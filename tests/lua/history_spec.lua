@@ -151,4 +151,14 @@ describe("sluice.history", function()
     sluice.sleep(0.2)
     assert.equal(n, #h:view().times)
   end)
+
+  it("stops its timer at the first tick once alive() is false (the process is not kept running)", function()
+    local alive = true
+    local h = history.new({ current = function() return app end, interval = 0.05,
+      alive = function() return alive end })
+    h:start()
+    wait_for("two samples", function() return #h:view().times >= 2 end)
+    alive = false
+    wait_for("the timer's end", function() return h.stopped == true and h.timer == nil end)
+  end)
 end)
