@@ -46,7 +46,10 @@
 --   POST /breakers/{name}/open | close | reset
 --   POST /alert                    {"message", "severity", "source", "details"} -> 202
 --                                  {status = "queued", id}: to the alert webhooks
---   POST /reload                   re-read the configuration
+--   POST /reload                   re-read the configuration; {"rollback": true [, "steps": n]}:
+--                                  apply the one before the live one (sluice.app.configs)
+--   GET  /, /history               the status page (sluice.admin.page); the last hour
+--                                  it draws (sluice.history)
 local server = require "sluice.server"
 local log = require "sluice.log"
 local json = require "sluice.json"
@@ -54,6 +57,7 @@ local collector = require "sluice.collector"
 local redact = require "sluice.redact"
 local operator = require "sluice.operator"
 local metrics = require "sluice.metrics"
+local page = require "sluice.admin.page"
 
 local _M = {}
 
@@ -308,21 +312,41 @@ local function add_routes(route, ops, app)
     return 202, { status = "queued", id = id }
   end)
 
-  route("POST", "/reload", "mutation", function()
+  route("POST", "/reload", "mutation", function(req)
+    local body, berr = json_body(req)
+    if not body then return bad(berr) end
+    berr = check_fields(body, { rollback = true, steps = true })
+    if berr then return bad(berr) end
+    if body.rollback ~= nil and type(body.rollback) ~= "boolean" then
+      return bad("field 'rollback' must be true or false")
+    end
+    if body.steps ~= nil and not body.rollback then return bad("field 'steps' goes with \"rollback\": true") end
+    if body.rollback then -- the configuration before the live one (sluice.app.configs)
+      local live, err, kind = ops:rollback("POST /reload", body.steps)
+      if kind == "invalid" then return bad(err) end
+      if not live then return 422, { status = "refused", error = err } end
+      return 200, { status = "rolled_back", collectors = #app.order, configuration = live }
+    end
     local ok, err = ops:reload("POST /reload")
     if not ok then return 422, { status = "refused", error = err } end
-    return 200, { status = "reloaded", collectors = #app.order }
+    return 200, { status = "reloaded", collectors = #app.order, configuration = (ops:configs() or {}).live }
   end)
+
+  page.routes(route, ops) -- GET / (the status page), its script and style, GET /history
 end
 
---- start(app, opts [, reload]) -> srv | nil, err. app: the running app
+--- start(app, opts [, reload [, rollback]]) -> srv | nil, err. app: the running app
 -- (what sluice.app's build and run return); opts: host, port, token,
 -- hosts, insecure_loopback_mutations (see the access policy above);
 -- reload(by) -> true | nil, err: what POST /reload calls (sluice.app's
--- reload; without it, POST /reload is refused).
-function _M.start(app, opts, reload)
+-- reload; without it, POST /reload is refused); rollback(by, steps) ->
+-- entry | nil, err: what it calls with "rollback": true (sluice.app's).
+function _M.start(app, opts, reload, rollback)
   if reload ~= nil and type(reload) ~= "function" then
     error("sluice.admin.start: bad argument #3 (function expected, got " .. type(reload) .. ")", 2)
+  end
+  if rollback ~= nil and type(rollback) ~= "function" then
+    error("sluice.admin.start: bad argument #4 (function expected, got " .. type(rollback) .. ")", 2)
   end
   opts = opts or {}
   local host = opts.host or "127.0.0.1"
@@ -332,7 +356,7 @@ function _M.start(app, opts, reload)
     return nil, "admin: refusing to listen on " .. host
       .. " without a token (set admin.token, e.g. collector.env(\"SLUICE_ADMIN_TOKEN\"))"
   end
-  local ops = operator.new({ current = function() return app end, reload = reload })
+  local ops = operator.new({ current = function() return app end, reload = reload, rollback = rollback })
   redact.register(token)
   local limits = {}
   for k, v in pairs(_M.LIMITS) do limits[k] = v end

@@ -8,7 +8,10 @@
 -- closes), the admin server,
 -- starting, the response cache (kept across reloads), the upstreams
 -- registry (one per build), the alerts (sluice.alerts, run() only; stopped
--- by the shutdown handler)) and what it opened for it (store, Redis
+-- by the shutdown handler), configs (sluice.app.configs: the last
+-- configurations applied, for rollback), history (sluice.history, the
+-- last hour sampled for the status page while the admin API listens;
+-- run() only)) and what it opened for it (store, Redis
 -- client, shared object), closed by its shutdown handler. It wires the collectors through
 -- their methods only: add_sink (an outbox route), adopt at a reload, and the shared object's
 -- attach/detach/renew. build(), run() and reload() yield (Redis calls
@@ -30,6 +33,8 @@ local upstreams = require "sluice.collector.upstreams"
 local outbox = require "sluice.outbox"
 local json = require "sluice.json"
 local alerts = require "sluice.alerts"
+local configs = require "sluice.app.configs"
+local history = require "sluice.history"
 
 local _M = {}
 
@@ -37,9 +42,20 @@ local function dirname(path)
   return path:match("^(.*)/[^/]*$") or "."
 end
 
+-- A file's text, or nil, "cannot open PATH: why" (loadfile's words).
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, "cannot open " .. err end
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+
 -- Loads a collector spec: a shipped one (use) or a file relative to the
--- configuration's directory. Errors name the configuration file and entry.
-local function load_spec(entry, i, file)
+-- configuration's directory, its text taken from files[path] when there
+-- (a rollback's) and otherwise read and recorded there. Errors name the
+-- configuration file and entry.
+local function load_spec(entry, i, file, files)
   local key = file .. ": collectors[" .. i .. "]"
   if entry.use then
     local ok, spec = pcall(require, "collectors." .. entry.use)
@@ -53,8 +69,15 @@ local function load_spec(entry, i, file)
   end
   local path = entry.file
   if path:sub(1, 1) ~= "/" then path = dirname(file) .. "/" .. path end
-  local chunk, err = loadfile(path)
+  local text = files[path]
+  if not text then
+    local rerr
+    text, rerr = read_file(path)
+    if not text then error(key .. ".file: " .. rerr, 0) end
+  end
+  local chunk, err = loadstring(text, "@" .. path)
   if not chunk then error(key .. ".file: " .. err, 0) end
+  files[path] = text
   local ok, spec = pcall(chunk)
   if not ok then error(key .. ".file: " .. tostring(spec), 0) end
   if not collector.is_spec(spec) then
@@ -76,11 +99,12 @@ end
 
 -- Builds the collector instances of a prepared configuration against db,
 -- starting none. Raises "file: key: message". With batched, yields to
--- the loop every BATCH collectors.
-local function build_collectors(c, file, db, fresh, red, batched, cache)
+-- the loop every BATCH collectors. files: the collector scripts' texts
+-- by path, used and completed (see load_spec); built.files has them.
+local function build_collectors(c, file, db, fresh, red, batched, cache, files)
   -- the limiters and breakers shared by upstream name: one registry per
   -- build (a reload carries the state over from the running one)
-  local built = { collectors = {}, order = {}, upstreams = upstreams.new(), sinks_of = {} }
+  local built = { collectors = {}, order = {}, upstreams = upstreams.new(), sinks_of = {}, files = files }
   local seen = {} -- collector name -> the entry's index
   for i, entry in ipairs(c.collectors or {}) do
     if batched and i % BATCH == 0 then
@@ -89,7 +113,7 @@ local function build_collectors(c, file, db, fresh, red, batched, cache)
       if sluice.stopping() then error(file .. ": shutdown during start-up", 0) end
     end
     if fresh and entry.use then package.loaded["collectors." .. entry.use] = nil end
-    local spec = load_spec(entry, i, file)
+    local spec = load_spec(entry, i, file, files)
     local overrides = {}
     for k, v in pairs(entry) do overrides[k] = v end
     overrides.name = overrides.name or (entry.use and spec.name) or spec.name
@@ -151,7 +175,7 @@ local function build(config, file, opts, early)
       _M.current = app -- the admin API and the REPL see it starting
       early(app)
     end
-    return build_collectors(c, file, db, false, red, early ~= nil, app.cache)
+    return build_collectors(c, file, db, false, red, early ~= nil, app.cache, {})
   end)
   if not okb then
     _M.current = prev
@@ -161,6 +185,9 @@ local function build(config, file, opts, early)
     error(built, 0)
   end
   app.collectors, app.order, app.upstreams = built.collectors, built.order, built.upstreams
+  -- the configuration history (sluice.app.configs): this one, as read now
+  app.configs = configs.new()
+  app.configs:applied({ config = config, source = read_file(file), files = built.files, by = "start" })
   if red then
     app.shared = shared.new(red)
     for _, inst in ipairs(app.order) do app.shared:attach(inst) end
@@ -181,6 +208,7 @@ local function build(config, file, opts, early)
   end
   sluice.on_shutdown(function()
     if app.admin then app.admin:close() end
+    if app.history then app.history:stop() end
     for _, inst in ipairs(app.order) do inst:stop() end
     if app.shared then app.shared:stop() end
     -- runs in flight store their rows before the store closes (the
@@ -241,7 +269,7 @@ function _M.run(config, file, opts)
   local app = build(config, file, opts, function(a)
     -- before the collectors, so that it answers while they are built
     if a.config.admin and a.config.admin.enabled ~= false then
-      local srv, err = admin.start(a, a.config.admin, _M.reload)
+      local srv, err = admin.start(a, a.config.admin, _M.reload, _M.rollback)
       if not srv then error(file .. ": " .. err, 0) end
       a.admin = srv
     end
@@ -267,6 +295,12 @@ function _M.run(config, file, opts)
   end
   app.starting = nil
   if app.shared then app.shared:start() end
+  -- the last hour, for the status page (GET /history): while the admin API
+  -- listens (a closed one stops it)
+  if app.admin then
+    app.history = history.new({ current = function() return app end,
+      alive = function() return app.admin:stats().open end }):start()
+  end
   sluice.on_reload(function() _M.reload("SIGHUP") end)
   log.info("sluice started", { collectors = #app.order, store = app.config.store or "sluice.db" })
   -- under systemd (Type=notify), started means every collector is
@@ -275,7 +309,7 @@ function _M.run(config, file, opts)
   return app
 end
 
-local reload
+local apply
 
 --- reload([by]) -> true | nil, err. Re-reads the configuration file and the
 -- collector scripts, builds and validates the whole new set before
@@ -283,24 +317,57 @@ local reload
 -- (file:line: message) is returned -- and logged, whoever asked (by: "SIGHUP",
 -- "POST /reload", "repl", ...). Breaker and limiter state and statistics
 -- carry over by collector name; removed or replaced collectors stop
--- gracefully (a run in progress finishes).
+-- gracefully (a run in progress finishes). Applied, it becomes the newest
+-- entry of app.configs (unless its text and scripts are the live ones').
 function _M.reload(by)
-  local ok, err = reload()
+  local ok, err = apply(nil, by or "reload()")
   if not ok then log.error("reload refused", { error = err, by = by or "reload()" }) end
   return ok, err
 end
 
-reload = function()
+--- rollback([by [, steps]]) -> entry | nil, err. Applies the configuration
+-- applied `steps` (1) before the live one, as it was then (its table and
+-- its collector scripts' texts, not the files on disk now), the way a
+-- reload does: built and validated first, nothing changes on an error.
+-- Done, the entries after it are dropped from app.configs and it is live,
+-- applied now; so a second rollback goes one further back. The file on
+-- disk is not touched: a later reload (SIGHUP) reads it again.
+function _M.rollback(by, steps)
+  local app = _M.current
+  if not app then return nil, "no configuration is running" end
+  local target, err = app.configs:target(steps)
+  if target then
+    local ok
+    ok, err = apply(target, by or "rollback()")
+    if ok then return app.configs:live() end
+  end
+  log.error("rollback refused", { error = err, by = by or "rollback()" })
+  return nil, err
+end
+
+-- apply(entry, by) -> true | nil, err: the configuration file (entry nil)
+-- or a history entry built, validated and swapped in.
+apply = function(entry, by)
   local app = _M.current
   if not app then return nil, "no configuration is running" end
   if app.starting then return nil, "still starting: reload once every collector has started" end
   local old_breakers, old_limiters = breaker.all(), limiter.all()
+  local source, files, config = nil, {}, nil
   local ok, err = pcall(function()
-    local chunk, lerr = loadfile(app.file)
-    if not chunk then error(lerr, 0) end
-    local okc, config = pcall(chunk)
-    if not okc then error(tostring(config), 0) end
-    if type(config) ~= "table" then error(app.file .. ": must return a configuration table", 0) end
+    if entry then
+      config = entry.config
+      for p, text in pairs(entry.files) do files[p] = text end
+    else
+      local rerr
+      source, rerr = read_file(app.file)
+      if not source then error(rerr, 0) end
+      local chunk, lerr = loadstring(source, "@" .. app.file)
+      if not chunk then error(lerr, 0) end
+      local okc
+      okc, config = pcall(chunk)
+      if not okc then error(tostring(config), 0) end
+      if type(config) ~= "table" then error(app.file .. ": must return a configuration table", 0) end
+    end
     local c = config_mod.prepare(config, app.file, app.opts)
     if (c.store or "sluice.db") ~= (app.config.store or "sluice.db") then
       error(app.file .. ": store: cannot change while running (restart to move the database)", 0)
@@ -312,7 +379,7 @@ reload = function()
       error(app.file .. ": sinks: cannot change while running (restart to change the sinks)", 0)
     end
     local built = build_collectors(c, app.file, app.store, true, app.shared and app.shared.redis, false,
-      app.cache)
+      app.cache, files)
     -- nothing failed: carry state over and swap. A collector's own breaker
     -- and limiter by its name, an upstream's by the upstream's name.
     built.upstreams:carry_over(app.upstreams)
@@ -368,7 +435,12 @@ reload = function()
     for _, lim in pairs(old_limiters) do limiter.register(lim) end
     return nil, tostring(err)
   end
-  log.info("configuration reloaded", { collectors = #app.order })
+  if app.history then app.history:watch() end -- the new breakers' transitions
+  -- live now: the newest entry of the history
+  local live = entry and app.configs:rolled_back(entry, by)
+    or app.configs:applied({ config = config, source = source, files = files, by = by, how = "reload" })
+  log.info(entry and "configuration rolled back" or "configuration reloaded",
+    { collectors = #app.order, by = by, id = live.id, sha256 = live.sha256 })
   return true
 end
 

@@ -790,7 +790,8 @@ function Collector:health(dataset)
 end
 
 --- self:stats() -> the reference statistics shape (timestamps ISO 8601):
--- the collector's totals, and for a collector with datasets, datasets =
+-- the collector's totals, next_run (its next scheduled run, the earliest
+-- dataset's; absent while it is not running), and for a collector with datasets, datasets =
 -- {name = {status, status_reason, enabled, disabled_reason (why not
 -- enabled), interval, overdue (no success for 3 × max(interval,
 -- timeout)), run_in_flight_seconds, last_collection, last_success,

@@ -41,7 +41,10 @@
 --   ops:status() -> body                   collectors' statistics, tasks, config view,
 --                                          exchanges (sluice.exchange.stats) when any,
 --                                          sinks (the outbox's status) when any
---                                          and alerts (sluice.alerts' status) when running
+--                                          alerts (sluice.alerts' status) when running,
+--                                          configuration (the live one: id,
+--                                          applied_at, by, how, sha256), backfills
+--                                          (as ops:backfills()) when any
 --   ops:performance() -> body              the reference /performance shape
 --   ops:quality() -> { table = report }    the store's data-quality report
 --   ops:logs{level, limit, since} -> entries | nil, err, "invalid"
@@ -73,6 +76,15 @@
 --     webhooks (sluice.alerts send: invalid, unavailable)
 --   ops:reload(by) -> true | nil, err, "refused" (refused too when new()
 --     was given no reload: "no configuration is running")
+--   ops:rollback(by [, steps]) -> the live configuration's summary (as
+--     ops:configs() shows it) once the one `steps` (1) before it is live
+--     again | nil, err, "refused" (nothing that far back, or it did not
+--     build: the live one stays) or "invalid" (bad steps). new()'s
+--     source.rollback(by, steps) does it (sluice.app's rollback).
+--   ops:configs() -> {live, history}: sluice.app.configs' view (newest
+--     first) | nil, err, "unavailable"
+--   ops:history() -> sluice.history's view of the last hour (breakers'
+--     transitions, limiters, collectors, sinks) | nil, err, "unavailable"
 --   operator.iso(epoch) -> "2024-01-31T12:00:00Z" | nil: the views' times,
 --     whole seconds by sluice.iso8601
 --
@@ -103,7 +115,8 @@ local function iso(t)
 end
 _M.iso = iso
 
-local NEW_OPTIONS = { current = { type = "function", required = true }, reload = "function" }
+local NEW_OPTIONS = { current = { type = "function", required = true }, reload = "function",
+  rollback = "function" }
 
 --- new(source) -> ops. source.current: a function returning the running
 -- app ({collectors, order, store, config, shared, starting}) or nil;
@@ -114,7 +127,7 @@ function _M.new(source)
     error("sluice.operator.new: bad argument #1 (table with a function 'current' expected)", 2)
   end
   options.check("sluice.operator.new", source, NEW_OPTIONS)
-  return setmetatable({ current_ = source.current, reload_ = source.reload }, mt)
+  return setmetatable({ current_ = source.current, reload_ = source.reload, rollback_ = source.rollback }, mt)
 end
 
 -- --- views --------------------------------------------------------------------
@@ -184,6 +197,9 @@ function _M:status()
     collectors = cs, tasks = sluice.tasks(), config = a.config and redact.classify(a.config) or {},
     sinks = a.outbox and a.store and a.store:is_open() and a.outbox:status() or nil, -- sluice.outbox
     alerts = a.alerts and a.alerts:status() or nil, -- sluice.alerts: webhooks, last deliveries, failures
+    -- the live configuration (sluice.app.configs) and this process' backfill jobs
+    configuration = a.configs and a.configs:view().live,
+    backfills = next(backfill.jobs()) and self:backfills() or nil,
   }
 end
 
@@ -436,6 +452,30 @@ function _M:reload(by)
   local ok, err = self.reload_(by)
   if not ok then return nil, err, "refused" end
   return true
+end
+
+function _M:rollback(by, steps)
+  if not self.rollback_ then return nil, "no configuration is running", "refused" end
+  if steps ~= nil and (type(steps) ~= "number" or steps < 1 or steps ~= math.floor(steps)) then
+    return nil, "steps must be a whole number >= 1", "invalid"
+  end
+  local entry, err = self.rollback_(by, steps)
+  if not entry then return nil, err, "refused" end
+  local a = self.current_()
+  return a.configs:view().live
+end
+
+function _M:configs()
+  local a = self.current_()
+  if not (a and a.configs) then return nil, NO_APP, "unavailable" end
+  return a.configs:view()
+end
+
+function _M:history()
+  local a = self.current_()
+  if not (a and a.history) then return nil, "no history is kept (it runs with `sluice run CONFIG.lua`)",
+    "unavailable" end
+  return a.history:view()
 end
 
 return _M

@@ -239,7 +239,8 @@ end
 
 -- --- helpers ------------------------------------------------------------------
 
-local ops = operator.new({ current = function() return app_mod.current end, reload = app_mod.reload })
+local ops = operator.new({ current = function() return app_mod.current end, reload = app_mod.reload,
+  rollback = app_mod.rollback })
 
 local helpers = {}
 local help_lines = {}
@@ -392,6 +393,27 @@ helper("sql(query)", "run one SQL statement on the postgres or clickhouse sink: 
   if not res then fail("sql", scrubbed(err)) end
   if #res.fields == 0 then return text(res.command) end
   return res.rows -- what the operator asked for, as the server has it (not scrubbed)
+end)
+
+-- the configuration history (sluice.app.configs)
+view("configs()", "the last configurations applied, newest first: id, applied_at, by, how, sha256",
+  function() return ops:configs() end, "no configuration is running")
+
+helper("config(id)", "the text of configuration id (as configs() lists them), scrubbed of secrets",
+    function(id)
+  local a = app_mod.current
+  local e = a and a.configs and a.configs:get(id)
+  if e then return text(redact.text(e.source or "(given as a table: no text)")) end
+  fail("config", "no configuration " .. tostring(id) .. " is kept (see configs())", "not_found")
+end)
+
+helper("rollback()", "apply the configuration before the live one again (rollback(n): n back)",
+    function(steps)
+  local live, err, kind = ops:rollback("repl", steps)
+  if kind == "invalid" then fail("rollback", err, kind) end
+  -- refused: an error, so that `sluice repl -e 'rollback()'` exits 1
+  if not live then error(scrubbed(err), 0) end
+  return scrubbed(live)
 end)
 
 helper("help()", "this list", function()

@@ -7,7 +7,7 @@
 -- its targets (c:targets(), c:target(name)),
 -- datasets_ and units_ -- and its run units (the instance, or each
 -- dataset: dataset, interval, enabled, disabled_reason, stats_, slot_,
--- started_mono_), and
+-- started_mono_, next_due_), and
 -- write nothing on them; the module owns no state. Nothing here yields.
 local sluice = require "sluice"
 
@@ -173,6 +173,11 @@ function _M.stats(c)
     if s and (not started or s < started) then started = s end
     if u.slot_:busy() then waiters = (waiters or 0) + u.slot_:waiting() end
   end
+  -- the next scheduled run (the earliest dataset's): wall clock
+  local due
+  for _, u in ipairs(c.units_) do
+    if c.running and u.enabled and u.next_due_ and (not due or u.next_due_ < due) then due = u.next_due_ end
+  end
   local ds
   if c.datasets_ then
     ds = {}
@@ -198,6 +203,7 @@ function _M.stats(c)
     collections_skipped = st.collections_skipped,
     datasets = ds,
     targets = targets_stats(c),
+    next_run = due and iso(sluice.time() + math.max(0, due - sluice.now())) or nil,
   }
 end
 
