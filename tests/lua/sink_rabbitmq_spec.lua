@@ -1,5 +1,5 @@
 -- sluice.amqp and sluice.sinks.rabbitmq against a real RabbitMQ broker:
--- message properties, 10,000+ rows through the outbox consumed by a
+-- message properties, 100,000 rows through the outbox consumed by a
 -- confirming consumer and equal value by value to the local table, the
 -- broker killed mid-run and restarted, nacks retried, a killed publisher.
 local sluice = require "sluice"
