@@ -122,6 +122,11 @@ describe("configuration history", function()
       return st.configuration.id, st.configuration
     end
     wait_for("the first run", function() return app.collectors.tagged:counters().collections_completed == 1 end)
+    -- (/status has each collector's next run: the first came at start, the next an interval later)
+    local next_run = app.collectors.tagged:stats().next_run
+    local now = sluice.time()
+    assert.is_true(next_run:sub(1, 19) .. "Z" >= operator.iso(now + 3590)
+      and next_run:sub(1, 19) .. "Z" <= operator.iso(now + 3600), next_run)
 
     -- entry 1: the file's text and the script's, applied at start
     local e1 = app.configs:live()
