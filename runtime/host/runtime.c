@@ -24,6 +24,10 @@ sl_runtime sl_rt = {.shutdown_timeout = 10.0,
                     .reload_handlers = LUA_NOREF};
 
 static struct event *sig_int, *sig_term, *sig_hup, *deadline_ev;
+/* The shutdown deadline passed: the loop is not run again (what still holds
+ * a loop reference, a listening server whose closing handler was killed, is
+ * freed by sl_runtime_close, not waited for). */
+static int deadline_hit;
 static void (*close_hooks[16])(void);
 static int nclose_hooks;
 static int signals_seen;
@@ -101,6 +105,7 @@ static void deadline_passed(evutil_socket_t fd, short what, void *arg) {
     sl_log_write(SL_LOG_WARNING, sl_log_clock(),
                  "shutdown deadline passed; killing the remaining tasks",
                  fields, 2);
+    deadline_hit = 1;
     sl_task_shutdown_kill_all();
     event_base_loopbreak(sl_rt.base);
 }
@@ -248,7 +253,7 @@ int sl_runtime_run(void) {
         event_base_loop(sl_rt.base, 0);
     if (!sl_rt.stopping)
         sl_shutdown(); /* natural end: on_shutdown handlers still run */
-    if (sl_rt.refs > 0)
+    if (sl_rt.refs > 0 && !deadline_hit)
         event_base_loop(sl_rt.base, 0);
     return sl_rt.exit_code;
 }

@@ -47,6 +47,28 @@ contains "a parked task woke early too" "$WORK/term.out" "parked woke:	false	shu
 contains "shutdown was logged" "$WORK/term.out" '"msg":"SIGTERM received: shutting down"'
 contains "the deadline killed the stubborn task" "$WORK/term.out" '"msg":"shutdown deadline passed; killing the remaining tasks","tasks":1'
 
+# The deadline ends the process even while a server listens and the
+# handler that would close it never returns (it waits for work in flight):
+# the loop is not run again after the deadline (it waited for ever before).
+cat >"$WORK/listening.lua" <<'LUA'
+local sluice = require "sluice"
+local server = require "sluice.server"
+io.stdout:setvbuf("line")
+local srv = assert(server.listen{ host = "127.0.0.1", port = 0 })
+srv:route("GET", "/", function() return 200, "ok" end)
+sluice.on_shutdown(function()
+  while true do sluice.sleep(0.05) end -- never gets to srv:close()
+end)
+print("ready")
+LUA
+"$SLUICE" run "$WORK/listening.lua" --shutdown-timeout 0.5 --log-format json >"$WORK/listen.out" 2>&1 &
+pid=$!
+check "listening script started" wait_ready "$WORK/listen.out"
+kill -TERM "$pid"
+check "a listening server does not outlive the deadline" ended_within "$pid" 5
+gone "$pid" || { kill -9 "$pid"; wait "$pid"; }
+contains "the deadline killed the handler" "$WORK/listen.out" '"msg":"shutdown deadline passed; killing the remaining tasks"'
+
 # A second SIGINT exits at once.
 cat >"$WORK/stubborn.lua" <<'LUA'
 local sluice = require "sluice"
