@@ -26,9 +26,22 @@
  *   A value it cannot write (not finite, not valid UTF-8, a type the kind
  *   does not take) returns nil, a message naming the column, and r.
  *
- * Nothing is kept between calls: the text is built in a strbuf (freed
- * before the call returns) and returned as a Lua string; no call yields or
- * calls back into Lua.
+ * batch(key) -> a batch (core/outbox_batch.h): the forwarder's rows read
+ *   from chunks without Lua tables, one row per value of the fields key
+ *   (a list of names; empty: every row):
+ *     b:add(text, lo, hi, entry) -> true | nil, err  rows lo..hi of a chunk
+ *     b:count() -> rows kept; b:queued() -> rows added
+ *     b:origins() -> entries, rows: per kept row, its entry and chunk row
+ *     b:json() -> the kept rows as one JSON array (to decode into tables)
+ *     b:copy_text(names, casts) -> text | nil, err: COPY's text format,
+ *       columns names in order, casts[i] the column's PostgreSQL type
+ *       ("bytea": hex input, "jsonb": the value's JSON text)
+ *   A batch owns copies of its chunks' text; its memory goes with its
+ *   __gc (b:free() gives it back earlier).
+ *
+ * Nothing else is kept between calls: rows' text is built in a strbuf
+ * (freed before the call returns) and returned as a Lua string; no call
+ * yields or calls back into Lua.
  */
 #include <lauxlib.h>
 #include <math.h>
@@ -38,6 +51,7 @@
 #include <string.h>
 #include <yajl/yajl_parse.h>
 
+#include "core/outbox_batch.h"
 #include "core/strbuf.h"
 #include "host/modules.h"
 
@@ -312,11 +326,161 @@ static int l_rows(lua_State *L) {
     return 1;
 }
 
+/* -- batches ------------------------------------------------------------ */
+
+#define BATCH_MT "sluice.outbox.batch"
+
+static sl_obatch *check_batch(lua_State *L) {
+    sl_obatch **pb = luaL_checkudata(L, 1, BATCH_MT);
+    if (!*pb)
+        luaL_error(L, "sluice._outbox: the batch was freed");
+    return *pb;
+}
+
+static int l_batch(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    int nkeys = (int)lua_objlen(L, 1);
+    const char **keys = lua_newuserdata(L, (size_t)nkeys * sizeof(*keys) + 1);
+    size_t *lens = lua_newuserdata(L, (size_t)nkeys * sizeof(*lens) + 1);
+    for (int i = 0; i < nkeys; i++) {
+        lua_rawgeti(L, 1, i + 1);
+        keys[i] = lua_tolstring(L, -1, &lens[i]); /* anchored in arg 1 */
+        lua_pop(L, 1);
+        if (!keys[i])
+            return luaL_argerror(L, 1, "key names must be strings");
+    }
+    sl_obatch **pb = lua_newuserdata(L, sizeof(*pb));
+    *pb = NULL;
+    luaL_getmetatable(L, BATCH_MT);
+    lua_setmetatable(L, -2);
+    *pb = sl_obatch_new(keys, lens, nkeys);
+    if (!*pb)
+        return luaL_error(L, "sluice._outbox.batch: out of memory");
+    return 1;
+}
+
+static int l_batch_add(lua_State *L) {
+    sl_obatch *b = check_batch(L);
+    size_t len;
+    const char *text = luaL_checklstring(L, 2, &len);
+    int lo = luaL_checkint(L, 3), hi = luaL_checkint(L, 4);
+    int entry = luaL_checkint(L, 5);
+    luaL_argcheck(L, lo >= 1 && hi >= lo, 4, "rows lo..hi expected");
+    char err[160];
+    if (sl_obatch_add(b, text, len, lo, hi, entry, err, sizeof(err)) != 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_batch_count(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)sl_obatch_count(check_batch(L)));
+    return 1;
+}
+
+static int l_batch_queued(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)sl_obatch_queued(check_batch(L)));
+    return 1;
+}
+
+static int l_batch_origins(lua_State *L) {
+    sl_obatch *b = check_batch(L);
+    int n = (int)sl_obatch_count(b);
+    lua_createtable(L, n, 0);
+    lua_createtable(L, n, 0);
+    for (int k = 0; k < n; k++) {
+        int entry, row;
+        sl_obatch_origin(b, (size_t)k, &entry, &row);
+        lua_pushinteger(L, entry);
+        lua_rawseti(L, -3, k + 1);
+        lua_pushinteger(L, row);
+        lua_rawseti(L, -2, k + 1);
+    }
+    return 2;
+}
+
+static int l_batch_json(lua_State *L) {
+    sl_obatch *b = check_batch(L);
+    strbuf out = {0};
+    if (sl_obatch_json(b, &out) != 0) {
+        sb_free(&out);
+        return luaL_error(L, "sluice._outbox: out of memory");
+    }
+    lua_pushlstring(L, out.p, out.len);
+    sb_free(&out);
+    return 1;
+}
+
+static int l_batch_copy_text(lua_State *L) {
+    sl_obatch *b = check_batch(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    int ncols = (int)lua_objlen(L, 2);
+    luaL_argcheck(L, ncols > 0 && (int)lua_objlen(L, 3) == ncols, 3,
+                  "one cast per column expected");
+    sl_obatch_col *cols = lua_newuserdata(L, (size_t)ncols * sizeof(*cols));
+    for (int i = 0; i < ncols; i++) {
+        lua_rawgeti(L, 2, i + 1);
+        cols[i].name = lua_tolstring(L, -1, &cols[i].len); /* in arg 2 */
+        lua_pop(L, 1);
+        lua_rawgeti(L, 3, i + 1);
+        const char *cast = lua_tostring(L, -1);
+        lua_pop(L, 1);
+        if (!cols[i].name || !cast)
+            return luaL_argerror(L, 2, "column names and casts are strings");
+        cols[i].kind = !strcmp(cast, "bytea")   ? SL_OB_BYTEA
+                       : !strcmp(cast, "jsonb") ? SL_OB_JSON
+                                                : SL_OB_PLAIN;
+    }
+    strbuf out = {0};
+    /* COPY rows run about as long as their JSON: one allocation, mostly */
+    size_t room = sl_obatch_count(b) * 160 + 1;
+    out.p = malloc(room);
+    if (out.p) {
+        out.cap = room;
+        out.p[0] = '\0';
+    }
+    char err[200];
+    if (sl_obatch_copy_text(b, cols, ncols, &out, err, sizeof(err)) != 0) {
+        sb_free(&out);
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushlstring(L, out.p ? out.p : "", out.len);
+    sb_free(&out);
+    return 1;
+}
+
+static int l_batch_free(lua_State *L) {
+    sl_obatch **pb = luaL_checkudata(L, 1, BATCH_MT);
+    sl_obatch_free(*pb);
+    *pb = NULL;
+    return 0;
+}
+
 int luaopen_sluice_outbox(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"rows", l_rows},
+        {"batch", l_batch},
         {NULL, NULL},
     };
+    static const luaL_Reg methods[] = {
+        {"add", l_batch_add},       {"count", l_batch_count},
+        {"queued", l_batch_queued}, {"origins", l_batch_origins},
+        {"json", l_batch_json},     {"copy_text", l_batch_copy_text},
+        {"free", l_batch_free},     {NULL, NULL},
+    };
+    luaL_newmetatable(L, BATCH_MT);
+    lua_pushcfunction(L, l_batch_free);
+    lua_setfield(L, -2, "__gc");
+    lua_newtable(L);
+    luaL_register(L, NULL, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
     lua_newtable(L);
     luaL_register(L, NULL, fns);
     return 1;

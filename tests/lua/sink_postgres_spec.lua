@@ -260,11 +260,12 @@ describe("sluice.sinks.postgres", function()
 
   describe("through the outbox", function()
     -- A collector storing TRADES rows, an outbox with the postgres sink.
-    local function run(tname, sink_settings)
+    local function run(tname, sink_settings, columns)
       local db = assert(store.open(":memory:"))
       local c = collector.new(collector.define {
         name = "pg_feed_" .. tname, interval = 3600, limiter = false, retry = false, breaker = false,
-        tables = { [tname] = { columns = TRADES.columns, key = TRADES.key } }, collect = function() return {} end,
+        tables = { [tname] = { columns = columns or TRADES.columns, key = TRADES.key } },
+        collect = function() return {} end,
       }, nil, { store = db })
       local settings = { kind = "postgres", url = srv:url(), batch = 1000, max_age = 0.05,
         retry = { base_delay = 0.05, max_delay = 0.2 }, breaker = { failure_threshold = 1000 } }
@@ -325,6 +326,41 @@ describe("sluice.sinks.postgres", function()
       assert.same({ n = 20000, d = 20000 }, r)
       assert.equal(20000, equal_tables(db, conn, "ob_restart"))
       assert.equal(0, box:status().pg.dead_letters)
+    end)
+
+    it("writes every store type exactly from the queued text (the C batch's COPY)", function()
+      -- the forwarder hands the sink the chunks' text (sluice._outbox.batch),
+      -- not decoded rows: escapes, unicode, blobs, booleans, reals, json,
+      -- absent fields and the latest row of a key as sink:write had them
+      local cols = { id = "integer", t = "text", b = "blob", r = "real", j = "json",
+        d = "decimal", u = "uint256" }
+      local db, c, box = run("ob_types", { batch = 100 }, cols)
+      local text = 'tab\tnl\ncr\rbs\\q"ctl\1\31 \u{e9} \u{2603} \u{1F600} /sl'
+      assert.equal(3, c:store_rows({
+        { id = 1, t = "first" },
+        { id = 2, t = "", r = -1e300, j = { 1, { x = "y", f = false } } },
+        { id = 3 },
+      }))
+      assert.equal(1, c:store_rows({
+        { id = 1, t = text, b = "AB\1\u{e9}\\", r = 0.1, j = { x = "a\tb\\", n = 2 ^ 53 + 1LL, t = true },
+          d = "1.50", u = U256MAX },
+      }))
+      wait_for("the outbox to drain", function() return box:status().pg.depth == 0 end, 30)
+      local got = assert(conn:query("SELECT id, t, encode(b, 'hex') AS b, r, j::text AS j, d::text AS d,"
+        .. " u::text AS u FROM ob_types ORDER BY id")).rows
+      assert.same({
+        { id = 1, t = text, b = "4142" .. "01" .. "c3a9" .. "5c", r = 0.1,
+          j = '{"n": 9007199254740993, "t": true, "x": "a\\tb\\\\"}', d = "1.50", u = U256MAX },
+        { id = 2, t = "", r = -1e300, j = '[1, {"f": false, "x": "y"}]' },
+        { id = 3 },
+      }, got)
+      -- a NUL PostgreSQL text cannot hold: the batch is refused, dead-lettered
+      assert.equal(1, c:store_rows({ { id = 4, t = "a\0b" } }))
+      wait_for("the dead letter", function() return box:status().pg.dead_letters == 1 end)
+      assert.truthy(tostring(box:dead_letters("pg")[1].error):match("NUL"), tostring(box:dead_letters("pg")[1].error))
+      assert.equal(3, assert(conn:query("SELECT count(*) AS n FROM ob_types")).rows[1].n)
+      -- one batch of 4 queued rows, one per key: 3 forwarded
+      assert.same({ 0, 3 }, { box:status().pg.depth, box:status().pg.forwarded })
     end)
 
     it("dead-letters a batch the server refuses and forwards the rest", function()

@@ -10,10 +10,14 @@
 --    (park's timeout) makes the age bound;
 --  - takes the oldest row's table's oldest entries (whole, at most `batch`
 --    rows; one row per key, the latest, when the definition has a key),
---    behind the sink's breaker ("sink:<name>");
+--    behind the sink's breaker ("sink:<name>"), read from the chunks'
+--    text in C (sluice._outbox.batch: no Lua table per row);
 --  - sink:ensure(table, def) before the first batch of a table in this
---    process, then sink:write(table, rows, def, meta) (meta: {ids, at}
---    of the rows); during the write a task spawned for it (read_ahead)
+--    process, then sink:write_batch(table, batch, def, meta) when the sink
+--    has that method (batch: the C batch, whose copy_text/json write the
+--    rows straight from the chunks), else sink:write(table, rows, def,
+--    meta) with the rows decoded (meta: {ids, at} of the rows, made when
+--    first read); during the write a task spawned for it (read_ahead)
 --    reads and decodes the next batch, which is sent after the ack when
 --    it is still the one to send (take_ahead); the read-ahead task never
 --    yields, so it ends within the write's first wait;
@@ -31,15 +35,16 @@ local sluice = require "sluice"
 local json = require "sluice.json"
 local log = require "sluice.log"
 local queue = require "sluice.outbox.queue"
+local new_batch = require("sluice._outbox").batch
 
 local ipairs, pcall, tostring, type = ipairs, pcall, tostring, type
-local max, min, floor, format = math.max, math.min, math.floor, string.format
-local decode, encode = json.decode, json.encode
+local setmetatable, rawset = setmetatable, rawset
+local max, min = math.max, math.min
+local decode = json.decode
 
 local _M = {}
 
 local RATE_WINDOW = 10 -- seconds over which rows_per_second is measured
-local TWO53 = 2 ^ 53
 
 --- wake(s): the sink's forwarder parked and waiting for rows goes on.
 function _M.wake(s)
@@ -79,33 +84,38 @@ local function record_rate(s, n)
   s.samples = keep
 end
 
--- A key part's text: a string as it is, anything else as sluice.json
--- writes it (an integer, the common case, without the general encoder).
-local function part(v)
-  local tv = type(v)
-  if tv == "string" then return v end
-  if tv == "number" and v == floor(v) and v > -TWO53 and v < TWO53 and (v ~= 0 or 1 / v > 0) then
-    return format("%d", v)
+-- A batch's meta ({ids, at} per kept row) is made when a sink first
+-- reads it: the PostgreSQL sink never does, and 5000 ids a batch cost
+-- more than its COPY text. origin[meta] = what it is made from.
+local origin = setmetatable({}, { __mode = "k" })
+local Meta = {}
+function Meta.__index(m, k)
+  local o = origin[m]
+  if not o or (k ~= "ids" and k ~= "at") then return nil end
+  origin[m] = nil
+  local es, rs = o.batch:origins()
+  local entries, prefixes = o.entries, {}
+  local ids, ats = {}, {}
+  for n = 1, #es do
+    local en = es[n]
+    local prefix = prefixes[en]
+    if not prefix then
+      prefix = queue.row_id(o.oid, entries[en].chunk, "")
+      prefixes[en] = prefix
+    end
+    ids[n], ats[n] = prefix .. rs[n], entries[en].at
   end
-  return encode(v, true) or tostring(v)
-end
-
--- The key of a row as text ("\0" between parts), or nil without a key.
-local function key_of(row, key)
-  local nk = key and #key or 0
-  if nk == 0 then return nil end
-  if nk == 1 then return part(row[key[1]]) end
-  local parts = {}
-  for i = 1, nk do parts[i] = part(row[key[i]]) end
-  return table.concat(parts, "\0", 1, nk)
+  rawset(m, "ids", ids)
+  rawset(m, "at", ats)
+  return m[k]
 end
 
 -- A batch read from the queue: the oldest entry's table's oldest entries
--- (none of skip, the range in flight), at most s.batch rows, decoded with
--- one row per key (the latest wins, in the place of the first) ->
--- {tname, def, rows, meta = {ids, at}, first, last (entry ids), full (no
--- more rows would fit), head_at, dropgen} | nil (nothing queued) | false,
--- err (the database failed).
+-- (none of skip, the range in flight), at most s.batch rows, with one row
+-- per key (the latest wins, in the place of the first) ->
+-- {tname, def, data (the C batch), n (its rows), meta = {ids, at}, first,
+-- last (entry ids), full (no more rows would fit), head_at, dropgen} | nil
+-- (nothing queued) | false, err (the database failed, or a chunk's text).
 local function read_batch(db, s, skip)
   local head = queue.head(db, s.name, skip)
   if not head then return nil end
@@ -114,31 +124,25 @@ local function read_batch(db, s, skip)
   if not entries then return false, more end
   if #entries == 0 then return nil end
   local def = queue.def(db, tname, s.defs) or { name = tname, columns = {}, key = {} }
-  local key = def.key
+  local key = def.key or {}
   if type(key) == "string" then key = { key } end
   local oid = s.outbox_id
   if not oid then
     oid = queue.outbox_id(db)
     s.outbox_id = oid
   end
-  local rows, ids, ats, pos, count = {}, {}, {}, {}, 0
-  for _, e in ipairs(entries) do
-    local list, err = decode(e.rows)
-    if list == nil then return false, "outbox chunk " .. e.chunk .. ": " .. tostring(err) end
-    local at, prefix = e.at, queue.row_id(oid, e.chunk, "")
-    for i = e.lo, e.hi do
-      local row = list[i]
-      count = count + 1
-      local k = key_of(row, key)
-      local at_k = k and pos[k]
-      if not at_k then
-        at_k = #rows + 1
-        if k then pos[k] = at_k end
-      end
-      rows[at_k], ids[at_k], ats[at_k] = row, prefix .. i, at
+  local b = new_batch(key)
+  for n, e in ipairs(entries) do
+    local ok, err = b:add(e.rows, e.lo, e.hi, n)
+    if not ok then
+      b:free()
+      return false, "outbox chunk " .. e.chunk .. ": " .. tostring(err)
     end
   end
-  return { tname = tname, def = def, rows = rows, meta = { ids = ids, at = ats }, queued = count,
+  local meta = setmetatable({}, Meta)
+  origin[meta] = { batch = b, entries = entries, oid = oid }
+  local count = b:queued()
+  return { tname = tname, def = def, data = b, n = b:count(), meta = meta, queued = count,
     first = entries[1].id, last = entries[#entries].id, full = more or count >= s.batch, head_at = head.at,
     dropgen = s.dropgen }
 end
@@ -149,6 +153,14 @@ local function call(sink, method, ...)
   if not ok then return nil, "sink " .. method .. " raised: " .. tostring(a), "error" end
   if a then return true end
   return nil, tostring(b or "failed"), c
+end
+
+-- The batch to the sink: as the C batch when it takes one, else as rows.
+local function write(sink, batch)
+  if sink.write_batch then return call(sink, "write_batch", batch.tname, batch.data, batch.def, batch.meta) end
+  local rows, err = decode(batch.data:json())
+  if rows == nil then return nil, "outbox: the batch's rows: " .. tostring(err), "error" end
+  return call(sink, "write", batch.tname, rows, batch.def, batch.meta)
 end
 
 local function failed(s, err)
@@ -186,7 +198,7 @@ end
 -- Ships one batch. Returns nil, err when the database failed (the loop
 -- waits a little and tries again).
 local function ship(db, s, batch, permit)
-  local tname, rows, def = batch.tname, batch.rows, batch.def
+  local tname, nrows, def = batch.tname, batch.n, batch.def
   local first, last = batch.first, batch.last
   local t0 = sluice.now()
   local ok, err, kind = true, nil, nil
@@ -202,7 +214,7 @@ local function ship(db, s, batch, permit)
     local token = s.seq
     s.ahead, s.ahead_token = nil, token
     sluice.spawn(read_ahead, db, s, token, s.in_flight)
-    ok, err, kind = call(s.sink, "write", tname, rows, def, batch.meta)
+    ok, err, kind = write(s.sink, batch)
     s.acked_token = nil
     if ok then
       s.acked_token = token
@@ -223,12 +235,12 @@ local function ship(db, s, batch, permit)
     s.breaker:success(permit, sluice.now() - t0)
     s.attempt, s.retry_at = 0, nil
     s.batches = s.batches + 1
-    local aok, aerr = queue.ack(db, s.name, tname, first, last, #rows)
+    local aok, aerr = queue.ack(db, s.name, tname, first, last, nrows)
     if not aok then
       s.ahead, s.ahead_token = nil, nil
       return nil, aerr
     end
-    record_rate(s, #rows)
+    record_rate(s, nrows)
   elseif kind == "rejected" then
     -- the sink is up and refused this data: the rest flows on
     s.breaker:success(permit, sluice.now() - t0)

@@ -32,6 +32,8 @@
 -- connection, a timeout, a server shutting down) -> nil, err, kind (the
 -- outbox retries). A connection that failed is dropped and made again at
 -- the next call (the outbox's backoff paces it).
+-- sink:write_batch(table, batch, def) the same for the outbox's batch
+-- (sluice._outbox.batch): its COPY text written in C from the queued text.
 -- sink:stats() -> {connected, batches, rows, copies (batches written by a
 -- plain COPY), reconnects, server_version}.
 -- Misuse raises; operational failure returns nil, err, kind.
@@ -431,11 +433,15 @@ end
 --   batch tries the plain COPY again. Appended rows (a backfill, candles)
 --   take the first way, a table whose rows change the second, and a switch
 --   costs one refused COPY.
-function Sink:copy(p, tname, rows)
+function Sink:copy(p, tname, rows, text, nrows)
   local c, err, kind = self:connection()
   if not c then return nil, err, kind end
-  local text, terr = copy_text(p, rows)
-  if not text then return nil, "postgres: " .. terr, "rejected" end
+  if not text then
+    local terr
+    text, terr = copy_text(p, rows)
+    if not text then return nil, "postgres: " .. terr, "rejected" end
+    nrows = #rows
+  end
   local res, state
   if not p.upsert or self.direct[tname] ~= false then
     res, err, kind, state = c:copy(p.copy, text)
@@ -455,7 +461,7 @@ function Sink:copy(p, tname, rows)
   end
   self.temps[tname] = c -- temporary tables live as long as their session
   local r = res.rows and res.rows[1]
-  if r and r.inserted == #rows then self.direct[tname] = true end
+  if r and r.inserted == nrows then self.direct[tname] = true end
   return true
 end
 
@@ -479,6 +485,29 @@ function Sink:write(tname, rows, def)
   if not ok then return nil, err, kind end
   self.batches = self.batches + 1
   self.rows = self.rows + #rows
+  return true
+end
+
+-- The outbox's batch (sluice._outbox.batch) without rows as Lua tables:
+-- with method "copy", its COPY text is written in C from the queued rows'
+-- text (what copy_text writes for their decoded values: a string's
+-- characters, a number's digits as queued, a jsonb value's JSON text,
+-- bytea as hex); the other methods take the rows decoded.
+function Sink:write_batch(tname, batch, def, meta)
+  local n = batch:count()
+  if n == 0 then return true end
+  if self.method ~= "copy" then
+    local rows, err = json.decode(batch:json())
+    if rows == nil then return nil, "postgres: the batch's rows: " .. tostring(err), "rejected" end
+    return self:write(tname, rows, def, meta)
+  end
+  local p = self:plan(tname, def)
+  local text, terr = batch:copy_text(p.names, p.casts)
+  if not text then return nil, "postgres: " .. terr, "rejected" end
+  local ok, err, kind = self:copy(p, tname, nil, text, n)
+  if not ok then return nil, err, kind end
+  self.batches = self.batches + 1
+  self.rows = self.rows + n
   return true
 end
 

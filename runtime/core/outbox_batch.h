@@ -1,0 +1,71 @@
+/* outbox_batch.h -- a forwarder's batch read from the outbox's chunks, in C
+ *
+ * The outbox queues a commit's rows as one JSON array per chunk (objects
+ * of scalars and JSON values: sluice._outbox.rows' or sluice.json's text).
+ * A forwarder's batch is ranges of such chunks, one row per key (the
+ * latest wins, in the place of the first). Decoding them into Lua tables
+ * and encoding those again for a sink cost most of the forwarding
+ * (tests/bench/sink_postgres.lua); a batch here keeps the chunks' text and
+ * where each kept row's fields are, and writes the sink's format (COPY
+ * text) or one JSON array straight from it.
+ *
+ * Ownership: sl_obatch_add copies the chunk's text; everything a batch
+ * points into is its own, freed by sl_obatch_free. Single-threaded, no
+ * callbacks, nothing global.
+ */
+#ifndef SLUICE_OUTBOX_BATCH_H
+#define SLUICE_OUTBOX_BATCH_H
+
+#include <stddef.h>
+
+#include "strbuf.h"
+
+typedef struct sl_obatch sl_obatch;
+
+/* How a column's value is written in COPY text: */
+enum sl_obatch_kind {
+    SL_OB_PLAIN, /* a string's characters, a number's or literal's text */
+    SL_OB_BYTEA, /* a string's bytes as bytea hex input (\x...) */
+    SL_OB_JSON,  /* the value's JSON text (jsonb input) */
+};
+
+typedef struct sl_obatch_col {
+    const char *name;
+    size_t len;
+    enum sl_obatch_kind kind;
+} sl_obatch_col;
+
+/* A batch whose rows are one per value of the fields keys[0..nkeys) (no
+ * keys: every row kept). The names are copied. NULL when out of memory. */
+sl_obatch *sl_obatch_new(const char *const *keys, const size_t *key_lens,
+                         int nkeys);
+void sl_obatch_free(sl_obatch *b);
+
+/* Adds rows lo..hi (1-based) of the chunk text[0..len), each tagged with
+ * entry (the caller's number for where it came from). 0, or -1 with a
+ * message in err (malformed text, a row that is not an object, fewer rows
+ * than hi, out of memory); the batch is then unusable but still freed by
+ * sl_obatch_free. */
+int sl_obatch_add(sl_obatch *b, const char *text, size_t len, int lo, int hi,
+                  int entry, char *err, size_t errlen);
+
+/* Rows added, rows kept (one per key). */
+size_t sl_obatch_queued(const sl_obatch *b);
+size_t sl_obatch_count(const sl_obatch *b);
+
+/* Where kept row k (0-based) came from: its entry and its row in the
+ * chunk (the latest row of its key). */
+void sl_obatch_origin(const sl_obatch *b, size_t k, int *entry, int *row);
+
+/* Appends the kept rows as one JSON array (each row's text as queued).
+ * 0, or -1 when out of memory. */
+int sl_obatch_json(const sl_obatch *b, strbuf *out);
+
+/* Appends the kept rows in COPY's text format, columns cols[0..ncols) in
+ * that order (a field the row lacks, or null: \N; fields that are not
+ * columns are left out). 0, or -1 with a message in err: a string that
+ * PostgreSQL cannot hold (a NUL, a lone surrogate) or out of memory. */
+int sl_obatch_copy_text(const sl_obatch *b, const sl_obatch_col *cols,
+                        int ncols, strbuf *out, char *err, size_t errlen);
+
+#endif

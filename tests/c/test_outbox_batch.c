@@ -1,0 +1,208 @@
+/* test_outbox_batch.c -- the outbox's chunks read into a batch and written
+ * as COPY text and JSON: exact bytes */
+
+#include "core/outbox_batch.h"
+#include "test.h"
+
+#include <stdlib.h>
+
+static sl_obatch *keyed(const char *key) {
+    size_t len = strlen(key);
+    return sl_obatch_new(&key, &len, 1);
+}
+
+/* The batch's COPY text for columns "name:kind" ('p' plain, 'b' bytea,
+ * 'j' jsonb); NULL and the error in err when it fails. Caller frees. */
+static char *copy_of(sl_obatch *b, const char *const *spec, int n, char *err) {
+    sl_obatch_col cols[8];
+    for (int i = 0; i < n; i++) {
+        const char *colon = strchr(spec[i], ':');
+        cols[i].name = spec[i];
+        cols[i].len = (size_t)(colon - spec[i]);
+        cols[i].kind = colon[1] == 'b'   ? SL_OB_BYTEA
+                       : colon[1] == 'j' ? SL_OB_JSON
+                                         : SL_OB_PLAIN;
+    }
+    strbuf out = {0};
+    if (sl_obatch_copy_text(b, cols, n, &out, err, 200) != 0) {
+        sb_free(&out);
+        return NULL;
+    }
+    return out.p ? out.p : strdup("");
+}
+
+static char *json_of(sl_obatch *b) {
+    strbuf out = {0};
+    CHECK_INT(sl_obatch_json(b, &out), 0);
+    return out.p;
+}
+
+TEST(latest_row_of_a_key_in_the_place_of_the_first) {
+    sl_obatch *b = keyed("k");
+    char err[200] = "";
+    CHECK_INT(sl_obatch_add(b, "[{\"k\":1,\"v\":\"a\"},{\"k\":2,\"v\":\"b\"}]",
+                            33, 1, 2, 1, err, sizeof(err)),
+              0);
+    const char *c2 = " [ {\"k\":3} , {\"k\":1, \"v\" : \"c\"} ,{\"k\":4}] ";
+    CHECK_INT(sl_obatch_add(b, c2, strlen(c2), 2, 2, 2, err, sizeof(err)), 0);
+    CHECK_INT(sl_obatch_queued(b), 3);
+    CHECK_INT(sl_obatch_count(b), 2);
+    int e, r;
+    sl_obatch_origin(b, 0, &e, &r);
+    CHECK_INT(e, 2);
+    CHECK_INT(r, 2);
+    sl_obatch_origin(b, 1, &e, &r);
+    CHECK_INT(e, 1);
+    CHECK_INT(r, 2);
+    char *j = json_of(b);
+    CHECK_STR(j, "[{\"k\":1,\"v\":\"c\"},{\"k\":2,\"v\":\"b\"}]");
+    free(j);
+    sl_obatch_free(b);
+}
+
+TEST(keys_compare_by_value_and_type) {
+    /* the same string escaped two ways is one key; a string "1" and the
+     * number 1 are two; an absent key field is a key of its own */
+    sl_obatch *b = keyed("k");
+    const char *c = "[{\"k\":\"\\u00e9/\"},{\"k\":\"\xc3\xa9\\/\",\"v\":1},"
+                    "{\"k\":\"1\"},{\"k\":1},{\"v\":2},{\"v\":3}]";
+    char err[200] = "";
+    CHECK_INT(sl_obatch_add(b, c, strlen(c), 1, 6, 1, err, sizeof(err)), 0);
+    CHECK_INT(sl_obatch_count(b), 4);
+    char *j = json_of(b);
+    CHECK_STR(j, "[{\"k\":\"\xc3\xa9\\/\",\"v\":1},{\"k\":\"1\"},{\"k\":1},"
+                 "{\"v\":3}]");
+    free(j);
+    sl_obatch_free(b);
+}
+
+TEST(no_key_keeps_every_row) {
+    sl_obatch *b = sl_obatch_new(NULL, NULL, 0);
+    char err[200] = "";
+    const char *c = "[{\"a\":1},{\"a\":1},{}]";
+    CHECK_INT(sl_obatch_add(b, c, strlen(c), 1, 3, 7, err, sizeof(err)), 0);
+    CHECK_INT(sl_obatch_count(b), 3);
+    char *j = json_of(b);
+    CHECK_STR(j, "[{\"a\":1},{\"a\":1},{}]");
+    free(j);
+    sl_obatch_free(b);
+}
+
+TEST(copy_text_of_each_kind) {
+    sl_obatch *b = keyed("id");
+    const char *c =
+        "[{\"b\":\"AB\\u0001\\\\\",\"id\":1,\"j\":{\"x\":\"t\\tq\\\"\","
+        "\"n\":[1,2.5e-3,true,null]},\"n\":-1.25e+300,"
+        "\"s\":\"tab\\tnl\\ncr\\rbs\\\\q\\\"sl\\/u\\u00e9\\ud83d\\ude00\","
+        "\"x\":\"not a column\"},"
+        "{\"id\":2,\"j\":\"str\",\"n\":123456789012345678901234567890,"
+        "\"s\":\"\"},"
+        "{\"id\":3,\"j\":null,\"s\":null,\"b\":[1],\"n\":true}]";
+    char err[200] = "";
+    CHECK_INT(sl_obatch_add(b, c, strlen(c), 1, 3, 1, err, sizeof(err)), 0);
+    CHECK_STR(err, "");
+    const char *cols[] = {"id:p", "s:p", "n:p", "b:b", "j:j"};
+    char *t = copy_of(b, cols, 5, err);
+    CHECK_STR(t, "1\ttab\\tnl\\ncr\\rbs\\\\q\"sl/u\xc3\xa9\xf0\x9f\x98\x80\t"
+                 "-1.25e+300\t\\\\x4142015c\t"
+                 "{\"x\":\"t\\\\tq\\\\\"\",\"n\":[1,2.5e-3,true,null]}\n"
+                 "2\t\t123456789012345678901234567890\t\\N\t\"str\"\n"
+                 "3\t\\N\ttrue\t[1]\t\\N\n");
+    free(t);
+    sl_obatch_free(b);
+}
+
+TEST(copy_text_refuses_what_postgres_cannot_hold) {
+    char err[200] = "";
+    const char *cols[] = {"s:p"};
+    sl_obatch *b = keyed("s");
+    const char *nul = "[{\"s\":\"a\\u0000b\"}]";
+    CHECK_INT(sl_obatch_add(b, nul, strlen(nul), 1, 1, 1, err, sizeof(err)), 0);
+    CHECK(copy_of(b, cols, 1, err) == NULL);
+    CHECK_STR(err, "row 1 column s: a NUL character (PostgreSQL text cannot "
+                   "hold one)");
+    sl_obatch_free(b);
+    /* a lone surrogate: not in a key (a bad key refuses the row earlier) */
+    b = sl_obatch_new(NULL, NULL, 0);
+    const char *lone = "[{\"s\":\"\\ud83d x\"}]";
+    CHECK_INT(sl_obatch_add(b, lone, strlen(lone), 1, 1, 1, err, sizeof(err)),
+              0);
+    CHECK(copy_of(b, cols, 1, err) == NULL);
+    CHECK_STR(err, "row 1 column s: a bad \\u escape");
+    sl_obatch_free(b);
+}
+
+TEST(malformed_chunks_are_errors) {
+    static const struct {
+        const char *text;
+        int lo, hi;
+        const char *err;
+    } cases[] = {
+        {"{\"a\":1}", 1, 1, "not a JSON array"},
+        {"[]", 1, 1, "0 rows, row 1 asked for"},
+        {"[{\"a\":1},{\"a\":2}]", 1, 3, "2 rows, row 3 asked for"},
+        {"[{\"a\":1},2]", 1, 2, "row 2: not a JSON object of fields"},
+        {"[{\"a\":1} {\"a\":2}]", 1, 2, "row 1: not followed by , or ]"},
+        {"[{\"a\":tru}]", 1, 1, "row 1: not a JSON object of fields"},
+        {"[{\"a\":\"open}]", 1, 1, "row 1: not a JSON object of fields"},
+        {"[{\"a\":[1,{]}]", 1, 1, "row 1: not a JSON object of fields"},
+        {"[{\"k\":\"\\x\"}]", 1, 1, "row 1: a bad key (or out of memory)"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        sl_obatch *b = keyed("k");
+        char err[200] = "";
+        CHECK_INT(sl_obatch_add(b, cases[i].text, strlen(cases[i].text),
+                                cases[i].lo, cases[i].hi, 1, err, sizeof(err)),
+                  -1);
+        CHECK_STR(err, cases[i].err);
+        sl_obatch_free(b);
+    }
+}
+
+TEST(rows_before_lo_are_skipped_whatever_they_hold) {
+    sl_obatch *b = keyed("k");
+    char err[200] = "";
+    const char *c = "[[1,{\"x\":\"]\"}],\"s\",{\"k\":5}]";
+    CHECK_INT(sl_obatch_add(b, c, strlen(c), 3, 3, 1, err, sizeof(err)), 0);
+    CHECK_INT(sl_obatch_count(b), 1);
+    int e, r;
+    sl_obatch_origin(b, 0, &e, &r);
+    CHECK_INT(r, 3);
+    sl_obatch_free(b);
+}
+
+TEST(many_keys_grow_the_table) {
+    sl_obatch *b = keyed("k");
+    strbuf c = {0};
+    sb_add(&c, "[", 1);
+    for (int i = 0; i < 5000; i++) {
+        char row[40];
+        int n =
+            snprintf(row, sizeof(row), "%s{\"k\":%d}", i ? "," : "", i % 3000);
+        sb_add(&c, row, (size_t)n);
+    }
+    sb_add(&c, "]", 1);
+    char err[200] = "";
+    CHECK_INT(sl_obatch_add(b, c.p, c.len, 1, 5000, 1, err, sizeof(err)), 0);
+    CHECK_INT(sl_obatch_queued(b), 5000);
+    CHECK_INT(sl_obatch_count(b), 3000);
+    int e, r;
+    sl_obatch_origin(b, 0, &e, &r);
+    CHECK_INT(r, 3001); /* key 0's latest row */
+    sl_obatch_origin(b, 2999, &e, &r);
+    CHECK_INT(r, 3000); /* key 2999: once */
+    sb_free(&c);
+    sl_obatch_free(b);
+}
+
+int main(void) {
+    RUN(latest_row_of_a_key_in_the_place_of_the_first);
+    RUN(keys_compare_by_value_and_type);
+    RUN(no_key_keeps_every_row);
+    RUN(copy_text_of_each_kind);
+    RUN(copy_text_refuses_what_postgres_cannot_hold);
+    RUN(malformed_chunks_are_errors);
+    RUN(rows_before_lo_are_skipped_whatever_they_hold);
+    RUN(many_keys_grow_the_table);
+    return TEST_SUMMARY();
+}
