@@ -334,7 +334,7 @@ describe("sluice.sinks.postgres", function()
       -- absent fields and the latest row of a key as sink:write had them
       local cols = { id = "integer", t = "text", b = "blob", r = "real", j = "json",
         d = "decimal", u = "uint256" }
-      local db, c, box = run("ob_types", { batch = 100 }, cols)
+      local _, c, box = run("ob_types", { batch = 100 }, cols)
       local text = 'tab\tnl\ncr\rbs\\q"ctl\1\31 \u{e9} \u{2603} \u{1F600} /sl'
       assert.equal(3, c:store_rows({
         { id = 1, t = "first" },
