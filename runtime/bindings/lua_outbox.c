@@ -36,8 +36,9 @@
  *     b:copy_text(names, casts) -> text | nil, err: COPY's text format,
  *       columns names in order, casts[i] the column's PostgreSQL type
  *       ("bytea": hex input, "jsonb": the value's JSON text)
- *   A batch owns copies of its chunks' text; its memory goes with its
- *   __gc (b:free() gives it back earlier).
+ *   A batch keeps its chunks' strings (in its environment table) and
+ *   points into them; its memory goes with its __gc (b:free() gives it
+ *   back earlier).
  *
  * Nothing else is kept between calls: rows' text is built in a strbuf
  * (freed before the call returns) and returned as a Lua string; no call
@@ -353,6 +354,8 @@ static int l_batch(lua_State *L) {
     *pb = NULL;
     luaL_getmetatable(L, BATCH_MT);
     lua_setmetatable(L, -2);
+    lua_newtable(L); /* its environment: the chunks' strings it points into */
+    lua_setfenv(L, -2);
     *pb = sl_obatch_new(keys, lens, nkeys);
     if (!*pb)
         return luaL_error(L, "sluice._outbox.batch: out of memory");
@@ -366,6 +369,11 @@ static int l_batch_add(lua_State *L) {
     int lo = luaL_checkint(L, 3), hi = luaL_checkint(L, 4);
     int entry = luaL_checkint(L, 5);
     luaL_argcheck(L, lo >= 1 && hi >= lo, 4, "rows lo..hi expected");
+    /* the batch points into text: anchored for as long as the batch */
+    lua_getfenv(L, 1);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, (int)lua_objlen(L, -2) + 1);
+    lua_pop(L, 1);
     char err[160];
     if (sl_obatch_add(b, text, len, lo, hi, entry, err, sizeof(err)) != 0) {
         lua_pushnil(L);

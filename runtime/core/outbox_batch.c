@@ -1,7 +1,7 @@
 /* outbox_batch.c -- the outbox's chunks to a sink's batch without Lua tables
  *
  * See outbox_batch.h. A chunk is scanned once: each row of the range taken
- * is split into fields (name and value spans in the batch's copy of the
+ * is split into fields (name and value spans in the chunk's
  * text), its key's bytes looked up in an open-addressing table of the
  * kept rows, and the row either kept or put in the place of the earlier
  * row of its key. Writing COPY text then walks the kept rows' fields.
@@ -16,7 +16,8 @@
 #include "pg.h"
 
 typedef struct field {
-    const char *name, *val; /* into a chunk copy; name unescaped in place */
+    const char *name, *val; /* into a chunk's text; a name that had escapes
+                               into its unescaped copy (names) */
     uint32_t nlen, vlen;
     char type; /* 's' string (val: its text, quotes included), 'n' number,
                   'o' object or array, 't' true, 'f' false, 'z' null */
@@ -30,8 +31,8 @@ typedef struct row {
 } row;
 
 struct sl_obatch {
-    char **texts; /* the chunks' copies */
-    size_t ntexts, captexts;
+    char **names; /* unescaped copies of field names that had escapes */
+    size_t nnames, capnames;
     field *fields;
     size_t nfields, capfields;
     row *rows; /* kept */
@@ -90,9 +91,9 @@ oom:
 void sl_obatch_free(sl_obatch *b) {
     if (!b)
         return;
-    for (size_t i = 0; i < b->ntexts; i++)
-        free(b->texts[i]);
-    free(b->texts);
+    for (size_t i = 0; i < b->nnames; i++)
+        free(b->names[i]);
+    free(b->names);
     free(b->fields);
     free(b->rows);
     free(b->slots);
@@ -309,32 +310,40 @@ static void set_err(char *err, size_t errlen, const char *fmt, int a, int b) {
 
 /* The fields of the object at p (appended to b->fields) -> its end, or
  * NULL. */
-static char *split_row(sl_obatch *b, char *p, char *e) {
+static const char *split_row(sl_obatch *b, const char *p, const char *e) {
     if (p >= e || *p != '{')
         return NULL;
-    p = (char *)ws(p + 1, e);
+    p = ws(p + 1, e);
     if (p < e && *p == '}')
         return p + 1;
     for (;;) {
         if (p >= e || *p != '"')
             return NULL;
-        char *ne = (char *)string_end(p, e);
+        const char *ne = string_end(p, e);
         if (!ne)
             return NULL;
-        char *name = p + 1;
+        const char *name = p + 1;
         size_t nlen = (size_t)(ne - 1 - name);
-        if (memchr(name, '\\', nlen)) {
-            long w = unescape_into(name, name, nlen);
+        if (memchr(name, '\\', nlen)) { /* rare: an unescaped copy */
+            char *copy = malloc(nlen + 1);
+            if (!copy || grow((void **)&b->names, &b->capnames, b->nnames + 1,
+                              sizeof(char *)) != 0) {
+                free(copy);
+                return NULL;
+            }
+            b->names[b->nnames++] = copy;
+            long w = unescape_into(copy, name, nlen);
             if (w < 0)
                 return NULL;
+            name = copy;
             nlen = (size_t)w;
         }
-        p = (char *)ws(ne, e);
+        p = ws(ne, e);
         if (p >= e || *p != ':')
             return NULL;
-        p = (char *)ws(p + 1, e);
+        p = ws(p + 1, e);
         char type;
-        char *ve = (char *)value_end(p, e, &type);
+        const char *ve = value_end(p, e, &type);
         if (!ve)
             return NULL;
         if (grow((void **)&b->fields, &b->capfields, b->nfields + 1,
@@ -342,9 +351,9 @@ static char *split_row(sl_obatch *b, char *p, char *e) {
             return NULL;
         b->fields[b->nfields++] =
             (field){name, p, (uint32_t)nlen, (uint32_t)(ve - p), type};
-        p = (char *)ws(ve, e);
+        p = ws(ve, e);
         if (p < e && *p == ',') {
-            p = (char *)ws(p + 1, e);
+            p = ws(p + 1, e);
             continue;
         }
         if (p < e && *p == '}')
@@ -450,29 +459,19 @@ static int keep(sl_obatch *b, size_t first, int entry, int index) {
 
 int sl_obatch_add(sl_obatch *b, const char *text, size_t len, int lo, int hi,
                   int entry, char *err, size_t errlen) {
-    if (grow((void **)&b->texts, &b->captexts, b->ntexts + 1, sizeof(char *)) !=
-        0)
-        goto oom;
-    char *copy = malloc(len + 1);
-    if (!copy)
-        goto oom;
-    memcpy(copy, text, len);
-    copy[len] = '\0';
-    b->texts[b->ntexts++] = copy;
-    char *p = copy, *e = copy + len;
-    p = (char *)ws(p, e);
+    const char *p = ws(text, text + len), *e = text + len;
     if (p >= e || *p != '[') {
         set_err(err, errlen, "not a JSON array", 0, 0);
         return -1;
     }
-    p = (char *)ws(p + 1, e);
+    p = ws(p + 1, e);
     int i = 0;
     if (p < e && *p == ']')
         goto short_chunk;
     for (i = 1; i <= hi; i++) {
         if (i < lo) {
             char type;
-            p = (char *)value_end(p, e, &type);
+            p = value_end(p, e, &type);
         } else {
             size_t first = b->nfields;
             p = split_row(b, p, e);
@@ -489,11 +488,11 @@ int sl_obatch_add(sl_obatch *b, const char *text, size_t len, int lo, int hi,
             set_err(err, errlen, "row %d: not a JSON object of fields", i, 0);
             return -1;
         }
-        p = (char *)ws(p, e);
+        p = ws(p, e);
         if (i == hi)
             return 0;
         if (p < e && *p == ',') {
-            p = (char *)ws(p + 1, e);
+            p = ws(p + 1, e);
             continue;
         }
         if (p < e && *p == ']')
@@ -503,9 +502,6 @@ int sl_obatch_add(sl_obatch *b, const char *text, size_t len, int lo, int hi,
     }
 short_chunk:
     set_err(err, errlen, "%d rows, row %d asked for", i, hi);
-    return -1;
-oom:
-    set_err(err, errlen, "out of memory", 0, 0);
     return -1;
 }
 

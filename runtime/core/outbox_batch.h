@@ -9,9 +9,11 @@
  * where each kept row's fields are, and writes the sink's format (COPY
  * text) or one JSON array straight from it.
  *
- * Ownership: sl_obatch_add copies the chunk's text; everything a batch
- * points into is its own, freed by sl_obatch_free. Single-threaded, no
- * callbacks, nothing global.
+ * Ownership: a batch points into the chunks' text given to sl_obatch_add
+ * (copying 1 MB chunks cost more than reading them: fresh pages), which
+ * the caller keeps alive and unchanged until sl_obatch_free; the rest
+ * (field and row tables, key bytes, unescaped names) is the batch's own,
+ * freed by sl_obatch_free. Single-threaded, no callbacks, nothing global.
  */
 #ifndef SLUICE_OUTBOX_BATCH_H
 #define SLUICE_OUTBOX_BATCH_H
@@ -41,7 +43,8 @@ sl_obatch *sl_obatch_new(const char *const *keys, const size_t *key_lens,
                          int nkeys);
 void sl_obatch_free(sl_obatch *b);
 
-/* Adds rows lo..hi (1-based) of the chunk text[0..len), each tagged with
+/* Adds rows lo..hi (1-based) of the chunk text[0..len) (which the caller
+ * keeps until the batch is freed), each tagged with
  * entry (the caller's number for where it came from). 0, or -1 with a
  * message in err (malformed text, a row that is not an object, fewer rows
  * than hi, out of memory); the batch is then unusable but still freed by

@@ -159,6 +159,29 @@ TEST(malformed_chunks_are_errors) {
     }
 }
 
+TEST(names_with_escapes_are_their_characters) {
+    /* "\u0061" is the column a; a name with a quote is written back escaped */
+    sl_obatch *b = keyed("a");
+    char err[200] = "";
+    const char *c = "[{\"\\u0061\":1,\"q\\\"\":2},{\"a\":1,\"b\":3}]";
+    CHECK_INT(sl_obatch_add(b, c, strlen(c), 1, 2, 1, err, sizeof(err)), 0);
+    CHECK_INT(sl_obatch_count(b), 1);
+    char *j = json_of(b);
+    CHECK_STR(j, "[{\"a\":1,\"b\":3}]");
+    free(j);
+    sl_obatch_free(b);
+    b = sl_obatch_new(NULL, NULL, 0);
+    CHECK_INT(sl_obatch_add(b, c, strlen(c), 1, 1, 1, err, sizeof(err)), 0);
+    j = json_of(b);
+    CHECK_STR(j, "[{\"a\":1,\"q\\u0022\":2}]");
+    free(j);
+    const char *cols[] = {"a:p", "q\":p"};
+    char *t = copy_of(b, cols, 2, err);
+    CHECK_STR(t, "1\t2\n");
+    free(t);
+    sl_obatch_free(b);
+}
+
 TEST(rows_before_lo_are_skipped_whatever_they_hold) {
     sl_obatch *b = keyed("k");
     char err[200] = "";
@@ -202,6 +225,7 @@ int main(void) {
     RUN(copy_text_of_each_kind);
     RUN(copy_text_refuses_what_postgres_cannot_hold);
     RUN(malformed_chunks_are_errors);
+    RUN(names_with_escapes_are_their_characters);
     RUN(rows_before_lo_are_skipped_whatever_they_hold);
     RUN(many_keys_grow_the_table);
     return TEST_SUMMARY();

@@ -224,9 +224,13 @@ local RANGE = "sink = ?1 AND table_name = ?2 AND id BETWEEN ?3 AND ?4"
 local function delete_range(db, sink, tname, first, last)
   local held = must(db:query("SELECT COALESCE(SUM(hi - lo + 1), 0) AS n FROM sluice_outbox WHERE " .. RANGE,
     sink, tname, first, last))[1].n
-  must(db:exec("UPDATE sluice_outbox_chunks SET refs = refs - 1 WHERE id IN "
+  -- the chunks these entries held last deleted first, then the others'
+  -- counts lowered: an UPDATE rewrites the whole row, its rows text with it
+  -- (a 5000-row chunk is about a megabyte), so one about to be deleted is
+  -- not updated first
+  must(db:exec("DELETE FROM sluice_outbox_chunks WHERE refs <= 1 AND id IN "
     .. "(SELECT chunk FROM sluice_outbox WHERE " .. RANGE .. ")", sink, tname, first, last))
-  must(db:exec("DELETE FROM sluice_outbox_chunks WHERE refs <= 0 AND id IN "
+  must(db:exec("UPDATE sluice_outbox_chunks SET refs = refs - 1 WHERE id IN "
     .. "(SELECT chunk FROM sluice_outbox WHERE " .. RANGE .. ")", sink, tname, first, last))
   must(db:exec("DELETE FROM sluice_outbox WHERE " .. RANGE, sink, tname, first, last))
   return held
