@@ -36,6 +36,11 @@
  *     b:copy_text(names, casts) -> text | nil, err: COPY's text format,
  *       columns names in order, casts[i] the column's PostgreSQL type
  *       ("bytea": hex input, "jsonb": the value's JSON text)
+ *     b:rowbinary(cols, version [, versions]) -> body | nil, err:
+ *       ClickHouse RowBinary (core/outbox_rowbinary.h), cols a list of
+ *       {name, type, nullable, precision, scale} (type "int64", "float64",
+ *       "string", "json", "uint8", "uint256", "decimal"), then per row a
+ *       UInt64 version: versions[k] (a number) or version
  *   A batch keeps its chunks' strings (in its environment table) and
  *   points into them; its memory goes with its __gc (b:free() gives it
  *   back earlier).
@@ -53,6 +58,7 @@
 #include <yajl/yajl_parse.h>
 
 #include "core/outbox_batch.h"
+#include "core/outbox_rowbinary.h"
 #include "core/strbuf.h"
 #include "host/modules.h"
 
@@ -463,6 +469,86 @@ static int l_batch_copy_text(lua_State *L) {
     return 1;
 }
 
+static int rb_type(const char *t, enum sl_rb_type *out) {
+    static const struct {
+        const char *name;
+        enum sl_rb_type type;
+    } types[] = {
+        {"int64", SL_RB_INT64},     {"float64", SL_RB_FLOAT64},
+        {"string", SL_RB_STRING},   {"json", SL_RB_JSON},
+        {"uint8", SL_RB_UINT8},     {"uint256", SL_RB_UINT256},
+        {"decimal", SL_RB_DECIMAL},
+    };
+    for (size_t i = 0; t && i < sizeof(types) / sizeof(types[0]); i++)
+        if (!strcmp(t, types[i].name)) {
+            *out = types[i].type;
+            return 0;
+        }
+    return -1;
+}
+
+static int l_batch_rowbinary(lua_State *L) {
+    sl_obatch *b = check_batch(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    uint64_t version = (uint64_t)luaL_checknumber(L, 3);
+    int has_versions = lua_istable(L, 4);
+    int ncols = (int)lua_objlen(L, 2);
+    luaL_argcheck(L, ncols > 0, 2, "columns expected");
+    lua_settop(L, 4);
+    sl_rb_col *cols = lua_newuserdata(L, (size_t)ncols * sizeof(*cols));
+    for (int i = 0; i < ncols; i++) {
+        lua_rawgeti(L, 2, i + 1);
+        if (!lua_istable(L, -1))
+            return luaL_argerror(L, 2, "a list of column tables expected");
+        lua_getfield(L, -1, "name");
+        cols[i].name = lua_tolstring(L, -1, &cols[i].len); /* in arg 2 */
+        lua_getfield(L, -2, "type");
+        const char *t = lua_tostring(L, -1);
+        if (!cols[i].name || rb_type(t, &cols[i].type) != 0)
+            return luaL_argerror(L, 2, "a column's name or type");
+        lua_getfield(L, -3, "nullable");
+        cols[i].nullable = lua_toboolean(L, -1);
+        lua_getfield(L, -4, "precision");
+        cols[i].precision = (int)lua_tointeger(L, -1);
+        lua_getfield(L, -5, "scale");
+        cols[i].scale = (int)lua_tointeger(L, -1);
+        lua_pop(L, 6);
+        if (cols[i].type == SL_RB_DECIMAL &&
+            (cols[i].precision < 1 || cols[i].precision > 76 ||
+             cols[i].scale < 0 || cols[i].scale > cols[i].precision))
+            return luaL_argerror(L, 2, "a decimal's precision and scale");
+    }
+    size_t count = sl_obatch_count(b);
+    uint64_t *versions = NULL;
+    if (has_versions) {
+        versions = lua_newuserdata(L, count * sizeof(*versions) + 1);
+        for (size_t k = 0; k < count; k++) {
+            lua_rawgeti(L, 4, (int)k + 1);
+            versions[k] =
+                lua_isnumber(L, -1) ? (uint64_t)lua_tonumber(L, -1) : 0;
+            lua_pop(L, 1);
+        }
+    }
+    strbuf out = {0};
+    size_t room = count * 96 + 1; /* about the rows' size: few reallocs */
+    out.p = malloc(room);
+    if (out.p) {
+        out.cap = room;
+        out.p[0] = '\0';
+    }
+    char err[300];
+    if (sl_obatch_rowbinary(b, cols, ncols, versions, version, &out, err,
+                            sizeof(err)) != 0) {
+        sb_free(&out);
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushlstring(L, out.p ? out.p : "", out.len);
+    sb_free(&out);
+    return 1;
+}
+
 static int l_batch_free(lua_State *L) {
     sl_obatch **pb = luaL_checkudata(L, 1, BATCH_MT);
     sl_obatch_free(*pb);
@@ -477,10 +563,15 @@ int luaopen_sluice_outbox(lua_State *L) {
         {NULL, NULL},
     };
     static const luaL_Reg methods[] = {
-        {"add", l_batch_add},       {"count", l_batch_count},
-        {"queued", l_batch_queued}, {"origins", l_batch_origins},
-        {"json", l_batch_json},     {"copy_text", l_batch_copy_text},
-        {"free", l_batch_free},     {NULL, NULL},
+        {"add", l_batch_add},
+        {"count", l_batch_count},
+        {"queued", l_batch_queued},
+        {"origins", l_batch_origins},
+        {"json", l_batch_json},
+        {"copy_text", l_batch_copy_text},
+        {"rowbinary", l_batch_rowbinary},
+        {"free", l_batch_free},
+        {NULL, NULL},
     };
     luaL_newmetatable(L, BATCH_MT);
     lua_pushcfunction(L, l_batch_free);

@@ -15,13 +15,7 @@
 
 #include "pg.h"
 
-typedef struct field {
-    const char *name, *val; /* into a chunk's text; a name that had escapes
-                               into its unescaped copy (names) */
-    uint32_t nlen, vlen;
-    char type; /* 's' string (val: its text, quotes included), 'n' number,
-                  'o' object or array, 't' true, 'f' false, 'z' null */
-} field;
+typedef sl_obatch_field field;
 
 typedef struct row {
     size_t first; /* its fields: fields[first .. first + n) */
@@ -299,6 +293,10 @@ static long unescape_into(char *dst, const char *s, size_t n) {
         s += 1 + used;
     }
     return (long)w;
+}
+
+long sl_obatch_unescape(char *dst, const char *s, size_t n) {
+    return unescape_into(dst, s, n);
 }
 
 /* -- adding rows --------------------------------------------------------- */
@@ -598,43 +596,45 @@ static int put_bytea(strbuf *out, strbuf *scratch, const char *s, size_t n) {
     return 0;
 }
 
+void sl_obatch_row_columns(const sl_obatch *b, size_t k,
+                           const sl_obatch_col *cols, int ncols,
+                           const sl_obatch_field **at,
+                           sl_obatch_colcache *cache) {
+    const row *r = &b->rows[k];
+    memset(at, 0, (size_t)ncols * sizeof(*at));
+    for (uint32_t i = 0; i < r->n; i++) {
+        const field *f = &b->fields[r->first + i];
+        int c = -1;
+        if (i < SL_OBATCH_CACHE && cache->name[i] && cache->len[i] == f->nlen &&
+            !memcmp(cache->name[i], f->name, f->nlen)) {
+            c = cache->col[i];
+        } else {
+            for (int j = 0; j < ncols; j++)
+                if (cols[j].len == f->nlen &&
+                    !memcmp(cols[j].name, f->name, f->nlen)) {
+                    c = j;
+                    break;
+                }
+            if (i < SL_OBATCH_CACHE) {
+                cache->name[i] = f->name;
+                cache->len[i] = f->nlen;
+                cache->col[i] = c;
+            }
+        }
+        if (c >= 0)
+            at[c] = f;
+    }
+}
+
 int sl_obatch_copy_text(const sl_obatch *b, const sl_obatch_col *cols,
                         int ncols, strbuf *out, char *err, size_t errlen) {
     sl_obatch *mb = (sl_obatch *)b; /* its scratch buffer only */
     const field **at = calloc((size_t)ncols, sizeof(*at));
-    /* the column of the field seen at each position, by the last name
-     * there: rows of one table repeat their layout */
-    enum { CACHE = 64 };
-    const char *seen[CACHE] = {0};
-    uint32_t seen_len[CACHE] = {0};
-    int seen_col[CACHE];
+    sl_obatch_colcache cache = {0};
     if (!at)
         goto oom;
     for (size_t k = 0; k < b->nrows; k++) {
-        const row *r = &b->rows[k];
-        memset(at, 0, (size_t)ncols * sizeof(*at));
-        for (uint32_t i = 0; i < r->n; i++) {
-            const field *f = &b->fields[r->first + i];
-            int c = -1;
-            if (i < CACHE && seen[i] && seen_len[i] == f->nlen &&
-                !memcmp(seen[i], f->name, f->nlen)) {
-                c = seen_col[i];
-            } else {
-                for (int j = 0; j < ncols; j++)
-                    if (cols[j].len == f->nlen &&
-                        !memcmp(cols[j].name, f->name, f->nlen)) {
-                        c = j;
-                        break;
-                    }
-                if (i < CACHE) {
-                    seen[i] = f->name;
-                    seen_len[i] = f->nlen;
-                    seen_col[i] = c;
-                }
-            }
-            if (c >= 0)
-                at[c] = f;
-        }
+        sl_obatch_row_columns(b, k, cols, ncols, at, &cache);
         for (int j = 0; j < ncols; j++) {
             const field *f = at[j];
             if (j && sb_add(out, "\t", 1) != 0)

@@ -19,10 +19,20 @@
 #define SLUICE_OUTBOX_BATCH_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "strbuf.h"
 
 typedef struct sl_obatch sl_obatch;
+
+/* A kept row's field: spans into the chunk's text (a name that had escapes:
+ * its unescaped copy, the batch's). val is the value's JSON text. */
+typedef struct sl_obatch_field {
+    const char *name, *val;
+    uint32_t nlen, vlen;
+    char type; /* 's' string (val: its text, quotes included), 'n' number,
+                  'o' object or array, 't' true, 'f' false, 'z' null */
+} sl_obatch_field;
 
 /* How a column's value is written in COPY text: */
 enum sl_obatch_kind {
@@ -59,6 +69,26 @@ size_t sl_obatch_count(const sl_obatch *b);
 /* Where kept row k (0-based) came from: its entry and its row in the
  * chunk (the latest row of its key). */
 void sl_obatch_origin(const sl_obatch *b, size_t k, int *entry, int *row);
+
+/* Which field of kept row k (0-based) is each column's: at[0..ncols) (NULL:
+ * the row has none). cache: zeroed before the first row, kept across the
+ * rows of one call (rows of a table repeat their layout: a field's column
+ * is found by its position's last name). */
+#define SL_OBATCH_CACHE 64
+typedef struct sl_obatch_colcache {
+    const char *name[SL_OBATCH_CACHE];
+    uint32_t len[SL_OBATCH_CACHE];
+    int col[SL_OBATCH_CACHE];
+} sl_obatch_colcache;
+void sl_obatch_row_columns(const sl_obatch *b, size_t k,
+                           const sl_obatch_col *cols, int ncols,
+                           const sl_obatch_field **at,
+                           sl_obatch_colcache *cache);
+
+/* Unescapes a JSON string's text s[0..n) (between its quotes) into dst
+ * (which may be s: the result is never longer) -> its length, or -1 for a
+ * bad escape or a lone surrogate. */
+long sl_obatch_unescape(char *dst, const char *s, size_t n);
 
 /* Appends the kept rows as one JSON array (each row's text as queued).
  * 0, or -1 when out of memory. */

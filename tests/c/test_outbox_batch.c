@@ -2,6 +2,7 @@
  * as COPY text and JSON: exact bytes */
 
 #include "core/outbox_batch.h"
+#include "core/outbox_rowbinary.h"
 #include "test.h"
 
 #include <stdlib.h>
@@ -218,6 +219,170 @@ TEST(many_keys_grow_the_table) {
     sl_obatch_free(b);
 }
 
+/* The batch's RowBinary as lowercase hex ("" on error, err set). */
+static char *rowbinary_hex(sl_obatch *b, const sl_rb_col *cols, int n,
+                           const uint64_t *versions, uint64_t version,
+                           char *err) {
+    strbuf out = {0};
+    if (sl_obatch_rowbinary(b, cols, n, versions, version, &out, err, 200) !=
+        0) {
+        sb_free(&out);
+        return strdup("");
+    }
+    char *hex = calloc(out.len * 2 + 1, 1);
+    for (size_t i = 0; i < out.len; i++)
+        snprintf(hex + 2 * i, 3, "%02x", (unsigned char)out.p[i]);
+    sb_free(&out);
+    return hex;
+}
+
+TEST(rowbinary_of_each_type) {
+    sl_obatch *b = keyed("i");
+    char err[200] = "";
+    const char *c =
+        "[{\"i\":-2,\"r\":0.1,\"s\":\"a\\u00e9\",\"j\":{\"k\":[1]},\"o\":true,"
+        "\"u\":\"258\",\"d\":\"-1.5\",\"x\":\"ignored\"},"
+        "{\"i\":1e+3,\"r\":-0,\"s\":12,\"j\":\"q\",\"o\":1,\"u\":1,"
+        "\"d\":\"0.000\"},{\"i\":3,\"r\":2}]";
+    CHECK_INT(sl_obatch_add(b, c, strlen(c), 1, 3, 1, err, sizeof(err)), 0);
+    sl_rb_col cols[] = {
+        {"i", 1, SL_RB_INT64, 0, 0, 0},   {"r", 1, SL_RB_FLOAT64, 0, 0, 0},
+        {"s", 1, SL_RB_STRING, 1, 0, 0},  {"j", 1, SL_RB_JSON, 1, 0, 0},
+        {"o", 1, SL_RB_UINT8, 1, 0, 0},   {"u", 1, SL_RB_UINT256, 1, 0, 0},
+        {"d", 1, SL_RB_DECIMAL, 1, 9, 2},
+    };
+    uint64_t versions[] = {7, 0, 9};
+    char *hex = rowbinary_hex(b, cols, 7, versions, 0x0102, err);
+    CHECK_STR(err, "");
+    CHECK_STR(hex,
+              /* row 1 */
+              "feffffffffffffff"
+              "9a9999999999b93f"
+              "0003"
+              "61c3a9"
+              "0009"
+              "7b226b223a5b315d7d"
+              "0001"
+              "00"
+              "0201000000000000000000000000000000000000000000000000000000000000"
+              "00"
+              "6affffff"
+              "0700000000000000"
+              /* row 2 */
+              "e803000000000000"
+              "0000000000000080"
+              "0002"
+              "3132"
+              "0003"
+              "227122"
+              "0001"
+              "00"
+              "0100000000000000000000000000000000000000000000000000000000000000"
+              "00"
+              "00000000"
+              "0201000000000000"
+              /* row 3: absent columns are nulls */
+              "0300000000000000"
+              "0000000000000040"
+              "01"
+              "01"
+              "01"
+              "01"
+              "01"
+              "0900000000000000");
+    free(hex);
+    sl_obatch_free(b);
+}
+
+TEST(rowbinary_refuses_with_the_sinks_messages) {
+    static const struct {
+        const char *row;
+        sl_rb_col col;
+        const char *err;
+    } cases[] = {
+        {"{\"v\":\"1.005\"}",
+         {"v", 1, SL_RB_DECIMAL, 0, 18, 2},
+         "row 1 column v: 1.005 has more than 2 decimals (Decimal(18, 2))"},
+        {"{\"v\":\"-12345678901234567.5\"}",
+         {"v", 1, SL_RB_DECIMAL, 0, 18, 2},
+         "row 1 column v: -12345678901234567.5 has more than 16 integral "
+         "digits (Decimal(18, 2))"},
+        {"{\"v\":\"1e5\"}",
+         {"v", 1, SL_RB_DECIMAL, 0, 18, 2},
+         "row 1 column v: '1e5' is not a plain decimal (Decimal(18, 2))"},
+        {"{\"v\":\".5\"}",
+         {"v", 1, SL_RB_DECIMAL, 0, 18, 2},
+         "row 1 column v: '.5' is not a plain decimal (Decimal(18, 2))"},
+        {"{\"v\":true}",
+         {"v", 1, SL_RB_DECIMAL, 0, 18, 2},
+         "row 1 column v: decimal expected"},
+        {"{\"w\":1}",
+         {"v", 1, SL_RB_INT64, 0, 0, 0},
+         "row 1 column v: null in a column that is not Nullable"},
+        {"{\"v\":null}",
+         {"v", 1, SL_RB_STRING, 0, 0, 0},
+         "row 1 column v: null in a column that is not Nullable"},
+        {"{\"v\":2.5}",
+         {"v", 1, SL_RB_INT64, 0, 0, 0},
+         "row 1 column v: integer expected"},
+        {"{\"v\":\"7\"}",
+         {"v", 1, SL_RB_INT64, 0, 0, 0},
+         "row 1 column v: integer expected"},
+        {"{\"v\":\"x\"}",
+         {"v", 1, SL_RB_FLOAT64, 0, 0, 0},
+         "row 1 column v: real expected"},
+        {"{\"v\":\"-1\"}",
+         {"v", 1, SL_RB_UINT256, 0, 0, 0},
+         "row 1 column v: uint256 expected"},
+        {"{\"v\":"
+         "\"1157920892373161954235709850086879078532699846656405640394575840079"
+         "13129639936\"}",
+         {"v", 1, SL_RB_UINT256, 0, 0, 0},
+         "row 1 column v: "
+         "115792089237316195423570985008687907853269984665640564039457584007913"
+         "129639936 is beyond 2^256-1"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        sl_obatch *b = sl_obatch_new(NULL, NULL, 0);
+        char text[200], err[200] = "";
+        snprintf(text, sizeof(text), "[%s]", cases[i].row);
+        CHECK_INT(sl_obatch_add(b, text, strlen(text), 1, 1, 1, err, 200), 0);
+        char *hex = rowbinary_hex(b, &cases[i].col, 1, NULL, 1, err);
+        CHECK_STR(hex, "");
+        CHECK_STR(err, cases[i].err);
+        free(hex);
+        sl_obatch_free(b);
+    }
+}
+
+TEST(rowbinary_decimals_and_big_integers_exactly) {
+    sl_obatch *b = sl_obatch_new(NULL, NULL, 0);
+    char err[200] = "";
+    /* 2^256-1; Decimal(38, 8) of -0.00000001 (16 bytes of -1); of
+     * 00012.50 (1250000000 = 0x4a817c80); Decimal(76, 0) of -0 (zero) */
+    const char *c = "[{\"u\":"
+                    "\"11579208923731619542357098500868790785326998466564056403"
+                    "9457584007913129639935\","
+                    "\"a\":\"-0.00000001\",\"b\":\"00012.50\",\"z\":\"-0\"}]";
+    CHECK_INT(sl_obatch_add(b, c, strlen(c), 1, 1, 1, err, sizeof(err)), 0);
+    sl_rb_col cols[] = {
+        {"u", 1, SL_RB_UINT256, 0, 0, 0},
+        {"a", 1, SL_RB_DECIMAL, 0, 38, 8},
+        {"b", 1, SL_RB_DECIMAL, 0, 38, 8},
+        {"z", 1, SL_RB_DECIMAL, 0, 76, 0},
+    };
+    char *hex = rowbinary_hex(b, cols, 4, NULL, 0, err);
+    CHECK_STR(err, "");
+    CHECK_STR(hex,
+              "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
+              "ffffffffffffffffffffffffffffffff"
+              "807c814a000000000000000000000000"
+              "0000000000000000000000000000000000000000000000000000000000000000"
+              "0000000000000000");
+    free(hex);
+    sl_obatch_free(b);
+}
+
 int main(void) {
     RUN(latest_row_of_a_key_in_the_place_of_the_first);
     RUN(keys_compare_by_value_and_type);
@@ -228,5 +393,8 @@ int main(void) {
     RUN(names_with_escapes_are_their_characters);
     RUN(rows_before_lo_are_skipped_whatever_they_hold);
     RUN(many_keys_grow_the_table);
+    RUN(rowbinary_of_each_type);
+    RUN(rowbinary_refuses_with_the_sinks_messages);
+    RUN(rowbinary_decimals_and_big_integers_exactly);
     return TEST_SUMMARY();
 }

@@ -61,6 +61,8 @@
 -- answers with a parsing or type error code (DATA_ERRORS; ClickHouse
 -- answers 500 to those too); anything else (no connection, a timeout, 5xx
 -- with another code, authentication) -> nil, err, kind: retried.
+-- sink:write_batch(table, batch, def [, meta]) the same for the outbox's
+-- batch (sluice._outbox.batch): RowBinary written in C from the queued text.
 -- sink:query(sql) -> {fields, rows} | nil, err, kind (for `sluice sql`;
 -- unqualified table names are the database's).
 -- sink:stats() -> {batches, rows, bytes, server_version, types, decimal}.
@@ -619,12 +621,18 @@ local function decimal_writer(p, sc)
   end
 end
 
+-- Store types -> sluice._outbox's RowBinary column types (uint256 and
+-- decimal depend on the server and settings: Sink:plan).
+local RB_TYPES = {
+  integer = "int64", real = "float64", text = "string", blob = "string", json = "json", boolean = "uint8",
+}
+
 -- The INSERT of a table: its statement and the encoders, per definition.
 function Sink:plan(tname, def)
   local p = self.plans[tname]
   if p and p.def == def then return p end
   local names, types, _, base = self:columns_of(def)
-  local qcols, heads, encs, writers, nullable = {}, {}, {}, {}, {}
+  local qcols, heads, encs, writers, nullable, rb = {}, {}, {}, {}, {}, {}
   local dp, ds = self.decimal:match("^Decimal%((%d+),%s*(%d+)%)$")
   local dwriter = dp and decimal_writer(tonumber(dp), tonumber(ds))
   for i, col in ipairs(names) do
@@ -640,10 +648,18 @@ function Sink:plan(tname, def)
       writers[i] = WRITE[t]
     end
     nullable[i] = types[col]:find("^Nullable") ~= nil
+    -- the same column for sluice._outbox's RowBinary writer (write_batch)
+    local rt = RB_TYPES[t]
+    if t == "uint256" then
+      rt = self.types.uint256 == "UInt256" and "uint256" or "string"
+    elseif t == "decimal" then
+      rt = dp and "decimal" or "string"
+    end
+    rb[i] = { name = col, type = rt, nullable = nullable[i], precision = tonumber(dp), scale = tonumber(ds) }
   end
   qcols[#qcols + 1] = quote(self.version_column)
   p = {
-    def = def, names = names, heads = heads, encs = encs, writers = writers, nullable = nullable, n = #names,
+    def = def, names = names, heads = heads, encs = encs, writers = writers, nullable = nullable, n = #names, rb = rb,
     vhead = encode(self.version_column) .. ":",
     sql = "INSERT INTO " .. self:qualified(tname) .. " (" .. concat(qcols, ", ") .. ") FORMAT " .. self.format,
   }
@@ -740,17 +756,43 @@ function Sink:write(tname, rows, def, meta)
   body, err = (self.format == "RowBinary" and rowbinary or body_of)(p, rows, self:next_version(),
     self:versions_of(meta, #rows))
   if not body then return nil, "clickhouse: " .. err, "rejected" end
+  return self:send(p, body, #rows)
+end
+
+-- Sends a batch's body (compressed when set) -> true | nil, err, kind.
+function Sink:send(p, body, n)
   local encoding
   if self.compress then
     local z = deflate(body)
     if z then body, encoding = z, "deflate" end
   end
-  ok, err, kind = self:request(p.sql, body, encoding)
+  local ok, err, kind = self:request(p.sql, body, encoding)
   if not ok then return nil, err, kind end
   self.batches = self.batches + 1
-  self.rows = self.rows + #rows
+  self.rows = self.rows + n
   self.bytes = self.bytes + #body
   return true
+end
+
+-- The outbox's batch (sluice._outbox.batch): in RowBinary its body is
+-- written in C from the queued rows' text (the bytes rowbinary writes for
+-- their decoded values, the same refusals); JSONEachRow takes the rows
+-- decoded.
+function Sink:write_batch(tname, batch, def, meta)
+  local n = batch:count()
+  if n == 0 then return true end
+  if self.format ~= "RowBinary" then
+    local rows, err = json.decode(batch:json())
+    if rows == nil then return nil, "clickhouse: the batch's rows: " .. tostring(err), "rejected" end
+    return self:write(tname, rows, def, meta)
+  end
+  local ok, err, kind = self:server()
+  if not ok then return nil, err, kind end
+  local p = self:plan(tname, def)
+  local body
+  body, err = batch:rowbinary(p.rb, tonumber(self:next_version()), self:versions_of(meta, n))
+  if not body then return nil, "clickhouse: " .. err, "rejected" end
+  return self:send(p, body, n)
 end
 
 function Sink:stats()
