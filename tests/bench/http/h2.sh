@@ -20,7 +20,7 @@ printf '{"symbol":"BTCUSDT","price":97123.5,"pad":"%s"}' "$(head -c 975 /dev/zer
 chmod 644 "$dir/html/doc.json"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
   -days 2 -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
-port=$((20000 + RANDOM % 40000))
+write_conf() {
 cat >"$dir/nginx.conf" <<CONF
 worker_processes 1;
 pid $dir/nginx.pid;
@@ -39,7 +39,15 @@ http {
   }
 }
 CONF
-/usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+}
+# A port of the ephemeral range may be taken by a client socket: try a few.
+for _ in 1 2 3 4 5 6 7 8; do
+  port=$((20000 + RANDOM % 12000))
+  write_conf
+  /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" 2>/dev/null && break
+  port=
+done
+[ -n "$port" ] || { echo "nginx could not bind a port" >&2; exit 1; }
 url="https://127.0.0.1:$port/doc.json"
 echo "document: $(stat -c %s "$dir/html/doc.json") bytes; 1 connection, $STREAMS streams; $SECS s each"
 

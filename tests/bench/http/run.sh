@@ -18,7 +18,7 @@ mkdir -p "$dir/html"
 chmod 755 "$dir" "$dir/html"
 printf '{"symbol":"BTCUSDT","price":97123.5,"pad":"%s"}' "$(head -c 975 /dev/zero | tr '\0' x)" >"$dir/html/doc.json"
 chmod 644 "$dir/html/doc.json"
-port=$((20000 + RANDOM % 40000))
+write_conf() {
 cat >"$dir/nginx.conf" <<CONF
 worker_processes 1;
 pid $dir/nginx.pid;
@@ -33,7 +33,15 @@ http {
   server { listen 127.0.0.1:$port backlog=4096; root $dir/html; }
 }
 CONF
-/usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+}
+# A port of the ephemeral range may be taken by a client socket: try a few.
+for _ in 1 2 3 4 5 6 7 8; do
+  port=$((20000 + RANDOM % 12000))
+  write_conf
+  /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" 2>/dev/null && break
+  port=
+done
+[ -n "$port" ] || { echo "nginx could not bind a port" >&2; exit 1; }
 url="http://127.0.0.1:$port/doc.json"
 echo "document: $(stat -c %s "$dir/html/doc.json") bytes; $CONNS connections; $SECS s each"
 
