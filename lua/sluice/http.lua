@@ -53,6 +53,7 @@ local DEFAULTS = {
   insecure = false,
 }
 local MAX_REDIRECTS = 5
+local FEATURES = core.version()
 
 -- The options of request (and get, post): sluice.options checks them.
 local TIMEOUT = { type = "number", gt = 0 } -- math.huge: no timeout
@@ -66,7 +67,14 @@ local REQUEST_OPTIONS = {
     fields = { max = { type = "number", integer = true, min = 0, max = 2 ^ 31 - 1 }, cross_origin = "boolean" },
   },
   insecure = "boolean",
+  http_version = { type = "string", one_of = { "1.1", "2", "2-prior-knowledge" } },
 }
+
+-- get and post take the url (and a default method) as arguments: the
+-- same options, url not required (and, as before, not used).
+local URL_OPTIONS = {}
+for k, v in pairs(REQUEST_OPTIONS) do URL_OPTIONS[k] = v end
+URL_OPTIONS.url = "string"
 
 -- The statuses whose Location is followed (RFC 9110 15.4).
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
@@ -192,7 +200,22 @@ function _M.encode_query(t)
 end
 
 local response = {}
-local response_mt = { __index = response }
+
+-- res.headers and res.headers_all are made from the header lines (res._head,
+-- kept by the native half) on first use: most callers read the body only.
+local function response_index(res, k)
+  if k == "headers" or k == "headers_all" then
+    local h, all = core.parse_headers(rawget(res, "_head") or "")
+    h, all = headers.new(h), headers.new(all)
+    rawset(res, "headers", h)
+    rawset(res, "headers_all", all)
+    rawset(res, "_head", nil)
+    if k == "headers" then return h end
+    return all
+  end
+  return response[k]
+end
+local response_mt = { __index = response_index }
 
 --- res:json() -> the decoded body (decoded once, then cached), or nil, err.
 function response:json()
@@ -210,11 +233,11 @@ end
 
 -- Called by do_request: blames do_request's caller (request, get and post
 -- tail-call it, so that is the user's line).
-local function check_options(fname, opts)
+local function check_options(fname, opts, schema)
   if opts.follow_redirects ~= nil then
     fail(fname, "option 'follow_redirects' is gone: use redirects = false or {max = n, cross_origin = true}", 3)
   end
-  options.check("sluice.http." .. fname, opts, REQUEST_OPTIONS, 3)
+  options.check("sluice.http." .. fname, opts, schema, 3)
   if opts.body ~= nil and opts.json ~= nil then
     fail(fname, "options 'body' and 'json' are exclusive", 3)
   end
@@ -298,13 +321,28 @@ local function next_hop(url, res, location, cross_origin, has_body)
   return to, other
 end
 
-local function do_request(fname, opts)
+local NO_OPTIONS = {}
+
+local function opt(opts, k)
+  local v = opts[k]
+  if v == nil then return DEFAULTS[k] end
+  return v
+end
+
+-- url and method are get's and post's (opts then may be NO_OPTIONS), or
+-- nil for request, which finds them in opts.
+local function do_request(fname, opts, url, method)
   if type(opts) ~= "table" then
     fail(fname, "bad argument #1 (table of options expected, got " .. type(opts) .. ")")
   end
-  check_options(fname, opts)
-  local url = opts.url
-  local method = (opts.method or "GET"):upper()
+  check_options(fname, opts, url and URL_OPTIONS or REQUEST_OPTIONS)
+  if opts.http_version == "2-prior-knowledge" and not FEATURES.h2c then
+    fail(fname, "http_version '2-prior-knowledge' needs libcurl 8.0.0 or later (this is "
+      .. FEATURES.curl .. ", which breaks reused h2c connections)")
+  end
+  url = url or opts.url
+  local named = opts.method or method -- nil: GET, or POST with a body
+  method = (named or "GET"):upper()
   if not method:match("^[A-Z]+$") then
     fail(fname, "bad method '" .. opts.method .. "'")
   end
@@ -346,7 +384,7 @@ local function do_request(fname, opts)
       names[#lines] = "content-type"
     end
   end
-  if body and method == "GET" and opts.method == nil then
+  if body and method == "GET" and named == nil then
     method = "POST"
   end
   -- Tell curl not to wait for "100 Continue" on large bodies: APIs rarely
@@ -355,12 +393,7 @@ local function do_request(fname, opts)
     lines[#lines + 1] = "Expect:"
     names[#lines] = "expect"
   end
-  local function opt(k)
-    local v = opts[k]
-    if v == nil then return DEFAULTS[k] end
-    return v
-  end
-  local timeout = opt("timeout")
+  local timeout = opt(opts, "timeout")
   local deadline = timeout < math.huge and sluice.now() + timeout or nil
   local hops, redirect_time = 0, 0
   local res, err, kind
@@ -375,11 +408,13 @@ local function do_request(fname, opts)
       end
     end
     res, err, kind = core.request(method, url, lines, body, left,
-      opt("connect_timeout"), opt("max_body"), opt("insecure"))
+      opt(opts, "connect_timeout"), opt(opts, "max_body"), opt(opts, "insecure"),
+      opts.http_version)
     if not res then
       observe(url, method, kind)
       return nil, err, kind
     end
+    setmetatable(res, response_mt)
     observe(url, method, res.status, res.timings and res.timings.total)
     local location = REDIRECT[res.status] and max_hops > 0 and res.headers_all.location
     if not location then break end
@@ -409,9 +444,7 @@ local function do_request(fname, opts)
   res.redirects = hops
   res.timings.redirect = redirect_time
   res.timings.total = res.timings.total + redirect_time
-  res.headers = headers.new(res.headers)
-  res.headers_all = headers.new(res.headers_all)
-  return setmetatable(res, response_mt)
+  return res
 end
 
 --- request{method, url, query, headers, body | json, timeout,
@@ -428,13 +461,7 @@ local function with_url(fname, method, url, opts)
   if opts ~= nil and type(opts) ~= "table" then
     fail(fname, "bad argument #2 'opts' (table expected, got " .. type(opts) .. ")")
   end
-  local o = {}
-  if opts then
-    for k, v in pairs(opts) do o[k] = v end
-  end
-  o.url = url
-  o.method = o.method or method
-  return do_request(fname, o)
+  return do_request(fname, opts or NO_OPTIONS, url, method)
 end
 
 --- get(url [, opts]) -> res | nil, err, kind
@@ -471,7 +498,8 @@ end
 --- in_flight() -> the number of requests started and not yet finished.
 _M.in_flight = core.in_flight
 
---- features() -> {curl, tls, http2, brotli, gzip}: what this libcurl can do.
+--- features() -> {curl, tls, http2, h2c, brotli, gzip}: what this libcurl
+-- can do (h2c: http_version = "2-prior-knowledge" works).
 _M.features = core.version
 
 return _M

@@ -23,6 +23,9 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "core/strbuf.h"
 #include "core/timeout.h"
@@ -44,6 +47,9 @@ typedef struct transfer {
 typedef struct sockinfo {
     struct event ev;
     curl_socket_t fd;
+    short kind; /* the event flags ev was added with */
+    int added;  /* ev is added to the loop */
+    int parked; /* curl said REMOVE: no transfer uses the socket now */
 } sockinfo;
 
 static CURLM *multi;
@@ -51,7 +57,9 @@ static struct event *timer_ev;
 static long max_host_connections = 0;  /* 0: unlimited (curl's default) */
 static long max_total_connections = 0; /* 0: unlimited */
 static char user_agent[64];
-static long in_flight; /* transfers added and not yet freed */
+static long in_flight;   /* transfers added and not yet freed */
+static sockinfo **socks; /* by descriptor: curl's sockets we watch */
+static size_t nsocks;
 
 /* --- easy handles ----------------------------------------------------------
  */
@@ -117,11 +125,11 @@ static void lower(char *s, size_t n) {
 
 /* headers[name] = values joined by ", " (RFC 9110 5.3), all names lower
  * case; headers_all[name] = { value, ... } in arrival order. */
-static void push_headers(lua_State *co, transfer *x) {
+static void push_headers(lua_State *co, char *p, size_t len) {
     lua_newtable(co); /* headers */
     lua_newtable(co); /* headers_all */
     int all = lua_gettop(co), hdr = all - 1;
-    char *p = x->head.p, *end = p ? p + x->head.len : NULL;
+    char *end = p ? p + len : NULL;
     while (p && p < end) {
         char *eol = memchr(p, '\n', (size_t)(end - p));
         char *next = eol ? eol + 1 : end;
@@ -203,9 +211,10 @@ static int push_response(lua_State *co, transfer *x) {
     lua_setfield(co, -2, "url");
     lua_pushboolean(co, connects == 0);
     lua_setfield(co, -2, "reused");
-    push_headers(co, x);
-    lua_setfield(co, -3, "headers_all");
-    lua_setfield(co, -2, "headers");
+    /* The header lines as they came: sluice.http makes the tables of them
+     * on first use (parse_headers), which most callers never ask for. */
+    lua_pushlstring(co, x->head.p ? x->head.p : "", x->head.len);
+    lua_setfield(co, -2, "_head");
 
     /* Phase durations, in seconds; a reused connection has dns, connect
      * and tls at 0. */
@@ -299,41 +308,109 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
     check_done();
 }
 
+/* A socket's watch outlives the transfer that asked for it: on a reused
+ * connection curl says CURL_POLL_REMOVE as one transfer ends and the same
+ * socket with the same mask as the next one starts. Deleting and adding the
+ * event each time costs two epoll_ctl calls and an allocation per request,
+ * so REMOVE only parks the watch. A parked socket is unwatched when it
+ * becomes readable (the server closed an idle connection, or sent what
+ * nobody asked for: curl finds out when it checks the connection before
+ * reuse) and freed when curl closes it (on_close) or opens another socket
+ * under its number (on_open). The table is indexed by descriptor, not by
+ * curl's socketp, so nothing here trusts a pointer curl kept. */
+static sockinfo *sock_get(curl_socket_t s) {
+    return s >= 0 && (size_t)s < nsocks ? socks[s] : NULL;
+}
+
+static void sock_drop(curl_socket_t s) {
+    sockinfo *si = sock_get(s);
+    if (!si)
+        return;
+    if (si->added)
+        event_del(&si->ev);
+    free(si);
+    socks[s] = NULL;
+}
+
+static sockinfo *sock_new(curl_socket_t s) {
+    if (s < 0)
+        return NULL;
+    if ((size_t)s >= nsocks) {
+        size_t n = nsocks ? nsocks : 64;
+        while (n <= (size_t)s)
+            n *= 2;
+        sockinfo **p = realloc(socks, n * sizeof(*p));
+        if (!p)
+            return NULL;
+        memset(p + nsocks, 0, (n - nsocks) * sizeof(*p));
+        socks = p;
+        nsocks = n;
+    }
+    sockinfo *si = calloc(1, sizeof(*si));
+    if (si) {
+        si->fd = s;
+        socks[s] = si;
+    }
+    return si;
+}
+
 static void on_socket_event(evutil_socket_t fd, short what, void *arg) {
+    sockinfo *si = arg;
     int running;
     int action = (what & EV_READ ? CURL_CSELECT_IN : 0) |
                  (what & EV_WRITE ? CURL_CSELECT_OUT : 0);
-    (void)arg;
+    if (si->parked) {
+        /* No transfer owns it: stop watching, or an idle connection the
+         * server closed would wake the loop for ever. */
+        event_del(&si->ev);
+        si->added = 0;
+        return;
+    }
     curl_multi_socket_action(multi, fd, action, &running);
     check_done();
 }
 
 static int on_socket(CURL *e, curl_socket_t s, int what, void *userp,
                      void *socketp) {
-    sockinfo *si = socketp;
+    sockinfo *si = sock_get(s);
     (void)e;
     (void)userp;
+    (void)socketp;
     if (what == CURL_POLL_REMOVE) {
-        if (si) {
-            event_del(&si->ev);
-            free(si);
-            curl_multi_assign(multi, s, NULL);
-        }
+        if (si)
+            si->parked = 1;
         return 0;
     }
-    if (!si) {
-        if (!(si = calloc(1, sizeof(*si))))
-            return -1;
-        si->fd = s;
-        curl_multi_assign(multi, s, si);
-    } else {
-        event_del(&si->ev);
-    }
+    if (!si && !(si = sock_new(s)))
+        return -1;
+    si->parked = 0;
     short kind = EV_PERSIST | (what & CURL_POLL_IN ? EV_READ : 0) |
                  (what & CURL_POLL_OUT ? EV_WRITE : 0);
+    if (si->added && si->kind == kind)
+        return 0; /* the watch it already has */
+    if (si->added)
+        event_del(&si->ev);
     event_assign(&si->ev, sl_rt.base, s, kind, on_socket_event, si);
-    event_add(&si->ev, NULL);
-    return 0;
+    si->kind = kind;
+    si->added = event_add(&si->ev, NULL) == 0;
+    return si->added ? 0 : -1;
+}
+
+/* curl opens and closes its sockets through these, so a watch never
+ * outlives its socket nor passes to another socket with the same number. */
+static curl_socket_t on_open(void *clientp, curlsocktype purpose,
+                             struct curl_sockaddr *a) {
+    (void)clientp;
+    (void)purpose;
+    curl_socket_t s = socket(a->family, a->socktype, a->protocol);
+    sock_drop(s);
+    return s;
+}
+
+static int on_close(void *clientp, curl_socket_t s) {
+    (void)clientp;
+    sock_drop(s);
+    return close(s);
 }
 
 /* -1 deletes the timer; 0 means "as soon as possible", which we schedule
@@ -354,8 +431,13 @@ static void close_multi(void) {
     while (npool > 0)
         curl_easy_cleanup(pool[--npool]);
     if (multi)
-        curl_multi_cleanup(multi); /* removes its sockets through on_socket */
+        curl_multi_cleanup(multi); /* closes its sockets through on_close */
     multi = NULL;
+    for (size_t i = 0; i < nsocks; i++)
+        sock_drop((curl_socket_t)i);
+    free(socks);
+    socks = NULL;
+    nsocks = 0;
     if (timer_ev)
         event_free(timer_ev);
     timer_ev = NULL;
@@ -376,6 +458,9 @@ static int ensure_multi(lua_State *L) {
     timer_ev = evtimer_new(sl_rt.base, on_timeout, NULL);
     curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    /* HTTP/2 streams share a connection (curl's default since 7.62: said
+     * here because the design depends on it). */
+    curl_multi_setopt(multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
     apply_limits();
     sl_runtime_on_close(close_multi);
     return 0;
@@ -388,8 +473,21 @@ static void cancel_transfer(sl_task *t, void *op) {
     transfer_free(op); /* removes the easy handle: no callback will follow */
 }
 
+/* The http_version option -> curl's; -1 for a name it does not know. */
+static long http_version(const char *v) {
+    if (!v)
+        return CURL_HTTP_VERSION_2TLS; /* h2 when TLS offers it: the default */
+    if (strcmp(v, "1.1") == 0)
+        return CURL_HTTP_VERSION_1_1;
+    if (strcmp(v, "2") == 0)
+        return CURL_HTTP_VERSION_2TLS;
+    if (strcmp(v, "2-prior-knowledge") == 0)
+        return CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
+    return -1;
+}
+
 /* request(method, url, headers, body, timeout, connect_timeout, max_body,
- *         insecure) -> res | nil, err, kind
+ *         insecure, http_version) -> res | nil, err, kind
  * headers is an array of "Name: value" lines; body a string or nil. The Lua
  * wrapper validates everything first. */
 static int l_request(lua_State *L) {
@@ -402,6 +500,9 @@ static int l_request(lua_State *L) {
     double connect_timeout = luaL_checknumber(L, 6);
     double max_body = luaL_checknumber(L, 7);
     int insecure = lua_toboolean(L, 8);
+    long version = http_version(luaL_optstring(L, 9, NULL));
+    if (version < 0)
+        return luaL_argerror(L, 9, "\"1.1\", \"2\" or \"2-prior-knowledge\"");
     /* -1 is "no timeout", which curl spells 0 for the transfer; for the
      * connection 0 would mean curl's default (300 s), so the longest we
      * can say stands in for it. */
@@ -456,6 +557,17 @@ static int l_request(lua_State *L) {
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* see the top */
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_DNS_CACHE_TIMEOUT, 60L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
+    /* A request that may go over HTTP/2 (cleartext http:// only with
+     * prior knowledge) waits for a connection being set
+     * up to the same origin to say whether it multiplexes, rather than
+     * opening one of its own: one connection, many streams. */
+    if (version == CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE ||
+        (version == CURL_HTTP_VERSION_2TLS &&
+         strncasecmp(url, "https:", 6) == 0))
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     if (insecure) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
@@ -530,6 +642,20 @@ static int l_parse_url(lua_State *L) {
     return 4;
 }
 
+/* parse_headers(lines) -> headers, headers_all: the tables push_headers
+ * makes of a response's header lines (res._head). */
+static int l_parse_headers(lua_State *L) {
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    char *copy = malloc(len ? len : 1); /* push_headers folds names in place */
+    if (!copy)
+        return luaL_error(L, "sluice.http: out of memory");
+    memcpy(copy, s, len);
+    push_headers(L, copy, len);
+    free(copy);
+    return 2;
+}
+
 /* configure(max_host_connections, max_total_connections) */
 static int l_configure(lua_State *L) {
     max_host_connections = (long)luaL_checkinteger(L, 1);
@@ -546,13 +672,18 @@ static int l_in_flight(lua_State *L) {
 
 static int l_version(lua_State *L) {
     curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 6);
     lua_pushstring(L, v->version);
     lua_setfield(L, -2, "curl");
     lua_pushstring(L, v->ssl_version ? v->ssl_version : "");
     lua_setfield(L, -2, "tls");
     lua_pushboolean(L, (v->features & CURL_VERSION_HTTP2) != 0);
     lua_setfield(L, -2, "http2");
+    /* libcurl before 8.0.0 fails every request after the first on a
+     * reused prior-knowledge (h2c) connection (curl issue 10634). */
+    lua_pushboolean(L, (v->features & CURL_VERSION_HTTP2) != 0 &&
+                           v->version_num >= 0x080000);
+    lua_setfield(L, -2, "h2c");
     lua_pushboolean(L, (v->features & CURL_VERSION_BROTLI) != 0);
     lua_setfield(L, -2, "brotli");
     lua_pushboolean(L, (v->features & CURL_VERSION_LIBZ) != 0);
@@ -562,9 +693,13 @@ static int l_version(lua_State *L) {
 
 int luaopen_sluice_http(lua_State *L) {
     static const luaL_Reg fns[] = {
-        {"request", l_request},     {"configure", l_configure},
-        {"version", l_version},     {"in_flight", l_in_flight},
-        {"parse_url", l_parse_url}, {NULL, NULL},
+        {"request", l_request},
+        {"configure", l_configure},
+        {"version", l_version},
+        {"in_flight", l_in_flight},
+        {"parse_url", l_parse_url},
+        {"parse_headers", l_parse_headers},
+        {NULL, NULL},
     };
     snprintf(user_agent, sizeof(user_agent), "sluice/%s", SLUICE_VERSION);
     lua_newtable(L);

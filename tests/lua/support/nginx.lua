@@ -25,6 +25,8 @@ end
 --        http = "extra http-level directives", ssl = true} -> instance
 -- ssl = true serves https with a throw-away self-signed certificate for
 -- 127.0.0.1 (clients need insecure = true); url() then says https.
+-- http2 = true serves HTTP/2: over TLS by ALPN with ssl, else cleartext
+-- to clients with prior knowledge (h2c) only.
 function _M.start(opts)
   opts = opts or {}
   local p = io.popen("mktemp -d /tmp/sluice-nginx.XXXXXX")
@@ -65,7 +67,8 @@ function _M.start(opts)
       "  default_type application/octet-stream;",
       opts.http or "",
       "  server {",
-      "    listen 127.0.0.1:" .. port .. (opts.ssl and " ssl" or "") .. " backlog=4096;",
+      "    listen 127.0.0.1:" .. port .. (opts.ssl and " ssl" or "")
+        .. (opts.http2 and " http2" or "") .. " backlog=4096;",
       ssl,
       "    root " .. root .. ";",
       opts.locations or "",
