@@ -40,7 +40,9 @@ end
 
 local function free_port(taken)
   for _ = 1, 100 do
-    local p = math.random(20000, 60999)
+    -- below the kernel's ephemeral range (32768-60999), which the
+    -- machine's client sockets take from at any moment
+    local p = math.random(20000, 32000)
     if not taken[p] and port_free(p) then
       taken[p] = true
       return p
@@ -121,14 +123,22 @@ function _M.start()
   local dir = capture("mktemp -d /tmp/sluice-ch.XXXXXX"):match("%S+")
   assert(dir, "mktemp failed")
   local taken = {}
-  local self = setmetatable({
-    dir = dir, http_port = free_port(taken), tcp_port = free_port(taken), inter_port = free_port(taken),
-  }, Server)
-  write(dir .. "/config.xml", CONFIG:format(dir, dir, self.http_port, self.tcp_port, self.inter_port,
-    dir, dir, dir, dir, dir))
+  local self = setmetatable({ dir = dir }, Server)
   write(dir .. "/users.xml", USERS:format(_M.PASSWORD))
-  self:_start()
-  return self
+  -- a port found free can be taken before the server binds it (other
+  -- tests' servers start too): new ports, a few times
+  for attempt = 1, 5 do
+    self.http_port, self.tcp_port, self.inter_port = free_port(taken), free_port(taken), free_port(taken)
+    write(dir .. "/config.xml", CONFIG:format(dir, dir, self.http_port, self.tcp_port, self.inter_port,
+      dir, dir, dir, dir, dir))
+    local ok, err = pcall(self._start, self)
+    if ok then return self end
+    local f = io.open(dir .. "/server.err.log")
+    local log = f and f:read("*a") or ""
+    if f then f:close() end
+    if attempt == 5 or not log:find("Address already in use", 1, true) then error(err, 0) end
+    os.remove(dir .. "/server.err.log")
+  end
 end
 
 function Server:_start()

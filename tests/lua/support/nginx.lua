@@ -50,7 +50,7 @@ function _M.start(opts)
   -- different sequences in concurrent test processes
   math.randomseed(os.time() + (tonumber(tostring({}):match("0x(%x+)"), 16) or 0) % 1e6)
   for _ = 1, 20 do
-    local port = math.random(20000, 60999)
+    local port = math.random(20000, 32000) -- below the ephemeral range
     local conf = table.concat({
       "worker_processes 1;",
       "pid " .. dir .. "/nginx.pid;",

@@ -54,7 +54,7 @@ function _M.start()
   assert(sh(as_owner(("%sinitdb -D %s -A trust -U postgres -E UTF8 --no-sync >%s/initdb.log 2>&1")
     :format(BIN, data, dir))), "initdb failed: see " .. dir .. "/initdb.log")
   for _ = 1, 20 do
-    local port = math.random(20000, 60999)
+    local port = math.random(20000, 32000) -- below the ephemeral range
     if port_free(port) then
       local self = setmetatable({ dir = dir, data = data, port = port }, Server)
       if self:_start() then return self end

@@ -1,7 +1,7 @@
 --- support.redis_server: a private redis-server on a loopback port, for specs.
 --
 --   local rs = require "support.redis_server"
---   local srv = rs.start()            -- a free port in 20000-60999
+--   local srv = rs.start()            -- a free port in 20000-32000
 --   redis.connect{ url = srv:url(0) }
 --   srv:stop(hard, cleanup)           -- SIGKILL when hard; rm its dir when cleanup
 --
@@ -40,7 +40,7 @@ function _M.ping(port, pass)
 end
 
 -- A redis-server of our own: start(port|nil, extra args) picks a free port
--- in 20000-60999 when port is nil; stop() kills it (SIGKILL when hard).
+-- in 20000-32000 when port is nil; stop() kills it (SIGKILL when hard).
 local Server = {}
 Server.__index = Server
 
@@ -48,7 +48,7 @@ function _M.start(port, extra, dir)
   dir = dir or io.popen("mktemp -d /tmp/sluice-redis.XXXXXX"):read("*l")
   local pass = extra and extra:match("%-%-requirepass (%S+)")
   for _ = 1, 20 do
-    local p = port or math.random(20000, 60999)
+    local p = port or math.random(20000, 32000)
     if port or not _M.ping(p) then
       local pidfile = dir .. "/redis-" .. p .. ".pid"
       os.remove(pidfile)
@@ -81,7 +81,7 @@ end
 --- dead_port() -> a loopback port no redis-server answers on.
 function _M.dead_port()
   for _ = 1, 50 do
-    local p = math.random(20000, 60999)
+    local p = math.random(20000, 32000)
     if not _M.ping(p) then return p end
   end
   error("no free port")
