@@ -30,7 +30,8 @@
 -- max_backoff (3600 s), max_wait (300 s; wait() gives up with nil,
 -- "timeout"), ban_time (120 s for a 418 without Retry-After), quiet (300 s
 -- without violations before recovering), slow_latency (2 s), fast_latency
--- (0.5 s), max_endpoints (1024), reset ("auto" | "epoch" | "epoch_ms" |
+-- (0.5 s), max_endpoints (1024; when full, a new endpoint replaces an idle
+-- one that has learned nothing: limiter.h says when), reset ("auto" | "epoch" | "epoch_ms" |
 -- "delta": how X-RateLimit-Reset is read), pools = { {name, limit, window,
 -- burst, weight_window}, ... }, endpoints = { [endpoint] = {rate, burst} },
 -- shared (a redis:// url or a sluice.redis client; see below), clock (a

@@ -50,11 +50,9 @@ typedef struct llimiter {
     sl_rlh_options rlh;
     struct event timer;
     int timer_ready, timer_set;
-    waiter *waiters; /* every ticket in the core's queue, for __gc */
-    int self_ref;    /* registry anchor while waiters is not empty */
-    int npools;
-    char pool_names[SL_LIMITER_MAX_POOLS][SL_LIMITER_NAME_MAX];
-    char name[SL_LIMITER_NAME_MAX]; /* the core's (truncated) name */
+    waiter *waiters;   /* every ticket in the core's queue, for __gc */
+    int self_ref;      /* registry anchor while waiters is not empty */
+    int npools;        /* declared pools; their names are the core's */
     int clock_ref;     /* opts.clock, or LUA_NOREF (none, or closed) */
     int injected;      /* a clock was given: last_clock is the time */
     double last_clock; /* the injected clock's last reading */
@@ -184,7 +182,8 @@ static llimiter *check_handle(lua_State *L, int closed_ok) {
         luaL_typerror(L, 1, LIMITER_MT);
     lua_pop(L, 1);
     if (!ll->lim || (ll->closed && !closed_ok))
-        luaL_error(L, "sluice.limiter: limiter '%s' is closed", ll->name);
+        luaL_error(L, "sluice.limiter: limiter '%s' is closed",
+                   ll->lim ? sl_limiter_name(ll->lim) : "?");
     return ll;
 }
 
@@ -255,7 +254,6 @@ static int l_new(lua_State *L) {
     event_assign(&ll->timer, sl_rt.base, -1, 0, on_timer, ll);
     ll->timer_ready = 1;
     double now = clock_now(ll, L);
-    snprintf(ll->name, sizeof(ll->name), "%s", o.name); /* truncated alike */
 
     lua_getfield(L, 1, "pools");
     if (lua_istable(L, -1)) {
@@ -280,7 +278,6 @@ static int l_new(lua_State *L) {
             if (idx < 0)
                 return luaL_error(L, "sluice.limiter.new: pools[%d]: %s", i,
                                   err);
-            snprintf(ll->pool_names[idx], SL_LIMITER_NAME_MAX, "%s", po.name);
             ll->npools = idx + 1;
             lua_settop(L, pools);
         }
@@ -365,7 +362,7 @@ static int l_close(lua_State *L) {
 
 /* name() -> the limiter's name (also once closed). */
 static int l_name(lua_State *L) {
-    lua_pushstring(L, check_handle(L, 1)->name);
+    lua_pushstring(L, sl_limiter_name(check_handle(L, 1)->lim));
     return 1;
 }
 
@@ -376,7 +373,7 @@ static const double *pool_costs(lua_State *L, llimiter *ll, int idx,
     if (!lua_istable(L, idx) || ll->npools == 0)
         return NULL;
     for (int i = 0; i < ll->npools; i++) {
-        lua_getfield(L, idx, ll->pool_names[i]);
+        lua_getfield(L, idx, sl_limiter_pool_name(ll->lim, i));
         buf[i] = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : cost;
         lua_pop(L, 1);
     }

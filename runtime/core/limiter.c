@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,44 +44,101 @@ static double clock_in(sl_limiter *lim, double now) {
 
 /* ---- endpoints ---------------------------------------------------------- */
 
-static size_t hash(const char *s) {
-    unsigned long long h = 1469598103934665603ULL;
+#define SLOT_INDEX 0xffffffu /* a slot's low 24 bits: index into eps + 1 */
+#define EVICT_LOOK 8         /* endpoints looked at per eviction attempt */
+
+static uint64_t hash(const char *s) {
+    uint64_t h = 1469598103934665603ULL;
     while (*s)
         h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
-    return (size_t)h;
+    return h;
 }
 
-/* The slot holding `name`, or the empty slot where it would go. */
-static size_t probe(scope *const *eps, const size_t *slots, size_t nslots,
-                    const char *name) {
-    size_t i = hash(name) & (nslots - 1);
-    while (slots[i] && strcmp(eps[slots[i] - 1]->name, name) != 0)
-        i = (i + 1) & (nslots - 1);
+static uint32_t fingerprint(uint64_t h) { return (uint32_t)(h >> 56) << 24; }
+
+static const char *ep_name(const scope *s) { return (const char *)(s + 1); }
+
+/* The slot holding `name` (hashed to h), or the empty slot where it would
+ * go. The fingerprint spares reading the names of most other endpoints. */
+static size_t probe(const sl_limiter *lim, uint64_t h, const char *name) {
+    size_t mask = lim->nslots - 1, i = (size_t)h & mask;
+    uint32_t fp = fingerprint(h), v;
+    while ((v = lim->slots[i]) != 0 &&
+           ((v & ~SLOT_INDEX) != fp ||
+            strcmp(ep_name(lim->eps[(v & SLOT_INDEX) - 1]), name) != 0))
+        i = (i + 1) & mask;
     return i;
 }
 
-/* Doubles the table (and the endpoint array, kept at half its size). */
-static int grow(sl_limiter *lim) {
-    size_t n = lim->nslots * 2, i, *slots = calloc(n, sizeof *slots);
-    scope **eps = slots ? realloc(lim->eps, n / 2 * sizeof *eps) : NULL;
-    if (eps == NULL) {
-        free(slots);
+/* Doubles the table (16 slots for the first endpoint). */
+static int grow_slots(sl_limiter *lim) {
+    size_t n = lim->nslots ? lim->nslots * 2 : 16, i, j;
+    uint32_t *slots = calloc(n, sizeof *slots), *old = lim->slots;
+    if (slots == NULL)
         return -1;
-    }
-    for (i = 0; i < lim->neps; i++)
-        slots[probe(eps, slots, n, eps[i]->name)] = i + 1;
-    free(lim->slots);
     lim->slots = slots;
     lim->nslots = n;
-    lim->eps = eps;
+    for (i = 0; i < lim->neps; i++) {
+        uint64_t h = hash(ep_name(lim->eps[i]));
+        for (j = (size_t)h & (n - 1); slots[j]; j = (j + 1) & (n - 1))
+            ;
+        slots[j] = fingerprint(h) | (uint32_t)(i + 1);
+    }
+    free(old);
     return 0;
 }
 
+/* Removes slot i, moving later entries of its run back (linear probing
+ * has no tombstones). */
+static void unslot(sl_limiter *lim, size_t i) {
+    size_t mask = lim->nslots - 1, j = i, home;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (lim->slots[j] == 0)
+            break;
+        home =
+            (size_t)hash(ep_name(lim->eps[(lim->slots[j] & SLOT_INDEX) - 1])) &
+            mask;
+        /* the entry at j may fill the hole at i unless its home lies
+         * cyclically in (i, j] */
+        if (i <= j ? (home <= i || home > j) : (home <= i && home > j)) {
+            lim->slots[i] = lim->slots[j];
+            i = j;
+        }
+    }
+    lim->slots[i] = 0;
+}
+
+/* An idle endpoint (sl_limiter_scope_idle) to make room for a new one: its
+ * index in eps, or -1 when none of the next EVICT_LOOK is idle. */
+static long find_idle(sl_limiter *lim, double now) {
+    size_t k, i;
+    for (k = 0; k < EVICT_LOOK && k < lim->neps; k++) {
+        i = (lim->hand + k) % lim->neps;
+        if (sl_limiter_scope_idle(lim, lim->eps[i], now)) {
+            lim->hand = (i + 1) % lim->neps;
+            return (long)i;
+        }
+    }
+    lim->hand = (lim->hand + k) % (lim->neps ? lim->neps : 1);
+    return -1;
+}
+
+/* The most endpoints tracked: max_endpoints, within what a slot indexes. */
+static size_t endpoint_cap(const sl_limiter *lim) {
+    return lim->o.max_endpoints < SL_LIMITER_ENDPOINTS_LIMIT
+               ? lim->o.max_endpoints
+               : SL_LIMITER_ENDPOINTS_LIMIT;
+}
+
 /* *out = the endpoint's scope, or NULL for no endpoint or when the table is
- * full. Returns -1 only for an overlong name or out of memory. */
-static int endpoint(sl_limiter *lim, const char *name, int create, scope **out,
-                    char *err, size_t errlen) {
-    size_t i, n;
+ * full (and no endpoint in it is idle). Returns -1 only for an overlong
+ * name or out of memory. */
+static int endpoint(sl_limiter *lim, const char *name, int create, double now,
+                    scope **out, char *err, size_t errlen) {
+    size_t i, n, at;
+    long victim = -1;
+    uint64_t h;
     scope *s;
     *out = NULL;
     if (name == NULL || name[0] == '\0')
@@ -88,21 +146,64 @@ static int endpoint(sl_limiter *lim, const char *name, int create, scope **out,
     if (memchr(name, '\0', SL_LIMITER_ENDPOINT_MAX) == NULL)
         return fail(err, errlen, "endpoint name longer than %d bytes",
                     SL_LIMITER_ENDPOINT_MAX - 1);
-    i = probe(lim->eps, lim->slots, lim->nslots, name);
-    if (lim->slots[i] || !create || lim->neps >= lim->o.max_endpoints) {
-        *out = lim->slots[i] ? lim->eps[lim->slots[i] - 1] : NULL;
-        return 0;
+    h = hash(name);
+    if (lim->nslots) {
+        i = probe(lim, h, name);
+        if (lim->slots[i]) {
+            *out = lim->eps[(lim->slots[i] & SLOT_INDEX) - 1];
+            return 0;
+        }
     }
+    if (!create)
+        return 0;
+    if (lim->neps >= endpoint_cap(lim) && (victim = find_idle(lim, now)) < 0)
+        return 0; /* untracked: global and declared pools only */
     n = strlen(name) + 1;
-    if ((lim->neps + 1) * 2 > lim->nslots && grow(lim) < 0)
-        return fail(err, errlen, "out of memory");
     if ((s = malloc(sizeof *s + n)) == NULL)
         return fail(err, errlen, "out of memory");
+    if (victim < 0) {
+        if ((lim->neps + 1) * 4 > lim->nslots * 3 && grow_slots(lim) < 0) {
+            free(s);
+            return fail(err, errlen, "out of memory");
+        }
+        if (lim->neps == lim->epcap) {
+            size_t cap = lim->epcap ? lim->epcap * 2 : 8;
+            scope **eps = realloc(lim->eps, cap * sizeof *eps);
+            if (eps == NULL) {
+                free(s);
+                return fail(err, errlen, "out of memory");
+            }
+            lim->eps = eps;
+            lim->epcap = cap;
+        }
+        at = lim->neps++;
+    } else { /* the new endpoint takes the idle one's place */
+        at = (size_t)victim;
+        unslot(lim,
+               probe(lim, hash(ep_name(lim->eps[at])), ep_name(lim->eps[at])));
+        free(lim->eps[at]);
+    }
     sl_limiter_scope_init(s, &lim->o);
-    s->name = memcpy((char *)(s + 1), name, n);
-    lim->eps[lim->neps++] = s;
-    lim->slots[probe(lim->eps, lim->slots, lim->nslots, name)] = lim->neps;
+    memcpy((char *)(s + 1), name, n);
+    lim->eps[at] = s;
+    lim->slots[probe(lim, h, name)] = fingerprint(h) | (uint32_t)(at + 1);
     *out = s;
+    return 0;
+}
+
+int sl_limiter_scope_adapt(sl_limiter *lim, scope *s) {
+    if (s == &lim->global || s->xi)
+        return 0;
+    if (lim->nxs == lim->xcap) {
+        size_t cap = lim->xcap ? lim->xcap * 2 : 4;
+        adapt *xs = realloc(lim->xs, cap * sizeof *xs);
+        if (xs == NULL)
+            return -1;
+        lim->xs = xs;
+        lim->xcap = cap;
+    }
+    sl_limiter_adapt_init(&lim->xs[lim->nxs], &lim->o);
+    s->xi = (uint32_t)++lim->nxs;
     return 0;
 }
 
@@ -144,13 +245,14 @@ static int ticket_banned(const sl_limiter_ticket *t, double now) {
     return 0;
 }
 
-static void mark_limited(sl_limiter_ticket *t, double now) {
+/* The ticket's scopes have their adapt blocks (acquire gives them). */
+static void mark_limited(sl_limiter *lim, sl_limiter_ticket *t, double now) {
     int i, j;
     for (i = 0; i < 2; i++)
         for (j = 0; t->scopes[i] && j < t->npools; j++)
             if (t->pools[j] == &t->scopes[i]->p &&
                 pool_ready(t->pools[j], t->costs[j]) > now + EPS)
-                t->scopes[i]->last_limited = now;
+                scope_x(lim, t->scopes[i])->last_limited = now;
 }
 
 static void admit(sl_limiter *lim, sl_limiter_ticket *t, double now) {
@@ -161,7 +263,7 @@ static void admit(sl_limiter *lim, sl_limiter_ticket *t, double now) {
     }
     for (i = 0; i < 2; i++)
         if (t->scopes[i])
-            sl_limiter_scope_admit(t->scopes[i], t->cost, now);
+            sl_limiter_scope_admit(lim, t->scopes[i], t->cost, now);
     lim->total_requests++;
 }
 
@@ -207,9 +309,10 @@ static int walk(sl_limiter *lim, double now, sl_limiter_event *ev, int max,
                 if (n >= max)
                     break;
                 admit(lim, t, now);
-                t->scopes[0]->last_limited = now;
+                /* a queued ticket's scopes have their adapt blocks */
+                lim->gx.last_limited = now;
                 if (t->scopes[1])
-                    t->scopes[1]->last_limited = now;
+                    scope_x(lim, t->scopes[1])->last_limited = now;
                 lim->total_wait += now - t->created;
                 report(lim, t, &ev[n++], SL_LIMITER_GO, now, now);
                 continue;
@@ -274,18 +377,16 @@ sl_limiter *sl_limiter_new(const sl_limiter_options *o, char *err,
              "max_wait, ban_time, quiet or latency option");
         return NULL;
     }
-    if ((lim = calloc(1, sizeof *lim)) == NULL ||
-        (lim->slots = calloc(16, sizeof *lim->slots)) == NULL ||
-        (lim->eps = malloc(8 * sizeof *lim->eps)) == NULL) {
-        sl_limiter_free(lim);
+    /* the endpoint table and the pools come with the first of each */
+    if ((lim = calloc(1, sizeof *lim)) == NULL) {
         fail(err, errlen, "out of memory");
         return NULL;
     }
-    lim->nslots = 16;
     lim->o = *o;
     snprintf(lim->name, sizeof lim->name, "%s", o->name ? o->name : "unknown");
     lim->o.name = lim->name;
     sl_limiter_scope_init(&lim->global, &lim->o);
+    sl_limiter_adapt_init(&lim->gx, &lim->o);
     lim->last_now = NEVER;
     lim->min_seen = lim->max_seen = o->rate;
     return lim;
@@ -304,6 +405,8 @@ void sl_limiter_free(sl_limiter *lim) {
         free(lim->eps[i]); /* the name lives in the same block */
     free(lim->eps);
     free(lim->slots);
+    free(lim->xs);
+    free(lim->pools);
     free(lim);
 }
 
@@ -323,6 +426,10 @@ int sl_limiter_add_pool(sl_limiter *lim, const sl_limiter_pool_options *o,
     for (i = 0; i < lim->npools; i++)
         if (strncmp(lim->pools[i].name, o->name, SL_LIMITER_NAME_MAX - 1) == 0)
             return fail(err, errlen, "pool %s already exists", o->name);
+    /* all at once: queued tickets point at pools, which must not move */
+    if (lim->pools == NULL &&
+        (lim->pools = calloc(SL_LIMITER_MAX_POOLS, sizeof *lim->pools)) == NULL)
+        return fail(err, errlen, "out of memory");
     x = &lim->pools[lim->npools];
     memset(x, 0, sizeof *x);
     snprintf(x->name, sizeof x->name, "%s", o->name);
@@ -342,11 +449,13 @@ int sl_limiter_set_endpoint(sl_limiter *lim, const char *name, double rate,
     now = clock_in(lim, now);
     if (!(rate > 0) || !isfinite(rate) || !(burst <= 1e12))
         return fail(err, errlen, "endpoint rate must be > 0");
-    if (endpoint(lim, name, 1, &s, err, errlen) < 0)
+    if (endpoint(lim, name, 1, now, &s, err, errlen) < 0)
         return -1;
     if (s == NULL)
         return fail(err, errlen, "no endpoint name, or endpoint table full");
-    s->max_rate = rate;
+    if (sl_limiter_scope_adapt(lim, s) < 0)
+        return fail(err, errlen, "out of memory");
+    scope_x(lim, s)->max_rate = rate;
     sl_limiter_scope_set_rate(lim, s, rate, now, 0);
     if (burst > 0) {
         pool_settle(&s->p, now);
@@ -371,7 +480,7 @@ int sl_limiter_acquire(sl_limiter *lim, const sl_limiter_request *req,
         return fail(err, errlen, "cost must be a positive number");
     now = clock_in(lim, now);
     memset(&tmp, 0, sizeof tmp);
-    if (endpoint(lim, req->endpoint, 1, &tmp.scopes[1], err, errlen) < 0)
+    if (endpoint(lim, req->endpoint, 1, now, &tmp.scopes[1], err, errlen) < 0)
         return -1;
     tmp.scopes[0] = &lim->global;
     tmp.cost = cost;
@@ -403,7 +512,11 @@ int sl_limiter_acquire(sl_limiter *lim, const sl_limiter_request *req,
             *ready_at = now;
         return SL_LIMITER_GO;
     }
-    mark_limited(&tmp, now);
+    /* made to wait: the endpoint notes when (last_limited), its ticket
+     * will (walk) */
+    if (tmp.scopes[1] && sl_limiter_scope_adapt(lim, tmp.scopes[1]) < 0)
+        return fail(err, errlen, "out of memory");
+    mark_limited(lim, &tmp, now);
     maxw = (req->max_wait >= 0) ? req->max_wait : lim->o.max_wait;
     if (ready_at)
         *ready_at = ready;
@@ -471,9 +584,17 @@ int sl_limiter_observe(sl_limiter *lim, const sl_limiter_observation *obs,
     if (obs == NULL)
         return fail(err, errlen, "no observation");
     now = clock_in(lim, now);
-    if (endpoint(lim, obs->endpoint, 1, &ep, err, errlen) < 0)
+    if (endpoint(lim, obs->endpoint, 1, now, &ep, err, errlen) < 0)
         return -1;
     s = ep ? ep : g;
+    /* what the endpoint is about to learn needs its adapt block (a fast
+     * response acts only on one that has it: see scope_latency) */
+    if (ep &&
+        (obs->status == 429 || obs->status == 418 || obs->throttled ||
+         (h && h->source != SL_RLH_SRC_NONE) ||
+         obs->latency > lim->o.slow_latency) &&
+        sl_limiter_scope_adapt(lim, ep) < 0)
+        return fail(err, errlen, "out of memory");
     sl_limiter_scope_tick(lim, g, now);
     if (ep)
         sl_limiter_scope_tick(lim, ep, now);
@@ -529,17 +650,18 @@ int sl_limiter_record_429(sl_limiter *lim, const char *endpoint_name,
 int sl_limiter_adjust_rate(sl_limiter *lim, const char *name, double factor,
                            double now, char *err, size_t errlen) {
     scope *s;
+    adapt *x;
     now = clock_in(lim, now);
     if (!(factor > 0) || !isfinite(factor))
         return fail(err, errlen, "factor must be a positive number");
-    if (endpoint(lim, name, 1, &s, err, errlen) < 0)
+    if (endpoint(lim, name, 1, now, &s, err, errlen) < 0)
         return -1;
     if (s == NULL)
         s = &lim->global;
     sl_limiter_scope_tick(lim, s, now);
     sl_limiter_scope_set_rate(lim, s, s->p.rate * factor, now, 1);
-    if (s->target > 0)
-        s->target = s->p.rate;
+    if ((x = scope_x(lim, s)) != NULL && x->target > 0)
+        x->target = s->p.rate;
     return 0;
 }
 
@@ -547,7 +669,7 @@ double sl_limiter_rate(sl_limiter *lim, const char *name, double now) {
     scope *s = &lim->global;
     now = clock_in(lim, now);
     if (name && name[0] &&
-        (endpoint(lim, name, 0, &s, NULL, 0) < 0 || s == NULL))
+        (endpoint(lim, name, 0, now, &s, NULL, 0) < 0 || s == NULL))
         return -1;
     sl_limiter_scope_tick(lim, s, now);
     return s->p.rate;
@@ -567,33 +689,41 @@ void sl_limiter_get_stats(sl_limiter *lim, double now, sl_limiter_stats *st) {
     st->min_rate_seen = lim->min_seen;
     st->max_rate_seen = lim->max_seen;
     st->endpoints_tracked = (long long)lim->neps;
-    st->backoff_multiplier = lim->global.mult;
+    st->backoff_multiplier = lim->gx.mult;
     st->waiting = lim->nwaiting;
 }
 
 size_t sl_limiter_endpoint_count(const sl_limiter *lim) { return lim->neps; }
 
+const char *sl_limiter_name(const sl_limiter *lim) { return lim->name; }
+
+const char *sl_limiter_pool_name(const sl_limiter *lim, int i) {
+    return lim->pools[i].name;
+}
+
 int sl_limiter_get_endpoint_stats(sl_limiter *lim, size_t i, double now,
                                   double wall_now,
                                   sl_limiter_endpoint_stats *st) {
     scope *s;
+    const adapt *x;
     double until;
     if (i >= lim->neps)
         return -1;
     s = lim->eps[i];
     now = clock_in(lim, now);
     sl_limiter_scope_tick(lim, s, now);
-    until = sl_limiter_scope_backoff_until(s, now);
+    until = sl_limiter_scope_backoff_until(lim, s, now);
+    x = sl_limiter_scope_xr(lim, s);
     memset(st, 0, sizeof *st);
-    st->endpoint = s->name;
+    st->endpoint = ep_name(s);
     st->rate = s->p.rate;
     st->requests_made = s->requests;
-    st->violations = s->violations;
-    st->rate_limit_remaining = s->remaining;
+    st->violations = x->violations;
+    st->rate_limit_remaining = x->remaining;
     st->in_backoff = until > 0;
     st->backoff_until = until > 0 ? wall_now + (until - now) : 0;
-    st->backoff_multiplier = s->mult;
-    st->ceiling = s->hi;
+    st->backoff_multiplier = x->mult;
+    st->ceiling = x->hi;
     return 0;
 }
 
@@ -615,14 +745,15 @@ int sl_limiter_save(sl_limiter *lim, double now, double wall_now,
     out->min_rate_seen = lim->min_seen;
     out->max_rate_seen = lim->max_seen;
     sl_limiter_scope_tick(lim, &lim->global, now);
-    sl_limiter_scope_save(&lim->global, now, wall_now, &out->global);
+    sl_limiter_scope_save(lim, &lim->global, now, wall_now, &out->global);
     if (lim->neps &&
         (out->endpoints = calloc(lim->neps, sizeof *out->endpoints)) == NULL)
         return fail(err, errlen, "out of memory");
     out->nendpoints = lim->neps;
     for (i = 0; i < lim->neps; i++) {
         sl_limiter_scope_tick(lim, lim->eps[i], now);
-        sl_limiter_scope_save(lim->eps[i], now, wall_now, &out->endpoints[i]);
+        sl_limiter_scope_save(lim, lim->eps[i], now, wall_now,
+                              &out->endpoints[i]);
     }
     out->npools = (size_t)lim->npools;
     for (j = 0; j < lim->npools; j++) {
@@ -662,10 +793,12 @@ int sl_limiter_restore(sl_limiter *lim, const sl_limiter_snapshot *s,
         const sl_limiter_scope_snapshot *o = &s->endpoints[i];
         if (memchr(o->endpoint, '\0', sizeof o->endpoint) == NULL)
             return fail(err, errlen, "snapshot endpoint name unterminated");
-        if (endpoint(lim, o->endpoint, 1, &ep, err, errlen) < 0)
+        if (endpoint(lim, o->endpoint, 1, now, &ep, err, errlen) < 0)
             return -1;
         if (ep == NULL)
             return fail(err, errlen, "endpoint table full");
+        if (sl_limiter_scope_adapt(lim, ep) < 0)
+            return fail(err, errlen, "out of memory");
         sl_limiter_scope_load(lim, ep, o, now, wall_now);
     }
     for (k = 0; k < s->npools && k < SL_LIMITER_MAX_POOLS; k++)

@@ -80,10 +80,25 @@
  *    recovery ramp counts once, at its 429).
  *
  * Endpoints. Names are copied (at most SL_LIMITER_ENDPOINT_MAX - 1 bytes;
- * longer names are an error). The limiter tracks at most max_endpoints;
- * requests for further endpoints go through the global and declared pools
- * only and are not tracked. Endpoint state lives until sl_limiter_free().
+ * longer names are an error). The limiter tracks at most max_endpoints
+ * (and at most SL_LIMITER_ENDPOINTS_LIMIT). When the table is full, a new
+ * endpoint replaces an idle one, whose state is what a new endpoint's
+ * would be but for its request count: it has learned nothing and adapted
+ * nothing (no 429, quota headers, slow response, set_endpoint, restore, no
+ * request of it ever waited, rate and burst as configured), its pool is
+ * full again, nothing blocks it, and it has sent nothing for 4 s (and two
+ * intervals at its rate). Eviction is thus invisible to admission; only
+ * that endpoint's requests_made leaves the statistics, and its place in
+ * the creation order goes to the endpoint that replaced it. Each new
+ * endpoint looks at the next 8 endpoints (round robin) for an idle one;
+ * when none is, its requests go through the global and declared pools
+ * only, untracked. Other endpoint state lives until sl_limiter_free().
  * Lookups are O(1) (hash table); polling is O(waiting tickets * pools).
+ *
+ * Memory: an empty limiter allocates one block (about 0.7 KiB); the
+ * endpoint table comes with the first endpoint, the declared pools with
+ * the first pool. An endpoint costs about 190 bytes with a name of up to
+ * 24 bytes, plus about 170 once it adapts (tests/bench/limiter/scale.lua).
  */
 #ifndef SLUICE_LIMITER_H
 #define SLUICE_LIMITER_H
@@ -96,6 +111,7 @@
 #define SL_LIMITER_ENDPOINT_MAX 256 /* longer endpoint names are an error */
 #define SL_LIMITER_MAX_POOLS 8      /* declared pools per limiter */
 #define SL_LIMITER_SNAPSHOT_VERSION 1
+#define SL_LIMITER_ENDPOINTS_LIMIT 0xffffff /* most endpoints tracked */
 
 /* acquire() results and event statuses */
 #define SL_LIMITER_GO 0      /* admitted: send the request now */
@@ -197,7 +213,8 @@ typedef struct sl_limiter_stats {
 } sl_limiter_stats;
 
 typedef struct sl_limiter_endpoint_stats {
-    const char *endpoint; /* valid until sl_limiter_free() */
+    const char *endpoint; /* valid until a call that may add an endpoint
+                             (and so evict this one) or sl_limiter_free() */
     double rate;
     long long requests_made;
     long long violations;
@@ -317,6 +334,10 @@ int sl_limiter_adjust_rate(sl_limiter *lim, const char *endpoint, double factor,
 double sl_limiter_rate(sl_limiter *lim, const char *endpoint, double now);
 
 void sl_limiter_get_stats(sl_limiter *lim, double now, sl_limiter_stats *s);
+/* The limiter's name, and declared pool i's (i in [0, pools added)): valid
+ * until sl_limiter_free(). */
+const char *sl_limiter_name(const sl_limiter *lim);
+const char *sl_limiter_pool_name(const sl_limiter *lim, int i);
 size_t sl_limiter_endpoint_count(const sl_limiter *lim);
 /* Endpoint i in creation order. Returns 0, or -1 when i is out of range. */
 int sl_limiter_get_endpoint_stats(sl_limiter *lim, size_t i, double now,
