@@ -18,7 +18,7 @@
 --    rows straight from the chunks), else sink:write(table, rows, def,
 --    meta) with the rows decoded (meta: {ids, at} of the rows, made when
 --    first read); during the write a task spawned for it (read_ahead)
---    reads and decodes the next batch, which is sent after the ack when
+--    reads the next batch, which is sent after the ack when
 --    it is still the one to send (take_ahead); the read-ahead task never
 --    yields, so it ends within the write's first wait;
 --  - acknowledged: the rows deleted and counted in one transaction; kind
