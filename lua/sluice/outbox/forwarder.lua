@@ -173,7 +173,7 @@ local function failed(s, err)
 end
 
 -- The body of the read-ahead task: the batch after the one in flight read
--- and decoded while the sink works on that one (it runs when the write
+-- while the sink works on that one (it runs when the write
 -- yields, and never yields itself: one resume, then done). token says the
 -- forwarder still wants it; the result goes to s.ahead.
 local function read_ahead(db, s, token, skip)
