@@ -84,6 +84,10 @@ local report = require "sluice.collector.report"
 local targets = require "sluice.collector.targets"
 local stream = require "sluice.collector.stream"
 
+local bit = require "bit"
+
+local bxor, lshift, tobit, byte = bit.bxor, bit.lshift, bit.tobit, string.byte
+
 local _M = {}
 local Collector = {}
 local instance_mt = { __index = Collector }
@@ -119,6 +123,31 @@ function _M.define(spec)
   return spec
 end
 
+--- phase(name, interval) -> seconds in [0, interval): the offset within
+-- each period at which a collector of that name runs when started with
+-- phase = true (start): FNV-1a (32 bits) of the name as a fraction of
+-- 2^32, times interval. The same name always gets the same phase, in
+-- every process; ten thousand names spread evenly over the period (by
+-- their hash), so that collectors of the same interval are not all due in
+-- the same millisecond. A dataset's name here is "collector/dataset".
+function _M.phase(name, interval)
+  if type(name) ~= "string" then
+    error("sluice.collector.phase: bad argument #1 (string expected, got " .. type(name) .. ")", 2)
+  end
+  if type(interval) ~= "number" or not (interval > 0) or interval == math.huge then
+    error("sluice.collector.phase: bad argument #2 (finite number > 0 expected, got "
+      .. tostring(interval) .. ")", 2)
+  end
+  local h = 2166136261
+  for i = 1, #name do
+    h = bxor(h, byte(name, i))
+    -- h * 16777619 mod 2^32, kept exact in doubles: 2^24 * h + 403 * h
+    h = tobit(lshift(h, 24) + h * 403)
+  end
+  if h < 0 then h = h + 4294967296 end
+  return h / 4294967296 * interval
+end
+
 --- is_spec(v) -> whether v is a spec collector.define returned.
 function _M.is_spec(v)
   return specs[v] == true
@@ -133,8 +162,8 @@ end
 -- first_delay_, run_budget, enabled, disabled_reason (disable_dataset's),
 -- log, slot_, stats_ (a dataset's run counters; the instance's are its
 -- totals), and its schedule: next_due_,
--- due_ (the latest scheduled run's due time), first_due_, timer, first_run,
--- started_mono_.
+-- due_ (the latest scheduled run's due time), first_due_, phase_ (start's
+-- phase option), timer, first_run, started_mono_.
 
 -- The run counters of a dataset (report.lua lists them).
 local function run_stats()
@@ -581,6 +610,12 @@ function Collector:datasets()
   return out
 end
 
+-- Seconds from wall-clock time wall + d until unit u's next phase instant
+-- (a wall-clock time t with t mod interval = its phase), plus d.
+local function phase_wait(u, wall, d)
+  return d + (u.phase_ - (wall + d)) % u.interval
+end
+
 local function next_period(u)
   local j = u.jitter_ or 0
   if j <= 0 then return u.interval end
@@ -606,7 +641,11 @@ local function tick(premature, self, u)
   guarded(self, u)
   if not self.running or not u.enabled then return end -- disable_dataset: no next run
   local now = sluice.now()
-  if u.next_due_ < now then u.next_due_ = now end
+  if u.next_due_ < now then
+    -- overran: the next run starts now, or with a phase at its next instant
+    u.next_due_ = now
+    if u.phase_ then u.next_due_ = now + phase_wait(u, sluice.time(), 0) end
+  end
   u.timer = sluice.after(u.next_due_ - now, tick, self, u)
 end
 
@@ -623,6 +662,7 @@ end
 
 local START_OPTIONS = {
   first_delay = { finite = true, min = 0 },
+  phase = "boolean",
   after = {
     type = "table", what = "an instance of the same collector",
     check = function(v) return getmetatable(v) == instance_mt end,
@@ -634,7 +674,14 @@ local START_OPTIONS = {
 -- dataset on its own schedule (its interval, jitter, first_delay), the
 -- datasets concurrently. Runs of one collector (one dataset) never
 -- overlap. opts.first_delay: seconds until the first run (0: at once; a
--- dataset's first_delay comes on top); opts.after: the instance this one
+-- dataset's first_delay comes on top); opts.phase: true to run at a
+-- fixed offset within each period, the same for the same name in every
+-- process (collector.phase(name, interval)): the first run is at the
+-- first wall-clock time t, first_delay or more from now, where t mod
+-- interval is the phase, the next ones an interval apart (jitter, if
+-- any, still moves each period), and a run that overran its period is
+-- followed by the next instant of its phase instead of at once;
+-- opts.after: the instance this one
 -- replaces (a reload), whose schedule it continues: its first run (each
 -- dataset's, for the datasets both have) is the old instance's next one,
 -- and waits for a run of the old one still in flight.
@@ -654,10 +701,13 @@ function Collector:start(opts)
         .. "collector '" .. old.name .. "'", 2)
     end
   end
-  local now, delays = sluice.now(), {}
+  local now, wall, delays = sluice.now(), sluice.time(), {}
   for _, u in ipairs(self.units_) do
     local ou = old and unit_of(self, old, u)
     delays[u] = delay + (u.first_delay_ or 0)
+    u.phase_ = opts.phase and _M.phase(u == self and self.name or (self.name .. "/" .. u.dataset),
+      u.interval) or nil
+    if u.phase_ then delays[u] = phase_wait(u, wall, delays[u]) end
     if ou then
       u.slot_ = ou.slot_
       if ou.next_due_ then delays[u] = math.max(0, ou.next_due_ - now) end
