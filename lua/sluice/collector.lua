@@ -90,11 +90,27 @@ local bxor, lshift, tobit, byte = bit.bxor, bit.lshift, bit.tobit, string.byte
 
 local _M = {}
 local Collector = {}
-local instance_mt = { __index = Collector }
+-- An instance's logger (log.with{collector = name}: nine closures, about
+-- 1.4 KB) is made on first use: a collector that logs nothing of its own
+-- (the framework's "collection done" goes through the module's logger)
+-- never has one. Methods are looked up first.
+local instance_mt = {
+  __index = function(self, k)
+    local m = Collector[k]
+    if m ~= nil or k ~= "log" then return m end
+    local l = log.with({ collector = rawget(self, "name") })
+    rawset(self, "log", l)
+    return l
+  end,
+}
 
 --- env(name [, default]) -> a secret resolved from the environment when
 -- used. It prints as "<secret>" so it cannot leak into logs or status.
 _M.env = secret.env
+
+-- The sinks of an instance that has none: shared, never written (add_sink
+-- gives an instance a list of its own).
+local NO_SINKS = setmetatable({}, { __newindex = function() error("NO_SINKS is read-only", 2) end })
 
 -- --- the spec -----------------------------------------------------------
 
@@ -223,13 +239,12 @@ function _M.new(spec, overrides, context)
     cache = context.cache or cache.new(),
     base_url = cfg.base_url,
     interval = cfg.interval or 60,
-    log = log.with({ collector = cfg.name }),
     running = false,
     enabled = cfg.enabled ~= false,
     -- one run in flight per collector: shared with the instances that
     -- replace this one at a reload (adopt)
     slot_ = slot.new(),
-    sinks_ = {},        -- add_sink
+    sinks_ = NO_SINKS,  -- add_sink (a list of its own from the first)
     run_guard_ = nil,   -- set_run_guard: {enter, leave}
     -- the counters (counters()), shared with the instances that replace
     -- this one at a reload (adopt)
@@ -407,6 +422,7 @@ function Collector:add_sink(sink)
   if type(sink) ~= "table" or type(sink.publish) ~= "function" then
     error("collector:add_sink: bad argument #1 (a sink with a publish method expected)", 2)
   end
+  if self.sinks_ == NO_SINKS then self.sinks_ = {} end
   self.sinks_[#self.sinks_ + 1] = sink
   return self
 end
@@ -508,7 +524,11 @@ local function run(self, u)
     add(st, total, "collections_completed", 1)
     add(st, total, "data_points_collected", count)
     st.consecutive_failures = 0
-    u.log.info("collection done", { rows = count, seconds = sluice.now() - t0 })
+    if log.enabled("info") then
+      -- the module's logger with the instance's fields: no logger of its own
+      log.info("collection done", { collector = self.name, dataset = u.dataset, rows = count,
+        seconds = sluice.now() - t0 })
+    end
     g:release(true, count)
     return true, count
   end
@@ -735,7 +755,7 @@ function Collector:start(opts)
       st.data_points_collected, st.last_success = st.data_points_collected + n, sluice.time()
     end)
   end
-  self.log.info("collector started", { interval = self.interval, first_run_in = delay,
+  log.info("collector started", { collector = self.name, interval = self.interval, first_run_in = delay,
     datasets = self.datasets_ and table.concat(self:datasets(), ",") or nil })
   return self
 end
@@ -814,7 +834,7 @@ function Collector:stop()
   end
   persist.save(self)
   targets.save(self)
-  self.log.info("collector stopped")
+  log.info("collector stopped", { collector = self.name })
   return self
 end
 
