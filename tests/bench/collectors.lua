@@ -1,5 +1,5 @@
 -- collectors.lua -- N collectors at 1 s on one process: RSS, schedule lateness, CPU.
---   sluice run --lua-path tests/lua tests/bench/collectors.lua [-- N SECONDS TABLES]
+--   sluice run --lua-path tests/lua tests/bench/collectors.lua [-- N SECONDS TABLES START]
 --   sluice run --lua-path tests/lua tests/bench/collectors.lua -- part NAME N
 --
 -- Run mode: nginx (1 worker) serves a 300-byte JSON document on loopback;
@@ -11,6 +11,9 @@
 -- runs spread over the first second). TABLES: "shared" (default; every
 -- collector upserts its row into one table keyed by collector) or "own"
 -- (a table per collector) or "none" (no store: rows are counted only).
+-- START: "random" (default: as the app starts them, app.first_delays,
+-- first runs at random over the first second) or "phase" (start{phase =
+-- true}: each at its name's phase, collector.phase).
 --
 -- Figures (the anchor is the idle RSS of this same process before any
 -- collector exists, measured in the same run):
@@ -43,7 +46,7 @@ local sluice = require "sluice"
 local procinfo = require "sluice.procinfo"
 local bench = require "support.bench"
 
-local a1, a2, a3 = ...
+local a1, a2, a3, a4 = ...
 
 local function rss()
   collectgarbage()
@@ -257,7 +260,7 @@ local function percentile(hist, total, q)
   return #hist / 10
 end
 
-local function run(n, seconds, tables)
+local function run(n, seconds, tables, start)
   local idle = rss()
   local collector = require "sluice.collector"
   local store = require "sluice.store"
@@ -285,7 +288,7 @@ local function run(n, seconds, tables)
   local base_rss = rss()
 
   -- the probe: lateness histogram in 0.1 ms buckets, per-collector gaps
-  local measuring, t_from = false, nil
+  local measuring = false
   local hist, HMAX = {}, 20000
   for i = 0, HMAX do hist[i] = 0 end
   local total, latemax = 0, 0
@@ -325,13 +328,17 @@ local function run(n, seconds, tables)
   local delays = app.first_delays(insts, 100)
   local t0 = sluice.now()
   for i, inst in ipairs(insts) do
-    inst:start({ first_delay = math.max(0, t0 + delays[inst] - sluice.now()) })
+    if start == "phase" then
+      inst:start({ phase = true })
+    else
+      inst:start({ first_delay = math.max(0, t0 + delays[inst] - sluice.now()) })
+    end
     if i % 200 == 0 then sluice.sleep(0) end
   end
   local built = sluice.now() - t_build
   sluice.sleep(3)
   measuring = true
-  t_from = sluice.now()
+  local t_from = sluice.now()
   local cpu0 = procinfo.cpu_seconds()
   -- RSS and the Lua heap as they are while running (no forced GC), each second
   local rss_max, heap_max, deadline = 0, 0, t_from + seconds
@@ -353,8 +360,8 @@ local function run(n, seconds, tables)
     if maxgap[i] > 1.5 or count[i] < expect then starved = starved + 1 end
   end
 
-  print(string.format("%d collectors at 1 s, %.1f s window (built and started in %.1f s), tables %s",
-    n, window, built, tables))
+  print(string.format("%d collectors at 1 s, %.1f s window (built and started in %.1f s), tables %s, "
+    .. "first runs %s", n, window, built, tables, start))
   print(string.format("idle RSS %.1f MiB; with modules, store, nginx client %.1f MiB",
     idle / 2^20, base_rss / 2^20))
   bench.figure("collectors.idle_rss", idle / 2^20, "MiB")
@@ -385,7 +392,7 @@ else
   local n = tonumber(a1) or 1000
   local seconds = tonumber(a2) or 20
   local tables = a3 or "shared"
-  run(n, seconds, tables)
+  run(n, seconds, tables, a4 or "random")
   if os.getenv("SKIP_PARTS") ~= "1" then parts(n) end
   sluice.shutdown(0)
 end
