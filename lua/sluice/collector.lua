@@ -84,13 +84,33 @@ local report = require "sluice.collector.report"
 local targets = require "sluice.collector.targets"
 local stream = require "sluice.collector.stream"
 
+local bit = require "bit"
+
+local bxor, lshift, tobit, byte = bit.bxor, bit.lshift, bit.tobit, string.byte
+
 local _M = {}
 local Collector = {}
-local instance_mt = { __index = Collector }
+-- An instance's logger (log.with{collector = name}: nine closures, about
+-- 1.4 KB) is made on first use: a collector that logs nothing of its own
+-- (the framework's "collection done" goes through the module's logger)
+-- never has one. Methods are looked up first.
+local instance_mt = {
+  __index = function(self, k)
+    local m = Collector[k]
+    if m ~= nil or k ~= "log" then return m end
+    local l = log.with({ collector = rawget(self, "name") })
+    rawset(self, "log", l)
+    return l
+  end,
+}
 
 --- env(name [, default]) -> a secret resolved from the environment when
 -- used. It prints as "<secret>" so it cannot leak into logs or status.
 _M.env = secret.env
+
+-- The sinks of an instance that has none: shared, never written (add_sink
+-- gives an instance a list of its own).
+local NO_SINKS = setmetatable({}, { __newindex = function() error("NO_SINKS is read-only", 2) end })
 
 -- --- the spec -----------------------------------------------------------
 
@@ -119,6 +139,31 @@ function _M.define(spec)
   return spec
 end
 
+--- phase(name, interval) -> seconds in [0, interval): the offset within
+-- each period at which a collector of that name runs when started with
+-- phase = true (start): FNV-1a (32 bits) of the name as a fraction of
+-- 2^32, times interval. The same name always gets the same phase, in
+-- every process; ten thousand names spread evenly over the period (by
+-- their hash), so that collectors of the same interval are not all due in
+-- the same millisecond. A dataset's name here is "collector/dataset".
+function _M.phase(name, interval)
+  if type(name) ~= "string" then
+    error("sluice.collector.phase: bad argument #1 (string expected, got " .. type(name) .. ")", 2)
+  end
+  if type(interval) ~= "number" or not (interval > 0) or interval == math.huge then
+    error("sluice.collector.phase: bad argument #2 (finite number > 0 expected, got "
+      .. tostring(interval) .. ")", 2)
+  end
+  local h = 2166136261
+  for i = 1, #name do
+    h = bxor(h, byte(name, i))
+    -- h * 16777619 mod 2^32, kept exact in doubles: 2^24 * h + 403 * h
+    h = tobit(lshift(h, 24) + h * 403)
+  end
+  if h < 0 then h = h + 4294967296 end
+  return h / 4294967296 * interval
+end
+
 --- is_spec(v) -> whether v is a spec collector.define returned.
 function _M.is_spec(v)
   return specs[v] == true
@@ -133,8 +178,8 @@ end
 -- first_delay_, run_budget, enabled, disabled_reason (disable_dataset's),
 -- log, slot_, stats_ (a dataset's run counters; the instance's are its
 -- totals), and its schedule: next_due_,
--- due_ (the latest scheduled run's due time), first_due_, timer, first_run,
--- started_mono_.
+-- due_ (the latest scheduled run's due time), first_due_, phase_ (start's
+-- phase option), timer, first_run, started_mono_.
 
 -- The run counters of a dataset (report.lua lists them).
 local function run_stats()
@@ -194,13 +239,12 @@ function _M.new(spec, overrides, context)
     cache = context.cache or cache.new(),
     base_url = cfg.base_url,
     interval = cfg.interval or 60,
-    log = log.with({ collector = cfg.name }),
     running = false,
     enabled = cfg.enabled ~= false,
     -- one run in flight per collector: shared with the instances that
     -- replace this one at a reload (adopt)
     slot_ = slot.new(),
-    sinks_ = {},        -- add_sink
+    sinks_ = NO_SINKS,  -- add_sink (a list of its own from the first)
     run_guard_ = nil,   -- set_run_guard: {enter, leave}
     -- the counters (counters()), shared with the instances that replace
     -- this one at a reload (adopt)
@@ -378,6 +422,7 @@ function Collector:add_sink(sink)
   if type(sink) ~= "table" or type(sink.publish) ~= "function" then
     error("collector:add_sink: bad argument #1 (a sink with a publish method expected)", 2)
   end
+  if self.sinks_ == NO_SINKS then self.sinks_ = {} end
   self.sinks_[#self.sinks_ + 1] = sink
   return self
 end
@@ -479,7 +524,11 @@ local function run(self, u)
     add(st, total, "collections_completed", 1)
     add(st, total, "data_points_collected", count)
     st.consecutive_failures = 0
-    u.log.info("collection done", { rows = count, seconds = sluice.now() - t0 })
+    if log.enabled("info") then
+      -- the module's logger with the instance's fields: no logger of its own
+      log.info("collection done", { collector = self.name, dataset = u.dataset, rows = count,
+        seconds = sluice.now() - t0 })
+    end
     g:release(true, count)
     return true, count
   end
@@ -581,6 +630,12 @@ function Collector:datasets()
   return out
 end
 
+-- Seconds from wall-clock time wall + d until unit u's next phase instant
+-- (a wall-clock time t with t mod interval = its phase), plus d.
+local function phase_wait(u, wall, d)
+  return d + (u.phase_ - (wall + d)) % u.interval
+end
+
 local function next_period(u)
   local j = u.jitter_ or 0
   if j <= 0 then return u.interval end
@@ -606,7 +661,11 @@ local function tick(premature, self, u)
   guarded(self, u)
   if not self.running or not u.enabled then return end -- disable_dataset: no next run
   local now = sluice.now()
-  if u.next_due_ < now then u.next_due_ = now end
+  if u.next_due_ < now then
+    -- overran: the next run starts now, or with a phase at its next instant
+    u.next_due_ = now
+    if u.phase_ then u.next_due_ = now + phase_wait(u, sluice.time(), 0) end
+  end
   u.timer = sluice.after(u.next_due_ - now, tick, self, u)
 end
 
@@ -623,6 +682,7 @@ end
 
 local START_OPTIONS = {
   first_delay = { finite = true, min = 0 },
+  phase = "boolean",
   after = {
     type = "table", what = "an instance of the same collector",
     check = function(v) return getmetatable(v) == instance_mt end,
@@ -634,7 +694,14 @@ local START_OPTIONS = {
 -- dataset on its own schedule (its interval, jitter, first_delay), the
 -- datasets concurrently. Runs of one collector (one dataset) never
 -- overlap. opts.first_delay: seconds until the first run (0: at once; a
--- dataset's first_delay comes on top); opts.after: the instance this one
+-- dataset's first_delay comes on top); opts.phase: true to run at a
+-- fixed offset within each period, the same for the same name in every
+-- process (collector.phase(name, interval)): the first run is at the
+-- first wall-clock time t, first_delay or more from now, where t mod
+-- interval is the phase, the next ones an interval apart (jitter, if
+-- any, still moves each period), and a run that overran its period is
+-- followed by the next instant of its phase instead of at once;
+-- opts.after: the instance this one
 -- replaces (a reload), whose schedule it continues: its first run (each
 -- dataset's, for the datasets both have) is the old instance's next one,
 -- and waits for a run of the old one still in flight.
@@ -654,10 +721,13 @@ function Collector:start(opts)
         .. "collector '" .. old.name .. "'", 2)
     end
   end
-  local now, delays = sluice.now(), {}
+  local now, wall, delays = sluice.now(), sluice.time(), {}
   for _, u in ipairs(self.units_) do
     local ou = old and unit_of(self, old, u)
     delays[u] = delay + (u.first_delay_ or 0)
+    u.phase_ = opts.phase and _M.phase(u == self and self.name or (self.name .. "/" .. u.dataset),
+      u.interval) or nil
+    if u.phase_ then delays[u] = phase_wait(u, wall, delays[u]) end
     if ou then
       u.slot_ = ou.slot_
       if ou.next_due_ then delays[u] = math.max(0, ou.next_due_ - now) end
@@ -685,7 +755,7 @@ function Collector:start(opts)
       st.data_points_collected, st.last_success = st.data_points_collected + n, sluice.time()
     end)
   end
-  self.log.info("collector started", { interval = self.interval, first_run_in = delay,
+  log.info("collector started", { collector = self.name, interval = self.interval, first_run_in = delay,
     datasets = self.datasets_ and table.concat(self:datasets(), ",") or nil })
   return self
 end
@@ -764,7 +834,7 @@ function Collector:stop()
   end
   persist.save(self)
   targets.save(self)
-  self.log.info("collector stopped")
+  log.info("collector stopped", { collector = self.name })
   return self
 end
 

@@ -26,6 +26,8 @@
 -- "backfill", names the function in those errors). It reads the instance
 -- c (config.tables, store, log) and writes nothing on it; it owns no
 -- state. store() yields when a sink's publish does (call it in a task).
+local log = require "sluice.log"
+
 local _M = {}
 
 -- result -> {table_name = rows}. Raises on a shape the collector cannot
@@ -79,8 +81,10 @@ local function upsert(c, tname, list, what, sinks)
   if not ins then
     error("storing rows in '" .. tname .. "' failed: " .. tostring(upd), 0)
   end
-  c.log.debug("stored", { table = tname, inserted = ins, updated = upd,
-    unchanged = same, rejected = rej })
+  if log.enabled("debug") then -- c.log is made on first use (sluice.collector)
+    c.log.debug("stored", { table = tname, inserted = ins, updated = upd,
+      unchanged = same, rejected = rej })
+  end
   return ins + upd + same, accepted -- what was stored; rejects are not data points
 end
 

@@ -16,9 +16,14 @@ local mt = { __index = Slot }
 
 local CHECK = 1 -- seconds between a waiter's checks of a killed run
 
+-- The waiters of a slot nobody waits on: shared, never written (a first
+-- waiter gives the slot a list of its own, a release drops it), so that an
+-- idle slot and a run nobody joins allocate no list.
+local NONE = setmetatable({}, { __newindex = function() error("slot: NONE is read-only", 2) end })
+
 --- new() -> a free slot.
 function _M.new()
-  return setmetatable({ busy_ = false, task_ = nil, started_ = nil, waiters_ = {} }, mt)
+  return setmetatable({ busy_ = false, task_ = nil, started_ = nil, waiters_ = NONE }, mt)
 end
 
 --- slot:busy() -> whether a run is in flight.
@@ -53,7 +58,8 @@ end
 function Slot:release(...)
   self.busy_, self.task_, self.started_ = false, nil, nil
   local waiters = self.waiters_
-  self.waiters_ = {}
+  if waiters == NONE then return end
+  self.waiters_ = NONE
   for _, t in ipairs(waiters) do sluice.unpark(t, ...) end
 end
 
@@ -65,6 +71,7 @@ function Slot:wait()
   local me = sluice.current()
   if not me then return false, "a run is already in progress" end
   while self.busy_ do
+    if self.waiters_ == NONE then self.waiters_ = {} end
     self.waiters_[#self.waiters_ + 1] = me
     local res = { sluice.park(CHECK) }
     if res[1] then return unpack(res) end
