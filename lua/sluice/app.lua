@@ -139,6 +139,13 @@ local function build_collectors(c, file, db, fresh, red, batched, cache, files)
   return built
 end
 
+-- The process' Lua heap: how far it grows past what was live before the
+-- collector runs again (LuaJIT's default 200 when unset, also after a
+-- reload that drops the setting).
+local function apply_gc(c)
+  collectgarbage("setpause", c.gc_pause or 200)
+end
+
 local function apply_log(c)
   if c.log then
     if c.log.level then log.level(c.log.level) end
@@ -155,6 +162,7 @@ local function build(config, file, opts, early)
   local c = config_mod.prepare(config, file, opts)
   apply_log(c)
   if c.shutdown_timeout then sluice.shutdown_timeout(c.shutdown_timeout) end
+  apply_gc(c)
   local db, err = store.open(c.store or "sluice.db")
   if not db then error(file .. ": store: " .. tostring(err), 0) end
   local red, rerr
@@ -415,6 +423,7 @@ apply = function(entry, by)
       for _, inst in ipairs(built.order) do inst:add_sink(app.outbox:route(inst, built.sinks_of[inst])) end
     end
     apply_log(c)
+    apply_gc(c)
     app.config, app.collectors, app.order = c, built.collectors, built.order
     if app.alerts then app.alerts:configure(c.alerts) end
     app.upstreams = built.upstreams

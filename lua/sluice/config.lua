@@ -8,6 +8,7 @@
 --     log = { level = "info", format = "json", output = "-" },
 --     shutdown_timeout = 10,
 --     start_rate = 100,                       -- first runs a second at start-up (sluice.app)
+--     gc_pause = 200,                         -- Lua GC pause, % (lower: less memory, more CPU)
 --     cache = { max_bytes = 64 * 1024 * 1024 }, -- the response cache (sluice.collector.cache)
 --     sinks = { redis_stream = { stream = "sluice:{table}" } }, -- (sluice.outbox)
 --     collectors = {
@@ -41,7 +42,7 @@ local LOG = { level = "string", format = "string", output = "string", ring_size 
 local TOP = {
   store = "string", log = { type = "table", fields = LOG }, collectors = "table", profiles = "table",
   shutdown_timeout = "number", name = "string", admin = { type = "table", fields = ADMIN }, redis = "string",
-  sinks = "table", lease_ttl = "number", start_rate = "number",
+  sinks = "table", lease_ttl = "number", start_rate = "number", gc_pause = "number",
   cache = { type = "table", fields = { max_bytes = { integer = true, min = 0 } } },
   alerts = "table",
 }
@@ -152,6 +153,9 @@ function _M.validate(config, file)
   end
   if config.start_rate and not (config.start_rate > 0 and config.start_rate < math.huge) then
     fail(file, "start_rate", "must be a finite number > 0 (first runs per second at start-up)")
+  end
+  if config.gc_pause and not (config.gc_pause >= 100 and config.gc_pause <= 1000) then
+    fail(file, "gc_pause", "must be a number from 100 to 1000 (the Lua heap's growth before a collection, %)")
   end
   if config.lease_ttl and not (config.lease_ttl >= 1 and config.lease_ttl < math.huge) then
     fail(file, "lease_ttl", "must be a number of seconds >= 1")

@@ -159,6 +159,26 @@ describe("sluice.app", function()
     assert.equal(1, probe.on.runs)
   end)
 
+  it("sets the Lua GC's pause from gc_pause, and back to 200 on a reload without it", function()
+    local function pause() -- setpause returns the previous value
+      local p = collectgarbage("setpause", 200)
+      collectgarbage("setpause", p)
+      return p
+    end
+    local dir = tmpdir()
+    write(dir .. "/feed.lua", feed())
+    local app = run(dir, [[return { store = "%DIR%/db.sqlite", gc_pause = 120,
+      collectors = { { file = "feed.lua", name = "one" } } }]])
+    finally(function()
+      stop(app)
+      collectgarbage("setpause", 200)
+    end)
+    assert.equal(120, pause())
+    rewrite(dir, [[return { store = "%DIR%/db.sqlite", collectors = { { file = "feed.lua", name = "one" } } }]])
+    assert(app_mod.reload())
+    assert.equal(200, pause())
+  end)
+
   it("honours enabled = false in a collector's spec; the configuration entry overrides it", function()
     local dir = tmpdir()
     write(dir .. "/feed_off.lua", feed({ enabled = false }))

@@ -77,6 +77,9 @@ describe("sluice.config", function()
       err_of({ collectors = { { use = "a", enabled = "no" } } }))
     assert.equal("cfg.lua: start_rate: must be a finite number > 0 (first runs per second at start-up)",
       err_of({ start_rate = 0 }))
+    assert.equal("cfg.lua: gc_pause: must be a number from 100 to 1000 (the Lua heap's growth before a collection, %)",
+      err_of({ gc_pause = 50 }))
+    assert.equal("cfg.lua: gc_pause: must be a number, got string", err_of({ gc_pause = "120" }))
   end)
 
   -- found while writing tests/fuzz (fuzz_config): these raised Lua runtime errors
