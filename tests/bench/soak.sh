@@ -18,8 +18,9 @@
 # empty list): the baseline the fd and task counts must come back to.
 #
 # Every SOAK_SAMPLE seconds (10) it samples from outside the process: RSS
-# (/proc/PID/status), open fds (/proc/PID/fd), live tasks and collections
-# by outcome (GET /metrics), the SQLite file and its WAL. Output, in
+# (/proc/PID/status), open fds (/proc/PID/fd), live tasks and successful
+# collections (the control socket, `sluice repl SOCKET -e`), error lines in
+# the JSON log, the SQLite file and its WAL. Output, in
 # SOAK_OUT (default build/soak-<date>): samples.csv, events.csv, soak.svg
 # (one panel per series, drawn by tests/bench/soak/report.lua),
 # sluice.log (JSON), summary.txt (key=value), and the figures on stdout
@@ -114,10 +115,12 @@ LUA
 }
 reload() {
   config "$1"
-  local code
+  local code t0=${EPOCHREALTIME/./} took
   code=$(curl -s -o "$W/reload.out" -w '%{http_code}' --max-time 60 -X POST \
     -H 'Content-Type: application/json' -d '{}' "http://127.0.0.1:$ADMIN_PORT/reload")
-  if [ "$code" = 200 ]; then event "reload $1"; else event "reload $1 refused $code"; cat "$W/reload.out"; fi
+  took=$(( (${EPOCHREALTIME/./} - t0) / 1000 ))
+  if [ "$code" = 200 ]; then event "reload $1 took $took ms"; else
+    event "reload $1 refused $code"; cat "$W/reload.out"; fi
 }
 
 config 0
@@ -128,18 +131,24 @@ sluice_pid=$!
 wait_until 20 curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/health"
 event "start $N collectors, load ${LOAD}s, mock $MOCK_URL, redis $REDIS_PORT"
 
-# one sample: t,rss_kib,fds,tasks,collections_ok,collections_err,db_kib,wal_kib
+# one sample: t,rss_kib,fds,tasks,collections_ok,log_errors,db_kib,wal_kib.
+# Live tasks and successful collections (summed over collectors()) come from
+# the control socket: GET /metrics is 1.2 MB with 500 collectors and takes
+# 0.5-5 s to render on a loaded 2-core machine, which would weigh on what is
+# measured. log_errors: error lines in the JSON log so far. A field that
+# could not be read is left empty.
+TASKS_EXPR='local t = require("sluice").tasks() local ok = 0
+for _, c in pairs(collectors()) do ok = ok + (c.collections or 0) end
+return t.running .. " " .. ok'
 sample() {
   local rss fds tasks ok err db wal
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$sluice_pid/status" 2>/dev/null) || return 0
   fds=$(ls "/proc/$sluice_pid/fd" 2>/dev/null | wc -l)
-  read -r tasks ok err < <(curl -s --max-time 8 "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '
-    /^sluice_tasks\{state="running"\}/ { t = $2 }
-    /^sluice_collection_requests_total\{/ { if ($0 ~ /status="success"/) ok += $2; else err += $2 }
-    END { printf "%d %d %d\n", t, ok, err }')
+  read -r tasks ok < <(timeout 8 "$SLUICE" repl "$W/ctl.sock" -e "$TASKS_EXPR" 2>/dev/null | tr -d '"'; echo)
+  err=$(grep -c '"level":"error"' "$OUT/sluice.log" || true)
   db=$(( $(stat -c %s "$W/soak.db" 2>/dev/null || echo 0) / 1024 ))
   wal=$(( $(stat -c %s "$W/soak.db-wal" 2>/dev/null || echo 0) / 1024 ))
-  echo "$(now),$rss,$fds,$tasks,$ok,$err,$db,$wal" >>"$OUT/samples.csv"
+  echo "$(now),$rss,$fds,${tasks:-},${ok:-},$err,$db,$wal" >>"$OUT/samples.csv"
 }
 # dump_fds FILE: what the fds are (sockets with their peers), for a delta's
 # why; its last lines "fds N" and "mock_connections N" count them and the
@@ -151,7 +160,7 @@ dump_fds() {
     echo "mock_connections $(ss -tanp 2>/dev/null | grep "pid=$sluice_pid," | grep -c " ${MOCK_URL#http://}\b")"
   } >"$1" 2>&1 || true
 }
-echo "t,rss_kib,fds,tasks,collections_ok,collections_err,db_kib,wal_kib" >"$OUT/samples.csv"
+echo "t,rss_kib,fds,tasks,collections_ok,log_errors,db_kib,wal_kib" >"$OUT/samples.csv"
 (
   next=0
   while kill -0 "$sluice_pid" 2>/dev/null; do
@@ -185,7 +194,7 @@ while [ "$(now)" -lt $((load_start + LOAD)) ]; do
     [ "$t" -ge "$redis1" ] && redis1=$((1 << 60)) || redis2=$((1 << 60))
     redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
     event "redis stopped"
-    redis_up_at=$((t + REDIS_DOWN))
+    redis_up_at=$(($(now) + REDIS_DOWN))
   fi
   if [ "$redis_up_at" -gt 0 ] && [ "$t" -ge "$redis_up_at" ]; then
     start_redis
@@ -205,6 +214,8 @@ sample
 dump_fds "$OUT/fds_after.txt"
 curl -s --max-time 10 "$MOCK_URL/stats" >"$OUT/mock_stats.json" || true
 kill -TERM "$sluice_pid"
+# shutdown_timeout is 10 s: past 30 it is stuck, and killed (exit 137)
+wait_until 30 sh -c "! kill -0 $sluice_pid 2>/dev/null" || { event "sluice still running 30 s after SIGTERM"; kill -KILL "$sluice_pid"; }
 code=0; wait "$sluice_pid" || code=$?
 sluice_pid=
 event "sluice exited $code"

@@ -50,9 +50,12 @@ local function slope(key, from, to)
   return (k * sxy - sx * sy) / (k * sxx - sx * sx), k
 end
 
-local function last_before(t)
+-- the last sample before t (with a number for key, when given)
+local function last_before(t, key)
   local found
-  for _, s in ipairs(samples) do if s.t < t then found = s end end
+  for _, s in ipairs(samples) do
+    if s.t < t and (not key or type(s[key]) == "number") then found = s end
+  end
   return found
 end
 
@@ -87,7 +90,10 @@ end
 local fds_base, pooled_base = fd_dump("fds_baseline.txt")
 local fds_after, pooled_after = fd_dump("fds_after.txt")
 local fd_delta = (fds_after - pooled_after) - (fds_base - pooled_base)
-local task_delta = final.tasks - base.tasks
+-- live tasks: the last reading before the load, and the last one of all
+local tasks_base = (last_before(load_start, "tasks") or {}).tasks
+local tasks_after = (last_before(math.huge, "tasks") or {}).tasks
+local task_delta = tasks_base and tasks_after and tasks_after - tasks_base
 local at_end = last_before(load_end + 0.5) or final
 
 -- the log: warnings and errors, injected or not. A line is an injected
@@ -148,12 +154,22 @@ print(string.format("RSS slope over the load: %s KiB/min; its second half: %s Ki
   fmt(rss_slope), fmt(rss_slope2), k2))
 print(string.format("fds: baseline %d (%d of them idle connections to the mock), peak %d, after %d (%d);"
   .. " delta without those: %d", fds_base, pooled_base, max_in("fds", 0, 1e12), fds_after, pooled_after, fd_delta))
-print(string.format("tasks: baseline %d, peak %d, after %d (delta %d)", base.tasks, max_in("tasks", 0, 1e12),
-  final.tasks, task_delta))
-print(string.format("collections during the load: %d ok, %d failed", at_end.collections_ok,
-  at_end.collections_err))
+print(string.format("tasks: baseline %s, peak %d, after %s (delta %s)", tostring(tasks_base),
+  max_in("tasks", 0, 1e12), tostring(tasks_after), tostring(task_delta)))
+print(string.format("collections during the load: %d succeeded; %d error lines in the log", max_in("collections_ok", 0,
+  1e12), final.log_errors))
 print(string.format("SQLite: file peak %d KiB, WAL peak %d KiB; at the end %d + %d KiB",
   max_in("db_kib", 0, 1e12), max_in("wal_kib", 0, 1e12), final.db_kib, final.wal_kib))
+local reload_ms = {}
+for _, e in ipairs(events) do
+  local ms = tostring(e.event):match("^reload %d took (%d+) ms$")
+  if ms then reload_ms[#reload_ms + 1] = tonumber(ms) end
+end
+table.sort(reload_ms)
+if #reload_ms > 0 then
+  print(string.format("reloads: %d, POST /reload answered in %d ms median, %d ms at most", #reload_ms,
+    reload_ms[math.ceil(#reload_ms / 2)], reload_ms[#reload_ms]))
+end
 local mf = io.open(out .. "/mock_stats.json")
 if mf then
   print("mock answered: " .. mf:read("*a"):gsub("%s+$", ""))
@@ -170,8 +186,9 @@ figure("soak.rss_slope", rss_slope, "KiB/min")
 figure("soak.rss_slope_second_half", rss_slope2, "KiB/min")
 figure("soak.rss_peak", max_in("rss_kib", 0, 1e12) / 1024, "MiB")
 figure("soak.fd_delta", fd_delta, "fds")
-figure("soak.task_delta", task_delta, "tasks")
+if task_delta then figure("soak.task_delta", task_delta, "tasks") end
 figure("soak.unexpected_errors", unexpected_n, "lines")
+if #reload_ms > 0 then figure("soak.reload_max", reload_ms[#reload_ms], "ms") end
 
 local sf = assert(io.open(out .. "/summary.txt", "w"))
 for _, kv in ipairs({
@@ -179,9 +196,10 @@ for _, kv in ipairs({
   { "rss_base_kib", base.rss_kib }, { "rss_peak_kib", max_in("rss_kib", 0, 1e12) },
   { "fds_base", fds_base }, { "fds_after", fds_after }, { "pooled_base", pooled_base },
   { "pooled_after", pooled_after }, { "fd_delta", fd_delta }, { "fds_peak", max_in("fds", 0, 1e12) },
-  { "task_delta", task_delta }, { "tasks_base", base.tasks }, { "tasks_after", final.tasks },
+  { "task_delta", task_delta or "unknown" }, { "tasks_base", tasks_base or "unknown" },
+  { "tasks_after", tasks_after or "unknown" },
   { "tasks_peak", max_in("tasks", 0, 1e12) },
-  { "collections_ok", at_end.collections_ok }, { "collections_err", at_end.collections_err },
+  { "collections_ok", max_in("collections_ok", 0, 1e12) }, { "log_errors", final.log_errors },
   { "injected_lines", injected_n }, { "unexpected_lines", unexpected_n }, { "exit_code", exit_code },
 }) do
   sf:write(kv[1], "=", type(kv[2]) == "number" and string.format("%.6g", kv[2]) or tostring(kv[2]), "\n")
