@@ -55,8 +55,8 @@ for _, opts in ipairs { "", " -P 100" } do
     local last = line:match("([^\r]*)$")
     if last:match("requests per second") then print("redis-benchmark" .. opts .. " " .. last) end
     if last:match("requests per second") then
-      require("support.bench").figure("redis.ping_vs_redis_benchmark" .. (opts == "" and "" or "_p100"),
-        count / dt / tonumber(last:match("([%d%.]+) requests per second")), "ratio")
+      require("support.bench").figure(("redis.ping_vs_benchmark_%s%s"):format(last:match("^(%u[%u_]*)"):lower(),
+        opts == "" and "" or "_p100"), count / dt / tonumber(last:match("([%d%.]+) requests per second")), "ratio")
     end
   end
 end
