@@ -131,24 +131,25 @@ sluice_pid=$!
 wait_until 20 curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/health"
 event "start $N collectors, load ${LOAD}s, mock $MOCK_URL, redis $REDIS_PORT"
 
-# one sample: t,rss_kib,fds,tasks,collections_ok,log_errors,db_kib,wal_kib.
+# one sample: t,rss_kib,fds,tasks,collections_ok,log_errors,db_kib,wal_kib,lua_kib.
 # Live tasks and successful collections (summed over collectors()) come from
 # the control socket: GET /metrics is 1.2 MB with 500 collectors and takes
 # 0.5-5 s to render on a loaded 2-core machine, which would weigh on what is
-# measured. log_errors: error lines in the JSON log so far. A field that
+# measured. lua_kib: the Lua heap (collectgarbage "count"), to tell a
+# growing RSS in Lua from one in C. log_errors: error lines in the JSON log so far. A field that
 # could not be read is left empty.
 TASKS_EXPR='local t = require("sluice").tasks() local ok = 0
 for _, c in pairs(collectors()) do ok = ok + (c.collections or 0) end
-return t.running .. " " .. ok'
+return t.running .. " " .. ok .. " " .. math.floor(collectgarbage("count"))'
 sample() {
-  local rss fds tasks ok err db wal
+  local rss fds tasks ok lua err db wal
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$sluice_pid/status" 2>/dev/null) || return 0
   fds=$(ls "/proc/$sluice_pid/fd" 2>/dev/null | wc -l)
-  read -r tasks ok < <(timeout 8 "$SLUICE" repl "$W/ctl.sock" -e "$TASKS_EXPR" 2>/dev/null | tr -d '"'; echo)
+  read -r tasks ok lua < <(timeout 8 "$SLUICE" repl "$W/ctl.sock" -e "$TASKS_EXPR" 2>/dev/null | tr -d '"'; echo)
   err=$(grep -c '"level":"error"' "$OUT/sluice.log" || true)
   db=$(( $(stat -c %s "$W/soak.db" 2>/dev/null || echo 0) / 1024 ))
   wal=$(( $(stat -c %s "$W/soak.db-wal" 2>/dev/null || echo 0) / 1024 ))
-  echo "$(now),$rss,$fds,${tasks:-},${ok:-},$err,$db,$wal" >>"$OUT/samples.csv"
+  echo "$(now),$rss,$fds,${tasks:-},${ok:-},$err,$db,$wal,${lua:-}" >>"$OUT/samples.csv"
 }
 # dump_fds FILE: what the fds are (sockets with their peers), for a delta's
 # why; its last lines "fds N" and "mock_connections N" count them and the
@@ -160,7 +161,7 @@ dump_fds() {
     echo "mock_connections $(ss -tanp 2>/dev/null | grep "pid=$sluice_pid," | grep -c " ${MOCK_URL#http://}\b")"
   } >"$1" 2>&1 || true
 }
-echo "t,rss_kib,fds,tasks,collections_ok,log_errors,db_kib,wal_kib" >"$OUT/samples.csv"
+echo "t,rss_kib,fds,tasks,collections_ok,log_errors,db_kib,wal_kib,lua_kib" >"$OUT/samples.csv"
 (
   next=0
   while kill -0 "$sluice_pid" 2>/dev/null; do

@@ -152,6 +152,11 @@ print(string.format("RSS: baseline %.1f MiB, end of load %.1f MiB, peak %.1f MiB
   base.rss_kib / 1024, at_end.rss_kib / 1024, max_in("rss_kib", 0, 1e12) / 1024, final.rss_kib / 1024))
 print(string.format("RSS slope over the load: %s KiB/min; its second half: %s KiB/min (%d samples)",
   fmt(rss_slope), fmt(rss_slope2), k2))
+local lua_slope2, lua_k2 = slope("lua_kib", mid, load_end)
+if lua_k2 > 1 then
+  print(string.format("Lua heap slope over the second half: %s KiB/min (peak %.1f MiB)", fmt(lua_slope2),
+    max_in("lua_kib", 0, 1e12) / 1024))
+end
 print(string.format("fds: baseline %d (%d of them idle connections to the mock), peak %d, after %d (%d);"
   .. " delta without those: %d", fds_base, pooled_base, max_in("fds", 0, 1e12), fds_after, pooled_after, fd_delta))
 print(string.format("tasks: baseline %s, peak %d, after %s (delta %s)", tostring(tasks_base),
@@ -209,6 +214,7 @@ sf:close()
 -- the plot: one panel per series, time in minutes along the bottom
 local SERIES = {
   { key = "rss_kib", label = "RSS (MiB)", scale = 1 / 1024, color = "#c0392b" },
+  { key = "lua_kib", label = "Lua heap (MiB)", scale = 1 / 1024, color = "#b7950b" },
   { key = "fds", label = "open fds", scale = 1, color = "#2471a3" },
   { key = "tasks", label = "live tasks", scale = 1, color = "#229954" },
   { key = "db_kib", label = "SQLite file (MiB)", scale = 1 / 1024, color = "#7d3c98" },
