@@ -7,14 +7,14 @@
 # count and open fds must be back at the baseline measured before the load
 # (fds not counting the idle connections libcurl keeps cached to the mock,
 # which are bounded by its cache), the RSS slope over the second half of
-# the load below RSS_BOUND KiB/min (the first half is warm-up: the Lua
+# the load below RSS_BOUND KiB/min (12288: 12 MiB/min; the first half is warm-up: the Lua
 # heap, SQLite's cache and malloc's arenas growing to their working size;
 # not checked in the ASan build, whose quarantine keeps freed memory
 # resident), and the JSON log without a warning or error that is not an
 # injected fault's.
 . "$(dirname "$0")/common.bash"
 
-RSS_BOUND=${SOAK_SHORT_RSS_BOUND:-8192}
+RSS_BOUND=${SOAK_SHORT_RSS_BOUND:-12288}
 asan=0
 ldd "$SLUICE" 2>/dev/null | grep -q libasan && asan=1
 N=${SOAK_SHORT_COLLECTORS:-$([ $asan = 1 ] && echo 50 || echo 200)}
