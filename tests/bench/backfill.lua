@@ -71,7 +71,10 @@ print(string.format("  quota-limited min    %.3f s  (%d requests / %d req/s)", m
 print(string.format("  wall / min           %.2f", wall / min))
 print(string.format("  rows/s               %.0f", st.rows / wall))
 print(string.format("  requests/s           %.1f", st.requests / wall))
+require("support.bench").figure("backfill.wall_vs_quota_min", wall / min, "ratio")
+require("support.bench").figure("backfill.rows_per_s", st.rows / wall, "rows/s")
 if rss0 then
   print(string.format("  peak RSS (VmHWM)     %.1f MiB (%.1f MiB before the backfill)", vm_hwm() / 1024, rss0 / 1024))
+  require("support.bench").figure("backfill.peak_rss", vm_hwm() / 1024, "MiB")
 end
 remove_db(path)

@@ -140,6 +140,9 @@ for _, who in ipairs { "cjson", "sluice.json", "apply", "message" } do
   local x = best[who]
   print(("  %-34s %10.0f /s  %6.2f CPU s per 100,000  (%.2fx cjson)"):format(LABEL[who], x.rate, x.cpu,
     x.rate / best.cjson.rate))
+  if who ~= "cjson" then
+    require("support.bench").figure("book." .. who:gsub("%.", "_") .. "_vs_cjson", x.rate / best.cjson.rate, "ratio")
+  end
 end
 
 -- --- 2. through the stream --------------------------------------------------
@@ -206,3 +209,4 @@ print(("  %-34s %10.0f messages/s  %6.2f CPU s per 100,000"):format("sluice.ws r
   best.ws.rate, best.ws.cpu))
 print(("  %-34s %10.0f messages/s  %6.2f CPU s per 100,000  (%.2fx the raw rate)"):format(
   "binance_stream (ws + decode + book)", best.collector.rate, best.collector.cpu, best.collector.rate / best.ws.rate))
+require("support.bench").figure("book.stream_collector_vs_ws", best.collector.rate / best.ws.rate, "ratio")

@@ -12,3 +12,4 @@ for _ = 1, n do
 end
 local dt = sluice.now() - t0
 print(string.format("lua: %d allow()+success() pairs in %.3f s = %.1f ns/pair", n, dt, dt / n * 1e9))
+print(string.format("@figure breaker.lua_pair %.6g ns", dt / n * 1e9))

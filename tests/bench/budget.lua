@@ -26,6 +26,8 @@ run(false, 50) -- warm up
 local p0, p50, b0, b50 = run(false, 0), run(false, 50), run(true, 0), run(true, 50)
 print(string.format("per task: %.2f us plain, %.2f us with a budget; per resume: %.3f us plain, %.3f us with a budget",
   p0, b0, (p50 - p0) / 50, (b50 - b0) / 50))
+print(string.format("@figure budget.task_with_vs_without %.6g ratio", b0 / p0))
+print(string.format("@figure budget.resume_cost %.6g us", (b50 - b0) / 50))
 
 -- 2. a collect: decode a klines-like JSON array and reshape it into rows
 local rows = {}
@@ -58,3 +60,4 @@ jit.off(collect, true)
 local interpreted = per_run(collect)
 print(string.format("collect of %d rows: %.3f ms compiled, %.3f ms interpreted (+%.3f ms per run)",
   n_rows, compiled, interpreted, interpreted - compiled))
+print(string.format("@figure budget.collect_interpreted_vs_compiled %.6g ratio", interpreted / compiled))

@@ -83,4 +83,6 @@ for parallel in 1 4; do
   echo "sluice backfill --parallel $parallel: $stored blocks stored in $(awk -v a="$t0" -v z="$t1" 'BEGIN { printf "%.2f", z - a }') s" \
     "(process wall time, start-up included), $rate blocks/s, $(awk -v r="$rate" -v a="$anchor" 'BEGIN { printf "%.2f", r / a }') x the curl loop, $(awk -v r="$rate" -v a="$keep" 'BEGIN { printf "%.2f", r / a }') x one curl," \
     "peak RSS $(awk '{ printf "%.1f", $1 / 1024 }' "$WORK/rss") MiB"
+  printf '@figure evm_backfill.parallel%d_vs_curl_loop %s ratio\n' $parallel "$(awk -v r="$rate" -v a="$anchor" 'BEGIN { printf "%.4g", r / a }')"
+  printf '@figure evm_backfill.parallel%d_vs_one_curl %s ratio\n' $parallel "$(awk -v r="$rate" -v a="$keep" 'BEGIN { printf "%.4g", r / a }')"
 done

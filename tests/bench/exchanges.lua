@@ -286,16 +286,20 @@ for _, tname in ipairs({ "tickers", "order_books" }) do
   print(string.format("%-8s %-10s %6d %8.1f %7.0fms %7.0fms %7.0fms", "all", ds, #all_lags[ds],
     total[tname] / wall, pct(all_lags[ds], 0.5) * 1000, pct(all_lags[ds], 0.99) * 1000,
     pct(all_lags[ds], 1) * 1000))
+  require("support.bench").figure("exchanges." .. ds .. "_lag_p99", pct(all_lags[ds], 0.99) * 1000, "ms")
 end
 local rows_s = (total.tickers + total.order_books) / wall
 print(string.format("  rows/s stored           %.1f (expected %d: %d symbols x 5 x 2 datasets)",
   rows_s, 2 * 5 * nsym, nsym))
+require("support.bench").figure("exchanges.rows_vs_expected", rows_s / (2 * 5 * nsym), "ratio")
 print(string.format("  requests/s              %.1f (%d requests)", total_req / wall, total_req))
 print(string.format("  collector CPU           %.1f%% of one core (%.2f s); %.0f us per request, %.0f us per row",
   cpu / wall * 100, cpu, cpu / total_req * 1e6, cpu / (rows_s * wall) * 1e6))
 print(string.format("  mocks' process CPU      %.1f%% of one core", mcpu / wall * 100))
 print(string.format("  collector RSS           %.1f MiB (peak %.1f MiB); mocks' process %.1f MiB",
   rss / 1024, hwm / 1024, mrss / 1024))
+require("support.bench").figure("exchanges.cpu_per_request", cpu / total_req * 1e6, "us")
+require("support.bench").figure("exchanges.rss", rss / 1024, "MiB")
 print(string.format("anchor: the %d requests replayed, plain http.get + json.decode, %d tasks, %.1f s, "
   .. "unlimited mocks", #replay, LOOP_TASKS, lwall))
 print(string.format("  %.0f req/s (%d ok, %d not); collectors' rate / this = %.3f", done / lwall, done, bad,
@@ -303,10 +307,13 @@ print(string.format("  %.0f req/s (%d ok, %d not); collectors' rate / this = %.3
 print(string.format("  client CPU %.0f us per request; collectors' CPU per request / this = %.2f; "
   .. "mocks %.0f us per request", lcpu / math.max(1, done) * 1e6,
   (cpu / total_req) / (lcpu / math.max(1, done)), lmcpu / math.max(1, done) * 1e6))
+require("support.bench").figure("exchanges.cpu_per_request_vs_plain_get",
+  (cpu / total_req) / (lcpu / math.max(1, done)), "ratio")
 print(string.format("anchor: the %d + %d rows stored, upserted again into a fresh file in the runs' batch sizes",
   stored.tickers, stored.order_books))
 for _, tname in ipairs({ "tickers", "order_books" }) do
   print(string.format("  %-12s %.0f us per row; at the collectors' rate %.1f%% of a core, %.2f of their CPU",
     tname, store_seconds[tname] * 1e6, store_seconds[tname] * total[tname] / wall * 100,
     store_seconds[tname] * total[tname] / cpu))
+  require("support.bench").figure("exchanges.store_share_" .. tname, store_seconds[tname] * total[tname] / cpu, "ratio")
 end

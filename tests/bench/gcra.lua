@@ -34,6 +34,7 @@ local function run(label, wait)
   local dt = sluice.now() - t0
   print(string.format("%s: %d admissions from %d tasks in %.2f s = %.0f/s (%d failed)",
     label, count, ntasks, dt, count / dt, failed))
+  require("support.bench").figure("gcra." .. label:match("^%a+") .. "_rate", count / dt, "admissions/s")
 end
 
 local g = gcra.new { redis = red, name = "bench", rate = 1e7, burst = 1e3 }

@@ -53,3 +53,4 @@ for _, b in ipairs(bodies) do
   print(format("%-40s %10d %12.1f %12.1f %8.2f", name, bytes, bytes / tc / 1e6, bytes / tj / 1e6, tj / tc))
 end
 print(format("%-40s %10s %12s %12s %8.2f", "all (time of json / time of cjson)", "", "", "", total_j / total_c))
+print(format("@figure json_decode.time_vs_cjson %.6g ratio", total_j / total_c))

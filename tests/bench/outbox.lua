@@ -157,6 +157,11 @@ for pass = 1, 2 do
     rate[k] = report(("store_rows, %s, %s"):format(case[1],
       pass == 1 and "new rows" or "every row changed (steady state)"), ROWS, secs[k])
     if k > 1 then print(("%-62s %8.2f x no sink"):format("", rate[k] / rate[1])) end
+    if k > 1 then
+      require("support.bench").figure(
+        ("outbox.store_rows_%d_sinks_%s_vs_none"):format(k - 1, pass == 1 and "new" or "changed"),
+        rate[k] / rate[1], "ratio")
+    end
   end
 end
 
@@ -184,11 +189,13 @@ local function forward(label, latency, part)
   box:stop(1)
   return secs
 end
-forward("forwarded (queue -> sink:write -> delete on ack)", 0, "forward")
+require("support.bench").figure("outbox.forward_rate",
+  ROWS / forward("forwarded (queue -> sink:write -> delete on ack)", 0, "forward"), "rows/s")
 local secs = forward(("forwarded to a sink taking %g ms a write"):format(LATENCY * 1000), LATENCY, "-")
 local batches = math.ceil(ROWS / BATCH)
 print(("%-62s %8.2f ms a batch beyond the sink's %g ms"):format("", (secs / batches - LATENCY) * 1000,
   LATENCY * 1000))
+require("support.bench").figure("outbox.batch_cost_beyond_sink", (secs / batches - LATENCY) * 1000, "ms")
 
 -- both at once
 local ldb = open_db()

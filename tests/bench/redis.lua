@@ -43,6 +43,7 @@ for i = 1, ntasks do sluice.wait(tasks[i]) end
 local dt = sluice.now() - t0
 print(string.format("sluice.redis PING: %d round trips from %d tasks in %.2f s = %.0f/s (%d failed)",
   count, ntasks, dt, count / dt, failed))
+require("support.bench").figure("redis.ping_rate", count / dt, "ops/s")
 red:close()
 
 -- redis-benchmark: 50 clients by default, each one request at a time
@@ -53,6 +54,10 @@ for _, opts in ipairs { "", " -P 100" } do
   for line in out:gmatch("[^\r\n]+") do
     local last = line:match("([^\r]*)$")
     if last:match("requests per second") then print("redis-benchmark" .. opts .. " " .. last) end
+    if last:match("requests per second") then
+      require("support.bench").figure(("redis.ping_vs_benchmark_%s%s"):format(last:match("^(%u[%u_]*)"):lower(),
+        opts == "" and "" or "_p100"), count / dt / tonumber(last:match("([%d%.]+) requests per second")), "ratio")
+    end
   end
 end
 

@@ -91,6 +91,8 @@ local ok, err = pcall(function()
     local r = report(("sink:write, %s%s"):format(v[1], v[2] and ", deflate" or ""), ROWS, secs,
       ("  %5.1f MB sent"):format(sink:stats().bytes / 1e6))
     print(("%-52s %9.2f x baseline"):format("", r / base))
+    require("support.bench").figure(("sink_clickhouse.%s%s_vs_client"):format(v[1]:lower(), v[2] and "_deflate" or ""),
+      r / base, "ratio")
   end
 
   -- 3. through the outbox
@@ -110,6 +112,7 @@ local ok, err = pcall(function()
   while box:status().ch.depth > 0 do sluice.sleep(0.01) end
   local fwd = report("forwarded by the outbox (queued -> acknowledged)", ROWS, sluice.now() - t0)
   print(("%-52s %9.2f x baseline"):format("", fwd / base))
+  require("support.bench").figure("sink_clickhouse.outbox_vs_client", fwd / base, "ratio")
   box:stop(1)
   db:close()
   os.remove(path)

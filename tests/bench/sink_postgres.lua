@@ -105,6 +105,9 @@ local ok, err = pcall(function()
       local r = report(("sink:write, %s, %s"):format(method, pass == 1 and "new rows" or "updates"),
         ROWS, sluice.now() - t0)
       print(("%-58s %9.2f x baseline"):format("", r / base))
+      require("support.bench").figure(
+        ("sink_postgres.%s_%s_vs_copy"):format(method, pass == 1 and "insert" or "update"),
+        r / base, "ratio")
     end
     sink:close()
   end
@@ -134,11 +137,13 @@ local ok, err = pcall(function()
   store_all(c2, rows)
   local queued = report("store_rows with the postgres sink (upsert + queue)", ROWS, sluice.now() - t0)
   print(("%-58s %9.2f x without"):format("", queued / plain))
+  require("support.bench").figure("sink_postgres.store_rows_with_sink_vs_without", queued / plain, "ratio")
   t0 = sluice.now()
   box:start()
   while box:status().pg.depth > 0 do sluice.sleep(0.01) end
   local fwd = report("forwarded by the outbox (queued -> acknowledged)", ROWS, sluice.now() - t0)
   print(("%-58s %9.2f x baseline"):format("", fwd / base))
+  require("support.bench").figure("sink_postgres.outbox_vs_copy", fwd / base, "ratio")
   box:stop(1)
   db:close()
   os.remove(path)

@@ -21,6 +21,7 @@ end
 local dt = sluice.now() - t0
 print(string.format("spawn+complete: %d tasks in %.3f s = %.0f tasks/s (%.2f us/task)",
   n_spawn, dt, n_spawn / dt, dt / n_spawn * 1e6))
+print(string.format("@figure tasks.spawn_complete_rate %.6g tasks/s", n_spawn / dt))
 
 -- 2. N tasks each sleeping 100 ms at once
 collectgarbage()
@@ -35,4 +36,5 @@ end
 dt = sluice.now() - t0
 print(string.format("sleep: %d tasks x 100 ms concurrently: wall %.3f s (overhead %.1f ms)",
   n_sleep, dt, (dt - 0.1) * 1000))
+print(string.format("@figure tasks.sleep_overhead %.6g ms", (dt - 0.1) * 1000))
 print(string.format("lua heap after: %.1f MiB", collectgarbage("count") / 1024))

@@ -92,5 +92,7 @@ for _, who in ipairs { "sluice", "receive", "python" } do
 end
 print(("  sluice / python: %.2fx the rate, %.2fx the CPU per message (sluice stalls in the last round: %d)"):format(
   best.sluice.rate / best.python.rate, best.sluice.cpu / best.python.cpu, stalls))
+require("support.bench").figure("ws.rate_vs_python", best.sluice.rate / best.python.rate, "ratio")
+require("support.bench").figure("ws.cpu_per_message_vs_python", best.sluice.cpu / best.python.cpu, "ratio")
 os.remove(pyfile)
 srv:stop()
