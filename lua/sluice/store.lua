@@ -68,9 +68,10 @@
 --   in_transaction, checkpoint}; it runs no query. checkpoint (open
 --   databases with the background checkpointer only): {checkpoints
 --   (passive ones run), restarts (RESTART ones: the WAL passed its bound
---   of 16384 pages under writes that never paused), busy, errors (failed checkpoints; each is also logged
---   at error level by the next commit), last_error, wal_pages, copied_pages
---   (of the WAL, after the last checkpoint)}. db:close() -> true, or false when
+--   of 16384 pages under writes that never paused), busy, errors (failed
+--   checkpoints; also logged at error level by the next commit, at most
+--   once a minute), last_error, wal_pages, copied_pages (of the WAL, after
+--   the last checkpoint), wal_frames (in the WAL after the last commit)}. db:close() -> true, or false when
 --   it was already closed; any other call on a closed db but name(),
 --   stats(), is_open() and close() raises "sluice.store: database is
 --   closed". db:is_open(), db.path.

@@ -15,6 +15,8 @@
 
 #include "log.h"
 
+#define LOG_EVERY_S 60
+
 struct sl_ckpt {
     sqlite3 *loop_db; /* the loop's connection (the caller's) */
     sqlite3 *db;      /* the thread's own connection */
@@ -22,14 +24,16 @@ struct sl_ckpt {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int wake;              /* the hook asked for a checkpoint */
-    int stop;              /* sl_ckpt_stop asked the thread to end */
-    int dirty;             /* the last checkpoint left frames uncopied: retry */
-    int seen;              /* WAL frames when the last checkpoint ended */
+    int wake;      /* the hook asked for a checkpoint */
+    int stop;      /* sl_ckpt_stop asked the thread to end */
+    int dirty;     /* the last checkpoint left frames uncopied: retry */
+    int seen;      /* WAL frames when the last checkpoint ended */
+    int restarted; /* a RESTART ran: the next write starts the WAL over */
     unsigned long commits; /* the loop's commits so far (the hook counts) */
     sl_busy busy;          /* the thread connection's busy handler state */
     sl_ckpt_stats st;
     unsigned long long logged; /* errors already logged (loop thread) */
+    time_t logged_at;          /* when (monotonic seconds; 0: never) */
 };
 
 /* Runs on the loop thread inside the loop connection's commit: wakes the
@@ -43,8 +47,10 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages) {
     char msg[sizeof(ck->st.last_error)];
     unsigned long long errors;
     pthread_mutex_lock(&ck->mu);
-    if (pages < ck->seen) /* the WAL started over */
+    if (pages < ck->seen) { /* the WAL started over */
         ck->seen = 0;
+        ck->restarted = 0;
+    }
     if (pages - ck->seen >= ck->o.wake_pages && !ck->wake) {
         ck->wake = 1;
         pthread_cond_signal(&ck->cv);
@@ -55,10 +61,17 @@ static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages) {
     memcpy(msg, ck->st.last_error, sizeof(msg));
     pthread_mutex_unlock(&ck->mu);
     if (errors != ck->logged) {
-        sl_logf(SL_LOG_ERROR,
-                "store: background WAL checkpoint failed (%llu so far): %s",
-                errors, msg);
-        ck->logged = errors;
+        /* a failure that repeats (the thread retries every retry_ms) is
+         * said once a minute */
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (!ck->logged_at || now.tv_sec - ck->logged_at >= LOG_EVERY_S) {
+            sl_logf(SL_LOG_ERROR,
+                    "store: background WAL checkpoint failed (%llu so far): %s",
+                    errors, msg);
+            ck->logged = errors;
+            ck->logged_at = now.tv_sec ? now.tv_sec : 1;
+        }
     }
     return SQLITE_OK;
 }
@@ -79,6 +92,8 @@ static int checkpoint(sl_ckpt *ck, int mode) {
             ck->st.checkpoints++;
         else
             ck->st.restarts++;
+        if (mode == SQLITE_CHECKPOINT_RESTART && rc == SQLITE_OK)
+            ck->restarted = 1;
         if (rc == SQLITE_BUSY)
             ck->st.busy++;
         ck->st.wal_pages = log < 0 ? 0 : log;
@@ -143,8 +158,16 @@ static void *run(void *arg) {
         ck->wake = 0;
         pthread_mutex_unlock(&ck->mu);
         int left = checkpoint(ck, SQLITE_CHECKPOINT_PASSIVE);
-        if (left >= ck->o.limit_pages)
-            checkpoint(ck, SQLITE_CHECKPOINT_RESTART);
+        pthread_mutex_lock(&ck->mu);
+        int restarted = ck->restarted;
+        pthread_mutex_unlock(&ck->mu);
+        if (left >= ck->o.limit_pages && !restarted) {
+            /* The RESTART holds the loop's writes back while it copies
+             * what came in during the last passive checkpoint and fsyncs:
+             * a second passive one first leaves it less. */
+            if (checkpoint(ck, SQLITE_CHECKPOINT_PASSIVE) >= 0)
+                checkpoint(ck, SQLITE_CHECKPOINT_RESTART);
+        }
         pthread_mutex_lock(&ck->mu);
     }
     pthread_mutex_unlock(&ck->mu);

@@ -7,21 +7,24 @@
  *
  *   - sl_ckpt_start installs a WAL hook on the loop's connection, which
  *     replaces SQLite's autocheckpoint on it (wal_autocheckpoint is then 0
- *     in effect). After a commit leaves wake_pages or more frames in the
- *     WAL, the hook wakes the thread; it never waits for it.
+ *     in effect). Once commits added wake_pages frames to the WAL since
+ *     the last checkpoint, the hook wakes the thread; it never waits for
+ *     it.
  *   - The thread runs PASSIVE checkpoints: they copy what no reader still
- *     needs and never block the loop's writer. While the WAL is not fully
- *     copied it tries again every retry_ms (an idle writer lets it finish,
- *     and the loop's next transaction then starts the WAL over).
+ *     needs and never block the loop's writer. While frames are left or
+ *     commits came in during one, it runs another every retry_ms (so once
+ *     the writes pause it copies everything, and the loop's next
+ *     transaction starts the WAL over).
  *   - Bound: the WAL starts over only when a write transaction begins
  *     after a checkpoint copied all of it, which steady writes never allow.
  *     So when a passive checkpoint leaves limit_pages or more frames in the
- *     WAL uncopied (writes never pause, or a reader pins the WAL), the
- *     thread runs a RESTART checkpoint right after it: it holds the
- *     loop's next write back while it copies what the passive one left
- *     and fsyncs (and waits, at most busy_ms, for readers), so the next
- *     write starts the WAL over. That is the one stall left, once per
- *     limit_pages of WAL under writes that never pause.
+ *     WAL (writes never pause, or a reader pins the WAL), the thread runs
+ *     a second passive checkpoint (it copies what came in during the
+ *     first) and then a RESTART: it holds the loop's next write back
+ *     while it copies what the second left and fsyncs (and waits, at most
+ *     busy_ms, for readers), so the next write starts the WAL over.
+ *     That is the one stall left, once per limit_pages of WAL under
+ *     writes that never pause.
  *
  * Durability is unchanged: the thread's connection uses synchronous=NORMAL
  * like the loop's, so every checkpoint fsyncs the WAL before copying and
@@ -34,8 +37,9 @@
  * only place this module logs (sl_log is the loop thread's). The
  * checkpoint thread touches only its own connection and the shared
  * counters, under the mutex. Failed checkpoints are counted, their last
- * message kept (sl_ckpt_stats), and each new failure is logged at error
- * level by the next commit's hook.
+ * message kept (sl_ckpt_stats), and new failures are logged at error
+ * level by the next commit's hook (at most once a minute: a failure that
+ * persists repeats every retry_ms).
  *
  * Ownership: the sl_ckpt owns its thread and its connection; the caller
  * keeps the loop's connection open until sl_ckpt_stop returned.
