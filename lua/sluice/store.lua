@@ -39,11 +39,20 @@
 -- compared by value (the collation sluice_decimal, registered on every
 -- connection open makes; sluice.store.numbers has what they take).
 --
--- store.open(path [, {busy_timeout = 5}]) -> db | nil, err
+-- store.open(path [, {busy_timeout = 5, checkpoint = "background"}]) -> db | nil, err
 --   ":memory:" allowed. WAL journal (file databases), synchronous=NORMAL,
 --   busy timeout (seconds in [0, 2147483], default 5; while waiting for
 --   another process's lock the loop is blocked), foreign keys on. Creates the internal tables
 --   sluice_state, sluice_checkpoints, sluice_rejects, sluice_quality.
+--   checkpoint: "background" (the default) copies the WAL into the database
+--   file on a thread with its own connection (runtime/core/checkpoint.h),
+--   so no commit on the loop runs a checkpoint; "inline" leaves it to
+--   SQLite's autocheckpoint in the commit that fills the WAL to 1000 pages
+--   (a stall of one copy and fsync). Either way synchronous=NORMAL: a
+--   committed row survives a crash of sluice; a power loss may lose the
+--   last commits but never corrupts the file. When the thread cannot start
+--   (SQLite without thread support) the db logs a warning and is inline.
+--   journal_size_limit is 64 MiB: a WAL that started over is cut back to it.
 -- store.blob(s) -> a marker binding s as a BLOB in query/exec parameters
 --   (plain strings bind as TEXT; both keep embedded NUL bytes).
 -- store.encode_json(v [, lenient]) -> s | nil, err (sluice.json.encode);
@@ -56,7 +65,13 @@
 -- The handle: db:name() -> the path it was opened with (":memory:" for an
 --   in-memory database). db:stats() -> a new plain table {name, path, open,
 --   closed, tables (the names of the tables defined on this db, sorted),
---   in_transaction}; it runs no query. db:close() -> true, or false when
+--   in_transaction, checkpoint}; it runs no query. checkpoint (open
+--   databases with the background checkpointer only): {checkpoints
+--   (passive ones run), restarts (RESTART ones: the WAL passed its bound
+--   of 16384 pages under writes that never paused), busy, errors (failed
+--   checkpoints; also logged at error level by the next commit, at most
+--   once a minute), last_error, wal_pages, copied_pages (of the WAL, after
+--   the last checkpoint), wal_frames (in the WAL after the last commit)}. db:close() -> true, or false when
 --   it was already closed; any other call on a closed db but name(),
 --   stats(), is_open() and close() raises "sluice.store: database is
 --   closed". db:is_open(), db.path.
@@ -72,6 +87,7 @@ local schema = require "sluice.store.schema"
 local rows = require "sluice.store.rows"
 local state = require "sluice.store.state"
 local options = require "sluice.options"
+local log = require "sluice.log"
 
 local pairs, ipairs, tostring = pairs, ipairs, tostring
 local floor = math.floor
@@ -97,15 +113,25 @@ end
 local SCHEMA = state.SCHEMA .. rows.SCHEMA
 
 -- busy_timeout: seconds; SQLite takes an int of milliseconds.
-local OPEN_OPTIONS = { busy_timeout = { type = "number", min = 0, max = 2147483 } }
+local OPEN_OPTIONS = {
+  busy_timeout = { type = "number", min = 0, max = 2147483 },
+  checkpoint = { type = "string", one_of = { "background", "inline" } },
+}
+
+-- The background checkpointer: wake it at 1000 WAL pages (SQLite's own
+-- autocheckpoint), RESTART past 16384 (64 MiB of 4 KiB pages), retry an
+-- incomplete passive checkpoint every 50 ms, wait 100 ms at most for locks.
+local CKPT_WAKE, CKPT_LIMIT, CKPT_RETRY_MS, CKPT_BUSY_MS = 1000, 16384, 50, 100
+local JOURNAL_SIZE_LIMIT = 64 * 2 ^ 20
 
 function _M.open(path, opts)
   check_type("open", 1, path, "string")
-  local busy = 5
+  local busy, ckpt = 5, "background"
   if opts ~= nil then
     check_type("open", 2, opts, "table")
     options.check("sluice.store.open", opts, OPEN_OPTIONS)
     busy = opts.busy_timeout or busy
+    ckpt = opts.checkpoint or ckpt
   end
   local c, err = core.open(path, floor(busy * 1000))
   if not c then return nil, err end
@@ -115,12 +141,19 @@ function _M.open(path, opts)
   end
   local mode, e = c:query("PRAGMA journal_mode = WAL")
   if not mode then return bail(e) end
-  for _, stmt in ipairs({ "PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON" }) do
+  for _, stmt in ipairs({ "PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON",
+    "PRAGMA journal_size_limit = " .. JOURNAL_SIZE_LIMIT }) do
     local ok, e2 = c:exec(stmt)
     if not ok then return bail(e2) end
   end
   local ok, e3 = c:script(SCHEMA)
   if not ok then return bail(e3) end
+  if ckpt == "background" and mode[1] and mode[1].journal_mode == "wal" then
+    local started, e4 = c:start_checkpointer(CKPT_WAKE, CKPT_LIMIT, CKPT_RETRY_MS, CKPT_BUSY_MS)
+    if not started then
+      log.warning("store: checkpoints stay inline: " .. tostring(e4), { path = path })
+    end
+  end
   return handle.new(c, path, db_mt)
 end
 
@@ -137,7 +170,8 @@ end
 function db_methods:stats()
   local closed = handle.is_closed(self)
   return { name = self.path, path = self.path, open = not closed, closed = closed,
-    tables = handle.table_names(self), in_transaction = handle.in_transaction(self) }
+    tables = handle.table_names(self), in_transaction = handle.in_transaction(self),
+    checkpoint = not closed and conn(self):checkpoint_stats() or nil }
 end
 
 function db_methods:is_open()

@@ -9,8 +9,11 @@
  *
  * Everything here is synchronous on the loop thread: SQLite calls block the
  * loop for as long as they take, so callers keep them short (one transaction
- * per batch). Nothing here yields; the only call back into Lua is
- * pcall_nowait, which runs a transaction's function where it cannot yield.
+ * per batch). The one exception is WAL checkpoints: start_checkpointer hands
+ * them to a thread of core/checkpoint.c with its own connection, which
+ * close() stops and joins before it closes the loop's. Nothing here yields; the
+ * only call back into Lua is pcall_nowait, which runs a transaction's function
+ * where it cannot yield.
  *
  * Values: nil -> NULL, boolean -> 0/1, number -> INTEGER when it is integral
  * and fits in 64 bits, else REAL; an int64_t or uint64_t cdata -> INTEGER
@@ -40,6 +43,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/checkpoint.h"
 #include "host/modules.h"
 #include "host/task.h"
 
@@ -76,6 +80,8 @@ typedef struct ldb {
     int has_file; /* a file database: dev and ino identify its file */
     dev_t dev;
     ino_t ino;
+    sl_ckpt *ckpt; /* the background checkpointer, or NULL */
+    sl_busy busy;  /* the busy handler's state (core/checkpoint.h) */
 } ldb;
 
 static ldb *check_db(lua_State *L) {
@@ -411,7 +417,10 @@ static int l_open(lua_State *L) {
         return 2;
     }
     sqlite3_extended_result_codes(db, 1);
-    sqlite3_busy_timeout(db, busy_ms);
+    /* A fine-grained busy handler: the loop resumes within a fraction of
+     * a ms of the lock's release (the checkpoint thread's RESTART). */
+    d->busy.ms = busy_ms;
+    sqlite3_busy_handler(db, sl_busy_wait, &d->busy);
     if (sqlite3_create_collation_v2(db, "sluice_decimal", SQLITE_UTF8, NULL,
                                     decimal_collate, NULL) != SQLITE_OK) {
         lua_pushnil(L);
@@ -688,11 +697,66 @@ static int l_is_open(lua_State *L) {
     return 1;
 }
 
-/* db:close() -> true. Finalizes every cached statement, then closes the
- * connection (an open transaction is rolled back). Idempotent. */
+/* db:start_checkpointer(wake_pages, limit_pages, retry_ms, busy_ms) -> true,
+ * or nil, message: WAL checkpoints from now on run on a background thread
+ * (core/checkpoint.h), not in this connection's commits. For a file
+ * database already in WAL mode; a second call is misuse. */
+static int l_start_checkpointer(lua_State *L) {
+    ldb *d = check_db(L);
+    sl_ckpt_opts o = {luaL_checkint(L, 2), luaL_checkint(L, 3),
+                      luaL_checkint(L, 4), luaL_checkint(L, 5)};
+    if (d->ckpt)
+        return luaL_error(L, "sluice.store: checkpointer already started");
+    char err[256];
+    if (!(d->ckpt = sl_ckpt_start(d->db, &o, err, sizeof(err)))) {
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void set_count(lua_State *L, const char *k, double v) {
+    lua_pushnumber(L, v);
+    lua_setfield(L, -2, k);
+}
+
+/* db:checkpoint_stats() -> {checkpoints, restarts, busy, errors,
+ * wal_pages, copied_pages, wal_frames, last_error?}, or nil without a
+ * checkpointer */
+static int l_checkpoint_stats(lua_State *L) {
+    ldb *d = check_db(L);
+    if (!d->ckpt) {
+        lua_pushnil(L);
+        return 1;
+    }
+    sl_ckpt_stats st;
+    sl_ckpt_stats_get(d->ckpt, &st);
+    lua_createtable(L, 0, 8);
+    set_count(L, "checkpoints", (double)st.checkpoints);
+    set_count(L, "restarts", (double)st.restarts);
+    set_count(L, "busy", (double)st.busy);
+    set_count(L, "errors", (double)st.errors);
+    set_count(L, "wal_pages", st.wal_pages);
+    set_count(L, "wal_frames", st.wal_frames);
+    set_count(L, "copied_pages", st.copied_pages);
+    if (st.last_error[0]) {
+        lua_pushstring(L, st.last_error);
+        lua_setfield(L, -2, "last_error");
+    }
+    return 1;
+}
+
+/* db:close() -> true. Stops and joins the checkpointer, finalizes every
+ * cached statement, then closes the connection (an open transaction is
+ * rolled back; the last connection to a WAL database checkpoints it).
+ * Idempotent. */
 static int l_close(lua_State *L) {
     ldb *d = luaL_checkudata(L, 1, DB_MT);
     if (d->db) {
+        sl_ckpt_stop(d->ckpt);
+        d->ckpt = NULL;
         cache_flush(L, d);
         sqlite3_close_v2(d->db);
         d->db = NULL;
@@ -721,6 +785,8 @@ int luaopen_sluice_store(lua_State *L) {
         {"file_check", l_file_check},
         {"last_insert_rowid", l_last_insert_rowid},
         {"is_open", l_is_open},
+        {"start_checkpointer", l_start_checkpointer},
+        {"checkpoint_stats", l_checkpoint_stats},
         {"close", l_close},
         {NULL, NULL},
     };
