@@ -12,42 +12,14 @@ cd "$(dirname "$0")/../../.."
 SLUICE=$(readlink -f "${1:-build/sluice}")
 STREAMS=${2:-64}
 SECS=${3:-10}
+# shellcheck source=tests/bench/http/nginx.bash
+. tests/bench/http/nginx.bash
+# the certificate, in nginx's directory, before nginx reads it
 dir=$(mktemp -d /tmp/sluice-bench.XXXXXX)
-trap '/usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -s stop 2>/dev/null; sleep 0.2; rm -rf "$dir"' EXIT
-mkdir -p "$dir/html"
-chmod 755 "$dir" "$dir/html"
-printf '{"symbol":"BTCUSDT","price":97123.5,"pad":"%s"}' "$(head -c 975 /dev/zero | tr '\0' x)" >"$dir/html/doc.json"
-chmod 644 "$dir/html/doc.json"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
   -days 2 -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
-write_conf() {
-cat >"$dir/nginx.conf" <<CONF
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  http2_max_concurrent_streams 256;
-  types { application/json json; }
-  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
-  server {
-    listen 127.0.0.1:$port ssl http2 backlog=4096; root $dir/html;
-    ssl_certificate $dir/cert.pem; ssl_certificate_key $dir/key.pem;
-  }
-}
-CONF
-}
-# A port of the ephemeral range may be taken by a client socket: try a few.
-for _ in 1 2 3 4 5 6 7 8; do
-  port=$((20000 + RANDOM % 12000))
-  write_conf
-  /usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" 2>/dev/null && break
-  port=
-done
-[ -n "$port" ] || { echo "nginx could not bind a port" >&2; exit 1; }
+start_nginx "ssl http2" "  http2_max_concurrent_streams 256;" \
+  "    ssl_certificate $dir/cert.pem; ssl_certificate_key $dir/key.pem;"
 url="https://127.0.0.1:$port/doc.json"
 echo "document: $(stat -c %s "$dir/html/doc.json") bytes; 1 connection, $STREAMS streams; $SECS s each"
 
