@@ -22,7 +22,7 @@ PACKAGES=(
   lua-busted
   nginx-light curl lua-check prometheus redis-server python3 openssl
   postgresql clickhouse-server clickhouse-client rabbitmq-server
-  python3-websockets chromium systemd python3-kubernetes
+  python3-websockets chromium systemd python3-kubernetes sqlite3 iproute2
 )
 
 install_missing() {
