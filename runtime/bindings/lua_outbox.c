@@ -351,7 +351,11 @@ static int l_batch(lua_State *L) {
     size_t *lens = lua_newuserdata(L, (size_t)nkeys * sizeof(*lens) + 1);
     for (int i = 0; i < nkeys; i++) {
         lua_rawgeti(L, 1, i + 1);
-        keys[i] = lua_tolstring(L, -1, &lens[i]); /* anchored in arg 1 */
+        /* strings only: a number converted here would be a string no
+         * table holds, collectable once popped */
+        keys[i] = lua_type(L, -1) == LUA_TSTRING
+                      ? lua_tolstring(L, -1, &lens[i]) /* anchored in arg 1 */
+                      : NULL;
         lua_pop(L, 1);
         if (!keys[i])
             return luaL_argerror(L, 1, "key names must be strings");
@@ -438,7 +442,9 @@ static int l_batch_copy_text(lua_State *L) {
     sl_obatch_col *cols = lua_newuserdata(L, (size_t)ncols * sizeof(*cols));
     for (int i = 0; i < ncols; i++) {
         lua_rawgeti(L, 2, i + 1);
-        cols[i].name = lua_tolstring(L, -1, &cols[i].len); /* in arg 2 */
+        cols[i].name = lua_type(L, -1) == LUA_TSTRING
+                           ? lua_tolstring(L, -1, &cols[i].len) /* in arg 2 */
+                           : NULL;
         lua_pop(L, 1);
         lua_rawgeti(L, 3, i + 1);
         const char *cast = lua_tostring(L, -1);
@@ -501,7 +507,9 @@ static int l_batch_rowbinary(lua_State *L) {
         if (!lua_istable(L, -1))
             return luaL_argerror(L, 2, "a list of column tables expected");
         lua_getfield(L, -1, "name");
-        cols[i].name = lua_tolstring(L, -1, &cols[i].len); /* in arg 2 */
+        cols[i].name = lua_type(L, -1) == LUA_TSTRING
+                           ? lua_tolstring(L, -1, &cols[i].len) /* in arg 2 */
+                           : NULL;
         lua_getfield(L, -2, "type");
         const char *t = lua_tostring(L, -1);
         if (!cols[i].name || rb_type(t, &cols[i].type) != 0)

@@ -565,3 +565,32 @@ INSERT INTO sluice_outbox_sinks (sink, depth, forwarded) VALUES ('m', 4, 10), ('
     assert.same({ { id = 6 } }, db:query("SELECT chunk AS id FROM sluice_outbox WHERE sink = 'm'"))
   end)
 end)
+
+describe("sluice._outbox.batch", function()
+  local native = require "sluice._outbox"
+
+  it("reads rows from chunks' text, one per key, and writes them back", function()
+    local b = native.batch({ "id" })
+    assert.is_true(b:add('[{"id":1,"v":"a"},{"id":2,"v":"b\\tc"}]', 1, 2, 1))
+    assert.is_true(b:add('[{"id":9},{"id":1,"v":null}]', 2, 2, 2))
+    assert.same({ 2, 3 }, { b:count(), b:queued() })
+    local entries, rows = b:origins()
+    assert.same({ { 2, 1 }, { 2, 2 } }, { entries, rows })
+    assert.same({ { id = 1, v = json.null }, { id = 2, v = "b\tc" } }, json.decode(b:json()))
+    assert.equal("1\t\\N\n2\tb\\tc\n", b:copy_text({ "id", "v" }, { "bigint", "text" }))
+    b:free()
+    assert.has_error(function() b:count() end, "sluice._outbox: the batch was freed")
+  end)
+
+  it("takes names as strings only (a number converted would not be anchored)", function()
+    assert.has_error(function() native.batch({ 1 }) end, "bad argument #1 to 'batch' (key names must be strings)")
+    local b = native.batch({})
+    assert.is_true(b:add('[{"a":1}]', 1, 1, 1))
+    assert.has_error(function() b:copy_text({ 1 }, { "text" }) end,
+      "bad argument #1 to 'copy_text' (column names and casts are strings)")
+    assert.has_error(function() b:rowbinary({ { name = 1, type = "int64" } }, 1) end,
+      "bad argument #1 to 'rowbinary' (a column's name or type)")
+    assert.has_error(function() b:add('[{"a":1}]', 2, 1, 1) end, "bad argument #3 to 'add' (rows lo..hi expected)")
+    assert.same({ nil, "1 rows, row 2 asked for" }, { b:add('[{"a":1}]', 1, 2, 1) })
+  end)
+end)
