@@ -469,6 +469,15 @@ static char *dup_bytes(amqp_bytes_t b) {
     return s;
 }
 
+void sl_amqp_consume_settle(sl_amqp_op *op) {
+    if (op->kind != SL_AMQP_CONSUME || op->status == SL_AMQP_OK ||
+        op->nmsgs == 0)
+        return;
+    op->status = SL_AMQP_OK;
+    op->error[0] = '\0';
+    op->code = 0;
+}
+
 static void run_consume(sl_amqp *a, sl_amqp_op *op) {
     if (!a->consuming || strcmp(a->consuming, op->queue) != 0) {
         if (a->consuming) { /* another queue: start afresh */
@@ -507,8 +516,10 @@ static void run_consume(sl_amqp *a, sl_amqp_op *op) {
                 break;
             continue;
         }
-        if (check_reply(a, op, r, "consume") != 0)
+        if (check_reply(a, op, r, "consume") != 0) {
+            sl_amqp_consume_settle(op); /* what came is acked: keep it */
             return;
+        }
         sl_amqp_msg *m = &op->msgs[op->nmsgs++];
         amqp_basic_properties_t *p = &env.message.properties;
         m->routing_key = dup_bytes(env.routing_key);
@@ -526,8 +537,10 @@ static void run_consume(sl_amqp *a, sl_amqp_op *op) {
         uint64_t tag = env.delivery_tag;
         amqp_destroy_envelope(&env);
         if (amqp_basic_ack(a->conn, CHANNEL, tag, 0) != AMQP_STATUS_OK) {
+            /* this one comes again (unacked): at least once */
             set_error(op, SL_AMQP_ECONN, "basic.ack failed");
             drop(a);
+            sl_amqp_consume_settle(op);
             return;
         }
     }

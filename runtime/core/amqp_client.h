@@ -159,6 +159,13 @@ sl_amqp *sl_amqp_new(struct event_base *base, const char *url,
 /* A zeroed op of that kind; NULL on out of memory. */
 sl_amqp_op *sl_amqp_op_new(sl_amqp_kind kind);
 
+/* A CONSUME that failed (the connection lost) after messages came: each
+ * was acknowledged as it came, so the broker will not send them again and
+ * they are its result (status OK); the failure shows at the next call,
+ * which connects again. Without messages, or for other kinds, nothing
+ * changes. (The worker calls it; exposed for the unit test.) */
+void sl_amqp_consume_settle(sl_amqp_op *op);
+
 /* Frees an op that was never submitted (and its strings and messages). */
 void sl_amqp_op_free(sl_amqp_op *op);
 

@@ -186,6 +186,40 @@ TEST(an_abandoned_op_is_never_called_back) {
     event_base_free(base);
 }
 
+/* Found by sink_rabbitmq_spec's broker kill: a consume that lost its
+ * connection after messages came answered only the error, and the messages
+ * (acknowledged as they came) were gone for good. */
+TEST(a_consume_that_fails_after_messages_returns_them) {
+    sl_amqp_op *op = sl_amqp_op_new(SL_AMQP_CONSUME);
+    op->msgs = calloc(2, sizeof(*op->msgs));
+    op->nmsgs = 2;
+    op->status = SL_AMQP_ECONN;
+    op->code = 320;
+    snprintf(op->error, sizeof(op->error), "consume: connection closed");
+    sl_amqp_consume_settle(op);
+    CHECK_INT(op->status, SL_AMQP_OK);
+    CHECK_STR(op->error, "");
+    CHECK_INT(op->code, 0);
+    CHECK_INT(op->nmsgs, 2);
+    /* none came: the failure is the answer */
+    op->nmsgs = 0;
+    op->status = SL_AMQP_ECONN;
+    snprintf(op->error, sizeof(op->error), "consume: connection closed");
+    sl_amqp_consume_settle(op);
+    CHECK_INT(op->status, SL_AMQP_ECONN);
+    CHECK_STR(op->error, "consume: connection closed");
+    op->nmsgs = 2;
+    sl_amqp_op_free(op);
+    /* a publish's failure stays one whatever it holds */
+    op = sl_amqp_op_new(SL_AMQP_PUBLISH);
+    op->status = SL_AMQP_ENACK;
+    op->nmsgs = 1;
+    sl_amqp_consume_settle(op);
+    CHECK_INT(op->status, SL_AMQP_ENACK);
+    op->nmsgs = 0;
+    sl_amqp_op_free(op);
+}
+
 TEST(new_refuses_a_bad_url) {
     struct event_base *base = event_base_new();
     char err[256];
@@ -267,6 +301,7 @@ int main(void) {
     RUN(a_refused_connection_is_reported_on_the_loop_and_ops_run_in_order);
     RUN(the_queue_is_bounded_and_a_full_one_refuses_at_once);
     RUN(an_abandoned_op_is_never_called_back);
+    RUN(a_consume_that_fails_after_messages_returns_them);
     RUN(new_refuses_a_bad_url);
     RUN(new_refuses_tls_settings_that_do_not_fit);
     RUN(a_tls_file_that_cannot_be_read_fails_the_connect);
