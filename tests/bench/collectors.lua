@@ -233,12 +233,13 @@ local PART_ORDER = { "breaker", "limiter", "retry", "log", "timer", "task", "ins
   "curl", "full" }
 
 local function parts(n)
-  local exe = io.open("/proc/self/exe") and "/proc/self/exe"
   local out = {}
   for _, name in ipairs(PART_ORDER) do
-    -- a fresh process per part (the exe link names this very binary)
-    local p = io.popen(string.format("%s run --lua-path tests/lua tests/bench/collectors.lua -- part %s %d 2>&1",
-      exe, name, n))
+    -- A fresh process per part, of this very binary: popen's shell is the child, so its
+    -- /proc/self/exe would be the shell; its parent's exe link names sluice.
+    local p = io.popen(string.format(
+      '"$(readlink /proc/$PPID/exe)" run --lua-path tests/lua tests/bench/collectors.lua -- part %s %d 2>&1',
+      name, n))
     local text = p:read("*a")
     p:close()
     local per, r, l = text:match("@part " .. name .. " (%d+) (%S+) (%S+)")
