@@ -53,6 +53,13 @@
 --   last commits but never corrupts the file. When the thread cannot start
 --   (SQLite without thread support) the db logs a warning and is inline.
 --   journal_size_limit is 64 MiB: a WAL that started over is cut back to it.
+--   With the background checkpointer, setting PRAGMA wal_autocheckpoint
+--   (db:exec, db:script) fails with "PRAGMA wal_autocheckpoint is refused:
+--   ..." (it would replace the hook that wakes the thread: checkpoints
+--   would stop); reading it is allowed (0). With "inline" it works as in
+--   SQLite. Prometheus (sluice.metrics.render): sluice_store_checkpoint_
+--   errors_total and sluice_store_checkpoint_restarts_total {path} per open
+--   db with the background checkpointer.
 -- store.blob(s) -> a marker binding s as a BLOB in query/exec parameters
 --   (plain strings bind as TEXT; both keep embedded NUL bytes).
 -- store.encode_json(v [, lenient]) -> s | nil, err (sluice.json.encode);
@@ -88,6 +95,7 @@ local rows = require "sluice.store.rows"
 local state = require "sluice.store.state"
 local options = require "sluice.options"
 local log = require "sluice.log"
+local metrics_registry = require "sluice.metrics.registry"
 
 local pairs, ipairs, tostring = pairs, ipairs, tostring
 local floor = math.floor
@@ -124,6 +132,29 @@ local OPEN_OPTIONS = {
 local CKPT_WAKE, CKPT_LIMIT, CKPT_RETRY_MS, CKPT_BUSY_MS = 1000, 16384, 50, 100
 local JOURNAL_SIZE_LIMIT = 64 * 2 ^ 20
 
+-- The dbs opened and not yet closed (weak: one the program dropped
+-- unclosed goes with its __gc), for the metrics source below.
+local open_dbs = setmetatable({}, { __mode = "k" })
+
+-- Prometheus: the background checkpointer's failures and RESTARTs of every
+-- open db, read at each render (the thread counts them; db:stats() and
+-- the log say the same).
+metrics_registry.add_source({
+  { "counter", "sluice_store_checkpoint_errors_total",
+    "Background WAL checkpoints that failed, per database (db:stats().checkpoint.errors).", { "path" } },
+  { "counter", "sluice_store_checkpoint_restarts_total",
+    "RESTART checkpoints the WAL's bound forced under writes that never paused (each holds the next write back).",
+    { "path" } },
+}, function(f)
+  for db in pairs(open_dbs) do
+    local st = not handle.is_closed(db) and conn(db):checkpoint_stats()
+    if st then
+      f.sluice_store_checkpoint_errors_total:inc(st.errors, db.path)
+      f.sluice_store_checkpoint_restarts_total:inc(st.restarts, db.path)
+    end
+  end
+end)
+
 function _M.open(path, opts)
   check_type("open", 1, path, "string")
   local busy, ckpt = 5, "background"
@@ -154,12 +185,15 @@ function _M.open(path, opts)
       log.warning("store: checkpoints stay inline: " .. tostring(e4), { path = path })
     end
   end
-  return handle.new(c, path, db_mt)
+  local db = handle.new(c, path, db_mt)
+  open_dbs[db] = true
+  return db
 end
 
 -- --- lifetime -------------------------------------------------------------------
 
 function db_methods:close()
+  open_dbs[self] = nil
   return handle.close(self)
 end
 

@@ -27,9 +27,9 @@
  * conversions of cdata run through two small LuaJIT FFI functions the
  * module keeps in the registry (the C API cannot make or read cdata).
  *
- * Every connection has the collation sluice_decimal (decimal_collate
- * below), which the uint256 and decimal columns of sluice.store.schema
- * declare: their text compares by numeric value.
+ * Every connection has the collation sluice_decimal
+ * (lua_store_decimal.c), which the uint256 and decimal columns of
+ * sluice.store.schema declare: their text compares by numeric value.
  *
  * Misuse (wrong argument types, a closed database, more than one statement
  * in exec/query) raises; SQL errors return nil, message.
@@ -46,6 +46,7 @@
 #include "core/checkpoint.h"
 #include "host/modules.h"
 #include "host/task.h"
+#include "lua_store_decimal.h"
 
 #define DB_MT "sluice.store.db"
 #define BLOB_MT "sluice.store.blob"
@@ -82,6 +83,7 @@ typedef struct ldb {
     ino_t ino;
     sl_ckpt *ckpt; /* the background checkpointer, or NULL */
     sl_busy busy;  /* the busy handler's state (core/checkpoint.h) */
+    int refused;   /* authorize denied a statement: say why */
 } ldb;
 
 static ldb *check_db(lua_State *L) {
@@ -91,9 +93,22 @@ static ldb *check_db(lua_State *L) {
     return d;
 }
 
-static int push_sql_error(lua_State *L, sqlite3 *db) {
+#define REFUSED_AUTOCHECKPOINT                                                 \
+    "PRAGMA wal_autocheckpoint is refused: this database checkpoints on a "    \
+    "background thread, which the pragma would turn off (open it with "        \
+    "checkpoint = \"inline\" to use SQLite's autocheckpoint)"
+
+/* msg, or why authorize refused the statement that failed. */
+static const char *sql_error(ldb *d, const char *msg) {
+    if (!d->refused)
+        return msg;
+    d->refused = 0;
+    return REFUSED_AUTOCHECKPOINT;
+}
+
+static int push_sql_error(lua_State *L, ldb *d) {
     lua_pushnil(L);
-    lua_pushstring(L, sqlite3_errmsg(db));
+    lua_pushstring(L, sql_error(d, sqlite3_errmsg(d->db)));
     return 2;
 }
 
@@ -315,84 +330,6 @@ static void push_column(lua_State *L, sqlite3_stmt *st, int c) {
     }
 }
 
-/* --- the sluice_decimal collation ---------------------------------------- */
-
-/* A plain decimal's parts: sign -1/0/+1 (0 for every zero), the integer
- * digits without leading zeros and the fraction digits without trailing
- * zeros. */
-typedef struct decparts {
-    int sign;
-    const char *ip, *fp;
-    int ni, nf;
-} decparts;
-
-/* Reads s[0..n) as [+-]?D*(.D*)? with at least one digit; 0 when it is
- * not one (an exponent, spaces, anything else). */
-static int decimal_parts(const char *s, int n, decparts *d) {
-    int i = 0, neg = 0, digits = 0;
-    if (i < n && (s[i] == '-' || s[i] == '+'))
-        neg = s[i++] == '-';
-    while (i < n && s[i] == '0')
-        i++, digits++;
-    d->ip = s + i;
-    while (i < n && s[i] >= '0' && s[i] <= '9')
-        i++, digits++;
-    d->ni = (int)(s + i - d->ip);
-    d->fp = s + i;
-    d->nf = 0;
-    if (i < n && s[i] == '.') {
-        d->fp = s + ++i;
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++, digits++;
-        d->nf = (int)(s + i - d->fp);
-        while (d->nf > 0 && d->fp[d->nf - 1] == '0')
-            d->nf--;
-    }
-    if (i != n || digits == 0)
-        return 0;
-    d->sign = d->ni == 0 && d->nf == 0 ? 0 : neg ? -1 : 1;
-    return 1;
-}
-
-static int cmp_magnitude(const decparts *a, const decparts *b) {
-    if (a->ni != b->ni)
-        return a->ni < b->ni ? -1 : 1;
-    int c = memcmp(a->ip, b->ip, (size_t)a->ni);
-    if (c)
-        return c < 0 ? -1 : 1;
-    int n = a->nf < b->nf ? a->nf : b->nf;
-    c = memcmp(a->fp, b->fp, (size_t)n);
-    if (c)
-        return c < 0 ? -1 : 1;
-    /* no trailing zeros: the longer fraction has one more non-zero digit */
-    return a->nf == b->nf ? 0 : a->nf < b->nf ? -1 : 1;
-}
-
-/* The collation of uint256 and decimal columns (sqlite3_create_collation_v2
- * on every connection l_open makes): plain decimals by numeric value
- * ("9" < "10", "1.50" = "1.5", "-2" < "1", "-0" = "0"), before any other
- * text, which sorts bytewise (then shorter first) among itself. A total
- * order, so indexes, primary keys, = and ORDER BY agree. */
-static int decimal_collate(void *arg, int n1, const void *p1, int n2,
-                           const void *p2) {
-    (void)arg;
-    decparts a, b;
-    int da = decimal_parts(p1, n1, &a), db = decimal_parts(p2, n2, &b);
-    if (da && db) {
-        if (a.sign != b.sign)
-            return a.sign < b.sign ? -1 : 1;
-        int c = cmp_magnitude(&a, &b);
-        return a.sign < 0 ? -c : c;
-    }
-    if (da != db)
-        return da ? -1 : 1;
-    int n = n1 < n2 ? n1 : n2;
-    int c = memcmp(p1, p2, (size_t)n);
-    if (c)
-        return c < 0 ? -1 : 1;
-    return n1 == n2 ? 0 : n1 < n2 ? -1 : 1;
-}
-
 /* --- module functions ------------------------------------------------------
  */
 
@@ -422,7 +359,8 @@ static int l_open(lua_State *L) {
     d->busy.ms = busy_ms;
     sqlite3_busy_handler(db, sl_busy_wait, &d->busy);
     if (sqlite3_create_collation_v2(db, "sluice_decimal", SQLITE_UTF8, NULL,
-                                    decimal_collate, NULL) != SQLITE_OK) {
+                                    sl_store_decimal_collate,
+                                    NULL) != SQLITE_OK) {
         lua_pushnil(L);
         lua_pushfstring(L, "%s: %s", path, sqlite3_errmsg(db));
         sqlite3_close(db);
@@ -471,7 +409,7 @@ static int l_exec(lua_State *L) {
             lua_pushinteger(L, 0);
             return 1;
         }
-        return push_sql_error(L, d->db);
+        return push_sql_error(L, d);
     }
     bind_args(L, d, st, 3, "exec");
     int before = sqlite3_total_changes(d->db), rc;
@@ -481,7 +419,7 @@ static int l_exec(lua_State *L) {
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     if (rc != SQLITE_DONE)
-        return push_sql_error(L, d->db);
+        return push_sql_error(L, d);
     lua_pushinteger(L, after - before);
     return 1;
 }
@@ -496,7 +434,7 @@ static int l_query(lua_State *L) {
             lua_newtable(L);
             return 1;
         }
-        return push_sql_error(L, d->db);
+        return push_sql_error(L, d);
     }
     bind_args(L, d, st, 3, "query");
     int ncols = sqlite3_column_count(st);
@@ -520,7 +458,7 @@ static int l_query(lua_State *L) {
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     if (rc != SQLITE_DONE)
-        return push_sql_error(L, d->db);
+        return push_sql_error(L, d);
     return 1;
 }
 
@@ -532,7 +470,7 @@ static int l_script(lua_State *L) {
     char *msg = NULL;
     if (sqlite3_exec(d->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
         lua_pushnil(L);
-        lua_pushstring(L, msg ? msg : sqlite3_errmsg(d->db));
+        lua_pushstring(L, sql_error(d, msg ? msg : sqlite3_errmsg(d->db)));
         sqlite3_free(msg);
         return 2;
     }
@@ -583,9 +521,9 @@ static int l_upsert_rows(lua_State *L) {
     do { /* a cache flush while preparing the second frees the first */
         gen = d->gen;
         if (!(ins = cache_get(L, d, 2, "upsert")))
-            return push_sql_error(L, d->db);
+            return push_sql_error(L, d);
         if (has_upd && !(upd = cache_get(L, d, 3, "upsert")))
-            return push_sql_error(L, d->db);
+            return push_sql_error(L, d);
     } while (gen != d->gen);
 
     long inserted = 0, updated = 0, unchanged = 0;
@@ -622,7 +560,7 @@ static int l_upsert_rows(lua_State *L) {
     if (rc != SQLITE_DONE && rc != SQLITE_OK) {
         if (rc == -1 || rc == -2)
             return luaL_error(L, "sluice.store.upsert: unbindable value");
-        return push_sql_error(L, d->db);
+        return push_sql_error(L, d);
     }
     lua_pushnumber(L, (lua_Number)inserted);
     lua_pushnumber(L, (lua_Number)updated);
@@ -697,10 +635,29 @@ static int l_is_open(lua_State *L) {
     return 1;
 }
 
+/* The connection's authorizer while the checkpointer runs. Setting
+ * wal_autocheckpoint (sqlite3_wal_autocheckpoint) replaces the WAL hook
+ * that wakes the thread with SQLite's own: the thread would never run
+ * again, silently. Such a statement fails to prepare, with
+ * REFUSED_AUTOCHECKPOINT as its message; reading the pragma is allowed. */
+static int authorize(void *arg, int action, const char *a, const char *b,
+                     const char *dbname, const char *trigger) {
+    ldb *d = arg;
+    (void)dbname;
+    (void)trigger;
+    if (action == SQLITE_PRAGMA && b && a &&
+        sqlite3_stricmp(a, "wal_autocheckpoint") == 0) {
+        d->refused = 1;
+        return SQLITE_DENY;
+    }
+    return SQLITE_OK;
+}
+
 /* db:start_checkpointer(wake_pages, limit_pages, retry_ms, busy_ms) -> true,
  * or nil, message: WAL checkpoints from now on run on a background thread
- * (core/checkpoint.h), not in this connection's commits. For a file
- * database already in WAL mode; a second call is misuse. */
+ * (core/checkpoint.h), not in this connection's commits, and setting
+ * PRAGMA wal_autocheckpoint is refused (authorize). For a file database
+ * already in WAL mode; a second call is misuse. */
 static int l_start_checkpointer(lua_State *L) {
     ldb *d = check_db(L);
     sl_ckpt_opts o = {luaL_checkint(L, 2), luaL_checkint(L, 3),
@@ -713,6 +670,9 @@ static int l_start_checkpointer(lua_State *L) {
         lua_pushstring(L, err);
         return 2;
     }
+    /* statements cached before were prepared without the authorizer */
+    cache_flush(L, d);
+    sqlite3_set_authorizer(d->db, authorize, d);
     lua_pushboolean(L, 1);
     return 1;
 }

@@ -16,6 +16,8 @@
 #include "log.h"
 
 #define LOG_EVERY_S 60
+#define PREP_ROUNDS 3    /* prepare_restart's sync+copy rounds at most */
+#define PREP_SHORT_MS 5. /* a round this short leaves the RESTART little */
 
 struct sl_ckpt {
     sqlite3 *loop_db; /* the loop's connection (the caller's) */
@@ -139,6 +141,54 @@ static void deadline_in(struct timespec *ts, int ms) {
     }
 }
 
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+/* fsyncs the database file through the thread's connection (SQLite's own
+ * handle: a second descriptor's close would drop the process's POSIX
+ * locks on the file). 0, or -1 with the failure counted. */
+static int sync_db(sl_ckpt *ck) {
+    sqlite3_file *f = NULL;
+    int rc =
+        sqlite3_file_control(ck->db, "main", SQLITE_FCNTL_FILE_POINTER, &f);
+    if (rc == SQLITE_OK && f && f->pMethods)
+        rc = f->pMethods->xSync(f, SQLITE_SYNC_NORMAL);
+    if (rc == SQLITE_OK)
+        return 0;
+    pthread_mutex_lock(&ck->mu);
+    ck->st.errors++;
+    snprintf(ck->st.last_error, sizeof(ck->st.last_error),
+             "fsync of the database file failed (%d)", rc);
+    ck->dirty = 1;
+    pthread_mutex_unlock(&ck->mu);
+    return -1;
+}
+
+/* Before a RESTART. A passive checkpoint fsyncs the database file only
+ * when it copied up to the WAL's end, which writes that never pause never
+ * allow: the pages all passive checkpoints copied since the WAL last
+ * started over (up to limit_pages) are still to be written to disk, and
+ * the RESTART, which catches up with the loop's writes held back, would
+ * fsync them all under that lock (its 50-70 ms stalls). So fsync them
+ * here, with no lock held, then copy what came in meanwhile and fsync
+ * again, until a round is short (PREP_SHORT_MS) or PREP_ROUNDS ran:
+ * the RESTART is left the frames of one short round to copy and fsync.
+ * 0, or -1 when a sync or checkpoint failed (the RESTART waits for the
+ * next try). */
+static int prepare_restart(sl_ckpt *ck) {
+    for (int i = 0; i < PREP_ROUNDS; i++) {
+        double t0 = now_ms();
+        if (sync_db(ck) < 0 || checkpoint(ck, SQLITE_CHECKPOINT_PASSIVE) < 0)
+            return -1;
+        if (now_ms() - t0 < PREP_SHORT_MS)
+            break;
+    }
+    return sync_db(ck);
+}
+
 static void *run(void *arg) {
     sl_ckpt *ck = arg;
     pthread_mutex_lock(&ck->mu);
@@ -161,13 +211,8 @@ static void *run(void *arg) {
         pthread_mutex_lock(&ck->mu);
         int restarted = ck->restarted;
         pthread_mutex_unlock(&ck->mu);
-        if (left >= ck->o.limit_pages && !restarted) {
-            /* The RESTART holds the loop's writes back while it copies
-             * what came in during the last passive checkpoint and fsyncs:
-             * a second passive one first leaves it less. */
-            if (checkpoint(ck, SQLITE_CHECKPOINT_PASSIVE) >= 0)
-                checkpoint(ck, SQLITE_CHECKPOINT_RESTART);
-        }
+        if (left >= ck->o.limit_pages && !restarted && prepare_restart(ck) == 0)
+            checkpoint(ck, SQLITE_CHECKPOINT_RESTART);
         pthread_mutex_lock(&ck->mu);
     }
     pthread_mutex_unlock(&ck->mu);

@@ -19,12 +19,17 @@
  *     after a checkpoint copied all of it, which steady writes never allow.
  *     So when a passive checkpoint leaves limit_pages or more frames in the
  *     WAL (writes never pause, or a reader pins the WAL), the thread runs
- *     a second passive checkpoint (it copies what came in during the
- *     first) and then a RESTART: it holds the loop's next write back
- *     while it copies what the second left and fsyncs (and waits, at most
- *     busy_ms, for readers), so the next write starts the WAL over.
- *     That is the one stall left, once per limit_pages of WAL under
- *     writes that never pause.
+ *     up to 3 rounds of an fsync of the database file (SQLite fsyncs it
+ *     only after a checkpoint that reached the WAL's end, which steady
+ *     writes never allow: the pages every passive checkpoint copied are
+ *     still to be written) and a passive checkpoint (it copies what came
+ *     in during the fsync), stopping at a round under 5 ms; a last fsync;
+ *     then a RESTART: it holds the loop's next write back while it copies
+ *     what the last round left, fsyncs the WAL and the few pages it
+ *     copied (and waits, at most busy_ms, for readers), so the next write
+ *     starts the WAL over. That is the one stall left, once per
+ *     limit_pages of WAL under writes that never pause. A failed fsync
+ *     counts as a failed checkpoint.
  *
  * Durability is unchanged: the thread's connection uses synchronous=NORMAL
  * like the loop's, so every checkpoint fsyncs the WAL before copying and

@@ -2,11 +2,13 @@
 -- paced write rate, and upserts into a big table against an empty one.
 --   sluice run --lua-path tests/lua tests/bench/store_stall.lua \
 --     [-- RATE SECONDS BATCH BIG_ROWS]
--- Defaults: 300000 rows/s for 5 s in 300-row batches; a 10,000,000-row table.
+-- Defaults: 300000 rows/s for 5 s in 300-row batches; a 10,000,000-row table
+-- (0: part 1 alone).
 --
 -- Part 1 (stalls): a task upserts BATCH-row batches of 10 columns paced to
 -- RATE rows/s, each batch in its own transaction (BEGIN IMMEDIATE, upsert,
--- COMMIT); the COMMIT alone and the whole batch are timed, and a 1 ms
+-- COMMIT); the BEGIN IMMEDIATE alone (the wait for the write lock, which a
+-- RESTART checkpoint holds), the COMMIT alone and the whole batch are timed, and a 1 ms
 -- sluice.every timer records its lateness (gap between runs - 1 ms) while
 -- the writer runs. Both checkpoint modes run in the same process: "inline"
 -- (SQLite's autocheckpoint on the loop's commit, the old behaviour: the
@@ -83,7 +85,7 @@ local function stalls(mode)
   if not ok then db = assert(store.open(path)) end
   if mode == "none" then assert(db:exec("PRAGMA wal_autocheckpoint = 0")) end
   assert(db:define(KLINES))
-  local commits, batches, late = {}, {}, {}
+  local commits, batches, late, begins = {}, {}, {}, {}
   local writing, last = true, nil
   local ticker = sluice.every(0.001, function()
     local now = sluice.now()
@@ -101,6 +103,7 @@ local function stalls(mode)
       local rows = make_batch(b * BATCH, BATCH)
       local s = sluice.now()
       assert(db:exec("BEGIN IMMEDIATE"))
+      begins[#begins + 1] = sluice.now() - s
       local ins, err = db:upsert("klines", rows)
       assert(ins == BATCH, err)
       local c = sluice.now()
@@ -127,6 +130,7 @@ local function stalls(mode)
   table.sort(commits)
   table.sort(batches)
   table.sort(late)
+  table.sort(begins)
   local over = 0
   for _, c in ipairs(commits) do if c > 0.005 then over = over + 1 end end
   local r = {
@@ -135,12 +139,15 @@ local function stalls(mode)
     commit = { pct(commits, 0.5), pct(commits, 0.99), commits[#commits] },
     batch = { pct(batches, 0.5), pct(batches, 0.99), batches[#batches] },
     late = { pct(late, 0.5), pct(late, 0.99), late[#late] or 0 },
+    begin = { pct(begins, 0.5), pct(begins, 0.99), begins[#begins] },
     wal_max = wal_max, checkpoints = st.checkpoint and st.checkpoint.checkpoints or 0,
   }
-  print(format("%-10s %8.0f rows/s  commit p50 %.2f p99 %.2f max %.2f ms | batch p50 %.2f p99 %.2f"
+  print(format("%-10s %8.0f rows/s  commit p50 %.2f p99 %.2f max %.2f ms"
+    .. " | BEGIN p99 %.2f max %.2f ms | batch p50 %.2f p99 %.2f"
     .. " max %.2f ms | 1ms-timer late p50 %.2f p99 %.2f max %.2f ms | WAL max %.1f MiB, %d bg checkpoints"
     .. " | %d of %d commits > 5 ms",
-    mode, r.rate, r.commit[1] * 1e3, r.commit[2] * 1e3, r.commit[3] * 1e3, r.batch[1] * 1e3,
+    mode, r.rate, r.commit[1] * 1e3, r.commit[2] * 1e3, r.commit[3] * 1e3, r.begin[2] * 1e3, r.begin[3] * 1e3,
+    r.batch[1] * 1e3,
     r.batch[2] * 1e3, r.batch[3] * 1e3, r.late[1] * 1e3, r.late[2] * 1e3, r.late[3] * 1e3,
     wal_max / 2 ^ 20, r.checkpoints, over, #commits))
   return r
@@ -178,6 +185,9 @@ for i, q in ipairs(names) do
   bench.figure("store.timer_late_" .. q .. "_inline_ms", before.late[i] * 1e3, "ms")
 end
 bench.figure("store.batch_max_ms", after.batch[3] * 1e3, "ms")
+bench.figure("store.begin_max_ms", after.begin[3] * 1e3, "ms")
+bench.figure("store.begin_max_inline_ms", before.begin[3] * 1e3, "ms")
+bench.figure("store.begin_max_no_checkpoint_ms", floor_run.begin[3] * 1e3, "ms")
 bench.figure("store.commits_over_5ms", after.over, "commits")
 bench.figure("store.commits_over_5ms_inline", before.over, "commits")
 bench.figure("store.commit_max_vs_inline", after.commit[3] / before.commit[3], "ratio")
@@ -188,6 +198,8 @@ bench.figure("store.paced_rate_vs_target", after.rate / RATE, "ratio")
 bench.figure("store.wal_max_mib", after.wal_max / 2 ^ 20, "MiB")
 
 -- --- part 2: a BIG-row table against an empty one --------------------------
+
+if BIG == 0 then return end -- BIG_ROWS 0: part 1 alone
 
 local function sh(cmd)
   local ok = os.execute(cmd)

@@ -121,4 +121,94 @@ describe("sluice.store background checkpoints", function()
     assert.equal("sluice.store.open: option 'checkpoint' must be 'background' or 'inline', got 'later'",
       err_of(store.open, path, { checkpoint = "later" }))
   end)
+  it("refuses PRAGMA wal_autocheckpoint, which would stop the thread, and allows it inline", function()
+    local REFUSED = "PRAGMA wal_autocheckpoint is refused: this database checkpoints on a background thread,"
+      .. " which the pragma would turn off (open it with checkpoint = \"inline\" to use SQLite's autocheckpoint)"
+    local path = tmpdb()
+    local db = assert(store.open(path))
+    assert(db:exec("CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)"))
+    assert.same({ nil, REFUSED }, { db:exec("PRAGMA wal_autocheckpoint = 100") })
+    assert.same({ nil, REFUSED }, { db:exec("pragma MAIN.Wal_AutoCheckpoint(0)") })
+    assert.same({ nil, REFUSED }, { db:script("SELECT 1; PRAGMA wal_autocheckpoint = 0;") })
+    -- reading it is allowed: SQLite's own hook is not installed
+    assert.same({ { wal_autocheckpoint = 0 } }, db:query("PRAGMA wal_autocheckpoint"))
+    -- other errors keep their own message
+    assert.same({ nil, "no such table: nope" }, { db:exec("INSERT INTO nope VALUES (1)") })
+    -- and the thread still checkpoints (~2000 WAL pages)
+    write(db, 0, 40)
+    assert.is_true(wait_for(function() return db:stats().checkpoint.checkpoints >= 1 end), "no checkpoint")
+    db:close()
+    db = assert(store.open(path, { checkpoint = "inline" }))
+    assert.equal(0, db:exec("PRAGMA wal_autocheckpoint = 100"))
+    assert.same({ { wal_autocheckpoint = 100 } }, db:query("PRAGMA wal_autocheckpoint"))
+    db:close()
+    remove_db(path)
+  end)
+
+  it("shows checkpoint errors and RESTARTs of every open db in the metrics", function()
+    local ffi = require "ffi"
+    local metrics = require "sluice.metrics"
+    pcall(ffi.cdef, [[
+      struct sl_spec_rlimit { unsigned long cur, max; };
+      int getrlimit(int, struct sl_spec_rlimit *);
+      int setrlimit(int, const struct sl_spec_rlimit *);
+      void *signal(int, void *);
+    ]])
+    local RLIMIT_FSIZE, SIGXFSZ = 1, 25
+    local function sample(text, series)
+      local v = text:match("\n" .. series:gsub("%p", "%%%0") .. " (%S+)\n")
+      return v and tonumber(v)
+    end
+    local function size(p)
+      local f = assert(io.open(p, "rb"))
+      local n = f:seek("end")
+      f:close()
+      return n
+    end
+    local path = tmpdb()
+    local db = assert(store.open(path))
+    local series = '{path="' .. path .. '"}'
+    local text = metrics.render()
+    assert.truthy(text:find("# TYPE sluice_store_checkpoint_errors_total counter\n", 1, true))
+    assert.truthy(text:find("# TYPE sluice_store_checkpoint_restarts_total counter\n", 1, true))
+    assert.equal(0, sample(text, "sluice_store_checkpoint_errors_total" .. series))
+    assert.equal(0, sample(text, "sluice_store_checkpoint_restarts_total" .. series))
+    -- ~20 MiB of rows, all in the database file once it is closed (the
+    -- last connection's close checkpoints and removes the WAL)
+    assert(db:exec("CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)"))
+    local next_id = write(db, 0, 100)
+    db:close()
+    db = assert(store.open(path))
+    -- then files may not grow past the database's size: the new WAL
+    -- (~8 MiB below) stays below it; the checkpoint that grows the
+    -- database fails (EFBIG, SIGXFSZ ignored)
+    local old = ffi.new("struct sl_spec_rlimit")
+    assert.equal(0, ffi.C.getrlimit(RLIMIT_FSIZE, old))
+    local prev_handler = ffi.C.signal(SIGXFSZ, ffi.cast("void *", 1))
+    local lim = ffi.new("struct sl_spec_rlimit", { size(path) + 65536, old.max })
+    assert.equal(0, ffi.C.setrlimit(RLIMIT_FSIZE, lim))
+    local ok, err = pcall(function()
+      next_id = write(db, next_id, 40) -- ~8 MiB more: wakes the thread
+      assert.is_true(wait_for(function() return db:stats().checkpoint.errors >= 1 end), "no checkpoint error")
+    end)
+    assert.equal(0, ffi.C.setrlimit(RLIMIT_FSIZE, old))
+    ffi.C.signal(SIGXFSZ, prev_handler)
+    assert(ok, err)
+    -- the limit lifted, the next retry succeeds and the errors stop
+    assert.is_true(wait_for(function()
+      local st = db:stats().checkpoint
+      return st.copied_pages == st.wal_frames and st.wal_frames > 0
+    end), "no checkpoint after the errors")
+    local st = db:stats().checkpoint
+    assert.truthy(st.last_error:find("disk I/O error", 1, true), st.last_error)
+    text = metrics.render()
+    assert.equal(st.errors, sample(text, "sluice_store_checkpoint_errors_total" .. series))
+    assert.equal(st.restarts, sample(text, "sluice_store_checkpoint_restarts_total" .. series))
+    assert.equal(next_id, db:query("SELECT count(*) AS n FROM t")[1].n)
+    db:close()
+    -- a closed db has no series
+    text = metrics.render()
+    assert.is_nil(sample(text, "sluice_store_checkpoint_errors_total" .. series))
+    remove_db(path)
+  end)
 end)
