@@ -65,8 +65,10 @@ for _ = 1, ROUNDS do
   render_ms[#render_ms + 1] = (clock() - t0) * 1000
   assert(#out > 0)
   t0 = clock()
-  for _ = 1, 10 do out = table.concat(lines) end
+  local bytes = 0
+  for _ = 1, 10 do bytes = bytes + #table.concat(lines) end
   concat_ms[#concat_ms + 1] = (clock() - t0) * 100
+  assert(bytes == 10 * #text)
 end
 local rm, cm = median(render_ms), median(concat_ms)
 print(string.format("GET /metrics at %d collectors: %d bytes, %d lines; render %.1f ms median (%.1f-%.1f),"
@@ -104,10 +106,11 @@ local spec = dofile(root .. "/tests/bench/soak/collector.lua")
 local t0 = clock()
 local built = {}
 for i = 1, N do
-  built[i] = collector.new(spec, { name = string.format("b%04d", i), base_url = "http://127.0.0.1:9" },
+  built[#built + 1] = collector.new(spec, { name = string.format("b%04d", i), base_url = "http://127.0.0.1:9" },
     { store = app.store, cache = app.cache })
 end
 local build_ms = (clock() - t0) * 1000
+assert(#built == N)
 local rl, st = median(reload_ms), median(stalls)
 print(string.format("reload of %d collectors: %.0f ms median (%.0f-%.0f); loop stalled %.0f ms median (%.0f-%.0f);"
   .. " building %d instances of a compiled spec %.0f ms", N, rl, reload_ms[1], reload_ms[#reload_ms], st, stalls[1],
