@@ -131,25 +131,31 @@ sluice_pid=$!
 wait_until 20 curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/health"
 event "start $N collectors, load ${LOAD}s, mock $MOCK_URL, redis $REDIS_PORT"
 
-# one sample: t,rss_kib,fds,tasks,collections_ok,log_errors,db_kib,wal_kib,lua_kib.
+# one sample: t,rss_kib,fds,tasks,collections_ok,log_errors,db_kib,wal_kib,lua_kib,c_kib,c_free_kib.
 # Live tasks and successful collections (summed over collectors()) come from
 # the control socket: GET /metrics is 1.2 MB with 500 collectors and takes
 # 0.5-5 s to render on a loaded 2-core machine, which would weigh on what is
 # measured. lua_kib: the Lua heap (collectgarbage "count"), to tell a
 # growing RSS in Lua from one in C. log_errors: error lines in the JSON log so far. A field that
 # could not be read is left empty.
+# c_kib, c_free_kib: glibc malloc's bytes in use and free in its arenas
+# (mallinfo2 through LuaJIT's FFI; LuaJIT's own heap is not malloc's), to
+# tell a C leak (in use grows) from fragmentation (free grows).
 TASKS_EXPR='local t = require("sluice").tasks() local ok = 0
 for _, c in pairs(collectors()) do ok = ok + (c.collections or 0) end
-return t.running .. " " .. ok .. " " .. math.floor(collectgarbage("count"))'
+local ffi = require("ffi")
+pcall(ffi.cdef, "struct soak_mi2 { size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost; }; struct soak_mi2 mallinfo2(void);")
+local m = ffi.C.mallinfo2()
+return t.running .. " " .. ok .. " " .. math.floor(collectgarbage("count")) .. " " .. math.floor(tonumber(m.uordblks + m.hblkhd) / 1024) .. " " .. math.floor(tonumber(m.fordblks) / 1024)'
 sample() {
-  local rss fds tasks ok lua err db wal
+  local rss fds tasks ok lua cu cf err db wal
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$sluice_pid/status" 2>/dev/null) || return 0
   fds=$(ls "/proc/$sluice_pid/fd" 2>/dev/null | wc -l)
-  read -r tasks ok lua < <(timeout 8 "$SLUICE" repl "$W/ctl.sock" -e "$TASKS_EXPR" 2>/dev/null | tr -d '"'; echo)
+  read -r tasks ok lua cu cf < <(timeout 8 "$SLUICE" repl "$W/ctl.sock" -e "$TASKS_EXPR" 2>/dev/null | tr -d '"'; echo)
   err=$(grep -c '"level":"error"' "$OUT/sluice.log" || true)
   db=$(( $(stat -c %s "$W/soak.db" 2>/dev/null || echo 0) / 1024 ))
   wal=$(( $(stat -c %s "$W/soak.db-wal" 2>/dev/null || echo 0) / 1024 ))
-  echo "$(now),$rss,$fds,${tasks:-},${ok:-},$err,$db,$wal,${lua:-}" >>"$OUT/samples.csv"
+  echo "$(now),$rss,$fds,${tasks:-},${ok:-},$err,$db,$wal,${lua:-},${cu:-},${cf:-}" >>"$OUT/samples.csv"
 }
 # dump_fds FILE: what the fds are (sockets with their peers), for a delta's
 # why; its last lines "fds N" and "mock_connections N" count them and the
@@ -161,7 +167,7 @@ dump_fds() {
     echo "mock_connections $(ss -tanp 2>/dev/null | grep "pid=$sluice_pid," | grep -c " ${MOCK_URL#http://}\b")"
   } >"$1" 2>&1 || true
 }
-echo "t,rss_kib,fds,tasks,collections_ok,log_errors,db_kib,wal_kib,lua_kib" >"$OUT/samples.csv"
+echo "t,rss_kib,fds,tasks,collections_ok,log_errors,db_kib,wal_kib,lua_kib,c_kib,c_free_kib" >"$OUT/samples.csv"
 (
   next=0
   while kill -0 "$sluice_pid" 2>/dev/null; do
@@ -211,6 +217,18 @@ sleep "$IDLE"
 # a last sample at the end of the idle tail, then stop
 kill "$sampler_pid" 2>/dev/null; wait "$sampler_pid" 2>/dev/null || true
 sampler_pid=
+sample
+# then what is garbage and free memory, not a leak, is given back: two full
+# Lua collections and malloc_trim(0) (glibc returns its arenas' free pages).
+# The sample after it (event "settled") is the floor to compare with the
+# baseline: what stays above it is held, by Lua (lua_kib) or by C (c_kib).
+SETTLE_EXPR='collectgarbage() collectgarbage()
+local ffi = require("ffi")
+pcall(ffi.cdef, "int malloc_trim(size_t pad);")
+ffi.C.malloc_trim(0)
+return "ok"'
+timeout 30 "$SLUICE" repl "$W/ctl.sock" -e "$SETTLE_EXPR" >/dev/null 2>&1 || true
+event "settled"
 sample
 dump_fds "$OUT/fds_after.txt"
 curl -s --max-time 10 "$MOCK_URL/stats" >"$OUT/mock_stats.json" || true

@@ -20,6 +20,7 @@ local redact = require "sluice.redact"
 local log = require "sluice.log"
 local options = require "sluice.options"
 local json_number = require("sluice.json").number
+local buffer = require "string.buffer"
 
 local _M = {}
 
@@ -35,8 +36,16 @@ _M.DEFAULT_BUCKETS = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
 --- format_value(v) -> the exposition's spelling of a number: +Inf, -Inf,
 -- NaN, and any other as sluice.json.number writes it (integers without a
 -- decimal point, the shortest decimal that reads back exactly otherwise).
+-- The spellings of 0..SMALL-1, made once: most samples of a large
+-- exposition are small counts, states (0, 1) and bucket counts.
+local SMALL = 4096
+local small = {}
+for i = 0, SMALL - 1 do small[i] = format("%d", i) end
+local floor = math.floor
+
 local function fmt(v)
   if v ~= v then return "NaN" end
+  if v >= 0 and v < SMALL and v == floor(v) and (v ~= 0 or 1 / v > 0) then return small[v] end
   if v == huge then return "+Inf" end
   if v == -huge then return "-Inf" end
   return json_number(v)
@@ -95,6 +104,15 @@ local function series_of(m, level, create, ...)
   if n == 1 and type(first) ~= "table" and first ~= nil and select("#", ...) == 1 then
     key = label_string(first) -- the common case: one label, given as a value
     parts = { key }
+  elseif n == 2 and type(first) ~= "table" and first ~= nil and select(2, ...) ~= nil
+    and select("#", ...) == 2 then
+    -- two labels, given as values (a built-in family's collector and
+    -- status): no tables until a series is made
+    local a, b = label_string(first), label_string((select(2, ...)))
+    key = a .. "\0" .. b
+    local s = m.series[key]
+    if s or not create then return s end
+    parts = { a, b }
   else
     local values, count
     if type(first) ~= "table" then
@@ -134,9 +152,18 @@ local function series_of(m, level, create, ...)
   local s = m.series[key]
   if not s and create then
     local pairs_ = {}
+    -- the values' escaped text, shared by a render's fresh families (a
+    -- collector's name is a label of some 30 of them)
+    local memo = m.escaped
     for i = 1, n do
       -- a label shows no credentials (URL user info, configured secrets)
-      pairs_[i] = m.labels[i] .. '="' .. escape_label(redact.text(parts[i])) .. '"'
+      local p = parts[i]
+      local e = memo and memo[p]
+      if not e then
+        e = escape_label(redact.text(p))
+        if memo then memo[p] = e end
+      end
+      pairs_[i] = m.labels[i] .. '="' .. e .. '"'
     end
     s = m.new_series("{" .. concat(pairs_, ",") .. "}")
     m.series[key] = s
@@ -456,46 +483,99 @@ end
 
 local function by_labels(a, b) return a.labels < b.labels end
 
-local function render_family(m, out)
-  local n = #out
-  local name = m.name
-  out[n + 1] = "# HELP " .. name .. " " .. escape_help(m.help) .. "\n"
-  out[n + 2] = "# TYPE " .. name .. " " .. m.type .. "\n"
-  n = n + 2
-  local list = {}
-  for _, s in pairs(m.series) do list[#list + 1] = s end
-  sort(list, by_labels)
-  local kind = m.type
-  for _, s in ipairs(list) do
+-- The family's series sorted by their label text. The order is kept (in
+-- m.sorted; a source's families, made afresh at each render, keep it in
+-- their definition, m.def) and used again while the family has the same
+-- label texts: sorting thousands of series at each render was most of its
+-- time. Texts sort with the built-in order (a comparison function called
+-- from table.sort is not compiled); two series whose texts redaction made
+-- the same sort by a comparison of their series.
+local function sorted_series(m)
+  local by, k, same = {}, 0, false
+  for _, s in pairs(m.series) do
     local ls = s.labels
-    if kind == "histogram" then
+    if by[ls] then same = true end
+    by[ls] = s
+    k = k + 1
+  end
+  local keep = m.def or m
+  local order = keep.sorted
+  local list = {}
+  if not same and order and #order == k then
+    for i = 1, k do
+      local s = by[order[i]]
+      if not s then
+        list = nil
+        break
+      end
+      list[i] = s
+    end
+    if list then return list, k end
+    list = {}
+  end
+  if same then
+    keep.sorted = nil
+    k = 0
+    for _, s in pairs(m.series) do
+      k = k + 1
+      list[k] = s
+    end
+    sort(list, by_labels)
+    return list, k
+  end
+  order, k = {}, 0
+  for ls in pairs(by) do
+    k = k + 1
+    order[k] = ls
+  end
+  sort(order)
+  keep.sorted = order
+  for i = 1, k do list[i] = by[order[i]] end
+  return list, k
+end
+
+-- Appends the family's text to buf (a string.buffer: a large exposition
+-- is written in place, not made of one string per line).
+local function render_family(m, buf)
+  local name = m.name
+  buf:put("# HELP ", name, " ", escape_help(m.help), "\n# TYPE ", name, " ", m.type, "\n")
+  local list, k = sorted_series(m)
+  local kind = m.type
+  if kind == "histogram" then
+    local le, nb = m.le, #m.le
+    local bucket, sum, count = name .. "_bucket", name .. "_sum", name .. "_count"
+    for i = 1, k do
+      local s = list[i]
+      local ls, counts = s.labels, s.counts
       local prefix = ls == "" and "{le=\"" or (ls:sub(1, -2) .. ",le=\"")
       local acc = 0
-      for i, le in ipairs(m.le) do
-        acc = acc + s.counts[i]
-        n = n + 1
-        out[n] = name .. "_bucket" .. prefix .. le .. "\"} " .. fmt(acc) .. "\n"
+      for j = 1, nb do
+        acc = acc + counts[j]
+        buf:put(bucket, prefix, le[j], "\"} ", fmt(acc), "\n")
       end
-      out[n + 1] = name .. "_bucket" .. prefix .. "+Inf\"} " .. fmt(s.count) .. "\n"
-      out[n + 2] = name .. "_sum" .. ls .. " " .. fmt(s.sum) .. "\n"
-      out[n + 3] = name .. "_count" .. ls .. " " .. fmt(s.count) .. "\n"
-      n = n + 3
-    elseif kind == "summary" then
-      out[n + 1] = name .. "_sum" .. ls .. " " .. fmt(s.sum) .. "\n"
-      out[n + 2] = name .. "_count" .. ls .. " " .. fmt(s.count) .. "\n"
-      n = n + 2
-    else
-      n = n + 1
-      out[n] = name .. ls .. " " .. fmt(s.value) .. "\n"
+      buf:put(bucket, prefix, "+Inf\"} ", fmt(s.count), "\n", sum, ls, " ", fmt(s.sum), "\n",
+        count, ls, " ", fmt(s.count), "\n")
+    end
+  elseif kind == "summary" then
+    local sum, count = name .. "_sum", name .. "_count"
+    for i = 1, k do
+      local s = list[i]
+      local ls = s.labels
+      buf:put(sum, ls, " ", fmt(s.sum), "\n", count, ls, " ", fmt(s.count), "\n")
+    end
+  else
+    for i = 1, k do
+      local s = list[i]
+      buf:put(name, s.labels, " ", fmt(s.value), "\n")
     end
   end
 end
 
 --- m:render() -> the exposition text of this metric alone.
 function Metric:render()
-  local out = {}
-  render_family(self, out)
-  return concat(out)
+  local buf = buffer.new()
+  render_family(self, buf)
+  return buf:tostring()
 end
 
 local function by_name(a, b) return a.name < b.name end
@@ -510,10 +590,12 @@ function _M.render(opts)
   local fams = {}
   for _, m in pairs(registry) do fams[#fams + 1] = m end
   if not (opts and opts.builtin == false) then
+    local escaped = {} -- label value -> its escaped text, for this render only
     for _, source in ipairs(sources) do
       local f = {}
       for _, d in ipairs(source.families) do
         local m = make(d[1], d[2], d[3], d[4], nil)
+        m.escaped, m.def = escaped, d
         f[d[2]] = m
         fams[#fams + 1] = m
       end
@@ -524,9 +606,9 @@ function _M.render(opts)
     end
   end
   sort(fams, by_name)
-  local out = {}
-  for _, m in ipairs(fams) do render_family(m, out) end
-  return concat(out)
+  local buf = buffer.new(65536)
+  for _, m in ipairs(fams) do render_family(m, buf) end
+  return buf:tostring()
 end
 
 --- handler(req) -> 200, the exposition, its content type: a sluice.server

@@ -152,6 +152,26 @@ print(string.format("RSS: baseline %.1f MiB, end of load %.1f MiB, peak %.1f MiB
   base.rss_kib / 1024, at_end.rss_kib / 1024, max_in("rss_kib", 0, 1e12) / 1024, final.rss_kib / 1024))
 print(string.format("RSS slope over the load: %s KiB/min; its second half: %s KiB/min (%d samples)",
   fmt(rss_slope), fmt(rss_slope2), k2))
+-- the last sample, after soak.sh's full collection and malloc_trim: the
+-- floor, against the baseline
+local settled
+for _, e in ipairs(events) do
+  if e.event == "settled" then settled = e.t end
+end
+if settled and final.t >= settled and type(final.lua_kib) == "number" then
+  print(string.format("settled (full GC, malloc_trim): RSS %.1f MiB, Lua heap %.1f MiB, malloc in use %.1f MiB,"
+    .. " free %.1f MiB (baseline: RSS %.1f, Lua %.1f, malloc %.1f + %.1f free)", final.rss_kib / 1024,
+    final.lua_kib / 1024, (final.c_kib or 0) / 1024, (final.c_free_kib or 0) / 1024, base.rss_kib / 1024,
+    (base.lua_kib or 0) / 1024, (base.c_kib or 0) / 1024, (base.c_free_kib or 0) / 1024))
+  figure("soak.settled_rss", final.rss_kib / 1024, "MiB")
+  figure("soak.settled_lua", final.lua_kib / 1024, "MiB")
+  if type(final.c_kib) == "number" then figure("soak.settled_malloc", final.c_kib / 1024, "MiB") end
+end
+local c_slope2, c_k2 = slope("c_kib", mid, load_end)
+if c_k2 > 1 then
+  print(string.format("malloc in use, slope over the second half: %s KiB/min (peak %.1f MiB; free in its arenas"
+    .. " peak %.1f MiB)", fmt(c_slope2), max_in("c_kib", 0, 1e12) / 1024, max_in("c_free_kib", 0, 1e12) / 1024))
+end
 local lua_slope2, lua_k2 = slope("lua_kib", mid, load_end)
 if lua_k2 > 1 then
   print(string.format("Lua heap slope over the second half: %s KiB/min (peak %.1f MiB)", fmt(lua_slope2),
@@ -215,6 +235,8 @@ sf:close()
 local SERIES = {
   { key = "rss_kib", label = "RSS (MiB)", scale = 1 / 1024, color = "#c0392b" },
   { key = "lua_kib", label = "Lua heap (MiB)", scale = 1 / 1024, color = "#b7950b" },
+  { key = "c_kib", label = "malloc in use (MiB)", scale = 1 / 1024, color = "#1abc9c" },
+  { key = "c_free_kib", label = "malloc free, kept (MiB)", scale = 1 / 1024, color = "#5d6d7e" },
   { key = "fds", label = "open fds", scale = 1, color = "#2471a3" },
   { key = "tasks", label = "live tasks", scale = 1, color = "#229954" },
   { key = "db_kib", label = "SQLite file (MiB)", scale = 1 / 1024, color = "#7d3c98" },
