@@ -432,6 +432,33 @@ static int l_batch_json(lua_State *L) {
     return 1;
 }
 
+/* An empty strbuf with room for `room` bytes, so that an encoder writing
+ * about that much allocates once (when malloc fails it starts with none
+ * and grows as it is written). */
+static strbuf sized_buf(size_t room) {
+    strbuf out = {0};
+    out.p = malloc(room);
+    if (out.p) {
+        out.cap = room;
+        out.p[0] = '\0';
+    }
+    return out;
+}
+
+/* Frees *out and returns what an encoding method returns: its text, or
+ * nil and err when rc is not 0. */
+static int push_encoded(lua_State *L, int rc, strbuf *out, const char *err) {
+    if (rc != 0) {
+        sb_free(out);
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushlstring(L, out->p ? out->p : "", out->len);
+    sb_free(out);
+    return 1;
+}
+
 static int l_batch_copy_text(lua_State *L) {
     sl_obatch *b = check_batch(L);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -455,24 +482,11 @@ static int l_batch_copy_text(lua_State *L) {
                        : !strcmp(cast, "jsonb") ? SL_OB_JSON
                                                 : SL_OB_PLAIN;
     }
-    strbuf out = {0};
     /* COPY rows run about as long as their JSON: one allocation, mostly */
-    size_t room = sl_obatch_count(b) * 160 + 1;
-    out.p = malloc(room);
-    if (out.p) {
-        out.cap = room;
-        out.p[0] = '\0';
-    }
+    strbuf out = sized_buf(sl_obatch_count(b) * 160 + 1);
     char err[200];
-    if (sl_obatch_copy_text(b, cols, ncols, &out, err, sizeof(err)) != 0) {
-        sb_free(&out);
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
-    lua_pushlstring(L, out.p ? out.p : "", out.len);
-    sb_free(&out);
-    return 1;
+    int rc = sl_obatch_copy_text(b, cols, ncols, &out, err, sizeof(err));
+    return push_encoded(L, rc, &out, err);
 }
 
 static int rb_type(const char *t, enum sl_rb_type *out) {
@@ -537,24 +551,11 @@ static int l_batch_rowbinary(lua_State *L) {
             lua_pop(L, 1);
         }
     }
-    strbuf out = {0};
-    size_t room = count * 96 + 1; /* about the rows' size: few reallocs */
-    out.p = malloc(room);
-    if (out.p) {
-        out.cap = room;
-        out.p[0] = '\0';
-    }
+    strbuf out = sized_buf(count * 96 + 1); /* about the rows' size */
     char err[300];
-    if (sl_obatch_rowbinary(b, cols, ncols, versions, version, &out, err,
-                            sizeof(err)) != 0) {
-        sb_free(&out);
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
-    lua_pushlstring(L, out.p ? out.p : "", out.len);
-    sb_free(&out);
-    return 1;
+    int rc = sl_obatch_rowbinary(b, cols, ncols, versions, version, &out, err,
+                                 sizeof(err));
+    return push_encoded(L, rc, &out, err);
 }
 
 static int l_batch_free(lua_State *L) {
