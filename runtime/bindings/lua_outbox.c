@@ -52,11 +52,11 @@
 #include <lauxlib.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yajl/yajl_parse.h>
 
+#include "core/numtext.h"
 #include "core/outbox_batch.h"
 #include "core/outbox_rowbinary.h"
 #include "core/strbuf.h"
@@ -181,9 +181,10 @@ static void put_int(out *b, int64_t v) {
 
 /* Appends the text of a finite double as sluice.json writes it: an
  * integral one within +-2^53 as its digits, any other as the shortest of
- * %.15g, %.16g, %.17g that reads back as the same double (sluice.json's
- * decoder takes a longer text for a decimal the double only approximates,
- * and keeps it as a json.numeral); 0 for nan and the infinities. */
+ * %.15g, %.16g, %.17g that reads back as the same double (core/numtext.h;
+ * sluice.json's decoder takes a longer text for a decimal the double only
+ * approximates, and keeps it as a json.numeral); 0 for nan and the
+ * infinities. */
 static int put_double(out *b, double v) {
     if (!isfinite(v))
         return 0;
@@ -191,14 +192,8 @@ static int put_double(out *b, double v) {
         put_int(b, (int64_t)v); /* -0 is 0, as the store binds it */
         return 1;
     }
-    char s[32];
-    int n = 0;
-    for (int prec = 15; prec <= 17; prec++) {
-        n = snprintf(s, sizeof(s), "%.*g", prec, v);
-        if (prec == 17 || strtod(s, NULL) == v)
-            break;
-    }
-    add(b, s, (size_t)n);
+    char s[SL_NUMTEXT_MAX];
+    add(b, s, sl_numtext_shortest(s, v));
     return 1;
 }
 
