@@ -20,6 +20,7 @@
 #include <string.h>
 #include <yajl/yajl_parse.h>
 
+#include "core/numtext.h"
 #include "host/modules.h"
 
 /* cjson's default: the 1001st open bracket is refused. */
@@ -128,8 +129,8 @@ static void push_integer(lua_State *L, const char *s, size_t len) {
 }
 
 /* The significant digits of a number's text (s, len: a JSON number or
- * printf's %e) into digits (at most cap, NUL-terminated) and the power of
- * ten of the first; returns their count (0 for a zero). */
+ * sl_numtext_shortest's) into digits (at most cap, NUL-terminated) and the
+ * power of ten of the first; returns their count (0 for a zero). */
 static size_t sig_digits(const char *s, size_t len, char *digits, size_t cap,
                          long *exp10) {
     size_t i = 0, nint = 0, seen = 0, first_at = 0, n = 0, last_n = 0;
@@ -196,15 +197,10 @@ static void push_decimal(lua_State *L, const char *s, size_t len) {
         return;
     }
     if (n > 15) {
-        char out[40], got[24];
+        char out[SL_NUMTEXT_MAX], got[24];
         long got_exp;
-        int len_out = 0;
-        for (int prec = 15; prec <= 17; prec++) {
-            len_out = snprintf(out, sizeof(out), "%.*e", prec - 1, v);
-            if (strtod(out, NULL) == v)
-                break;
-        }
-        size_t m = sig_digits(out, (size_t)len_out, got, sizeof(got), &got_exp);
+        size_t len_out = sl_numtext_shortest(out, v);
+        size_t m = sig_digits(out, len_out, got, sizeof(got), &got_exp);
         if (m != n || got_exp != want_exp || memcmp(got, want, n) != 0) {
             push_numeral(L, s, len);
             return;

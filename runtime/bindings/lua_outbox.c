@@ -52,11 +52,11 @@
 #include <lauxlib.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yajl/yajl_parse.h>
 
+#include "core/numtext.h"
 #include "core/outbox_batch.h"
 #include "core/outbox_rowbinary.h"
 #include "core/strbuf.h"
@@ -181,9 +181,10 @@ static void put_int(out *b, int64_t v) {
 
 /* Appends the text of a finite double as sluice.json writes it: an
  * integral one within +-2^53 as its digits, any other as the shortest of
- * %.15g, %.16g, %.17g that reads back as the same double (sluice.json's
- * decoder takes a longer text for a decimal the double only approximates,
- * and keeps it as a json.numeral); 0 for nan and the infinities. */
+ * %.15g, %.16g, %.17g that reads back as the same double (core/numtext.h;
+ * sluice.json's decoder takes a longer text for a decimal the double only
+ * approximates, and keeps it as a json.numeral); 0 for nan and the
+ * infinities. */
 static int put_double(out *b, double v) {
     if (!isfinite(v))
         return 0;
@@ -191,14 +192,8 @@ static int put_double(out *b, double v) {
         put_int(b, (int64_t)v); /* -0 is 0, as the store binds it */
         return 1;
     }
-    char s[32];
-    int n = 0;
-    for (int prec = 15; prec <= 17; prec++) {
-        n = snprintf(s, sizeof(s), "%.*g", prec, v);
-        if (prec == 17 || strtod(s, NULL) == v)
-            break;
-    }
-    add(b, s, (size_t)n);
+    char s[SL_NUMTEXT_MAX];
+    add(b, s, sl_numtext_shortest(s, v));
     return 1;
 }
 
@@ -432,6 +427,33 @@ static int l_batch_json(lua_State *L) {
     return 1;
 }
 
+/* An empty strbuf with room for `room` bytes, so that an encoder writing
+ * about that much allocates once (when malloc fails it starts with none
+ * and grows as it is written). */
+static strbuf sized_buf(size_t room) {
+    strbuf out = {0};
+    out.p = malloc(room);
+    if (out.p) {
+        out.cap = room;
+        out.p[0] = '\0';
+    }
+    return out;
+}
+
+/* Frees *out and returns what an encoding method returns: its text, or
+ * nil and err when rc is not 0. */
+static int push_encoded(lua_State *L, int rc, strbuf *out, const char *err) {
+    if (rc != 0) {
+        sb_free(out);
+        lua_pushnil(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushlstring(L, out->p ? out->p : "", out->len);
+    sb_free(out);
+    return 1;
+}
+
 static int l_batch_copy_text(lua_State *L) {
     sl_obatch *b = check_batch(L);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -455,24 +477,11 @@ static int l_batch_copy_text(lua_State *L) {
                        : !strcmp(cast, "jsonb") ? SL_OB_JSON
                                                 : SL_OB_PLAIN;
     }
-    strbuf out = {0};
     /* COPY rows run about as long as their JSON: one allocation, mostly */
-    size_t room = sl_obatch_count(b) * 160 + 1;
-    out.p = malloc(room);
-    if (out.p) {
-        out.cap = room;
-        out.p[0] = '\0';
-    }
+    strbuf out = sized_buf(sl_obatch_count(b) * 160 + 1);
     char err[200];
-    if (sl_obatch_copy_text(b, cols, ncols, &out, err, sizeof(err)) != 0) {
-        sb_free(&out);
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
-    lua_pushlstring(L, out.p ? out.p : "", out.len);
-    sb_free(&out);
-    return 1;
+    int rc = sl_obatch_copy_text(b, cols, ncols, &out, err, sizeof(err));
+    return push_encoded(L, rc, &out, err);
 }
 
 static int rb_type(const char *t, enum sl_rb_type *out) {
@@ -537,24 +546,11 @@ static int l_batch_rowbinary(lua_State *L) {
             lua_pop(L, 1);
         }
     }
-    strbuf out = {0};
-    size_t room = count * 96 + 1; /* about the rows' size: few reallocs */
-    out.p = malloc(room);
-    if (out.p) {
-        out.cap = room;
-        out.p[0] = '\0';
-    }
+    strbuf out = sized_buf(count * 96 + 1); /* about the rows' size */
     char err[300];
-    if (sl_obatch_rowbinary(b, cols, ncols, versions, version, &out, err,
-                            sizeof(err)) != 0) {
-        sb_free(&out);
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
-    lua_pushlstring(L, out.p ? out.p : "", out.len);
-    sb_free(&out);
-    return 1;
+    int rc = sl_obatch_rowbinary(b, cols, ncols, versions, version, &out, err,
+                                 sizeof(err));
+    return push_encoded(L, rc, &out, err);
 }
 
 static int l_batch_free(lua_State *L) {

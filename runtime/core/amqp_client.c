@@ -1,5 +1,8 @@
 /* amqp_client.c -- one AMQP connection (rabbitmq-c, TCP or TLS) on a worker
- * thread, results handed back to the libevent loop through a socketpair */
+ * thread, results handed back to the libevent loop through a socketpair
+ *
+ * The handle, its worker and the protocol the worker speaks; URL parsing
+ * and the operations' allocation are amqp_op.c's. */
 #include "amqp_client.h"
 #include "amqp_tls.h"
 
@@ -67,78 +70,6 @@ static double now(void) {
 
 static int is_abandoned(sl_amqp_op *op) {
     return __atomic_load_n(&op->abandoned, __ATOMIC_ACQUIRE);
-}
-
-int sl_amqp_parse_url(const char *url, sl_amqp_url *u, char *err,
-                      size_t errlen) {
-    int tls = strncmp(url, "amqps://", 8) == 0;
-    if (!tls && strncmp(url, "amqp://", 7) != 0) {
-        snprintf(err, errlen, "bad URL: amqp://... or amqps://... expected");
-        return -1;
-    }
-    char *copy = strdup(url); /* amqp_parse_url writes into its input */
-    if (!copy) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    struct amqp_connection_info ci;
-    amqp_default_connection_info(&ci);
-    int rc = amqp_parse_url(copy, &ci);
-    int ok = rc == AMQP_STATUS_OK && strlen(ci.host) < sizeof(u->host) &&
-             ci.host[0] && strlen(ci.user) < sizeof(u->user) &&
-             strlen(ci.password) < sizeof(u->password) &&
-             strlen(ci.vhost) < sizeof(u->vhost);
-    if (ok) {
-        strcpy(u->host, ci.host);
-        strcpy(u->user, ci.user);
-        strcpy(u->password, ci.password);
-        strcpy(u->vhost, ci.vhost);
-        u->port = ci.port;
-        u->tls = tls;
-    } else {
-        snprintf(err, errlen, "bad URL: %s",
-                 rc == AMQP_STATUS_OK ? "a part is too long"
-                                      : amqp_error_string2(rc));
-    }
-    memset(copy, 0, strlen(url)); /* the password */
-    free(copy);
-    return ok ? 0 : -1;
-}
-
-/* --- ops ------------------------------------------------------------------ */
-
-sl_amqp_op *sl_amqp_op_new(sl_amqp_kind kind) {
-    sl_amqp_op *op = calloc(1, sizeof(*op));
-    if (op)
-        op->kind = kind;
-    return op;
-}
-
-static void free_msgs(sl_amqp_msg *m, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        free(m[i].routing_key);
-        free(m[i].message_id);
-        free(m[i].type);
-        free(m[i].body);
-        free(m[i].content_type);
-    }
-    free(m);
-}
-
-void sl_amqp_op_free(sl_amqp_op *op) {
-    if (!op)
-        return;
-    free(op->exchange);
-    free(op->exchange_type);
-    free(op->queue);
-    free(op->binding_key);
-    for (int i = 0; i < op->nargs; i++) {
-        free(op->args[i].name);
-        free(op->args[i].text);
-    }
-    free(op->args);
-    free_msgs(op->msgs, op->nmsgs);
-    free(op);
 }
 
 /* --- the worker: connection ---------------------------------------------- */
@@ -467,15 +398,6 @@ static char *dup_bytes(amqp_bytes_t b) {
         s[b.len] = '\0';
     }
     return s;
-}
-
-void sl_amqp_consume_settle(sl_amqp_op *op) {
-    if (op->kind != SL_AMQP_CONSUME || op->status == SL_AMQP_OK ||
-        op->nmsgs == 0)
-        return;
-    op->status = SL_AMQP_OK;
-    op->error[0] = '\0';
-    op->code = 0;
 }
 
 static void run_consume(sl_amqp *a, sl_amqp_op *op) {

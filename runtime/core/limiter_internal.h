@@ -1,9 +1,11 @@
-/* limiter_internal.h -- the limiter's private types, shared by its two files
+/* limiter_internal.h -- the limiter's private types, shared by its files
  *
- * limiter.c: the public API of limiter.h, endpoints, the ticket queue and
- * admission, statistics, snapshots. limiter_scope.c: a scope's rate and how
- * it adapts (quota headers, 429s, latency, the ceiling and its probing),
- * and the rates of declared pools. Private to those two files.
+ * limiter.c: the public API of limiter.h, the ticket queue and admission,
+ * statistics, snapshots. limiter_endpoints.c: the endpoint table (lookup,
+ * creation, eviction) and the endpoints' adapt blocks. limiter_scope.c: a
+ * scope's rate and how it adapts (quota headers, 429s, latency, the
+ * ceiling and its probing), and the rates of declared pools. Private to
+ * those three files.
  *
  * Ownership: a limiter owns everything here. The global scope and its
  * adapt block live inside it; the declared pools in one array allocated by
@@ -25,7 +27,9 @@
 #ifndef SLUICE_LIMITER_INTERNAL_H
 #define SLUICE_LIMITER_INTERNAL_H
 
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "limiter.h"
@@ -111,6 +115,17 @@ static inline adapt *scope_x(sl_limiter *lim, const scope *s) {
     return s->xi ? &lim->xs[s->xi - 1] : NULL;
 }
 
+/* Fills err (when given) and returns -1. */
+static inline int fail(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    if (err && errlen) {
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
 static inline double dmin(double a, double b) { return a < b ? a : b; }
 static inline double dmax(double a, double b) { return a > b ? a : b; }
 
@@ -168,16 +183,24 @@ static inline double from_epoch(double e, double now, double wall_now) {
     return e > 0 ? now + (e - wall_now) : NEVER;
 }
 
+/* ---- endpoints (limiter_endpoints.c) ------------------------------------ */
+
+/* *out = the endpoint's scope, or NULL for no endpoint or when the table is
+ * full (and no endpoint in it is idle); create: make it when it is not
+ * there. Returns -1 only for an overlong name or out of memory. */
+int sl_limiter_endpoint(sl_limiter *lim, const char *name, int create,
+                        double now, scope **out, char *err, size_t errlen);
+
+/* Gives s its adapt block if it has none. Returns 0, or -1 out of memory.
+ * Moves lim->xs: re-read scope_x() after it. */
+int sl_limiter_scope_adapt(sl_limiter *lim, scope *s);
+
 /* ---- scopes (limiter_scope.c) ------------------------------------------- */
 
 void sl_limiter_scope_init(scope *s, const sl_limiter_options *o);
 
 /* The initial adapt block for options o. */
 void sl_limiter_adapt_init(adapt *x, const sl_limiter_options *o);
-
-/* Gives s its adapt block if it has none (limiter.c). Returns 0, or -1 out
- * of memory. Moves lim->xs: re-read scope_x() after it. */
-int sl_limiter_scope_adapt(sl_limiter *lim, scope *s);
 
 /* The scope's adapt block as read: adapt_none when it has none yet. */
 const adapt *sl_limiter_scope_xr(sl_limiter *lim, const scope *s);

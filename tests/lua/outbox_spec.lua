@@ -593,4 +593,20 @@ describe("sluice._outbox.batch", function()
     assert.has_error(function() b:add('[{"a":1}]', 2, 1, 1) end, "bad argument #3 to 'add' (rows lo..hi expected)")
     assert.same({ nil, "1 rows, row 2 asked for" }, { b:add('[{"a":1}]', 1, 2, 1) })
   end)
+
+  it("returns copy_text's and rowbinary's text, or nil and the encoder's message", function()
+    local b = native.batch({})
+    assert.is_true(b:add('[{"id":7,"v":"a\\u0000b"},{"id":8}]', 1, 2, 1))
+    assert.same({ nil, "row 1 column v: a NUL character (PostgreSQL text cannot hold one)" },
+      { b:copy_text({ "id", "v" }, { "bigint", "text" }) })
+    assert.equal("7\n8\n", b:copy_text({ "id" }, { "bigint" }))
+    local int64 = { name = "id", type = "int64" }
+    assert.same({ nil, "row 2 column v: null in a column that is not Nullable" },
+      { b:rowbinary({ int64, { name = "v", type = "string", nullable = false } }, 5) })
+    assert.equal("\7\0\0\0\0\0\0\0\5\0\0\0\0\0\0\0\8\0\0\0\0\0\0\0\9\0\0\0\0\0\0\0",
+      b:rowbinary({ int64 }, 5, { [2] = 9 }))
+    local empty = native.batch({})
+    assert.equal("", empty:copy_text({ "id" }, { "bigint" }))
+    assert.equal("", empty:rowbinary({ int64 }, 5))
+  end)
 end)
