@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/numtext.h"
 #include "redis_args.h"
 
 /* Commands whose replies hiredis delivers once per message (and the ones
@@ -86,11 +87,9 @@ static void format_number(double v, char *buf, size_t len) {
     } else if (v == floor(v) && fabs(v) < 9007199254740992.0) {
         snprintf(buf, len, "%.0f", v);
     } else {
-        for (int digits = 15; digits <= 17; digits++) {
-            snprintf(buf, len, "%.*g", digits, v);
-            if (strtod(buf, NULL) == v)
-                break;
-        }
+        char text[SL_NUMTEXT_MAX];
+        sl_numtext_shortest(text, v);
+        snprintf(buf, len, "%s", text);
     }
 }
 
