@@ -41,6 +41,8 @@ typedef struct transfer {
     strbuf head; /* the last response's header lines, "\n"-separated */
     size_t max_body;
     int too_large;
+    long timeout_ms;       /* 0: none, or deadline not armed yet */
+    struct event deadline; /* armed when timeout_ms > 0: see on_deadline */
     char errbuf[CURL_ERROR_SIZE];
 } transfer;
 
@@ -54,8 +56,17 @@ typedef struct sockinfo {
 
 static CURLM *multi;
 static struct event *timer_ev;
-static long max_host_connections = 0;  /* 0: unlimited (curl's default) */
-static long max_total_connections = 0; /* 0: unlimited */
+/* Connection caps (0: none). curl has none by default and keeps up to 4
+ * idle connections per easy handle ever added: with thousands of tasks
+ * polling one host, thousands of connections pile up, and libcurl 7.88
+ * walks every one of them twice per transfer (ConnectionExists over the
+ * host's bundle, curl_multi_remove_handle over the whole cache looking for
+ * the handle's last connection). Requests over a cap wait in curl's queue
+ * for a connection; on_deadline keeps their timeout. sluice.http documents
+ * the defaults (SL_HTTP_* in http.lua's configure must match). */
+static long max_host_connections = 64;
+static long max_total_connections = 1024;
+static long max_cached_connections = 256; /* CURLMOPT_MAXCONNECTS */
 static char user_agent[64];
 static long in_flight;   /* transfers added and not yet freed */
 static sockinfo **socks; /* by descriptor: curl's sockets we watch */
@@ -83,6 +94,8 @@ static void easy_put(CURL *e) {
 static void transfer_free(transfer *x) {
     if (x->task)
         in_flight--;
+    if (x->timeout_ms > 0)
+        event_del(&x->deadline);
     if (x->easy) {
         curl_multi_remove_handle(multi, x->easy);
         easy_put(x->easy);
@@ -211,10 +224,6 @@ static int push_response(lua_State *co, transfer *x) {
     lua_setfield(co, -2, "url");
     lua_pushboolean(co, connects == 0);
     lua_setfield(co, -2, "reused");
-    /* The header lines as they came: sluice.http makes the tables of them
-     * on first use (parse_headers), which most callers never ask for. */
-    lua_pushlstring(co, x->head.p ? x->head.p : "", x->head.len);
-    lua_setfield(co, -2, "_head");
 
     /* Phase durations, in seconds; a reused connection has dns, connect
      * and tls at 0. */
@@ -228,7 +237,10 @@ static int push_response(lua_State *co, transfer *x) {
     set_num(co, "ttfb", info_secs(e, CURLINFO_STARTTRANSFER_TIME_T));
     set_num(co, "total", info_secs(e, CURLINFO_TOTAL_TIME_T));
     lua_setfield(co, -2, "timings");
-    return 1;
+    /* The header lines as they came: sluice.http makes the tables of them
+     * on first use (parse_headers), which most callers never ask for. */
+    lua_pushlstring(co, x->head.p ? x->head.p : "", x->head.len);
+    return 2;
 }
 
 static const char *failure_kind(CURLcode rc, const transfer *x) {
@@ -448,6 +460,11 @@ static void apply_limits(void) {
                       max_host_connections);
     curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
                       max_total_connections);
+    /* 0 would be "no cache" to curl 7.88 (a connection per request); to
+     * us 0 is "no cap", which curl spells as a cache this large. */
+    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS,
+                      max_cached_connections ? max_cached_connections
+                                             : (long)1 << 30);
 }
 
 static int ensure_multi(lua_State *L) {
@@ -473,6 +490,29 @@ static void cancel_transfer(sl_task *t, void *op) {
     transfer_free(op); /* removes the easy handle: no callback will follow */
 }
 
+/* The request's timeout, kept by us as well as by curl: libcurl 7.88 checks
+ * a transfer's timeout only once it has a connection, so one queued for a
+ * connection under a cap would wait past it (and then fail as "Failed to
+ * resolve host ... after 0 ms"). Armed a little after curl's own deadline,
+ * so that curl's timeout, with its message, wins whenever curl can see it;
+ * this one fires only for a transfer still queued. */
+#define DEADLINE_GRACE_MS 20
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg) {
+    transfer *x = arg;
+    (void)fd;
+    (void)what;
+    lua_State *co = sl_task_thread(x->task);
+    lua_pushnil(co);
+    lua_pushfstring(co,
+                    "timed out after %d milliseconds waiting for a "
+                    "connection (http.configure caps them)",
+                    (int)x->timeout_ms);
+    lua_pushliteral(co, "timeout");
+    sl_task_wake(x->task, 3);
+    transfer_free(x);
+}
+
 /* The http_version option -> curl's; -1 for a name it does not know. */
 static long http_version(const char *v) {
     if (!v)
@@ -487,7 +527,8 @@ static long http_version(const char *v) {
 }
 
 /* request(method, url, headers, body, timeout, connect_timeout, max_body,
- *         insecure, http_version) -> res | nil, err, kind
+ *         insecure, http_version) -> res, head | nil, err, kind
+ * head: the response's header lines, for parse_headers.
  * headers is an array of "Name: value" lines; body a string or nil. The Lua
  * wrapper validates everything first. */
 static int l_request(lua_State *L) {
@@ -589,6 +630,13 @@ static int l_request(lua_State *L) {
         lua_pushliteral(L, "protocol");
         return 3;
     }
+    if (timeout_ms > 0) {
+        long ms = timeout_ms + DEADLINE_GRACE_MS;
+        x->timeout_ms = timeout_ms; /* from here on, transfer_free disarms */
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        evtimer_assign(&x->deadline, sl_rt.base, on_deadline, x);
+        evtimer_add(&x->deadline, &tv);
+    }
     return sl_task_suspend(L, t, cancel_transfer, x);
 }
 
@@ -643,7 +691,7 @@ static int l_parse_url(lua_State *L) {
 }
 
 /* parse_headers(lines) -> headers, headers_all: the tables push_headers
- * makes of a response's header lines (res._head). */
+ * makes of a response's header lines (request's second result). */
 static int l_parse_headers(lua_State *L) {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
@@ -656,10 +704,12 @@ static int l_parse_headers(lua_State *L) {
     return 2;
 }
 
-/* configure(max_host_connections, max_total_connections) */
+/* configure(max_host_connections, max_total_connections,
+ *           max_cached_connections) */
 static int l_configure(lua_State *L) {
     max_host_connections = (long)luaL_checkinteger(L, 1);
     max_total_connections = (long)luaL_checkinteger(L, 2);
+    max_cached_connections = (long)luaL_checkinteger(L, 3);
     if (multi)
         apply_limits();
     return 0;
