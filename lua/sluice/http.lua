@@ -496,12 +496,13 @@ for k, v in pairs(CONFIG_DEFAULTS) do config[k] = v end
 
 --- configure{max_host_connections = n, max_total_connections = n,
 --   max_cached_connections = n}
--- Caps on connections (0 = no cap): open to one host (64), open in all
--- (1024), and kept open once their requests end (256: past it the longest
--- idle is closed). Requests over a cap wait in libcurl's queue, their
--- timeout running. Options left out keep their value; configure{} with
--- defaults = true first puts every cap back to its default. Returns the
--- settings in force.
+-- Caps (0 = no cap): requests in flight to one origin (64; an HTTP/2
+-- origin takes 100 per connection), connections open in all (1024), and
+-- connections kept open once their requests end (256: past it the longest
+-- idle is closed). Requests over the origin cap wait in the native half's
+-- queue, first come first served, their timeout running. Options left out
+-- keep their value; defaults = true first puts every cap back to its
+-- default. Returns the settings in force.
 function _M.configure(opts)
   if opts == nil then
     local copy = {}

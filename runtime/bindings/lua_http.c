@@ -21,12 +21,15 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <lauxlib.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "core/http_queue.h"
 #include "core/strbuf.h"
 #include "core/timeout.h"
 #include "host/modules.h"
@@ -41,6 +44,14 @@ typedef struct transfer {
     strbuf head; /* the last response's header lines, "\n"-separated */
     size_t max_body;
     int too_large;
+    int plain; /* a GET without a body, verifying TLS: see easy_put */
+    int added; /* to the multi handle; else queued for its origin */
+    sl_hq_wait wait;
+    /* The request, kept for transfer_setup (strings after the struct). */
+    char *url, *method, *body_data;
+    size_t body_len;
+    long transfer_ms, connect_ms, version, started;
+    int insecure;
     long timeout_ms;       /* 0: none, or deadline not armed yet */
     struct event deadline; /* armed when timeout_ms > 0: see on_deadline */
     char errbuf[CURL_ERROR_SIZE];
@@ -61,49 +72,92 @@ static struct event *timer_ev;
  * polling one host, thousands of connections pile up, and libcurl 7.88
  * walks every one of them twice per transfer (ConnectionExists over the
  * host's bundle, curl_multi_remove_handle over the whole cache looking for
- * the handle's last connection). Requests over a cap wait in curl's queue
- * for a connection; on_deadline keeps their timeout. sluice.http documents
- * the defaults (SL_HTTP_* in http.lua's configure must match). */
+ * the handle's last connection). Requests over the per-host cap wait in
+ * our own queue (http_queue.h says why not curl's); on_deadline keeps
+ * their timeout. sluice.http's configure starts from the same values. */
 static long max_host_connections = 64;
 static long max_total_connections = 1024;
 static long max_cached_connections = 256; /* CURLMOPT_MAXCONNECTS */
 static char user_agent[64];
-static long in_flight;   /* transfers added and not yet freed */
+static long in_flight;   /* transfers started and not yet freed */
+static sl_hq *queue;     /* per-origin admission under max_host_connections */
 static sockinfo **socks; /* by descriptor: curl's sockets we watch */
 static size_t nsocks;
 
 /* --- easy handles ----------------------------------------------------------
  */
 
-/* Idle easy handles, reset and kept for the next request: creating one
- * costs more than a request's worth of setopt calls. */
+/* Idle easy handles, kept for the next request: creating one costs more
+ * than a request's worth of setopt calls. A handle keeps its options from
+ * one request to the next (curl starts each transfer's state afresh, as for
+ * curl_easy_perform called again), so the options every request sets alike
+ * are set once, here, and a request sets only its own (l_request). One that
+ * set an option the next would inherit (a body, a method, HEAD, insecure:
+ * not "plain") has its handle reset when it ends: curl_easy_reset and the
+ * string options set again cost a dozen allocations a request. */
 static CURL *pool[64];
 static int npool;
 
-static CURL *easy_get(void) { return npool ? pool[--npool] : curl_easy_init(); }
+static size_t on_body(char *data, size_t size, size_t n, void *ud);
+static size_t on_header(char *data, size_t size, size_t n, void *ud);
+static curl_socket_t on_open(void *clientp, curlsocktype purpose,
+                             struct curl_sockaddr *a);
+static int on_close(void *clientp, curl_socket_t s);
 
-static void easy_put(CURL *e) {
+static void easy_defaults(CURL *e) {
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, user_agent);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, ""); /* all that we have */
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* see the top */
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_DNS_CACHE_TIMEOUT, 60L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close);
+}
+
+static CURL *easy_get(void) {
+    if (npool)
+        return pool[--npool];
+    CURL *e = curl_easy_init();
+    if (e)
+        easy_defaults(e);
+    return e;
+}
+
+static void easy_put(CURL *e, int plain) {
     if (npool < (int)(sizeof(pool) / sizeof(pool[0]))) {
-        curl_easy_reset(e);
+        if (!plain) {
+            curl_easy_reset(e);
+            easy_defaults(e);
+        }
         pool[npool++] = e;
     } else {
         curl_easy_cleanup(e);
     }
 }
 
+static void transfer_start(transfer *x);
+
 static void transfer_free(transfer *x) {
     if (x->task)
         in_flight--;
     if (x->timeout_ms > 0)
         event_del(&x->deadline);
-    if (x->easy) {
+    if (x->added)
         curl_multi_remove_handle(multi, x->easy);
-        easy_put(x->easy);
-    }
+    if (x->easy)
+        easy_put(x->easy, x->plain);
     curl_slist_free_all(x->headers);
     free(x->body.p);
     free(x->head.p);
+    /* A slot for its origin may have opened: start who waits for it. */
+    sl_hq_origin *o = sl_hq_leave(queue, &x->wait);
     free(x);
+    sl_hq_wait *w;
+    while (o && (w = sl_hq_admit(o, (size_t)max_host_connections)))
+        transfer_start((transfer *)((char *)w - offsetof(transfer, wait)));
 }
 
 /* --- curl callbacks: collect data only; never call back into curl or Lua */
@@ -224,6 +278,8 @@ static int push_response(lua_State *co, transfer *x) {
     lua_setfield(co, -2, "url");
     lua_pushboolean(co, connects == 0);
     lua_setfield(co, -2, "reused");
+    if (version == CURL_HTTP_VERSION_2_0)
+        sl_hq_multiplexed(&x->wait); /* its origin takes streams */
 
     /* Phase durations, in seconds; a reused connection has dns, connect
      * and tls at 0. */
@@ -440,6 +496,8 @@ static int on_timer(CURLM *m, long timeout_ms, void *userp) {
 }
 
 static void close_multi(void) {
+    sl_hq_free(queue);
+    queue = NULL;
     while (npool > 0)
         curl_easy_cleanup(pool[--npool]);
     if (multi)
@@ -470,8 +528,11 @@ static void apply_limits(void) {
 static int ensure_multi(lua_State *L) {
     if (multi)
         return 0;
-    if (!(multi = curl_multi_init()))
+    if (!(queue = sl_hq_new()) || !(multi = curl_multi_init())) {
+        sl_hq_free(queue);
+        queue = NULL;
         return luaL_error(L, "sluice.http: cannot create a curl multi handle");
+    }
     timer_ev = evtimer_new(sl_rt.base, on_timeout, NULL);
     curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
@@ -490,13 +551,91 @@ static void cancel_transfer(sl_task *t, void *op) {
     transfer_free(op); /* removes the easy handle: no callback will follow */
 }
 
-/* The request's timeout, kept by us as well as by curl: libcurl 7.88 checks
- * a transfer's timeout only once it has a connection, so one queued for a
- * connection under a cap would wait past it (and then fail as "Failed to
+/* The request's timeout, kept by us as well as by curl: curl does not see
+ * a request queued for its origin (and libcurl 7.88 checks a transfer's
+ * timeout only once it has a connection, so one in curl's own queue, under
+ * max_total_connections, would wait past it and then fail as "Failed to
  * resolve host ... after 0 ms"). Armed a little after curl's own deadline,
  * so that curl's timeout, with its message, wins whenever curl can see it;
- * this one fires only for a transfer still queued. */
+ * this one fires for a transfer still queued. */
 #define DEADLINE_GRACE_MS 20
+
+static long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Gives an admitted request an easy handle set up for it and adds that to
+ * the multi handle: a queued request holds no handle (each is kilobytes).
+ * Returns NULL, or what went wrong. */
+static const char *transfer_setup(transfer *x) {
+    CURL *e = x->easy = easy_get();
+    if (!e)
+        return "out of memory";
+    long timeout_ms = x->transfer_ms;
+    if (timeout_ms > 0) { /* what is left of it after the queue */
+        timeout_ms -= now_ms() - x->started;
+        if (timeout_ms < 1)
+            timeout_ms = 1;
+    }
+    const char *method = x->method;
+    int get = strcmp(method, "GET") == 0;
+    x->plain = !x->insecure && !x->body_data && get;
+    curl_easy_setopt(e, CURLOPT_URL, x->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+    /* This request's options; easy_defaults set the others. */
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, x->connect_ms);
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->max_body);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, x->version);
+    /* A request that may go over HTTP/2 (cleartext http:// only with
+     * prior knowledge) waits for a connection being set
+     * up to the same origin to say whether it multiplexes, rather than
+     * opening one of its own: one connection, many streams. */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT,
+                     x->version == CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE ||
+                             (x->version == CURL_HTTP_VERSION_2TLS &&
+                              strncasecmp(x->url, "https:", 6) == 0)
+                         ? 1L
+                         : 0L);
+    if (x->insecure) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    if (strcmp(method, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else if (!get || x->body_data) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    }
+    if (x->body_data) { /* x keeps it until the handle is reset */
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)x->body_len);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->body_data);
+    }
+    CURLMcode mrc = curl_multi_add_handle(multi, e);
+    if (mrc != CURLM_OK)
+        return curl_multi_strerror(mrc);
+    x->added = 1;
+    return NULL;
+}
+
+/* Starts a request its origin's queue admitted, or ends it. */
+static void transfer_start(transfer *x) {
+    const char *why = transfer_setup(x);
+    if (!why)
+        return;
+    lua_State *co = sl_task_thread(x->task);
+    lua_pushnil(co);
+    lua_pushstring(co, why);
+    lua_pushliteral(co, "protocol");
+    sl_task_wake(x->task, 3);
+    transfer_free(x);
+}
 
 static void on_deadline(evutil_socket_t fd, short what, void *arg) {
     transfer *x = arg;
@@ -504,10 +643,10 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg) {
     (void)what;
     lua_State *co = sl_task_thread(x->task);
     lua_pushnil(co);
-    lua_pushfstring(co,
-                    "timed out after %d milliseconds waiting for a "
-                    "connection (http.configure caps them)",
-                    (int)x->timeout_ms);
+    lua_pushfstring(co, "timed out after %d milliseconds%s", (int)x->timeout_ms,
+                    x->added ? ""
+                             : " waiting for a connection (http.configure "
+                               "caps them)");
     lua_pushliteral(co, "timeout");
     sl_task_wake(x->task, 3);
     transfer_free(x);
@@ -532,10 +671,10 @@ static long http_version(const char *v) {
  * headers is an array of "Name: value" lines; body a string or nil. The Lua
  * wrapper validates everything first. */
 static int l_request(lua_State *L) {
-    const char *method = luaL_checkstring(L, 1);
-    const char *url = luaL_checkstring(L, 2);
+    size_t url_len, method_len, body_len = 0;
+    const char *method = luaL_checklstring(L, 1, &method_len);
+    const char *url = luaL_checklstring(L, 2, &url_len);
     luaL_checktype(L, 3, LUA_TTABLE);
-    size_t body_len = 0;
     const char *body = luaL_optlstring(L, 4, NULL, &body_len);
     double timeout = luaL_checknumber(L, 5);
     double connect_timeout = luaL_checknumber(L, 6);
@@ -557,18 +696,32 @@ static int l_request(lua_State *L) {
     sl_task *t = sl_task_check_yieldable(L, "sluice.http.request");
     ensure_multi(L);
 
-    transfer *x = calloc(1, sizeof(*x));
-    if (!x || !(x->easy = easy_get())) {
-        free(x);
+    /* The request's strings go with it (one allocation): a queued request
+     * has no easy handle yet to hold them. */
+    transfer *x = calloc(1, sizeof(*x) + url_len + method_len + 2 + body_len);
+    if (!x) {
         lua_pushnil(L);
         lua_pushliteral(L, "out of memory");
         lua_pushliteral(L, "protocol");
         return 3;
     }
+    x->url = (char *)(x + 1);
+    memcpy(x->url, url, url_len + 1);
+    x->method = x->url + url_len + 1;
+    memcpy(x->method, method, method_len + 1);
+    if (body) {
+        x->body_data = x->method + method_len + 1;
+        memcpy(x->body_data, body, body_len);
+        x->body_len = body_len;
+    }
     x->task = t;
     in_flight++;
     x->max_body = (size_t)max_body;
-    CURL *e = x->easy;
+    x->transfer_ms = timeout_ms;
+    x->connect_ms = connect_ms;
+    x->version = version;
+    x->insecure = insecure;
+    x->started = now_ms();
     int n = (int)lua_objlen(L, 3);
     for (int i = 1; i <= n; i++) {
         lua_rawgeti(L, 3, i);
@@ -581,52 +734,17 @@ static int l_request(lua_State *L) {
         }
         x->headers = h;
     }
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, user_agent);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, ""); /* all that we have */
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
-    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_body);
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* see the top */
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_DNS_CACHE_TIMEOUT, 60L);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open);
-    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
-    /* A request that may go over HTTP/2 (cleartext http:// only with
-     * prior knowledge) waits for a connection being set
-     * up to the same origin to say whether it multiplexes, rather than
-     * opening one of its own: one connection, many streams. */
-    if (version == CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE ||
-        (version == CURL_HTTP_VERSION_2TLS &&
-         strncasecmp(url, "https:", 6) == 0))
-        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-    if (insecure) {
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    int admitted =
+        sl_hq_enter(queue, &x->wait, url, (size_t)max_host_connections);
+    if (admitted < 0) {
+        transfer_free(x);
+        return luaL_error(L, "sluice.http: out of memory");
     }
-    if (strcmp(method, "HEAD") == 0) {
-        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-    } else if (strcmp(method, "GET") != 0 || body) {
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-    }
-    if (body) {
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
-        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
-    }
-    CURLMcode mrc = curl_multi_add_handle(multi, e);
-    if (mrc != CURLM_OK) {
+    const char *why = admitted ? transfer_setup(x) : NULL;
+    if (why) {
         transfer_free(x);
         lua_pushnil(L);
-        lua_pushstring(L, curl_multi_strerror(mrc));
+        lua_pushstring(L, why);
         lua_pushliteral(L, "protocol");
         return 3;
     }

@@ -153,6 +153,24 @@ describe("sluice.http against nginx", function()
     assert.matches("/doc.json$", res.headers.location)
   end)
 
+  it("carries nothing over from the request before it (easy handles are pooled)", function()
+    local echo = nginx:url("/echo")
+    local function get() return assert(http.get(echo)):json() end
+    local plain = { uri = "/echo", method = "GET", x = "", ua = "sluice/" .. sluice._VERSION, len = "", type = "" }
+    assert.same(plain, get())
+    assert.same({ uri = "/echo", method = "POST", x = "", ua = plain.ua, len = "2", type = "application/json" },
+      assert(http.post(echo, { json = {} })):json())
+    assert.same(plain, get())
+    assert.same("", assert(http.request({ method = "HEAD", url = echo })).body)
+    assert.same(plain, get())
+    assert.same({ uri = "/echo", method = "DELETE", x = "1", ua = plain.ua, len = "", type = "" },
+      assert(http.request({ method = "DELETE", url = echo, headers = { ["X-Test"] = 1 } })):json())
+    assert.same(plain, get())
+    assert.same({ uri = "/echo?a=1", method = "GET", x = "2", ua = plain.ua, len = "", type = "" },
+      assert(http.get(echo, { query = { a = 1 }, headers = { ["X-Test"] = 2 } })):json())
+    assert.same(plain, get())
+  end)
+
   it("reuses the connection (keep-alive)", function()
     assert(http.get(nginx:url("/doc.json")))
     local res = assert(http.get(nginx:url("/doc.json")))
