@@ -154,7 +154,7 @@ static void transfer_free(transfer *x) {
     free(x->body.p);
     free(x->head.p);
     /* A slot for its origin may have opened: start who waits for it. */
-    sl_hq_origin *o = sl_hq_leave(queue, &x->wait);
+    sl_hq_origin *o = queue ? sl_hq_leave(queue, &x->wait) : NULL;
     free(x);
     sl_hq_wait *w;
     while (o && (w = sl_hq_admit(o, (size_t)max_host_connections)))
