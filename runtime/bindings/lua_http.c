@@ -53,7 +53,8 @@ typedef struct transfer {
     size_t body_len;
     long transfer_ms, connect_ms, version, started;
     int insecure;
-    long timeout_ms;       /* 0: none, or deadline not armed yet */
+    int late;        /* on_deadline gave curl a second to time it out itself */
+    long timeout_ms; /* 0: none, or deadline not armed yet */
     struct event deadline; /* armed when timeout_ms > 0: see on_deadline */
     char errbuf[CURL_ERROR_SIZE];
 } transfer;
@@ -581,6 +582,15 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg) {
     transfer *x = arg;
     (void)fd;
     (void)what;
+    if (x->added && !x->late) {
+        /* curl has it, with what was left of the timeout when it started:
+         * a loop that stalled can run this before curl's timer. Leave it
+         * to curl, unless curl cannot see it (its own pending list). */
+        struct timeval tv = {1, 0};
+        x->late = 1;
+        evtimer_add(&x->deadline, &tv);
+        return;
+    }
     lua_State *co = sl_task_thread(x->task);
     lua_pushnil(co);
     lua_pushfstring(co, "timed out after %d milliseconds%s", (int)x->timeout_ms,
