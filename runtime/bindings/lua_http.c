@@ -45,7 +45,6 @@ typedef struct transfer {
     strbuf head; /* the last response's header lines, "\n"-separated */
     size_t max_body;
     int too_large;
-    int plain; /* a GET without a body, verifying TLS: see easy_put */
     int added; /* to the multi handle; else queued for its origin */
     sl_hq_wait wait;
     /* The request, kept for transfer_setup (strings after the struct). */
@@ -89,14 +88,10 @@ static size_t nsocks;
 /* --- easy handles ----------------------------------------------------------
  */
 
-/* Idle easy handles, kept for the next request: creating one costs more
- * than a request's worth of setopt calls. A handle keeps its options from
- * one request to the next (curl starts each transfer's state afresh, as for
- * curl_easy_perform called again), so the options every request sets alike
- * are set once, here, and a request sets only its own (l_request). One that
- * set an option the next would inherit (a body, a method, HEAD, insecure:
- * not "plain") has its handle reset when it ends: curl_easy_reset and the
- * string options set again cost a dozen allocations a request. */
+/* Idle easy handles, reset and kept for the next request: creating one
+ * costs more than a request's worth of setopt calls. The options every
+ * request sets alike are set here once per reset (easy_defaults), the
+ * rest by transfer_setup. */
 static CURL *pool[64];
 static int npool;
 
@@ -128,12 +123,14 @@ static CURL *easy_get(void) {
     return e;
 }
 
-static void easy_put(CURL *e, int plain) {
+static void easy_put(CURL *e) {
     if (npool < (int)(sizeof(pool) / sizeof(pool[0]))) {
-        if (!plain) {
-            curl_easy_reset(e);
-            easy_defaults(e);
-        }
+        /* Reset every time, plain GETs too: libcurl 7.88 zeroes its count
+         * of retries on dead reused connections only in curl_easy_reset,
+         * so a handle kept as it is gives up ("Connection died, tried 5
+         * times") after five retries over all its requests. */
+        curl_easy_reset(e);
+        easy_defaults(e);
         pool[npool++] = e;
     } else {
         curl_easy_cleanup(e);
@@ -150,7 +147,7 @@ static void transfer_free(transfer *x) {
     if (x->added)
         curl_multi_remove_handle(multi, x->easy);
     if (x->easy)
-        easy_put(x->easy, x->plain);
+        easy_put(x->easy);
     curl_slist_free_all(x->headers);
     free(x->body.p);
     free(x->head.p);
@@ -522,7 +519,6 @@ static const char *transfer_setup(transfer *x) {
     }
     const char *method = x->method;
     int get = strcmp(method, "GET") == 0;
-    x->plain = !x->insecure && !x->body_data && get;
     curl_easy_setopt(e, CURLOPT_URL, x->url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
