@@ -201,15 +201,22 @@ end
 
 local response = {}
 
--- res.headers and res.headers_all are made from the header lines (res._head,
--- kept by the native half) on first use: most callers read the body only.
+-- What a response keeps that is not one of its fields (so that pairs(res)
+-- shows only what the header comment names): the header lines as they came,
+-- until res.headers or res.headers_all is first read, and the decoded body
+-- once res:json() has run. Weak keys: they go with their response.
+local head_of = setmetatable({}, { __mode = "k" })
+local json_of = setmetatable({}, { __mode = "k" })
+
+-- res.headers and res.headers_all are made from the header lines on first
+-- use: most callers read the body only.
 local function response_index(res, k)
   if k == "headers" or k == "headers_all" then
-    local h, all = core.parse_headers(rawget(res, "_head") or "")
+    local h, all = core.parse_headers(head_of[res] or "")
     h, all = headers.new(h), headers.new(all)
     rawset(res, "headers", h)
     rawset(res, "headers_all", all)
-    rawset(res, "_head", nil)
+    head_of[res] = nil
     if k == "headers" then return h end
     return all
   end
@@ -219,7 +226,7 @@ local response_mt = { __index = response_index }
 
 --- res:json() -> the decoded body (decoded once, then cached), or nil, err.
 function response:json()
-  local cached = rawget(self, "_json")
+  local cached = json_of[self]
   if cached ~= nil then
     return cached
   end
@@ -227,7 +234,7 @@ function response:json()
   if value == nil then
     return nil, "invalid JSON in response body: " .. tostring(err)
   end
-  rawset(self, "_json", value)
+  json_of[self] = value
   return value
 end
 
@@ -414,6 +421,7 @@ local function do_request(fname, opts, url, method)
       observe(url, method, kind)
       return nil, err, kind
     end
+    head_of[res] = err -- the header lines
     setmetatable(res, response_mt)
     observe(url, method, res.status, res.timings and res.timings.total)
     local location = REDIRECT[res.status] and max_hops > 0 and res.headers_all.location
@@ -475,23 +483,44 @@ function _M.post(url, opts)
 end
 
 local CAP = { type = "number", integer = true, min = 0 }
-local CONFIG_OPTIONS = { max_host_connections = CAP, max_total_connections = CAP }
-local config = { max_host_connections = 0, max_total_connections = 0 }
+local CONFIG_OPTIONS = {
+  max_host_connections = CAP, max_total_connections = CAP, max_cached_connections = CAP,
+  defaults = "boolean",
+}
+-- The native half starts with the same values (lua_http.c).
+local CONFIG_DEFAULTS = {
+  max_host_connections = 64, max_total_connections = 1024, max_cached_connections = 256,
+}
+local config = {}
+for k, v in pairs(CONFIG_DEFAULTS) do config[k] = v end
 
---- configure{max_host_connections = n, max_total_connections = n}
--- Caps on open connections, per host and in all (0 = no cap; the default).
--- Requests over a cap wait in libcurl's queue. Returns the settings in force.
+--- configure{max_host_connections = n, max_total_connections = n,
+--   max_cached_connections = n}
+-- Caps (0 = no cap): requests in flight to one origin (64; an HTTP/2
+-- origin takes 100 per connection), connections open in all (1024), and
+-- connections kept open once their requests end (256: past it the longest
+-- idle is closed). Requests over the origin cap wait in the native half's
+-- queue, first come first served, their timeout running. Options left out
+-- keep their value; defaults = true first puts every cap back to its
+-- default. Returns the settings in force.
 function _M.configure(opts)
   if opts == nil then
-    return { max_host_connections = config.max_host_connections,
-             max_total_connections = config.max_total_connections }
+    local copy = {}
+    for k, v in pairs(config) do copy[k] = v end
+    return copy
   end
   if type(opts) ~= "table" then
     error("sluice.http.configure: bad argument #1 (table expected, got " .. type(opts) .. ")", 2)
   end
   options.check("sluice.http.configure", opts, CONFIG_OPTIONS)
-  for k, v in pairs(opts) do config[k] = v end
-  core.configure(config.max_host_connections, config.max_total_connections)
+  if opts.defaults then
+    for k, v in pairs(CONFIG_DEFAULTS) do config[k] = v end
+  end
+  for k, v in pairs(opts) do
+    if k ~= "defaults" then config[k] = v end
+  end
+  core.configure(config.max_host_connections, config.max_total_connections,
+    config.max_cached_connections)
   return _M.configure()
 end
 

@@ -15,23 +15,27 @@
  * curl never follows redirects here: sluice.http follows them itself, one
  * request per hop, so that it can decide on each hop which headers may go
  * to the new origin (curl would send every CURLOPT_HTTPHEADER line to any
- * host it follows to). parse_url() is the URL resolver it uses for that.
+ * host it follows to). parse_url() (lua_http_parse.c) resolves its URLs.
  */
 #include <curl/curl.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
 #include <lauxlib.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "core/http_queue.h"
 #include "core/strbuf.h"
 #include "core/timeout.h"
 #include "host/modules.h"
 #include "host/runtime.h"
 #include "host/task.h"
+#include "lua_http_parse.h"
 
 typedef struct transfer {
     CURL *easy;
@@ -41,6 +45,16 @@ typedef struct transfer {
     strbuf head; /* the last response's header lines, "\n"-separated */
     size_t max_body;
     int too_large;
+    int added; /* to the multi handle; else queued for its origin */
+    sl_hq_wait wait;
+    /* The request, kept for transfer_setup (strings after the struct). */
+    char *url, *method, *body_data;
+    size_t body_len;
+    long transfer_ms, connect_ms, version, started;
+    int insecure;
+    int late;        /* on_deadline gave curl a second to time it out itself */
+    long timeout_ms; /* 0: none, or deadline not armed yet */
+    struct event deadline; /* armed when timeout_ms > 0: see on_deadline */
     char errbuf[CURL_ERROR_SIZE];
 } transfer;
 
@@ -54,10 +68,20 @@ typedef struct sockinfo {
 
 static CURLM *multi;
 static struct event *timer_ev;
-static long max_host_connections = 0;  /* 0: unlimited (curl's default) */
-static long max_total_connections = 0; /* 0: unlimited */
+/* Connection caps (0: none). curl has none by default and keeps up to 4
+ * idle connections per easy handle ever added: with thousands of tasks
+ * polling one host, thousands of connections pile up, and libcurl 7.88
+ * walks every one of them twice per transfer (ConnectionExists over the
+ * host's bundle, curl_multi_remove_handle over the whole cache looking for
+ * the handle's last connection). Requests over the per-host cap wait in
+ * our own queue (http_queue.h says why not curl's); on_deadline keeps
+ * their timeout. sluice.http's configure starts from the same values. */
+static long max_host_connections = 64;
+static long max_total_connections = 1024;
+static long max_cached_connections = 256; /* CURLMOPT_MAXCONNECTS */
 static char user_agent[64];
-static long in_flight;   /* transfers added and not yet freed */
+static long in_flight;   /* transfers started and not yet freed */
+static sl_hq *queue;     /* per-origin admission under max_host_connections */
 static sockinfo **socks; /* by descriptor: curl's sockets we watch */
 static size_t nsocks;
 
@@ -65,32 +89,74 @@ static size_t nsocks;
  */
 
 /* Idle easy handles, reset and kept for the next request: creating one
- * costs more than a request's worth of setopt calls. */
+ * costs more than a request's worth of setopt calls. The options every
+ * request sets alike are set here once per reset (easy_defaults), the
+ * rest by transfer_setup. */
 static CURL *pool[64];
 static int npool;
 
-static CURL *easy_get(void) { return npool ? pool[--npool] : curl_easy_init(); }
+static size_t on_body(char *data, size_t size, size_t n, void *ud);
+static size_t on_header(char *data, size_t size, size_t n, void *ud);
+static curl_socket_t on_open(void *clientp, curlsocktype purpose,
+                             struct curl_sockaddr *a);
+static int on_close(void *clientp, curl_socket_t s);
+
+static void easy_defaults(CURL *e) {
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, user_agent);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, ""); /* all that we have */
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* see the top */
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_DNS_CACHE_TIMEOUT, 60L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close);
+}
+
+static CURL *easy_get(void) {
+    if (npool)
+        return pool[--npool];
+    CURL *e = curl_easy_init();
+    if (e)
+        easy_defaults(e);
+    return e;
+}
 
 static void easy_put(CURL *e) {
     if (npool < (int)(sizeof(pool) / sizeof(pool[0]))) {
+        /* Reset every time, plain GETs too: libcurl 7.88 zeroes its count
+         * of retries on dead reused connections only in curl_easy_reset,
+         * so a handle kept as it is gives up ("Connection died, tried 5
+         * times") after five retries over all its requests. */
         curl_easy_reset(e);
+        easy_defaults(e);
         pool[npool++] = e;
     } else {
         curl_easy_cleanup(e);
     }
 }
 
+static void transfer_start(transfer *x);
+
 static void transfer_free(transfer *x) {
     if (x->task)
         in_flight--;
-    if (x->easy) {
+    if (x->timeout_ms > 0)
+        event_del(&x->deadline);
+    if (x->added)
         curl_multi_remove_handle(multi, x->easy);
+    if (x->easy)
         easy_put(x->easy);
-    }
     curl_slist_free_all(x->headers);
     free(x->body.p);
     free(x->head.p);
+    /* A slot for its origin may have opened: start who waits for it. */
+    sl_hq_origin *o = queue ? sl_hq_leave(queue, &x->wait) : NULL;
     free(x);
+    sl_hq_wait *w;
+    while (o && (w = sl_hq_admit(o, (size_t)max_host_connections)))
+        transfer_start((transfer *)((char *)w - offsetof(transfer, wait)));
 }
 
 /* --- curl callbacks: collect data only; never call back into curl or Lua */
@@ -117,67 +183,6 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud) {
 }
 
 /* --- pushing the result onto the waiting task ----------------------------- */
-static void lower(char *s, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (s[i] >= 'A' && s[i] <= 'Z')
-            s[i] = (char)(s[i] - 'A' + 'a');
-}
-
-/* headers[name] = values joined by ", " (RFC 9110 5.3), all names lower
- * case; headers_all[name] = { value, ... } in arrival order. */
-static void push_headers(lua_State *co, char *p, size_t len) {
-    lua_newtable(co); /* headers */
-    lua_newtable(co); /* headers_all */
-    int all = lua_gettop(co), hdr = all - 1;
-    char *end = p ? p + len : NULL;
-    while (p && p < end) {
-        char *eol = memchr(p, '\n', (size_t)(end - p));
-        char *next = eol ? eol + 1 : end;
-        if (!eol)
-            eol = end;
-        while (eol > p && (eol[-1] == '\r' || eol[-1] == '\n'))
-            eol--;
-        char *colon = memchr(p, ':', (size_t)(eol - p));
-        if (colon && colon > p && memcmp(p, "HTTP/", 5) != 0) {
-            char *v = colon + 1;
-            while (v < eol && (*v == ' ' || *v == '\t'))
-                v++;
-            char *ve = eol;
-            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
-                ve--;
-            lower(p, (size_t)(colon - p));
-            lua_pushlstring(co, p, (size_t)(colon - p));
-            int name = lua_gettop(co);
-            /* headers_all[name] list */
-            lua_pushvalue(co, name);
-            lua_rawget(co, all);
-            if (lua_isnil(co, -1)) {
-                lua_pop(co, 1);
-                lua_newtable(co);
-                lua_pushvalue(co, name);
-                lua_pushvalue(co, -2);
-                lua_rawset(co, all);
-            }
-            lua_pushlstring(co, v, (size_t)(ve - v));
-            lua_rawseti(co, -2, (int)lua_objlen(co, -2) + 1);
-            lua_pop(co, 1);
-            /* headers[name] joined */
-            lua_pushvalue(co, name);
-            lua_rawget(co, hdr);
-            if (lua_isnil(co, -1)) {
-                lua_pop(co, 1);
-                lua_pushlstring(co, v, (size_t)(ve - v));
-            } else {
-                lua_pushliteral(co, ", ");
-                lua_pushlstring(co, v, (size_t)(ve - v));
-                lua_concat(co, 3);
-            }
-            lua_rawset(co, hdr);
-        }
-        p = next;
-    }
-}
-
 static double info_secs(CURL *e, CURLINFO what) {
     curl_off_t us = 0;
     curl_easy_getinfo(e, what, &us);
@@ -211,10 +216,8 @@ static int push_response(lua_State *co, transfer *x) {
     lua_setfield(co, -2, "url");
     lua_pushboolean(co, connects == 0);
     lua_setfield(co, -2, "reused");
-    /* The header lines as they came: sluice.http makes the tables of them
-     * on first use (parse_headers), which most callers never ask for. */
-    lua_pushlstring(co, x->head.p ? x->head.p : "", x->head.len);
-    lua_setfield(co, -2, "_head");
+    if (version == CURL_HTTP_VERSION_2_0)
+        sl_hq_multiplexed(&x->wait); /* its origin takes streams */
 
     /* Phase durations, in seconds; a reused connection has dns, connect
      * and tls at 0. */
@@ -228,7 +231,10 @@ static int push_response(lua_State *co, transfer *x) {
     set_num(co, "ttfb", info_secs(e, CURLINFO_STARTTRANSFER_TIME_T));
     set_num(co, "total", info_secs(e, CURLINFO_TOTAL_TIME_T));
     lua_setfield(co, -2, "timings");
-    return 1;
+    /* The header lines as they came: sluice.http makes the tables of them
+     * on first use (parse_headers), which most callers never ask for. */
+    lua_pushlstring(co, x->head.p ? x->head.p : "", x->head.len);
+    return 2;
 }
 
 static const char *failure_kind(CURLcode rc, const transfer *x) {
@@ -428,6 +434,8 @@ static int on_timer(CURLM *m, long timeout_ms, void *userp) {
 }
 
 static void close_multi(void) {
+    sl_hq_free(queue);
+    queue = NULL;
     while (npool > 0)
         curl_easy_cleanup(pool[--npool]);
     if (multi)
@@ -448,13 +456,21 @@ static void apply_limits(void) {
                       max_host_connections);
     curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
                       max_total_connections);
+    /* 0 would be "no cache" to curl 7.88 (a connection per request); to
+     * us 0 is "no cap", which curl spells as a cache this large. */
+    curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS,
+                      max_cached_connections ? max_cached_connections
+                                             : (long)1 << 30);
 }
 
 static int ensure_multi(lua_State *L) {
     if (multi)
         return 0;
-    if (!(multi = curl_multi_init()))
+    if (!(queue = sl_hq_new()) || !(multi = curl_multi_init())) {
+        sl_hq_free(queue);
+        queue = NULL;
         return luaL_error(L, "sluice.http: cannot create a curl multi handle");
+    }
     timer_ev = evtimer_new(sl_rt.base, on_timeout, NULL);
     curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer);
@@ -473,6 +489,115 @@ static void cancel_transfer(sl_task *t, void *op) {
     transfer_free(op); /* removes the easy handle: no callback will follow */
 }
 
+/* The request's timeout, kept by us as well as by curl: curl does not see
+ * a request queued for its origin (and libcurl 7.88 checks a transfer's
+ * timeout only once it has a connection, so one in curl's own queue, under
+ * max_total_connections, would wait past it and then fail as "Failed to
+ * resolve host ... after 0 ms"). Armed a little after curl's own deadline,
+ * so that curl's timeout, with its message, wins whenever curl can see it;
+ * this one fires for a transfer still queued. */
+#define DEADLINE_GRACE_MS 20
+
+static long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Gives an admitted request an easy handle set up for it and adds that to
+ * the multi handle: a queued request holds no handle (each is kilobytes).
+ * Returns NULL, or what went wrong. */
+static const char *transfer_setup(transfer *x) {
+    CURL *e = x->easy = easy_get();
+    if (!e)
+        return "out of memory";
+    long timeout_ms = x->transfer_ms;
+    if (timeout_ms > 0) { /* what is left of it after the queue */
+        timeout_ms -= now_ms() - x->started;
+        if (timeout_ms < 1)
+            timeout_ms = 1;
+    }
+    const char *method = x->method;
+    int get = strcmp(method, "GET") == 0;
+    curl_easy_setopt(e, CURLOPT_URL, x->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+    /* This request's options; easy_defaults set the others. */
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, x->connect_ms);
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)x->max_body);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, x->version);
+    /* A request that may go over HTTP/2 (cleartext http:// only with
+     * prior knowledge) waits for a connection being set
+     * up to the same origin to say whether it multiplexes, rather than
+     * opening one of its own: one connection, many streams. */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT,
+                     x->version == CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE ||
+                             (x->version == CURL_HTTP_VERSION_2TLS &&
+                              strncasecmp(x->url, "https:", 6) == 0)
+                         ? 1L
+                         : 0L);
+    if (x->insecure) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    if (strcmp(method, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else if (!get || x->body_data) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    }
+    if (x->body_data) { /* x keeps it until the handle is reset */
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)x->body_len);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->body_data);
+    }
+    CURLMcode mrc = curl_multi_add_handle(multi, e);
+    if (mrc != CURLM_OK)
+        return curl_multi_strerror(mrc);
+    x->added = 1;
+    return NULL;
+}
+
+/* Starts a request its origin's queue admitted, or ends it. */
+static void transfer_start(transfer *x) {
+    const char *why = transfer_setup(x);
+    if (!why)
+        return;
+    lua_State *co = sl_task_thread(x->task);
+    lua_pushnil(co);
+    lua_pushstring(co, why);
+    lua_pushliteral(co, "protocol");
+    sl_task_wake(x->task, 3);
+    transfer_free(x);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg) {
+    transfer *x = arg;
+    (void)fd;
+    (void)what;
+    if (x->added && !x->late) {
+        /* curl has it, with what was left of the timeout when it started:
+         * a loop that stalled can run this before curl's timer. Leave it
+         * to curl, unless curl cannot see it (its own pending list). */
+        struct timeval tv = {1, 0};
+        x->late = 1;
+        evtimer_add(&x->deadline, &tv);
+        return;
+    }
+    lua_State *co = sl_task_thread(x->task);
+    lua_pushnil(co);
+    lua_pushfstring(co, "timed out after %d milliseconds%s", (int)x->timeout_ms,
+                    x->added ? ""
+                             : " waiting for a connection (http.configure "
+                               "caps them)");
+    lua_pushliteral(co, "timeout");
+    sl_task_wake(x->task, 3);
+    transfer_free(x);
+}
+
 /* The http_version option -> curl's; -1 for a name it does not know. */
 static long http_version(const char *v) {
     if (!v)
@@ -487,14 +612,15 @@ static long http_version(const char *v) {
 }
 
 /* request(method, url, headers, body, timeout, connect_timeout, max_body,
- *         insecure, http_version) -> res | nil, err, kind
+ *         insecure, http_version) -> res, head | nil, err, kind
+ * head: the response's header lines, for parse_headers.
  * headers is an array of "Name: value" lines; body a string or nil. The Lua
  * wrapper validates everything first. */
 static int l_request(lua_State *L) {
-    const char *method = luaL_checkstring(L, 1);
-    const char *url = luaL_checkstring(L, 2);
+    size_t url_len, method_len, body_len = 0;
+    const char *method = luaL_checklstring(L, 1, &method_len);
+    const char *url = luaL_checklstring(L, 2, &url_len);
     luaL_checktype(L, 3, LUA_TTABLE);
-    size_t body_len = 0;
     const char *body = luaL_optlstring(L, 4, NULL, &body_len);
     double timeout = luaL_checknumber(L, 5);
     double connect_timeout = luaL_checknumber(L, 6);
@@ -516,18 +642,32 @@ static int l_request(lua_State *L) {
     sl_task *t = sl_task_check_yieldable(L, "sluice.http.request");
     ensure_multi(L);
 
-    transfer *x = calloc(1, sizeof(*x));
-    if (!x || !(x->easy = easy_get())) {
-        free(x);
+    /* The request's strings go with it (one allocation): a queued request
+     * has no easy handle yet to hold them. */
+    transfer *x = calloc(1, sizeof(*x) + url_len + method_len + 2 + body_len);
+    if (!x) {
         lua_pushnil(L);
         lua_pushliteral(L, "out of memory");
         lua_pushliteral(L, "protocol");
         return 3;
     }
+    x->url = (char *)(x + 1);
+    memcpy(x->url, url, url_len + 1);
+    x->method = x->url + url_len + 1;
+    memcpy(x->method, method, method_len + 1);
+    if (body) {
+        x->body_data = x->method + method_len + 1;
+        memcpy(x->body_data, body, body_len);
+        x->body_len = body_len;
+    }
     x->task = t;
     in_flight++;
     x->max_body = (size_t)max_body;
-    CURL *e = x->easy;
+    x->transfer_ms = timeout_ms;
+    x->connect_ms = connect_ms;
+    x->version = version;
+    x->insecure = insecure;
+    x->started = now_ms();
     int n = (int)lua_objlen(L, 3);
     for (int i = 1; i <= n; i++) {
         lua_rawgeti(L, 3, i);
@@ -540,126 +680,36 @@ static int l_request(lua_State *L) {
         }
         x->headers = h;
     }
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, user_agent);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, ""); /* all that we have */
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
-    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)max_body);
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* see the top */
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_DNS_CACHE_TIMEOUT, 60L);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_open);
-    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_close);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
-    /* A request that may go over HTTP/2 (cleartext http:// only with
-     * prior knowledge) waits for a connection being set
-     * up to the same origin to say whether it multiplexes, rather than
-     * opening one of its own: one connection, many streams. */
-    if (version == CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE ||
-        (version == CURL_HTTP_VERSION_2TLS &&
-         strncasecmp(url, "https:", 6) == 0))
-        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-    if (insecure) {
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    int admitted =
+        sl_hq_enter(queue, &x->wait, url, (size_t)max_host_connections);
+    if (admitted < 0) {
+        transfer_free(x);
+        return luaL_error(L, "sluice.http: out of memory");
     }
-    if (strcmp(method, "HEAD") == 0) {
-        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-    } else if (strcmp(method, "GET") != 0 || body) {
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-    }
-    if (body) {
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
-        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body);
-    }
-    CURLMcode mrc = curl_multi_add_handle(multi, e);
-    if (mrc != CURLM_OK) {
+    const char *why = admitted ? transfer_setup(x) : NULL;
+    if (why) {
         transfer_free(x);
         lua_pushnil(L);
-        lua_pushstring(L, curl_multi_strerror(mrc));
+        lua_pushstring(L, why);
         lua_pushliteral(L, "protocol");
         return 3;
+    }
+    if (timeout_ms > 0) {
+        long ms = timeout_ms + DEADLINE_GRACE_MS;
+        x->timeout_ms = timeout_ms; /* from here on, transfer_free disarms */
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        evtimer_assign(&x->deadline, sl_rt.base, on_deadline, x);
+        evtimer_add(&x->deadline, &tv);
     }
     return sl_task_suspend(L, t, cancel_transfer, x);
 }
 
-/* Pushes part `what` of u, lower case when `fold` (scheme and host are
- * case-insensitive), or nil when u has none. */
-static void push_part(lua_State *L, CURLU *u, CURLUPart what, int fold) {
-    char *v = NULL;
-    if (curl_url_get(u, what, &v, 0) != CURLUE_OK || !v) {
-        lua_pushnil(L);
-        return;
-    }
-    if (fold)
-        lower(v, strlen(v));
-    lua_pushstring(L, v);
-    curl_free(v);
-}
-
-/* parse_url(url [, ref]) -> url, scheme, host, port | nil, err
- * Resolves ref (a Location value: absolute, scheme-relative, or relative)
- * against url as RFC 3986 says, and returns the result with the parts that
- * make its origin: scheme and host in lower case, port a number (the
- * scheme's default when the URL names none). */
-static int l_parse_url(lua_State *L) {
-    const char *url = luaL_checkstring(L, 1);
-    const char *ref = luaL_optstring(L, 2, NULL);
-    CURLU *u = curl_url();
-    if (!u)
-        return luaL_error(L, "sluice.http: out of memory");
-    CURLUcode rc = curl_url_set(u, CURLUPART_URL, url, 0);
-    if (rc == CURLUE_OK && ref)
-        rc = curl_url_set(u, CURLUPART_URL, ref, 0);
-    if (rc != CURLUE_OK) {
-        curl_url_cleanup(u);
-        lua_pushnil(L);
-        lua_pushstring(L, curl_url_strerror(rc));
-        return 2;
-    }
-    push_part(L, u, CURLUPART_URL, 0);
-    push_part(L, u, CURLUPART_SCHEME, 1);
-    push_part(L, u, CURLUPART_HOST, 1);
-    char *port = NULL;
-    if (curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) ==
-            CURLUE_OK &&
-        port) {
-        lua_pushnumber(L, strtod(port, NULL));
-        curl_free(port);
-    } else {
-        lua_pushnil(L);
-    }
-    curl_url_cleanup(u);
-    return 4;
-}
-
-/* parse_headers(lines) -> headers, headers_all: the tables push_headers
- * makes of a response's header lines (res._head). */
-static int l_parse_headers(lua_State *L) {
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    char *copy = malloc(len ? len : 1); /* push_headers folds names in place */
-    if (!copy)
-        return luaL_error(L, "sluice.http: out of memory");
-    memcpy(copy, s, len);
-    push_headers(L, copy, len);
-    free(copy);
-    return 2;
-}
-
-/* configure(max_host_connections, max_total_connections) */
+/* configure(max_host_connections, max_total_connections,
+ *           max_cached_connections) */
 static int l_configure(lua_State *L) {
     max_host_connections = (long)luaL_checkinteger(L, 1);
     max_total_connections = (long)luaL_checkinteger(L, 2);
+    max_cached_connections = (long)luaL_checkinteger(L, 3);
     if (multi)
         apply_limits();
     return 0;
@@ -697,8 +747,8 @@ int luaopen_sluice_http(lua_State *L) {
         {"configure", l_configure},
         {"version", l_version},
         {"in_flight", l_in_flight},
-        {"parse_url", l_parse_url},
-        {"parse_headers", l_parse_headers},
+        {"parse_url", sl_http_parse_url},
+        {"parse_headers", sl_http_parse_headers},
         {NULL, NULL},
     };
     snprintf(user_agent, sizeof(user_agent), "sluice/%s", SLUICE_VERSION);

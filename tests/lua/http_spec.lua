@@ -67,6 +67,24 @@ describe("sluice.http against nginx", function()
     assert.is_true(res.timings.total >= res.timings.ttfb)
   end)
 
+  it("shows its public fields to pairs, and no private ones", function()
+    local function keys(t)
+      local list = {}
+      for k in pairs(t) do list[#list + 1] = k end
+      table.sort(list)
+      return list
+    end
+    local res = assert(http.get(nginx:url("/doc.json")))
+    -- the header tables are made on first read: until then pairs leaves them out
+    assert.same({ "body", "http_version", "redirects", "reused", "status", "timings", "url" }, keys(res))
+    assert.equal("BTCUSDT", res:json().symbol)
+    assert.same({ "body", "http_version", "redirects", "reused", "status", "timings", "url" }, keys(res))
+    assert.equal("application/json", res.headers["content-type"])
+    assert.same({ "body", "headers", "headers_all", "http_version", "redirects", "reused", "status",
+      "timings", "url" }, keys(res))
+    assert.same({ "application/json" }, res.headers_all["content-type"])
+  end)
+
   it("encodes queries with sorted keys and sends headers and a user agent", function()
     local res = assert(http.get(nginx:url("/echo"), {
       query = { symbol = "BTC USDT", limit = 500, interval = "1m", ids = { 3, 1 } },
@@ -133,6 +151,24 @@ describe("sluice.http against nginx", function()
     assert.equal(0, res.redirects)
     assert.equal(0, res.timings.redirect)
     assert.matches("/doc.json$", res.headers.location)
+  end)
+
+  it("carries nothing over from the request before it (easy handles are pooled)", function()
+    local echo = nginx:url("/echo")
+    local function get() return assert(http.get(echo)):json() end
+    local plain = { uri = "/echo", method = "GET", x = "", ua = "sluice/" .. sluice._VERSION, len = "", type = "" }
+    assert.same(plain, get())
+    assert.same({ uri = "/echo", method = "POST", x = "", ua = plain.ua, len = "2", type = "application/json" },
+      assert(http.post(echo, { json = {} })):json())
+    assert.same(plain, get())
+    assert.same("", assert(http.request({ method = "HEAD", url = echo })).body)
+    assert.same(plain, get())
+    assert.same({ uri = "/echo", method = "DELETE", x = "1", ua = plain.ua, len = "", type = "" },
+      assert(http.request({ method = "DELETE", url = echo, headers = { ["X-Test"] = 1 } })):json())
+    assert.same(plain, get())
+    assert.same({ uri = "/echo?a=1", method = "GET", x = "2", ua = plain.ua, len = "", type = "" },
+      assert(http.get(echo, { query = { a = 1 }, headers = { ["X-Test"] = 2 } })):json())
+    assert.same(plain, get())
   end)
 
   it("reuses the connection (keep-alive)", function()
@@ -208,8 +244,9 @@ describe("sluice.http against nginx", function()
       tasks[i] = sluice.spawn(function() return assert(http.get(nginx:url("/doc.json"))).status end)
     end
     for i = 1, 50 do assert.same({ true, 200 }, { sluice.wait(tasks[i]) }) end
-    assert.same({ max_host_connections = 4, max_total_connections = 0 }, http.configure())
-    http.configure({ max_host_connections = 0 })
+    assert.same({ max_host_connections = 4, max_total_connections = 1024, max_cached_connections = 256 },
+      http.configure())
+    http.configure({ defaults = true })
   end)
 
   it("removes the transfer when its task is killed", function()
@@ -273,7 +310,12 @@ describe("sluice.http arguments", function()
     -- math.huge is not a count (it used to reach libcurl as a garbage long)
     assert.has_error(function() http.configure({ max_total_connections = math.huge }) end,
       "sluice.http.configure: option 'max_total_connections' must be an integer >= 0, got inf")
-    assert.same({ max_host_connections = 0, max_total_connections = 0 }, http.configure())
+    assert.has_error(function() http.configure({ max_cached_connections = 1.5 }) end,
+      "sluice.http.configure: option 'max_cached_connections' must be an integer >= 0, got 1.5")
+    assert.has_error(function() http.configure({ defaults = 1 }) end,
+      "sluice.http.configure: option 'defaults' must be a boolean, got number")
+    assert.same({ max_host_connections = 64, max_total_connections = 1024, max_cached_connections = 256 },
+      http.configure())
   end)
 
   it("blames the caller's line for a bad option", function()
