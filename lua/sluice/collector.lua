@@ -385,12 +385,24 @@ function Collector:request(opts)
   return request.run(self, opts, tally)
 end
 
+-- opts with path and method set, as a table of its own (the caller's is
+-- not written).
+local function with_path(opts, path, method)
+  local o = { path = path, method = method }
+  if opts then
+    for k, v in pairs(opts) do
+      if k ~= "path" and k ~= "method" then o[k] = v end
+    end
+  end
+  return o
+end
+
 function Collector:get(path, opts)
-  return self:request(merge(opts, { path = path, method = "GET" }))
+  return self:request(with_path(opts, path, "GET"))
 end
 
 function Collector:post(path, opts)
-  return self:request(merge(opts, { path = path, method = "POST" }))
+  return self:request(with_path(opts, path, "POST"))
 end
 
 -- --- running ------------------------------------------------------------
