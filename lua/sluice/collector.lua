@@ -170,7 +170,7 @@ function _M.is_spec(v)
   return specs[v] == true
 end
 
--- --- the instance (run units: sluice.collector.runs) --------------------------------------------------------
+-- --- the instance (its run units: sluice.collector.runs) -------------------
 
 local merge = options.merge
 
