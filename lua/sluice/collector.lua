@@ -83,6 +83,7 @@ local cache = require "sluice.collector.cache"
 local report = require "sluice.collector.report"
 local targets = require "sluice.collector.targets"
 local stream = require "sluice.collector.stream"
+local runs = require "sluice.collector.runs"
 
 local bit = require "bit"
 
@@ -169,49 +170,25 @@ function _M.is_spec(v)
   return specs[v] == true
 end
 
--- --- datasets and their runs ----------------------------------------------
---
--- A run unit is what has a schedule, a run slot and run statistics: the
--- instance itself for a collector with collect, or each of its datasets
--- (a table of this module's, in self.units_). Its fields: dataset (the
--- name; nil for the instance), collect_fn_, table_, interval, jitter_,
--- first_delay_, run_budget, enabled, disabled_reason (disable_dataset's),
--- log, slot_, stats_ (a dataset's run counters; the instance's are its
--- totals), and its schedule: next_due_,
--- due_ (the latest scheduled run's due time), first_due_, phase_ (start's
--- phase option), timer, first_run, started_mono_.
-
--- The run counters of a dataset (report.lua lists them).
-local function run_stats()
-  return { data_points_collected = 0, total_runtime = 0, collections_completed = 0,
-    collections_failed = 0, collections_skipped = 0, consecutive_failures = 0 }
-end
-
--- The units of a collector built from cfg.datasets, by name and sorted by
--- name.
-local function dataset_units(self, cfg)
-  local byname, list = {}, {}
-  for dname, ds in pairs(cfg.datasets) do
-    local interval = ds.interval or cfg.interval or 60
-    local u = {
-      dataset = dname, collect_fn_ = ds.collect, table_ = ds.table, interval = interval,
-      jitter_ = ds.jitter or cfg.jitter, first_delay_ = ds.first_delay or 0,
-      run_budget = spec_mod.run_budget(cfg, interval, dname, ds), enabled = ds.enabled ~= false,
-      log = self.log.with({ dataset = dname }),
-      -- one run in flight per dataset, and its counters: shared with the
-      -- instances that replace this one at a reload (adopt)
-      slot_ = slot.new(), stats_ = run_stats(),
-    }
-    byname[dname] = u
-    list[#list + 1] = u
-  end
-  table.sort(list, function(a, b) return a.dataset < b.dataset end)
-  return byname, list
-end
-
--- --- the instance --------------------------------------------------------
+-- --- the instance (its run units: sluice.collector.runs) -------------------
 
 local merge = options.merge
+
+-- The table definitions (a spec's, by identity) each store has taken from
+-- collector.new, and under which name: the thousand instances of one spec
+-- define its tables once (store:define compares the whole schema, about
+-- 100 us, each time). Weak both ways: it goes with the store and the spec.
+-- A spec with migrate defines every time (its migration may change them).
+local defined = setmetatable({}, { __mode = "k" })
+
+local function defined_in(store)
+  local d = defined[store]
+  if not d then
+    d = setmetatable({}, { __mode = "k" })
+    defined[store] = d
+  end
+  return d
+end
 
 --- new(spec, overrides, context) -> instance
 -- overrides: the configuration entry (name, base_url, interval, auth,
@@ -261,7 +238,7 @@ function _M.new(spec, overrides, context)
   -- or its datasets
   self.collect_fn_, self.jitter_, self.first_delay_ = spec.collect, cfg.jitter, 0
   if cfg.datasets then
-    self.datasets_, self.units_ = dataset_units(self, cfg)
+    self.datasets_, self.units_ = runs.dataset_units(self, cfg)
     -- the most frequent schedule: start-up spreads first runs within it
     local min
     for _, u in ipairs(self.units_) do
@@ -322,11 +299,14 @@ function _M.new(spec, overrides, context)
     if not ok then error("collector '" .. self.name .. "': migration failed: " .. tostring(err), 2) end
   end
   if self.store and cfg.tables then
+    local done = not spec.migrate and defined_in(self.store)
     for tname, def in pairs(cfg.tables) do
-      local d = merge(def, { name = tname })
-      local ok, err = self.store:define(d)
-      if not ok then
-        error("collector '" .. self.name .. "': table '" .. tname .. "': " .. tostring(err), 2)
+      if not (done and done[def] == tname) then
+        local ok, err = self.store:define(merge(def, { name = tname }))
+        if not ok then
+          error("collector '" .. self.name .. "': table '" .. tname .. "': " .. tostring(err), 2)
+        end
+        if done then done[def] = tname end
       end
     end
   end
@@ -366,12 +346,24 @@ function Collector:request(opts)
   return request.run(self, opts, tally)
 end
 
+-- opts with path and method set, as a table of its own (the caller's is
+-- not written).
+local function with_path(opts, path, method)
+  local o = { path = path, method = method }
+  if opts then
+    for k, v in pairs(opts) do
+      if k ~= "path" and k ~= "method" then o[k] = v end
+    end
+  end
+  return o
+end
+
 function Collector:get(path, opts)
-  return self:request(merge(opts, { path = path, method = "GET" }))
+  return self:request(with_path(opts, path, "GET"))
 end
 
 function Collector:post(path, opts)
-  return self:request(merge(opts, { path = path, method = "POST" }))
+  return self:request(with_path(opts, path, "POST"))
 end
 
 -- --- running ------------------------------------------------------------
@@ -474,136 +466,6 @@ local function unit_of(self, old, u)
   return old.datasets_ and old.datasets_[u.dataset]
 end
 
--- collect in a task of its own under the unit's run budget, waited for;
--- a run over budget fails with the budget's error. Returns what xpcall does.
-local function collect_within_budget(self, u)
-  if not u.run_budget then
-    return xpcall(u.collect_fn_, debug.traceback, self)
-  end
-  local run = sluice.budget(sluice.spawn(xpcall, u.collect_fn_, debug.traceback, self), u.run_budget)
-  local done, ok, result = sluice.wait(run)
-  if not done then return false, ok end
-  return ok, result
-end
-
--- k += n in a unit's counters and in the collector's totals.
-local function add(st, total, k, n)
-  st[k] = st[k] + n
-  if total ~= st then total[k] = total[k] + n end
-end
-
--- One collection of unit u, in its run slot (a run without the run guard).
-local function run(self, u)
-  local g = u.slot_
-  if g:busy() then
-    local ok, a, b = g:wait()
-    if ok then return a, b, "joined" end
-    return false, a
-  end
-  g:take()
-  local st, total = u.stats_, self.stats_
-  local t0 = sluice.now()
-  st.last_collection = sluice.time()
-  total.last_collection = st.last_collection
-  self.in_flight = (self.in_flight or 0) + 1
-  local refusals = self.refusals_
-  local ok, result = collect_within_budget(self, u)
-  local count
-  if ok then
-    -- a dataset's list of rows goes to the table it names
-    if u.table_ and type(result) == "table" and result[1] ~= nil then result = { [u.table_] = result } end
-    ok, count = pcall(rows.store, self, result, self.sinks_,
-      u.dataset and ("collect of dataset '" .. u.dataset .. "'") or "collect")
-    if not ok then result = count end
-  end
-  self.in_flight = self.in_flight - 1
-  add(st, total, "total_runtime", sluice.now() - t0)
-  if ok then
-    st.last_success = sluice.time()
-    total.last_success = st.last_success
-    add(st, total, "collections_completed", 1)
-    add(st, total, "data_points_collected", count)
-    st.consecutive_failures = 0
-    if log.enabled("info") then
-      -- the module's logger with the instance's fields: no logger of its own
-      log.info("collection done", { collector = self.name, dataset = u.dataset, rows = count,
-        seconds = sluice.now() - t0 })
-    end
-    g:release(true, count)
-    return true, count
-  end
-  local msg = tostring(result)
-  if self.refusals_ > refusals and self.breaker and self.breaker:state() == "open" then
-    -- The run failed because the open breaker refused its requests (the
-    -- assert(self:get(...)) idiom): a skipped run, not a new failure. One
-    -- warning per opening (for all the datasets), no traceback, so the log
-    -- stays readable.
-    add(st, total, "collections_skipped", 1)
-    local opened = self.breaker:status().last_state_change
-    if self.skip_warned_ ~= opened then
-      self.skip_warned_ = opened
-      local open_until = self.breaker:metrics().open_until
-      u.log.warning("collection skipped: circuit breaker open", {
-        breaker = self.breaker:name(), next_attempt = open_until and sluice.iso8601(open_until),
-        error = msg:match("^[^\n]*") })
-    end
-    g:release(false, "skipped: circuit breaker " .. self.breaker:name() .. " is open")
-    return false, "skipped: circuit breaker " .. self.breaker:name() .. " is open"
-  end
-  st.last_error = msg:match("^[^\n]*")
-  st.last_error_time = sluice.time()
-  if total ~= st then
-    total.last_error = "dataset " .. u.dataset .. ": " .. st.last_error
-    total.last_error_time = st.last_error_time
-  end
-  add(st, total, "collections_failed", 1)
-  st.consecutive_failures = st.consecutive_failures + 1
-  u.log.error("collection failed", { error = st.last_error, traceback = msg })
-  g:release(false, st.last_error)
-  return false, st.last_error
-end
-
--- A run of unit u under the run guard (run_once's, per unit).
-local function guarded(self, u)
-  local guard = self.run_guard_
-  if not guard then return run(self, u) end
-  local a, b, c
-  if guard.enter(self) == true then
-    a, b, c = run(self, u)
-  else
-    -- the guard says no run here (another instance holds this collector's
-    -- lease): standing by is not being overdue (health)
-    u.stats_.standby_at = sluice.now()
-    a, b = true, 0
-  end
-  guard.leave(self)
-  return a, b, c
-end
-
--- A run of every enabled dataset at once, each in a task of its own,
--- waited for: true, the rows of all | false, "dataset d: err; ...", and
--- "joined" when every one joined a run in flight.
-local function run_all(self)
-  local runs = {}
-  for _, u in ipairs(self.units_) do
-    if u.enabled then runs[#runs + 1] = { u, sluice.spawn(guarded, self, u) } end
-  end
-  local ok, count, errs, joined = true, 0, {}, #runs > 0
-  for _, r in ipairs(runs) do
-    local done, a, b, c = sluice.wait(r[2])
-    if not done then a, b = false, tostring(a) end
-    if a then
-      count = count + (b or 0)
-    else
-      ok = false
-      errs[#errs + 1] = "dataset " .. r[1].dataset .. ": " .. tostring(b)
-    end
-    if c ~= "joined" then joined = false end
-  end
-  if ok then return true, count, joined and "joined" or nil end
-  return false, table.concat(errs, "; "), joined and "joined" or nil
-end
-
 --- self:run_once([dataset]) -> true, rows | false, err. One collection:
 -- collect runs in a task of its own under the run budget, which the
 -- calling task waits for; errors in collect are caught, logged and
@@ -616,9 +478,9 @@ end
 -- once and returns the rows of all, or false and each failure as
 -- "dataset NAME: error", joined by "; ". An unknown dataset raises.
 function Collector:run_once(dataset)
-  if dataset ~= nil then return guarded(self, unit_named(self, dataset, "collector:run_once")) end
-  if not self.datasets_ then return guarded(self, self) end
-  return run_all(self)
+  if dataset ~= nil then return runs.guarded(self, unit_named(self, dataset, "collector:run_once")) end
+  if not self.datasets_ then return runs.guarded(self, self) end
+  return runs.run_all(self)
 end
 
 --- self:datasets() -> the names of the collector's datasets, sorted, or
@@ -628,56 +490,6 @@ function Collector:datasets()
   local out = {}
   for i, u in ipairs(self.units_) do out[i] = u.dataset end
   return out
-end
-
--- Seconds from wall-clock time wall + d until unit u's next phase instant
--- (a wall-clock time t with t mod interval = its phase), plus d.
-local function phase_wait(u, wall, d)
-  return d + (u.phase_ - (wall + d)) % u.interval
-end
-
-local function next_period(u)
-  local j = u.jitter_ or 0
-  if j <= 0 then return u.interval end
-  return u.interval * (1 + j * (2 * math.random() - 1))
-end
-
--- One scheduled run of unit u, as a timer's task; schedules the next. A
--- run still in flight (a manual one, or the replaced instance's after a
--- reload) is waited for, never overlapped; a run that overran its period
--- delays the next one to its end, and missed ticks are not replayed.
-local function tick(premature, self, u)
-  if premature or not self.running or not u.enabled then return end
-  u.timer = nil
-  local due = u.next_due_
-  u.due_ = due -- due(): the due time of this run
-  -- the next tick's due time is set before running, so that an instance
-  -- taking over at a reload continues this schedule
-  u.next_due_ = due + next_period(u)
-  while u.slot_:busy() do
-    if not u.slot_:wait() or not self.running then return end
-  end
-  if not self.running or not u.enabled then return end
-  guarded(self, u)
-  if not self.running or not u.enabled then return end -- disable_dataset: no next run
-  local now = sluice.now()
-  if u.next_due_ < now then
-    -- overran: the next run starts now, or with a phase at its next instant
-    u.next_due_ = now
-    if u.phase_ then u.next_due_ = now + phase_wait(u, sluice.time(), 0) end
-  end
-  u.timer = sluice.after(u.next_due_ - now, tick, self, u)
-end
-
--- Unit u's first run, delay seconds from now.
-local function schedule(self, u, delay)
-  u.next_due_ = sluice.now() + delay
-  u.first_due_ = u.next_due_
-  if delay <= 0 then
-    u.first_run = sluice.spawn(tick, false, self, u)
-  else
-    u.timer = sluice.after(delay, tick, self, u)
-  end
 end
 
 local START_OPTIONS = {
@@ -727,7 +539,7 @@ function Collector:start(opts)
     delays[u] = delay + (u.first_delay_ or 0)
     u.phase_ = opts.phase and _M.phase(u == self and self.name or (self.name .. "/" .. u.dataset),
       u.interval) or nil
-    if u.phase_ then delays[u] = phase_wait(u, wall, delays[u]) end
+    if u.phase_ then delays[u] = runs.phase_wait(u, wall, delays[u]) end
     if ou then
       u.slot_ = ou.slot_
       if ou.next_due_ then delays[u] = math.max(0, ou.next_due_ - now) end
@@ -747,7 +559,7 @@ function Collector:start(opts)
   -- a stream alone has no scheduled runs (sluice.collector.stream)
   local stream_only = self.spec.stream and not self.collect_fn_ and not self.datasets_
   for _, u in ipairs(self.units_) do
-    if not stream_only and (u == self or u.enabled) then schedule(self, u, delays[u]) end
+    if not stream_only and (u == self or u.enabled) then runs.schedule(self, u, delays[u]) end
   end
   if self.spec.stream then
     stream.start(self, function(n)

@@ -45,30 +45,63 @@ local function check_fields(fields, name)
   end
 end
 
-local function logger(ctx)
-  local l = {}
-  for _, name in ipairs(levels) do
-    l[name] = function(msg, fields)
-      check_fields(fields, name)
-      if core.enabled(name) then
-        core.write(name, redact.text(tostring(msg)), scrubbed(merge(ctx, fields)))
-      end
+-- The function of level `name` logging with ctx's fields.
+local function level_fn(name, ctx)
+  return function(msg, fields)
+    check_fields(fields, name)
+    if core.enabled(name) then
+      core.write(name, redact.text(tostring(msg)), scrubbed(merge(ctx, fields)))
     end
   end
-  l.warn = l.warning
-  --- with(fields) -> a logger adding these fields (and the parent's) to
-  -- every entry.
-  function l.with(fields)
-    if type(fields) ~= "table" then
-      error("sluice.log.with: bad argument #1 'fields' (table expected, got "
-        .. type(fields) .. ")", 2)
-    end
-    return logger(merge(ctx, fields))
-  end
-  return l
 end
 
-local _M = logger(nil)
+local is_level = { warn = "warning" }
+for _, name in ipairs(levels) do is_level[name] = name end
+
+local logger
+
+-- A logger of log.with is a table holding its fields (ctx_) under one
+-- shared metatable: its functions (info, warning, ..., with) are made on
+-- first use, each once per logger, so that a logger nobody logs through
+-- (a collector's, most of the time) costs two small tables, not the nine
+-- closures made up front before (1.4 KB). l.info(msg) keeps working as a
+-- plain function (the fields are its upvalue, not a self argument).
+local logger_mt = {
+  __index = function(l, k)
+    local ctx = rawget(l, "ctx_")
+    local fn
+    if k == "with" then
+      --- with(fields) -> a logger adding these fields (and the parent's)
+      -- to every entry.
+      fn = function(fields)
+        if type(fields) ~= "table" then
+          error("sluice.log.with: bad argument #1 'fields' (table expected, got "
+            .. type(fields) .. ")", 2)
+        end
+        return logger(merge(ctx, fields))
+      end
+    elseif is_level[k] then
+      if k == "warn" then
+        fn = l.warning
+      else
+        fn = level_fn(k, ctx)
+      end
+    else
+      return nil
+    end
+    rawset(l, k, fn)
+    return fn
+  end,
+}
+
+logger = function(ctx)
+  return setmetatable({ ctx_ = ctx }, logger_mt)
+end
+
+local _M = {}
+for _, name in ipairs(levels) do _M[name] = level_fn(name, nil) end
+_M.warn = _M.warning
+_M.with = logger(nil).with
 
 _M.level = core.level         -- level([name]) -> current level name
 _M.format = core.format       -- format(["json"|"console"]) -> current format

@@ -93,13 +93,15 @@ function _M:delay(n, retry_after)
     self.max_retry_after)
 end
 
---- policy:run(fn) -> value, err, info
--- Calls fn(attempt) until it returns a non-nil value, or fails in a way
+--- policy:run(fn, ...) -> value, err, info
+-- Calls fn(attempt, ...) until it returns a non-nil value, or fails in a way
 -- that must not be retried, or the attempts or the budget run out. fn
 -- returns value on success, or nil, err [, hint] where hint.retryable
 -- (default false) allows a retry and hint.retry_after (seconds) is the
--- server's word for adaptive. info = {attempts = n, budget_exhausted = bool}.
-function _M:run(fn)
+-- server's word for adaptive; the arguments after fn are passed on to it
+-- (a caller needs no closure per call). info = {attempts = n,
+-- budget_exhausted = bool}.
+function _M:run(fn, ...)
   check_open(self)
   self._calls = self._calls + 1
   if self.budget then self.budget:deposit() end
@@ -107,7 +109,7 @@ function _M:run(fn)
   while true do
     attempt = attempt + 1
     self._attempts = self._attempts + 1
-    local value, err, hint = fn(attempt)
+    local value, err, hint = fn(attempt, ...)
     if value ~= nil then
       return value, nil, { attempts = attempt }
     end

@@ -1,5 +1,5 @@
 -- collectors.lua -- N collectors at 1 s on one process: RSS, schedule lateness, CPU.
---   sluice run --lua-path tests/lua tests/bench/collectors.lua [-- N SECONDS TABLES START INTERVAL]
+--   sluice run --lua-path tests/lua tests/bench/collectors.lua [-- N SECONDS TABLES START INTERVAL WORK]
 --   sluice run --lua-path tests/lua tests/bench/collectors.lua -- part NAME N
 --
 -- Run mode: nginx (1 worker) serves a 300-byte JSON document on loopback;
@@ -15,7 +15,12 @@
 -- first runs at random over the first second) or "phase" (start{phase =
 -- true}: each at its name's phase, collector.phase). INTERVAL: seconds
 -- between a collector's runs (default 1; 10 measures 10,000 collectors'
--- memory at a rate a loaded 2-core machine keeps up with).
+-- memory at a rate a loaded 2-core machine keeps up with). WORK: "get"
+-- (default: the GET above) or "memory" (collect returns its row from
+-- memory, no HTTP: with TABLES "none" a run is the framework alone, so
+-- that the scheduler's own lateness at 10,000 collectors is measured
+-- apart from the work, which one loop thread cannot do 10,000 times a
+-- second).
 --
 -- Figures (the anchor is the idle RSS of this same process before any
 -- collector exists, measured in the same run):
@@ -51,7 +56,7 @@ local sluice = require "sluice"
 local procinfo = require "sluice.procinfo"
 local bench = require "support.bench"
 
-local a1, a2, a3, a4, a5 = ...
+local a1, a2, a3, a4, a5, a6 = ...
 
 local function rss()
   collectgarbage()
@@ -88,6 +93,7 @@ local spec_cache = {}
 local probe -- run mode: called at the start of every collection
 -- The spec of the bench's collector: one table (own: its own name).
 local interval = tonumber(a5) or 1
+local work = a6 or "get"
 local function spec_for(tname)
   if spec_cache[tname] then return spec_cache[tname] end
   local collector = require "sluice.collector"
@@ -98,6 +104,7 @@ local function spec_for(tname)
       key = { "collector" } } },
     collect = function(self)
       if probe then probe(self) end
+      if work == "memory" then return { { collector = self.name, price = 1, at = sluice.time() } } end
       local data = assert(self:get("/doc.json"))
       return { { collector = self.name, price = tonumber(data.price), at = sluice.time() } }
     end,
@@ -416,6 +423,7 @@ else
   local n = tonumber(a1) or 1000
   local seconds = tonumber(a2) or 20
   local tables = a3 or "shared"
+  if work ~= "get" and work ~= "memory" then error("WORK: get or memory, got " .. work) end
   run(n, seconds, tables, a4 or "random")
   if os.getenv("SKIP_PARTS") ~= "1" then parts(n) end
   sluice.shutdown(0)

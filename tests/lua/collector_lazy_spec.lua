@@ -78,6 +78,66 @@ describe("a collector instance", function()
   end)
 end)
 
+describe("collector.new", function()
+  -- a store of the test's own that counts what is defined in it
+  local function counting_store()
+    local defined = {}
+    return {
+      define = function(_, def)
+        defined[#defined + 1] = def.name
+        return true
+      end,
+      load_state = function() return nil end,
+    }, defined
+  end
+
+  it("defines a spec's tables in a store once for all its instances", function()
+    local spec = collector.define({ name = "once", limiter = false, breaker = false, retry = false,
+      tables = { t = { columns = { x = "integer" }, key = { "x" } } },
+      collect = function() return {} end })
+    local db, defined = counting_store()
+    for i = 1, 3 do collector.new(spec, { name = "once_" .. i }, { store = db }) end
+    assert.same({ "t" }, defined)
+    -- another store gets them too, and so does another spec's table of the same name
+    local db2, defined2 = counting_store()
+    collector.new(spec, nil, { store = db2 })
+    assert.same({ "t" }, defined2)
+    local other = collector.define({ name = "once_other", limiter = false, breaker = false,
+      retry = false, tables = { t = { columns = { x = "integer", y = "real" }, key = { "x" } } },
+      collect = function() return {} end })
+    collector.new(other, nil, { store = db })
+    assert.same({ "t", "t" }, defined)
+  end)
+
+  it("defines them again for each instance of a spec with migrate", function()
+    local migrated = 0
+    local spec = collector.define({ name = "mig", limiter = false, breaker = false, retry = false,
+      tables = { t = { columns = { x = "integer" }, key = { "x" } } },
+      migrate = function() migrated = migrated + 1 end,
+      collect = function() return {} end })
+    local db, defined = counting_store()
+    collector.new(spec, nil, { store = db })
+    collector.new(spec, { name = "mig_2" }, { store = db })
+    assert.equal(2, migrated)
+    assert.same({ "t", "t" }, defined)
+  end)
+
+  it("defines them again after a definition failed", function()
+    local spec = collector.define({ name = "failing", limiter = false, breaker = false, retry = false,
+      tables = { t = { columns = { x = "integer" }, key = { "x" } } },
+      collect = function() return {} end })
+    local calls = 0
+    local db = { define = function() calls = calls + 1 return nil, "disk full" end,
+      load_state = function() return nil end }
+    for _ = 1, 2 do
+      local ok, err = pcall(collector.new, spec, nil, { store = db })
+      assert.is_false(ok)
+      assert.matches("table 't': disk full", err, 1, true)
+    end
+    assert.equal(2, calls)
+  end)
+end)
+
 describe("a run slot", function()
   it("hands a run's results to every waiter, and to none after the release", function()
     local s = slot.new()

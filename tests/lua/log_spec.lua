@@ -36,6 +36,32 @@ describe("sluice.log", function()
     assert.matches('^{"ts":"[^"]+","level":"info","msg":"fetched","ok":true,"ratio":0.25,"rows":12,"symbol":"BTCUSDT"}$', raw)
   end)
 
+  it("makes a with-logger's functions on first use, once, and keeps its fields", function()
+    local l = log.with({ collector = "c1" })
+    -- nothing but its fields until used: a collector's logger costs two
+    -- small tables (tests/bench/collectors.lua, part log)
+    for _, k in ipairs({ "trace", "debug", "info", "warning", "warn", "error", "critical", "with" }) do
+      assert.is_nil(rawget(l, k))
+    end
+    local info = l.info
+    assert.equal("function", type(info))
+    assert.equal(info, rawget(l, "info"))
+    assert.equal(info, l.info)
+    assert.equal(l.warning, l.warn)
+    assert.is_nil(l.no_such_level)
+    local child = l.with({ dataset = "d" })
+    info("one", { n = 1 })
+    child.warn("two")
+    log.with({ a = 1 }).with({ b = 2 }).error("three", { a = 3 })
+    local e = log.recent()
+    assert.equal(3, #e)
+    assert.same({ "info", "one", "c1", 1 }, { e[1].level, e[1].msg, e[1].collector, e[1].n })
+    assert.same({ "warning", "two", "c1", "d" }, { e[2].level, e[2].msg, e[2].collector, e[2].dataset })
+    assert.same({ "error", "three", 3, 2 }, { e[3].level, e[3].msg, e[3].a, e[3].b })
+    assert.has_error(function() l.with("x") end,
+      "sluice.log.with: bad argument #1 'fields' (table expected, got string)")
+  end)
+
   it("escapes strings into valid JSON", function()
     log.warning('quote " backslash \\ newline \n tab \t bell \7', { k = "\1" })
     local raw = require("sluice._log").recent(1)[1]

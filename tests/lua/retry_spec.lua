@@ -9,6 +9,28 @@ local function fake()
 end
 
 describe("sluice.retry", function()
+  it("passes the arguments after fn on to every attempt", function()
+    local f = fake()
+    local p = retry.new{ strategy = "fixed", base_delay = 1, max_attempts = 3, budget = false,
+      clock = f.clock, sleep = f.sleep }
+    local seen = {}
+    local r = {}
+    local value, err, info = p:run(function(attempt, a, b, c)
+      seen[#seen + 1] = { attempt, a, b, c }
+      if attempt < 3 then return nil, "no", { retryable = true } end
+      return "yes"
+    end, r, "x", nil)
+    assert.same({ "yes", nil, { attempts = 3 } }, { value, err, info })
+    assert.equal(3, #seen)
+    for i = 1, 3 do
+      assert.equal(i, seen[i][1])
+      assert.equal(r, seen[i][2])
+      assert.equal("x", seen[i][3])
+      assert.is_nil(seen[i][4])
+    end
+    assert.same({ 1, 1 }, f.slept)
+  end)
+
   it("computes deterministic delays per strategy, capped at max_delay", function()
     local p = retry.new({ strategy = "exponential", base_delay = 0.5, max_delay = 3 })
     assert.same({ 0.5, 1, 2, 3, 3 }, { p:delay(1), p:delay(2), p:delay(3), p:delay(4), p:delay(5) })

@@ -33,7 +33,7 @@
 -- than seconds, with no limiter token, breaker permit or HTTP request;
 -- identical requests in flight at once make one request.
 --
--- It reads the instance c (base_url, config.headers,
+-- It reads the instance c (base_url, target_names_, config.headers,
 -- config.auth, config.timeout, config.max_body, config.endpoint, spec.classify, and its limiter, breaker and
 -- retry policy, which it drives) and writes nothing on it: what the
 -- collector counts, it is told through tally(c, event [, seconds]):
@@ -54,6 +54,8 @@ local cache = require "sluice.collector.cache"
 local _M = {}
 
 local reveal = secret.reveal
+local byte = string.byte
+local SLASH = byte("/")
 
 local merge = options.merge
 
@@ -96,18 +98,42 @@ local function ban_time(c)
   return type(l) == "table" and type(l.ban_time) == "number" and l.ban_time or 120
 end
 
+-- The URL of a request's path, and whether it is the base URL with the
+-- path appended.
 local function url_for(c, path)
-  if path:match("^https?://") then return path end
-  return (c.base_url or "") .. path
+  if path:find("^https?://") then return path, false end
+  return (c.base_url or "") .. path, c.base_url ~= nil
+end
+
+-- The origins of base URLs, parsed once: {scheme, host, port}, or false
+-- when the URL has none. Base URLs are few (one per collector
+-- configuration); the table is bounded anyway.
+local base_origins, n_base_origins = {}, 0
+
+local function base_origin(base)
+  local o = base_origins[base]
+  if o == nil then
+    local s0, h0, p0 = http.origin(base)
+    o = s0 ~= nil and { s0, h0, p0 } or false
+    if n_base_origins >= 4096 then base_origins, n_base_origins = {}, 0 end
+    base_origins[base], n_base_origins = o, n_base_origins + 1
+  end
+  return o
 end
 
 -- Whether url is of base_url's origin: auth and the configured headers are
 -- for that origin only. Without a base_url every URL is the collector's.
-local function own_origin(c, url)
-  if not c.base_url then return true end
-  local s0, h0, p0 = http.origin(c.base_url)
+-- A path starting with one "/" appended to the base URL (url_for says
+-- so: appended) stays on its origin: the authority ended before that "/"
+-- (or ends at it).
+local function own_origin(c, url, path, appended)
+  local base = c.base_url
+  if not base then return true end
+  local o = base_origin(base)
+  if not o then return false end
+  if appended and byte(path, 1) == SLASH and byte(path, 2) ~= SLASH then return true end
   local s1, h1, p1 = http.origin(url)
-  return s0 ~= nil and s0 == s1 and h0 == h1 and p0 == p1
+  return o[1] == s1 and o[2] == h1 and o[3] == p1
 end
 
 -- What a success returns: the decoded JSON when the response says JSON,
@@ -171,6 +197,131 @@ local function cached(c, opts, url, query, headers, send)
   return a, b, k, r
 end
 
+-- One attempt of request r (the state run() made: c, opts, tally, and
+-- the endpoint, url, query, headers, breaker cb and limiter lim it
+-- resolved); what retry:run calls: a module function with r as its
+-- argument, not closures made per request. Returns {data, res, verdict}
+-- | nil, err, hint (hint.kind, hint.res: the failure's); r.hint is the
+-- last attempt's hint.
+local function attempt(_, r)
+  local c, opts, tally, cb, lim, endpoint = r.c, r.opts, r.tally, r.cb, r.lim, r.endpoint
+  -- an open breaker refuses before the limiter is waited in: a run
+  -- during a ban is skipped at once instead of waiting out max_wait. A
+  -- breaker due for its half-open probe hands out a trial permit here,
+  -- which is given back: the trial is taken after the wait, as below,
+  -- so no trial is held while the limiter paces it.
+  if cb and lim and cb:state() == "open" then
+    local early, why = cb:allow()
+    if not early then
+      tally(c, "refused")
+      r.hint = { retryable = false, kind = "circuit_open" }
+      return nil, "circuit breaker " .. cb:name() .. " is " .. why, r.hint
+    end
+    cb:release(early)
+  end
+  if lim then
+    local waited, werr = lim:wait(endpoint, opts.cost or 1,
+      opts.pools and { pools = opts.pools } or nil)
+    if not waited then
+      r.hint = { retryable = false, kind = "limited" }
+      return nil, "rate limiter: " .. tostring(werr), r.hint
+    end
+  end
+  local permit
+  if cb then
+    local why
+    permit, why = cb:allow()
+    if not permit then
+      tally(c, "refused")
+      r.hint = { retryable = false, kind = "circuit_open" }
+      return nil, "circuit breaker " .. cb:name() .. " is " .. why, r.hint
+    end
+  end
+  tally(c, "sent")
+  local t0 = sluice.now()
+  local res, err, kind = http.request({
+    method = opts.method or "GET", url = r.url, query = r.query,
+    headers = r.headers, body = opts.body, json = opts.json,
+    timeout = opts.timeout or c.config.timeout or 30, redirects = opts.redirects,
+    max_body = opts.max_body or c.config.max_body,
+  })
+  local latency = sluice.now() - t0
+  tally(c, "answered", latency)
+  local verdict, retryable = default_verdict(res)
+  -- the same answer again: not retried; an answer over the caller's
+  -- max_body is no failure of the server's (the breaker counts nothing)
+  if kind == "redirect" or kind == "too_large" then retryable = false end
+  local message = err
+  if res then
+    -- the request's classify, then the collector's (the last word)
+    if opts.classify then
+      verdict, retryable, message = classify(opts.classify, c, res, verdict, retryable, message)
+    end
+    if c.spec.classify then
+      verdict, retryable, message = classify(c.spec.classify, c, res, verdict, retryable, message)
+    end
+  end
+  local observed
+  if lim and res then
+    -- a throttled verdict (an API's "too many requests" code in a 200)
+    -- backs the limiter off exactly as a 429 would
+    -- the pools the request was charged in: a weight header speaks for
+    -- those only (one API's quota among several, Binance spot/futures)
+    observed = lim:observe(endpoint, res.status, res.headers, latency, nil,
+      verdict == "throttled" and "throttled" or nil, opts.pools)
+  end
+  if cb then
+    if verdict == "success" then
+      cb:success(permit, latency)
+    elseif verdict == "ignored" or kind == "too_large" then
+      cb:release(permit)
+    elseif verdict == "banned" then
+      cb:failure(permit, latency)
+      -- the limiter's ban end (a 418), else Retry-After, else the
+      -- limiter's ban_time (an adapter's limiter defaults say how long
+      -- its exchange bans: Bybit's 403 lasts 10 minutes)
+      local until_ = type(observed) == "table" and observed.ban_until
+        or (sluice.time() + (retry_after_of(res) or ban_time(c)))
+      cb:open_until(until_)
+    else
+      cb:failure(permit, latency)
+    end
+  end
+  if verdict == "success" or verdict == "ignored" then
+    tally(c, "succeeded")
+    local data, jerr = decode(res)
+    if data == nil then
+      r.hint = { retryable = false, kind = "protocol" }
+      return nil, jerr, r.hint
+    end
+    r.hint = nil
+    return { data = data, res = res, verdict = verdict }
+  end
+  tally(c, "failed")
+  if not message then
+    message = res and ("HTTP " .. res.status) or "request failed"
+  end
+  r.hint = { retryable = retryable, retry_after = retry_after_of(res), kind = kind or verdict, res = res }
+  return nil, message, r.hint
+end
+
+-- The pipeline with its retries: out {data, res, verdict} | nil, err,
+-- kind, res.
+local function send(r)
+  local c = r.c
+  local out, err
+  if c.retry then
+    out, err = c.retry:run(attempt, r)
+  else
+    out, err = attempt(1, r)
+  end
+  if not out then
+    local hint = r.hint
+    return nil, err, hint and hint.kind, hint and hint.res
+  end
+  return out
+end
+
 --- run(c, opts, tally) -> data, res | nil, err, kind, res
 -- opts: {method, path, query, headers, body | json, endpoint, cost, pools,
 -- timeout, redirects, max_body, classify, target}, checked by the caller
@@ -185,18 +336,23 @@ function _M.run(c, opts, tally)
   if opts.classify ~= nil and type(opts.classify) ~= "function" then
     error("collector:request: option 'classify' must be a function, got " .. type(opts.classify), 2)
   end
+  local path = opts.path
   -- the limiter's endpoint: the request's, the spec's endpoint(self, opts), or the path
   local endpoint = opts.endpoint or (c.config.endpoint and c.config.endpoint(c, opts))
-    or opts.path:match("^[^?]*")
+    or (path:find("?", 1, true) and path:match("^[^?]*") or path)
   local query = opts.query
-  local url = url_for(c, opts.path)
-  local own = own_origin(c, url)
-  local headers = merge(own and c.config.headers or nil, opts.headers)
+  local url, appended = url_for(c, path)
+  local own = own_origin(c, url, path, appended)
+  local config_headers = own and c.config.headers or nil
+  -- no table when there are no headers to send (http.request takes none)
+  local headers = (config_headers or opts.headers) and merge(config_headers, opts.headers) or nil
   local auth = own and c.config.auth
   if auth then
     if auth.bearer then
+      headers = headers or {}
       headers["Authorization"] = "Bearer " .. tostring(reveal(auth.bearer))
     elseif auth.header then
+      headers = headers or {}
       headers[auth.header] = tostring(reveal(auth.value))
     elseif auth.query then
       query = merge(query, { [auth.query] = tostring(reveal(auth.value)) })
@@ -205,134 +361,19 @@ function _M.run(c, opts, tally)
   -- the breaker and limiter: the request's target's (a collector with
   -- targets, sluice.collector), else the collector's own
   local cb, lim = c.breaker, c.limiter
-  if opts.target ~= nil or c:targets() then
+  if opts.target ~= nil or c.target_names_ then
     if type(opts.target) ~= "string" then
       error("collector:request: collector '" .. c.name .. "' has targets: option 'target' names one, got "
         .. options.value(opts.target), 2)
     end
     cb, lim = c:target(opts.target)
   end
-  local attempt_fn = function()
-    -- an open breaker refuses before the limiter is waited in: a run
-    -- during a ban is skipped at once instead of waiting out max_wait. A
-    -- breaker due for its half-open probe hands out a trial permit here,
-    -- which is given back: the trial is taken after the wait, as below,
-    -- so no trial is held while the limiter paces it.
-    if cb and lim and cb:state() == "open" then
-      local early, why = cb:allow()
-      if not early then
-        tally(c, "refused")
-        return nil, "circuit breaker " .. cb:name() .. " is " .. why,
-          { retryable = false, kind = "circuit_open" }
-      end
-      cb:release(early)
-    end
-    if lim then
-      local waited, werr = lim:wait(endpoint, opts.cost or 1,
-        opts.pools and { pools = opts.pools } or nil)
-      if not waited then
-        return nil, "rate limiter: " .. tostring(werr), { retryable = false, kind = "limited" }
-      end
-    end
-    local permit
-    if cb then
-      local why
-      permit, why = cb:allow()
-      if not permit then
-        tally(c, "refused")
-        return nil, "circuit breaker " .. cb:name() .. " is " .. why,
-          { retryable = false, kind = "circuit_open" }
-      end
-    end
-    tally(c, "sent")
-    local t0 = sluice.now()
-    local res, err, kind = http.request({
-      method = opts.method or "GET", url = url, query = query,
-      headers = headers, body = opts.body, json = opts.json,
-      timeout = opts.timeout or c.config.timeout or 30, redirects = opts.redirects,
-      max_body = opts.max_body or c.config.max_body,
-    })
-    local latency = sluice.now() - t0
-    tally(c, "answered", latency)
-    local verdict, retryable = default_verdict(res)
-    -- the same answer again: not retried; an answer over the caller's
-    -- max_body is no failure of the server's (the breaker counts nothing)
-    if kind == "redirect" or kind == "too_large" then retryable = false end
-    local message = err
-    if res then
-      -- the request's classify, then the collector's (the last word)
-      if opts.classify then
-        verdict, retryable, message = classify(opts.classify, c, res, verdict, retryable, message)
-      end
-      if c.spec.classify then
-        verdict, retryable, message = classify(c.spec.classify, c, res, verdict, retryable, message)
-      end
-    end
-    local observed
-    if lim and res then
-      -- a throttled verdict (an API's "too many requests" code in a 200)
-      -- backs the limiter off exactly as a 429 would
-      -- the pools the request was charged in: a weight header speaks for
-      -- those only (one API's quota among several, Binance spot/futures)
-      observed = lim:observe(endpoint, res.status, res.headers, latency, nil,
-        verdict == "throttled" and "throttled" or nil, opts.pools)
-    end
-    if cb then
-      if verdict == "success" then
-        cb:success(permit, latency)
-      elseif verdict == "ignored" or kind == "too_large" then
-        cb:release(permit)
-      elseif verdict == "banned" then
-        cb:failure(permit, latency)
-        -- the limiter's ban end (a 418), else Retry-After, else the
-        -- limiter's ban_time (an adapter's limiter defaults say how long
-        -- its exchange bans: Bybit's 403 lasts 10 minutes)
-        local until_ = type(observed) == "table" and observed.ban_until
-          or (sluice.time() + (retry_after_of(res) or ban_time(c)))
-        cb:open_until(until_)
-      else
-        cb:failure(permit, latency)
-      end
-    end
-    if verdict == "success" or verdict == "ignored" then
-      tally(c, "succeeded")
-      local data, jerr = decode(res)
-      if data == nil then
-        return nil, jerr, { retryable = false, kind = "protocol" }
-      end
-      return { data = data, res = res, verdict = verdict }
-    end
-    tally(c, "failed")
-    if not message then
-      message = res and ("HTTP " .. res.status) or "request failed"
-    end
-    return nil, message, { retryable = retryable, retry_after = retry_after_of(res),
-      kind = kind or verdict, res = res }
+  local r = { c = c, opts = opts, tally = tally, endpoint = endpoint, url = url, query = query,
+    headers = headers, cb = cb, lim = lim }
+  if opts.cache then
+    return cached(c, opts, url, query, headers or {}, function() return send(r) end)
   end
-  -- the pipeline with its retries: out {data, res, verdict} | nil, err, kind, res
-  local function send()
-    local out, err
-    if c.retry then
-      local last_hint
-      out, err = c.retry:run(function(a)
-        local v, e, hint = attempt_fn(a)
-        last_hint = hint
-        return v, e, hint
-      end)
-      if not out then
-        return nil, err, last_hint and last_hint.kind, last_hint and last_hint.res
-      end
-    else
-      local hint
-      out, err, hint = attempt_fn(1)
-      if not out then
-        return nil, err, hint and hint.kind, hint and hint.res
-      end
-    end
-    return out
-  end
-  if opts.cache then return cached(c, opts, url, query, headers, send) end
-  local out, err, kind, res = send()
+  local out, err, kind, res = send(r)
   if not out then return nil, err, kind, res end
   return out.data, out.res
 end

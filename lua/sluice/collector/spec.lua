@@ -196,11 +196,16 @@ end
 -- kit's per chain); an error it raises refuses the options. Raises for an
 -- unknown option or a wrong type; level as error() counts it from
 -- configure (3: the caller of configure's caller).
-function _M.configure(spec, overrides, level)
-  local where = "collector '" .. (overrides.name or spec.name) .. "'"
+-- The schema of a spec's overrides, made once per spec (weak keys: it
+-- goes with the spec): ten thousand instances of one spec share it.
+local schemas = setmetatable({}, { __mode = "k" })
+
+local function schema_of(spec)
+  local schema = schemas[spec]
+  if schema then return schema end
   -- the collector's own options take the type of their defaults; a
   -- framework option of the same name is the framework's
-  local schema = {}
+  schema = {}
   for k, v in pairs(spec.options or {}) do schema[k] = type(v) == "string" and STRING_OR_SECRET or type(v) end
   for k, v in pairs(_M.OPTIONS) do
     if k ~= "options" then schema[k] = v end
@@ -212,7 +217,13 @@ function _M.configure(spec, overrides, level)
     per_dataset[name] = { type = "table", fields = DATASET_OVERRIDES }
   end
   schema.datasets = { type = "table", fields = per_dataset }
-  options.check(where, overrides, schema, level)
+  schemas[spec] = schema
+  return schema
+end
+
+function _M.configure(spec, overrides, level)
+  local where = "collector '" .. (overrides.name or spec.name) .. "'"
+  options.check(where, overrides, schema_of(spec), level)
   local own, framework = merge(spec.options, nil), {}
   for k, v in pairs(overrides) do
     if BOOKKEEPING[k] then
