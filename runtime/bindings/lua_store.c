@@ -11,7 +11,10 @@
  * loop for as long as they take, so callers keep them short (one transaction
  * per batch). The one exception is WAL checkpoints: start_checkpointer hands
  * them to a thread of core/checkpoint.c with its own connection, which
- * close() stops and joins before it closes the loop's. Nothing here yields; the
+ * close() stops and joins before it closes the loop's. try_exec and try_query
+ * do not wait for a lock another connection holds (the busy handler refuses
+ * at once): sluice.store.sql retries them from a task that sleeps between
+ * tries, so that the loop runs meanwhile. Nothing here yields; the
  * only call back into Lua is pcall_nowait, which runs a transaction's function
  * where it cannot yield.
  *
