@@ -14,10 +14,11 @@
 -- the transaction opens), and a write that finds SQLite's write lock held
 -- by another connection (BEGIN of db:upsert and db:transaction, db:exec
 -- and db:query outside a transaction): called from a task that may wait,
--- it waits in the task (sluice.store.sql has how). fn in db:transaction(fn) cannot wait: sleep,
--- HTTP, Redis, limiter waits (any call that would let other tasks run, and
--- join the open transaction with their writes) raise "... cannot wait
--- inside db:transaction ...", which rolls the transaction back.
+-- it waits in the task (sluice.store.sql has how). fn in
+-- db:transaction(fn) cannot wait: sleep, HTTP, Redis, limiter waits (any
+-- call that would let other tasks run, and join the open transaction with
+-- their writes) raise "... cannot wait inside db:transaction ...", which
+-- rolls the transaction back.
 --
 -- This module opens databases and owns the db object's lifetime and its
 -- method table; the methods live in one part each, documented there:

@@ -13,8 +13,8 @@
 -- (the busy handler refuses: SQLITE_BUSY, nothing done), and the task
 -- sleeps 1 ms and tries again until the busy timeout has passed (then
 -- "database is locked", as before). Other tasks and timers run meanwhile.
--- Callers that cannot wait (the main chunk, a no-wait region, a callback
--- Lua cannot yield across) and statements inside a transaction (which
+-- Callers that cannot wait (not a task, a no-wait region, a callback Lua
+-- cannot yield across) and statements inside a transaction (which
 -- holds the lock already, or took it as a deferred BEGIN) wait on the loop
 -- in SQLite's busy handler as before. db:script never waits in its task
 -- (several statements: retrying it could run the first ones twice).
