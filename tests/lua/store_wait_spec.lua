@@ -104,9 +104,9 @@ describe("sluice.store waiting for the write lock", function()
   it("a caller that cannot wait blocks in SQLite's busy handler and succeeds", function()
     local path = tmpdb()
     local db = open(path)
-    -- another process holds the lock for 0.3 s (this loop is blocked
+    -- another process holds the lock for 1 s (this loop is blocked
     -- meanwhile, so the holder cannot be a connection of this process)
-    local cli = assert(io.popen("(echo 'BEGIN IMMEDIATE;'; sleep 0.3; echo 'COMMIT;') | sqlite3 '" .. path .. "'"))
+    local cli = assert(io.popen("(echo 'BEGIN IMMEDIATE;'; sleep 1; echo 'COMMIT;') | sqlite3 '" .. path .. "'"))
     local probe = assert(store.open(path, { busy_timeout = 0 }))
     assert.is_true(wait_for(function()
       -- a callback Lua cannot yield across: its BEGIN fails at once
