@@ -11,10 +11,14 @@
 -- All calls are synchronous on the loop thread: they block it while SQLite
 -- works, so write in batches (one upsert = one transaction). None yields,
 -- except db:upsert where the table's validate function does (it runs before
--- the transaction opens). fn in db:transaction(fn) cannot wait: sleep,
--- HTTP, Redis, limiter waits (any call that would let other tasks run, and
--- join the open transaction with their writes) raise "... cannot wait
--- inside db:transaction ...", which rolls the transaction back.
+-- the transaction opens), and a write that finds SQLite's write lock held
+-- by another connection (BEGIN of db:upsert and db:transaction, db:exec
+-- and db:query outside a transaction): called from a task that may wait,
+-- it waits in the task (sluice.store.sql has how). fn in
+-- db:transaction(fn) cannot wait: sleep, HTTP, Redis, limiter waits (any
+-- call that would let other tasks run, and join the open transaction with
+-- their writes) raise "... cannot wait inside db:transaction ...", which
+-- rolls the transaction back.
 --
 -- This module opens databases and owns the db object's lifetime and its
 -- method table; the methods live in one part each, documented there:
@@ -41,8 +45,9 @@
 --
 -- store.open(path [, {busy_timeout = 5, checkpoint = "background"}]) -> db | nil, err
 --   ":memory:" allowed. WAL journal (file databases), synchronous=NORMAL,
---   busy timeout (seconds in [0, 2147483], default 5; while waiting for
---   another process's lock the loop is blocked), foreign keys on. Creates the internal tables
+--   busy timeout (seconds in [0, 2147483], default 5; the longest wait
+--   for another connection's lock, in the task or, for callers that
+--   cannot wait, blocking the loop), foreign keys on. Creates the internal tables
 --   sluice_state, sluice_checkpoints, sluice_rejects, sluice_quality.
 --   checkpoint: "background" (the default) copies the WAL into the database
 --   file on a thread with its own connection (runtime/core/checkpoint.h),

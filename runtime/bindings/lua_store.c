@@ -11,7 +11,10 @@
  * loop for as long as they take, so callers keep them short (one transaction
  * per batch). The one exception is WAL checkpoints: start_checkpointer hands
  * them to a thread of core/checkpoint.c with its own connection, which
- * close() stops and joins before it closes the loop's. Nothing here yields; the
+ * close() stops and joins before it closes the loop's. try_exec and try_query
+ * do not wait for a lock another connection holds (the busy handler refuses
+ * at once): sluice.store.sql retries them from a task that sleeps between
+ * tries, so that the loop runs meanwhile. Nothing here yields; the
  * only call back into Lua is pcall_nowait, which runs a transaction's function
  * where it cannot yield.
  *
@@ -398,9 +401,30 @@ static int l_version(lua_State *L) {
 /* --- methods ----------------------------------------------------------------
  */
 
+/* Steps run only while the busy handler's nowait is what the caller asked
+ * for: a misuse error raised before (binding) leaves it off. */
+static void nowait_begin(ldb *d, int nowait) {
+    d->busy.nowait = nowait;
+    d->busy.refused = 0;
+}
+
+/* After a failed step: nil, message, and true when the statement failed
+ * only because the busy handler refused to wait (nothing was done; the
+ * caller may retry it). */
+static int push_step_error(lua_State *L, ldb *d) {
+    int refused = d->busy.refused;
+    d->busy.refused = 0;
+    push_sql_error(L, d);
+    if (!refused)
+        return 2;
+    lua_pushboolean(L, 1);
+    return 3;
+}
+
 /* db:exec(sql, ...) -> number of rows changed, or nil, message. Rows a
- * statement returns are stepped through and discarded. */
-static int l_exec(lua_State *L) {
+ * statement returns are stepped through and discarded. try_exec: the same,
+ * but it does not wait for a lock: nil, message, true when it would have. */
+static int exec_stmt(lua_State *L, int nowait) {
     ldb *d = check_db(L);
     luaL_checktype(L, 2, LUA_TSTRING);
     sqlite3_stmt *st = cache_get(L, d, 2, "exec");
@@ -413,19 +437,25 @@ static int l_exec(lua_State *L) {
     }
     bind_args(L, d, st, 3, "exec");
     int before = sqlite3_total_changes(d->db), rc;
+    nowait_begin(d, nowait);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
         ;
+    d->busy.nowait = 0;
     int after = sqlite3_total_changes(d->db);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     if (rc != SQLITE_DONE)
-        return push_sql_error(L, d);
+        return push_step_error(L, d);
     lua_pushinteger(L, after - before);
     return 1;
 }
 
-/* db:query(sql, ...) -> { {col = value, ...}, ... }, or nil, message */
-static int l_query(lua_State *L) {
+static int l_exec(lua_State *L) { return exec_stmt(L, 0); }
+static int l_try_exec(lua_State *L) { return exec_stmt(L, 1); }
+
+/* db:query(sql, ...) -> { {col = value, ...}, ... }, or nil, message;
+ * try_query as try_exec. */
+static int query_stmt(lua_State *L, int nowait) {
     ldb *d = check_db(L);
     luaL_checktype(L, 2, LUA_TSTRING);
     sqlite3_stmt *st = cache_get(L, d, 2, "query");
@@ -444,6 +474,7 @@ static int l_query(lua_State *L) {
         lua_pushstring(L, sqlite3_column_name(st, c));
     lua_newtable(L);
     int rows = lua_gettop(L), n = 0, rc;
+    nowait_begin(d, nowait);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         lua_createtable(L, 0, ncols);
         for (int c = 0; c < ncols; c++) {
@@ -455,10 +486,29 @@ static int l_query(lua_State *L) {
         }
         lua_rawseti(L, rows, ++n);
     }
+    d->busy.nowait = 0;
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     if (rc != SQLITE_DONE)
-        return push_sql_error(L, d);
+        return push_step_error(L, d);
+    return 1;
+}
+
+static int l_query(lua_State *L) { return query_stmt(L, 0); }
+static int l_try_query(lua_State *L) { return query_stmt(L, 1); }
+
+/* db:busy_timeout() -> the connection's busy timeout in ms */
+static int l_busy_timeout(lua_State *L) {
+    lua_pushinteger(L, check_db(L)->busy.ms);
+    return 1;
+}
+
+/* can_wait() -> whether the caller is a task that may wait here (not in a
+ * no-wait region, nothing Lua cannot yield across below it): what
+ * sl_task_check_yieldable checks, as a boolean. */
+static int l_can_wait(lua_State *L) {
+    sl_task *t = sl_task_current(L);
+    lua_pushboolean(L, t && !t->nowait && lua_isyieldable(L));
     return 1;
 }
 
@@ -739,6 +789,9 @@ int luaopen_sluice_store(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"exec", l_exec},
         {"query", l_query},
+        {"try_exec", l_try_exec},
+        {"try_query", l_try_query},
+        {"busy_timeout", l_busy_timeout},
         {"script", l_script},
         {"upsert_rows", l_upsert_rows},
         {"in_transaction", l_in_transaction},
@@ -751,9 +804,9 @@ int luaopen_sluice_store(lua_State *L) {
         {NULL, NULL},
     };
     static const luaL_Reg fns[] = {
-        {"open", l_open},       {"blob", l_blob},
-        {"version", l_version}, {"pcall_nowait", l_pcall_nowait},
-        {NULL, NULL},
+        {"open", l_open},         {"blob", l_blob},
+        {"version", l_version},   {"pcall_nowait", l_pcall_nowait},
+        {"can_wait", l_can_wait}, {NULL, NULL},
     };
     if (luaL_loadbuffer(L, FFI_HELPERS, sizeof(FFI_HELPERS) - 1,
                         "=sluice._store") != 0)

@@ -86,10 +86,17 @@ typedef struct sl_ckpt_stats {
  * &b), b living as long as the connection). SQLite's own handler sleeps
  * 1, 2, 5, 10 ms... between tries: a lock held 6 ms keeps the waiter 8,
  * and a waiter for the writer lock of a database written in a loop of short
- * transactions rarely tries in a gap. Polling finely fixes both. */
+ * transactions rarely tries in a gap. Polling finely fixes both. With
+ * nowait set the handler does not wait at all: the loop's connection sets it
+ * for a statement a task will retry after a sleep of its own, so that the
+ * loop runs other work meanwhile instead of polling here. */
 typedef struct sl_busy {
     int ms;
     struct timespec since; /* the current wait's first try */
+    int nowait;  /* set by the owner around a statement that must not wait:
+                  * the handler then refuses at once (SQLITE_BUSY) */
+    int refused; /* set by the handler when it refused because of nowait;
+                  * the owner clears it */
 } sl_busy;
 #define SL_BUSY_POLL_NS 200000L
 int sl_busy_wait(void *busy, int tries);
