@@ -142,6 +142,43 @@ describe("sluice.history", function()
     assert.same({ false, false, 0 }, h:view().collectors.c.rows) -- aligned with times
   end)
 
+  it("keeps a breaker's last MAX_TRANSITIONS transitions in a ring made whole at the first", function()
+    -- issue 22: a table per transition, up to 100 per breaker, grew a
+    -- 500-collector soak's heap for its first 20 minutes (3.4 MB)
+    local cb = breaker.new({ name = "hist_ring", failure_threshold = 1, timeout = 3600, clock = clock })
+    made[#made + 1] = cb
+    local h = new()
+    h:watch()
+    local max, total = history.MAX_TRANSITIONS, 2 * history.MAX_TRANSITIONS + 50
+    local function last_at()
+      local tr = h:view().breakers.hist_ring.transitions
+      return tr[#tr] and tr[#tr].at
+    end
+    for i = 1, total do
+      now = 2000 + i
+      if i % 2 == 1 then cb:force_open() else cb:force_close() end
+      wait_for("transition " .. i, function() return last_at() == now end)
+    end
+    local tr = h:view().breakers.hist_ring.transitions
+    assert.equal(max, #tr)
+    assert.same({ at = 2000 + total - max + 1, from = "closed", to = "open", reason = "force_open" }, tr[1])
+    assert.same({ at = 2000 + total, from = "open", to = "closed", reason = "force_close" }, tr[max])
+    assert.same({ at = 2000 + total - 1, from = "closed", to = "open", reason = "force_open" }, tr[max - 1])
+    -- what the series holds: the same tables whatever the number of
+    -- transitions (the series, its fields, the ring and its four columns)
+    local seen, count = {}, 0
+    local function walk(t)
+      if type(t) ~= "table" or seen[t] then return end
+      seen[t], count = true, count + 1
+      for k, v in pairs(t) do
+        walk(k)
+        walk(v)
+      end
+    end
+    walk(h.kinds.breakers.hist_ring)
+    assert.equal(7, count)
+  end)
+
   it("samples on a timer from start() until stop()", function()
     local h = history.new({ current = function() return app end, interval = 0.05 })
     h:start()
