@@ -304,6 +304,7 @@ local function run(n, seconds, tables, start)
   end
   local get_cpu = (procinfo.cpu_seconds() - c0) / reps
   local base_rss = rss()
+  local base_heap = collectgarbage("count") * 1024
 
   -- the probe: lateness histogram in 0.1 ms buckets, per-collector gaps
   local measuring = false
@@ -391,8 +392,8 @@ local function run(n, seconds, tables, start)
 
   print(string.format("%d collectors at %g s, %.1f s window (built and started in %.1f s), tables %s, "
     .. "first runs %s", n, interval, window, built, tables, start))
-  print(string.format("idle RSS %.1f MiB; with modules, store, nginx client %.1f MiB",
-    idle / 2^20, base_rss / 2^20))
+  print(string.format("idle RSS %.1f MiB; with modules, store, nginx client %.1f MiB (Lua heap %.1f MiB)",
+    idle / 2^20, base_rss / 2^20, base_heap / 2^20))
   bench.figure("collectors.idle_rss", idle / 2^20, "MiB")
   bench.figure("collectors.rss_total", total_rss / 2^20, "MiB")
   bench.figure("collectors.rss_per", (total_rss - idle) / n / 1024, "KiB")
