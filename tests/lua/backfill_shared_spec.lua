@@ -252,6 +252,20 @@ describe("sluice.backfill with shared claims", function()
     assert.equal(1, mid.windows_waiting)
     assert.equal(3, m.requests)
     assert.is_true(red:call("PTTL", key) > 0, "the dead claim lives")
+    -- while a recheck's claim is in flight (Redis holds writes), the window
+    -- still counts as waiting: it is neither put aside nor being fetched
+    assert.equal("OK", red:call("CLIENT", "PAUSE", "5000", "WRITE"))
+    finally(function() red:call("CLIENT", "UNPAUSE") end)
+    wait_for("a recheck's claim held by the pause", function()
+      for line in red:call("CLIENT", "LIST"):gmatch("[^\n]+") do
+        if line:find(" flags=b ", 1, true) and line:find(" cmd=evalsha ", 1, true) then return true end
+      end
+      return false
+    end, 5)
+    mid = backfill.status(id)
+    assert.equal(1, mid.windows_waiting)
+    assert.equal(3, mid.windows_done)
+    assert.equal("OK", red:call("CLIENT", "UNPAUSE"))
     local t_set = sluice.now()
     assert.equal(1, red:call("PEXPIRE", key, 500))
     local st = wait_job(id, 10)

@@ -152,6 +152,10 @@ end
 -- One window under its claim: fetched here, put aside, or done elsewhere.
 local function take_window(job, win)
   local verdict, doc = claim(job, win)
+  if win.rechecking then
+    win.rechecking = nil
+    job.rechecking = job.rechecking - 1
+  end
   if verdict == "done" then
     return elsewhere(job, win, doc)
   elseif verdict == "held" then
@@ -206,8 +210,12 @@ local function next_window(job)
     job.rechecking = job.rechecking + 1
     local wait = d.at - sluice.now()
     if wait > 0 then sluice.sleep(wait) end
+    if job.state == "running" then
+      -- still waiting until its claim answers (take_window uncounts it)
+      d.win.rechecking = true
+      return d.win
+    end
     job.rechecking = job.rechecking - 1
-    if job.state == "running" then return d.win end
   end
   return nil
 end
@@ -341,6 +349,7 @@ function _M.start(opts)
     end
     for _, w in ipairs(job.workers) do sluice.wait(w) end
     job.deferred = {} -- (a cancelled job's windows put aside stay undone)
+    job.rechecking = 0
     if renewer then renewer:cancel() end
     progress:cancel()
     job.finished = sluice.now()
