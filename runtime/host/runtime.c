@@ -268,6 +268,7 @@ int sl_runtime_on_close(void (*fn)(void)) {
 void sl_runtime_close(void) {
     if (sl_rt.L) {
         sl_task_shutdown_kill_all();
+        sl_timer_close();
         lua_close(sl_rt.L);
         sl_rt.L = NULL;
     }

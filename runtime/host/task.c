@@ -276,16 +276,6 @@ static void drain(evutil_socket_t fd, short what, void *arg) {
 }
 
 /* --- public API ---------------------------------------------------------- */
-static int task_gc(lua_State *L) {
-    sl_task *t = luaL_checkudata(L, 1, TASK_MT);
-    /* Only reachable for a live task when the whole state closes. */
-    if (t->timer_set) {
-        event_del(&t->timer);
-        t->timer_set = 0;
-    }
-    return 0;
-}
-
 static const char *state_name(const sl_task *t) {
     switch (t->state) {
     case SL_TASK_READY:
@@ -537,9 +527,11 @@ int sl_task_push_status(lua_State *L, int idx) {
 /* --- lifecycle ----------------------------------------------------------- */
 void sl_task_init(void) {
     lua_State *L = sl_rt.L;
+    /* No __gc: a finished task holds nothing to free, and a live one is
+     * killed before the state closes (sl_task_shutdown_kill_all). LuaJIT
+     * walks and finalizes userdata with __gc in one non-incremental step of
+     * each cycle, and a collector makes tasks at every run. */
     luaL_newmetatable(L, TASK_MT);
-    lua_pushcfunction(L, task_gc);
-    lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, task_tostring);
     lua_setfield(L, -2, "__tostring");
     lua_pop(L, 1);
@@ -547,9 +539,12 @@ void sl_task_init(void) {
 }
 
 void sl_task_shutdown_kill_all(void) {
-    while (live_head) {
+    for (;;) {
+        /* (a running task cannot be killed; from the loop there is none) */
         sl_task *t = live_head;
-        if (t->state == SL_TASK_RUNNING) /* cannot happen from the loop */
+        while (t && t->state == SL_TASK_RUNNING)
+            t = t->next;
+        if (!t)
             break;
         sl_task_kill(t, "killed at shutdown deadline");
     }

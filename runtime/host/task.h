@@ -162,7 +162,9 @@ int sl_task_wait(lua_State *L);
 int sl_task_push_status(lua_State *L, int idx);
 
 /* Called by the runtime: init after the Lua state and event base exist;
- * kill_all when the shutdown deadline passes; close before the base goes. */
+ * kill_all when the shutdown deadline passes and before the state closes
+ * (handles have no __gc: a task left live would leave its sleep timer on the
+ * loop); close before the base goes. */
 void sl_task_init(void);
 void sl_task_shutdown_kill_all(void);
 void sl_task_close(void);

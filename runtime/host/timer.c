@@ -40,7 +40,19 @@ static void anchor(lua_State *L, sl_timer *tm, int idx) {
     sl_loop_ref();
 }
 
+/* A timer that will not run again lets go of its callback and arguments at
+ * once, not when its handle is collected: so the type needs no __gc, whose
+ * cost LuaJIT pays in the GC's one non-incremental step for every handle
+ * made (a collector's schedule makes one a run). */
+static void forget(sl_timer *tm) {
+    luaL_unref(sl_rt.L, LUA_REGISTRYINDEX, tm->fn_ref);
+    luaL_unref(sl_rt.L, LUA_REGISTRYINDEX, tm->args_ref);
+    tm->fn_ref = tm->args_ref = LUA_NOREF;
+}
+
+/* Unanchors a timer that will not run again (fired once, or stopped). */
 static void release(sl_timer *tm) {
+    forget(tm);
     if (tm->self_ref == LUA_NOREF)
         return;
     if (tm->prev)
@@ -158,6 +170,7 @@ int sl_timer_after(lua_State *L) {
     sl_timer *tm = new_timer(L, delay, 0);
     if (sl_rt.stopping) {
         tm->stopped = 1;
+        forget(tm);
         return 1;
     }
     if (nextra > 0) {
@@ -186,6 +199,7 @@ int sl_timer_every(lua_State *L) {
     tm->jitter = jitter;
     if (sl_rt.stopping) {
         tm->stopped = 1;
+        forget(tm);
         return 1;
     }
     double first = next_period(tm);
@@ -221,17 +235,6 @@ static int timer_active(lua_State *L) {
     return 1;
 }
 
-static int timer_gc(lua_State *L) {
-    sl_timer *tm = check_timer(L);
-    if (tm->armed)
-        event_del(&tm->ev);
-    tm->armed = 0;
-    luaL_unref(L, LUA_REGISTRYINDEX, tm->fn_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, tm->args_ref);
-    tm->fn_ref = tm->args_ref = LUA_NOREF;
-    return 0;
-}
-
 static int timer_tostring(lua_State *L) {
     sl_timer *tm = check_timer(L);
     lua_pushfstring(L, "timer (%s, %s)", tm->every ? "every" : "after",
@@ -247,9 +250,7 @@ void sl_timer_init(lua_State *L) {
         {"active", timer_active},
         {NULL, NULL},
     };
-    luaL_newmetatable(L, TIMER_MT);
-    lua_pushcfunction(L, timer_gc);
-    lua_setfield(L, -2, "__gc");
+    luaL_newmetatable(L, TIMER_MT); /* no __gc: see forget() */
     lua_pushcfunction(L, timer_tostring);
     lua_setfield(L, -2, "__tostring");
     lua_newtable(L);
@@ -270,5 +271,13 @@ void sl_timer_shutdown(void) {
             release(tm);
         }
         tm = next;
+    }
+}
+
+void sl_timer_close(void) {
+    for (sl_timer *tm = active; tm; tm = tm->next) {
+        if (tm->armed)
+            event_del(&tm->ev);
+        tm->armed = 0;
     }
 }

@@ -1,9 +1,11 @@
 /* timer.h -- sluice.after and sluice.every: callbacks run as tasks
  *
  * A timer is a userdata handle. While armed, or while its callback's task
- * runs, the registry anchors it and it holds a loop reference; a cancelled or
- * spent timer is left to the GC. Callbacks receive `premature` first: false
- * normally, true when the timer is cut short by shutdown.
+ * runs, the registry anchors it (and its callback and arguments) and it holds
+ * a loop reference; a cancelled or spent timer drops the callback and the
+ * arguments at once and its handle is left to the GC, with nothing to
+ * finalize. Callbacks receive `premature` first: false normally, true when
+ * the timer is cut short by shutdown.
  */
 #ifndef SLUICE_TIMER_H
 #define SLUICE_TIMER_H
@@ -20,5 +22,9 @@ void sl_timer_init(lua_State *L);
 /* At shutdown: every armed timer fires now with premature = true and is not
  * re-armed; an `every` whose run is in progress finishes it and stops. */
 void sl_timer_shutdown(void);
+
+/* Before lua_close: takes every timer still armed off the loop (their handles
+ * are freed with the state and have no __gc to do it). */
+void sl_timer_close(void);
 
 #endif

@@ -20,7 +20,9 @@
 -- memory, no HTTP: with TABLES "none" a run is the framework alone, so
 -- that the scheduler's own lateness at 10,000 collectors is measured
 -- apart from the work, which one loop thread cannot do 10,000 times a
--- second).
+-- second). Environment: BENCH_GCPAUSE=N sets the Lua GC's pause,
+-- BENCH_NOBUDGET=1 runs the collectors without a run budget (what its
+-- task per run costs), SKIP_PARTS=1 skips the part mode.
 --
 -- Figures (the anchor is the idle RSS of this same process before any
 -- collector exists, measured in the same run):
@@ -100,6 +102,7 @@ local function spec_for(tname)
   local s = collector.define{
     name = "bench",
     interval = interval,
+    run_budget = os.getenv("BENCH_NOBUDGET") ~= "1" and nil or false,
     tables = { [tname] = { columns = { collector = "text", price = "real", at = "real" },
       key = { "collector" } } },
     collect = function(self)

@@ -285,6 +285,28 @@ describe("sluice timers", function()
     assert.is_false(tm:cancel())
   end)
 
+  it("a spent or cancelled timer lets go of its callback and arguments while its handle is kept", function()
+    -- (the handle has no finalizer to drop them: they go when it stops)
+    local gone = setmetatable({}, { __mode = "k" })
+    -- arms a timer on a new callback and argument seen only through gone
+    local function arm(make, delay, cb)
+      local arg, fn = {}, function() cb() end
+      gone[arg], gone[fn] = true, true
+      return make(delay, fn, arg)
+    end
+    local fired = false
+    local spent = arm(sluice.after, 0, function() fired = true end)
+    wait_for("the timer", function() return fired end, 2, 0.005)
+    local cancelled = arm(sluice.after, 60, function() end)
+    assert.is_true(cancelled:cancel())
+    local stopped = arm(sluice.every, 60, function() end)
+    assert.is_true(stopped:cancel())
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(next(gone))
+    assert.is_false(spent:active() or cancelled:active() or stopped:active())
+  end)
+
   it("every never overlaps a run that sleeps longer than its period", function()
     local running, max_running, runs = 0, 0, 0
     local starts = {}
