@@ -177,11 +177,20 @@ local function build_collectors(c, file, db, fresh, red, batched, cache, files)
   return built
 end
 
+-- The process' GC settings before any configuration applied its own (the
+-- runtime's pause of 150, LuaJIT's step multiplier of 200): what a reload
+-- that drops a setting puts back. (setpause/setstepmul return the old value.)
+local GC_PAUSE = collectgarbage("setpause", 150)
+collectgarbage("setpause", GC_PAUSE)
+local GC_STEPMUL = collectgarbage("setstepmul", 200)
+collectgarbage("setstepmul", GC_STEPMUL)
+
 -- The process' Lua heap: how far it grows past what was live before the
--- collector runs again (LuaJIT's default 200 when unset, also after a
--- reload that drops the setting).
+-- collector runs again (gc_pause), and how much collecting each step does
+-- against what was allocated (gc_stepmul).
 local function apply_gc(c)
-  collectgarbage("setpause", c.gc_pause or 200)
+  collectgarbage("setpause", c.gc_pause or GC_PAUSE)
+  collectgarbage("setstepmul", c.gc_stepmul or GC_STEPMUL)
 end
 
 -- shutdown_timeout: the configuration's, at start and at each reload; a

@@ -8,7 +8,8 @@
 --     log = { level = "info", format = "json", output = "-" },
 --     shutdown_timeout = 10,
 --     start_rate = 100,                       -- first runs a second at start-up (sluice.app)
---     gc_pause = 200,                         -- Lua GC pause, % (lower: less memory, more CPU)
+--     gc_pause = 150,                         -- Lua GC pause, % (lower: less memory, more CPU)
+--     gc_stepmul = 200,                       -- Lua GC step multiplier, % (lower: work spread thinner)
 --     cache = { max_bytes = 64 * 1024 * 1024 }, -- the response cache (sluice.collector.cache)
 --     sinks = { redis_stream = { stream = "sluice:{table}" } }, -- (sluice.outbox)
 --     collectors = {
@@ -43,6 +44,7 @@ local TOP = {
   store = "string", log = { type = "table", fields = LOG }, collectors = "table", profiles = "table",
   shutdown_timeout = "number", name = "string", admin = { type = "table", fields = ADMIN }, redis = "string",
   sinks = "table", lease_ttl = "number", start_rate = "number", gc_pause = "number",
+  gc_stepmul = "number",
   cache = { type = "table", fields = { max_bytes = { integer = true, min = 0 } } },
   alerts = "table",
 }
@@ -156,6 +158,10 @@ function _M.validate(config, file)
   end
   if config.gc_pause and not (config.gc_pause >= 100 and config.gc_pause <= 1000) then
     fail(file, "gc_pause", "must be a number from 100 to 1000 (the Lua heap's growth before a collection, %)")
+  end
+  if config.gc_stepmul and not (config.gc_stepmul >= 50 and config.gc_stepmul <= 1000) then
+    fail(file, "gc_stepmul", "must be a number from 50 to 1000 (the Lua GC's work per step against what was "
+      .. "allocated, %)")
   end
   if config.lease_ttl and not (config.lease_ttl >= 1 and config.lease_ttl < math.huge) then
     fail(file, "lease_ttl", "must be a number of seconds >= 1")

@@ -283,6 +283,8 @@ local function run(n, seconds, tables, start)
   -- twice what is live before a cycle), to measure what it costs
   local pause = tonumber(os.getenv("BENCH_GCPAUSE") or "")
   if pause then collectgarbage("setpause", pause) end
+  local stepmul = tonumber(os.getenv("BENCH_GCSTEPMUL") or "")
+  if stepmul then collectgarbage("setstepmul", stepmul) end
   local collector = require "sluice.collector"
   local store = require "sluice.store"
   local app = require "sluice.app"

@@ -159,24 +159,30 @@ describe("sluice.app", function()
     assert.equal(1, probe.on.runs)
   end)
 
-  it("sets the Lua GC's pause from gc_pause, and back to 200 on a reload without it", function()
-    local function pause() -- setpause returns the previous value
-      local p = collectgarbage("setpause", 200)
-      collectgarbage("setpause", p)
+  it("sets the Lua GC from gc_pause and gc_stepmul, and back to the runtime's 150 and 200 on a reload "
+    .. "without them", function()
+    local function get(what) -- setpause/setstepmul return the previous value
+      local p = collectgarbage(what, 200)
+      collectgarbage(what, p)
       return p
     end
+    assert.equal(150, get("setpause"))
+    assert.equal(200, get("setstepmul"))
     local dir = tmpdir()
     write(dir .. "/feed.lua", feed())
-    local app = run(dir, [[return { store = "%DIR%/db.sqlite", gc_pause = 120,
+    local app = run(dir, [[return { store = "%DIR%/db.sqlite", gc_pause = 300, gc_stepmul = 100,
       collectors = { { file = "feed.lua", name = "one" } } }]])
     finally(function()
       stop(app)
-      collectgarbage("setpause", 200)
+      collectgarbage("setpause", 150)
+      collectgarbage("setstepmul", 200)
     end)
-    assert.equal(120, pause())
+    assert.equal(300, get("setpause"))
+    assert.equal(100, get("setstepmul"))
     rewrite(dir, [[return { store = "%DIR%/db.sqlite", collectors = { { file = "feed.lua", name = "one" } } }]])
     assert(app_mod.reload())
-    assert.equal(200, pause())
+    assert.equal(150, get("setpause"))
+    assert.equal(200, get("setstepmul"))
   end)
 
   it("honours enabled = false in a collector's spec; the configuration entry overrides it", function()

@@ -80,6 +80,9 @@ describe("sluice.config", function()
     assert.equal("cfg.lua: gc_pause: must be a number from 100 to 1000 (the Lua heap's growth before a collection, %)",
       err_of({ gc_pause = 50 }))
     assert.equal("cfg.lua: gc_pause: must be a number, got string", err_of({ gc_pause = "120" }))
+    assert.equal("cfg.lua: gc_stepmul: must be a number from 50 to 1000 (the Lua GC's work per step against "
+      .. "what was allocated, %)", err_of({ gc_stepmul = 20 }))
+    assert.equal("cfg.lua: gc_stepmul: must be a number, got string", err_of({ gc_stepmul = "100" }))
   end)
 
   -- found while writing tests/fuzz (fuzz_config): these raised Lua runtime errors
