@@ -110,7 +110,7 @@ describe("sluice.http connection caps", function()
     end)
     local first = sluice.spawn(function() return http.get(url) end)
     assert.is_true(wait_for(function() return #held == 1 end))
-    -- the one connection is busy: this request waits in curl's queue
+    -- the one connection is busy: this request waits in sluice's per-origin queue (http_queue.c)
     local t0 = sluice.now()
     local res, err, kind = http.get(url, { timeout = 0.3 })
     local waited = sluice.now() - t0
