@@ -99,9 +99,13 @@ function _M.start(opts)
       other_ca = d .. "/other_ca.pem" }
   end
   for _ = 1, 20 do
-    local port = math.random(20000, 40999)
-    local dist = port + 20000
-    local tport = port + 10000
+    -- all three below the ephemeral range (32768+): a port from there can
+    -- be taken by any outgoing connection while the node is down for a
+    -- restart (seen: dist_port_already_used, with 500 collectors' traffic
+    -- on the machine)
+    local port = math.random(12000, 17999)
+    local dist = port + 12000
+    local tport = port + 6000
     if port_free(port) and port_free(dist) and (not tls or port_free(tport)) then
       local self = setmetatable({ dir = dir, port = port, dist = dist,
         node = ("sluice-test-%d@localhost"):format(port) }, Server)
