@@ -10,6 +10,7 @@ local mock = require "sluice.mock.binance"
 local binance = require "sluice.exchange.binance"
 local parse = require "sluice.exchange.binance.parse"
 local testing = require "sluice.testing"
+local wait_for = require("support.wait").wait_for
 local xstats = require "sluice.exchange.stats"
 
 local FIXTURES = "tests/fixtures/ccxt/binance.json"
@@ -433,7 +434,11 @@ describe("collectors.binance: errors, limits and bans", function()
     local lim = t.collector.limiter
     local waited = lim:wait("/probe", 1, { max_wait = 1 })
     assert.is_true(waited >= 0 and waited <= 1)
-    -- the API says this minute's weight is spent: the pool waits for the next
+    -- the API says this minute's weight is spent: the pool waits for the
+    -- next minute of the response's Date, so the two 1 s waits below time
+    -- out only with more than that left of the wall clock's minute (in the
+    -- minute's last second or two they saw it reopen)
+    wait_for("6 s left in this minute", function() return 60 - sluice.time() % 60 > 6 end, 8, 0.05)
     m:inject{ status = 200, body = "[]", headers = { ["X-MBX-USED-WEIGHT-1M"] = "2400" },
               path = "/fapi/v1/premiumIndex" }
     assert(t.collector:run_once("funding"))
