@@ -20,8 +20,8 @@
 -- memory, no HTTP: with TABLES "none" a run is the framework alone, so
 -- that the scheduler's own lateness at 10,000 collectors is measured
 -- apart from the work, which one loop thread cannot do 10,000 times a
--- second). Environment: BENCH_GCPAUSE=N sets the Lua GC's pause,
--- BENCH_NOBUDGET=1 runs the collectors without a run budget (what its
+-- second). Environment: BENCH_GCPAUSE=N and BENCH_GCSTEPMUL=N set the Lua
+-- GC's pause and step multiplier, BENCH_NOBUDGET=1 runs the collectors without a run budget (what its
 -- task per run costs), SKIP_PARTS=1 skips the part mode.
 --
 -- Figures (the anchor is the idle RSS of this same process before any
@@ -99,10 +99,9 @@ local work = a6 or "get"
 local function spec_for(tname)
   if spec_cache[tname] then return spec_cache[tname] end
   local collector = require "sluice.collector"
-  local s = collector.define{
+  local def = {
     name = "bench",
     interval = interval,
-    run_budget = os.getenv("BENCH_NOBUDGET") ~= "1" and nil or false,
     tables = { [tname] = { columns = { collector = "text", price = "real", at = "real" },
       key = { "collector" } } },
     collect = function(self)
@@ -112,6 +111,8 @@ local function spec_for(tname)
       return { { collector = self.name, price = tonumber(data.price), at = sluice.time() } }
     end,
   }
+  if os.getenv("BENCH_NOBUDGET") == "1" then def.run_budget = false end
+  local s = collector.define(def)
   spec_cache[tname] = s
   return s
 end
