@@ -62,8 +62,9 @@
 -- Calls that yield, so must run in a task: get, post, request; run_once;
 -- store_rows when a sink yields (the stream sink does); drain; and a run
 -- guard's enter and leave when they do. start() calls the spec's init in
--- the calling task and spawns the runs, each a task of its own; stop()
--- calls its close, which must not yield. define, new, health, stats,
+-- the calling task and schedules the runs on sluice.collector.clock,
+-- whose worker tasks make them; stop() calls its close, which must not
+-- yield. define, new, health, stats,
 -- counters, health_check, add_sink, set_run_guard, adopt, datasets, due,
 -- disable_dataset and partitions do not yield.
 local sluice = require "sluice"
@@ -586,8 +587,7 @@ function Collector:disable_dataset(dataset, reason)
   end
   if not u.enabled then return self end
   u.enabled, u.disabled_reason = false, reason
-  if u.timer then u.timer:cancel() end
-  u.timer = nil
+  runs.unschedule(u)
   u.log.warning("dataset disabled", { reason = reason })
   return self
 end
@@ -633,12 +633,8 @@ end
 function Collector:stop()
   if not self.running then return self end
   self.running = false
-  -- dropping the timers also breaks the cycle timer -> callback arguments
-  -- -> instance -> timer that kept stopped instances alive
-  for _, u in ipairs(self.units_) do
-    if u.timer then u.timer:cancel() end
-    u.timer = nil
-  end
+  -- each unit's schedule ends (a run in flight finishes first)
+  for _, u in ipairs(self.units_) do runs.unschedule(u) end
   stream.stop(self)
   if self.spec.close then
     local ok, err = xpcall(self.spec.close, debug.traceback, self)

@@ -44,8 +44,9 @@
 -- when the adapter did not). A call that fails otherwise is logged and
 -- the others go on; a run where every call not skipped failed fails.
 -- A run's calls go up to the option concurrency (default 8) at once, each
--- in a task of its own (all through the one limiter); a run that is killed
--- takes them with it.
+-- in a task of its own (all through the one limiter); a run over its
+-- budget takes them with it (its budget region kills the tasks it spawned),
+-- and so does a task that ends.
 --
 -- The module owns the per-instance state (ex, the resolved symbols) in a
 -- table weak by instance; collectors' runs yield (requests), define does

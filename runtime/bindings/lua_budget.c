@@ -5,6 +5,7 @@
  */
 #include <lauxlib.h>
 #include <math.h>
+#include <stdio.h>
 
 #include "host/budget.h"
 #include "host/modules.h"
@@ -28,9 +29,50 @@ static int l_attach(lua_State *L) {
     return 1;
 }
 
+/* enter(cpu, wall, label) -> true | nil, why: opens a budget region (see
+ * host/budget.h) around what the caller does next, which must be a pcall
+ * of the region's work followed by leave(). Refused when the caller is not
+ * a task's own coroutine or its task has a budget already. */
+static int l_enter(lua_State *L) {
+    double cpu = luaL_checknumber(L, 1);
+    double wall = luaL_checknumber(L, 2);
+    const char *label = luaL_checkstring(L, 3);
+    luaL_argcheck(L, cpu >= 0 && isfinite(cpu), 1,
+                  "must be a finite number >= 0");
+    luaL_argcheck(L, wall >= 0 && isfinite(wall), 2,
+                  "must be a finite number >= 0");
+    sl_task *t = sl_task_current(L);
+    char err[128];
+    if (!t)
+        snprintf(err, sizeof(err), "not called from a task's own coroutine");
+    else if (sl_budget_region_enter(L, t, cpu, wall, label, err, sizeof(err)) ==
+             0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+}
+
+/* leave() -> nil | the budget error when the region ran out. */
+static int l_leave(lua_State *L) {
+    sl_task *t = sl_task_current(L);
+    char msg[256];
+    int rc = t ? sl_budget_region_leave(t, msg, sizeof(msg)) : -1;
+    if (rc < 0)
+        return luaL_error(L, "sluice._budget.leave: no budget region open");
+    if (rc == 0)
+        return 0;
+    lua_pushstring(L, msg);
+    return 1;
+}
+
 int luaopen_sluice_budget(lua_State *L) {
     static const luaL_Reg fns[] = {
         {"attach", l_attach},
+        {"enter", l_enter},
+        {"leave", l_leave},
         {NULL, NULL},
     };
     lua_newtable(L);

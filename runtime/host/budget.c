@@ -22,6 +22,8 @@ enum { TRIP_NONE, TRIP_CPU, TRIP_WALL };
 
 struct sl_budget {
     sl_task *task;
+    int region;            /* 1: a region of the task's work, not the task */
+    int boundary;          /* region: the stack depth of its entry */
     double cpu, wall;      /* limits, 0 for none */
     double cpu_used;       /* over finished resumes */
     double cpu_mark;       /* thread CPU clock when the resume began */
@@ -29,11 +31,24 @@ struct sl_budget {
     double deadline;       /* monotonic */
     struct event *wall_ev; /* kills the task at the deadline while it waits */
     volatile sig_atomic_t tripped;
-    char cpu_msg[256], wall_msg[256]; /* formatted ahead for the hook */
+    long spawned; /* region: tasks it spawned (their spawned_in is b) */
+    char label[160];
+    char msg[256]; /* formatted when first needed, never in the handler */
 };
 
-static const char *message(const sl_budget *b) {
-    return b->tripped == TRIP_CPU ? b->cpu_msg : b->wall_msg;
+/* The error of a tripped budget. Not async-signal-safe: the hook, the
+ * scheduler and the deadline timer call it, never the signal handler. */
+static const char *message(sl_budget *b) {
+    if (!b->msg[0]) {
+        if (b->tripped == TRIP_CPU)
+            snprintf(b->msg, sizeof(b->msg),
+                     "%s exceeded its CPU budget of %g s", b->label, b->cpu);
+        else
+            snprintf(b->msg, sizeof(b->msg),
+                     "%s exceeded its wall-clock deadline of %g s", b->label,
+                     b->wall);
+    }
+    return b->msg;
 }
 
 /* The budget of the task running now, for the signal handler. */
@@ -57,6 +72,21 @@ static struct timespec timespec_of(double s) {
 }
 
 /* --- running out while the task runs ------------------------------------- */
+/* Whether L runs inside b's region: in a coroutine of the task's own, or in
+ * the task's coroutine deeper than the frame that entered the region (the
+ * region's pcall and what it called). */
+static int inside_region(lua_State *L, sl_budget *b) {
+    lua_Debug ar;
+    return L != b->task->co || lua_getstack(L, b->boundary, &ar);
+}
+
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+static void arm_hook(void) {
+    lua_sethook(sl_rt.L, budget_hook,
+                LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
 static void budget_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     sl_budget *b = running;
@@ -64,25 +94,39 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
         lua_sethook(L, NULL, 0, 0);
         return;
     }
-    if (L == b->task->co && lua_isyieldable(L)) {
+    if (b->region) {
+        /* Back in the code that entered the region: its leave ends it. */
+        if (!inside_region(L, b))
+            return;
+    } else if (L == b->task->co && lua_isyieldable(L)) {
         /* The scheduler sees a yield from a tripped task and ends it. */
         lua_sethook(L, NULL, 0, 0);
         lua_yield(L, 0);
         return;
     }
     /* A coroutine of the task's own, or below a C call boundary: unwind to
-     * where the task's coroutine can be yielded. Every 1000 instructions,
-     * so that error handlers get to run. */
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1000);
+     * where the task's coroutine can be yielded, every 1000 instructions so
+     * that error handlers get to run. Inside a region: at every call,
+     * return and instruction, since the region can only end by unwinding
+     * (`while true do pcall(spin) end` would catch one error in 1000). */
+    if (b->region)
+        arm_hook();
+    else
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1000);
     luaL_error(L, "%s", message(b));
+}
+
+/* Marks b spent while its task is not running: no hook to arm. */
+static void trip_quietly(sl_budget *b, int why) {
+    if (!b->tripped)
+        b->tripped = why;
 }
 
 static void trip(sl_budget *b, int why) {
     if (b->tripped)
         return;
     b->tripped = why;
-    lua_sethook(sl_rt.L, budget_hook,
-                LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+    arm_hook();
 }
 
 /* Async-signal-safe: reads clocks, sets flags and the hook. The tick
@@ -145,8 +189,10 @@ void sl_budget_enter(sl_budget *b) {
     b->cpu_mark = clock_of(CLOCK_THREAD_CPUTIME_ID);
     b->cpu_stop = b->cpu_mark + (b->cpu - b->cpu_used);
     running = b;
-    if ((b->cpu > 0 && b->cpu_used >= b->cpu) ||
-        (b->wall > 0 && sl_now() >= b->deadline))
+    if (b->tripped) /* a region tripped while it waited: unwind it now */
+        arm_hook();
+    else if ((b->cpu > 0 && b->cpu_used >= b->cpu) ||
+             (b->wall > 0 && sl_now() >= b->deadline))
         trip(b, b->cpu > 0 && b->cpu_used >= b->cpu ? TRIP_CPU : TRIP_WALL);
 }
 
@@ -156,7 +202,13 @@ const char *sl_budget_leave(sl_budget *b) {
     if (!b->tripped)
         return NULL;
     lua_sethook(sl_rt.L, NULL, 0, 0); /* if it did not fire yet */
-    return message(b);
+    /* A region's trip ends the region (its leave reports it), never the
+     * task; enter arms the hook again at the next resume. */
+    return b->region ? NULL : message(b);
+}
+
+const char *sl_budget_refusal(sl_budget *b) {
+    return b->region && b->tripped ? message(b) : NULL;
 }
 
 /* --- running out while the task waits ------------------------------------ */
@@ -167,52 +219,75 @@ static void wall_passed(evutil_socket_t fd, short what, void *arg) {
     sl_task *t = b->task;
     if (t->state != SL_TASK_SUSPENDED && t->state != SL_TASK_READY)
         return; /* running: the watchdog stops it */
-    char msg[sizeof(b->wall_msg)];
-    memcpy(msg, b->wall_msg, sizeof(msg));
+    trip_quietly(b, TRIP_WALL);
+    if (b->region) {
+        /* The wait ends with the error (a ready task trips when resumed):
+         * its operation is cancelled, the task goes on. */
+        sl_task_interrupt(t, message(b));
+        return;
+    }
+    char msg[sizeof(b->msg)];
+    memcpy(msg, message(b), sizeof(msg));
     sl_task_kill(t, msg); /* frees b */
 }
 
-static void budget_done(sl_task *t, int ok, void *privdata) {
-    sl_budget *b = privdata;
-    (void)ok;
+int sl_budget_spawned(sl_budget *b) {
+    if (!b->region)
+        return 0;
+    b->spawned++;
+    return 1;
+}
+
+/* The tasks region b spawned: killed with its error when it ran out
+ * (over), else let go. */
+static void let_go_of_spawned(sl_budget *b, int over) {
+    char msg[sizeof(b->msg)];
+    if (over)
+        snprintf(msg, sizeof(msg), "%s", message(b));
+    sl_task *next;
+    for (sl_task *t = sl_task_first_live(); t; t = next) {
+        next = t->next;
+        if (t->spawned_in != b)
+            continue;
+        t->spawned_in = NULL;
+        if (over && t->state != SL_TASK_RUNNING)
+            sl_task_kill(t, msg);
+    }
+}
+
+/* Frees b and stops the tick when it was the last live budget. */
+static void release(sl_budget *b) {
+    if (b->spawned)
+        let_go_of_spawned(b, 0);
     if (running == b)
         running = NULL;
     if (b->wall_ev)
         event_free(b->wall_ev);
-    t->budget = NULL;
-    t->on_done = NULL;
-    t->on_done_data = NULL;
+    b->task->budget = NULL;
     free(b);
     if (--live_budgets == 0)
         tick(0);
 }
 
-int sl_budget_attach(sl_task *t, double cpu, double wall, const char *label,
-                     char *err, size_t errlen) {
-    if (t->state == SL_TASK_DONE || t->state == SL_TASK_RUNNING) {
-        snprintf(err, errlen, "the task is %s",
-                 t->state == SL_TASK_DONE ? "finished" : "running");
-        return -1;
-    }
-    if (t->budget || t->on_done) {
-        snprintf(err, errlen, "the task already has %s",
-                 t->budget ? "a budget" : "an on_done callback");
-        return -1;
-    }
+void sl_budget_finish(sl_task *t) {
+    if (t->budget)
+        release(t->budget);
+}
+
+/* A budget for t (not yet attached), its deadline armed; NULL with err. */
+static sl_budget *make(sl_task *t, double cpu, double wall, const char *label,
+                       char *err, size_t errlen) {
     if (watchdog_init(err, errlen) != 0)
-        return -1;
+        return NULL;
     sl_budget *b = calloc(1, sizeof(*b));
     if (!b) {
         snprintf(err, errlen, "out of memory");
-        return -1;
+        return NULL;
     }
     b->task = t;
     b->cpu = cpu;
     b->wall = wall;
-    snprintf(b->cpu_msg, sizeof(b->cpu_msg),
-             "%s exceeded its CPU budget of %g s", label, cpu);
-    snprintf(b->wall_msg, sizeof(b->wall_msg),
-             "%s exceeded its wall-clock deadline of %g s", label, wall);
+    snprintf(b->label, sizeof(b->label), "%s", label);
     if (wall > 0) {
         b->deadline = sl_now() + wall;
         b->wall_ev = evtimer_new(sl_rt.base, wall_passed, b);
@@ -224,13 +299,62 @@ int sl_budget_attach(sl_task *t, double cpu, double wall, const char *label,
                 event_free(b->wall_ev);
             free(b);
             snprintf(err, errlen, "cannot arm the deadline timer");
-            return -1;
+            return NULL;
         }
     }
     t->budget = b;
-    t->on_done = budget_done;
-    t->on_done_data = b;
     if (live_budgets++ == 0)
         tick(1);
+    return b;
+}
+
+int sl_budget_attach(sl_task *t, double cpu, double wall, const char *label,
+                     char *err, size_t errlen) {
+    if (t->state == SL_TASK_DONE || t->state == SL_TASK_RUNNING) {
+        snprintf(err, errlen, "the task is %s",
+                 t->state == SL_TASK_DONE ? "finished" : "running");
+        return -1;
+    }
+    if (t->budget) {
+        snprintf(err, errlen, "the task already has a budget");
+        return -1;
+    }
+    return make(t, cpu, wall, label, err, errlen) ? 0 : -1;
+}
+
+/* --- regions ------------------------------------------------------------- */
+int sl_budget_region_enter(lua_State *L, sl_task *t, double cpu, double wall,
+                           const char *label, char *err, size_t errlen) {
+    if (t->budget) {
+        snprintf(err, errlen,
+                 "the task already has a budget (regions do not nest)");
+        return -1;
+    }
+    /* The depth of L's stack here, this C function's frame included: the
+     * region's own work runs deeper (see inside_region). */
+    lua_Debug ar;
+    int depth = 0;
+    while (lua_getstack(L, depth, &ar))
+        depth++;
+    sl_budget *b = make(t, cpu, wall, label, err, errlen);
+    if (!b)
+        return -1;
+    b->region = 1;
+    b->boundary = depth;
+    sl_budget_enter(b); /* this resume's CPU counts from here */
     return 0;
+}
+
+int sl_budget_region_leave(sl_task *t, char *msg, size_t msglen) {
+    sl_budget *b = t->budget;
+    if (!b || !b->region)
+        return -1;
+    sl_budget_leave(b);
+    int over = b->tripped != 0;
+    if (over)
+        snprintf(msg, msglen, "%s", message(b));
+    if (over && b->spawned)
+        let_go_of_spawned(b, 1);
+    release(b);
+    return over;
 }

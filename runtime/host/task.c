@@ -172,6 +172,7 @@ static void finish(sl_task *t, int ok, int nres) {
     luaL_unref(L, LUA_REGISTRYINDEX, t->self_ref);
     t->co_ref = t->self_ref = LUA_NOREF;
     t->co = NULL;
+    sl_budget_finish(t);
     if (t->on_done)
         t->on_done(t, ok, t->on_done_data);
     lua_settop(L, h - 1);
@@ -215,8 +216,16 @@ static void resume(sl_task *t) {
     if (b)
         sl_budget_enter(b);
     int rc = lua_resume(t->co, nargs);
+    b = t->budget; /* a region may have opened or closed meanwhile */
     const char *over = b ? sl_budget_leave(b) : NULL;
     current = prev;
+    const char *spent = b ? sl_budget_refusal(b) : NULL;
+    if (spent && rc == LUA_YIELD && t->state == SL_TASK_SUSPENDED) {
+        /* Its region ran out just as it began to wait: the wait ends now
+         * with the error, and the region unwinds from there. */
+        sl_task_interrupt(t, spent);
+        return;
+    }
     if (over && rc == LUA_YIELD) {
         /* Out of budget (see budget.h): the watchdog's hook yielded the
          * task, or it ran out just as it began to wait. Either way it ends
@@ -317,6 +326,8 @@ sl_task *sl_task_spawn(lua_State *L, int nargs) {
     lua_insert(L, fn); /* handle below the function and its arguments */
     lua_xmove(L, co, nargs + 1);
     t->nargs = nargs;
+    if (current && current->budget && sl_budget_spawned(current->budget))
+        t->spawned_in = current->budget;
     t->next = live_head;
     if (live_head)
         live_head->prev = t;
@@ -335,6 +346,9 @@ sl_task *sl_task_current(lua_State *L) {
 /* Raises "<what>: cannot wait ..." when the running task t cannot yield to
  * the loop from L; returns otherwise. */
 static void check_can_wait(lua_State *L, sl_task *t, const char *what) {
+    const char *spent = t->budget ? sl_budget_refusal(t->budget) : NULL;
+    if (spent)
+        luaL_error(L, "%s", spent);
     if (t->nowait)
         luaL_error(L, "%s: cannot wait inside %s", what, t->nowait_what);
     if (!lua_isyieldable(L))
@@ -416,6 +430,15 @@ void sl_task_kill(sl_task *t, const char *reason) {
     lua_settop(t->co, 0);
     lua_pushstring(t->co, reason);
     finish(t, 0, 1);
+}
+
+void sl_task_interrupt(sl_task *t, const char *msg) {
+    if (t->state != SL_TASK_SUSPENDED)
+        return;
+    cancel_op(t); /* it will not wake t now: the results are these */
+    lua_pushnil(t->co);
+    lua_pushstring(t->co, msg);
+    sl_task_wake(t, 2);
 }
 
 sl_task *sl_task_first_live(void) { return live_head; }

@@ -68,6 +68,10 @@ struct sl_task {
     int nowait;              /* depth of no-wait regions (see below) */
     const char *nowait_what; /* the outermost region's description */
     sl_budget *budget;       /* budget.h; owned there, NULL when none */
+    sl_budget *spawned_in;   /* the budget region open in the task that
+                                spawned this one, while it is open: a
+                                region that runs out kills what it spawned
+                                (budget.h) */
 };
 
 /* Creates a task running the function at stack index fn with the nargs
@@ -115,6 +119,11 @@ void sl_task_wake(sl_task *t, int nresults);
  * (A task that finishes by itself has any operation still attached
  * cancelled too.) */
 void sl_task_kill(sl_task *t, const char *reason);
+
+/* Ends the wait of the suspended task t early (a no-op otherwise): cancels
+ * its operation and queues it, the waiting call returning nil, msg. Used
+ * by budget regions (budget.h); t goes on running. */
+void sl_task_interrupt(sl_task *t, const char *msg);
 
 /* The handle of a task from the Lua stack, raising an argument error. */
 sl_task *sl_task_check(lua_State *L, int idx);

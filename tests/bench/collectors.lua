@@ -22,7 +22,7 @@
 -- apart from the work, which one loop thread cannot do 10,000 times a
 -- second). Environment: BENCH_GCPAUSE=N and BENCH_GCSTEPMUL=N set the Lua
 -- GC's pause and step multiplier, BENCH_NOBUDGET=1 runs the collectors without a run budget (what its
--- task per run costs), SKIP_PARTS=1 skips the part mode.
+-- region costs a run), SKIP_PARTS=1 skips the part mode.
 --
 -- Figures (the anchor is the idle RSS of this same process before any
 -- collector exists, measured in the same run):
@@ -35,6 +35,8 @@
 --   collectors.late_p50/p99/max lateness of a collection's start (collect
 --                               entered) vs its due time (ms)
 --   collectors.starved          collectors that missed a period in the window
+--   collectors.workers          the clock's worker tasks at the window's end
+--                               (as many as runs were ever in flight at once)
 --   collectors.cpu_per          CPU (user+sys) per collection (us)
 --   collectors.cpu_vs_get       that / the CPU of one bare http.get +
 --                               res:json() + one-row upsert, measured in
@@ -388,6 +390,7 @@ local function run(n, seconds, tables, start)
   local cpu = procinfo.cpu_seconds() - cpu0
   local total_rss = rss_max
   local heap_live = lua_bytes()
+  local clock = require("sluice.collector.clock").stats()
   for _, inst in ipairs(insts) do inst:stop() end
   for _, inst in ipairs(insts) do inst:drain() end
   local starved = 0
@@ -416,6 +419,7 @@ local function run(n, seconds, tables, start)
   bench.figure("collectors.starved", starved, "collectors")
   bench.figure("collectors.cpu_per", cpu / math.max(total, 1) * 1e6, "us")
   bench.figure("collectors.cpu_share", cpu / window, "cores")
+  bench.figure("collectors.workers", clock.workers, "tasks")
   bench.figure("collectors.cpu_vs_get", cpu / math.max(total, 1) / get_cpu, "ratio")
   print(string.format("anchor: bare http.get + json + upsert %.1f us CPU", get_cpu * 1e6))
   ng:stop()

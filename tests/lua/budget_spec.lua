@@ -106,6 +106,144 @@ describe("sluice.budget", function()
   end)
 end)
 
+describe("budget regions (sluice._budget.enter/leave)", function()
+  local region = require "sluice._budget"
+
+  -- fn(...) in a region of the calling task, as sluice.collector runs a
+  -- collection: its results, or false and the budget's error
+  local function within(cpu, wall, label, fn, ...)
+    assert(region.enter(cpu, wall, label))
+    local res = { xpcall(fn, debug.traceback, ...) }
+    local over = region.leave()
+    if over then return false, over end
+    return unpack(res)
+  end
+
+  it("ends a region that spins, however it hides, and the task goes on", function()
+    local cases = {
+      spin,
+      function() pcall(spin); return "escaped" end,
+      function() while true do pcall(spin) end end,
+      function()
+        local co = coroutine.wrap(function() pcall(crunch) end)
+        pcall(co)
+        while true do end
+      end,
+      function() pcall(table.sort, { 3, 2, 1 }, function() spin() end); spin() end,
+    }
+    local t = sluice.spawn(function()
+      local out = {}
+      for i, fn in ipairs(cases) do
+        jit.off(fn, true)
+        out[i] = { within(0.1, 0, "case " .. i, fn) }
+      end
+      sluice.sleep(0) -- the task can wait again: nothing is left tripped
+      return out
+    end)
+    local done, out = sluice.wait(t)
+    assert.is_true(done)
+    for i = 1, #cases do
+      assert.same({ false, "case " .. i .. " exceeded its CPU budget of 0.1 s" }, out[i])
+    end
+    assert.equal("done", sluice.status(t))
+  end)
+
+  it("ends a wait at the region's deadline, cancelling it, and the task goes on", function()
+    local waiting = sluice.tasks().waiting
+    local t = sluice.spawn(function()
+      local t0 = sluice.now()
+      local a, b = within(0, 0.2, "collector slow: run", function() sluice.sleep(1e9) end)
+      local took = sluice.now() - t0
+      sluice.sleep(0.01)
+      return a, b, took
+    end)
+    local done, a, b, took = sluice.wait(t)
+    assert.is_true(done)
+    assert.same({ false, "collector slow: run exceeded its wall-clock deadline of 0.2 s" }, { a, b })
+    assert.is_true(took >= 0.19 and took < 1, "took " .. took)
+    assert.equal(waiting, sluice.tasks().waiting)
+  end)
+
+  it("counts CPU over the region's resumes and leaves results of one within budget alone", function()
+    local t = sluice.spawn(function()
+      return within(0.5, 1, "fine", function(x)
+        for _ = 1, 3 do sluice.sleep(0.02) end
+        return x, 2
+      end, 1)
+    end)
+    assert.same({ true, true, 1, 2 }, { sluice.wait(t) })
+    -- its deadline timer went with the region: past it, nothing
+    sluice.sleep(1.1)
+    assert.equal("done", sluice.status(t))
+  end)
+
+  it("is refused where it cannot hold: nested, outside a task, a budgeted task; leave without one", function()
+    local t = sluice.spawn(function()
+      assert(region.enter(1, 0, "outer"))
+      local ok, why = region.enter(1, 0, "inner")
+      assert(region.leave() == nil)
+      local co = coroutine.wrap(function() return region.enter(1, 0, "in a coroutine") end)
+      local ok2, why2 = co()
+      return ok, why, ok2, why2, pcall(region.leave)
+    end)
+    local done, ok, why, ok2, why2, lok, lerr = sluice.wait(t)
+    assert.is_true(done)
+    assert.same({ nil, "the task already has a budget (regions do not nest)" }, { ok, why })
+    assert.same({ nil, "not called from a task's own coroutine" }, { ok2, why2 })
+    assert.is_false(lok)
+    assert.matches("no budget region open", lerr)
+    local b = sluice.budget(sluice.spawn(function() return region.enter(1, 0, "x") end), { cpu = 1 })
+    assert.same({ true, nil, "the task already has a budget (regions do not nest)" }, { sluice.wait(b) })
+  end)
+
+  it("kills the tasks it spawned when it runs out, and leaves them be when not", function()
+    local helpers = {}
+    local t = sluice.spawn(function()
+      local over = { within(0, 0.2, "r", function()
+        helpers[1] = sluice.spawn(sluice.sleep, 1e9)
+        sluice.sleep(1e9)
+      end) }
+      local fine = { within(0, 5, "s", function() helpers[2] = sluice.spawn(sluice.sleep, 0.05) end) }
+      return over, fine
+    end)
+    local done, over, fine = sluice.wait(t)
+    assert.is_true(done)
+    assert.same({ false, "r exceeded its wall-clock deadline of 0.2 s" }, over)
+    assert.same({ true }, fine)
+    assert.equal("killed", sluice.status(helpers[1]))
+    assert.same({ false, "r exceeded its wall-clock deadline of 0.2 s" }, { sluice.wait(helpers[1]) })
+    assert.same({ true, true }, { sluice.wait(helpers[2]) }) -- outlived its region, as it may
+  end)
+
+  it("is freed with a task killed inside it", function()
+    local t = sluice.spawn(function()
+      assert(region.enter(0, 0.5, "k"))
+      sluice.sleep(1e9)
+    end)
+    wait_for("the task waiting in its region", function() return sluice.status(t) == "waiting" end)
+    sluice.kill(t)
+    -- past the region's deadline: its timer went with the task
+    sluice.sleep(0.6)
+    assert.equal("killed", sluice.status(t))
+  end)
+end)
+
+describe("a started collector's run budget", function()
+  it("fails the runs over budget and keeps the schedule", function()
+    local spec = collector.define({
+      name = "sched_spinner", interval = 0.05, limiter = false, breaker = false, retry = false,
+      run_budget = { cpu = 0.05 },
+      collect = function() crunch() end,
+    })
+    local c = collector.new(spec)
+    c:start()
+    wait_for("three runs over budget", function() return c:counters().collections_failed >= 3 end, 5)
+    c:stop()
+    c:drain()
+    assert.equal("collector sched_spinner: run exceeded its CPU budget of 0.05 s", c:counters().last_error)
+  end)
+end)
+
 -- file-level helpers a collect reaches through upvalues run interpreted too
 local function churn(n)
   local x = 0

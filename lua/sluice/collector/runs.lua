@@ -4,7 +4,7 @@
 -- one run of a unit in its run slot under the run budget, with its
 -- statistics and its log lines (run), the run guard around it (guarded),
 -- every dataset at once (run_all), and the schedule of a started unit
--- (schedule: a timer per unit, each run arming the next).
+-- (schedule: an entry of sluice.collector.clock per started unit).
 --
 -- A run unit is what has a schedule, a run slot and run statistics: the
 -- instance itself for a collector with collect, or each of its datasets
@@ -14,7 +14,7 @@
 -- log, slot_, stats_ (a dataset's run counters; the instance's are its
 -- totals), and its schedule: next_due_,
 -- due_ (the latest scheduled run's due time), first_due_, phase_ (start's
--- phase option), timer, first_run, started_mono_.
+-- phase option), entry_ (its clock entry), started_mono_.
 --
 -- It works on the instance and units sluice.collector made and owns: it
 -- reads their configuration and writes the run state listed above and the
@@ -24,6 +24,8 @@ local log = require "sluice.log"
 local spec_mod = require "sluice.collector.spec"
 local slot = require "sluice.collector.slot"
 local rows = require "sluice.collector.rows"
+local budget = require "sluice._budget"
+local clock = require "sluice.collector.clock"
 
 local _M = {}
 
@@ -55,13 +57,23 @@ local function dataset_units(self, cfg)
   return byname, list
 end
 
--- collect in a task of its own under the unit's run budget, waited for;
--- a run over budget fails with the budget's error. Returns what xpcall does.
+-- collect under the unit's run budget, in a budget region of the calling
+-- task (sluice._budget: no task, coroutine or userdata per run), or, when
+-- that task cannot take one (it has a budget of its own, or this is not
+-- its own coroutine), in a task of its own, waited for; a run over budget
+-- fails with the budget's error. Returns what xpcall does.
 local function collect_within_budget(self, u)
-  if not u.run_budget then
+  local rb = u.run_budget
+  if not rb then
     return xpcall(u.collect_fn_, debug.traceback, self)
   end
-  local run = sluice.budget(sluice.spawn(xpcall, u.collect_fn_, debug.traceback, self), u.run_budget)
+  if budget.enter(rb.cpu or 0, rb.wall or 0, rb.label) then
+    local ok, result = xpcall(u.collect_fn_, debug.traceback, self)
+    local over = budget.leave()
+    if over then return false, over end
+    return ok, result
+  end
+  local run = sluice.budget(sluice.spawn(xpcall, u.collect_fn_, debug.traceback, self), rb)
   local done, ok, result = sluice.wait(run)
   if not done then return false, ok end
   return ok, result
@@ -197,42 +209,59 @@ local function next_period(u)
   return u.interval * (1 + j * (2 * math.random() - 1))
 end
 
--- One scheduled run of unit u, as a timer's task; schedules the next. A
--- run still in flight (a manual one, or the replaced instance's after a
--- reload) is waited for, never overlapped; a run that overran its period
--- delays the next one to its end, and missed ticks are not replayed.
-local function tick(premature, self, u)
-  if premature or not self.running or not u.enabled then return end
-  u.timer = nil
+-- Whether the clock entry e is still unit u's schedule: a stop(), a
+-- disable_dataset() or a newer start() (which gives u another entry)
+-- ends it.
+local function scheduled(self, u, e)
+  return self.running and u.enabled and u.entry_ == e
+end
+
+-- The run of unit u now due, in a worker of the clock (entry e), and the
+-- next one scheduled. A run still in flight (a manual one, or the
+-- replaced instance's after a reload) is waited for, never overlapped; a
+-- run that overran its period delays the next one to its end, and missed
+-- periods are not replayed.
+local function fire(e, self, u)
+  if not scheduled(self, u, e) then return end
   local due = u.next_due_
   u.due_ = due -- due(): the due time of this run
-  -- the next tick's due time is set before running, so that an instance
+  -- the next run's due time is set before running, so that an instance
   -- taking over at a reload continues this schedule
   u.next_due_ = due + next_period(u)
   while u.slot_:busy() do
-    if not u.slot_:wait() or not self.running then return end
+    if not u.slot_:wait() or not scheduled(self, u, e) then return end
   end
-  if not self.running or not u.enabled then return end
-  guarded(self, u)
-  if not self.running or not u.enabled then return end -- disable_dataset: no next run
+  local me = sluice.current()
+  local ok, err = xpcall(guarded, debug.traceback, self, u)
+  if not ok then
+    -- a fault of the framework's, not of collect (whose errors are the
+    -- run's): logged, the slot freed, the schedule goes on
+    u.log.error("scheduled run failed", { error = tostring(err) })
+    if u.slot_:held_by(me) then u.slot_:release(false, tostring(err):match("^[^\n]*")) end
+  end
+  if not scheduled(self, u, e) then return end -- stop(), disable_dataset()
   local now = sluice.now()
   if u.next_due_ < now then
     -- overran: the next run starts now, or with a phase at its next instant
     u.next_due_ = now
     if u.phase_ then u.next_due_ = now + phase_wait(u, sluice.time(), 0) end
   end
-  u.timer = sluice.after(u.next_due_ - now, tick, self, u)
+  clock.at(e, u.next_due_)
 end
 
--- Unit u's first run, delay seconds from now.
+-- Unit u's schedule, its first run delay seconds from now.
 local function schedule(self, u, delay)
+  if u.entry_ then clock.cancel(u.entry_) end
   u.next_due_ = sluice.now() + delay
   u.first_due_ = u.next_due_
-  if delay <= 0 then
-    u.first_run = sluice.spawn(tick, false, self, u)
-  else
-    u.timer = sluice.after(delay, tick, self, u)
-  end
+  u.entry_ = clock.entry(fire, self, u)
+  clock.at(u.entry_, u.next_due_)
+end
+
+-- Unit u's schedule ends (stop(), disable_dataset()); a run in flight
+-- finishes.
+local function unschedule(u)
+  if u.entry_ then clock.cancel(u.entry_) end
 end
 
 _M.dataset_units = dataset_units
@@ -240,4 +269,5 @@ _M.guarded = guarded
 _M.run_all = run_all
 _M.phase_wait = phase_wait
 _M.schedule = schedule
+_M.unschedule = unschedule
 return _M

@@ -41,6 +41,11 @@ function Slot:started()
   return self.busy_ and self.started_ or nil
 end
 
+--- slot:held_by(task) -> whether the run in flight is task's.
+function Slot:held_by(task)
+  return self.busy_ and self.task_ == task
+end
+
 --- slot:waiting() -> how many tasks wait for the run in flight.
 function Slot:waiting()
   return #self.waiters_
