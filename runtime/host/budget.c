@@ -29,7 +29,8 @@ struct sl_budget {
     double cpu_mark;       /* thread CPU clock when the resume began */
     double cpu_stop;       /* thread CPU clock at which this resume is over */
     double deadline;       /* monotonic */
-    struct event *wall_ev; /* kills the task at the deadline while it waits */
+    struct event *wall_ev; /* at the deadline, while the task waits: kills
+                              it, or ends a region's wait (wall_passed) */
     volatile sig_atomic_t tripped;
     long spawned; /* region: tasks it spawned (their spawned_in is b) */
     char label[160];
@@ -55,7 +56,11 @@ static const char *message(sl_budget *b) {
 static sl_budget *volatile running;
 static int watchdog_ready; /* 1 set up, -1 failed */
 static timer_t tick_timer;
-static long live_budgets; /* the tick runs while this is > 0 */
+/* Budgets allocated, and whether the tick is armed: the tick stops itself
+ * at the first tick that finds no budget live (see tick below). Written on
+ * the loop thread, read by the handler. */
+static volatile sig_atomic_t live_budgets;
+static volatile sig_atomic_t ticking;
 
 static double clock_of(clockid_t id) {
     struct timespec ts;
@@ -129,6 +134,18 @@ static void trip(sl_budget *b, int why) {
     arm_hook();
 }
 
+/* Arms (on) or disarms the tick. It runs while budgets are live, and a
+ * little longer: made when a budget is and none ticks, stopped by the
+ * first tick that finds none live (up to TICK later), so that runs back to
+ * back, each with a budget of its own, pay no system call for it. */
+static void tick(int on) {
+    struct itimerspec its;
+    memset(&its, 0, sizeof(its));
+    if (on)
+        its.it_value = its.it_interval = timespec_of(TICK);
+    timer_settime(tick_timer, 0, &its, NULL);
+}
+
 /* Async-signal-safe: reads clocks, sets flags and the hook. The tick
  * fires every TICK seconds while any budget is live, whichever task runs:
  * it only acts when the running task's budget is spent. */
@@ -137,6 +154,12 @@ static void on_tick(int sig, siginfo_t *si, void *uc) {
     (void)si;
     (void)uc;
     int saved = errno;
+    if (live_budgets == 0) {
+        tick(0); /* timer_settime is async-signal-safe */
+        ticking = 0;
+        errno = saved;
+        return;
+    }
     sl_budget *b = running;
     if (b && !b->tripped) {
         if (b->cpu > 0 && clock_of(CLOCK_THREAD_CPUTIME_ID) >= b->cpu_stop)
@@ -173,16 +196,6 @@ done:
         snprintf(err, errlen, "cannot set up the budget watchdog: %s",
                  strerror(errno));
     return watchdog_ready > 0 ? 0 : -1;
-}
-
-/* The tick runs only while some budget is live: a run, not a resume, pays
- * for arming it. */
-static void tick(int on) {
-    struct itimerspec its;
-    memset(&its, 0, sizeof(its));
-    if (on)
-        its.it_value = its.it_interval = timespec_of(TICK);
-    timer_settime(tick_timer, 0, &its, NULL);
 }
 
 void sl_budget_enter(sl_budget *b) {
@@ -244,6 +257,7 @@ static void let_go_of_spawned(sl_budget *b, int over) {
     char msg[sizeof(b->msg)];
     if (over)
         snprintf(msg, sizeof(msg), "%s", message(b));
+    b->spawned = 0;
     sl_task *next;
     for (sl_task *t = sl_task_first_live(); t; t = next) {
         next = t->next;
@@ -265,8 +279,7 @@ static void release(sl_budget *b) {
         event_free(b->wall_ev);
     b->task->budget = NULL;
     free(b);
-    if (--live_budgets == 0)
-        tick(0);
+    live_budgets--; /* the next tick stops itself when none is left */
 }
 
 void sl_budget_finish(sl_task *t) {
@@ -303,8 +316,11 @@ static sl_budget *make(sl_task *t, double cpu, double wall, const char *label,
         }
     }
     t->budget = b;
-    if (live_budgets++ == 0)
+    live_budgets++; /* before ticking is read: a tick meanwhile sees it */
+    if (!ticking) {
+        ticking = 1;
         tick(1);
+    }
     return b;
 }
 
