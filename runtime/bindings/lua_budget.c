@@ -11,19 +11,32 @@
 #include "host/modules.h"
 #include "host/task.h"
 
-/* attach(task, cpu, wall, label) -> true; cpu and wall are seconds, 0 for
- * no limit. Misuse raises (sluice.budget validates first). */
+/* The limits at index i (cpu), i + 1 (wall) and i + 2 (label), checked:
+ * seconds, 0 for no limit. */
+typedef struct limits {
+    double cpu, wall;
+    const char *label;
+} limits;
+
+static limits check_limits(lua_State *L, int i) {
+    limits l;
+    l.cpu = luaL_checknumber(L, i); /* in order: the first bad one is named */
+    l.wall = luaL_checknumber(L, i + 1);
+    l.label = luaL_checkstring(L, i + 2);
+    luaL_argcheck(L, l.cpu >= 0 && isfinite(l.cpu), i,
+                  "must be a finite number >= 0");
+    luaL_argcheck(L, l.wall >= 0 && isfinite(l.wall), i + 1,
+                  "must be a finite number >= 0");
+    return l;
+}
+
+/* attach(task, cpu, wall, label) -> true. Misuse raises (sluice.budget
+ * validates first). */
 static int l_attach(lua_State *L) {
     sl_task *t = sl_task_check(L, 1);
-    double cpu = luaL_checknumber(L, 2);
-    double wall = luaL_checknumber(L, 3);
-    const char *label = luaL_checkstring(L, 4);
-    luaL_argcheck(L, cpu >= 0 && isfinite(cpu), 2,
-                  "must be a finite number >= 0");
-    luaL_argcheck(L, wall >= 0 && isfinite(wall), 3,
-                  "must be a finite number >= 0");
+    limits l = check_limits(L, 2);
     char err[128];
-    if (sl_budget_attach(t, cpu, wall, label, err, sizeof(err)) != 0)
+    if (sl_budget_attach(t, l.cpu, l.wall, l.label, err, sizeof(err)) != 0)
         return luaL_error(L, "sluice.budget: %s", err);
     lua_pushboolean(L, 1);
     return 1;
@@ -34,19 +47,13 @@ static int l_attach(lua_State *L) {
  * of the region's work followed by leave(). Refused when the caller is not
  * a task's own coroutine or its task has a budget already. */
 static int l_enter(lua_State *L) {
-    double cpu = luaL_checknumber(L, 1);
-    double wall = luaL_checknumber(L, 2);
-    const char *label = luaL_checkstring(L, 3);
-    luaL_argcheck(L, cpu >= 0 && isfinite(cpu), 1,
-                  "must be a finite number >= 0");
-    luaL_argcheck(L, wall >= 0 && isfinite(wall), 2,
-                  "must be a finite number >= 0");
+    limits l = check_limits(L, 1);
     sl_task *t = sl_task_current(L);
     char err[128];
     if (!t)
         snprintf(err, sizeof(err), "not called from a task's own coroutine");
-    else if (sl_budget_region_enter(L, t, cpu, wall, label, err, sizeof(err)) ==
-             0) {
+    else if (sl_budget_region_enter(L, t, l.cpu, l.wall, l.label, err,
+                                    sizeof(err)) == 0) {
         lua_pushboolean(L, 1);
         return 1;
     }
