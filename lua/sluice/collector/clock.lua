@@ -81,13 +81,14 @@ local function remove(e)
   return e
 end
 
--- A worker: runs the entries the clock hands it, parked in between.
--- One entry's call, in a frame of its own.
+-- One entry's call, in a frame of its own (what it references does not
+-- stay on the worker's stack while the worker is parked).
 local function serve(e)
   local ok, err = xpcall(e[FN], debug.traceback, e, e[A], e[B])
   if not ok then log.error("scheduled call failed", { error = tostring(err) }) end
 end
 
+-- A worker: runs the entries the clock hands it, parked in between.
 local function worker(e)
   local me = sluice.current()
   workers = workers + 1
