@@ -78,11 +78,16 @@ local DOC = '{"symbol":"BTCUSDT","price":"97123.45","qty":"0.012","time":1733400
   .. '"bids":[["97123.40","1.2"],["97123.30","0.7"]],"asks":[["97123.50","0.9"],["97123.60","2.1"]],'
   .. '"status":"TRADING","source":"bench"}'
 
+-- every nginx this run started: stopped on the way out, also when the run
+-- fails (an nginx left running outlives the benchmark and skews the next)
+local started = {}
 local function start_nginx()
-  return require("support.nginx").start{
+  local ng = require("support.nginx").start{
     files = { ["doc.json"] = DOC },
     locations = "    location = /doc.json { default_type application/json; }",
   }
+  started[#started + 1] = ng
+  return ng
 end
 
 local function tmpdb()
@@ -428,14 +433,18 @@ local function run(n, seconds, tables, start)
   remove_db(path)
 end
 
-if a1 == "part" then
-  run_part(a2, tonumber(a3) or 1000)
-else
-  local n = tonumber(a1) or 1000
-  local seconds = tonumber(a2) or 20
-  local tables = a3 or "shared"
-  if work ~= "get" and work ~= "memory" then error("WORK: get or memory, got " .. work) end
-  run(n, seconds, tables, a4 or "random")
-  if os.getenv("SKIP_PARTS") ~= "1" then parts(n) end
-  sluice.shutdown(0)
-end
+local ok, err = xpcall(function()
+  if a1 == "part" then
+    run_part(a2, tonumber(a3) or 1000)
+  else
+    local n = tonumber(a1) or 1000
+    local seconds = tonumber(a2) or 20
+    local tables = a3 or "shared"
+    if work ~= "get" and work ~= "memory" then error("WORK: get or memory, got " .. work) end
+    run(n, seconds, tables, a4 or "random")
+    if os.getenv("SKIP_PARTS") ~= "1" then parts(n) end
+    sluice.shutdown(0)
+  end
+end, debug.traceback)
+for _, ng in ipairs(started) do ng:stop() end -- stop() again is a no-op
+if not ok then error(err, 0) end
