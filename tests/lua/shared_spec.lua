@@ -194,6 +194,58 @@ describe("sluice.shared", function()
     assert.equal("open", a.c.breaker:state())
   end)
 
+  -- A reload detaches every old instance: what the sync keeps for a
+  -- breaker's name must go with the last of them (the soak's settled heap
+  -- held a snapshot for each of 500 removed collectors), and a breaker
+  -- attached again must publish a transition once, not once per attach.
+  it("lets a detached breaker's snapshot go and publishes once after a re-attach", function()
+    local spec = collector.define({ name = "sync_once", interval = 3600, limiter = false, retry = false,
+      collect = function() return {} end })
+    local x = { c = collector.new(spec), sh = shared.new(redis.connect { url = srv:url() }) }
+    made[#made + 1] = x
+    x.sh:attach(x.c)
+    x.c.breaker:force_open()
+    wait_for("the open breaker in Redis", function()
+      local doc = red:call("GET", "cb_state:sync_once")
+      return doc and cjson.decode(doc).snapshot.state == "open"
+    end)
+    local replacement = collector.new(spec) -- as a reload does: the new one first
+    x.sh:attach(replacement)
+    x.sh:detach(x.c)
+    assert.is_not_nil(x.sh.sync_.applied["cb_state:sync_once"], "kept while a breaker of the name is attached")
+    x.sh:detach(replacement)
+    assert.same({}, x.sh.sync_.applied)
+    assert.same({}, x.sh.sync_.names)
+  end)
+
+  it("publishes a breaker's transition once after it was detached and attached again", function()
+    -- a shared object stand-in whose calls return at once: the callbacks
+    -- of one transition then all run in one go of its dispatch task
+    local calls = {}
+    local sh = { id = "me", collectors = {}, call = function(_, cmd, key)
+      calls[#calls + 1] = cmd .. " " .. tostring(key)
+      if cmd ~= "GET" then return "OK" end
+    end }
+    local sync = require("sluice.shared.sync").new(sh)
+    local c = collector.new(collector.define({ name = "sync_twice", interval = 3600, limiter = false,
+      retry = false, collect = function() return {} end }))
+    sync:attach(c)
+    sync:detach(c)
+    sync:attach(c)
+    -- callbacks run in the order given: once this one has run for a
+    -- transition, every publishing callback before it has too
+    local seen = 0
+    c.breaker:on_change(function() seen = seen + 1 end)
+    calls = {}
+    c.breaker:force_open()
+    wait_for("the open transition dispatched", function() return seen == 1 end)
+    assert.same({ "SET cb_state:sync_twice", "PUBLISH sluice:cb_state" }, calls)
+    sync:detach(c)
+    c.breaker:force_close()
+    wait_for("the close transition dispatched", function() return seen == 2 end)
+    assert.same({ "SET cb_state:sync_twice", "PUBLISH sluice:cb_state" }, calls) -- detached: none
+  end)
+
   it("writes the limiter's state, takes it at attach, and writes the final state at detach", function()
     local spec = collector.define({ name = "sync_feed", interval = 3600, breaker = false, retry = false,
       limiter = { rate = 10, max_rate = 100 }, collect = function() return {} end })

@@ -33,9 +33,18 @@ local POLL = 5 -- seconds between reads of the stored snapshots (fallback)
 
 --- new(sh) -> the state sync of shared object sh.
 function _M.new(sh)
-  return setmetatable({ sh = sh, applied = {}, seq = 0,
-    -- breakers whose transitions are published (weak: see attach)
-    attached = setmetatable({}, { __mode = "k" }) }, mt)
+  return setmetatable({ sh = sh, seq = 0,
+    -- "cb_state:{name}" -> the stored snapshot last applied or written,
+    -- while a collector with a breaker of that name is attached
+    applied = {},
+    -- breaker name -> how many attached collectors use a breaker of it
+    names = {},
+    -- breaker -> how many attached collectors use it (its transitions are
+    -- published while any does); hooked: breakers given the publishing
+    -- callback, once each, whether attached now or not (both weak: see
+    -- attach)
+    attached = setmetatable({}, { __mode = "k" }),
+    hooked = setmetatable({}, { __mode = "k" }) }, mt)
 end
 
 local function encode(snap, id, seq)
@@ -89,13 +98,17 @@ function Sync:attach(c)
     -- in a table weak in its keys (the breakers), and a value reaching its
     -- own key keeps both alive, so every replaced instance would leak.
     -- Only a breaker still attached here publishes; a breaker that
-    -- collectors of one upstream share publishes once.
-    if not self.attached[c.breaker] then
-      self.attached[c.breaker] = true
+    -- collectors of one upstream share publishes once, and one detached
+    -- and attached again is not given a second callback.
+    if not self.hooked[c.breaker] then
+      self.hooked[c.breaker] = true
       c.breaker:on_change(function(cb)
         if self.attached[cb] then self:publish_breaker(cb) end
       end)
     end
+    self.attached[c.breaker] = (self.attached[c.breaker] or 0) + 1
+    local name = c.breaker:name()
+    self.names[name] = (self.names[name] or 0) + 1
   end
   if c.limiter then
     local doc = self.sh:call("GET", "rate_limiter:" .. c.limiter:name())
@@ -106,11 +119,24 @@ function Sync:attach(c)
   end
 end
 
+local function release(counts, k)
+  local n = (counts[k] or 1) - 1
+  if n > 0 then counts[k] = n else counts[k] = nil end
+  return n > 0
+end
+
 --- sync:detach(c): writes c's final limiter state; its breaker's
--- transitions are no longer published.
+-- transitions are no longer published (once no attached collector shares
+-- it), and the snapshot applied for its name is let go (once none has a
+-- breaker of that name: a reload attaches the new instances before it
+-- detaches the old).
 function Sync:detach(c)
+  if c.breaker and self.attached[c.breaker] then
+    release(self.attached, c.breaker)
+    local name = c.breaker:name()
+    if not release(self.names, name) then self.applied["cb_state:" .. name] = nil end
+  end
   if c.limiter then self:publish_limiter(c) end
-  if c.breaker then self.attached[c.breaker] = nil end
 end
 
 local function pull_all(self, key)
