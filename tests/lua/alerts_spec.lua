@@ -529,6 +529,24 @@ describe("sluice.alerts", function()
         r.got[2].decoded.alerts[1].severity, r.got[2].decoded.alerts[1].details.reachable })
     end)
 
+    it("forgets the reading of a breaker name no breaker has any more", function()
+      local events = {}
+      local w = require("sluice.alerts.watch").new(function(kind, source) events[#events + 1] = kind .. " " .. source end)
+      local cb = breaker.new { name = "watch_gone", failure_threshold = 1 }
+      w:attach()
+      assert.is_false(w.open.watch_gone)
+      cb:close()
+      w:attach() -- (a reload attaches after it swapped the breakers)
+      assert.is_nil(w.open.watch_gone)
+      local again = breaker.new { name = "watch_gone", failure_threshold = 1 }
+      w:attach()
+      again:force_open()
+      wait_for("the opening seen", function() return #events == 1 end)
+      assert.same({ "breaker_opened watch_gone" }, events)
+      w:stop()
+      again:close()
+    end)
+
     it("takes a new baseline when alerts come back after a reload without them", function()
       local r = receiver()
       defer(r.close)

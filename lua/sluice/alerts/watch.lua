@@ -65,14 +65,20 @@ end
 
 --- attach(): on_change on every breaker not attached yet; its state now
 -- is the baseline of its name (a reload's new breaker of a known name
--- keeps the name's reading).
+-- keeps the name's reading). The reading of a name no breaker has any
+-- more is dropped (a name that comes back takes a new baseline): what is
+-- kept is bounded by the breakers there are, not by every name seen.
 function _M:attach()
-  for name, cb in pairs(breaker.all()) do
+  local all = breaker.all()
+  for name, cb in pairs(all) do
     if not self.attached[cb] and not name:find("^alerts:") then
       self.attached[cb] = true
       if self.open[name] == nil then self.open[name] = cb:status().state ~= "closed" end
       cb:on_change(function(b, _, to, reason) breaker_changed(self, b, to, reason) end)
     end
+  end
+  for name in pairs(self.open) do
+    if not all[name] then self.open[name] = nil end
   end
 end
 
