@@ -495,6 +495,25 @@ describe("sluice.collector lifecycle", function()
     assert.same({ "ETHUSDT" }, c.options.symbols)
     assert.equal(30, c.interval)
   end)
+
+  -- Specs alike share the schema their overrides are checked against (the
+  -- app runs a file once per entry: a thousand specs of one file); one
+  -- that differs in an option's type or in its datasets has its own.
+  it("checks each spec's overrides against its own options and datasets, alike or not", function()
+    local a1 = spec({ options = { symbols = { "BTCUSDT" }, depth = 5 } })
+    local a2 = spec({ options = { depth = 10, symbols = { "ETHUSDT" } } })
+    local b = spec({ options = { symbols = "BTCUSDT", depth = 5 } })
+    local d = collector.define({ name = "test_feed", options = { symbols = { "BTCUSDT" }, depth = 5 },
+      datasets = { trades = { collect = function() return {} end, interval = 5 } } })
+    assert.equal(7, collector.new(a1, { depth = 7 }).options.depth)
+    assert.equal(7, collector.new(a2, { depth = 7 }).options.depth)
+    assert.has_error(function() collector.new(a2, { symbols = "ETHUSDT" }) end,
+      "collector 'test_feed': option 'symbols' must be a table, got string")
+    assert.equal("ETHUSDT", collector.new(b, { symbols = "ETHUSDT" }).options.symbols)
+    assert.has_error(function() collector.new(b, { symbols = { "ETHUSDT" } }) end)
+    assert.has_error(function() collector.new(a1, { datasets = { trades = { interval = 10 } } }) end)
+    assert.equal(10, collector.new(d, { datasets = { trades = { interval = 10 } } }).config.datasets.trades.interval)
+  end)
 end)
 
 describe("sluice.collector hooks and accessors", function()

@@ -197,16 +197,41 @@ end
 -- unknown option or a wrong type; level as error() counts it from
 -- configure (3: the caller of configure's caller).
 -- The schema of a spec's overrides, made once per spec (weak keys: it
--- goes with the spec): ten thousand instances of one spec share it.
+-- goes with the spec): ten thousand instances of one spec share it. It
+-- depends only on the types of the spec's own options and the names of
+-- its datasets, so specs alike share one too (by_shape, weak values): the
+-- app runs a collector's file once per entry, and a thousand entries of
+-- one file are a thousand specs (a schema is ~1.2 KB).
 local schemas = setmetatable({}, { __mode = "k" })
+local by_shape = setmetatable({}, { __mode = "v" })
+
+local function own_type(v)
+  return type(v) == "string" and STRING_OR_SECRET or type(v)
+end
+
+local function shape_of(spec)
+  local parts = {}
+  for k, v in pairs(spec.options or {}) do
+    parts[#parts + 1] = "o" .. k .. "=" .. (own_type(v) == STRING_OR_SECRET and "secret" or type(v))
+  end
+  for name in pairs(spec.datasets or {}) do parts[#parts + 1] = "d" .. name end
+  table.sort(parts)
+  return table.concat(parts, "\0")
+end
 
 local function schema_of(spec)
   local schema = schemas[spec]
   if schema then return schema end
+  local shape = shape_of(spec)
+  schema = by_shape[shape]
+  if schema then
+    schemas[spec] = schema
+    return schema
+  end
   -- the collector's own options take the type of their defaults; a
   -- framework option of the same name is the framework's
   schema = {}
-  for k, v in pairs(spec.options or {}) do schema[k] = type(v) == "string" and STRING_OR_SECRET or type(v) end
+  for k, v in pairs(spec.options or {}) do schema[k] = own_type(v) end
   for k, v in pairs(_M.OPTIONS) do
     if k ~= "options" then schema[k] = v end
   end
@@ -218,6 +243,7 @@ local function schema_of(spec)
   end
   schema.datasets = { type = "table", fields = per_dataset }
   schemas[spec] = schema
+  by_shape[shape] = schema
   return schema
 end
 
