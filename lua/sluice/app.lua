@@ -169,7 +169,7 @@ local function build_collectors(c, file, db, fresh, red, batched, cache, files)
     if not ok then
       error(file .. ": collectors[" .. i .. "]: " .. tostring(inst):gsub("^[^:]+:%d+: ", ""), 0)
     end
-    redact.classify(inst.config) -- the script's own secrets too
+    redact.remember(inst.config) -- the script's own secrets too
     built.collectors[inst.name] = inst
     built.order[#built.order + 1] = inst
     built.sinks_of[inst] = entry.sinks
@@ -178,7 +178,7 @@ local function build_collectors(c, file, db, fresh, red, batched, cache, files)
 end
 
 -- The process' GC settings before any configuration applied its own (the
--- runtime's pause of 150, LuaJIT's step multiplier of 200): what a reload
+-- runtime's pause of 120, LuaJIT's step multiplier of 200): what a reload
 -- that drops a setting puts back. (setpause/setstepmul return the old value.)
 local GC_PAUSE = collectgarbage("setpause", 150)
 collectgarbage("setpause", GC_PAUSE)

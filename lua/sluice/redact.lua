@@ -10,6 +10,8 @@
 --   remembers the secret strings it met (URL passwords, credential-like
 --   header values, auth values, revealed collector.env values, values of
 --   settings named token, password, secret, api_key, credential...).
+--   remember(config) walks a table nobody shows the same way, for its
+--   secrets only, keeping no view (a collector's settings).
 --
 --   text(s) scrubs free text (log lines, errors, metric labels): user info
 --   of any URL, values of query parameters named like credentials, and
@@ -269,6 +271,17 @@ function _M.classify(config)
     views[config] = v
   end
   return v
+end
+
+--- remember(config): registers the secrets classify(config) would meet,
+-- keeping no view: for tables nobody shows (a collector's settings, which
+-- the app walks for the script's own secrets; a view of each of a
+-- thousand collectors' settings was ~0.7 MB kept for nothing).
+function _M.remember(config)
+  if type(config) ~= "table" then
+    error("sluice.redact.remember: bad argument #1 (table expected, got " .. type(config) .. ")", 2)
+  end
+  if not views[config] then project(config, nil, {}) end
 end
 
 _M.REDACTED = REDACTED

@@ -53,6 +53,18 @@ describe("sluice.redact", function()
     assert.equal("tenant-7 symbol-x", redact.text("tenant-7 symbol-x"))
   end)
 
+  it("remember() takes a table's secrets as classify() does and keeps no view of it", function()
+    local settings = { base_url = "https://u:rem-pass-1@api.example", api_key = "rem-key-1",
+      headers = { Authorization = "rem-auth-1" },
+      auth = { header = "X-Key", value = collector.env("SLUICE_REDACT_NOPE", "rem-env-1") } }
+    redact.remember(settings)
+    for _, secret in ipairs({ "rem-pass-1", "rem-key-1", "rem-auth-1", "rem-env-1" }) do
+      assert.equal("a <redacted> b", redact.text("a " .. secret .. " b"), secret)
+    end
+    assert.has_error(function() redact.remember("x") end,
+      "sluice.redact.remember: bad argument #1 (table expected, got string)")
+  end)
+
   it("a database URL's lone user is a name, not a secret: text keeps it; a password is still one", function()
     -- postgresql://postgres@db remembered "postgres" and blanked it in every
     -- line: the sink named postgres showed as <redacted> in /status
