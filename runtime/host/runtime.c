@@ -224,11 +224,13 @@ int sl_runtime_init(const char *const *lua_dirs, int ndirs, char *err,
         return -1;
     }
     lua_State *L = sl_rt.L;
-    /* The heap grows to 1.5x what was live before the GC starts a cycle
-     * (LuaJIT's default is 2x): a thousand collectors take 16% less memory
-     * for no CPU we could measure (tests/bench/README.md, "Collectors at
-     * scale"); the configuration's gc_pause overrides it. */
-    lua_gc(L, LUA_GCSETPAUSE, 150);
+    /* The heap grows to 1.2x what was live before the GC starts a cycle
+     * (LuaJIT's default is 2x): a thousand collectors run in `sluice run`
+     * peak at 29 MiB instead of 32 (150) or 39 (200), for CPU within the
+     * noise there and 10% more on a run that does nothing
+     * (tests/bench/README.md, "Collectors at scale"); the configuration's
+     * gc_pause overrides it. */
+    lua_gc(L, LUA_GCSETPAUSE, 120);
     luaL_openlibs(L);
     lua_getglobal(L, "os");
     lua_pushcfunction(L, os_exit);

@@ -159,14 +159,14 @@ describe("sluice.app", function()
     assert.equal(1, probe.on.runs)
   end)
 
-  it("sets the Lua GC from gc_pause and gc_stepmul, and back to the runtime's 150 and 200 on a reload "
+  it("sets the Lua GC from gc_pause and gc_stepmul, and back to the runtime's 120 and 200 on a reload "
     .. "without them", function()
     local function get(what) -- setpause/setstepmul return the previous value
       local p = collectgarbage(what, 200)
       collectgarbage(what, p)
       return p
     end
-    assert.equal(150, get("setpause"))
+    assert.equal(120, get("setpause"))
     assert.equal(200, get("setstepmul"))
     local dir = tmpdir()
     write(dir .. "/feed.lua", feed())
@@ -174,14 +174,14 @@ describe("sluice.app", function()
       collectors = { { file = "feed.lua", name = "one" } } }]])
     finally(function()
       stop(app)
-      collectgarbage("setpause", 150)
+      collectgarbage("setpause", 120)
       collectgarbage("setstepmul", 200)
     end)
     assert.equal(300, get("setpause"))
     assert.equal(100, get("setstepmul"))
     rewrite(dir, [[return { store = "%DIR%/db.sqlite", collectors = { { file = "feed.lua", name = "one" } } }]])
     assert(app_mod.reload())
-    assert.equal(150, get("setpause"))
+    assert.equal(120, get("setpause"))
     assert.equal(200, get("setstepmul"))
   end)
 
