@@ -24,7 +24,7 @@ LOG=$(mktemp)
 trap 'rm -f "$LOG" "$LOG".*' EXIT
 LUA=("$SLUICE" run --control none --lua-path tests/lua)
 
-DEFAULT="idle tasks startup json_decode budget breaker exchanges collectors http h2 store store_stall limiter_scale"
+DEFAULT="idle tasks startup json_decode budget breaker exchanges collectors app http h2 store store_stall limiter_scale"
 ALL="$DEFAULT backfill redis gcra outbox ws book sink_postgres sink_clickhouse evm_backfill"
 BENCH=${BENCH:-$DEFAULT}
 [ "$BENCH" = all ] && BENCH=$ALL
@@ -81,6 +81,7 @@ bench budget tests/bench/budget.lua "${LUA[@]}" tests/bench/budget.lua
 bench breaker tests/bench/breaker.lua "${LUA[@]}" tests/bench/breaker.lua
 bench exchanges tests/bench/exchanges.lua "${LUA[@]}" tests/bench/exchanges.lua -- "${EXCHANGES_SECONDS:-30}"
 bench collectors tests/bench/collectors.lua "${LUA[@]}" tests/bench/collectors.lua -- 1000 20
+bench app tests/bench/app_collectors.sh bash tests/bench/app_collectors.sh "$SLUICE" 1000 40
 bench http tests/bench/http/run.sh bash tests/bench/http/run.sh "$SLUICE" 64 10
 bench h2 tests/bench/http/h2.sh bash tests/bench/http/h2.sh "$SLUICE" 64 10
 bench store tests/bench/store.lua "${LUA[@]}" tests/bench/store.lua

@@ -29,7 +29,10 @@
 # log's warnings and errors that are not injected faults (listed).
 #
 # SOAK_SECONDS overrides MINUTES (seconds of load); the short variant sets
-# it and the intervals smaller.
+# it and the intervals smaller. SOAK_CENSUS=1 also takes a census of the
+# Lua heap (soak/census.lua) at the end of the baseline and once settled,
+# and writes census_baseline.txt, census_settled.txt and their diff
+# (census_diff.txt): what the Lua heap holds after the load, by path.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -184,6 +187,12 @@ sampler_pid=$!
 "$SLUICE" repl "$W/ctl.sock" -e "require('sluice.http').get('$MOCK_URL/stats').status" >/dev/null
 sleep "$IDLE"
 dump_fds "$OUT/fds_baseline.txt"
+census() {
+  [ -n "${SOAK_CENSUS:-}" ] || return 0
+  timeout 120 "$SLUICE" repl "$W/ctl.sock" -e \
+    "return dofile('$ROOT/tests/bench/soak/census.lua').write('$OUT/census_$1.txt', true)" || true
+}
+census baseline
 event "baseline end"
 load_start=$(now)
 reload 1
@@ -231,6 +240,23 @@ timeout 30 "$SLUICE" repl "$W/ctl.sock" -e "$SETTLE_EXPR" >/dev/null 2>&1 || tru
 event "settled"
 sample
 dump_fds "$OUT/fds_after.txt"
+census settled
+if [ -n "${SOAK_CENSUS:-}" ]; then
+  "$SLUICE" run tests/bench/soak/census.lua --control none -- \
+    "$OUT/census_baseline.txt" "$OUT/census_settled.txt" 80 >"$OUT/census_diff.txt" 2>&1 || true
+fi
+# What of the settled Lua heap is compiled code: LuaJIT's traces (their IR,
+# snapshots and machine-code maps) are GC objects, counted in the heap and
+# kept until flushed, however much data is live. Flushed last, so that
+# nothing above is changed by it; event "jit N traces K KiB".
+JIT_EXPR='local tu = require("jit.util") local n = 0
+for i = 1, 65535 do if tu.traceinfo(i) then n = n + 1 end end
+collectgarbage() collectgarbage() -- (the census above leaves garbage)
+local before = collectgarbage("count")
+jit.flush() collectgarbage() collectgarbage()
+return n .. " traces " .. math.floor(before - collectgarbage("count")) .. " KiB"'
+jit=$(timeout 30 "$SLUICE" repl "$W/ctl.sock" -e "$JIT_EXPR" 2>/dev/null | tr -d '"') || true
+[ -n "$jit" ] && event "jit $jit"
 curl -s --max-time 10 "$MOCK_URL/stats" >"$OUT/mock_stats.json" || true
 kill -TERM "$sluice_pid"
 # shutdown_timeout is 10 s: past 30 it is stuck, and killed (exit 137)

@@ -24,13 +24,28 @@ local function key_text(k)
   return "[<" .. tk .. ">]"
 end
 
---- Walks the heap; returns the list of { path, n, bytes } for every table.
+--- Walks the heap; returns the list of { path, n, bytes } for every table,
+-- and a tally of what else is reachable: functions (closures), their
+-- distinct prototypes and an estimate of their bytecode and constants,
+-- userdata, threads, and distinct strings with their bytes.
 function _M.take()
   local seen = {}
   local queue, head, tail = {}, 1, 0
   local rows = {}
+  local tally = { functions = 0, protos = 0, proto_bytes = 0, userdata = 0, threads = 0, strings = 0,
+    string_bytes = 0 }
+  local protos = {}
+  local funcinfo = require("jit.util").funcinfo
   local function push(v, path)
     local tv = type(v)
+    if tv == "string" then
+      if not seen[v] then
+        seen[v] = true
+        tally.strings = tally.strings + 1
+        tally.string_bytes = tally.string_bytes + #v + 17 -- GCstr header and terminator
+      end
+      return
+    end
     if (tv == "table" or tv == "function" or tv == "userdata" or tv == "thread") and not seen[v] then
       seen[v] = true
       tail = tail + 1
@@ -64,6 +79,18 @@ function _M.take()
       rows[#rows + 1] = { path, n, bytes }
       if mt then push(mt, path .. "<mt>") end
     elseif tv == "function" then
+      tally.functions = tally.functions + 1
+      local fi = funcinfo(v)
+      if fi.source then -- a Lua function: its prototype, by where it is defined
+        local key = fi.source .. ":" .. fi.linedefined .. ":" .. fi.lastlinedefined
+        if not protos[key] then
+          protos[key] = true
+          tally.protos = tally.protos + 1
+          -- instructions, constants and line info, roughly
+          tally.proto_bytes = tally.proto_bytes + 104 + 4 * fi.bytecodes + 8 * (fi.nconsts + fi.gcconsts)
+            + 2 * fi.bytecodes
+        end
+      end
       local i = 1
       while true do
         local name, x = debug.getupvalue(v, i)
@@ -74,11 +101,13 @@ function _M.take()
       local env = debug.getfenv(v)
       if env ~= _G then push(env, path .. "<env>") end
     elseif tv == "userdata" then
+      tally.userdata = tally.userdata + 1
       local mt = debug.getmetatable(v)
       if mt then push(mt, path .. "<mt>") end
       local env = debug.getfenv(v)
       if env then push(env, path .. "<env>") end
     elseif tv == "thread" then
+      tally.threads = tally.threads + 1
       if coroutine.status(v) == "suspended" then
         for level = 0, 200 do
           local info = debug.getinfo(v, level, "f")
@@ -94,7 +123,7 @@ function _M.take()
     end
   end
   table.sort(rows, function(a, b) return a[2] > b[2] end)
-  return rows
+  return rows, tally
 end
 
 --- Takes a census and writes it to FILE; returns a one-line summary.
@@ -105,15 +134,22 @@ function _M.write(file, gc)
     collectgarbage()
     collectgarbage()
   end
-  local rows = _M.take()
+  local heap = collectgarbage("count")
+  local rows, t = _M.take()
   local f = assert(io.open(file, "w"))
   local total = 0
   for _, r in ipairs(rows) do
     total = total + r[2]
+  end
+  local summary = string.format("heap %d KiB: %d tables (%d elements), %d functions (%d prototypes, ~%d KiB),"
+    .. " %d userdata, %d threads, %d strings (~%d KiB)", heap, #rows, total, t.functions, t.protos,
+    t.proto_bytes / 1024, t.userdata, t.threads, t.strings, t.string_bytes / 1024)
+  f:write("# ", summary, "\n") -- (not a row: diff skips it)
+  for _, r in ipairs(rows) do
     f:write(r[2], " ", r[3], " ", r[1], "\n")
   end
   f:close()
-  return string.format("%d tables, %d elements, heap %d KiB", #rows, total, collectgarbage("count"))
+  return summary
 end
 
 -- A table's size, roughly: its header, a slot per element, the bytes of
@@ -126,6 +162,7 @@ end
 local function load_census(file)
   local by = {}
   for line in io.lines(file) do
+    if line:sub(1, 2) == "# " then by[0] = line:sub(3) end -- write()'s summary
     local n, bytes, path = line:match("^(%d+) (%d+) (.*)$")
     if n then
       -- the soak's collectors (c0001...) folded into one path, and tasks'
@@ -145,6 +182,8 @@ end
 -- change first (at most LIMIT of them), with their element counts.
 function _M.diff(a_file, b_file, limit)
   local a, b = load_census(a_file), load_census(b_file)
+  local head = { "before: " .. tostring(a[0]), "after:  " .. tostring(b[0]) }
+  a[0], b[0] = nil, nil
   local none = { 0, 0 }
   local out, total = {}, 0
   for path, r in pairs(b) do
@@ -159,7 +198,8 @@ function _M.diff(a_file, b_file, limit)
     end
   end
   table.sort(out, function(x, y) return math.abs(x[3][2] - x[2][2]) > math.abs(y[3][2] - y[2][2]) end)
-  local lines = { string.format("estimated change over all tables: %+d KiB", math.floor(total / 1024)),
+  local lines = { head[1], head[2],
+    string.format("estimated change over all tables: %+d KiB", math.floor(total / 1024)),
     "  bytes (est)   elements before -> after  path" }
   for i = 1, math.min(#out, limit or 60) do
     local r = out[i]

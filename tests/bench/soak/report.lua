@@ -166,6 +166,15 @@ if settled and final.t >= settled and type(final.lua_kib) == "number" then
   figure("soak.settled_rss", final.rss_kib / 1024, "MiB")
   figure("soak.settled_lua", final.lua_kib / 1024, "MiB")
   if type(final.c_kib) == "number" then figure("soak.settled_malloc", final.c_kib / 1024, "MiB") end
+  -- soak.sh flushes the JIT's traces after that sample: the heap they held
+  for _, e in ipairs(events) do
+    local traces, kib = tostring(e.event):match("^jit (%d+) traces (%-?%d+) KiB$")
+    if traces then
+      print(string.format("  of the settled Lua heap, %.1f MiB is the JIT's %s compiled traces (freed by jit.flush)",
+        tonumber(kib) / 1024, traces))
+      figure("soak.settled_lua_traces", tonumber(kib) / 1024, "MiB")
+    end
+  end
 end
 local c_slope2, c_k2 = slope("c_kib", mid, load_end)
 if c_k2 > 1 then
