@@ -6,6 +6,9 @@ local sluice = require "sluice"
 local http = require "sluice.http"
 local url, conns, secs, mode = ...
 conns, secs = tonumber(conns) or 50, tonumber(secs) or 10
+-- BENCH_GCPAUSE=N: the Lua GC's pause (the runtime's default otherwise)
+local pause = tonumber(os.getenv("BENCH_GCPAUSE") or "")
+if pause then collectgarbage("setpause", pause) end
 local opts = nil
 if mode == "h2" then
   http.configure({ max_host_connections = 1 })
